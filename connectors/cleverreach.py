@@ -1,0 +1,217 @@
+"""CleverReach REST API v3: the newsletter tool (seed 000).
+
+- Base URL setting: ``PSYNC_CLEVERREACH_BASE_URL`` (API root; ``/oauth/token.php`` and
+  ``/v3/...`` hang below it). Sandbox: ``http://127.0.0.1:8700/cleverreach``.
+- Auth: OAuth2 client credentials, HTTP Basic ``client_id:client_secret`` at
+  ``/oauth/token.php``; ``Authorization: Bearer`` token, honour ``expires_in``, refresh on 401.
+- Endpoints: ``groups.json``; ``groups.json/{gid}/receivers/upsertplus``;
+  ``groups.json/{gid}/receivers[/{email|id}[/deactivate]]`` (pages 0-based);
+  ``receivers/delete.json`` (bulk, account-wide).
+- Batch limit: 250 by default, at most 1000; a 413 halves the batch and tries again.
+- Fields it may receive: ``ALLOWED_FIELDS`` per list, below. The newsletter list has no link
+  to the CRM, so it never receives the insurance number.
+- Erasure: ``DELETE groups.json/{gid}/receivers/{id}`` per group (``true``), or bulk
+  ``receivers/delete.json``. Verified by ``GET groups.json/{gid}/receivers/{email}`` → 404
+  (some API versions answer an empty list: also "absent").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import requests
+
+from connectors.transport import (
+    FatalError,
+    HttpClient,
+    RateLimiter,
+    RetryPolicy,
+    TokenAuth,
+    make_session,
+)
+
+PROCESSOR = "cleverreach"
+MAX_BATCH = 1000
+DEFAULT_BATCH = 250
+PAGE_SIZE = 500
+
+# What each list may carry to CleverReach: top-level receiver keys, and the keys allowed
+# inside global_attributes / attributes. Anything else is a programming error and is refused.
+_RECEIVER_KEYS = frozenset({"email", "source", "registered", "activated", "deactivated"})
+_PROOF = frozenset({"signup_ip", "confirm_ip", "policy_version"})
+ALLOWED_FIELDS: Mapping[str, Mapping[str, frozenset[str]]] = {
+    "newsletter": {
+        "receiver": _RECEIVER_KEYS,
+        "global_attributes": frozenset({"salutation", "firstname", "lastname"}),
+        "attributes": _PROOF,
+    },
+    "service_offers": {
+        "receiver": _RECEIVER_KEYS,
+        "global_attributes": frozenset({"salutation", "firstname", "lastname"}),
+        "attributes": _PROOF | {"insurance_number"},
+    },
+}
+
+
+def check_allowed(list_name: str, receiver: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the field when `receiver` holds anything the list may not get.
+
+    >>> check_allowed("newsletter", {"email": "a@b.de", "attributes": {"insurance_number": "x"}})
+    Traceback (most recent call last):
+    ...
+    ValueError: field attributes.insurance_number is not allowed for list newsletter
+    """
+    allowed = ALLOWED_FIELDS[list_name]
+    for key, value in receiver.items():
+        if key in ("global_attributes", "attributes"):
+            for inner in value:
+                if inner not in allowed[key]:
+                    raise ValueError(f"field {key}.{inner} is not allowed for list {list_name}")
+        elif key not in allowed["receiver"]:
+            raise ValueError(f"field {key} is not allowed for list {list_name}")
+
+
+class CleverReach:
+    """A CleverReach account. Plain methods; results are the API's JSON, errors the two kinds."""
+
+    def __init__(self, http: HttpClient, batch_size: int = DEFAULT_BATCH):
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be 1..{MAX_BATCH}")
+        self.http, self.batch_size = http, batch_size
+
+    @classmethod
+    def connect(
+        cls,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        batch_size: int = DEFAULT_BATCH,
+        **http_options: Any,
+    ) -> CleverReach:
+        """Build the client with token auth against `base_url`'s token endpoint."""
+        root = base_url.rstrip("/")
+        shared = {k: v for k, v in http_options.items() if k in ("timeout", "policy", "sleep")}
+        # The token call goes through its own plain client (no auth, so no recursion) with
+        # the same retry policy; it writes into the same call log, so it is audited too.
+        token_client = HttpClient(PROCESSOR, root, session=make_session(pool_size=1), **shared)
+
+        def fetch() -> tuple[str, float]:
+            body = token_client.request(
+                "oauth.token", "POST", "/oauth/token.php",
+                auth=(client_id, client_secret), json={"grant_type": "client_credentials"},
+            ).json()  # fmt: skip
+            return body["access_token"], float(body.get("expires_in", 3600))
+
+        http = HttpClient(PROCESSOR, root + "/v3", auth=TokenAuth(fetch), **http_options)
+        token_client.calls = http.calls
+        return cls(http, batch_size)
+
+    # groups -------------------------------------------------------------------------
+    def groups(self) -> list[dict]:
+        return self.http.request("groups.list", "GET", "/groups.json").json()
+
+    # receivers ----------------------------------------------------------------------
+    def upsert(self, group_id: str, list_name: str, receivers: Sequence[dict]) -> list[dict]:
+        """Create or update receivers in batches; returns CleverReach's receiver objects.
+
+        Idempotent (keyed by e-mail at CleverReach), so a batch may be sent again after a
+        crash or a dropped connection. A 413 halves the batch for the rest of this call.
+        """
+        for receiver in receivers:
+            check_allowed(list_name, receiver)
+        result: list[dict] = []
+        size, start = self.batch_size, 0
+        while start < len(receivers):
+            batch = list(receivers[start : start + size])
+            response = self.http.request(
+                "receivers.upsert", "POST", f"/groups.json/{group_id}/receivers/upsertplus",
+                json=batch, expect=(413,), items=len(batch),
+            )  # fmt: skip
+            if response.status_code == 413:
+                if len(batch) == 1:
+                    raise FatalError(PROCESSOR, "receivers.upsert", 413)
+                size = len(batch) // 2
+                continue
+            result.extend(response.json())
+            start += len(batch)
+        return result
+
+    def get_receiver(self, group_id: str, email_or_id: str) -> dict | None:
+        """The receiver, or None when CleverReach does not hold it (404 or empty list)."""
+        response = self.http.request(
+            "receivers.get", "GET", f"/groups.json/{group_id}/receivers/{email_or_id}",
+            expect=(404,),
+        )  # fmt: skip
+        if response.status_code == 404:
+            return None
+        body = response.json()
+        if isinstance(body, list):
+            return body[0] if body else None
+        return body or None
+
+    def iter_receivers(
+        self, group_id: str, kind: str = "all", page_size: int = PAGE_SIZE, max_pages: int = 10_000
+    ) -> Iterator[dict]:
+        """Every receiver of a group, page by page (0-based) until a short page."""
+        for page in range(max_pages):
+            rows = self.http.request(
+                "receivers.list", "GET", f"/groups.json/{group_id}/receivers",
+                params={"page": page, "pagesize": page_size, "type": kind},
+            ).json()  # fmt: skip
+            yield from rows
+            if len(rows) < page_size:
+                return
+        raise FatalError(PROCESSOR, "receivers.list", None, reason="page limit reached")
+
+    def deactivate(self, group_id: str, email_or_id: str) -> bool:
+        """Stop mailing at once. False when the receiver is not there (nothing to stop)."""
+        response = self.http.request(
+            "receivers.deactivate", "PUT",
+            f"/groups.json/{group_id}/receivers/{email_or_id}/deactivate", expect=(404,),
+        )  # fmt: skip
+        return response.status_code != 404
+
+    def delete(self, group_id: str, email_or_id: str) -> bool:
+        """Remove the receiver from the group. False when it was already gone."""
+        response = self.http.request(
+            "receivers.delete", "DELETE", f"/groups.json/{group_id}/receivers/{email_or_id}",
+            expect=(404,),
+        )  # fmt: skip
+        return response.status_code != 404
+
+    def bulk_delete(self, emails: Sequence[str]) -> int:
+        """Remove these addresses from every group of the account, in batches; returns count."""
+        for start in range(0, len(emails), self.batch_size):
+            batch = list(emails[start : start + self.batch_size])
+            self.http.request(
+                "receivers.bulk_delete", "POST", "/receivers/delete.json",
+                json={"receivers": batch}, items=len(batch),
+            )  # fmt: skip
+        return len(emails)
+
+
+def from_settings(settings, session: requests.Session | None = None, **http_options) -> CleverReach:
+    """The configured account (credentials from the environment or a Secret block)."""
+    secret = settings.secret("cleverreach_client_secret")
+    if not settings.cleverreach_client_id or not secret:
+        raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
+    http_options.setdefault("timeout", (settings.http_connect_timeout, settings.http_read_timeout))
+    http_options.setdefault(
+        "policy",
+        RetryPolicy(
+            max_attempts=settings.http_max_attempts,
+            max_seconds=settings.http_max_retry_seconds,
+            retry_after_cap=settings.http_retry_after_cap,
+        ),
+    )
+    http_options.setdefault("limiter", RateLimiter(settings.cleverreach_rate_per_second))
+    if session is not None:
+        http_options["session"] = session
+    return CleverReach.connect(
+        settings.cleverreach_base_url,
+        settings.cleverreach_client_id,
+        secret,
+        batch_size=settings.cleverreach_batch_size,
+        **http_options,
+    )

@@ -1,0 +1,330 @@
+"""The one HTTP layer every connector uses: session, auth, retry, errors, redaction, rate limit.
+
+A connector builds one ``HttpClient`` and calls ``client.request(op, method, path, ...)``.
+``op`` is a stable operation name ("receivers.upsert"); it, never the URL, is what logs, errors
+and the call log carry, because our URLs contain e-mail addresses.
+
+Example::
+
+    client = HttpClient("cleverreach", "https://rest.cleverreach.com", auth=auth)
+    groups = client.request("groups.list", "GET", "/v3/groups.json").json()
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import stop_after_delay
+
+log = logging.getLogger("psync.http")
+
+USER_AGENT = "processor-sync/0.1"
+
+
+class ProcessorError(Exception):
+    """A call to a processor failed. Carries names and numbers only, never a body or URL."""
+
+    def __init__(
+        self,
+        processor: str,
+        operation: str,
+        status: int | None,
+        attempts: int = 1,
+        reason: str = "",
+        retry_after: float | None = None,
+    ):
+        self.processor, self.operation, self.status = processor, operation, status
+        self.attempts, self.reason, self.retry_after = attempts, reason, retry_after
+        what = f"HTTP {status}" if status is not None else reason or "no answer"
+        super().__init__(f"{processor} {operation}: {what} after {attempts} attempt(s)")
+
+
+class RetriableError(ProcessorError):
+    """Worth trying again: rate limited, server error, timeout, dropped connection."""
+
+
+class FatalError(ProcessorError):
+    """Trying again will not help: bad request, forbidden, not found where required."""
+
+
+def classify(status: int) -> type[ProcessorError] | None:
+    """None for success; otherwise the error kind. Override per connector if needed."""
+    if status < 400:
+        return None
+    if status in (408, 425, 429) or status >= 500:
+        return RetriableError
+    return FatalError
+
+
+_EMAIL = re.compile(r"[^\s/@\"']+@[^\s/@\"']+")
+_BEARER = re.compile(r"(?i)(bearer\s+|token[\"'=:\s]+)[A-Za-z0-9._~+/=-]{8,}")
+
+
+def redact(text: str) -> str:
+    """Blank out e-mail addresses and tokens in anything about to be logged or raised.
+
+    >>> redact("GET /receivers/erika@example.de with Bearer abcdef123456")
+    'GET /receivers/[email] with Bearer [redacted]'
+    """
+    return _BEARER.sub(r"\1[redacted]", _EMAIL.sub("[email]", text))
+
+
+def make_session(pool_size: int = 4) -> requests.Session:
+    """A pooled session. urllib3's own retries are off: tenacity here is the one retry loop."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def pause(seconds: float) -> None:
+    """The one place this layer waits: looked up at call time, so tests can patch it."""
+    time.sleep(seconds)
+
+
+class RateLimiter:
+    """Token bucket: at most `rate` calls per second on average, bursts up to `burst`."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+    ):
+        self.rate, self.burst, self.clock, self.sleep = rate, burst, clock, sleep
+        self._tokens, self._last = float(burst), clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Take one token, waiting if none is left; returns the seconds waited."""
+        with self._lock:
+            now = self.clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= 1
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait:
+            (self.sleep or pause)(wait)
+        return wait
+
+
+class TokenAuth(AuthBase):
+    """Bearer-style token auth: cached until shortly before expiry, refreshed once on 401.
+
+    `fetch` returns ``(token, lifetime_seconds)``; it gets its own plain session so a token
+    request never recurses into this auth. `header`/`prefix` fit schemes like TIMIFY's raw
+    ``authorization: <token>``.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], tuple[str, float]],
+        header: str = "Authorization",
+        prefix: str = "Bearer ",
+        leeway: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.fetch, self.header, self.prefix = fetch, header, prefix
+        self.leeway, self.clock = leeway, clock
+        self._token: str | None = None
+        self._expires = 0.0
+        self._lock = threading.Lock()
+        self.refreshes = 0
+
+    def token(self, force: bool = False) -> str:
+        with self._lock:
+            if force or self._token is None or self.clock() >= self._expires:
+                token, lifetime = self.fetch()
+                self._token = token
+                self._expires = self.clock() + max(0.0, lifetime - self.leeway)
+                self.refreshes += 1
+            return self._token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers[self.header] = self.prefix + self.token()
+        request.register_hook("response", self._retry_once_on_401)
+        return request
+
+    def _retry_once_on_401(self, response: requests.Response, **kwargs) -> requests.Response:
+        if response.status_code != 401 or getattr(response.request, "_psync_refreshed", False):
+            return response
+        response.content  # drain, so the connection can be reused
+        retry = response.request.copy()
+        retry.headers[self.header] = self.prefix + self.token(force=True)
+        retry._psync_refreshed = True  # type: ignore[attr-defined]
+        new = response.connection.send(retry, **kwargs)
+        new.history.append(response)
+        new.request = retry
+        return new
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One logical call to a processor, as the audit trail records it."""
+
+    processor: str
+    operation: str
+    status: int | None
+    attempts: int
+    outcome: str  # "ok" | "absent" | "retriable" | "fatal"
+    items: int = 0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The one retry policy: bounded attempts and time, capped Retry-After, jittered backoff."""
+
+    max_attempts: int = 5
+    max_seconds: float = 120.0
+    retry_after_cap: float = 60.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+    def wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ProcessorError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.retry_after_cap)
+        # Exponential backoff with full jitter (AWS architecture blog's recommendation).
+        ceiling = min(self.backoff_max, self.backoff_initial * 2 ** (state.attempt_number - 1))
+        return random.uniform(0, ceiling)
+
+
+def _retry_after_seconds(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+_NOT_SENT = (requests.exceptions.ConnectTimeout,)
+_TRANSPORT = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
+class HttpClient:
+    """Calls one processor's API through the shared session, auth, limiter and retry policy."""
+
+    def __init__(
+        self,
+        processor: str,
+        base_url: str,
+        auth: AuthBase | None = None,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = (5.0, 60.0),
+        policy: RetryPolicy = RetryPolicy(),
+        limiter: RateLimiter | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ):
+        self.processor = processor
+        self.base_url = base_url.rstrip("/")
+        self.auth, self.timeout, self.policy = auth, timeout, policy
+        self.session = session or make_session()
+        self.limiter = limiter
+        self.sleep = sleep
+        self.calls: list[CallRecord] = []
+
+    def drain_calls(self) -> list[CallRecord]:
+        """Calls made since the last drain, for the flow to write to the audit trail."""
+        # Cleared in place: the token client of a connector shares this list.
+        calls = list(self.calls)
+        self.calls.clear()
+        return calls
+
+    def request(
+        self,
+        op: str,
+        method: str,
+        path: str,
+        *,
+        expect: Collection[int] = (),
+        idempotent: bool = True,
+        items: int = 0,
+        **kwargs,
+    ) -> requests.Response:
+        """Send with retries; returns a 2xx response or one whose status is in `expect`.
+
+        A non-idempotent call is retried only when it certainly never reached the server
+        (connect timeout) or was turned away (429), so it is never applied twice.
+        """
+        attempts = 0
+        kwargs.setdefault("auth", self.auth)
+
+        def once() -> requests.Response:
+            nonlocal attempts
+            attempts += 1
+            if self.limiter:
+                self.limiter.acquire()
+            try:
+                response = self.session.request(
+                    method, self.base_url + path, timeout=self.timeout, **kwargs
+                )
+            except _TRANSPORT as exc:
+                kind = RetriableError if idempotent or isinstance(exc, _NOT_SENT) else FatalError
+                # The exception text holds the URL (and so an e-mail address): name only.
+                raise kind(self.processor, op, None, attempts, type(exc).__name__) from None
+            status = response.status_code
+            if status in expect:
+                return response
+            kind = classify(status)
+            if kind is None:
+                return response
+            if kind is RetriableError and not idempotent and status != 429:
+                kind = FatalError
+            retry_after = _retry_after_seconds(response) if status == 429 else None
+            raise kind(self.processor, op, status, attempts, retry_after=retry_after)
+
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, RetriableError)),
+            stop=stop_after_attempt(self.policy.max_attempts)
+            | stop_after_delay(self.policy.max_seconds),
+            wait=self.policy.wait,
+            sleep=self.sleep or pause,
+            reraise=True,
+            before_sleep=self._log_retry,
+        )
+        started = time.monotonic()
+        try:
+            response = retrying(once)
+        except ProcessorError as exc:
+            exc.attempts = attempts
+            outcome = "retriable" if isinstance(exc, RetriableError) else "fatal"
+            self._record(op, exc.status, attempts, outcome, items, started)
+            raise
+        outcome = "absent" if response.status_code == 404 else "ok"
+        self._record(op, response.status_code, attempts, outcome, items, started)
+        return response
+
+    def _record(self, op, status, attempts, outcome, items, started) -> None:
+        self.calls.append(CallRecord(self.processor, op, status, attempts, outcome, items))
+        log.debug(
+            "%s %s -> %s (%s, %d attempt(s), %d item(s), %.0f ms)",
+            self.processor, op, status, outcome, attempts, items,
+            (time.monotonic() - started) * 1000,
+        )  # fmt: skip
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.info("retrying %s (attempt %d): %s", self.processor, state.attempt_number, exc)

@@ -1,0 +1,413 @@
+"""Newsletter and service-offers consent → CleverReach (seed 000).
+
+Three flows, one Prefect task per batch of records:
+
+- ``sync-newsletter-consents``: first stops mailing and removes, at CleverReach, everyone
+  the register says is there without a standing consent (withdrawn, expired, re-pending);
+  then pushes every confirmed consent changed since the list's cursor as an active receiver
+  with its proof of consent. Unconfirmed sign-ups never leave the controller.
+- ``pull-newsletter-unsubscribes``: receivers that turned inactive at CleverReach (the
+  unsubscribe link in a newsletter) become local withdrawals with channel ``newsletter-link``;
+  the next sync removes them there.
+- ``expire-unconfirmed-optins``: unconfirmed sign-ups older than 30 days (newsletter) or 21
+  days (service offers), in Berlin calendar days, lose their personal data; a pseudonymous
+  audit record stays.
+
+Each task owns its transaction: data, register, cursor and audit rows commit together, so a
+crash between the call and the commit only means the (idempotent) batch is sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import update
+from sqlmodel import select
+
+from connectors import cleverreach
+from connectors.transport import ProcessorError
+from flows.common import call_events, counts_artifact, tally, write_audit
+from models.audit import AuditEvent
+from models.consent import (
+    ConsentEvent,
+    ConsentList,
+    ConsentRecord,
+    ConsentState,
+    WithdrawChannel,
+    apply_expire,
+    apply_withdraw,
+    changed_since,
+    confirmed_subject_ids,
+    expiry_candidates,
+    expiry_due,
+)
+from models.cursors import advance_cursor, get_cursor, next_seq
+from models.db import transaction
+from models.recipients import (
+    Recipient,
+    live_recipients_without_consent,
+    load_recipients,
+    record_removed,
+    record_sent,
+)
+from models.subjects import DataSubject
+from models.types import utcnow
+from psync.settings import Settings, get_settings
+
+PROCESSOR = cleverreach.PROCESSOR
+ALL_LISTS = [ConsentList.newsletter, ConsentList.service_offers]
+
+
+def _purpose(list_name: str) -> str:
+    return f"consent:{list_name}"
+
+
+def _cursor(list_name: str) -> str:
+    return f"cleverreach:{list_name}"
+
+
+def _group(settings: Settings, list_name: str) -> str:
+    group = getattr(settings, f"cleverreach_group_{list_name}")
+    if not group:
+        raise ValueError(f"PSYNC_CLEVERREACH_GROUP_{list_name.upper()} is not configured")
+    return group
+
+
+def _unix(value: datetime | None) -> int:
+    return int(value.timestamp()) if value else 0
+
+
+def receiver_for(list_name: str, record: ConsentRecord, subject: DataSubject) -> dict:
+    """The CleverReach receiver for a confirmed consent: contact, proof, nothing more."""
+    attributes = {
+        "signup_ip": record.signup_ip or "",
+        "confirm_ip": record.confirm_ip or "",
+        "policy_version": record.policy_version or "",
+    }
+    if list_name == ConsentList.service_offers:
+        attributes["insurance_number"] = subject.insurance_number or ""
+    return {
+        "email": subject.email,
+        "source": record.source or "",
+        "registered": _unix(record.signup_at),
+        "activated": _unix(record.confirm_at),
+        "deactivated": 0,
+        "global_attributes": {
+            "salutation": subject.salutation or "",
+            "firstname": subject.first_name or "",
+            "lastname": subject.last_name or "",
+        },
+        "attributes": attributes,
+    }
+
+
+# sync ---------------------------------------------------------------------------------
+@task(name="remove-withdrawn-batch", cache_policy=NO_CACHE)
+def remove_batch(
+    client: cleverreach.CleverReach,
+    list_name: str,
+    group: str,
+    after: uuid.UUID | None,
+    limit: int,
+) -> tuple[dict, uuid.UUID | None]:
+    """Stop mailing and remove one batch of receivers whose consent no longer stands.
+
+    Deactivation goes first, for the whole batch in one call, so mailing stops even if a
+    delete then fails; a failed delete leaves the register row live for the next run.
+    """
+    counts: Counter[str] = Counter()
+    now = utcnow()
+    with transaction() as session:
+        rows = live_recipients_without_consent(
+            session, PROCESSOR, _purpose(list_name), confirmed_subject_ids(list_name),
+            after, limit,
+        )  # fmt: skip
+        if not rows:
+            return {}, None
+        events: list[AuditEvent] = []
+        try:
+            client.upsert(
+                group, list_name,
+                [{"email": s.email, "deactivated": _unix(now)} for _, s in rows if s.email],
+            )  # fmt: skip
+        except ProcessorError as exc:
+            _fail(client, "newsletter.remove", exc, len(rows))
+            raise
+        for recipient, subject in rows:
+            try:
+                client.delete(group, recipient.external_id or subject.email or "")
+            except ProcessorError as exc:
+                counts["remove_failed"] += 1
+                events.append(_decision("newsletter.remove", "failed", subject, exc.status))
+                continue
+            record_removed(recipient, now)
+            counts["removed"] += 1
+            events.append(_decision("newsletter.remove", "removed", subject, detail=list_name))
+        write_audit(session, call_events(client.http.drain_calls()) + events)
+    return dict(counts), rows[-1][0].id
+
+
+@task(name="push-confirmed-batch", cache_policy=NO_CACHE)
+def push_batch(
+    client: cleverreach.CleverReach, list_name: str, group: str, limit: int
+) -> tuple[dict, int]:
+    """Push the next batch of changed consents after the list's cursor; advance it."""
+    counts: Counter[str] = Counter()
+    now = utcnow()
+    with transaction() as session:
+        after = get_cursor(session, _cursor(list_name)).position
+        rows = changed_since(session, list_name, after, limit)
+        if not rows:
+            return {}, 0
+        confirmed = [(r, s) for r, s in rows if r.state == ConsentState.confirmed and s.email]
+        events: list[AuditEvent] = []
+        if confirmed:
+            try:
+                answers = client.upsert(
+                    group, list_name, [receiver_for(list_name, r, s) for r, s in confirmed]
+                )
+            except ProcessorError as exc:
+                _fail(client, "newsletter.push", exc, len(confirmed))
+                raise
+            ids = {a["email"].lower(): str(a["id"]) for a in answers}
+            register = load_recipients(
+                session, PROCESSOR, _purpose(list_name), [s.id for _, s in confirmed]
+            )
+            for record, subject in confirmed:
+                record_sent(
+                    session, register.get(subject.id), subject.id, PROCESSOR,
+                    _purpose(list_name), ids.get(subject.email or ""), now,
+                )  # fmt: skip
+                events.append(_decision("newsletter.push", "sent", subject, detail=list_name))
+            counts["pushed"] += len(confirmed)
+        for record, subject in rows:
+            if record.state != ConsentState.confirmed:
+                # Pending never leaves; withdrawn/expired are handled by the removal pass.
+                counts[f"not_pushed_{record.state}"] += 1
+                events.append(
+                    _decision("newsletter.hold", "skipped", subject, detail=str(record.state))
+                )
+        advance_cursor(session, _cursor(list_name), rows[-1][0].change_seq)
+        write_audit(session, call_events(client.http.drain_calls()) + events)
+    return dict(counts), len(rows)
+
+
+@flow(name="sync-newsletter-consents", log_prints=False)
+def sync_newsletter_consents(
+    lists: list[ConsentList] | None = None, batch_size: int | None = None
+) -> dict[str, int]:
+    """Bring CleverReach in line with local consent: removals first, then confirmed pushes.
+
+    Args:
+        lists: which lists to sync (default: both).
+        batch_size: records per task and per upsert call (default: PSYNC_CLEVERREACH_BATCH_SIZE).
+    """
+    settings = get_settings()
+    limit = batch_size or settings.cleverreach_batch_size
+    logger = get_run_logger()
+    # One client per run: its token and connection pool serve every batch.
+    client = cleverreach.from_settings(settings)
+    results = []
+    for list_name in lists or ALL_LISTS:
+        group = _group(settings, list_name)
+        after: uuid.UUID | None = None
+        while True:
+            counts, after = remove_batch(client, list_name, group, after, limit)
+            results.append(counts)
+            if after is None:
+                break
+        while True:
+            counts, rows = push_batch(client, list_name, group, limit)
+            results.append(counts)
+            if rows < limit:
+                break
+    counts = tally(results)
+    logger.info("sync finished: %s", counts)
+    counts_artifact("sync-newsletter-consents", "Newsletter consent sync", counts)
+    return counts
+
+
+# pull unsubscribes --------------------------------------------------------------------
+@task(name="pull-unsubscribes-for-list", cache_policy=NO_CACHE)
+def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> dict:
+    """Record every receiver inactive at CleverReach whose consent here still stands."""
+    key = get_settings().hmac_key()
+    counts: Counter[str] = Counter()
+    inactive = {
+        r["email"].lower(): int(r.get("deactivated") or 0)
+        for r in client.iter_receivers(group, kind="inactive")
+    }
+    counts["inactive_at_processor"] = len(inactive)
+    with transaction() as session:
+        events: list[AuditEvent] = []
+        emails = list(inactive)
+        for start in range(0, len(emails), 1000):
+            chunk = emails[start : start + 1000]
+            rows = session.exec(
+                select(ConsentRecord, DataSubject)
+                .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
+                .where(
+                    ConsentRecord.list_name == list_name,
+                    ConsentRecord.state == ConsentState.confirmed,
+                    DataSubject.email.in_(chunk),  # type: ignore[union-attr]
+                )
+            ).all()
+            if not rows:
+                continue
+            seq = next_seq(session, "consent", len(rows))
+            for offset, (record, subject) in enumerate(rows):
+                stamp = inactive[subject.email or ""]
+                at = datetime.fromtimestamp(stamp, UTC) if stamp else utcnow()
+                dedupe = _key(key, "cleverreach-unsubscribe", record.id, stamp)
+                event = apply_withdraw(
+                    record, at, WithdrawChannel.newsletter_link, seq + offset, dedupe
+                )
+                if event is not None:
+                    session.add(event)
+                    counts["withdrawn"] += 1
+                    events.append(
+                        _decision("consent.withdraw", "recorded", subject, detail="newsletter-link")
+                    )
+        write_audit(session, call_events(client.http.drain_calls()) + events)
+    return dict(counts)
+
+
+@flow(name="pull-newsletter-unsubscribes")
+def pull_newsletter_unsubscribes(lists: list[ConsentList] | None = None) -> dict[str, int]:
+    """Pull unsubscribes clicked in newsletters back as local withdrawals."""
+    settings = get_settings()
+    client = cleverreach.from_settings(settings)
+    counts = tally(
+        pull_list(client, name, _group(settings, name)) for name in lists or ALL_LISTS
+    )
+    counts_artifact("pull-newsletter-unsubscribes", "Unsubscribes pulled from CleverReach", counts)
+    return counts
+
+
+# expire -------------------------------------------------------------------------------
+@task(name="expire-batch", cache_policy=NO_CACHE)
+def expire_batch(
+    list_name: str, days: int, as_of: datetime, after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> tuple[dict, tuple[datetime, uuid.UUID] | None]:  # fmt: skip
+    """Expire one batch of due pending sign-ups and erase their personal data."""
+    key = get_settings().hmac_key()
+    counts: Counter[str] = Counter()
+    # Calendar days differ from 24-hour days by at most the one-hour DST shift.
+    bound = as_of - timedelta(days=days) + timedelta(hours=1)
+    with transaction() as session:
+        candidates = expiry_candidates(session, list_name, bound, after, limit)
+        if not candidates:
+            return {}, None
+        due = [r for r in candidates if expiry_due(r.signup_at, days) <= as_of]
+        events: list[AuditEvent] = []
+        subjects = {
+            s.id: s
+            for s in session.exec(
+                select(DataSubject).where(DataSubject.id.in_([r.subject_id for r in due]))  # type: ignore[attr-defined]
+            )
+        }
+        for record in due:
+            session.add(apply_expire(record, as_of, _key(key, "expire", record.id, record.signup_at)))
+            events.append(
+                _decision("consent.expire", "erased", subjects[record.subject_id], detail=list_name)
+            )
+        if due:
+            ids = [r.id for r in due]
+            # The proof of a sign-up that never got confirmed is personal data without purpose.
+            session.execute(
+                update(ConsentEvent)
+                .where(ConsentEvent.consent_id.in_(ids))  # type: ignore[attr-defined]
+                .values(ip=None, source=None)
+            )
+            session.flush()
+            counts["expired"] = len(due)
+            counts["subjects_erased"] = _erase_unused_subjects(session, subjects.values(), as_of)
+        write_audit(session, events)
+        last = candidates[-1]
+    return dict(counts), (last.signup_at, last.id)
+
+
+def _erase_unused_subjects(session, subjects, now: datetime) -> int:
+    """Erase subjects that nothing else (another consent, a processor) still needs."""
+    ids = [s.id for s in subjects]
+    in_use = set(
+        session.exec(
+            select(ConsentRecord.subject_id).where(
+                ConsentRecord.subject_id.in_(ids),  # type: ignore[attr-defined]
+                ConsentRecord.state.in_([ConsentState.pending, ConsentState.confirmed]),  # type: ignore[attr-defined]
+            )
+        )
+    )
+    in_use |= set(
+        session.exec(
+            select(Recipient.subject_id).where(
+                Recipient.subject_id.in_(ids),  # type: ignore[attr-defined]
+                Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+            )
+        )
+    )
+    erased = 0
+    for subject in subjects:
+        if subject.id not in in_use and subject.erased_at is None:
+            subject.erase_personal_data(now)
+            erased += 1
+    return erased
+
+
+@flow(name="expire-unconfirmed-optins")
+def expire_unconfirmed_optins(
+    as_of: datetime | None = None, batch_size: int = 1000
+) -> dict[str, int]:
+    """Erase unconfirmed sign-ups past their list's period (30 / 21 Berlin calendar days).
+
+    Args:
+        as_of: the moment to judge by (default: now); set it to replay or test.
+        batch_size: records per task.
+    """
+    settings = get_settings()
+    now = as_of or utcnow()
+    if now.tzinfo is None:
+        raise ValueError("as_of must carry a timezone")
+    results = []
+    for list_name in ALL_LISTS:
+        days = getattr(settings, f"optin_expiry_days_{list_name}")
+        after = None
+        while True:
+            counts, after = expire_batch(list_name, days, now, after, batch_size)
+            results.append(counts)
+            if after is None:
+                break
+    counts = tally(results)
+    counts_artifact("expire-unconfirmed-optins", "Unconfirmed sign-ups expired", counts)
+    return counts
+
+
+# helpers ------------------------------------------------------------------------------
+def _decision(
+    action: str, outcome: str, subject: DataSubject, status: int | None = None, detail: str = ""
+) -> AuditEvent:
+    return AuditEvent(
+        action, outcome, processor=PROCESSOR, subject=subject.pseudonym,
+        http_status=status, detail=detail,
+    )  # fmt: skip
+
+
+def _fail(client: cleverreach.CleverReach, action: str, exc: ProcessorError, n: int) -> None:
+    """The batch is rolled back; its calls and the failure still go to the audit trail."""
+    with transaction() as session:
+        write_audit(
+            session,
+            call_events(client.http.drain_calls())
+            + [AuditEvent(action, "failed", PROCESSOR, http_status=exc.status, detail=f"records={n}")],
+        )
+
+
+def _key(key: bytes, *parts: object) -> str:
+    return hmac.new(key, "|".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()

@@ -1,0 +1,23 @@
+"""Every flow by its deployment name: what ``psync run NAME`` and prefect.yaml refer to."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from prefect import Flow
+
+# name -> "module:function"; imported lazily so `psync --help` stays fast.
+FLOWS: dict[str, str] = {
+    "sync-newsletter-consents": "flows.newsletter:sync_newsletter_consents",
+    "pull-newsletter-unsubscribes": "flows.newsletter:pull_newsletter_unsubscribes",
+    "expire-unconfirmed-optins": "flows.newsletter:expire_unconfirmed_optins",
+}
+
+
+def get_flow(name: str) -> Flow:
+    """The flow registered under `name`; KeyError lists the known names."""
+    try:
+        module, attr = FLOWS[name].split(":")
+    except KeyError:
+        raise KeyError(f"unknown flow {name!r}; known: {', '.join(sorted(FLOWS))}") from None
+    return getattr(import_module(module), attr)

@@ -1,0 +1,21 @@
+"""SQLModel tables, one module per aggregate, and the one engine/session factory.
+
+Importing this package registers every table on ``SQLModel.metadata`` (Alembic reads it).
+"""
+
+from models.audit import AuditEntry, AuditHead
+from models.consent import ConsentEvent, ConsentRecord
+from models.cursors import Counter, SyncCursor
+from models.recipients import Recipient
+from models.subjects import DataSubject
+
+__all__ = [
+    "AuditEntry",
+    "AuditHead",
+    "ConsentEvent",
+    "ConsentRecord",
+    "Counter",
+    "DataSubject",
+    "Recipient",
+    "SyncCursor",
+]

@@ -1,0 +1,74 @@
+"""Identifiers of a data subject: normalisation, validation and pseudonyms.
+
+The pseudonym is a keyed HMAC of the normalised identifier, so logs and the audit trail can
+name a subject without naming the person, and nobody without the key can reverse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from email_validator import EmailNotValidError, validate_email
+
+
+def normalise_email(value: str) -> str:
+    """The one form of an e-mail address we match on.
+
+    >>> normalise_email("  Erika.Mustermann@Example.DE ")
+    'erika.mustermann@example.de'
+
+    Raises ValueError (without echoing the address) when it is not a valid address.
+    """
+    try:
+        checked = validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid e-mail address ({_reason(exc)})") from None
+    return checked.normalized.lower()
+
+
+def _reason(exc: EmailNotValidError) -> str:
+    # email-validator's messages sometimes quote parts of the address; keep only the kind.
+    text = str(exc)
+    if "@" in text or '"' in text:
+        return "malformed"
+    return text.rstrip(".")
+
+
+def insurance_number_valid(value: str) -> bool:
+    """Check the health-insurance number (Krankenversichertennummer, § 290 SGB V).
+
+    Ten characters: a capital letter, eight digits, one check digit. The letter becomes its
+    two-digit alphabet position (A=01 … Z=26); those ten digits are weighted 1,2,1,2,…;
+    products above 9 are replaced by their digit sum; the sum modulo 10 is the check digit.
+
+    >>> insurance_number_valid("A123456780")
+    True
+    >>> insurance_number_valid("A123456781")
+    False
+    """
+    if len(value) != 10 or not ("A" <= value[0] <= "Z") or not value[1:].isdigit():
+        return False
+    digits = f"{ord(value[0]) - ord('A') + 1:02d}" + value[1:9]
+    total = 0
+    for i, ch in enumerate(digits):
+        product = int(ch) * (1 if i % 2 == 0 else 2)
+        total += product // 10 + product % 10
+    return total % 10 == int(value[9])
+
+
+def normalise_insurance_number(value: str) -> str:
+    """Upper-case, no spaces; raises ValueError (without the number) when the check fails."""
+    cleaned = value.replace(" ", "").upper()
+    if not insurance_number_valid(cleaned):
+        raise ValueError("not a valid health-insurance number (format or check digit)")
+    return cleaned
+
+
+def pseudonym(key: bytes, kind: str, normalised: str) -> str:
+    """Keyed HMAC-SHA256 of a normalised identifier, 32 hex characters.
+
+    >>> pseudonym(b"k", "email", "a@example.de") == pseudonym(b"k", "email", "a@example.de")
+    True
+    """
+    return hmac.new(key, f"{kind}:{normalised}".encode(), hashlib.sha256).hexdigest()[:32]

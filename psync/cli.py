@@ -1,0 +1,156 @@
+"""``psync``: the command line of processor-sync."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import Counter
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="processor-sync: keep processors in line with data subjects' decisions.")
+db_app = typer.Typer(help="Database schema.")
+audit_app = typer.Typer(help="The audit trail.")
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply the Alembic migrations to PSYNC_DATABASE_URL."""
+    from models.migrate import upgrade
+
+    upgrade(revision=revision)
+    typer.echo(f"database at {revision}")
+
+
+@app.command()
+def intake(
+    file: Annotated[Path | None, typer.Argument(help="JSON-lines file of events")] = None,
+    schema: Annotated[bool, typer.Option("--schema", help="print the JSON Schema")] = False,
+) -> None:
+    """Validate and store the website's events; exits 1 when any line was rejected."""
+    from models.intake import intake_lines, json_schema
+
+    if schema:
+        typer.echo(json.dumps(json_schema(), indent=2))
+        return
+    if file is None:
+        raise typer.BadParameter("give a FILE.jsonl (or --schema)")
+    from models.db import transaction
+    from models.types import utcnow
+    from psync.settings import get_settings
+
+    key = get_settings().hmac_key()
+    with file.open(encoding="utf-8") as lines, transaction() as session:
+        results = intake_lines(session, key, lines, now=utcnow())
+    counts = Counter(r.outcome for r in results)
+    for r in results:
+        if r.outcome == "rejected":
+            typer.echo(f"{file.name}:{r.line}: rejected: {r.reason}", err=True)
+    typer.echo(" ".join(f"{k}={counts.get(k, 0)}" for k in ("stored", "unchanged", "duplicate", "rejected")))
+    raise typer.Exit(1 if counts.get("rejected") else 0)
+
+
+@app.command("run")
+def run_flow(
+    name: Annotated[str, typer.Argument(help="flow name, e.g. sync-newsletter-consents")],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (JSON values allowed)")] = None,
+) -> None:
+    """Run a flow locally (ephemeral Prefect unless PREFECT_API_URL is set)."""
+    from flows.registry import get_flow
+
+    try:
+        flow = get_flow(name)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from None
+    params = {}
+    for item in param or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--param {key!r}: expected key=value")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    result = flow(**params)
+    typer.echo(json.dumps(result, default=str, sort_keys=True))
+
+
+class ExportFormat(StrEnum):
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; exits 1 and names the first bad row when it is broken."""
+    from models.audit import verify
+    from models.db import transaction
+    from psync.settings import get_settings
+
+    with transaction() as session:
+        result = verify(session, get_settings().hmac_key())
+    if result.ok:
+        typer.echo(f"audit trail intact: {result.checked} rows")
+        return
+    typer.echo(f"audit trail BROKEN at row {result.bad_id}: {result.reason} "
+               f"({result.checked} rows verified before it)", err=True)
+    raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    format: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.jsonl,
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+) -> None:
+    """Write the audit trail as CSV or JSON lines (stdout by default)."""
+    from models.audit import FIELDS, export_rows
+    from models.db import transaction
+
+    out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    try:
+        with transaction() as session:
+            if format is ExportFormat.csv:
+                writer = csv.DictWriter(out, fieldnames=[*FIELDS, "prev_hash", "hash"])
+                writer.writeheader()
+                writer.writerows(export_rows(session))
+            else:
+                for row in export_rows(session):
+                    out.write(json.dumps(row) + "\n")
+    finally:
+        if output:
+            out.close()
+
+
+@app.command()
+def sandbox(
+    host: str = "127.0.0.1",
+    port: int = 8700,
+    fault_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+    latency_ms: Annotated[int, typer.Option(min=0)] = 0,
+    seed: int | None = None,
+) -> None:
+    """Serve the local imitation of the processors' APIs (in-memory)."""
+    from sandbox.app import serve
+
+    serve(host=host, port=port, fault_rate=fault_rate, latency_ms=latency_ms, seed=seed)
+
+
+@app.command()
+def demo(
+    subjects: Annotated[int, typer.Option(min=10)] = 3000,
+    seed: int = 7,
+) -> None:
+    """Run the newsletter job end to end against a local sandbox on a fresh SQLite file."""
+    from psync.demo import run_demo
+
+    raise typer.Exit(run_demo(subjects=subjects, seed=seed))
+
+
+if __name__ == "__main__":
+    app()

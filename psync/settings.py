@@ -1,0 +1,82 @@
+"""The one settings object. Nothing else in the project reads the environment.
+
+Every field comes from a ``PSYNC_``-prefixed environment variable (or a ``.env`` file);
+secrets may instead name a Prefect Secret block (``PSYNC_CLEVERREACH_CLIENT_SECRET_BLOCK``).
+
+Example::
+
+    PSYNC_DATABASE_URL=postgresql+psycopg://psync@db/psync psync db upgrade
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATA_DIR = Path(".psync")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PSYNC_", env_file=".env", extra="ignore")
+
+    database_url: str = f"sqlite:///{DATA_DIR / 'psync.db'}"
+    # Keyed HMAC for pseudonyms and the audit chain. Without one, a random key is created
+    # once under .psync/ so a local install works; production sets it (or a Secret block).
+    pseudonym_key: SecretStr | None = None
+    pseudonym_key_block: str | None = None
+
+    # CleverReach: the API root; /oauth/token.php and /v3/... hang below it.
+    cleverreach_base_url: str = "https://rest.cleverreach.com"
+    cleverreach_client_id: str | None = None
+    cleverreach_client_secret: SecretStr | None = None
+    cleverreach_client_secret_block: str | None = None
+    cleverreach_group_newsletter: str | None = None
+    cleverreach_group_service_offers: str | None = None
+    cleverreach_batch_size: int = Field(250, ge=1, le=1000)
+    cleverreach_rate_per_second: float = Field(10.0, gt=0)
+
+    # HTTP: (connect, read) seconds. Connect is short because a dead host should fail fast;
+    # read is long enough for a 1000-receiver upsert.
+    http_connect_timeout: float = 5.0
+    http_read_timeout: float = 60.0
+    http_max_attempts: int = Field(5, ge=1)
+    http_max_retry_seconds: float = 120.0
+    http_retry_after_cap: float = 60.0
+
+    # Unconfirmed double-opt-in sign-ups are erased after this many calendar days (seed 000).
+    optin_expiry_days_newsletter: int = 30
+    optin_expiry_days_service_offers: int = 21
+
+    def secret(self, name: str) -> str | None:
+        """The secret `name` from the environment, else from its Prefect Secret block."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value()
+        block = getattr(self, f"{name}_block", None)
+        if block:
+            from prefect.blocks.system import Secret
+
+            return str(Secret.load(block).get())
+        return None
+
+    def hmac_key(self) -> bytes:
+        """The pseudonym/audit key; created once under .psync/ when none is configured."""
+        configured = self.secret("pseudonym_key")
+        if configured:
+            return configured.encode()
+        path = DATA_DIR / "pseudonym.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings, read once per process (tests call ``get_settings.cache_clear()``)."""
+    return Settings()

@@ -1,0 +1,204 @@
+"""The HTTP layer: retry policy, error kinds, token auth, rate limit, redaction."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+import responses
+
+from connectors.transport import (
+    FatalError,
+    HttpClient,
+    RateLimiter,
+    RetriableError,
+    RetryPolicy,
+    TokenAuth,
+    redact,
+)
+
+BASE = "https://api.test"
+POLICY = RetryPolicy(max_attempts=4, retry_after_cap=60, backoff_initial=0.5)
+
+
+def client(**kw) -> HttpClient:
+    return HttpClient("proc", BASE, policy=kw.pop("policy", POLICY), **kw)
+
+
+@responses.activate
+def test_429_with_retry_after_waits_that_long(no_sleep):
+    responses.get(f"{BASE}/x", status=429, headers={"Retry-After": "7"})
+    responses.get(f"{BASE}/x", json={"ok": True})
+    c = client()
+    assert c.request("x.get", "GET", "/x").json() == {"ok": True}
+    assert len(responses.calls) == 2
+    assert no_sleep == [7.0]
+    assert c.drain_calls()[0].attempts == 2
+
+
+@responses.activate
+def test_retry_after_is_capped(no_sleep):
+    responses.get(f"{BASE}/x", status=429, headers={"Retry-After": "3600"})
+    responses.get(f"{BASE}/x", status=200)
+    client().request("x.get", "GET", "/x")
+    assert no_sleep == [60.0]
+
+
+@responses.activate
+def test_429_without_retry_after_backs_off_with_jitter(no_sleep):
+    for _ in range(3):
+        responses.get(f"{BASE}/x", status=429)
+    responses.get(f"{BASE}/x", status=200)
+    client().request("x.get", "GET", "/x")
+    assert len(responses.calls) == 4
+    # full jitter: each wait lies within the exponential ceiling 0.5, 1, 2
+    assert [w <= c for w, c in zip(no_sleep, [0.5, 1.0, 2.0], strict=True)] == [True] * 3
+
+
+@responses.activate
+def test_5xx_is_retried_until_success(no_sleep):
+    responses.get(f"{BASE}/x", status=502)
+    responses.get(f"{BASE}/x", status=503)
+    responses.get(f"{BASE}/x", status=200)
+    c = client()
+    c.request("x.get", "GET", "/x")
+    assert len(responses.calls) == 3
+    assert c.drain_calls()[0].attempts == 3
+
+
+@responses.activate
+def test_attempts_are_bounded(no_sleep):
+    responses.get(f"{BASE}/x", status=500)
+    c = client()
+    with pytest.raises(RetriableError) as info:
+        c.request("x.get", "GET", "/x")
+    assert len(responses.calls) == POLICY.max_attempts
+    assert info.value.attempts == POLICY.max_attempts
+    assert info.value.status == 500
+    assert c.drain_calls()[0].outcome == "retriable"
+
+
+@responses.activate
+def test_timeout_and_connection_error_are_retried(no_sleep):
+    responses.get(f"{BASE}/x", body=requests.exceptions.ReadTimeout())
+    responses.get(f"{BASE}/x", body=requests.exceptions.ConnectionError())
+    responses.get(f"{BASE}/x", status=200)
+    client().request("x.get", "GET", "/x")
+    assert len(responses.calls) == 3
+    assert len(no_sleep) == 2
+
+
+@responses.activate
+def test_non_idempotent_post_is_not_resent_after_a_timeout(no_sleep):
+    responses.post(f"{BASE}/x", body=requests.exceptions.ReadTimeout())
+    with pytest.raises(FatalError):
+        client().request("x.create", "POST", "/x", idempotent=False)
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_client_error_is_fatal_at_once(no_sleep):
+    responses.get(f"{BASE}/x", status=400, json={"error": {"code": 400, "message": "bad"}})
+    with pytest.raises(FatalError) as info:
+        client().request("x.get", "GET", "/x")
+    assert len(responses.calls) == 1
+    assert info.value.status == 400
+    assert no_sleep == []
+
+
+@responses.activate
+def test_expected_status_is_returned_not_raised():
+    responses.get(f"{BASE}/x", status=404)
+    c = client()
+    assert c.request("x.get", "GET", "/x", expect=(404,)).status_code == 404
+    assert c.drain_calls()[0].outcome == "absent"
+
+
+@responses.activate
+def test_errors_never_carry_the_url_or_body(no_sleep):
+    path = "/receivers/erika.mustermann@example.de"
+    responses.get(f"{BASE}{path}", body=requests.exceptions.ConnectionError(f"{BASE}{path}"))
+    with pytest.raises(RetriableError) as info:
+        client().request("receivers.get", "GET", path)
+    text = str(info.value)
+    assert "@" not in text and "erika" not in text
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def token_source():
+    issued = []
+
+    def fetch():
+        issued.append(f"tok{len(issued) + 1}")
+        return issued[-1], 300.0
+
+    return fetch, issued
+
+
+@responses.activate
+def test_token_is_cached_until_shortly_before_expiry():
+    fetch, issued = token_source()
+    clock = FakeClock()
+    c = client(auth=TokenAuth(fetch, clock=clock, leeway=30))
+    responses.get(f"{BASE}/x", status=200)
+    c.request("x.get", "GET", "/x")
+    clock.now = 269
+    c.request("x.get", "GET", "/x")
+    assert issued == ["tok1"]
+    clock.now = 271
+    c.request("x.get", "GET", "/x")
+    assert issued == ["tok1", "tok2"]
+    assert responses.calls[2].request.headers["Authorization"] == "Bearer tok2"
+
+
+@responses.activate
+def test_401_refreshes_the_token_once_and_resends():
+    fetch, issued = token_source()
+    responses.get(f"{BASE}/x", status=401)
+    responses.get(f"{BASE}/x", json={"ok": 1})
+    c = client(auth=TokenAuth(fetch))
+    assert c.request("x.get", "GET", "/x").json() == {"ok": 1}
+    assert issued == ["tok1", "tok2"]
+    assert [call.request.headers["Authorization"] for call in responses.calls] == [
+        "Bearer tok1",
+        "Bearer tok2",
+    ]
+
+
+@responses.activate
+def test_a_second_401_is_fatal_without_another_refresh(no_sleep):
+    fetch, issued = token_source()
+    responses.get(f"{BASE}/x", status=401)
+    with pytest.raises(FatalError) as info:
+        client(auth=TokenAuth(fetch)).request("x.get", "GET", "/x")
+    assert info.value.status == 401
+    assert len(responses.calls) == 2
+    assert issued == ["tok1", "tok2"]
+
+
+def test_raw_header_scheme_for_timify_style_auth():
+    auth = TokenAuth(lambda: ("abc", 60), header="authorization", prefix="")
+    prepared = requests.Request("GET", BASE).prepare()
+    assert auth(prepared).headers["authorization"] == "abc"
+
+
+def test_rate_limiter_spaces_calls_after_the_burst():
+    clock, waits = FakeClock(), []
+    limiter = RateLimiter(rate=2.0, burst=2, clock=clock, sleep=waits.append)
+    for _ in range(4):
+        limiter.acquire()
+    assert waits == [0.5, 1.0]
+    clock.now = 10.0
+    assert limiter.acquire() == 0.0
+
+
+def test_redact_hides_emails_and_tokens():
+    text = redact('to erika@example.de {"access_token": "abcdefghijkl"} Bearer xyz12345678')
+    assert "erika" not in text and "abcdefghijkl" not in text and "xyz12345678" not in text
