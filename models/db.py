@@ -19,10 +19,14 @@ from psync.settings import get_settings
 
 # hide_parameters: SQLAlchemy's error messages otherwise quote the bound values, which are
 # e-mail addresses and IPs here, into exceptions that end up in logs and Prefect's UI.
-@lru_cache(maxsize=8)
 def get_engine(url: str | None = None) -> Engine:
     """The engine for `url` (default: the configured database), created once per process."""
-    url = url or get_settings().database_url
+    # Resolve the default before the cache: keyed on None, a changed setting would be missed.
+    return _engine(url or get_settings().database_url)
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

@@ -256,8 +256,9 @@ class _Store:
     def _subject(self, email: str, kvnr: str | None, create: bool) -> DataSubject | None:
         by_email = self.by_email.get(email)
         by_kvnr = self.by_kvnr.get(kvnr) if kvnr else None
-        if by_email and by_kvnr and by_email.id != by_kvnr.id:
-            raise TransitionError("e-mail and insurance number belong to different subjects")
+        if by_kvnr and by_kvnr.email and by_kvnr.email != email:
+            # Someone else's number typed in, or a changed address: either way not ours to merge.
+            raise TransitionError("insurance number is registered with another e-mail address")
         subject = by_email or by_kvnr
         if subject is None and create:
             subject = DataSubject(pseudonym=pseudonym(self.key, "email", email), email=email)

@@ -23,7 +23,7 @@ import models  # noqa: E402, F401
 from models.db import get_engine  # noqa: E402
 from psync.settings import get_settings  # noqa: E402
 
-TEST_KEY = "test-pseudonym-key"
+from support import TEST_KEY  # noqa: E402
 
 
 def _free_port() -> int:
@@ -61,10 +61,6 @@ def sandbox(sandbox_server):
     """The sandbox URL, emptied and without faults."""
     requests.post(f"{sandbox_server}/_sandbox/reset", json={"fault_rate": 0.0}, timeout=5)
     return sandbox_server
-
-
-def sandbox_state(url: str) -> dict:
-    return requests.get(f"{url}/_sandbox/state", timeout=10).json()
 
 
 @pytest.fixture

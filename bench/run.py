@@ -1,0 +1,289 @@
+"""The benchmark run: seed, baseline, full sync, 1% change, incremental sync, report.
+
+Imported only after ``bench.env.prepare`` has set the environment (it imports prefect).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import json
+import math
+import platform
+import pstats
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import prefect
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+
+from bench import baseline, seed
+from bench.env import GROUP_NEWSLETTER, RATE_PER_SECOND
+from bench.prefect_runs import settled_task_runs, warmup_flow
+from bench.procs import CpuMeter, Sandbox
+from flows.newsletter import sync_newsletter_consents
+from models.migrate import upgrade
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+TARGET_THROUGHPUT_RATIO = 0.5  # ours / baseline receivers per second, at least
+TARGET_INCREMENTAL_RATIO = 0.05  # incremental / full sync time, below
+TARGET_TASKS_PER_BATCH = 1.0  # Prefect task runs per batch of the full sync, at most
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+            text=True, timeout=10, cwd=Path(__file__).resolve().parent.parent,
+        ).stdout.strip()  # fmt: skip
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except OSError:
+        return None
+
+
+def sandbox_group(sandbox: Sandbox, group: str) -> dict:
+    """Receivers of a group at the sandbox, and the calls it counted."""
+    state = sandbox.state()["cleverreach"]
+    receivers = state["groups"][group]["receivers"]
+    return {
+        "receivers": len(receivers),
+        "active": sum(1 for r in receivers.values() if r.get("active")),
+        "emails": set(receivers),
+        "calls": state["calls"],
+    }
+
+
+class Profiler:
+    """cProfile around one phase when asked (--profile); a no-op otherwise."""
+
+    def __init__(self, enabled: bool, name: str):
+        self.enabled, self.name = enabled, name
+        self.profile = cProfile.Profile() if enabled else None
+        self.path: Path | None = None
+
+    def __enter__(self):
+        if self.profile:
+            self.profile.enable()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.profile:
+            return
+        self.profile.disable()
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        self.path = RESULTS / f"{self.name}.prof"
+        self.profile.dump_stats(self.path)
+        out = io.StringIO()
+        stats = pstats.Stats(self.profile, stream=out).strip_dirs()
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(40)
+        (RESULTS / f"{self.name}.txt").write_text(out.getvalue())
+        _log(f"profile of {self.name}: {self.path} (summary {self.name}.txt)")
+
+
+def timed_sync(batch_size: int, meter: CpuMeter, profile: bool, name: str) -> dict:
+    cpu_before = meter.sample()
+    started = time.perf_counter()
+    with Profiler(profile, name):
+        state = sync_newsletter_consents(
+            lists=["newsletter"], batch_size=batch_size, return_state=True
+        )
+    seconds = time.perf_counter() - started
+    cpu = CpuMeter.delta(cpu_before, meter.sample())
+    if not state.is_completed():
+        raise RuntimeError(f"{name}: flow run ended {state.type.value}: {state.message}")
+    return {
+        "seconds": seconds,
+        "counts": state.result(),
+        "flow_run_id": state.state_details.flow_run_id,
+        "cpu_seconds": cpu,
+    }
+
+
+def run(args, work: Path, port: int) -> dict:
+    n, batch = args.subjects, args.batch_size
+    report: dict = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "subjects": n,
+        "batch_size": batch,
+        "rate_limit_per_second": RATE_PER_SECOND,
+        "environment": {
+            "python": platform.python_version(),
+            "prefect": prefect.__version__,
+            "cpus": __import__("os").cpu_count(),
+            "commit": _git_commit(),
+            "database": "sqlite (temporary file, WAL)",
+            "sandbox": "separate process: psync sandbox (uvicorn, 1 worker)",
+            "prefect_api": "prefect_test_harness (ephemeral server subprocess)",
+            "profiled": bool(args.profile),
+        },
+    }
+    sandbox = Sandbox(port, work / "sandbox.log")
+    try:
+        _log(f"sandbox on {sandbox.url}")
+        sandbox.start()
+        meter = CpuMeter(sandbox.pid)
+        upgrade()
+
+        # 1. seed through the real intake --------------------------------------------
+        _log(f"intake of {n} sign-ups + confirmations")
+        started = time.perf_counter()
+        outcomes = seed.seed(n, args.intake_slice)
+        seconds = time.perf_counter() - started
+        lines = 2 * n
+        report["intake"] = {
+            "lines": lines, "seconds": seconds, "lines_per_second": lines / seconds,
+            "outcomes": dict(outcomes), "transaction_lines": 2 * args.intake_slice,
+        }  # fmt: skip
+        if outcomes.get("stored") != lines:
+            raise RuntimeError(f"intake stored {outcomes.get('stored')} of {lines} lines")
+
+        # 2. baseline: same payloads, plain requests ---------------------------------
+        _log("baseline: plain requests")
+        started = time.perf_counter()
+        payloads = baseline.load_payloads()
+        build_seconds = time.perf_counter() - started
+        if len(payloads) != n:
+            raise RuntimeError(f"baseline loaded {len(payloads)} receivers, expected {n}")
+        cpu_before = meter.sample()
+        base = baseline.post_batches(sandbox.url, GROUP_NEWSLETTER, payloads, batch)
+        base["cpu_seconds"] = CpuMeter.delta(cpu_before, meter.sample())
+        del payloads
+        held = sandbox_group(sandbox, GROUP_NEWSLETTER)
+        base.update(
+            receivers=n, receivers_per_second=n / base["seconds"],
+            payload_build_seconds_untimed=build_seconds, sandbox_receivers=held["receivers"],
+        )  # fmt: skip
+        report["baseline"] = base
+        if held["receivers"] != n:
+            raise RuntimeError(f"baseline: sandbox holds {held['receivers']} receivers, expected {n}")
+        sandbox.reset()
+
+        with prefect_test_harness(), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            started = time.perf_counter()
+            warmup_flow()
+            report["prefect_warmup_seconds"] = time.perf_counter() - started
+
+            # 3. full sync ----------------------------------------------------------
+            _log("full sync")
+            full = timed_sync(batch, meter, args.profile, "full_sync")
+            held = sandbox_group(sandbox, GROUP_NEWSLETTER)
+            full.update(
+                receivers=n, receivers_per_second=n / full["seconds"],
+                sandbox_receivers=held["receivers"], sandbox_active=held["active"],
+                upsert_calls=held["calls"].get("POST /v3/groups/{gid}/receivers/upsertplus", 0),
+            )  # fmt: skip
+            if held["receivers"] != n or held["active"] != n:
+                raise RuntimeError(
+                    f"full sync: sandbox holds {held['receivers']} receivers "
+                    f"({held['active']} active), expected {n}"
+                )
+            full["task_runs"] = settled_task_runs(full["flow_run_id"])
+            full["batches"] = math.ceil(n / batch)
+            report["full_sync"] = full
+
+            # 4. change 1%, incremental sync -----------------------------------------
+            _log("1% change through intake")
+            started = time.perf_counter()
+            change = seed.change_one_percent(n)
+            change["intake_seconds"] = time.perf_counter() - started
+            withdrawn_emails = set(change.pop("withdrawn_emails"))
+            report["change"] = change
+
+            _log("incremental sync")
+            calls_before = held["calls"]
+            inc = timed_sync(batch, meter, args.profile, "incremental_sync")
+            held = sandbox_group(sandbox, GROUP_NEWSLETTER)
+            expected = n - change["withdrawn"] + change["new_confirmed"]
+            still_there = len(withdrawn_emails & held["emails"])
+            inc.update(
+                sandbox_receivers=held["receivers"], sandbox_active=held["active"],
+                withdrawn_still_at_sandbox=still_there,
+                calls={
+                    k: v - calls_before.get(k, 0) for k, v in held["calls"].items()
+                    if v != calls_before.get(k, 0)
+                },
+            )  # fmt: skip
+            if held["receivers"] != expected or still_there:
+                raise RuntimeError(
+                    f"incremental: sandbox holds {held['receivers']} receivers (expected "
+                    f"{expected}), {still_there} withdrawn still there"
+                )
+            inc["task_runs"] = settled_task_runs(inc["flow_run_id"])
+            inc["batches"] = math.ceil(change["withdrawn"] / batch) + math.ceil(change["changed"] / batch)
+            report["incremental_sync"] = inc
+    finally:
+        sandbox.stop()
+
+    # ratios and targets -----------------------------------------------------------------
+    throughput_ratio = report["full_sync"]["receivers_per_second"] / report["baseline"]["receivers_per_second"]
+    incremental_ratio = report["incremental_sync"]["seconds"] / report["full_sync"]["seconds"]
+    tasks_per_batch = report["full_sync"]["task_runs"]["total"] / report["full_sync"]["batches"]
+    report["targets"] = {
+        "throughput_ratio": _target(throughput_ratio, ">=", TARGET_THROUGHPUT_RATIO),
+        "incremental_ratio": _target(incremental_ratio, "<", TARGET_INCREMENTAL_RATIO),
+        "task_runs_per_batch": _target(tasks_per_batch, "<=", TARGET_TASKS_PER_BATCH),
+    }
+    report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return report
+
+
+def _target(value: float, op: str, bound: float) -> dict:
+    ok = {">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+    return {"value": round(value, 4), "target": f"{op} {bound}", "result": "PASS" if ok else "MISS"}
+
+
+def write(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def table(report: dict) -> str:
+    f, b, i = report["full_sync"], report["baseline"], report["incremental_sync"]
+    t = report["targets"]
+    rows = [
+        ("subjects (confirmed newsletter)", f"{report['subjects']:,}"),
+        ("batch size", f"{report['batch_size']}"),
+        ("client rate limit", f"{report['rate_limit_per_second']}/s (set high on purpose)"),
+        ("intake", f"{report['intake']['seconds']:.1f} s  ({report['intake']['lines_per_second']:,.0f} lines/s)"),
+        ("baseline (plain requests)", f"{b['seconds']:.2f} s  ({b['receivers_per_second']:,.0f} receivers/s, {b['calls']} calls)"),
+        ("full sync", f"{f['seconds']:.2f} s  ({f['receivers_per_second']:,.0f} receivers/s, {f['upsert_calls']} upserts)"),
+        ("  cpu s client/sandbox/prefect", _cpu(f["cpu_seconds"]) + f"   (baseline {_cpu(b['cpu_seconds'])})"),
+        ("1% change", f"{report['change']['withdrawn']} withdrawn + {report['change']['new_confirmed']} new"),
+        ("incremental sync", f"{i['seconds']:.2f} s  (calls: {_calls(i['calls'])})"),
+        ("  cpu s client/sandbox/prefect", _cpu(i["cpu_seconds"])),
+        ("task runs, full", f"{f['task_runs']['total']} for {f['batches']} batches  {f['task_runs']['by_task']}"),
+        ("task runs, incremental", f"{i['task_runs']['total']} for {i['batches']} batches  {i['task_runs']['by_task']}"),
+        ("", ""),
+        ("ours/baseline throughput", _fmt_target(t["throughput_ratio"])),
+        ("incremental/full time", _fmt_target(t["incremental_ratio"])),
+        ("task runs per batch", _fmt_target(t["task_runs_per_batch"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" if k else "" for k, v in rows)
+
+
+def _cpu(cpu: dict) -> str:
+    return f"{cpu['client']:.1f}/{cpu['sandbox']:.1f}/{cpu['prefect_server']:.1f}"
+
+
+def _calls(calls: dict) -> str:
+    short = {k.split(" ", 1)[0] + " " + k.rsplit("/", 1)[-1]: v for k, v in calls.items()}
+    return ", ".join(f"{k}={v}" for k, v in sorted(short.items()))
+
+
+def _fmt_target(t: dict) -> str:
+    return f"{t['value']:.4f}  (target {t['target']})  {t['result']}"

@@ -1,0 +1,88 @@
+"""Synthetic subscriptions, fed through the real intake (``models.intake.intake_lines``)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+from models.db import transaction
+from models.intake import intake_lines
+from models.types import utcnow
+from psync.settings import get_settings
+
+LIST = "newsletter"
+SALUTATIONS = ("Frau", "Herr", None)
+
+
+def email(i: int) -> str:
+    return f"bench{i}@example.de"
+
+
+def _ip(i: int) -> str:
+    # TEST-NET-3 (RFC 5737), so nothing here is anybody's real address
+    return f"203.0.113.{i % 250 + 1}"
+
+
+def signup_confirm_lines(start: int, stop: int, signup_base: datetime) -> Iterator[str]:
+    """A sign-up and its confirmation for subjects start..stop-1."""
+    for i in range(start, stop):
+        at = signup_base + timedelta(milliseconds=10 * (i - start))
+        yield json.dumps({
+            "type": "consent.signup", "list": LIST, "email": email(i), "at": at.isoformat(),
+            "salutation": SALUTATIONS[i % 3], "first_name": f"Vorname{i}",
+            "last_name": f"Nachname{i}", "ip": _ip(i),
+            "source": "https://www.example.de/newsletter", "policy_version": "2025-05",
+        })  # fmt: skip
+        yield json.dumps({
+            "type": "consent.confirm", "list": LIST, "email": email(i),
+            "at": (at + timedelta(minutes=7)).isoformat(), "ip": _ip(i + 1),
+        })  # fmt: skip
+
+
+def withdraw_lines(indices: list[int], at: datetime) -> Iterator[str]:
+    for i in indices:
+        yield json.dumps({
+            "type": "consent.withdraw", "list": LIST, "email": email(i), "at": at.isoformat(),
+            "channel": "portal" if i % 2 else "email",
+        })  # fmt: skip
+
+
+def intake(lines: list[str]) -> Counter[str]:
+    """One intake transaction, as ``psync intake FILE`` does it; returns outcome counts."""
+    key = get_settings().hmac_key()
+    with transaction() as session:
+        results = intake_lines(session, key, lines, now=utcnow())
+    counts = Counter(r.outcome for r in results)
+    if counts.get("rejected"):
+        reasons = Counter(r.reason for r in results if r.outcome == "rejected")
+        raise RuntimeError(f"intake rejected lines: {dict(reasons.most_common(3))}")
+    return counts
+
+
+def seed(n: int, slice_subjects: int) -> Counter[str]:
+    """N confirmed subscriptions in slices of `slice_subjects` (one transaction per slice)."""
+    base = utcnow() - timedelta(days=20)
+    total: Counter[str] = Counter()
+    for start in range(0, n, slice_subjects):
+        stop = min(n, start + slice_subjects)
+        total.update(intake(list(signup_confirm_lines(start, stop, base))))
+    return total
+
+
+def change_one_percent(n: int) -> dict:
+    """Withdraw 0.5% of the N subscriptions and add 0.5% new confirmed ones (1% in all)."""
+    changes = max(2, round(n * 0.01))
+    withdraw = changes // 2
+    new = changes - withdraw
+    step = n // withdraw
+    withdrawn = [i * step for i in range(withdraw)]  # spread over the whole id range
+    now = utcnow()
+    lines = list(withdraw_lines(withdrawn, now - timedelta(minutes=2)))
+    lines += list(signup_confirm_lines(n, n + new, now - timedelta(minutes=30)))
+    counts = intake(lines)
+    return {
+        "changed": changes, "withdrawn": withdraw, "new_confirmed": new, "lines": len(lines),
+        "withdrawn_emails": [email(i) for i in withdrawn], "intake_outcomes": dict(counts),
+    }  # fmt: skip

@@ -1,0 +1,236 @@
+"""The newsletter flows end to end: local database, Prefect, the sandbox over loopback."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+from sqlmodel import func, select
+
+from support import TEST_KEY, sandbox_state
+from flows import newsletter
+from models.audit import AuditEntry, verify
+from models.consent import ConsentRecord, ConsentState
+from models.db import transaction
+from models.intake import intake_lines
+from models.recipients import Recipient
+from models.subjects import DataSubject
+from models.types import utcnow
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+KEY = TEST_KEY.encode()
+NOW = utcnow()
+
+
+def signup(email, list_name="newsletter", at=None, kvnr=None):
+    event = {
+        "type": "consent.signup", "list": list_name, "email": email, "salutation": "Frau",
+        "first_name": "Erika", "last_name": "Muster", "ip": "192.0.2.10",
+        "at": (at or NOW - timedelta(hours=2)).isoformat(), "source": "https://example.de/nl",
+        "policy_version": "2026-01",
+    }  # fmt: skip
+    if kvnr:
+        event["insurance_number"] = kvnr
+    return json.dumps(event)
+
+
+def confirm(email, list_name="newsletter", at=None):
+    at = at or NOW - timedelta(hours=1)
+    return json.dumps(
+        {"type": "consent.confirm", "list": list_name, "email": email,
+         "ip": "198.51.100.7", "at": at.isoformat()}  # fmt: skip
+    )
+
+
+def withdraw(email, list_name="newsletter"):
+    return json.dumps(
+        {"type": "consent.withdraw", "list": list_name, "email": email,
+         "channel": "portal", "at": NOW.isoformat()}  # fmt: skip
+    )
+
+
+def take_in(*lines):
+    with transaction() as session:
+        results = intake_lines(session, KEY, lines, now=NOW)
+    assert {r.outcome for r in results} <= {"stored", "unchanged", "duplicate"}, results
+
+
+def receivers(url, group):
+    return sandbox_state(url)["cleverreach"]["groups"][group]["receivers"]
+
+
+def calls(url, route):
+    return sandbox_state(url)["cleverreach"]["calls"].get(route, 0)
+
+
+UPSERT = "POST /v3/groups/{gid}/receivers/upsertplus"
+
+
+def test_only_confirmed_sign_ups_reach_their_group_with_proof(against_sandbox):
+    take_in(
+        signup("a@example.de"), confirm("a@example.de"),
+        signup("pending@example.de"),
+        signup("b@example.de", "service_offers", kvnr="A123456780"),
+        confirm("b@example.de", "service_offers"),
+    )  # fmt: skip
+    counts = newsletter.sync_newsletter_consents()
+    assert counts["pushed"] == 2 and counts["not_pushed_pending"] == 1
+    news, offers = receivers(against_sandbox, "1001"), receivers(against_sandbox, "1002")
+    assert list(news) == ["a@example.de"] and list(offers) == ["b@example.de"]
+    a = news["a@example.de"]
+    assert a["active"] is True
+    assert a["registered"] == int((NOW - timedelta(hours=2)).timestamp())
+    assert a["activated"] == int((NOW - timedelta(hours=1)).timestamp())
+    assert a["source"] == "https://example.de/nl"
+    assert a["attributes"] == {
+        "signup_ip": "192.0.2.10", "confirm_ip": "198.51.100.7", "policy_version": "2026-01"
+    }  # fmt: skip
+    assert a["global_attributes"]["firstname"] == "Erika"
+    assert offers["b@example.de"]["attributes"]["insurance_number"] == "A123456780"
+
+
+def test_the_newsletter_group_never_carries_an_insurance_number(against_sandbox):
+    # One person on both lists: the service-offers sign-up has the number, the newsletter not.
+    take_in(
+        signup("c@example.de", "service_offers", kvnr="A123456780"),
+        confirm("c@example.de", "service_offers"),
+        signup("c@example.de"), confirm("c@example.de"),
+    )  # fmt: skip
+    newsletter.sync_newsletter_consents()
+    news = receivers(against_sandbox, "1001")
+    assert "A123456780" not in json.dumps(news)
+    assert "A123456780" in json.dumps(receivers(against_sandbox, "1002"))
+
+
+def test_local_withdrawal_stops_mailing_and_removes_the_receiver(against_sandbox):
+    take_in(signup("w@example.de"), confirm("w@example.de"), signup("s@example.de"), confirm("s@example.de"))
+    newsletter.sync_newsletter_consents()
+    take_in(withdraw("w@example.de"))
+    counts = newsletter.sync_newsletter_consents()
+    assert counts["removed"] == 1
+    assert list(receivers(against_sandbox, "1001")) == ["s@example.de"]
+    assert calls(against_sandbox, "DELETE /v3/groups/{gid}/receivers/{email_or_id}") == 1
+    with transaction() as session:
+        row = session.exec(select(Recipient).join(DataSubject).where(DataSubject.email == "w@example.de")).one()
+        assert row.removed_at is not None
+
+
+def test_unsubscribe_link_comes_back_as_a_local_withdrawal(against_sandbox):
+    take_in(signup("u@example.de"), confirm("u@example.de"))
+    newsletter.sync_newsletter_consents()
+    requests.post(f"{against_sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": "u@example.de"})
+    assert newsletter.pull_newsletter_unsubscribes()["withdrawn"] == 1
+    assert newsletter.pull_newsletter_unsubscribes().get("withdrawn", 0) == 0  # idempotent
+    with transaction() as session:
+        record = session.exec(select(ConsentRecord)).one()
+        assert record.state == ConsentState.withdrawn
+        assert record.withdraw_channel == "newsletter-link"
+    newsletter.sync_newsletter_consents()
+    assert receivers(against_sandbox, "1001") == {}
+
+
+def test_a_second_sync_sends_nothing(against_sandbox):
+    take_in(signup("i@example.de"), confirm("i@example.de"))
+    newsletter.sync_newsletter_consents()
+    before = calls(against_sandbox, UPSERT)
+    assert newsletter.sync_newsletter_consents() == {}
+    assert calls(against_sandbox, UPSERT) == before == 1
+
+
+@pytest.mark.parametrize(
+    ("list_name", "due"),
+    [
+        # 11:00 Berlin summer time + 30 calendar days = 11:00 winter time (DST ends 25 Oct).
+        ("newsletter", datetime(2026, 10, 31, 10, 0, tzinfo=UTC)),
+        ("service_offers", datetime(2026, 10, 22, 9, 0, tzinfo=UTC)),
+    ],
+)
+def test_unconfirmed_sign_ups_expire_after_their_period(settings, list_name, due):
+    signed = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
+    kvnr = "A123456780" if list_name == "service_offers" else None
+    with transaction() as session:
+        intake_lines(session, KEY, [signup("e@example.de", list_name, at=signed, kvnr=kvnr)], now=signed)
+    assert newsletter.expire_unconfirmed_optins(as_of=due - timedelta(seconds=1)) == {}
+    counts = newsletter.expire_unconfirmed_optins(as_of=due)
+    assert counts == {"expired": 1, "subjects_erased": 1}
+    with transaction() as session:
+        subject = session.exec(select(DataSubject)).one()
+        record = session.exec(select(ConsentRecord)).one()
+        assert (subject.email, subject.first_name, subject.insurance_number) == (None, None, None)
+        assert record.state == ConsentState.expired and record.signup_ip is None
+        audit = session.exec(select(AuditEntry).where(AuditEntry.action == "consent.expire")).one()
+        assert audit.subject_pseudonym == subject.pseudonym
+
+
+def test_a_crash_after_the_upsert_then_a_rerun_ends_exactly_right(against_sandbox, monkeypatch):
+    take_in(*[line for i in range(30) for line in (signup(f"k{i}@example.de"), confirm(f"k{i}@example.de"))])
+    original = newsletter.record_sent
+    sent = []
+
+    def crash_on_second_batch(*args, **kwargs):
+        sent.append(1)
+        if len(sent) == 11:
+            raise RuntimeError("simulated crash between the call and the commit")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(newsletter, "record_sent", crash_on_second_batch)
+    with pytest.raises(RuntimeError):
+        newsletter.sync_newsletter_consents(batch_size=10)
+    assert len(receivers(against_sandbox, "1001")) == 20  # batch 2 reached CleverReach...
+    with transaction() as session:  # ...but its commit did not happen here
+        assert session.exec(select(func.count()).select_from(Recipient)).one() == 10
+    monkeypatch.setattr(newsletter, "record_sent", original)
+    counts = newsletter.sync_newsletter_consents(batch_size=10)
+    assert counts["pushed"] == 20
+    held = receivers(against_sandbox, "1001")
+    assert sorted(held) == sorted(f"k{i}@example.de" for i in range(30))
+    assert all(r["active"] for r in held.values())
+    with transaction() as session:
+        rows = session.exec(select(Recipient)).all()
+        assert len(rows) == 30 and len({r.subject_id for r in rows}) == 30
+        assert {r.external_id for r in rows} == {r["id"] for r in held.values()}
+
+
+def test_faults_at_the_processor_still_end_in_the_right_state(against_sandbox, no_sleep):
+    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 0.3, "seed": 11,
+                  "kinds": ["429_retry_after", "429_plain", "500", "503", "drop", "token_expiry"]})
+    take_in(*[line for i in range(40) for line in (signup(f"f{i}@example.de"), confirm(f"f{i}@example.de"))])
+    take_in(withdraw("f0@example.de"))
+    newsletter.sync_newsletter_consents(batch_size=5)
+    faults = sandbox_state(against_sandbox)["faults"]
+    assert sum(faults.values()) > 0 and no_sleep
+    assert sorted(receivers(against_sandbox, "1001")) == sorted(f"f{i}@example.de" for i in range(1, 40))
+
+
+def test_every_call_is_audited_and_the_chain_verifies(against_sandbox):
+    take_in(signup("x@example.de"), confirm("x@example.de"), signup("y@example.de"), confirm("y@example.de"))
+    newsletter.sync_newsletter_consents()
+    take_in(withdraw("y@example.de"))
+    newsletter.sync_newsletter_consents()
+    served = sum(sandbox_state(against_sandbox)["cleverreach"]["calls"].values())
+    with transaction() as session:
+        audited = session.exec(
+            select(func.count()).select_from(AuditEntry).where(AuditEntry.action.startswith("call."))
+        ).one()
+        assert audited == served
+        assert verify(session, KEY).ok
+
+
+def test_no_personal_data_in_logs_or_artifacts(against_sandbox, caplog):
+    from prefect.client.orchestration import get_client
+
+    caplog.set_level(logging.DEBUG)
+    take_in(signup("secret.person@example.de"), confirm("secret.person@example.de"))
+    newsletter.sync_newsletter_consents()
+    requests.post(f"{against_sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": "secret.person@example.de"})
+    newsletter.pull_newsletter_unsubscribes()
+    newsletter.sync_newsletter_consents()
+    text = caplog.text + " ".join(map(str, (r.args for r in caplog.records)))
+    assert "secret.person" not in text and "192.0.2.10" not in text
+    assert "psync.http" in {r.name for r in caplog.records}  # the HTTP layer did log
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+    assert artifacts and "secret.person" not in json.dumps([a.data for a in artifacts], default=str)
