@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--intake-slice", type=int, default=10_000,
         help="subjects per intake transaction while seeding (default 10000 = 20000 lines)",
     )  # fmt: skip
-    parser.add_argument("--profile", action="store_true", help="cProfile both syncs into bench/results/*.prof")
+    parser.add_argument("--profile", action="store_true", help="cProfile intake and both syncs into bench/results/*.prof (slows them down)")
     parser.add_argument("--output", type=Path, default=None, help="JSON report (default bench/results/latest.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (database, logs)")
     args = parser.parse_args(argv)

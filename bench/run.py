@@ -141,7 +141,8 @@ def run(args, work: Path, port: int) -> dict:
         # 1. seed through the real intake --------------------------------------------
         _log(f"intake of {n} sign-ups + confirmations")
         started = time.perf_counter()
-        outcomes = seed.seed(n, args.intake_slice)
+        with Profiler(args.profile, "intake"):
+            outcomes = seed.seed(n, args.intake_slice)
         seconds = time.perf_counter() - started
         lines = 2 * n
         report["intake"] = {

@@ -1,0 +1,192 @@
+"""The psync command line: intake, audit verify/export, db upgrade."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlmodel import SQLModel
+from typer.testing import CliRunner
+
+from models.audit import FIELDS
+from models.db import get_engine, transaction
+from psync.cli import app
+from psync.settings import get_settings
+
+# Fixed past times: the CLI compares against the real clock (future lines are refused).
+AT = "2025-06-01T10:00:00+02:00"
+AT_CONFIRM = "2025-06-01T10:20:00+02:00"
+COLUMNS = [*FIELDS, "prev_hash", "hash"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def signup(email: str) -> str:
+    return json.dumps({
+        "type": "consent.signup", "list": "newsletter", "email": email, "first_name": "Erika",
+        "last_name": "Mustermann", "ip": "192.0.2.10", "at": AT,
+        "source": "https://example.de/nl", "policy_version": "2026-01",
+    })  # fmt: skip
+
+
+def confirm(email: str) -> str:
+    return json.dumps({
+        "type": "consent.confirm", "list": "newsletter", "email": email, "ip": "192.0.2.11",
+        "at": AT_CONFIRM,
+    })  # fmt: skip
+
+
+def write(tmp_path, *lines, name="events.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def count(table: str) -> int:
+    with transaction() as session:
+        return session.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def test_intake_good_file(settings, runner, tmp_path):
+    path = write(tmp_path, signup("erika@example.de"), confirm("erika@example.de"))
+    result = runner.invoke(app, ["intake", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "stored=2 unchanged=0 duplicate=0 rejected=0" in result.stdout
+    assert result.stderr == ""
+    assert count("consent_event") == 2
+
+    again = runner.invoke(app, ["intake", str(path)])
+    assert again.exit_code == 0
+    assert "stored=0 unchanged=0 duplicate=2 rejected=0" in again.stdout
+
+
+def test_intake_bad_line_exits_1_and_keeps_the_good(settings, runner, tmp_path):
+    path = write(
+        tmp_path,
+        signup("erika@example.de"),
+        signup("mustermann.example.de"),
+        confirm("max@example.de"),
+        confirm("erika@example.de"),
+    )
+    result = runner.invoke(app, ["intake", str(path)])
+    assert result.exit_code == 1
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2
+    assert errors[0].startswith("events.jsonl:2: rejected: email")
+    assert errors[1] == "events.jsonl:3: rejected: no sign-up to confirm for this list"
+    assert "mustermann" not in result.stderr and "max@" not in result.stderr
+    assert "stored=2 unchanged=0 duplicate=0 rejected=2" in result.stdout
+    assert "rejected:" not in result.stdout
+    assert count("data_subject") == 1
+    assert count("consent_event") == 2
+
+
+def test_intake_without_file_is_a_usage_error(settings, runner):
+    result = runner.invoke(app, ["intake"])
+    assert result.exit_code == 2
+    assert "FILE" in result.output
+
+
+def test_intake_schema(runner):
+    result = runner.invoke(app, ["intake", "--schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert schema["discriminator"]["propertyName"] == "type"
+    assert {"ConsentSignup", "ConsentConfirm", "ConsentWithdraw"} <= set(schema["$defs"])
+
+
+def _audited(settings, runner, tmp_path) -> None:
+    path = write(
+        tmp_path, signup("erika@example.de"), confirm("erika@example.de"),
+        signup("max@example.de"),
+    )  # fmt: skip
+    assert runner.invoke(app, ["intake", str(path)]).exit_code == 0
+    assert count("audit_entry") == 3
+
+
+def test_audit_verify_intact(settings, runner, tmp_path):
+    _audited(settings, runner, tmp_path)
+    result = runner.invoke(app, ["audit", "verify"])
+    assert result.exit_code == 0
+    assert "intact: 3 rows" in result.stdout
+
+
+def test_audit_verify_names_the_altered_row(settings, runner, tmp_path):
+    _audited(settings, runner, tmp_path)
+    with transaction() as session:
+        session.execute(text("UPDATE audit_entry SET outcome = 'forged' WHERE id = 2"))
+    result = runner.invoke(app, ["audit", "verify"])
+    assert result.exit_code == 1
+    assert "BROKEN at row 2" in result.stderr
+    assert "1 rows verified" in result.stderr
+
+
+def test_audit_export_csv(settings, runner, tmp_path):
+    _audited(settings, runner, tmp_path)
+    result = runner.invoke(app, ["audit", "export", "--format", "csv"])
+    assert result.exit_code == 0
+    reader = csv.DictReader(io.StringIO(result.stdout))
+    rows = list(reader)
+    assert reader.fieldnames == COLUMNS
+    assert [r["id"] for r in rows] == ["1", "2", "3"]
+    assert rows[1]["prev_hash"] == rows[0]["hash"]
+    assert "@" not in result.stdout
+
+
+def test_audit_export_jsonl(settings, runner, tmp_path):
+    _audited(settings, runner, tmp_path)
+    result = runner.invoke(app, ["audit", "export", "--format", "jsonl"])
+    assert result.exit_code == 0
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["id"] for r in rows] == [1, 2, 3]
+    assert all(list(r) == COLUMNS for r in rows)
+    assert [r["action"] for r in rows] == ["consent.signup", "consent.confirm", "consent.signup"]
+
+
+def test_audit_export_to_file(settings, runner, tmp_path):
+    _audited(settings, runner, tmp_path)
+    out = tmp_path / "audit.csv"
+    result = runner.invoke(app, ["audit", "export", "-f", "csv", "-o", str(out)])
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 4
+
+
+def test_db_upgrade_on_a_fresh_file(settings, runner, tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/fresh/upgrade.db"
+    monkeypatch.setenv("PSYNC_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["db", "upgrade"])
+        assert result.exit_code == 0, result.output
+        assert "database at head" in result.stdout
+        tables = set(inspect(get_engine(url)).get_table_names())
+        assert set(SQLModel.metadata.tables) <= tables
+        assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    finally:
+        get_engine(url).dispose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: psync/cli.py intake opens the file as UTF-8 text; one Latin-1 line raises "
+    "UnicodeDecodeError mid-iteration, the transaction rolls back every good line and no "
+    "'FILE:LINE: rejected' is printed",
+)
+def test_intake_line_in_wrong_encoding_is_rejected_alone(settings, runner, tmp_path):
+    path = tmp_path / "events.jsonl"
+    bad = signup("jörg@example.de").replace("Mustermann", "Müller").encode("latin-1")
+    path.write_bytes(
+        signup("erika@example.de").encode() + b"\n" + bad + b"\n"
+        + confirm("erika@example.de").encode() + b"\n"
+    )  # fmt: skip
+    result = runner.invoke(app, ["intake", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("events.jsonl:2: rejected:")
+    assert count("consent_event") == 2
