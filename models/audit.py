@@ -50,13 +50,22 @@ class AuditEntry(SQLModel, table=True):
 
 
 class AuditHead(SQLModel, table=True):
-    """The chain's end: without it, deleting the newest rows would go unnoticed."""
+    """The chain's end: without it, deleting the newest rows would go unnoticed.
+
+    `seal` is a keyed HMAC of (last_id, last_hash), so the end cannot be moved back to an
+    earlier row without the key either.
+    """
 
     __tablename__ = "audit_head"
 
     id: int = Field(default=1, primary_key=True)
     last_id: int = 0
     last_hash: str = Field(default=GENESIS, max_length=64)
+    seal: str = Field(default="", max_length=64)
+
+
+def _seal(key: bytes, last_id: int, last_hash: str) -> str:
+    return hmac.new(key, f"head|{last_id}|{last_hash}".encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ def append(
     if rows:
         session.execute(insert(AuditEntry), rows)
         head.last_id, head.last_hash = last_id, last_hash
+        head.seal = _seal(key, last_id, last_hash)
         session.add(head)
     return len(rows)
 
@@ -142,8 +152,12 @@ def verify(session: Session, key: bytes, chunk: int = 5000) -> Verification:
         if _digest(key, prev_hash, data) != row.hash:
             return Verification(False, checked, row.id, "row content altered")
         prev_hash, expected_id, checked = row.hash, expected_id + 1, checked + 1
-    head = session.get(AuditHead, 1) or AuditHead()
-    if (head.last_id, head.last_hash) != (checked, prev_hash):
+    head = session.get(AuditHead, 1)
+    if head is None:
+        head = AuditHead(seal=_seal(key, 0, GENESIS))
+    if (head.last_id, head.last_hash) != (checked, prev_hash) or not hmac.compare_digest(
+        head.seal, _seal(key, head.last_id, head.last_hash)
+    ):
         return Verification(False, checked, checked + 1, "rows removed from the end")
     return Verification(True, checked)
 

@@ -146,12 +146,21 @@ def parse_line(text: str) -> IntakeEvent:
 
 
 def intake_lines(
-    session: Session, key: bytes, lines: Iterable[str], now: datetime
+    session: Session, key: bytes, lines: Iterable[str | bytes], now: datetime
 ) -> list[LineResult]:
-    """Validate and store every line; returns one result per non-blank line. No commit."""
+    """Validate and store every line; returns one result per non-blank line. No commit.
+
+    Lines may be bytes (a file opened in binary mode): a line that is not UTF-8 is then
+    rejected on its own instead of failing the whole file.
+    """
     results: list[LineResult] = []
     parsed: list[tuple[int, IntakeEvent]] = []
-    for number, text in enumerate(lines, start=1):
+    for number, raw in enumerate(lines, start=1):
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            results.append(LineResult(number, "rejected", "not valid UTF-8"))
+            continue
         if not text.strip():
             continue
         try:
@@ -178,6 +187,7 @@ class _Store:
         self.session, self.key = session, key
         self.by_email: dict[str, DataSubject] = {}
         self.by_kvnr: dict[str, DataSubject] = {}
+        self.by_pseudonym: dict[str, DataSubject] = {}
         self.consents: dict[tuple[uuid.UUID, str], ConsentRecord] = {}
         self.audit: list[AuditEvent] = []
         self.events: list[ConsentEvent] = []
@@ -202,9 +212,10 @@ class _Store:
             if key in seen:
                 yield LineResult(number, "duplicate")
                 continue
-            seen.add(key)
             try:
                 stored = self._apply(event, seq + offset, key)
+                # Only an applied line makes a later identical one a duplicate.
+                seen.add(key)
             except TransitionError as exc:
                 yield LineResult(number, "rejected", str(exc))
                 self.audit.append(
@@ -229,8 +240,14 @@ class _Store:
         kvnrs -= self.by_kvnr.keys()
         found = []
         if emails:
+            # By pseudonym as well: an erased subject keeps only that, and one who signs up
+            # again is the same subject (the pseudonym is unique).
+            pseudonyms = [pseudonym(self.key, "email", e) for e in emails]
             found += self.session.exec(
-                select(DataSubject).where(DataSubject.email.in_(emails))  # type: ignore[union-attr]
+                select(DataSubject).where(
+                    DataSubject.email.in_(emails)  # type: ignore[union-attr]
+                    | DataSubject.pseudonym.in_(pseudonyms)  # type: ignore[attr-defined]
+                )
             ).all()
         if kvnrs:
             found += self.session.exec(
@@ -248,6 +265,7 @@ class _Store:
                 self.consents[(record.subject_id, record.list_name)] = record
 
     def _remember(self, subject: DataSubject) -> None:
+        self.by_pseudonym[subject.pseudonym] = subject
         if subject.email:
             self.by_email[subject.email] = subject
         if subject.insurance_number:
@@ -259,12 +277,17 @@ class _Store:
         if by_kvnr and by_kvnr.email and by_kvnr.email != email:
             # Someone else's number typed in, or a changed address: either way not ours to merge.
             raise TransitionError("insurance number is registered with another e-mail address")
+        if kvnr and by_email and by_email.insurance_number not in (None, kvnr):
+            raise TransitionError("e-mail address is registered with another insurance number")
         subject = by_email or by_kvnr
+        if subject is None:
+            subject = self.by_pseudonym.get(pseudonym(self.key, "email", email))
         if subject is None and create:
             subject = DataSubject(pseudonym=pseudonym(self.key, "email", email), email=email)
             self.session.add(subject)
         if subject is not None:
-            subject.email = subject.email or email
+            if subject.email is None:  # new, or erased earlier and now back
+                subject.email, subject.erased_at = email, None
             if kvnr and subject.insurance_number is None:
                 subject.insurance_number = kvnr
             self._remember(subject)

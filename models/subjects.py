@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, SQLModel
 
-from models.identity import pseudonym
 from models.types import UTCDateTime, new_id, utcnow
 
 
@@ -30,34 +29,3 @@ class DataSubject(SQLModel, table=True):
         self.email = self.insurance_number = None
         self.salutation = self.first_name = self.last_name = None
         self.erased_at = now
-
-
-def find_or_create_subject(
-    session: Session,
-    key: bytes,
-    email: str | None,
-    insurance_number: str | None = None,
-) -> DataSubject:
-    """The subject with this normalised e-mail or insurance number, created when new.
-
-    Matching on either identifier keeps one row per person across jobs; an identifier the
-    row lacks is filled in. Identifiers must already be normalised.
-    """
-    subject = None
-    if email:
-        subject = session.exec(select(DataSubject).where(DataSubject.email == email)).first()
-    if subject is None and insurance_number:
-        subject = session.exec(
-            select(DataSubject).where(DataSubject.insurance_number == insurance_number)
-        ).first()
-    if subject is None:
-        kind, value = ("email", email) if email else ("kvnr", insurance_number)
-        if value is None:
-            raise ValueError("a data subject needs an e-mail address or an insurance number")
-        subject = DataSubject(pseudonym=pseudonym(key, kind, value))
-        session.add(subject)
-    if email and subject.email is None:
-        subject.email = email
-    if insurance_number and subject.insurance_number is None:
-        subject.insurance_number = insurance_number
-    return subject

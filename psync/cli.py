@@ -46,7 +46,8 @@ def intake(
     from psync.settings import get_settings
 
     key = get_settings().hmac_key()
-    with file.open(encoding="utf-8") as lines, transaction() as session:
+    # Binary: a line in the wrong encoding is rejected alone instead of failing the file.
+    with file.open("rb") as lines, transaction() as session:
         results = intake_lines(session, key, lines, now=utcnow())
     counts = Counter(r.outcome for r in results)
     for r in results:

@@ -173,12 +173,6 @@ def test_db_upgrade_on_a_fresh_file(settings, runner, tmp_path, monkeypatch):
         get_engine(url).dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: psync/cli.py intake opens the file as UTF-8 text; one Latin-1 line raises "
-    "UnicodeDecodeError mid-iteration, the transaction rolls back every good line and no "
-    "'FILE:LINE: rejected' is printed",
-)
 def test_intake_line_in_wrong_encoding_is_rejected_alone(settings, runner, tmp_path):
     path = tmp_path / "events.jsonl"
     bad = signup("jörg@example.de").replace("Mustermann", "Müller").encode("latin-1")

@@ -144,11 +144,6 @@ def test_rehashing_one_row_with_the_key_breaks_the_next(settings):
     assert (result.ok, result.bad_id) == (False, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (design): models/audit.py audit_head is not keyed; deleting the newest rows "
-    "and copying the new last row's id/hash into audit_head (no key needed) verifies clean",
-)
 def test_truncation_with_a_rewritten_head_is_detected(settings):
     key = chain(settings, 5)
     sql("DELETE FROM audit_entry WHERE id > 3")

@@ -73,20 +73,10 @@ def test_normalise_refuses_without_echoing(bad):
         assert bad[1:9] not in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: models/identity.py:50 uses str.isdigit(), which is True for '²'; int('²') "
-    "then raises a ValueError that quotes the character instead of returning False",
-)
 def test_superscript_digit_is_invalid_not_an_error():
     assert insurance_number_valid("A12345678²") is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: models/identity.py:50 str.isdigit() accepts non-ASCII decimal digits "
-    "(Arabic-Indic), so a number no German system can hold passes the check",
-)
 def test_non_ascii_digits_are_invalid():
     # The same digits as A123456780, written in Arabic-Indic numerals.
     assert insurance_number_valid("A١٢٣٤٥٦٧٨٠") is False
@@ -131,12 +121,6 @@ def test_bad_email_refused_without_echoing(bad):
     assert "mustermann" not in message.lower()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: models/identity.py:31 _reason() only filters messages containing '@' or "
-    "'\"'; email-validator's 'Extra character(s) found after close quote' lists the local "
-    "part one quoted character at a time ('m', 'u', ...), which passes the filter",
-)
 def test_bad_email_message_does_not_spell_out_the_address():
     with pytest.raises(ValueError) as info:
         normalise_email('"x"mustermann@example.de')

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from models.consent import ConsentEvent, ConsentRecord, ConsentState
@@ -230,12 +229,6 @@ def test_insurance_number_of_another_subject_is_rejected(settings):
     assert erika.insurance_number is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: models/intake.py _Store._subject (~line 259) checks only that the insurance "
-    "number is not someone else's; a known e-mail arriving with a different insurance number "
-    "is 'stored' and the new number silently dropped (subject keeps the old one)",
-)
 def test_email_registered_with_another_insurance_number_is_rejected(settings):
     run(settings, signup(list_name="service_offers", insurance_number=KVNR))
     results = run(
@@ -258,12 +251,6 @@ def test_json_schema_discriminates_the_three_event_types():
     assert signup_schema["additionalProperties"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: models/identity.py:31 _reason() lets email-validator's 'Extra character(s) "
-    "found after close quote' through; it lists the local part letter by letter, so the "
-    "rejection reason (printed by psync intake) spells out the address",
-)
 def test_reason_does_not_spell_out_a_quoted_address(settings):
     (result,) = run(settings, _with(signup(), email='"x"mustermann@example.de'))
     assert result.outcome == "rejected"
@@ -271,14 +258,6 @@ def test_reason_does_not_spell_out_a_quoted_address(settings):
     assert "mustermann" not in letters_only
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IntegrityError,
-    reason="BUG: models/intake.py _Store._subject creates a new DataSubject with "
-    "pseudonym(key, 'email', email), but an erased subject (expired sign-up, "
-    "flows/newsletter.py _erase_unused_subjects) still holds that pseudonym: UNIQUE "
-    "constraint on data_subject.pseudonym fails and the whole import rolls back",
-)
 def test_signup_again_after_erasure(settings):
     old = (NOW - timedelta(days=40)).isoformat()
     assert [r.outcome for r in run(settings, signup(at=old))] == ["stored"]
@@ -291,12 +270,6 @@ def test_signup_again_after_erasure(settings):
     assert {"erika.mustermann@example.de", "max@example.de"} <= emails
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: models/intake.py _Store.apply_chunk adds the dedupe key to `seen` before "
-    "applying; when the line is then rejected (TransitionError), an identical later line is "
-    "reported 'duplicate' although it was never stored",
-)
 def test_line_rejected_earlier_is_not_a_duplicate_later(settings):
     results = run(settings, confirm(), signup(), confirm())
     assert [r.outcome for r in results] == ["rejected", "stored", "stored"]
