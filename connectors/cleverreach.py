@@ -91,10 +91,13 @@ class CleverReach:
     ) -> CleverReach:
         """Build the client with token auth against `base_url`'s token endpoint."""
         root = base_url.rstrip("/")
-        shared = {k: v for k, v in http_options.items() if k in ("timeout", "policy", "sleep")}
-        # The token call goes through its own plain client (no auth, so no recursion) with
-        # the same retry policy; it writes into the same call log, so it is audited too.
-        token_client = HttpClient(PROCESSOR, root, session=make_session(pool_size=1), **shared)
+        # The token call goes through its own plain client (no auth, so no recursion) and
+        # makes one attempt: it runs inside a call whose retry policy already covers it, and
+        # a second loop would multiply the attempts. It writes into the same call log.
+        token_client = HttpClient(
+            PROCESSOR, root, session=make_session(pool_size=1),
+            timeout=http_options.get("timeout", (5.0, 60.0)), policy=RetryPolicy(max_attempts=1),
+        )  # fmt: skip
 
         def fetch() -> tuple[str, float]:
             body = token_client.request(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from sqlmodel import Session
 
-from connectors.transport import CallRecord
+from connectors.transport import CallRecord, HttpClient, ProcessorError
 from models.audit import AuditEvent, append
+from models.db import transaction
 from psync.settings import get_settings
 
 
@@ -35,6 +37,23 @@ def call_events(calls: Iterable[CallRecord]) -> list[AuditEvent]:
 def write_audit(session: Session, events: Iterable[AuditEvent]) -> int:
     """Append to the audit trail under the current flow run, using the configured key."""
     return append(session, get_settings().hmac_key(), events, flow_run_id=run_id())
+
+
+@contextmanager
+def audit_failure(http: HttpClient, action: str) -> Iterator[None]:
+    """Wrap a task's transaction: if a processor call fails, the data work rolls back but
+    the calls made and the failure still reach the audit trail, in a transaction of their
+    own opened only after the failed one has ended (SQLite allows one writer)."""
+    try:
+        yield
+    except ProcessorError as exc:
+        failure = AuditEvent(
+            action, "failed", exc.processor, attempts=exc.attempts, http_status=exc.status,
+            detail=f"operation={exc.operation}",
+        )  # fmt: skip
+        with transaction() as session:
+            write_audit(session, [*call_events(http.drain_calls()), failure])
+        raise
 
 
 def counts_artifact(flow_key: str, title: str, counts: Mapping[str, int]) -> None:

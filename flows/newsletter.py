@@ -32,7 +32,7 @@ from sqlmodel import select
 
 from connectors import cleverreach
 from connectors.transport import ProcessorError
-from flows.common import call_events, counts_artifact, tally, write_audit
+from flows.common import audit_failure, call_events, counts_artifact, tally, write_audit
 from models.audit import AuditEvent
 from models.consent import (
     ConsentEvent,
@@ -123,7 +123,7 @@ def remove_batch(
     """
     counts: Counter[str] = Counter()
     now = utcnow()
-    with transaction() as session:
+    with audit_failure(client.http, "newsletter.remove"), transaction() as session:
         rows = live_recipients_without_consent(
             session, PROCESSOR, _purpose(list_name), confirmed_subject_ids(list_name),
             after, limit,
@@ -131,14 +131,10 @@ def remove_batch(
         if not rows:
             return {}, None
         events: list[AuditEvent] = []
-        try:
-            client.upsert(
-                group, list_name,
-                [{"email": s.email, "deactivated": _unix(now)} for _, s in rows if s.email],
-            )  # fmt: skip
-        except ProcessorError as exc:
-            _fail(client, "newsletter.remove", exc, len(rows))
-            raise
+        client.upsert(
+            group, list_name,
+            [{"email": s.email, "deactivated": _unix(now)} for _, s in rows if s.email],
+        )  # fmt: skip
         for recipient, subject in rows:
             try:
                 client.delete(group, recipient.external_id or subject.email or "")
@@ -160,7 +156,7 @@ def push_batch(
     """Push the next batch of changed consents after the list's cursor; advance it."""
     counts: Counter[str] = Counter()
     now = utcnow()
-    with transaction() as session:
+    with audit_failure(client.http, "newsletter.push"), transaction() as session:
         after = get_cursor(session, _cursor(list_name)).position
         rows = changed_since(session, list_name, after, limit)
         if not rows:
@@ -168,13 +164,9 @@ def push_batch(
         confirmed = [(r, s) for r, s in rows if r.state == ConsentState.confirmed and s.email]
         events: list[AuditEvent] = []
         if confirmed:
-            try:
-                answers = client.upsert(
-                    group, list_name, [receiver_for(list_name, r, s) for r, s in confirmed]
-                )
-            except ProcessorError as exc:
-                _fail(client, "newsletter.push", exc, len(confirmed))
-                raise
+            answers = client.upsert(
+                group, list_name, [receiver_for(list_name, r, s) for r, s in confirmed]
+            )
             ids = {a["email"].lower(): str(a["id"]) for a in answers}
             register = load_recipients(
                 session, PROCESSOR, _purpose(list_name), [s.id for _, s in confirmed]
@@ -239,10 +231,11 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
     """Record every receiver inactive at CleverReach whose consent here still stands."""
     key = get_settings().hmac_key()
     counts: Counter[str] = Counter()
-    inactive = {
-        r["email"].lower(): int(r.get("deactivated") or 0)
-        for r in client.iter_receivers(group, kind="inactive")
-    }
+    with audit_failure(client.http, "newsletter.pull"):
+        inactive = {
+            r["email"].lower(): int(r.get("deactivated") or 0)
+            for r in client.iter_receivers(group, kind="inactive")
+        }
     counts["inactive_at_processor"] = len(inactive)
     with transaction() as session:
         events: list[AuditEvent] = []
@@ -397,16 +390,6 @@ def _decision(
         action, outcome, processor=PROCESSOR, subject=subject.pseudonym,
         http_status=status, detail=detail,
     )  # fmt: skip
-
-
-def _fail(client: cleverreach.CleverReach, action: str, exc: ProcessorError, n: int) -> None:
-    """The batch is rolled back; its calls and the failure still go to the audit trail."""
-    with transaction() as session:
-        write_audit(
-            session,
-            call_events(client.http.drain_calls())
-            + [AuditEvent(action, "failed", PROCESSOR, http_status=exc.status, detail=f"records={n}")],
-        )
 
 
 def _key(key: bytes, *parts: object) -> str:

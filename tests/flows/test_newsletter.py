@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -234,3 +235,25 @@ def test_no_personal_data_in_logs_or_artifacts(against_sandbox, caplog):
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts()
     assert artifacts and "secret.person" not in json.dumps([a.data for a in artifacts], default=str)
+
+
+def test_a_processor_that_keeps_failing_fails_the_run_audited_and_resumable(against_sandbox, no_sleep):
+    from connectors.transport import RetriableError
+    from models.cursors import SyncCursor
+
+    take_in(signup("z@example.de"), confirm("z@example.de"))
+    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 1.0, "kinds": ["500"]})
+    with pytest.raises(RetriableError):
+        newsletter.sync_newsletter_consents(lists=["newsletter"])
+    with transaction() as session:
+        failed = session.exec(select(AuditEntry).where(AuditEntry.outcome.in_(["failed", "retriable"]))).all()
+        by_action = Counter(e.action for e in failed)
+        # One retry loop: five attempts of the upsert, each failing at its token fetch.
+        assert by_action == {"call.oauth.token": 5, "call.receivers.upsert": 1, "newsletter.push": 1}
+        upsert = next(e for e in failed if e.action == "call.receivers.upsert")
+        assert upsert.attempts == 5 and len(no_sleep) == 4
+        cursor = session.get(SyncCursor, "cleverreach:newsletter")
+        assert cursor is None or cursor.position == 0
+        assert verify(session, KEY).ok
+    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 0.0})
+    assert newsletter.sync_newsletter_consents(lists=["newsletter"])["pushed"] == 1
