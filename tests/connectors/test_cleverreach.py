@@ -1,4 +1,4 @@
-"""CleverReach connector against recorded answers (shared/reference/cleverreach-responses)."""
+"""CleverReach connector against answers recorded from the real API (recorded/cleverreach)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from connectors.transport import FatalError, RetryPolicy
 
 ROOT = "https://cr.test"
 API = f"{ROOT}/v3"
-RECORDED = Path(__file__).resolve().parents[3] / "shared/reference/cleverreach-responses"
-if not RECORDED.exists():  # a clone with shared/ beside it, or the working copy
-    RECORDED = Path(__file__).resolve().parents[2] / "../shared/reference/cleverreach-responses"
+RECORDED = Path(__file__).parent / "recorded" / "cleverreach"
 
 
 def recorded(name: str):
