@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,7 @@ from models.consent import (
     apply_withdraw,
     changed_since,
     confirmed_subject_ids,
+    count_changed_since,
     expiry_candidates,
     expiry_due,
 )
@@ -51,10 +53,10 @@ from models.cursors import advance_cursor, get_cursor, next_seq
 from models.db import transaction
 from models.recipients import (
     Recipient,
+    count_live_recipients_without_consent,
     live_recipients_without_consent,
-    load_recipients,
     record_removed,
-    record_sent,
+    record_sent_many,
 )
 from models.subjects import DataSubject
 from models.types import utcnow
@@ -83,25 +85,28 @@ def _unix(value: datetime | None) -> int:
     return int(value.timestamp()) if value else 0
 
 
-def receiver_for(list_name: str, record: ConsentRecord, subject: DataSubject) -> dict:
-    """The CleverReach receiver for a confirmed consent: contact, proof, nothing more."""
+def receiver_for(list_name: str, row) -> dict:
+    """The CleverReach receiver for a confirmed consent: contact, proof, nothing more.
+
+    `row` has the attributes of ``models.consent.PUSH_COLUMNS``.
+    """
     attributes = {
-        "signup_ip": record.signup_ip or "",
-        "confirm_ip": record.confirm_ip or "",
-        "policy_version": record.policy_version or "",
+        "signup_ip": row.signup_ip or "",
+        "confirm_ip": row.confirm_ip or "",
+        "policy_version": row.policy_version or "",
     }
     if list_name == ConsentList.service_offers:
-        attributes["insurance_number"] = subject.insurance_number or ""
+        attributes["insurance_number"] = row.insurance_number or ""
     return {
-        "email": subject.email,
-        "source": record.source or "",
-        "registered": _unix(record.signup_at),
-        "activated": _unix(record.confirm_at),
+        "email": row.email,
+        "source": row.source or "",
+        "registered": _unix(row.signup_at),
+        "activated": _unix(row.confirm_at),
         "deactivated": 0,
         "global_attributes": {
-            "salutation": subject.salutation or "",
-            "firstname": subject.first_name or "",
-            "lastname": subject.last_name or "",
+            "salutation": row.salutation or "",
+            "firstname": row.first_name or "",
+            "lastname": row.last_name or "",
         },
         "attributes": attributes,
     }
@@ -140,11 +145,13 @@ def remove_batch(
                 client.delete(group, recipient.external_id or subject.email or "")
             except ProcessorError as exc:
                 counts["remove_failed"] += 1
-                events.append(_decision("newsletter.remove", "failed", subject, exc.status))
+                events.append(_decision("newsletter.remove", "failed", subject.pseudonym, exc.status))
                 continue
             record_removed(recipient, now)
             counts["removed"] += 1
-            events.append(_decision("newsletter.remove", "removed", subject, detail=list_name))
+            events.append(
+                _decision("newsletter.remove", "removed", subject.pseudonym, detail=list_name)
+            )
         write_audit(session, call_events(client.http.drain_calls()) + events)
     return dict(counts), rows[-1][0].id
 
@@ -161,64 +168,64 @@ def push_batch(
         rows = changed_since(session, list_name, after, limit)
         if not rows:
             return {}, 0
-        confirmed = [(r, s) for r, s in rows if r.state == ConsentState.confirmed and s.email]
+        confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
         events: list[AuditEvent] = []
         if confirmed:
-            answers = client.upsert(
-                group, list_name, [receiver_for(list_name, r, s) for r, s in confirmed]
-            )
+            answers = client.upsert(group, list_name, [receiver_for(list_name, r) for r in confirmed])
             ids = {a["email"].lower(): str(a["id"]) for a in answers}
-            register = load_recipients(
-                session, PROCESSOR, _purpose(list_name), [s.id for _, s in confirmed]
-            )
-            for record, subject in confirmed:
-                record_sent(
-                    session, register.get(subject.id), subject.id, PROCESSOR,
-                    _purpose(list_name), ids.get(subject.email or ""), now,
-                )  # fmt: skip
-                events.append(_decision("newsletter.push", "sent", subject, detail=list_name))
+            record_sent_many(
+                session, PROCESSOR, _purpose(list_name),
+                {r.subject_id: ids.get(r.email) for r in confirmed}, now,
+            )  # fmt: skip
+            events += [_decision("newsletter.push", "sent", r.pseudonym, detail=list_name) for r in confirmed]
             counts["pushed"] += len(confirmed)
-        for record, subject in rows:
-            if record.state != ConsentState.confirmed:
+        for row in rows:
+            if row.state != ConsentState.confirmed:
                 # Pending never leaves; withdrawn/expired are handled by the removal pass.
-                counts[f"not_pushed_{record.state}"] += 1
-                events.append(
-                    _decision("newsletter.hold", "skipped", subject, detail=str(record.state))
-                )
-        advance_cursor(session, _cursor(list_name), rows[-1][0].change_seq)
+                counts[f"not_pushed_{row.state}"] += 1
+                events.append(_decision("newsletter.hold", "skipped", row.pseudonym, detail=str(row.state)))
+        advance_cursor(session, _cursor(list_name), rows[-1].change_seq)
         write_audit(session, call_events(client.http.drain_calls()) + events)
     return dict(counts), len(rows)
 
 
-@flow(name="sync-newsletter-consents", log_prints=False)
+@flow(name="sync-newsletter-consents")
 def sync_newsletter_consents(
-    lists: list[ConsentList] | None = None, batch_size: int | None = None
+    lists: list[ConsentList] | None = None,
+    batch_size: int | None = None,
+    records_per_task: int = 2000,
 ) -> dict[str, int]:
     """Bring CleverReach in line with local consent: removals first, then confirmed pushes.
 
     Args:
         lists: which lists to sync (default: both).
-        batch_size: records per task and per upsert call (default: PSYNC_CLEVERREACH_BATCH_SIZE).
+        batch_size: receivers per upsert call (default: PSYNC_CLEVERREACH_BATCH_SIZE).
+        records_per_task: records per Prefect task; each task makes one or more calls.
     """
     settings = get_settings()
-    limit = batch_size or settings.cleverreach_batch_size
     logger = get_run_logger()
-    # One client per run: its token and connection pool serve every batch.
+    # One client per run: its token and connection pool serve every task.
     client = cleverreach.from_settings(settings)
+    if batch_size:
+        client.batch_size = batch_size
     results = []
     for list_name in lists or ALL_LISTS:
         group = _group(settings, list_name)
+        # Count first, so no task run is spent finding out that nothing is left.
+        with transaction() as session:
+            removals = count_live_recipients_without_consent(
+                session, PROCESSOR, _purpose(list_name), confirmed_subject_ids(list_name)
+            )
+            changes = count_changed_since(
+                session, list_name, get_cursor(session, _cursor(list_name)).position
+            )
         after: uuid.UUID | None = None
-        while True:
-            counts, after = remove_batch(client, list_name, group, after, limit)
+        for _ in range(math.ceil(removals / records_per_task)):
+            counts, after = remove_batch(client, list_name, group, after, records_per_task)
             results.append(counts)
-            if after is None:
-                break
-        while True:
-            counts, rows = push_batch(client, list_name, group, limit)
+        for _ in range(math.ceil(changes / records_per_task)):
+            counts, _rows = push_batch(client, list_name, group, records_per_task)
             results.append(counts)
-            if rows < limit:
-                break
     counts = tally(results)
     logger.info("sync finished: %s", counts)
     counts_artifact("sync-newsletter-consents", "Newsletter consent sync", counts)
@@ -265,7 +272,10 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
                     session.add(event)
                     counts["withdrawn"] += 1
                     events.append(
-                        _decision("consent.withdraw", "recorded", subject, detail="newsletter-link")
+                        _decision(
+                            "consent.withdraw", "recorded", subject.pseudonym,
+                            detail="newsletter-link",
+                        )  # fmt: skip
                     )
         write_audit(session, call_events(client.http.drain_calls()) + events)
     return dict(counts)
@@ -309,7 +319,10 @@ def expire_batch(
         for record in due:
             session.add(apply_expire(record, as_of, _key(key, "expire", record.id, record.signup_at)))
             events.append(
-                _decision("consent.expire", "erased", subjects[record.subject_id], detail=list_name)
+                _decision(
+                    "consent.expire", "erased", subjects[record.subject_id].pseudonym,
+                    detail=list_name,
+                )  # fmt: skip
             )
         if due:
             ids = [r.id for r in due]
@@ -384,12 +397,11 @@ def expire_unconfirmed_optins(
 
 # helpers ------------------------------------------------------------------------------
 def _decision(
-    action: str, outcome: str, subject: DataSubject, status: int | None = None, detail: str = ""
+    action: str, outcome: str, subject: str, status: int | None = None, detail: str = ""
 ) -> AuditEvent:
     return AuditEvent(
-        action, outcome, processor=PROCESSOR, subject=subject.pseudonym,
-        http_status=status, detail=detail,
-    )  # fmt: skip
+        action, outcome, processor=PROCESSOR, subject=subject, http_status=status, detail=detail
+    )
 
 
 def _key(key: bytes, *parts: object) -> str:

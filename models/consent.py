@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import UniqueConstraint, tuple_
+from sqlalchemy import UniqueConstraint, func, tuple_
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
 from models.subjects import DataSubject
@@ -197,18 +197,36 @@ def _touch(record: ConsentRecord, seq: int) -> None:
     record.updated_at = utcnow()
 
 
-def changed_since(
-    session: Session, list_name: str, after_seq: int, limit: int
-) -> list[tuple[ConsentRecord, DataSubject]]:
-    """Records of a list changed after `after_seq`, oldest change first, with subjects."""
-    rows = session.exec(
-        select(ConsentRecord, DataSubject)
+# What a push needs, as plain rows: loading ORM objects cost more than the call itself.
+PUSH_COLUMNS = (
+    ConsentRecord.state, ConsentRecord.change_seq, ConsentRecord.signup_at,
+    ConsentRecord.signup_ip, ConsentRecord.confirm_at, ConsentRecord.confirm_ip,
+    ConsentRecord.source, ConsentRecord.policy_version,
+    DataSubject.id.label("subject_id"), DataSubject.pseudonym, DataSubject.email,
+    DataSubject.insurance_number, DataSubject.salutation, DataSubject.first_name,
+    DataSubject.last_name,
+)  # fmt: skip
+
+
+def changed_since(session: Session, list_name: str, after_seq: int, limit: int) -> list:
+    """Rows (PUSH_COLUMNS) of a list's records changed after `after_seq`, oldest first."""
+    query = (
+        select(*PUSH_COLUMNS)
         .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
         .where(ConsentRecord.list_name == list_name, ConsentRecord.change_seq > after_seq)
         .order_by(ConsentRecord.change_seq)
         .limit(limit)
     )
-    return list(rows.all())
+    return list(session.exec(query).all())
+
+
+def count_changed_since(session: Session, list_name: str, after_seq: int) -> int:
+    """How many of a list's records changed after `after_seq`."""
+    return session.exec(
+        select(func.count()).where(
+            ConsentRecord.list_name == list_name, ConsentRecord.change_seq > after_seq
+        )
+    ).one()
 
 
 def confirmed_subject_ids(list_name: str):

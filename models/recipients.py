@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import UniqueConstraint, bindparam, func, insert, update
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
 from models.subjects import DataSubject
@@ -34,50 +34,66 @@ class Recipient(SQLModel, table=True):
     subject: DataSubject = Relationship()
 
 
-def load_recipients(
-    session: Session, processor: str, purpose: str, subject_ids: list[uuid.UUID]
-) -> dict[uuid.UUID, Recipient]:
-    """The register rows of these subjects at one processor and purpose, by subject id."""
-    if not subject_ids:
-        return {}
-    rows = session.exec(
-        select(Recipient).where(
-            Recipient.processor == processor,
-            Recipient.purpose == purpose,
-            Recipient.subject_id.in_(subject_ids),  # type: ignore[attr-defined]
-        )
-    )
-    return {row.subject_id: row for row in rows}
-
-
-def record_sent(
+def record_sent_many(
     session: Session,
-    existing: Recipient | None,
-    subject_id: uuid.UUID,
     processor: str,
     purpose: str,
-    external_id: str | None,
+    sent: dict[uuid.UUID, str | None],
     now: datetime,
-) -> Recipient:
-    """Note that the processor now holds this subject's data (again)."""
-    if existing is None:
-        existing = Recipient(
-            subject_id=subject_id,
-            processor=processor,
-            purpose=purpose,
-            first_sent_at=now,
-            last_sent_at=now,
+) -> None:
+    """Note that the processor now holds these subjects' data (subject id → external id).
+
+    Two statements for the whole batch, whatever its size: building one ORM object per
+    row cost more than the call to the processor did.
+    """
+    if not sent:
+        return
+    existing = set(
+        session.exec(
+            select(Recipient.subject_id).where(
+                Recipient.processor == processor,
+                Recipient.purpose == purpose,
+                Recipient.subject_id.in_(list(sent)),  # type: ignore[attr-defined]
+            )
         )
-        session.add(existing)
-    existing.external_id = external_id or existing.external_id
-    existing.last_sent_at = now
-    existing.removed_at = None
-    return existing
+    )
+    fresh = [
+        {"id": new_id(), "subject_id": sid, "processor": processor, "purpose": purpose,
+         "external_id": ext, "first_sent_at": now, "last_sent_at": now, "removed_at": None}
+        for sid, ext in sent.items() if sid not in existing
+    ]  # fmt: skip
+    if fresh:
+        session.execute(insert(Recipient), fresh)
+    if existing:
+        table = Recipient.__table__  # type: ignore[attr-defined]
+        session.execute(
+            update(table)
+            .where(
+                table.c.processor == processor,
+                table.c.purpose == purpose,
+                table.c.subject_id == bindparam("sid"),
+            )
+            .values(
+                external_id=func.coalesce(bindparam("ext"), table.c.external_id),
+                last_sent_at=now,
+                removed_at=None,
+            ),
+            [{"sid": sid, "ext": sent[sid]} for sid in existing],
+        )
 
 
 def record_removed(recipient: Recipient, now: datetime) -> None:
     """Note that the processor confirmed it no longer holds the data."""
     recipient.removed_at = now
+
+
+def _live_without_consent(processor: str, purpose: str, confirmed_subjects):
+    return (
+        Recipient.processor == processor,
+        Recipient.purpose == purpose,
+        Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+        Recipient.subject_id.not_in(confirmed_subjects),  # type: ignore[attr-defined]
+    )
 
 
 def live_recipients_without_consent(
@@ -97,15 +113,21 @@ def live_recipients_without_consent(
     query = (
         select(Recipient, DataSubject)
         .join(DataSubject, DataSubject.id == Recipient.subject_id)
-        .where(
-            Recipient.processor == processor,
-            Recipient.purpose == purpose,
-            Recipient.removed_at.is_(None),  # type: ignore[union-attr]
-            Recipient.subject_id.not_in(confirmed_subjects),  # type: ignore[attr-defined]
-        )
+        .where(*_live_without_consent(processor, purpose, confirmed_subjects))
         .order_by(Recipient.id)
         .limit(limit)
     )
     if after is not None:
         query = query.where(Recipient.id > after)
     return list(session.exec(query).all())
+
+
+def count_live_recipients_without_consent(
+    session: Session, processor: str, purpose: str, confirmed_subjects
+) -> int:
+    """How many rows `live_recipients_without_consent` would page through."""
+    return session.exec(
+        select(func.count()).where(
+            *_live_without_consent(processor, purpose, confirmed_subjects)
+        )
+    ).one()

@@ -168,23 +168,23 @@ def test_unconfirmed_sign_ups_expire_after_their_period(settings, list_name, due
 
 def test_a_crash_after_the_upsert_then_a_rerun_ends_exactly_right(against_sandbox, monkeypatch):
     take_in(*[line for i in range(30) for line in (signup(f"k{i}@example.de"), confirm(f"k{i}@example.de"))])
-    original = newsletter.record_sent
-    sent = []
+    original = newsletter.record_sent_many
+    batches = []
 
     def crash_on_second_batch(*args, **kwargs):
-        sent.append(1)
-        if len(sent) == 11:
+        batches.append(1)
+        if len(batches) == 2:
             raise RuntimeError("simulated crash between the call and the commit")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(newsletter, "record_sent", crash_on_second_batch)
+    monkeypatch.setattr(newsletter, "record_sent_many", crash_on_second_batch)
     with pytest.raises(RuntimeError):
-        newsletter.sync_newsletter_consents(batch_size=10)
+        newsletter.sync_newsletter_consents(batch_size=10, records_per_task=10)
     assert len(receivers(against_sandbox, "1001")) == 20  # batch 2 reached CleverReach...
     with transaction() as session:  # ...but its commit did not happen here
         assert session.exec(select(func.count()).select_from(Recipient)).one() == 10
-    monkeypatch.setattr(newsletter, "record_sent", original)
-    counts = newsletter.sync_newsletter_consents(batch_size=10)
+    monkeypatch.setattr(newsletter, "record_sent_many", original)
+    counts = newsletter.sync_newsletter_consents(batch_size=10, records_per_task=10)
     assert counts["pushed"] == 20
     held = receivers(against_sandbox, "1001")
     assert sorted(held) == sorted(f"k{i}@example.de" for i in range(30))
@@ -200,7 +200,7 @@ def test_faults_at_the_processor_still_end_in_the_right_state(against_sandbox, n
                   "kinds": ["429_retry_after", "429_plain", "500", "503", "drop", "token_expiry"]})
     take_in(*[line for i in range(40) for line in (signup(f"f{i}@example.de"), confirm(f"f{i}@example.de"))])
     take_in(withdraw("f0@example.de"))
-    newsletter.sync_newsletter_consents(batch_size=5)
+    newsletter.sync_newsletter_consents(batch_size=5, records_per_task=10)
     faults = sandbox_state(against_sandbox)["faults"]
     assert sum(faults.values()) > 0 and no_sleep
     assert sorted(receivers(against_sandbox, "1001")) == sorted(f"f{i}@example.de" for i in range(1, 40))
