@@ -80,6 +80,17 @@ def redact(text: str) -> str:
     return _BEARER.sub(r"\1[redacted]", _EMAIL.sub("[email]", text))
 
 
+class RedactingFilter(logging.Filter):
+    """Defence in depth: whatever reaches this layer's log is redacted once more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        return True
+
+
+log.addFilter(RedactingFilter())
+
+
 def make_session(pool_size: int = 4) -> requests.Session:
     """A pooled session. urllib3's own retries are off: tenacity here is the one retry loop."""
     session = requests.Session()

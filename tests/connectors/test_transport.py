@@ -202,3 +202,12 @@ def test_rate_limiter_spaces_calls_after_the_burst():
 def test_redact_hides_emails_and_tokens():
     text = redact('to erika@example.de {"access_token": "abcdefghijkl"} Bearer xyz12345678')
     assert "erika" not in text and "abcdefghijkl" not in text and "xyz12345678" not in text
+
+
+def test_the_http_log_is_redacted_even_if_a_caller_slips(caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="psync.http")
+    logging.getLogger("psync.http").info("oops %s", "erika@example.de Bearer abcdefghijkl")
+    assert "erika" not in caplog.text and "abcdefghijkl" not in caplog.text
+    assert "[email]" in caplog.text
