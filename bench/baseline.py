@@ -9,25 +9,30 @@ from __future__ import annotations
 import time
 
 import requests
-from sqlmodel import select
 
 from bench.env import CLIENT_ID, CLIENT_SECRET
 from flows.newsletter import receiver_for
-from models.consent import ConsentList, ConsentRecord, ConsentState
+from models.consent import ConsentList, ConsentState, changed_since
 from models.db import transaction
-from models.subjects import DataSubject
 
 
 def load_payloads(list_name: str = ConsentList.newsletter) -> list[dict]:
-    """The receivers the sync will push, in the order it pushes them (change order)."""
+    """The receivers the sync will push, in the order it pushes them (change order).
+
+    Read with the sync's own query (``changed_since`` from the start) and built with its own
+    ``receiver_for``, so both sides send byte-for-byte the same batches. Not timed.
+    """
     with transaction() as session:
-        rows = session.exec(
-            select(ConsentRecord, DataSubject)
-            .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
-            .where(ConsentRecord.list_name == list_name, ConsentRecord.state == ConsentState.confirmed)
-            .order_by(ConsentRecord.change_seq)
-        ).all()
-        return [receiver_for(list_name, record, subject) for record, subject in rows if subject.email]
+        rows = changed_since(session, list_name, 0, 2**62)
+    if rows and len(rows[0]) == 2 and hasattr(rows[0][0], "state"):
+        # older API: (ConsentRecord, DataSubject) pairs and receiver_for(list, record, subject)
+        return [
+            receiver_for(list_name, r, s)  # type: ignore[call-arg]
+            for r, s in rows if r.state == ConsentState.confirmed and s.email
+        ]  # fmt: skip
+    return [
+        receiver_for(list_name, r) for r in rows if r.state == ConsentState.confirmed and r.email
+    ]
 
 
 def post_batches(sandbox_url: str, group: str, payloads: list[dict], batch_size: int) -> dict:

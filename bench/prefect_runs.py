@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -58,3 +60,36 @@ def _noop(x: int) -> int:
 def warmup_flow() -> int:
     """Pays the one-off costs (API client, event workers, first flow/task registration)."""
     return _noop(1)
+
+
+class ApiRetries(logging.Filter):
+    """Counts the Prefect client's retried API calls (e.g. 503 while the harness's SQLite is busy).
+
+    The client logs each retry at DEBUG on ``prefect.client`` and then sleeps. This filter sits
+    on that logger: it lets DEBUG records through to be counted, then drops everything below
+    the logger's previous level, so nothing new is printed.
+    """
+
+    _WAIT = re.compile(r"made in ([0-9.]+)s")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logger = logging.getLogger("prefect.client")
+        self.floor = self.logger.getEffectiveLevel()
+        self.count, self.seconds = 0, 0.0
+
+    def install(self) -> ApiRetries:
+        self.logger.addFilter(self)
+        self.logger.setLevel(logging.DEBUG)
+        return self
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Another attempt will be made" in message:
+            self.count += 1
+            found = self._WAIT.search(message)
+            self.seconds += float(found.group(1)) if found else 0.0
+        return record.levelno >= self.floor
+
+    def sample(self) -> tuple[int, float]:
+        return self.count, self.seconds

@@ -227,7 +227,11 @@ class _Store:
         # orders them, and one statement per chunk is much faster than one per event).
         self.session.flush()
         if self.events:
-            self.session.execute(insert(ConsentEvent), [e.model_dump() for e in self.events])
+            # render_nulls: rows with different None fields would otherwise each get an INSERT.
+            self.session.execute(
+                insert(ConsentEvent).execution_options(render_nulls=True),
+                [e.model_dump(exclude={"id"}) for e in self.events],
+            )
             self.events.clear()
 
     def _prefetch(self, events: Iterable[IntakeEvent]) -> None:
