@@ -19,8 +19,6 @@ crash between the call and the commit only means the (idempotent) batch is sent 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 import uuid
 from collections import Counter
@@ -46,6 +44,7 @@ from models.consent import (
     changed_since,
     confirmed_subject_ids,
     count_changed_since,
+    event_key,
     expiry_candidates,
     expiry_due,
 )
@@ -141,8 +140,13 @@ def remove_batch(
             [{"email": s.email, "deactivated": _unix(now)} for _, s in rows if s.email],
         )  # fmt: skip
         for recipient, subject in rows:
+            target = recipient.external_id or subject.email
+            if not target:  # nothing to address it by; never send an empty path segment
+                counts["remove_failed"] += 1
+                events.append(_decision("newsletter.remove", "failed", subject.pseudonym, detail="no identifier"))
+                continue
             try:
-                client.delete(group, recipient.external_id or subject.email or "")
+                client.delete(group, target)
             except ProcessorError as exc:
                 counts["remove_failed"] += 1
                 events.append(_decision("newsletter.remove", "failed", subject.pseudonym, exc.status))
@@ -159,7 +163,7 @@ def remove_batch(
 @task(name="push-confirmed-batch", cache_policy=NO_CACHE)
 def push_batch(
     client: cleverreach.CleverReach, list_name: str, group: str, limit: int
-) -> tuple[dict, int]:
+) -> dict:
     """Push the next batch of changed consents after the list's cursor; advance it."""
     counts: Counter[str] = Counter()
     now = utcnow()
@@ -167,7 +171,7 @@ def push_batch(
         after = get_cursor(session, _cursor(list_name)).position
         rows = changed_since(session, list_name, after, limit)
         if not rows:
-            return {}, 0
+            return {}
         confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
         events: list[AuditEvent] = []
         if confirmed:
@@ -186,7 +190,7 @@ def push_batch(
                 events.append(_decision("newsletter.hold", "skipped", row.pseudonym, detail=str(row.state)))
         advance_cursor(session, _cursor(list_name), rows[-1].change_seq)
         write_audit(session, call_events(client.http.drain_calls()) + events)
-    return dict(counts), len(rows)
+    return dict(counts)
 
 
 @flow(name="sync-newsletter-consents")
@@ -224,8 +228,7 @@ def sync_newsletter_consents(
             counts, after = remove_batch(client, list_name, group, after, records_per_task)
             results.append(counts)
         for _ in range(math.ceil(changes / records_per_task)):
-            counts, _rows = push_batch(client, list_name, group, records_per_task)
-            results.append(counts)
+            results.append(push_batch(client, list_name, group, records_per_task))
     counts = tally(results)
     logger.info("sync finished: %s", counts)
     counts_artifact("sync-newsletter-consents", "Newsletter consent sync", counts)
@@ -264,7 +267,7 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
             for offset, (record, subject) in enumerate(rows):
                 stamp = inactive[subject.email or ""]
                 at = datetime.fromtimestamp(stamp, UTC) if stamp else utcnow()
-                dedupe = _key(key, "cleverreach-unsubscribe", record.id, stamp)
+                dedupe = event_key(key, "cleverreach-unsubscribe", record.id, stamp)
                 event = apply_withdraw(
                     record, at, WithdrawChannel.newsletter_link, seq + offset, dedupe
                 )
@@ -317,7 +320,7 @@ def expire_batch(
             )
         }
         for record in due:
-            session.add(apply_expire(record, as_of, _key(key, "expire", record.id, record.signup_at)))
+            session.add(apply_expire(record, as_of, event_key(key, "expire", record.id, record.signup_at)))
             events.append(
                 _decision(
                     "consent.expire", "erased", subjects[record.subject_id].pseudonym,
@@ -404,5 +407,3 @@ def _decision(
     )
 
 
-def _key(key: bytes, *parts: object) -> str:
-    return hmac.new(key, "|".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()

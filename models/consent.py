@@ -12,6 +12,8 @@ Only ``confirmed`` ever leaves the controller; ``pending`` expires after the lis
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -109,6 +111,17 @@ def expiry_due(signup_at: datetime, days: int) -> datetime:
     """
     local = signup_at.astimezone(BERLIN)
     return (local + timedelta(days=days)).astimezone(signup_at.tzinfo)
+
+
+def event_key(key: bytes, *parts: object) -> str:
+    """The keyed dedupe key of an event: the same parts give the same key, so storing an
+    event twice is recognised (ConsentEvent.dedupe_key is unique).
+
+    >>> event_key(b"k", "expire", 1) == event_key(b"k", "expire", 1)
+    True
+    """
+    payload = "|".join(map(str, parts)).encode()
+    return hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
 class TransitionError(ValueError):

@@ -13,8 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import uuid
 from collections.abc import Iterable, Iterator
@@ -46,6 +44,7 @@ from models.consent import (
     apply_confirm,
     apply_signup,
     apply_withdraw,
+    event_key,
 )
 from models.cursors import next_seq
 from models.identity import normalise_email, normalise_insurance_number, pseudonym
@@ -193,8 +192,7 @@ class _Store:
         self.events: list[ConsentEvent] = []
 
     def dedupe_key(self, event: IntakeEvent) -> str:
-        content = event.model_dump_json(by_alias=True)
-        return hmac.new(self.key, content.encode(), hashlib.sha256).hexdigest()
+        return event_key(self.key, event.model_dump_json(by_alias=True))
 
     def apply_chunk(self, chunk: list[tuple[int, IntakeEvent]]) -> Iterator[LineResult]:
         keys = {number: self.dedupe_key(event) for number, event in chunk}

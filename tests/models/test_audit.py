@@ -121,12 +121,18 @@ def test_deleting_the_last_rows_is_detected(settings, removed):
     assert result.checked == 5 - removed
 
 
-def test_rehashing_without_the_key_is_detected(settings):
-    key = chain(settings, 5)
+def forge_row_3() -> dict:
+    """Alter row 3's detail and return the row as the hash function sees it."""
     sql("UPDATE audit_entry SET detail = 'list=forged' WHERE id = 3")
     with transaction() as session:
         row = dict(session.execute(text("SELECT * FROM audit_entry WHERE id = 3")).mappings().one())
     row["at"] = datetime.fromisoformat(row["at"]).replace(tzinfo=UTC)
+    return row
+
+
+def test_rehashing_without_the_key_is_detected(settings):
+    key = chain(settings, 5)
+    row = forge_row_3()
     forged = _digest(b"attacker-guess", row["prev_hash"], row)
     sql("UPDATE audit_entry SET hash = :h WHERE id = 3", h=forged)
     result = check(key)
@@ -135,10 +141,7 @@ def test_rehashing_without_the_key_is_detected(settings):
 
 def test_rehashing_one_row_with_the_key_breaks_the_next(settings):
     key = chain(settings, 5)
-    sql("UPDATE audit_entry SET detail = 'list=forged' WHERE id = 3")
-    with transaction() as session:
-        row = dict(session.execute(text("SELECT * FROM audit_entry WHERE id = 3")).mappings().one())
-    row["at"] = datetime.fromisoformat(row["at"]).replace(tzinfo=UTC)
+    row = forge_row_3()
     sql("UPDATE audit_entry SET hash = :h WHERE id = 3", h=_digest(key, row["prev_hash"], row))
     result = check(key)
     assert (result.ok, result.bad_id) == (False, 4)
