@@ -28,6 +28,7 @@ from connectors.transport import (
     RateLimiter,
     RetryPolicy,
     TokenAuth,
+    http_options as http_options_from,
     make_session,
 )
 
@@ -199,22 +200,13 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
     secret = settings.secret("cleverreach_client_secret")
     if not settings.cleverreach_client_id or not secret:
         raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
-    http_options.setdefault("timeout", (settings.http_connect_timeout, settings.http_read_timeout))
-    http_options.setdefault(
-        "policy",
-        RetryPolicy(
-            max_attempts=settings.http_max_attempts,
-            max_seconds=settings.http_max_retry_seconds,
-            retry_after_cap=settings.http_retry_after_cap,
-        ),
+    options = http_options_from(
+        settings, settings.cleverreach_rate_per_second, session=session, **http_options
     )
-    http_options.setdefault("limiter", RateLimiter(settings.cleverreach_rate_per_second))
-    if session is not None:
-        http_options["session"] = session
     return CleverReach.connect(
         settings.cleverreach_base_url,
         settings.cleverreach_client_id,
         secret,
         batch_size=settings.cleverreach_batch_size,
-        **http_options,
+        **options,
     )

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 from email.utils import parsedate_to_datetime
 
 import requests
@@ -233,6 +234,29 @@ _TRANSPORT = (
     requests.exceptions.Timeout,
     requests.exceptions.ChunkedEncodingError,
 )
+
+
+def http_options(settings: Any, rate_per_second: float, **overrides: Any) -> dict[str, Any]:
+    """HttpClient keyword arguments from the settings: timeouts, the retry policy, a limiter.
+
+    Every connector's ``from_settings`` builds its client from this, so all processors
+    share one policy. ``overrides`` win (tests pass ``session=`` or ``sleep=``).
+
+    Example::
+
+        HttpClient("timify", url, auth=auth, **http_options(settings, 10.0, sleep=fake_sleep))
+    """
+    options: dict[str, Any] = {
+        "timeout": (settings.http_connect_timeout, settings.http_read_timeout),
+        "policy": RetryPolicy(
+            max_attempts=settings.http_max_attempts,
+            max_seconds=settings.http_max_retry_seconds,
+            retry_after_cap=settings.http_retry_after_cap,
+        ),
+        "limiter": RateLimiter(rate_per_second),
+    }
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return options
 
 
 class HttpClient:

@@ -39,6 +39,28 @@ class Settings(BaseSettings):
     cleverreach_batch_size: int = Field(250, ge=1, le=1000)
     cleverreach_rate_per_second: float = Field(10.0, gt=0)
 
+    # TIMIFY (seed 001): API root; /v1/... hangs below it. Company scope by `company-id`.
+    timify_base_url: str = "https://api.timify.com"
+    timify_app_id: str | None = None
+    timify_app_secret: SecretStr | None = None
+    timify_app_secret_block: str | None = None
+    timify_company_id: str | None = None
+    # The TIMIFY services a booking is made for, and our service point ids -> TIMIFY
+    # resource ids (JSON in the environment: PSYNC_TIMIFY_SERVICE_POINTS='{"sp-1":"65e6..."}').
+    timify_branch_service_id: str | None = None
+    timify_video_service_id: str | None = None
+    timify_service_points: dict[str, str] = {}
+    timify_rate_per_second: float = Field(10.0, gt=0)
+
+    # Flexperto (video consultations, seed 001): the tenant's host, OAuth2 client credentials.
+    flexperto_base_url: str = "https://tenant.live.flexperto.com"
+    flexperto_client_id: str | None = None
+    flexperto_client_secret: SecretStr | None = None
+    flexperto_client_secret_block: str | None = None
+    flexperto_rate_per_second: float = Field(10.0, gt=0)
+    # Seed 001: "Die Daten des Chats werden spätestens nach 90 Tagen gelöscht."
+    video_chat_retention_days: int = Field(90, ge=1, le=90)
+
     # HTTP: (connect, read) seconds. Connect is short because a dead host should fail fast;
     # read is long enough for a 1000-receiver upsert.
     http_connect_timeout: float = 5.0
