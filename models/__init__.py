@@ -4,18 +4,22 @@ Importing this package registers every table on ``SQLModel.metadata`` (Alembic r
 """
 
 from models.audit import AuditEntry, AuditHead
+from models.bookings import Booking
 from models.consent import ConsentEvent, ConsentRecord
 from models.cursors import Counter, SyncCursor
+from models.receipts import IntakeReceipt
 from models.recipients import Recipient
 from models.subjects import DataSubject
 
 __all__ = [
     "AuditEntry",
     "AuditHead",
+    "Booking",
     "ConsentEvent",
     "ConsentRecord",
     "Counter",
     "DataSubject",
+    "IntakeReceipt",
     "Recipient",
     "SyncCursor",
 ]

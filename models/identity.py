@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import re
 
+import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 
@@ -69,6 +70,23 @@ def normalise_insurance_number(value: str) -> str:
     if not insurance_number_valid(cleaned):
         raise ValueError("not a valid health-insurance number (format or check digit)")
     return cleaned
+
+
+def normalise_phone(value: str, region: str = "DE") -> str:
+    """A valid phone number in E.164 form; national numbers are read as German.
+
+    >>> normalise_phone("030 901820")
+    '+4930901820'
+
+    Raises ValueError (without the number) when it is not a valid number.
+    """
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        raise ValueError("not a valid phone number") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError("not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def pseudonym(key: bytes, kind: str, normalised: str) -> str:

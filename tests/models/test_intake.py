@@ -239,13 +239,14 @@ def test_email_registered_with_another_insurance_number_is_rejected(settings):
     assert [r.outcome for r in results] == ["rejected"]
 
 
-def test_json_schema_discriminates_the_three_event_types():
+def test_json_schema_discriminates_every_event_type():
     schema = json_schema()
     assert schema["discriminator"]["propertyName"] == "type"
     assert set(schema["discriminator"]["mapping"]) == {
         "consent.signup", "consent.confirm", "consent.withdraw",
+        "booking.request", "booking.reschedule", "booking.cancel",
     }  # fmt: skip
-    assert len(schema["oneOf"]) == 3
+    assert len(schema["oneOf"]) == 6
     signup_schema = schema["$defs"]["ConsentSignup"]
     assert "list" in signup_schema["properties"]  # by alias, as the website sends it
     assert signup_schema["additionalProperties"] is False

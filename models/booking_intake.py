@@ -1,0 +1,217 @@
+"""Intake of booking events (seed 001): request, reschedule, cancel.
+
+A booking is identified by the website's booking id. Storing is idempotent by content: the
+same request twice is a duplicate, a reschedule to the time already booked is unchanged.
+
+Checks that need the intake's clock or configuration (a start in the past, an unknown service
+point) read them from the validation context: ``{"now": datetime, "service_points": set}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta
+from typing import Literal
+
+from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
+from sqlmodel import Session, select
+
+from models.audit import AuditEvent
+from models.bookings import BERLIN, Booking, BookingStatus, Channel
+from models.consent import event_key
+from models.cursors import next_seq
+from models.intake_types import Email, EventBase, InsuranceNumber, Phone, context_now
+from models.receipts import IntakeReceipt, seen
+from models.subject_index import SubjectIndex
+from models.subjects import DataSubject
+
+BookingId = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,49}$", description="the website's booking id")
+GRID_MINUTES = 5
+MAX_AGE_YEARS = 130
+
+
+class BookingRejected(ValueError):
+    """The event does not fit the booking's state; the reason is safe to show."""
+
+
+def check_start(start: datetime, info: ValidationInfo) -> datetime:
+    """On TIMIFY's 5-minute grid (in Berlin time, which matters for odd offsets) and ahead."""
+    local = start.astimezone(BERLIN)
+    if local.minute % GRID_MINUTES or local.second or local.microsecond:
+        raise ValueError("must be on the 5-minute grid (hh:00, hh:05, ...)")
+    now = context_now(info)
+    if now is not None and start <= now:
+        raise ValueError("lies in the past")
+    return start
+
+
+def check_service_point(value: str | None, info: ValidationInfo) -> str | None:
+    known = (info.context or {}).get("service_points")
+    if value is not None and known is not None and value not in known:
+        raise ValueError("unknown service point")
+    return value
+
+
+class BookingRequest(EventBase):
+    """A consultation booked on the website, at a service point or by video."""
+
+    type: Literal["booking.request"]
+    booking_id: str = BookingId
+    channel: Channel
+    service_point: str | None = Field(default=None, max_length=60, description="for branch bookings")
+    start: AwareDatetime = Field(description="ISO 8601 with offset, on the 5-minute grid")
+    duration_minutes: int = Field(ge=5, le=480, multiple_of=GRID_MINUTES)
+    salutation: Literal["Frau", "Herr", "divers"]
+    first_name: str = Field(min_length=1, max_length=200)
+    last_name: str = Field(min_length=1, max_length=200)
+    phone: Phone
+    email: Email
+    insurance_number: InsuranceNumber | None = None
+    birth_date: date | None = None
+    concern: str | None = Field(default=None, max_length=1000, description="optional")
+
+    _start = field_validator("start")(check_start)
+    _service_point = field_validator("service_point")(check_service_point)
+
+    @field_validator("birth_date")
+    @classmethod
+    def _plausible_birth_date(cls, value: date | None, info: ValidationInfo) -> date | None:
+        if value is None:
+            return value
+        today = (context_now(info) or datetime.now(BERLIN)).astimezone(BERLIN).date()
+        if not today - timedelta(days=365 * MAX_AGE_YEARS) < value < today:
+            raise ValueError("is not a plausible birth date")
+        return value
+
+    @model_validator(mode="after")
+    def _identification(self) -> BookingRequest:
+        # Seed 001 asks for the insurance number OR the birth date: one is needed, not both.
+        if not self.insurance_number and self.birth_date is None:
+            raise ValueError("give insurance_number or birth_date")
+        if (self.channel == Channel.branch) != (self.service_point is not None):
+            raise ValueError("service_point is needed for branch bookings and only for them")
+        return self
+
+
+class BookingReschedule(EventBase):
+    """The customer moved the appointment (and, for a branch, maybe the service point)."""
+
+    type: Literal["booking.reschedule"]
+    booking_id: str = BookingId
+    start: AwareDatetime
+    duration_minutes: int | None = Field(default=None, ge=5, le=480, multiple_of=GRID_MINUTES)
+    service_point: str | None = Field(default=None, max_length=60)
+
+    _start = field_validator("start")(check_start)
+    _service_point = field_validator("service_point")(check_service_point)
+
+
+class BookingCancel(EventBase):
+    """The customer or the controller cancelled the appointment."""
+
+    type: Literal["booking.cancel"]
+    booking_id: str = BookingId
+
+
+BookingIntakeEvent = BookingRequest | BookingReschedule | BookingCancel
+_CUSTOMER_FIELDS = (
+    "salutation", "first_name", "last_name", "phone", "birth_date", "insurance_number", "concern"
+)  # fmt: skip
+
+
+class BookingStore:
+    """Applies booking events of one chunk; the chunk's bookings are fetched up front."""
+
+    def __init__(self, session: Session, key: bytes, subjects: SubjectIndex):
+        self.session, self.key, self.subjects = session, key, subjects
+        self.bookings: dict[str, Booking] = {}
+        self.pseudonyms: dict[uuid.UUID, str] = {}
+        self.keys: dict[int, str] = {}
+        self.seen: set[str] = set()
+        self.seq = 0
+
+    def begin_chunk(self, events: Iterable[BookingIntakeEvent]) -> None:
+        events = list(events)
+        self.keys = {id(e): event_key(self.key, e.model_dump_json()) for e in events}
+        self.seen = seen(self.session, self.keys.values())
+        refs = {e.booking_id for e in events} - self.bookings.keys()
+        if refs:
+            rows = self.session.exec(
+                select(Booking, DataSubject.pseudonym)
+                .join(DataSubject, DataSubject.id == Booking.subject_id)
+                .where(Booking.booking_ref.in_(refs))  # type: ignore[attr-defined]
+            )
+            for booking, pseudonym in rows:
+                self.bookings[booking.booking_ref] = booking
+                self.pseudonyms[booking.subject_id] = pseudonym
+        self.seq = next_seq(self.session, "booking", len(events)) if events else 0
+
+    def apply(self, event: BookingIntakeEvent) -> tuple[str, AuditEvent | None]:
+        """Returns the line's outcome and its audit event; raises BookingRejected to reject."""
+        seq, self.seq = self.seq, self.seq + 1
+        key = self.keys[id(event)]
+        if key in self.seen:
+            return "duplicate", None
+        outcome = self._apply(event, seq)
+        # Only an applied line makes a later identical one a duplicate.
+        self.seen.add(key)
+        self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
+        return outcome
+
+    def _apply(self, event: BookingIntakeEvent, seq: int) -> tuple[str, AuditEvent | None]:
+        booking = self.bookings.get(event.booking_id)
+        if isinstance(event, BookingRequest):
+            if booking is not None:
+                raise BookingRejected(
+                    "booking_id exists already; change it with booking.reschedule"
+                )
+            booking = self._create(event, seq)
+            return "stored", self._audit("booking.requested", booking)
+        if booking is None:
+            raise BookingRejected("unknown booking_id")
+        if booking.status == BookingStatus.cancelled:
+            if isinstance(event, BookingCancel):
+                return "unchanged", None
+            raise BookingRejected("booking is cancelled")
+        if isinstance(event, BookingCancel):
+            booking.status = BookingStatus.cancelled
+            return self._changed(booking, seq, event.at, "booking.cancelled")
+        if event.service_point is not None and booking.channel != Channel.branch:
+            raise BookingRejected("service_point only applies to branch bookings")
+        new = (
+            event.start,
+            event.duration_minutes or booking.duration_min,
+            event.service_point or booking.service_point,
+        )
+        if new == (booking.start_at, booking.duration_min, booking.service_point):
+            return "unchanged", None
+        booking.start_at, booking.duration_min, booking.service_point = new
+        return self._changed(booking, seq, event.at, "booking.rescheduled")
+
+    def _create(self, event: BookingRequest, seq: int) -> Booking:
+        subject = self.subjects.resolve(event.email, event.insurance_number, create=True)
+        assert subject is not None
+        booking = Booking(
+            booking_ref=event.booking_id, subject_id=subject.id, channel=event.channel,
+            service_point=event.service_point, start_at=event.start,
+            duration_min=event.duration_minutes, seq=seq, created_at=event.at, updated_at=event.at,
+            **{name: getattr(event, name) for name in _CUSTOMER_FIELDS},
+        )  # fmt: skip
+        self.session.add(booking)
+        self.bookings[booking.booking_ref] = booking
+        self.pseudonyms[subject.id] = subject.pseudonym
+        return booking
+
+    def _changed(self, booking: Booking, seq: int, at: datetime, action: str):
+        booking.seq, booking.updated_at = seq, at
+        return "stored", self._audit(action, booking)
+
+    def _audit(self, action: str, booking: Booking) -> AuditEvent:
+        return AuditEvent(
+            action, "recorded", subject=self.pseudonyms[booking.subject_id],
+            detail=f"booking={booking.booking_ref} channel={booking.channel}",
+        )  # fmt: skip
+
+    def end_chunk(self) -> None:
+        self.session.flush()
