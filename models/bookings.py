@@ -18,7 +18,9 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Relationship, Session, SQLModel, select
+
+from models.subjects import DataSubject
 
 from models.types import UTCDateTime, new_id, utcnow
 
@@ -68,6 +70,9 @@ class Booking(SQLModel, table=True):
 
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+    # Declared so the unit of work inserts a new subject before its booking.
+    subject: DataSubject = Relationship()
 
     @property
     def video_purpose(self) -> str:

@@ -21,6 +21,7 @@ from sqlmodel import SQLModel  # noqa: E402
 
 import models  # noqa: E402, F401
 from models.db import get_engine  # noqa: E402
+from psync.sandbox_env import sandbox_environment  # noqa: E402
 from psync.settings import get_settings  # noqa: E402
 
 from support import TEST_KEY  # noqa: E402
@@ -69,12 +70,10 @@ def settings(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/psync.db"
     monkeypatch.setenv("PSYNC_DATABASE_URL", url)
     monkeypatch.setenv("PSYNC_PSEUDONYM_KEY", TEST_KEY)
-    monkeypatch.setenv("PSYNC_CLEVERREACH_GROUP_NEWSLETTER", "1001")
-    monkeypatch.setenv("PSYNC_CLEVERREACH_GROUP_SERVICE_OFFERS", "1002")
-    monkeypatch.setenv("PSYNC_CLEVERREACH_CLIENT_ID", "psync-sandbox")
-    monkeypatch.setenv("PSYNC_CLEVERREACH_CLIENT_SECRET", "sandbox-secret")
-    monkeypatch.setenv("PSYNC_CLEVERREACH_BASE_URL", "http://cleverreach.invalid")
-    monkeypatch.setenv("PSYNC_CLEVERREACH_RATE_PER_SECOND", "1000")
+    # The sandbox's ids and credentials, at a host that does not resolve: a test that
+    # calls out without asking for the sandbox (or `responses`) fails instead of leaking.
+    for name, value in sandbox_environment("http://sandbox.invalid").items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     # Tables straight from the models (fast); tests/models/test_migrations.py checks that
     # the Alembic migrations produce exactly these.
@@ -86,8 +85,9 @@ def settings(tmp_path, monkeypatch):
 
 @pytest.fixture
 def against_sandbox(settings, sandbox, monkeypatch):
-    """Settings pointing CleverReach at the live sandbox."""
-    monkeypatch.setenv("PSYNC_CLEVERREACH_BASE_URL", f"{sandbox}/cleverreach")
+    """Settings pointing every connector at the live sandbox."""
+    for name, value in sandbox_environment(sandbox).items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     return sandbox
 

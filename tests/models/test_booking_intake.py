@@ -1,0 +1,165 @@
+"""Intake of bookings (seed 001): validation at the edge, idempotent storing, state changes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import select
+
+from models.audit import AuditEntry
+from models.bookings import Booking, BookingStatus
+from models.db import transaction
+from models.intake import intake_lines
+from psync.sandbox_env import SERVICE_POINTS
+
+NOW = datetime(2026, 3, 20, 9, 0, tzinfo=UTC)
+KVNR = "A123456780"
+
+
+def request(booking_id="B-1", **kw) -> dict:
+    event = {
+        "type": "booking.request", "booking_id": booking_id, "channel": "branch",
+        "service_point": "sp-berlin", "start": "2026-03-30T10:00:00+02:00",
+        "duration_minutes": 30, "salutation": "Frau", "first_name": "Erika",
+        "last_name": "Mustermann", "phone": "030 901820", "email": "erika@example.de",
+        "insurance_number": KVNR, "at": (NOW - timedelta(minutes=5)).isoformat(),
+    }  # fmt: skip
+    event.update(kw)
+    return {k: v for k, v in event.items() if v is not None}
+
+
+def reschedule(booking_id="B-1", start="2026-03-31T11:15:00+02:00", **kw) -> dict:
+    return {"type": "booking.reschedule", "booking_id": booking_id, "start": start,
+            "at": NOW.isoformat(), **kw}  # fmt: skip
+
+
+def cancel(booking_id="B-1") -> dict:
+    return {"type": "booking.cancel", "booking_id": booking_id, "at": NOW.isoformat()}
+
+
+def run(settings, *events) -> list:
+    lines = [e if isinstance(e, str) else json.dumps(e) for e in events]
+    with transaction() as session:
+        return intake_lines(session, settings.hmac_key(), lines, now=NOW, service_points=SERVICE_POINTS)
+
+
+def outcomes(results) -> list[str]:
+    return [r.outcome for r in results]
+
+
+def bookings() -> list[Booking]:
+    with transaction() as session:
+        rows = list(session.exec(select(Booking).order_by(Booking.seq)))
+        session.expunge_all()
+        return rows
+
+
+def row_counts() -> dict[str, int]:
+    with transaction() as session:
+        return {
+            t: session.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+            for t in ("booking", "data_subject", "intake_receipt")
+        }
+
+
+def test_a_branch_booking_is_stored_in_utc_with_only_what_was_given(settings):
+    assert outcomes(run(settings, request())) == ["stored"]
+    [booking] = bookings()
+    assert booking.start_at == datetime(2026, 3, 30, 8, 0, tzinfo=UTC)  # CEST, +02:00
+    assert booking.insurance_number == KVNR and booking.birth_date is None
+    assert booking.phone == "+4930901820"  # E.164
+    assert booking.concern is None and booking.status == BookingStatus.active
+
+
+def test_birth_date_alone_is_enough(settings):
+    results = run(settings, request(insurance_number=None, birth_date="1990-04-01", channel="video",
+                                    service_point=None, concern="Zahnersatz"))  # fmt: skip
+    assert outcomes(results) == ["stored"]
+    [booking] = bookings()
+    assert booking.birth_date == date(1990, 4, 1) and booking.insurance_number is None
+    assert booking.channel == "video" and booking.concern == "Zahnersatz"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"insurance_number": None}, "give insurance_number or birth_date"),
+        ({"start": "2026-03-30T10:03:00+02:00"}, "start: Value error, must be on the 5-minute grid"),
+        ({"start": "2026-03-20T09:55:00+01:00"}, "start: Value error, lies in the past"),
+        ({"start": "2026-03-30T10:00:00"}, "start: Input should have timezone info"),
+        ({"service_point": "sp-atlantis"}, "service_point: Value error, unknown service point"),
+        ({"service_point": None}, "service_point is needed for branch bookings"),
+        ({"channel": "video"}, "service_point is needed for branch bookings and only for them"),
+        ({"phone": "12345"}, "phone: Value error, not a valid phone number"),
+        ({"insurance_number": "A123456781"}, "insurance_number: Value error, not a valid health-insurance"),
+        ({"birth_date": "2027-01-01", "insurance_number": None}, "birth_date: Value error, is not a plausible"),
+        ({"duration_minutes": 32}, "duration_minutes: Input should be a multiple of 5"),
+        ({"booking_id": "B 1; DROP TABLE"}, "booking_id: String should match pattern"),
+        ({"iban": "DE89370400440532013000"}, "iban: Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_request_is_rejected_with_a_reason_and_changes_nothing(settings, change, reason):
+    results = run(settings, request(**change))
+    assert outcomes(results) == ["rejected"]
+    assert reason.replace("Value error, ", "") in results[0].reason
+    assert row_counts() == {"booking": 0, "data_subject": 0, "intake_receipt": 0}
+
+
+def test_rejection_reasons_never_quote_the_input(settings):
+    [result] = run(settings, request(phone="erika-secret-phone", email="not-an-email"))
+    assert "erika" not in result.reason and "not-an-email" not in result.reason
+
+
+def test_dst_change_is_a_different_utc_offset_for_the_same_wall_clock(settings):
+    # 10:00 in Berlin is 09:00Z before the switch on 29 March 2026 and 08:00Z after it.
+    run(settings, request("B-1", start="2026-03-28T10:00:00+01:00"),
+        request("B-2", start="2026-03-29T10:00:00+02:00"))  # fmt: skip
+    assert [b.start_at.hour for b in bookings()] == [9, 8]
+
+
+def test_reschedule_and_cancel_change_state_and_take_a_new_sequence_number(settings):
+    run(settings, request())
+    first_seq = bookings()[0].seq
+    assert outcomes(run(settings, reschedule(duration_minutes=45))) == ["stored"]
+    [booking] = bookings()
+    assert booking.start_at == datetime(2026, 3, 31, 9, 15, tzinfo=UTC)
+    assert booking.duration_min == 45 and booking.seq > first_seq
+    assert outcomes(run(settings, cancel())) == ["stored"]
+    assert bookings()[0].status == BookingStatus.cancelled
+    assert outcomes(run(settings, cancel("B-1"))) == ["duplicate"]
+
+
+def test_the_same_file_twice_changes_nothing_the_second_time(settings):
+    lines = [request(), reschedule(), reschedule(start="2026-04-01T09:00:00+02:00")]
+    assert outcomes(run(settings, *lines)) == ["stored", "stored", "stored"]
+    before = bookings()[0]
+    assert outcomes(run(settings, *lines)) == ["duplicate", "duplicate", "duplicate"]
+    after = bookings()[0]
+    assert (after.start_at, after.seq) == (before.start_at, before.seq)
+
+
+@pytest.mark.parametrize(
+    ("events", "reason"),
+    [
+        ([reschedule("B-404")], "unknown booking_id"),
+        ([cancel("B-404")], "unknown booking_id"),
+        ([request(), cancel(), reschedule()], "booking is cancelled"),
+        ([request(), request(first_name="Other")], "booking_id exists already"),
+        ([request(channel="video", service_point=None), reschedule(service_point="sp-berlin")],
+         "service_point only applies to branch bookings"),
+    ],
+)
+def test_events_that_do_not_fit_the_booking_are_rejected(settings, events, reason):
+    results = run(settings, *events)
+    assert results[-1].outcome == "rejected" and reason in results[-1].reason
+
+
+def test_one_subject_per_person_across_bookings_and_an_audit_row_per_decision(settings):
+    run(settings, request("B-1"), request("B-2", email="ERIKA@example.de"), cancel("B-2"))
+    assert row_counts()["data_subject"] == 1
+    with transaction() as session:
+        actions = [e.action for e in session.exec(select(AuditEntry).order_by(AuditEntry.id))]
+    assert actions == ["booking.requested", "booking.requested", "booking.cancelled"]
