@@ -22,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sandbox.cleverreach import CleverReach
 from sandbox.errors import ApiError, error_response
 from sandbox.faults import ERROR_FAULTS, SLOW_MIN_MS, FaultInjector
+from sandbox.flexperto import Flexperto
+from sandbox.timify import Timify
 
 FAULT_HEADER = b"x-sandbox-fault"
 
@@ -93,7 +95,8 @@ class FaultMiddleware:
             await self.app(scope, receive, send)
         elif kind in ERROR_FAULTS:
             status, message, headers = ERROR_FAULTS[kind]
-            response = error_response(status, message, headers)
+            # Each processor answers an injected error in its own error shape.
+            response = getattr(processor, "error_response", error_response)(status, message, headers)
             response.raw_headers.append((FAULT_HEADER, kind.encode()))
             await response(scope, receive, send)
         elif kind == "drop":
@@ -207,7 +210,11 @@ def create_app(
     fault sequence reproducible, ``token_ttl_s`` is the OAuth token lifetime.
     """
     injector = FaultInjector(fault_rate=fault_rate, latency_ms=latency_ms, seed=seed)
-    processors: list[Processor] = [CleverReach(token_ttl_s=token_ttl_s)]
+    processors: list[Processor] = [
+        CleverReach(token_ttl_s=token_ttl_s),
+        Timify(token_ttl_s=token_ttl_s),
+        Flexperto(token_ttl_s=token_ttl_s),
+    ]
 
     app = FastAPI(title="psync processor sandbox", version="1")
     for processor in processors:
@@ -221,8 +228,12 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        # Unknown routes / wrong methods also answer in the CleverReach shape.
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        # Unknown routes / wrong methods answer in the error shape of the processor whose
+        # prefix they fall under, if it has its own (``error_response``), else CleverReach's.
+        path = request.url.path
+        owner = next((p for p in processors if path == p.prefix or path.startswith(p.prefix + "/")), None)
+        render = getattr(owner, "error_response", error_response)
+        return render(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     app.add_middleware(FaultMiddleware, injector=injector, processors=processors)
     app.state.injector = injector

@@ -1,0 +1,202 @@
+"""Flexperto: video consultations booked through TIMIFY (seed 001).
+
+- Base URL setting: ``PSYNC_FLEXPERTO_BASE_URL`` (the tenant's host root,
+  ``https://{tenant}.live.flexperto.com``; ``/api/v2/...`` hangs below it).
+  Sandbox: ``http://127.0.0.1:8700/flexperto``.
+- Auth: OAuth2 client credentials at ``/api/v2/oauth/token`` (HTTP Basic
+  ``client_id:client_secret``, form ``grant_type=client_credentials``) → ``{access_token,
+  token_type, expires_in}``; ``Authorization: Bearer``; a 401 fetches a new token once.
+- Fields it may receive: ``ALLOWED_FIELDS`` — seed 001 names only "Kontaktdaten (Telefon,
+  E-Mail)", plus our pseudonymous ``external_id``.
+- Create: the contact data are set when the customer is created and never updated: a repeat
+  (409, or a lost answer) finds the existing customer by ``external_id`` and uses it as it is.
+- Erasure: the API does not cascade, so ``purge`` deletes every chat/recording archive, then
+  the customer, and verifies by reading back (customer 404, no archives). Seed 001: chat data
+  are gone at the latest 90 days after the chat.
+
+ASSUMED (nothing public; change here when the real contract is known): every path and shape.
+
+- ``POST /api/v2/customers {"external_id", "email"?, "phone"?}`` → the customer ``{"id", ...}``;
+  a second one with the same ``external_id`` → 409.
+- ``GET /api/v2/customers?external_id=`` → ``{"items": [customer]}``;
+  ``GET|DELETE /api/v2/customers/{id}`` (404 when gone).
+- ``GET /api/v2/archives?customer_id=`` → ``{"items": [{"id", "customer_id", ...}]}``, all of
+  them in one answer; ``DELETE /api/v2/archives/{id}`` → 204 (404 when gone).
+- Plain JSON bodies, no envelope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from connectors.transport import (
+    FatalError,
+    HttpClient,
+    ProcessorError,
+    RetryPolicy,
+    TokenAuth,
+    http_options as http_options_from,
+    make_session,
+)
+
+PROCESSOR = "flexperto"
+ALLOWED_FIELDS = frozenset({"external_id", "email", "phone"})
+
+
+def check_allowed(fields: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the field when `fields` holds anything Flexperto may not get.
+
+    >>> check_allowed({"external_id": "p-1", "insurance_number": "A123456780"})
+    Traceback (most recent call last):
+    ...
+    ValueError: field insurance_number is not allowed for Flexperto
+    """
+    for key in fields:
+        if key not in ALLOWED_FIELDS:
+            raise ValueError(f"field {key} is not allowed for Flexperto")
+
+
+def _outcome_unknown(exc: ProcessorError) -> bool:
+    # No answer, or a server error: the create may have been applied (see timify.py).
+    return exc.status is None or exc.status >= 500
+
+
+def _segment(value: str | int) -> str:
+    return quote(str(value), safe="")
+
+
+class Flexperto:
+    """One Flexperto tenant. Plain methods; results are the API's JSON, errors the two kinds."""
+
+    def __init__(self, http: HttpClient):
+        self.http = http
+
+    @classmethod
+    def connect(
+        cls, base_url: str, client_id: str, client_secret: str, **http_options: Any
+    ) -> Flexperto:
+        """Build the client with token auth against the tenant's token endpoint."""
+        root = base_url.rstrip("/")
+        # Own plain client, one attempt, same call log: see CleverReach.connect.
+        token_client = HttpClient(
+            PROCESSOR, root, session=make_session(pool_size=1),
+            timeout=http_options.get("timeout", (5.0, 60.0)), policy=RetryPolicy(max_attempts=1),
+        )  # fmt: skip
+
+        def fetch() -> tuple[str, float]:
+            response = token_client.request(
+                "auth.token", "POST", "/api/v2/oauth/token",
+                auth=(client_id, client_secret), data={"grant_type": "client_credentials"},
+            )  # fmt: skip
+            body = response.json()
+            if not body.get("access_token"):
+                raise FatalError(PROCESSOR, "auth.token", response.status_code, reason="no token")
+            return body["access_token"], float(body.get("expires_in", 3600))
+
+        http = HttpClient(PROCESSOR, root, auth=TokenAuth(fetch), **http_options)
+        token_client.calls = http.calls
+        return cls(http)
+
+    # customers ----------------------------------------------------------------------
+    def upsert_customer(self, external_id: str, email: str | None, phone: str | None) -> str:
+        """The customer's Flexperto id, creating the customer unless it exists.
+
+        Never creates twice: after a 409 or a lost answer the customer is looked up by
+        ``external_id`` first, and created again only when it is certainly not there.
+        """
+        body = {"external_id": external_id, "email": email, "phone": phone}
+        body = {key: value for key, value in body.items() if value is not None}
+        check_allowed(body)
+        for _ in range(2):
+            try:
+                response = self.http.request(
+                    "customers.create", "POST", "/api/v2/customers", json=body,
+                    idempotent=False, expect=(409,), items=1,
+                )  # fmt: skip
+            except ProcessorError as exc:
+                if not _outcome_unknown(exc):
+                    raise
+            else:
+                if response.status_code != 409:
+                    return str(response.json()["id"])
+            found = self.find_customer(external_id)
+            if found is not None:
+                return str(found["id"])
+        raise FatalError(PROCESSOR, "customers.create", 404, reason="not found after create")
+
+    def find_customer(self, external_id: str) -> dict | None:
+        """The customer with our `external_id`, or None."""
+        items = self.http.request(
+            "customers.lookup", "GET", "/api/v2/customers", params={"external_id": external_id}
+        ).json()["items"]
+        # Matched here too: a server that ignored the filter must not hand us a stranger.
+        return next((c for c in items if str(c.get("external_id")) == external_id), None)
+
+    def get_customer(self, customer_id: str) -> dict | None:
+        """The customer, or None when Flexperto does not hold it."""
+        response = self.http.request(
+            "customers.get", "GET", f"/api/v2/customers/{_segment(customer_id)}", expect=(404,)
+        )
+        return None if response.status_code == 404 else response.json()
+
+    def delete_customer(self, customer_id: str) -> bool:
+        """Delete the customer record only (archives stay: see ``purge``). False if gone."""
+        response = self.http.request(
+            "customers.delete", "DELETE", f"/api/v2/customers/{_segment(customer_id)}",
+            expect=(404,),
+        )  # fmt: skip
+        return response.status_code != 404
+
+    # archives -----------------------------------------------------------------------
+    def archives(self, customer_id: str) -> list[dict]:
+        """The customer's chat and recording archives."""
+        items = self.http.request(
+            "archives.list", "GET", "/api/v2/archives", params={"customer_id": customer_id}
+        ).json()["items"]
+        # Deleting what a server returned for an ignored filter would erase other people's data.
+        for item in items:
+            if "customer_id" in item and str(item["customer_id"]) != str(customer_id):
+                raise FatalError(PROCESSOR, "archives.list", None, reason="filter not applied")
+        return items
+
+    def delete_archive(self, archive_id: str) -> bool:
+        """Delete one archive. False when it was already gone."""
+        response = self.http.request(
+            "archives.delete", "DELETE", f"/api/v2/archives/{_segment(archive_id)}",
+            expect=(404,),
+        )  # fmt: skip
+        return response.status_code != 404
+
+    def purge(self, customer_id: str) -> bool:
+        """Delete the customer and all their archives; True only when read back as gone.
+
+        The caller records the erasure only on True; False means try again later.
+
+        Example::
+
+            if not flexperto.purge(customer_id):
+                ...  # leave the erasure open; the next run tries again
+        """
+        for archive in self.archives(customer_id):
+            self.delete_archive(archive["id"])
+        self.delete_customer(customer_id)
+        return self.get_customer(customer_id) is None and not self.archives(customer_id)
+
+
+def from_settings(
+    settings, session: requests.Session | None = None, **http_options
+) -> Flexperto:
+    """The configured tenant (client secret from the environment or a Secret block)."""
+    secret = settings.secret("flexperto_client_secret")
+    if not settings.flexperto_client_id or not secret:
+        raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
+    options = http_options_from(
+        settings, settings.flexperto_rate_per_second, session=session, **http_options
+    )
+    return Flexperto.connect(
+        settings.flexperto_base_url, settings.flexperto_client_id, secret, **options
+    )

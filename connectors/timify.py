@@ -1,0 +1,405 @@
+"""TIMIFY DevAPI: online bookings for the service points and video chats (seed 001).
+
+- Base URL setting: ``PSYNC_TIMIFY_BASE_URL`` (API root; ``/v1/...`` hangs below it).
+  Sandbox: ``http://127.0.0.1:8700/timify``.
+- Auth: ``POST /v1/auth/token {"appid","appsecret"}`` → ``{accessToken, expires (s),
+  refreshToken}``; the token is the raw value of the ``authorization`` header (no
+  ``Bearer``). A 401 fetches a new token once (``refreshToken`` is not used: a fresh token
+  from the app credentials does the same with one endpoint less). Every call, the token call
+  included, carries ``company-id``.
+- Envelope: ``{"data": ..., "status": 1}``; lists add ``total`` and ``meta {page, limit,
+  totalItems, totalPages}``, pages 1-based. A 2xx whose ``status`` is not 1 is a FatalError.
+- Endpoints: ``GET /v1/customers/customfields``; ``POST /v1/customers``,
+  ``GET|PATCH|DELETE /v1/customers/{id}[?external=1]``; ``POST /v1/appointments``,
+  ``GET|PATCH /v1/appointments/{id}[?external=1]``, ``GET /v1/appointments?from_date&to_date``
+  (span ≤ 365 days), ``POST /v1/appointments/delete/bulk {"ids", "has_notify_customers"}``.
+- Fields it may receive: ``ALLOWED_FIELDS`` (seed 001's list; the concern, "Beratungsanliegen",
+  travels as appointment ``notes``). Personal data go as ``customfields [{id, value}]``.
+- Create-or-update: a create carries our ``externalId``; TIMIFY refuses a second one with 409.
+  After a 409, or when the answer to a create was lost, the record is addressed by our id
+  (``?external=1``) before anything is created again, so nothing is created twice.
+- Erasure: ``DELETE /v1/customers/{id}`` and the bulk appointment delete; verified by
+  ``get_customer`` / ``get_appointment`` → None (404).
+
+ASSUMED (nothing public; change here when the real contract is known):
+
+- ``/v1/auth/token`` answers unwrapped (an enveloped answer is accepted as well).
+- Error body ``{"status": 0, "error": {"code", "message"}}``; a duplicate ``externalId`` → 409.
+- ``PATCH`` for updates, with the create body minus ``externalId``; answers the object.
+- ``DELETE /v1/customers/{id}[?external=1]``; deleted records answer 404.
+- ``GET /v1/customers`` pages like appointments; ``from_date``/``to_date`` are ``YYYY-MM-DD``.
+- Customer field definitions beyond email/firstName/lastName (recorded): see ``FIELD_KEYS``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+import requests
+
+from connectors.transport import (
+    FatalError,
+    HttpClient,
+    ProcessorError,
+    RetryPolicy,
+    TokenAuth,
+    http_options as http_options_from,
+    make_session,
+)
+
+PROCESSOR = "timify"
+PAGE_SIZE = 100
+DELETE_BATCH = 100
+MAX_SPAN = timedelta(days=365)
+BERLIN = ZoneInfo("Europe/Berlin")
+
+ALLOWED_FIELDS = frozenset(
+    {"salutation", "first_name", "last_name", "phone", "email", "insurance_number", "birth_date"}
+)
+
+# Our field name -> how its definition is found in GET /v1/customers/customfields: basic
+# fields by translationKey, the company's own field by its label (its translationKey is null).
+FIELD_KEYS: Mapping[str, tuple[str, str]] = {
+    "email": ("translationKey", "customerFields.basic.email"),
+    "first_name": ("translationKey", "customerFields.basic.firstName"),
+    "last_name": ("translationKey", "customerFields.basic.lastName"),
+    "phone": ("translationKey", "customerFields.basic.mobilePhone"),
+    "birth_date": ("translationKey", "customerFields.basic.birthday"),
+    "salutation": ("translationKey", "customerFields.basic.salutation"),
+    "insurance_number": ("label", "Krankenversichertennummer"),
+}
+
+_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_allowed(fields: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the field when `fields` holds anything TIMIFY may not get.
+
+    >>> check_allowed({"email": "a@b.de", "concern": "Zahnersatz"})
+    Traceback (most recent call last):
+    ...
+    ValueError: field concern is not allowed for TIMIFY customers
+    """
+    for key in fields:
+        if key not in ALLOWED_FIELDS:
+            raise ValueError(f"field {key} is not allowed for TIMIFY customers")
+
+
+def berlin_start(dt: datetime) -> str:
+    """TIMIFY's ``startDate``: Berlin wall-clock time on the 5-minute grid.
+
+    >>> berlin_start(datetime(2026, 3, 29, 8, 0, tzinfo=timezone.utc))
+    '2026-03-29 10:00'
+    """
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("start must be timezone-aware")
+    local = dt.astimezone(BERLIN)
+    if local.minute % 5 or local.second or local.microsecond:
+        raise ValueError("start must lie on the 5-minute grid")
+    # The hour the clocks go back happens twice; a wall-clock string cannot say which.
+    if local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset():
+        raise ValueError("start is ambiguous in Berlin local time")
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+def parse_utc(value: str) -> datetime:
+    """TIMIFY's timestamps (``"2024-04-04T07:05:00Z"``) as aware UTC datetimes."""
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("timestamp without an offset")
+    return parsed.astimezone(timezone.utc)
+
+
+def _outcome_unknown(exc: ProcessorError) -> bool:
+    # No answer (connection dropped, read timeout) or a server error on a create: it may
+    # have been applied. A 4xx, or a 429 the layer already waited out, was not.
+    return exc.status is None or exc.status >= 500
+
+
+def _birth_date(value: date | str) -> str:
+    if isinstance(value, datetime):
+        raise ValueError("birth_date must be a date, not a datetime")
+    return (value if isinstance(value, date) else date.fromisoformat(value)).isoformat()
+
+
+class Timify:
+    """One TIMIFY company. Plain methods; results are the API's ``data``, errors the two kinds."""
+
+    def __init__(self, http: HttpClient, company_id: str):
+        self.http = http
+        self.headers = {"company-id": company_id}
+        self._field_ids: dict[str, str] | None = None
+
+    @classmethod
+    def connect(
+        cls, base_url: str, app_id: str, app_secret: str, company_id: str, **http_options: Any
+    ) -> Timify:
+        """Build the client with token auth against the base URL's token endpoint."""
+        root = base_url.rstrip("/")
+        # Own plain client, one attempt, same call log: see CleverReach.connect.
+        token_client = HttpClient(
+            PROCESSOR, root, session=make_session(pool_size=1),
+            timeout=http_options.get("timeout", (5.0, 60.0)), policy=RetryPolicy(max_attempts=1),
+        )  # fmt: skip
+
+        def fetch() -> tuple[str, float]:
+            response = token_client.request(
+                "auth.token", "POST", "/v1/auth/token",
+                json={"appid": app_id, "appsecret": app_secret},
+                headers={"company-id": company_id},
+            )  # fmt: skip
+            body = response.json()
+            body = body["data"] if isinstance(body.get("data"), dict) else body
+            if not body.get("accessToken"):
+                raise FatalError(PROCESSOR, "auth.token", response.status_code, reason="no token")
+            return body["accessToken"], float(body.get("expires", 3600))
+
+        auth = TokenAuth(fetch, header="authorization", prefix="")
+        http = HttpClient(PROCESSOR, root, auth=auth, **http_options)
+        token_client.calls = http.calls
+        return cls(http, company_id)
+
+    # plumbing -----------------------------------------------------------------------
+    def _call(self, op: str, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return self.http.request(op, method, path, headers=self.headers, **kwargs)
+
+    def _envelope(self, response: requests.Response, op: str) -> dict:
+        """The whole checked envelope; ``status`` must be 1 even on a 2xx."""
+        try:
+            body = response.json()
+        except ValueError:
+            raise FatalError(PROCESSOR, op, response.status_code, reason="not JSON") from None
+        if not isinstance(body, dict) or body.get("status") != 1:
+            error = body.get("error") if isinstance(body, dict) else None
+            code = str(error.get("code", "")) if isinstance(error, dict) else ""
+            # Only a code that looks like one: the message may quote personal data.
+            reason = f"envelope status not 1 ({code if _CODE.match(code) else 'no code'})"
+            raise FatalError(PROCESSOR, op, response.status_code, reason=reason)
+        return body
+
+    def _data(self, response: requests.Response, op: str) -> Any:
+        return self._envelope(response, op).get("data")
+
+    def _id(self, response: requests.Response, op: str) -> str:
+        data = self._data(response, op)
+        if not isinstance(data, dict) or not data.get("id"):
+            raise FatalError(PROCESSOR, op, response.status_code, reason="no id in answer")
+        return str(data["id"])
+
+    def _get(self, kind: str, record_id: str, external: bool) -> dict | None:
+        response = self._call(
+            f"{kind}.get", "GET", f"/v1/{kind}/{quote(record_id, safe='')}",
+            params={"external": 1} if external else None, expect=(404,),
+        )  # fmt: skip
+        return None if response.status_code == 404 else self._data(response, f"{kind}.get")
+
+    def _pages(
+        self, op: str, path: str, params: Mapping[str, Any], page_size: int, max_pages: int
+    ) -> Iterator[dict]:
+        """Page 1, 2, ... until ``totalPages``, a short page or an empty one."""
+        for page in range(1, max_pages + 1):
+            response = self._call(
+                op, "GET", path, params={**params, "page": page, "limit": page_size}
+            )
+            body = self._envelope(response, op)
+            rows, meta = body.get("data") or [], body.get("meta") or {}
+            yield from rows
+            # "Short" against the limit the server applied: it may cap ours.
+            short = len(rows) < (meta.get("limit") or page_size)
+            if short or ("totalPages" in meta and page >= meta["totalPages"]):
+                return
+        raise FatalError(PROCESSOR, op, None, reason="page limit reached")
+
+    def _upsert(
+        self, kind: str, external_id: str, create: dict, update: dict, record_id: str | None
+    ) -> str:
+        """Update by TIMIFY id when known; else create, checking by our id before a repeat."""
+        if record_id is not None:
+            path = f"/v1/{kind}/{quote(record_id, safe='')}"
+            response = self._call(f"{kind}.update", "PATCH", path, json=update)
+            return self._id(response, f"{kind}.update")
+        by_external = f"/v1/{kind}/{quote(external_id, safe='')}"
+        for _ in range(2):
+            try:
+                response = self._call(
+                    f"{kind}.create", "POST", f"/v1/{kind}", json=create,
+                    idempotent=False, expect=(409,), items=1,
+                )  # fmt: skip
+            except ProcessorError as exc:
+                if not _outcome_unknown(exc):
+                    raise
+            else:
+                if response.status_code != 409:
+                    return self._id(response, f"{kind}.create")
+            # Exists already (409) or may exist (answer lost): one PATCH by our id finds and
+            # updates it. After a 404 the create is sent again: should the first one surface
+            # late after all, TIMIFY refuses the duplicate externalId, so it never lands twice.
+            found = self._call(
+                f"{kind}.lookup", "PATCH", by_external, params={"external": 1},
+                json=update, expect=(404,),
+            )  # fmt: skip
+            if found.status_code != 404:
+                return self._id(found, f"{kind}.lookup")
+        raise FatalError(PROCESSOR, f"{kind}.create", 404, reason="not found after create")
+
+    # customers ----------------------------------------------------------------------
+    def field_ids(self) -> dict[str, str]:
+        """Our field name -> TIMIFY customfield id, fetched once per connector."""
+        if self._field_ids is None:
+            definitions = list(
+                self._pages("customfields.list", "/v1/customers/customfields", {}, PAGE_SIZE, 100)
+            )
+            ids = {}
+            for name, (key, wanted) in FIELD_KEYS.items():
+                for definition in definitions:
+                    if definition.get(key) == wanted:
+                        ids[name] = definition["id"]
+                        break
+            self._field_ids = ids
+        return self._field_ids
+
+    def _customfields(self, fields: Mapping[str, Any]) -> list[dict]:
+        """``[{id, value}]`` for the given fields; None values are left out, not blanked."""
+        check_allowed(fields)
+        given = {name: value for name, value in fields.items() if value is not None}
+        if not given:
+            return []
+        ids = self.field_ids()
+        items = []
+        for name, value in given.items():
+            if name not in ids:
+                # Dropping it would lose data silently: the company lacks the field.
+                raise FatalError(PROCESSOR, "customfields.map", None, reason=f"no field {name}")
+            text = _birth_date(value) if name == "birth_date" else str(value)
+            items.append({"id": ids[name], "value": text})
+        return items
+
+    def upsert_customer(
+        self, external_id: str, fields: Mapping[str, Any], customer_id: str | None = None
+    ) -> str:
+        """Create or update one customer; returns TIMIFY's customer id.
+
+        Example::
+
+            tid = timify.upsert_customer("p-4f2a", {"email": "erika@example.de",
+                                                    "birth_date": date(1980, 5, 17)})
+        """
+        customfields = self._customfields(fields)
+        update = {"customfields": customfields}
+        create = {"externalId": external_id, **update}
+        return self._upsert("customers", external_id, create, update, customer_id)
+
+    def get_customer(self, customer_id: str, external: bool = False) -> dict | None:
+        """The customer, or None when TIMIFY does not hold it."""
+        return self._get("customers", customer_id, external)
+
+    def iter_customers(
+        self, page_size: int = PAGE_SIZE, max_pages: int = 10_000
+    ) -> Iterator[dict]:
+        """Every customer of the company."""
+        return self._pages("customers.list", "/v1/customers", {}, page_size, max_pages)
+
+    def delete_customer(self, customer_id: str, external: bool = False) -> bool:
+        """Erase the customer. False when it was already gone."""
+        response = self._call(
+            "customers.delete", "DELETE", f"/v1/customers/{quote(customer_id, safe='')}",
+            params={"external": 1} if external else None, expect=(404,),
+        )  # fmt: skip
+        if response.status_code == 404:
+            return False
+        if response.content:
+            self._envelope(response, "customers.delete")
+        return True
+
+    # appointments -------------------------------------------------------------------
+    def upsert_appointment(
+        self,
+        external_id: str,
+        *,
+        service_id: str,
+        resource_ids: Sequence[str],
+        start: datetime,
+        duration_min: int,
+        customer_id: str,
+        notes: str | None = None,
+        appointment_id: str | None = None,
+    ) -> str:
+        """Create or update one appointment; returns TIMIFY's appointment id."""
+        update: dict[str, Any] = {
+            "service_id": service_id,
+            "resource_ids": list(resource_ids),
+            "startDate": berlin_start(start),
+            "duration": duration_min,
+            "customers": [customer_id],
+        }
+        if notes is not None:
+            update["notes"] = notes
+        create = {"externalId": external_id, **update}
+        return self._upsert("appointments", external_id, create, update, appointment_id)
+
+    def get_appointment(self, appointment_id: str, external: bool = False) -> dict | None:
+        """The appointment, or None when TIMIFY does not hold it."""
+        return self._get("appointments", appointment_id, external)
+
+    def iter_appointments(
+        self, from_date: date, to_date: date, page_size: int = PAGE_SIZE, max_pages: int = 10_000
+    ) -> Iterator[dict]:
+        """Appointments between two days, in windows of at most 365 days.
+
+        Windows share their boundary day, since whether ``to_date`` is inclusive is not
+        known; an appointment both windows return is yielded once. Collect ids before
+        deleting: deleting while iterating shifts the pages under the iterator.
+        """
+        if to_date < from_date:
+            raise ValueError("to_date before from_date")
+        start, previous = from_date, set()
+        while True:
+            end = min(start + MAX_SPAN, to_date)
+            params = {"from_date": f"{start:%Y-%m-%d}", "to_date": f"{end:%Y-%m-%d}"}
+            seen = set()
+            for row in self._pages(
+                "appointments.list", "/v1/appointments", params, page_size, max_pages
+            ):
+                seen.add(row["id"])
+                if row["id"] not in previous:
+                    yield row
+            if end >= to_date:
+                return
+            start, previous = end, seen
+
+    def delete_appointments(self, ids: Iterable[str], notify_customers: bool = False) -> int:
+        """Delete appointments in batches of 100; returns how many ids were sent.
+
+        Idempotent: ids that are already gone are no error, so a batch may be sent again.
+        """
+        ids = list(ids)
+        for start in range(0, len(ids), DELETE_BATCH):
+            batch = ids[start : start + DELETE_BATCH]
+            response = self._call(
+                "appointments.delete", "POST", "/v1/appointments/delete/bulk",
+                json={"ids": batch, "has_notify_customers": notify_customers}, items=len(batch),
+            )  # fmt: skip
+            self._envelope(response, "appointments.delete")
+        return len(ids)
+
+
+def from_settings(settings, session: requests.Session | None = None, **http_options) -> Timify:
+    """The configured company (app secret from the environment or a Secret block)."""
+    secret = settings.secret("timify_app_secret")
+    if not settings.timify_app_id or not secret or not settings.timify_company_id:
+        raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
+    options = http_options_from(
+        settings, settings.timify_rate_per_second, session=session, **http_options
+    )
+    return Timify.connect(
+        settings.timify_base_url,
+        settings.timify_app_id,
+        secret,
+        settings.timify_company_id,
+        **options,
+    )

@@ -1,0 +1,214 @@
+"""In-memory Flexperto tenant: customers, chat/recording archives, tokens.
+
+Pure data and rules, no HTTP (the router is :mod:`sandbox.flexperto`). The
+whole Flexperto contract is **assumed**; the shapes are listed in that
+module's docstring. Archives belong to a customer but outlive it: deleting
+a customer leaves its archives in place, so an erasure has to delete them
+itself.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+
+from starlette.responses import JSONResponse
+
+from sandbox.errors import ApiError
+
+# Seed 001 allows Flexperto contact data only: anything else is refused.
+CUSTOMER_KEYS = frozenset({"external_id", "email", "phone"})
+
+_STATUS_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    429: "rate_limited",
+}
+
+
+class FlexpertoError(ApiError):
+    """An error answered as ``{"error": {"code": "conflict", "message": "..."}}``.
+
+    The string code derives from the HTTP status. Messages never carry
+    personal data: they end up in client logs.
+    """
+
+    def response(self) -> JSONResponse:
+        return flexperto_error_response(self.code, self.message, self.headers)
+
+
+def flexperto_error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Return a JSON response in Flexperto's (assumed) error shape."""
+    code = _STATUS_CODES.get(status, "server_error" if status >= 500 else "error")
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def iso_z(moment: datetime) -> str:
+    """UTC to the second with a ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now() -> datetime:
+    """Current UTC time (module-level so tests can patch it)."""
+    return datetime.now(UTC)
+
+
+def _parse_at(value: object) -> datetime:
+    if value is None:
+        return now()
+    if not isinstance(value, str):
+        raise FlexpertoError(400, "at must be an ISO 8601 datetime")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise FlexpertoError(400, "at must be an ISO 8601 datetime") from None
+    # A control-route convenience: a naive time is read as UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _clean_customer(body: object) -> dict:
+    if not isinstance(body, dict):
+        raise FlexpertoError(400, "expected an object")
+    unknown = sorted(set(body) - CUSTOMER_KEYS)
+    if unknown:
+        raise FlexpertoError(400, f"unknown fields: {', '.join(unknown)}")
+    external_id = body.get("external_id")
+    if not isinstance(external_id, str) or not external_id:
+        raise FlexpertoError(400, "external_id is required")
+    email, phone = body.get("email"), body.get("phone")
+    if email is not None:
+        local, at, domain = email.partition("@") if isinstance(email, str) else ("", "", "")
+        if not (at and local and domain and "@" not in domain):
+            raise FlexpertoError(400, "invalid email")
+    if phone is not None and (not isinstance(phone, str) or not phone.strip()):
+        raise FlexpertoError(400, "phone must be a non-empty string")
+    return {"external_id": external_id, "email": email, "phone": phone}
+
+
+class FlexpertoState:
+    """The whole imitated tenant. All mutations go through these methods."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty the tenant; counters zero; all tokens revoked."""
+        self.customers: dict[str, dict] = {}
+        self.archives: dict[str, dict] = {}
+        self._by_external: dict[str, str] = {}
+        self.creates: dict[str, int] = {}  # external_id -> successful creates
+        self.calls: dict[str, int] = {}
+        self.tokens: dict[str, float] = {}  # token -> expiry (Unix seconds)
+        self.tokens_issued = 0
+
+    # -- tokens -----------------------------------------------------------
+    def issue_token(self, ttl_s: int) -> str:
+        """Issue a new random bearer token valid for ``ttl_s`` seconds."""
+        token = secrets.token_hex(20)
+        self.tokens[token] = time.time() + ttl_s
+        self.tokens_issued += 1
+        return token
+
+    def token_valid(self, token: str) -> bool:
+        """True if the token was issued, not revoked and not expired."""
+        expiry = self.tokens.get(token)
+        if expiry is None:
+            return False
+        if time.time() >= expiry:
+            del self.tokens[token]
+            return False
+        return True
+
+    def revoke_token(self, token: str) -> None:
+        """Revoke one token (unknown tokens are ignored)."""
+        self.tokens.pop(token, None)
+
+    def revoke_all_tokens(self) -> int:
+        """Revoke every token; return how many were live."""
+        count = len(self.tokens)
+        self.tokens.clear()
+        return count
+
+    def count_call(self, key: str) -> None:
+        """Count a request that passed auth, keyed by route template."""
+        self.calls[key] = self.calls.get(key, 0) + 1
+
+    # -- customers --------------------------------------------------------
+    def create_customer(self, body: object) -> dict:
+        """Create a customer from contact data; 409 if the external_id exists."""
+        clean = _clean_customer(body)
+        ext = clean["external_id"]
+        if ext in self._by_external:
+            raise FlexpertoError(409, "a customer with this external_id exists")
+        cid = f"cus_{secrets.token_hex(8)}"
+        customer = {"id": cid, **clean, "created_at": iso_z(now())}
+        self.customers[cid] = customer
+        self._by_external[ext] = cid
+        self.creates[ext] = self.creates.get(ext, 0) + 1
+        return customer
+
+    def find_customers(self, external_id: str | None) -> list[dict]:
+        """Customers with that external_id (zero or one), or all of them."""
+        if external_id is None:
+            return list(self.customers.values())
+        cid = self._by_external.get(external_id)
+        return [self.customers[cid]] if cid else []
+
+    def customer(self, cid: str) -> dict:
+        """A customer by id, or 404."""
+        found = self.customers.get(cid)
+        if found is None:
+            raise FlexpertoError(404, "customer not found")
+        return found
+
+    def delete_customer(self, cid: str) -> None:
+        """Delete a customer; its archives stay."""
+        customer = self.customer(cid)
+        del self.customers[cid]
+        del self._by_external[customer["external_id"]]
+
+    # -- archives ---------------------------------------------------------
+    def find_archives(self, customer_id: str | None) -> list[dict]:
+        """A customer's archives (also after the customer is gone), or all."""
+        return [a for a in self.archives.values() if customer_id is None or a["customer_id"] == customer_id]
+
+    def archive(self, aid: str) -> dict:
+        """An archive by id, or 404."""
+        found = self.archives.get(aid)
+        if found is None:
+            raise FlexpertoError(404, "archive not found")
+        return found
+
+    def delete_archive(self, aid: str) -> None:
+        """Delete one archive, or 404."""
+        self.archive(aid)
+        del self.archives[aid]
+
+    def hold_chat(self, body: object) -> list[dict]:
+        """Simulate a held video consultation: one chat and one recording archive."""
+        if not isinstance(body, dict) or not isinstance(body.get("customer_id"), str):
+            raise FlexpertoError(400, "customer_id is required")
+        customer = self.customer(body["customer_id"])
+        created_at = iso_z(_parse_at(body.get("at")))
+        made = []
+        for kind in ("chat", "recording"):
+            aid = f"arc_{secrets.token_hex(8)}"
+            archive = {"id": aid, "customer_id": customer["id"], "kind": kind, "created_at": created_at}
+            self.archives[aid] = archive
+            made.append(archive)
+        return made
+
+    # -- control ----------------------------------------------------------
+    def snapshot(self) -> dict:
+        """State for ``GET /_sandbox/state``; shares live objects (no copies)."""
+        return {
+            "customers": self.customers,
+            "archives": self.archives,
+            "creates": self.creates,
+            "calls": self.calls,
+            "tokens": self.tokens_issued,
+        }
