@@ -11,6 +11,8 @@ FLOWS: dict[str, str] = {
     "sync-newsletter-consents": "flows.newsletter:sync_newsletter_consents",
     "pull-newsletter-unsubscribes": "flows.newsletter:pull_newsletter_unsubscribes",
     "expire-unconfirmed-optins": "flows.newsletter:expire_unconfirmed_optins",
+    "push-bookings": "flows.bookings:push_bookings",
+    "purge-video-chat-data": "flows.bookings:purge_video_chat_data",
 }
 
 

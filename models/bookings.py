@@ -112,16 +112,27 @@ def by_refs(session: Session, refs: Sequence[str]) -> list[Booking]:
     return list(session.exec(query.order_by(Booking.seq)))
 
 
-def chats_due(session: Session, today: date, limit: int) -> list[Booking]:
-    """Video bookings whose chat data is due for deletion by `today` and not yet deleted."""
+def _chat_due(today: date):
+    return (
+        Booking.flexperto_customer_id.is_not(None),  # type: ignore[union-attr]
+        Booking.chat_purged_at.is_(None),  # type: ignore[union-attr]
+        Booking.chat_purge_due <= today,  # type: ignore[operator]
+    )
+
+
+def chats_due(session: Session, today: date, after: int, limit: int) -> list[Booking]:
+    """Video bookings whose chat data is due for deletion by `today` and not yet deleted.
+
+    Keyset-paged by seq, so a booking whose deletion failed is not picked again in one run.
+    """
     query = (
         select(Booking)
-        .where(
-            Booking.flexperto_customer_id.is_not(None),  # type: ignore[union-attr]
-            Booking.chat_purged_at.is_(None),  # type: ignore[union-attr]
-            Booking.chat_purge_due <= today,  # type: ignore[operator]
-        )
-        .order_by(Booking.chat_purge_due, Booking.seq)
+        .where(*_chat_due(today), Booking.seq > after)
+        .order_by(Booking.seq)
         .limit(limit)
     )
     return list(session.exec(query))
+
+
+def count_chats_due(session: Session, today: date) -> int:
+    return session.exec(select(func.count()).where(*_chat_due(today))).one()

@@ -45,10 +45,13 @@ def intake(
     from models.types import utcnow
     from psync.settings import get_settings
 
-    key = get_settings().hmac_key()
+    settings = get_settings()
     # Binary: a line in the wrong encoding is rejected alone instead of failing the file.
     with file.open("rb") as lines, transaction() as session:
-        results = intake_lines(session, key, lines, now=utcnow())
+        results = intake_lines(
+            session, settings.hmac_key(), lines, now=utcnow(),
+            service_points=settings.timify_service_points,
+        )  # fmt: skip
     counts = Counter(r.outcome for r in results)
     for r in results:
         if r.outcome == "rejected":
@@ -145,12 +148,13 @@ def sandbox(
 @app.command()
 def demo(
     subjects: Annotated[int, typer.Option(min=10)] = 3000,
+    bookings: Annotated[int, typer.Option(min=10)] = 300,
     seed: int = 7,
 ) -> None:
-    """Run the newsletter job end to end against a local sandbox on a fresh SQLite file."""
+    """Run the jobs end to end against a local sandbox on a fresh SQLite file."""
     from psync.demo import run_demo
 
-    raise typer.Exit(run_demo(subjects=subjects, seed=seed))
+    raise typer.Exit(run_demo(subjects=subjects, seed=seed, bookings=bookings))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""``psync demo``: the newsletter job end to end against a local sandbox.
+"""``psync demo``: the jobs end to end against a local sandbox.
 
 Fresh SQLite database and Prefect home under ``.psync/demo/``, the sandbox in a background
-process on a free loopback port, a few thousand synthetic German subjects, then the flows
-in the order a day would run them, and a summary that compares both sides.
+process on a free loopback port, a few thousand synthetic German subjects, then the
+newsletter flows in the order a day would run them, then a few hundred bookings
+(``psync.demo_bookings``), and a summary that compares both sides.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+
+from psync.sandbox_env import sandbox_environment
 
 DEMO_DIR = Path(".psync/demo")
 UMLAUTS = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue"})
@@ -42,12 +45,7 @@ def _configure(port: int) -> None:
         PREFECT_LOGGING_LEVEL="WARNING",
         PSYNC_DATABASE_URL=f"sqlite:///{DEMO_DIR / 'psync.db'}",
         PSYNC_PSEUDONYM_KEY=os.urandom(16).hex(),
-        PSYNC_CLEVERREACH_BASE_URL=f"http://127.0.0.1:{port}/cleverreach",
-        PSYNC_CLEVERREACH_CLIENT_ID="psync-sandbox",
-        PSYNC_CLEVERREACH_CLIENT_SECRET="sandbox-secret",
-        PSYNC_CLEVERREACH_GROUP_NEWSLETTER="1001",
-        PSYNC_CLEVERREACH_GROUP_SERVICE_OFFERS="1002",
-        PSYNC_CLEVERREACH_RATE_PER_SECOND="200",
+        **sandbox_environment(f"http://127.0.0.1:{port}", rate_per_second=200),
     )
     from psync.settings import get_settings
 
@@ -135,25 +133,26 @@ def synthetic_events(n: int, seed: int) -> tuple[list[str], list[str]]:
     return lines, unsubscribers
 
 
-def run_demo(subjects: int = 3000, seed: int = 7) -> int:
+def run_demo(subjects: int = 3000, seed: int = 7, bookings: int = 300) -> int:
     """Run everything; returns 0 when local state and the sandbox agree and the audit verifies."""
     port = _free_port()
     _configure(port)
     started = time.monotonic()
     sandbox = _start_sandbox(port)
     try:
-        return _run(port, subjects, seed, started)
+        return _run(port, subjects, seed, bookings, started)
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)
 
 
-def _run(port: int, subjects: int, seed: int, started: float) -> int:
+def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> int:
     import requests
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows import newsletter
     from models.db import transaction
+    from psync.demo_bookings import run_bookings
     from models.intake import intake_lines
     from models.migrate import upgrade
     from models.types import utcnow
@@ -170,21 +169,24 @@ def _run(port: int, subjects: int, seed: int, started: float) -> int:
           f"{dict(Counter(r.outcome for r in results))}")  # fmt: skip
 
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        _step("sync", newsletter.sync_newsletter_consents())
+        step("sync", newsletter.sync_newsletter_consents())
         for email in unsubscribers:  # readers clicking "abmelden" in a newsletter
             requests.post(f"{base}/_sandbox/cleverreach/unsubscribe", json={"email": email}, timeout=5)
         print(f"sandbox     {len(unsubscribers)} receivers unsubscribed by link at CleverReach")
-        _step("pull", newsletter.pull_newsletter_unsubscribes())
-        _step("sync", newsletter.sync_newsletter_consents())
-        _step("expire", newsletter.expire_unconfirmed_optins())
-        _step("sync again", newsletter.sync_newsletter_consents())
-    ok = _summary(base, key)
+        step("pull", newsletter.pull_newsletter_unsubscribes())
+        step("sync", newsletter.sync_newsletter_consents())
+        step("expire", newsletter.expire_unconfirmed_optins())
+        step("sync again", newsletter.sync_newsletter_consents())
+        print()
+        # Another seed: the same one would repeat the subscribers' insurance numbers.
+        bookings_ok = run_bookings(base, key, bookings, seed + 1)
+    ok = _summary(base, key) and bookings_ok
     print(f"\n{'OK' if ok else 'MISMATCH'}: demo finished in {time.monotonic() - started:.1f} s "
           f"(database {DEMO_DIR / 'psync.db'}, events {DEMO_DIR / 'events.jsonl'})")  # fmt: skip
     return 0 if ok else 1
 
 
-def _step(name: str, counts: dict) -> None:
+def step(name: str, counts: dict) -> None:
     print(f"{name:<11} {counts or 'nothing to do'}")
 
 

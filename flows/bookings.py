@@ -1,0 +1,327 @@
+"""Bookings → TIMIFY, video consultations → Flexperto, chat data gone after 90 days (seed 001).
+
+Two flows, one Prefect task per batch of bookings:
+
+- ``push-bookings``: every booking changed since the cursor goes to TIMIFY: the customer
+  (external id: our subject id) and the appointment (external id: the website's booking id),
+  created or updated, so a retry or a re-run never makes a second one. A video booking's
+  customer is also registered at Flexperto (contact data only). A cancelled booking's
+  appointment is deleted at TIMIFY, and its Flexperto data right away. A manual run may name
+  booking ids; it then pushes those and leaves the cursor alone.
+- ``purge-video-chat-data``: daily; everything Flexperto holds about a video consultation
+  (customer record, chat and recording archives) is deleted on the 90th Berlin calendar day
+  after it at the latest, verified by reading back, and recorded in the audit trail and the
+  recipient register. A deletion that cannot be verified stays due and fails the run.
+
+Each task owns its transaction; the processors' answers (ids) commit with the cursor. A crash
+between a call and the commit only means the batch is sent again, and the external ids make
+that a no-op at the processor.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from datetime import date
+from typing import Annotated
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import Field
+from sqlmodel import Session, select
+
+from connectors import flexperto, timify
+from connectors.transport import CallRecord
+from flows.common import audit_failure, call_events, counts_artifact, tally, write_audit
+from models.audit import AuditEvent
+from models.bookings import (
+    Booking,
+    BookingStatus,
+    Channel,
+    berlin_today,
+    by_refs,
+    changed_since,
+    chat_purge_due,
+    chats_due,
+    count_changed_since,
+    count_chats_due,
+)
+from models.cursors import advance_cursor, get_cursor
+from models.db import transaction
+from models.recipients import Recipient, record_removed, record_sent_many
+from models.subjects import DataSubject
+from models.types import utcnow
+from psync.settings import Settings, get_settings
+
+CURSOR = "timify:bookings"
+PURPOSE = "booking"
+BookingRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,49}$")]
+
+
+class Clients:
+    """The run's connectors; Flexperto is connected only when a video booking needs it."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.timify = timify.from_settings(settings)
+        self._flexperto: flexperto.Flexperto | None = None
+
+    @property
+    def flexperto(self) -> flexperto.Flexperto:
+        if self._flexperto is None:
+            self._flexperto = flexperto.from_settings(self.settings)
+        return self._flexperto
+
+    def drain_calls(self) -> list[CallRecord]:
+        """Calls to every processor since the last drain (what ``audit_failure`` reads)."""
+        calls = self.timify.http.drain_calls()
+        if self._flexperto is not None:
+            calls += self._flexperto.http.drain_calls()
+        return calls
+
+
+def _decision(action: str, outcome: str, pseudonym: str, booking: Booking, processor: str) -> AuditEvent:
+    return AuditEvent(
+        action, outcome, processor, subject=pseudonym,
+        detail=f"booking={booking.booking_ref} channel={booking.channel}",
+    )  # fmt: skip
+
+
+def customer_fields(booking: Booking, subject: DataSubject) -> dict:
+    """What TIMIFY gets about the customer: the seed's list, only what was given."""
+    return {
+        "salutation": booking.salutation,
+        "first_name": booking.first_name,
+        "last_name": booking.last_name,
+        "phone": booking.phone,
+        "email": subject.email,
+        "insurance_number": booking.insurance_number,
+        "birth_date": booking.birth_date,
+    }
+
+
+def _placement(settings: Settings, booking: Booking) -> tuple[str, list[str]]:
+    """(TIMIFY service id, resource ids): a service point is a resource, video a service."""
+    if booking.channel == Channel.video:
+        service = settings.timify_video_service_id
+        resources: list[str] = []
+    else:
+        service = settings.timify_branch_service_id
+        resource = settings.timify_service_points.get(booking.service_point or "")
+        if not resource:
+            raise ValueError(f"service point {booking.service_point} has no TIMIFY resource")
+        resources = [resource]
+    if not service:
+        raise ValueError(f"no TIMIFY service configured for {booking.channel} bookings")
+    return service, resources
+
+
+class _Batch:
+    """One batch's work inside one transaction."""
+
+    def __init__(self, session: Session, clients: Clients, subjects: dict[uuid.UUID, DataSubject]):
+        self.session, self.clients, self.subjects = session, clients, subjects
+        self.settings = clients.settings
+        self.now = utcnow()
+        self.counts: Counter[str] = Counter()
+        self.events: list[AuditEvent] = []
+        self.customer_ids = self._customer_ids()
+        self.sent: dict[uuid.UUID, str] = {}
+
+    def _customer_ids(self) -> dict[uuid.UUID, str | None]:
+        rows = self.session.exec(
+            select(Recipient.subject_id, Recipient.external_id).where(
+                Recipient.processor == timify.PROCESSOR,
+                Recipient.purpose == PURPOSE,
+                Recipient.subject_id.in_(list(self.subjects)),  # type: ignore[attr-defined]
+            )
+        )
+        return dict(rows.all())
+
+    def push(self, booking: Booking) -> None:
+        subject = self.subjects[booking.subject_id]
+        if not subject.email:
+            # Erased meanwhile: nothing of the person may leave any more.
+            self.counts["skipped_erased"] += 1
+            self.events.append(_decision("booking.push", "skipped", subject.pseudonym, booking, timify.PROCESSOR))
+            return
+        service, resources = _placement(self.settings, booking)
+        customer = self.clients.timify.upsert_customer(
+            str(subject.id), customer_fields(booking, subject), self.customer_ids.get(subject.id)
+        )
+        self.customer_ids[subject.id] = self.sent[subject.id] = customer
+        booking.timify_appointment_id = self.clients.timify.upsert_appointment(
+            booking.booking_ref, service_id=service, resource_ids=resources,
+            start=booking.start_at, duration_min=booking.duration_min, customer_id=customer,
+            notes=booking.concern, appointment_id=booking.timify_appointment_id,
+        )  # fmt: skip
+        self.counts["pushed"] += 1
+        self.events.append(_decision("booking.push", "sent", subject.pseudonym, booking, timify.PROCESSOR))
+        if booking.channel == Channel.video:
+            self._register_video(booking, subject)
+
+    def _register_video(self, booking: Booking, subject: DataSubject) -> None:
+        booking.flexperto_customer_id = self.clients.flexperto.upsert_customer(
+            booking.booking_ref, subject.email, booking.phone
+        )
+        booking.chat_purge_due = chat_purge_due(
+            booking.start_at, booking.duration_min, self.settings.video_chat_retention_days
+        )
+        record_sent_many(
+            self.session, flexperto.PROCESSOR, booking.video_purpose,
+            {subject.id: booking.flexperto_customer_id}, self.now,
+        )  # fmt: skip
+        self.counts["video_registered"] += 1
+        self.events.append(_decision("video.register", "sent", subject.pseudonym, booking, flexperto.PROCESSOR))
+
+    def cancel(self, booking: Booking) -> None:
+        subject = self.subjects[booking.subject_id]
+        if booking.timify_deleted_at is None:
+            appointment = booking.timify_appointment_id
+            if appointment is None:
+                # Maybe created before a crash lost its id: look it up by our external id.
+                found = self.clients.timify.get_appointment(booking.booking_ref, external=True)
+                appointment = found["id"] if found else None
+            if appointment is not None:
+                self.clients.timify.delete_appointments([appointment])
+                self.counts["cancelled"] += 1
+                self.events.append(_decision("booking.cancel", "deleted", subject.pseudonym, booking, timify.PROCESSOR))
+            booking.timify_deleted_at = self.now
+        if booking.flexperto_customer_id and booking.chat_purged_at is None:
+            # No consultation will take place: Flexperto needs nothing any more.
+            purge_chat(self, booking, subject.pseudonym)
+
+    def commit_register(self) -> None:
+        record_sent_many(self.session, timify.PROCESSOR, PURPOSE, dict(self.sent), self.now)
+
+
+def purge_chat(batch: _Batch, booking: Booking, pseudonym: str) -> bool:
+    """Delete what Flexperto holds about this booking's chat; record it only when verified."""
+    assert booking.flexperto_customer_id is not None
+    if not batch.clients.flexperto.purge(booking.flexperto_customer_id):
+        batch.counts["purge_not_verified"] += 1
+        batch.events.append(_decision("video.purge", "not_verified", pseudonym, booking, flexperto.PROCESSOR))
+        return False
+    booking.chat_purged_at = batch.now
+    recipient = batch.session.exec(
+        select(Recipient).where(
+            Recipient.subject_id == booking.subject_id,
+            Recipient.processor == flexperto.PROCESSOR,
+            Recipient.purpose == booking.video_purpose,
+        )
+    ).first()
+    if recipient is not None:
+        record_removed(recipient, batch.now)
+    batch.counts["chat_purged"] += 1
+    batch.events.append(_decision("video.purge", "verified", pseudonym, booking, flexperto.PROCESSOR))
+    return True
+
+
+def _subjects(session: Session, rows: Sequence[Booking]) -> dict[uuid.UUID, DataSubject]:
+    ids = list({b.subject_id for b in rows})
+    found = session.exec(select(DataSubject).where(DataSubject.id.in_(ids)))  # type: ignore[attr-defined]
+    return {s.id: s for s in found}
+
+
+# push ---------------------------------------------------------------------------------
+@task(name="push-bookings-batch", cache_policy=NO_CACHE)
+def push_batch(clients: Clients, limit: int, refs: list[str] | None = None) -> dict:
+    """Push the next `limit` changed bookings after the cursor (or exactly `refs`)."""
+    with audit_failure(clients, "bookings.push"), transaction() as session:
+        if refs is None:
+            rows = changed_since(session, get_cursor(session, CURSOR).position, limit)
+        else:
+            rows = by_refs(session, refs)
+        if not rows:
+            return {}
+        batch = _Batch(session, clients, _subjects(session, rows))
+        for booking in rows:
+            if booking.status == BookingStatus.cancelled:
+                batch.cancel(booking)
+            else:
+                batch.push(booking)
+        batch.commit_register()
+        if refs is None:
+            advance_cursor(session, CURSOR, rows[-1].seq)
+        else:
+            batch.counts["not_found"] += len(set(refs) - {b.booking_ref for b in rows})
+        write_audit(session, call_events(clients.drain_calls()) + batch.events)
+    return dict(batch.counts)
+
+
+@flow(name="push-bookings")
+def push_bookings(
+    booking_ids: list[BookingRef] | None = None,
+    records_per_task: Annotated[int, Field(ge=1, le=5000)] = 500,
+) -> dict[str, int]:
+    """Push new, rescheduled and cancelled bookings to TIMIFY (and video ones to Flexperto).
+
+    Args:
+        booking_ids: push exactly these bookings (the website's ids) instead of every change
+            since the last run; the cursor stays where it is.
+        records_per_task: bookings per Prefect task.
+    """
+    clients = Clients(get_settings())
+    results = []
+    if booking_ids:
+        refs = list(dict.fromkeys(booking_ids))
+        for start in range(0, len(refs), records_per_task):
+            results.append(push_batch(clients, records_per_task, refs[start : start + records_per_task]))
+    else:
+        # Count first, so no task run is spent finding out that nothing is left.
+        with transaction() as session:
+            changes = count_changed_since(session, get_cursor(session, CURSOR).position)
+        for _ in range(math.ceil(changes / records_per_task)):
+            results.append(push_batch(clients, records_per_task))
+    counts = tally(results)
+    get_run_logger().info("push finished: %s", counts)
+    counts_artifact("push-bookings", "Bookings pushed to TIMIFY and Flexperto", counts)
+    return counts
+
+
+# purge --------------------------------------------------------------------------------
+@task(name="purge-video-chats-batch", cache_policy=NO_CACHE)
+def purge_batch(clients: Clients, today: date, after: int, limit: int) -> tuple[dict, int]:
+    """Purge the chats due by `today` of the next `limit` video bookings after seq `after`."""
+    with audit_failure(clients, "video.purge"), transaction() as session:
+        rows = chats_due(session, today, after, limit)
+        if not rows:
+            return {}, after
+        batch = _Batch(session, clients, _subjects(session, rows))
+        for booking in rows:
+            purge_chat(batch, booking, batch.subjects[booking.subject_id].pseudonym)
+        write_audit(session, call_events(clients.drain_calls()) + batch.events)
+    return dict(batch.counts), rows[-1].seq
+
+
+@flow(name="purge-video-chat-data")
+def purge_video_chat_data(
+    as_of: date | None = None,
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = 500,
+) -> dict[str, int]:
+    """Delete, and verify, what Flexperto holds about video consultations 90 days on.
+
+    Args:
+        as_of: the Berlin calendar day to purge for (default: today).
+        batch_size: video bookings per Prefect task.
+    """
+    settings = get_settings()
+    today = as_of or berlin_today(utcnow())
+    with transaction() as session:
+        due = count_chats_due(session, today)
+    results, after = [], 0
+    if due:
+        clients = Clients(settings)
+        for _ in range(math.ceil(due / batch_size)):
+            counts, after = purge_batch(clients, today, after, batch_size)
+            results.append(counts)
+    counts = tally(results)
+    counts["due"] = due
+    get_run_logger().info("purge finished: %s", counts)
+    counts_artifact("purge-video-chat-data", "Video chat data purged at Flexperto", counts)
+    if counts.get("purge_not_verified"):
+        # Visible, and still due: the next run tries again.
+        raise RuntimeError(f"{counts['purge_not_verified']} chat deletion(s) at flexperto not verified")
+    return counts
