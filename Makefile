@@ -27,6 +27,7 @@ demo: install
 
 bench: install
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.bookings
 
 sandbox: install
 	$(BIN)/psync sandbox --port 8700
