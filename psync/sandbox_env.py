@@ -46,4 +46,8 @@ def sandbox_environment(root: str, rate_per_second: float = 1000.0) -> dict[str,
         "PSYNC_FLEXPERTO_CLIENT_ID": CREDENTIAL_ID,
         "PSYNC_FLEXPERTO_CLIENT_SECRET": CREDENTIAL_SECRET,
         "PSYNC_FLEXPERTO_RATE_PER_SECOND": rate,
+        "PSYNC_ISIC_BASE_URL": f"{root}/isic",
+        "PSYNC_ISIC_CLIENT_ID": CREDENTIAL_ID,
+        "PSYNC_ISIC_CLIENT_SECRET": CREDENTIAL_SECRET,
+        "PSYNC_ISIC_RATE_PER_SECOND": rate,
     }

@@ -61,6 +61,20 @@ class Settings(BaseSettings):
     # Seed 001: "Die Daten des Chats werden spätestens nach 90 Tagen gelöscht."
     video_chat_retention_days: int = Field(90, ge=1, le=90)
 
+    # ISIC card issuer (RDS via the ISIC platform's card-issuer API, seed 003 XIV).
+    isic_base_url: str = "https://isic.example.invalid"
+    isic_client_id: str | None = None
+    isic_client_secret: SecretStr | None = None
+    isic_client_secret_block: str | None = None
+    isic_rate_per_second: float = Field(10.0, gt=0)
+    # Uploaded documents are encrypted at rest with this Fernet key (urlsafe base64, 32 bytes;
+    # `python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`).
+    document_key: SecretStr | None = None
+    document_key_block: str | None = None
+    # Documents go once the order and its follow-up questions are done: this long after issue.
+    isic_document_retention_days: int = Field(30, ge=0)
+    isic_max_document_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+
     # HTTP: (connect, read) seconds. Connect is short because a dead host should fail fast;
     # read is long enough for a 1000-receiver upsert.
     http_connect_timeout: float = 5.0
