@@ -7,6 +7,7 @@ from models.audit import AuditEntry, AuditHead
 from models.bookings import Booking
 from models.consent import ConsentEvent, ConsentRecord
 from models.cursors import Counter, SyncCursor
+from models.isic import IsicDocument, IsicOrder
 from models.receipts import IntakeReceipt
 from models.recipients import Recipient
 from models.subjects import DataSubject
@@ -20,6 +21,8 @@ __all__ = [
     "Counter",
     "DataSubject",
     "IntakeReceipt",
+    "IsicDocument",
+    "IsicOrder",
     "Recipient",
     "SyncCursor",
 ]

@@ -17,6 +17,7 @@ import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, TypeAdapter, ValidationError
@@ -32,16 +33,19 @@ from models.booking_intake import (
 )
 from models.consent import TransitionError
 from models.consent_intake import ConsentConfirm, ConsentSignup, ConsentStore, ConsentWithdraw
+from models.documents import DocumentCipher
+from models.isic_intake import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
 from models.subject_index import SubjectIndex, SubjectMismatch
 
 # A website clock a little ahead of ours is fine; a day ahead is a bug upstream.
 FUTURE_TOLERANCE = timedelta(minutes=5)
 CHUNK = 1000
-REJECTIONS = (TransitionError, SubjectMismatch, BookingRejected)
+REJECTIONS = (TransitionError, SubjectMismatch, BookingRejected, OrderRejected)
 
 IntakeEvent = Annotated[
     ConsentSignup | ConsentConfirm | ConsentWithdraw
-    | BookingRequest | BookingReschedule | BookingCancel,
+    | BookingRequest | BookingReschedule | BookingCancel
+    | IsicOrderEvent | IsicCancel,
     Field(discriminator="type"),
 ]  # fmt: skip
 EVENT_ADAPTER: TypeAdapter[IntakeEvent] = TypeAdapter(IntakeEvent)
@@ -73,7 +77,8 @@ def describe(exc: ValidationError) -> str:
 def parse_line(text: str, context: dict | None = None) -> IntakeEvent:
     """Validate one line; raises ValueError with a PII-free reason.
 
-    `context` carries what some checks need: ``now`` and the known ``service_points``.
+    `context` carries what some checks need: ``now``, the known ``service_points``, the
+    ``base_dir`` that document paths are relative to and ``max_document_bytes``.
     """
     try:
         raw = json.loads(text)
@@ -93,14 +98,21 @@ def intake_lines(
     lines: Iterable[str | bytes],
     now: datetime,
     service_points: Collection[str] = (),
+    base_dir: Path | None = None,
+    document_key: bytes | None = None,
+    max_document_bytes: int = 10 * 1024 * 1024,
 ) -> list[LineResult]:
     """Validate and store every line; returns one result per non-blank line. No commit.
 
     Lines may be bytes (a file opened in binary mode): a line that is not UTF-8 is then
     rejected on its own instead of failing the whole file. `service_points` are the ids a
-    branch booking may name (``settings.timify_service_points``).
+    branch booking may name (``settings.timify_service_points``); documents are read from
+    paths relative to `base_dir` and stored encrypted with `document_key`.
     """
-    context = {"now": now, "service_points": set(service_points)}
+    context = {
+        "now": now, "service_points": set(service_points), "base_dir": base_dir,
+        "max_document_bytes": max_document_bytes,
+    }  # fmt: skip
     results: list[LineResult] = []
     parsed: list[tuple[int, IntakeEvent]] = []
     for number, raw in enumerate(lines, start=1):
@@ -123,6 +135,8 @@ def intake_lines(
     subjects = SubjectIndex(session, key)
     consents = ConsentStore(session, key, subjects)
     bookings = BookingStore(session, key, subjects)
+    orders = IsicStore(session, key, subjects, DocumentCipher(document_key) if document_key else None)
+    stores = {"consent": consents, "booking": bookings, "isic": orders}
     audit: list[AuditEvent] = []
     for start in range(0, len(parsed), CHUNK):
         chunk = parsed[start : start + CHUNK]
@@ -133,8 +147,9 @@ def intake_lines(
             (e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found}
         )
         bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
+        orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
         for number, event in chunk:
-            store = consents if event.type.startswith("consent.") else bookings
+            store = stores[event.type.split(".")[0]]
             try:
                 outcome, recorded = store.apply(event)  # type: ignore[arg-type]
             except REJECTIONS as exc:
@@ -144,8 +159,8 @@ def intake_lines(
             results.append(LineResult(number, outcome))
             if recorded is not None:
                 audit.append(recorded)
-        consents.end_chunk()
-        bookings.end_chunk()
+        for store in stores.values():
+            store.end_chunk()
     results.sort(key=lambda r: r.line)
     append(session, key, audit)
     return results

@@ -50,7 +50,9 @@ def intake(
     with file.open("rb") as lines, transaction() as session:
         results = intake_lines(
             session, settings.hmac_key(), lines, now=utcnow(),
-            service_points=settings.timify_service_points,
+            service_points=settings.timify_service_points, base_dir=file.resolve().parent,
+            document_key=settings.document_key_bytes(),
+            max_document_bytes=settings.isic_max_document_bytes,
         )  # fmt: skip
     counts = Counter(r.outcome for r in results)
     for r in results:

@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -101,15 +102,28 @@ class Settings(BaseSettings):
 
     def hmac_key(self) -> bytes:
         """The pseudonym/audit key; created once under .psync/ when none is configured."""
-        configured = self.secret("pseudonym_key")
+        return self._key("pseudonym_key", "pseudonym.key", lambda: secrets.token_hex(32).encode())
+
+    def document_key_bytes(self) -> bytes:
+        """The Fernet key for documents at rest; created once under .psync/ when none is set.
+
+        Production sets PSYNC_DOCUMENT_KEY (or a Secret block) and keeps it away from the
+        database's backups; the local file only makes a fresh checkout work.
+        """
+        from cryptography.fernet import Fernet
+
+        return self._key("document_key", "document.key", Fernet.generate_key)
+
+    def _key(self, name: str, filename: str, generate: Callable[[], bytes]) -> bytes:
+        configured = self.secret(name)
         if configured:
             return configured.encode()
-        path = DATA_DIR / "pseudonym.key"
+        path = DATA_DIR / filename
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
+            path.write_bytes(generate())
             path.chmod(0o600)
-        return path.read_text().strip().encode()
+        return path.read_bytes().strip()
 
 
 @lru_cache(maxsize=1)

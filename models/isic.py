@@ -1,0 +1,161 @@
+"""Student-ID (ISIC) orders (seed 003, XIV): the order, its documents, what the issuer did.
+
+Fields named in the seed are kept until the order is cancelled or erased; the phone
+password is kept only encrypted and never leaves; online-banking credentials are refused at
+intake and so never exist here. Each change takes the next number of the ``isic`` counter,
+so the forwarding reads "everything after my cursor".
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import date, datetime
+
+from sqlalchemy import LargeBinary, delete, func
+from sqlmodel import Field, Relationship, Session, SQLModel, select
+
+from models.subjects import DataSubject
+from models.types import UTCDateTime, new_id, utcnow
+
+
+class OrderStatus(enum.StrEnum):
+    received = "received"  # stored, not yet at the issuer
+    forwarded = "forwarded"  # cardholder, photo and card request sent
+    issued = "issued"  # the issuer reports the card ACTIVE
+    cancelled = "cancelled"
+
+
+class DocumentKind(enum.StrEnum):
+    student_proof = "student_proof"  # Nachweis des Schüler- oder Studentenstatus
+    id_copy = "id_copy"  # Kopie des Personalausweises
+    photo = "photo"  # Passfoto, the only document the issuer receives
+
+
+class IsicOrder(SQLModel, table=True):
+    __tablename__ = "isic_order"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    # The portal's order id: our cardholderId at the issuer (not personal).
+    order_ref: str = Field(unique=True, max_length=50)
+    subject_id: uuid.UUID = Field(foreign_key="data_subject.id", index=True)
+    status: str = Field(default=OrderStatus.received, max_length=12, index=True)
+    seq: int = Field(index=True)
+
+    # The seed's fields; cleared on cancellation and erasure.
+    first_name: str | None = Field(default=None, max_length=200)
+    last_name: str | None = Field(default=None, max_length=200)
+    birth_date: date | None = None
+    postal_code: str | None = Field(default=None, max_length=5)
+    iban: str | None = Field(default=None, max_length=34)
+    institution: str | None = Field(default=None, max_length=200)
+    student_status: str | None = Field(default=None, max_length=10)
+    phone_password_enc: bytes | None = Field(default=None, sa_type=LargeBinary)
+
+    # At the issuer.
+    cardholder_set_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    photo_set_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    card_number: str | None = Field(default=None, max_length=40)
+    card_status: str | None = Field(default=None, max_length=12)
+    card_has_photo: bool | None = None
+    issued_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    cardholder_deletion_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    cardholder_deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    # At the controller.
+    documents_purge_due: date | None = Field(default=None, index=True)
+    documents_purged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    cancelled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    fields_erased_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+    subject: DataSubject = Relationship()
+
+    @property
+    def purpose(self) -> str:
+        """The register purpose of this order at the issuer."""
+        return f"student-id:{self.order_ref}"
+
+    def erase_fields(self, now: datetime) -> None:
+        """Drop every field of the order that names the person; the ids and dates stay."""
+        self.first_name = self.last_name = self.birth_date = self.postal_code = None
+        self.iban = self.institution = self.student_status = self.phone_password_enc = None
+        self.fields_erased_at = now
+
+
+class IsicDocument(SQLModel, table=True):
+    __tablename__ = "isic_document"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    order_id: uuid.UUID = Field(foreign_key="isic_order.id", index=True)
+    kind: str = Field(max_length=20)  # a DocumentKind
+    media_type: str = Field(max_length=40)
+    size: int
+    ciphertext: bytes = Field(sa_type=LargeBinary)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+    order: IsicOrder = Relationship()
+
+
+def changed_since(session: Session, after: int, limit: int) -> list[IsicOrder]:
+    query = select(IsicOrder).where(IsicOrder.seq > after).order_by(IsicOrder.seq).limit(limit)
+    return list(session.exec(query))
+
+
+def count_changed_since(session: Session, after: int) -> int:
+    return session.exec(select(func.count()).where(IsicOrder.seq > after)).one()
+
+
+def by_status(session: Session, status: OrderStatus, after: int, limit: int) -> list[IsicOrder]:
+    query = (
+        select(IsicOrder)
+        .where(IsicOrder.status == status, IsicOrder.seq > after)
+        .order_by(IsicOrder.seq)
+        .limit(limit)
+    )
+    return list(session.exec(query))
+
+
+def deletions_pending(session: Session, after: int, limit: int) -> list[IsicOrder]:
+    query = (
+        select(IsicOrder)
+        .where(
+            IsicOrder.cardholder_deletion_requested_at.is_not(None),  # type: ignore[union-attr]
+            IsicOrder.cardholder_deleted_at.is_(None),  # type: ignore[union-attr]
+            IsicOrder.seq > after,
+        )
+        .order_by(IsicOrder.seq)
+        .limit(limit)
+    )
+    return list(session.exec(query))
+
+
+def documents_due(session: Session, today: date, limit: int) -> list[IsicOrder]:
+    query = (
+        select(IsicOrder)
+        .where(
+            IsicOrder.documents_purge_due <= today,  # type: ignore[operator]
+            IsicOrder.documents_purged_at.is_(None),  # type: ignore[union-attr]
+        )
+        .order_by(IsicOrder.seq)
+        .limit(limit)
+    )
+    return list(session.exec(query))
+
+
+def photo(session: Session, order: IsicOrder) -> IsicDocument | None:
+    query = select(IsicDocument).where(
+        IsicDocument.order_id == order.id, IsicDocument.kind == DocumentKind.photo
+    )
+    return session.exec(query).first()
+
+
+def delete_documents(session: Session, order: IsicOrder) -> bool:
+    """Delete every document of the order; True when none is left (read back)."""
+    session.execute(delete(IsicDocument).where(IsicDocument.order_id == order.id))  # type: ignore[arg-type]
+    left = session.exec(
+        select(func.count()).select_from(IsicDocument).where(IsicDocument.order_id == order.id)
+    ).one()
+    return left == 0

@@ -1,0 +1,230 @@
+"""Intake of student-ID orders (seed 003, XIV): ``isic.order`` with its documents, ``isic.cancel``.
+
+Documents are named by paths relative to the JSON-lines file; they are read, checked by
+content (PDF, JPEG, PNG) and size, and stored only encrypted. Online-banking credentials
+are refused with a reason of their own: the seed offers them "wahlweise", but the issuer
+needs them for nothing, so we never hold them.
+
+Validation context: ``{"now", "base_dir", "max_document_bytes"}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from schwifty import IBAN
+from sqlmodel import Session, select
+
+from models.audit import AuditEvent
+from models.bookings import BERLIN
+from models.consent import event_key
+from models.cursors import next_seq
+from models.documents import JPEG, PDF, PNG, DocumentCipher, read_document
+from models.intake_types import Email, EventBase, context_now
+from models.isic import DocumentKind, IsicDocument, IsicOrder, OrderStatus
+from models.receipts import IntakeReceipt, seen
+from models.subject_index import SubjectIndex
+from models.subjects import DataSubject
+
+OrderId = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,49}$", description="the portal's order id")
+ALLOWED_TYPES = {
+    DocumentKind.student_proof: frozenset({PDF, JPEG, PNG}),
+    DocumentKind.id_copy: frozenset({PDF, JPEG, PNG}),
+    DocumentKind.photo: frozenset({JPEG, PNG}),
+}
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+BANKING_WORDS = ("online_banking", "onlinebanking", "banking", "pin", "tan")
+
+
+class OrderRejected(ValueError):
+    """The event does not fit the order's state; the reason is safe to show."""
+
+
+class Documents(BaseModel):
+    """Paths relative to the JSON-lines file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    student_proof: str = Field(min_length=1, max_length=500, description="PDF, JPEG or PNG")
+    id_copy: str = Field(min_length=1, max_length=500, description="PDF, JPEG or PNG")
+    photo: str = Field(min_length=1, max_length=500, description="JPEG or PNG")
+
+
+class IsicOrderEvent(EventBase):
+    """An ISIC order from the portal, with its uploads."""
+
+    type: Literal["isic.order"]
+    order_id: str = OrderId
+    first_name: str = Field(min_length=1, max_length=200)
+    last_name: str = Field(min_length=1, max_length=200)
+    birth_date: date
+    email: Email
+    postal_code: str = Field(pattern=r"^[0-9]{5}$", description="German postal code")
+    iban: str = Field(max_length=42)
+    institution: str = Field(min_length=1, max_length=200)
+    student_status: Literal["student", "pupil"] = "student"
+    phone_password: SecretStr | None = Field(default=None, max_length=64, description="never forwarded")
+    documents: Documents
+
+    _files: dict[str, tuple[str, bytes]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_banking_credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in data:
+                lowered = str(name).lower()
+                if any(word == lowered or lowered.startswith(word) for word in BANKING_WORDS):
+                    # Refused by name, before anything else: these are never stored anywhere.
+                    raise ValueError(
+                        f"online-banking credentials are never accepted; remove field {name[:40]!r}"
+                    )
+        return data
+
+    @field_validator("iban")
+    @classmethod
+    def _iban(cls, value: str) -> str:
+        try:
+            return IBAN(value).compact
+        except ValueError:
+            raise ValueError("not a valid IBAN (format or check digits)") from None
+
+    @field_validator("birth_date")
+    @classmethod
+    def _plausible_birth_date(cls, value: date, info: ValidationInfo) -> date:
+        # ISIC is for pupils and students: 10 to 100 years old is generous.
+        today = (context_now(info) or datetime.now(BERLIN)).astimezone(BERLIN).date()
+        if not today - timedelta(days=365 * 100) <= value <= today - timedelta(days=365 * 10):
+            raise ValueError("is not a plausible birth date for a pupil or student")
+        return value
+
+    @model_validator(mode="after")
+    def _read_documents(self, info: ValidationInfo) -> IsicOrderEvent:
+        context = info.context or {}
+        base_dir: Path | None = context.get("base_dir")
+        if base_dir is None:
+            raise ValueError("documents: the folder of the JSON-lines file is not known")
+        max_bytes = context.get("max_document_bytes", DEFAULT_MAX_BYTES)
+        for kind, allowed in ALLOWED_TYPES.items():
+            try:
+                self._files[kind] = read_document(
+                    base_dir, getattr(self.documents, kind), allowed, max_bytes
+                )
+            except ValueError as exc:
+                raise ValueError(f"documents.{kind}: {exc}") from None
+        return self
+
+
+class IsicCancel(EventBase):
+    """The customer cancelled the order (the only way to object, seed 003 XIV 5)."""
+
+    type: Literal["isic.cancel"]
+    order_id: str = OrderId
+
+
+IsicIntakeEvent = IsicOrderEvent | IsicCancel
+_FIELDS = ("first_name", "last_name", "birth_date", "postal_code", "iban", "institution", "student_status")
+
+
+class IsicStore:
+    """Applies ISIC events of one chunk; the chunk's orders are fetched up front."""
+
+    def __init__(self, session: Session, key: bytes, subjects: SubjectIndex, cipher: DocumentCipher | None):
+        self.session, self.key, self.subjects, self.cipher = session, key, subjects, cipher
+        self.orders: dict[str, IsicOrder] = {}
+        self.pseudonyms: dict[uuid.UUID, str] = {}
+        self.keys: dict[int, str] = {}
+        self.seen: set[str] = set()
+        self.seq = 0
+
+    def begin_chunk(self, events: Iterable[IsicIntakeEvent]) -> None:
+        events = list(events)
+        # The documents' paths, not their bytes, make the key: the same line is the same event.
+        self.keys = {id(e): event_key(self.key, e.model_dump_json(exclude={"phone_password"})) for e in events}
+        self.seen = seen(self.session, self.keys.values())
+        refs = {e.order_id for e in events} - self.orders.keys()
+        if refs:
+            rows = self.session.exec(
+                select(IsicOrder, DataSubject.pseudonym)
+                .join(DataSubject, DataSubject.id == IsicOrder.subject_id)
+                .where(IsicOrder.order_ref.in_(refs))  # type: ignore[attr-defined]
+            )
+            for order, pseudonym in rows:
+                self.orders[order.order_ref] = order
+                self.pseudonyms[order.subject_id] = pseudonym
+        self.seq = next_seq(self.session, "isic", len(events)) if events else 0
+
+    def apply(self, event: IsicIntakeEvent) -> tuple[str, AuditEvent | None]:
+        """Returns the line's outcome and its audit event; raises OrderRejected to reject."""
+        seq, self.seq = self.seq, self.seq + 1
+        key = self.keys[id(event)]
+        if key in self.seen:
+            return "duplicate", None
+        outcome = self._apply(event, seq)
+        self.seen.add(key)
+        self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
+        return outcome
+
+    def _apply(self, event: IsicIntakeEvent, seq: int) -> tuple[str, AuditEvent | None]:
+        order = self.orders.get(event.order_id)
+        if isinstance(event, IsicOrderEvent):
+            if order is not None:
+                raise OrderRejected("order_id exists already")
+            if self.cipher is None:
+                raise OrderRejected("no document key configured (PSYNC_DOCUMENT_KEY)")
+            order = self._create(event, seq)
+            return "stored", self._audit("isic.ordered", order)
+        if order is None:
+            raise OrderRejected("unknown order_id")
+        if order.status == OrderStatus.cancelled:
+            return "unchanged", None
+        order.status, order.seq, order.cancelled_at, order.updated_at = (
+            OrderStatus.cancelled, seq, event.at, event.at,
+        )  # fmt: skip
+        return "stored", self._audit("isic.cancelled", order)
+
+    def _create(self, event: IsicOrderEvent, seq: int) -> IsicOrder:
+        assert self.cipher is not None
+        subject = self.subjects.resolve(event.email, None, create=True)
+        assert subject is not None
+        password = event.phone_password.get_secret_value().encode() if event.phone_password else None
+        order = IsicOrder(
+            order_ref=event.order_id, subject_id=subject.id, seq=seq,
+            phone_password_enc=self.cipher.encrypt(password) if password else None,
+            created_at=event.at, updated_at=event.at,
+            **{name: getattr(event, name) for name in _FIELDS},
+        )  # fmt: skip
+        self.session.add(order)
+        for kind, (media_type, data) in event._files.items():
+            self.session.add(
+                IsicDocument(
+                    order=order, kind=kind, media_type=media_type, size=len(data),
+                    ciphertext=self.cipher.encrypt(data),
+                )  # fmt: skip
+            )
+        self.orders[order.order_ref] = order
+        self.pseudonyms[subject.id] = subject.pseudonym
+        return order
+
+    def _audit(self, action: str, order: IsicOrder) -> AuditEvent:
+        return AuditEvent(
+            action, "recorded", subject=self.pseudonyms[order.subject_id],
+            detail=f"order={order.order_ref}",
+        )  # fmt: skip
+
+    def end_chunk(self) -> None:
+        self.session.flush()
