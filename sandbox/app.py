@@ -23,6 +23,7 @@ from sandbox.cleverreach import CleverReach
 from sandbox.errors import ApiError, error_response
 from sandbox.faults import ERROR_FAULTS, SLOW_MIN_MS, FaultInjector
 from sandbox.flexperto import Flexperto
+from sandbox.isic import Isic
 from sandbox.timify import Timify
 
 FAULT_HEADER = b"x-sandbox-fault"
@@ -214,6 +215,7 @@ def create_app(
         CleverReach(token_ttl_s=token_ttl_s),
         Timify(token_ttl_s=token_ttl_s),
         Flexperto(token_ttl_s=token_ttl_s),
+        Isic(token_ttl_s=token_ttl_s),
     ]
 
     app = FastAPI(title="psync processor sandbox", version="1")
