@@ -13,6 +13,9 @@ FLOWS: dict[str, str] = {
     "expire-unconfirmed-optins": "flows.newsletter:expire_unconfirmed_optins",
     "push-bookings": "flows.bookings:push_bookings",
     "purge-video-chat-data": "flows.bookings:purge_video_chat_data",
+    "forward-student-id-orders": "flows.student_id:forward_student_id_orders",
+    "sync-student-id-order-status": "flows.student_id:sync_student_id_order_status",
+    "purge-student-id-documents": "flows.student_id:purge_student_id_documents",
 }
 
 

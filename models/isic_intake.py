@@ -47,6 +47,7 @@ ALLOWED_TYPES = {
     DocumentKind.photo: frozenset({JPEG, PNG}),
 }
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+PHOTO_MAX_BYTES = 2 * 1024 * 1024  # what the issuer accepts for a passport photo
 BANKING_WORDS = ("online_banking", "onlinebanking", "banking", "pin", "tan")
 
 
@@ -121,9 +122,8 @@ class IsicOrderEvent(EventBase):
         max_bytes = context.get("max_document_bytes", DEFAULT_MAX_BYTES)
         for kind, allowed in ALLOWED_TYPES.items():
             try:
-                self._files[kind] = read_document(
-                    base_dir, getattr(self.documents, kind), allowed, max_bytes
-                )
+                limit = min(max_bytes, PHOTO_MAX_BYTES) if kind == DocumentKind.photo else max_bytes
+                self._files[kind] = read_document(base_dir, getattr(self.documents, kind), allowed, limit)
             except ValueError as exc:
                 raise ValueError(f"documents.{kind}: {exc}") from None
         return self

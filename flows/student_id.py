@@ -1,0 +1,309 @@
+"""Student-ID (ISIC) orders → the card issuer, with deletion on cancellation (seed 003, XIV).
+
+Three flows, one Prefect task per batch of orders:
+
+- ``forward-student-id-orders``: every order changed since the cursor. A new order goes to
+  the issuer in the order its API needs: cardholder, then photo, then card request (a photo
+  sent after the card does not reach the card). A cancelled order's card is voided, the
+  issuer is asked to delete the cardholder, and every document and field of the order is
+  deleted here, verified by reading back.
+- ``sync-student-id-order-status``: follows forwarded orders until the card is issued, and
+  asynchronous cardholder deletions (202) until the issuer answers 404.
+- ``purge-student-id-documents``: deletes the uploads a configurable number of days after
+  the card was issued (default 30: the order and follow-up questions are done), verified.
+
+The issuer receives only ``connectors.isic.ALLOWED_FIELDS`` and the photo: never the IBAN,
+the postal code, the phone password or the other documents (see the README).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import Annotated
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import Field
+from sqlmodel import Session, select
+
+from connectors import isic
+from flows.common import audit_failure, call_events, counts_artifact, tally, write_audit
+from models.audit import AuditEvent
+from models.bookings import berlin_today
+from models.cursors import advance_cursor, get_cursor
+from models.db import transaction
+from models.documents import DocumentCipher
+from models.isic import (
+    IsicOrder,
+    OrderStatus,
+    by_status,
+    changed_since,
+    count_changed_since,
+    delete_documents,
+    deletions_pending,
+    documents_due,
+    photo,
+)
+from models.recipients import Recipient, record_removed, record_sent_many
+from models.subjects import DataSubject
+from models.types import utcnow
+from psync.settings import get_settings
+
+CURSOR = "isic:orders"
+PROCESSOR = isic.PROCESSOR
+ACTIVE, VOIDED = "ACTIVE", "VOIDED"
+
+
+class _Batch:
+    """One batch's work inside one transaction: counts, audit events, the register."""
+
+    def __init__(self, session: Session, client: isic.Isic, orders: list[IsicOrder]):
+        self.session, self.client = session, client
+        self.now = utcnow()
+        self.counts: Counter[str] = Counter()
+        self.events: list[AuditEvent] = []
+        ids = list({o.subject_id for o in orders})
+        self.subjects = {
+            s.id: s
+            for s in session.exec(select(DataSubject).where(DataSubject.id.in_(ids)))  # type: ignore[attr-defined]
+        }
+
+    def decide(self, action: str, outcome: str, order: IsicOrder, count: str | None = None) -> None:
+        self.counts[count or outcome] += 1
+        self.events.append(
+            AuditEvent(
+                action, outcome, PROCESSOR, subject=self.subjects[order.subject_id].pseudonym,
+                detail=f"order={order.order_ref}",
+            )  # fmt: skip
+        )
+
+    def finish(self) -> None:
+        write_audit(self.session, call_events(self.client.http.drain_calls()) + self.events)
+
+    def register_removed(self, order: IsicOrder) -> None:
+        row = self.session.exec(
+            select(Recipient).where(
+                Recipient.subject_id == order.subject_id,
+                Recipient.processor == PROCESSOR,
+                Recipient.purpose == order.purpose,
+            )
+        ).first()
+        if row is not None:
+            record_removed(row, self.now)
+
+
+def _run_batch(client: isic.Isic, action: str, load: Callable[[Session], list[IsicOrder]],
+               work: Callable[[_Batch, IsicOrder], None]) -> tuple[dict, int | None]:  # fmt: skip
+    """Load a batch, work each order, write the audit; returns counts and the last seq."""
+    with audit_failure(client.http, action), transaction() as session:
+        orders = load(session)
+        if not orders:
+            return {}, None
+        batch = _Batch(session, client, orders)
+        for order in orders:
+            work(batch, order)
+        batch.finish()
+    return dict(batch.counts), orders[-1].seq
+
+
+def _pages(count: int, size: int, run: Callable[[int], tuple[dict, int | None]]) -> list[dict]:
+    """Run ceil(count/size) keyset-paged tasks; `run(after)` returns counts and the next key."""
+    results, after = [], 0
+    for _ in range(math.ceil(count / size)):
+        counts, last = run(after)
+        results.append(counts)
+        if last is None:
+            break
+        after = last
+    return results
+
+
+# forward ------------------------------------------------------------------------------
+def forward(batch: _Batch, order: IsicOrder, cipher: DocumentCipher) -> None:
+    """Cardholder → photo → card. Each call is idempotent or checked, so a re-run after a
+    crash between any two of them repeats nothing the issuer would hold twice."""
+    subject = batch.subjects[order.subject_id]
+    if not subject.email or order.fields_erased_at:
+        batch.decide("isic.forward", "skipped", order, "skipped_erased")
+        return
+    batch.client.set_cardholder(
+        order.order_ref, first_name=order.first_name, last_name=order.last_name,
+        date_of_birth=order.birth_date, email=subject.email, institution=order.institution,
+        student_status=order.student_status,
+    )  # fmt: skip
+    order.cardholder_set_at = batch.now
+    document = photo(batch.session, order)
+    if document is None:  # purged or never there: a card without a photo is useless
+        raise ValueError(f"order {order.order_ref} has no photo")
+    batch.client.set_photo(order.order_ref, cipher.decrypt(document.ciphertext), document.media_type)
+    order.photo_set_at = batch.now
+    card = batch.client.request_card(order.order_ref)
+    order.card_number, order.card_status = card["cardNumber"], card["status"]
+    order.card_has_photo = bool(card.get("hasPhoto"))
+    order.status = OrderStatus.forwarded
+    record_sent_many(batch.session, PROCESSOR, order.purpose, {order.subject_id: order.order_ref}, batch.now)
+    batch.decide("isic.forward", "sent", order, "forwarded")
+
+
+def cancel(batch: _Batch, order: IsicOrder) -> None:
+    """Void the card, ask the issuer to delete the cardholder, delete everything here."""
+    if order.cardholder_deletion_requested_at is None:
+        # Listed rather than trusted from our row: a crash may have lost a card's number.
+        for card in batch.client.cards(order.order_ref):
+            if card.get("status") != VOIDED:
+                batch.client.void_card(card["cardNumber"])
+                order.card_status = VOIDED
+                batch.decide("isic.void_card", "voided", order)
+        answer = batch.client.delete_cardholder(order.order_ref)
+        order.cardholder_deletion_requested_at = batch.now
+        if answer == "gone":  # never reached the issuer, or already deleted
+            order.cardholder_deleted_at = batch.now
+            batch.register_removed(order)
+        batch.decide("isic.delete_cardholder", "requested" if answer == "pending" else "verified", order,
+                     "deletion_requested" if answer == "pending" else "deletion_verified")  # fmt: skip
+    erase_locally(batch, order)
+
+
+def erase_locally(batch: _Batch, order: IsicOrder) -> None:
+    if order.fields_erased_at is not None:
+        return
+    documents_gone = delete_documents(batch.session, order)
+    order.erase_fields(batch.now)
+    batch.session.flush()
+    batch.session.refresh(order)
+    if not documents_gone or order.iban is not None or order.first_name is not None:
+        raise RuntimeError(f"order {order.order_ref}: local erasure not verified")
+    order.documents_purged_at = order.documents_purged_at or batch.now
+    batch.decide("isic.erase_local", "verified", order, "erased_locally")
+
+
+@task(name="forward-student-id-batch", cache_policy=NO_CACHE)
+def forward_batch(client: isic.Isic, limit: int) -> dict:
+    cipher = DocumentCipher(get_settings().document_key_bytes())
+
+    def work(batch: _Batch, order: IsicOrder) -> None:
+        if order.status == OrderStatus.cancelled:
+            cancel(batch, order)
+        elif order.status == OrderStatus.received:
+            forward(batch, order, cipher)
+        advance_cursor(batch.session, CURSOR, order.seq)
+
+    def load(session: Session) -> list[IsicOrder]:
+        return changed_since(session, get_cursor(session, CURSOR).position, limit)
+
+    counts, _ = _run_batch(client, "isic.forward", load, work)
+    return counts
+
+
+@flow(name="forward-student-id-orders")
+def forward_student_id_orders(
+    records_per_task: Annotated[int, Field(ge=1, le=2000)] = 200,
+) -> dict[str, int]:
+    """Forward new student-ID orders to the issuer; carry out cancellations everywhere.
+
+    Args:
+        records_per_task: orders per Prefect task.
+    """
+    client = isic.from_settings(get_settings())
+    with transaction() as session:
+        changes = count_changed_since(session, get_cursor(session, CURSOR).position)
+    results = [forward_batch(client, records_per_task) for _ in range(math.ceil(changes / records_per_task))]
+    return _report("forward-student-id-orders", "Student-ID orders forwarded and cancelled", results)
+
+
+# status -------------------------------------------------------------------------------
+@task(name="sync-student-id-status-batch", cache_policy=NO_CACHE)
+def status_batch(client: isic.Isic, after: int, limit: int) -> tuple[dict, int | None]:
+    retention = timedelta(days=get_settings().isic_document_retention_days)
+
+    def work(batch: _Batch, order: IsicOrder) -> None:
+        card = next((c for c in batch.client.cards(order.order_ref) if c.get("cardNumber") == order.card_number), None)
+        if card is None:
+            batch.decide("isic.status", "card_missing", order)
+            return
+        order.card_status = card["status"]
+        if card["status"] == ACTIVE:
+            order.status, order.issued_at = OrderStatus.issued, batch.now
+            order.documents_purge_due = berlin_today(batch.now) + retention
+            batch.decide("isic.status", "issued", order)
+        else:
+            batch.counts[f"still_{str(card['status']).lower()}"] += 1
+
+    return _run_batch(client, "isic.status", lambda s: by_status(s, OrderStatus.forwarded, after, limit), work)
+
+
+@task(name="verify-student-id-deletions-batch", cache_policy=NO_CACHE)
+def deletion_batch(client: isic.Isic, after: int, limit: int) -> tuple[dict, int | None]:
+    def work(batch: _Batch, order: IsicOrder) -> None:
+        if batch.client.deletion_verified(order.order_ref):
+            order.cardholder_deleted_at = batch.now
+            batch.register_removed(order)
+            batch.decide("isic.delete_cardholder", "verified", order, "deletion_verified")
+        else:
+            batch.counts["deletion_pending"] += 1
+
+    return _run_batch(client, "isic.verify_deletion", lambda s: deletions_pending(s, after, limit), work)
+
+
+@flow(name="sync-student-id-order-status")
+def sync_student_id_order_status(
+    batch_size: Annotated[int, Field(ge=1, le=2000)] = 200,
+) -> dict[str, int]:
+    """Follow forwarded orders until the card is issued, and deletions until verified.
+
+    Args:
+        batch_size: orders per Prefect task.
+    """
+    client = isic.from_settings(get_settings())
+    with transaction() as session:
+        forwarded = len(by_status(session, OrderStatus.forwarded, 0, 10**9))
+        pending = len(deletions_pending(session, 0, 10**9))
+    results = _pages(forwarded, batch_size, lambda after: status_batch(client, after, batch_size))
+    results += _pages(pending, batch_size, lambda after: deletion_batch(client, after, batch_size))
+    return _report("sync-student-id-order-status", "Student-ID order status", results)
+
+
+# purge --------------------------------------------------------------------------------
+@flow(name="purge-student-id-documents")
+def purge_student_id_documents(
+    as_of: date | None = None,
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = 500,
+) -> dict[str, int]:
+    """Delete the uploads of issued orders once their retention is over; verified.
+
+    Args:
+        as_of: the Berlin calendar day to purge for (default: today).
+        batch_size: orders per transaction.
+    """
+    today = as_of or berlin_today(utcnow())
+    counts: Counter[str] = Counter()
+    while True:
+        with transaction() as session:
+            orders = documents_due(session, today, batch_size)
+            if not orders:
+                break
+            subjects = dict(session.exec(
+                select(DataSubject.id, DataSubject.pseudonym).where(
+                    DataSubject.id.in_([o.subject_id for o in orders])  # type: ignore[attr-defined]
+                )
+            ).all())  # fmt: skip
+            events, now = [], utcnow()
+            for order in orders:
+                if not delete_documents(session, order):
+                    raise RuntimeError(f"order {order.order_ref}: documents not deleted")
+                order.documents_purged_at = now
+                counts["documents_purged"] += 1
+                events.append(AuditEvent("isic.purge_documents", "verified", subject=subjects[order.subject_id],
+                                         detail=f"order={order.order_ref}"))  # fmt: skip
+            write_audit(session, events)
+    return _report("purge-student-id-documents", "Student-ID documents purged", [dict(counts)])
+
+
+def _report(key: str, title: str, results: list[dict]) -> dict[str, int]:
+    counts = tally(results)
+    get_run_logger().info("%s: %s", key, counts)
+    counts_artifact(key, title, counts)
+    return counts
