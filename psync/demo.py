@@ -3,11 +3,13 @@
 Fresh SQLite database and Prefect home under ``.psync/demo/``, the sandbox in a background
 process on a free loopback port, a few thousand synthetic German subjects, then the
 newsletter flows in the order a day would run them, then a few hundred bookings
-(``psync.demo_bookings``), and a summary that compares both sides.
+(``psync.demo_bookings``) and student-ID orders (``psync.demo_isic``), and summaries that
+compare both sides.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -45,6 +47,7 @@ def _configure(port: int) -> None:
         PREFECT_LOGGING_LEVEL="WARNING",
         PSYNC_DATABASE_URL=f"sqlite:///{DEMO_DIR / 'psync.db'}",
         PSYNC_PSEUDONYM_KEY=os.urandom(16).hex(),
+        PSYNC_DOCUMENT_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
         **sandbox_environment(f"http://127.0.0.1:{port}", rate_per_second=200),
     )
     from psync.settings import get_settings
@@ -153,6 +156,7 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
     from flows import newsletter
     from models.db import transaction
     from psync.demo_bookings import run_bookings
+    from psync.demo_isic import run_student_ids
     from models.intake import intake_lines
     from models.migrate import upgrade
     from models.types import utcnow
@@ -180,7 +184,9 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
         print()
         # Another seed: the same one would repeat the subscribers' insurance numbers.
         bookings_ok = run_bookings(base, key, bookings, seed + 1)
-    ok = _summary(base, key) and bookings_ok
+        print()
+        orders_ok = run_student_ids(base, key, DEMO_DIR / "isic", max(10, bookings // 5), seed)
+    ok = _summary(base, key) and bookings_ok and orders_ok
     print(f"\n{'OK' if ok else 'MISMATCH'}: demo finished in {time.monotonic() - started:.1f} s "
           f"(database {DEMO_DIR / 'psync.db'}, events {DEMO_DIR / 'events.jsonl'})")  # fmt: skip
     return 0 if ok else 1
