@@ -15,16 +15,14 @@ import enum
 import uuid
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
 from models.subjects import DataSubject
 
-from models.types import UTCDateTime, new_id, utcnow
+from models.types import BERLIN, UTCDateTime, new_id, utcnow
 
-BERLIN = ZoneInfo("Europe/Berlin")
 PURPOSE = "booking"
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import DateTime
 from sqlalchemy.types import TypeDecorator
+
+# Deadlines and retention periods are calendar days where the controller is.
+BERLIN = ZoneInfo("Europe/Berlin")
 
 
 class UTCDateTime(TypeDecorator):
