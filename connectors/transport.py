@@ -69,7 +69,7 @@ def classify(status: int) -> type[ProcessorError] | None:
 
 
 _EMAIL = re.compile(r"[^\s/@\"']+@[^\s/@\"']+")
-_BEARER = re.compile(r"(?i)(bearer\s+|token[\"'=:\s]+)[A-Za-z0-9._~+/=-]{8,}")
+_BEARER = re.compile(r"(?i)(bearer\s+|token[\"'=:\s]+|(?:x-)?api[-_]?key[\"'=:\s]+)[A-Za-z0-9._~+/=-]{8,}")
 
 
 def redact(text: str) -> str:
@@ -77,6 +77,8 @@ def redact(text: str) -> str:
 
     >>> redact("GET /receivers/erika@example.de with Bearer abcdef123456")
     'GET /receivers/[email] with Bearer [redacted]'
+    >>> redact("x-api-key: sandbox-nect-key")
+    'x-api-key: [redacted]'
     """
     return _BEARER.sub(r"\1[redacted]", _EMAIL.sub("[email]", text))
 

@@ -50,4 +50,7 @@ def sandbox_environment(root: str, rate_per_second: float = 1000.0) -> dict[str,
         "PSYNC_ISIC_CLIENT_ID": CREDENTIAL_ID,
         "PSYNC_ISIC_CLIENT_SECRET": CREDENTIAL_SECRET,
         "PSYNC_ISIC_RATE_PER_SECOND": rate,
+        "PSYNC_NECT_BASE_URL": f"{root}/nect",
+        "PSYNC_NECT_API_KEY": "sandbox-nect-key",
+        "PSYNC_NECT_RATE_PER_SECOND": rate,
     }

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     isic_document_retention_days: int = Field(30, ge=0)
     isic_max_document_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
+    # Nect (identification with the eID, seed 002 5.4.2): API root; /v1/... hangs below it.
+    # Nect only ever receives a pseudonymous id.
+    nect_base_url: str = "https://nect.example.invalid"
+    nect_api_key: SecretStr | None = None
+    nect_api_key_block: str | None = None
+    nect_rate_per_second: float = Field(10.0, gt=0)
+
     # HTTP: (connect, read) seconds. Connect is short because a dead host should fail fast;
     # read is long enough for a 1000-receiver upsert.
     http_connect_timeout: float = 5.0

@@ -24,6 +24,7 @@ from sandbox.errors import ApiError, error_response
 from sandbox.faults import ERROR_FAULTS, SLOW_MIN_MS, FaultInjector
 from sandbox.flexperto import Flexperto
 from sandbox.isic import Isic
+from sandbox.nect import Nect
 from sandbox.timify import Timify
 
 FAULT_HEADER = b"x-sandbox-fault"
@@ -216,6 +217,7 @@ def create_app(
         Timify(token_ttl_s=token_ttl_s),
         Flexperto(token_ttl_s=token_ttl_s),
         Isic(token_ttl_s=token_ttl_s),
+        Nect(),
     ]
 
     app = FastAPI(title="psync processor sandbox", version="1")

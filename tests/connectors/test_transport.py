@@ -202,6 +202,7 @@ def test_rate_limiter_spaces_calls_after_the_burst():
 def test_redact_hides_emails_and_tokens():
     text = redact('to erika@example.de {"access_token": "abcdefghijkl"} Bearer xyz12345678')
     assert "erika" not in text and "abcdefghijkl" not in text and "xyz12345678" not in text
+    assert redact("x-api-key: sandbox-nect-key, api_key=abcdefgh12") == "x-api-key: [redacted], api_key=[redacted]"
 
 
 def test_the_http_log_is_redacted_even_if_a_caller_slips(caplog):

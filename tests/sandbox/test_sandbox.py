@@ -355,7 +355,7 @@ def test_state_shape_and_call_counts(client):
     upsert(client, [{"email": "b@example.com"}], prefix="groups")
     client.get(f"{CR}/v3/groups.json/1001/receivers", params={"page": 0})
     s = state(client)
-    assert set(s) == {"cleverreach", "timify", "flexperto", "isic", "faults"}
+    assert set(s) == {"cleverreach", "timify", "flexperto", "isic", "nect", "faults"}
     assert set(s["cleverreach"]) >= {"groups", "calls"}
     assert set(s["cleverreach"]["groups"]) == {"1001", "1002"}
     assert set(s["cleverreach"]["groups"]["1001"]) == {"name", "receivers"}
