@@ -7,6 +7,7 @@ from models.audit import AuditEntry, AuditHead
 from models.bookings import Booking
 from models.consent import ConsentEvent, ConsentRecord
 from models.cursors import Counter, SyncCursor
+from models.erasure import ErasureRequest, ErasureTask
 from models.isic import IsicDocument, IsicOrder
 from models.receipts import IntakeReceipt
 from models.recipients import Recipient
@@ -20,6 +21,8 @@ __all__ = [
     "ConsentRecord",
     "Counter",
     "DataSubject",
+    "ErasureRequest",
+    "ErasureTask",
     "IntakeReceipt",
     "IsicDocument",
     "IsicOrder",

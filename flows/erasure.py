@@ -1,0 +1,677 @@
+"""Erasure requests fanned out to every processor, verified, on time, with an Art. 19 report.
+
+Three flows:
+
+- ``fan-out-erasure``: opens the request (or resumes one by id), then asks every processor
+  that holds the subject's data to erase it, all processors at once (one Prefect task per
+  processor on the thread-pool task runner: a slow or failing one holds nobody back), each
+  through its connector's retry policy; reads back what was erased; once every recipient is
+  verified, erases the controller's own copy last and completes the request. Writes the
+  Art. 19 report as a table artifact.
+- ``follow-up-erasures`` (scheduled): the same work for every open request: asynchronous
+  deletions read back, failed ones asked again, restricted ones erased once their hold is
+  over, requests completed.
+- ``watch-erasure-deadlines`` (daily): marks each open request on time, due soon (5 days)
+  or overdue, and fails the run naming the request ids when any needs attention.
+
+A run claims the tasks it works (``models.erasure.claim``) before calling anyone, so two runs
+at once never ask a processor twice; what a run completed is never repeated. Every call and
+decision goes to the audit trail under the subject's pseudonym; logs, exceptions,
+artifacts and run names carry request ids and counts only, and the identifiers typed into
+the run form are replaced by the request id as soon as the request is open.
+
+For the officer (the CLI): ``open_erasure_request``, ``report`` and ``render_markdown``,
+``manual_requests``, ``confirm_manual``, ``extend_request``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+from sqlmodel import Session, select
+
+from connectors.transport import ProcessorError, redact
+from flows.common import call_events, counts_artifact, run_id, write_audit
+from flows.erasure_processors import (
+    AWAITING,
+    HANDLERS,
+    VERIFIED,
+    Clients,
+    Context,
+    NotVerified,
+    Policy,
+    SubjectRef,
+    TaskRef,
+    handler_for,
+    hold_for,
+    manual_request_text,
+    policy_from_settings,
+)
+from models.audit import AuditEvent
+from models.bookings import berlin_today
+from models.db import transaction
+from models.deadlines import urgency
+from models.erasure import (
+    MAX_EVIDENCE,
+    Channel,
+    ErasureRequest,
+    ErasureTask,
+    RequestStatus,
+    TaskState,
+    Urgency,
+    check_free_text,
+    claim,
+    erase_controller_copy,
+    extend,
+    get_request,
+    held_by,
+    is_done,
+    open_request,
+    release,
+    sync_tasks,
+    tasks_of,
+    waiting_lawfully,
+)
+from models.recipients import Recipient, record_removed
+from models.subjects import DataSubject
+from models.types import utcnow
+from psync.settings import get_settings
+
+ACTION = "erasure"
+
+
+def _event(action: str, outcome: str, processor: str | None, pseudonym: str | None, detail: str = "",
+           http_status: int | None = None) -> AuditEvent:  # fmt: skip
+    return AuditEvent(f"{ACTION}.{action}", outcome, processor, subject=pseudonym,
+                      http_status=http_status, detail=detail)  # fmt: skip
+
+
+def _pseudonyms(session: Session, request_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """request id → the subject's pseudonym (what the audit trail names)."""
+    rows = session.exec(
+        select(ErasureRequest.id, DataSubject.pseudonym)
+        .join(DataSubject, DataSubject.id == ErasureRequest.subject_id)
+        .where(ErasureRequest.id.in_(list(request_ids)))  # type: ignore[attr-defined]
+    )
+    return dict(rows.all())
+
+
+# opening --------------------------------------------------------------------------------
+def open_erasure_request(
+    session: Session,
+    *,
+    email: str | None = None,
+    insurance_number: str | None = None,
+    subject_id: uuid.UUID | str | None = None,
+    received_at: datetime | None = None,
+    channel: str = Channel.email,
+    reference: str = "",
+    now: datetime | None = None,
+) -> ErasureRequest:
+    """``models.erasure.open_request`` plus its audit row; the CLI and intake call this.
+
+    Opening the request here and starting ``fan-out-erasure`` with its id keeps the e-mail
+    address out of Prefect's stored flow-run parameters.
+    """
+    now = now or utcnow()
+    settings = get_settings()
+    request = open_request(
+        session, email=email, insurance_number=insurance_number, subject_id=subject_id,
+        received_at=received_at or now, channel=channel, reference=reference,
+        key=settings.hmac_key(), now=now,
+    )  # fmt: skip
+    existing_before = request.created_at < now
+    tasks = tasks_of(session, request.id)
+    pseudonym = _pseudonyms(session, [request.id])[request.id]
+    write_audit(session, [_event(
+        "open", "joined" if existing_before else "opened", None, pseudonym,
+        f"request={request.id} channel={request.channel} recipients={len(tasks)} due={request.due}",
+    )])  # fmt: skip
+    return request
+
+
+# claiming and deciding -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Claimed:
+    owner: str
+    by_processor: dict[str, list[uuid.UUID]]
+    request_ids: list[uuid.UUID]
+    counts: dict[str, int]
+
+
+def claim_work(
+    request_ids: Sequence[uuid.UUID] | None, policy: Policy, today: date, now: datetime
+) -> Claimed:
+    """Claim the workable tasks and decide what needs no call: holds and manual processors.
+
+    One transaction: the register is looked at again (data sent since the request opened
+    is erased too), tasks are claimed, held ones become restricted, those without an API
+    manual; the rest are left claimed for the processors' tasks, state ``requested``
+    (or ``awaiting_processor``: only read back).
+    """
+    owner = f"{run_id() or 'local'}/{uuid.uuid4().hex[:12]}"
+    counts: Counter[str] = Counter()
+    by_processor: dict[str, list[uuid.UUID]] = defaultdict(list)
+    with transaction() as session:
+        scope = select(ErasureRequest).where(ErasureRequest.status == RequestStatus.open)
+        if request_ids is not None:
+            scope = scope.where(ErasureRequest.id.in_(list(request_ids)))  # type: ignore[attr-defined]
+        requests = list(session.exec(scope))
+        open_ids = [r.id for r in requests]
+        for request in requests:
+            sync_tasks(session, request, now)
+        ids = claim(session, owner, now, today, policy.lease, open_ids if request_ids is not None else None)
+        query = select(ErasureTask).where(ErasureTask.id.in_(ids))  # type: ignore[attr-defined]
+        tasks = list(session.exec(query)) if ids else []
+        pseudonyms = _pseudonyms(session, {t.request_id for t in tasks})
+        events: list[AuditEvent] = []
+        for item in sorted(tasks, key=lambda t: (t.request_id, t.processor, t.purpose)):
+            pseudonym = pseudonyms[item.request_id]
+            detail = f"request={item.request_id} purpose={item.purpose}"
+            item.updated_at = now
+            # A deletion the processor already accepted is not held back any more.
+            asked = item.state == TaskState.awaiting_processor
+            hold = None if asked else hold_for(session, item, policy, today)
+            if hold is not None:
+                item.state, (item.hold_reason, item.hold_until) = TaskState.restricted, hold
+                release(item)
+                counts[TaskState.restricted.value] += 1
+                events.append(_event("hold", "restricted", item.processor, pseudonym, f"{detail} until={hold[1]}"))
+            elif handler_for(item.processor, policy) is None:
+                events.append(_event("manual", "manual_pending", item.processor, pseudonym, detail))
+                item.state, item.detail = TaskState.manual_pending, "send the generated request; confirm with evidence"
+                release(item)
+                counts[TaskState.manual_pending.value] += 1
+            else:
+                if not asked:
+                    item.state = TaskState.requested
+                by_processor[item.processor].append(item.id)
+        write_audit(session, events)
+    return Claimed(owner, dict(by_processor), open_ids, dict(counts))
+
+
+# asking the processors ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # a TaskState
+    asked: bool  # an erasure was requested in this attempt (not only read back)
+    http_status: int | None = None
+    detail: str = ""
+
+
+def _attempt(handler: Any, ctx: Context, ref: TaskRef, policy: Policy) -> Outcome:
+    """Erase, or only read back an accepted deletion; what happened, never raising for the
+    processor's failures (they are this task's outcome, not the run's)."""
+    asked = False
+    try:
+        if ref.state == TaskState.awaiting_processor:
+            if handler.verify(ctx, ref):
+                return Outcome(TaskState.verified, False)
+            stale = ref.requested_at is None or ctx.now - ref.requested_at > policy.reissue_after
+            if handler.asynchronous and not stale:
+                return Outcome(TaskState.awaiting_processor, False)
+        asked = True
+        result = handler.erase(ctx, ref)
+        if result == AWAITING and handler.verify(ctx, ref):
+            result = VERIFIED
+        state = TaskState.verified if result == VERIFIED else TaskState.awaiting_processor
+        return Outcome(state, asked)
+    except ProcessorError as exc:
+        what = f"HTTP {exc.status}" if exc.status is not None else (exc.reason or "no answer")
+        detail = f"{exc.operation}: {what} after {exc.attempts} attempt(s)"
+        return Outcome(TaskState.failed, asked, exc.status, detail)
+    except NotVerified:
+        return Outcome(TaskState.failed, asked, None, "deleted, but still there when read back")
+    except ValueError as exc:
+        # Our own configuration and purpose checks; their messages name settings, not people
+        # (redacted all the same: this text is stored and audited).
+        return Outcome(TaskState.failed, asked, None, f"not possible: {redact(str(exc))[:150]}")
+    except Exception as exc:  # noqa: BLE001 - one task's bug must not stop the others
+        # The type only: an unexpected message may quote what the processor answered.
+        get_run_logger().error("%s: unexpected %s in task %s", ref.processor, type(exc).__name__, ref.id)
+        return Outcome(TaskState.failed, asked, None, f"unexpected {type(exc).__name__}")
+
+
+def _load(task_ids: Sequence[uuid.UUID], owner: str) -> dict[uuid.UUID, tuple[TaskRef, SubjectRef]]:
+    """Snapshots of the tasks this owner still holds, with their subjects, in one read."""
+    with transaction() as session:
+        rows = session.exec(
+            select(ErasureTask, DataSubject)
+            .join(ErasureRequest, ErasureRequest.id == ErasureTask.request_id)
+            .join(DataSubject, DataSubject.id == ErasureRequest.subject_id)
+            .where(ErasureTask.id.in_(list(task_ids)), ErasureTask.claimed_by == owner)  # type: ignore[attr-defined]
+        ).all()
+        return {item.id: (TaskRef.of(item), SubjectRef.of(subject)) for item, subject in rows}
+
+
+def _record(task_id: uuid.UUID, owner: str, outcome: Outcome, pseudonym: str, clients: Clients,
+            processor: str, started: datetime) -> bool:  # fmt: skip
+    """Write the outcome, the register and the audit rows; False when the claim was lost."""
+    now = utcnow()
+    with transaction() as session:
+        events = call_events(clients.drain_calls(processor))
+        item = session.get(ErasureTask, task_id)
+        if item is None or not held_by(item, owner):
+            write_audit(session, [*events, _event("erase", "claim_lost", processor, pseudonym, f"task={task_id}")])
+            return False
+        item.state, item.updated_at = outcome.state, now
+        if outcome.asked:
+            item.attempts += 1
+            item.requested_at = started
+        item.last_http_status = outcome.http_status
+        item.detail = outcome.detail
+        if outcome.state == TaskState.verified:
+            item.verified_at, item.verified_by = now, "read_back"
+            _register_removed(session, item, now)
+        release(item)
+        action = "erase" if outcome.asked else "verify"
+        outcome_word = {TaskState.verified: "verified", TaskState.awaiting_processor: "awaiting",
+                        TaskState.failed: "failed"}[outcome.state]  # fmt: skip
+        events.append(_event(
+            action, outcome_word, processor, pseudonym,
+            f"request={item.request_id} purpose={item.purpose}" + (f" {outcome.detail}" if outcome.detail else ""),
+            outcome.http_status,
+        ))  # fmt: skip
+        write_audit(session, events)
+    return True
+
+
+def _register_removed(session: Session, item: ErasureTask, now: datetime) -> None:
+    row = session.get(Recipient, item.recipient_id) if item.recipient_id else None
+    if row is not None:
+        record_removed(row, now)
+
+
+@task(name="erase-at-processor", task_run_name="erase-at-{processor}", cache_policy=NO_CACHE)
+def erase_at_processor(
+    processor: str, task_ids: list[uuid.UUID], owner: str, clients: Clients, policy: Policy
+) -> dict[str, int]:
+    """Ask one processor to erase, task after task (its rate limit holds), and read back.
+
+    Takes ids only; each outcome commits on its own, so what is done stays done if a later
+    task of the batch fails.
+    """
+    handler = HANDLERS[processor]
+    counts: Counter[str] = Counter()
+    snapshots = _load(task_ids, owner)
+    for task_id in task_ids:
+        if task_id not in snapshots:
+            counts["claim_lost"] += 1
+            continue
+        ref, subject = snapshots[task_id]
+        started = utcnow()
+        ctx = Context(clients.settings, clients, subject, started)
+        outcome = _attempt(handler, ctx, ref, policy)
+        if _record(task_id, owner, outcome, subject.pseudonym, clients, processor, started):
+            counts[str(outcome.state)] += 1
+        else:
+            counts["claim_lost"] += 1
+    get_run_logger().info("%s: %s", processor, dict(counts))
+    return dict(counts)
+
+
+# finishing ------------------------------------------------------------------------------
+def finish_request(session: Session, request: ErasureRequest, now: datetime) -> bool:
+    """Erase the controller's copy and complete the request once every recipient is verified.
+
+    Locks the request row (PostgreSQL), so two runs finishing at once complete it once.
+    Returns True when the request is (now) completed.
+    """
+    locked = session.exec(
+        select(ErasureRequest).where(ErasureRequest.id == request.id).with_for_update()
+    ).one()
+    if locked.status == RequestStatus.completed:
+        return True
+    tasks = tasks_of(session, locked.id)
+    if not is_done(tasks):
+        return False
+    pseudonym = _pseudonyms(session, [locked.id])[locked.id]
+    counts = erase_controller_copy(session, locked.subject_id, now)
+    locked.controller_erased_at = now
+    locked.status, locked.completed_at = RequestStatus.completed, now
+    locked.urgency = urgency(locked.due, berlin_today(now))
+    kinds = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    write_audit(session, [
+        _event("controller", "erased", None, pseudonym, f"request={locked.id} {kinds}"),
+        _event("complete", "completed", None, pseudonym, f"request={locked.id} recipients={len(tasks)}"),
+    ])  # fmt: skip
+    return True
+
+
+def _finish(request_ids: Sequence[uuid.UUID], now: datetime) -> list[uuid.UUID]:
+    """Finish every given open request that is done, each in its own transaction."""
+    completed = []
+    for request_id in request_ids:
+        with transaction() as session:
+            request = session.get(ErasureRequest, request_id)
+            if request is None or request.status != RequestStatus.open:
+                continue
+            if finish_request(session, request, now):
+                completed.append(request_id)
+    return completed
+
+
+def _run(
+    request_ids: Sequence[uuid.UUID] | None, today: date
+) -> tuple[Counter[str], list[uuid.UUID], list[uuid.UUID]]:
+    """Claim, ask every processor at once, finish; counts, requests looked at, completed."""
+    settings = get_settings()
+    policy = policy_from_settings(settings)
+    claimed = claim_work(request_ids, policy, today, utcnow())
+    counts: Counter[str] = Counter(claimed.counts)
+    clients = Clients(settings)
+    futures = {
+        processor: erase_at_processor.submit(processor, ids, claimed.owner, clients, policy)
+        for processor, ids in sorted(claimed.by_processor.items())
+    }
+    crashed = []
+    for processor, future in futures.items():
+        try:
+            counts.update(future.result())
+        except Exception:  # noqa: BLE001 - the others' outcomes still count; raised below
+            crashed.append(processor)
+    completed = _finish(claimed.request_ids, utcnow())
+    counts["completed"] += len(completed)
+    if crashed:
+        # Its tasks stay claimed until the lease runs out, then the follow-up takes them.
+        raise RuntimeError(f"erasure at {', '.join(crashed)} crashed; see the task run")
+    return counts, claimed.request_ids, completed
+
+
+# the flows ------------------------------------------------------------------------------
+@flow(name="fan-out-erasure", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def fan_out_erasure(
+    email: str | None = None,
+    insurance_number: str | None = None,
+    subject_id: uuid.UUID | None = None,
+    received_at: datetime | None = None,
+    channel: Channel = Channel.email,
+    reference: str = "",
+    request_id: uuid.UUID | None = None,
+) -> dict[str, int]:
+    """Erase a data subject's data at every processor, verified, then here; Art. 19 report.
+
+    Give the subject by e-mail address, insurance number and/or our subject id (all must
+    point at the same person), or resume a request by its id. Every processor is asked at
+    once; an asynchronous deletion is read back later by `follow-up-erasures`. The request
+    completes, and our own copy is erased, once every recipient is verified. The identifiers
+    given are replaced by the request id in this run's stored parameters.
+
+    Args:
+        email: the subject's e-mail address.
+        insurance_number: the subject's health-insurance number.
+        subject_id: our id of the subject.
+        received_at: when the request reached us (default: now); the deadline counts from it.
+        channel: how it reached us.
+        reference: a file number or short note; no personal data (refused otherwise).
+        request_id: resume this request instead of opening one.
+    """
+    logger = get_run_logger()
+    if request_id is None:
+        try:
+            with transaction() as session:
+                request_id = open_erasure_request(
+                    session, email=email, insurance_number=insurance_number, subject_id=subject_id,
+                    received_at=received_at, channel=channel, reference=reference,
+                ).id  # fmt: skip
+        finally:  # refused or not: the address typed in is not kept with the run
+            _forget_identifiers(request_id)
+    else:
+        with transaction() as session:
+            get_request(session, request_id)  # LookupError for an unknown id
+    counts, _, _ = _run([request_id], berlin_today(utcnow()))
+    logger.info("erasure request %s: %s", request_id, dict(counts))
+    with transaction() as session:
+        publish_report(session, request_id)
+    if counts.get(TaskState.failed):
+        # Visible in the UI; the request stays open and the follow-up asks again.
+        raise RuntimeError(
+            f"erasure request {request_id}: {counts[TaskState.failed]} processor erasure(s) failed; "
+            "the request stays open and follow-up-erasures tries again"
+        )
+    return dict(counts)
+
+
+def _forget_identifiers(request_id: uuid.UUID | None) -> None:
+    """Replace the identifiers in this run's stored parameters by the request id.
+
+    Prefect keeps a run's parameters as long as the run; the e-mail address typed into the
+    form must not outlive the erasure there either (nor a refused request).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return
+    with get_client(sync_client=True) as client:
+        parameters = dict(client.read_flow_run(flow_run.id).parameters)
+        parameters.update(email=None, insurance_number=None, subject_id=None,
+                          request_id=str(request_id) if request_id else None)
+        client.update_flow_run(flow_run.id, parameters=parameters)
+
+
+@flow(name="follow-up-erasures", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
+    """Carry every open erasure request forward: read back asynchronous deletions, ask again
+    where a call failed, erase restricted data once its hold is over, complete requests.
+
+    Args:
+        as_of: the Berlin calendar day to judge holds by (default: today).
+    """
+    today = as_of or berlin_today(utcnow())
+    counts, _, completed = _run(None, today)
+    with transaction() as session:
+        for request_id in completed:
+            publish_report(session, request_id)
+    logger = get_run_logger()
+    logger.info("follow-up: %s", dict(counts))
+    if counts.get(TaskState.failed):
+        logger.warning("%d processor erasure(s) failed; asked again on the next run", counts[TaskState.failed])
+    counts_artifact("follow-up-erasures", "Erasure follow-up", counts)
+    return dict(counts)
+
+
+@flow(name="watch-erasure-deadlines")
+def watch_erasure_deadlines(as_of: date | None = None) -> dict[str, int]:
+    """Mark every open erasure request on time, due soon (within 5 days) or overdue
+    (Art. 12(3)); fail the run, naming the request ids, when any needs attention.
+
+    A request that is open only because of a legal hold has been answered (restricted, with
+    the date the hold ends) and is not raised.
+
+    Args:
+        as_of: the Berlin calendar day to judge by (default: today).
+    """
+    today = as_of or berlin_today(utcnow())
+    counts: Counter[str] = Counter()
+    flagged: list[tuple[uuid.UUID, str, date]] = []
+    with transaction() as session:
+        query = select(ErasureRequest).where(ErasureRequest.status == RequestStatus.open)
+        requests = list(session.exec(query))
+        pseudonyms = _pseudonyms(session, [r.id for r in requests])
+        events = []
+        for request in requests:
+            request.urgency = urgency(request.due, today)
+            counts[str(request.urgency)] += 1
+            if request.urgency == Urgency.on_time:
+                continue
+            if waiting_lawfully(tasks_of(session, request.id)):
+                counts["held_lawfully"] += 1
+                continue
+            flagged.append((request.id, request.urgency, request.due))
+            events.append(_event("deadline", request.urgency, None, pseudonyms[request.id],
+                                 f"request={request.id} due={request.due}"))  # fmt: skip
+        write_audit(session, events)
+    counts_artifact("watch-erasure-deadlines", "Erasure requests by urgency", counts)
+    if flagged:
+        flagged.sort(key=lambda f: f[2])
+        names = ", ".join(f"{rid} ({kind}, due {due})" for rid, kind, due in flagged)
+        get_run_logger().error("erasure requests needing attention: %s", names)
+        raise RuntimeError(f"{len(flagged)} erasure request(s) due within 5 days or overdue: {names}")
+    return dict(counts)
+
+
+# for the officer ------------------------------------------------------------------------
+def _verification(item: ErasureTask) -> str:
+    if item.state == TaskState.verified:
+        if item.verified_by == "manual":
+            return f"manual: {item.evidence}"
+        return "read back: absent (404)"
+    if item.state == TaskState.restricted:
+        return f"restricted until {item.hold_until}: {item.hold_reason}"
+    if item.state == TaskState.awaiting_processor:
+        return "deletion accepted by the processor; read back pending"
+    if item.state == TaskState.manual_pending:
+        return "manual request to be sent and confirmed"
+    if item.state == TaskState.failed:
+        return f"failed, will be retried: {item.detail}"
+    if item.state == TaskState.requested:
+        return "erasure being requested"
+    return "not yet requested"
+
+
+def _iso(value: datetime | date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def report(session: Session, request_id: uuid.UUID | str) -> dict:
+    """The Art. 19 report of a request, JSON-able: every recipient, what was done there and
+    when, how it was verified. Nothing personal (ids, processors, dates)."""
+    request = get_request(session, request_id)
+    return {
+        "request_id": str(request.id),
+        "received_at": _iso(request.received_at),
+        "channel": request.channel,
+        "reference": request.reference,
+        "status": request.status,
+        "due": _iso(request.due),
+        "extension_months": request.extension_months,
+        "extension_reason": request.extension_reason,
+        "subject_informed_on": _iso(request.subject_informed_on),
+        "urgency": request.urgency,
+        "controller_erased_at": _iso(request.controller_erased_at),
+        "completed_at": _iso(request.completed_at),
+        "recipients": [
+            {
+                "task_id": str(item.id),
+                "processor": item.processor,
+                "purpose": item.purpose,
+                "state": item.state,
+                "requested_at": _iso(item.requested_at),
+                "verified_at": _iso(item.verified_at),
+                "verification": _verification(item),
+            }
+            for item in tasks_of(session, request.id)
+        ],
+    }
+
+
+def render_markdown(data: dict) -> str:
+    """The report as Markdown, for the officer to send (``psync erasure report --format md``)."""
+    received = f"- received: {data['received_at']} ({data['channel']})"
+    if data["reference"]:
+        received += f", reference: {data['reference']}"
+    due = f"- due: {data['due']}"
+    if data["extension_months"]:
+        due += (f" (extended by {data['extension_months']} month(s): {data['extension_reason']}; "
+                f"subject informed on {data['subject_informed_on']})")  # fmt: skip
+    status = f"- status: {data['status']}"
+    if data["completed_at"]:
+        status += f", completed {data['completed_at']}"
+    erased = data["controller_erased_at"] or "not yet (after every recipient is verified)"
+    lines = [
+        f"# Erasure request {data['request_id']}", "", received, due, status,
+        f"- our own copy erased: {erased}", "", "## Recipients (Art. 19 GDPR)", "",
+        "| processor | purpose | state | requested | verified | how verified |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for row in data["recipients"]:
+        cells = [row["processor"], row["purpose"], row["state"], row["requested_at"] or "–",
+                 row["verified_at"] or "–", row["verification"]]  # fmt: skip
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    if not data["recipients"]:
+        lines.append("| – | – | – | – | – | no processor held data of this person |")
+    return "\n".join(lines) + "\n"
+
+
+def publish_report(session: Session, request_id: uuid.UUID) -> None:
+    """The report as a Prefect table artifact (keyed per request, so it keeps its history)."""
+    data = report(session, request_id)
+    columns = ("processor", "purpose", "state", "requested_at", "verified_at", "verification")
+    rows = [{k: r[k] for k in columns} for r in data["recipients"]]
+    create_table_artifact(
+        table=rows or [{"processor": "–", "verification": "no processor held data of this person"}],
+        key=f"erasure-report-{data['request_id']}",
+        description=(f"# Art. 19 report, erasure request {data['request_id']}\n"
+                     f"Status {data['status']}, due {data['due']}; our own copy erased: "
+                     f"{data['controller_erased_at'] or 'not yet'}. No personal data."),
+    )  # fmt: skip
+
+
+def manual_requests(session: Session, request_id: uuid.UUID | str) -> list[dict]:
+    """For each manual task of the request: its id, processor and the text to send.
+
+    The text holds the subject's e-mail address: show it to the officer, never log it.
+    """
+    request = get_request(session, request_id)
+    subject = session.get(DataSubject, request.subject_id)
+    policy = policy_from_settings(get_settings())
+    assert subject is not None
+    return [
+        {"task_id": str(item.id), "processor": item.processor, "purpose": item.purpose,
+         "text": manual_request_text(item, subject, request, policy.manual.get(item.processor))}
+        for item in tasks_of(session, request.id)
+        if item.state == TaskState.manual_pending
+    ]  # fmt: skip
+
+
+def confirm_manual(session: Session, task_id: uuid.UUID | str, evidence: str, now: datetime) -> ErasureTask:
+    """A person confirms a manual erasure with evidence ("Bestätigung per Brief vom 3.3.").
+
+    The evidence is checked like a reference (no e-mail address, no long number, not the
+    person's name) and recorded with an audit row. When it was the last open recipient, the
+    controller's copy is erased and the request completed right away.
+    """
+    tid = task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(str(task_id))
+    item = session.get(ErasureTask, tid)
+    if item is None:
+        raise LookupError("no erasure task with this id")
+    if item.state != TaskState.manual_pending:
+        raise ValueError(f"the task is {item.state}, not waiting for a manual confirmation")
+    request = session.get(ErasureRequest, item.request_id)
+    assert request is not None
+    subject = session.get(DataSubject, request.subject_id)
+    evidence = check_free_text(evidence, "evidence", subject, limit=MAX_EVIDENCE)
+    if not evidence:
+        raise ValueError("evidence is required: what confirms the erasure, and when")
+    item.state, item.evidence = TaskState.verified, evidence
+    item.verified_at, item.verified_by, item.updated_at = now, "manual", now
+    item.detail = ""
+    _register_removed(session, item, now)
+    pseudonym = _pseudonyms(session, [request.id])[request.id]
+    write_audit(session, [_event("manual_confirm", "verified", item.processor, pseudonym,
+                                 f"request={request.id} purpose={item.purpose}")])  # fmt: skip
+    session.flush()
+    finish_request(session, request, now)
+    return item
+
+
+def extend_request(
+    session: Session, request_id: uuid.UUID | str, months: int, reason: str, informed_on: date,
+    today: date,
+) -> ErasureRequest:  # fmt: skip
+    """``models.erasure.extend`` plus its audit row (the reason stays in the request only)."""
+    request = extend(session, request_id, months, reason, informed_on, today)
+    pseudonym = _pseudonyms(session, [request.id])[request.id]
+    detail = f"request={request.id} months={request.extension_months} due={request.due}"
+    write_audit(session, [_event("extend", "extended", None, pseudonym, detail)])
+    return request

@@ -1,0 +1,507 @@
+"""Erasure requests (Art. 17 GDPR) and their per-processor tasks (Art. 19 GDPR).
+
+One ``ErasureRequest`` per request a data subject made; one ``ErasureTask`` per recipient
+that, according to the recipient register, still holds the subject's data. A task moves::
+
+    pending ─claim─> requested ─erase─> verified                 (read back: absent)
+                         │          └─> awaiting_processor ─verify─> verified   (202: later)
+                         ├─> failed ─(next run)─> requested
+                         ├─> restricted (legal hold, until a date) ─(hold over)─> requested
+                         └─> manual_pending (no API) ─confirm with evidence─> verified
+
+A run claims the tasks it works with one UPDATE (``claim``), so two runs never call a
+processor twice for one task. The request is completed, and the controller's own copy
+erased, only once every task is verified. Nothing personal is stored here: the subject is a
+foreign key, free texts are refused when they look like personal data.
+
+Example::
+
+    with transaction() as session:
+        request = open_request(session, email="erika@example.de", received_at=now,
+                               channel="letter", reference="Brief vom 3. März")
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import Index, UniqueConstraint, and_, or_, select as sa_select, text, update
+from sqlmodel import Field, Session, SQLModel, select
+
+from models.bookings import Booking
+from models.consent import ConsentEvent, ConsentRecord, ConsentState
+from models.deadlines import check_extension, due_date, received_day, urgency
+from models.identity import normalise_email, normalise_insurance_number, pseudonym
+from models.isic import IsicDocument, IsicOrder, OrderStatus, delete_documents
+from models.recipients import Recipient
+from models.subject_index import SubjectMismatch
+from models.subjects import DataSubject
+from models.types import UTCDateTime, new_id, utcnow
+
+MAX_TEXT = 200
+MAX_EVIDENCE = 500
+
+
+class Channel(enum.StrEnum):
+    letter = "letter"
+    email = "email"
+    portal = "portal"
+    phone = "phone"
+    intake = "intake"
+
+
+class RequestStatus(enum.StrEnum):
+    open = "open"
+    completed = "completed"
+
+
+class Urgency(enum.StrEnum):
+    on_time = "on_time"
+    due_soon = "due_soon"
+    overdue = "overdue"
+
+
+class TaskState(enum.StrEnum):
+    pending = "pending"  # not yet asked
+    requested = "requested"  # claimed by a run that is asking the processor now
+    awaiting_processor = "awaiting_processor"  # deletion accepted (202), not yet read back absent
+    verified = "verified"  # read back absent, or confirmed by a person with evidence
+    restricted = "restricted"  # legal hold: kept, restricted, until hold_until
+    manual_pending = "manual_pending"  # no API: a person sends the request and confirms
+    failed = "failed"  # the last attempt failed; the next run tries again
+
+
+# What a run may pick up; restricted only once its hold is over (see ``claim``).
+WORKABLE = (TaskState.pending, TaskState.requested, TaskState.failed, TaskState.awaiting_processor)
+# Left open for a person or a date, not for a run: the deadline watch does not chase these.
+WAITING_LAWFULLY = (TaskState.restricted,)
+
+
+class UnknownSubject(LookupError):
+    """No data subject matches the identifiers given; nothing was stored."""
+
+
+class ErasureRequest(SQLModel, table=True):
+    __tablename__ = "erasure_request"
+    # One open request per subject: a second letter about the same erasure joins the first.
+    __table_args__ = (
+        Index(
+            "uq_erasure_request_open_subject", "subject_id", unique=True,
+            sqlite_where=text("status = 'open'"), postgresql_where=text("status = 'open'"),
+        ),
+    )  # fmt: skip
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    subject_id: uuid.UUID = Field(foreign_key="data_subject.id", index=True)
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    channel: str = Field(max_length=10)  # a Channel
+    # The officer's free text (file number, "letter of 3 March"); refused if it looks personal.
+    reference: str = Field(default="", max_length=MAX_TEXT)
+    status: str = Field(default=RequestStatus.open, max_length=10, index=True)
+    extension_months: int = 0
+    extension_reason: str | None = Field(default=None, max_length=MAX_TEXT)
+    subject_informed_on: date | None = None
+    due: date = Field(index=True)
+    urgency: str = Field(default=Urgency.on_time, max_length=10)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    controller_erased_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ErasureTask(SQLModel, table=True):
+    __tablename__ = "erasure_task"
+    __table_args__ = (UniqueConstraint("request_id", "processor", "purpose"),)
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    request_id: uuid.UUID = Field(foreign_key="erasure_request.id", index=True)
+    recipient_id: uuid.UUID | None = Field(default=None, foreign_key="recipient.id")
+    processor: str = Field(max_length=40)
+    purpose: str = Field(max_length=60)
+    # The processor's id for the record (pseudonymous: never an e-mail address).
+    external_id: str | None = Field(default=None, max_length=200)
+    state: str = Field(default=TaskState.pending, max_length=20, index=True)
+    attempts: int = 0
+    last_http_status: int | None = None
+    # Operation and status of the last failure, or what a person must do; never personal.
+    detail: str = Field(default="", max_length=MAX_TEXT)
+    hold_reason: str | None = Field(default=None, max_length=MAX_TEXT)
+    hold_until: date | None = None
+    requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # How it was verified: "read_back", "already_absent" or "manual".
+    verified_by: str | None = Field(default=None, max_length=20)
+    evidence: str | None = Field(default=None, max_length=MAX_EVIDENCE)
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# free texts -----------------------------------------------------------------------------
+_DIGIT_RUN = re.compile(r"\d{6,}")
+
+
+def check_free_text(
+    value: str, what: str, subject: DataSubject | None = None, limit: int = MAX_TEXT
+) -> str:
+    """`value` stripped, or ValueError when it is too long or looks like personal data.
+
+    Refused: an '@' (an e-mail address), a run of six or more digits (phone, insurance or
+    account numbers), and the subject's own names. The message never repeats the text.
+
+    >>> check_free_text(" Brief vom 3. März ", "reference")
+    'Brief vom 3. März'
+    >>> check_free_text("Tel. 030901820", "reference")
+    Traceback (most recent call last):
+    ...
+    ValueError: reference must not contain personal data (an e-mail address or a long number)
+    """
+    value = (value or "").strip()
+    if len(value) > limit:
+        raise ValueError(f"{what} is longer than {limit} characters")
+    if "@" in value or _DIGIT_RUN.search(value):
+        raise ValueError(f"{what} must not contain personal data (an e-mail address or a long number)")
+    if subject is not None:
+        lowered = value.casefold()
+        for name in (subject.first_name, subject.last_name):
+            if name and len(name) >= 3 and name.casefold() in lowered:
+                raise ValueError(f"{what} must not contain the person's name")
+    return value
+
+
+# requests -------------------------------------------------------------------------------
+def find_subject(
+    session: Session,
+    *,
+    email: str | None = None,
+    insurance_number: str | None = None,
+    subject_id: uuid.UUID | str | None = None,
+    key: bytes | None = None,
+) -> DataSubject:
+    """The one subject all given identifiers point at.
+
+    By normalised e-mail (or, with the pseudonym `key`, a subject erased earlier who kept
+    only the pseudonym of that address), by insurance number, by our id. Raises ValueError
+    when none is given or one is malformed, SubjectMismatch when they point at different
+    people, UnknownSubject when nobody matches. Messages never repeat an identifier.
+    """
+    if not (email or insurance_number or subject_id):
+        raise ValueError("give an e-mail address, an insurance number or a subject id")
+    found: list[DataSubject | None] = []
+    if email:
+        address = normalise_email(email)
+        condition = DataSubject.email == address
+        if key is not None:
+            condition = condition | (DataSubject.pseudonym == pseudonym(key, "email", address))
+        found.append(session.exec(select(DataSubject).where(condition)).first())
+    if insurance_number:
+        number = normalise_insurance_number(insurance_number)
+        found.append(session.exec(select(DataSubject).where(DataSubject.insurance_number == number)).first())
+    if subject_id:
+        try:
+            sid = subject_id if isinstance(subject_id, uuid.UUID) else uuid.UUID(str(subject_id))
+        except ValueError:
+            raise ValueError("subject id is not a UUID") from None
+        found.append(session.get(DataSubject, sid))
+    if any(subject is None for subject in found):
+        raise UnknownSubject("no data subject matches the identifiers given")
+    if len({subject.id for subject in found if subject is not None}) > 1:
+        raise SubjectMismatch("the identifiers given belong to different data subjects")
+    subject = found[0]
+    assert subject is not None
+    return subject
+
+
+def open_request(
+    session: Session,
+    *,
+    email: str | None = None,
+    insurance_number: str | None = None,
+    subject_id: uuid.UUID | str | None = None,
+    received_at: datetime,
+    channel: str,
+    reference: str = "",
+    key: bytes | None = None,
+    now: datetime | None = None,
+) -> ErasureRequest:
+    """Open the erasure request, one task per recipient still holding the subject's data.
+
+    Idempotent: while the subject has an open request, that one is returned (with tasks
+    added for recipients that received data since). Raises (and stores nothing) for an
+    unknown subject, identifiers of different people, a bad channel, a receipt time
+    without a zone or in the future, or a reference that looks personal. Does not commit.
+    """
+    now = now or utcnow()
+    channel = Channel(channel)
+    if received_at.tzinfo is None:
+        raise ValueError("received_at needs a timezone")
+    if received_at > now + timedelta(minutes=5):
+        raise ValueError("received_at lies in the future")
+    subject = find_subject(
+        session, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key
+    )
+    reference = check_free_text(reference, "reference", subject)
+    request = open_request_of(session, subject.id)
+    if request is None:
+        request = ErasureRequest(
+            subject_id=subject.id, received_at=received_at, channel=channel, reference=reference,
+            due=due_date(received_at), created_at=now,
+        )  # fmt: skip
+        request.urgency = urgency(request.due, received_day(now))
+        session.add(request)
+        session.flush()
+    sync_tasks(session, request, now)
+    return request
+
+
+def open_request_of(session: Session, subject_id: uuid.UUID) -> ErasureRequest | None:
+    return session.exec(
+        select(ErasureRequest).where(
+            ErasureRequest.subject_id == subject_id, ErasureRequest.status == RequestStatus.open
+        )
+    ).first()
+
+
+def sync_tasks(session: Session, request: ErasureRequest, now: datetime) -> int:
+    """Bring the request's tasks in line with the register; returns how many changed.
+
+    A live register row without a task gets one; a live row whose task was verified means
+    the data was sent there again after the erasure, so that task starts over.
+    """
+    live = session.exec(
+        select(Recipient).where(
+            Recipient.subject_id == request.subject_id,
+            Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+        )
+    ).all()
+    tasks = {(t.processor, t.purpose): t for t in tasks_of(session, request.id)}
+    changed = 0
+    for row in live:
+        task = tasks.get((row.processor, row.purpose))
+        if task is None:
+            session.add(ErasureTask(
+                request_id=request.id, recipient_id=row.id, processor=row.processor,
+                purpose=row.purpose, external_id=row.external_id, created_at=now, updated_at=now,
+            ))  # fmt: skip
+            changed += 1
+        elif task.state == TaskState.verified:
+            task.state, task.verified_at, task.verified_by = TaskState.pending, None, None
+            task.external_id = row.external_id or task.external_id
+            task.updated_at = now
+            changed += 1
+    if changed:
+        session.flush()
+    return changed
+
+
+def tasks_of(session: Session, request_id: uuid.UUID) -> list[ErasureTask]:
+    query = select(ErasureTask).where(ErasureTask.request_id == request_id)
+    return list(session.exec(query.order_by(ErasureTask.processor, ErasureTask.purpose)))
+
+
+def get_request(session: Session, request_id: uuid.UUID | str) -> ErasureRequest:
+    """The request, or LookupError."""
+    rid = request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(str(request_id))
+    request = session.get(ErasureRequest, rid)
+    if request is None:
+        raise LookupError("no erasure request with this id")
+    return request
+
+
+def extend(
+    session: Session,
+    request_id: uuid.UUID | str,
+    months: int,
+    reason: str,
+    informed_on: date,
+    today: date,
+) -> ErasureRequest:
+    """Extend the deadline by `months` (Art. 12(3)): a reason, the subject told in time.
+
+    Raises ValueError naming the rule broken (see ``models.deadlines.check_extension``).
+    """
+    request = get_request(session, request_id)
+    if request.status != RequestStatus.open:
+        raise ValueError("the request is completed; nothing to extend")
+    subject = session.get(DataSubject, request.subject_id)
+    reason = check_free_text(reason, "reason", subject)
+    total = check_extension(request.received_at, request.extension_months, months, reason, informed_on, today)
+    request.extension_months = total
+    request.extension_reason = reason
+    request.subject_informed_on = informed_on
+    request.due = due_date(request.received_at, total)
+    request.urgency = urgency(request.due, today)
+    return request
+
+
+def is_done(tasks: Sequence[ErasureTask]) -> bool:
+    """True when every recipient's erasure is verified (none restricted, none manual)."""
+    return all(task.state == TaskState.verified for task in tasks)
+
+
+def waiting_lawfully(tasks: Sequence[ErasureTask]) -> bool:
+    """True when all that keeps the request open are legal holds (not a late answer)."""
+    open_tasks = [t for t in tasks if t.state != TaskState.verified]
+    return bool(open_tasks) and all(t.state in WAITING_LAWFULLY for t in open_tasks)
+
+
+# claiming -------------------------------------------------------------------------------
+def claim(
+    session: Session,
+    owner: str,
+    now: datetime,
+    today: date,
+    lease: timedelta,
+    request_ids: Iterable[uuid.UUID] | None = None,
+    limit: int | None = None,
+) -> list[uuid.UUID]:
+    """Claim the workable tasks (of these requests, else of every open request) for `owner`.
+
+    Workable: pending, requested, failed or awaiting, and restricted whose hold is over;
+    not claimed by anyone, or their claim ran out (a crashed run). One UPDATE sets the
+    claim, so of two runs at once only one gets a task: on PostgreSQL the candidates are
+    locked with FOR UPDATE SKIP LOCKED, on SQLite the write transaction (BEGIN IMMEDIATE)
+    serialises the two. Returns the claimed ids; the claim is the caller's until
+    ``now + lease`` or until ``release``.
+    """
+    table = ErasureTask.__table__  # type: ignore[attr-defined]
+    requests_table = ErasureRequest.__table__  # type: ignore[attr-defined]
+    if request_ids is not None:
+        scope = table.c.request_id.in_(list(request_ids))
+    else:
+        scope = table.c.request_id.in_(
+            sa_select(requests_table.c.id).where(requests_table.c.status == RequestStatus.open)
+        )
+    condition = and_(
+        scope,
+        or_(
+            table.c.state.in_([str(s) for s in WORKABLE]),
+            and_(table.c.state == TaskState.restricted, table.c.hold_until < today),
+        ),
+        or_(table.c.claimed_until.is_(None), table.c.claimed_until < now),
+    )
+    candidates = sa_select(table.c.id).where(condition).order_by(table.c.request_id, table.c.id)
+    if limit is not None:
+        candidates = candidates.limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    # A CTE, not a plain subquery: PostgreSQL may run a subquery again per row, and with
+    # LIMIT and SKIP LOCKED each run can pick other rows; a locking CTE runs exactly once.
+    chosen = candidates.cte("chosen")
+    statement = (
+        update(table)
+        .where(table.c.id.in_(sa_select(chosen.c.id)), condition)
+        .values(claimed_by=owner, claimed_until=now + lease)
+        .returning(table.c.id)
+    )
+    claimed = list(session.connection().execute(statement).scalars())
+    # The ORM may hold these rows from before the UPDATE: make it read them again.
+    session.expire_all()
+    return claimed
+
+
+def release(task: ErasureTask) -> None:
+    task.claimed_by = task.claimed_until = None
+
+
+def held_by(task: ErasureTask, owner: str) -> bool:
+    """True while `owner`'s claim on the task stands (a lost claim must not write)."""
+    return task.claimed_by == owner
+
+
+# the controller's own copy --------------------------------------------------------------
+def erase_controller_copy(session: Session, subject_id: uuid.UUID, now: datetime) -> dict[str, int]:
+    """Erase what the controller itself holds about the subject; returns counts per kind.
+
+    Names, contact data, birth date, insurance number, IBAN, IPs, concerns, documents: all
+    go. What stays is pseudonymous: the subject row with its pseudonym, ids and dates of
+    bookings and orders, consent states, the register, the audit trail, the request. Marks
+    processor-side work as done so other jobs do not chase data that is gone (the
+    processors' erasures are verified before this runs). Raises RuntimeError when a read
+    back still finds personal data. Does not commit.
+    """
+    counts: dict[str, int] = {}
+    subject = session.get(DataSubject, subject_id)
+    if subject is None:
+        raise LookupError("no data subject with this id")
+    bookings = session.exec(select(Booking).where(Booking.subject_id == subject_id)).all()
+    for booking in bookings:
+        booking.salutation = booking.first_name = booking.last_name = booking.phone = None
+        booking.birth_date = booking.insurance_number = booking.concern = None
+        booking.timify_deleted_at = booking.timify_deleted_at or now
+        if booking.flexperto_customer_id:
+            booking.chat_purged_at = booking.chat_purged_at or now
+        booking.updated_at = now
+    counts["bookings"] = len(bookings)
+    orders = session.exec(select(IsicOrder).where(IsicOrder.subject_id == subject_id)).all()
+    for order in orders:
+        delete_documents(session, order)
+        if order.status == OrderStatus.received:  # never left: the erasure ends the order
+            order.status, order.cancelled_at = OrderStatus.cancelled, order.cancelled_at or now
+        order.erase_fields(now)
+        order.documents_purged_at = order.documents_purged_at or now
+        order.cardholder_deletion_requested_at = order.cardholder_deletion_requested_at or now
+        order.cardholder_deleted_at = order.cardholder_deleted_at or now
+        order.updated_at = now
+    counts["isic_orders"] = len(orders)
+    consents = session.exec(select(ConsentRecord).where(ConsentRecord.subject_id == subject_id)).all()
+    for record in consents:
+        if record.state in (ConsentState.pending, ConsentState.confirmed):
+            record.state, record.withdrawn_at, record.withdraw_channel = ConsentState.withdrawn, now, "erasure"
+        record.signup_ip = record.confirm_ip = record.source = None
+        record.updated_at = now
+    if consents:
+        session.execute(
+            update(ConsentEvent)
+            .where(ConsentEvent.consent_id.in_([r.id for r in consents]))  # type: ignore[attr-defined]
+            .values(ip=None, source=None)
+        )
+    counts["consents"] = len(consents)
+    subject.erase_personal_data(now)
+    session.flush()
+    left = personal_data_left(session, subject_id)
+    if left:
+        raise RuntimeError(f"controller copy not erased: {', '.join(left)} still hold personal data")
+    return counts
+
+
+def personal_data_left(session: Session, subject_id: uuid.UUID) -> list[str]:
+    """The tables that still hold personal data of the subject (read back from the database)."""
+    session.expire_all()
+    left = []
+    subject = session.get(DataSubject, subject_id)
+    if subject is not None and any(
+        (subject.email, subject.insurance_number, subject.salutation, subject.first_name, subject.last_name)
+    ):
+        left.append("data_subject")
+    for booking in session.exec(select(Booking).where(Booking.subject_id == subject_id)):
+        if any((booking.first_name, booking.last_name, booking.phone, booking.birth_date,
+                booking.insurance_number, booking.concern, booking.salutation)):  # fmt: skip
+            left.append("booking")
+            break
+    for order in session.exec(select(IsicOrder).where(IsicOrder.subject_id == subject_id)):
+        if any((order.first_name, order.last_name, order.birth_date, order.postal_code, order.iban,
+                order.institution, order.phone_password_enc)):  # fmt: skip
+            left.append("isic_order")
+            break
+        if session.exec(select(IsicDocument.id).where(IsicDocument.order_id == order.id)).first():
+            left.append("isic_document")
+            break
+    consent_ids = list(session.exec(select(ConsentRecord.id).where(ConsentRecord.subject_id == subject_id)))
+    if consent_ids:
+        if session.exec(select(ConsentRecord.id).where(
+            ConsentRecord.id.in_(consent_ids),  # type: ignore[attr-defined]
+            (ConsentRecord.signup_ip.is_not(None)) | (ConsentRecord.confirm_ip.is_not(None))  # type: ignore[union-attr]
+            | (ConsentRecord.source.is_not(None)),  # type: ignore[union-attr]
+        )).first():  # fmt: skip
+            left.append("consent")
+        if session.exec(select(ConsentEvent.id).where(
+            ConsentEvent.consent_id.in_(consent_ids),  # type: ignore[attr-defined]
+            (ConsentEvent.ip.is_not(None)) | (ConsentEvent.source.is_not(None)),  # type: ignore[union-attr]
+        )).first():  # fmt: skip
+            left.append("consent_event")
+    return left

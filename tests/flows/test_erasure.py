@@ -1,0 +1,539 @@
+"""The erasure fan-out end to end: every processor in the sandbox, Prefect, the audit trail."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+import requests
+from cryptography.fernet import Fernet
+from sqlalchemy import LargeBinary, select as sa_select
+from sqlmodel import SQLModel, select
+
+from connectors import cleverreach, nect
+from connectors.transport import RetriableError
+from flows import bookings, erasure, student_id
+from flows.erasure_processors import HANDLERS, Hold, Policy, TimifyHandler
+from models.audit import AuditEntry, verify
+from models.bookings import berlin_today
+from models.db import get_engine, transaction
+from models.erasure import ErasureRequest, ErasureTask, UnknownSubject
+from models.intake import intake_lines
+from models.recipients import Recipient, record_sent_many
+from models.subject_index import SubjectMismatch
+from models.subjects import DataSubject
+from models.types import utcnow
+from psync.sandbox_env import SERVICE_POINTS
+from psync.settings import get_settings
+from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+KEY = TEST_KEY.encode()
+DOC_KEY = Fernet.generate_key().decode()
+
+
+@dataclass(frozen=True)
+class Person:
+    tag: str
+    email: str
+    first: str
+    last: str
+    phone: str
+    iban: str
+    birth: str
+    ip: str
+
+    @property
+    def order(self) -> str:
+        return f"ISIC-{self.tag}"
+
+    @property
+    def video(self) -> str:
+        return f"B-{self.tag}-video"
+
+    def markers(self) -> list[str]:
+        """Strings that are this person's data and nobody else's."""
+        return [self.email, self.first, self.last, self.phone[-7:], self.iban, self.birth, self.ip]
+
+
+ANNA = Person("anna", "anna.loeschmann@example.de", "Annegret", "Loeschmann", "+49 170 5550101",
+              "DE02120300000000202051", "2004-02-29", "192.0.2.11")  # fmt: skip
+BERT = Person("bert", "bert.bleibtreu@example.de", "Bertholda", "Bleibtreu", "+49 170 5550202",
+              "DE89370400440532013000", "2003-07-14", "192.0.2.22")  # fmt: skip
+
+
+@pytest.fixture
+def env(against_sandbox, monkeypatch, tmp_path):
+    monkeypatch.setenv("PSYNC_DOCUMENT_KEY", DOC_KEY)
+    get_settings.cache_clear()
+    (tmp_path / "nachweis.pdf").write_bytes(PDF_BYTES)
+    (tmp_path / "ausweis.png").write_bytes(PNG_BYTES)
+    (tmp_path / "foto.jpg").write_bytes(JPEG_BYTES)
+    return against_sandbox, tmp_path
+
+
+# setting the scene ----------------------------------------------------------------------
+def _lines(p: Person) -> list[str]:
+    at = (utcnow() - timedelta(hours=3)).isoformat()
+    name = {"first_name": p.first, "last_name": p.last}
+    return [json.dumps(e) for e in (
+        {"type": "consent.signup", "list": "newsletter", "email": p.email, "salutation": "Frau", **name,
+         "ip": p.ip, "at": at, "source": "https://example.de/nl", "policy_version": "2026-01"},
+        {"type": "consent.confirm", "list": "newsletter", "email": p.email, "ip": "198.51.100.7",
+         "at": (utcnow() - timedelta(hours=2)).isoformat()},
+        {"type": "booking.request", "booking_id": f"B-{p.tag}-branch", "channel": "branch",
+         "service_point": "sp-berlin", "start": "2027-02-02T10:00:00+01:00", "duration_minutes": 30,
+         "salutation": "Frau", **name, "phone": p.phone, "email": p.email, "birth_date": p.birth,
+         "concern": "Krankengeld", "at": at},
+        {"type": "booking.request", "booking_id": p.video, "channel": "video",
+         "start": "2027-02-03T14:05:00+01:00", "duration_minutes": 30, "salutation": "Frau", **name,
+         "phone": p.phone, "email": p.email, "birth_date": p.birth, "at": at},
+        {"type": "isic.order", "order_id": p.order, **name, "birth_date": p.birth, "email": p.email,
+         "postal_code": "10115", "iban": p.iban, "institution": "TU Berlin", "phone_password": "Sonnenblume7",
+         "at": at, "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"}},
+    )]  # fmt: skip
+
+
+def take_in(base, *lines: str) -> None:
+    with transaction() as session:
+        results = intake_lines(
+            session, KEY, lines, now=utcnow(), service_points=SERVICE_POINTS, base_dir=base,
+            document_key=DOC_KEY.encode(),
+        )  # fmt: skip
+    assert {r.outcome for r in results} <= {"stored"}, results
+
+
+def subject_of(p: Person) -> DataSubject:
+    with transaction() as session:
+        subject = session.exec(select(DataSubject).where(DataSubject.email == p.email)).one()
+        session.expunge(subject)
+        return subject
+
+
+def push_newsletter(p: Person) -> None:
+    """What sync-newsletter-consents does for one confirmed subscriber, without its batching."""
+    settings = get_settings()
+    subject = subject_of(p)
+    client = cleverreach.from_settings(settings)
+    receiver = {"email": p.email, "source": "https://example.de/nl",
+                "global_attributes": {"salutation": "Frau", "firstname": p.first, "lastname": p.last}}  # fmt: skip
+    [answer] = client.upsert(settings.cleverreach_group_newsletter, "newsletter", [receiver])
+    with transaction() as session:
+        record_sent_many(session, "cleverreach", "consent:newsletter", {subject.id: str(answer["id"])}, utcnow())
+
+
+def open_nect_case(p: Person) -> str:
+    subject = subject_of(p)
+    case = nect.from_settings(get_settings()).open_case(subject.pseudonym)
+    with transaction() as session:
+        record_sent_many(session, "nect", "ident", {subject.id: case}, utcnow())
+    return case
+
+
+def everywhere(url, base, *people: Person, issue: bool = True) -> None:
+    """Each person at CleverReach, TIMIFY, Flexperto (with chat archives), the ISIC issuer
+    (card issued, so no order is in progress) and Nect."""
+    take_in(base, *[line for p in people for line in _lines(p)])
+    bookings.push_bookings()
+    student_id.forward_student_id_orders()
+    if issue:
+        requests.post(f"{url}/_sandbox/isic/issue", timeout=5).raise_for_status()
+        student_id.sync_student_id_order_status()
+    for p in people:
+        push_newsletter(p)
+        open_nect_case(p)
+        flex = next(c for c in sandbox_state(url)["flexperto"]["customers"].values() if c["external_id"] == p.video)
+        requests.post(f"{url}/_sandbox/flexperto/chats", json={"customer_id": flex["id"]}, timeout=5).raise_for_status()
+
+
+def held_data(url) -> dict:
+    """What the sandbox holds as data (not its request counters and logs)."""
+    state = sandbox_state(url)
+    return {
+        "cleverreach": state["cleverreach"]["groups"],
+        "timify": [state["timify"]["customers"], state["timify"]["appointments"]],
+        "flexperto": [state["flexperto"]["customers"], state["flexperto"]["archives"]],
+        "isic": [state["isic"]["cardholders"], state["isic"]["cards"]],
+        "nect": state["nect"]["cases"],
+    }
+
+
+def ids_at_processors(p: Person) -> list[str]:
+    """Ids the processors hold the person under (from our register; long enough to search for)."""
+    subject = subject_of(p)
+    with transaction() as session:
+        rows = session.exec(select(Recipient).where(Recipient.subject_id == subject.id)).all()
+        ids = [r.external_id for r in rows if r.external_id and len(r.external_id) >= 8]
+        return ids + [p.order, p.video, str(subject.id)]
+
+
+def request_state(request_id) -> tuple[str, dict[str, str]]:
+    with transaction() as session:
+        request = session.get(ErasureRequest, request_id)
+        tasks = session.exec(select(ErasureTask).where(ErasureTask.request_id == request_id)).all()
+        return request.status, {t.processor: t.state for t in tasks}
+
+
+def the_request() -> uuid.UUID:
+    with transaction() as session:
+        return session.exec(select(ErasureRequest.id)).one()
+
+
+def calls(url) -> dict[str, dict[str, int]]:
+    state = sandbox_state(url)
+    return {name: dict(state[name]["calls"]) for name in ("cleverreach", "timify", "flexperto", "isic", "nect")}
+
+
+def audit_actions() -> set[tuple[str, str | None, str]]:
+    with transaction() as session:
+        return {(e.action, e.processor, e.outcome) for e in session.exec(select(AuditEntry))}
+
+
+# the whole way --------------------------------------------------------------------------
+def test_a_subject_known_everywhere_is_erased_everywhere_verified_and_nobody_else_is(env):
+    url, base = env
+    everywhere(url, base, ANNA, BERT)
+    anna_ids = ids_at_processors(ANNA)
+    before = json.dumps(held_data(url))
+    assert all(marker in before for p in (ANNA, BERT) for marker in (p.email, p.order, p.video))
+
+    counts = erasure.fan_out_erasure(email=ANNA.email.upper(), channel="letter", reference="Brief vom 3. März")
+    rid = the_request()
+    # CleverReach, TIMIFY and Flexperto delete at once and read back absent; the issuer and
+    # Nect accept (202) and delete later: the request stays open until they read back 404.
+    assert counts == {"verified": 3, "awaiting_processor": 2, "completed": 0}
+    status, states = request_state(rid)
+    assert status == "open" and states == {
+        "cleverreach": "verified", "timify": "verified", "flexperto": "verified",
+        "isic": "awaiting_processor", "nect": "awaiting_processor",
+    }  # fmt: skip
+    assert subject_of(ANNA).first_name == ANNA.first  # our own copy goes last
+
+    assert erasure.follow_up_erasures() == {"verified": 2, "completed": 1}
+    status, states = request_state(rid)
+    assert status == "completed" and set(states.values()) == {"verified"}
+
+    held = json.dumps(held_data(url))
+    for marker in ANNA.markers() + anna_ids:
+        assert marker not in held, marker
+    for marker in (BERT.email, BERT.first, BERT.order, BERT.video, *ids_at_processors(BERT)):
+        assert marker in held, marker
+    state = sandbox_state(url)
+    assert not any(marker in json.dumps(state) for marker in ANNA.markers())
+    with transaction() as session:
+        rows = session.exec(select(Recipient).join(DataSubject).where(DataSubject.email.is_(None))).all()
+        assert rows and all(r.removed_at for r in rows)
+        assert verify(session, KEY).ok
+    assert {
+        ("erasure.open", None, "opened"), ("erasure.erase", "cleverreach", "verified"),
+        ("erasure.erase", "isic", "awaiting"), ("erasure.verify", "nect", "verified"),
+        ("erasure.controller", None, "erased"), ("erasure.complete", None, "completed"),
+    } <= audit_actions()
+
+    with transaction() as session:
+        data = erasure.report(session, rid)
+    assert {r["processor"] for r in data["recipients"]} == {"cleverreach", "timify", "flexperto", "isic", "nect"}
+    assert all(r["verification"] == "read back: absent (404)" and r["verified_at"] for r in data["recipients"])
+    text = erasure.render_markdown(data)
+    assert "| isic | student-id:ISIC-anna | verified |" in text
+    assert not any(m in json.dumps(data) + text for m in ANNA.markers())
+
+
+def test_no_personal_data_in_logs_artifacts_run_parameters_or_any_table_after_erasure(env, caplog):
+    url, base = env
+    everywhere(url, base, ANNA, BERT)
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    erasure.fan_out_erasure(email=ANNA.email, channel="email", reference="Az. 17-2026")
+    erasure.follow_up_erasures()
+    rid = the_request()
+    assert request_state(rid)[0] == "completed"
+    for marker in ANNA.markers():
+        assert marker not in caplog.text, marker
+
+    # Every column of every table of ours (encrypted bytes aside: they are ciphertext).
+    def tables_holding(markers: list[str]) -> set[tuple[str, str]]:
+        found = set()
+        with get_engine(get_settings().database_url).connect() as connection:
+            for table in SQLModel.metadata.sorted_tables:
+                columns = [c for c in table.columns if not isinstance(c.type, LargeBinary)]
+                for row in connection.execute(sa_select(*columns)):
+                    text = " ".join(str(v) for v in row if v is not None)
+                    found |= {(table.name, m) for m in markers if m in text}
+        return found
+
+    assert tables_holding(ANNA.markers() + ["Sonnenblume7"]) == set()
+    # The search is not vacuous: Bert's data is where it was.
+    assert {"data_subject", "booking", "isic_order", "consent"} <= {t for t, _ in tables_holding(BERT.markers())}
+
+    # Artifacts and the flow run's stored parameters.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+        runs = client.read_flow_runs()
+    report = [a for a in artifacts if a.key == f"erasure-report-{rid}"]
+    assert report and "verified" in json.dumps(report[-1].data)
+    blob = json.dumps([[a.data, a.description] for a in artifacts], default=str)
+    blob += json.dumps([r.parameters for r in runs], default=str) + json.dumps([r.name for r in runs])
+    for marker in ANNA.markers():
+        assert marker not in blob, marker
+
+
+def test_a_processor_down_for_the_whole_run_leaves_the_request_open_and_a_rerun_finishes_it(env, monkeypatch, no_sleep):
+    url, base = env
+    everywhere(url, base, ANNA)
+
+    def down(self, ctx, task):
+        raise RetriableError("timify", "customers.delete", 503, 5)
+
+    monkeypatch.setattr(TimifyHandler, "erase", down)
+    with pytest.raises(RuntimeError, match="1 processor erasure"):
+        erasure.fan_out_erasure(email=ANNA.email, channel="portal")
+    rid = the_request()
+    status, states = request_state(rid)
+    assert status == "open" and states["timify"] == "failed"
+    assert states["cleverreach"] == states["flexperto"] == "verified"
+    assert ("erasure.erase", "timify", "failed") in audit_actions()
+    assert subject_of(ANNA).email == ANNA.email  # nothing of ours erased while one is open
+
+    monkeypatch.undo()
+    before = calls(url)
+    assert erasure.fan_out_erasure(request_id=rid) == {"verified": 3, "completed": 1}
+    after = calls(url)
+    # CleverReach and Flexperto were done: not a single call more. The issuer and Nect only
+    # read back the deletions they had accepted; nothing was asked for twice.
+    assert after["cleverreach"] == before["cleverreach"] and after["flexperto"] == before["flexperto"]
+    for name, route in (("isic", "POST /cardholders.delete"), ("nect", "DELETE /v1/cases/{uuid}")):
+        assert after[name].get(route) == before[name].get(route) == 1, (name, after[name])
+    assert after["timify"] != before["timify"]
+    assert request_state(rid) == ("completed", dict.fromkeys(states, "verified"))
+
+
+def test_asynchronous_deletions_stay_awaiting_until_the_follow_up_reads_them_back(env):
+    url, base = env
+    take_in(base, *_lines(ANNA)[:2])  # a subscriber, not yet pushed anywhere
+    case = open_nect_case(ANNA)
+    erasure.fan_out_erasure(email=ANNA.email)
+    rid = the_request()
+    assert request_state(rid) == ("open", {"nect": "awaiting_processor"})
+    assert sandbox_state(url)["nect"]["deletions"]["pending"] == [case]
+    with transaction() as session:
+        [row] = erasure.report(session, rid)["recipients"]
+    assert row["verification"].startswith("deletion accepted") and row["requested_at"] and not row["verified_at"]
+    assert erasure.follow_up_erasures() == {"verified": 1, "completed": 1}
+    assert request_state(rid) == ("completed", {"nect": "verified"})
+    assert sandbox_state(url)["nect"]["cases"] == {}
+    assert erasure.follow_up_erasures() == {"completed": 0}
+
+
+def test_a_manual_processor_gets_a_request_text_and_is_confirmed_with_evidence(env, caplog):
+    url, base = env
+    caplog.set_level(logging.DEBUG)
+    take_in(base, *_lines(ANNA)[:2])
+    subject = subject_of(ANNA)
+    with transaction() as session:
+        record_sent_many(session, "printshop", "flyer:2026", {subject.id: "K-4711"}, utcnow())
+    assert erasure.fan_out_erasure(email=ANNA.email) == {"manual_pending": 1, "completed": 0}
+    rid = the_request()
+    assert request_state(rid) == ("open", {"printshop": "manual_pending"})
+    with transaction() as session:
+        [manual] = erasure.manual_requests(session, rid)
+    text = manual["text"]
+    assert ANNA.email in text and str(rid) in text and "Art. 17" in text and "Art. 19" in text
+    assert ANNA.last not in text and ANNA.phone not in text  # the address is enough to find them
+    assert ANNA.email not in caplog.text
+
+    with transaction() as session, pytest.raises(ValueError, match="personal data"):
+        erasure.confirm_manual(session, manual["task_id"], f"Mail von {ANNA.email}", utcnow())
+    with transaction() as session:
+        erasure.confirm_manual(session, manual["task_id"], "Löschbestätigung per Brief vom 3. März", utcnow())
+    assert request_state(rid) == ("completed", {"printshop": "verified"})
+    assert ("erasure.manual_confirm", "printshop", "verified") in audit_actions()
+    with transaction() as session:
+        [row] = erasure.report(session, rid)["recipients"]
+        assert row["verification"] == "manual: Löschbestätigung per Brief vom 3. März"
+        with pytest.raises(ValueError, match="not waiting"):
+            erasure.confirm_manual(session, manual["task_id"], "noch einmal", utcnow())
+
+
+def test_a_processor_configured_as_manual_is_not_called(env, monkeypatch):
+    url, base = env
+    take_in(base, *_lines(ANNA)[:2])
+    open_nect_case(ANNA)
+    monkeypatch.setattr(erasure, "policy_from_settings", lambda s: Policy(manual={"nect": "Nect GmbH, Datenschutz"}))
+    before = calls(url)["nect"]
+    erasure.fan_out_erasure(email=ANNA.email)
+    assert request_state(the_request()) == ("open", {"nect": "manual_pending"})
+    assert calls(url)["nect"] == before
+    with transaction() as session:
+        assert erasure.manual_requests(session, the_request())[0]["text"].startswith("An: Nect GmbH, Datenschutz")
+
+
+def test_a_legal_hold_restricts_until_its_end_then_the_follow_up_erases(env, monkeypatch):
+    url, base = env
+    take_in(base, *_lines(ANNA)[:2])
+    case = open_nect_case(ANNA)
+    hold = Hold("identification records, § 8 GwG", 30)
+    monkeypatch.setattr(erasure, "policy_from_settings", lambda s: Policy(holds={"nect:ident": hold}))
+    today = berlin_today(utcnow())
+    erasure.fan_out_erasure(email=ANNA.email)
+    rid = the_request()
+    assert request_state(rid) == ("open", {"nect": "restricted"})
+    with transaction() as session:
+        [row] = erasure.report(session, rid)["recipients"]
+    assert row["verification"] == f"restricted until {today + timedelta(days=30)}: {hold.reason}"
+    assert case in sandbox_state(url)["nect"]["cases"]
+    # Held lawfully: even overdue, the deadline watch does not raise for it.
+    assert erasure.watch_erasure_deadlines(as_of=today + timedelta(days=45))["held_lawfully"] == 1
+
+    assert erasure.follow_up_erasures(as_of=today + timedelta(days=30)) == {"completed": 0}
+    assert request_state(rid) == ("open", {"nect": "restricted"})
+    assert erasure.follow_up_erasures(as_of=today + timedelta(days=31))["awaiting_processor"] == 1
+    assert erasure.follow_up_erasures(as_of=today + timedelta(days=31)) == {"verified": 1, "completed": 1}
+    assert sandbox_state(url)["nect"]["cases"] == {}
+    assert ("erasure.hold", "nect", "restricted") in audit_actions()
+
+
+def test_an_isic_order_in_progress_is_held_until_the_card_is_issued(env):
+    url, base = env
+    take_in(base, _lines(ANNA)[4])
+    student_id.forward_student_id_orders()  # forwarded: the card is not there yet
+    erasure.fan_out_erasure(email=ANNA.email)
+    rid = the_request()
+    assert request_state(rid) == ("open", {"isic": "restricted"})
+    today = berlin_today(utcnow())
+    assert erasure.follow_up_erasures(as_of=today + timedelta(days=8)) == {"restricted": 1, "completed": 0}
+    requests.post(f"{url}/_sandbox/isic/issue", timeout=5).raise_for_status()
+    student_id.sync_student_id_order_status()
+    assert erasure.follow_up_erasures(as_of=today + timedelta(days=16))["awaiting_processor"] == 1
+    assert erasure.follow_up_erasures(as_of=today + timedelta(days=16)) == {"verified": 1, "completed": 1}
+    assert sandbox_state(url)["isic"]["cardholders"] == {}
+
+
+def test_an_unknown_subject_gets_a_clear_answer_and_nothing_changes(env):
+    url, base = env
+    take_in(base, *_lines(ANNA)[:2], *_lines(BERT)[:2])
+    before, audit_before = calls(url), len(audit_actions())
+    with pytest.raises(UnknownSubject, match="no data subject matches"):
+        erasure.fan_out_erasure(email="nobody@example.de")
+    with pytest.raises(UnknownSubject):
+        erasure.fan_out_erasure(email=ANNA.email, subject_id=uuid.uuid4())
+    with transaction() as session, pytest.raises(SubjectMismatch):
+        erasure.open_erasure_request(session, email=ANNA.email, subject_id=subject_of(BERT).id)
+    with transaction() as session, pytest.raises(ValueError, match="personal data"):
+        erasure.open_erasure_request(session, email=ANNA.email, reference="Tel. 0170 5550101")
+    with transaction() as session, pytest.raises(ValueError, match="name"):
+        erasure.open_erasure_request(session, email=ANNA.email, reference="Brief Frau Loeschmann")
+    with transaction() as session:
+        assert session.exec(select(ErasureRequest)).all() == []
+    assert calls(url) == before and len(audit_actions()) == audit_before
+    assert subject_of(ANNA).first_name == ANNA.first
+
+
+def test_two_runs_of_the_same_request_at_once_call_each_processor_once(env, monkeypatch):
+    url, base = env
+    take_in(base, *_lines(ANNA)[:2])
+    push_newsletter(ANNA)
+    open_nect_case(ANNA)
+    with transaction() as session:
+        rid = erasure.open_erasure_request(session, email=ANNA.email).id
+    # The first run to claim waits, before its first call, until the second run has
+    # claimed too: both are certainly under way at the same time.
+    claims, both_claimed = [], threading.Event()
+    real_claim = erasure.claim_work
+
+    def claim_work(*args, **kwargs):
+        claimed = real_claim(*args, **kwargs)
+        claims.append(claimed)
+        if len(claims) == 2:
+            both_claimed.set()
+        return claimed
+
+    def waiting(handler):
+        real_erase = type(handler).erase
+
+        def erase(ctx, task):
+            assert both_claimed.wait(60)
+            return real_erase(handler, ctx, task)
+
+        return erase
+
+    monkeypatch.setattr(erasure, "claim_work", claim_work)
+    for name in ("cleverreach", "nect"):
+        monkeypatch.setattr(HANDLERS[name], "erase", waiting(HANDLERS[name]))
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(erasure.fan_out_erasure(request_id=rid))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [] and len(claims) == 2
+    assert sorted(sum(map(len, c.by_processor.values())) for c in claims) == [0, 2]
+    state = calls(url)
+    assert state["cleverreach"]["DELETE /v3/groups/{gid}/receivers/{email_or_id}"] == 1
+    assert state["nect"]["DELETE /v1/cases/{uuid}"] == 1
+    assert sorted(map(len, results)) == [1, 3]  # {"completed": 0} and the one that worked
+
+
+def test_processors_are_asked_in_parallel(env, monkeypatch):
+    url, base = env
+    take_in(base, *_lines(ANNA)[:2])
+    subject = subject_of(ANNA)
+    with transaction() as session:
+        for processor in HANDLERS:
+            record_sent_many(session, processor, "x", {subject.id: f"{processor}-id"}, utcnow())
+    spans: dict[str, tuple[float, float]] = {}
+
+    def slow(handler):
+        def erase(ctx, task):
+            start = time.monotonic()
+            time.sleep(0.3)  # a processor answering slowly
+            spans[handler.processor] = (start, time.monotonic())
+            return "verified"
+        return erase
+
+    for handler in HANDLERS.values():
+        monkeypatch.setattr(handler, "erase", slow(handler))
+    assert erasure.fan_out_erasure(email=ANNA.email) == {"verified": 5, "completed": 1}
+    starts, ends = [s for s, _ in spans.values()], [e for _, e in spans.values()]
+    assert len(spans) == 5 and max(starts) < min(ends)  # all five under way at once
+
+
+def test_the_deadline_watch_marks_and_raises_naming_request_ids_only(env):
+    url, base = env
+    take_in(base, *_lines(ANNA)[:2])
+    subject = subject_of(ANNA)
+    with transaction() as session:
+        record_sent_many(session, "printshop", "flyer", {subject.id: None}, utcnow())
+    received = datetime(2026, 1, 31, 9, 0, tzinfo=UTC)
+    with transaction() as session:
+        rid = erasure.open_erasure_request(session, email=ANNA.email, received_at=received, channel="letter",
+                                           now=received + timedelta(hours=1)).id  # fmt: skip
+    assert erasure.watch_erasure_deadlines(as_of=date(2026, 2, 20)) == {"on_time": 1}
+    with pytest.raises(RuntimeError) as raised:
+        erasure.watch_erasure_deadlines(as_of=date(2026, 2, 24))
+    assert str(rid) in str(raised.value) and "due_soon, due 2026-02-28" in str(raised.value)
+    assert ANNA.email not in str(raised.value)
+    with transaction() as session:
+        assert session.get(ErasureRequest, rid).urgency == "due_soon"
+        erasure.extend_request(session, rid, 2, "many processors, one without an API",
+                               informed_on=date(2026, 2, 10), today=date(2026, 2, 24))
+    assert erasure.watch_erasure_deadlines(as_of=date(2026, 2, 24)) == {"on_time": 1}
+    with pytest.raises(RuntimeError, match="overdue, due 2026-04-30"):
+        erasure.watch_erasure_deadlines(as_of=date(2026, 5, 1))
+    assert ("erasure.deadline", None, "overdue") in audit_actions()
+    assert ("erasure.extend", None, "extended") in audit_actions()
