@@ -92,6 +92,8 @@ class RedactingFilter(logging.Filter):
 
 
 log.addFilter(RedactingFilter())
+# urllib3 logs every request line at DEBUG, and our paths can hold an e-mail address.
+logging.getLogger("urllib3.connectionpool").addFilter(RedactingFilter())
 
 
 def make_session(pool_size: int = 4) -> requests.Session:

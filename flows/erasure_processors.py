@@ -127,14 +127,14 @@ def policy_from_settings(settings: Any) -> Policy:
     """
     holds = {
         key: value if isinstance(value, Hold) else Hold(str(value["reason"]), int(value["days"]))
-        for key, value in (getattr(settings, "erasure_holds", None) or {}).items()
+        for key, value in settings.erasure_holds.items()
     }
     return Policy(
         holds=holds,
-        manual=dict(getattr(settings, "erasure_manual_processors", None) or {}),
-        hold_recheck_days=int(getattr(settings, "erasure_hold_recheck_days", 7)),
-        lease=timedelta(minutes=int(getattr(settings, "erasure_claim_minutes", 15))),
-        reissue_after=timedelta(days=int(getattr(settings, "erasure_reissue_days", 7))),
+        manual=dict(settings.erasure_manual_processors),
+        hold_recheck_days=settings.erasure_hold_recheck_days,
+        lease=timedelta(minutes=settings.erasure_claim_minutes),
+        reissue_after=timedelta(days=settings.erasure_reissue_days),
     )
 
 

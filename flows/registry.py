@@ -16,6 +16,9 @@ FLOWS: dict[str, str] = {
     "forward-student-id-orders": "flows.student_id:forward_student_id_orders",
     "sync-student-id-order-status": "flows.student_id:sync_student_id_order_status",
     "purge-student-id-documents": "flows.student_id:purge_student_id_documents",
+    "fan-out-erasure": "flows.erasure:fan_out_erasure",
+    "follow-up-erasures": "flows.erasure:follow_up_erasures",
+    "watch-erasure-deadlines": "flows.erasure:watch_erasure_deadlines",
 }
 
 

@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     nect_api_key_block: str | None = None
     nect_rate_per_second: float = Field(10.0, gt=0)
 
+    # Erasure (Art. 17/19). Holds: "processor" or "processor:purpose-prefix" ->
+    # {"reason": "...", "days": N} (JSON); manual processors (no API): name -> to whom the
+    # request goes. A run leases its tasks for `claim_minutes`; an accepted deletion that is
+    # not done after `reissue_days` is asked for again.
+    erasure_holds: dict[str, dict] = {}
+    erasure_manual_processors: dict[str, str] = {}
+    erasure_hold_recheck_days: int = Field(7, ge=1)
+    erasure_claim_minutes: int = Field(15, ge=1)
+    erasure_reissue_days: int = Field(7, ge=1)
+
     # HTTP: (connect, read) seconds. Connect is short because a dead host should fail fast;
     # read is long enough for a 1000-receiver upsert.
     http_connect_timeout: float = 5.0

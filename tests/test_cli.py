@@ -184,3 +184,29 @@ def test_intake_line_in_wrong_encoding_is_rejected_alone(settings, runner, tmp_p
     assert result.exit_code == 1
     assert result.stderr.startswith("events.jsonl:2: rejected:")
     assert count("consent_event") == 2
+
+
+def test_erasure_request_for_an_unknown_subject_is_a_clear_error_and_changes_nothing(settings, runner):
+    result = runner.invoke(app, ["erasure", "request", "--email", "nobody@example.de", "--no-fan-out"])
+    assert result.exit_code == 1 and "error:" in result.output
+    assert "nobody@example.de" not in result.output
+    with transaction() as session:
+        assert session.execute(text("SELECT count(*) FROM erasure_request")).scalar_one() == 0
+
+
+def test_erasure_request_report_and_extend_from_the_command_line(settings, runner, tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text(signup("erika@example.de") + "\n")
+    assert runner.invoke(app, ["intake", str(events)]).exit_code == 0
+    opened = runner.invoke(app, ["erasure", "request", "--email", "Erika@Example.de", "--channel", "letter",
+                                "--reference", "AZ 17/26", "--no-fan-out"])  # fmt: skip
+    assert opened.exit_code == 0, opened.output
+    request_id = opened.output.split()[1]
+    report = json.loads(runner.invoke(app, ["erasure", "report", request_id, "--format", "json"]).output)
+    assert report["request_id"] == request_id and "erika" not in json.dumps(report).lower()
+    markdown = runner.invoke(app, ["erasure", "report", request_id])
+    assert markdown.exit_code == 0 and request_id in markdown.output
+    bad = runner.invoke(app, ["erasure", "extend", request_id, "--months", "1", "--reason", " ",
+                              "--informed-on", "2026-01-01"])  # fmt: skip
+    assert bad.exit_code == 1 and "reason" in bad.output
+    assert runner.invoke(app, ["erasure", "status", "00000000-0000-0000-0000-000000000000"]).exit_code == 1

@@ -30,8 +30,9 @@ def test_entrypoints_load_flows_of_the_same_name_with_known_parameters():
 
 def test_schedules_run_on_berlin_time_on_the_process_pool():
     for deployment in DEPLOYMENTS:
-        assert deployment["schedules"], deployment["name"]
-        assert {s["timezone"] for s in deployment["schedules"]} == {"Europe/Berlin"}
+        # Started by hand (the officer's form) or on a schedule; never neither.
+        assert deployment["schedules"] or "manual" in deployment["tags"], deployment["name"]
+        assert {s["timezone"] for s in deployment["schedules"]} <= {"Europe/Berlin"}
         assert deployment["work_pool"]["name"] == "psync-process"
 
 
