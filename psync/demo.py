@@ -3,8 +3,8 @@
 Fresh SQLite database and Prefect home under ``.psync/demo/``, the sandbox in a background
 process on a free loopback port, a few thousand synthetic German subjects, then the
 newsletter flows in the order a day would run them, then a few hundred bookings
-(``psync.demo_bookings``) and student-ID orders (``psync.demo_isic``), and summaries that
-compare both sides.
+(``psync.demo_bookings``) and student-ID orders (``psync.demo_isic``), erasure requests for
+people known to every processor (``psync.demo_erasure``), and summaries that compare both sides.
 """
 
 from __future__ import annotations
@@ -156,6 +156,7 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
     from flows import newsletter
     from models.db import transaction
     from psync.demo_bookings import run_bookings
+    from psync.demo_erasure import run_erasures
     from psync.demo_isic import run_student_ids
     from models.intake import intake_lines
     from models.migrate import upgrade
@@ -186,7 +187,9 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
         bookings_ok = run_bookings(base, key, bookings, seed + 1)
         print()
         orders_ok = run_student_ids(base, key, DEMO_DIR / "isic", max(10, bookings // 5), seed)
-    ok = _summary(base, key) and bookings_ok and orders_ok
+        print()
+        erased_ok = run_erasures(base, key, DEMO_DIR / "erasure")
+    ok = _summary(base, key) and bookings_ok and orders_ok and erased_ok
     print(f"\n{'OK' if ok else 'MISMATCH'}: demo finished in {time.monotonic() - started:.1f} s "
           f"(database {DEMO_DIR / 'psync.db'}, events {DEMO_DIR / 'events.jsonl'})")  # fmt: skip
     return 0 if ok else 1
