@@ -28,6 +28,7 @@ demo: install
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.bookings
+	$(BIN)/python -m bench.erasure
 
 sandbox: install
 	$(BIN)/psync sandbox --port 8700

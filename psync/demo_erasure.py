@@ -39,27 +39,25 @@ def _lines(i: int, email: str, first: str, last: str, phone: str, iban: str, now
     ]  # fmt: skip
 
 
-def run_erasures(base: str, key: bytes, folder: Path) -> bool:
-    """Seed the people everywhere, erase them, print their reports; True when nothing is left."""
+def seed_everywhere(base: str, key: bytes, folder: Path, people=PEOPLE) -> None:
+    """Put `people` at all five processors through the real intake and flows."""
     import requests
     from sqlmodel import select
 
     from connectors import nect
     from flows import bookings, newsletter, student_id
-    from flows.erasure import fan_out_erasure, follow_up_erasures, open_erasure_request, render_markdown, report
     from models.db import transaction
     from models.intake import intake_lines
     from models.recipients import record_sent_many
     from models.subjects import DataSubject
     from models.types import utcnow
-    from psync.demo import step
     from psync.settings import get_settings
 
     settings, now = get_settings(), utcnow()
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in (("erase-nachweis.pdf", PDF_BYTES), ("erase-ausweis.png", PNG_BYTES), ("erase-foto.jpg", JPEG_BYTES)):
         (folder / name).write_bytes(data)
-    lines = [json.dumps(e, ensure_ascii=False) for i, p in enumerate(PEOPLE) for e in _lines(i, *p, now)]
+    lines = [json.dumps(e, ensure_ascii=False) for i, p in enumerate(people) for e in _lines(i, *p, now)]
     with transaction() as session:
         intake_lines(session, key, lines, now=now, service_points=settings.timify_service_points,
                      base_dir=folder, document_key=settings.document_key_bytes())  # fmt: skip
@@ -70,10 +68,21 @@ def run_erasures(base: str, key: bytes, folder: Path) -> bool:
     student_id.sync_student_id_order_status()
     client = nect.from_settings(settings)
     with transaction() as session:
-        subjects = session.exec(select(DataSubject).where(DataSubject.email.in_([p[0] for p in PEOPLE]))).all()  # type: ignore[union-attr]
+        subjects = session.exec(select(DataSubject).where(DataSubject.email.in_([p[0] for p in people]))).all()  # type: ignore[union-attr]
         # An identification at Nect: only the pseudonym ever goes there (seed 002, 5.4.2).
         for subject in subjects:
             record_sent_many(session, "nect", "ident", {subject.id: client.open_case(subject.pseudonym)}, now)
+
+
+def run_erasures(base: str, key: bytes, folder: Path) -> bool:
+    """Seed the people everywhere, erase them, print their reports; True when nothing is left."""
+    import requests
+
+    from flows.erasure import fan_out_erasure, follow_up_erasures, open_erasure_request, render_markdown, report
+    from models.db import transaction
+    from psync.demo import step
+
+    seed_everywhere(base, key, folder)
     print(f"scene       {len(PEOPLE)} people at CleverReach, TIMIFY, Flexperto, the ISIC issuer and Nect")
 
     request_ids = []
