@@ -9,22 +9,15 @@ point) read them from the validation context: ``{"now": datetime, "service_point
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Literal
 
 from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
-from sqlmodel import Session, select
 
 from models.audit import AuditEvent
 from models.bookings import BERLIN, Booking, BookingStatus, Channel
-from models.consent import event_key
-from models.cursors import next_seq
 from models.intake_types import Email, EventBase, InsuranceNumber, Phone, context_now
-from models.receipts import IntakeReceipt, seen
-from models.subject_index import SubjectIndex
-from models.subjects import DataSubject
+from models.receipts import ReceiptStore
 
 BookingId = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,49}$", description="the website's booking id")
 GRID_MINUTES = 5
@@ -120,47 +113,16 @@ _CUSTOMER_FIELDS = (
 )  # fmt: skip
 
 
-class BookingStore:
+class BookingStore(ReceiptStore):
     """Applies booking events of one chunk; the chunk's bookings are fetched up front."""
 
-    def __init__(self, session: Session, key: bytes, subjects: SubjectIndex):
-        self.session, self.key, self.subjects = session, key, subjects
-        self.bookings: dict[str, Booking] = {}
-        self.pseudonyms: dict[uuid.UUID, str] = {}
-        self.keys: dict[int, str] = {}
-        self.seen: set[str] = set()
-        self.seq = 0
+    table, ref_column, counter = Booking, "booking_ref", "booking"
 
-    def begin_chunk(self, events: Iterable[BookingIntakeEvent]) -> None:
-        events = list(events)
-        self.keys = {id(e): event_key(self.key, e.model_dump_json()) for e in events}
-        self.seen = seen(self.session, self.keys.values())
-        refs = {e.booking_id for e in events} - self.bookings.keys()
-        if refs:
-            rows = self.session.exec(
-                select(Booking, DataSubject.pseudonym)
-                .join(DataSubject, DataSubject.id == Booking.subject_id)
-                .where(Booking.booking_ref.in_(refs))  # type: ignore[attr-defined]
-            )
-            for booking, pseudonym in rows:
-                self.bookings[booking.booking_ref] = booking
-                self.pseudonyms[booking.subject_id] = pseudonym
-        self.seq = next_seq(self.session, "booking", len(events)) if events else 0
+    @staticmethod
+    def ref_of(event: BookingIntakeEvent) -> str:
+        return event.booking_id
 
-    def apply(self, event: BookingIntakeEvent) -> tuple[str, AuditEvent | None]:
-        """Returns the line's outcome and its audit event; raises BookingRejected to reject."""
-        seq, self.seq = self.seq, self.seq + 1
-        key = self.keys[id(event)]
-        if key in self.seen:
-            return "duplicate", None
-        outcome = self._apply(event, seq)
-        # Only an applied line makes a later identical one a duplicate.
-        self.seen.add(key)
-        self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
-        return outcome
-
-    def _apply(self, event: BookingIntakeEvent, seq: int) -> tuple[str, AuditEvent | None]:
-        booking = self.bookings.get(event.booking_id)
+    def _apply(self, event: BookingIntakeEvent, booking: Booking | None, seq: int) -> tuple[str, AuditEvent | None]:
         if isinstance(event, BookingRequest):
             if booking is not None:
                 raise BookingRejected(
@@ -199,8 +161,7 @@ class BookingStore:
             **{name: getattr(event, name) for name in _CUSTOMER_FIELDS},
         )  # fmt: skip
         self.session.add(booking)
-        self.bookings[booking.booking_ref] = booking
-        self.pseudonyms[subject.id] = subject.pseudonym
+        self.remember(booking, subject.pseudonym)
         return booking
 
     def _changed(self, booking: Booking, seq: int, at: datetime, action: str):
@@ -213,5 +174,3 @@ class BookingStore:
             detail=f"booking={booking.booking_ref} channel={booking.channel}",
         )  # fmt: skip
 
-    def end_chunk(self) -> None:
-        self.session.flush()

@@ -10,8 +10,6 @@ Validation context: ``{"now", "base_dir", "max_document_bytes"}``.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -27,18 +25,16 @@ from pydantic import (
     model_validator,
 )
 from schwifty import IBAN
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from models.audit import AuditEvent
 from models.bookings import BERLIN
 from models.consent import event_key
-from models.cursors import next_seq
 from models.documents import JPEG, PDF, PNG, DocumentCipher, read_document
 from models.intake_types import Email, EventBase, context_now
 from models.isic import DocumentKind, IsicDocument, IsicOrder, OrderStatus
-from models.receipts import IntakeReceipt, seen
+from models.receipts import ReceiptStore
 from models.subject_index import SubjectIndex
-from models.subjects import DataSubject
 
 OrderId = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,49}$", description="the portal's order id")
 ALLOWED_TYPES = {
@@ -140,47 +136,24 @@ IsicIntakeEvent = IsicOrderEvent | IsicCancel
 _FIELDS = ("first_name", "last_name", "birth_date", "postal_code", "iban", "institution", "student_status")
 
 
-class IsicStore:
+class IsicStore(ReceiptStore):
     """Applies ISIC events of one chunk; the chunk's orders are fetched up front."""
 
+    table, ref_column, counter = IsicOrder, "order_ref", "isic"
+
     def __init__(self, session: Session, key: bytes, subjects: SubjectIndex, cipher: DocumentCipher | None):
-        self.session, self.key, self.subjects, self.cipher = session, key, subjects, cipher
-        self.orders: dict[str, IsicOrder] = {}
-        self.pseudonyms: dict[uuid.UUID, str] = {}
-        self.keys: dict[int, str] = {}
-        self.seen: set[str] = set()
-        self.seq = 0
+        super().__init__(session, key, subjects)
+        self.cipher = cipher
 
-    def begin_chunk(self, events: Iterable[IsicIntakeEvent]) -> None:
-        events = list(events)
+    @staticmethod
+    def ref_of(event: IsicIntakeEvent) -> str:
+        return event.order_id
+
+    def key_of(self, event: IsicIntakeEvent) -> str:
         # The documents' paths, not their bytes, make the key: the same line is the same event.
-        self.keys = {id(e): event_key(self.key, e.model_dump_json(exclude={"phone_password"})) for e in events}
-        self.seen = seen(self.session, self.keys.values())
-        refs = {e.order_id for e in events} - self.orders.keys()
-        if refs:
-            rows = self.session.exec(
-                select(IsicOrder, DataSubject.pseudonym)
-                .join(DataSubject, DataSubject.id == IsicOrder.subject_id)
-                .where(IsicOrder.order_ref.in_(refs))  # type: ignore[attr-defined]
-            )
-            for order, pseudonym in rows:
-                self.orders[order.order_ref] = order
-                self.pseudonyms[order.subject_id] = pseudonym
-        self.seq = next_seq(self.session, "isic", len(events)) if events else 0
+        return event_key(self.key, event.model_dump_json(exclude={"phone_password"}))
 
-    def apply(self, event: IsicIntakeEvent) -> tuple[str, AuditEvent | None]:
-        """Returns the line's outcome and its audit event; raises OrderRejected to reject."""
-        seq, self.seq = self.seq, self.seq + 1
-        key = self.keys[id(event)]
-        if key in self.seen:
-            return "duplicate", None
-        outcome = self._apply(event, seq)
-        self.seen.add(key)
-        self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
-        return outcome
-
-    def _apply(self, event: IsicIntakeEvent, seq: int) -> tuple[str, AuditEvent | None]:
-        order = self.orders.get(event.order_id)
+    def _apply(self, event: IsicIntakeEvent, order: IsicOrder | None, seq: int) -> tuple[str, AuditEvent | None]:
         if isinstance(event, IsicOrderEvent):
             if order is not None:
                 raise OrderRejected("order_id exists already")
@@ -216,8 +189,7 @@ class IsicStore:
                     ciphertext=self.cipher.encrypt(data),
                 )  # fmt: skip
             )
-        self.orders[order.order_ref] = order
-        self.pseudonyms[subject.id] = subject.pseudonym
+        self.remember(order, subject.pseudonym)
         return order
 
     def _audit(self, action: str, order: IsicOrder) -> AuditEvent:
@@ -226,5 +198,3 @@ class IsicStore:
             detail=f"order={order.order_ref}",
         )  # fmt: skip
 
-    def end_chunk(self) -> None:
-        self.session.flush()
