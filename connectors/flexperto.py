@@ -37,10 +37,8 @@ from connectors.transport import (
     FatalError,
     HttpClient,
     ProcessorError,
-    RetryPolicy,
-    TokenAuth,
     http_options as http_options_from,
-    make_session,
+    token_client,
 )
 
 PROCESSOR = "flexperto"
@@ -81,14 +79,9 @@ class Flexperto:
     ) -> Flexperto:
         """Build the client with token auth against the tenant's token endpoint."""
         root = base_url.rstrip("/")
-        # Own plain client, one attempt, same call log: see CleverReach.connect.
-        token_client = HttpClient(
-            PROCESSOR, root, session=make_session(pool_size=1),
-            timeout=http_options.get("timeout", (5.0, 60.0)), policy=RetryPolicy(max_attempts=1),
-        )  # fmt: skip
 
-        def fetch() -> tuple[str, float]:
-            response = token_client.request(
+        def fetch(plain: HttpClient) -> tuple[str, float]:
+            response = plain.request(
                 "auth.token", "POST", "/api/v2/oauth/token",
                 auth=(client_id, client_secret), data={"grant_type": "client_credentials"},
             )  # fmt: skip
@@ -97,8 +90,7 @@ class Flexperto:
                 raise FatalError(PROCESSOR, "auth.token", response.status_code, reason="no token")
             return body["access_token"], float(body.get("expires_in", 3600))
 
-        http = HttpClient(PROCESSOR, root, auth=TokenAuth(fetch), **http_options)
-        token_client.calls = http.calls
+        http = token_client(PROCESSOR, root, fetch, **http_options)
         return cls(http)
 
     # customers ----------------------------------------------------------------------

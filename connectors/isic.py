@@ -53,10 +53,8 @@ from connectors.transport import (
     HttpClient,
     ProcessorError,
     RetriableError,
-    RetryPolicy,
-    TokenAuth,
     http_options as http_options_from,
-    make_session,
+    token_client,
 )
 
 PROCESSOR = "isic"
@@ -130,14 +128,9 @@ class Isic:
     ) -> Isic:
         """Build the client with bearer tokens from ``/auth/token``."""
         root = base_url.rstrip("/")
-        # Own plain client, one attempt, same call log: see CleverReach.connect.
-        token_client = HttpClient(
-            PROCESSOR, root, session=make_session(pool_size=1),
-            timeout=http_options.get("timeout", (5.0, 60.0)), policy=RetryPolicy(max_attempts=1),
-        )  # fmt: skip
 
-        def fetch() -> tuple[str, float]:
-            response = token_client.request(
+        def fetch(plain: HttpClient) -> tuple[str, float]:
+            response = plain.request(
                 "auth.token", "POST", "/auth/token",
                 json={"clientId": client_id, "clientSecret": client_secret},
             )  # fmt: skip
@@ -151,8 +144,7 @@ class Isic:
                 )
             return token, float(body.get("expiresIn") or DEFAULT_TOKEN_SECONDS)
 
-        http = HttpClient(PROCESSOR, root, auth=TokenAuth(fetch), **http_options)
-        token_client.calls = http.calls
+        http = token_client(PROCESSOR, root, fetch, **http_options)
         return cls(http)
 
     # cardholders --------------------------------------------------------------------

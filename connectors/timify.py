@@ -46,10 +46,8 @@ from connectors.transport import (
     FatalError,
     HttpClient,
     ProcessorError,
-    RetryPolicy,
-    TokenAuth,
     http_options as http_options_from,
-    make_session,
+    token_client,
 )
 
 PROCESSOR = "timify"
@@ -141,14 +139,9 @@ class Timify:
     ) -> Timify:
         """Build the client with token auth against the base URL's token endpoint."""
         root = base_url.rstrip("/")
-        # Own plain client, one attempt, same call log: see CleverReach.connect.
-        token_client = HttpClient(
-            PROCESSOR, root, session=make_session(pool_size=1),
-            timeout=http_options.get("timeout", (5.0, 60.0)), policy=RetryPolicy(max_attempts=1),
-        )  # fmt: skip
 
-        def fetch() -> tuple[str, float]:
-            response = token_client.request(
+        def fetch(plain: HttpClient) -> tuple[str, float]:
+            response = plain.request(
                 "auth.token", "POST", "/v1/auth/token",
                 json={"appid": app_id, "appsecret": app_secret},
                 headers={"company-id": company_id},
@@ -159,9 +152,8 @@ class Timify:
                 raise FatalError(PROCESSOR, "auth.token", response.status_code, reason="no token")
             return body["accessToken"], float(body.get("expires", 3600))
 
-        auth = TokenAuth(fetch, header="authorization", prefix="")
-        http = HttpClient(PROCESSOR, root, auth=auth, **http_options)
-        token_client.calls = http.calls
+        # TIMIFY takes the raw token in `authorization`, no "Bearer ".
+        http = token_client(PROCESSOR, root, fetch, header="authorization", prefix="", **http_options)
         return cls(http, company_id)
 
     # plumbing -----------------------------------------------------------------------

@@ -367,3 +367,33 @@ class HttpClient:
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.info("retrying %s (attempt %d): %s", self.processor, state.attempt_number, exc)
+
+
+def token_client(
+    processor: str,
+    root: str,
+    fetch: Callable[[HttpClient], tuple[str, float]],
+    api_root: str | None = None,
+    header: str = "Authorization",
+    prefix: str = "Bearer ",
+    **http_options,
+) -> HttpClient:
+    """A processor's API client whose tokens come from ``fetch(plain_client)``.
+
+    The token call goes through its own plain client (no auth, so no recursion) and makes
+    one attempt: it runs inside a call whose retry policy already covers it, and a second
+    loop would multiply the attempts. It writes into the same call log, so token calls
+    reach the audit trail too.
+
+    Example::
+
+        http = token_client("flexperto", root, lambda plain: fetch_token(plain), **options)
+    """
+    plain = HttpClient(
+        processor, root, session=make_session(pool_size=1),
+        timeout=http_options.get("timeout", (5.0, 60.0)), policy=RetryPolicy(max_attempts=1),
+    )  # fmt: skip
+    auth = TokenAuth(lambda: fetch(plain), header=header, prefix=prefix)
+    http = HttpClient(processor, api_root or root, auth=auth, **http_options)
+    plain.calls = http.calls
+    return http
