@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 from typing import Protocol
 
@@ -19,7 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandbox.cleverreach import CleverReach
+from sandbox.cleverreach import CleverReach, bad_request
+from sandbox.common import json_body
 from sandbox.errors import ApiError, error_response
 from sandbox.faults import ERROR_FAULTS, SLOW_MIN_MS, FaultInjector
 from sandbox.flexperto import Flexperto
@@ -49,6 +49,8 @@ class Processor(Protocol):
     def snapshot(self) -> dict: ...
 
     def revoke_request_token(self, headers: dict[str, str]) -> None: ...
+
+    def error_response(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response: ...
 
 
 class _DropLogFilter(logging.Filter):
@@ -98,7 +100,7 @@ class FaultMiddleware:
         elif kind in ERROR_FAULTS:
             status, message, headers = ERROR_FAULTS[kind]
             # Each processor answers an injected error in its own error shape.
-            response = getattr(processor, "error_response", error_response)(status, message, headers)
+            response = processor.error_response(status, message, headers)
             response.raw_headers.append((FAULT_HEADER, kind.encode()))
             await response(scope, receive, send)
         elif kind == "drop":
@@ -151,22 +153,16 @@ def _control_router(injector: FaultInjector, processors: list[Processor]) -> API
     router = APIRouter(prefix="/_sandbox", tags=["sandbox control"])
 
     async def fault_settings(request: Request) -> dict:
-        raw = await request.body()
-        if not raw:
-            return {}
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise ApiError(400, "Bad Request: body is not valid JSON") from None
+        body = await json_body(request, bad_request, empty={})
         if not isinstance(body, dict):
-            raise ApiError(400, "Bad Request: expected an object")
+            raise bad_request("expected an object")
         return {k: body[k] for k in ("fault_rate", "latency_ms", "seed", "kinds") if k in body}
 
     def configure(settings: dict) -> None:
         try:
             injector.configure(**settings)
         except ValueError as exc:
-            raise ApiError(400, f"Bad Request: {exc}") from None
+            raise bad_request(str(exc)) from None
 
     @router.get("/state")
     async def state() -> Response:
@@ -233,10 +229,10 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # Unknown routes / wrong methods answer in the error shape of the processor whose
-        # prefix they fall under, if it has its own (``error_response``), else CleverReach's.
+        # prefix they fall under, else CleverReach's.
         path = request.url.path
         owner = next((p for p in processors if path == p.prefix or path.startswith(p.prefix + "/")), None)
-        render = getattr(owner, "error_response", error_response)
+        render = owner.error_response if owner is not None else error_response
         return render(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     app.add_middleware(FaultMiddleware, injector=injector, processors=processors)

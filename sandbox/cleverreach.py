@@ -9,53 +9,35 @@ registered under all spellings but counted under one canonical template.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qs
+from functools import partial
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
 from sandbox.cleverreach_state import PAGESIZE_DEFAULT, CleverReachState
-from sandbox.errors import ApiError, error_response
+from sandbox.common import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    Handler,
+    Processor,
+    basic_credentials,
+    form_or_json,
+    json_body,
+    oauth_error,
+    query_int,
+)
+from sandbox.errors import ApiError
 
-DEFAULT_CLIENT_ID = "psync-sandbox"
-DEFAULT_CLIENT_SECRET = "sandbox-secret"
 UNAUTHORIZED_MESSAGE = "Unauthorized: token expired or invalid"
 
-Handler = Callable[[Request], Awaitable[object]]
+
+def bad_request(message: str) -> ApiError:
+    """CleverReach's 400: the message is prefixed with ``Bad Request: ``."""
+    return ApiError(400, f"Bad Request: {message}")
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    """Extract the token from an ``Authorization: Bearer ...`` header value."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-async def _json_body(request: Request) -> object:
-    raw = await request.body()
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "Bad Request: body is not valid JSON") from None
-
-
-def _query_int(request: Request, name: str, default: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(400, f"Bad Request: {name} must be an integer") from None
+_json_body = partial(json_body, bad_request=bad_request)
+_query_int = partial(query_int, bad_request=bad_request)
 
 
 def _json_variants(template: str) -> list[str]:
@@ -75,11 +57,12 @@ def _json_variants(template: str) -> list[str]:
     return variants
 
 
-class CleverReach:
+class CleverReach(Processor):
     """The CleverReach processor: state, API router and control router."""
 
     name = "cleverreach"
     prefix = "/cleverreach"
+    unauthorized_message = UNAUTHORIZED_MESSAGE
 
     def __init__(
         self,
@@ -90,57 +73,12 @@ class CleverReach:
         self.token_ttl_s = token_ttl_s
         self.client_id = client_id
         self.client_secret = client_secret
-        self.state = CleverReachState()
-        self.api = APIRouter()
-        self.control = APIRouter()
-        self._register_api()
-        self._register_control()
+        super().__init__(CleverReachState())
 
-    # -- processor interface used by sandbox.app --------------------------
-    def reset(self) -> None:
-        """Back to the initial state (tokens revoked, counters zero)."""
-        self.state.reset()
-
-    def snapshot(self) -> dict:
-        """State for ``GET /_sandbox/state``."""
-        return self.state.snapshot()
-
-    def revoke_request_token(self, headers: dict[str, str]) -> None:
-        """Revoke the bearer token a request carries (``token_expiry`` fault)."""
-        token = bearer_token(headers.get("authorization"))
-        if token:
-            self.state.revoke_token(token)
-
-    # -- routing helpers --------------------------------------------------
     def _add(self, method: str, template: str, handler: Handler, auth: bool = True) -> None:
-        key = f"{method} {template}"
-        state = self.state
-
-        async def endpoint(request: Request) -> Response:
-            if auth:
-                token = bearer_token(request.headers.get("authorization"))
-                if token is None or not state.token_valid(token):
-                    return error_response(401, UNAUTHORIZED_MESSAGE)
-            state.count_call(key)
-            try:
-                result = await handler(request)
-            except ApiError as exc:
-                return exc.response()
-            if isinstance(result, Response):
-                return result
-            return JSONResponse(result)
-
-        endpoint.__name__ = f"cleverreach_{method.lower()}_{template.strip('/').replace('/', '_')}"
-        endpoint.__doc__ = handler.__doc__
+        """A route under every accepted spelling (see :func:`_json_variants`), counted once."""
         paths = _json_variants(template) if template.startswith("/v3/") else [template]
-        for path in paths:
-            self.api.add_api_route(
-                path,
-                endpoint,
-                methods=[method],
-                include_in_schema=path == template,
-                name=f"{endpoint.__name__}:{path}",
-            )
+        self._route(method, template, handler, auth=auth, paths=paths)
 
     def _register_api(self) -> None:
         s = self.state
@@ -238,27 +176,19 @@ class CleverReach:
         add("POST", "/v3/attributes", create_attribute)
 
     async def _issue_token(self, request: Request) -> Response:
-        client_id, client_secret = _basic_credentials(request.headers.get("authorization"))
-        raw = await request.body()
-        body: dict = {}
-        if raw:
-            content_type = request.headers.get("content-type", "")
-            try:
-                if "application/x-www-form-urlencoded" in content_type:
-                    body = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
-                else:
-                    parsed = json.loads(raw)
-                    body = parsed if isinstance(parsed, dict) else {}
-            except (ValueError, UnicodeDecodeError):
-                return _oauth_error(400, "invalid_request", "body must be JSON or form-encoded")
+        client_id, client_secret = basic_credentials(request.headers.get("authorization"))
+        try:
+            body = form_or_json(await request.body(), request.headers.get("content-type", ""))
+        except ValueError:
+            return oauth_error(400, "invalid_request", "body must be JSON or form-encoded")
         # Body credentials are accepted as a fallback, like most OAuth servers.
         if client_id is None:
             client_id, client_secret = body.get("client_id"), body.get("client_secret")
         if client_id != self.client_id or client_secret != self.client_secret:
-            return _oauth_error(401, "invalid_client", "Client authentication failed")
+            return oauth_error(401, "invalid_client", "Client authentication failed")
         if body.get("grant_type") != "client_credentials":
-            return _oauth_error(400, "unsupported_grant_type", "Only client_credentials is supported")
-        token = self.state.issue_token(self.token_ttl_s)
+            return oauth_error(400, "unsupported_grant_type", "Only client_credentials is supported")
+        token = self.state.tokens.issue(self.token_ttl_s)
         return JSONResponse(
             {
                 "access_token": token,
@@ -278,28 +208,4 @@ class CleverReach:
             affected = s.unsubscribe(body.get("email") if isinstance(body, dict) else None)
             return JSONResponse({"groups": affected})
 
-        @self.control.post("/expire-tokens")
-        async def expire_tokens() -> Response:
-            """Revoke every issued token so clients must re-authenticate."""
-            return JSONResponse({"revoked": s.revoke_all_tokens()})
-
-
-def _basic_credentials(authorization: str | None) -> tuple[str | None, str | None]:
-    if not authorization:
-        return None, None
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic":
-        return None, None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None, None
-    client_id, sep, secret = decoded.partition(":")
-    if not sep:
-        return None, None
-    return client_id, secret
-
-
-def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
-    # The token endpoint speaks OAuth2 (RFC 6749 §5.2), not the v3 error shape.
-    return JSONResponse({"error": error, "error_description": description}, status_code=status)
+        self._add_expire_tokens()

@@ -12,9 +12,9 @@ rebuilt after the group changed.
 
 from __future__ import annotations
 
-import secrets
 import time
 
+from sandbox.common import TokenStore
 from sandbox.errors import ApiError
 
 INITIAL_GROUPS: tuple[tuple[str, str], ...] = (
@@ -234,42 +234,11 @@ class CleverReachState:
         stamp = now()
         self.groups: dict[str, Group] = {gid: Group(gid, name, stamp) for gid, name in INITIAL_GROUPS}
         self.attributes: dict[str, dict] = {}  # lower-cased name -> attribute
-        self.tokens: dict[str, float] = {}  # token -> expiry (Unix seconds)
+        self.tokens = TokenStore()
         self.calls: dict[str, int] = {}
         self._next_group_id = 1003
         self._next_receiver_id = 1
         self._next_attribute_id = 1
-
-    # -- tokens -----------------------------------------------------------
-    def issue_token(self, ttl_s: int) -> str:
-        """Issue a new random bearer token valid for ``ttl_s`` seconds."""
-        token = secrets.token_hex(20)
-        self.tokens[token] = time.time() + ttl_s
-        return token
-
-    def token_valid(self, token: str) -> bool:
-        """True if the token was issued, not revoked and not expired."""
-        expiry = self.tokens.get(token)
-        if expiry is None:
-            return False
-        if time.time() >= expiry:
-            del self.tokens[token]
-            return False
-        return True
-
-    def revoke_token(self, token: str) -> None:
-        """Revoke one token (unknown tokens are ignored)."""
-        self.tokens.pop(token, None)
-
-    def revoke_all_tokens(self) -> int:
-        """Revoke every token; return how many were live."""
-        count = len(self.tokens)
-        self.tokens.clear()
-        return count
-
-    def count_call(self, key: str) -> None:
-        """Count a request that reached a handler, keyed by route template."""
-        self.calls[key] = self.calls.get(key, 0) + 1
 
     # -- groups -----------------------------------------------------------
     def list_groups(self) -> list[dict]:

@@ -28,58 +28,27 @@ consultation (one ``chat`` and one ``recording`` archive dated ``at``).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qs
+from functools import partial
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
+from sandbox.common import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    Processor,
+    basic_credentials,
+    form_or_json,
+    json_body,
+    oauth_error,
+)
 from sandbox.flexperto_state import FlexpertoError, FlexpertoState, flexperto_error_response
 
-DEFAULT_CLIENT_ID = "psync-sandbox"
-DEFAULT_CLIENT_SECRET = "sandbox-secret"
 
-Handler = Callable[[Request], Awaitable[object]]
+_json_body = partial(json_body, bad_request=partial(FlexpertoError, 400))
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    """Extract the token from an ``Authorization: Bearer ...`` header value."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def _basic_credentials(authorization: str | None) -> tuple[str | None, str | None]:
-    scheme, _, encoded = (authorization or "").partition(" ")
-    if scheme.lower() != "basic":
-        return None, None
-    try:
-        client_id, sep, secret = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None, None
-    return (client_id, secret) if sep else (None, None)
-
-
-async def _json_body(request: Request) -> object:
-    raw = await request.body()
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise FlexpertoError(400, "body is not valid JSON") from None
-
-
-def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
-    # The token endpoint speaks OAuth2 (RFC 6749 §5.2), not the API's error shape.
-    return JSONResponse({"error": error, "error_description": description}, status_code=status)
-
-
-class Flexperto:
+class Flexperto(Processor):
     """The Flexperto processor: state, API router and control router."""
 
     name = "flexperto"
@@ -94,59 +63,15 @@ class Flexperto:
         self.token_ttl_s = token_ttl_s
         self.client_id = client_id
         self.client_secret = client_secret
-        self.state = FlexpertoState()
-        self.api = APIRouter()
-        self.control = APIRouter()
-        self._register_api()
-        self._register_control()
-
-    # -- processor interface used by sandbox.app --------------------------
-    def reset(self) -> None:
-        """Back to an empty tenant (tokens revoked, counters zero)."""
-        self.state.reset()
-
-    def snapshot(self) -> dict:
-        """State for ``GET /_sandbox/state``."""
-        return self.state.snapshot()
-
-    def revoke_request_token(self, headers: dict[str, str]) -> None:
-        """Revoke the bearer token a request carries (``token_expiry`` fault)."""
-        token = bearer_token(headers.get("authorization"))
-        if token:
-            self.state.revoke_token(token)
+        super().__init__(FlexpertoState())
 
     def error_response(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         """Unknown routes and wrong methods under ``/flexperto`` answer in Flexperto's shape."""
         return flexperto_error_response(status, message, headers)
 
-    # -- routing helpers --------------------------------------------------
-    def _add(self, method: str, template: str, handler: Handler, auth: bool = True, status: int = 200) -> None:
-        key = f"{method} {template}"
-        state = self.state
-
-        async def endpoint(request: Request) -> Response:
-            if auth:
-                token = bearer_token(request.headers.get("authorization"))
-                if token is None or not state.token_valid(token):
-                    return flexperto_error_response(401, "token expired or invalid")
-            state.count_call(key)
-            try:
-                result = await handler(request)
-            except FlexpertoError as exc:
-                return exc.response()
-            if isinstance(result, Response):
-                return result
-            if status == 204:
-                return Response(status_code=204)
-            return JSONResponse(result, status_code=status)
-
-        endpoint.__name__ = f"flexperto_{method.lower()}_{template.strip('/').replace('/', '_')}"
-        endpoint.__doc__ = handler.__doc__
-        self.api.add_api_route(template, endpoint, methods=[method], name=endpoint.__name__)
-
     def _register_api(self) -> None:
         s = self.state
-        add = self._add
+        add = self._route
 
         async def token(request: Request) -> object:
             """OAuth2 client-credentials grant, client authenticated by HTTP Basic."""
@@ -190,21 +115,16 @@ class Flexperto:
         add("DELETE", "/api/v2/archives/{id}", delete_archive, status=204)
 
     async def _issue_token(self, request: Request) -> Response:
-        client_id, client_secret = _basic_credentials(request.headers.get("authorization"))
+        client_id, client_secret = basic_credentials(request.headers.get("authorization"))
         if client_id != self.client_id or client_secret != self.client_secret:
-            return _oauth_error(401, "invalid_client", "Client authentication failed")
-        raw = await request.body()
-        try:
-            if "application/x-www-form-urlencoded" in request.headers.get("content-type", ""):
-                grant = parse_qs(raw.decode()).get("grant_type", [None])[0]
-            else:  # tolerated: a JSON body
-                body = json.loads(raw) if raw else {}
-                grant = body.get("grant_type") if isinstance(body, dict) else None
-        except (ValueError, UnicodeDecodeError):
-            return _oauth_error(400, "invalid_request", "body must be form-encoded")
-        if grant != "client_credentials":
-            return _oauth_error(400, "unsupported_grant_type", "Only client_credentials is supported")
-        token = self.state.issue_token(self.token_ttl_s)
+            return oauth_error(401, "invalid_client", "Client authentication failed")
+        try:  # form-encoded; a JSON body is tolerated
+            body = form_or_json(await request.body(), request.headers.get("content-type", ""))
+        except ValueError:
+            return oauth_error(400, "invalid_request", "body must be form-encoded")
+        if body.get("grant_type") != "client_credentials":
+            return oauth_error(400, "unsupported_grant_type", "Only client_credentials is supported")
+        token = self.state.tokens.issue(self.token_ttl_s)
         return JSONResponse({"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl_s})
 
     def _register_control(self) -> None:
@@ -215,7 +135,4 @@ class Flexperto:
             """Simulate a held video consultation for a customer."""
             return JSONResponse({"items": s.hold_chat(await _json_body(request))}, status_code=201)
 
-        @self.control.post("/expire-tokens")
-        async def expire_tokens() -> Response:
-            """Revoke every issued token so clients must re-authenticate."""
-            return JSONResponse({"revoked": s.revoke_all_tokens()})
+        self._add_expire_tokens()

@@ -10,46 +10,25 @@ itself.
 from __future__ import annotations
 
 import secrets
-import time
 from datetime import UTC, datetime
 
-from starlette.responses import JSONResponse
-
-from sandbox.errors import ApiError
+from sandbox.common import TokenStore, bump, iso_z
+from sandbox.errors import StringCodeError, string_code_error_response
 
 # Seed 001 allows Flexperto contact data only: anything else is refused.
 CUSTOMER_KEYS = frozenset({"external_id", "email", "phone"})
 
-_STATUS_CODES = {
-    400: "invalid_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    429: "rate_limited",
-}
 
-
-class FlexpertoError(ApiError):
+class FlexpertoError(StringCodeError):
     """An error answered as ``{"error": {"code": "conflict", "message": "..."}}``.
 
     The string code derives from the HTTP status. Messages never carry
     personal data: they end up in client logs.
     """
 
-    def response(self) -> JSONResponse:
-        return flexperto_error_response(self.code, self.message, self.headers)
 
-
-def flexperto_error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """Return a JSON response in Flexperto's (assumed) error shape."""
-    code = _STATUS_CODES.get(status, "server_error" if status >= 500 else "error")
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-def iso_z(moment: datetime) -> str:
-    """UTC to the second with a ``Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+# Flexperto's (assumed) error shape.
+flexperto_error_response = string_code_error_response
 
 
 def now() -> datetime:
@@ -102,40 +81,7 @@ class FlexpertoState:
         self._by_external: dict[str, str] = {}
         self.creates: dict[str, int] = {}  # external_id -> successful creates
         self.calls: dict[str, int] = {}
-        self.tokens: dict[str, float] = {}  # token -> expiry (Unix seconds)
-        self.tokens_issued = 0
-
-    # -- tokens -----------------------------------------------------------
-    def issue_token(self, ttl_s: int) -> str:
-        """Issue a new random bearer token valid for ``ttl_s`` seconds."""
-        token = secrets.token_hex(20)
-        self.tokens[token] = time.time() + ttl_s
-        self.tokens_issued += 1
-        return token
-
-    def token_valid(self, token: str) -> bool:
-        """True if the token was issued, not revoked and not expired."""
-        expiry = self.tokens.get(token)
-        if expiry is None:
-            return False
-        if time.time() >= expiry:
-            del self.tokens[token]
-            return False
-        return True
-
-    def revoke_token(self, token: str) -> None:
-        """Revoke one token (unknown tokens are ignored)."""
-        self.tokens.pop(token, None)
-
-    def revoke_all_tokens(self) -> int:
-        """Revoke every token; return how many were live."""
-        count = len(self.tokens)
-        self.tokens.clear()
-        return count
-
-    def count_call(self, key: str) -> None:
-        """Count a request that passed auth, keyed by route template."""
-        self.calls[key] = self.calls.get(key, 0) + 1
+        self.tokens = TokenStore()
 
     # -- customers --------------------------------------------------------
     def create_customer(self, body: object) -> dict:
@@ -148,7 +94,7 @@ class FlexpertoState:
         customer = {"id": cid, **clean, "created_at": iso_z(now())}
         self.customers[cid] = customer
         self._by_external[ext] = cid
-        self.creates[ext] = self.creates.get(ext, 0) + 1
+        bump(self.creates, ext)
         return customer
 
     def find_customers(self, external_id: str | None) -> list[dict]:
@@ -210,5 +156,5 @@ class FlexpertoState:
             "archives": self.archives,
             "creates": self.creates,
             "calls": self.calls,
-            "tokens": self.tokens_issued,
+            "tokens": self.tokens.issued,
         }

@@ -46,44 +46,24 @@ the card is requested. Control routes under ``/_sandbox/isic``: ``POST /issue``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
-from sandbox.errors import ApiError, error_response
+from sandbox.common import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Processor, json_body
+from sandbox.errors import ApiError
 from sandbox.isic_state import IsicState
 
-DEFAULT_CLIENT_ID = "psync-sandbox"
-DEFAULT_CLIENT_SECRET = "sandbox-secret"
 # The issuer's own cap on token lifetime, whatever the sandbox-wide TTL says.
 TOKEN_TTL_MAX_S = 300
 FORM_FIELDS = frozenset({"cardholderId", "photo"})
 
 Parser = Callable[[Request], Awaitable[object]]
 Handler = Callable[[object], object]
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """Extract the token from an ``Authorization: Bearer ...`` header value."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-async def _json_body(request: Request) -> object:
-    raw = await request.body()
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "body is not valid JSON") from None
 
 
 @dataclass(frozen=True)
@@ -147,7 +127,7 @@ async def _photo_form(request: Request) -> dict:
     return fields
 
 
-class Isic:
+class Isic(Processor):
     """The ISIC issuer: state, API router and control router."""
 
     name = "isic"
@@ -162,51 +142,21 @@ class Isic:
         self.token_ttl_s = min(token_ttl_s, TOKEN_TTL_MAX_S)
         self.client_id = client_id
         self.client_secret = client_secret
-        self.state = IsicState()
-        self.api = APIRouter()
-        self.control = APIRouter()
-        self._register_api()
-        self._register_control()
+        super().__init__(IsicState())
 
-    # -- processor interface used by sandbox.app --------------------------
-    def reset(self) -> None:
-        """Back to an empty account (tokens revoked, counters zero)."""
-        self.state.reset()
-
-    def snapshot(self) -> dict:
-        """State for ``GET /_sandbox/state``."""
-        return self.state.snapshot()
-
-    def revoke_request_token(self, headers: dict[str, str]) -> None:
-        """Revoke the bearer token a request carries (``token_expiry`` fault)."""
-        token = bearer_token(headers.get("authorization"))
-        if token:
-            self.state.revoke_token(token)
-
-    # -- routing helpers --------------------------------------------------
-    def _add(self, call: str, handler: Handler, parse: Parser = _json_body, auth: bool = True) -> None:
-        template = f"/{call}"
-        key = f"POST {template}"
+    def _add(self, call: str, handler: Handler, parse: Parser = json_body, auth: bool = True) -> None:
+        """An RPC call: ``POST /<call>``, its parsed body handed to ``handler``."""
+        key = f"POST /{call}"
         state = self.state
 
-        async def endpoint(request: Request) -> Response:
+        async def run(request: Request) -> object:
+            body = await parse(request)
             if auth:
-                token = bearer_token(request.headers.get("authorization"))
-                if token is None or not state.token_valid(token):
-                    return error_response(401, "token expired or invalid")
-            state.count_call(key)
-            try:
-                body = await parse(request)
-                if auth:
-                    state.log_order(key, body)
-                result = handler(body)
-            except ApiError as exc:
-                return exc.response()
-            return result if isinstance(result, Response) else JSONResponse(result)
+                state.log_order(key, body)
+            return handler(body)
 
-        endpoint.__name__ = f"isic_{call.replace('.', '_').replace('/', '_')}"
-        endpoint.__doc__ = handler.__doc__
-        self.api.add_api_route(template, endpoint, methods=["POST"], name=endpoint.__name__)
+        run.__doc__ = handler.__doc__
+        self._route("POST", f"/{call}", run, auth=auth, name=f"isic_{call.replace('.', '_').replace('/', '_')}")
 
     def _register_api(self) -> None:
         s = self.state
@@ -217,7 +167,7 @@ class Isic:
             body = body if isinstance(body, dict) else {}
             if body.get("clientId") != self.client_id or body.get("clientSecret") != self.client_secret:
                 raise ApiError(401, "invalid client credentials")
-            access = s.issue_token(self.token_ttl_s)
+            access = s.tokens.issue(self.token_ttl_s)
             return {"accessToken": access, "tokenType": "Bearer", "expiresIn": self.token_ttl_s}
 
         def set_photo(form: dict) -> object:
@@ -244,14 +194,11 @@ class Isic:
         @self.control.post("/issue")
         async def issue(request: Request) -> Response:
             """The platform produced cards: ``{"cardNumber"}``, or every PENDING card, turns ACTIVE."""
-            return JSONResponse({"issued": s.issue(await _json_body(request))})
+            return JSONResponse({"issued": s.issue(await json_body(request))})
 
         @self.control.post("/complete-deletions")
         async def complete_deletions() -> Response:
             """Complete every pending cardholder deletion now."""
             return JSONResponse({"completed": s.complete_deletions()})
 
-        @self.control.post("/expire-tokens")
-        async def expire_tokens() -> Response:
-            """Revoke every issued token so clients must re-authenticate."""
-            return JSONResponse({"revoked": s.revoke_all_tokens()})
+        self._add_expire_tokens()

@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import time
 from datetime import UTC, date, datetime
 
+from sandbox.common import TokenStore, bump, iso_z
 from sandbox.errors import ApiError
 
 CARDHOLDER_KEYS = (
@@ -44,11 +44,6 @@ NEUTRAL_TYPES = frozenset({None, "", "application/octet-stream"})
 GETS_UNTIL_DELETED = 2
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def iso_z(moment: datetime) -> str:
-    """UTC to the second with a ``Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def now() -> datetime:
@@ -126,42 +121,9 @@ class IsicState:
         self.order: list[list[str | None]] = []
         self.pending: dict[str, int] = {}  # cardholderId -> gets answered since the delete
         self.completed: list[str] = []
-        self.tokens: dict[str, float] = {}  # token -> expiry (Unix seconds)
-        self.tokens_issued = 0
-
-    # -- tokens -----------------------------------------------------------
-    def issue_token(self, ttl_s: int) -> str:
-        """Issue a new random bearer token valid for ``ttl_s`` seconds."""
-        token = secrets.token_hex(20)
-        self.tokens[token] = time.time() + ttl_s
-        self.tokens_issued += 1
-        return token
-
-    def token_valid(self, token: str) -> bool:
-        """True if the token was issued, not revoked and not expired."""
-        expiry = self.tokens.get(token)
-        if expiry is None:
-            return False
-        if time.time() >= expiry:
-            del self.tokens[token]
-            return False
-        return True
-
-    def revoke_token(self, token: str) -> None:
-        """Revoke one token (unknown tokens are ignored)."""
-        self.tokens.pop(token, None)
-
-    def revoke_all_tokens(self) -> int:
-        """Revoke every token; return how many were live."""
-        count = len(self.tokens)
-        self.tokens.clear()
-        return count
+        self.tokens = TokenStore()
 
     # -- request log ------------------------------------------------------
-    def count_call(self, key: str) -> None:
-        """Count a request that passed auth, keyed by route template."""
-        self.calls[key] = self.calls.get(key, 0) + 1
-
     def log_order(self, key: str, body: object) -> None:
         """Append ``[route, cardholderId]``: whom the request was about, as it arrived.
 
@@ -208,8 +170,7 @@ class IsicState:
         if record is None:
             record = {**clean, "photo": None, "createdAt": stamp, "updatedAt": stamp}
             self.cardholders[cid] = record
-            counts = self.creates["cardholders"]
-            counts[cid] = counts.get(cid, 0) + 1
+            bump(self.creates["cardholders"], cid)
         else:
             self._live_record(cid)
             if any(record[k] != v for k, v in clean.items()):
@@ -286,8 +247,7 @@ class IsicState:
             "createdAt": iso_z(moment),
         }
         self.cards[card["cardNumber"]] = card
-        counts = self.creates["cards"]
-        counts[cid] = counts.get(cid, 0) + 1
+        bump(self.creates["cards"], cid)
         return card
 
     def list_cards(self, body: object) -> dict:
@@ -333,5 +293,5 @@ class IsicState:
             "calls": self.calls,
             "order": self.order,
             "deletions": {"pending": list(self.pending), "completed": self.completed},
-            "tokens": self.tokens_issued,
+            "tokens": self.tokens.issued,
         }

@@ -31,32 +31,22 @@ once. Rules live in :mod:`sandbox.nect_state`.
 
 from __future__ import annotations
 
-import json
 import secrets
-from collections.abc import Awaitable, Callable
+from functools import partial
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
+from sandbox.common import Processor, json_body
 from sandbox.nect_state import NectError, NectState, nect_error_response
 
 DEFAULT_API_KEY = "sandbox-nect-key"
 API_KEY_HEADER = "x-api-key"
 
-Handler = Callable[[Request], Awaitable[object]]
+_json_body = partial(json_body, bad_request=partial(NectError, 400))
 
 
-async def _json_body(request: Request) -> object:
-    raw = await request.body()
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise NectError(400, "body is not valid JSON") from None
-
-
-class Nect:
+class Nect(Processor):
     """The Nect processor: state, API router and control router."""
 
     name = "nect"
@@ -64,20 +54,7 @@ class Nect:
 
     def __init__(self, api_key: str = DEFAULT_API_KEY) -> None:
         self.api_key = api_key
-        self.state = NectState()
-        self.api = APIRouter()
-        self.control = APIRouter()
-        self._register_api()
-        self._register_control()
-
-    # -- processor interface used by sandbox.app --------------------------
-    def reset(self) -> None:
-        """Back to an empty account (counters zero)."""
-        self.state.reset()
-
-    def snapshot(self) -> dict:
-        """State for ``GET /_sandbox/state``."""
-        return self.state.snapshot()
+        super().__init__(NectState())
 
     def revoke_request_token(self, headers: dict[str, str]) -> None:
         """Nothing to revoke: an API key does not expire (``token_expiry`` fault)."""
@@ -86,31 +63,15 @@ class Nect:
         """Unknown routes, wrong methods and injected errors under ``/nect`` answer in Nect's shape."""
         return nect_error_response(status, message, headers)
 
-    # -- routing helpers --------------------------------------------------
-    def _key_valid(self, given: str | None) -> bool:
-        return given is not None and secrets.compare_digest(given.encode(), self.api_key.encode())
-
-    def _add(self, method: str, template: str, handler: Handler, status: int = 200) -> None:
-        key = f"{method} {template}"
-        state = self.state
-
-        async def endpoint(request: Request) -> Response:
-            if not self._key_valid(request.headers.get(API_KEY_HEADER)):
-                return nect_error_response(401, "API key missing or invalid")
-            state.count_call(key)
-            try:
-                result = await handler(request)
-            except NectError as exc:
-                return exc.response()
-            return result if isinstance(result, Response) else JSONResponse(result, status_code=status)
-
-        endpoint.__name__ = f"nect_{method.lower()}_{template.strip('/').replace('/', '_')}"
-        endpoint.__doc__ = handler.__doc__
-        self.api.add_api_route(template, endpoint, methods=[method], name=endpoint.__name__)
+    def _authenticate(self, request: Request) -> Response | None:
+        given = request.headers.get(API_KEY_HEADER)
+        if given is not None and secrets.compare_digest(given.encode(), self.api_key.encode()):
+            return None
+        return nect_error_response(401, "API key missing or invalid")
 
     def _register_api(self) -> None:
         s = self.state
-        add = self._add
+        add = self._route
 
         async def create_case(request: Request) -> object:
             """Open an identification case for a pseudonymous reference; nothing else is taken."""

@@ -22,9 +22,8 @@ from __future__ import annotations
 import re
 import uuid
 
-from starlette.responses import JSONResponse
-
-from sandbox.errors import ApiError
+from sandbox.common import bump
+from sandbox.errors import StringCodeError, string_code_error_response
 
 CASE_KEYS = frozenset({"reference"})
 CREATED, COMPLETED, DELETION_PENDING = "created", "completed", "deletion_pending"
@@ -33,31 +32,17 @@ GETS_UNTIL_DELETED = 2
 
 _PSEUDONYM = re.compile(r"[0-9a-f]{32}")
 
-_STATUS_CODES = {
-    400: "invalid_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    429: "rate_limited",
-}
 
-
-class NectError(ApiError):
+class NectError(StringCodeError):
     """An error answered as ``{"error": {"code": "conflict", "message": "..."}}``.
 
     The string code derives from the HTTP status. Messages never quote the
     request: a wrongly sent reference could be personal data.
     """
 
-    def response(self) -> JSONResponse:
-        return nect_error_response(self.code, self.message, self.headers)
 
-
-def nect_error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """Return a JSON response in Nect's (assumed) error shape."""
-    code = _STATUS_CODES.get(status, "server_error" if status >= 500 else "error")
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+# Nect's (assumed) error shape.
+nect_error_response = string_code_error_response
 
 
 def _reference(body: object) -> str:
@@ -88,10 +73,6 @@ class NectState:
         self.pending: dict[str, int] = {}  # caseUuid -> gets answered since the delete
         self.completed: list[str] = []
 
-    def count_call(self, key: str) -> None:
-        """Count a request that passed auth, keyed by route template."""
-        self.calls[key] = self.calls.get(key, 0) + 1
-
     # -- cases ------------------------------------------------------------
     def create_case(self, body: object) -> dict:
         """Open a case for a pseudonymous reference; 409 while the reference has one."""
@@ -102,7 +83,7 @@ class NectState:
         case = {"caseUuid": case_uuid, "status": CREATED, "reference": reference}
         self.cases[case_uuid] = case
         self._by_reference[reference] = case_uuid
-        self.creates[reference] = self.creates.get(reference, 0) + 1
+        bump(self.creates, reference)
         return case
 
     def find_cases(self, reference: str | None) -> list[dict]:

@@ -19,12 +19,12 @@ Customers and appointments are addressed by your ``externalId`` with
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
+from functools import partial
 
-from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, Response
+from fastapi import Request
+from starlette.responses import Response
 
+from sandbox.common import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Processor, json_body, query_int
 from sandbox.timify_state import (
     COMPANY_ID,
     CUSTOMER_FIELDS,
@@ -35,40 +35,11 @@ from sandbox.timify_state import (
     timify_error_response,
 )
 
-DEFAULT_APP_ID = "psync-sandbox"
-DEFAULT_APP_SECRET = "sandbox-secret"
+DEFAULT_APP_ID = DEFAULT_CLIENT_ID
+DEFAULT_APP_SECRET = DEFAULT_CLIENT_SECRET
 
-Handler = Callable[[Request], Awaitable[object]]
-
-
-def request_token(authorization: str | None) -> str | None:
-    """The token of an ``authorization`` header: raw, or after ``Bearer ``."""
-    if not authorization or not authorization.strip():
-        return None
-    scheme, _, rest = authorization.strip().partition(" ")
-    if scheme.lower() == "bearer":
-        return rest.strip() or None
-    return authorization.strip()
-
-
-async def _json_body(request: Request) -> object:
-    raw = await request.body()
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise TimifyError(400, "body is not valid JSON") from None
-
-
-def _query_int(request: Request, name: str, default: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise TimifyError(400, f"{name} must be an integer") from None
+_json_body = partial(json_body, bad_request=partial(TimifyError, 400))
+_query_int = partial(query_int, bad_request=partial(TimifyError, 400))
 
 
 def _external(request: Request) -> bool:
@@ -83,11 +54,12 @@ def _one(data: object) -> dict:
     return {"data": data, "status": 1}
 
 
-class Timify:
+class Timify(Processor):
     """The TIMIFY processor: state, API router and control router."""
 
     name = "timify"
     prefix = "/timify"
+    raw_tokens = True  # ``authorization: <token>`` works as well as ``Bearer <token>``
 
     def __init__(
         self,
@@ -98,57 +70,22 @@ class Timify:
         self.token_ttl_s = token_ttl_s
         self.app_id = app_id
         self.app_secret = app_secret
-        self.state = TimifyState()
-        self.api = APIRouter()
-        self.control = APIRouter()
-        self._register_api()
-        self._register_control()
-
-    # -- processor interface used by sandbox.app --------------------------
-    def reset(self) -> None:
-        """Back to the initial state (fixed fields, services, resources; no tokens)."""
-        self.state.reset()
-
-    def snapshot(self) -> dict:
-        """State for ``GET /_sandbox/state``."""
-        return self.state.snapshot()
-
-    def revoke_request_token(self, headers: dict[str, str]) -> None:
-        """Revoke the access token a request carries (``token_expiry`` fault)."""
-        token = request_token(headers.get("authorization"))
-        if token:
-            self.state.revoke_token(token)
+        super().__init__(TimifyState())
 
     def error_response(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         """Unknown routes and wrong methods under ``/timify`` answer in TIMIFY's shape."""
         return timify_error_response(status, message, headers)
 
-    # -- routing helpers --------------------------------------------------
-    def _add(self, method: str, template: str, handler: Handler, auth: bool = True, status: int = 200) -> None:
-        key = f"{method} {template}"
-        state = self.state
-
-        async def endpoint(request: Request) -> Response:
-            if auth:
-                token = request_token(request.headers.get("authorization"))
-                if token is None or not state.token_valid(token):
-                    return timify_error_response(401, "token expired or invalid")
-                if request.headers.get("company-id") != COMPANY_ID:
-                    return timify_error_response(403, "missing or unknown company-id")
-            state.count_call(key)
-            try:
-                result = await handler(request)
-            except TimifyError as exc:
-                return exc.response()
-            return JSONResponse(result, status_code=status)
-
-        endpoint.__name__ = f"timify_{method.lower()}_{template.strip('/').replace('/', '_')}"
-        endpoint.__doc__ = handler.__doc__
-        self.api.add_api_route(template, endpoint, methods=[method], name=endpoint.__name__)
+    def _authenticate(self, request: Request) -> Response | None:
+        """401 without a live token, then 403 without the right ``company-id``."""
+        refused = super()._authenticate(request)
+        if refused is None and request.headers.get("company-id") != COMPANY_ID:
+            return timify_error_response(403, "missing or unknown company-id")
+        return refused
 
     def _register_api(self) -> None:
         s = self.state
-        add = self._add
+        add = self._route
 
         async def token(request: Request) -> object:
             """Access and refresh token for ``{"appid","appsecret"}``."""
@@ -226,9 +163,4 @@ class Timify:
         add("PATCH", "/v1/appointments/{id}", patch_appointment)
 
     def _register_control(self) -> None:
-        s = self.state
-
-        @self.control.post("/expire-tokens")
-        async def expire_tokens() -> Response:
-            """Revoke every access token; refresh tokens stay usable."""
-            return JSONResponse({"revoked": s.revoke_all_tokens()})
+        self._add_expire_tokens("Revoke every access token; refresh tokens stay usable.")

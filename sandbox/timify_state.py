@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from starlette.responses import JSONResponse
 
+from sandbox.common import TokenStore, bump, iso_z
 from sandbox.errors import ApiError
 
 COMPANY_ID = "5f0c1a2b3c4d5e6f7a8b9c0d"
@@ -150,11 +151,6 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def iso_z(moment: datetime) -> str:
-    """``2024-04-04T07:05:00Z``: the recorded timestamp format."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def parse_local_start(value: object) -> datetime:
     """Company-local ``YYYY-MM-DD HH:mm`` -> aware UTC datetime, or 400."""
     if not isinstance(value, str) or not _LOCAL_DATETIME.fullmatch(value):
@@ -270,9 +266,8 @@ class TimifyState:
         self._appointment_ext: dict[str, str] = {}
         self.creates: dict[str, dict[str, int]] = {"customers": {}, "appointments": {}}
         self.calls: dict[str, int] = {}
-        self.tokens: dict[str, float] = {}  # access token -> expiry (Unix seconds)
+        self.tokens = TokenStore()  # access tokens
         self.refresh_tokens: set[str] = set()
-        self.tokens_issued = 0
         self._next_id = 1
 
     def _new_id(self) -> str:
@@ -284,9 +279,7 @@ class TimifyState:
     # -- tokens -----------------------------------------------------------
     def issue_token(self, ttl_s: int, refresh_token: str | None = None) -> dict:
         """A new access token; a new refresh token unless one is being used."""
-        access = secrets.token_hex(20)
-        self.tokens[access] = time.time() + ttl_s
-        self.tokens_issued += 1
+        access = self.tokens.issue(ttl_s)
         if refresh_token is None:
             refresh_token = secrets.token_hex(20)
             self.refresh_tokens.add(refresh_token)
@@ -297,30 +290,6 @@ class TimifyState:
         if not isinstance(refresh_token, str) or refresh_token not in self.refresh_tokens:
             raise TimifyError(401, "invalid refresh token")
         return self.issue_token(ttl_s, refresh_token)
-
-    def token_valid(self, token: str) -> bool:
-        """True if the token was issued, not revoked and not expired."""
-        expiry = self.tokens.get(token)
-        if expiry is None:
-            return False
-        if time.time() >= expiry:
-            del self.tokens[token]
-            return False
-        return True
-
-    def revoke_token(self, token: str) -> None:
-        """Revoke one access token (unknown tokens are ignored)."""
-        self.tokens.pop(token, None)
-
-    def revoke_all_tokens(self) -> int:
-        """Revoke every access token (refresh tokens stay); return how many were live."""
-        count = len(self.tokens)
-        self.tokens.clear()
-        return count
-
-    def count_call(self, key: str) -> None:
-        """Count a request that passed auth, keyed by route template."""
-        self.calls[key] = self.calls.get(key, 0) + 1
 
     # -- customers --------------------------------------------------------
     def list_customers(self) -> list[dict]:
@@ -350,8 +319,7 @@ class TimifyState:
         self.customers[cid] = customer
         if ext:
             self._customer_ext[ext] = cid
-            counts = self.creates["customers"]
-            counts[ext] = counts.get(ext, 0) + 1
+            bump(self.creates["customers"], ext)
         return customer
 
     def update_customer(self, key: str, external: bool, body: object) -> dict:
@@ -406,8 +374,7 @@ class TimifyState:
         self._plans[aid] = plan
         if ext:
             self._appointment_ext[ext] = aid
-            counts = self.creates["appointments"]
-            counts[ext] = counts.get(ext, 0) + 1
+            bump(self.creates["appointments"], ext)
         return appointment
 
     def update_appointment(self, key: str, external: bool, body: object) -> dict:
@@ -524,7 +491,7 @@ class TimifyState:
             "appointments": self.appointments,
             "creates": self.creates,
             "calls": self.calls,
-            "tokens": self.tokens_issued,
+            "tokens": self.tokens.issued,
         }
 
 
