@@ -34,18 +34,20 @@ from models.booking_intake import (
 from models.consent import TransitionError
 from models.consent_intake import ConsentConfirm, ConsentSignup, ConsentStore, ConsentWithdraw
 from models.documents import DocumentCipher
+from models.erasure_intake import ErasureRejected, ErasureRequestEvent, ErasureStore
 from models.isic_intake import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
 from models.subject_index import SubjectIndex, SubjectMismatch
 
 # A website clock a little ahead of ours is fine; a day ahead is a bug upstream.
 FUTURE_TOLERANCE = timedelta(minutes=5)
 CHUNK = 1000
-REJECTIONS = (TransitionError, SubjectMismatch, BookingRejected, OrderRejected)
+REJECTIONS = (TransitionError, SubjectMismatch, BookingRejected, OrderRejected, ErasureRejected)
 
 IntakeEvent = Annotated[
     ConsentSignup | ConsentConfirm | ConsentWithdraw
     | BookingRequest | BookingReschedule | BookingCancel
-    | IsicOrderEvent | IsicCancel,
+    | IsicOrderEvent | IsicCancel
+    | ErasureRequestEvent,
     Field(discriminator="type"),
 ]  # fmt: skip
 EVENT_ADAPTER: TypeAdapter[IntakeEvent] = TypeAdapter(IntakeEvent)
@@ -136,18 +138,20 @@ def intake_lines(
     consents = ConsentStore(session, key, subjects)
     bookings = BookingStore(session, key, subjects)
     orders = IsicStore(session, key, subjects, DocumentCipher(document_key) if document_key else None)
-    stores = {"consent": consents, "booking": bookings, "isic": orders}
+    erasures = ErasureStore(session, key)
+    stores = {"consent": consents, "booking": bookings, "isic": orders, "erasure": erasures}
     audit: list[AuditEvent] = []
     for start in range(0, len(parsed), CHUNK):
         chunk = parsed[start : start + CHUNK]
         found = subjects.prefetch(
-            (e.email, getattr(e, "insurance_number", None)) for _, e in chunk if hasattr(e, "email")
+            (e.email, getattr(e, "insurance_number", None)) for _, e in chunk if getattr(e, "email", None)
         )
         consents.begin_chunk(
             (e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found}
         )
         bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
         orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
+        erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))
         for number, event in chunk:
             store = stores[event.type.split(".")[0]]
             try:

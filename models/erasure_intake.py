@@ -1,0 +1,77 @@
+"""Intake of erasure requests (``erasure.request``): the portal's "delete my data" button.
+
+The line opens the request (or joins the subject's open one); ``follow-up-erasures`` fans
+it out on its next run. An unknown subject is rejected with a clear reason, as from the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import AwareDatetime, Field, model_validator
+from sqlmodel import Session
+
+from models.audit import AuditEvent
+from models.consent import event_key
+from models.erasure import open_request
+from models.intake_types import Email, EventBase, InsuranceNumber
+from models.receipts import IntakeReceipt, seen
+from models.subjects import DataSubject
+
+
+class ErasureRejected(ValueError):
+    """The request cannot be opened; the reason is safe to show."""
+
+
+class ErasureRequestEvent(EventBase):
+    """A data subject asked for erasure (Art. 17 GDPR)."""
+
+    type: Literal["erasure.request"]
+    email: Email | None = None
+    insurance_number: InsuranceNumber | None = None
+    received_at: AwareDatetime | None = Field(default=None, description="default: at")
+    channel: Literal["letter", "email", "portal", "phone"] = "portal"
+    reference: str = Field(default="", max_length=200, description="no personal data")
+
+    @model_validator(mode="after")
+    def _identified(self) -> ErasureRequestEvent:
+        if not self.email and not self.insurance_number:
+            raise ValueError("give email or insurance_number")
+        return self
+
+
+class ErasureStore:
+    """Opens the requests of one chunk; a receipt per line makes a repeat a duplicate."""
+
+    def __init__(self, session: Session, key: bytes):
+        self.session, self.key = session, key
+        self.keys: dict[int, str] = {}
+        self.seen: set[str] = set()
+
+    def begin_chunk(self, events: Iterable[ErasureRequestEvent]) -> None:
+        self.keys = {id(e): event_key(self.key, e.model_dump_json()) for e in events}
+        self.seen = seen(self.session, self.keys.values())
+
+    def apply(self, event: ErasureRequestEvent) -> tuple[str, AuditEvent | None]:
+        key = self.keys[id(event)]
+        if key in self.seen:
+            return "duplicate", None
+        try:
+            request = open_request(
+                self.session, email=event.email, insurance_number=event.insurance_number,
+                received_at=event.received_at or event.at, channel=event.channel,
+                reference=event.reference, key=self.key,
+            )  # fmt: skip
+        except (LookupError, ValueError) as exc:
+            raise ErasureRejected(str(exc)) from None
+        self.seen.add(key)
+        self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
+        pseudonym = self.session.get(DataSubject, request.subject_id).pseudonym  # type: ignore[union-attr]
+        return "stored", AuditEvent(
+            "erasure.open", "opened", subject=pseudonym,
+            detail=f"request={request.id} channel={event.channel} via=intake due={request.due}",
+        )  # fmt: skip
+
+    def end_chunk(self) -> None:
+        self.session.flush()
