@@ -1,7 +1,8 @@
 """The baseline: the very same receiver batches, posted with a plain ``requests.Session``.
 
-No retry layer, no rate limiter, no audit, no database writes, no Prefect: one token, then
-one POST per batch whose JSON answer is read (the sync needs the receiver ids from it too).
+No retry layer, no audit, no database writes, no Prefect: one token, then one POST per batch
+whose JSON answer is read (the sync needs the receiver ids from it too). Paced by the same
+client-side rate limit as the sync (``bench.env.RATE_PER_SECOND``), so both run under one rule.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import time
 
 import requests
 
-from bench.env import CLIENT_ID, CLIENT_SECRET
+from bench.env import CLIENT_ID, CLIENT_SECRET, RATE_PER_SECOND
+from connectors.transport import RateLimiter
 from flows.newsletter import receiver_for
 from models.consent import ConsentList, ConsentState, changed_since
 from models.db import transaction
@@ -24,12 +26,6 @@ def load_payloads(list_name: str = ConsentList.newsletter) -> list[dict]:
     """
     with transaction() as session:
         rows = changed_since(session, list_name, 0, 2**62)
-    if rows and len(rows[0]) == 2 and hasattr(rows[0][0], "state"):
-        # older API: (ConsentRecord, DataSubject) pairs and receiver_for(list, record, subject)
-        return [
-            receiver_for(list_name, r, s)  # type: ignore[call-arg]
-            for r, s in rows if r.state == ConsentState.confirmed and s.email
-        ]  # fmt: skip
     return [
         receiver_for(list_name, r) for r in rows if r.state == ConsentState.confirmed and r.email
     ]
@@ -38,6 +34,7 @@ def load_payloads(list_name: str = ConsentList.newsletter) -> list[dict]:
 def post_batches(sandbox_url: str, group: str, payloads: list[dict], batch_size: int) -> dict:
     """POST every batch; returns wall time, calls and receivers acknowledged."""
     root = f"{sandbox_url}/cleverreach"
+    limiter = RateLimiter(RATE_PER_SECOND)
     with requests.Session() as session:
         started = time.perf_counter()
         token = session.post(
@@ -49,6 +46,7 @@ def post_batches(sandbox_url: str, group: str, payloads: list[dict], batch_size:
         url = f"{root}/v3/groups.json/{group}/receivers/upsertplus"
         calls = acknowledged = 0
         for start in range(0, len(payloads), batch_size):
+            limiter.acquire()
             response = session.post(url, json=payloads[start : start + batch_size], timeout=60)
             response.raise_for_status()
             acknowledged += len(response.json())

@@ -15,7 +15,6 @@ import math
 import os
 import sys
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bookings", type=int, default=10_000)
     args = parser.parse_args(argv)
     port = env.free_port()
-    work = env.prepare(250, port)
+    env.prepare(250, port)
     from psync.sandbox_env import sandbox_environment
 
     os.environ.update(sandbox_environment(f"http://127.0.0.1:{port}", rate_per_second=env.RATE_PER_SECOND))

@@ -308,7 +308,7 @@ def table(report: dict) -> str:
         ("subjects (confirmed newsletter)", f"{report['subjects']:,}"),
         ("batch size", f"{report['batch_size']} receivers per upsert call"),
         ("flow parameters", ", ".join(f"{k}={v}" for k, v in report["flow_parameters"].items())),
-        ("client rate limit", f"{report['rate_limit_per_second']}/s (set high on purpose)"),
+        ("client rate limit", f"{report['rate_limit_per_second']}/s, sync and baseline (set high on purpose)"),
         ("intake", f"{report['intake']['seconds']:.1f} s  ({report['intake']['lines_per_second']:,.0f} lines/s)"),
         ("baseline (plain requests)", f"{b['seconds']:.2f} s  ({b['receivers_per_second']:,.0f} receivers/s, {b['calls']} calls)"),
         ("full sync", f"{f['seconds']:.2f} s  ({f['receivers_per_second']:,.0f} receivers/s, {f['upsert_calls']} upserts)"),

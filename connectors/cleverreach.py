@@ -20,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import orjson
 import requests
 
 from connectors.transport import (
     FatalError,
     HttpClient,
-    RateLimiter,
     RetryPolicy,
     TokenAuth,
     http_options as http_options_from,
@@ -55,6 +55,11 @@ ALLOWED_FIELDS: Mapping[str, Mapping[str, frozenset[str]]] = {
 }
 
 
+_NESTED = ("global_attributes", "attributes")
+_TOP_LEVEL = {name: fields["receiver"] | set(_NESTED) for name, fields in ALLOWED_FIELDS.items()}
+_JSON = {"Content-Type": "application/json"}
+
+
 def check_allowed(list_name: str, receiver: Mapping[str, Any]) -> None:
     """Raise ValueError naming the field when `receiver` holds anything the list may not get.
 
@@ -64,8 +69,14 @@ def check_allowed(list_name: str, receiver: Mapping[str, Any]) -> None:
     ValueError: field attributes.insurance_number is not allowed for list newsletter
     """
     allowed = ALLOWED_FIELDS[list_name]
+    # Set arithmetic first (this runs for every receiver of every batch); the loop below
+    # only runs to name the offending field.
+    if _TOP_LEVEL[list_name].issuperset(receiver) and all(
+        allowed[key].issuperset(receiver[key]) for key in _NESTED if key in receiver
+    ):
+        return
     for key, value in receiver.items():
-        if key in ("global_attributes", "attributes"):
+        if key in _NESTED:
             for inner in value:
                 if inner not in allowed[key]:
                     raise ValueError(f"field {key}.{inner} is not allowed for list {list_name}")
@@ -128,16 +139,18 @@ class CleverReach:
         size, start = self.batch_size, 0
         while start < len(receivers):
             batch = list(receivers[start : start + size])
+            # orjson: the upsert is the bulk of the traffic, and the stdlib's encoder and
+            # decoder cost more client time per call than the rest of the call together.
             response = self.http.request(
                 "receivers.upsert", "POST", f"/groups.json/{group_id}/receivers/upsertplus",
-                json=batch, expect=(413,), items=len(batch),
+                data=orjson.dumps(batch), headers=_JSON, expect=(413,), items=len(batch),
             )  # fmt: skip
             if response.status_code == 413:
                 if len(batch) == 1:
                     raise FatalError(PROCESSOR, "receivers.upsert", 413)
                 size = len(batch) // 2
                 continue
-            result.extend(response.json())
+            result.extend(orjson.loads(response.content))
             start += len(batch)
         return result
 
@@ -201,8 +214,9 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
     if not settings.cleverreach_client_id or not secret:
         raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
     options = http_options_from(
-        settings, settings.cleverreach_rate_per_second, session=session, **http_options
-    )
+        settings, settings.cleverreach_rate_per_second,
+        session=session, base_url=settings.cleverreach_base_url, **http_options,
+    )  # fmt: skip
     return CleverReach.connect(
         settings.cleverreach_base_url,
         settings.cleverreach_client_id,
@@ -210,3 +224,4 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         batch_size=settings.cleverreach_batch_size,
         **options,
     )
+

@@ -187,8 +187,9 @@ def from_settings(
     if not settings.flexperto_client_id or not secret:
         raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
     options = http_options_from(
-        settings, settings.flexperto_rate_per_second, session=session, **http_options
-    )
+        settings, settings.flexperto_rate_per_second,
+        session=session, base_url=settings.flexperto_base_url, **http_options,
+    )  # fmt: skip
     return Flexperto.connect(
         settings.flexperto_base_url, settings.flexperto_client_id, secret, **options
     )

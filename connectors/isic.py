@@ -305,6 +305,7 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
     if not settings.isic_client_id or not secret:
         raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
     options = http_options_from(
-        settings, settings.isic_rate_per_second, session=session, **http_options
-    )
+        settings, settings.isic_rate_per_second,
+        session=session, base_url=settings.isic_base_url, **http_options,
+    )  # fmt: skip
     return Isic.connect(settings.isic_base_url, settings.isic_client_id, secret, **options)

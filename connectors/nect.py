@@ -197,5 +197,8 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
     api_key = settings.secret("nect_api_key")
     if not api_key:
         raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
-    options = http_options_from(settings, settings.nect_rate_per_second, session=session, **http_options)
+    options = http_options_from(
+        settings, settings.nect_rate_per_second,
+        session=session, base_url=settings.nect_base_url, **http_options,
+    )  # fmt: skip
     return Nect.connect(settings.nect_base_url, api_key, **options)

@@ -386,8 +386,9 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
     if not settings.timify_app_id or not secret or not settings.timify_company_id:
         raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
     options = http_options_from(
-        settings, settings.timify_rate_per_second, session=session, **http_options
-    )
+        settings, settings.timify_rate_per_second,
+        session=session, base_url=settings.timify_base_url, **http_options,
+    )  # fmt: skip
     return Timify.connect(
         settings.timify_base_url,
         settings.timify_app_id,

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import UniqueConstraint, func, tuple_
+from sqlalchemy import UniqueConstraint, extract, func, tuple_
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
 from models.subjects import DataSubject
@@ -210,10 +210,12 @@ def _touch(record: ConsentRecord, seq: int) -> None:
     record.updated_at = utcnow()
 
 
-# What a push needs, as plain rows: loading ORM objects cost more than the call itself.
+# What a push needs, as plain rows: loading ORM objects cost more than the call itself. The
+# two times are Unix seconds already (what CleverReach takes), computed by the database.
 PUSH_COLUMNS = (
-    ConsentRecord.state, ConsentRecord.change_seq, ConsentRecord.signup_at,
-    ConsentRecord.signup_ip, ConsentRecord.confirm_at, ConsentRecord.confirm_ip,
+    ConsentRecord.state, ConsentRecord.change_seq,
+    extract("epoch", ConsentRecord.signup_at).label("registered"), ConsentRecord.signup_ip,
+    extract("epoch", ConsentRecord.confirm_at).label("activated"), ConsentRecord.confirm_ip,
     ConsentRecord.source, ConsentRecord.policy_version,
     DataSubject.id.label("subject_id"), DataSubject.pseudonym, DataSubject.email,
     DataSubject.insurance_number, DataSubject.salutation, DataSubject.first_name,
@@ -222,7 +224,10 @@ PUSH_COLUMNS = (
 
 
 def changed_since(session: Session, list_name: str, after_seq: int, limit: int) -> list:
-    """Rows (PUSH_COLUMNS) of a list's records changed after `after_seq`, oldest first."""
+    """Rows (PUSH_COLUMNS) of a list's records changed after `after_seq`, oldest first.
+
+    Executed on the session's connection (Core): plain rows need none of the ORM's loading.
+    """
     query = (
         select(*PUSH_COLUMNS)
         .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
@@ -230,7 +235,7 @@ def changed_since(session: Session, list_name: str, after_seq: int, limit: int) 
         .order_by(ConsentRecord.change_seq)
         .limit(limit)
     )
-    return list(session.exec(query).all())
+    return list(session.connection().execute(query).all())
 
 
 def count_changed_since(session: Session, list_name: str, after_seq: int) -> int:

@@ -156,3 +156,16 @@ def test_every_call_including_the_token_is_in_the_call_log(cr):
     cr.groups()
     assert [c.operation for c in cr.http.drain_calls()] == ["oauth.token", "groups.list"]
     assert cr.http.drain_calls() == []
+
+
+def test_the_session_reads_proxy_and_ca_settings_from_the_environment_once(monkeypatch):
+    from connectors.transport import environment_resolved_session
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "sandbox.local")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/bundle.pem")
+    session = environment_resolved_session("https://rest.cleverreach.com")
+    assert session.trust_env is False  # no walk over os.environ on every request
+    assert session.proxies["https"] == "http://proxy.example:3128"
+    assert session.verify == "/etc/ssl/bundle.pem"
+    assert environment_resolved_session("http://sandbox.local:8700/cleverreach").proxies == {}

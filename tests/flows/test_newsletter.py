@@ -195,6 +195,67 @@ def test_a_crash_after_the_upsert_then_a_rerun_ends_exactly_right(against_sandbo
         assert {r.external_id for r in rows} == {r["id"] for r in held.values()}
 
 
+def test_a_crash_between_waves_rolls_the_whole_batch_back_and_a_rerun_ends_exact(against_sandbox, monkeypatch):
+    # Five calls of 6 receivers, recorded in waves of two calls; the second wave's record
+    # fails. The batch's transaction holds all waves, so nothing of it may stay behind.
+    take_in(*[line for i in range(30) for line in (signup(f"v{i}@example.de"), confirm(f"v{i}@example.de"))])
+    monkeypatch.setattr(newsletter, "_WAVE", 12)
+    original = newsletter.record_sent_many
+    waves = []
+
+    def crash_on_second_wave(*args, **kwargs):
+        waves.append(len(args[3]))
+        if len(waves) == 2:
+            raise RuntimeError("simulated crash between two waves")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(newsletter, "record_sent_many", crash_on_second_wave)
+    with pytest.raises(RuntimeError):
+        newsletter.sync_newsletter_consents(lists=["newsletter"], batch_size=6, records_per_task=30)
+    assert waves == [12, 12]
+    with transaction() as session:
+        assert session.exec(select(func.count()).select_from(Recipient)).one() == 0
+        assert session.exec(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "newsletter.push")).one() == 0
+    monkeypatch.setattr(newsletter, "record_sent_many", original)
+    assert newsletter.sync_newsletter_consents(lists=["newsletter"], batch_size=6, records_per_task=30) == {"pushed": 30}
+    held = receivers(against_sandbox, "1001")
+    with transaction() as session:
+        rows = session.exec(select(Recipient)).all()
+        assert sorted(r.external_id for r in rows) == sorted(r["id"] for r in held.values())
+        sent = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.push")).all()
+        assert len(sent) == 30 and len({e.subject_pseudonym for e in sent}) == 30
+        assert verify(session, KEY).ok
+
+
+def test_a_failed_delete_keeps_the_register_row_live_for_the_next_run(against_sandbox, monkeypatch):
+    from connectors.cleverreach import CleverReach
+    from connectors.transport import FatalError
+
+    take_in(*[line for e in ("d1@example.de", "d2@example.de") for line in (signup(e), confirm(e))])
+    newsletter.sync_newsletter_consents(lists=["newsletter"])
+    held = receivers(against_sandbox, "1001")
+    take_in(withdraw("d1@example.de"), withdraw("d2@example.de"))
+    original = CleverReach.delete
+
+    def refuse_d2(self, group, target):
+        if target == held["d2@example.de"]["id"]:
+            raise FatalError("cleverreach", "receivers.delete", 403)
+        return original(self, group, target)
+
+    monkeypatch.setattr(CleverReach, "delete", refuse_d2)
+    counts = newsletter.sync_newsletter_consents(lists=["newsletter"])
+    assert (counts["removed"], counts["remove_failed"]) == (1, 1)
+    assert list(receivers(against_sandbox, "1001")) == ["d2@example.de"]  # deactivated, not gone
+    assert receivers(against_sandbox, "1001")["d2@example.de"]["active"] is False
+    monkeypatch.setattr(CleverReach, "delete", original)
+    assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {"removed": 1}
+    assert receivers(against_sandbox, "1001") == {}
+    with transaction() as session:
+        assert all(r.removed_at is not None for r in session.exec(select(Recipient)).all())
+        failed = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.remove", AuditEntry.outcome == "failed")).one()
+        assert failed.http_status == 403
+
+
 def test_faults_at_the_processor_still_end_in_the_right_state(against_sandbox, no_sleep):
     requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 0.3, "seed": 11,
                   "kinds": ["429_retry_after", "429_plain", "500", "503", "drop", "token_expiry"]})
@@ -257,3 +318,118 @@ def test_a_processor_that_keeps_failing_fails_the_run_audited_and_resumable(agai
         assert verify(session, KEY).ok
     requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 0.0})
     assert newsletter.sync_newsletter_consents(lists=["newsletter"])["pushed"] == 1
+
+
+def test_a_returning_subject_keeps_one_register_row(against_sandbox):
+    take_in(signup("r@example.de"), confirm("r@example.de"))
+    newsletter.sync_newsletter_consents()
+    with transaction() as session:
+        first = session.exec(select(Recipient)).one()
+    take_in(withdraw("r@example.de"))
+    assert newsletter.sync_newsletter_consents()["removed"] == 1
+    later = NOW + timedelta(minutes=5)
+    with transaction() as session:
+        lines = [signup("r@example.de", at=later), confirm("r@example.de", at=later + timedelta(minutes=1))]
+        assert {r.outcome for r in intake_lines(session, KEY, lines, now=later + timedelta(minutes=2))} == {"stored"}
+    assert newsletter.sync_newsletter_consents()["pushed"] == 1
+    held = receivers(against_sandbox, "1001")
+    with transaction() as session:
+        again = session.exec(select(Recipient)).one()  # the upsert updated, not added
+    assert (again.id, again.first_sent_at) == (first.id, first.first_sent_at)
+    assert again.removed_at is None and again.last_sent_at > first.last_sent_at
+    assert again.external_id == held["r@example.de"]["id"]
+
+
+# the helpers that overlap calls with database work ------------------------------------
+def _call(i, log, started=None, seconds=0.005):
+    import time
+
+    def run():
+        if started is not None:
+            started.set()
+        log.append(("start", i))
+        time.sleep(seconds)
+        log.append(("end", i))
+        return i
+
+    return run
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_overlapped_keeps_the_order_and_at_most_in_flight_calls(in_flight):
+    from flows.common import overlapped
+
+    log: list = []
+    with overlapped((_call(i, log) for i in range(6)), in_flight=in_flight) as results:
+        assert list(results) == list(range(6))
+    running = most = 0
+    for what, _ in log:
+        running += 1 if what == "start" else -1
+        most = max(most, running)
+    assert most <= in_flight and len(log) == 12
+
+
+def test_overlapped_raises_where_the_result_is_taken_and_leaves_nothing_running():
+    import threading
+
+    from connectors.transport import RetriableError
+    from flows.common import overlapped
+
+    def failing():
+        raise RetriableError("cleverreach", "receivers.upsert", 503)
+
+    log: list = []
+    taken = []
+    calls = [_call(0, log), failing, _call(2, log), _call(3, log)]
+    with pytest.raises(RetriableError), overlapped(calls, in_flight=2) as results:
+        for result in results:
+            taken.append(result)
+    assert taken == [0]
+    # Calls queued behind the failure either ran to their end or never started.
+    began = [i for what, i in log if what == "start"]
+    assert began[0] == 0 and set(began) <= {0, 2, 3}
+    assert sorted(i for what, i in log if what == "end") == sorted(began)
+
+    # An error in the caller's own work: the call on the wire is awaited, not abandoned.
+    log.clear()
+    started = threading.Event()
+    calls = [_call(0, log), _call(1, log, started, seconds=0.05), _call(2, log)]
+    with pytest.raises(RuntimeError), overlapped(calls, in_flight=1) as results:
+        next(results)
+        assert started.wait(1)
+        raise RuntimeError("database work failed")
+    assert log == [("start", 0), ("end", 0), ("start", 1), ("end", 1)]
+
+
+def test_concurrently_returns_processor_errors_in_place():
+    from connectors.transport import FatalError
+    from flows.common import concurrently
+
+    def delete(target):
+        if target == "bad":
+            raise FatalError("cleverreach", "receivers.delete", 403)
+        return target.upper()
+
+    outcomes = concurrently(delete, ["a", "bad", "c", "d"], workers=3)
+    assert outcomes[0::2] == ["A", "C"] and outcomes[3] == "D"
+    assert isinstance(outcomes[1], FatalError) and outcomes[1].status == 403
+    with pytest.raises(ZeroDivisionError):
+        concurrently(lambda t: 1 / 0, ["a", "b"], workers=2)
+
+
+def test_the_collector_pause_restores_what_it_found():
+    import gc
+
+    from flows.common import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # it was off before; it stays off
+    finally:
+        gc.enable()

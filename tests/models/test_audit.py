@@ -212,3 +212,25 @@ def test_intake_audit_rows_hold_no_personal_data(settings):
                    "other.person", "z987654321", "192.0.2."):  # fmt: skip
         assert secret not in dump
     assert check(settings.hmac_key()).ok
+
+
+def test_append_hashes_awkward_values_exactly_as_verify_recomputes(settings):
+    # append builds each row's payload from cached pieces; verify recomputes it the plain
+    # way (_digest). Non-ASCII, quotes, backslashes, None and zero must come out the same.
+    key = settings.hmac_key()
+    odd = [
+        AuditEvent("call.ünusual", "ok", detail='q"uote \\ back ß € \n line', attempts=0, http_status=0),
+        AuditEvent("x", "ok", processor=None, subject=None, attempts=None, http_status=None),
+        AuditEvent("x", "ok", processor="p", subject="Ünicode-pseudonym", attempts=3, http_status=429),
+        AuditEvent("x", "ok", processor="p", subject="Ünicode-pseudonym", attempts=3, http_status=429),
+    ]
+    with transaction() as session:
+        append(session, key, odd, flow_run_id="run-ß", now=NOW)
+        append(session, key, odd[::-1], now=NOW + timedelta(microseconds=1))
+    with transaction() as session:
+        rows = list(export_rows(session))
+    assert [r["action"] for r in rows] == [e.action for e in odd + odd[::-1]]
+    for row in rows:
+        hashed = {**row, "at": datetime.fromisoformat(row["at"])}
+        assert _digest(key, row["prev_hash"], hashed) == row["hash"]
+    assert check(key).ok
