@@ -41,7 +41,9 @@ from models.isic import (
     OrderStatus,
     by_status,
     changed_since,
+    count_by_status,
     count_changed_since,
+    count_deletions_pending,
     delete_documents,
     deletions_pending,
     documents_due,
@@ -259,8 +261,8 @@ def sync_student_id_order_status(
     """
     client = isic.from_settings(get_settings())
     with transaction() as session:
-        forwarded = len(by_status(session, OrderStatus.forwarded, 0, 10**9))
-        pending = len(deletions_pending(session, 0, 10**9))
+        forwarded = count_by_status(session, OrderStatus.forwarded)
+        pending = count_deletions_pending(session)
     results = _pages(forwarded, batch_size, lambda after: status_batch(client, after, batch_size))
     results += _pages(pending, batch_size, lambda after: deletion_batch(client, after, batch_size))
     return _report("sync-student-id-order-status", "Student-ID order status", results)

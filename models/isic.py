@@ -118,18 +118,28 @@ def by_status(session: Session, status: OrderStatus, after: int, limit: int) -> 
     return list(session.exec(query))
 
 
+def count_by_status(session: Session, status: OrderStatus) -> int:
+    return session.exec(select(func.count()).where(IsicOrder.status == status)).one()
+
+
+_DELETION_PENDING = (
+    IsicOrder.cardholder_deletion_requested_at.is_not(None),  # type: ignore[union-attr]
+    IsicOrder.cardholder_deleted_at.is_(None),  # type: ignore[union-attr]
+)
+
+
 def deletions_pending(session: Session, after: int, limit: int) -> list[IsicOrder]:
     query = (
         select(IsicOrder)
-        .where(
-            IsicOrder.cardholder_deletion_requested_at.is_not(None),  # type: ignore[union-attr]
-            IsicOrder.cardholder_deleted_at.is_(None),  # type: ignore[union-attr]
-            IsicOrder.seq > after,
-        )
+        .where(*_DELETION_PENDING, IsicOrder.seq > after)
         .order_by(IsicOrder.seq)
         .limit(limit)
     )
     return list(session.exec(query))
+
+
+def count_deletions_pending(session: Session) -> int:
+    return session.exec(select(func.count()).where(*_DELETION_PENDING)).one()
 
 
 def documents_due(session: Session, today: date, limit: int) -> list[IsicOrder]:
