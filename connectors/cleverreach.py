@@ -26,10 +26,8 @@ import requests
 from connectors.transport import (
     FatalError,
     HttpClient,
-    RetryPolicy,
-    TokenAuth,
     http_options as http_options_from,
-    make_session,
+    token_client,
 )
 
 PROCESSOR = "cleverreach"
@@ -103,23 +101,15 @@ class CleverReach:
     ) -> CleverReach:
         """Build the client with token auth against `base_url`'s token endpoint."""
         root = base_url.rstrip("/")
-        # The token call goes through its own plain client (no auth, so no recursion) and
-        # makes one attempt: it runs inside a call whose retry policy already covers it, and
-        # a second loop would multiply the attempts. It writes into the same call log.
-        token_client = HttpClient(
-            PROCESSOR, root, session=make_session(pool_size=1),
-            timeout=http_options.get("timeout", (5.0, 60.0)), policy=RetryPolicy(max_attempts=1),
-        )  # fmt: skip
 
-        def fetch() -> tuple[str, float]:
-            body = token_client.request(
+        def fetch(plain: HttpClient) -> tuple[str, float]:
+            body = plain.request(
                 "oauth.token", "POST", "/oauth/token.php",
                 auth=(client_id, client_secret), json={"grant_type": "client_credentials"},
             ).json()  # fmt: skip
             return body["access_token"], float(body.get("expires_in", 3600))
 
-        http = HttpClient(PROCESSOR, root + "/v3", auth=TokenAuth(fetch), **http_options)
-        token_client.calls = http.calls
+        http = token_client(PROCESSOR, root, fetch, api_root=root + "/v3", **http_options)
         return cls(http, batch_size)
 
     # groups -------------------------------------------------------------------------
