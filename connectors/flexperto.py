@@ -38,6 +38,7 @@ from connectors.transport import (
     HttpClient,
     ProcessorError,
     http_options as http_options_from,
+    refuse_unlisted,
     token_client,
 )
 
@@ -53,14 +54,8 @@ def check_allowed(fields: Mapping[str, Any]) -> None:
     ...
     ValueError: field insurance_number is not allowed for Flexperto
     """
-    for key in fields:
-        if key not in ALLOWED_FIELDS:
-            raise ValueError(f"field {key} is not allowed for Flexperto")
+    refuse_unlisted(fields, ALLOWED_FIELDS, "Flexperto")
 
-
-def _outcome_unknown(exc: ProcessorError) -> bool:
-    # No answer, or a server error: the create may have been applied (see timify.py).
-    return exc.status is None or exc.status >= 500
 
 
 def _segment(value: str | int) -> str:
@@ -110,7 +105,7 @@ class Flexperto:
                     idempotent=False, expect=(409,), items=1,
                 )  # fmt: skip
             except ProcessorError as exc:
-                if not _outcome_unknown(exc):
+                if not exc.outcome_unknown:
                     raise
             else:
                 if response.status_code != 409:

@@ -54,6 +54,7 @@ from connectors.transport import (
     ProcessorError,
     RetriableError,
     http_options as http_options_from,
+    refuse_unlisted,
     token_client,
 )
 
@@ -90,14 +91,8 @@ def check_allowed(fields: Mapping[str, Any]) -> None:
     ...
     ValueError: field iban is not allowed for ISIC
     """
-    for key in fields:
-        if key not in ALLOWED_FIELDS:
-            raise ValueError(f"field {key} is not allowed for ISIC")
+    refuse_unlisted(fields, ALLOWED_FIELDS, "ISIC")
 
-
-def _outcome_unknown(exc: ProcessorError) -> bool:
-    # No answer, or a server error: the request may have been applied (see timify.py).
-    return exc.status is None or exc.status >= 500
 
 
 def _json(response: requests.Response, op: str) -> Any:
@@ -275,7 +270,7 @@ class Isic:
                     idempotent=False, items=1,
                 )  # fmt: skip
             except ProcessorError as exc:
-                if not _outcome_unknown(exc):
+                if not exc.outcome_unknown:
                     raise
                 lost_status = exc.status
             else:

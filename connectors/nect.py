@@ -83,10 +83,6 @@ class ApiKeyAuth(AuthBase):
         return f"ApiKeyAuth(header={self.header!r})"
 
 
-def _outcome_unknown(exc: ProcessorError) -> bool:
-    # No answer, or a server error: the create may have been applied (see timify.py).
-    return exc.status is None or exc.status >= 500
-
 
 def _json(response: requests.Response, op: str) -> Any:
     try:
@@ -135,7 +131,7 @@ class Nect:
                     idempotent=False, expect=(409,), items=1,
                 )  # fmt: skip
             except ProcessorError as exc:
-                if not _outcome_unknown(exc):
+                if not exc.outcome_unknown:
                     raise
                 lost_status = exc.status
             else:

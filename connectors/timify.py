@@ -47,6 +47,7 @@ from connectors.transport import (
     HttpClient,
     ProcessorError,
     http_options as http_options_from,
+    refuse_unlisted,
     token_client,
 )
 
@@ -83,9 +84,7 @@ def check_allowed(fields: Mapping[str, Any]) -> None:
     ...
     ValueError: field concern is not allowed for TIMIFY customers
     """
-    for key in fields:
-        if key not in ALLOWED_FIELDS:
-            raise ValueError(f"field {key} is not allowed for TIMIFY customers")
+    refuse_unlisted(fields, ALLOWED_FIELDS, "TIMIFY customers")
 
 
 def berlin_start(dt: datetime) -> str:
@@ -112,11 +111,6 @@ def parse_utc(value: str) -> datetime:
         raise ValueError("timestamp without an offset")
     return parsed.astimezone(timezone.utc)
 
-
-def _outcome_unknown(exc: ProcessorError) -> bool:
-    # No answer (connection dropped, read timeout) or a server error on a create: it may
-    # have been applied. A 4xx, or a 429 the layer already waited out, was not.
-    return exc.status is None or exc.status >= 500
 
 
 def _birth_date(value: date | str) -> str:
@@ -223,7 +217,7 @@ class Timify:
                     idempotent=False, expect=(409,), items=1,
                 )  # fmt: skip
             except ProcessorError as exc:
-                if not _outcome_unknown(exc):
+                if not exc.outcome_unknown:
                     raise
             else:
                 if response.status_code != 409:

@@ -18,7 +18,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 from email.utils import parsedate_to_datetime
@@ -50,6 +50,13 @@ class ProcessorError(Exception):
         self.attempts, self.reason, self.retry_after = attempts, reason, retry_after
         what = f"HTTP {status}" if status is not None else reason or "no answer"
         super().__init__(f"{processor} {operation}: {what} after {attempts} attempt(s)")
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """Whether a write may have been applied: no answer (dropped connection, read
+        timeout) or a server error. A 4xx, or a 429 the layer already waited out, was not.
+        A connector checks by its own id before it repeats such a write."""
+        return self.status is None or self.status >= 500
 
 
 class RetriableError(ProcessorError):
@@ -95,6 +102,19 @@ class RedactingFilter(logging.Filter):
 log.addFilter(RedactingFilter())
 # urllib3 logs every request line at DEBUG, and our paths can hold an e-mail address.
 logging.getLogger("urllib3.connectionpool").addFilter(RedactingFilter())
+
+
+def refuse_unlisted(fields: Iterable[str], allowed: Collection[str], recipient: str) -> None:
+    """Raise ValueError naming the first field not in `allowed` (each processor's allow-list).
+
+    >>> refuse_unlisted(["email", "iban"], {"email"}, "ISIC")
+    Traceback (most recent call last):
+    ...
+    ValueError: field iban is not allowed for ISIC
+    """
+    for key in fields:
+        if key not in allowed:
+            raise ValueError(f"field {key} is not allowed for {recipient}")
 
 
 def make_session(pool_size: int = 4) -> requests.Session:

@@ -50,7 +50,7 @@ from models.bookings import (
 )
 from models.cursors import advance_cursor, get_cursor
 from models.db import transaction
-from models.recipients import Recipient, record_removed, record_sent_many
+from models.recipients import Recipient, record_removed_for, record_sent_many
 from models.subjects import DataSubject
 from models.types import utcnow
 from psync.settings import Settings, get_settings
@@ -205,15 +205,7 @@ def purge_chat(batch: _Batch, booking: Booking, pseudonym: str) -> bool:
         batch.events.append(_decision("video.purge", "not_verified", pseudonym, booking, flexperto.PROCESSOR))
         return False
     booking.chat_purged_at = batch.now
-    recipient = batch.session.exec(
-        select(Recipient).where(
-            Recipient.subject_id == booking.subject_id,
-            Recipient.processor == flexperto.PROCESSOR,
-            Recipient.purpose == booking.video_purpose,
-        )
-    ).first()
-    if recipient is not None:
-        record_removed(recipient, batch.now)
+    record_removed_for(batch.session, booking.subject_id, flexperto.PROCESSOR, booking.video_purpose, batch.now)
     batch.counts["chat_purged"] += 1
     batch.events.append(_decision("video.purge", "verified", pseudonym, booking, flexperto.PROCESSOR))
     return True

@@ -49,7 +49,7 @@ from models.isic import (
     documents_due,
     photo,
 )
-from models.recipients import Recipient, record_removed, record_sent_many
+from models.recipients import record_removed_for, record_sent_many
 from models.subjects import DataSubject
 from models.types import utcnow
 from psync.settings import get_settings
@@ -86,15 +86,7 @@ class _Batch:
         write_audit(self.session, call_events(self.client.http.drain_calls()) + self.events)
 
     def register_removed(self, order: IsicOrder) -> None:
-        row = self.session.exec(
-            select(Recipient).where(
-                Recipient.subject_id == order.subject_id,
-                Recipient.processor == PROCESSOR,
-                Recipient.purpose == order.purpose,
-            )
-        ).first()
-        if row is not None:
-            record_removed(row, self.now)
+        record_removed_for(self.session, order.subject_id, PROCESSOR, order.purpose, self.now)
 
 
 def _run_batch(client: isic.Isic, action: str, load: Callable[[Session], list[IsicOrder]],

@@ -105,6 +105,21 @@ def record_removed(recipient: Recipient, now: datetime) -> None:
     recipient.removed_at = now
 
 
+def record_removed_for(
+    session: Session, subject_id: uuid.UUID, processor: str, purpose: str, now: datetime
+) -> None:
+    """``record_removed`` for the row of this subject, processor and purpose, if there is one."""
+    row = session.exec(
+        select(Recipient).where(
+            Recipient.subject_id == subject_id,
+            Recipient.processor == processor,
+            Recipient.purpose == purpose,
+        )
+    ).first()
+    if row is not None:
+        record_removed(row, now)
+
+
 def record_removed_many(session: Session, ids: Iterable[uuid.UUID], now: datetime) -> int:
     """``record_removed`` for many register rows by id, without loading them; returns how many."""
     ids = list(ids)
