@@ -35,7 +35,13 @@ USER_AGENT = "processor-sync/0.1"
 
 
 class ProcessorError(Exception):
-    """A call to a processor failed. Carries names and numbers only, never a body or URL."""
+    """A call to a processor failed. Carries names and numbers only, never a body or URL.
+
+    Its text is what a failed Prefect run shows: the processor, the operation and why.
+
+    >>> str(FatalError("timify", "customers.create", 200, reason="no id in answer"))
+    'timify customers.create: HTTP 200, no id in answer after 1 attempt(s)'
+    """
 
     def __init__(
         self,
@@ -48,8 +54,19 @@ class ProcessorError(Exception):
     ):
         self.processor, self.operation, self.status = processor, operation, status
         self.attempts, self.reason, self.retry_after = attempts, reason, retry_after
-        what = f"HTTP {status}" if status is not None else reason or "no answer"
-        super().__init__(f"{processor} {operation}: {what} after {attempts} attempt(s)")
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        # Built from the fields, so the attempts the retry loop counts in afterwards show.
+        status = f"HTTP {self.status}" if self.status is not None else ""
+        what = ", ".join(part for part in (status, self.reason) if part)
+        return f"{self.processor} {self.operation}: {what or 'no answer'} after {self.attempts} attempt(s)"
+
+    def __reduce__(self):
+        # Prefect pickles a failed run's exception when it persists results; the default
+        # (the class called with the message alone) cannot rebuild this one.
+        return type(self), (self.processor, self.operation, self.status, self.attempts,
+                            self.reason, self.retry_after)  # fmt: skip
 
     @property
     def outcome_unknown(self) -> bool:
@@ -261,6 +278,19 @@ _TRANSPORT = (
 )
 
 
+def _no_answer(exc: Exception) -> str:
+    """Why no answer came, in words and by class name: never the exception's text (a URL)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):  # also a ConnectionError
+        what = "connect timeout"
+    elif isinstance(exc, requests.exceptions.Timeout):
+        what = "read timeout"
+    elif isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        what = "connection dropped"
+    else:
+        what = "connection failed"
+    return f"{what} ({type(exc).__name__})"
+
+
 def environment_resolved_session(base_url: str) -> requests.Session:
     """A pooled session that takes proxy and CA-bundle settings from the environment once.
 
@@ -365,7 +395,7 @@ class HttpClient:
             except _TRANSPORT as exc:
                 kind = RetriableError if idempotent or isinstance(exc, _NOT_SENT) else FatalError
                 # The exception text holds the URL (and so an e-mail address): name only.
-                raise kind(self.processor, op, None, attempts, type(exc).__name__) from None
+                raise kind(self.processor, op, None, attempts, _no_answer(exc)) from None
             status = response.status_code
             if status in expect:
                 return response

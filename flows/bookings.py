@@ -245,15 +245,17 @@ def push_batch(clients: Clients, limit: int, refs: list[str] | None = None) -> d
 
 @flow(name="push-bookings")
 def push_bookings(
-    booking_ids: list[BookingRef] | None = None,
+    # A run by hand names a few bookings; the bound keeps the stored parameters small.
+    booking_ids: Annotated[list[BookingRef], Field(max_length=1000)] | None = None,
     records_per_task: Annotated[int, Field(ge=1, le=5000)] = 500,
 ) -> dict[str, int]:
     """Push new, rescheduled and cancelled bookings to TIMIFY (and video ones to Flexperto).
 
+    Named bookings are pushed as they are now, and the cursor stays where it is.
+
     Args:
-        booking_ids: push exactly these bookings (the website's ids) instead of every change
-            since the last run; the cursor stays where it is.
-        records_per_task: bookings per Prefect task.
+        booking_ids: Push only these booking ids (at most 1,000), not every change since the last run.
+        records_per_task: Bookings per Prefect task, 1–5,000.
     """
     clients = Clients(get_settings())
     results = []
@@ -296,8 +298,8 @@ def purge_video_chat_data(
     """Delete, and verify, what Flexperto holds about video consultations 90 days on.
 
     Args:
-        as_of: the Berlin calendar day to purge for (default: today).
-        batch_size: video bookings per Prefect task.
+        as_of: The Berlin calendar day to purge for (empty: today).
+        batch_size: Video bookings per Prefect task, 1–5,000.
     """
     settings = get_settings()
     today = as_of or berlin_today(utcnow())

@@ -31,12 +31,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 from sqlmodel import Session, select
 
 from connectors.transport import ProcessorError, redact
@@ -62,6 +63,7 @@ from models.db import transaction
 from models.deadlines import urgency
 from models.erasure import (
     MAX_EVIDENCE,
+    MAX_TEXT,
     Channel,
     ErasureRequest,
     ErasureTask,
@@ -388,14 +390,26 @@ def _run(
 
 
 # the flows ------------------------------------------------------------------------------
+def _form_limit(length: int) -> Any:
+    """A length bound the form and the API enforce, but not the run's own validation.
+
+    With ``enforce_parameter_schema`` (the default for deployments) the API refuses a run
+    whose parameters break the schema before anything is stored. Inside a run, a pydantic
+    bound would fail it before the body starts: Prefect then logs every parameter given,
+    and ``_forget_identifiers`` never replaces the e-mail address typed in. The body's own
+    checks refuse the same text, without repeating it, and forget the identifiers.
+    """
+    return Field(json_schema_extra={"maxLength": length})
+
+
 @flow(name="fan-out-erasure", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def fan_out_erasure(
-    email: str | None = None,
-    insurance_number: str | None = None,
+    email: Annotated[str, _form_limit(254)] | None = None,  # RFC 5321's longest address
+    insurance_number: Annotated[str, _form_limit(20)] | None = None,  # ten characters, spaces allowed
     subject_id: uuid.UUID | None = None,
     received_at: datetime | None = None,
     channel: Channel = Channel.email,
-    reference: str = "",
+    reference: Annotated[str, _form_limit(MAX_TEXT)] = "",
     request_id: uuid.UUID | None = None,
 ) -> dict[str, int]:
     """Erase a data subject's data at every processor, verified, then here; Art. 19 report.
@@ -407,13 +421,13 @@ def fan_out_erasure(
     given are replaced by the request id in this run's stored parameters.
 
     Args:
-        email: the subject's e-mail address.
-        insurance_number: the subject's health-insurance number.
-        subject_id: our id of the subject.
-        received_at: when the request reached us (default: now); the deadline counts from it.
-        channel: how it reached us.
-        reference: a file number or short note; no personal data (refused otherwise).
-        request_id: resume this request instead of opening one.
+        email: The person's e-mail address; removed from this run once the request is open.
+        insurance_number: The person's health-insurance number (Krankenversichertennummer).
+        subject_id: Our id of the person, as shown in the audit trail or a report.
+        received_at: When the request reached us, with timezone (empty: now); the deadline counts from it.
+        channel: How the request reached us: letter, email, portal, phone or intake.
+        reference: File number or short note, at most 200 characters; no names, e-mails, long numbers.
+        request_id: Resume this open request instead of opening one (leave the identifiers empty).
     """
     logger = get_run_logger()
     if request_id is None:
@@ -465,7 +479,7 @@ def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
     where a call failed, erase restricted data once its hold is over, complete requests.
 
     Args:
-        as_of: the Berlin calendar day to judge holds by (default: today).
+        as_of: The Berlin calendar day to judge legal holds by (empty: today).
     """
     today = as_of or berlin_today(utcnow())
     counts, _, completed = _run(None, today)
@@ -489,7 +503,7 @@ def watch_erasure_deadlines(as_of: date | None = None) -> dict[str, int]:
     the date the hold ends) and is not raised.
 
     Args:
-        as_of: the Berlin calendar day to judge by (default: today).
+        as_of: The Berlin calendar day to judge the deadlines by (empty: today).
     """
     today = as_of or berlin_today(utcnow())
     counts: Counter[str] = Counter()

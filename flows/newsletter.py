@@ -24,9 +24,11 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Annotated
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 from sqlalchemy import update
 from sqlmodel import select
 
@@ -248,19 +250,22 @@ def _upsert_ids(client: cleverreach.CleverReach, group: str, list_name: str, row
 @flow(name="sync-newsletter-consents")
 def sync_newsletter_consents(
     lists: list[ConsentList] | None = None,
-    batch_size: int | None = None,
-    records_per_task: int = 20000,
+    # The bounds of PSYNC_CLEVERREACH_BATCH_SIZE.
+    batch_size: Annotated[int, Field(ge=1, le=1000)] | None = None,
+    records_per_task: Annotated[int, Field(ge=1, le=100_000)] = 20000,
 ) -> dict[str, int]:
     """Bring CleverReach in line with local consent: removals first, then confirmed pushes.
 
+    A task's records are also one transaction: the calls for them, their register and audit
+    rows and the cursor commit together. More records per task means fewer commits (each
+    rewrites the index pages the batch touched, whatever its size) but more to send again
+    after a crash, and on SQLite a longer hold on the write lock (at the default 10 calls/s,
+    20,000 records are 80 calls, ~8 s).
+
     Args:
-        lists: which lists to sync (default: both).
-        batch_size: receivers per upsert call (default: PSYNC_CLEVERREACH_BATCH_SIZE).
-        records_per_task: records per Prefect task, and per transaction: the calls for
-            them, their register and audit rows and the cursor commit together. Bigger
-            means fewer commits (each rewrites the index pages the batch touched, whatever
-            its size) but more to send again after a crash, and on SQLite a longer hold on
-            the write lock (at the default 10 calls/s, 20,000 records are 80 calls, ~8 s).
+        lists: Which consent lists to sync; empty means both (newsletter, service offers).
+        batch_size: Receivers per CleverReach call, 1–1,000 (empty: PSYNC_CLEVERREACH_BATCH_SIZE).
+        records_per_task: Consents handled per Prefect task and database commit, 1–100,000.
     """
     settings = get_settings()
     logger = get_run_logger()
@@ -340,7 +345,11 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
 
 @flow(name="pull-newsletter-unsubscribes")
 def pull_newsletter_unsubscribes(lists: list[ConsentList] | None = None) -> dict[str, int]:
-    """Pull unsubscribes clicked in newsletters back as local withdrawals."""
+    """Pull unsubscribes clicked in newsletters back as local withdrawals.
+
+    Args:
+        lists: Which consent lists to read unsubscribes for; empty means both.
+    """
     settings = get_settings()
     client = cleverreach.from_settings(settings)
     counts = tally(
@@ -426,13 +435,14 @@ def _erase_unused_subjects(session, subjects, now: datetime) -> int:
 
 @flow(name="expire-unconfirmed-optins")
 def expire_unconfirmed_optins(
-    as_of: datetime | None = None, batch_size: int = 1000
+    as_of: datetime | None = None,
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1000,
 ) -> dict[str, int]:
     """Erase unconfirmed sign-ups past their list's period (30 / 21 Berlin calendar days).
 
     Args:
-        as_of: the moment to judge by (default: now); set it to replay or test.
-        batch_size: records per task.
+        as_of: The moment to judge by, with its timezone (empty: now); set it to replay a day.
+        batch_size: Sign-ups handled per Prefect task, 1–10,000.
     """
     settings = get_settings()
     now = as_of or utcnow()

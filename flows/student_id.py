@@ -199,7 +199,7 @@ def forward_student_id_orders(
     """Forward new student-ID orders to the issuer; carry out cancellations everywhere.
 
     Args:
-        records_per_task: orders per Prefect task.
+        records_per_task: Orders per Prefect task, 1–2,000.
     """
     client = isic.from_settings(get_settings())
     with transaction() as session:
@@ -249,7 +249,7 @@ def sync_student_id_order_status(
     """Follow forwarded orders until the card is issued, and deletions until verified.
 
     Args:
-        batch_size: orders per Prefect task.
+        batch_size: Orders per Prefect task, 1–2,000.
     """
     client = isic.from_settings(get_settings())
     with transaction() as session:
@@ -269,8 +269,8 @@ def purge_student_id_documents(
     """Delete the uploads of issued orders once their retention is over; verified.
 
     Args:
-        as_of: the Berlin calendar day to purge for (default: today).
-        batch_size: orders per transaction.
+        as_of: The Berlin calendar day to purge for (empty: today).
+        batch_size: Orders per database commit, 1–5,000.
     """
     today = as_of or berlin_today(utcnow())
     counts: Counter[str] = Counter()

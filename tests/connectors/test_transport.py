@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
+
+import cloudpickle
 import pytest
 import requests
 import responses
+from prefect.states import format_exception
 
 from connectors.transport import (
     FatalError,
@@ -122,6 +126,54 @@ def test_errors_never_carry_the_url_or_body(no_sleep):
     text = str(info.value)
     assert "@" not in text and "erika" not in text
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+SECRET_PATH = "/receivers/erika.mustermann@example.de?token=abcdefghijkl"
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "why"),
+    [
+        ({"status": 503}, RetriableError, "HTTP 503 after 4 attempt(s)"),
+        ({"status": 403}, FatalError, "HTTP 403 after 1 attempt(s)"),
+        ({"body": requests.exceptions.ReadTimeout(BASE + SECRET_PATH)}, RetriableError,
+         "read timeout (ReadTimeout) after 4 attempt(s)"),
+        ({"body": requests.exceptions.ConnectTimeout(BASE + SECRET_PATH)}, RetriableError,
+         "connect timeout (ConnectTimeout) after 4 attempt(s)"),
+        ({"body": requests.exceptions.ConnectionError(BASE + SECRET_PATH)}, RetriableError,
+         "connection failed (ConnectionError) after 4 attempt(s)"),
+        ({"body": requests.exceptions.ChunkedEncodingError(BASE + SECRET_PATH)}, RetriableError,
+         "connection dropped (ChunkedEncodingError) after 4 attempt(s)"),
+    ],
+)  # fmt: skip
+@responses.activate
+def test_a_failed_run_names_processor_operation_and_reason_only(no_sleep, answer, kind, why):
+    if "status" in answer:  # an error body that quotes the person
+        answer = {**answer, "json": {"error": "no receiver erika.mustermann@example.de"}}
+    responses.get(f"{BASE}{SECRET_PATH}", **answer)
+    with pytest.raises(kind) as info:
+        client(auth=TokenAuth(lambda: ("abcdefghijkl", 300.0))).request("receivers.get", "GET", SECRET_PATH)
+    # What Prefect puts into the failed run's state message.
+    shown = format_exception(info.value)
+    assert shown == f"{kind.__name__}: proc receivers.get: {why}"
+    for leak in ("erika", "example.de", "@", "abcdefghijkl", "token", BASE):
+        assert leak not in shown and leak not in repr(info.value)
+
+
+def test_a_reason_given_with_a_status_is_shown_too():
+    error = FatalError("timify", "customers.create", 200, reason="no id in answer")
+    assert str(error) == "timify customers.create: HTTP 200, no id in answer after 1 attempt(s)"
+    assert str(FatalError("isic", "configure", None)) == "isic configure: no answer after 1 attempt(s)"
+
+
+@pytest.mark.parametrize("dumps", [pickle.dumps, cloudpickle.dumps])
+def test_errors_survive_pickling_as_prefect_persists_them(dumps):
+    error = RetriableError("nect", "cases.create", 409, 2, reason="deletion pending", retry_after=3.0)
+    copy = pickle.loads(dumps(error))
+    assert type(copy) is RetriableError and str(copy) == str(error)
+    assert (copy.processor, copy.operation, copy.status, copy.attempts, copy.reason, copy.retry_after) == (
+        "nect", "cases.create", 409, 2, "deletion pending", 3.0
+    )
 
 
 class FakeClock:
