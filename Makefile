@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksu
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install test demo bench sandbox clean
+.PHONY: install test demo bench sandbox up down clean
 
 install: $(STAMP)
 
@@ -32,6 +32,14 @@ bench: install
 
 sandbox: install
 	$(BIN)/psync sandbox --port 8700
+
+# A local Prefect server with the UI, the sandbox, the work pool, every deployment and a
+# worker, in the background (psync/stack.py); `make down` stops them.
+up: install
+	$(BIN)/psync up
+
+down:
+	$(BIN)/psync down
 
 clean:
 	rm -rf $(VENV) .psync

@@ -150,6 +150,34 @@ def sandbox(
     serve(host=host, port=port, fault_rate=fault_rate, latency_ms=latency_ms, seed=seed)
 
 
+STACK_STATE = Path(".psync/stack")
+
+
+@app.command()
+def up(
+    api_port: Annotated[int, typer.Option(min=1, max=65535)] = 4200,
+    sandbox_port: Annotated[int, typer.Option(min=1, max=65535)] = 8700,
+) -> None:
+    """Start a local Prefect server (UI), the sandbox, the work pool, every deployment and a
+    worker in the background; `psync down` stops them."""
+    from psync.stack import Stack
+
+    try:
+        Stack(Path.cwd(), STACK_STATE, api_port=api_port, sandbox_port=sandbox_port).up()
+    except RuntimeError as exc:
+        typer.echo(f"up failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def down() -> None:
+    """Stop what `psync up` started."""
+    from psync.stack import Stack
+
+    if not Stack(Path.cwd(), STACK_STATE).down():
+        typer.echo("down: nothing was running")
+
+
 @app.command()
 def demo(
     subjects: Annotated[int, typer.Option(min=10)] = 3000,
