@@ -10,7 +10,7 @@ point) read them from the validation context: ``{"now": datetime, "service_point
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
 
@@ -48,6 +48,8 @@ def check_service_point(value: str | None, info: ValidationInfo) -> str | None:
 
 class BookingRequest(EventBase):
     """A consultation booked on the website, at a service point or by video."""
+
+    multiline: ClassVar[frozenset[str]] = frozenset({"concern"})
 
     type: Literal["booking.request"]
     booking_id: str = BookingId

@@ -8,6 +8,7 @@ document's role, never its path (a file name often holds the person's name).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -33,9 +34,16 @@ def sniff(data: bytes) -> str | None:
 def read_document(base_dir: Path, relative: str, allowed: frozenset[str], max_bytes: int) -> tuple[str, bytes]:
     """Read a document named relative to `base_dir`; (media type, bytes). ValueError if unfit."""
     path = Path(relative)
+    outside = "must be a path relative to the JSON-lines file, inside its folder"
     if path.is_absolute() or ".." in path.parts:
-        raise ValueError("must be a path relative to the JSON-lines file, inside its folder")
-    full = base_dir / path
+        raise ValueError(outside)
+    try:
+        # Resolved, so that a symlink inside the folder cannot lead out of it.
+        full = Path(os.path.realpath(base_dir / path))
+    except ValueError:  # a NUL in the name
+        raise ValueError("file not found") from None
+    if not full.is_relative_to(os.path.realpath(base_dir)):
+        raise ValueError(outside)
     try:
         size = full.stat().st_size
     except OSError:

@@ -35,6 +35,7 @@ from models.consent import TransitionError
 from models.consent_intake import ConsentConfirm, ConsentSignup, ConsentStore, ConsentWithdraw
 from models.documents import DocumentCipher
 from models.erasure_intake import ErasureRejected, ErasureRequestEvent, ErasureStore
+from models.intake_types import FIELD_NAME
 from models.isic_intake import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
 from models.subject_index import SubjectIndex, SubjectMismatch
 
@@ -69,9 +70,15 @@ def describe(exc: ValidationError) -> str:
     """A reason per failed field, without ever quoting the input."""
     parts = []
     for error in exc.errors(include_input=False, include_url=False):
-        # The discriminator's tag ("consent.signup") is noise in a field path.
-        loc = ".".join(str(p) for p in error["loc"] if "." not in str(p))
+        # Only what looks like a field name goes into the path: the discriminator's tag
+        # ("consent.signup") and pydantic's schema steps are noise, and an unknown key is
+        # input like any other (an e-mail address, a line break).
+        loc = ".".join(str(p) for p in error["loc"] if isinstance(p, int) or FIELD_NAME.fullmatch(p))
         msg = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "union_tag_invalid":  # pydantic's message quotes the tag
+            loc, msg = "type", f"not a known event type; expected {error['ctx']['expected_tags']}"
+        elif error["type"] == "extra_forbidden" and not FIELD_NAME.fullmatch(str(error["loc"][-1])):
+            msg = "Extra inputs are not permitted (a field whose name is not shown)"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
@@ -84,7 +91,7 @@ def parse_line(text: str, context: dict | None = None) -> IntakeEvent:
     """
     try:
         raw = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # also a number of 5,000 digits, or nesting too deep
         raise ValueError("not valid JSON") from None
     if not isinstance(raw, dict):
         raise ValueError("not a JSON object")

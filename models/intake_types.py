@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
+import re
+from datetime import UTC, datetime
+from functools import cache
+from typing import Annotated, Any, ClassVar, get_args
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.identity import normalise_email, normalise_insurance_number, normalise_phone
 
@@ -13,13 +15,66 @@ Email = Annotated[str, Field(max_length=320), AfterValidator(normalise_email)]
 InsuranceNumber = Annotated[str, Field(max_length=20), AfterValidator(normalise_insurance_number)]
 Phone = Annotated[str, Field(max_length=40), AfterValidator(normalise_phone)]
 
+# What a field name looks like: only such a name may be repeated in a reason (a key is input).
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# C0 and C1 controls (NUL, CR, LF, ESC, ...), line and paragraph separators, bidi embeddings,
+# overrides and isolates: header and log injection, text that displays as something else, and
+# NUL, which PostgreSQL cannot store. Multi-line free text may hold tabs and line breaks.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL_MULTILINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# No event is older or newer; far-off years also overflow on conversion to UTC or Berlin time.
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+
+
+@cache
+def _keys(model: type[BaseModel]) -> dict[str, bool]:
+    """Each key an event of `model` may have (name or alias): whether its field is a number."""
+    keys = {}
+    for name, info in model.model_fields.items():
+        numeric = any(t in (int, float) for t in get_args(info.annotation) or (info.annotation,))
+        keys[name] = numeric
+        if info.alias:
+            keys[info.alias] = numeric
+    return keys
+
 
 class EventBase(BaseModel):
-    """Unknown fields are refused, so a typo or a field we must not hold never slips in."""
+    """Unknown fields are refused, so a typo or a field we must not hold never slips in.
+
+    Every text field refuses control characters, and a JSON number is accepted only where the
+    field is a number (pydantic would read 0 as the time 1970-01-01T00:00Z, or as an IP address).
+    """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=True)
 
+    # Free-text fields that may span lines (a textarea on the website).
+    multiline: ClassVar[frozenset[str]] = frozenset()
+
     at: AwareDatetime = Field(description="when the website recorded it, ISO 8601 with offset")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_json(cls, data: Any) -> Any:
+        # A model validator, as pydantic allows no before-validator on the discriminator.
+        if isinstance(data, dict):
+            keys = _keys(cls)
+            for key, value in data.items():
+                if key not in keys:
+                    continue  # refused as an unknown field
+                if isinstance(value, str):
+                    control = _CONTROL_MULTILINE if key in cls.multiline else _CONTROL
+                    if control.search(value):
+                        raise ValueError(f"{key}: must not contain control characters or bidi overrides")
+                elif isinstance(value, int | float) and not keys[key]:
+                    raise ValueError(f"{key}: must not be a number or boolean")
+        return data
+
+    @field_validator("*")
+    @classmethod
+    def _plausible_time(cls, value: Any) -> Any:
+        if isinstance(value, datetime) and not EARLIEST <= value < LATEST:
+            raise ValueError(f"must lie between {EARLIEST.year} and {LATEST.year}")
+        return value
 
 
 def context_now(info) -> datetime | None:

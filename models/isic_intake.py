@@ -31,7 +31,7 @@ from models.audit import AuditEvent
 from models.bookings import BERLIN
 from models.consent import event_key
 from models.documents import JPEG, PDF, PNG, DocumentCipher, read_document
-from models.intake_types import Email, EventBase, context_now
+from models.intake_types import FIELD_NAME, Email, EventBase, context_now
 from models.isic import DocumentKind, IsicDocument, IsicOrder, OrderStatus
 from models.receipts import ReceiptStore
 from models.subject_index import SubjectIndex
@@ -87,9 +87,9 @@ class IsicOrderEvent(EventBase):
                 lowered = str(name).lower()
                 if any(word == lowered or lowered.startswith(word) for word in BANKING_WORDS):
                     # Refused by name, before anything else: these are never stored anywhere.
-                    raise ValueError(
-                        f"online-banking credentials are never accepted; remove field {name[:40]!r}"
-                    )
+                    # The key is input too: named only when it looks like a field name.
+                    shown = f" {name!r}" if FIELD_NAME.fullmatch(str(name)) else ""
+                    raise ValueError(f"online-banking credentials are never accepted; remove field{shown}")
         return data
 
     @field_validator("iban")
