@@ -61,7 +61,7 @@ from models.consent import (
     expiry_due,
 )
 from models.cursors import advance_cursor, get_cursor, next_seq
-from models.db import transaction
+from models.db import skip_locked, transaction
 from models.recipients import (
     Recipient,
     live_recipient_ids_without_consent,
@@ -233,8 +233,10 @@ _WAVE = 5000
 def _record_sent(session, list_name: str, purpose: str, sent: list[tuple], now: datetime) -> None:
     """Audit and register receivers CleverReach acknowledged: (pseudonym, subject, its id)."""
     sent.sort()  # by pseudonym, the audit index's key; the register sorts by subject itself
-    write_audit(session, [_decision("newsletter.push", "sent", p, detail=list_name) for p, _, _ in sent])
+    # Register rows before the audit head, the order the removal takes them in too: two
+    # workers locking the same two things in opposite orders could deadlock on PostgreSQL.
     record_sent_many(session, PROCESSOR, purpose, {subject: ext for _, subject, ext in sent}, now)
+    write_audit(session, [_decision("newsletter.push", "sent", p, detail=list_name) for p, _, _ in sent])
 
 
 def _upsert_ids(client: cleverreach.CleverReach, group: str, list_name: str, rows: list) -> dict[str, str]:
@@ -311,15 +313,18 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
         emails = list(inactive)
         for start in range(0, len(emails), 1000):
             chunk = emails[start : start + 1000]
-            rows = session.exec(
+            # Claimed: a second worker pulling at once skips these instead of withdrawing
+            # them twice (the second withdrawal event would break its unique key).
+            rows = session.exec(skip_locked(
                 select(ConsentRecord, DataSubject)
                 .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
                 .where(
                     ConsentRecord.list_name == list_name,
                     ConsentRecord.state == ConsentState.confirmed,
                     DataSubject.email.in_(chunk),  # type: ignore[union-attr]
-                )
-            ).all()
+                ),
+                ConsentRecord,
+            )).all()  # fmt: skip
             if not rows:
                 continue
             seq = next_seq(session, "consent", len(rows))

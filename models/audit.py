@@ -30,6 +30,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Field, Session, SQLModel, select
 
+from models.db import insert_missing
 from models.types import UTCDateTime, utcnow
 
 GENESIS = "0" * 64
@@ -228,10 +229,11 @@ def append(
     forking the chain (SQLite serialises write transactions already). Does not commit.
     """
     at = (now or utcnow()).astimezone(UTC)
-    head = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).first()
-    if head is None:
-        head = AuditHead()
-        session.add(head)
+    head = session.get(AuditHead, 1, with_for_update=True)
+    if head is None:  # the first append ever; two at once must not both insert the head
+        insert_missing(session, AuditHead, id=1)
+        head = session.get(AuditHead, 1, with_for_update=True)
+        assert head is not None
     chainer = _Chainer(key, at, flow_run_id)
     rows = []
     last_id, last_hash = head.last_id, head.last_hash

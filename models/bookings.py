@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import func
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
+from models.db import skip_locked
 from models.subjects import DataSubject
 
 from models.types import BERLIN, UTCDateTime, new_id, utcnow
@@ -122,6 +123,7 @@ def chats_due(session: Session, today: date, after: int, limit: int) -> list[Boo
     """Video bookings whose chat data is due for deletion by `today` and not yet deleted.
 
     Keyset-paged by seq, so a booking whose deletion failed is not picked again in one run.
+    Claimed (``skip_locked``): a second worker purging at the same time takes other bookings.
     """
     query = (
         select(Booking)
@@ -129,7 +131,7 @@ def chats_due(session: Session, today: date, after: int, limit: int) -> list[Boo
         .order_by(Booking.seq)
         .limit(limit)
     )
-    return list(session.exec(query))
+    return list(session.exec(skip_locked(query, Booking)))
 
 
 def count_chats_due(session: Session, today: date) -> int:

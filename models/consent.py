@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import UniqueConstraint, extract, func, tuple_
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
+from models.db import skip_locked
 from models.subjects import DataSubject
 
 from models.types import UTCDateTime, new_id, utcnow
@@ -261,7 +262,11 @@ def expiry_candidates(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[ConsentRecord]:
-    """Pending records of a list signed up before a bound, in (signup_at, id) order."""
+    """Pending records of a list signed up before a bound, in (signup_at, id) order.
+
+    Claimed (``skip_locked``): of two workers expiring at once, each takes other records
+    (the second to expire one would fail on the expiry event's dedupe key).
+    """
     query = select(ConsentRecord).where(
         ConsentRecord.list_name == list_name,
         ConsentRecord.state == ConsentState.pending,
@@ -270,4 +275,4 @@ def expiry_candidates(
     if after is not None:
         query = query.where(tuple_(ConsentRecord.signup_at, ConsentRecord.id) > after)
     query = query.order_by(ConsentRecord.signup_at, ConsentRecord.id).limit(limit)
-    return list(session.exec(query).all())
+    return list(session.exec(skip_locked(query, ConsentRecord)).all())

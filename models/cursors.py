@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlmodel import Field, Session, SQLModel
 
+from models.db import insert_missing
 from models.types import UTCDateTime, utcnow
 
 
@@ -31,11 +32,11 @@ def next_seq(session: Session, name: str, count: int = 1) -> int:
     """Reserve `count` numbers of counter `name`; returns the first.
 
     The UPDATE holds the row lock until commit, so on PostgreSQL a reader never sees number
-    n+1 committed before n; on SQLite the whole write transaction is serialised anyway.
+    n+1 committed before n; on SQLite the whole write transaction is serialised anyway. A
+    missing counter is created with ``insert_missing``, so two first writers do not collide.
     """
     if session.get(Counter, name) is None:
-        session.add(Counter(name=name, value=0))
-        session.flush()
+        insert_missing(session, Counter, name=name)
     result = session.execute(
         update(Counter)
         .where(Counter.name == name)
@@ -46,16 +47,37 @@ def next_seq(session: Session, name: str, count: int = 1) -> int:
 
 
 def get_cursor(session: Session, name: str) -> SyncCursor:
-    cursor = session.get(SyncCursor, name)
+    """The cursor `name` (created at 0 if missing), locked until the transaction ends.
+
+    A sync reads its cursor, sends the batch after it and advances it in one transaction.
+    On PostgreSQL the row lock (FOR UPDATE, waiting: not skipping) makes a second worker
+    running the same sync wait for the first one's commit and then read the advanced
+    position, so it takes the next batch instead of sending the same one again. On SQLite
+    BEGIN IMMEDIATE serialises the two transactions already.
+
+    Example::
+
+        with transaction() as session:
+            after = get_cursor(session, "timify:bookings").position
+            ...  # send what changed after it
+            advance_cursor(session, "timify:bookings", last_sent)
+    """
+    cursor = session.get(SyncCursor, name, with_for_update=True)
     if cursor is None:
-        cursor = SyncCursor(name=name)
-        session.add(cursor)
+        insert_missing(session, SyncCursor, name=name)
+        cursor = session.get(SyncCursor, name, with_for_update=True)
+        assert cursor is not None
     return cursor
 
 
 def advance_cursor(session: Session, name: str, position: int) -> None:
-    """Move the cursor forward (never back)."""
-    cursor = get_cursor(session, name)
+    """Move the cursor forward (never back).
+
+    Takes the row ``get_cursor`` locked in this transaction without asking the database
+    again (a flow may advance once per item), or locks it now if it is not loaded yet.
+    """
+    loaded = session.identity_map.get(session.identity_key(SyncCursor, name))
+    cursor = loaded if loaded is not None else get_cursor(session, name)
     if position > cursor.position:
         cursor.position = position
         cursor.updated_at = utcnow()

@@ -1,7 +1,13 @@
-"""One engine per database URL, one way to open a transaction.
+"""One engine per database URL, one way to open a transaction, two ways to share work.
 
 Flows own the transaction: ``with transaction() as session: ...`` commits at the end or rolls
 back on error. Helpers take a session and never commit.
+
+Several workers may run the same deployment at once (processes, machines). On PostgreSQL the
+rows they work on are claimed by row locks held until the transaction ends: an ordered stream
+locks its cursor row and waits for it (``models.cursors.get_cursor``), a set of independent
+work items is read with ``skip_locked`` so each worker takes rows no other one holds. On
+SQLite, BEGIN IMMEDIATE serialises every writing transaction, which claims as much.
 """
 
 from __future__ import annotations
@@ -10,9 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, event
-from sqlmodel import Session, create_engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import Select
+from sqlmodel import Session, SQLModel, create_engine
 
 from psync.settings import get_settings
 
@@ -69,3 +78,37 @@ def transaction(url: str | None = None) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+# INSERT … ON CONFLICT is dialect syntax; these are the two databases the project runs on.
+INSERT_BY_DIALECT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def insert_missing(session: Session, model: type[SQLModel], **key: object) -> None:
+    """Insert the row of `model` with this primary key and column defaults, unless it exists.
+
+    INSERT … ON CONFLICT DO NOTHING: of two transactions creating the same row at once, the
+    second waits for the first and then does nothing, where an ORM add would fail it with a
+    unique violation. Read the row afterwards (with a lock, if it is to be changed).
+    """
+    table = model.__table__  # type: ignore[attr-defined]
+    insert = INSERT_BY_DIALECT[session.get_bind().dialect.name]
+    session.connection().execute(insert(table).values(**key).on_conflict_do_nothing())
+
+
+Query = TypeVar("Query", bound=Select)
+
+
+def skip_locked(query: Query, model: type[SQLModel]) -> Query:
+    """`query` claiming the rows of `model` it returns: FOR UPDATE OF that table SKIP LOCKED.
+
+    For a set of independent work items read inside the transaction that works them: a
+    second worker skips the rows the first one holds (and takes the next ones) instead of
+    acting on them too, or waiting. Rows of joined tables stay unlocked. SQLite has no row
+    locks; SQLAlchemy leaves the clause out there, and BEGIN IMMEDIATE serialises anyway.
+
+    Example::
+
+        rows = session.exec(skip_locked(select(Booking).where(...).limit(500), Booking))
+    """
+    return query.with_for_update(skip_locked=True, of=model)

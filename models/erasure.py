@@ -34,6 +34,7 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from models.bookings import Booking
 from models.consent import ConsentEvent, ConsentRecord, ConsentState
+from models.db import skip_locked
 from models.deadlines import check_extension, due_date, received_day, urgency
 from models.identity import normalise_email, normalise_insurance_number, pseudonym
 from models.isic import IsicDocument, IsicOrder, OrderStatus, delete_documents
@@ -387,8 +388,7 @@ def claim(
     candidates = sa_select(table.c.id).where(condition).order_by(table.c.request_id, table.c.id)
     if limit is not None:
         candidates = candidates.limit(limit)
-    if session.get_bind().dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
+    candidates = skip_locked(candidates, ErasureTask)
     # A CTE, not a plain subquery: PostgreSQL may run a subquery again per row, and with
     # LIMIT and SKIP LOCKED each run can pick other rows; a locking CTE runs exactly once.
     chosen = candidates.cte("chosen")

@@ -15,6 +15,7 @@ from datetime import date, datetime
 from sqlalchemy import LargeBinary, delete, func
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
+from models.db import skip_locked
 from models.subjects import DataSubject
 from models.types import UTCDateTime, new_id, utcnow
 
@@ -109,13 +110,15 @@ def count_changed_since(session: Session, after: int) -> int:
 
 
 def by_status(session: Session, status: OrderStatus, after: int, limit: int) -> list[IsicOrder]:
+    """Orders in `status` after seq `after`, claimed (``skip_locked``): workers following
+    the issuer's status at once each take other orders."""
     query = (
         select(IsicOrder)
         .where(IsicOrder.status == status, IsicOrder.seq > after)
         .order_by(IsicOrder.seq)
         .limit(limit)
     )
-    return list(session.exec(query))
+    return list(session.exec(skip_locked(query, IsicOrder)))
 
 
 def count_by_status(session: Session, status: OrderStatus) -> int:
@@ -129,13 +132,15 @@ _DELETION_PENDING = (
 
 
 def deletions_pending(session: Session, after: int, limit: int) -> list[IsicOrder]:
+    """Orders whose cardholder deletion the issuer accepted but has not yet done, claimed
+    (``skip_locked``): one worker reads each back and records it."""
     query = (
         select(IsicOrder)
         .where(*_DELETION_PENDING, IsicOrder.seq > after)
         .order_by(IsicOrder.seq)
         .limit(limit)
     )
-    return list(session.exec(query))
+    return list(session.exec(skip_locked(query, IsicOrder)))
 
 
 def count_deletions_pending(session: Session) -> int:
@@ -143,6 +148,8 @@ def count_deletions_pending(session: Session) -> int:
 
 
 def documents_due(session: Session, today: date, limit: int) -> list[IsicOrder]:
+    """Orders whose uploads are due for deletion by `today`, claimed (``skip_locked``): a
+    second worker purging at once takes others, and finds none once all are held."""
     query = (
         select(IsicOrder)
         .where(
@@ -152,7 +159,7 @@ def documents_due(session: Session, today: date, limit: int) -> list[IsicOrder]:
         .order_by(IsicOrder.seq)
         .limit(limit)
     )
-    return list(session.exec(query))
+    return list(session.exec(skip_locked(query, IsicOrder)))
 
 
 def photo(session: Session, order: IsicOrder) -> IsicDocument | None:

@@ -15,7 +15,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def alembic_config(url: str | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", url or get_settings().database_url)
+    # The option goes through ConfigParser interpolation: a URL-encoded character (%2F in a
+    # socket path, %40 in a password) must be written as %%.
+    config.set_main_option("sqlalchemy.url", (url or get_settings().database_url).replace("%", "%%"))
     return config
 
 

@@ -16,11 +16,11 @@ from functools import cache
 from operator import attrgetter
 
 from sqlalchemy import UniqueConstraint, func, null, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
 from models.audit import insert_many
+from models.db import INSERT_BY_DIALECT, skip_locked
 from models.subjects import DataSubject
 
 from models.types import UTCDateTime, new_id
@@ -42,8 +42,6 @@ class Recipient(SQLModel, table=True):
     subject: DataSubject = Relationship()
 
 
-# The upsert is dialect syntax; these are the two databases the project runs on.
-_UPSERT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 # Ids per statement when selecting or updating by id: bound parameters stay far below
 # SQLite's and PostgreSQL's limits however many rows a batch holds.
 _IDS_PER_STATEMENT = 1000
@@ -89,7 +87,7 @@ def _ascending_ids(count: int) -> list[uuid.UUID]:
 def _upsert(dialect: str) -> Insert:
     """INSERT … ON CONFLICT (subject, processor, purpose) DO UPDATE, in the dialect's syntax."""
     table = Recipient.__table__  # type: ignore[attr-defined]
-    statement = _UPSERT_INSERT[dialect](table)
+    statement = INSERT_BY_DIALECT[dialect](table)
     return statement.on_conflict_do_update(
         index_elements=[table.c.subject_id, table.c.processor, table.c.purpose],
         set_={
@@ -169,6 +167,10 @@ def live_recipients_without_consent(
     """The rows among `ids` still live without a standing consent, with their subjects, in
     id order. Asked again inside the transaction that removes them, so a consent confirmed
     since the ids were listed keeps its receiver.
+
+    The register rows are claimed (``skip_locked``): two workers that listed the same ids
+    split them instead of both removing a receiver; a row another worker holds is left to
+    it, and once it commits the row is no longer live.
     """
     found: list[tuple[Recipient, DataSubject]] = []
     for start in range(0, len(ids), _IDS_PER_STATEMENT):
@@ -180,6 +182,6 @@ def live_recipients_without_consent(
                 *_live_without_consent(processor, purpose, confirmed_subjects),
             )
         )
-        found += session.exec(query).all()
+        found += session.exec(skip_locked(query, Recipient)).all()
     return sorted(found, key=lambda pair: pair[0].id.int)
 
