@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksu
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install test demo bench sandbox up down clean
+.PHONY: install test postgres demo bench sandbox up down clean
 
 install: $(STAMP)
 
@@ -19,8 +19,17 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: install
+# The whole suite on SQLite, then every database test again on PostgreSQL (a throwaway
+# cluster per test process, tests/pg.py; skipped with the reason where none can start).
+test: install postgres
 	$(BIN)/python -m pytest -n 2 -q
+	PSYNC_TEST_DATABASE=postgres $(BIN)/python -m pytest -n 2 -q -rs -m database
+
+# Debian's PostgreSQL server, unless one is installed (the tests start their own cluster).
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } || \
+	  echo "PostgreSQL is not installed and could not be: its tests will be skipped"
 
 demo: install
 	$(BIN)/psync demo

@@ -1,5 +1,11 @@
 """Shared fixtures: offline Prefect in a temporary home, a fresh database per test, one
-sandbox server and one Prefect test harness per session."""
+sandbox server and one Prefect test harness per session.
+
+The database is SQLite, or with PSYNC_TEST_DATABASE=postgres a new schema per test on a
+throwaway PostgreSQL started once per test process (tests/pg.py). Markers: ``sqlite_only``
+(skipped on PostgreSQL, with its reason), ``postgres_only`` (runs only on PostgreSQL), and
+``database``, set here on every test that uses a database (``-m database`` selects them).
+"""
 
 from __future__ import annotations
 
@@ -20,11 +26,37 @@ import requests  # noqa: E402
 from sqlmodel import SQLModel  # noqa: E402
 
 import models  # noqa: E402, F401
+import pg as pgtest  # noqa: E402  (tests/pg.py; `pg` is a fixture)
 from models.db import get_engine  # noqa: E402
+from models.migrate import upgrade  # noqa: E402
 from psync.sandbox_env import sandbox_environment  # noqa: E402
 from psync.settings import get_settings  # noqa: E402
 
 from support import TEST_KEY  # noqa: E402
+
+# The reliability suite's figures table, printed once at the end of any run that recorded some.
+pytest_plugins = ["reliability.figures"]
+
+if pgtest.TEST_DATABASE not in ("sqlite", "postgres"):
+    raise pytest.UsageError(f"PSYNC_TEST_DATABASE is sqlite or postgres, not {pgtest.TEST_DATABASE!r}")
+ON_POSTGRES = pgtest.ON_POSTGRES
+# A test that asks for one of these (itself or through another fixture) uses a database.
+DATABASE_FIXTURES = {"empty_database", "pg", "postgres"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if DATABASE_FIXTURES & set(item.fixturenames):
+            item.add_marker("database")
+
+
+def pytest_runtest_setup(item):
+    sqlite_only = item.get_closest_marker("sqlite_only")
+    if sqlite_only and ON_POSTGRES:
+        pytest.skip(f"SQLite only: {sqlite_only.args[0] if sqlite_only.args else 'no reason given'}")
+    if item.get_closest_marker("postgres_only") and not ON_POSTGRES:
+        pytest.skip("runs in the PostgreSQL pass (PSYNC_TEST_DATABASE=postgres)")
 
 
 def _free_port() -> int:
@@ -64,22 +96,70 @@ def sandbox(sandbox_server):
     return sandbox_server
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """This test process's PostgreSQL (a ``tests/pg.py`` Cluster), started on first use.
+
+    Skips, naming what is missing, where none can be started (no server binaries, no driver).
+    """
+    reason = pgtest.unavailable()
+    if reason:
+        pytest.skip(reason)
+    with pgtest.cluster() as server:
+        yield server
+
+
 @pytest.fixture
-def settings(tmp_path, monkeypatch):
-    """Settings for one test: a fresh SQLite database and a fixed pseudonym key."""
-    url = f"sqlite:///{tmp_path}/psync.db"
-    monkeypatch.setenv("PSYNC_DATABASE_URL", url)
+def empty_database(request, tmp_path):
+    """The URL of a new, empty database: a SQLite file, or a schema on PostgreSQL."""
+    if ON_POSTGRES:
+        server = request.getfixturevalue("postgres")
+        url = server.create_schema()
+    else:
+        url = f"sqlite:///{tmp_path}/psync.db"
+    yield url
+    get_engine(url).dispose()
+    if ON_POSTGRES:
+        server.drop_schema(url)
+
+
+@pytest.fixture
+def database_url(empty_database):
+    """A fresh database holding every table.
+
+    Tables straight from the models (fast); the migrations are checked against them in
+    tests/models/test_migrations.py and tests/test_postgres.py.
+    """
+    SQLModel.metadata.create_all(get_engine(empty_database))
+    return empty_database
+
+
+@pytest.fixture
+def settings(database_url, monkeypatch):
+    """Settings for one test: a fresh database and a fixed pseudonym key."""
+    monkeypatch.setenv("PSYNC_DATABASE_URL", database_url)
     monkeypatch.setenv("PSYNC_PSEUDONYM_KEY", TEST_KEY)
     # The sandbox's ids and credentials, at a host that does not resolve: a test that
     # calls out without asking for the sandbox (or `responses`) fails instead of leaking.
     for name, value in sandbox_environment("http://sandbox.invalid").items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    # Tables straight from the models (fast); tests/models/test_migrations.py checks that
-    # the Alembic migrations produce exactly these.
-    SQLModel.metadata.create_all(get_engine(url))
     yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def pg(postgres, monkeypatch):
+    """A new PostgreSQL schema brought up by the Alembic migrations, set as the configured
+    database, whatever PSYNC_TEST_DATABASE says."""
+    url = postgres.create_schema()
+    monkeypatch.setenv("PSYNC_DATABASE_URL", url)
+    monkeypatch.setenv("PSYNC_PSEUDONYM_KEY", TEST_KEY)
+    get_settings.cache_clear()
+    upgrade(url)
+    yield url
     get_engine(url).dispose()
+    postgres.drop_schema(url)
     get_settings.cache_clear()
 
 

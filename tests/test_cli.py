@@ -158,6 +158,7 @@ def test_audit_export_to_file(settings, runner, tmp_path):
     assert len(out.read_text(encoding="utf-8").splitlines()) == 4
 
 
+@pytest.mark.sqlite_only("creates its own SQLite file")
 def test_db_upgrade_on_a_fresh_file(settings, runner, tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/fresh/upgrade.db"
     monkeypatch.setenv("PSYNC_DATABASE_URL", url)

@@ -2,8 +2,9 @@
 process worker, and every deployment run with parameters through the REST API the UI uses.
 
 The stack is the one `make up` starts (psync.stack), on free loopback ports with its
-scheduler off (so only the runs this test creates run). The worker's flow runs share a
-SQLite file with this test process, which takes events in and reads the outcome.
+scheduler off (so only the runs this test creates run). The worker's flow runs share the
+database with this test process, which takes events in and reads the outcome: a SQLite file,
+or in the PostgreSQL pass a schema of the test cluster, as in production.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from models.erasure import ErasureRequest, personal_data_left
 from models.intake import intake_lines
 from models.isic import IsicOrder, OrderStatus
 from models.types import utcnow
+from pg import ON_POSTGRES
 from psync.demo_erasure import _lines
 from psync.settings import get_settings
 from psync.stack import Stack
@@ -41,6 +43,8 @@ PENDING = "depl.offen@example.de"  # signs up, never confirms
 STARTED: list[str] = []  # every flow run this module created
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
+pytestmark = [pytest.mark.deploy, pytest.mark.database]
+
 
 
 def _free_port() -> int:
@@ -52,11 +56,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(request, tmp_path_factory):
     """The local stack, up once for this module, and the environment its worker sees."""
     folder = tmp_path_factory.mktemp("stack")
+    if ON_POSTGRES:
+        database = request.getfixturevalue("postgres").create_schema()
+    else:
+        database = f"sqlite:///{folder / 'psync.db'}"
     extra = {
-        "PSYNC_DATABASE_URL": f"sqlite:///{folder / 'psync.db'}",
+        "PSYNC_DATABASE_URL": database,
         "PSYNC_PSEUDONYM_KEY": TEST_KEY,
         "PSYNC_DOCUMENT_KEY": base64.urlsafe_b64encode(b"k" * 32).decode(),
         "PSYNC_HTTP_MAX_ATTEMPTS": "2",  # the failure case fails in seconds

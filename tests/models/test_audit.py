@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from models.audit import FIELDS, AuditEvent, _digest, append, export_rows, verify
+from models.audit import FIELDS, AuditEntry, AuditEvent, _digest, append, export_rows, verify
 from models.db import transaction
 from models.intake import intake_lines
 
@@ -125,9 +125,7 @@ def forge_row_3() -> dict:
     """Alter row 3's detail and return the row as the hash function sees it."""
     sql("UPDATE audit_entry SET detail = 'list=forged' WHERE id = 3")
     with transaction() as session:
-        row = dict(session.execute(text("SELECT * FROM audit_entry WHERE id = 3")).mappings().one())
-    row["at"] = datetime.fromisoformat(row["at"]).replace(tzinfo=UTC)
-    return row
+        return session.get(AuditEntry, 3).model_dump()
 
 
 def test_rehashing_without_the_key_is_detected(settings):

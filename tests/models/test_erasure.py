@@ -32,7 +32,6 @@ from models.recipients import Recipient
 from models.subject_index import SubjectMismatch
 from models.subjects import DataSubject
 from support import TEST_KEY
-from test_postgres import pg, postgres_url  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 
 KEY = TEST_KEY.encode()
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -240,7 +239,7 @@ def test_tasks_of_completed_requests_are_left_alone(settings):
         assert claim(session, "run", NOW, NOW.date(), LEASE) == []
 
 
-def test_two_claims_at_once_on_postgres_share_nothing_and_do_not_wait(pg):  # noqa: F811
+def test_two_claims_at_once_on_postgres_share_nothing_and_do_not_wait(pg):
     rid, ids = _request_with_tasks(pg, states=(TaskState.pending,) * 4)
     engine = get_engine(pg)
     first = Session(engine)
