@@ -48,7 +48,7 @@ from models.bookings import (
     count_changed_since,
     count_chats_due,
 )
-from models.cursors import advance_cursor, get_cursor
+from models.cursors import advance_cursor, cursor_position, get_cursor
 from models.db import transaction
 from models.recipients import Recipient, record_removed_for, record_sent_many
 from models.subjects import DataSubject
@@ -266,7 +266,7 @@ def push_bookings(
     else:
         # Count first, so no task run is spent finding out that nothing is left.
         with transaction() as session:
-            changes = count_changed_since(session, get_cursor(session, CURSOR).position)
+            changes = count_changed_since(session, cursor_position(session, CURSOR))
         for _ in range(math.ceil(changes / records_per_task)):
             results.append(push_batch(clients, records_per_task))
     counts = tally(results)

@@ -60,7 +60,7 @@ from models.consent import (
     expiry_candidates,
     expiry_due,
 )
-from models.cursors import advance_cursor, get_cursor, next_seq
+from models.cursors import advance_cursor, cursor_position, get_cursor, next_seq
 from models.db import skip_locked, transaction
 from models.recipients import (
     Recipient,
@@ -284,7 +284,7 @@ def sync_newsletter_consents(
                 session, PROCESSOR, _purpose(list_name), confirmed_subject_ids(list_name)
             )
             changes = count_changed_since(
-                session, list_name, get_cursor(session, _cursor(list_name)).position
+                session, list_name, cursor_position(session, _cursor(list_name))
             )
         for start in range(0, len(removals), records_per_task):
             results.append(remove_batch(client, list_name, group, removals[start : start + records_per_task]))

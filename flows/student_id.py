@@ -33,7 +33,7 @@ from connectors import isic
 from flows.common import audit_failure, call_events, counts_artifact, tally, write_audit
 from models.audit import AuditEvent
 from models.bookings import berlin_today
-from models.cursors import advance_cursor, get_cursor
+from models.cursors import advance_cursor, cursor_position, get_cursor
 from models.db import transaction
 from models.documents import DocumentCipher
 from models.isic import (
@@ -203,7 +203,7 @@ def forward_student_id_orders(
     """
     client = isic.from_settings(get_settings())
     with transaction() as session:
-        changes = count_changed_since(session, get_cursor(session, CURSOR).position)
+        changes = count_changed_since(session, cursor_position(session, CURSOR))
     results = [forward_batch(client, records_per_task) for _ in range(math.ceil(changes / records_per_task))]
     return _report("forward-student-id-orders", "Student-ID orders forwarded and cancelled", results)
 

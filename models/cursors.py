@@ -70,6 +70,17 @@ def get_cursor(session: Session, name: str) -> SyncCursor:
     return cursor
 
 
+def cursor_position(session: Session, name: str) -> int:
+    """Where cursor `name` stands now (0 if missing), read without a lock.
+
+    For planning only (how many batches to start): it may be one batch behind a worker
+    that is committing, which costs a task that finds nothing. The batch itself reads its
+    position with ``get_cursor``.
+    """
+    cursor = session.get(SyncCursor, name)
+    return cursor.position if cursor else 0
+
+
 def advance_cursor(session: Session, name: str, position: int) -> None:
     """Move the cursor forward (never back).
 
