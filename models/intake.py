@@ -35,6 +35,7 @@ from models.consent import TransitionError
 from models.consent_intake import ConsentConfirm, ConsentSignup, ConsentStore, ConsentWithdraw
 from models.documents import DocumentCipher
 from models.erasure_intake import ErasureRejected, ErasureRequestEvent, ErasureStore
+from models.ident_intake import IdentCase, IdentStore
 from models.intake_types import FIELD_NAME
 from models.isic_intake import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
 from models.subject_index import SubjectIndex, SubjectMismatch
@@ -48,7 +49,8 @@ IntakeEvent = Annotated[
     ConsentSignup | ConsentConfirm | ConsentWithdraw
     | BookingRequest | BookingReschedule | BookingCancel
     | IsicOrderEvent | IsicCancel
-    | ErasureRequestEvent,
+    | ErasureRequestEvent
+    | IdentCase,
     Field(discriminator="type"),
 ]  # fmt: skip
 EVENT_ADAPTER: TypeAdapter[IntakeEvent] = TypeAdapter(IntakeEvent)
@@ -146,7 +148,8 @@ def intake_lines(
     bookings = BookingStore(session, key, subjects)
     orders = IsicStore(session, key, subjects, DocumentCipher(document_key) if document_key else None)
     erasures = ErasureStore(session, key)
-    stores = {"consent": consents, "booking": bookings, "isic": orders, "erasure": erasures}
+    idents = IdentStore(session, key, subjects)
+    stores = {"consent": consents, "booking": bookings, "isic": orders, "erasure": erasures, "ident": idents}
     audit: list[AuditEvent] = []
     for start in range(0, len(parsed), CHUNK):
         chunk = parsed[start : start + CHUNK]
@@ -159,6 +162,7 @@ def intake_lines(
         bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
         orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
         erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))
+        idents.begin_chunk(e for _, e in chunk if e.type.startswith("ident."))
         for number, event in chunk:
             store = stores[event.type.split(".")[0]]
             try:

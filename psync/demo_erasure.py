@@ -48,7 +48,6 @@ def seed_everywhere(base: str, key: bytes, folder: Path, people=PEOPLE) -> None:
     from flows import bookings, newsletter, student_id
     from models.db import transaction
     from models.intake import intake_lines
-    from models.recipients import record_sent_many
     from models.subjects import DataSubject
     from models.types import utcnow
     from psync.settings import get_settings
@@ -69,9 +68,12 @@ def seed_everywhere(base: str, key: bytes, folder: Path, people=PEOPLE) -> None:
     client = nect.from_settings(settings)
     with transaction() as session:
         subjects = session.exec(select(DataSubject).where(DataSubject.email.in_([p[0] for p in people]))).all()  # type: ignore[union-attr]
-        # An identification at Nect: only the pseudonym ever goes there (seed 002, 5.4.2).
-        for subject in subjects:
-            record_sent_many(session, "nect", "ident", {subject.id: client.open_case(subject.pseudonym)}, now)
+        # The portal identifies each at Nect, which gets only the pseudonym (seed 002, 5.4.2),
+        # and hands the case over as an intake line; the register then names Nect.
+        cases = [json.dumps({"type": "ident.case", "email": s.email, "case_id": client.open_case(s.pseudonym),
+                             "at": now.isoformat()}) for s in subjects]  # fmt: skip
+        results = intake_lines(session, key, cases, now=now)
+    assert {r.outcome for r in results} == {"stored"}, [r.reason for r in results]
 
 
 def run_erasures(base: str, key: bytes, folder: Path) -> bool:

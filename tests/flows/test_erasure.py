@@ -129,10 +129,14 @@ def push_newsletter(p: Person) -> None:
 
 
 def open_nect_case(p: Person) -> str:
+    """What the portal does: open a case at Nect with our pseudonym only, then hand the
+    case over as an ``ident.case`` intake line."""
     subject = subject_of(p)
     case = nect.from_settings(get_settings()).open_case(subject.pseudonym)
+    line = json.dumps({"type": "ident.case", "email": p.email, "case_id": case, "at": utcnow().isoformat()})
     with transaction() as session:
-        record_sent_many(session, "nect", "ident", {subject.id: case}, utcnow())
+        [result] = intake_lines(session, get_settings().hmac_key(), [line], now=utcnow())
+    assert result.outcome == "stored", result.reason
     return case
 
 

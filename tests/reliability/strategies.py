@@ -17,6 +17,7 @@ import importlib.util
 import json
 import string
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 from models.booking_intake import BookingCancel, BookingRequest, BookingReschedule
 from models.consent_intake import ConsentConfirm, ConsentSignup, ConsentWithdraw
 from models.erasure_intake import ErasureRequestEvent
+from models.ident_intake import IdentCase
 from models.identity import insurance_number_valid
 from models.isic_intake import IsicCancel, IsicOrderEvent
 
@@ -121,6 +123,10 @@ KINDS = {
         Kind("erasure.request", ErasureRequestEvent, erasure.NOW,
              lambda n: erasure.erase(email=erasure_email(n)), ("type", "at", "email"),
              frozenset({"reference"})),
+        Kind("ident.case", IdentCase, erasure.NOW,
+             lambda n: {"type": "ident.case", "email": f"ident{n}@example.de", "case_id": str(uuid.UUID(int=n)),
+                        "at": erasure.NOW.isoformat()},
+             ("type", "email", "case_id", "at")),
     )
 }  # fmt: skip
 
