@@ -245,9 +245,9 @@ def test_json_schema_discriminates_every_event_type():
     assert set(schema["discriminator"]["mapping"]) == {
         "consent.signup", "consent.confirm", "consent.withdraw",
         "booking.request", "booking.reschedule", "booking.cancel",
-        "isic.order", "isic.cancel", "erasure.request",
+        "isic.order", "isic.cancel", "erasure.request", "ident.case",
     }  # fmt: skip
-    assert len(schema["oneOf"]) == 9
+    assert len(schema["oneOf"]) == 10
     signup_schema = schema["$defs"]["ConsentSignup"]
     assert "list" in signup_schema["properties"]  # by alias, as the website sends it
     assert signup_schema["additionalProperties"] is False
