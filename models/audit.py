@@ -156,7 +156,8 @@ FIELDS = (
 
 def _digest(key: bytes, prev_hash: str, row: dict) -> str:
     content = {name: row[name] for name in FIELDS}
-    content["at"] = row["at"].isoformat()
+    # In UTC, as append wrote it: PostgreSQL hands timestamptz back in the session's zone.
+    content["at"] = row["at"].astimezone(UTC).isoformat()
     payload = prev_hash + json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
 
@@ -272,6 +273,8 @@ def verify(session: Session, key: bytes, chunk: int = 5000) -> Verification:
     expected_id, prev_hash, checked = 1, GENESIS, 0
     for row in _iter_rows(session, chunk):
         data = row.model_dump()
+        if row.id < expected_id:  # only before the first: ids start at 1
+            return Verification(False, checked, row.id, "row inserted before the first")
         if row.id != expected_id:
             return Verification(False, checked, expected_id, "row missing")
         if row.prev_hash != prev_hash:
@@ -285,25 +288,27 @@ def verify(session: Session, key: bytes, chunk: int = 5000) -> Verification:
     if (head.last_id, head.last_hash) != (checked, prev_hash) or not hmac.compare_digest(
         head.seal, _seal(key, head.last_id, head.last_hash)
     ):
+        if head.last_id < checked:
+            # More rows than the head vouches for (the head moved back, or an old one put
+            # back): the first row it does not cover is the first one not to trust.
+            sealed = max(head.last_id, 0)
+            return Verification(False, sealed, sealed + 1, "rows after the sealed end")
         return Verification(False, checked, checked + 1, "rows removed from the end")
     return Verification(True, checked)
 
 
 def _iter_rows(session: Session, chunk: int) -> Iterator[AuditEntry]:
-    after = 0
-    while True:
-        rows = session.exec(
-            select(AuditEntry).where(AuditEntry.id > after).order_by(AuditEntry.id).limit(chunk)
-        ).all()
-        if not rows:
-            return
+    # From the lowest id there is, not from 1: a row forged with id 0 or below must show.
+    query = select(AuditEntry).order_by(AuditEntry.id).limit(chunk)
+    rows = session.exec(query).all()
+    while rows:
         yield from rows
-        after = rows[-1].id
+        rows = session.exec(query.where(AuditEntry.id > rows[-1].id)).all()
 
 
 def export_rows(session: Session) -> Iterator[dict]:
     """Every row as a plain dict (times as ISO 8601), oldest first."""
     for row in _iter_rows(session, 5000):
         data = row.model_dump()
-        data["at"] = row.at.isoformat()
+        data["at"] = row.at.astimezone(UTC).isoformat()
         yield {name: data[name] for name in (*FIELDS, "prev_hash", "hash")}

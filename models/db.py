@@ -12,6 +12,7 @@ SQLite, BEGIN IMMEDIATE serialises every writing transaction, which claims as mu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -24,6 +25,20 @@ from sqlalchemy.sql import Select
 from sqlmodel import Session, SQLModel, create_engine
 
 from psync.settings import get_settings
+
+
+class _NoRowLogging(logging.Filter):
+    """Drops SQLAlchemy's DEBUG record of each result row: rows are names, e-mail addresses,
+    IBANs. Whoever turns ``sqlalchemy.engine`` up to DEBUG (or ships it to Prefect's logs)
+    still gets statements, timings and column names; `hide_parameters` covers only the
+    bound values, not the rows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Row %r"
+
+
+# The logger every engine here writes to (none is given a logging_name).
+logging.getLogger("sqlalchemy.engine.Engine").addFilter(_NoRowLogging())
 
 
 # hide_parameters: SQLAlchemy's error messages otherwise quote the bound values, which are

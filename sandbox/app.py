@@ -3,6 +3,8 @@
 ``create_app`` mounts every imitated processor under its own prefix. The
 fault middleware wraps processor routes only; control routes are never
 faulted, delayed or authenticated, so tests can always inspect and reset.
+The middleware also keeps the last requests' method, path, query and headers
+(``GET /_sandbox/requests``), so tests can check what a client puts there.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections import deque
 from typing import Protocol
 
 import uvicorn
@@ -66,13 +69,45 @@ def _install_drop_log_filter() -> None:
         logger.addFilter(_DropLogFilter())
 
 
-class FaultMiddleware:
-    """ASGI middleware injecting latency and faults into processor routes."""
+class RequestLog:
+    """The last `size` processor requests as they arrived: method, path, query, headers.
 
-    def __init__(self, app: ASGIApp, injector: FaultInjector, processors: list[Processor]) -> None:
+    Kept apart from the processors' state (``/_sandbox/state``): paths and headers may hold
+    what a client should not have put there, and that is what tests look for here. Bodies
+    are not kept.
+    """
+
+    def __init__(self, size: int = 2000) -> None:
+        self.entries: deque[dict] = deque(maxlen=size)
+        self.total = 0  # requests seen since the last reset, also those no longer kept
+
+    def add(self, scope: Scope) -> None:
+        self.total += 1
+        self.entries.append({
+            "method": scope["method"],
+            "path": scope["path"],
+            "query": scope["query_string"].decode("latin-1"),
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+        })  # fmt: skip
+
+    def reset(self) -> None:
+        self.entries.clear()
+        self.total = 0
+
+    def snapshot(self) -> dict:
+        return {"total": self.total, "kept": self.entries.maxlen, "requests": list(self.entries)}
+
+
+class FaultMiddleware:
+    """ASGI middleware injecting latency and faults into processor routes, and logging them."""
+
+    def __init__(
+        self, app: ASGIApp, injector: FaultInjector, processors: list[Processor], requests: RequestLog
+    ) -> None:
         self.app = app
         self.injector = injector
         self.prefixes = [(p.prefix, p) for p in processors]
+        self.requests = requests
 
     def _processor(self, path: str) -> Processor | None:
         for prefix, processor in self.prefixes:
@@ -88,6 +123,7 @@ class FaultMiddleware:
         if processor is None:
             await self.app(scope, receive, send)
             return
+        self.requests.add(scope)  # faulted ones too: the client sent them all the same
         # Decide before the first await so the draw order is the arrival order.
         kind = self.injector.decide()
         delay_ms = self.injector.latency_ms
@@ -149,7 +185,7 @@ def _tagging_send(send: Send, kind: str) -> Send:
     return tagged
 
 
-def _control_router(injector: FaultInjector, processors: list[Processor]) -> APIRouter:
+def _control_router(injector: FaultInjector, processors: list[Processor], requests: RequestLog) -> APIRouter:
     router = APIRouter(prefix="/_sandbox", tags=["sandbox control"])
 
     async def fault_settings(request: Request) -> dict:
@@ -177,9 +213,16 @@ def _control_router(injector: FaultInjector, processors: list[Processor]) -> API
         """Reset all state; optional body ``{fault_rate, latency_ms, seed, kinds}``."""
         configure(await fault_settings(request))
         injector.reset()
+        requests.reset()
         for p in processors:
             p.reset()
         return JSONResponse({"ok": True, "faults": injector.config()})
+
+    @router.get("/requests")
+    async def request_log() -> Response:
+        """The last processor requests (method, path, query, headers; no bodies), oldest
+        first, with ``total`` seen since the reset and how many are ``kept``."""
+        return JSONResponse(requests.snapshot())
 
     @router.post("/faults")
     async def faults(request: Request) -> Response:
@@ -220,7 +263,8 @@ def create_app(
     for processor in processors:
         app.include_router(processor.api, prefix=processor.prefix, tags=[processor.name])
         app.include_router(processor.control, prefix=f"/_sandbox/{processor.name}", tags=["sandbox control"])
-    app.include_router(_control_router(injector, processors))
+    requests = RequestLog()
+    app.include_router(_control_router(injector, processors, requests))
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
@@ -235,8 +279,9 @@ def create_app(
         render = owner.error_response if owner is not None else error_response
         return render(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    app.add_middleware(FaultMiddleware, injector=injector, processors=processors)
+    app.add_middleware(FaultMiddleware, injector=injector, processors=processors, requests=requests)
     app.state.injector = injector
+    app.state.requests = requests
     app.state.processors = {p.name: p for p in processors}
     _install_drop_log_filter()
     return app
