@@ -34,10 +34,14 @@ postgres:
 demo: install
 	$(BIN)/psync demo
 
+# Every benchmark, then bench/REPORT.md from their results (bench/results/*.json).
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.bookings
+	$(BIN)/python -m bench.student_id
 	$(BIN)/python -m bench.erasure
+	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.report
 
 sandbox: install
 	$(BIN)/psync sandbox --port 8700

@@ -1,16 +1,28 @@
-"""Benchmark of the newsletter consent sync against the local CleverReach sandbox.
+"""Benchmarks of every job against the local sandbox, and the report they make.
 
-``python -m bench [--subjects N] [--batch-size 250]`` (``make bench``) seeds N confirmed
-newsletter subscriptions through the real intake, posts the same receiver batches once with a
-plain ``requests.Session`` (the baseline), then runs ``sync-newsletter-consents`` in full and
-again after 1% of the subscriptions changed. Everything is reported as ratios against the
-baseline measured in the same run, never as absolute timed assertions:
+``make bench`` runs, each against the sandbox in a process of its own:
+
+- ``python -m bench [--subjects N] [--batch-size 250]``: seeds N confirmed newsletter
+  subscriptions through the real intake, posts the same receiver batches once with a plain
+  ``requests.Session`` (the baseline), then runs ``sync-newsletter-consents`` in full and again
+  after 1% of the subscriptions changed; when the incremental target is missed, a second 1%
+  change is synced under pyinstrument to show where the time goes.
+- ``python -m bench.bookings``, ``python -m bench.student_id``: ``push-bookings`` and
+  ``forward-student-id-orders`` against a plain-requests baseline making the same calls.
+- ``python -m bench.erasure``: the erasure fan-out in parallel vs one processor after the other.
+- ``python -m bench.memory [--subscribers 1000000]``: the peak memory of a full newsletter sync
+  in a process of its own, the database seeded directly (``bench.direct_seed``).
+- ``python -m bench.report``: ``bench/results/*.json`` -> ``bench/REPORT.md``.
+
+Everything is reported as ratios against the baseline measured in the same run, never as
+absolute timed assertions:
 
 - full sync throughput / baseline throughput   (target >= 0.5)
 - incremental sync time / full sync time       (target <  0.05)
 - Prefect task runs / batches of the full sync (target <= 1 per batch)
+- peak memory of a 1,000,000-subscriber full sync (target < 500 MB)
 
-Results go to stdout and ``bench/results/latest.json`` (git-ignored). The exit code is 0 even
+Results go to stdout and ``bench/results/*.json`` (git-ignored). The exit code is 0 even
 when a target is missed: it is a report, not a test. Only a crash exits non-zero.
 
 This package imports nothing from prefect at import time: ``bench.env`` must set the offline

@@ -30,6 +30,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup-runs", type=int, default=3,
         help="untimed Prefect warm-up flow runs before the syncs (default 3)",
     )  # fmt: skip
+    parser.add_argument(
+        "--explain-misses", action=argparse.BooleanOptionalAction, default=True,
+        help="when the incremental target is missed, sync another 1%% change under pyinstrument (default on)",
+    )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="cProfile intake and both syncs into bench/results/*.prof (slows them down)")
     parser.add_argument("--output", type=Path, default=None, help="JSON report (default bench/results/latest.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (database, logs)")

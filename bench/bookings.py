@@ -10,17 +10,12 @@ throughput ratio (ours / baseline), calls per booking on each side, Prefect task
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 
-from bench import env
+from bench.common import calls, cpu_of, cpu_ratio, job_environment, log, per_item, write_result
 
-RESULTS = Path(__file__).resolve().parent / "results"
 RECORDS_PER_TASK = 500
 
 
@@ -84,7 +79,7 @@ def baseline(url: str, payloads) -> dict:
     from connectors.timify import FIELD_KEYS
     from psync.sandbox_env import CREDENTIAL_ID, CREDENTIAL_SECRET, TIMIFY_COMPANY_ID
 
-    calls = 0
+    made = 0
     started = time.perf_counter()
     with requests.Session() as timify, requests.Session() as flex:
         token = timify.post(f"{url}/timify/v1/auth/token",
@@ -95,7 +90,7 @@ def baseline(url: str, payloads) -> dict:
         flex_token = flex.post(f"{url}/flexperto/api/v2/oauth/token", auth=(CREDENTIAL_ID, CREDENTIAL_SECRET),
                                data={"grant_type": "client_credentials"}, timeout=30)  # fmt: skip
         flex.headers["Authorization"] = "Bearer " + flex_token.json()["access_token"]
-        calls += 3
+        made += 3
         for external, customer, appointment, video in payloads:
             body = {"externalId": external, "customfields": [
                 {"id": ids[k], "value": v.isoformat() if hasattr(v, "isoformat") else str(v)} for k, v in customer.items()
@@ -108,52 +103,60 @@ def baseline(url: str, payloads) -> dict:
             customer_id = r.json()["data"]["id"]
             r = timify.post(f"{url}/timify/v1/appointments", json={**appointment, "customers": [customer_id]}, timeout=30)
             r.raise_for_status()
-            calls += 2
+            made += 2
             if video:
                 flex.post(f"{url}/flexperto/api/v2/customers", json=video, timeout=30).raise_for_status()
-                calls += 1
-    return {"seconds": time.perf_counter() - started, "calls": calls}
+                made += 1
+    return {"seconds": time.perf_counter() - started, "calls": made}
 
 
-def run(n: int) -> dict:
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    from bench.procs import Sandbox
+def run(n: int, keep: bool = False) -> dict:
+    from bench.common import prefect_api, timed_flow
+    from bench.prefect_runs import settled_task_runs
+    from bench.procs import CpuMeter, Sandbox
     from flows.bookings import push_bookings
     from models.migrate import upgrade
     from models.types import utcnow
 
-    work = Path(os.environ["PREFECT_HOME"]).parent
-    with Sandbox(int(os.environ["BENCH_PORT"]), work / "sandbox.log") as sandbox:
+    with job_environment(keep) as (work, port), Sandbox(port, work / "sandbox.log") as sandbox:
         upgrade()
+        log(f"intake of {n} bookings")
         _seed(n, utcnow())
         payloads = _payloads()
-        base = baseline(sandbox.url, payloads)
+        meter, base_cpu, ours_cpu = CpuMeter(sandbox.pid), {}, {}
+        log("baseline: plain requests")
+        with cpu_of(meter, base_cpu):
+            base = baseline(sandbox.url, payloads)
         base_state = sandbox.state()
-        assert len(base_state["timify"]["appointments"]) == n, "baseline did not book everything"
+        if len(base_state["timify"]["appointments"]) != n:
+            raise RuntimeError("baseline did not book everything")
+        base_calls = calls(base_state, "timify", "flexperto")
         sandbox.reset()
-        with prefect_test_harness(), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            started = time.perf_counter()
-            counts = push_bookings(records_per_task=RECORDS_PER_TASK)
-            seconds = time.perf_counter() - started
+        with prefect_api():
+            log("push-bookings")
+            with cpu_of(meter, ours_cpu):
+                ours = timed_flow(push_bookings, records_per_task=RECORDS_PER_TASK)
+            task_runs = settled_task_runs(ours["flow_run_id"])
         state = sandbox.state()
-    ours_calls = sum(state["timify"]["calls"].values()) + sum(state["flexperto"]["calls"].values())
+    ours_calls = calls(state, "timify", "flexperto")
+    seconds = ours["seconds"]
     doubles = sum(1 for v in state["timify"]["creates"]["appointments"].values() if v > 1)
     return {
         "bookings": n,
         "video": sum(1 for p in payloads if p[3]),
-        "baseline": {"seconds": round(base["seconds"], 2), "calls": base["calls"],
-                     "calls_per_booking": round(base["calls"] / n, 2),
-                     "bookings_per_second": round(n / base["seconds"], 1)},
+        "baseline": {"seconds": round(base["seconds"], 2), "calls": base_calls, "client_calls": base["calls"],
+                     "calls_per_booking": per_item(base_calls, n, 2),
+                     "bookings_per_second": round(n / base["seconds"], 1), **base_cpu},
         "push_bookings": {"seconds": round(seconds, 2), "calls": ours_calls,
-                          "calls_per_booking": round(ours_calls / n, 2),
-                          "bookings_per_second": round(n / seconds, 1),
-                          "task_runs": math.ceil(n / RECORDS_PER_TASK), "counts": counts},
+                          "calls_per_booking": per_item(ours_calls, n, 2),
+                          "bookings_per_second": round(n / seconds, 1), "counts": ours["counts"],
+                          "records_per_task": RECORDS_PER_TASK, "task_runs": task_runs,
+                          "task_runs_per_booking": per_item(task_runs["total"], n), **ours_cpu},
         "throughput_ratio": round(base["seconds"] / seconds, 3),
+        "cpu_ratio": cpu_ratio(base_cpu["cpu_seconds"], ours_cpu["cpu_seconds"]),
         "appointments_at_timify": len(state["timify"]["appointments"]),
         "appointments_created_twice": doubles,
-    }
+    }  # fmt: skip
 
 
 def table(report: dict) -> str:
@@ -163,7 +166,8 @@ def table(report: dict) -> str:
         f"{'':<16}{'seconds':>9}{'bookings/s':>12}{'calls':>8}{'calls/booking':>15}",
         f"{'baseline':<16}{b['seconds']:>9}{b['bookings_per_second']:>12}{b['calls']:>8}{b['calls_per_booking']:>15}",
         f"{'push-bookings':<16}{p['seconds']:>9}{p['bookings_per_second']:>12}{p['calls']:>8}{p['calls_per_booking']:>15}",
-        f"throughput ratio (ours / baseline): {report['throughput_ratio']}; task runs: {p['task_runs']}; "
+        f"throughput ratio (ours / baseline): {report['throughput_ratio']} (by CPU time {report['cpu_ratio']}); "
+        f"task runs: {p['task_runs']['total']}; "
         f"appointments at TIMIFY: {report['appointments_at_timify']}, created twice: {report['appointments_created_twice']}",
     ])  # fmt: skip
 
@@ -171,18 +175,12 @@ def table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bookings", description=__doc__.splitlines()[0])
     parser.add_argument("--bookings", type=int, default=10_000)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (database, logs)")
     args = parser.parse_args(argv)
-    port = env.free_port()
-    env.prepare(250, port)
-    from psync.sandbox_env import sandbox_environment
-
-    os.environ.update(sandbox_environment(f"http://127.0.0.1:{port}", rate_per_second=env.RATE_PER_SECOND))
-    os.environ["BENCH_PORT"] = str(port)
-    report = run(args.bookings)
-    report["at"] = datetime.now(UTC).isoformat()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bookings.json").write_text(json.dumps(report, indent=2, default=str))
+    report = run(args.bookings, args.keep)
+    path = write_result("bookings", report)
     print(table(report))
+    print(f"report: {path}")
     return 0
 
 

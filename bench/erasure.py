@@ -3,7 +3,9 @@
 1. Two people at all five processors; the sandbox answers every call after 200 ms. One is
    erased by ``fan-out-erasure`` as deployed (one task per processor, in parallel), the
    other by the same flow with a one-thread task runner (one processor after the other).
-   Reported: both wall times and their ratio (target: close to one processor's time).
+   Reported: both wall times and their ratio, the calls each processor answered, and the
+   parallel time against its floor, the slowest processor's calls one after the other
+   (target: close to one processor's time).
 2. ``--queued`` newsletter subscribers at CleverReach, one open request each, no latency:
    requests completed per second by ``follow-up-erasures``.
 """
@@ -12,19 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
-from bench import env
+from bench.common import job_environment, log, write_result
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LATENCY_MS = 200
+PROCESSORS = ("cleverreach", "timify", "flexperto", "isic", "nect")
 
 
-def _fan_out(sequential: bool, email: str) -> tuple[float, dict]:
+def _fan_out(sandbox, sequential: bool, email: str) -> dict:
+    """Erase one person at every processor; wall time, counts and the calls each processor got."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.erasure import fan_out_erasure, open_erasure_request
@@ -33,12 +34,18 @@ def _fan_out(sequential: bool, email: str) -> tuple[float, dict]:
     with transaction() as session:
         request_id = open_erasure_request(session, email=email, channel="letter").id
     flow = fan_out_erasure.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1)) if sequential else fan_out_erasure
+    before = sandbox.state()
     started = time.perf_counter()
-    try:
-        counts = flow(request_id=request_id)
-    except Exception as exc:  # reported, not hidden
-        counts = {"failed": type(exc).__name__}
-    return time.perf_counter() - started, counts
+    state = flow(request_id=request_id, return_state=True)
+    seconds = time.perf_counter() - started
+    after = sandbox.state()
+    return {
+        "seconds": seconds,
+        # A failure is reported, not hidden.
+        "counts": state.result() if state.is_completed() else {"failed": state.message},
+        "calls": {p: sum(after[p]["calls"].values()) - sum(before[p]["calls"].values()) for p in PROCESSORS},
+        "flow_run_id": state.state_details.flow_run_id,
+    }
 
 
 def _queued(n: int) -> dict:
@@ -79,31 +86,39 @@ def _queued(n: int) -> dict:
             "requests_per_second": round(n / seconds, 1), "last_counts": counts}  # fmt: skip
 
 
-def run(queued: int) -> dict:
+def run(queued: int, keep: bool = False) -> dict:
     import requests
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
 
+    from bench.common import prefect_api
+    from bench.prefect_runs import settled_task_runs
     from bench.procs import Sandbox
     from models.migrate import upgrade
     from psync.demo_erasure import PEOPLE, seed_everywhere
     from psync.settings import get_settings
 
-    work = Path(os.environ["PREFECT_HOME"]).parent
-    with Sandbox(int(os.environ["BENCH_PORT"]), work / "sandbox.log") as sandbox, \
-            prefect_test_harness(), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):  # fmt: skip
+    with job_environment(keep) as (work, port), Sandbox(port, work / "sandbox.log") as sandbox, prefect_api():
         upgrade()
+        log("two people at all five processors")
         seed_everywhere(sandbox.url, get_settings().hmac_key(), work / "docs", PEOPLE[:2])
         requests.post(f"{sandbox.url}/_sandbox/faults", json={"latency_ms": LATENCY_MS}, timeout=10).raise_for_status()
-        parallel, parallel_counts = _fan_out(False, PEOPLE[0][0])
-        sequential, sequential_counts = _fan_out(True, PEOPLE[1][0])
+        log(f"fan-out, parallel and on one thread, {LATENCY_MS} ms per answer")
+        parallel = _fan_out(sandbox, False, PEOPLE[0][0])
+        sequential = _fan_out(sandbox, True, PEOPLE[1][0])
+        task_runs = settled_task_runs(parallel["flow_run_id"])
         requests.post(f"{sandbox.url}/_sandbox/faults", json={"latency_ms": 0}, timeout=10).raise_for_status()
+        log(f"{queued} queued requests, one follow-up-erasures run")
         queue = _queued(queued) if queued else None
+    slowest = max(parallel["calls"], key=parallel["calls"].get)
+    floor = parallel["calls"][slowest] * LATENCY_MS / 1000
     return {
         "latency_ms": LATENCY_MS,
-        "fan_out": {"parallel_s": round(parallel, 2), "sequential_s": round(sequential, 2),
-                    "ratio": round(parallel / sequential, 3),
-                    "parallel_counts": parallel_counts, "sequential_counts": sequential_counts},
+        "fan_out": {"parallel_s": round(parallel["seconds"], 2), "sequential_s": round(sequential["seconds"], 2),
+                    "ratio": round(parallel["seconds"] / sequential["seconds"], 3),
+                    "calls_by_processor": parallel["calls"], "calls": sum(parallel["calls"].values()),
+                    "slowest_processor": slowest, "slowest_processor_floor_s": floor,
+                    "parallel_over_floor": round(parallel["seconds"] / floor, 2),
+                    "task_runs": task_runs,
+                    "parallel_counts": parallel["counts"], "sequential_counts": sequential["counts"]},
         "queued": queue,
     }  # fmt: skip
 
@@ -111,25 +126,19 @@ def run(queued: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.erasure", description=__doc__.splitlines()[0])
     parser.add_argument("--queued", type=int, default=1000)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (database, logs)")
     args = parser.parse_args(argv)
-    port = env.free_port()
-    env.prepare(250, port)
-    from psync.sandbox_env import sandbox_environment
-
-    os.environ.update(sandbox_environment(f"http://127.0.0.1:{port}", rate_per_second=env.RATE_PER_SECOND))
-    os.environ["BENCH_PORT"] = str(port)
-    os.environ.setdefault("PSYNC_DOCUMENT_KEY", "bWFrZS1iZW5jaC1kb2N1bWVudHMtc2VjcmV0LTMyYj0=")
-    report = run(args.queued)
-    report["at"] = datetime.now(UTC).isoformat()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "erasure.json").write_text(json.dumps(report, indent=2, default=str))
+    report = run(args.queued, args.keep)
+    path = write_result("erasure", report)
     f = report["fan_out"]
     print(f"erasing one subject at 5 processors, {LATENCY_MS} ms per answer: parallel {f['parallel_s']} s, "
-          f"sequential {f['sequential_s']} s, ratio {f['ratio']}")  # fmt: skip
+          f"sequential {f['sequential_s']} s, ratio {f['ratio']}; slowest processor {f['slowest_processor']} "
+          f"({f['calls_by_processor'][f['slowest_processor']]} calls = {f['slowest_processor_floor_s']} s floor)")  # fmt: skip
     if report["queued"]:
         q = report["queued"]
         print(f"{q['requests']} queued requests (CleverReach): {q['seconds']} s in {q['runs']} follow-up run(s), "
               f"{q['requests_per_second']} requests/s")  # fmt: skip
+    print(f"report: {path}")
     return 0
 
 

@@ -1,17 +1,28 @@
-"""The sandbox in its own process, and CPU accounting of processes via /proc."""
+"""The sandbox in its own process; CPU and memory accounting of processes via /proc."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import requests
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def psync_command(*args: str) -> list[str]:
+    """``psync ARGS`` with this interpreter's installation (the venv's script if it has one)."""
+    script = Path(sys.executable).parent / "psync"
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-m", "psync.cli", *args]
 
 
 class Sandbox:
@@ -24,17 +35,13 @@ class Sandbox:
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        script = Path(sys.executable).parent / "psync"
-        if script.exists():
-            return [str(script), "sandbox", "--host", "127.0.0.1", "--port", str(self.port)]
-        return [sys.executable, "-m", "psync.cli", "sandbox", "--port", str(self.port)]
+        return psync_command("sandbox", "--host", "127.0.0.1", "--port", str(self.port))
 
     def start(self, timeout: float = 60.0) -> Sandbox:
         env = {**os.environ, "DO_NOT_TRACK": "1"}
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-            cwd=Path(__file__).resolve().parent.parent,
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + timeout
@@ -143,3 +150,88 @@ class CpuMeter:
     @staticmethod
     def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         return {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+
+
+# memory accounting --------------------------------------------------------------------
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of one process in MB (VmRSS; VmHWM: its peak so far); 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MB."""
+    return sum(rss_mb(p) for p in (pid, *descendants(pid)))
+
+
+# Forks the command from this small interpreter and reports its resource usage. Forked (or
+# vforked) straight from the benchmark, the command would start with the benchmark's own
+# high-water mark of resident memory: the kernel keeps the old one across exec (ru_maxrss).
+_LAUNCHER = """
+import json, os, sys
+out, command = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(command[0], command)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(out, "w") as f:
+    json.dump({"returncode": os.waitstatus_to_exitcode(status), "max_rss_kb": usage.ru_maxrss,
+               "cpu_seconds": usage.ru_utime + usage.ru_stime}, f)
+"""
+
+
+def run_measured(
+    command: Sequence[str],
+    env: Mapping[str, str],
+    output: Path,
+    watch: Mapping[str, int] | None = None,
+    interval: float = 0.1,
+) -> dict:
+    """Run `command` to its end and measure its memory; stdout to `output`, stderr beside it.
+
+    The figure that counts is ``max_rss_mb``: the kernel's high-water mark of the command's
+    resident memory (``ru_maxrss`` from ``wait4``, taken by a small launcher process that forks
+    it). Meanwhile /proc is polled every `interval`: the command's own high-water mark
+    (``VmHWM``, the same figure while it runs), the resident memory of it and its descendants
+    together (``peak_tree_rss_mb``), and of the processes in `watch` (name -> pid).
+    """
+    usage_path = output.with_suffix(".usage.json")
+    started = time.perf_counter()
+    with output.open("wb") as out, output.with_suffix(".stderr").open("wb") as err:
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(usage_path), *command], stdout=out, stderr=err,
+            env=dict(env), cwd=ROOT,
+        )  # fmt: skip
+    samples: list[tuple[float, float]] = []
+    watched = dict.fromkeys(watch or {}, 0.0)
+    peak_tree = high_water = 0.0
+    while launcher.poll() is None:
+        tree = sum(tree_rss_mb(child) for child in descendants(launcher.pid))
+        peak_tree = max(peak_tree, tree)
+        high_water = max([high_water, *(rss_mb(child, "VmHWM") for child in descendants(launcher.pid))])
+        samples.append((round(time.perf_counter() - started, 2), round(tree, 1)))
+        for name, other in (watch or {}).items():
+            watched[name] = max(watched[name], tree_rss_mb(other))
+        time.sleep(interval)
+    seconds = time.perf_counter() - started
+    if launcher.returncode != 0:
+        raise RuntimeError(f"the launcher of {command[0]} exited {launcher.returncode}")
+    usage = json.loads(usage_path.read_text())
+    return {
+        "returncode": usage["returncode"],
+        "seconds": seconds,
+        "max_rss_mb": round(usage["max_rss_kb"] / 1024, 1),  # Linux: kilobytes
+        "polled_high_water_mb": round(high_water, 1),
+        "peak_tree_rss_mb": round(peak_tree, 1),
+        "cpu_seconds": round(usage["cpu_seconds"], 2),
+        "watched_peak_rss_mb": {k: round(v, 1) for k, v in watched.items()},
+        "samples": samples,
+    }

@@ -25,20 +25,28 @@ def _ip(i: int) -> str:
     return f"203.0.113.{i % 250 + 1}"
 
 
-def signup_confirm_lines(start: int, stop: int, signup_base: datetime) -> Iterator[str]:
-    """A sign-up and its confirmation for subjects start..stop-1."""
+def signup_confirm_events(start: int, stop: int, signup_base: datetime) -> Iterator[tuple[dict, dict]]:
+    """A sign-up and its confirmation, as the website hands them over, for subjects start..stop-1."""
     for i in range(start, stop):
         at = signup_base + timedelta(milliseconds=10 * (i - start))
-        yield json.dumps({
+        signup = {
             "type": "consent.signup", "list": LIST, "email": email(i), "at": at.isoformat(),
             "salutation": SALUTATIONS[i % 3], "first_name": f"Vorname{i}",
             "last_name": f"Nachname{i}", "ip": _ip(i),
             "source": "https://www.example.de/newsletter", "policy_version": "2025-05",
-        })  # fmt: skip
-        yield json.dumps({
+        }  # fmt: skip
+        confirm = {
             "type": "consent.confirm", "list": LIST, "email": email(i),
             "at": (at + timedelta(minutes=7)).isoformat(), "ip": _ip(i + 1),
-        })  # fmt: skip
+        }  # fmt: skip
+        yield signup, confirm
+
+
+def signup_confirm_lines(start: int, stop: int, signup_base: datetime) -> Iterator[str]:
+    """``signup_confirm_events`` as intake lines."""
+    for signup, confirm in signup_confirm_events(start, stop, signup_base):
+        yield json.dumps(signup)
+        yield json.dumps(confirm)
 
 
 def withdraw_lines(indices: list[int], at: datetime) -> Iterator[str]:
@@ -49,10 +57,10 @@ def withdraw_lines(indices: list[int], at: datetime) -> Iterator[str]:
         })  # fmt: skip
 
 
-def intake(lines: list[str]) -> Counter[str]:
+def intake(lines: list[str], url: str | None = None) -> Counter[str]:
     """One intake transaction, as ``psync intake FILE`` does it; returns outcome counts."""
     key = get_settings().hmac_key()
-    with transaction() as session:
+    with transaction(url) as session:
         results = intake_lines(session, key, lines, now=utcnow())
     counts = Counter(r.outcome for r in results)
     if counts.get("rejected"):
@@ -61,26 +69,37 @@ def intake(lines: list[str]) -> Counter[str]:
     return counts
 
 
-def seed(n: int, slice_subjects: int) -> Counter[str]:
+def signup_base() -> datetime:
+    """When the seeded sign-ups start (20 days ago: confirmed, none about to expire)."""
+    return utcnow() - timedelta(days=20)
+
+
+def seed(n: int, slice_subjects: int, url: str | None = None, base: datetime | None = None) -> Counter[str]:
     """N confirmed subscriptions in slices of `slice_subjects` (one transaction per slice)."""
-    base = utcnow() - timedelta(days=20)
+    base = base or signup_base()
     total: Counter[str] = Counter()
     for start in range(0, n, slice_subjects):
         stop = min(n, start + slice_subjects)
-        total.update(intake(list(signup_confirm_lines(start, stop, base))))
+        total.update(intake(list(signup_confirm_lines(start, stop, base)), url))
     return total
 
 
-def change_one_percent(n: int) -> dict:
-    """Withdraw 0.5% of the N subscriptions and add 0.5% new confirmed ones (1% in all)."""
+def change_one_percent(n: int, round_: int = 0) -> dict:
+    """Withdraw 0.5% of the N subscriptions and add 0.5% new confirmed ones (1% in all).
+
+    Each `round_` (0, 1, ...) changes other subscriptions than the rounds before it.
+    """
     changes = max(2, round(n * 0.01))
     withdraw = changes // 2
     new = changes - withdraw
     step = n // withdraw
-    withdrawn = [i * step for i in range(withdraw)]  # spread over the whole id range
+    if not 0 <= round_ < step:
+        raise ValueError(f"round_ must be 0..{step - 1}")
+    withdrawn = [i * step + round_ for i in range(withdraw)]  # spread over the whole id range
+    first_new = n + round_ * new
     now = utcnow()
     lines = list(withdraw_lines(withdrawn, now - timedelta(minutes=2)))
-    lines += list(signup_confirm_lines(n, n + new, now - timedelta(minutes=30)))
+    lines += list(signup_confirm_lines(first_new, first_new + new, now - timedelta(minutes=30)))
     counts = intake(lines)
     return {
         "changed": changes, "withdrawn": withdraw, "new_confirmed": new, "lines": len(lines),

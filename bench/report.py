@@ -1,0 +1,443 @@
+"""``python -m bench.report``: ``bench/results/*.json`` -> ``bench/REPORT.md``.
+
+The last step of ``make bench``. One section per job (our throughput against the
+plain-``requests`` baseline measured in the same run, calls per item, Prefect task runs per
+item), the one-million-subscriber memory figure, the erasure fan-out, the environment, and a
+table of every target: met or missed, with the measured cause of each miss. A result that is
+missing is reported as not run; the report never runs a benchmark itself.
+
+Imports nothing from prefect or the project: it only reads JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.common import RESULTS, git_commit
+
+REPORT = Path(__file__).resolve().parent / "REPORT.md"
+THROUGHPUT_TARGET = 0.5  # ours / baseline, every job (the newsletter's target, issue 3)
+INCREMENTAL_TARGET = 0.05  # incremental / full sync time
+TASKS_PER_BATCH_TARGET = 1.0
+MEMORY_TARGET_MB = 500
+# "Close to one processor's time": at most this many times the slowest processor's calls
+# made one after the other (the floor no parallel fan-out can beat).
+FAN_OUT_FLOOR_FACTOR = 2.0
+
+
+def load(folder: Path = RESULTS) -> dict[str, dict]:
+    names = {"newsletter": "latest", "bookings": "bookings", "student_id": "student_id",
+             "erasure": "erasure", "memory": "memory"}  # fmt: skip
+    found = {}
+    for job, name in names.items():
+        path = folder / f"{name}.json"
+        if path.exists():
+            found[job] = json.loads(path.read_text())
+    return found
+
+
+# formatting -------------------------------------------------------------------------------
+def _n(value, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def _when(result: dict) -> str:
+    return str(result.get("finished_at") or result.get("at") or result.get("started_at") or "?")
+
+
+def _per(value: float, items: int, digits: int = 4) -> str:
+    return f"{value / items:.{digits}f}" if items else "–"
+
+
+# targets ----------------------------------------------------------------------------------
+class Targets:
+    def __init__(self) -> None:
+        self.rows: list[list[str]] = []
+        self.causes: list[str] = []
+
+    def add(self, what: str, measured: str, target: str, met: bool | None, cause: str = "") -> None:
+        result = "not run" if met is None else ("met" if met else "**missed**")
+        self.rows.append([what, measured, target, result])
+        if met is False:
+            self.causes += [f"### {what}: missed", "", cause or "No profile was taken for it in this run.", ""]
+
+
+def _throughput(targets: Targets, what: str, wall: float, cpu: float | None, sides: dict | None = None,
+                load: list | None = None) -> None:  # fmt: skip
+    """The target is the wall-time ratio (as the issues define it); the CPU-time ratio is shown
+    beside it, a disagreement between the two is said, and a miss is explained by where the
+    time went: `sides` holds (wall seconds, CPU seconds by process) of "baseline" and "ours"."""
+    measured = f"{wall:.3f}" + (f" (by CPU time {cpu:.3f})" if cpu is not None else "")
+    met = wall >= THROUGHPUT_TARGET
+    targets.add(what, measured, f"≥ {THROUGHPUT_TARGET}", met, _throughput_cause(wall, cpu, sides, load))
+    if cpu is not None and met and cpu < THROUGHPUT_TARGET:
+        targets.rows[-1][-1] = "met by wall time, **not by CPU time**"
+    elif cpu is not None and not met and cpu >= THROUGHPUT_TARGET:
+        targets.rows[-1][-1] = "**missed** by wall time, met by CPU time"
+
+
+def _throughput_cause(wall: float, cpu: float | None, sides: dict | None, load: list | None) -> str:
+    if cpu is None or not sides:
+        return ""
+    (b_wall, b_cpu), (o_wall, o_cpu) = sides["baseline"], sides["ours"]
+    b_total, o_total = sum(b_cpu.values()), sum(o_cpu.values())
+    lines = [
+        f"Measured with the CPU accounting of every process involved (this one, the sandbox, the Prefect "
+        f"server): the baseline spent {b_total:.1f} CPU s in {b_wall:.2f} s ({b_total / b_wall:.2f} cores on "
+        f"average), ours {o_total:.1f} CPU s (client {o_cpu['client']:.1f}, sandbox {o_cpu['sandbox']:.1f}, "
+        f"Prefect server {o_cpu['prefect_server']:.1f}) in {o_wall:.2f} s ({o_total / o_wall:.2f} cores).",
+        "",
+    ]  # fmt: skip
+    if cpu >= THROUGHPUT_TARGET:
+        lines.append(
+            f"By CPU time the ratio is {cpu:.3f}, above the target: the flow costs what it costs when the target "
+            "is met, but it got less of the machine than it can use"
+            + (f" (load average {load[0]:.1f} / {load[1]:.1f} on the cores at the end of the benchmark)" if load else "")
+            + ". The miss is the machine's share during this run, not the flow; a run on an otherwise idle "
+            "machine measures it again. A profile would not show it: it records where a thread spends its "
+            "wall time, not that the thread waited for a core."
+        )  # fmt: skip
+    else:
+        lines.append(
+            f"By CPU time the ratio is {cpu:.3f}, below the target too: the flow itself costs too much per item. "
+            "`python -m bench --profile` (cProfile) or pyinstrument around the flow shows where."
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
+def _cpu_total(cpu: dict | None) -> float | None:
+    return sum(cpu.values()) if cpu else None
+
+
+def _ratio(baseline: float | None, ours: float | None) -> float | None:
+    return baseline / ours if baseline and ours else None
+
+
+def _load_note(results: dict[str, dict]) -> str:
+    loads = {job: r.get("environment", {}).get("load_average") for job, r in results.items()}
+    loads = {job: v for job, v in loads.items() if v}
+    if not loads:
+        return ""
+    cpus = next((r["environment"].get("cpus") for r in results.values() if r.get("environment")), None)
+    busy = max(v[1] for v in loads.values())
+    shown = ", ".join(f"{job} {v[0]:.1f}/{v[1]:.1f}" for job, v in loads.items())
+    note = f"Load average (1 / 5 min) at the end of each benchmark: {shown}, on {cpus} cores. "
+    if cpus and busy > cpus:
+        note += ("Other work shared the machine (the load exceeded the cores), so absolute times are "
+                 "noisy, and so are the wall-time ratios: the two sides of a comparison run a minute or "
+                 "two apart, and one of them may get less of the machine than the other (a ratio "
+                 "above 1 means the baseline got less).")  # fmt: skip
+    else:
+        note += "The machine was otherwise mostly idle."
+    return note
+
+
+# sections ---------------------------------------------------------------------------------
+def newsletter(r: dict, targets: Targets) -> list[str]:
+    n, b, f, i = r["subjects"], r["baseline"], r["full_sync"], r["incremental_sync"]
+    ratio = f["receivers_per_second"] / b["receivers_per_second"]
+    changed = r["change"]["changed"]
+    inc_calls = sum(i["calls"].values())
+    inc_ratio = i["seconds"] / f["seconds"]
+    per_batch = f["task_runs"]["total"] / f["batches"]
+    cpu = _ratio(_cpu_total(b.get("cpu_seconds")), _cpu_total(f.get("cpu_seconds")))
+    inc_cpu = _ratio(_cpu_total(i.get("cpu_seconds")), _cpu_total(f.get("cpu_seconds")))
+    out = ["## Newsletter consents → CleverReach (`python -m bench`)", "",
+           f"{n:,} confirmed subscriptions seeded through intake ({r['intake']['lines_per_second']:,.0f} lines/s), "
+           f"batches of {r['batch_size']}, flow parameters {', '.join(f'{k}={v}' for k, v in r['flow_parameters'].items())}; measured {_when(r)}.", ""]  # fmt: skip
+    out += _table(
+        ["", "baseline (plain requests)", "sync-newsletter-consents", "ours / baseline"],
+        [
+            ["full push", f"{b['seconds']:.2f} s", f"{f['seconds']:.2f} s", ""],
+            ["throughput", f"{_n(b['receivers_per_second'])} receivers/s", f"{_n(f['receivers_per_second'])} receivers/s", f"**{ratio:.3f}**"],
+            ["calls per receiver", f"{_per(b['calls'], n)} ({b['calls']} upserts)", f"{_per(f['upsert_calls'], n)} ({f['upsert_calls']} upserts)", ""],
+            ["Prefect task runs per receiver", "–", f"{_per(f['task_runs']['total'], n, 6)} ({f['task_runs']['total']} for {f['batches']} batches: {per_batch:.4f} per batch)", ""],
+            ["CPU s client / sandbox / Prefect server", _cpu(b["cpu_seconds"]), _cpu(f["cpu_seconds"]),
+             f"by CPU time {cpu:.3f}" if cpu else ""],
+        ],
+    )  # fmt: skip
+    out += _table(
+        ["incremental sync after 1 % changed", "figure"],
+        [
+            ["change", f"{r['change']['withdrawn']} withdrawn, {r['change']['new_confirmed']} new"],
+            ["time / full sync's time", f"{i['seconds']:.2f} s / {f['seconds']:.2f} s = **{inc_ratio:.3f}**"
+             + (f" (by CPU time {inc_cpu:.3f})" if inc_cpu else "")],
+            ["calls per changed item", f"{_per(inc_calls, changed, 2)} ({_calls(i['calls'])})"],
+            ["Prefect task runs per changed item", f"{_per(i['task_runs']['total'], changed)} ({_tasks(i['task_runs'])})"],
+        ],
+    )  # fmt: skip
+    _throughput(targets, "Newsletter full sync throughput / baseline", ratio, cpu,
+                {"baseline": (b["seconds"], b["cpu_seconds"]), "ours": (f["seconds"], f["cpu_seconds"])},
+                r.get("environment", {}).get("load_average"))  # fmt: skip
+    targets.add("Newsletter Prefect task runs per batch", f"{per_batch:.4f}", f"≤ {TASKS_PER_BATCH_TARGET:g}", per_batch <= TASKS_PER_BATCH_TARGET)
+    targets.add("Newsletter incremental sync / full sync time",
+                f"{inc_ratio:.3f}" + (f" (by CPU time {inc_cpu:.3f})" if inc_cpu else ""), f"< {INCREMENTAL_TARGET}",
+                inc_ratio < INCREMENTAL_TARGET, _incremental_cause(r, inc_ratio))  # fmt: skip
+    return out
+
+
+def _tasks(runs: dict) -> str:
+    return f"{runs['total']}: " + ", ".join(f"{k} {v}" for k, v in sorted(runs.get("by_task", {}).items()))
+
+
+def _calls(calls: dict[str, int]) -> str:
+    """``{"DELETE /v3/groups/{gid}/receivers/{email_or_id}": 500}`` -> ``DELETE …/{email_or_id}: 500``."""
+    return ", ".join(f"{k.split(' ', 1)[0]} …/{k.rsplit('/', 1)[-1]}: {v}" for k, v in sorted(calls.items()))
+
+
+def _cpu(cpu: dict) -> str:
+    return f"{cpu['client']:.1f} / {cpu['sandbox']:.1f} / {cpu['prefect_server']:.1f}"
+
+
+def _incremental_cause(r: dict, ratio: float) -> str:
+    full, i = r["full_sync"]["seconds"], r["incremental_sync"]
+    budget = INCREMENTAL_TARGET * full
+    lines = [
+        f"The target allows {budget:.2f} s ({INCREMENTAL_TARGET} × the full sync's {full:.2f} s); the incremental "
+        f"sync took {i['seconds']:.2f} s. Its work does not shrink with the change as the full sync's does:",
+        "",
+    ]
+    profile = r.get("incremental_profile")
+    if profile:
+        change = profile["change"]
+        lines += [
+            f"Profile (pyinstrument, a second 1 % change — {change['withdrawn']} withdrawn, {change['new_confirmed']} "
+            f"new — synced untimed; {profile['profiled_seconds']:.2f} s under the profiler; call tree in "
+            f"`{profile['call_tree']}`):",
+            "",
+        ]  # fmt: skip
+        lines += _table(["where the wall time goes", "seconds"],
+                        [[k, f"{v:.3f}"] for k, v in profile["breakdown_seconds"].items()])  # fmt: skip
+        lines += ["<details><summary>call tree (head)</summary>", "", "```", profile["call_tree_excerpt"], "```",
+                  "", "</details>", ""]  # fmt: skip
+        parts = profile["breakdown_seconds"]
+        deletes = next((v for k, v in parts.items() if "DELETE" in k), 0.0)
+        withdrawn = change["withdrawn"]
+        lines += [
+            "What that means:",
+            "",
+            f"- The removals are bound by the API: CleverReach has no bulk delete scoped to one group (its bulk "
+            f"delete removes an address from every group, which would also drop a service-offers subscription "
+            f"that still stands), so {withdrawn} withdrawals are {withdrawn} DELETE calls, {deletes:.2f} s here "
+            f"({1000 * deletes / withdrawn:.1f} ms each, four in flight). That alone is {deletes / budget:.1f}× the "
+            "whole budget. (The earlier profiling found them bound by the client's CPU on two cores, so more "
+            "threads gain nothing.)",
+            "- Finding what to remove checks every live register row against its consent (exact, so a "
+            "withdrawal is never missed); its cost grows with the list, not with the change.",
+            "- A run has a fixed cost in Prefect (flow run, task runs, the artifact) and in setting up the "
+            "client, whatever the change.",
+            "- Not fixed here (flows/ is not the benchmark's to change); what would: the connector's "
+            "account-wide `bulk_delete` (`POST receivers/delete.json`, up to 1,000 addresses a call) for "
+            "subjects the register shows at no other CleverReach purpose, which turns the DELETEs into one "
+            "call per 1,000; and a removal check driven by the consents changed since the cursor instead of "
+            "every live register row.",
+        ]  # fmt: skip
+    else:
+        lines.append("Not profiled in this run (`python -m bench --explain-misses` profiles it).")
+    return "\n".join(lines)
+
+
+def bookings(r: dict, targets: Targets) -> list[str]:
+    n, b, p = r["bookings"], r["baseline"], r["push_bookings"]
+    runs = p["task_runs"]["total"] if isinstance(p["task_runs"], dict) else p["task_runs"]
+    out = ["## Bookings → TIMIFY and Flexperto (`python -m bench.bookings`)", "",
+           f"{n:,} bookings ({r['video']:,} by video) through intake; measured {_when(r)}.", ""]  # fmt: skip
+    out += _job_table(
+        "bookings", b, p, n, runs, r["throughput_ratio"], r.get("cpu_ratio"),
+        f"appointments at TIMIFY: {r['appointments_at_timify']:,}, created twice: {r['appointments_created_twice']}",
+    )  # fmt: skip
+    _throughput(targets, "Bookings throughput / baseline", r["throughput_ratio"], r.get("cpu_ratio"), _sides(b, p),
+                r.get("environment", {}).get("load_average"))  # fmt: skip
+    return out
+
+
+def student_id(r: dict, targets: Targets) -> list[str]:
+    n, b, p = r["orders"], r["baseline"], r["forward_student_id_orders"]
+    issuer = r["issuer"]
+    out = ["## Student-ID orders → ISIC (`python -m bench.student_id`)", "",
+           f"{n:,} orders with three documents each through intake; per order `cardholders.set`, "
+           f"`cardholders.setPhoto`, `cards.list`, `cards.request` on both sides; measured {_when(r)}.", ""]  # fmt: skip
+    out += _job_table(
+        "orders", b, p, n, p["task_runs"]["total"], r["throughput_ratio"], r.get("cpu_ratio"),
+        f"cardholders at the issuer: {issuer['cardholders']:,}, cards created twice: {issuer['cards_created_twice']}, "
+        f"cards without the photo: {issuer['cards_without_photo']}",
+    )  # fmt: skip
+    _throughput(targets, "Student-ID throughput / baseline", r["throughput_ratio"], r.get("cpu_ratio"), _sides(b, p),
+                r.get("environment", {}).get("load_average"))  # fmt: skip
+    return out
+
+
+def _sides(base: dict, ours: dict) -> dict | None:
+    if not (base.get("cpu_seconds") and ours.get("cpu_seconds")):
+        return None
+    return {"baseline": (base["seconds"], base["cpu_seconds"]), "ours": (ours["seconds"], ours["cpu_seconds"])}
+
+
+def _job_table(unit: str, base: dict, ours: dict, n: int, task_runs: int, ratio: float, cpu: float | None,
+               checks: str) -> list[str]:  # fmt: skip
+    one = unit[:-1]
+    rows = [
+        ["time", f"{base['seconds']:.2f} s", f"{ours['seconds']:.2f} s", ""],
+        ["throughput", f"{_n(n / base['seconds'], 1)} {unit}/s", f"{_n(n / ours['seconds'], 1)} {unit}/s",
+         f"**{ratio:.3f}**"],
+        [f"calls per {one}", f"{_per(base['calls'], n, 2)} ({base['calls']:,})", f"{_per(ours['calls'], n, 2)} ({ours['calls']:,})", ""],
+        [f"Prefect task runs per {one}", "–", f"{_per(task_runs, n)} ({task_runs})", ""],
+    ]  # fmt: skip
+    if base.get("cpu_seconds") and ours.get("cpu_seconds"):
+        rows.append(["CPU s client / sandbox / Prefect server", _cpu(base["cpu_seconds"]), _cpu(ours["cpu_seconds"]),
+                     f"by CPU time {cpu:.3f}" if cpu else ""])  # fmt: skip
+    rows.append(["checks", "", checks, ""])
+    return _table(["", "baseline (plain requests)", "our flow", "ours / baseline"], rows)
+
+
+def erasure(r: dict, targets: Targets) -> list[str]:
+    f, q = r["fan_out"], r.get("queued")
+    out = ["## Erasure fan-out (`python -m bench.erasure`)", "",
+           f"One person erased at all five processors, every answer delayed {r['latency_ms']} ms; measured {_when(r)}.", ""]  # fmt: skip
+    rows = [
+        ["`fan-out-erasure` (one task per processor, in parallel)", f"{f['parallel_s']:.2f} s"],
+        ["the same flow on one thread (one processor after the other)", f"{f['sequential_s']:.2f} s"],
+        ["parallel / sequential", f"**{f['ratio']:.3f}**"],
+    ]
+    floor = f.get("slowest_processor_floor_s")
+    if floor:
+        rows += [
+            ["calls per processor (parallel run)", ", ".join(f"{k} {v}" for k, v in f["calls_by_processor"].items())],
+            ["floor: the slowest processor's calls one after the other",
+             f"{f['slowest_processor']}: {f['calls_by_processor'][f['slowest_processor']]} × {r['latency_ms']} ms = {floor:.2f} s"],
+            ["parallel / floor", f"{f['parallel_over_floor']:.2f}"],
+            ["Prefect task runs per erasure request", str(f["task_runs"]["total"])],
+        ]  # fmt: skip
+    if q:
+        rows += [[f"{q['requests']:,} queued requests (CleverReach), `follow-up-erasures`",
+                  f"{q['seconds']:.2f} s in {q['runs']} run(s): **{q['requests_per_second']:,.1f} requests/s**, {q['still_open']} still open"]]  # fmt: skip
+    out += _table(["", "figure"], rows)
+    if floor:
+        met = f["parallel_s"] <= FAN_OUT_FLOOR_FACTOR * floor
+        targets.add("Erasure fan-out close to one processor's time", f"{f['parallel_s']:.2f} s = {f['parallel_over_floor']:.2f} × floor "
+                    f"(parallel / sequential {f['ratio']:.3f})", f"≤ {FAN_OUT_FLOOR_FACTOR:g} × floor ({floor:.2f} s)", met,
+                    "The fan-out's own steps (claiming, the flow and task runs, finishing the request) outweigh "
+                    "the calls; see the erasure section.")  # fmt: skip
+    else:
+        targets.add("Erasure fan-out close to one processor's time", f"parallel / sequential {f['ratio']:.3f}", "–", None)
+    return out
+
+
+def memory(r: dict, targets: Targets) -> list[str]:
+    s, sb = r["sync"], r["sandbox"]
+    peak, met = r["peak_rss_mb"], r["peak_rss_mb"] < MEMORY_TARGET_MB
+    check = r["check_against_intake"]
+    out = [f"## Memory: full sync of {r['subscribers']:,} subscribers (`python -m bench.memory`)", "",
+           f"Seeded straight into the database ({r['seed']['subjects_per_second']:,} subjects/s, {r['seed']['seconds']:.0f} s, "
+           f"database {r['seed']['database_mb']:,} MB): the rows intake writes, checked first on {check['subjects']:,} subjects "
+           "seeded both ways (same pushed payloads, same rows in every table but ids and write times, audit chain intact). "
+           f"Then `psync {s['command']}` in a process of its own against a local Prefect API; the sandbox "
+           "runs in another. The sync is started by a small launcher process that takes its `ru_maxrss`: "
+           "started straight from the benchmark, it would report the benchmark's own peak instead (the "
+           "kernel carries a process's high-water mark across fork and exec; a first attempt read 421 MB "
+           f"for a 165 MB sync that way). Measured {_when(r)}.", ""]  # fmt: skip
+    quarters = s.get("rss_mb_at_quarters") or []
+    out += _table(["", "figure"], [
+        ["peak resident memory of the sync process (`ru_maxrss`)", f"**{peak:,.0f} MB** (target < {MEMORY_TARGET_MB} MB: {'met' if met else 'missed'})"],
+        ["the same, polled from /proc while it ran (`VmHWM`)", f"{s['polled_high_water_mb']:,.0f} MB"],
+        ["resident memory at ¼, ½, ¾ of the run and at its end", " / ".join(f"{q:,.0f}" for q in quarters) + " MB"],
+        ["sync time", f"{s['seconds']:.1f} s, {s['receivers_per_second']:,} receivers/s ({s['cpu_seconds']:.0f} CPU s)"],
+        ["Prefect task runs per receiver", f"{s['task_runs_per_receiver']:.6f} ({s['task_runs'].get('total')})"],
+        ["arrived", f"{sb['active_receivers']:,} active receivers at the sandbox, {r['register_live_rows']:,} live register rows"],
+        ["sandbox (holds every receiver; not counted)", f"peak {sb['peak_rss_mb']:,.0f} MB"],
+    ])  # fmt: skip
+    targets.add(f"Peak memory, full sync of {r['subscribers']:,}", f"{peak:,.0f} MB", f"< {MEMORY_TARGET_MB} MB", met,
+                "See the memory section; profile it with tracemalloc in the sync process.")  # fmt: skip
+    if r["subscribers"] < 1_000_000:
+        out += [f"*Run with `--subscribers {r['subscribers']:,}`: not the one-million figure.*", ""]
+    return out
+
+
+def _span(results: dict[str, dict]) -> str:
+    starts = [r.get("started_at") for r in results.values() if r.get("started_at")]
+    ends = [_when(r) for r in results.values()]
+    try:
+        first = min(datetime.fromisoformat(t) for t in starts + ends)
+    except ValueError:
+        return ""
+    minutes = (datetime.now(UTC) - first).total_seconds() / 60
+    return f"{minutes:.1f} min from the first benchmark's start to this report"
+
+
+def render(results: dict[str, dict], wall: str | None = None) -> str:
+    targets = Targets()
+    sections: list[str] = []
+    for job, make in (("newsletter", newsletter), ("bookings", bookings), ("student_id", student_id),
+                      ("erasure", erasure), ("memory", memory)):  # fmt: skip
+        if job in results:
+            sections += make(results[job], targets)
+        else:
+            sections += [f"## {job}", "", "Not run: no result in `bench/results/`.", ""]
+    env = next((r["environment"] for r in results.values() if r.get("environment")), {})
+    out = [
+        "# Benchmark report",
+        "",
+        f"Written by `bench/report.py` at the end of `make bench`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, from "
+        "`bench/results/*.json`. Every throughput is compared with a plain-`requests` baseline making the "
+        "same calls against the same sandbox (a separate process) in the same run.",
+        "",
+    ]  # fmt: skip
+    out += _table(["environment", ""], [
+        ["CPUs", str(env.get("cpus", os.cpu_count()))],
+        ["Python", env.get("python", platform.python_version())],
+        ["Prefect", env.get("prefect", "?")],
+        ["commit", f"`{env.get('commit') or git_commit()}`"],
+        ["database", "SQLite (a temporary file per benchmark, WAL)"],
+        ["Prefect API", "the test harness's server (a subprocess, SQLite)"],
+        ["wall time", wall or _span(results) or "?"],
+    ])  # fmt: skip
+    note = _load_note(results)
+    if note:
+        out += [note, ""]
+    out += ["## Targets", ""]
+    out += _table(["target", "measured", "target", "result"], targets.rows)
+    out += [
+        "A throughput ratio is ours / baseline items per second (wall time), the measure the targets "
+        "were set in. *By CPU time* is the same comparison in CPU seconds (client + sandbox + Prefect "
+        "server) spent for the same items: other load changes it far less. On an idle machine a flow "
+        "that keeps calls in flight (the newsletter sync keeps two) uses the second core while the "
+        "baseline waits for each answer, so its wall-time ratio is the higher one; when the cores are "
+        "fully taken, the wall-time ratio sinks towards the CPU-time one.",
+        "",
+    ]
+    out += sections
+    if targets.causes:
+        out += ["## Causes of the missed targets", ""] + targets.causes
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=REPORT)
+    parser.add_argument("--wall-time", default=None, help="the whole run's wall time, as text (default: from the results)")
+    args = parser.parse_args(argv)
+    results = load()
+    if not results:
+        print("no results in bench/results/: run the benchmarks first", file=sys.stderr)
+        return 1
+    args.output.write_text(render(results, args.wall_time))
+    print(f"report: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
