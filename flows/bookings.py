@@ -184,14 +184,28 @@ class _Batch:
                 # Maybe created before a crash lost its id: look it up by our external id.
                 found = self.clients.timify.get_appointment(booking.booking_ref, external=True)
                 appointment = found["id"] if found else None
+                self._register_lost_customer(subject)
             if appointment is not None:
                 self.clients.timify.delete_appointments([appointment])
                 self.counts["cancelled"] += 1
                 self.events.append(_decision("booking.cancel", "deleted", subject.pseudonym, booking, timify.PROCESSOR))
             booking.timify_deleted_at = self.now
+        if booking.channel == Channel.video and not booking.flexperto_customer_id and booking.chat_purged_at is None:
+            # Maybe registered before a crash lost its id: Flexperto knows it by our booking id.
+            found = self.clients.flexperto.find_customer(booking.booking_ref)
+            booking.flexperto_customer_id = str(found["id"]) if found else None
         if booking.flexperto_customer_id and booking.chat_purged_at is None:
             # No consultation will take place: Flexperto needs nothing any more.
             purge_chat(self, booking, subject.pseudonym)
+
+    def _register_lost_customer(self, subject: DataSubject) -> None:
+        """A push whose commit was lost may have created the customer, which stays after the
+        cancellation: the register must know it, or an erasure would never ask TIMIFY."""
+        if subject.id in self.customer_ids or not subject.email:
+            return
+        found = self.clients.timify.get_customer(str(subject.id), external=True)
+        if found is not None:
+            self.customer_ids[subject.id] = self.sent[subject.id] = str(found["id"])
 
     def commit_register(self) -> None:
         record_sent_many(self.session, timify.PROCESSOR, PURPOSE, dict(self.sent), self.now)

@@ -66,6 +66,7 @@ from models.recipients import (
     Recipient,
     live_recipient_ids_without_consent,
     live_recipients_without_consent,
+    record_removed_for,
     record_removed_many,
     record_sent_many,
 )
@@ -153,11 +154,14 @@ def remove_batch(
         if not rows:
             return {}
         events: list[AuditEvent] = []
-        client.upsert(
+        answered = client.upsert(
             group, list_name,
             [{"email": s.email, "deactivated": _unix(now)} for _, s in rows if s.email],
         )  # fmt: skip
-        targets = [(r, s, r.external_id or s.email) for r, s in rows]
+        # The upsert creates a receiver that is gone already (a delete of an earlier run was
+        # applied but its answer lost), under a new id: delete the one it answered for.
+        current = {a["email"].lower(): str(a["id"]) for a in answered}
+        targets = [(r, s, current.get(s.email or "") or r.external_id or s.email) for r, s in rows]
         for _, subject, _ in (t for t in targets if not t[2]):
             # Nothing to address it by: never send an empty path segment.
             counts["remove_failed"] += 1
@@ -200,6 +204,8 @@ def push_batch(
         rows = changed_since(session, list_name, after, limit)
         if not rows:
             return {}
+        events = _remove_unregistered(session, client, list_name, group, rows, now)
+        counts["removed"] += len(events)
         confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
         size = client.batch_size
         units = [confirmed[i : i + size] for i in range(0, len(confirmed), size)]
@@ -213,10 +219,10 @@ def push_batch(
                     _record_sent(session, list_name, purpose, wave, now)
                     counts["pushed"] += len(wave)
                     wave = []
-        events: list[AuditEvent] = []
         for row in rows:
             if row.state != ConsentState.confirmed:
-                # Pending never leaves; withdrawn/expired are handled by the removal pass.
+                # Pending never leaves; withdrawn/expired are handled by the removal pass
+                # (and, when the register never heard of them, by _remove_unregistered).
                 counts[f"not_pushed_{row.state}"] += 1
                 events.append(_decision("newsletter.hold", "skipped", row.pseudonym, detail=str(row.state)))
         advance_cursor(session, _cursor(list_name), rows[-1].change_seq)
@@ -228,6 +234,35 @@ def push_batch(
 # sorted inserts find their index pages already read, small enough that the last wave's
 # writes (which nothing overlaps) stay short.
 _WAVE = 5000
+
+
+def _remove_unregistered(
+    session, client: cleverreach.CleverReach, list_name: str, group: str, rows: list, now: datetime
+) -> list[AuditEvent]:
+    """Delete at CleverReach the consents among `rows` that were confirmed, stand no more
+    and are not in the register at all: a run that died between its upsert and its commit
+    may have sent them, and the removal pass, which goes by the register, cannot know.
+    Those CleverReach still held are registered as sent and removed; returns their audit
+    events (for the batch's one audit write, after its register rows).
+
+    A 404 means it never arrived. A failed call fails the batch, so the cursor stays before
+    the row. Unconfirmed sign-ups never get here: only a confirmation sets ``activated``.
+    """
+    purpose = _purpose(list_name)
+    unsure = [r for r in rows if r.state != ConsentState.confirmed and r.activated and r.email]
+    if not unsure:
+        return []
+    registered = set(session.exec(select(Recipient.subject_id).where(
+        Recipient.processor == PROCESSOR, Recipient.purpose == purpose,
+        Recipient.subject_id.in_([r.subject_id for r in unsure]),  # type: ignore[attr-defined]
+    )))  # fmt: skip
+    events = []
+    for row in unsure:
+        if row.subject_id not in registered and client.delete(group, row.email):
+            record_sent_many(session, PROCESSOR, purpose, {row.subject_id: None}, now)
+            record_removed_for(session, row.subject_id, PROCESSOR, purpose, now)
+            events.append(_decision("newsletter.remove", "removed", row.pseudonym, detail=list_name))
+    return events
 
 
 def _record_sent(session, list_name: str, purpose: str, sent: list[tuple], now: datetime) -> None:
