@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 import signal
@@ -29,10 +28,15 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import phonenumbers
-import requests
 
+from models import identity
+from models.db import transaction
+from models.intake import intake_lines
+from models.types import utcnow
 from psync.sandbox_env import SERVICE_POINTS, TIMIFY_BRANCH_SERVICE_ID, TIMIFY_VIDEO_SERVICE_ID
+from psync.settings import get_settings
 from sandbox.timify_state import CUSTOMER_FIELDS
+from support import TEST_KEY, sandbox_state
 
 BERLIN = ZoneInfo("Europe/Berlin")
 GROUPS = {"newsletter": "1001", "service_offers": "1002"}
@@ -214,13 +218,23 @@ class Expected:
         return {ref: [{"status": status, "hasPhoto": True}] for ref in self.cardholders()}
 
 def pseudonym(key: bytes, email: str) -> str:
-    """Our pseudonym of an address (the only thing Nect ever gets): keyed HMAC-SHA256."""
-    return hmac.new(key, f"email:{email.lower()}".encode(), hashlib.sha256).hexdigest()[:32]
+    """Our pseudonym of an address (the only thing Nect ever gets)."""
+    return identity.pseudonym(key, "email", email.lower())
+
+
+def take_in(lines: list[str], base_dir: Path | None = None) -> None:
+    """Intake `lines` with the test's key and settings; every one must be accepted
+    ("unchanged" is fine: a reschedule to the slot the booking already has)."""
+    with transaction() as session:
+        results = intake_lines(
+            session, TEST_KEY.encode(), lines, now=utcnow(), service_points=SERVICE_POINTS,
+            base_dir=base_dir, document_key=get_settings().document_key_bytes(),
+        )  # fmt: skip
+    refused = [(r.line, r.reason) for r in results if r.outcome == "rejected"]
+    assert not refused, refused
 
 
 # what the sandbox holds -----------------------------------------------------------------
-def sandbox_state(url: str) -> dict:
-    return requests.get(f"{url}/_sandbox/state", timeout=30).json()
 
 
 def actual_receivers(state: dict) -> dict[str, dict[str, dict]]:

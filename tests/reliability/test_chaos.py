@@ -43,12 +43,10 @@ from flows import bookings, erasure, newsletter, student_id
 from models.audit import AuditEntry, verify
 from models.bookings import berlin_today
 from models.db import transaction
-from models.intake import intake_lines
 from models.types import BERLIN, utcnow
 from psync.demo import synthetic_events
 from psync.demo_bookings import synthetic_bookings
 from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES, synthetic_orders
-from psync.sandbox_env import SERVICE_POINTS
 from psync.settings import get_settings
 from reliability.figures import record
 from reliability.procs import (
@@ -64,6 +62,7 @@ from reliability.procs import (
     duplicates,
     pseudonym,
     sandbox_state,
+    take_in,
 )
 from sandbox.faults import FAULT_KINDS
 from support import TEST_KEY
@@ -153,18 +152,6 @@ class Day:
         counts = run()
         assert not open_work(counts), f"{label}: a run without faults left work open: {counts}"
         return counts
-
-
-def take_in(lines, base_dir: Path | None = None) -> None:
-    settings = get_settings()
-    with transaction() as session:
-        results = intake_lines(
-            session, KEY, lines, now=utcnow(), service_points=SERVICE_POINTS, base_dir=base_dir,
-            document_key=settings.document_key_bytes(),
-        )  # fmt: skip
-    # "unchanged": a reschedule to the slot the booking already has.
-    refused = [(r.line, r.reason) for r in results if r.outcome == "rejected"]
-    assert not refused, refused
 
 
 def open_identifications(emails: list[str]) -> None:

@@ -41,11 +41,9 @@ from flows import bookings, erasure, newsletter, student_id
 from models.audit import verify
 from models.db import transaction
 from models.erasure import ErasureRequest, RequestStatus
-from models.intake import intake_lines
 from models.types import BERLIN, utcnow
 from psync.demo import insurance_number as synthetic_insurance_number
 from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES
-from psync.sandbox_env import SERVICE_POINTS
 from psync.settings import get_settings
 from reliability.figures import record
 from reliability.procs import (
@@ -63,6 +61,7 @@ from reliability.procs import (
     output,
     pseudonym,
     sandbox_state,
+    take_in,
     start_flow,
 )
 from support import TEST_KEY
@@ -88,13 +87,7 @@ class Crashes:
 
     def take_in(self, events: list[dict], base_dir: Path | None = None) -> None:
         lines = [json.dumps(e, ensure_ascii=False) for e in events]
-        settings = get_settings()
-        with transaction() as session:
-            results = intake_lines(
-                session, KEY, lines, now=utcnow(), service_points=SERVICE_POINTS, base_dir=base_dir,
-                document_key=settings.document_key_bytes(),
-            )  # fmt: skip
-        assert not [(r.line, r.reason) for r in results if r.outcome == "rejected"]
+        take_in(lines, base_dir)
         self.lines += lines
 
     def kill(self, flow: str, params: dict, most_calls: int, label: str) -> int:
