@@ -54,18 +54,20 @@ from models.consent import (
     apply_expire,
     apply_withdraw,
     changed_since,
-    confirmed_subject_ids,
+    confirmed_elsewhere,
     count_changed_since,
     event_key,
     expiry_candidates,
     expiry_due,
+    lapsed_subject_ids,
 )
 from models.cursors import advance_cursor, cursor_position, get_cursor, next_seq
 from models.db import skip_locked, transaction
 from models.recipients import (
     Recipient,
-    live_recipient_ids_without_consent,
-    live_recipients_without_consent,
+    live_for_other_purposes,
+    live_recipient_ids_among,
+    live_recipients_among,
     record_removed_for,
     record_removed_many,
     record_sent_many,
@@ -137,19 +139,20 @@ def remove_batch(
     group: str,
     ids: list[uuid.UUID],
 ) -> dict:
-    """Stop mailing and remove the receivers of these register rows whose consent no longer
-    stands.
+    """Stop mailing and remove the receivers of these register rows whose consent lapsed.
 
     Deactivation goes first, for the whole batch in one call, so mailing stops even if a
-    delete then fails; a failed delete leaves the register row live for the next run. The
-    API has no bulk delete scoped to one group, so it is one DELETE per receiver, a few at a
-    time; the HTTP layer's rate limiter paces them.
+    delete then fails; a failed delete leaves the register row live for the next run.
+    CleverReach deletes from one group a receiver per call, but from the whole account a
+    batch of addresses per call: whom the account holds for nothing else goes in batches
+    (``_account_wide``), the rest one DELETE each, a few at a time. The HTTP layer's rate
+    limiter paces both.
     """
     counts: Counter[str] = Counter()
     now = utcnow()
     with audit_failure(client.http, "newsletter.remove"), transaction() as session:
-        rows = live_recipients_without_consent(
-            session, PROCESSOR, _purpose(list_name), confirmed_subject_ids(list_name), ids
+        rows = live_recipients_among(
+            session, PROCESSOR, _purpose(list_name), lapsed_subject_ids(list_name), ids
         )
         if not rows:
             return {}
@@ -158,27 +161,65 @@ def remove_batch(
             group, list_name,
             [{"email": s.email, "deactivated": _unix(now)} for _, s in rows if s.email],
         )  # fmt: skip
+        everywhere = _account_wide(session, client, list_name, [s for _, s in rows if s.email])
         # The upsert creates a receiver that is gone already (a delete of an earlier run was
         # applied but its answer lost), under a new id: delete the one it answered for.
         current = {a["email"].lower(): str(a["id"]) for a in answered}
-        targets = [(r, s, current.get(s.email or "") or r.external_id or s.email) for r, s in rows]
-        for _, subject, _ in (t for t in targets if not t[2]):
+        single = [
+            (r, s, current.get(s.email or "") or r.external_id or s.email)
+            for r, s in rows if s.id not in everywhere
+        ]  # fmt: skip
+        for _, subject, _ in (t for t in single if not t[2]):
             # Nothing to address it by: never send an empty path segment.
             counts["remove_failed"] += 1
             events.append(_decision("newsletter.remove", "failed", subject.pseudonym, detail="no identifier"))
-        targets = [t for t in targets if t[2]]
-        outcomes = concurrently(partial(client.delete, group), [target for _, _, target in targets])
+        single = [t for t in single if t[2]]
+        outcomes = concurrently(partial(client.delete, group), [target for _, _, target in single])
+        done = [(r, s, outcome, list_name) for (r, s, _), outcome in zip(single, outcomes, strict=True)]
+        bulk, size = [(r, s) for r, s in rows if s.id in everywhere], client.batch_size
+        batches = [bulk[i : i + size] for i in range(0, len(bulk), size)]
+        outcomes = concurrently(client.bulk_delete, [[s.email for _, s in batch] for batch in batches])
+        for batch, outcome in zip(batches, outcomes, strict=True):
+            done += [(r, s, outcome, f"{list_name}, account-wide") for r, s in batch]
         removed: list[uuid.UUID] = []
-        for (recipient, subject, _), outcome in zip(targets, outcomes, strict=True):
+        for recipient, subject, outcome, detail in done:
             if isinstance(outcome, ProcessorError):
                 counts["remove_failed"] += 1
                 events.append(_decision("newsletter.remove", "failed", subject.pseudonym, outcome.status))
                 continue
             removed.append(recipient.id)
-            events.append(_decision("newsletter.remove", "removed", subject.pseudonym, detail=list_name))
+            events.append(_decision("newsletter.remove", "removed", subject.pseudonym, detail=detail))
         counts["removed"] += record_removed_many(session, removed, now)
         write_audit(session, call_events(client.http.drain_calls()) + events)
     return dict(+counts)
+
+
+def _account_wide(
+    session, client: cleverreach.CleverReach, list_name: str, subjects: list[DataSubject]
+) -> set[uuid.UUID]:
+    """The subjects among these whose addresses may be deleted from the whole CleverReach
+    account: the account has no group but this sync's, and none of them has a standing
+    consent to another list or a live register row for another purpose there.
+
+    Asks CleverReach for its groups (a group someone added by hand may hold the address for
+    a purpose we do not know of). Locks the other lists' cursors until the delete commits:
+    a push to another list holds its cursor for its whole transaction, so it ends before
+    this check or begins after the delete, never in between (PostgreSQL; SQLite serialises
+    writing transactions anyway).
+    """
+    if not subjects:
+        return set()
+    settings = get_settings()
+    ours = {str(getattr(settings, f"cleverreach_group_{name}") or "") for name in ALL_LISTS}
+    if not {str(g["id"]) for g in client.groups()} <= ours:
+        return set()
+    for other in ALL_LISTS:
+        if other != list_name:
+            get_cursor(session, _cursor(other))
+    ids = [s.id for s in subjects]
+    held = confirmed_elsewhere(session, list_name, ids)
+    held |= live_for_other_purposes(session, PROCESSOR, _purpose(list_name), ids)
+    return set(ids) - held
 
 
 @task(name="push-confirmed-batch", cache_policy=NO_CACHE)
@@ -315,8 +356,8 @@ def sync_newsletter_consents(
         group = _group(settings, list_name)
         # Find the work first, so no task run is spent finding out that nothing is left.
         with transaction() as session:
-            removals = live_recipient_ids_without_consent(
-                session, PROCESSOR, _purpose(list_name), confirmed_subject_ids(list_name)
+            removals = live_recipient_ids_among(
+                session, PROCESSOR, _purpose(list_name), lapsed_subject_ids(list_name)
             )
             changes = count_changed_since(
                 session, list_name, cursor_position(session, _cursor(list_name))

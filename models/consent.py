@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -248,11 +249,32 @@ def count_changed_since(session: Session, list_name: str, after_seq: int) -> int
     ).one()
 
 
-def confirmed_subject_ids(list_name: str):
-    """A subquery: the subjects whose consent to this list currently stands."""
+LAPSED_STATES = (ConsentState.pending, ConsentState.withdrawn, ConsentState.expired)
+
+
+def lapsed_subject_ids(list_name: str):
+    """A subquery: the subjects whose consent to this list does not stand (pending again,
+    withdrawn, expired). A subject has one record per list, so none of them is confirmed.
+
+    Listed by state (an index), not as "not confirmed": the lapsed are a sliver of a list,
+    and a query driven by them reads that sliver instead of every confirmed subscriber.
+    """
     return select(ConsentRecord.subject_id).where(
-        ConsentRecord.list_name == list_name, ConsentRecord.state == ConsentState.confirmed
+        ConsentRecord.list_name == list_name,
+        ConsentRecord.state.in_(LAPSED_STATES),  # type: ignore[attr-defined]
     )
+
+
+def confirmed_elsewhere(session: Session, list_name: str, subject_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """The subjects among `subject_ids` whose consent to another list stands."""
+    held: set[uuid.UUID] = set()
+    for start in range(0, len(subject_ids), 1000):
+        held.update(session.exec(select(ConsentRecord.subject_id).where(
+            ConsentRecord.subject_id.in_(subject_ids[start : start + 1000]),  # type: ignore[attr-defined]
+            ConsentRecord.list_name != list_name,
+            ConsentRecord.state == ConsentState.confirmed,
+        )))  # fmt: skip
+    return held
 
 
 def expiry_candidates(

@@ -106,6 +106,19 @@ def test_the_newsletter_group_never_carries_an_insurance_number(against_sandbox)
     assert "A123456780" in json.dumps(receivers(against_sandbox, "1002"))
 
 
+DELETE_ONE = "DELETE /v3/groups/{gid}/receivers/{email_or_id}"
+DELETE_BULK = "POST /v3/receivers/delete"
+
+
+def add_foreign_group(name="Hand-made group"):
+    """A group this sync does not manage, created at the sandbox the way a marketer would."""
+    from connectors import cleverreach
+    from psync.settings import get_settings
+
+    client = cleverreach.from_settings(get_settings())
+    client.http.request("groups.create", "POST", "/groups.json", json={"name": name})
+
+
 def test_local_withdrawal_stops_mailing_and_removes_the_receiver(against_sandbox):
     take_in(signup("w@example.de"), confirm("w@example.de"), signup("s@example.de"), confirm("s@example.de"))
     newsletter.sync_newsletter_consents()
@@ -113,10 +126,47 @@ def test_local_withdrawal_stops_mailing_and_removes_the_receiver(against_sandbox
     counts = newsletter.sync_newsletter_consents()
     assert counts["removed"] == 1
     assert list(receivers(against_sandbox, "1001")) == ["s@example.de"]
-    assert calls(against_sandbox, "DELETE /v3/groups/{gid}/receivers/{email_or_id}") == 1
+    # CleverReach holds the address for nothing else: removed from the account in bulk.
+    assert (calls(against_sandbox, DELETE_BULK), calls(against_sandbox, DELETE_ONE)) == (1, 0)
     with transaction() as session:
         row = session.exec(select(Recipient).join(DataSubject).where(DataSubject.email == "w@example.de")).one()
         assert row.removed_at is not None
+        removal = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.remove")).one()
+        assert removal.detail == "newsletter, account-wide"
+
+
+def test_withdrawals_leave_the_account_in_batches(against_sandbox):
+    emails = [f"b{i}@example.de" for i in range(7)]
+    take_in(*[line for e in emails for line in (signup(e), confirm(e))])
+    newsletter.sync_newsletter_consents(batch_size=3)
+    take_in(*map(withdraw, emails))
+    assert newsletter.sync_newsletter_consents(batch_size=3)["removed"] == 7
+    assert receivers(against_sandbox, "1001") == {}
+    assert (calls(against_sandbox, DELETE_BULK), calls(against_sandbox, DELETE_ONE)) == (3, 0)
+
+
+def test_a_receiver_kept_for_another_list_is_removed_from_this_group_only(against_sandbox):
+    take_in(
+        signup("both@example.de"), confirm("both@example.de"),
+        signup("both@example.de", "service_offers", kvnr="A123456780"),
+        confirm("both@example.de", "service_offers"),
+    )  # fmt: skip
+    newsletter.sync_newsletter_consents()
+    take_in(withdraw("both@example.de"))
+    assert newsletter.sync_newsletter_consents()["removed"] == 1
+    assert receivers(against_sandbox, "1001") == {}
+    assert list(receivers(against_sandbox, "1002")) == ["both@example.de"]
+    assert (calls(against_sandbox, DELETE_BULK), calls(against_sandbox, DELETE_ONE)) == (0, 1)
+
+
+def test_an_account_with_a_group_we_do_not_manage_gets_one_delete_per_receiver(against_sandbox):
+    take_in(signup("f@example.de"), confirm("f@example.de"))
+    newsletter.sync_newsletter_consents()
+    add_foreign_group()
+    take_in(withdraw("f@example.de"))
+    assert newsletter.sync_newsletter_consents()["removed"] == 1
+    assert receivers(against_sandbox, "1001") == {}
+    assert (calls(against_sandbox, DELETE_BULK), calls(against_sandbox, DELETE_ONE)) == (0, 1)
 
 
 def test_unsubscribe_link_comes_back_as_a_local_withdrawal(against_sandbox):
@@ -227,27 +277,32 @@ def test_a_crash_between_waves_rolls_the_whole_batch_back_and_a_rerun_ends_exact
         assert verify(session, KEY).ok
 
 
-def test_a_failed_delete_keeps_the_register_row_live_for_the_next_run(against_sandbox, monkeypatch):
+@pytest.mark.parametrize("bulk", [True, False], ids=["account-wide", "per-group"])
+def test_a_failed_delete_keeps_the_register_row_live_for_the_next_run(against_sandbox, monkeypatch, bulk):
     from connectors.cleverreach import CleverReach
     from connectors.transport import FatalError
 
     take_in(*[line for e in ("d1@example.de", "d2@example.de") for line in (signup(e), confirm(e))])
     newsletter.sync_newsletter_consents(lists=["newsletter"])
     held = receivers(against_sandbox, "1001")
+    if not bulk:
+        add_foreign_group()
     take_in(withdraw("d1@example.de"), withdraw("d2@example.de"))
-    original = CleverReach.delete
+    name = "bulk_delete" if bulk else "delete"
+    original = getattr(CleverReach, name)
 
-    def refuse_d2(self, group, target):
-        if target == held["d2@example.de"]["id"]:
-            raise FatalError("cleverreach", "receivers.delete", 403)
-        return original(self, group, target)
+    def refuse_d2(self, *args):
+        if {"d2@example.de", held["d2@example.de"]["id"]} & set(args[-1] if bulk else args[-1:]):
+            raise FatalError("cleverreach", f"receivers.{name}", 403)
+        return original(self, *args)
 
-    monkeypatch.setattr(CleverReach, "delete", refuse_d2)
-    counts = newsletter.sync_newsletter_consents(lists=["newsletter"])
+    monkeypatch.setattr(CleverReach, name, refuse_d2)
+    # One receiver per call, so one call can fail alone.
+    counts = newsletter.sync_newsletter_consents(lists=["newsletter"], batch_size=1)
     assert (counts["removed"], counts["remove_failed"]) == (1, 1)
     assert list(receivers(against_sandbox, "1001")) == ["d2@example.de"]  # deactivated, not gone
     assert receivers(against_sandbox, "1001")["d2@example.de"]["active"] is False
-    monkeypatch.setattr(CleverReach, "delete", original)
+    monkeypatch.setattr(CleverReach, name, original)
     assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {"removed": 1}
     assert receivers(against_sandbox, "1001") == {}
     with transaction() as session:
