@@ -4,9 +4,10 @@
 
 - ``python -m bench [--subjects N] [--batch-size 250]``: seeds N confirmed newsletter
   subscriptions through the real intake, posts the same receiver batches once with a plain
-  ``requests.Session`` (the baseline), then runs ``sync-newsletter-consents`` in full and again
-  after 1% of the subscriptions changed; when the incremental target is missed, a second 1%
-  change is synced under pyinstrument to show where the time goes.
+  ``requests.Session`` (the baseline), then runs ``sync-newsletter-consents`` in full and then
+  three times more, each after another 1% of the subscriptions changed (the median counts);
+  when the incremental target is missed, a fourth 1% change is synced under pyinstrument to
+  show where the time goes.
 - ``python -m bench.bookings``, ``python -m bench.student_id``: ``push-bookings`` and
   ``forward-student-id-orders`` against a plain-requests baseline making the same calls.
 - ``python -m bench.erasure``: the erasure fan-out in parallel vs one processor after the other.

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import pstats
+import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_THROUGHPUT_RATIO = 0.5  # ours / baseline receivers per second, at least
 TARGET_INCREMENTAL_RATIO = 0.05  # incremental / full sync time, below
 TARGET_TASKS_PER_BATCH = 1.0  # Prefect task runs per batch of the full sync, at most
+# The incremental sync is timed this often, each time after another 1% change, and judged by
+# the median: a third of a second is within reach of the Prefect API's and the machine's
+# hiccups, which one full sync of several seconds averages out.
+INCREMENTAL_ROUNDS = 3
 
 
 def sandbox_group(sandbox: Sandbox, group: str) -> dict:
@@ -220,39 +225,20 @@ def run(args, work: Path, port: int) -> dict:
             full["batches"] = math.ceil(n / batch)
             report["full_sync"] = full
 
-            # 4. change 1%, incremental sync -----------------------------------------
-            _log("1% change through intake")
-            started = time.perf_counter()
-            change = seed.change_one_percent(n)
-            change["intake_seconds"] = time.perf_counter() - started
-            withdrawn_emails = set(change.pop("withdrawn_emails"))
-            report["change"] = change
-
-            _log("incremental sync")
-            calls_before = held["calls"]
-            inc = timed_sync(params, meter, retries, args.profile, "incremental_sync")
-            held = sandbox_group(sandbox, GROUP_NEWSLETTER)
-            expected = n - change["withdrawn"] + change["new_confirmed"]
-            still_there = len(withdrawn_emails & held["emails"])
-            inc.update(
-                sandbox_receivers=held["receivers"], sandbox_active=held["active"],
-                withdrawn_still_at_sandbox=still_there,
-                calls={
-                    k: v - calls_before.get(k, 0) for k, v in held["calls"].items()
-                    if v != calls_before.get(k, 0)
-                },
-            )  # fmt: skip
-            if held["receivers"] != expected or still_there:
-                raise RuntimeError(
-                    f"incremental: sandbox holds {held['receivers']} receivers (expected "
-                    f"{expected}), {still_there} withdrawn still there"
-                )
-            inc["task_runs"] = settled_task_runs(inc["flow_run_id"])
-            inc["batches"] = math.ceil(change["withdrawn"] / batch) + math.ceil(change["changed"] / batch)
+            # 4. change 1%, incremental sync, INCREMENTAL_ROUNDS times ----------------
+            rounds = []
+            for round_ in range(INCREMENTAL_ROUNDS):
+                _log(f"1% change through intake, incremental sync (round {round_ + 1} of {INCREMENTAL_ROUNDS})")
+                rounds.append(incremental_round(n, round_, params, meter, retries, sandbox, args.profile and not round_))
+            first = rounds[0]
+            report["change"] = first.pop("change")
+            inc = {**first, "seconds": statistics.median(r["seconds"] for r in rounds),
+                   "rounds_seconds": [round(r["seconds"], 3) for r in rounds]}  # fmt: skip
+            inc["batches"] = math.ceil(report["change"]["withdrawn"] / batch) + math.ceil(report["change"]["changed"] / batch)
             report["incremental_sync"] = inc
             if args.explain_misses and inc["seconds"] / full["seconds"] >= TARGET_INCREMENTAL_RATIO:
                 _log("incremental target missed: another 1% change, synced under pyinstrument (not timed)")
-                report["incremental_profile"] = explain_incremental(n, params)
+                report["incremental_profile"] = explain_incremental(n, params, INCREMENTAL_ROUNDS)
     finally:
         sandbox.stop()
 
@@ -269,11 +255,38 @@ def run(args, work: Path, port: int) -> dict:
     return report
 
 
-def explain_incremental(n: int, params: dict) -> dict:
+def incremental_round(n: int, round_: int, params: dict, meter: CpuMeter, retries: ApiRetries,
+                      sandbox: Sandbox, profile: bool) -> dict:  # fmt: skip
+    """Change another 1% through intake, sync it timed, check the sandbox holds exactly the
+    subscriptions that stand."""
+    before = sandbox_group(sandbox, GROUP_NEWSLETTER)
+    started = time.perf_counter()
+    change = seed.change_one_percent(n, round_)
+    change["intake_seconds"] = time.perf_counter() - started
+    withdrawn_emails = set(change.pop("withdrawn_emails"))
+    inc = timed_sync(params, meter, retries, profile, "incremental_sync")
+    held = sandbox_group(sandbox, GROUP_NEWSLETTER)
+    expected = before["receivers"] - change["withdrawn"] + change["new_confirmed"]
+    still_there = len(withdrawn_emails & held["emails"])
+    inc.update(
+        change=change, sandbox_receivers=held["receivers"], sandbox_active=held["active"],
+        withdrawn_still_at_sandbox=still_there,
+        calls={k: v - before["calls"].get(k, 0) for k, v in held["calls"].items() if v != before["calls"].get(k, 0)},
+    )  # fmt: skip
+    if held["receivers"] != expected or still_there:
+        raise RuntimeError(
+            f"incremental round {round_ + 1}: sandbox holds {held['receivers']} receivers "
+            f"(expected {expected}), {still_there} withdrawn still there"
+        )
+    inc["task_runs"] = settled_task_runs(inc["flow_run_id"])
+    return inc
+
+
+def explain_incremental(n: int, params: dict, round_: int) -> dict:
     """Where an incremental sync's wall time goes: a second 1% change (other subscriptions
     than the timed one), synced under pyinstrument; the call tree goes to
     ``results/incremental_sync.pyinstrument.txt``."""
-    change = seed.change_one_percent(n, round_=1)
+    change = seed.change_one_percent(n, round_)
     counts, profile = profiling.profiled(lambda: sync_newsletter_consents(**params))
     path = profiling.write_text(profile, RESULTS / "incremental_sync.pyinstrument.txt")
 
@@ -281,14 +294,14 @@ def explain_incremental(n: int, params: dict) -> dict:
         return profiling.inclusive(profile.root, functions, within)
 
     removal = {
-        "removal: re-check of those rows in the task's transaction": spent(["live_recipients_without_consent"], "remove_batch"),
+        "removal: re-check of those rows in the task's transaction": spent(["live_recipients"], "remove_batch"),
         "removal: deactivation, one upsert call": spent(["upsert"], "remove_batch"),
-        "removal: one DELETE call per receiver (4 threads)": spent(["concurrently"], "remove_batch"),
+        "removal: account-wide check (CleverReach's groups, the other lists)": spent(["_account_wide"], "remove_batch"),
+        "removal: deletes (account-wide in batches; per receiver where kept elsewhere)": spent(["concurrently"], "remove_batch"),
     }  # fmt: skip
     removal["removal: register and audit rows, commit"] = spent(["remove_batch"]) - sum(removal.values())
     parts = {
-        "plan: register rows to remove (every live row checked against its consent)":
-            spent(["live_recipient_ids_without_consent"]),
+        "plan: register rows to remove (live rows of lapsed consents)": spent(["live_recipient_ids_among"]),
         "plan: count of changed consents": spent(["count_changed_since"]),
         **removal,
         "push: changed consents read, upserted, registered, audited": spent(["push_batch"]),
@@ -329,7 +342,8 @@ def table(report: dict) -> str:
         ("  cpu s client/sandbox/prefect", _cpu(f["cpu_seconds"]) + f"   (baseline {_cpu(b['cpu_seconds'])})"),
         ("  prefect API retries (sleeps)", f"{f['prefect_api_retries']['count']} ({f['prefect_api_retries']['sleep_seconds']:.1f} s)"),
         ("1% change", f"{report['change']['withdrawn']} withdrawn + {report['change']['new_confirmed']} new"),
-        ("incremental sync", f"{i['seconds']:.2f} s  (calls: {_calls(i['calls'])})"),
+        ("incremental sync", f"{i['seconds']:.2f} s  median of {', '.join(f'{x:.2f}' for x in i['rounds_seconds'])}"),
+        ("  calls (first round)", _calls(i["calls"])),
         ("  cpu s client/sandbox/prefect", _cpu(i["cpu_seconds"])),
         ("  prefect API retries (sleeps)", f"{i['prefect_api_retries']['count']} ({i['prefect_api_retries']['sleep_seconds']:.1f} s)"),
         ("task runs, full", f"{f['task_runs']['total']} for {f['batches']} batches  {f['task_runs']['by_task']}"),

@@ -28,6 +28,7 @@ from typing import Annotated
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 from pydantic import Field
 from sqlalchemy import update
 from sqlmodel import select
@@ -54,11 +55,11 @@ from models.consent import (
     apply_expire,
     apply_withdraw,
     changed_since,
-    confirmed_elsewhere,
     count_changed_since,
     event_key,
     expiry_candidates,
     expiry_due,
+    lapsed_among,
     lapsed_subject_ids,
 )
 from models.cursors import advance_cursor, cursor_position, get_cursor, next_seq
@@ -67,7 +68,7 @@ from models.recipients import (
     Recipient,
     live_for_other_purposes,
     live_recipient_ids_among,
-    live_recipients_among,
+    live_recipients,
     record_removed_for,
     record_removed_many,
     record_sent_many,
@@ -141,73 +142,77 @@ def remove_batch(
 ) -> dict:
     """Stop mailing and remove the receivers of these register rows whose consent lapsed.
 
-    Deactivation goes first, for the whole batch in one call, so mailing stops even if a
-    delete then fails; a failed delete leaves the register row live for the next run.
     CleverReach deletes from one group a receiver per call, but from the whole account a
-    batch of addresses per call: whom the account holds for nothing else goes in batches
-    (``_account_wide``), the rest one DELETE each, a few at a time. The HTTP layer's rate
-    limiter paces both.
+    batch of addresses per call. Whom the account holds for nothing else (``_account_wide``)
+    goes that way first. Everyone still there then is deactivated, in one call, so mailing
+    stops even if a delete fails, and deleted from the group one DELETE each, a few at a
+    time. A failed delete leaves the register row live for the next run. The HTTP layer's
+    rate limiter paces every call.
     """
     counts: Counter[str] = Counter()
     now = utcnow()
     with audit_failure(client.http, "newsletter.remove"), transaction() as session:
-        rows = live_recipients_among(
-            session, PROCESSOR, _purpose(list_name), lapsed_subject_ids(list_name), ids
-        )
+        rows = live_recipients(session, PROCESSOR, _purpose(list_name), ids)
+        # Asked again here: a consent confirmed since the flow listed the ids keeps its receiver.
+        lapsed = lapsed_among(session, list_name, [r.subject_id for r in rows])
+        rows = [r for r in rows if r.subject_id in lapsed]
         if not rows:
             return {}
         events: list[AuditEvent] = []
+        everywhere = _account_wide(session, client, list_name, [r.subject_id for r in rows if r.email])
+        bulk, size = [r for r in rows if r.subject_id in everywhere], client.batch_size
+        batches = [bulk[i : i + size] for i in range(0, len(bulk), size)]
+        outcomes = concurrently(client.bulk_delete, [[r.email for r in batch] for batch in batches])
+        done, left = [], [r for r in rows if r.subject_id not in everywhere]
+        for batch, outcome in zip(batches, outcomes, strict=True):
+            done += [(row, outcome, f"{list_name}, account-wide") for row in batch]
+            if isinstance(outcome, ProcessorError):
+                left += batch  # deactivated below; deleted by the next run
         answered = client.upsert(
-            group, list_name,
-            [{"email": s.email, "deactivated": _unix(now)} for _, s in rows if s.email],
-        )  # fmt: skip
-        everywhere = _account_wide(session, client, list_name, [s for _, s in rows if s.email])
+            group, list_name, [{"email": r.email, "deactivated": _unix(now)} for r in left if r.email]
+        )
         # The upsert creates a receiver that is gone already (a delete of an earlier run was
         # applied but its answer lost), under a new id: delete the one it answered for.
         current = {a["email"].lower(): str(a["id"]) for a in answered}
         single = [
-            (r, s, current.get(s.email or "") or r.external_id or s.email)
-            for r, s in rows if s.id not in everywhere
+            (r, current.get(r.email or "") or r.external_id or r.email)
+            for r in left if r.subject_id not in everywhere
         ]  # fmt: skip
-        for _, subject, _ in (t for t in single if not t[2]):
+        for row, _ in (t for t in single if not t[1]):
             # Nothing to address it by: never send an empty path segment.
             counts["remove_failed"] += 1
-            events.append(_decision("newsletter.remove", "failed", subject.pseudonym, detail="no identifier"))
-        single = [t for t in single if t[2]]
-        outcomes = concurrently(partial(client.delete, group), [target for _, _, target in single])
-        done = [(r, s, outcome, list_name) for (r, s, _), outcome in zip(single, outcomes, strict=True)]
-        bulk, size = [(r, s) for r, s in rows if s.id in everywhere], client.batch_size
-        batches = [bulk[i : i + size] for i in range(0, len(bulk), size)]
-        outcomes = concurrently(client.bulk_delete, [[s.email for _, s in batch] for batch in batches])
-        for batch, outcome in zip(batches, outcomes, strict=True):
-            done += [(r, s, outcome, f"{list_name}, account-wide") for r, s in batch]
+            events.append(_decision("newsletter.remove", "failed", row.pseudonym, detail="no identifier"))
+        single = [t for t in single if t[1]]
+        outcomes = concurrently(partial(client.delete, group), [target for _, target in single])
+        done += [(row, outcome, list_name) for (row, _), outcome in zip(single, outcomes, strict=True)]
         removed: list[uuid.UUID] = []
-        for recipient, subject, outcome, detail in done:
+        for row, outcome, detail in done:
             if isinstance(outcome, ProcessorError):
                 counts["remove_failed"] += 1
-                events.append(_decision("newsletter.remove", "failed", subject.pseudonym, outcome.status))
+                events.append(_decision("newsletter.remove", "failed", row.pseudonym, outcome.status))
                 continue
-            removed.append(recipient.id)
-            events.append(_decision("newsletter.remove", "removed", subject.pseudonym, detail=detail))
+            removed.append(row.id)
+            events.append(_decision("newsletter.remove", "removed", row.pseudonym, detail=detail))
         counts["removed"] += record_removed_many(session, removed, now)
         write_audit(session, call_events(client.http.drain_calls()) + events)
     return dict(+counts)
 
 
 def _account_wide(
-    session, client: cleverreach.CleverReach, list_name: str, subjects: list[DataSubject]
+    session, client: cleverreach.CleverReach, list_name: str, subject_ids: list[uuid.UUID]
 ) -> set[uuid.UUID]:
     """The subjects among these whose addresses may be deleted from the whole CleverReach
-    account: the account has no group but this sync's, and none of them has a standing
-    consent to another list or a live register row for another purpose there.
+    account: the account has no group but this sync's, and the register has none of them
+    there for another purpose.
 
     Asks CleverReach for its groups (a group someone added by hand may hold the address for
     a purpose we do not know of). Locks the other lists' cursors until the delete commits:
-    a push to another list holds its cursor for its whole transaction, so it ends before
-    this check or begins after the delete, never in between (PostgreSQL; SQLite serialises
-    writing transactions anyway).
+    a push to another list holds its cursor for its whole transaction and registers what it
+    sent in it, so it ends before this check (and the register shows it) or begins after the
+    delete (and sends its consents, confirmed or not yet pushed, again from its cursor),
+    never in between (PostgreSQL; SQLite serialises writing transactions anyway).
     """
-    if not subjects:
+    if not subject_ids:
         return set()
     settings = get_settings()
     ours = {str(getattr(settings, f"cleverreach_group_{name}") or "") for name in ALL_LISTS}
@@ -216,10 +221,7 @@ def _account_wide(
     for other in ALL_LISTS:
         if other != list_name:
             get_cursor(session, _cursor(other))
-    ids = [s.id for s in subjects]
-    held = confirmed_elsewhere(session, list_name, ids)
-    held |= live_for_other_purposes(session, PROCESSOR, _purpose(list_name), ids)
-    return set(ids) - held
+    return set(subject_ids) - live_for_other_purposes(session, PROCESSOR, _purpose(list_name), subject_ids)
 
 
 @task(name="push-confirmed-batch", cache_policy=NO_CACHE)
@@ -293,10 +295,10 @@ def _remove_unregistered(
     unsure = [r for r in rows if r.state != ConsentState.confirmed and r.activated and r.email]
     if not unsure:
         return []
-    registered = set(session.exec(select(Recipient.subject_id).where(
+    registered = set(session.connection().execute(select(Recipient.subject_id).where(
         Recipient.processor == PROCESSOR, Recipient.purpose == purpose,
         Recipient.subject_id.in_([r.subject_id for r in unsure]),  # type: ignore[attr-defined]
-    )))  # fmt: skip
+    )).scalars())  # fmt: skip
     events = []
     for row in unsure:
         if row.subject_id not in registered and client.delete(group, row.email):
@@ -363,7 +365,9 @@ def sync_newsletter_consents(
                 session, list_name, cursor_position(session, _cursor(list_name))
             )
         for start in range(0, len(removals), records_per_task):
-            results.append(remove_batch(client, list_name, group, removals[start : start + records_per_task]))
+            # quote(): Prefect would otherwise walk the id list for futures to resolve, twice.
+            ids = quote(removals[start : start + records_per_task])
+            results.append(remove_batch(client, list_name, group, ids))
         for _ in range(math.ceil(changes / records_per_task)):
             results.append(push_batch(client, list_name, group, records_per_task))
     counts = tally(results)

@@ -265,16 +265,18 @@ def lapsed_subject_ids(list_name: str):
     )
 
 
-def confirmed_elsewhere(session: Session, list_name: str, subject_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    """The subjects among `subject_ids` whose consent to another list stands."""
-    held: set[uuid.UUID] = set()
+def lapsed_among(session: Session, list_name: str, subject_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """The subjects among `subject_ids` whose consent to this list does not stand."""
+    # Looked up by the (subject, list) key and the state compared here: with the state in
+    # the query, SQLite reads every record in that state through the state index instead.
+    lapsed: set[uuid.UUID] = set()
     for start in range(0, len(subject_ids), 1000):
-        held.update(session.exec(select(ConsentRecord.subject_id).where(
+        rows = session.connection().execute(select(ConsentRecord.subject_id, ConsentRecord.state).where(
             ConsentRecord.subject_id.in_(subject_ids[start : start + 1000]),  # type: ignore[attr-defined]
-            ConsentRecord.list_name != list_name,
-            ConsentRecord.state == ConsentState.confirmed,
-        )))  # fmt: skip
-    return held
+            ConsentRecord.list_name == list_name,
+        ))  # fmt: skip
+        lapsed.update(subject for subject, state in rows if state in LAPSED_STATES)
+    return lapsed
 
 
 def expiry_candidates(

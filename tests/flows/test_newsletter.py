@@ -395,6 +395,26 @@ def test_a_returning_subject_keeps_one_register_row(against_sandbox):
     assert again.external_id == held["r@example.de"]["id"]
 
 
+def test_a_consent_confirmed_again_after_the_removals_were_listed_keeps_its_receiver(against_sandbox):
+    from connectors import cleverreach
+    from psync.settings import get_settings
+
+    take_in(signup("back@example.de"), confirm("back@example.de"))
+    newsletter.sync_newsletter_consents()
+    take_in(withdraw("back@example.de"))
+    with transaction() as session:  # what the flow lists before it starts the removal task
+        ids = [r.id for r in session.exec(select(Recipient)).all()]
+    later = NOW + timedelta(minutes=5)
+    with transaction() as session:
+        lines = [signup("back@example.de", at=later), confirm("back@example.de", at=later + timedelta(minutes=1))]
+        assert {r.outcome for r in intake_lines(session, KEY, lines, now=later + timedelta(minutes=2))} == {"stored"}
+    client = cleverreach.from_settings(get_settings())
+    assert newsletter.remove_batch.fn(client, "newsletter", "1001", ids) == {}
+    assert receivers(against_sandbox, "1001")["back@example.de"]["active"] is True
+    with transaction() as session:
+        assert session.exec(select(Recipient)).one().removed_at is None
+
+
 # the helpers that overlap calls with database work ------------------------------------
 def _call(i, log, started=None, seconds=0.005):
     import time
