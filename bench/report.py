@@ -227,11 +227,11 @@ def _incremental_cause(r: dict, ratio: float) -> str:
         lines += ["<details><summary>call tree (head)</summary>", "", "```", profile["call_tree_excerpt"], "```",
                   "", "</details>", ""]  # fmt: skip
         lines += [
-            "What that means: the removals are one deactivation upsert and one account-wide delete per 250 "
-            "addresses, and the checks read only the lapsed consents' register rows, so the sync's own work "
-            "grows with the change; what does not shrink with it is Prefect's fixed cost per run (creating "
-            "the flow run and its states on the API, the task runs, the artifact) and the client's set-up "
-            "(token, groups). On a loaded machine that fixed cost and the noise weigh most.",
+            "What that means: the sync goes through the changed consents once (withdrawals are deleted "
+            "account-wide, 250 addresses a call, as the push reaches them), so its own work grows with the "
+            "change; what does not shrink with it is Prefect's fixed cost per run (creating the flow run and "
+            "its states on the API, the task runs, the artifact) and the client's set-up (token, groups). On "
+            "a loaded machine that fixed cost and the noise weigh most.",
         ]  # fmt: skip
     else:
         lines.append("Not profiled in this run (`python -m bench --explain-misses` profiles it).")

@@ -293,18 +293,13 @@ def explain_incremental(n: int, params: dict, round_: int) -> dict:
     def spent(functions: list[str], within: str | None = None) -> float:
         return profiling.inclusive(profile.root, functions, within)
 
-    removal = {
-        "removal: re-check of those rows in the task's transaction": spent(["live_recipients"], "remove_batch"),
-        "removal: deactivation, one upsert call": spent(["upsert"], "remove_batch"),
-        "removal: account-wide check (CleverReach's groups, the other lists)": spent(["_account_wide"], "remove_batch"),
-        "removal: deletes (account-wide in batches; per receiver where kept elsewhere)": spent(["concurrently"], "remove_batch"),
-    }  # fmt: skip
-    removal["removal: register and audit rows, commit"] = spent(["remove_batch"]) - sum(removal.values())
+    lapsed = spent(["_remove_lapsed"], "push_batch")
     parts = {
-        "plan: register rows to remove (live rows of lapsed consents)": spent(["live_recipient_ids_among"]),
+        "plan: leftover removals (lapsed consents the cursor has passed)": spent(["live_recipient_ids_among"]),
         "plan: count of changed consents": spent(["count_changed_since"]),
-        **removal,
-        "push: changed consents read, upserted, registered, audited": spent(["push_batch"]),
+        "leftover removals (remove task)": spent(["remove_batch"]),
+        "push: lapsed consents removed (account-wide check, deletes, register)": lapsed,
+        "push: changed consents read, confirmed ones upserted, registered, audited": spent(["push_batch"]) - lapsed,
         "counts artifact": spent(["counts_artifact"]),
     }  # fmt: skip
     parts["Prefect's flow and task runs, client set-up (the rest)"] = profile.seconds - sum(parts.values())

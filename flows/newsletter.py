@@ -2,10 +2,11 @@
 
 Three flows, one Prefect task per batch of records:
 
-- ``sync-newsletter-consents``: first stops mailing and removes, at CleverReach, everyone
-  the register says is there without a standing consent (withdrawn, expired, re-pending);
-  then pushes every confirmed consent changed since the list's cursor as an active receiver
-  with its proof of consent. Unconfirmed sign-ups never leave the controller.
+- ``sync-newsletter-consents``: goes through every consent changed since the list's cursor:
+  a confirmed one is pushed as an active receiver with its proof of consent, one that lapsed
+  (withdrawn, expired, re-pending) stops mailing and is removed there. First it removes
+  what earlier runs left (a failed delete): everyone the register says is still there
+  without a standing consent. Unconfirmed sign-ups never leave the controller.
 - ``pull-newsletter-unsubscribes``: receivers that turned inactive at CleverReach (the
   unsubscribe link in a newsletter) become local withdrawals with channel ``newsletter-link``;
   the next sync removes them there.
@@ -22,9 +23,10 @@ from __future__ import annotations
 import math
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -62,7 +64,7 @@ from models.consent import (
     lapsed_among,
     lapsed_subject_ids,
 )
-from models.cursors import advance_cursor, cursor_position, get_cursor, next_seq
+from models.cursors import SyncCursor, advance_cursor, cursor_position, get_cursor, next_seq
 from models.db import skip_locked, transaction
 from models.recipients import (
     Recipient,
@@ -140,62 +142,87 @@ def remove_batch(
     group: str,
     ids: list[uuid.UUID],
 ) -> dict:
-    """Stop mailing and remove the receivers of these register rows whose consent lapsed.
-
-    CleverReach deletes from one group a receiver per call, but from the whole account a
-    batch of addresses per call. Whom the account holds for nothing else (``_account_wide``)
-    goes that way first. Everyone still there then is deactivated, in one call, so mailing
-    stops even if a delete fails, and deleted from the group one DELETE each, a few at a
-    time. A failed delete leaves the register row live for the next run. The HTTP layer's
-    rate limiter paces every call.
+    """Stop mailing and remove the receivers of these register rows whose consent lapsed
+    (``_remove``): what earlier runs left, a failed delete or a crash.
     """
-    counts: Counter[str] = Counter()
     now = utcnow()
     with audit_failure(client.http, "newsletter.remove"), transaction() as session:
+        _lock_cursors(session)
         rows = live_recipients(session, PROCESSOR, _purpose(list_name), ids)
         # Asked again here: a consent confirmed since the flow listed the ids keeps its receiver.
         lapsed = lapsed_among(session, list_name, [r.subject_id for r in rows])
         rows = [r for r in rows if r.subject_id in lapsed]
         if not rows:
             return {}
-        events: list[AuditEvent] = []
-        everywhere = _account_wide(session, client, list_name, [r.subject_id for r in rows if r.email])
-        bulk, size = [r for r in rows if r.subject_id in everywhere], client.batch_size
-        batches = [bulk[i : i + size] for i in range(0, len(bulk), size)]
-        outcomes = concurrently(client.bulk_delete, [[r.email for r in batch] for batch in batches])
-        done, left = [], [r for r in rows if r.subject_id not in everywhere]
-        for batch, outcome in zip(batches, outcomes, strict=True):
-            done += [(row, outcome, f"{list_name}, account-wide") for row in batch]
-            if isinstance(outcome, ProcessorError):
-                left += batch  # deactivated below; deleted by the next run
-        answered = client.upsert(
-            group, list_name, [{"email": r.email, "deactivated": _unix(now)} for r in left if r.email]
-        )
-        # The upsert creates a receiver that is gone already (a delete of an earlier run was
-        # applied but its answer lost), under a new id: delete the one it answered for.
-        current = {a["email"].lower(): str(a["id"]) for a in answered}
-        single = [
-            (r, current.get(r.email or "") or r.external_id or r.email)
-            for r in left if r.subject_id not in everywhere
-        ]  # fmt: skip
-        for row, _ in (t for t in single if not t[1]):
-            # Nothing to address it by: never send an empty path segment.
-            counts["remove_failed"] += 1
-            events.append(_decision("newsletter.remove", "failed", row.pseudonym, detail="no identifier"))
-        single = [t for t in single if t[1]]
-        outcomes = concurrently(partial(client.delete, group), [target for _, target in single])
-        done += [(row, outcome, list_name) for (row, _), outcome in zip(single, outcomes, strict=True)]
-        removed: list[uuid.UUID] = []
-        for row, outcome, detail in done:
-            if isinstance(outcome, ProcessorError):
-                counts["remove_failed"] += 1
-                events.append(_decision("newsletter.remove", "failed", row.pseudonym, outcome.status))
-                continue
-            removed.append(row.id)
-            events.append(_decision("newsletter.remove", "removed", row.pseudonym, detail=detail))
-        counts["removed"] += record_removed_many(session, removed, now)
+        counts, events = _remove(session, client, list_name, group, rows, now)
         write_audit(session, call_events(client.http.drain_calls()) + events)
     return dict(+counts)
+
+
+def _remove(
+    session, client: cleverreach.CleverReach, list_name: str, group: str, rows: Sequence, now: datetime
+) -> tuple[Counter[str], list[AuditEvent]]:
+    """Remove these live register rows' receivers (rows with id, external_id, subject_id,
+    email, pseudonym); mark the register; returns counts and audit events.
+
+    CleverReach deletes from one group a receiver per call, but from the whole account a
+    batch of addresses per call. Whom the account holds for nothing else (``_account_wide``)
+    goes that way first. Everyone still there then is deactivated, in one call, so mailing
+    stops even if a delete fails, and deleted from the group one DELETE each, a few at a
+    time. A failed delete leaves the register row live for the next run. The HTTP layer's
+    rate limiter paces every call. The caller holds every list's cursor (``_lock_cursors``).
+    """
+    counts: Counter[str] = Counter()
+    events: list[AuditEvent] = []
+    everywhere = _account_wide(session, client, list_name, [r.subject_id for r in rows if r.email])
+    bulk, size = [r for r in rows if r.subject_id in everywhere], client.batch_size
+    batches = [bulk[i : i + size] for i in range(0, len(bulk), size)]
+    outcomes = concurrently(client.bulk_delete, [[r.email for r in batch] for batch in batches])
+    done, left = [], [r for r in rows if r.subject_id not in everywhere]
+    for batch, outcome in zip(batches, outcomes, strict=True):
+        done += [(row, outcome, f"{list_name}, account-wide") for row in batch]
+        if isinstance(outcome, ProcessorError):
+            left += batch  # deactivated below; deleted by the next run
+    answered = client.upsert(
+        group, list_name, [{"email": r.email, "deactivated": _unix(now)} for r in left if r.email]
+    )
+    # The upsert creates a receiver that is gone already (a delete of an earlier run was
+    # applied but its answer lost), under a new id: delete the one it answered for.
+    current = {a["email"].lower(): str(a["id"]) for a in answered}
+    single = [
+        (r, current.get(r.email or "") or r.external_id or r.email)
+        for r in left if r.subject_id not in everywhere
+    ]  # fmt: skip
+    for row, _ in (t for t in single if not t[1]):
+        # Nothing to address it by: never send an empty path segment.
+        counts["remove_failed"] += 1
+        events.append(_decision("newsletter.remove", "failed", row.pseudonym, detail="no identifier"))
+    single = [t for t in single if t[1]]
+    outcomes = concurrently(partial(client.delete, group), [target for _, target in single])
+    done += [(row, outcome, list_name) for (row, _), outcome in zip(single, outcomes, strict=True)]
+    removed: list[uuid.UUID] = []
+    for row, outcome, detail in done:
+        if isinstance(outcome, ProcessorError):
+            counts["remove_failed"] += 1
+            events.append(_decision("newsletter.remove", "failed", row.pseudonym, outcome.status))
+            continue
+        removed.append(row.id)
+        events.append(_decision("newsletter.remove", "removed", row.pseudonym, detail=detail))
+    counts["removed"] += record_removed_many(session, removed, now)
+    return counts, events
+
+
+def _lock_cursors(session) -> dict[str, SyncCursor]:
+    """Every list's cursor, locked until the transaction ends, always in the same order.
+
+    Pushes and removals both take them first: a removal may delete an address from the
+    whole account (``_account_wide``), which must not happen while a push to another list
+    is between its upsert and its commit; and two transactions taking the same locks in
+    opposite orders would deadlock on PostgreSQL. So the lists' pushes and removals run one
+    at a time (CleverReach's rate limit is the account's anyway). SQLite serialises writing
+    transactions already.
+    """
+    return {name: get_cursor(session, _cursor(name)) for name in ALL_LISTS}
 
 
 def _account_wide(
@@ -206,11 +233,10 @@ def _account_wide(
     there for another purpose.
 
     Asks CleverReach for its groups (a group someone added by hand may hold the address for
-    a purpose we do not know of). Locks the other lists' cursors until the delete commits:
-    a push to another list holds its cursor for its whole transaction and registers what it
-    sent in it, so it ends before this check (and the register shows it) or begins after the
-    delete (and sends its consents, confirmed or not yet pushed, again from its cursor),
-    never in between (PostgreSQL; SQLite serialises writing transactions anyway).
+    a purpose we do not know of). The caller holds the other lists' cursors until the delete
+    commits: a push to another list holds its cursor for its whole transaction and registers
+    what it sent in it, so it ended before this check (and the register shows it) or begins
+    after the delete (and sends its consents, confirmed or not yet pushed, from its cursor).
     """
     if not subject_ids:
         return set()
@@ -218,9 +244,6 @@ def _account_wide(
     ours = {str(getattr(settings, f"cleverreach_group_{name}") or "") for name in ALL_LISTS}
     if not {str(g["id"]) for g in client.groups()} <= ours:
         return set()
-    for other in ALL_LISTS:
-        if other != list_name:
-            get_cursor(session, _cursor(other))
     return set(subject_ids) - live_for_other_purposes(session, PROCESSOR, _purpose(list_name), subject_ids)
 
 
@@ -230,7 +253,8 @@ def push_batch(
 ) -> dict:
     """Push the next batch of changed consents after the list's cursor; advance it.
 
-    The records go out in upsert calls of the client's batch size from worker threads, two
+    Consents among them that lapsed are removed at CleverReach first (``_remove_lapsed``).
+    The confirmed ones go out in upsert calls of the client's batch size from worker threads, two
     on the wire at a time. Meanwhile this thread records what came back, a wave of calls at
     a time: one audit row per receiver and the register rows, each wave in one statement per
     table and sorted by its index key. Everything commits together at the end.
@@ -243,12 +267,11 @@ def push_batch(
         audit_failure(client.http, "newsletter.push"),
         transaction() as session,
     ):
-        after = get_cursor(session, _cursor(list_name)).position
+        after = _lock_cursors(session)[list_name].position
         rows = changed_since(session, list_name, after, limit)
         if not rows:
             return {}
-        events = _remove_unregistered(session, client, list_name, group, rows, now)
-        counts["removed"] += len(events)
+        counts, events = _remove_lapsed(session, client, list_name, group, rows, now)
         confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
         size = client.batch_size
         units = [confirmed[i : i + size] for i in range(0, len(confirmed), size)]
@@ -264,8 +287,7 @@ def push_batch(
                     wave = []
         for row in rows:
             if row.state != ConsentState.confirmed:
-                # Pending never leaves; withdrawn/expired are handled by the removal pass
-                # (and, when the register never heard of them, by _remove_unregistered).
+                # Pending never leaves; withdrawn and expired ones went in _remove_lapsed.
                 counts[f"not_pushed_{row.state}"] += 1
                 events.append(_decision("newsletter.hold", "skipped", row.pseudonym, detail=str(row.state)))
         advance_cursor(session, _cursor(list_name), rows[-1].change_seq)
@@ -279,33 +301,55 @@ def push_batch(
 _WAVE = 5000
 
 
-def _remove_unregistered(
+def _remove_lapsed(
     session, client: cleverreach.CleverReach, list_name: str, group: str, rows: list, now: datetime
-) -> list[AuditEvent]:
-    """Delete at CleverReach the consents among `rows` that were confirmed, stand no more
-    and are not in the register at all: a run that died between its upsert and its commit
-    may have sent them, and the removal pass, which goes by the register, cannot know.
-    Those CleverReach still held are registered as sent and removed; returns their audit
-    events (for the batch's one audit write, after its register rows).
+) -> tuple[Counter[str], list[AuditEvent]]:
+    """Remove at CleverReach the consents among `rows` that were confirmed and stand no more;
+    returns counts and audit events (for the batch's one audit write, after its register rows).
 
-    A 404 means it never arrived. A failed call fails the batch, so the cursor stays before
-    the row. Unconfirmed sign-ups never get here: only a confirmation sets ``activated``.
+    - Live in the register: removed (``_remove``), in this pass over the changes, so a
+      withdrawal costs no second pass; a failed delete is left to the removal pass.
+    - Not in the register at all: a run that died between its upsert and its commit may have
+      sent it, and the register cannot know. Deleted by address; if CleverReach still held
+      it, registered as sent and removed. A 404 means it never arrived. A failed call fails
+      the batch, so the cursor stays before the row.
+    - Removed in the register: nothing is left there.
+
+    Unconfirmed sign-ups never get here: only a confirmation sets ``activated``.
     """
     purpose = _purpose(list_name)
-    unsure = [r for r in rows if r.state != ConsentState.confirmed and r.activated and r.email]
+    unsure = {r.subject_id: r for r in rows if r.state != ConsentState.confirmed and r.activated and r.email}
     if not unsure:
-        return []
-    registered = set(session.connection().execute(select(Recipient.subject_id).where(
+        return Counter(), []
+    register = session.connection().execute(select(
+        Recipient.id, Recipient.external_id, Recipient.subject_id, Recipient.removed_at
+    ).where(
         Recipient.processor == PROCESSOR, Recipient.purpose == purpose,
-        Recipient.subject_id.in_([r.subject_id for r in unsure]),  # type: ignore[attr-defined]
-    )).scalars())  # fmt: skip
-    events = []
-    for row in unsure:
-        if row.subject_id not in registered and client.delete(group, row.email):
+        Recipient.subject_id.in_(list(unsure)),  # type: ignore[attr-defined]
+    )).all()  # fmt: skip
+    live = [
+        _Held(r.id, r.external_id, r.subject_id, unsure[r.subject_id].email, unsure[r.subject_id].pseudonym)
+        for r in register if r.removed_at is None
+    ]  # fmt: skip
+    counts, events = _remove(session, client, list_name, group, live, now) if live else (Counter(), [])
+    known = {r.subject_id for r in register}
+    for row in unsure.values():
+        if row.subject_id not in known and client.delete(group, row.email):
             record_sent_many(session, PROCESSOR, purpose, {row.subject_id: None}, now)
             record_removed_for(session, row.subject_id, PROCESSOR, purpose, now)
+            counts["removed"] += 1
             events.append(_decision("newsletter.remove", "removed", row.pseudonym, detail=list_name))
-    return events
+    return counts, events
+
+
+class _Held(NamedTuple):
+    """A live register row with what removing its receiver takes."""
+
+    id: uuid.UUID
+    external_id: str | None
+    subject_id: uuid.UUID
+    email: str | None
+    pseudonym: str
 
 
 def _record_sent(session, list_name: str, purpose: str, sent: list[tuple], now: datetime) -> None:
@@ -334,7 +378,7 @@ def sync_newsletter_consents(
     batch_size: Annotated[int, Field(ge=1, le=1000)] | None = None,
     records_per_task: Annotated[int, Field(ge=1, le=100_000)] = 20000,
 ) -> dict[str, int]:
-    """Bring CleverReach in line with local consent: removals first, then confirmed pushes.
+    """Bring CleverReach in line with local consent: leftover removals first, then the changes.
 
     A task's records are also one transaction: the calls for them, their register and audit
     rows and the cursor commit together. More records per task means fewer commits (each
@@ -357,13 +401,14 @@ def sync_newsletter_consents(
     for list_name in lists or ALL_LISTS:
         group = _group(settings, list_name)
         # Find the work first, so no task run is spent finding out that nothing is left.
+        # Removals: only consents the cursor has passed (what earlier runs left); the push
+        # removes the ones that lapsed since, as it reaches them.
         with transaction() as session:
+            position = cursor_position(session, _cursor(list_name))
             removals = live_recipient_ids_among(
-                session, PROCESSOR, _purpose(list_name), lapsed_subject_ids(list_name)
+                session, PROCESSOR, _purpose(list_name), lapsed_subject_ids(list_name, position)
             )
-            changes = count_changed_since(
-                session, list_name, cursor_position(session, _cursor(list_name))
-            )
+            changes = count_changed_since(session, list_name, position)
         for start in range(0, len(removals), records_per_task):
             # quote(): Prefect would otherwise walk the id list for futures to resolve, twice.
             ids = quote(removals[start : start + records_per_task])

@@ -252,17 +252,21 @@ def count_changed_since(session: Session, list_name: str, after_seq: int) -> int
 LAPSED_STATES = (ConsentState.pending, ConsentState.withdrawn, ConsentState.expired)
 
 
-def lapsed_subject_ids(list_name: str):
+def lapsed_subject_ids(list_name: str, changed_upto: int | None = None):
     """A subquery: the subjects whose consent to this list does not stand (pending again,
-    withdrawn, expired). A subject has one record per list, so none of them is confirmed.
+    withdrawn, expired), optionally only those last changed at or before `changed_upto`. A
+    subject has one record per list, so none of them is confirmed.
 
     Listed by state (an index), not as "not confirmed": the lapsed are a sliver of a list,
     and a query driven by them reads that sliver instead of every confirmed subscriber.
     """
-    return select(ConsentRecord.subject_id).where(
+    query = select(ConsentRecord.subject_id).where(
         ConsentRecord.list_name == list_name,
         ConsentRecord.state.in_(LAPSED_STATES),  # type: ignore[attr-defined]
     )
+    if changed_upto is not None:
+        query = query.where(ConsentRecord.change_seq <= changed_upto)
+    return query
 
 
 def lapsed_among(session: Session, list_name: str, subject_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
