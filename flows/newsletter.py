@@ -285,9 +285,11 @@ def push_batch(
                     _record_sent(session, list_name, purpose, wave, now)
                     counts["pushed"] += len(wave)
                     wave = []
+        # One decision per change: a lapsed consent removed (or tried) above has its event;
+        # the others (pending, or never sent) are held here.
+        decided = {event.subject for event in events}
         for row in rows:
-            if row.state != ConsentState.confirmed:
-                # Pending never leaves; withdrawn and expired ones went in _remove_lapsed.
+            if row.state != ConsentState.confirmed and row.pseudonym not in decided:
                 counts[f"not_pushed_{row.state}"] += 1
                 events.append(_decision("newsletter.hold", "skipped", row.pseudonym, detail=str(row.state)))
         advance_cursor(session, _cursor(list_name), rows[-1].change_seq)

@@ -508,3 +508,29 @@ def test_the_collector_pause_restores_what_it_found():
         assert not gc.isenabled()  # it was off before; it stays off
     finally:
         gc.enable()
+
+
+def test_every_change_gets_exactly_one_decision_in_the_audit_trail(against_sandbox):
+    take_in(signup("gone@example.de"), confirm("gone@example.de"))
+    newsletter.sync_newsletter_consents(lists=["newsletter"])
+    with transaction() as session:
+        before = session.exec(select(func.max(AuditEntry.id))).one()
+    take_in(
+        withdraw("gone@example.de"),  # was at CleverReach: removed
+        signup("never@example.de"), confirm("never@example.de"), withdraw("never@example.de"),  # never sent
+        signup("waits@example.de"),  # pending
+        signup("new@example.de"), confirm("new@example.de"),  # sent
+    )  # fmt: skip
+    newsletter.sync_newsletter_consents(lists=["newsletter"])
+    with transaction() as session:
+        names = {s.pseudonym: s.email for s in session.exec(select(DataSubject))}
+        decisions = Counter(
+            (names[e.subject_pseudonym], e.action, e.outcome)
+            for e in session.exec(select(AuditEntry).where(AuditEntry.id > before, AuditEntry.action.startswith("newsletter.")))
+        )  # fmt: skip
+    assert decisions == {
+        ("gone@example.de", "newsletter.remove", "removed"): 1,
+        ("never@example.de", "newsletter.hold", "skipped"): 1,
+        ("waits@example.de", "newsletter.hold", "skipped"): 1,
+        ("new@example.de", "newsletter.push", "sent"): 1,
+    }
