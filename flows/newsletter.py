@@ -254,10 +254,10 @@ def push_batch(
     """Push the next batch of changed consents after the list's cursor; advance it.
 
     Consents among them that lapsed are removed at CleverReach first (``_remove_lapsed``).
-    The confirmed ones go out in upsert calls of the client's batch size from worker threads, two
-    on the wire at a time. Meanwhile this thread records what came back, a wave of calls at
-    a time: one audit row per receiver and the register rows, each wave in one statement per
-    table and sorted by its index key. Everything commits together at the end.
+    The confirmed ones go out in upsert calls of the client's batch size from worker
+    threads, two on the wire at a time. Meanwhile this thread records what came back, a wave
+    of calls at a time: one audit row per receiver and the register rows, each wave in one
+    statement per table and sorted by its index key. Everything commits together at the end.
     """
     counts: Counter[str] = Counter()
     now = utcnow()
