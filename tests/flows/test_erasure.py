@@ -249,6 +249,30 @@ def test_a_subject_known_everywhere_is_erased_everywhere_verified_and_nobody_els
     assert not any(m in json.dumps(data) + text for m in ANNA.markers())
 
 
+def test_a_booking_moved_while_the_erasure_is_open_is_not_sent_again(env):
+    # Found by the leak suite: TIMIFY was erased and verified, the issuer not yet; the move
+    # re-created the customer at TIMIFY and then failed on the deleted appointment each run.
+    url, base = env
+    everywhere(url, base, ANNA)
+    pseudonym = subject_of(ANNA).pseudonym
+    erasure.fan_out_erasure(email=ANNA.email, channel="portal")
+    rid = the_request()
+    assert request_state(rid)[1]["timify"] == "verified"
+    moved = {"type": "booking.reschedule", "booking_id": f"B-{ANNA.tag}-branch",
+             "start": "2027-02-09T09:00:00+01:00", "at": utcnow().isoformat()}  # fmt: skip
+    take_in(base, json.dumps(moved))
+    timify_before = calls(url)["timify"]
+    assert bookings.push_bookings() == {"held_erasure_requested": 1}
+    assert calls(url)["timify"] == timify_before  # not a single call
+    assert held_data(url)["timify"] == [{}, {}]
+    assert bookings.push_bookings() == {}  # the cursor went past it: later runs go on
+    assert erasure.follow_up_erasures() == {"verified": 2, "completed": 1}
+    assert request_state(rid) == ("completed", dict.fromkeys(("cleverreach", "timify", "flexperto", "isic", "nect"), "verified"))
+    with transaction() as session:
+        held = session.exec(select(AuditEntry).where(AuditEntry.action == "booking.push", AuditEntry.outcome == "held")).one()
+        assert (held.subject_pseudonym, held.processor) == (pseudonym, "timify")
+
+
 def test_no_personal_data_in_logs_artifacts_run_parameters_or_any_table_after_erasure(env, caplog):
     url, base = env
     everywhere(url, base, ANNA, BERT)
