@@ -273,6 +273,21 @@ def test_a_booking_moved_while_the_erasure_is_open_is_not_sent_again(env):
         assert (held.subject_pseudonym, held.processor) == (pseudonym, "timify")
 
 
+def test_a_student_id_order_placed_while_the_erasure_is_open_is_not_forwarded(env):
+    url, base = env
+    everywhere(url, base, ANNA)
+    erasure.fan_out_erasure(email=ANNA.email, channel="portal")
+    rid = the_request()
+    assert request_state(rid)[0] == "open"  # the issuer and Nect delete later
+    order = json.loads(_lines(ANNA)[-1]) | {"order_id": "ISIC-anna-2", "at": utcnow().isoformat()}
+    take_in(base, json.dumps(order))
+    isic_before = calls(url)["isic"]
+    assert student_id.forward_student_id_orders() == {"held_erasure_requested": 1}
+    assert calls(url)["isic"] == isic_before  # not a single call
+    assert erasure.follow_up_erasures() == {"verified": 2, "completed": 1}
+    assert held_data(url)["isic"] == [{}, {}]
+
+
 def test_no_personal_data_in_logs_artifacts_run_parameters_or_any_table_after_erasure(env, caplog):
     url, base = env
     everywhere(url, base, ANNA, BERT)
