@@ -18,7 +18,7 @@ from sqlmodel import SQLModel, select
 
 from connectors import cleverreach, nect
 from connectors.transport import RetriableError
-from flows import bookings, erasure, student_id
+from flows import bookings, erasure, newsletter, student_id
 from flows.erasure_processors import HANDLERS, Hold, Policy, TimifyHandler
 from models.audit import AuditEntry, verify
 from models.bookings import berlin_today
@@ -286,6 +286,26 @@ def test_a_student_id_order_placed_while_the_erasure_is_open_is_not_forwarded(en
     assert calls(url)["isic"] == isic_before  # not a single call
     assert erasure.follow_up_erasures() == {"verified": 2, "completed": 1}
     assert held_data(url)["isic"] == [{}, {}]
+
+
+def test_a_newsletter_consent_confirmed_while_the_erasure_is_open_is_not_sent(env):
+    url, base = env
+    everywhere(url, base, ANNA)
+    erasure.fan_out_erasure(email=ANNA.email, channel="portal")
+    assert request_state(the_request())[0] == "open"  # the issuer and Nect delete later
+    at = utcnow() - timedelta(minutes=5)
+    take_in(base, *[json.dumps(e) for e in (
+        {"type": "consent.signup", "list": "service_offers", "email": ANNA.email, "salutation": "Frau",
+         "first_name": ANNA.first, "last_name": ANNA.last, "ip": ANNA.ip, "at": at.isoformat(),
+         "source": "https://example.de/so", "policy_version": "2026-01", "insurance_number": "A123456780"},
+        {"type": "consent.confirm", "list": "service_offers", "email": ANNA.email, "ip": ANNA.ip,
+         "at": (at + timedelta(minutes=1)).isoformat()},
+    )])  # fmt: skip
+    before = calls(url)["cleverreach"]
+    assert newsletter.sync_newsletter_consents(lists=["service_offers"]) == {"not_pushed_erasure_requested": 1}
+    assert held_data(url)["cleverreach"]["1002"]["receivers"] == {}
+    upsert = "POST /v3/groups/{gid}/receivers/upsertplus"
+    assert calls(url)["cleverreach"].get(upsert) == before.get(upsert)  # nothing sent
 
 
 def test_no_personal_data_in_logs_artifacts_run_parameters_or_any_table_after_erasure(env, caplog):
