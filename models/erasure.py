@@ -273,8 +273,8 @@ def subjects_being_erased(session: Session, subject_ids: Iterable[uuid.UUID]) ->
     Jobs send such a person's data to no processor until the request is done: the fan-out
     may already have erased it there, and a push would hand it over again (deleting, as a
     cancellation does, stays allowed). A completed request has erased the controller's copy.
-    Reads the open requests (a month's worth at most), not the subjects: a batch may name
-    tens of thousands.
+    Reads the open requests (they close within the one to three months Art. 12(3) allows),
+    not the subjects: a batch may name tens of thousands.
     """
     open_now = set(session.exec(
         select(ErasureRequest.subject_id).where(ErasureRequest.status == RequestStatus.open)
