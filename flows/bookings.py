@@ -50,7 +50,6 @@ from models.bookings import (
 )
 from models.cursors import advance_cursor, cursor_position, get_cursor
 from models.db import transaction
-from models.erasure import subjects_being_erased
 from models.recipients import Recipient, record_removed_for, record_sent_many
 from models.subjects import DataSubject
 from models.types import utcnow
@@ -129,7 +128,6 @@ class _Batch:
         self.counts: Counter[str] = Counter()
         self.events: list[AuditEvent] = []
         self.customer_ids = self._customer_ids()
-        self.erasing = subjects_being_erased(session, list(subjects))
         self.sent: dict[uuid.UUID, str] = {}
 
     def _customer_ids(self) -> dict[uuid.UUID, str | None]:
@@ -148,12 +146,6 @@ class _Batch:
             # Erased meanwhile: nothing of the person may leave any more.
             self.counts["skipped_erased"] += 1
             self.events.append(_decision("booking.push", "skipped", subject.pseudonym, booking, timify.PROCESSOR))
-            return
-        if subject.id in self.erasing:
-            # Erasure requested: the fan-out may have deleted the customer at TIMIFY already,
-            # and this would create it again. The completed erasure removes the booking here.
-            self.counts["held_erasure_requested"] += 1
-            self.events.append(_decision("booking.push", "held", subject.pseudonym, booking, timify.PROCESSOR))
             return
         service, resources = _placement(self.settings, booking)
         customer = self.clients.timify.upsert_customer(

@@ -66,7 +66,6 @@ from models.consent import (
 )
 from models.cursors import SyncCursor, advance_cursor, cursor_position, get_cursor, next_seq
 from models.db import skip_locked, transaction
-from models.erasure import subjects_being_erased
 from models.recipients import (
     Recipient,
     live_for_other_purposes,
@@ -274,13 +273,6 @@ def push_batch(
             return {}
         counts, events = _remove_lapsed(session, client, list_name, group, rows, now)
         confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
-        # Erasure requested: nothing more of the person goes out until it is done (the
-        # fan-out may have deleted the receiver already); the erasure withdraws the consent.
-        erasing = subjects_being_erased(session, (r.subject_id for r in confirmed))
-        for row in (r for r in confirmed if r.subject_id in erasing):
-            counts["not_pushed_erasure_requested"] += 1
-            events.append(_decision("newsletter.hold", "skipped", row.pseudonym, detail="erasure requested"))
-        confirmed = [r for r in confirmed if r.subject_id not in erasing]
         size = client.batch_size
         units = [confirmed[i : i + size] for i in range(0, len(confirmed), size)]
         per_wave = max(1, _WAVE // size)

@@ -36,7 +36,6 @@ from models.bookings import berlin_today
 from models.cursors import advance_cursor, cursor_position, get_cursor
 from models.db import transaction
 from models.documents import DocumentCipher
-from models.erasure import subjects_being_erased
 from models.isic import (
     IsicOrder,
     OrderStatus,
@@ -73,7 +72,6 @@ class _Batch:
             s.id: s
             for s in session.exec(select(DataSubject).where(DataSubject.id.in_(ids)))  # type: ignore[attr-defined]
         }
-        self.erasing = subjects_being_erased(session, ids)
 
     def decide(self, action: str, outcome: str, order: IsicOrder, count: str | None = None) -> None:
         self.counts[count or outcome] += 1
@@ -124,11 +122,6 @@ def forward(batch: _Batch, order: IsicOrder, cipher: DocumentCipher) -> None:
     subject = batch.subjects[order.subject_id]
     if not subject.email or order.fields_erased_at:
         batch.decide("isic.forward", "skipped", order, "skipped_erased")
-        return
-    if order.subject_id in batch.erasing:
-        # Erasure requested: nothing more of the person goes to the issuer; the completed
-        # erasure removes the order here.
-        batch.decide("isic.forward", "held", order, "held_erasure_requested")
         return
     batch.client.set_cardholder(
         order.order_ref, first_name=order.first_name, last_name=order.last_name,

@@ -267,21 +267,6 @@ def open_request_of(session: Session, subject_id: uuid.UUID) -> ErasureRequest |
     ).first()
 
 
-def subjects_being_erased(session: Session, subject_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
-    """The subjects among these with an open erasure request.
-
-    Jobs send such a person's data to no processor until the request is done: the fan-out
-    may already have erased it there, and a push would hand it over again (deleting, as a
-    cancellation does, stays allowed). A completed request has erased the controller's copy.
-    Reads the open requests (they close within the one to three months Art. 12(3) allows),
-    not the subjects: a batch may name tens of thousands.
-    """
-    open_now = set(session.exec(
-        select(ErasureRequest.subject_id).where(ErasureRequest.status == RequestStatus.open)
-    ))  # fmt: skip
-    return open_now.intersection(subject_ids) if open_now else set()
-
-
 def sync_tasks(session: Session, request: ErasureRequest, now: datetime) -> int:
     """Bring the request's tasks in line with the register; returns how many changed.
 

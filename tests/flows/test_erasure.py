@@ -18,7 +18,7 @@ from sqlmodel import SQLModel, select
 
 from connectors import cleverreach, nect
 from connectors.transport import RetriableError
-from flows import bookings, erasure, newsletter, student_id
+from flows import bookings, erasure, student_id
 from flows.erasure_processors import HANDLERS, Hold, Policy, TimifyHandler
 from models.audit import AuditEntry, verify
 from models.bookings import berlin_today
@@ -247,65 +247,6 @@ def test_a_subject_known_everywhere_is_erased_everywhere_verified_and_nobody_els
     text = erasure.render_markdown(data)
     assert "| isic | student-id:ISIC-anna | verified |" in text
     assert not any(m in json.dumps(data) + text for m in ANNA.markers())
-
-
-def test_a_booking_moved_while_the_erasure_is_open_is_not_sent_again(env):
-    # Found by the leak suite: TIMIFY was erased and verified, the issuer not yet; the move
-    # re-created the customer at TIMIFY and then failed on the deleted appointment each run.
-    url, base = env
-    everywhere(url, base, ANNA)
-    pseudonym = subject_of(ANNA).pseudonym
-    erasure.fan_out_erasure(email=ANNA.email, channel="portal")
-    rid = the_request()
-    assert request_state(rid)[1]["timify"] == "verified"
-    moved = {"type": "booking.reschedule", "booking_id": f"B-{ANNA.tag}-branch",
-             "start": "2027-02-09T09:00:00+01:00", "at": utcnow().isoformat()}  # fmt: skip
-    take_in(base, json.dumps(moved))
-    timify_before = calls(url)["timify"]
-    assert bookings.push_bookings() == {"held_erasure_requested": 1}
-    assert calls(url)["timify"] == timify_before  # not a single call
-    assert held_data(url)["timify"] == [{}, {}]
-    assert bookings.push_bookings() == {}  # the cursor went past it: later runs go on
-    assert erasure.follow_up_erasures() == {"verified": 2, "completed": 1}
-    assert request_state(rid) == ("completed", dict.fromkeys(("cleverreach", "timify", "flexperto", "isic", "nect"), "verified"))
-    with transaction() as session:
-        held = session.exec(select(AuditEntry).where(AuditEntry.action == "booking.push", AuditEntry.outcome == "held")).one()
-        assert (held.subject_pseudonym, held.processor) == (pseudonym, "timify")
-
-
-def test_a_student_id_order_placed_while_the_erasure_is_open_is_not_forwarded(env):
-    url, base = env
-    everywhere(url, base, ANNA)
-    erasure.fan_out_erasure(email=ANNA.email, channel="portal")
-    rid = the_request()
-    assert request_state(rid)[0] == "open"  # the issuer and Nect delete later
-    order = json.loads(_lines(ANNA)[-1]) | {"order_id": "ISIC-anna-2", "at": utcnow().isoformat()}
-    take_in(base, json.dumps(order))
-    isic_before = calls(url)["isic"]
-    assert student_id.forward_student_id_orders() == {"held_erasure_requested": 1}
-    assert calls(url)["isic"] == isic_before  # not a single call
-    assert erasure.follow_up_erasures() == {"verified": 2, "completed": 1}
-    assert held_data(url)["isic"] == [{}, {}]
-
-
-def test_a_newsletter_consent_confirmed_while_the_erasure_is_open_is_not_sent(env):
-    url, base = env
-    everywhere(url, base, ANNA)
-    erasure.fan_out_erasure(email=ANNA.email, channel="portal")
-    assert request_state(the_request())[0] == "open"  # the issuer and Nect delete later
-    at = utcnow() - timedelta(minutes=5)
-    take_in(base, *[json.dumps(e) for e in (
-        {"type": "consent.signup", "list": "service_offers", "email": ANNA.email, "salutation": "Frau",
-         "first_name": ANNA.first, "last_name": ANNA.last, "ip": ANNA.ip, "at": at.isoformat(),
-         "source": "https://example.de/so", "policy_version": "2026-01", "insurance_number": "A123456780"},
-        {"type": "consent.confirm", "list": "service_offers", "email": ANNA.email, "ip": ANNA.ip,
-         "at": (at + timedelta(minutes=1)).isoformat()},
-    )])  # fmt: skip
-    before = calls(url)["cleverreach"]
-    assert newsletter.sync_newsletter_consents(lists=["service_offers"]) == {"not_pushed_erasure_requested": 1}
-    assert held_data(url)["cleverreach"]["1002"]["receivers"] == {}
-    upsert = "POST /v3/groups/{gid}/receivers/upsertplus"
-    assert calls(url)["cleverreach"].get(upsert) == before.get(upsert)  # nothing sent
 
 
 def test_no_personal_data_in_logs_artifacts_run_parameters_or_any_table_after_erasure(env, caplog):
