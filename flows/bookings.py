@@ -34,7 +34,15 @@ from sqlmodel import Session, select
 
 from connectors import flexperto, timify
 from connectors.transport import CallRecord
-from flows.common import audit_failure, call_events, counts_artifact, tally, write_audit
+from flows.common import (
+    JobFailed,
+    audit_failure,
+    call_events,
+    counts_artifact,
+    one_line_failure,
+    tally,
+    write_audit,
+)
 from models.audit import AuditEvent
 from models.bookings import (
     Booking,
@@ -233,6 +241,7 @@ def _subjects(session: Session, rows: Sequence[Booking]) -> dict[uuid.UUID, Data
 
 # push ---------------------------------------------------------------------------------
 @task(name="push-bookings-batch", cache_policy=NO_CACHE)
+@one_line_failure
 def push_batch(clients: Clients, limit: int, refs: list[str] | None = None) -> dict:
     """Push the next `limit` changed bookings after the cursor (or exactly `refs`)."""
     with audit_failure(clients, "bookings.push"), transaction() as session:
@@ -258,6 +267,7 @@ def push_batch(clients: Clients, limit: int, refs: list[str] | None = None) -> d
 
 
 @flow(name="push-bookings")
+@one_line_failure
 def push_bookings(
     # A run by hand names a few bookings; the bound keeps the stored parameters small.
     booking_ids: Annotated[list[BookingRef], Field(max_length=1000)] | None = None,
@@ -291,6 +301,7 @@ def push_bookings(
 
 # purge --------------------------------------------------------------------------------
 @task(name="purge-video-chats-batch", cache_policy=NO_CACHE)
+@one_line_failure
 def purge_batch(clients: Clients, today: date, after: int, limit: int) -> tuple[dict, int]:
     """Purge the chats due by `today` of the next `limit` video bookings after seq `after`."""
     with audit_failure(clients, "video.purge"), transaction() as session:
@@ -305,6 +316,7 @@ def purge_batch(clients: Clients, today: date, after: int, limit: int) -> tuple[
 
 
 @flow(name="purge-video-chat-data")
+@one_line_failure
 def purge_video_chat_data(
     as_of: date | None = None,
     batch_size: Annotated[int, Field(ge=1, le=5000)] = 500,
@@ -331,5 +343,5 @@ def purge_video_chat_data(
     counts_artifact("purge-video-chat-data", "Video chat data purged at Flexperto", counts)
     if counts.get("purge_not_verified"):
         # Visible, and still due: the next run tries again.
-        raise RuntimeError(f"{counts['purge_not_verified']} chat deletion(s) at flexperto not verified")
+        raise JobFailed(f"{counts['purge_not_verified']} chat deletion(s) at flexperto not verified")
     return counts

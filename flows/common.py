@@ -1,25 +1,132 @@
-"""What every flow shares: audit writing of calls, run ids, PII-free count artifacts."""
+"""What every flow shares: audit writing of calls, run ids, PII-free count artifacts, and
+failures that read as one line."""
 
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
+import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
+from prefect.states import Failed
 from sqlmodel import Session
 
-from connectors.transport import CallRecord, HttpClient, ProcessorError
+from connectors.transport import CallRecord, HttpClient, ProcessorError, redact
 from models.audit import AuditEvent, append
 from models.db import transaction
 from psync.settings import get_settings
 
 T = TypeVar("T")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable)
+
+
+class JobFailed(RuntimeError):
+    """A run that did its work but must show as Failed; the text is the whole reason.
+
+    Names ids, processors and counts, never a person: it is the run's state message.
+    """
+
+
+# Whose failure messages may be shown: ours, which name settings, ids and counts (and a
+# ProcessorError only names and numbers). Anything else (a KeyError, a pydantic error, a
+# decode error) may quote the value it choked on, so only its type is shown.
+_OUR_PACKAGES = ("connectors.", "flows.", "models.", "psync.")
+MAX_REASON = 300
+
+
+def _sayable(exc: BaseException) -> bool:
+    return type(exc) in (ValueError, LookupError) or type(exc).__module__.startswith(_OUR_PACKAGES)
+
+
+def reason(exc: BaseException) -> str:
+    """One line that says why, safe for a state message and a log line.
+
+    >>> reason(JobFailed("2 erasure(s) failed"))
+    '2 erasure(s) failed'
+    >>> reason(KeyError("erika@example.de"))
+    'unexpected KeyError (the traceback is logged at DEBUG)'
+    """
+    if _sayable(exc):
+        text = " ".join(redact(str(exc)).split())
+        if text:
+            return text[:MAX_REASON]
+    return f"unexpected {type(exc).__name__} (the traceback is logged at DEBUG)"
+
+
+class TaskFailed(Exception):
+    """A task's failure, already said in one line; carries the original for the flow."""
+
+    def __init__(self, why: str, original: BaseException):
+        super().__init__(why)
+        self.original = original
+
+    def __reduce__(self):  # Prefect pickles a failed task's exception
+        return type(self), (str(self), self.original)
+
+
+class _WithoutTraceback(logging.Filter):
+    """Prefect logs a failed task with its traceback at ERROR; for a failure already said in
+    one line (``TaskFailed``) the line is enough: the traceback went to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TaskFailed):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("prefect.task_runs").addFilter(_WithoutTraceback())
+
+
+def one_line_failure(fn: F) -> F:
+    """Decorate a flow's or task's function (below ``@flow``/``@task``): a failure ends the
+    run as Failed with a one-line reason (``reason``), its traceback logged at DEBUG.
+
+    Prefect would log the exception with its traceback at ERROR, once per task and again
+    per flow, and put the exception's text in the state; the traceback is no help to the
+    officer reading the Logs tab, and any text beyond ours may quote a value. In a task the
+    failure is raised again as ``TaskFailed`` (Prefect logs its line once, without the
+    traceback); the flow logs the reason once at ERROR and ends Failed with it as its state
+    message. The original exception travels as the Failed state's data, so a caller of the
+    flow function (the CLI, a test) still gets it raised.
+
+    Example::
+
+        @flow(name="push-bookings")
+        @one_line_failure
+        def push_bookings(...): ...
+    """
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a readable state
+            original = exc.original if isinstance(exc, TaskFailed) else exc
+            logger = get_run_logger()
+            if original is exc:
+                logger.debug("traceback of the failure", exc_info=True)
+            why = reason(original)
+            if TaskRunContext.get() is not None:
+                raise TaskFailed(why, original) from None
+            logger.error(why)
+            return Failed(data=original, message=why)
+
+    # Prefect builds its parameter model from the signature and resolves string annotations
+    # (``from __future__ import annotations``) in the wrapper's module: hand it the
+    # signature resolved in the flow's own module, so its names (uuid, Channel, …) are found.
+    run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
+    return run  # type: ignore[return-value]  # functools.wraps keeps the docstring Prefect reads
+
 
 
 def run_id() -> str | None:

@@ -41,7 +41,7 @@ from pydantic import Field
 from sqlmodel import Session, select
 
 from connectors.transport import ProcessorError, redact
-from flows.common import call_events, counts_artifact, run_id, write_audit
+from flows.common import JobFailed, call_events, counts_artifact, one_line_failure, run_id, write_audit
 from flows.erasure_processors import (
     AWAITING,
     HANDLERS,
@@ -294,6 +294,7 @@ def _register_removed(session: Session, item: ErasureTask, now: datetime) -> Non
 
 
 @task(name="erase-at-processor", task_run_name="erase-at-{processor}", cache_policy=NO_CACHE)
+@one_line_failure
 def erase_at_processor(
     processor: str, task_ids: list[uuid.UUID], owner: str, clients: Clients, policy: Policy
 ) -> dict[str, int]:
@@ -385,7 +386,7 @@ def _run(
     counts["completed"] += len(completed)
     if crashed:
         # Its tasks stay claimed until the lease runs out, then the follow-up takes them.
-        raise RuntimeError(f"erasure at {', '.join(crashed)} crashed; see the task run")
+        raise JobFailed(f"erasure at {', '.join(crashed)} crashed; see the task run")
     return counts, claimed.request_ids, completed
 
 
@@ -403,6 +404,7 @@ def _form_limit(length: int) -> Any:
 
 
 @flow(name="fan-out-erasure", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@one_line_failure
 def fan_out_erasure(
     email: Annotated[str, _form_limit(254)] | None = None,  # RFC 5321's longest address
     insurance_number: Annotated[str, _form_limit(20)] | None = None,  # ten characters, spaces allowed
@@ -448,7 +450,7 @@ def fan_out_erasure(
         publish_report(session, request_id)
     if counts.get(TaskState.failed):
         # Visible in the UI; the request stays open and the follow-up asks again.
-        raise RuntimeError(
+        raise JobFailed(
             f"erasure request {request_id}: {counts[TaskState.failed]} processor erasure(s) failed; "
             "the request stays open and follow-up-erasures tries again"
         )
@@ -474,6 +476,7 @@ def _forget_identifiers(request_id: uuid.UUID | None) -> None:
 
 
 @flow(name="follow-up-erasures", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@one_line_failure
 def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
     """Carry every open erasure request forward: read back asynchronous deletions, ask again
     where a call failed, erase restricted data once its hold is over, complete requests.
@@ -495,6 +498,7 @@ def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
 
 
 @flow(name="watch-erasure-deadlines")
+@one_line_failure
 def watch_erasure_deadlines(as_of: date | None = None) -> dict[str, int]:
     """Mark every open erasure request on time, due soon (within 5 days) or overdue
     (Art. 12(3)); fail the run, naming the request ids, when any needs attention.
@@ -530,7 +534,7 @@ def watch_erasure_deadlines(as_of: date | None = None) -> dict[str, int]:
         flagged.sort(key=lambda f: f[2])
         names = ", ".join(f"{rid} ({kind}, due {due})" for rid, kind, due in flagged)
         get_run_logger().error("erasure requests needing attention: %s", names)
-        raise RuntimeError(f"{len(flagged)} erasure request(s) due within 5 days or overdue: {names}")
+        raise JobFailed(f"{len(flagged)} erasure request(s) due within 5 days or overdue: {names}")
     return dict(counts)
 
 

@@ -43,6 +43,7 @@ from flows.common import (
     collector_paused,
     concurrently,
     counts_artifact,
+    one_line_failure,
     overlapped,
     tally,
     write_audit,
@@ -136,6 +137,7 @@ def receiver_for(list_name: str, row) -> dict:
 
 # sync ---------------------------------------------------------------------------------
 @task(name="remove-withdrawn-batch", cache_policy=NO_CACHE)
+@one_line_failure
 def remove_batch(
     client: cleverreach.CleverReach,
     list_name: str,
@@ -248,6 +250,7 @@ def _account_wide(
 
 
 @task(name="push-confirmed-batch", cache_policy=NO_CACHE)
+@one_line_failure
 def push_batch(
     client: cleverreach.CleverReach, list_name: str, group: str, limit: int
 ) -> dict:
@@ -374,6 +377,7 @@ def _upsert_ids(client: cleverreach.CleverReach, group: str, list_name: str, row
 
 
 @flow(name="sync-newsletter-consents")
+@one_line_failure
 def sync_newsletter_consents(
     lists: list[ConsentList] | None = None,
     # The bounds of PSYNC_CLEVERREACH_BATCH_SIZE.
@@ -425,6 +429,7 @@ def sync_newsletter_consents(
 
 # pull unsubscribes --------------------------------------------------------------------
 @task(name="pull-unsubscribes-for-list", cache_policy=NO_CACHE)
+@one_line_failure
 def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> dict:
     """Record every receiver inactive at CleverReach whose consent here still stands."""
     key = get_settings().hmac_key()
@@ -476,6 +481,7 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
 
 
 @flow(name="pull-newsletter-unsubscribes")
+@one_line_failure
 def pull_newsletter_unsubscribes(lists: list[ConsentList] | None = None) -> dict[str, int]:
     """Pull unsubscribes clicked in newsletters back as local withdrawals.
 
@@ -493,6 +499,7 @@ def pull_newsletter_unsubscribes(lists: list[ConsentList] | None = None) -> dict
 
 # expire -------------------------------------------------------------------------------
 @task(name="expire-batch", cache_policy=NO_CACHE)
+@one_line_failure
 def expire_batch(
     list_name: str, days: int, as_of: datetime, after: tuple[datetime, uuid.UUID] | None,
     limit: int,
@@ -566,6 +573,7 @@ def _erase_unused_subjects(session, subjects, now: datetime) -> int:
 
 
 @flow(name="expire-unconfirmed-optins")
+@one_line_failure
 def expire_unconfirmed_optins(
     as_of: datetime | None = None,
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1000,

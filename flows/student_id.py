@@ -30,7 +30,15 @@ from pydantic import Field
 from sqlmodel import Session, select
 
 from connectors import isic
-from flows.common import audit_failure, call_events, counts_artifact, tally, write_audit
+from flows.common import (
+    JobFailed,
+    audit_failure,
+    call_events,
+    counts_artifact,
+    one_line_failure,
+    tally,
+    write_audit,
+)
 from models.audit import AuditEvent
 from models.bookings import berlin_today
 from models.cursors import advance_cursor, cursor_position, get_cursor
@@ -169,12 +177,13 @@ def erase_locally(batch: _Batch, order: IsicOrder) -> None:
     batch.session.flush()
     batch.session.refresh(order)
     if not documents_gone or order.iban is not None or order.first_name is not None:
-        raise RuntimeError(f"order {order.order_ref}: local erasure not verified")
+        raise JobFailed(f"order {order.order_ref}: local erasure not verified")
     order.documents_purged_at = order.documents_purged_at or batch.now
     batch.decide("isic.erase_local", "verified", order, "erased_locally")
 
 
 @task(name="forward-student-id-batch", cache_policy=NO_CACHE)
+@one_line_failure
 def forward_batch(client: isic.Isic, limit: int) -> dict:
     cipher = DocumentCipher(get_settings().document_key_bytes())
 
@@ -193,6 +202,7 @@ def forward_batch(client: isic.Isic, limit: int) -> dict:
 
 
 @flow(name="forward-student-id-orders")
+@one_line_failure
 def forward_student_id_orders(
     records_per_task: Annotated[int, Field(ge=1, le=2000)] = 200,
 ) -> dict[str, int]:
@@ -210,6 +220,7 @@ def forward_student_id_orders(
 
 # status -------------------------------------------------------------------------------
 @task(name="sync-student-id-status-batch", cache_policy=NO_CACHE)
+@one_line_failure
 def status_batch(client: isic.Isic, after: int, limit: int) -> tuple[dict, int | None]:
     retention = timedelta(days=get_settings().isic_document_retention_days)
 
@@ -230,6 +241,7 @@ def status_batch(client: isic.Isic, after: int, limit: int) -> tuple[dict, int |
 
 
 @task(name="verify-student-id-deletions-batch", cache_policy=NO_CACHE)
+@one_line_failure
 def deletion_batch(client: isic.Isic, after: int, limit: int) -> tuple[dict, int | None]:
     def work(batch: _Batch, order: IsicOrder) -> None:
         if batch.client.deletion_verified(order.order_ref):
@@ -243,6 +255,7 @@ def deletion_batch(client: isic.Isic, after: int, limit: int) -> tuple[dict, int
 
 
 @flow(name="sync-student-id-order-status")
+@one_line_failure
 def sync_student_id_order_status(
     batch_size: Annotated[int, Field(ge=1, le=2000)] = 200,
 ) -> dict[str, int]:
@@ -262,6 +275,7 @@ def sync_student_id_order_status(
 
 # purge --------------------------------------------------------------------------------
 @flow(name="purge-student-id-documents")
+@one_line_failure
 def purge_student_id_documents(
     as_of: date | None = None,
     batch_size: Annotated[int, Field(ge=1, le=5000)] = 500,
@@ -287,7 +301,7 @@ def purge_student_id_documents(
             events, now = [], utcnow()
             for order in orders:
                 if not delete_documents(session, order):
-                    raise RuntimeError(f"order {order.order_ref}: documents not deleted")
+                    raise JobFailed(f"order {order.order_ref}: documents not deleted")
                 order.documents_purged_at = now
                 counts["documents_purged"] += 1
                 events.append(AuditEvent("isic.purge_documents", "verified", subject=subjects[order.subject_id],
