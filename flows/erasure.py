@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Annotated, Any
@@ -37,10 +37,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import Field
 from sqlmodel import Session, select
 
 from connectors.transport import ProcessorError, redact
+from flows import erasure_form as form
 from flows.common import JobFailed, call_events, counts_artifact, one_line_failure, run_id, write_audit
 from flows.erasure_processors import (
     AWAITING,
@@ -57,6 +57,7 @@ from flows.erasure_processors import (
     manual_request_text,
     policy_from_settings,
 )
+from flows.erasure_form import Text
 from models.audit import AuditEvent
 from models.bookings import berlin_today
 from models.db import transaction
@@ -391,88 +392,92 @@ def _run(
 
 
 # the flows ------------------------------------------------------------------------------
-def _form_limit(length: int) -> Any:
-    """A length bound the form and the API enforce, but not the run's own validation.
-
-    With ``enforce_parameter_schema`` (the default for deployments) the API refuses a run
-    whose parameters break the schema before anything is stored. Inside a run, a pydantic
-    bound would fail it before the body starts: Prefect then logs every parameter given,
-    and ``_forget_identifiers`` never replaces the e-mail address typed in. The body's own
-    checks refuse the same text, without repeating it, and forget the identifiers.
-    """
-    return Field(json_schema_extra={"maxLength": length})
-
-
 @flow(name="fan-out-erasure", task_runner=ThreadPoolTaskRunner(max_workers=8))
 @one_line_failure
 def fan_out_erasure(
-    email: Annotated[str, _form_limit(254)] | None = None,  # RFC 5321's longest address
-    insurance_number: Annotated[str, _form_limit(20)] | None = None,  # ten characters, spaces allowed
-    subject_id: uuid.UUID | None = None,
-    received_at: datetime | None = None,
-    channel: Channel = Channel.email,
-    reference: Annotated[str, _form_limit(MAX_TEXT)] = "",
-    request_id: uuid.UUID | None = None,
-) -> dict[str, int]:
+    email: Annotated[Text, form.field("E-Mail-Adresse / e-mail address", maxLength=254)] = "",
+    insurance_number: Annotated[Text, form.field(
+        "Krankenversichertennummer / health-insurance number", maxLength=20, pattern=form.INSURANCE_PATTERN,
+    )] = "",
+    subject_id: Annotated[Text, form.field("Personen-ID / subject id", pattern=form.UUID_PATTERN)] = "",
+    received_at: Annotated[Text, form.field(
+        "Eingegangen am (Berlin) / received (Berlin time)", maxLength=40, pattern=form.RECEIVED_PATTERN,
+    )] = "",
+    channel: Annotated[Text, form.field("Eingangsweg / channel", enum=form.CHANNELS)] = Channel.email.value,
+    reference: Annotated[Text, form.field("Aktenzeichen / reference", maxLength=MAX_TEXT)] = "",
+    request_id: Annotated[Text, form.field(
+        "Nur zum Fortsetzen: Antrags-ID / resume only: request id", pattern=form.UUID_PATTERN,
+    )] = "",
+) -> dict[str, int]:  # fmt: skip
     """Erase a data subject's data at every processor, verified, then here; Art. 19 report.
 
     Give the subject by e-mail address, insurance number and/or our subject id (all must
     point at the same person), or resume a request by its id. Every processor is asked at
     once; an asynchronous deletion is read back later by `follow-up-erasures`. The request
-    completes, and our own copy is erased, once every recipient is verified. The identifiers
-    given are replaced by the request id in this run's stored parameters.
+    completes, and our own copy is erased, once every recipient is verified. Whatever the
+    outcome, the identifiers and the reference are blanked from this run's stored
+    parameters and the request id put in their place, so a retry of the run resumes it.
 
     Args:
-        email: The person's e-mail address; removed from this run once the request is open.
-        insurance_number: The person's health-insurance number (Krankenversichertennummer).
-        subject_id: Our id of the person, as shown in the audit trail or a report.
-        received_at: When the request reached us, with timezone (empty: now); the deadline counts from it.
+        email: The person's e-mail address, at most 254 characters. Give at least one of e-mail, insurance number, subject id (all must be the same person).
+        insurance_number: Krankenversichertennummer: a capital letter and 9 digits, e.g. A123456780 (spaces allowed). Give at least one of e-mail, insurance number, subject id (all must be the same person).
+        subject_id: Our id of the person (8-4-4-4-12 hex digits), as in the audit trail or a report. Give at least one of e-mail, insurance number, subject id (all must be the same person).
+        received_at: When the request reached us, Berlin time: 2026-11-20 or 2026-11-20 14:30 (empty: now); the one-month deadline counts from it.
         channel: How the request reached us: letter, email, portal, phone or intake.
         reference: File number or short note, at most 200 characters; no names, e-mails, long numbers.
-        request_id: Resume this open request instead of opening one (leave the identifiers empty).
+        request_id: Leave empty for a new request. Only to resume an open request: its id (then leave the identifiers empty).
     """
     logger = get_run_logger()
-    if request_id is None:
-        try:
-            with transaction() as session:
-                request_id = open_erasure_request(
-                    session, email=email, insurance_number=insurance_number, subject_id=subject_id,
-                    received_at=received_at, channel=channel, reference=reference,
-                ).id  # fmt: skip
-        finally:  # refused or not: the address typed in is not kept with the run
-            _forget_identifiers(request_id)
-    else:
+    rid: uuid.UUID | None = None
+    try:
+        rid = form.parse_uuid(request_id, "request_id")
         with transaction() as session:
-            get_request(session, request_id)  # LookupError for an unknown id
-    counts, _, _ = _run([request_id], berlin_today(utcnow()))
-    logger.info("erasure request %s: %s", request_id, dict(counts))
+            if rid is None:
+                rid = open_erasure_request(session, **_request_fields(
+                    email=email, insurance_number=insurance_number, subject_id=subject_id,
+                    received_at=received_at, channel=channel, reference=reference,
+                )).id  # fmt: skip
+            else:
+                get_request(session, rid)  # LookupError for an unknown id
+    finally:  # opened, resumed or refused: nothing typed in is kept with the run
+        form.forget(rid)
+    counts, _, _ = _run([rid], berlin_today(utcnow()))
+    logger.info("erasure request %s: %s", rid, dict(counts))
     with transaction() as session:
-        publish_report(session, request_id)
-    if counts.get(TaskState.failed):
+        publish_report(session, rid)
+        failed = [t for t in tasks_of(session, rid) if t.state == TaskState.failed]
+    if failed:
         # Visible in the UI; the request stays open and the follow-up asks again.
+        where = "; ".join(f"{t.processor} ({t.detail or 'failed'})" for t in failed)
         raise JobFailed(
-            f"erasure request {request_id}: {counts[TaskState.failed]} processor erasure(s) failed; "
+            f"erasure request {rid}: {len(failed)} processor erasure(s) failed: {where}; "
             "the request stays open and follow-up-erasures tries again"
         )
     return dict(counts)
 
 
-def _forget_identifiers(request_id: uuid.UUID | None) -> None:
-    """Replace the identifiers in this run's stored parameters by the request id.
+def _request_fields(
+    *, email: str, insurance_number: str, subject_id: str, received_at: str, channel: str, reference: str
+) -> dict[str, Any]:
+    """The form's text, parsed into ``open_erasure_request``'s arguments (ValueError naming
+    the field, never its value)."""
+    return {
+        "email": email.strip() or None,
+        "insurance_number": insurance_number.strip() or None,
+        "subject_id": form.parse_uuid(subject_id, "subject_id"),
+        "received_at": form.parse_received_at(received_at, utcnow()),
+        "channel": form.parse_channel(channel),
+        "reference": reference,
+    }
 
-    Prefect keeps a run's parameters as long as the run; the e-mail address typed into the
-    form must not outlive the erasure there either (nor a refused request).
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
 
-    if not flow_run.id:
-        return
-    with get_client(sync_client=True) as client:
-        parameters = dict(client.read_flow_run(flow_run.id).parameters)
-        parameters.update(email=None, insurance_number=None, subject_id=None,
-                          request_id=str(request_id) if request_id else None)
-        client.update_flow_run(flow_run.id, parameters=parameters)
+def _open_from_form(parameters: Mapping[str, Any]) -> uuid.UUID:
+    """Open (or join) the request a stored run was filed for: ``form.tidy_stale_runs``."""
+    fields = ("email", "insurance_number", "subject_id", "received_at", "channel", "reference")
+    text = {name: form.as_text(parameters.get(name)) for name in fields}
+    text["channel"] = text["channel"] or Channel.email.value
+    with transaction() as session:
+        return open_erasure_request(session, **_request_fields(**text)).id
 
 
 @flow(name="follow-up-erasures", task_runner=ThreadPoolTaskRunner(max_workers=8))
@@ -481,15 +486,22 @@ def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
     """Carry every open erasure request forward: read back asynchronous deletions, ask again
     where a call failed, erase restricted data once its hold is over, complete requests.
 
+    First, fan-out-erasure runs that still hold what was typed into the form (scheduled for
+    later, cancelled, crashed) are tidied: their request is opened and they keep only its id
+    (a cancelled one is only blanked).
+
     Args:
         as_of: The Berlin calendar day to judge legal holds by (empty: today).
     """
     today = as_of or berlin_today(utcnow())
+    logger = get_run_logger()
+    tidied = form.tidy_stale_runs(_open_from_form)
+    if any(tidied.values()):
+        logger.info("erasure form runs tidied: %s", tidied)
     counts, _, completed = _run(None, today)
     with transaction() as session:
         for request_id in completed:
             publish_report(session, request_id)
-    logger = get_run_logger()
     logger.info("follow-up: %s", dict(counts))
     if counts.get(TaskState.failed):
         logger.warning("%d processor erasure(s) failed; asked again on the next run", counts[TaskState.failed])

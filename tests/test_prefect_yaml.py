@@ -164,12 +164,36 @@ def test_fan_out_erasure_is_the_officers_form():
     assert sorted(props, key=lambda p: props[p]["position"]) == [
         "email", "insurance_number", "subject_id", "received_at", "channel", "reference", "request_id",
     ]  # fmt: skip
-    fields = {p: _field(schema, props[p]) for p in props}
-    assert fields["channel"]["enum"] == [c.value for c in Channel]
-    assert props["channel"]["default"] == "email"
-    assert fields["received_at"]["format"] == "date-time"
-    assert fields["subject_id"]["format"] == fields["request_id"]["format"] == "uuid"
+    for name, prop in props.items():
+        # Plain text boxes: empty means not given; no "None" switch to click first.
+        assert prop["type"] == "string" and "anyOf" not in prop and prop["default"] in ("", "email"), name
+        # A readable title in both languages, not the parameter's name.
+        assert " / " in prop["title"] and prop["title"] != name, prop["title"]
+    for identifier in ("email", "insurance_number", "subject_id"):
+        assert "Give at least one of e-mail, insurance number, subject id" in props[identifier]["description"]
+    assert props["channel"]["enum"] == [c.value for c in Channel] and props["channel"]["default"] == "email"
+    assert "Berlin" in props["received_at"]["title"] and "Berlin" in props["received_at"]["description"]
     assert "no names" in props["reference"]["description"]
+    assert "Leave empty for a new request" in props["request_id"]["description"]
+    assert "resume" in props["request_id"]["title"]
+
+
+FORM_CASES = [
+    ("insurance_number", "A123456780", True), ("insurance_number", "A 123 456 780", True),
+    ("insurance_number", "A12345678", False), ("insurance_number", "123456789A", False),
+    ("subject_id", "0192f1a2-7b3c-7d4e-8f90-123456789abc", True), ("subject_id", "not-a-uuid", False),
+    ("request_id", "0192f1a27b3c7d4e8f90123456789abc", True), ("request_id", "42", False),
+    ("received_at", "2026-11-20", True), ("received_at", "2026-11-20 14:30", True),
+    ("received_at", "2026-11-20T14:30:05+01:00", True), ("received_at", "20.11.2026", False),
+    ("received_at", "yesterday", False), ("channel", "fax", False), ("channel", "letter", True),
+    ("reference", "x" * 200, True), ("reference", "x" * 201, False), ("email", "e" * 250 + "@x.de", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "value", "accepted"), FORM_CASES)
+def test_every_bound_of_the_erasure_form_is_in_its_schema(name, value, accepted):
+    """The patterns and limits the UI shows and the API enforces before a run is stored."""
+    assert (validate({name: value}, SCHEMAS["fan-out-erasure"]) == []) is accepted
 
 
 def test_the_api_refuses_a_form_outside_the_bounds():
@@ -196,5 +220,9 @@ def test_a_run_bounds_the_batch_sizes_but_leaves_the_officers_text_to_the_flow()
         _flow("push-bookings").validate_parameters({"records_per_task": 0})
     with pytest.raises(ParameterTypeError, match="batch_size"):
         _flow("sync-newsletter-consents").validate_parameters({"batch_size": 1001})
-    accepted = _flow("fan-out-erasure").validate_parameters({"email": "erika@example.de", "reference": "x" * 201})
-    assert accepted["reference"] == "x" * 201
+    accepted = _flow("fan-out-erasure").validate_parameters(
+        {"email": "erika@example.de", "reference": "x" * 201, "received_at": "gestern", "channel": "fax",
+         "subject_id": 42, "insurance_number": None}
+    )  # fmt: skip
+    assert accepted["reference"] == "x" * 201 and accepted["received_at"] == "gestern"
+    assert accepted["subject_id"] == "42" and accepted["insurance_number"] == ""

@@ -541,3 +541,114 @@ def test_the_deadline_watch_marks_and_raises_naming_request_ids_only(env):
         erasure.watch_erasure_deadlines(as_of=date(2026, 5, 1))
     assert ("erasure.deadline", None, "overdue") in audit_actions()
     assert ("erasure.extend", None, "extended") in audit_actions()
+
+
+# the officer's form: nothing typed in stays with a run ----------------------------------
+def _stored_run(flow_run_id) -> dict:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+    return {"parameters": run.parameters, "state": run.state.type.value, "message": run.state.message or ""}
+
+
+def _last_erasure_run() -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["fan-out-erasure"])),
+                                       sort=FlowRunSort.START_TIME_DESC, limit=1)  # fmt: skip
+    return _stored_run(run.id)
+
+
+@pytest.mark.parametrize(
+    ("form", "why"),
+    [
+        ({"reference": "Anruf von Annegret Loeschmann"}, "reference must not contain the person's name"),
+        ({"received_at": "20.11.2026"}, "received_at is not a date"),
+        ({"received_at": "2026-02-30"}, "received_at is not a valid calendar date"),
+        ({"channel": "fax"}, "channel must be one of"),
+        ({"insurance_number": "A123456789"}, "insurance"),
+    ],
+)
+def test_a_refused_form_fails_in_one_line_and_keeps_nothing_typed_in(env, form, why):
+    url, base = env
+    take_in(base, *_lines(ANNA)[:2])
+    before = calls(url)
+    with pytest.raises(ValueError, match=why):
+        erasure.fan_out_erasure(email=ANNA.email, **form)
+    run = _last_erasure_run()
+    assert run["state"] == "FAILED" and why.split()[0] in run["message"] and "\n" not in run["message"]
+    text = json.dumps(run)
+    for marker in (*ANNA.markers(), "A123456789"):
+        assert marker not in text, marker
+    assert run["parameters"]["email"] == run["parameters"]["reference"] == ""
+    with transaction() as session:
+        assert session.exec(select(ErasureRequest)).all() == []
+    assert calls(url) == before
+
+
+def test_a_failed_erasure_names_each_failed_processor_and_its_retry_resumes_by_id(env, monkeypatch, no_sleep):
+    url, base = env
+    everywhere(url, base, ANNA)
+
+    def down(self, ctx, task):
+        raise RetriableError("timify", "customers.delete", 503, 5)
+
+    monkeypatch.setattr(TimifyHandler, "erase", down)
+    with pytest.raises(RuntimeError):
+        erasure.fan_out_erasure(email=ANNA.email, channel="letter", received_at="2026-11-20 14:30")
+    run = _last_erasure_run()
+    rid = the_request()
+    assert run["message"] == (
+        f"erasure request {rid}: 1 processor erasure(s) failed: timify (customers.delete: HTTP 503 after 5 "
+        "attempt(s)); the request stays open and follow-up-erasures tries again"
+    )
+    assert run["parameters"] == {"email": "", "insurance_number": "", "subject_id": "", "reference": "",
+                                 "received_at": "2026-11-20 14:30", "channel": "letter", "request_id": str(rid)}  # fmt: skip
+    with transaction() as session:
+        assert session.get(ErasureRequest, rid).received_at == datetime(2026, 11, 20, 13, 30, tzinfo=UTC)
+    monkeypatch.undo()
+    # What Prefect's retry runs: the stored parameters, now the request id alone.
+    assert erasure.fan_out_erasure(**run["parameters"]) == {"verified": 3, "completed": 1}
+
+
+def test_the_follow_up_tidies_runs_the_form_never_reached(env):
+    """Scheduled for later, cancelled before it started, crashed before its body: the
+    follow-up opens the request each was filed for (a cancelled one is only blanked) and
+    leaves the request id alone in the run."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Crashed, Scheduled
+
+    url, base = env
+    take_in(base, *_lines(ANNA)[:2], *_lines(BERT)[:2])
+    anna, bert = subject_of(ANNA).id, subject_of(BERT).id
+    later = utcnow() + timedelta(days=2)
+    with get_client(sync_client=True) as client:
+        runs = {
+            name: client.create_flow_run(erasure.fan_out_erasure, parameters=parameters, state=state).id
+            for name, parameters, state in (
+                ("later", {"email": ANNA.email, "reference": "Brief vom 3.", "channel": "letter"},
+                 Scheduled(scheduled_time=later)),
+                ("cancelled", {"email": BERT.email}, Cancelled()),
+                ("crashed", {"email": BERT.email.upper(), "received_at": "2026-11-30"}, Crashed()),
+                ("unknown", {"email": "niemand@example.de"}, Scheduled(scheduled_time=later)),
+            )
+        }  # fmt: skip
+    erasure.follow_up_erasures()
+    stored = {name: _stored_run(rid) for name, rid in runs.items()}
+    text = json.dumps(stored)
+    for marker in (*ANNA.markers(), *BERT.markers(), "niemand@", "Brief vom"):
+        assert marker not in text, marker
+    with transaction() as session:
+        requests_by_subject = {r.subject_id: r.id for r in session.exec(select(ErasureRequest))}
+    assert set(requests_by_subject) == {anna, bert}
+    assert stored["later"]["parameters"]["request_id"] == str(requests_by_subject[anna])
+    assert stored["later"]["state"] == "SCHEDULED"  # it will resume the request when it starts
+    assert stored["crashed"]["parameters"]["request_id"] == str(requests_by_subject[bert])
+    assert stored["cancelled"]["parameters"].get("request_id", "") == ""
+    assert stored["unknown"]["state"] == "CANCELLED" and "no data subject matches" in stored["unknown"]["message"]
+    # The scheduled run, when it starts, resumes the request (already done by the follow-up).
+    assert erasure.fan_out_erasure(**stored["later"]["parameters"]) == {"completed": 0}
