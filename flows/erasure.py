@@ -86,7 +86,7 @@ from models.erasure import (
 )
 from models.recipients import Recipient, record_removed
 from models.subjects import DataSubject
-from models.types import utcnow
+from models.types import berlin_text, utcnow
 from psync.settings import get_settings
 
 ACTION = "erasure"
@@ -605,46 +605,88 @@ def report(session: Session, request_id: uuid.UUID | str) -> dict:
     }
 
 
+# What the officer reads: German first, English after the slash.
+CHANNEL_LABELS = {"letter": "Brief / letter", "email": "E-Mail / e-mail", "portal": "Portal / portal",
+                  "phone": "Telefon / phone", "intake": "Website (Intake) / website (intake)"}  # fmt: skip
+STATE_LABELS = {
+    TaskState.pending: "offen / pending",
+    TaskState.requested: "angefragt / requested",
+    TaskState.awaiting_processor: "vom Auftragsverarbeiter angenommen / accepted by the processor",
+    TaskState.verified: "gelöscht und geprüft / erased and verified",
+    TaskState.failed: "fehlgeschlagen, wird wiederholt / failed, will be retried",
+    TaskState.restricted: "eingeschränkt (gesetzliche Aufbewahrung) / restricted (legal hold)",
+    TaskState.manual_pending: "manuell anzufragen / to be requested by hand",
+}
+STATUS_LABELS = {RequestStatus.open: "offen / open", RequestStatus.completed: "abgeschlossen / completed"}
+
+
+def _berlin(value: str | None) -> str:
+    """An ISO time of the report as Berlin wall clock to the second."""
+    return berlin_text(datetime.fromisoformat(value)) if value else "–"
+
+
 def render_markdown(data: dict) -> str:
-    """The report as Markdown, for the officer to send (``psync erasure report --format md``)."""
-    received = f"- received: {data['received_at']} ({data['channel']})"
-    if data["reference"]:
-        received += f", reference: {data['reference']}"
-    due = f"- due: {data['due']}"
+    """The report as Markdown, for the officer to send (``psync erasure report --format md``):
+    times in Berlin to the second, states and channels in words (German / English)."""
+    due = data["due"]
     if data["extension_months"]:
-        due += (f" (extended by {data['extension_months']} month(s): {data['extension_reason']}; "
-                f"subject informed on {data['subject_informed_on']})")  # fmt: skip
-    status = f"- status: {data['status']}"
+        due += (f" (verlängert um / extended by {data['extension_months']} Monat(e)/month(s): "
+                f"{data['extension_reason']}; Person informiert am / subject informed on "
+                f"{data['subject_informed_on']})")  # fmt: skip
+    status = STATUS_LABELS.get(data["status"], data["status"])
     if data["completed_at"]:
-        status += f", completed {data['completed_at']}"
-    erased = data["controller_erased_at"] or "not yet (after every recipient is verified)"
+        status += f", {_berlin(data['completed_at'])}"
+    erased = _berlin(data["controller_erased_at"]) if data["controller_erased_at"] else (
+        "noch nicht (erst wenn jeder Empfänger bestätigt ist) / not yet (once every recipient is verified)")  # fmt: skip
     lines = [
-        f"# Erasure request {data['request_id']}", "", received, due, status,
-        f"- our own copy erased: {erased}", "", "## Recipients (Art. 19 GDPR)", "",
-        "| processor | purpose | state | requested | verified | how verified |",
+        f"# Löschantrag / Erasure request {data['request_id']}", "",
+        f"- Eingegangen / received: {_berlin(data['received_at'])}",
+        f"- Eingangsweg / channel: {CHANNEL_LABELS.get(data['channel'], data['channel'])}",
+        f"- Aktenzeichen / reference: {data['reference'] or '–'}",
+        f"- Frist / deadline (Art. 12(3)): {due}",
+        f"- Stand / status: {status}",
+        f"- Unsere eigene Kopie gelöscht / our own copy erased: {erased}", "",
+        "## Empfänger / Recipients (Art. 19 DSGVO / GDPR)", "",
+        "| Empfänger / recipient | Zweck / purpose | Stand / state | angefragt / requested "
+        "| bestätigt / verified | Nachweis / how verified |",
         "|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for row in data["recipients"]:
-        cells = [row["processor"], row["purpose"], row["state"], row["requested_at"] or "–",
-                 row["verified_at"] or "–", row["verification"]]  # fmt: skip
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    if not data["recipients"]:
-        lines.append("| – | – | – | – | – | no processor held data of this person |")
+    for row in _recipient_rows(data):
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row.values()) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _recipient_rows(data: dict) -> list[dict[str, str]]:
+    """The report's recipients as the officer reads them (Markdown and the artifact)."""
+    rows = [
+        {
+            "Empfänger / recipient": row["processor"],
+            "Zweck / purpose": row["purpose"],
+            "Stand / state": STATE_LABELS.get(row["state"], row["state"]),
+            "angefragt / requested": _berlin(row["requested_at"]),
+            "bestätigt / verified": _berlin(row["verified_at"]),
+            "Nachweis / how verified": row["verification"],
+        }
+        for row in data["recipients"]
+    ]
+    return rows or [{
+        "Empfänger / recipient": "–", "Zweck / purpose": "–", "Stand / state": "–", "angefragt / requested": "–",
+        "bestätigt / verified": "–",
+        "Nachweis / how verified": "kein Auftragsverarbeiter hatte Daten der Person / no processor held data of this person",
+    }]  # fmt: skip
+
+
 def publish_report(session: Session, request_id: uuid.UUID) -> None:
-    """The report as a Prefect table artifact (keyed per request, so it keeps its history)."""
+    """The report as a Prefect table artifact (keyed per request, so it keeps its history):
+    the request's receipt, channel, reference and deadline above, one row per recipient.
+    Nothing personal (ids, processors, dates; the reference was checked to hold none)."""
     data = report(session, request_id)
-    columns = ("processor", "purpose", "state", "requested_at", "verified_at", "verification")
-    rows = [{k: r[k] for k in columns} for r in data["recipients"]]
+    header = render_markdown(data).split("## ", 1)[0]
     create_table_artifact(
-        table=rows or [{"processor": "–", "verification": "no processor held data of this person"}],
+        table=_recipient_rows(data),
         key=f"erasure-report-{data['request_id']}",
-        description=(f"# Art. 19 report, erasure request {data['request_id']}\n"
-                     f"Status {data['status']}, due {data['due']}; our own copy erased: "
-                     f"{data['controller_erased_at'] or 'not yet'}. No personal data."),
-    )  # fmt: skip
+        description=f"{header}\nArt. 19 report; no personal data.",
+    )
 
 
 def manual_requests(session: Session, request_id: uuid.UUID | str) -> list[dict]:

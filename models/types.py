@@ -41,5 +41,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def berlin_text(value: datetime | None) -> str:
+    """A stored (UTC) time as the officer reads it: Berlin wall clock to the second, with
+    the zone's abbreviation; "–" for none.
+
+    >>> berlin_text(datetime(2026, 11, 20, 13, 30, 5, 123456, tzinfo=UTC))
+    '2026-11-20 14:30:05 CET'
+    """
+    return value.astimezone(BERLIN).strftime("%Y-%m-%d %H:%M:%S %Z") if value is not None else "–"
+
+
 def new_id() -> uuid.UUID:
     return uuid.uuid4()

@@ -245,7 +245,8 @@ def test_a_subject_known_everywhere_is_erased_everywhere_verified_and_nobody_els
     assert {r["processor"] for r in data["recipients"]} == {"cleverreach", "timify", "flexperto", "isic", "nect"}
     assert all(r["verification"] == "read back: absent (404)" and r["verified_at"] for r in data["recipients"])
     text = erasure.render_markdown(data)
-    assert "| isic | student-id:ISIC-anna | verified |" in text
+    assert "| isic | student-id:ISIC-anna | gelöscht und geprüft / erased and verified |" in text
+    assert "- Eingangsweg / channel: Brief / letter" in text and "- Aktenzeichen / reference: Brief vom 3. März" in text
     assert not any(m in json.dumps(data) + text for m in ANNA.markers())
 
 
@@ -610,6 +611,18 @@ def test_a_failed_erasure_names_each_failed_processor_and_its_retry_resumes_by_i
                                  "received_at": "2026-11-20 14:30", "channel": "letter", "request_id": str(rid)}  # fmt: skip
     with transaction() as session:
         assert session.get(ErasureRequest, rid).received_at == datetime(2026, 11, 20, 13, 30, tzinfo=UTC)
+    # The Art. 19 report as the officer reads it in the UI: receipt in Berlin time to the
+    # second, channel, reference, deadline, every recipient's state in words.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = [a for a in client.read_artifacts() if a.key == f"erasure-report-{rid}"][-1:]
+    assert "Eingegangen / received: 2026-11-20 14:30:00 CET" in artifact.description
+    assert "Eingangsweg / channel: Brief / letter" in artifact.description
+    assert "Aktenzeichen / reference: –" in artifact.description and "Frist / deadline (Art. 12(3)): 2026-12-20" in artifact.description
+    states = {row["Empfänger / recipient"]: row["Stand / state"] for row in json.loads(artifact.data)}
+    assert states["timify"] == "fehlgeschlagen, wird wiederholt / failed, will be retried"
+    assert states["cleverreach"] == "gelöscht und geprüft / erased and verified"
     monkeypatch.undo()
     # What Prefect's retry runs: the stored parameters, now the request id alone.
     assert erasure.fan_out_erasure(**run["parameters"]) == {"verified": 3, "completed": 1}

@@ -627,6 +627,7 @@ def test_no_marker_and_no_secret_anywhere_we_write_text(scene, capfd):
     assert tokens and {e["path"].split("/")[1] for e in scene.requests} == set(AUTH_HEADERS)
     assert "audit trail intact" in "".join(scene.outputs)
     # The identifiers typed into fan-out-erasure's form are gone from its stored parameters.
-    [form] = [run for run in runs if run.parameters.get("reference") == FORM_REFERENCE]
-    assert form.parameters["email"] is None and form.parameters["insurance_number"] is None, form.parameters
+    # The reference is blanked too (one refused for holding a name must not stay either).
+    [form] = [run for run in runs if run.parameters.get("channel") == "letter" and run.parameters.get("request_id")]
+    assert {form.parameters[k] for k in ("email", "insurance_number", "subject_id", "reference")} == {""}, form.parameters
     assert form.parameters["request_id"] in erasure_requests()
