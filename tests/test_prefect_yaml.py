@@ -226,3 +226,10 @@ def test_a_run_bounds_the_batch_sizes_but_leaves_the_officers_text_to_the_flow()
     )  # fmt: skip
     assert accepted["reference"] == "x" * 201 and accepted["received_at"] == "gestern"
     assert accepted["subject_id"] == "42" and accepted["insurance_number"] == ""
+
+
+def test_every_schedule_says_its_zone_in_words():
+    """The UI lists a deployment's schedule without its zone: the description names it."""
+    for deployment in DEPLOYMENTS:
+        if deployment["schedules"]:
+            assert "Europe/Berlin" in " ".join(deployment["description"].split()), deployment["name"]
