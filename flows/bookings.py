@@ -295,7 +295,11 @@ def push_bookings(
             results.append(push_batch(clients, records_per_task))
     counts = tally(results)
     get_run_logger().info("push finished: %s", counts)
-    counts_artifact("push-bookings", "Bookings pushed to TIMIFY and Flexperto", counts)
+    counts_artifact(
+        "push-bookings",
+        "Buchungen an TIMIFY und Flexperto übermittelt / Bookings pushed to TIMIFY and Flexperto",
+        counts,
+    )
     return counts
 
 
@@ -340,7 +344,11 @@ def purge_video_chat_data(
     counts = tally(results)
     counts["due"] = due
     get_run_logger().info("purge finished: %s", counts)
-    counts_artifact("purge-video-chat-data", "Video chat data purged at Flexperto", counts)
+    counts_artifact(
+        "purge-video-chat-data",
+        "Video-Chatdaten bei Flexperto gelöscht / Video chat data purged at Flexperto",
+        counts,
+    )
     if counts.get("purge_not_verified"):
         # Visible, and still due: the next run tries again.
         raise JobFailed(f"{counts['purge_not_verified']} chat deletion(s) at flexperto not verified")

@@ -21,6 +21,7 @@ from prefect.states import Failed
 from sqlmodel import Session
 
 from connectors.transport import CallRecord, HttpClient, ProcessorError, redact
+from flows import labels
 from models.audit import AuditEvent, append
 from models.db import transaction
 from psync.settings import get_settings
@@ -170,9 +171,16 @@ def audit_failure(http: HttpClient, action: str) -> Iterator[None]:
 
 
 def counts_artifact(flow_key: str, title: str, counts: Mapping[str, int]) -> None:
-    """A table artifact of counts only: no identifiers, nothing personal."""
-    rows = [{"what": name, "count": value} for name, value in sorted(counts.items())]
-    create_table_artifact(table=rows, key=flow_key, description=f"# {title}\nCounts only.")
+    """A table artifact of counts only: no identifiers, nothing personal.
+
+    One row per count, labelled in German and English (``flows.labels``): every count the
+    flow always reports, in its order, 0 where none occurred; then any other count present,
+    an unknown one under its own key, so nothing is hidden.
+    """
+    create_table_artifact(
+        table=labels.table(flow_key, counts), key=flow_key,
+        description=f"# {title}\n\n{labels.COUNTS_ONLY}",
+    )  # fmt: skip
 
 
 def tally(results: Iterable[Mapping[str, int]]) -> dict[str, int]:

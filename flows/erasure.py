@@ -505,7 +505,7 @@ def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
     logger.info("follow-up: %s", dict(counts))
     if counts.get(TaskState.failed):
         logger.warning("%d processor erasure(s) failed; asked again on the next run", counts[TaskState.failed])
-    counts_artifact("follow-up-erasures", "Erasure follow-up", counts)
+    counts_artifact("follow-up-erasures", "Nachverfolgung der Löschanträge / Erasure follow-up", counts)
     return dict(counts)
 
 
@@ -541,7 +541,7 @@ def watch_erasure_deadlines(as_of: date | None = None) -> dict[str, int]:
             events.append(_event("deadline", request.urgency, None, pseudonyms[request.id],
                                  f"request={request.id} due={request.due}"))  # fmt: skip
         write_audit(session, events)
-    counts_artifact("watch-erasure-deadlines", "Erasure requests by urgency", counts)
+    counts_artifact("watch-erasure-deadlines", "Löschanträge nach Dringlichkeit / Erasure requests by urgency", counts)
     if flagged:
         flagged.sort(key=lambda f: f[2])
         names = ", ".join(f"{rid} ({kind}, due {due})" for rid, kind, due in flagged)

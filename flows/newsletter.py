@@ -423,7 +423,11 @@ def sync_newsletter_consents(
             results.append(push_batch(client, list_name, group, records_per_task))
     counts = tally(results)
     logger.info("sync finished: %s", counts)
-    counts_artifact("sync-newsletter-consents", "Newsletter consent sync", counts)
+    counts_artifact(
+        "sync-newsletter-consents",
+        "Newsletter-Einwilligungen mit CleverReach abgeglichen / Newsletter consent sync",
+        counts,
+    )
     return counts
 
 
@@ -493,7 +497,11 @@ def pull_newsletter_unsubscribes(lists: list[ConsentList] | None = None) -> dict
     counts = tally(
         pull_list(client, name, _group(settings, name)) for name in lists or ALL_LISTS
     )
-    counts_artifact("pull-newsletter-unsubscribes", "Unsubscribes pulled from CleverReach", counts)
+    counts_artifact(
+        "pull-newsletter-unsubscribes",
+        "Abmeldungen von CleverReach übernommen / Unsubscribes pulled from CleverReach",
+        counts,
+    )
     return counts
 
 
@@ -598,7 +606,11 @@ def expire_unconfirmed_optins(
             if after is None:
                 break
     counts = tally(results)
-    counts_artifact("expire-unconfirmed-optins", "Unconfirmed sign-ups expired", counts)
+    counts_artifact(
+        "expire-unconfirmed-optins",
+        "Unbestätigte Anmeldungen abgelaufen / Unconfirmed sign-ups expired",
+        counts,
+    )
     return counts
 
 

@@ -215,7 +215,11 @@ def forward_student_id_orders(
     with transaction() as session:
         changes = count_changed_since(session, cursor_position(session, CURSOR))
     results = [forward_batch(client, records_per_task) for _ in range(math.ceil(changes / records_per_task))]
-    return _report("forward-student-id-orders", "Student-ID orders forwarded and cancelled", results)
+    return _report(
+        "forward-student-id-orders",
+        "Studierendenausweis-Bestellungen weitergeleitet und storniert / Student-ID orders forwarded and cancelled",
+        results,
+    )
 
 
 # status -------------------------------------------------------------------------------
@@ -270,7 +274,11 @@ def sync_student_id_order_status(
         pending = count_deletions_pending(session)
     results = _pages(forwarded, batch_size, lambda after: status_batch(client, after, batch_size))
     results += _pages(pending, batch_size, lambda after: deletion_batch(client, after, batch_size))
-    return _report("sync-student-id-order-status", "Student-ID order status", results)
+    return _report(
+        "sync-student-id-order-status",
+        "Status der Studierendenausweis-Bestellungen / Student-ID order status",
+        results,
+    )
 
 
 # purge --------------------------------------------------------------------------------
@@ -307,7 +315,11 @@ def purge_student_id_documents(
                 events.append(AuditEvent("isic.purge_documents", "verified", subject=subjects[order.subject_id],
                                          detail=f"order={order.order_ref}"))  # fmt: skip
             write_audit(session, events)
-    return _report("purge-student-id-documents", "Student-ID documents purged", [dict(counts)])
+    return _report(
+        "purge-student-id-documents",
+        "Unterlagen zu Studierendenausweisen gelöscht / Student-ID documents purged",
+        [dict(counts)],
+    )
 
 
 def _report(key: str, title: str, results: list[dict]) -> dict[str, int]:
