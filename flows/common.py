@@ -75,17 +75,28 @@ class TaskFailed(Exception):
         return type(self), (str(self), self.original)
 
 
-class _WithoutTraceback(logging.Filter):
-    """Prefect logs a failed task with its traceback at ERROR; for a failure already said in
-    one line (``TaskFailed``) the line is enough: the traceback went to DEBUG."""
+# Set on an exception whose failure ``one_line_failure`` has said in one line.
+_SAID = "_psync_said_in_one_line"
+
+
+class _TracebackAtDebug(logging.Filter):
+    """Prefect logs a failure with its traceback at ERROR: a failed task, and, for a run
+    on a worker, once more as "Engine execution exited with unexpected exception". For a
+    failure already said in one line that record goes to DEBUG (dropped unless the logger
+    shows DEBUG): the traceback is there for whoever turns DEBUG on, not in the Logs tab."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], TaskFailed):
-            record.exc_info, record.exc_text = None, None
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not (isinstance(exc, TaskFailed) or getattr(exc, _SAID, False)):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return True
 
 
-logging.getLogger("prefect.task_runs").addFilter(_WithoutTraceback())
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(_TracebackAtDebug())
 
 
 def one_line_failure(fn: F) -> F:
@@ -98,7 +109,8 @@ def one_line_failure(fn: F) -> F:
     failure is raised again as ``TaskFailed`` (Prefect logs its line once, without the
     traceback); the flow logs the reason once at ERROR and ends Failed with it as its state
     message. The original exception travels as the Failed state's data, so a caller of the
-    flow function (the CLI, a test) still gets it raised.
+    flow function (the CLI, a test) still gets it raised; Prefect's own records of it with a
+    traceback go to DEBUG (``_TracebackAtDebug``).
 
     Example::
 
@@ -120,6 +132,10 @@ def one_line_failure(fn: F) -> F:
             if TaskRunContext.get() is not None:
                 raise TaskFailed(why, original) from None
             logger.error(why)
+            try:
+                setattr(original, _SAID, True)
+            except AttributeError:  # an exception type without a __dict__: left as Prefect logs it
+                pass
             return Failed(data=original, message=why)
 
     # Prefect builds its parameter model from the signature and resolves string annotations
