@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksu
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install test postgres demo bench sandbox up down clean
+.PHONY: install check-deps test postgres demo bench sandbox up down clean
 
 install: $(STAMP)
 
@@ -19,9 +19,13 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The venv holds exactly requirements.lock (and the project, -e), and `pip check` is clean.
+check-deps: install
+	$(BIN)/python .ci/check-deps $(VENV)
+
 # The whole suite on SQLite, then every database test again on PostgreSQL (a throwaway
 # cluster per test process, tests/pg.py; skipped with the reason where none can start).
-test: install postgres
+test: install check-deps postgres
 	$(BIN)/python -m pytest -n 2 -q
 	PSYNC_TEST_DATABASE=postgres $(BIN)/python -m pytest -n 2 -q -rs -m database
 

@@ -9,7 +9,6 @@ or in the PostgreSQL pass a schema of the test cluster, as in production.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from datetime import timedelta
@@ -27,13 +26,11 @@ from models.erasure import ErasureRequest, personal_data_left
 from models.intake import intake_lines
 from models.isic import IsicOrder, OrderStatus
 from models.types import utcnow
-from pg import ON_POSTGRES
 from psync.demo_erasure import _lines
 from psync.settings import get_settings
 from psync.stack import Stack
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
 
-ROOT = Path(__file__).resolve().parents[2]
 PEOPLE = [
     ("depl.eins@example.de", "Anna", "Einsatz", "+49 170 5550911", "DE02120300000000202051"),
     ("depl.zwei@example.de", "Bernd", "Zweifel", "+49 170 5550922", "DE89370400440532013000"),
@@ -45,39 +42,6 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 pytestmark = [pytest.mark.deploy, pytest.mark.database]
 
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def stack(request, tmp_path_factory):
-    """The local stack, up once for this module, and the environment its worker sees."""
-    folder = tmp_path_factory.mktemp("stack")
-    if ON_POSTGRES:
-        database = request.getfixturevalue("postgres").create_schema()
-    else:
-        database = f"sqlite:///{folder / 'psync.db'}"
-    extra = {
-        "PSYNC_DATABASE_URL": database,
-        "PSYNC_PSEUDONYM_KEY": TEST_KEY,
-        "PSYNC_DOCUMENT_KEY": base64.urlsafe_b64encode(b"k" * 32).decode(),
-        "PSYNC_HTTP_MAX_ATTEMPTS": "2",  # the failure case fails in seconds
-        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-    }
-    stack = Stack(ROOT, folder / "state", api_port=_free_port(), sandbox_port=_free_port(), extra_env=extra)
-    stack.up()
-    try:
-        yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture
