@@ -16,11 +16,13 @@ from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, mode
 
 from models.audit import AuditEvent
 from models.bookings import BERLIN, Booking, BookingStatus, Channel
-from models.intake_types import Email, EventBase, InsuranceNumber, Phone, context_now
-from models.receipts import ReceiptStore
+from models.consent import describe_time
+from models.intake_types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown, Phone, context_now
+from models.receipts import ReceiptStore, ignored
+from models.subject_index import erased_before
+from models.types import GRID_MINUTES, berlin_wall_clock
 
 BookingId = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,49}$", description="the website's booking id")
-GRID_MINUTES = 5
 MAX_AGE_YEARS = 130
 
 
@@ -29,10 +31,10 @@ class BookingRejected(ValueError):
 
 
 def check_start(start: datetime, info: ValidationInfo) -> datetime:
-    """On TIMIFY's 5-minute grid (in Berlin time, which matters for odd offsets) and ahead."""
-    local = start.astimezone(BERLIN)
-    if local.minute % GRID_MINUTES or local.second or local.microsecond:
-        raise ValueError("must be on the 5-minute grid (hh:00, hh:05, ...)")
+    """A Berlin wall-clock time as written (Berlin's offset, so neither in the skipped hour
+    nor meant elsewhere), deliverable to TIMIFY (the push's own check: the 5-minute grid,
+    not the repeated autumn hour), and ahead."""
+    berlin_wall_clock(start, as_written=True)
     now = context_now(info)
     if now is not None and start <= now:
         raise ValueError("lies in the past")
@@ -55,7 +57,10 @@ class BookingRequest(EventBase):
     booking_id: str = BookingId
     channel: Channel
     service_point: str | None = Field(default=None, max_length=60, description="for branch bookings")
-    start: AwareDatetime = Field(description="ISO 8601 with offset, on the 5-minute grid")
+    start: AwareDatetime = Field(
+        description="ISO 8601 with Berlin's offset for that date, on the 5-minute grid; "
+        "not in the hour that happens twice when the clocks go back"
+    )
     duration_minutes: int = Field(ge=5, le=480, multiple_of=GRID_MINUTES)
     salutation: Literal["Frau", "Herr", "divers"]
     first_name: str = Field(min_length=1, max_length=200)
@@ -115,8 +120,19 @@ _CUSTOMER_FIELDS = (
 )  # fmt: skip
 
 
+class UnknownBooking(BookingRejected, NotYetKnown):
+    """A reschedule or cancellation of a booking not known (yet)."""
+
+
 class BookingStore(ReceiptStore):
-    """Applies booking events of one chunk; the chunk's bookings are fetched up front."""
+    """Applies booking events of one chunk; the chunk's bookings are fetched up front.
+
+    By event time: a booking's ``updated_at`` is the time of the last event applied to it.
+    A reschedule older than that is recorded and ignored (one at the same instant applies:
+    after its request, or after another reschedule the website sent with the very same
+    time); a cancellation is final, whatever its time. A booking whose data was erased takes
+    no more changes; a request dated at or before its person's erasure restores nothing.
+    """
 
     table, ref_column, counter = Booking, "booking_ref", "booking"
 
@@ -124,38 +140,56 @@ class BookingStore(ReceiptStore):
     def ref_of(event: BookingIntakeEvent) -> str:
         return event.booking_id
 
-    def _apply(self, event: BookingIntakeEvent, booking: Booking | None, seq: int) -> tuple[str, AuditEvent | None]:
+    def _apply(self, event: BookingIntakeEvent, booking: Booking | None, seq: int) -> Applied:
         if isinstance(event, BookingRequest):
             if booking is not None:
                 raise BookingRejected(
                     "booking_id exists already; change it with booking.reschedule"
                 )
+            subject = self.subjects.find(event.email, event.insurance_number)
+            if erased_before(subject, event.at):
+                assert subject is not None and subject.erased_at is not None
+                reason = (f"dated before this person's data was erased ({describe_time(subject.erased_at)}); "
+                          "nothing restored")  # fmt: skip
+                return ignored(event.type, "erased", reason, subject.pseudonym, f"booking={event.booking_id}")
             booking = self._create(event, seq)
-            return "stored", self._audit("booking.requested", booking)
+            return Applied("stored", self._audit("booking.requested", booking))
         if booking is None:
-            raise BookingRejected("unknown booking_id")
+            raise UnknownBooking("unknown booking_id")
+        if booking.first_name is None:  # a request always carries a name: erased
+            return self._ignored(event, booking, "erased", "this booking's data was erased; nothing to change")
         if booking.status == BookingStatus.cancelled:
             if isinstance(event, BookingCancel):
-                return "unchanged", None
+                return Applied("unchanged", reason=f"already cancelled (at {describe_time(booking.updated_at)})")
+            if event.at < booking.updated_at:
+                reason = f"older than the cancellation (cancelled at {describe_time(booking.updated_at)})"
+                return self._ignored(event, booking, "stale", reason)
             raise BookingRejected("booking is cancelled")
         if isinstance(event, BookingCancel):
             booking.status = BookingStatus.cancelled
             return self._changed(booking, seq, event.at, "booking.cancelled")
         if event.service_point is not None and booking.channel != Channel.branch:
             raise BookingRejected("service_point only applies to branch bookings")
+        current = (booking.start_at, booking.duration_min, booking.service_point)
         new = (
             event.start,
             event.duration_minutes or booking.duration_min,
             event.service_point or booking.service_point,
         )
-        if new == (booking.start_at, booking.duration_min, booking.service_point):
-            return "unchanged", None
+        if event.at < booking.updated_at:
+            reason = f"older than the current booking (changed at {describe_time(booking.updated_at)})"
+            return self._ignored(event, booking, "stale", reason)
+        if new == current:
+            # Nothing moves, but the time counts: a reschedule dated between the two that
+            # arrives later is older than this decision.
+            booking.updated_at = event.at
+            return Applied("unchanged", reason="the booking is at that time already")
         booking.start_at, booking.duration_min, booking.service_point = new
         return self._changed(booking, seq, event.at, "booking.rescheduled")
 
     def _create(self, event: BookingRequest, seq: int) -> Booking:
-        subject = self.subjects.resolve(event.email, event.insurance_number, create=True)
-        assert subject is not None
+        # New data the person gave: it brings an erased subject back, with nothing old.
+        subject = self.subjects.resolve(event.email, event.insurance_number)
         booking = Booking(
             booking_ref=event.booking_id, subject_id=subject.id, channel=event.channel,
             service_point=event.service_point, start_at=event.start,
@@ -166,13 +200,16 @@ class BookingStore(ReceiptStore):
         self.remember(booking, subject.pseudonym)
         return booking
 
-    def _changed(self, booking: Booking, seq: int, at: datetime, action: str):
+    def _changed(self, booking: Booking, seq: int, at: datetime, action: str) -> Applied:
         booking.seq, booking.updated_at = seq, at
-        return "stored", self._audit(action, booking)
+        return Applied("stored", self._audit(action, booking))
+
+    def _ignored(self, event: BookingIntakeEvent, booking: Booking, why: str, reason: str) -> Applied:
+        pseudonym = self.pseudonyms[booking.subject_id]
+        return ignored(event.type, why, reason, pseudonym, f"booking={booking.booking_ref}")
 
     def _audit(self, action: str, booking: Booking) -> AuditEvent:
         return AuditEvent(
             action, "recorded", subject=self.pseudonyms[booking.subject_id],
             detail=f"booking={booking.booking_ref} channel={booking.channel}",
         )  # fmt: skip
-

@@ -9,9 +9,10 @@ Art. 19 report of each request is printed.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from models.types import BERLIN
 from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES
 
 PEOPLE = [
@@ -23,7 +24,8 @@ PEOPLE = [
 
 def _lines(i: int, email: str, first: str, last: str, phone: str, iban: str, now) -> list[dict]:
     at = (now - timedelta(hours=3)).isoformat()
-    start = (now + timedelta(days=3)).astimezone().replace(hour=10, minute=0, second=0, microsecond=0)
+    day = (now + timedelta(days=3)).astimezone(BERLIN).date()
+    start = datetime(day.year, day.month, day.day, 10, 0, tzinfo=BERLIN)  # Berlin wall clock, as the website sends it
     name = {"first_name": first, "last_name": last}
     return [
         {"type": "consent.signup", "list": "newsletter", "email": email, "salutation": "Frau", **name,

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import doctest
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
+from hypothesis import example, given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlmodel import select
 
+import models.types
+from connectors.timify import berlin_start
 from models.audit import AuditEntry
 from models.bookings import Booking, BookingStatus
 from models.db import transaction
-from models.intake import intake_lines
+from models.intake import intake_lines, parse_line
 from psync.sandbox_env import SERVICE_POINTS
 
 NOW = datetime(2026, 3, 20, 9, 0, tzinfo=UTC)
@@ -87,7 +93,7 @@ def test_birth_date_alone_is_enough(settings):
     ("change", "reason"),
     [
         ({"insurance_number": None}, "give insurance_number or birth_date"),
-        ({"start": "2026-03-30T10:03:00+02:00"}, "start: Value error, must be on the 5-minute grid"),
+        ({"start": "2026-03-30T10:03:00+02:00"}, "start: Value error, must lie on the 5-minute grid"),
         ({"start": "2026-03-20T09:55:00+01:00"}, "start: Value error, lies in the past"),
         ({"start": "2026-03-30T10:00:00"}, "start: Input should have timezone info"),
         ({"service_point": "sp-atlantis"}, "service_point: Value error, unknown service point"),
@@ -163,3 +169,122 @@ def test_one_subject_per_person_across_bookings_and_an_audit_row_per_decision(se
     with transaction() as session:
         actions = [e.action for e in session.exec(select(AuditEntry).order_by(AuditEntry.id))]
     assert actions == ["booking.requested", "booking.requested", "booking.cancelled"]
+
+
+# times at the edge (issue 14): never take in a start the push to TIMIFY refuses ------------
+SPRING_FORWARD = ["2027-03-28T02:30:00+01:00", "2027-03-28T02:30:00+02:00"]  # 02:00-03:00 skipped
+AUTUMN_TWICE = ["2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00"]  # both 02:30s
+ORDINARY = {  # the minutes around both switches that exist once, as the website writes them
+    "2026-10-25T01:55:00+02:00": datetime(2026, 10, 24, 23, 55, tzinfo=UTC),
+    "2026-10-25T03:00:00+01:00": datetime(2026, 10, 25, 2, 0, tzinfo=UTC),
+    "2027-03-28T01:55:00+01:00": datetime(2027, 3, 28, 0, 55, tzinfo=UTC),
+    "2027-03-28T03:00:00+02:00": datetime(2027, 3, 28, 1, 0, tzinfo=UTC),
+    "2026-12-03T10:30:00+01:00": datetime(2026, 12, 3, 9, 30, tzinfo=UTC),
+}
+
+
+def by_line(results) -> dict[int, tuple[str, str]]:
+    return {r.line: (r.outcome, r.reason) for r in results}
+
+
+@pytest.mark.parametrize("start", SPRING_FORWARD)
+def test_a_start_in_the_hour_the_clocks_skip_is_refused_not_booked_an_hour_off(settings, start):
+    results = by_line(run(settings, request("B-0"), request("B-1", start=start)))
+    assert results[1] == ("stored", "")
+    assert results[2] == ("rejected", "start: does not exist in Berlin: the clocks skip from 02:00 to 03:00 that night")
+    assert [b.booking_ref for b in bookings()] == ["B-0"]
+
+
+@pytest.mark.parametrize("start", AUTUMN_TWICE)
+def test_a_start_in_the_hour_that_happens_twice_is_refused_at_both_instants(settings, start):
+    [result] = run(settings, request(start=start))
+    assert (result.line, result.outcome) == (1, "rejected")
+    assert result.reason.startswith("start: is ambiguous in Berlin: the clocks go back that night")
+    assert row_counts()["booking"] == 0
+
+
+@pytest.mark.parametrize(
+    ("start", "why"),
+    [
+        ("2026-12-03T09:30:00Z", "must carry Berlin's UTC offset"),  # the same instant as 10:30+01:00
+        ("2026-07-01T10:00:00+01:00", "must carry Berlin's UTC offset"),  # winter offset in summer
+        ("2026-12-03T10:30:00+05:45", "must carry Berlin's UTC offset"),
+        ("2026-03-30T10:00:30+02:00", "must lie on the 5-minute grid"),  # seconds count too
+    ],
+)
+def test_a_start_not_written_as_berlin_slot_time_is_refused(settings, start, why):
+    [result] = run(settings, request(start=start))
+    assert result.outcome == "rejected" and result.reason.startswith(f"start: {why}")
+    assert start[:16] not in result.reason  # the reason never repeats the input
+
+
+@pytest.mark.parametrize("start", list(ORDINARY))
+def test_a_start_next_to_a_switch_that_exists_once_is_stored_at_its_instant(settings, start):
+    assert outcomes(run(settings, request(start=start))) == ["stored"]
+    assert bookings()[0].start_at == ORDINARY[start]
+    assert berlin_start(bookings()[0].start_at) == start[:16].replace("T", " ")
+
+
+@pytest.mark.parametrize("start", [*SPRING_FORWARD, *AUTUMN_TWICE])
+def test_a_reschedule_into_a_switch_hour_is_refused_and_the_booking_stays(settings, start):
+    run(settings, request())
+    results = by_line(run(settings, reschedule(), reschedule(start=start)))
+    assert results[1][0] == "stored"
+    assert results[2][0] == "rejected" and results[2][1].startswith("start: ")
+    assert bookings()[0].start_at == datetime(2026, 3, 31, 9, 15, tzinfo=UTC)  # the first reschedule
+
+
+# An oracle that does not ask zoneinfo: the EU rule (Directive 2000/84/EC). Summer time runs
+# from 01:00 UTC on the last Sunday of March to 01:00 UTC on the last Sunday of October.
+def _last_sunday(year: int, month: int) -> date:
+    last = date(year, month, 31)
+    return last - timedelta(days=(last.weekday() + 1) % 7)
+
+
+def _berlin_offset_hours(instant_utc: datetime) -> int:
+    year = instant_utc.year
+    spring = datetime.combine(_last_sunday(year, 3), time(1), tzinfo=UTC)
+    autumn = datetime.combine(_last_sunday(year, 10), time(1), tzinfo=UTC)
+    return 2 if spring <= instant_utc < autumn else 1
+
+
+SWITCH_DAYS = [_last_sunday(y, m) for y in range(2026, 2030) for m in (3, 10)]
+
+
+@settings_(max_examples=400, deadline=None)
+@given(
+    day=st.one_of(st.dates(date(2026, 4, 1), date(2029, 12, 31)), st.sampled_from(SWITCH_DAYS)),
+    hour=st.one_of(st.integers(0, 23), st.sampled_from([1, 2, 3])),
+    minute=st.one_of(st.sampled_from(range(0, 60, 5)), st.integers(0, 59)),
+    offset=st.sampled_from([1, 2, 0]),
+)
+@example(day=date(2027, 3, 28), hour=2, minute=30, offset=1)
+@example(day=date(2027, 3, 28), hour=2, minute=30, offset=2)
+@example(day=date(2026, 10, 25), hour=2, minute=30, offset=2)
+@example(day=date(2026, 10, 25), hour=2, minute=30, offset=1)
+def test_intake_takes_a_start_exactly_when_timify_can_be_sent_that_wall_clock(day, hour, minute, offset):
+    """Every start intake accepts goes to TIMIFY as the very wall-clock time the website
+    wrote; every start it refuses is off the grid, not Berlin's offset, or in the repeated
+    hour. Checked against the EU rule, over four years with every switch day."""
+    wall = datetime.combine(day, time(hour, minute))
+    text = f"{wall:%Y-%m-%dT%H:%M}:00+0{offset}:00"
+    instant = (wall - timedelta(hours=offset)).replace(tzinfo=UTC)
+    deliverable = (
+        offset == _berlin_offset_hours(instant)
+        and minute % 5 == 0
+        and not (day.month == 10 and day in SWITCH_DAYS and hour == 2)
+    )
+    line = json.dumps(request(start=text))
+    try:
+        event = parse_line(line, {"now": NOW, "service_points": set(SERVICE_POINTS)})
+    except ValueError as exc:
+        assert not deliverable, str(exc)
+        assert str(exc).startswith("start: ")
+        return
+    assert deliverable
+    # The push reads the start back from the database, in UTC.
+    assert berlin_start(event.start.astimezone(UTC)) == f"{wall:%Y-%m-%d %H:%M}"
+
+
+def test_the_time_helper_examples_hold():
+    assert doctest.testmod(models.types).failed == 0
