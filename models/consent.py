@@ -8,6 +8,12 @@ The double-opt-in life cycle::
        +--expire----> expired   --- signup again ------> pending
 
 Only ``confirmed`` ever leaves the controller; ``pending`` expires after the list's period.
+
+Events are applied by their time (``at``), not by when they arrive: a record is what its
+event history (``ConsentEvent``) gives when replayed in event-time order (``replay``), so
+files that arrive late or out of order, or twice, end in the same state and the same proof.
+At the same instant a sign-up comes before a confirmation and a confirmation before a
+withdrawal (the stricter reading wins), then the controller's own expiry and erasure.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
@@ -48,6 +55,18 @@ class EventKind(StrEnum):
     confirm = "confirm"
     withdraw = "withdraw"
     expire = "expire"
+    # The subject's data was erased at this time (``models.erasure``): nothing dated at or
+    # before it counts again. Written by intake when an erased person comes back, as the
+    # subject row's ``erased_at`` is cleared then.
+    erase = "erase"
+
+
+# Order of events at the same instant: the person's steps in the order they can happen,
+# a withdrawal last among them (the stricter reading), then the controller's decisions.
+RANK = {
+    EventKind.signup: 0, EventKind.confirm: 1, EventKind.withdraw: 2, EventKind.expire: 3,
+    EventKind.erase: 4,
+}  # fmt: skip
 
 
 class WithdrawChannel(StrEnum):
@@ -134,56 +153,169 @@ def _event(record: ConsentRecord, kind: EventKind, at: datetime, dedupe_key: str
     return ConsentEvent(consent_id=record.id, kind=kind, at=at, dedupe_key=dedupe_key, **kw)
 
 
-def apply_signup(
-    record: ConsentRecord,
-    at: datetime,
-    ip: str,
-    source: str,
-    policy_version: str,
-    seq: int,
-    dedupe_key: str,
-) -> ConsentEvent | None:
-    """A (new or repeated) sign-up. Starts a new double-opt-in cycle unless confirmed.
+@dataclass(frozen=True)
+class Step:
+    """One event of a record's history, as ``replay`` reads it (a ConsentEvent's columns)."""
 
-    Returns the event to store, or None when nothing changes (already confirmed).
+    kind: str
+    at: datetime
+    key: str  # the dedupe key: the last tie-breaker, so equal times order the same everywhere
+    ip: str | None = None
+    channel: str | None = None
+    source: str | None = None
+    policy_version: str | None = None
+
+    @property
+    def order(self) -> tuple[datetime, int, str]:
+        """Where the step goes in event time: by time, by kind at the same instant, then by key."""
+        return (self.at, RANK[EventKind(self.kind)], self.key)
+
+    def row(self, consent_id: uuid.UUID, recorded_at: datetime) -> dict:
+        """The ``consent_event`` row that records this step in the history of `consent_id`
+        (a plain dict: one INSERT takes many, without an ORM object each)."""
+        return {
+            "consent_id": consent_id, "kind": str(self.kind), "at": self.at, "ip": self.ip,
+            "channel": self.channel, "source": self.source, "policy_version": self.policy_version,
+            "dedupe_key": self.key, "recorded_at": recorded_at,
+        }  # fmt: skip
+
+    def without_personal_data(self) -> Step:
+        """The step as it may be kept where the proof is gone (expired, erased)."""
+        return Step(self.kind, self.at, self.key, None, self.channel, None, self.policy_version)
+
+
+# The state of a record at an erasure cut: whatever the record holds stays (the erasure
+# left it pseudonymous), and only a new sign-up starts anything again.
+ENDED = "ended"
+
+
+@dataclass
+class Decision:
+    """What a record's history says: its state and proof, and which events decided them.
+
+    Compared by state and proof only. ``state`` None: nothing known yet; ``ENDED``: the
+    record stays as the erasure left it. A withdrawal with no sign-up before it gives
+    ``withdrawn`` without a sign-up (``signup_at`` None).
     """
-    if record.state == ConsentState.confirmed:
-        return None
-    record.state = ConsentState.pending
-    record.signup_at, record.signup_ip = at, ip
-    record.source, record.policy_version = source, policy_version
-    record.confirm_at = record.confirm_ip = None
-    record.withdrawn_at = record.withdraw_channel = record.expired_at = None
-    _touch(record, seq)
-    return _event(
-        record, EventKind.signup, at, dedupe_key, ip=ip, source=source,
-        policy_version=policy_version,
-    )  # fmt: skip
+
+    state: str | None = None
+    signup_at: datetime | None = None
+    signup_ip: str | None = None
+    source: str | None = None
+    policy_version: str | None = None
+    confirm_at: datetime | None = None
+    confirm_ip: str | None = None
+    withdrawn_at: datetime | None = None
+    withdraw_channel: str | None = None
+    expired_at: datetime | None = None
+    decided: Step | None = field(default=None, compare=False)  # the last event that changed it
+
+    @property
+    def since(self) -> datetime | None:
+        """When the current decision was taken."""
+        return self.decided.at if self.decided else None
 
 
-def apply_confirm(
-    record: ConsentRecord | None, at: datetime, ip: str, seq: int, dedupe_key: str
-) -> ConsentEvent | None:
-    """The confirmation link was clicked. Only a pending sign-up can be confirmed."""
-    if record is None:
-        raise TransitionError("no sign-up to confirm for this list")
-    if record.state == ConsentState.confirmed:
-        return None
-    if record.state != ConsentState.pending:
-        raise TransitionError(f"sign-up is {record.state}; a new sign-up is needed")
-    if at < record.signup_at:
-        raise TransitionError("confirmation is earlier than the sign-up")
-    record.state = ConsentState.confirmed
-    record.confirm_at, record.confirm_ip = at, ip
-    _touch(record, seq)
-    return _event(record, EventKind.confirm, at, dedupe_key, ip=ip)
+PROOF_FIELDS = tuple(f.name for f in fields(Decision) if f.compare)
+
+
+def _step(d: Decision, s: Step) -> None:
+    """Apply one event, in event-time order, to what the events before it gave."""
+    if s.kind == EventKind.signup:
+        if d.state == ConsentState.confirmed:
+            return  # signed up again while subscribed: nothing to confirm
+        # A new double-opt-in cycle (also over a pending one: the newest mail's link counts).
+        d.state = ConsentState.pending
+        d.signup_at, d.signup_ip, d.source, d.policy_version = s.at, s.ip, s.source, s.policy_version
+        d.confirm_at = d.confirm_ip = d.withdrawn_at = d.withdraw_channel = d.expired_at = None
+    elif s.kind == EventKind.confirm:
+        if d.state != ConsentState.pending:
+            return  # a confirmation needs a sign-up before it, with no withdrawal in between
+        d.state, d.confirm_at, d.confirm_ip = ConsentState.confirmed, s.at, s.ip
+    elif s.kind == EventKind.withdraw:
+        if d.state not in (None, ConsentState.pending, ConsentState.confirmed):
+            return  # the first withdrawal ended the cycle; an erased or expired one has none
+        # From nothing, too: a sign-up dated before it that arrives later must not subscribe.
+        d.state, d.withdrawn_at, d.withdraw_channel = ConsentState.withdrawn, s.at, s.channel
+    elif s.kind == EventKind.expire:
+        if d.state not in (ConsentState.pending, ConsentState.confirmed):
+            return
+        # The expiry erased this cycle's proof; a confirmation dated before it that arrives
+        # later is older than that decision and does not bring the cycle back.
+        d.state, d.expired_at = ConsentState.expired, s.at
+        d.signup_ip = d.confirm_ip = d.source = None
+    else:
+        return
+    d.decided = s
+
+
+def cut_of(steps: Iterable[Step], erased_at: datetime | None = None) -> datetime | None:
+    """The latest erasure of the record's subject (an ``erase`` event, or the subject's
+    ``erased_at`` while it is erased): nothing dated at or before it counts."""
+    cuts = [s.at for s in steps if s.kind == EventKind.erase]
+    if erased_at is not None:
+        cuts.append(erased_at)
+    return max(cuts, default=None)
+
+
+def replay(steps: Iterable[Step], cut: datetime | None = None) -> Decision:
+    """What the history says, whatever order its events were stored in.
+
+    Events dated at or before `cut` are ignored. If the record had any (it existed when its
+    subject was erased), the replay starts from ``ENDED``; a record begun after the erasure
+    starts from nothing.
+
+    >>> t = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
+    >>> history = [Step("withdraw", t + timedelta(hours=2), "w", channel="portal"),
+    ...            Step("confirm", t + timedelta(hours=1), "c", ip="192.0.2.2"),
+    ...            Step("signup", t, "s", ip="192.0.2.1")]
+    >>> str(replay(history).state)
+    'withdrawn'
+    """
+    ordered = sorted(steps, key=lambda s: s.order)
+    if cut is not None:
+        existed = any(s.at <= cut for s in ordered)
+        ordered = [s for s in ordered if s.at > cut]
+    d = Decision(state=ENDED if cut is not None and existed else None)
+    for s in ordered:
+        _step(d, s)
+    return d
+
+
+def settle(record: ConsentRecord, d: Decision, seq: int | None) -> None:
+    """Write a replayed decision to the record; `seq` None keeps its change number (nothing
+    a processor needs to hear about)."""
+    assert d.state not in (None, ENDED)
+    values = {name: getattr(d, name) for name in PROOF_FIELDS}
+    if values["signup_at"] is None:  # a withdrawal with no sign-up known: the column needs a time
+        values["signup_at"] = d.withdrawn_at
+    for name, value in values.items():
+        if getattr(record, name) != value:  # setting an ORM attribute costs, even to the same value
+            setattr(record, name, value)
+    if seq is not None:
+        _touch(record, seq)
+
+
+def describe_time(at: datetime) -> str:
+    """A time for a reason: UTC to the second, nothing else.
+
+    >>> describe_time(datetime(2026, 5, 4, 10, 0, 30, 5, tzinfo=UTC))
+    '2026-05-04T10:00:30Z'
+    """
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def apply_withdraw(
     record: ConsentRecord, at: datetime, channel: str, seq: int, dedupe_key: str
 ) -> ConsentEvent | None:
-    """Consent withdrawn (by e-mail, in the portal, or by the newsletter's link)."""
+    """Consent withdrawn (by e-mail, in the portal, or by the newsletter's link).
+
+    None when nothing changes: no consent stands, or the withdrawal is dated before the
+    sign-up of the current cycle (it ended an earlier one, as ``replay`` reads it).
+    """
     if record.state not in (ConsentState.pending, ConsentState.confirmed):
+        return None
+    if at < record.signup_at:
         return None
     record.state = ConsentState.withdrawn
     record.withdrawn_at, record.withdraw_channel = at, channel

@@ -2,6 +2,15 @@
 
 Storing is idempotent: every event has a keyed content hash (``ConsentEvent.dedupe_key``),
 and a line seen before is a duplicate.
+
+Events count by their time, not their arrival: each line is added to its record's history
+and the record is what ``models.consent.replay`` makes of that history. A line that changes
+nothing (older than the decision it would override, or a repeat in other words) is
+recorded all the same and reported ``unchanged`` with the reason, so a sign-up dated
+before it that arrives later is judged with it. For a person whose data was erased, a line
+never brings old data back: what is dated before the erasure, and a confirmation, are kept
+as a receipt only; a withdrawal is kept without personal data; only a new sign-up dated
+after the erasure starts again, from nothing.
 """
 
 from __future__ import annotations
@@ -17,18 +26,31 @@ from sqlmodel import Session, select
 
 from models.audit import AuditEvent
 from models.consent import (
+    ENDED,
     ConsentEvent,
     ConsentList,
     ConsentRecord,
     ConsentState,
-    apply_confirm,
-    apply_signup,
-    apply_withdraw,
+    Decision,
+    EventKind,
+    Step,
+    TransitionError,
+    cut_of,
+    describe_time,
     event_key,
+    replay,
+    settle,
 )
 from models.cursors import next_seq
-from models.intake_types import Email, EventBase, InsuranceNumber
-from models.subject_index import SubjectIndex
+from models.intake_types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown
+from models.receipts import IntakeReceipt, ignored, seen
+from models.subject_index import SubjectIndex, erased_before
+from models.subjects import DataSubject
+from models.types import utcnow
+
+
+class NoSignup(TransitionError, NotYetKnown):
+    """A confirmation with no record of a sign-up for that person and list (yet)."""
 
 
 class _ConsentEvent(EventBase):
@@ -76,84 +98,211 @@ class ConsentWithdraw(_ConsentEvent):
 ConsentIntakeEvent = ConsentSignup | ConsentConfirm | ConsentWithdraw
 
 
+_KIND = {
+    "consent.signup": EventKind.signup, "consent.confirm": EventKind.confirm,
+    "consent.withdraw": EventKind.withdraw,
+}  # fmt: skip
+
+
 class ConsentStore:
-    """Applies consent events of one chunk; records and dedupe keys are fetched up front."""
+    """Applies consent events of one chunk; records, their histories and dedupe keys are
+    fetched up front.
+
+    ``deferring`` (intake's first pass): a confirmation without a sign-up raises NoSignup
+    to be tried again after the file's other lines; on the last pass it is decided.
+    """
 
     def __init__(self, session: Session, key: bytes, subjects: SubjectIndex):
         self.session, self.key, self.subjects = session, key, subjects
         self.consents: dict[tuple[uuid.UUID, str], ConsentRecord] = {}
-        self.events: list[ConsentEvent] = []
+        self.history: dict[uuid.UUID, list[Step]] = {}
+        self.events: list[dict] = []  # consent_event rows of the chunk
         self.seen: set[str] = set()
         self.keys: dict[int, str] = {}
         self.seq = 0
+        self.deferring = True
+        subjects.on_revive.append(self._keep_cut)
 
     def begin_chunk(self, events: Iterable[ConsentIntakeEvent], found_ids: set[uuid.UUID]) -> None:
+        """Dedupe keys of the chunk's events, which of them were seen, and the records (with
+        their histories) of the subjects found for the chunk."""
         events = list(events)
         self.keys = {id(e): event_key(self.key, e.model_dump_json(by_alias=True)) for e in events}
-        self.seen = set(
-            self.session.exec(
-                select(ConsentEvent.dedupe_key).where(
-                    ConsentEvent.dedupe_key.in_(list(self.keys.values()))  # type: ignore[attr-defined]
+        keys = list(self.keys.values())
+        self.seen = seen(self.session, keys)  # lines kept as a receipt only (erased subjects)
+        if keys:
+            self.seen |= set(
+                self.session.exec(
+                    select(ConsentEvent.dedupe_key).where(
+                        ConsentEvent.dedupe_key.in_(keys)  # type: ignore[attr-defined]
+                    )
                 )
             )
-        )
         if found_ids:
-            for record in self.session.exec(
+            loaded = list(self.session.exec(
                 select(ConsentRecord).where(ConsentRecord.subject_id.in_(found_ids))  # type: ignore[attr-defined]
-            ):
+            ))  # fmt: skip
+            for record in loaded:
                 self.consents[(record.subject_id, record.list_name)] = record
+            self._load_history([r.id for r in loaded if r.id not in self.history])
         self.seq = next_seq(self.session, "consent", len(events)) if events else 0
 
-    def apply(self, event: ConsentIntakeEvent) -> tuple[str, AuditEvent | None]:
-        """Returns the line's outcome and its audit event; raises TransitionError to reject."""
+    def _load_history(self, ids: list[uuid.UUID]) -> None:
+        for consent_id in ids:
+            self.history[consent_id] = []
+        columns = (
+            ConsentEvent.consent_id, ConsentEvent.kind, ConsentEvent.at, ConsentEvent.dedupe_key,
+            ConsentEvent.ip, ConsentEvent.channel, ConsentEvent.source, ConsentEvent.policy_version,
+        )  # fmt: skip
+        for start in range(0, len(ids), 1000):
+            rows = self.session.connection().execute(
+                select(*columns).where(ConsentEvent.consent_id.in_(ids[start : start + 1000]))  # type: ignore[attr-defined]
+            )
+            for consent_id, *step in rows:
+                self.history[consent_id].append(Step(*step))
+
+    def apply(self, event: ConsentIntakeEvent) -> Applied:
+        """The line's outcome, audit event and reason; raises TransitionError to reject."""
         key = self.keys[id(event)]
         seq, self.seq = self.seq, self.seq + 1
         if key in self.seen:
-            return "duplicate", None
+            return Applied("duplicate")
         kvnr = getattr(event, "insurance_number", None)
-        subject = self.subjects.resolve(event.email, kvnr, create=isinstance(event, ConsentSignup))
+        subject = self.subjects.find(event.email, kvnr)
+        is_confirm = isinstance(event, ConsentConfirm)
+        if erased_before(subject, event.at):
+            assert subject is not None and subject.erased_at is not None
+            return self._receipt(event, key, subject, "erased", (
+                f"dated before this person's data was erased ({describe_time(subject.erased_at)}); "
+                "nothing restored"
+            ))  # fmt: skip
+        if subject is not None and subject.erased_at is not None and is_confirm:
+            if self.deferring:  # the person's new sign-up may be further down the file
+                raise NoSignup("no sign-up to confirm for this list")
+            # Kept as a receipt only: it never confirms a sign-up that arrives later.
+            return self._receipt(event, key, subject, "erased", (
+                "this person's data was erased; a confirmation needs a new sign-up first"
+            ))  # fmt: skip
         record = self.consents.get((subject.id, event.list_name)) if subject else None
-        if isinstance(event, ConsentSignup):
-            assert subject is not None
-            if record is None:
-                record = ConsentRecord(
-                    subject_id=subject.id, list_name=event.list_name,
-                    state=ConsentState.pending, signup_at=event.at,
-                )  # fmt: skip
-                self.session.add(record)
-                self.consents[(subject.id, event.list_name)] = record
-            stored = apply_signup(
-                record, event.at, str(event.ip), event.source, event.policy_version, seq, key
-            )
-            if stored is not None:
+        if record is None and is_confirm:
+            raise NoSignup("no sign-up to confirm for this list")
+        if subject is None:
+            # A withdrawal from someone unknown is kept under the pseudonym of the address only.
+            subject = self.subjects.create(event.email, kvnr, identified=isinstance(event, ConsentSignup))
+        if record is None:
+            record = ConsentRecord(
+                subject_id=subject.id, list_name=event.list_name, state=ConsentState.pending,
+                signup_at=event.at,
+            )  # fmt: skip
+            self.session.add(record)
+            self.consents[(subject.id, event.list_name)] = record
+            self.history[record.id] = []
+        history = self.history[record.id]
+        cut = cut_of(history, subject.erased_at)
+        before = replay(history, cut)
+        step = self._step(event, key, history, cut)
+        history.append(step)
+        self.events.append(step.row(record.id, utcnow()))
+        self.seen.add(key)
+        if isinstance(event, ConsentSignup) and (cut is None or step.at > cut):
+            # New data the person gave: identifiers fill what is missing (and bring an erased
+            # person back). The names are those of their newest sign-up by event time,
+            # whichever list and whether it changed the consent or not, so the subject row
+            # ends the same whatever order the sign-ups arrive in.
+            self.subjects.identify(subject, event.email, kvnr)
+            if self._newest_signup(subject, step):
                 subject.salutation = event.salutation
                 subject.first_name, subject.last_name = event.first_name, event.last_name
-        elif isinstance(event, ConsentConfirm):
-            stored = apply_confirm(record, event.at, str(event.ip), seq, key)
-        else:
-            if record is None:
-                self.seen.add(key)
-                return "unchanged", None
-            stored = apply_withdraw(record, event.at, event.channel, seq, key)
-        # Only an applied line makes a later identical one a duplicate.
-        self.seen.add(key)
-        if stored is None:
-            return "unchanged", None
-        self.events.append(stored)
+        after = replay(history, cut)
+        if after == before:
+            return self._unchanged(event, step, before, cut, subject)
+        if after.signup_at is None:
+            # Withdrawals only, no sign-up known: kept for a sign-up dated earlier that may
+            # still arrive; nothing went anywhere, so no change number.
+            settle(record, after, None)
+            if subject.erased_at is not None:
+                return ignored(event.type, "erased", "this person's data was erased; nothing to withdraw",
+                               subject.pseudonym, f"list={event.list_name}")  # fmt: skip
+            return Applied("unchanged", reason="no sign-up for this list; the withdrawal is kept")
+        settle(record, after, seq)
         audit = AuditEvent(
-            f"consent.{stored.kind}", "recorded", subject=subject.pseudonym,
+            f"consent.{step.kind}", "recorded", subject=subject.pseudonym,
             detail=f"list={event.list_name}",
         )  # fmt: skip
-        return "stored", audit
+        return Applied("stored", audit)
+
+    def _newest_signup(self, subject: DataSubject, step: Step) -> bool:
+        """Whether no sign-up of the subject since its last erasure, on any list, is dated
+        after `step` (at the same instant, the one that arrives last counts)."""
+        for list_name in ConsentList:
+            record = self.consents.get((subject.id, list_name))
+            history = self.history.get(record.id, []) if record is not None else []
+            cut = cut_of(history)
+            for s in history:
+                if s.kind == EventKind.signup and (cut is None or s.at > cut) and s.at > step.at:
+                    return False
+        return True
+
+    def _step(self, event: ConsentIntakeEvent, key: str, history: list[Step], cut) -> Step:
+        """The line as a step of the history; without personal data where the proof it
+        would belong to is gone (dated at or before an erasure or an expiry)."""
+        step = Step(
+            _KIND[event.type], event.at, key, ip=str(getattr(event, "ip", "")) or None,
+            channel=getattr(event, "channel", None), source=getattr(event, "source", None),
+            policy_version=getattr(event, "policy_version", None),
+        )  # fmt: skip
+        expired = max((s.at for s in history if s.kind == EventKind.expire), default=None)
+        if (cut is not None and step.at <= cut) or (expired is not None and step.at <= expired):
+            return step.without_personal_data()
+        return step
+
+    def _unchanged(
+        self, event: ConsentIntakeEvent, step: Step, before: Decision, cut, subject: DataSubject
+    ) -> Applied:
+        detail = f"list={event.list_name}"
+        if cut is not None and step.at <= cut:
+            reason = f"dated before this person's data was erased ({describe_time(cut)}); nothing restored"
+            return ignored(event.type, "erased", reason, subject.pseudonym, detail)
+        if subject.erased_at is not None or before.state == ENDED:
+            what = "nothing to withdraw" if step.kind == EventKind.withdraw else "a new sign-up is needed"
+            return ignored(event.type, "erased", f"this person's data was erased; {what}", subject.pseudonym, detail)
+        state = before.state or "not signed up"
+        since = f" at {describe_time(before.since)}" if before.since else ""
+        if before.decided is not None and step.order < before.decided.order:
+            reason = f"older than the current decision ({state}{since})"
+            return ignored(event.type, "stale", reason, subject.pseudonym, detail)
+        if step.kind == EventKind.confirm and state != ConsentState.confirmed:
+            return Applied("unchanged", reason=f"the sign-up is {state}{since}; a new sign-up is needed")
+        return Applied("unchanged", reason=f"already {state}{since}")
+
+    def _receipt(self, event: ConsentIntakeEvent, key: str, subject: DataSubject, why: str, reason: str) -> Applied:
+        """A line of an erased person kept as a receipt only: recognised when it comes again,
+        and holding nothing of theirs."""
+        self.seen.add(key)
+        self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
+        return ignored(event.type, why, reason, subject.pseudonym, f"list={event.list_name}")
+
+    def _keep_cut(self, subject: DataSubject) -> None:
+        """Before an erased subject comes back: the erasure goes into each of its records'
+        histories, as the subject row will no longer say when it was."""
+        erased_at = subject.erased_at
+        assert erased_at is not None
+        for list_name in ConsentList:
+            record = self.consents.get((subject.id, list_name))
+            if record is None:
+                continue
+            history = self.history.setdefault(record.id, [])
+            step = Step(EventKind.erase, erased_at, event_key(self.key, "erase", record.id, erased_at.isoformat()))
+            if all(s.key != step.key for s in history):
+                history.append(step)
+                self.events.append(step.row(record.id, utcnow()))
 
     def end_chunk(self) -> None:
+        """Flush the chunk's records and insert its events."""
         # Events go in with one INSERT after their records are flushed (no ORM relationship
         # orders them, and one statement per chunk is much faster than one per event).
         self.session.flush()
         if self.events:
             # render_nulls: rows with different None fields would otherwise each get an INSERT.
-            self.session.execute(
-                insert(ConsentEvent).execution_options(render_nulls=True),
-                [e.model_dump(exclude={"id"}) for e in self.events],
-            )
+            self.session.execute(insert(ConsentEvent).execution_options(render_nulls=True), self.events)
             self.events.clear()

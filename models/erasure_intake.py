@@ -2,6 +2,9 @@
 
 The line opens the request (or joins the subject's open one); ``follow-up-erasures`` fans
 it out on its next run. An unknown subject is rejected with a clear reason, as from the CLI.
+A request for a person already erased is opened all the same (found by the pseudonym of the
+address; the request and its answer are kept, and nothing of the person is restored): the
+follow-up finds nothing left and completes it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from sqlmodel import Session
 from models.audit import AuditEvent
 from models.consent import event_key
 from models.erasure import open_request
-from models.intake_types import Email, EventBase, InsuranceNumber
+from models.intake_types import Applied, Email, EventBase, InsuranceNumber
 from models.receipts import IntakeReceipt, seen
 from models.subjects import DataSubject
 
@@ -53,10 +56,11 @@ class ErasureStore:
         self.keys = {id(e): event_key(self.key, e.model_dump_json()) for e in events}
         self.seen = seen(self.session, self.keys.values())
 
-    def apply(self, event: ErasureRequestEvent) -> tuple[str, AuditEvent | None]:
+    def apply(self, event: ErasureRequestEvent) -> Applied:
+        """Open the request; the outcome and the audit event. Raises ErasureRejected."""
         key = self.keys[id(event)]
         if key in self.seen:
-            return "duplicate", None
+            return Applied("duplicate")
         try:
             request = open_request(
                 self.session, email=event.email, insurance_number=event.insurance_number,
@@ -68,10 +72,10 @@ class ErasureStore:
         self.seen.add(key)
         self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
         pseudonym = self.session.get(DataSubject, request.subject_id).pseudonym  # type: ignore[union-attr]
-        return "stored", AuditEvent(
+        return Applied("stored", AuditEvent(
             "erasure.open", "opened", subject=pseudonym,
             detail=f"request={request.id} channel={event.channel} via=intake due={request.due}",
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def end_chunk(self) -> None:
         self.session.flush()

@@ -5,6 +5,9 @@ sends Nect nothing but our pseudonymous id (seed 002, 5.4.2). It hands the case 
 the recipient register knows that Nect holds this person's identification, and the erasure
 fan-out finds the case and deletes it there. One register row per case (purpose
 ``ident:<case>``), so a second identification is erased too.
+
+A case for a person whose data was erased is registered all the same (Nect holds it, so an
+erasure must find it), under the pseudonym only: the line brings none of their data back.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from sqlmodel import Session
 
 from models.audit import AuditEvent
 from models.consent import event_key
-from models.intake_types import Email, EventBase, InsuranceNumber
+from models.intake_types import Applied, Email, EventBase, InsuranceNumber
 from models.receipts import IntakeReceipt, seen
 from models.recipients import record_sent_many
 from models.subject_index import SubjectIndex
@@ -56,19 +59,26 @@ class IdentStore:
         self.keys = {id(e): event_key(self.key, "ident.case", e.case_id) for e in events}
         self.seen = seen(self.session, self.keys.values())
 
-    def apply(self, event: IdentCase) -> tuple[str, AuditEvent | None]:
+    def apply(self, event: IdentCase) -> Applied:
+        """Register the case at Nect for its subject; the outcome and the audit event."""
         key = self.keys[id(event)]
         if key in self.seen:
-            return "duplicate", None
-        subject = self.subjects.resolve(event.email, event.insurance_number, create=True)
-        assert subject is not None
+            return Applied("duplicate")
+        subject = self.subjects.find(event.email, event.insurance_number)
+        detail = "via=intake"
+        if subject is None:
+            subject = self.subjects.create(event.email, event.insurance_number)
+        elif subject.erased_at is None:
+            self.subjects.identify(subject, event.email, event.insurance_number)
+        else:
+            detail += " subject=erased"  # registered under the pseudonym; nothing restored
         self.session.flush()  # a new subject needs its id before the register row
         record_sent_many(self.session, PROCESSOR, purpose(event.case_id), {subject.id: str(event.case_id)}, event.at)
         self.seen.add(key)
         self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
-        return "stored", AuditEvent(
-            "ident.case", "registered", processor=PROCESSOR, subject=subject.pseudonym, detail="via=intake",
-        )  # fmt: skip
+        return Applied("stored", AuditEvent(
+            "ident.case", "registered", processor=PROCESSOR, subject=subject.pseudonym, detail=detail,
+        ))  # fmt: skip
 
     def end_chunk(self) -> None:
         self.session.flush()

@@ -5,6 +5,12 @@ Each line is validated on its own by the pydantic models of each job (the same m
 never repeats the input, and changes nothing. Storing is idempotent: a line applied before
 is a duplicate.
 
+Lines count by their time (``at``), not their place in the file or the order files arrive
+in: each store applies an event by event time, records one that is older than the decision
+it would override and reports it ``unchanged`` with the reason. A line that names a
+sign-up, booking or order not known yet (``NotYetKnown``) is tried again after the file's
+other lines, in event-time order, and only then rejected.
+
 Example::
 
     with transaction() as session:
@@ -36,7 +42,7 @@ from models.consent_intake import ConsentConfirm, ConsentSignup, ConsentStore, C
 from models.documents import DocumentCipher
 from models.erasure_intake import ErasureRejected, ErasureRequestEvent, ErasureStore
 from models.ident_intake import IdentCase, IdentStore
-from models.intake_types import FIELD_NAME
+from models.intake_types import FIELD_NAME, NotYetKnown
 from models.isic_intake import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
 from models.subject_index import SubjectIndex, SubjectMismatch
 
@@ -44,6 +50,12 @@ from models.subject_index import SubjectIndex, SubjectMismatch
 FUTURE_TOLERANCE = timedelta(minutes=5)
 CHUNK = 1000
 REJECTIONS = (TransitionError, SubjectMismatch, BookingRejected, OrderRejected, ErasureRejected)
+# Order of the lines tried again at the same instant: the first step of each job first.
+_RANK = {
+    "consent.signup": 0, "consent.confirm": 1, "consent.withdraw": 2,
+    "booking.request": 0, "booking.reschedule": 1, "booking.cancel": 2,
+    "isic.order": 0, "isic.cancel": 1,
+}  # fmt: skip
 
 IntakeEvent = Annotated[
     ConsentSignup | ConsentConfirm | ConsentWithdraw
@@ -65,7 +77,7 @@ def json_schema() -> dict:
 class LineResult:
     line: int
     outcome: str  # stored | duplicate | unchanged | rejected
-    reason: str = ""
+    reason: str = ""  # why, for rejected and unchanged lines; never personal data
 
 
 def describe(exc: ValidationError) -> str:
@@ -151,8 +163,9 @@ def intake_lines(
     idents = IdentStore(session, key, subjects)
     stores = {"consent": consents, "booking": bookings, "isic": orders, "erasure": erasures, "ident": idents}
     audit: list[AuditEvent] = []
-    for start in range(0, len(parsed), CHUNK):
-        chunk = parsed[start : start + CHUNK]
+    later: list[tuple[int, IntakeEvent]] = []
+
+    def apply_chunk(chunk: list[tuple[int, IntakeEvent]], defer: bool) -> None:
         found = subjects.prefetch(
             (e.email, getattr(e, "insurance_number", None)) for _, e in chunk if getattr(e, "email", None)
         )
@@ -166,16 +179,28 @@ def intake_lines(
         for number, event in chunk:
             store = stores[event.type.split(".")[0]]
             try:
-                outcome, recorded = store.apply(event)  # type: ignore[arg-type]
+                applied = store.apply(event)  # type: ignore[arg-type]
             except REJECTIONS as exc:
+                if defer and isinstance(exc, NotYetKnown):
+                    later.append((number, event))
+                    continue
                 results.append(LineResult(number, "rejected", str(exc)))
                 audit.append(AuditEvent("intake.rejected", "rejected", detail=f"line {number}: {exc}"))
                 continue
-            results.append(LineResult(number, outcome))
-            if recorded is not None:
-                audit.append(recorded)
+            results.append(LineResult(number, applied.outcome, applied.reason))
+            if applied.audit is not None:
+                audit.append(applied.audit)
         for store in stores.values():
             store.end_chunk()
+
+    for start in range(0, len(parsed), CHUNK):
+        apply_chunk(parsed[start : start + CHUNK], defer=True)
+    # A confirmation above its sign-up, a cancellation above its booking: their turn now,
+    # by event time (a reschedule before the cancellation that follows it).
+    later.sort(key=lambda item: (item[1].at, _RANK.get(item[1].type, 0)))
+    consents.deferring = False
+    for start in range(0, len(later), CHUNK):
+        apply_chunk(later[start : start + CHUNK], defer=False)
     results.sort(key=lambda r: r.line)
     append(session, key, audit)
     return results

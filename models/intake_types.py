@@ -1,14 +1,15 @@
-"""Field types and the base model every intake event shares."""
+"""Field types and the base model every intake event shares, and what applying one gives."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
 from functools import cache
-from typing import Annotated, Any, ClassVar, get_args
+from typing import Annotated, Any, ClassVar, NamedTuple, get_args
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.audit import AuditEvent
 from models.identity import normalise_email, normalise_insurance_number, normalise_phone
 
 Email = Annotated[str, Field(max_length=320), AfterValidator(normalise_email)]
@@ -80,3 +81,22 @@ class EventBase(BaseModel):
 def context_now(info) -> datetime | None:
     """The intake's clock, passed as validation context (None when validating without one)."""
     return (info.context or {}).get("now")
+
+
+class Applied(NamedTuple):
+    """What a store made of one line: its outcome (``stored``, ``unchanged``, ``duplicate``),
+    the audit event to write, if any, and for ``unchanged`` why (never personal data)."""
+
+    outcome: str
+    audit: AuditEvent | None = None
+    reason: str = ""
+
+
+class NotYetKnown(ValueError):
+    """The line names a sign-up, booking or order that is not known (yet).
+
+    Intake tries such a line again after the file's other lines, in event-time order, so a
+    confirmation or cancellation written above its sign-up or booking still applies; if the
+    target is still unknown, the line is rejected (and not recorded, so re-importing the
+    file once its target has arrived applies it). The reason is safe to show.
+    """

@@ -29,12 +29,12 @@ from sqlmodel import Session
 
 from models.audit import AuditEvent
 from models.bookings import BERLIN
-from models.consent import event_key
+from models.consent import describe_time, event_key
 from models.documents import JPEG, PDF, PNG, DocumentCipher, read_document
-from models.intake_types import FIELD_NAME, Email, EventBase, context_now
+from models.intake_types import FIELD_NAME, Applied, Email, EventBase, NotYetKnown, context_now
 from models.isic import DocumentKind, IsicDocument, IsicOrder, OrderStatus
-from models.receipts import ReceiptStore
-from models.subject_index import SubjectIndex
+from models.receipts import ReceiptStore, ignored
+from models.subject_index import SubjectIndex, erased_before
 
 OrderId = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,49}$", description="the portal's order id")
 ALLOWED_TYPES = {
@@ -49,6 +49,10 @@ BANKING_WORDS = ("online_banking", "onlinebanking", "banking", "pin", "tan")
 
 class OrderRejected(ValueError):
     """The event does not fit the order's state; the reason is safe to show."""
+
+
+class UnknownOrder(OrderRejected, NotYetKnown):
+    """A cancellation of an order not known (yet)."""
 
 
 class Documents(BaseModel):
@@ -137,7 +141,12 @@ _FIELDS = ("first_name", "last_name", "birth_date", "postal_code", "iban", "inst
 
 
 class IsicStore(ReceiptStore):
-    """Applies ISIC events of one chunk; the chunk's orders are fetched up front."""
+    """Applies ISIC events of one chunk; the chunk's orders are fetched up front.
+
+    A cancellation is final, whatever its time: it is the customer's only way to object. An
+    order whose data was erased takes no more changes; an order dated at or before its
+    person's erasure restores nothing.
+    """
 
     table, ref_column, counter = IsicOrder, "order_ref", "isic"
 
@@ -153,27 +162,37 @@ class IsicStore(ReceiptStore):
         # The documents' paths, not their bytes, make the key: the same line is the same event.
         return event_key(self.key, event.model_dump_json(exclude={"phone_password"}))
 
-    def _apply(self, event: IsicIntakeEvent, order: IsicOrder | None, seq: int) -> tuple[str, AuditEvent | None]:
+    def _apply(self, event: IsicIntakeEvent, order: IsicOrder | None, seq: int) -> Applied:
         if isinstance(event, IsicOrderEvent):
             if order is not None:
                 raise OrderRejected("order_id exists already")
             if self.cipher is None:
                 raise OrderRejected("no document key configured (PSYNC_DOCUMENT_KEY)")
+            subject = self.subjects.find(event.email, None)
+            if erased_before(subject, event.at):
+                assert subject is not None and subject.erased_at is not None
+                reason = (f"dated before this person's data was erased ({describe_time(subject.erased_at)}); "
+                          "nothing restored")  # fmt: skip
+                return ignored(event.type, "erased", reason, subject.pseudonym, f"order={event.order_id}")
             order = self._create(event, seq)
-            return "stored", self._audit("isic.ordered", order)
+            return Applied("stored", self._audit("isic.ordered", order))
         if order is None:
-            raise OrderRejected("unknown order_id")
+            raise UnknownOrder("unknown order_id")
         if order.status == OrderStatus.cancelled:
-            return "unchanged", None
+            when = order.cancelled_at or order.updated_at
+            return Applied("unchanged", reason=f"already cancelled (at {describe_time(when)})")
+        if order.fields_erased_at is not None:  # erased while at the issuer (erasure.py)
+            return ignored(event.type, "erased", "this order's data was erased; nothing to cancel",
+                           self.pseudonyms[order.subject_id], f"order={order.order_ref}")  # fmt: skip
         order.status, order.seq, order.cancelled_at, order.updated_at = (
             OrderStatus.cancelled, seq, event.at, event.at,
         )  # fmt: skip
-        return "stored", self._audit("isic.cancelled", order)
+        return Applied("stored", self._audit("isic.cancelled", order))
 
     def _create(self, event: IsicOrderEvent, seq: int) -> IsicOrder:
         assert self.cipher is not None
-        subject = self.subjects.resolve(event.email, None, create=True)
-        assert subject is not None
+        # New data the person gave: it brings an erased subject back, with nothing old.
+        subject = self.subjects.resolve(event.email, None)
         password = event.phone_password.get_secret_value().encode() if event.phone_password else None
         order = IsicOrder(
             order_ref=event.order_id, subject_id=subject.id, seq=seq,
@@ -197,4 +216,3 @@ class IsicStore(ReceiptStore):
             action, "recorded", subject=self.pseudonyms[order.subject_id],
             detail=f"order={order.order_ref}",
         )  # fmt: skip
-

@@ -16,6 +16,7 @@ from sqlmodel import Field, Session, SQLModel, select
 from models.audit import AuditEvent
 from models.consent import event_key
 from models.cursors import next_seq
+from models.intake_types import Applied
 from models.subject_index import SubjectIndex
 from models.subjects import DataSubject
 from models.types import UTCDateTime
@@ -31,6 +32,7 @@ class IntakeReceipt(SQLModel, table=True):
 
 
 def seen(session: Session, keys: Iterable[str]) -> set[str]:
+    """Those of `keys` that have a receipt."""
     keys = list(keys)
     if not keys:
         return set()
@@ -85,20 +87,32 @@ class ReceiptStore:
         self.records[getattr(record, self.ref_column)] = record
         self.pseudonyms[record.subject_id] = pseudonym
 
-    def apply(self, event) -> tuple[str, AuditEvent | None]:
-        """The line's outcome and its audit event; a subclass raises ValueError to reject."""
+    def apply(self, event) -> Applied:
+        """The line's outcome, audit event and reason; a subclass raises ValueError to reject
+        (NotYetKnown when the record it names is not known yet)."""
         seq, self.seq = self.seq, self.seq + 1
         key = self.keys[id(event)]
         if key in self.seen:
-            return "duplicate", None
-        outcome = self._apply(event, self.records.get(self.ref_of(event)), seq)
-        # Only an applied line makes a later identical one a duplicate.
+            return Applied("duplicate")
+        applied = self._apply(event, self.records.get(self.ref_of(event)), seq)
+        # Only an applied line makes a later identical one a duplicate; one ignored as stale
+        # or erased counts as applied (it is recorded), so importing it again is a duplicate.
         self.seen.add(key)
         self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
-        return outcome
+        return applied
 
-    def _apply(self, event, record, seq: int) -> tuple[str, AuditEvent | None]:
+    def _apply(self, event, record, seq: int) -> Applied:
         raise NotImplementedError
 
     def end_chunk(self) -> None:
         self.session.flush()
+
+
+def ignored(event_type: str, why: str, reason: str, pseudonym: str | None, detail: str = "") -> Applied:
+    """A line recorded and left without effect, with its reason and an audit row.
+
+    `why` is the audit outcome: ``stale`` (older than the decision it would override) or
+    ``erased`` (the person's data was erased; the line restores nothing).
+    """
+    text = f"{event_type} {detail}: {reason}" if detail else f"{event_type}: {reason}"
+    return Applied("unchanged", AuditEvent("intake.ignored", why, subject=pseudonym, detail=text), reason)

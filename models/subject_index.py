@@ -2,11 +2,16 @@
 
 The index is filled per chunk of events with two queries, then answers from memory, so an
 intake of many lines costs a few statements per thousand lines instead of a few per line.
+
+Finding a subject never writes to it. A store that applies a line's data calls ``identify``;
+that is what brings an erased subject back (only with new data the person gave: a new
+sign-up, booking or order dated after the erasure), and it never restores anything old.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 
 from sqlmodel import Session, select
 
@@ -18,12 +23,21 @@ class SubjectMismatch(ValueError):
     """The identifiers given point at two different people; nothing is merged."""
 
 
+def erased_before(subject: DataSubject | None, at: datetime) -> bool:
+    """Whether `subject` is erased and the event at `at` is dated at or before that erasure:
+    such a line is old data the erasure covered, and restores nothing."""
+    return subject is not None and subject.erased_at is not None and at <= subject.erased_at
+
+
 class SubjectIndex:
     def __init__(self, session: Session, key: bytes):
         self.session, self.key = session, key
         self.by_email: dict[str, DataSubject] = {}
         self.by_kvnr: dict[str, DataSubject] = {}
         self.by_pseudonym: dict[str, DataSubject] = {}
+        # Called with an erased subject just before it comes back (``identify``), while its
+        # ``erased_at`` is still set: the consent store keeps that cut in the history then.
+        self.on_revive: list[Callable[[DataSubject], None]] = []
 
     def prefetch(self, pairs: Iterable[tuple[str, str | None]]) -> list[DataSubject]:
         """Load the subjects of these (e-mail, insurance number) pairs; returns the new ones."""
@@ -62,8 +76,9 @@ class SubjectIndex:
         if subject.insurance_number:
             self.by_kvnr[subject.insurance_number] = subject
 
-    def resolve(self, email: str, kvnr: str | None, create: bool) -> DataSubject | None:
-        """The subject with this e-mail (and insurance number), created when asked to.
+    def find(self, email: str, kvnr: str | None) -> DataSubject | None:
+        """The subject with this e-mail (or insurance number, or the pseudonym of the e-mail,
+        which is all an erased subject keeps), or None. Writes nothing.
 
         Raises SubjectMismatch when the two identifiers belong to different people.
         """
@@ -74,16 +89,39 @@ class SubjectIndex:
             raise SubjectMismatch("insurance number is registered with another e-mail address")
         if kvnr and by_email and by_email.insurance_number not in (None, kvnr):
             raise SubjectMismatch("e-mail address is registered with another insurance number")
-        subject = by_email or by_kvnr
+        return by_email or by_kvnr or self.by_pseudonym.get(pseudonym(self.key, "email", email))
+
+    def create(self, email: str, kvnr: str | None, identified: bool = True) -> DataSubject:
+        """A new subject; with `identified` False it holds only the pseudonym of the address
+        (a withdrawal from someone we know nothing about needs no more)."""
+        subject = DataSubject(pseudonym=pseudonym(self.key, "email", email))
+        self.session.add(subject)
+        if identified:
+            self.identify(subject, email, kvnr)
+        self._remember(subject)
+        return subject
+
+    def identify(self, subject: DataSubject, email: str, kvnr: str | None) -> None:
+        """Give the subject the identifiers of a line whose data is being applied.
+
+        Only fills what is missing. An erased subject comes back here, and only here: its
+        ``erased_at`` is cleared once the ``on_revive`` hooks have kept the cut.
+        """
+        if subject.erased_at is not None:
+            for hook in self.on_revive:
+                hook(subject)
+            subject.erased_at = None
+        if subject.email is None:
+            subject.email = email
+        if kvnr and subject.insurance_number is None:
+            subject.insurance_number = kvnr
+        self._remember(subject)
+
+    def resolve(self, email: str, kvnr: str | None) -> DataSubject:
+        """The subject of a line that brings new data (a booking, an order): found and
+        identified, or created. The caller has checked ``erased_before`` first."""
+        subject = self.find(email, kvnr)
         if subject is None:
-            subject = self.by_pseudonym.get(pseudonym(self.key, "email", email))
-        if subject is None and create:
-            subject = DataSubject(pseudonym=pseudonym(self.key, "email", email), email=email)
-            self.session.add(subject)
-        if subject is not None:
-            if subject.email is None:  # new, or erased earlier and now back
-                subject.email, subject.erased_at = email, None
-            if kvnr and subject.insurance_number is None:
-                subject.insurance_number = kvnr
-            self._remember(subject)
+            return self.create(email, kvnr)
+        self.identify(subject, email, kvnr)
         return subject

@@ -1,4 +1,5 @@
-"""The double-opt-in state machine and the calendar-day expiry in Europe/Berlin."""
+"""The double-opt-in state machine (a record is the replay of its history, by event time)
+and the calendar-day expiry in Europe/Berlin."""
 
 from __future__ import annotations
 
@@ -9,19 +10,39 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from models.consent import (
+    ENDED,
     ConsentRecord,
     ConsentState,
     EventKind,
+    Step,
     TransitionError,
-    apply_confirm,
     apply_expire,
-    apply_signup,
     apply_withdraw,
+    cut_of,
     expiry_due,
+    replay,
+    settle,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
 T0 = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
+
+
+def signup(at: datetime = T0, ip: str = "192.0.2.1", key: str | None = None) -> Step:
+    return Step("signup", at, key or f"s{at.isoformat()}{ip}", ip=ip, source="https://example.de/nl",
+                policy_version="2026-01")  # fmt: skip
+
+
+def confirm(at: datetime = T0 + timedelta(hours=1), ip: str = "192.0.2.2") -> Step:
+    return Step("confirm", at, f"c{at.isoformat()}{ip}", ip=ip)
+
+
+def withdraw(at: datetime = T0 + timedelta(days=3), channel: str = "portal") -> Step:
+    return Step("withdraw", at, f"w{at.isoformat()}{channel}", channel=channel)
+
+
+def expire(at: datetime = T0 + timedelta(days=31)) -> Step:
+    return Step("expire", at, f"x{at.isoformat()}")
 
 
 def record() -> ConsentRecord:
@@ -31,136 +52,149 @@ def record() -> ConsentRecord:
     )  # fmt: skip
 
 
-def signed_up(at: datetime = T0) -> ConsentRecord:
-    r = record()
-    apply_signup(r, at, "192.0.2.1", "https://example.de/nl", "2026-01", 1, "k-signup")
-    return r
-
-
-def confirmed(at: datetime = T0 + timedelta(hours=1)) -> ConsentRecord:
-    r = signed_up()
-    apply_confirm(r, at, "192.0.2.2", 2, "k-confirm")
-    return r
-
-
-def test_signup_makes_a_pending_record_and_an_event():
-    r = record()
-    event = apply_signup(r, T0, "192.0.2.1", "https://example.de/nl", "2026-01", 7, "k1")
-    assert r.state == ConsentState.pending
-    assert (r.signup_at, r.signup_ip, r.change_seq) == (T0, "192.0.2.1", 7)
-    assert (r.source, r.policy_version) == ("https://example.de/nl", "2026-01")
-    assert event.kind == EventKind.signup
-    assert (event.consent_id, event.at, event.ip, event.dedupe_key) == (r.id, T0, "192.0.2.1", "k1")
+def test_a_signup_is_pending_with_its_proof():
+    d = replay([signup()])
+    assert d.state == ConsentState.pending
+    assert (d.signup_at, d.signup_ip, d.source, d.policy_version) == (
+        T0, "192.0.2.1", "https://example.de/nl", "2026-01",
+    )  # fmt: skip
+    assert d.confirm_at is None and d.decided == signup()
 
 
 def test_pending_confirmed_withdrawn():
-    r = signed_up()
-    at_confirm = T0 + timedelta(minutes=10)
-    event = apply_confirm(r, at_confirm, "192.0.2.2", 2, "k2")
-    assert r.state == ConsentState.confirmed
-    assert (r.confirm_at, r.confirm_ip, r.change_seq) == (at_confirm, "192.0.2.2", 2)
-    assert (event.kind, event.ip) == (EventKind.confirm, "192.0.2.2")
-
-    at_withdraw = T0 + timedelta(days=3)
-    event = apply_withdraw(r, at_withdraw, "portal", 3, "k3")
-    assert r.state == ConsentState.withdrawn
-    assert (r.withdrawn_at, r.withdraw_channel, r.change_seq) == (at_withdraw, "portal", 3)
-    assert (event.kind, event.channel) == (EventKind.withdraw, "portal")
+    d = replay([signup(), confirm()])
+    assert d.state == ConsentState.confirmed
+    assert (d.confirm_at, d.confirm_ip) == (T0 + timedelta(hours=1), "192.0.2.2")
+    d = replay([signup(), confirm(), withdraw()])
+    assert d.state == ConsentState.withdrawn
+    assert (d.withdrawn_at, d.withdraw_channel) == (T0 + timedelta(days=3), "portal")
+    # the proof of the consent that stood stays with the withdrawn record
+    assert (d.signup_ip, d.confirm_ip) == ("192.0.2.1", "192.0.2.2")
 
 
 def test_pending_can_be_withdrawn():
-    r = signed_up()
-    assert apply_withdraw(r, T0 + timedelta(hours=1), "email", 2, "k2") is not None
-    assert r.state == ConsentState.withdrawn
+    assert replay([signup(), withdraw(T0 + timedelta(hours=1))]).state == ConsentState.withdrawn
 
 
-def test_confirm_without_signup_raises():
-    with pytest.raises(TransitionError, match="no sign-up"):
-        apply_confirm(None, T0, "192.0.2.2", 1, "k")
+def test_the_order_events_are_stored_in_does_not_matter():
+    history = [signup(), confirm(), withdraw(), signup(T0 + timedelta(days=4), "192.0.2.8"),
+               confirm(T0 + timedelta(days=4, minutes=5), "192.0.2.9")]  # fmt: skip
+    expected = replay(history)
+    assert expected.state == ConsentState.confirmed and expected.signup_ip == "192.0.2.8"
+    for shift in range(len(history)):
+        assert replay(history[shift:] + history[:shift]) == expected
+        assert replay(list(reversed(history[shift:] + history[:shift]))) == expected
 
 
-@pytest.mark.parametrize("final", ["withdrawn", "expired"])
-def test_confirm_of_ended_signup_raises(final):
-    r = signed_up()
-    if final == "withdrawn":
-        apply_withdraw(r, T0 + timedelta(hours=1), "email", 2, "k2")
-    else:
-        apply_expire(r, T0 + timedelta(days=31), "k2")
-    before = (r.state, r.change_seq, r.confirm_at)
-    with pytest.raises(TransitionError, match="new sign-up is needed"):
-        apply_confirm(r, T0 + timedelta(days=40), "192.0.2.2", 9, "k9")
-    assert (r.state, r.change_seq, r.confirm_at) == before
+def test_a_confirmation_needs_a_signup_before_it():
+    assert replay([confirm(T0 - timedelta(seconds=1)), signup()]).state == ConsentState.pending
+    assert replay([confirm(T0), signup(T0)]).state == ConsentState.confirmed  # the same instant
 
 
-def test_confirm_before_signup_raises():
-    r = signed_up()
-    with pytest.raises(TransitionError, match="earlier than the sign-up"):
-        apply_confirm(r, T0 - timedelta(seconds=1), "192.0.2.2", 2, "k2")
-    assert r.state == ConsentState.pending
-    assert r.confirm_at is None
+def test_a_confirmation_after_a_withdrawal_does_not_revive_its_signup():
+    # The link in an old mail, clicked after the person withdrew.
+    d = replay([signup(), withdraw(T0 + timedelta(minutes=30)), confirm(T0 + timedelta(hours=1))])
+    assert d.state == ConsentState.withdrawn and d.confirm_at is None
 
 
-def test_confirm_at_the_signup_instant_is_allowed():
-    r = signed_up()
-    assert apply_confirm(r, T0, "192.0.2.2", 2, "k2") is not None
+def test_a_signup_after_a_withdrawal_needs_a_new_confirmation():
+    d = replay([signup(), confirm(), withdraw(T0 + timedelta(days=1)), signup(T0 + timedelta(days=1, seconds=1))])
+    assert d.state == ConsentState.pending
+    assert d.confirm_at is None and d.withdrawn_at is None
 
 
-def test_repeated_confirm_changes_nothing():
-    r = confirmed()
-    before = (r.confirm_at, r.confirm_ip, r.change_seq)
-    assert apply_confirm(r, T0 + timedelta(days=1), "192.0.2.9", 5, "k5") is None
-    assert (r.confirm_at, r.confirm_ip, r.change_seq) == before
+def test_a_withdrawal_at_the_same_instant_wins():
+    assert replay([signup(), withdraw(T0)]).state == ConsentState.withdrawn
+    assert replay([signup(), confirm(T0 + timedelta(hours=1)), withdraw(T0 + timedelta(hours=1))]).state == "withdrawn"
 
 
-def test_withdraw_of_withdrawn_changes_nothing():
-    r = confirmed()
+def test_equal_times_of_one_kind_order_by_key_wherever_they_arrive():
+    a, b = signup(T0, "192.0.2.1", key="a"), signup(T0, "192.0.2.9", key="b")
+    assert replay([a, b]).signup_ip == replay([b, a]).signup_ip == "192.0.2.9"
+
+
+def test_a_withdrawal_without_a_signup_is_kept_and_an_earlier_signup_does_not_subscribe():
+    d = replay([withdraw()])
+    assert d.state == ConsentState.withdrawn and d.signup_at is None
+    d = replay([withdraw(), signup(), confirm()])
+    assert d.state == ConsentState.withdrawn and d.signup_at == T0
+    d = replay([withdraw(), signup(T0 + timedelta(days=4))])
+    assert d.state == ConsentState.pending
+
+
+def test_the_first_withdrawal_of_a_cycle_counts():
     first = T0 + timedelta(days=2)
-    apply_withdraw(r, first, "email", 3, "k3")
-    assert apply_withdraw(r, first + timedelta(days=1), "portal", 4, "k4") is None
-    assert (r.withdrawn_at, r.withdraw_channel, r.change_seq) == (first, "email", 3)
-
-
-def test_withdraw_of_expired_changes_nothing():
-    r = signed_up()
-    apply_expire(r, T0 + timedelta(days=31), "kx")
-    assert apply_withdraw(r, T0 + timedelta(days=32), "email", 4, "k4") is None
-    assert r.state == ConsentState.expired
+    d = replay([signup(), confirm(), withdraw(first + timedelta(days=1), "portal"), withdraw(first, "email")])
+    assert (d.withdrawn_at, d.withdraw_channel) == (first, "email")
 
 
 def test_signup_while_confirmed_changes_nothing():
-    r = confirmed()
-    assert apply_signup(r, T0 + timedelta(days=5), "192.0.2.7", "s", "p", 9, "k9") is None
+    d = replay([signup(), confirm(), signup(T0 + timedelta(days=5), "192.0.2.7")])
+    assert d == replay([signup(), confirm()])
+
+
+def test_signup_again_while_pending_starts_over():
+    d = replay([signup(), signup(T0 + timedelta(days=1), "192.0.2.7")])
+    assert (d.state, d.signup_at, d.signup_ip) == (ConsentState.pending, T0 + timedelta(days=1), "192.0.2.7")
+
+
+def test_an_expiry_ends_the_cycle_and_drops_its_ips():
+    d = replay([signup(), expire()])
+    assert d.state == ConsentState.expired and d.expired_at == T0 + timedelta(days=31)
+    assert d.signup_ip is None and d.source is None and d.signup_at == T0
+    # a confirmation dated before the expiry that arrives after it is older than that decision
+    assert replay([signup(), expire(), confirm()]).state == ConsentState.expired
+    d = replay([signup(), expire(), signup(T0 + timedelta(days=40), "192.0.2.8")])
+    assert (d.state, d.signup_ip, d.expired_at) == (ConsentState.pending, "192.0.2.8", None)
+
+
+def test_events_up_to_an_erasure_do_not_count_and_the_record_stays_as_it_was():
+    erased = T0 + timedelta(days=10)
+    history = [signup(), confirm(), Step(EventKind.erase, erased, "e")]
+    assert cut_of(history) == erased and cut_of([signup()], erased) == erased
+    assert replay(history, cut_of(history)).state == ENDED
+    assert replay([*history, withdraw(erased + timedelta(days=1))], erased).state == ENDED
+    assert replay([*history, confirm(erased + timedelta(days=1))], erased).state == ENDED
+    d = replay([*history, signup(erased + timedelta(days=1), "192.0.2.8")], erased)
+    assert (d.state, d.signup_ip, d.confirm_at) == (ConsentState.pending, "192.0.2.8", None)
+    # a record begun after the erasure starts from nothing
+    assert replay([withdraw(erased + timedelta(days=1))], erased).state == ConsentState.withdrawn
+
+
+def test_settle_writes_the_proof_and_a_change_number():
+    r = record()
+    settle(r, replay([signup(), confirm()]), 7)
+    assert (r.state, r.signup_ip, r.confirm_ip, r.change_seq) == ("confirmed", "192.0.2.1", "192.0.2.2", 7)
+    r = record()
+    settle(r, replay([withdraw()]), None)
+    assert (r.state, r.signup_at, r.change_seq) == ("withdrawn", T0 + timedelta(days=3), 0)
+
+
+def settled(*steps: Step) -> ConsentRecord:
+    r = record()
+    settle(r, replay(steps), 1)
+    return r
+
+
+def test_apply_withdraw_ends_a_standing_consent():
+    r = settled(signup(), confirm())
+    at = T0 + timedelta(days=3)
+    event = apply_withdraw(r, at, "newsletter-link", 3, "k3")
+    assert event is not None and (event.kind, event.channel) == (EventKind.withdraw, "newsletter-link")
+    assert (r.state, r.withdrawn_at, r.change_seq) == (ConsentState.withdrawn, at, 3)
+
+
+def test_apply_withdraw_of_an_earlier_cycle_or_of_no_consent_changes_nothing():
+    r = settled(signup(T0 + timedelta(days=5)), confirm(T0 + timedelta(days=5, hours=1)))
+    assert apply_withdraw(r, T0 + timedelta(days=4), "newsletter-link", 3, "k3") is None
     assert r.state == ConsentState.confirmed
-    assert r.signup_at == T0
-
-
-def test_resignup_after_withdrawal_starts_a_new_cycle():
-    r = confirmed()
-    apply_withdraw(r, T0 + timedelta(days=2), "newsletter-link", 3, "k3")
-    again = T0 + timedelta(days=10)
-    event = apply_signup(r, again, "192.0.2.8", "https://example.de/nl2", "2026-02", 4, "k4")
-    assert event is not None and event.kind == EventKind.signup
-    assert r.state == ConsentState.pending
-    assert (r.signup_at, r.signup_ip, r.policy_version) == (again, "192.0.2.8", "2026-02")
-    assert r.confirm_at is None and r.confirm_ip is None
-    assert r.withdrawn_at is None and r.withdraw_channel is None
-    # and the new cycle can be confirmed again
-    assert apply_confirm(r, again + timedelta(minutes=5), "192.0.2.8", 5, "k5") is not None
-    assert r.state == ConsentState.confirmed
-
-
-def test_resignup_after_expiry_starts_a_new_cycle():
-    r = signed_up()
-    apply_expire(r, T0 + timedelta(days=31), "kx")
-    again = T0 + timedelta(days=40)
-    assert apply_signup(r, again, "192.0.2.8", "s", "p", 4, "k4") is not None
-    assert r.state == ConsentState.pending
-    assert r.expired_at is None
-    assert (r.signup_at, r.signup_ip) == (again, "192.0.2.8")
+    r = settled(signup(), withdraw())
+    assert apply_withdraw(r, T0 + timedelta(days=4), "email", 4, "k4") is None
+    assert r.withdrawn_at == T0 + timedelta(days=3)
 
 
 def test_expire_drops_ips_and_source():
-    r = signed_up()
+    r = settled(signup())
     at = T0 + timedelta(days=31)
     event = apply_expire(r, at, "kx")
     assert r.state == ConsentState.expired
@@ -173,12 +207,8 @@ def test_expire_drops_ips_and_source():
 
 @pytest.mark.parametrize("state", ["confirmed", "withdrawn", "expired"])
 def test_expire_only_from_pending(state):
-    r = confirmed()
-    if state == "withdrawn":
-        apply_withdraw(r, T0 + timedelta(days=1), "email", 3, "k3")
-    elif state == "expired":
-        r = signed_up()
-        apply_expire(r, T0 + timedelta(days=31), "kx")
+    steps = {"confirmed": [signup(), confirm()], "withdrawn": [signup(), withdraw()], "expired": [signup(), expire()]}
+    r = settled(*steps[state])
     with pytest.raises(TransitionError, match="only pending"):
         apply_expire(r, T0 + timedelta(days=60), "ky")
     assert r.state == state

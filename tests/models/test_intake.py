@@ -105,10 +105,24 @@ def test_same_line_twice_in_one_file_is_a_duplicate(settings):
     assert counts() == {"data_subject": 1, "consent": 1, "consent_event": 1}
 
 
-def test_withdraw_without_record_is_unchanged(settings):
+def test_withdraw_without_record_is_unchanged_and_kept_under_the_pseudonym_only(settings):
     results = run(settings, withdraw(email="nobody@example.de"))
-    assert [r.outcome for r in results] == ["unchanged"]
-    assert counts() == {"data_subject": 0, "consent": 0, "consent_event": 0}
+    assert [(r.outcome, r.reason) for r in results] == [
+        ("unchanged", "no sign-up for this list; the withdrawal is kept"),
+    ]
+    assert counts() == {"data_subject": 1, "consent": 1, "consent_event": 1}
+    with transaction() as session:
+        subject = session.exec(select(DataSubject)).one()
+        record = session.exec(select(ConsentRecord)).one()
+    assert subject.pseudonym and subject.email is None and subject.first_name is None
+    assert (record.state, record.change_seq, record.signup_ip) == (ConsentState.withdrawn, 0, None)
+    # so a sign-up dated before it, arriving later, does not subscribe the person
+    results = run(settings, signup(email="nobody@example.de", at=(NOW - timedelta(hours=2)).isoformat()),
+                  confirm(email="nobody@example.de"))  # fmt: skip
+    assert [r.outcome for r in results] == ["stored", "stored"]  # the proof, of a consent that ended
+    with transaction() as session:
+        record = session.exec(select(ConsentRecord)).one()
+    assert (record.state, record.signup_ip, record.confirm_ip) == (ConsentState.withdrawn, "192.0.2.10", "192.0.2.11")
 
 
 def _with(event: dict, **changes) -> dict:
@@ -273,5 +287,18 @@ def test_signup_again_after_erasure(settings):
 
 
 def test_line_rejected_earlier_is_not_a_duplicate_later(settings):
-    results = run(settings, confirm(), signup(), confirm())
-    assert [r.outcome for r in results] == ["rejected", "stored", "stored"]
+    assert [(r.outcome, r.reason) for r in run(settings, confirm())] == [
+        ("rejected", "no sign-up to confirm for this list"),
+    ]
+    assert [r.outcome for r in run(settings, signup(), confirm())] == ["stored", "stored"]
+
+
+def test_a_confirmation_above_its_signup_in_the_file_applies(settings):
+    results = run(settings, confirm(), withdraw(email="max@example.de"), signup(), signup(email="max@example.de"))
+    assert [r.outcome for r in results] == ["stored", "unchanged", "stored", "stored"]
+    with transaction() as session:
+        states = {s.email: r.state for r, s in session.exec(
+            select(ConsentRecord, DataSubject).join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
+        )}  # fmt: skip
+    # Max withdrew 30 minutes after signing up: the withdrawal above the sign-up still counts.
+    assert states == {"erika.mustermann@example.de": ConsentState.confirmed, "max@example.de": ConsentState.withdrawn}
