@@ -27,6 +27,7 @@ from connectors.transport import (
     FatalError,
     HttpClient,
     http_options as http_options_from,
+    path,
     token_client,
 )
 
@@ -104,7 +105,7 @@ class CleverReach:
 
         def fetch(plain: HttpClient) -> tuple[str, float]:
             body = plain.request(
-                "oauth.token", "POST", "/oauth/token.php",
+                "oauth.token", "POST", path("oauth", "token.php"),
                 auth=(client_id, client_secret), json={"grant_type": "client_credentials"},
             ).json()  # fmt: skip
             return body["access_token"], float(body.get("expires_in", 3600))
@@ -114,7 +115,8 @@ class CleverReach:
 
     # groups -------------------------------------------------------------------------
     def groups(self) -> list[dict]:
-        return self.http.request("groups.list", "GET", "/groups.json").json()
+        """Every group of the account."""
+        return self.http.request("groups.list", "GET", path("groups.json")).json()
 
     # receivers ----------------------------------------------------------------------
     def upsert(self, group_id: str, list_name: str, receivers: Sequence[dict]) -> list[dict]:
@@ -132,7 +134,7 @@ class CleverReach:
             # orjson: the upsert is the bulk of the traffic, and the stdlib's encoder and
             # decoder cost more client time per call than the rest of the call together.
             response = self.http.request(
-                "receivers.upsert", "POST", f"/groups.json/{group_id}/receivers/upsertplus",
+                "receivers.upsert", "POST", path("groups.json", group_id, "receivers", "upsertplus"),
                 data=orjson.dumps(batch), headers=_JSON, expect=(413,), items=len(batch),
             )  # fmt: skip
             if response.status_code == 413:
@@ -147,7 +149,7 @@ class CleverReach:
     def get_receiver(self, group_id: str, email_or_id: str) -> dict | None:
         """The receiver, or None when CleverReach does not hold it (404 or empty list)."""
         response = self.http.request(
-            "receivers.get", "GET", f"/groups.json/{group_id}/receivers/{email_or_id}",
+            "receivers.get", "GET", path("groups.json", group_id, "receivers", email_or_id),
             expect=(404,),
         )  # fmt: skip
         if response.status_code == 404:
@@ -163,7 +165,7 @@ class CleverReach:
         """Every receiver of a group, page by page (0-based) until a short page."""
         for page in range(max_pages):
             rows = self.http.request(
-                "receivers.list", "GET", f"/groups.json/{group_id}/receivers",
+                "receivers.list", "GET", path("groups.json", group_id, "receivers"),
                 params={"page": page, "pagesize": page_size, "type": kind},
             ).json()  # fmt: skip
             yield from rows
@@ -175,14 +177,14 @@ class CleverReach:
         """Stop mailing at once. False when the receiver is not there (nothing to stop)."""
         response = self.http.request(
             "receivers.deactivate", "PUT",
-            f"/groups.json/{group_id}/receivers/{email_or_id}/deactivate", expect=(404,),
+            path("groups.json", group_id, "receivers", email_or_id, "deactivate"), expect=(404,),
         )  # fmt: skip
         return response.status_code != 404
 
     def delete(self, group_id: str, email_or_id: str) -> bool:
         """Remove the receiver from the group. False when it was already gone."""
         response = self.http.request(
-            "receivers.delete", "DELETE", f"/groups.json/{group_id}/receivers/{email_or_id}",
+            "receivers.delete", "DELETE", path("groups.json", group_id, "receivers", email_or_id),
             expect=(404,),
         )  # fmt: skip
         return response.status_code != 404
@@ -192,7 +194,7 @@ class CleverReach:
         for start in range(0, len(emails), self.batch_size):
             batch = list(emails[start : start + self.batch_size])
             self.http.request(
-                "receivers.bulk_delete", "POST", "/receivers/delete.json",
+                "receivers.bulk_delete", "POST", path("receivers", "delete.json"),
                 json={"receivers": batch}, items=len(batch),
             )  # fmt: skip
         return len(emails)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 import requests
 
@@ -38,6 +37,7 @@ from connectors.transport import (
     HttpClient,
     ProcessorError,
     http_options as http_options_from,
+    path,
     refuse_unlisted,
     token_client,
 )
@@ -57,11 +57,6 @@ def check_allowed(fields: Mapping[str, Any]) -> None:
     refuse_unlisted(fields, ALLOWED_FIELDS, "Flexperto")
 
 
-
-def _segment(value: str | int) -> str:
-    return quote(str(value), safe="")
-
-
 class Flexperto:
     """One Flexperto tenant. Plain methods; results are the API's JSON, errors the two kinds."""
 
@@ -77,7 +72,7 @@ class Flexperto:
 
         def fetch(plain: HttpClient) -> tuple[str, float]:
             response = plain.request(
-                "auth.token", "POST", "/api/v2/oauth/token",
+                "auth.token", "POST", path("api", "v2", "oauth", "token"),
                 auth=(client_id, client_secret), data={"grant_type": "client_credentials"},
             )  # fmt: skip
             body = response.json()
@@ -98,27 +93,23 @@ class Flexperto:
         body = {"external_id": external_id, "email": email, "phone": phone}
         body = {key: value for key, value in body.items() if value is not None}
         check_allowed(body)
-        for _ in range(2):
-            try:
-                response = self.http.request(
-                    "customers.create", "POST", "/api/v2/customers", json=body,
-                    idempotent=False, expect=(409,), items=1,
-                )  # fmt: skip
-            except ProcessorError as exc:
-                if not exc.outcome_unknown:
-                    raise
-            else:
-                if response.status_code != 409:
-                    return str(response.json()["id"])
+        def find() -> str | None:
             found = self.find_customer(external_id)
-            if found is not None:
-                return str(found["id"])
-        raise FatalError(PROCESSOR, "customers.create", 404, reason="not found after create")
+            return str(found["id"]) if found is not None else None
+
+        return self.http.create_or_find(
+            "customers.create",
+            lambda: self.http.request("customers.create", "POST", path("api", "v2", "customers"), json=body,
+                                      idempotent=False, expect=(409,), items=1),
+            find,
+            lambda response: str(response.json()["id"]),
+        )  # fmt: skip
 
     def find_customer(self, external_id: str) -> dict | None:
         """The customer with our `external_id`, or None."""
         items = self.http.request(
-            "customers.lookup", "GET", "/api/v2/customers", params={"external_id": external_id}
+            "customers.lookup", "GET", path("api", "v2", "customers"),
+            params={"external_id": external_id},
         ).json()["items"]
         # Matched here too: a server that ignored the filter must not hand us a stranger.
         return next((c for c in items if str(c.get("external_id")) == external_id), None)
@@ -126,14 +117,14 @@ class Flexperto:
     def get_customer(self, customer_id: str) -> dict | None:
         """The customer, or None when Flexperto does not hold it."""
         response = self.http.request(
-            "customers.get", "GET", f"/api/v2/customers/{_segment(customer_id)}", expect=(404,)
+            "customers.get", "GET", path("api", "v2", "customers", customer_id), expect=(404,)
         )
         return None if response.status_code == 404 else response.json()
 
     def delete_customer(self, customer_id: str) -> bool:
         """Delete the customer record only (archives stay: see ``purge``). False if gone."""
         response = self.http.request(
-            "customers.delete", "DELETE", f"/api/v2/customers/{_segment(customer_id)}",
+            "customers.delete", "DELETE", path("api", "v2", "customers", customer_id),
             expect=(404,),
         )  # fmt: skip
         return response.status_code != 404
@@ -142,7 +133,7 @@ class Flexperto:
     def archives(self, customer_id: str) -> list[dict]:
         """The customer's chat and recording archives."""
         items = self.http.request(
-            "archives.list", "GET", "/api/v2/archives", params={"customer_id": customer_id}
+            "archives.list", "GET", path("api", "v2", "archives"), params={"customer_id": customer_id}
         ).json()["items"]
         # Deleting what a server returned for an ignored filter would erase other people's data.
         for item in items:
@@ -153,7 +144,7 @@ class Flexperto:
     def delete_archive(self, archive_id: str) -> bool:
         """Delete one archive. False when it was already gone."""
         response = self.http.request(
-            "archives.delete", "DELETE", f"/api/v2/archives/{_segment(archive_id)}",
+            "archives.delete", "DELETE", path("api", "v2", "archives", archive_id),
             expect=(404,),
         )  # fmt: skip
         return response.status_code != 404

@@ -54,6 +54,7 @@ from connectors.transport import (
     ProcessorError,
     RetriableError,
     http_options as http_options_from,
+    path,
     refuse_unlisted,
     token_client,
 )
@@ -126,7 +127,7 @@ class Isic:
 
         def fetch(plain: HttpClient) -> tuple[str, float]:
             response = plain.request(
-                "auth.token", "POST", "/auth/token",
+                "auth.token", "POST", path("auth", "token"),
                 json={"clientId": client_id, "clientSecret": client_secret},
             )  # fmt: skip
             body = _json(response, "auth.token")
@@ -170,7 +171,7 @@ class Isic:
         }
         check_allowed(body)
         response = self.http.request(
-            "cardholders.set", "POST", "/cardholders.set", json=body, items=1
+            "cardholders.set", "POST", path("cardholders.set"), json=body, items=1
         )
         return _json(response, "cardholders.set")
 
@@ -185,7 +186,7 @@ class Isic:
         if not photo.startswith(PHOTO_MAGIC[media_type]):
             raise ValueError(f"photo is not {media_type}")
         response = self.http.request(
-            "cardholders.setPhoto", "POST", "/cardholders.setPhoto",
+            "cardholders.setPhoto", "POST", path("cardholders.setPhoto"),
             data={"cardholderId": cardholder_id}, files={"photo": (filename, photo, media_type)},
             items=1,
         )  # fmt: skip
@@ -198,7 +199,7 @@ class Isic:
     def get_cardholder(self, cardholder_id: str) -> dict | None:
         """The cardholder, or None when the issuer does not hold it."""
         response = self.http.request(
-            "cardholders.get", "POST", "/cardholders.get",
+            "cardholders.get", "POST", path("cardholders.get"),
             json={"cardholderId": cardholder_id}, expect=(404,),
         )  # fmt: skip
         return None if response.status_code == 404 else _json(response, "cardholders.get")
@@ -209,7 +210,7 @@ class Isic:
         The erasure happens later; record it only once ``deletion_verified`` says so.
         """
         response = self.http.request(
-            "cardholders.delete", "POST", "/cardholders.delete",
+            "cardholders.delete", "POST", path("cardholders.delete"),
             json={"cardholderId": cardholder_id}, expect=(404,), items=1,
         )  # fmt: skip
         return "gone" if response.status_code == 404 else "pending"
@@ -228,7 +229,7 @@ class Isic:
     def cards(self, cardholder_id: str) -> list[dict]:
         """The cardholder's cards, of every type and status."""
         response = self.http.request(
-            "cards.list", "POST", "/cards.list", json={"cardholderId": cardholder_id}
+            "cards.list", "POST", path("cards.list"), json={"cardholderId": cardholder_id}
         )
         body = _json(response, "cards.list")
         cards = body.get("cards") if isinstance(body, dict) else None
@@ -265,7 +266,7 @@ class Isic:
         for _ in range(2):
             try:
                 response = self.http.request(
-                    "cards.request", "POST", "/cards.request",
+                    "cards.request", "POST", path("cards.request"),
                     json={"cardholderId": cardholder_id, "cardType": CARD_TYPE},
                     idempotent=False, items=1,
                 )  # fmt: skip
@@ -288,7 +289,7 @@ class Isic:
     def void_card(self, card_number: str) -> dict:
         """Set the card to VOIDED (repeating it is harmless); returns the card."""
         response = self.http.request(
-            "cards.changeStatus", "POST", "/cards.changeStatus",
+            "cards.changeStatus", "POST", path("cards.changeStatus"),
             json={"cardNumber": card_number, "status": VOIDED}, items=1,
         )  # fmt: skip
         return _json(response, "cards.changeStatus")

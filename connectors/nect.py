@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import quote
 
 import requests
 from requests.auth import AuthBase
@@ -43,6 +42,7 @@ from connectors.transport import (
     ProcessorError,
     RetriableError,
     http_options as http_options_from,
+    path,
 )
 
 PROCESSOR = "nect"
@@ -91,10 +91,6 @@ def _json(response: requests.Response, op: str) -> Any:
         raise FatalError(PROCESSOR, op, response.status_code, reason="not JSON") from None
 
 
-def _segment(value: str) -> str:
-    return quote(str(value), safe="")
-
-
 class Nect:
     """Nect's case API. Plain methods; results are the API's JSON, errors the two kinds.
 
@@ -127,7 +123,7 @@ class Nect:
         for _ in range(2):
             try:
                 response = self.http.request(
-                    "cases.create", "POST", "/v1/cases", json={"reference": reference},
+                    "cases.create", "POST", path("v1", "cases"), json={"reference": reference},
                     idempotent=False, expect=(409,), items=1,
                 )  # fmt: skip
             except ProcessorError as exc:
@@ -156,7 +152,7 @@ class Nect:
         """The case for our pseudonymous `reference`, or None."""
         check_reference(reference)
         response = self.http.request(
-            "cases.lookup", "GET", "/v1/cases", params={"reference": reference}
+            "cases.lookup", "GET", path("v1", "cases"), params={"reference": reference}
         )
         body = _json(response, "cases.lookup")
         items = body.get("items") if isinstance(body, dict) else None
@@ -169,7 +165,7 @@ class Nect:
     def get_case(self, case_uuid: str) -> dict | None:
         """The case, or None when Nect does not hold it."""
         response = self.http.request(
-            "cases.get", "GET", f"/v1/cases/{_segment(case_uuid)}", expect=(404,)
+            "cases.get", "GET", path("v1", "cases", case_uuid), expect=(404,)
         )
         return None if response.status_code == 404 else _json(response, "cases.get")
 
@@ -179,7 +175,7 @@ class Nect:
         The erasure happens later; record it only once ``deletion_verified`` says so.
         """
         response = self.http.request(
-            "cases.delete", "DELETE", f"/v1/cases/{_segment(case_uuid)}", expect=(404,), items=1
+            "cases.delete", "DELETE", path("v1", "cases", case_uuid), expect=(404,), items=1
         )
         return "gone" if response.status_code == 404 else "pending"
 

@@ -14,7 +14,8 @@
   ``GET|PATCH /v1/appointments/{id}[?external=1]``, ``GET /v1/appointments?from_date&to_date``
   (span ≤ 365 days), ``POST /v1/appointments/delete/bulk {"ids", "has_notify_customers"}``.
 - Fields it may receive: ``ALLOWED_FIELDS`` (seed 001's list; the concern, "Beratungsanliegen",
-  travels as appointment ``notes``). Personal data go as ``customfields [{id, value}]``.
+  travels as appointment ``notes``). Personal data go as ``customfields [{id, value}]``;
+  of insurance number and birth date only one, the number when both are given.
 - Create-or-update: a create carries our ``externalId``; TIMIFY refuses a second one with 409.
   After a 409, or when the answer to a create was lost, the record is addressed by our id
   (``?external=1``) before anything is created again, so nothing is created twice.
@@ -37,25 +38,27 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import quote
-from zoneinfo import ZoneInfo
 
 import requests
 
 from connectors.transport import (
+    EncodedPath,
     FatalError,
     HttpClient,
     ProcessorError,
     http_options as http_options_from,
+    path,
     refuse_unlisted,
     token_client,
 )
+# The booking intake checks a start with this same function, so it never takes in a start
+# the push refuses. models.types is the bottom layer; nothing in models imports connectors.
+from models.types import berlin_wall_clock
 
 PROCESSOR = "timify"
 PAGE_SIZE = 100
 DELETE_BATCH = 100
 MAX_SPAN = timedelta(days=365)
-BERLIN = ZoneInfo("Europe/Berlin")
 
 ALLOWED_FIELDS = frozenset(
     {"salutation", "first_name", "last_name", "phone", "email", "insurance_number", "birth_date"}
@@ -87,20 +90,42 @@ def check_allowed(fields: Mapping[str, Any]) -> None:
     refuse_unlisted(fields, ALLOWED_FIELDS, "TIMIFY customers")
 
 
+def one_identifier(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The customer's fields with one identifier: the insurance number if given, else the
+    birth date.
+
+    Seed 001 identifies a customer by the insurance number or the birth date. The number is
+    unique and the birth date is not, so with both given TIMIFY gets the number only: the
+    least data that does the job (Art. 5(1)(c) GDPR).
+
+    >>> one_identifier({"email": "a@b.de", "insurance_number": "A123456780",
+    ...                 "birth_date": date(1980, 5, 17)})
+    {'email': 'a@b.de', 'insurance_number': 'A123456780'}
+    """
+    if fields.get("insurance_number"):
+        return {name: value for name, value in fields.items() if name != "birth_date"}
+    return dict(fields)
+
+
 def berlin_start(dt: datetime) -> str:
     """TIMIFY's ``startDate``: Berlin wall-clock time on the 5-minute grid.
 
+    ValueError for a start off the grid or in the hour that happens twice when the clocks
+    go back: the same check (``models.types.berlin_wall_clock``) the booking intake makes,
+    so a booking that was taken in can always be sent.
+
     >>> berlin_start(datetime(2026, 3, 29, 8, 0, tzinfo=timezone.utc))
     '2026-03-29 10:00'
+    >>> berlin_start(datetime(2026, 3, 29, 8, 3, tzinfo=timezone.utc))
+    Traceback (most recent call last):
+    ...
+    ValueError: start must lie on the 5-minute grid
     """
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError("start must be timezone-aware")
-    local = dt.astimezone(BERLIN)
-    if local.minute % 5 or local.second or local.microsecond:
-        raise ValueError("start must lie on the 5-minute grid")
-    # The hour the clocks go back happens twice; a wall-clock string cannot say which.
-    if local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset():
-        raise ValueError("start is ambiguous in Berlin local time")
+    try:
+        local = berlin_wall_clock(dt)
+    except ValueError as exc:
+        # Named like intake's reasons ("start: ..."): a parked booking or a failed run shows it.
+        raise ValueError(f"start {exc}") from None
     return local.strftime("%Y-%m-%d %H:%M")
 
 
@@ -136,7 +161,7 @@ class Timify:
 
         def fetch(plain: HttpClient) -> tuple[str, float]:
             response = plain.request(
-                "auth.token", "POST", "/v1/auth/token",
+                "auth.token", "POST", path("v1", "auth", "token"),
                 json={"appid": app_id, "appsecret": app_secret},
                 headers={"company-id": company_id},
             )  # fmt: skip
@@ -151,8 +176,8 @@ class Timify:
         return cls(http, company_id)
 
     # plumbing -----------------------------------------------------------------------
-    def _call(self, op: str, method: str, path: str, **kwargs: Any) -> requests.Response:
-        return self.http.request(op, method, path, headers=self.headers, **kwargs)
+    def _call(self, op: str, method: str, where: EncodedPath, **kwargs: Any) -> requests.Response:
+        return self.http.request(op, method, where, headers=self.headers, **kwargs)
 
     def _envelope(self, response: requests.Response, op: str) -> dict:
         """The whole checked envelope; ``status`` must be 1 even on a 2xx."""
@@ -179,18 +204,18 @@ class Timify:
 
     def _get(self, kind: str, record_id: str, external: bool) -> dict | None:
         response = self._call(
-            f"{kind}.get", "GET", f"/v1/{kind}/{quote(record_id, safe='')}",
+            f"{kind}.get", "GET", path("v1", kind, record_id),
             params={"external": 1} if external else None, expect=(404,),
         )  # fmt: skip
         return None if response.status_code == 404 else self._data(response, f"{kind}.get")
 
     def _pages(
-        self, op: str, path: str, params: Mapping[str, Any], page_size: int, max_pages: int
+        self, op: str, where: EncodedPath, params: Mapping[str, Any], page_size: int, max_pages: int
     ) -> Iterator[dict]:
         """Page 1, 2, ... until ``totalPages``, a short page or an empty one."""
         for page in range(1, max_pages + 1):
             response = self._call(
-                op, "GET", path, params={**params, "page": page, "limit": page_size}
+                op, "GET", where, params={**params, "page": page, "limit": page_size}
             )
             body = self._envelope(response, op)
             rows, meta = body.get("data") or [], body.get("meta") or {}
@@ -206,39 +231,33 @@ class Timify:
     ) -> str:
         """Update by TIMIFY id when known; else create, checking by our id before a repeat."""
         if record_id is not None:
-            path = f"/v1/{kind}/{quote(record_id, safe='')}"
-            response = self._call(f"{kind}.update", "PATCH", path, json=update)
+            response = self._call(f"{kind}.update", "PATCH", path("v1", kind, record_id), json=update)
             return self._id(response, f"{kind}.update")
-        by_external = f"/v1/{kind}/{quote(external_id, safe='')}"
-        for _ in range(2):
-            try:
-                response = self._call(
-                    f"{kind}.create", "POST", f"/v1/{kind}", json=create,
-                    idempotent=False, expect=(409,), items=1,
-                )  # fmt: skip
-            except ProcessorError as exc:
-                if not exc.outcome_unknown:
-                    raise
-            else:
-                if response.status_code != 409:
-                    return self._id(response, f"{kind}.create")
-            # Exists already (409) or may exist (answer lost): one PATCH by our id finds and
-            # updates it. After a 404 the create is sent again: should the first one surface
-            # late after all, TIMIFY refuses the duplicate externalId, so it never lands twice.
-            found = self._call(
-                f"{kind}.lookup", "PATCH", by_external, params={"external": 1},
-                json=update, expect=(404,),
-            )  # fmt: skip
-            if found.status_code != 404:
-                return self._id(found, f"{kind}.lookup")
-        raise FatalError(PROCESSOR, f"{kind}.create", 404, reason="not found after create")
+        by_external, collection = path("v1", kind, external_id), path("v1", kind)
+
+        def create_once():
+            return self._call(f"{kind}.create", "POST", collection, json=create,
+                              idempotent=False, expect=(409,), items=1)  # fmt: skip
+
+        def find():
+            # One PATCH by our id finds and updates it. Should a lost create surface late
+            # after a repeat, TIMIFY refuses the duplicate externalId: it never lands twice.
+            found = self._call(f"{kind}.lookup", "PATCH", by_external, params={"external": 1},
+                               json=update, expect=(404,))  # fmt: skip
+            return None if found.status_code == 404 else self._id(found, f"{kind}.lookup")
+
+        return self.http.create_or_find(
+            f"{kind}.create", create_once, find, lambda response: self._id(response, f"{kind}.create")
+        )
 
     # customers ----------------------------------------------------------------------
     def field_ids(self) -> dict[str, str]:
         """Our field name -> TIMIFY customfield id, fetched once per connector."""
         if self._field_ids is None:
             definitions = list(
-                self._pages("customfields.list", "/v1/customers/customfields", {}, PAGE_SIZE, 100)
+                self._pages(
+                    "customfields.list", path("v1", "customers", "customfields"), {}, PAGE_SIZE, 100
+                )
             )
             ids = {}
             for name, (key, wanted) in FIELD_KEYS.items():
@@ -270,12 +289,15 @@ class Timify:
     ) -> str:
         """Create or update one customer; returns TIMIFY's customer id.
 
+        Fields that are None are not sent, and of insurance number and birth date only one
+        is (``one_identifier``).
+
         Example::
 
             tid = timify.upsert_customer("p-4f2a", {"email": "erika@example.de",
                                                     "birth_date": date(1980, 5, 17)})
         """
-        customfields = self._customfields(fields)
+        customfields = self._customfields(one_identifier(fields))
         update = {"customfields": customfields}
         create = {"externalId": external_id, **update}
         return self._upsert("customers", external_id, create, update, customer_id)
@@ -288,12 +310,12 @@ class Timify:
         self, page_size: int = PAGE_SIZE, max_pages: int = 10_000
     ) -> Iterator[dict]:
         """Every customer of the company."""
-        return self._pages("customers.list", "/v1/customers", {}, page_size, max_pages)
+        return self._pages("customers.list", path("v1", "customers"), {}, page_size, max_pages)
 
     def delete_customer(self, customer_id: str, external: bool = False) -> bool:
         """Erase the customer. False when it was already gone."""
         response = self._call(
-            "customers.delete", "DELETE", f"/v1/customers/{quote(customer_id, safe='')}",
+            "customers.delete", "DELETE", path("v1", "customers", customer_id),
             params={"external": 1} if external else None, expect=(404,),
         )  # fmt: skip
         if response.status_code == 404:
@@ -349,7 +371,7 @@ class Timify:
             params = {"from_date": f"{start:%Y-%m-%d}", "to_date": f"{end:%Y-%m-%d}"}
             seen = set()
             for row in self._pages(
-                "appointments.list", "/v1/appointments", params, page_size, max_pages
+                "appointments.list", path("v1", "appointments"), params, page_size, max_pages
             ):
                 seen.add(row["id"])
                 if row["id"] not in previous:
@@ -367,7 +389,7 @@ class Timify:
         for start in range(0, len(ids), DELETE_BATCH):
             batch = ids[start : start + DELETE_BATCH]
             response = self._call(
-                "appointments.delete", "POST", "/v1/appointments/delete/bulk",
+                "appointments.delete", "POST", path("v1", "appointments", "delete", "bulk"),
                 json={"ids": batch, "has_notify_customers": notify_customers}, items=len(batch),
             )  # fmt: skip
             self._envelope(response, "appointments.delete")

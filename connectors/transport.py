@@ -1,13 +1,20 @@
 """The one HTTP layer every connector uses: session, auth, retry, errors, redaction, rate limit.
 
-A connector builds one ``HttpClient`` and calls ``client.request(op, method, path, ...)``.
+A connector builds one ``HttpClient`` and calls ``client.request(op, method, path(...), ...)``.
 ``op`` is a stable operation name ("receivers.upsert"); it, never the URL, is what logs, errors
 and the call log carry, because our URLs contain e-mail addresses.
 
+Paths are built by ``path(*segments)`` only, which percent-encodes every segment on its own;
+``request`` refuses any other string. An id or an address is therefore always one segment,
+whatever it holds (``#``, ``?``, ``/``, ``%`` and spaces are legal in an address's local part),
+and pasting one into a path string is a TypeError at the first call, not a request to the
+wrong resource. Query values go in ``params=`` (requests encodes them).
+
 Example::
 
-    client = HttpClient("cleverreach", "https://rest.cleverreach.com", auth=auth)
-    groups = client.request("groups.list", "GET", "/v3/groups.json").json()
+    client = HttpClient("cleverreach", "https://rest.cleverreach.com/v3", auth=auth)
+    groups = client.request("groups.list", "GET", path("groups.json")).json()
+    client.request("receivers.get", "GET", path("groups.json", gid, "receivers", email))
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
+from typing import TypeVar
 from dataclasses import dataclass
 from typing import Any
 from email.utils import parsedate_to_datetime
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -29,6 +38,7 @@ from requests.auth import AuthBase
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity import stop_after_delay
 
+T = TypeVar("T")
 log = logging.getLogger("psync.http")
 
 USER_AGENT = "processor-sync/0.1"
@@ -93,7 +103,8 @@ def classify(status: int) -> type[ProcessorError] | None:
     return FatalError
 
 
-_EMAIL = re.compile(r"[^\s/@\"']+@[^\s/@\"']+")
+# "%40" too: in a request path or query the address arrives percent-encoded (see `path`).
+_EMAIL = re.compile(r"[^\s/@\"']+(?:@|%40)[^\s/@\"']+")
 _BEARER = re.compile(r"(?i)(bearer\s+|token[\"'=:\s]+|(?:x-)?api[-_]?key[\"'=:\s]+)[A-Za-z0-9._~+/=-]{8,}")
 
 
@@ -104,6 +115,11 @@ def redact(text: str) -> str:
     'GET /receivers/[email] with Bearer [redacted]'
     >>> redact("x-api-key: sandbox-nect-key")
     'x-api-key: [redacted]'
+
+    An address as ``path`` encodes it, as urllib3 logs the request line:
+
+    >>> redact('"DELETE /v3/groups.json/7/receivers/a%2Fb%23c%3Fd%25e%20f%40example.de HTTP/1.1" 404')
+    '"DELETE /v3/groups.json/7/receivers/[email] HTTP/1.1" 404'
     """
     return _BEARER.sub(r"\1[redacted]", _EMAIL.sub("[email]", text))
 
@@ -132,6 +148,46 @@ def refuse_unlisted(fields: Iterable[str], allowed: Collection[str], recipient: 
     for key in fields:
         if key not in allowed:
             raise ValueError(f"field {key} is not allowed for {recipient}")
+
+
+class EncodedPath(str):
+    """A request path made by :func:`path`, every segment percent-encoded.
+
+    The only kind of path ``HttpClient.request`` takes. It is a ``str``, but anything made
+    from it by concatenation or formatting is a plain ``str`` again, so an id appended
+    unencoded is refused rather than sent.
+    """
+
+    __slots__ = ()
+
+
+def path(*segments: str | int) -> EncodedPath:
+    """The request path of these segments, each percent-encoded on its own (nothing safe).
+
+    An id or an e-mail address is one segment whatever it holds: unencoded, ``#`` would end
+    the path, ``?`` start a query, ``/`` add a segment, and the call would reach another
+    resource (a delete answered 404 reads as "already gone"). An empty, ``.`` or ``..``
+    segment is refused: URL normalisation would drop it or climb a level.
+
+    >>> path("groups.json", 7, "receivers", "a/b#c?d%e f@example.de")
+    '/groups.json/7/receivers/a%2Fb%23c%3Fd%25e%20f%40example.de'
+    >>> path("v1", "customers", "..")
+    Traceback (most recent call last):
+    ...
+    ValueError: a path segment may not be empty, "." or ".."
+    """
+    if not segments:
+        raise ValueError("a path needs at least one segment")
+    encoded = []
+    for segment in segments:
+        # bool is an int, and None or an object would be sent as its repr: both are bugs.
+        if isinstance(segment, bool) or not isinstance(segment, (str, int)):
+            raise TypeError(f"a path segment is a str or an int, not {type(segment).__name__}")
+        text = str(segment)
+        if text in ("", ".", ".."):
+            raise ValueError('a path segment may not be empty, "." or ".."')
+        encoded.append(quote(text, safe=""))
+    return EncodedPath("/" + "/".join(encoded))
 
 
 def make_session(pool_size: int = 4) -> requests.Session:
@@ -357,6 +413,55 @@ class HttpClient:
         self.sleep = sleep
         self.calls: list[CallRecord] = []
 
+    def create_or_find(
+        self,
+        op: str,
+        create: Callable[[], requests.Response],
+        find: Callable[[], T | None],
+        created: Callable[[requests.Response], T],
+    ) -> T:
+        """Create a record the processor also knows by our own id: never twice, and retried
+        under the one policy like any other call.
+
+        `create` sends the create once (not idempotent, ``expect=(409,)``); `find` looks the
+        record up by our id (None: not there); `created` reads the answer. A 409 or a create
+        whose outcome is unknown (5xx, no answer) is looked up: found, it is the record; not
+        found, the create is sent again after the policy's backoff, up to its attempts. When
+        they run out, the last real failure is raised with its status (retriable: the record
+        is tried again on the next run), never "not found". A 4xx refuses for good at once.
+
+        Example::
+
+            customer_id = http.create_or_find(
+                "customers.create",
+                lambda: http.request("customers.create", "POST", path("customers"), json=body,
+                                     idempotent=False, expect=(409,)),
+                lambda: find_customer(external_id),
+                lambda response: response.json()["id"],
+            )
+        """
+        last: ProcessorError | None = None
+        for attempt in range(1, self.policy.max_attempts + 1):
+            if attempt > 1:
+                ceiling = min(self.policy.backoff_max, self.policy.backoff_initial * 2 ** (attempt - 2))
+                (self.sleep or pause)(random.uniform(0, ceiling))
+            try:
+                response = create()
+            except ProcessorError as exc:
+                if not exc.outcome_unknown:
+                    raise
+                last = exc
+            else:
+                if response.status_code != 409:
+                    return created(response)
+                last = FatalError(self.processor, op, 409, attempt, reason="exists, but not found by our id")
+            found = find()
+            if found is not None:
+                return found
+        assert last is not None
+        kind = RetriableError if last.outcome_unknown else FatalError
+        raise kind(self.processor, op, last.status, self.policy.max_attempts, reason=last.reason)
+
     def drain_calls(self) -> list[CallRecord]:
         """Calls made since the last drain, for the flow to write to the audit trail."""
         # Cleared in place: the token client of a connector shares this list.
@@ -368,7 +473,7 @@ class HttpClient:
         self,
         op: str,
         method: str,
-        path: str,
+        path: EncodedPath,
         *,
         expect: Collection[int] = (),
         idempotent: bool = True,
@@ -378,8 +483,12 @@ class HttpClient:
         """Send with retries; returns a 2xx response or one whose status is in `expect`.
 
         A non-idempotent call is retried only when it certainly never reached the server
-        (connect timeout) or was turned away (429), so it is never applied twice.
+        (connect timeout) or was turned away (429), so it is never applied twice. `path`
+        comes from :func:`path`; any other string is refused before anything is sent.
         """
+        if not isinstance(path, EncodedPath):
+            # Message without the value: it may hold the very address that was pasted in.
+            raise TypeError("request path must be built with transport.path(...)")
         attempts = 0
         kwargs.setdefault("auth", self.auth)
 

@@ -72,6 +72,9 @@ def _install_drop_log_filter() -> None:
 class RequestLog:
     """The last `size` processor requests as they arrived: method, path, query, headers.
 
+    ``path`` is decoded, as routes see it; ``raw_path`` is what came over the wire, so a
+    test can check how a client percent-encoded an id.
+
     Kept apart from the processors' state (``/_sandbox/state``): paths and headers may hold
     what a client should not have put there, and that is what tests look for here. Bodies
     are not kept.
@@ -86,6 +89,7 @@ class RequestLog:
         self.entries.append({
             "method": scope["method"],
             "path": scope["path"],
+            "raw_path": (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
             "query": scope["query_string"].decode("latin-1"),
             "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
         })  # fmt: skip

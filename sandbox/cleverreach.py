@@ -163,15 +163,15 @@ class CleverReach(Processor):
         add("GET", "/v3/groups/{gid}", get_group)
         add("POST", "/v3/groups/{gid}/receivers/upsertplus", upsertplus)
         add("GET", "/v3/groups/{gid}/receivers", list_receivers)
-        add("PUT", "/v3/groups/{gid}/receivers/{email_or_id}/deactivate", deactivate)
-        add("PUT", "/v3/groups/{gid}/receivers/{email_or_id}/activate", activate)
-        add("GET", "/v3/groups/{gid}/receivers/{email_or_id}", get_receiver)
-        add("DELETE", "/v3/groups/{gid}/receivers/{email_or_id}", delete_receiver)
+        add("PUT", "/v3/groups/{gid}/receivers/{email_or_id:path}/deactivate", deactivate)
+        add("PUT", "/v3/groups/{gid}/receivers/{email_or_id:path}/activate", activate)
+        add("GET", "/v3/groups/{gid}/receivers/{email_or_id:path}", get_receiver)
+        add("DELETE", "/v3/groups/{gid}/receivers/{email_or_id:path}", delete_receiver)
         # Registered before the {email_or_id} routes so "delete" is never
         # taken for an address.
         add("POST", "/v3/receivers/delete", bulk_delete)
-        add("GET", "/v3/receivers/{email_or_id}", get_receiver_anywhere)
-        add("DELETE", "/v3/receivers/{email_or_id}", delete_receiver_everywhere)
+        add("GET", "/v3/receivers/{email_or_id:path}", get_receiver_anywhere)
+        add("DELETE", "/v3/receivers/{email_or_id:path}", delete_receiver_everywhere)
         add("GET", "/v3/attributes", list_attributes)
         add("POST", "/v3/attributes", create_attribute)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,6 +35,18 @@ DEFAULT_CLIENT_ID = "psync-sandbox"
 DEFAULT_CLIENT_SECRET = "sandbox-secret"
 
 Handler = Callable[[Request], Awaitable[object]]
+# A path parameter with a convertor, ``{email_or_id:path}``.
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
+
+
+def counted_as(template: str) -> str:
+    """A route template as its calls are counted and named: without convertors, so a route
+    that takes ``/`` in an id (``{id:path}``) counts under the same key as before.
+
+    >>> counted_as("/v3/groups/{gid}/receivers/{email_or_id:path}/deactivate")
+    '/v3/groups/{gid}/receivers/{email_or_id}/deactivate'
+    """
+    return _CONVERTOR.sub(r"{\1}", template)
 # Builds the 400 a processor raises for a malformed request, from a message.
 BadRequest = Callable[[str], Exception]
 
@@ -225,8 +238,12 @@ class Processor:
         through and otherwise answers the result as JSON with ``status`` (204:
         no body). ``paths`` are all spellings of ``template`` (each counted
         under it; only ``template`` itself is in the schema).
+
+        An id that may hold ``/`` (an e-mail address's local part may) is
+        declared ``{name:path}``: the server decodes ``%2F`` before routing,
+        and a plain parameter stops at the first ``/``. Counted without it.
         """
-        key = f"{method} {template}"
+        key = f"{method} {counted_as(template)}"
         state = self.state
 
         async def endpoint(request: Request) -> Response:
@@ -245,7 +262,8 @@ class Processor:
                 return Response(status_code=204)
             return JSONResponse(result, status_code=status)
 
-        endpoint.__name__ = name or f"{self.name}_{method.lower()}_{template.strip('/').replace('/', '_')}"
+        plain = counted_as(template)
+        endpoint.__name__ = name or f"{self.name}_{method.lower()}_{plain.strip('/').replace('/', '_')}"
         endpoint.__doc__ = handler.__doc__
         if paths is None:
             self.api.add_api_route(template, endpoint, methods=[method], name=endpoint.__name__)

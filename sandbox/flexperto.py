@@ -108,11 +108,11 @@ class Flexperto(Processor):
         add("POST", "/api/v2/oauth/token", token, auth=False)
         add("POST", "/api/v2/customers", create_customer, status=201)
         add("GET", "/api/v2/customers", find_customers)
-        add("GET", "/api/v2/customers/{id}", get_customer)
-        add("DELETE", "/api/v2/customers/{id}", delete_customer, status=204)
+        add("GET", "/api/v2/customers/{id:path}", get_customer)
+        add("DELETE", "/api/v2/customers/{id:path}", delete_customer, status=204)
         add("GET", "/api/v2/archives", find_archives)
-        add("GET", "/api/v2/archives/{id}", get_archive)
-        add("DELETE", "/api/v2/archives/{id}", delete_archive, status=204)
+        add("GET", "/api/v2/archives/{id:path}", get_archive)
+        add("DELETE", "/api/v2/archives/{id:path}", delete_archive, status=204)
 
     async def _issue_token(self, request: Request) -> Response:
         client_id, client_secret = basic_credentials(request.headers.get("authorization"))

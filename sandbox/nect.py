@@ -91,8 +91,8 @@ class Nect(Processor):
 
         add("POST", "/v1/cases", create_case, status=201)
         add("GET", "/v1/cases", find_cases)
-        add("GET", "/v1/cases/{uuid}", get_case)
-        add("DELETE", "/v1/cases/{uuid}", delete_case, status=202)
+        add("GET", "/v1/cases/{uuid:path}", get_case)
+        add("DELETE", "/v1/cases/{uuid:path}", delete_case, status=202)
 
     def _register_control(self) -> None:
         s = self.state

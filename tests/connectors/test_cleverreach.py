@@ -132,8 +132,8 @@ def test_listing_has_a_page_limit(cr):
 
 @responses.activate
 def test_deactivate_and_delete_report_absence(cr):
-    responses.put(f"{API}/groups.json/1/receivers/a@example.de/deactivate", json=recorded("recipientsDeactivate.json"))
-    responses.put(f"{API}/groups.json/1/receivers/b@example.de/deactivate", status=404)
+    responses.put(f"{API}/groups.json/1/receivers/a%40example.de/deactivate", json=recorded("recipientsDeactivate.json"))
+    responses.put(f"{API}/groups.json/1/receivers/b%40example.de/deactivate", status=404)
     responses.delete(f"{API}/groups.json/1/receivers/7", body="true")
     responses.delete(f"{API}/groups.json/1/receivers/8", status=404)
     assert cr.deactivate("1", "a@example.de") is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -11,12 +12,14 @@ import requests
 import responses
 from responses import matchers
 
+import connectors.timify
 from connectors.timify import (
     ALLOWED_FIELDS,
     Timify,
     berlin_start,
     check_allowed,
     from_settings,
+    one_identifier,
     parse_utc,
 )
 from connectors.transport import FatalError, RetriableError, RetryPolicy
@@ -190,6 +193,35 @@ def test_insurance_number_or_birth_date_only_given_fields_are_sent(tm):
     ]  # fmt: skip
 
 
+@responses.activate
+def test_with_both_identifiers_given_only_the_insurance_number_is_sent(tm):
+    # Seed 001: either identifies the customer; the number is unique, the birth date is not.
+    responses.get(FIELDS_URL, json=all_fields())
+    responses.post(CUSTOMERS, json=ok({"id": "t1"}))
+    responses.patch(f"{CUSTOMERS}/t1", json=ok({"id": "t1"}))
+    both = {"email": "a@example.de", "insurance_number": "A123456780", "birth_date": date(1980, 5, 17)}
+    tm.upsert_customer("p-1", both)
+    tm.upsert_customer("p-1", both, customer_id="t1")  # an update just the same
+    bodies = [sent(c) for c in [*calls_to("POST", CUSTOMERS), *calls_to("PATCH", f"{CUSTOMERS}/t1")]]
+    for body in bodies:
+        assert body["customfields"] == [
+            {"id": EMAIL_ID, "value": "a@example.de"}, {"id": "f-kvnr", "value": "A123456780"},
+        ]  # fmt: skip
+        assert "1980" not in json.dumps(body)
+    assert len(bodies) == 2
+    assert both["birth_date"] == date(1980, 5, 17)  # the caller's mapping is left as it was
+
+
+def test_one_identifier_keeps_the_birth_date_when_it_is_the_only_one():
+    assert one_identifier({"insurance_number": None, "birth_date": date(1980, 5, 17)}) == {
+        "insurance_number": None, "birth_date": date(1980, 5, 17),
+    }  # fmt: skip
+    assert one_identifier({"insurance_number": "", "birth_date": "1980-05-17"})["birth_date"] == "1980-05-17"
+    assert one_identifier({"insurance_number": "A123456780", "birth_date": None}) == {
+        "insurance_number": "A123456780"
+    }
+
+
 # idempotent create-or-update -----------------------------------------------------------
 @responses.activate
 def test_known_customer_is_patched_by_its_timify_id(tm):
@@ -249,13 +281,37 @@ def test_a_server_error_on_create_is_looked_up_too(tm):
 
 
 @responses.activate
-def test_create_gives_up_after_two_rounds(tm):
+def test_create_gives_up_after_the_policys_attempts(tm):
     responses.get(FIELDS_URL, json=all_fields())
     responses.post(CUSTOMERS, status=409)
     responses.patch(f"{CUSTOMERS}/p-1", status=404)
-    with pytest.raises(FatalError):
+    with pytest.raises(FatalError) as info:
         tm.upsert_customer("p-1", {"email": "a@example.de"})
-    assert len(calls_to("POST", CUSTOMERS)) == 2
+    assert info.value.status == 409 and "exists, but not found" in str(info.value)
+    assert len(calls_to("POST", CUSTOMERS)) == tm.http.policy.max_attempts
+
+
+@responses.activate
+def test_a_create_answered_5xx_is_looked_up_and_retried_and_names_the_real_status(tm):
+    """Each 503 may or may not have created it: looked up by our id, created again when not
+    there, as often as the policy allows any call; the failure says 503, not "not found"."""
+    responses.get(FIELDS_URL, json=all_fields())
+    responses.post(CUSTOMERS, status=503)
+    responses.patch(f"{CUSTOMERS}/p-1", status=404)
+    with pytest.raises(RetriableError) as info:
+        tm.upsert_customer("p-1", {"email": "a@example.de"})
+    attempts = tm.http.policy.max_attempts
+    assert info.value.status == 503 and "not found" not in str(info.value)
+    assert len(calls_to("POST", CUSTOMERS)) == attempts == len(calls_to("PATCH", f"{CUSTOMERS}/p-1"))
+
+
+@responses.activate
+def test_a_create_whose_answer_was_lost_but_landed_is_found_not_made_twice(tm):
+    responses.get(FIELDS_URL, json=all_fields())
+    responses.post(CUSTOMERS, status=502)
+    responses.patch(f"{CUSTOMERS}/p-1", json=ok({"id": "t7"}))
+    assert tm.upsert_customer("p-1", {"email": "a@example.de"}) == "t7"
+    assert len(calls_to("POST", CUSTOMERS)) == 1
 
 
 @responses.activate
@@ -403,6 +459,56 @@ def test_berlin_start_across_dst(utc, local):
 def test_berlin_start_refuses(bad):
     with pytest.raises(ValueError):
         berlin_start(bad)
+
+
+@pytest.mark.parametrize(
+    ("utc", "local"),
+    [
+        (datetime(2026, 10, 24, 23, 55), "2026-10-25 01:55"),  # the last minute before the repeat
+        (datetime(2026, 10, 25, 2, 0), "2026-10-25 03:00"),  # the first one after it
+        (datetime(2027, 3, 28, 0, 55), "2027-03-28 01:55"),  # before the skipped hour
+        (datetime(2027, 3, 28, 1, 0), "2027-03-28 03:00"),  # 02:00-02:59 never happen
+    ],
+)
+def test_berlin_start_next_to_a_switch(utc, local):
+    assert berlin_start(utc.replace(tzinfo=UTC)) == local
+
+
+@pytest.mark.parametrize(
+    "instant",
+    [
+        datetime(2026, 10, 25, 0, 30, tzinfo=UTC),  # 02:30 CEST
+        datetime(2026, 10, 25, 1, 30, tzinfo=UTC),  # 02:30 CET, an hour later
+        datetime(2026, 10, 25, 0, 0, tzinfo=UTC),  # 02:00 CEST
+        datetime(2026, 10, 25, 1, 55, tzinfo=UTC),  # 02:55 CET
+        datetime.fromisoformat("2026-10-25T02:30:00+01:00"),  # as the website wrote it
+    ],
+)
+def test_berlin_start_refuses_both_instants_of_the_repeated_hour(instant):
+    with pytest.raises(ValueError, match="ambiguous in Berlin"):
+        berlin_start(instant)
+
+
+@pytest.mark.parametrize(
+    "written", ["2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00", "2026-12-03T10:32:00+01:00"]
+)
+def test_the_push_refuses_what_intake_refuses_in_the_same_words(written):
+    """One check for both (models.types.berlin_wall_clock): the intake's reason for a start
+    is the push's, so no line intake takes in can be refused later and block the stream."""
+    from models.intake import parse_line
+
+    line = json.dumps({"type": "booking.reschedule", "booking_id": "B-1", "start": written,
+                       "at": "2026-03-20T09:00:00+01:00"})  # fmt: skip
+    with pytest.raises(ValueError) as intake:
+        parse_line(line, {"now": datetime(2026, 3, 20, 8, 0, tzinfo=UTC)})
+    with pytest.raises(ValueError) as push:
+        berlin_start(datetime.fromisoformat(written).astimezone(UTC))  # as stored
+    assert str(push.value).startswith("start ")
+    assert str(intake.value) == str(push.value).replace("start ", "start: ", 1)
+
+
+def test_the_examples_in_the_docstrings_hold():
+    assert doctest.testmod(connectors.timify).failed == 0
 
 
 def test_parse_utc():

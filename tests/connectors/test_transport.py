@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import pickle
 
 import cloudpickle
@@ -10,6 +11,7 @@ import requests
 import responses
 from prefect.states import format_exception
 
+import connectors.transport
 from connectors.transport import (
     FatalError,
     HttpClient,
@@ -17,6 +19,7 @@ from connectors.transport import (
     RetriableError,
     RetryPolicy,
     TokenAuth,
+    path,
     redact,
 )
 
@@ -33,7 +36,7 @@ def test_429_with_retry_after_waits_that_long(no_sleep):
     responses.get(f"{BASE}/x", status=429, headers={"Retry-After": "7"})
     responses.get(f"{BASE}/x", json={"ok": True})
     c = client()
-    assert c.request("x.get", "GET", "/x").json() == {"ok": True}
+    assert c.request("x.get", "GET", path("x")).json() == {"ok": True}
     assert len(responses.calls) == 2
     assert no_sleep == [7.0]
     assert c.drain_calls()[0].attempts == 2
@@ -43,7 +46,7 @@ def test_429_with_retry_after_waits_that_long(no_sleep):
 def test_retry_after_is_capped(no_sleep):
     responses.get(f"{BASE}/x", status=429, headers={"Retry-After": "3600"})
     responses.get(f"{BASE}/x", status=200)
-    client().request("x.get", "GET", "/x")
+    client().request("x.get", "GET", path("x"))
     assert no_sleep == [60.0]
 
 
@@ -52,7 +55,7 @@ def test_429_without_retry_after_backs_off_with_jitter(no_sleep):
     for _ in range(3):
         responses.get(f"{BASE}/x", status=429)
     responses.get(f"{BASE}/x", status=200)
-    client().request("x.get", "GET", "/x")
+    client().request("x.get", "GET", path("x"))
     assert len(responses.calls) == 4
     # full jitter: each wait lies within the exponential ceiling 0.5, 1, 2
     assert [w <= c for w, c in zip(no_sleep, [0.5, 1.0, 2.0], strict=True)] == [True] * 3
@@ -64,7 +67,7 @@ def test_5xx_is_retried_until_success(no_sleep):
     responses.get(f"{BASE}/x", status=503)
     responses.get(f"{BASE}/x", status=200)
     c = client()
-    c.request("x.get", "GET", "/x")
+    c.request("x.get", "GET", path("x"))
     assert len(responses.calls) == 3
     assert c.drain_calls()[0].attempts == 3
 
@@ -74,7 +77,7 @@ def test_attempts_are_bounded(no_sleep):
     responses.get(f"{BASE}/x", status=500)
     c = client()
     with pytest.raises(RetriableError) as info:
-        c.request("x.get", "GET", "/x")
+        c.request("x.get", "GET", path("x"))
     assert len(responses.calls) == POLICY.max_attempts
     assert info.value.attempts == POLICY.max_attempts
     assert info.value.status == 500
@@ -86,7 +89,7 @@ def test_timeout_and_connection_error_are_retried(no_sleep):
     responses.get(f"{BASE}/x", body=requests.exceptions.ReadTimeout())
     responses.get(f"{BASE}/x", body=requests.exceptions.ConnectionError())
     responses.get(f"{BASE}/x", status=200)
-    client().request("x.get", "GET", "/x")
+    client().request("x.get", "GET", path("x"))
     assert len(responses.calls) == 3
     assert len(no_sleep) == 2
 
@@ -95,7 +98,7 @@ def test_timeout_and_connection_error_are_retried(no_sleep):
 def test_non_idempotent_post_is_not_resent_after_a_timeout(no_sleep):
     responses.post(f"{BASE}/x", body=requests.exceptions.ReadTimeout())
     with pytest.raises(FatalError):
-        client().request("x.create", "POST", "/x", idempotent=False)
+        client().request("x.create", "POST", path("x"), idempotent=False)
     assert len(responses.calls) == 1
 
 
@@ -103,7 +106,7 @@ def test_non_idempotent_post_is_not_resent_after_a_timeout(no_sleep):
 def test_client_error_is_fatal_at_once(no_sleep):
     responses.get(f"{BASE}/x", status=400, json={"error": {"code": 400, "message": "bad"}})
     with pytest.raises(FatalError) as info:
-        client().request("x.get", "GET", "/x")
+        client().request("x.get", "GET", path("x"))
     assert len(responses.calls) == 1
     assert info.value.status == 400
     assert no_sleep == []
@@ -113,22 +116,24 @@ def test_client_error_is_fatal_at_once(no_sleep):
 def test_expected_status_is_returned_not_raised():
     responses.get(f"{BASE}/x", status=404)
     c = client()
-    assert c.request("x.get", "GET", "/x", expect=(404,)).status_code == 404
+    assert c.request("x.get", "GET", path("x"), expect=(404,)).status_code == 404
     assert c.drain_calls()[0].outcome == "absent"
 
 
 @responses.activate
 def test_errors_never_carry_the_url_or_body(no_sleep):
-    path = "/receivers/erika.mustermann@example.de"
-    responses.get(f"{BASE}{path}", body=requests.exceptions.ConnectionError(f"{BASE}{path}"))
+    where = path("receivers", "erika.mustermann@example.de")
+    responses.get(f"{BASE}{where}", body=requests.exceptions.ConnectionError(f"{BASE}{where}"))
     with pytest.raises(RetriableError) as info:
-        client().request("receivers.get", "GET", path)
+        client().request("receivers.get", "GET", where)
     text = str(info.value)
-    assert "@" not in text and "erika" not in text
+    assert "@" not in text and "%40" not in text and "erika" not in text
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-SECRET_PATH = "/receivers/erika.mustermann@example.de?token=abcdefghijkl"
+SECRET_PATH = path("receivers", "erika.mustermann@example.de")
+SECRET_QUERY = {"token": "abcdefghijkl"}
+SECRET_URL = f"{BASE}{SECRET_PATH}?token=abcdefghijkl"
 
 
 @pytest.mark.parametrize(
@@ -136,13 +141,13 @@ SECRET_PATH = "/receivers/erika.mustermann@example.de?token=abcdefghijkl"
     [
         ({"status": 503}, RetriableError, "HTTP 503 after 4 attempt(s)"),
         ({"status": 403}, FatalError, "HTTP 403 after 1 attempt(s)"),
-        ({"body": requests.exceptions.ReadTimeout(BASE + SECRET_PATH)}, RetriableError,
+        ({"body": requests.exceptions.ReadTimeout(SECRET_URL)}, RetriableError,
          "read timeout (ReadTimeout) after 4 attempt(s)"),
-        ({"body": requests.exceptions.ConnectTimeout(BASE + SECRET_PATH)}, RetriableError,
+        ({"body": requests.exceptions.ConnectTimeout(SECRET_URL)}, RetriableError,
          "connect timeout (ConnectTimeout) after 4 attempt(s)"),
-        ({"body": requests.exceptions.ConnectionError(BASE + SECRET_PATH)}, RetriableError,
+        ({"body": requests.exceptions.ConnectionError(SECRET_URL)}, RetriableError,
          "connection failed (ConnectionError) after 4 attempt(s)"),
-        ({"body": requests.exceptions.ChunkedEncodingError(BASE + SECRET_PATH)}, RetriableError,
+        ({"body": requests.exceptions.ChunkedEncodingError(SECRET_URL)}, RetriableError,
          "connection dropped (ChunkedEncodingError) after 4 attempt(s)"),
     ],
 )  # fmt: skip
@@ -150,13 +155,15 @@ SECRET_PATH = "/receivers/erika.mustermann@example.de?token=abcdefghijkl"
 def test_a_failed_run_names_processor_operation_and_reason_only(no_sleep, answer, kind, why):
     if "status" in answer:  # an error body that quotes the person
         answer = {**answer, "json": {"error": "no receiver erika.mustermann@example.de"}}
-    responses.get(f"{BASE}{SECRET_PATH}", **answer)
+    responses.get(SECRET_URL, **answer)
     with pytest.raises(kind) as info:
-        client(auth=TokenAuth(lambda: ("abcdefghijkl", 300.0))).request("receivers.get", "GET", SECRET_PATH)
+        client(auth=TokenAuth(lambda: ("abcdefghijkl", 300.0))).request(
+            "receivers.get", "GET", SECRET_PATH, params=SECRET_QUERY
+        )
     # What Prefect puts into the failed run's state message.
     shown = format_exception(info.value)
     assert shown == f"{kind.__name__}: proc receivers.get: {why}"
-    for leak in ("erika", "example.de", "@", "abcdefghijkl", "token", BASE):
+    for leak in ("erika", "example.de", "@", "%40", "abcdefghijkl", "token", BASE):
         assert leak not in shown and leak not in repr(info.value)
 
 
@@ -200,12 +207,12 @@ def test_token_is_cached_until_shortly_before_expiry():
     clock = FakeClock()
     c = client(auth=TokenAuth(fetch, clock=clock, leeway=30))
     responses.get(f"{BASE}/x", status=200)
-    c.request("x.get", "GET", "/x")
+    c.request("x.get", "GET", path("x"))
     clock.now = 269
-    c.request("x.get", "GET", "/x")
+    c.request("x.get", "GET", path("x"))
     assert issued == ["tok1"]
     clock.now = 271
-    c.request("x.get", "GET", "/x")
+    c.request("x.get", "GET", path("x"))
     assert issued == ["tok1", "tok2"]
     assert responses.calls[2].request.headers["Authorization"] == "Bearer tok2"
 
@@ -216,7 +223,7 @@ def test_401_refreshes_the_token_once_and_resends():
     responses.get(f"{BASE}/x", status=401)
     responses.get(f"{BASE}/x", json={"ok": 1})
     c = client(auth=TokenAuth(fetch))
-    assert c.request("x.get", "GET", "/x").json() == {"ok": 1}
+    assert c.request("x.get", "GET", path("x")).json() == {"ok": 1}
     assert issued == ["tok1", "tok2"]
     assert [call.request.headers["Authorization"] for call in responses.calls] == [
         "Bearer tok1",
@@ -229,7 +236,7 @@ def test_a_second_401_is_fatal_without_another_refresh(no_sleep):
     fetch, issued = token_source()
     responses.get(f"{BASE}/x", status=401)
     with pytest.raises(FatalError) as info:
-        client(auth=TokenAuth(fetch)).request("x.get", "GET", "/x")
+        client(auth=TokenAuth(fetch)).request("x.get", "GET", path("x"))
     assert info.value.status == 401
     assert len(responses.calls) == 2
     assert issued == ["tok1", "tok2"]
@@ -264,3 +271,9 @@ def test_the_http_log_is_redacted_even_if_a_caller_slips(caplog):
     logging.getLogger("psync.http").info("oops %s", "erika@example.de Bearer abcdefghijkl")
     assert "erika" not in caplog.text and "abcdefghijkl" not in caplog.text
     assert "[email]" in caplog.text
+
+
+def test_the_examples_in_the_docstrings_hold():
+    # redact() and path() document their contract by example (an encoded address included).
+    result = doctest.testmod(connectors.transport)
+    assert result.attempted >= 5 and result.failed == 0
