@@ -34,6 +34,7 @@ from sqlmodel import Session, select
 
 from connectors import flexperto, timify
 from connectors.transport import CallRecord
+from flows.delivery import Reach, fail_if_parked, run_batch
 from flows.common import (
     JobFailed,
     audit_failure,
@@ -58,6 +59,7 @@ from models.bookings import (
 )
 from models.cursors import advance_cursor, cursor_position, get_cursor
 from models.db import transaction
+from models.parked import due_for_retry
 from models.recipients import Recipient, record_removed_for, record_sent_many
 from models.subjects import DataSubject
 from models.types import utcnow
@@ -240,30 +242,69 @@ def _subjects(session: Session, rows: Sequence[Booking]) -> dict[uuid.UUID, Data
 
 
 # push ---------------------------------------------------------------------------------
+class BookingsJob:
+    """Bookings through the delivery path (``flows.delivery``): one record is one booking,
+    its id the website's booking id; a booking may carry the customer to TIMIFY and, by
+    video, to Flexperto; a cancellation carries nothing new."""
+
+    name = "push-bookings"
+    cursor = CURSOR
+
+    def __init__(self, clients: Clients, refs: Sequence[str] | None = None):
+        self.clients, self.refs = clients, refs
+
+    def select(self, session: Session, after: int, limit: int) -> list[Booking]:
+        return changed_since(session, after, limit)
+
+    def by_ids(self, session: Session, ids: Sequence[str]) -> list[Booking]:
+        return by_refs(session, ids)
+
+    def record_id(self, row: Booking) -> str:
+        return row.booking_ref
+
+    def seq(self, row: Booking) -> int:
+        return row.seq
+
+    def subject_id(self, row: Booking) -> uuid.UUID:
+        return row.subject_id
+
+    def reaches(self, session: Session, rows: Sequence[Booking]) -> list[Reach]:
+        sending = [b for b in rows if b.status != BookingStatus.cancelled]
+        erased = {s.id for s in _subjects(session, sending).values() if not s.email}
+        found = []
+        for booking in sending:
+            if booking.subject_id in erased:
+                continue
+            found.append(Reach(booking.subject_id, timify.PROCESSOR, PURPOSE))
+            if booking.channel == Channel.video:
+                found.append(Reach(booking.subject_id, flexperto.PROCESSOR, booking.video_purpose))
+        return found
+
+    def begin(self, session: Session, rows: Sequence[Booking]) -> _Batch:
+        batch = _Batch(session, self.clients, _subjects(session, rows))
+        if self.refs is not None:
+            batch.counts["not_found"] += len(set(self.refs) - {b.booking_ref for b in rows})
+        return batch
+
+    def deliver(self, batch: _Batch, row: Booking) -> None:
+        if row.status == BookingStatus.cancelled:
+            batch.cancel(row)
+        else:
+            batch.push(row)
+
+    def held(self, batch: _Batch, row: Booking) -> AuditEvent:
+        return _decision("booking.push", "held", batch.subjects[row.subject_id].pseudonym, row, timify.PROCESSOR)
+
+    def finish(self, batch: _Batch) -> tuple[Counter[str], list[AuditEvent]]:
+        batch.commit_register()
+        return batch.counts, batch.events
+
+
 @task(name="push-bookings-batch", cache_policy=NO_CACHE)
 @one_line_failure
 def push_batch(clients: Clients, limit: int, refs: list[str] | None = None) -> dict:
     """Push the next `limit` changed bookings after the cursor (or exactly `refs`)."""
-    with audit_failure(clients, "bookings.push"), transaction() as session:
-        if refs is None:
-            rows = changed_since(session, get_cursor(session, CURSOR).position, limit)
-        else:
-            rows = by_refs(session, refs)
-        if not rows:
-            return {}
-        batch = _Batch(session, clients, _subjects(session, rows))
-        for booking in rows:
-            if booking.status == BookingStatus.cancelled:
-                batch.cancel(booking)
-            else:
-                batch.push(booking)
-        batch.commit_register()
-        if refs is None:
-            advance_cursor(session, CURSOR, rows[-1].seq)
-        else:
-            batch.counts["not_found"] += len(set(refs) - {b.booking_ref for b in rows})
-        write_audit(session, call_events(clients.drain_calls()) + batch.events)
-    return dict(batch.counts)
+    return run_batch(BookingsJob(clients, refs), limit, refs)
 
 
 @flow(name="push-bookings")
@@ -282,6 +323,7 @@ def push_bookings(
         records_per_task: Bookings per Prefect task, 1–5,000.
     """
     clients = Clients(get_settings())
+    started = utcnow()
     results = []
     if booking_ids:
         refs = list(dict.fromkeys(booking_ids))
@@ -291,6 +333,7 @@ def push_bookings(
         # Count first, so no task run is spent finding out that nothing is left.
         with transaction() as session:
             changes = count_changed_since(session, cursor_position(session, CURSOR))
+            changes += len(due_for_retry(session, BookingsJob.name))
         for _ in range(math.ceil(changes / records_per_task)):
             results.append(push_batch(clients, records_per_task))
     counts = tally(results)
@@ -300,6 +343,7 @@ def push_bookings(
         "Buchungen an TIMIFY und Flexperto übermittelt / Bookings pushed to TIMIFY and Flexperto",
         counts,
     )
+    fail_if_parked(BookingsJob.name, started)
     return counts
 
 

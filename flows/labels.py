@@ -89,6 +89,18 @@ LABELS: dict[str, Label] = {
     "skipped_erased": Label(
         "Nicht gesendet: Person inzwischen gelöscht", "Not sent: person erased meanwhile"
     ),
+    # the delivery path (flows/delivery.py) ------------------------------------------------
+    "parked": Label(
+        "Zurückgestellt: dauerhaft fehlgeschlagen (psync parked list)",
+        "Parked: failed for good (psync parked list)",
+    ),
+    "to_retry": Label(
+        "Vorübergehend fehlgeschlagen: der nächste Lauf versucht es zuerst",
+        "Failed for now: the next run tries it first",
+    ),
+    "held_erasure_open": Label(
+        "Nicht gesendet: Löschantrag der Person offen", "Not sent: the person's erasure request is open"
+    ),
     "not_found": Label(
         "Angegebene Buchungsnummer nicht gefunden", "Booking id given but not found"
     ),
@@ -183,18 +195,18 @@ LABELS: dict[str, Label] = {
 FLOW_COUNTS: dict[str, tuple[str, ...]] = {
     "sync-newsletter-consents": (
         "pushed", "not_pushed_pending", "not_pushed_withdrawn", "not_pushed_expired",
-        "removed", "remove_failed",
+        "removed", "remove_failed", "held_erasure_open",
     ),
     "pull-newsletter-unsubscribes": ("inactive_at_processor", "withdrawn"),
     "expire-unconfirmed-optins": ("expired", "subjects_erased"),
     "push-bookings": (
         "pushed", "video_registered", "cancelled", "chat_purged", "purge_not_verified",
-        "skipped_erased", "not_found",
+        "skipped_erased", "not_found", "held_erasure_open", "parked", "to_retry",
     ),
     "purge-video-chat-data": ("due", "chat_purged", "purge_not_verified"),
     "forward-student-id-orders": (
         "forwarded", "skipped_erased", "voided", "deletion_requested", "deletion_verified",
-        "erased_locally",
+        "erased_locally", "held_erasure_open", "parked", "to_retry",
     ),
     "sync-student-id-order-status": (
         "issued", "still_pending", "still_voided", "card_missing", "deletion_verified",

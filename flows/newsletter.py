@@ -38,6 +38,7 @@ from sqlmodel import select
 from connectors import cleverreach
 from connectors.transport import ProcessorError
 from flows.common import (
+    JobFailed,
     audit_failure,
     call_events,
     collector_paused,
@@ -67,12 +68,14 @@ from models.consent import (
 )
 from models.cursors import SyncCursor, advance_cursor, cursor_position, get_cursor, next_seq
 from models.db import skip_locked, transaction
+from models.erasure import subjects_being_erased
 from models.recipients import (
     Recipient,
     live_for_other_purposes,
     live_recipient_ids_among,
     live_recipients,
     record_removed_for,
+    record_may_hold_many,
     record_removed_many,
     record_sent_many,
 )
@@ -261,42 +264,79 @@ def push_batch(
     threads, two on the wire at a time. Meanwhile this thread records what came back, a wave
     of calls at a time: one audit row per receiver and the register rows, each wave in one
     statement per table and sorted by its index key. Everything commits together at the end.
+
+    Before any of it, the batch's confirmed receivers are registered as "may hold" and
+    committed (``_write_ahead``); the batch then sends only what that wrote ahead.
     """
-    counts: Counter[str] = Counter()
     now = utcnow()
     purpose = _purpose(list_name)
-    with (
-        collector_paused(),
-        audit_failure(client.http, "newsletter.push"),
-        transaction() as session,
-    ):
+    for _ in range(3):
+        after, upto = _write_ahead(list_name, purpose, limit, now)
+        if upto is None:
+            return {}
+        with (
+            collector_paused(),
+            audit_failure(client.http, "newsletter.push"),
+            transaction() as session,
+        ):
+            if _lock_cursors(session)[list_name].position != after:
+                continue  # another worker pushed a batch in between: write ahead again
+            rows = [r for r in changed_since(session, list_name, after, limit) if r.change_seq <= upto]
+            return _push_rows(session, client, list_name, group, purpose, rows, now)
+    raise JobFailed(f"newsletter push {list_name}: the cursor kept moving; another worker is pushing")
+
+
+def _write_ahead(list_name: str, purpose: str, limit: int, now: datetime) -> tuple[int, int | None]:
+    """Register every confirmed receiver of the next batch as "may hold" at CleverReach, and
+    commit, before any of them is sent: a run that dies after the upsert and before its
+    commit leaves nothing an erasure cannot find. Returns the cursor position read and the
+    batch's last change (None: nothing to push)."""
+    with transaction() as session:
         after = _lock_cursors(session)[list_name].position
         rows = changed_since(session, list_name, after, limit)
         if not rows:
-            return {}
-        counts, events = _remove_lapsed(session, client, list_name, group, rows, now)
-        confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
-        size = client.batch_size
-        units = [confirmed[i : i + size] for i in range(0, len(confirmed), size)]
-        per_wave = max(1, _WAVE // size)
-        wave: list[tuple] = []
-        calls = (partial(_upsert_ids, client, group, list_name, unit) for unit in units)
-        with overlapped(calls) as answers:
-            for index, (unit, ids) in enumerate(zip(units, answers), start=1):
-                wave += [(r.pseudonym, r.subject_id, ids.get(r.email)) for r in unit]
-                if index % per_wave == 0 or index == len(units):
-                    _record_sent(session, list_name, purpose, wave, now)
-                    counts["pushed"] += len(wave)
-                    wave = []
-        # One decision per change: a lapsed consent removed (or tried) above has its event;
-        # the others (pending, or never sent) are held here.
-        decided = {event.subject for event in events}
-        for row in rows:
-            if row.state != ConsentState.confirmed and row.pseudonym not in decided:
-                counts[f"not_pushed_{row.state}"] += 1
-                events.append(_decision("newsletter.hold", "skipped", row.pseudonym, detail=str(row.state)))
-        advance_cursor(session, _cursor(list_name), rows[-1].change_seq)
-        write_audit(session, call_events(client.http.drain_calls()) + events)
+            return after, None
+        ahead = {r.subject_id: None for r in rows if r.state == ConsentState.confirmed and r.email}
+        for subject_id in subjects_being_erased(session, ahead):
+            del ahead[subject_id]  # held: nothing more is sent (``_push_rows``)
+        record_may_hold_many(session, PROCESSOR, purpose, ahead, now)
+        return after, rows[-1].change_seq
+
+
+def _push_rows(session, client: cleverreach.CleverReach, list_name: str, group: str, purpose: str,
+               rows: list, now: datetime) -> dict:  # fmt: skip
+    """The batch's removals, upserts, register, audit and cursor, in the caller's transaction."""
+    counts, events = _remove_lapsed(session, client, list_name, group, rows, now)
+    confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
+    # A person whose erasure request is open gets nothing more sent; what CleverReach may
+    # hold already, the request's tasks find through the register.
+    held = subjects_being_erased(session, {r.subject_id for r in confirmed})
+    if held:
+        confirmed = [r for r in confirmed if r.subject_id not in held]
+        counts["held_erasure_open"] += len(held)
+        events += [_decision("newsletter.push", "held", r.pseudonym, detail=list_name)
+                   for r in rows if r.subject_id in held]  # fmt: skip
+    size = client.batch_size
+    units = [confirmed[i : i + size] for i in range(0, len(confirmed), size)]
+    per_wave = max(1, _WAVE // size)
+    wave: list[tuple] = []
+    calls = (partial(_upsert_ids, client, group, list_name, unit) for unit in units)
+    with overlapped(calls) as answers:
+        for index, (unit, ids) in enumerate(zip(units, answers), start=1):
+            wave += [(r.pseudonym, r.subject_id, ids.get(r.email)) for r in unit]
+            if index % per_wave == 0 or index == len(units):
+                _record_sent(session, list_name, purpose, wave, now)
+                counts["pushed"] += len(wave)
+                wave = []
+    # One decision per change: a lapsed consent removed (or tried) above has its event;
+    # the others (pending, or never sent) are held here.
+    decided = {event.subject for event in events}
+    for row in rows:
+        if row.state != ConsentState.confirmed and row.pseudonym not in decided:
+            counts[f"not_pushed_{row.state}"] += 1
+            events.append(_decision("newsletter.hold", "skipped", row.pseudonym, detail=str(row.state)))
+    advance_cursor(session, _cursor(list_name), rows[-1].change_seq)
+    write_audit(session, call_events(client.http.drain_calls()) + events)
     return dict(+counts)
 
 

@@ -19,8 +19,9 @@ the postal code, the phone password or the other documents (see the README).
 from __future__ import annotations
 
 import math
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from typing import Annotated
 
@@ -30,6 +31,7 @@ from pydantic import Field
 from sqlmodel import Session, select
 
 from connectors import isic
+from flows.delivery import Reach, fail_if_parked, run_batch
 from flows.common import (
     JobFailed,
     audit_failure,
@@ -44,6 +46,7 @@ from models.bookings import berlin_today
 from models.cursors import advance_cursor, cursor_position, get_cursor
 from models.db import transaction
 from models.documents import DocumentCipher
+from models.parked import due_for_retry
 from models.isic import (
     IsicOrder,
     OrderStatus,
@@ -182,23 +185,61 @@ def erase_locally(batch: _Batch, order: IsicOrder) -> None:
     batch.decide("isic.erase_local", "verified", order, "erased_locally")
 
 
+class ForwardJob:
+    """Orders through the delivery path (``flows.delivery``): one record is one order, its id
+    the order reference; a received order may carry the cardholder to the issuer, a
+    cancellation carries nothing new (it voids, deletes, erases here)."""
+
+    name = "forward-student-id-orders"
+    cursor = CURSOR
+
+    def __init__(self, client: isic.Isic):
+        self.client, self.clients = client, client.http
+        self.cipher = DocumentCipher(get_settings().document_key_bytes())
+
+    def select(self, session: Session, after: int, limit: int) -> list[IsicOrder]:
+        return changed_since(session, after, limit)
+
+    def by_ids(self, session: Session, ids: Sequence[str]) -> list[IsicOrder]:
+        query = select(IsicOrder).where(IsicOrder.order_ref.in_(list(ids)))  # type: ignore[attr-defined]
+        return list(session.exec(query.order_by(IsicOrder.seq)))
+
+    def record_id(self, row: IsicOrder) -> str:
+        return row.order_ref
+
+    def seq(self, row: IsicOrder) -> int:
+        return row.seq
+
+    def subject_id(self, row: IsicOrder) -> uuid.UUID:
+        return row.subject_id
+
+    def reaches(self, session: Session, rows: Sequence[IsicOrder]) -> list[Reach]:
+        return [Reach(o.subject_id, PROCESSOR, o.purpose) for o in rows
+                if o.status == OrderStatus.received and o.fields_erased_at is None]  # fmt: skip
+
+    def begin(self, session: Session, rows: Sequence[IsicOrder]) -> _Batch:
+        return _Batch(session, self.client, list(rows))
+
+    def deliver(self, batch: _Batch, row: IsicOrder) -> None:
+        if row.status == OrderStatus.cancelled:
+            cancel(batch, row)
+        elif row.status == OrderStatus.received:
+            forward(batch, row, self.cipher)
+
+    def held(self, batch: _Batch, row: IsicOrder) -> AuditEvent:
+        batch.decide("isic.forward", "held", row, "held_erasure_open")
+        batch.counts["held_erasure_open"] -= 1  # counted by the delivery path
+        return batch.events.pop()
+
+    def finish(self, batch: _Batch) -> tuple[Counter[str], list[AuditEvent]]:
+        return batch.counts, batch.events
+
+
 @task(name="forward-student-id-batch", cache_policy=NO_CACHE)
 @one_line_failure
 def forward_batch(client: isic.Isic, limit: int) -> dict:
-    cipher = DocumentCipher(get_settings().document_key_bytes())
-
-    def work(batch: _Batch, order: IsicOrder) -> None:
-        if order.status == OrderStatus.cancelled:
-            cancel(batch, order)
-        elif order.status == OrderStatus.received:
-            forward(batch, order, cipher)
-        advance_cursor(batch.session, CURSOR, order.seq)
-
-    def load(session: Session) -> list[IsicOrder]:
-        return changed_since(session, get_cursor(session, CURSOR).position, limit)
-
-    counts, _ = _run_batch(client, "isic.forward", load, work)
-    return counts
+    """Forward or cancel the next `limit` changed orders after the cursor."""
+    return run_batch(ForwardJob(client), limit)
 
 
 @flow(name="forward-student-id-orders")
@@ -212,14 +253,18 @@ def forward_student_id_orders(
         records_per_task: Orders per Prefect task, 1–2,000.
     """
     client = isic.from_settings(get_settings())
+    started = utcnow()
     with transaction() as session:
         changes = count_changed_since(session, cursor_position(session, CURSOR))
+        changes += len(due_for_retry(session, ForwardJob.name))
     results = [forward_batch(client, records_per_task) for _ in range(math.ceil(changes / records_per_task))]
-    return _report(
+    counts = _report(
         "forward-student-id-orders",
         "Studierendenausweis-Bestellungen weitergeleitet und storniert / Student-ID orders forwarded and cancelled",
         results,
     )
+    fail_if_parked(ForwardJob.name, started)
+    return counts
 
 
 # status -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from models.consent import ConsentEvent, ConsentRecord
 from models.cursors import Counter, SyncCursor
 from models.erasure import ErasureRequest, ErasureTask
 from models.isic import IsicDocument, IsicOrder
+from models.parked import ParkedItem
 from models.receipts import IntakeReceipt
 from models.recipients import Recipient
 from models.subjects import DataSubject
@@ -26,6 +27,7 @@ __all__ = [
     "IntakeReceipt",
     "IsicDocument",
     "IsicOrder",
+    "ParkedItem",
     "Recipient",
     "SyncCursor",
 ]

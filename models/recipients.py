@@ -1,8 +1,16 @@
 """The recipient register (Art. 19 GDPR): which processor received which subject's data.
 
-One row per subject, processor and purpose. Jobs call ``record_sent_many`` after a successful
-transfer and ``record_removed`` (or ``record_removed_many``) after the processor confirmed
-removal; the erasure fan-out reads the rows whose ``removed_at`` is empty.
+One row per subject, processor and purpose, in one of three states:
+
+- **may hold**: written ahead (``record_may_hold_many``, committed before the first call that
+  can carry the person's data there), so no crash, fault or rollback hides data from an
+  erasure; ``confirmed_at`` is empty;
+- **holds**: the processor confirmed it (``record_sent_many``), ``confirmed_at`` set;
+- **removed**: the processor confirmed removal (``record_removed``), ``removed_at`` set.
+
+The erasure fan-out treats every row whose ``removed_at`` is empty as live, "may hold" as
+"holds": it deletes there and verifies by reading back (an absent record is a verified
+erasure).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from datetime import datetime
 from functools import cache
 from operator import attrgetter
 
-from sqlalchemy import UniqueConstraint, func, null, update
+from sqlalchemy import UniqueConstraint, case, func, null, update
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
@@ -37,6 +45,8 @@ class Recipient(SQLModel, table=True):
     external_id: str | None = Field(default=None, max_length=200)
     first_sent_at: datetime = Field(sa_type=UTCDateTime)
     last_sent_at: datetime = Field(sa_type=UTCDateTime)
+    # Empty while the row only says "may hold" (written ahead of the call).
+    confirmed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     removed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     subject: DataSubject = Relationship()
@@ -68,7 +78,28 @@ def record_sent_many(
     insert_many(
         session, _upsert(session.get_bind().dialect.name), ("id", "subject_id", "external_id"),
         list(zip(_ascending_ids(len(subjects)), subjects, map(sent.get, subjects))),
-        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now},
+        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now,
+         "confirmed_at": now},
+    )  # fmt: skip
+
+
+def record_may_hold_many(
+    session: Session, processor: str, purpose: str, subjects: dict[uuid.UUID, str | None], now: datetime
+) -> None:
+    """Write ahead: these subjects' data may reach the processor (subject id → external id,
+    if known). Commit before the first call that can carry it.
+
+    One INSERT … ON CONFLICT for the batch: a new subject gets a "may hold" row; a live row
+    stays as it is (a "holds" stays "holds"); a removed one is live again as "may hold".
+    """
+    if not subjects:
+        return
+    ordered = sorted(subjects, key=attrgetter("int"))
+    insert_many(
+        session, _write_ahead(session.get_bind().dialect.name), ("id", "subject_id", "external_id"),
+        list(zip(_ascending_ids(len(ordered)), ordered, map(subjects.get, ordered))),
+        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now,
+         "confirmed_at": None},
     )  # fmt: skip
 
 
@@ -93,9 +124,39 @@ def _upsert(dialect: str) -> Insert:
         set_={
             "external_id": func.coalesce(statement.excluded.external_id, table.c.external_id),
             "last_sent_at": statement.excluded.last_sent_at,
+            "confirmed_at": statement.excluded.confirmed_at,
             "removed_at": null(),
         },
     )
+
+
+@cache
+def _write_ahead(dialect: str) -> Insert:
+    """INSERT … ON CONFLICT DO UPDATE that makes a row live without un-confirming it."""
+    table = Recipient.__table__  # type: ignore[attr-defined]
+    statement = INSERT_BY_DIALECT[dialect](table)
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.subject_id, table.c.processor, table.c.purpose],
+        set_={
+            "external_id": func.coalesce(table.c.external_id, statement.excluded.external_id),
+            "confirmed_at": case((table.c.removed_at.is_(None), table.c.confirmed_at), else_=null()),
+            "removed_at": null(),
+        },
+    )
+
+
+def live_keys(session: Session, processor: str, purpose: str, subject_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """The subjects among `subject_ids` with a live row for this processor and purpose
+    ("may hold" or "holds"): what may be sent there now without writing ahead first."""
+    live: set[uuid.UUID] = set()
+    for start in range(0, len(subject_ids), _IDS_PER_STATEMENT):
+        live.update(session.connection().execute(select(Recipient.subject_id).where(
+            Recipient.subject_id.in_(subject_ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
+            Recipient.processor == processor,
+            Recipient.purpose == purpose,
+            Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+        )).scalars())  # fmt: skip
+    return live
 
 
 def record_removed(recipient: Recipient, now: datetime) -> None:

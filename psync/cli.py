@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from psync.cli_erasure import app as erasure_app
+from psync.cli_parked import app as parked_app
 
 app = typer.Typer(help="processor-sync: keep processors in line with data subjects' decisions.")
 db_app = typer.Typer(help="Database schema.")
@@ -20,6 +21,7 @@ audit_app = typer.Typer(help="The audit trail.")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(erasure_app, name="erasure")
+app.add_typer(parked_app, name="parked")
 
 
 @db_app.command("upgrade")

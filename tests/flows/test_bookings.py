@@ -9,15 +9,21 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import requests
 from sqlmodel import select
+from typer.testing import CliRunner
 
 from connectors.timify import Timify
-from flows import bookings
+from connectors.transport import FatalError, RetriableError
+from flows import bookings, erasure
+from flows.erasure_processors import FlexpertoHandler
 from models.audit import AuditEntry, verify
 from models.bookings import Booking
 from models.cursors import get_cursor
 from models.db import transaction
+from models.erasure import ErasureRequest
 from models.intake import intake_lines
+from models.parked import ParkedItem
 from models.recipients import Recipient
+from psync.cli import app
 from psync.sandbox_env import SERVICE_POINTS
 from support import TEST_KEY, sandbox_state
 
@@ -205,3 +211,127 @@ def test_no_personal_data_in_logs(against_sandbox, caplog):
     for marker in (EMAIL, "Erika", "Bucher", "1701234567", "1980-05-17"):
         assert marker not in caplog.text
     assert "timify" in caplog.text  # the calls are logged, by operation
+
+
+# the delivery path (flows/delivery.py) at the default batch size -------------------------
+
+
+def _parked() -> dict[str, tuple[str, str]]:
+    with transaction() as session:
+        return {i.record_id: (i.state, i.reason) for i in session.exec(select(ParkedItem))}
+
+
+def _audit(action: str) -> list[tuple[str, str]]:
+    with transaction() as session:
+        return [(e.outcome, e.detail) for e in session.exec(select(AuditEntry).where(AuditEntry.action == action))]
+
+
+def test_a_poison_booking_among_1000_is_parked_with_its_reason_and_the_999_others_go(against_sandbox):
+    take_in(*[request(f"B-{i}", email=f"kunde{i}@example.de") for i in range(1000)])
+    with transaction() as session:  # a start the push refuses (intake would refuse it too)
+        poison = session.exec(select(Booking).where(Booking.booking_ref == "B-500")).one()
+        poison.start_at += timedelta(minutes=7)
+    with pytest.raises(RuntimeError) as failed:
+        bookings.push_bookings()  # the default: 500 bookings per task
+    message = str(failed.value)
+    assert message.startswith("push-bookings: 1 record(s) parked, 0 to retry on the next run")
+    assert "B-500: start must lie on the 5-minute grid" in message and "@" not in message
+    appointments = {a["externalId"] for a in timify_state(against_sandbox)["appointments"].values()}
+    assert len(appointments) == 999 and "B-500" not in appointments
+    assert _parked() == {"B-500": ("parked", "start must lie on the 5-minute grid")}
+    assert ("parked", "record=B-500 attempts=1 validate") in _audit("push-bookings.park")
+
+    # The on-call engineer sees it, drops it with a reason; the next run is clean.
+    runner = CliRunner()
+    listed = runner.invoke(app, ["parked", "list"])
+    assert listed.exit_code == 0 and "B-500" in listed.output and "push-bookings" in listed.output
+    with transaction() as session:
+        item_id = str(session.exec(select(ParkedItem.id)).one())
+    dropped = runner.invoke(app, ["parked", "drop", item_id, "--reason", "Termin telefonisch neu vereinbart"])
+    assert dropped.exit_code == 0, dropped.output
+    assert runner.invoke(app, ["parked", "list"]).output.strip() == "nothing parked"
+    refused = runner.invoke(app, ["parked", "drop", item_id, "--reason", "nochmal"])
+    assert refused.exit_code == 1 and "not parked" in refused.output
+    assert bookings.push_bookings() == {}
+    with transaction() as session:
+        assert verify(session, KEY).ok
+    assert [o for o, _ in _audit("push-bookings.park")] == ["parked", "dropped"]
+
+
+def test_a_retriable_failure_is_tried_first_by_the_next_run_and_holds_nobody_back(against_sandbox, monkeypatch):
+    take_in(*[request(f"B-{i}", email=f"kunde{i}@example.de") for i in range(5)])
+    original = Timify.upsert_appointment
+
+    def flaky(self, external_id, **kw):
+        if external_id == "B-2":
+            raise RetriableError("timify", "appointments.create", 503, 5)
+        return original(self, external_id, **kw)
+
+    monkeypatch.setattr(Timify, "upsert_appointment", flaky)
+    with pytest.raises(RuntimeError, match=r"0 record\(s\) parked, 1 to retry on the next run.*B-2: timify"):
+        bookings.push_bookings()
+    assert len(timify_state(against_sandbox)["appointments"]) == 4
+    assert _parked()["B-2"][0] == "retry"
+    monkeypatch.undo()
+    assert bookings.push_bookings()["pushed"] == 1  # only B-2: the cursor had passed it
+    assert {a["externalId"] for a in timify_state(against_sandbox)["appointments"].values()} == {
+        f"B-{i}" for i in range(5)}  # fmt: skip
+    assert _parked() == {"B-2": ("resolved", "timify appointments.create: HTTP 503 after 5 attempt(s)")}
+
+
+def test_an_auth_failure_fails_the_batch_and_parks_nothing(against_sandbox, monkeypatch):
+    take_in(request("B-1"))
+
+    def refused(self, *args, **kw):
+        raise FatalError("timify", "customers.create", 401)
+
+    monkeypatch.setattr(Timify, "upsert_customer", refused)
+    with pytest.raises(FatalError):
+        bookings.push_bookings()
+    assert _parked() == {}
+    monkeypatch.undo()
+    assert bookings.push_bookings()["pushed"] == 1
+
+
+def test_what_a_crashed_batch_sent_is_in_the_register_and_an_erasure_finds_it(against_sandbox, monkeypatch):
+    take_in(request("B-1", channel="video", email="absturz@example.de"), request("B-2", email="bleibt@example.de"))
+
+    def die(self):
+        raise RuntimeError("process died")  # after the calls, before the commit
+
+    monkeypatch.setattr(bookings._Batch, "commit_register", die)
+    with pytest.raises(RuntimeError, match="died"):
+        bookings.push_bookings()
+    monkeypatch.undo()
+    assert len(timify_state(against_sandbox)["customers"]) == 2  # they reached TIMIFY...
+    with transaction() as session:  # ...and the register knew before they left
+        rows = session.exec(select(Recipient)).all()
+        assert {(r.processor, r.confirmed_at is None, r.removed_at is None) for r in rows} == {
+            ("timify", True, True), ("flexperto", True, True)}  # fmt: skip
+        request_id = erasure.open_erasure_request(session, email="absturz@example.de", channel="letter").id
+    assert erasure.fan_out_erasure(request_id=request_id) == {"verified": 2, "completed": 1}
+    state = sandbox_state(against_sandbox)
+    assert "absturz@example.de" not in json.dumps({k: state[k] for k in ("timify", "flexperto")})
+    assert "bleibt@example.de" in json.dumps(state["timify"])
+
+
+def test_a_reschedule_while_the_erasure_is_open_is_held_and_recreates_nothing(against_sandbox, monkeypatch):
+    take_in(request("B-1", channel="video", email="geht@example.de"))
+    bookings.push_bookings()
+
+    def stuck(self, ctx, task):
+        raise RetriableError("flexperto", "customers.delete", 503, 5)
+
+    monkeypatch.setattr(FlexpertoHandler, "erase", stuck)
+    with pytest.raises(RuntimeError, match="flexperto"):
+        erasure.fan_out_erasure(email="geht@example.de", channel="portal")
+    assert timify_state(against_sandbox)["customers"] == {}  # TIMIFY verified, the request still open
+    take_in(change("reschedule", "B-1", start="2026-02-09T11:00:00+01:00"))
+    assert bookings.push_bookings() == {"held_erasure_open": 1}
+    assert timify_state(against_sandbox)["customers"] == {}  # not re-created
+    assert ("held", "booking=B-1 channel=video") in _audit("booking.push")
+    monkeypatch.undo()
+    assert erasure.follow_up_erasures()["completed"] == 1
+    with transaction() as session:
+        assert session.exec(select(ErasureRequest.status)).one() == "completed"
+    assert bookings.push_bookings() == {}

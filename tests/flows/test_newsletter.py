@@ -113,10 +113,11 @@ DELETE_BULK = "POST /v3/receivers/delete"
 def add_foreign_group(name="Hand-made group"):
     """A group this sync does not manage, created at the sandbox the way a marketer would."""
     from connectors import cleverreach
+    from connectors.transport import path
     from psync.settings import get_settings
 
     client = cleverreach.from_settings(get_settings())
-    client.http.request("groups.create", "POST", "/groups.json", json={"name": name})
+    client.http.request("groups.create", "POST", path("groups.json"), json={"name": name})
 
 
 def test_local_withdrawal_stops_mailing_and_removes_the_receiver(against_sandbox):
@@ -231,8 +232,10 @@ def test_a_crash_after_the_upsert_then_a_rerun_ends_exactly_right(against_sandbo
     with pytest.raises(RuntimeError):
         newsletter.sync_newsletter_consents(batch_size=10, records_per_task=10)
     assert len(receivers(against_sandbox, "1001")) == 20  # batch 2 reached CleverReach...
-    with transaction() as session:  # ...but its commit did not happen here
-        assert session.exec(select(func.count()).select_from(Recipient)).one() == 10
+    with transaction() as session:  # ...its commit did not happen here, but its write-ahead did
+        rows = session.exec(select(Recipient)).all()
+        assert len(rows) == 20 and sum(r.confirmed_at is not None for r in rows) == 10
+        assert all(r.removed_at is None for r in rows)  # "may hold" is live: an erasure asks there
     monkeypatch.setattr(newsletter, "record_sent_many", original)
     counts = newsletter.sync_newsletter_consents(batch_size=10, records_per_task=10)
     assert counts["pushed"] == 20
@@ -242,6 +245,7 @@ def test_a_crash_after_the_upsert_then_a_rerun_ends_exactly_right(against_sandbo
     with transaction() as session:
         rows = session.exec(select(Recipient)).all()
         assert len(rows) == 30 and len({r.subject_id for r in rows}) == 30
+        assert all(r.confirmed_at is not None for r in rows)
         assert {r.external_id for r in rows} == {r["id"] for r in held.values()}
 
 
@@ -264,7 +268,9 @@ def test_a_crash_between_waves_rolls_the_whole_batch_back_and_a_rerun_ends_exact
         newsletter.sync_newsletter_consents(lists=["newsletter"], batch_size=6, records_per_task=30)
     assert waves == [12, 12]
     with transaction() as session:
-        assert session.exec(select(func.count()).select_from(Recipient)).one() == 0
+        # The batch's confirmations rolled back; what was written ahead of its calls stayed.
+        rows = session.exec(select(Recipient)).all()
+        assert len(rows) == 30 and all(r.confirmed_at is None and r.removed_at is None for r in rows)
         assert session.exec(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "newsletter.push")).one() == 0
     monkeypatch.setattr(newsletter, "record_sent_many", original)
     assert newsletter.sync_newsletter_consents(lists=["newsletter"], batch_size=6, records_per_task=30) == {"pushed": 30}
@@ -272,6 +278,7 @@ def test_a_crash_between_waves_rolls_the_whole_batch_back_and_a_rerun_ends_exact
     with transaction() as session:
         rows = session.exec(select(Recipient)).all()
         assert sorted(r.external_id for r in rows) == sorted(r["id"] for r in held.values())
+        assert all(r.confirmed_at is not None for r in rows)  # "holds" now
         sent = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.push")).all()
         assert len(sent) == 30 and len({e.subject_pseudonym for e in sent}) == 30
         assert verify(session, KEY).ok
@@ -534,3 +541,19 @@ def test_every_change_gets_exactly_one_decision_in_the_audit_trail(against_sandb
         ("waits@example.de", "newsletter.hold", "skipped"): 1,
         ("new@example.de", "newsletter.push", "sent"): 1,
     }
+
+
+def test_a_confirmation_while_the_persons_erasure_is_open_is_held_not_sent(against_sandbox):
+    take_in(signup("geht@example.de"), confirm("geht@example.de"), signup("bleibt@example.de"), confirm("bleibt@example.de"))
+    from flows import erasure
+
+    with transaction() as session:
+        request_id = erasure.open_erasure_request(session, email="geht@example.de", channel="letter").id
+    counts = newsletter.sync_newsletter_consents(lists=["newsletter"])
+    assert counts == {"pushed": 1, "held_erasure_open": 1}
+    assert sorted(receivers(against_sandbox, "1001")) == ["bleibt@example.de"]
+    with transaction() as session:
+        held = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.push",
+                                                     AuditEntry.outcome == "held")).all()  # fmt: skip
+        assert len(held) == 1
+    assert erasure.fan_out_erasure(request_id=str(request_id)) == {"completed": 1}

@@ -193,3 +193,23 @@ def test_no_personal_data_or_document_bytes_in_logs(isic_env, caplog):
     student_id.forward_student_id_orders()
     for marker in ("lena.marker", "Studentin", "DE8937", "Sonnenblume7", "%PDF", "JFIF"):
         assert marker not in caplog.text
+
+
+# the delivery path (flows/delivery.py) ------------------------------------------------------
+def test_a_student_id_order_without_photo_is_parked_and_the_others_are_forwarded(isic_env):
+    url, base = isic_env
+    refs = [f"ISIC-P{i}" for i in range(3)]
+    take_in(base, *[order(ref) for ref in refs])
+    with transaction() as session:
+        (broken,) = session.exec(select(IsicOrder).where(IsicOrder.order_ref == refs[1]))
+        for document in session.exec(select(IsicDocument).where(IsicDocument.order_id == broken.id)):
+            session.delete(document)
+    with pytest.raises(RuntimeError, match=rf"1 record\(s\) parked.*{refs[1]}: order {refs[1]} has no photo"):
+        student_id.forward_student_id_orders()
+    holders = sandbox_state(url)["isic"]["cardholders"]
+    assert refs[0] in holders and refs[2] in holders
+    # The cardholder was set before the photo was missed: the register says "may hold".
+    with transaction() as session:
+        rows = {r.purpose: r for r in session.exec(select(Recipient).where(Recipient.processor == "isic"))}
+    assert rows[f"student-id:{refs[1]}"].removed_at is None and rows[f"student-id:{refs[1]}"].confirmed_at is None
+    assert rows[f"student-id:{refs[0]}"].confirmed_at is not None

@@ -1,0 +1,252 @@
+"""The one delivery path: how a batch of records reaches a processor, registered before it
+leaves, one record at a time, and one bad record never blocks the rest.
+
+A job (bookings → TIMIFY and Flexperto, student-ID orders → the card issuer) declares what
+one record is and how it is sent (``Job``); ``run_batch`` owns the rest, once:
+
+1. **Claim and write ahead** (one transaction, committed): the records after the job's
+   cursor, the ones its last runs left to retry first; for each record that may carry a
+   person's data somewhere, a "may hold" register row per (subject, processor, purpose)
+   (``models.recipients.record_may_hold_many``). From here on an erasure finds that data,
+   whatever happens to the calls: a crash, a fault, a rollback.
+2. **Deliver** (one transaction, the cursor locked again): each record whose register rows
+   are live (a record another worker's batch brought in meanwhile waits for the next batch:
+   it was not written ahead) is sent on its own. A record whose call fails for good (a 4xx
+   other than auth, our own validation) is parked with its reason; one that failed for a
+   retriable reason (5xx, timeout, 429, no answer) is marked for the next run, which tries
+   it first. Either way the stream moves on: the cursor passes every record of the batch.
+   An auth failure or missing configuration fails the batch: no record could go.
+3. **Record**: the job's own outcome (ids, register "holds"), parked items resolved or
+   counted, every call and decision in the audit trail, the cursor advanced, one commit.
+
+A record of a subject whose erasure request is open is held: nothing is sent, the
+decision audited; what the processor may already hold is found by the erasure through the
+register rows written ahead by earlier runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from sqlmodel import Session, select
+
+from connectors.transport import CallRecord, ProcessorError
+from flows.common import JobFailed, audit_failure, call_events, reason, write_audit
+from models.audit import AuditEvent
+from models.cursors import advance_cursor, get_cursor
+from models.db import transaction
+from models.erasure import subjects_being_erased
+from models.parked import ParkedItem, ParkState, drop, due_for_retry, get_item, park, resolve, retry_later
+from models.recipients import live_keys, record_may_hold_many
+from models.types import utcnow
+
+Row = TypeVar("Row")
+# Statuses that say the call could not work for any record: fail the batch, park nothing.
+_RUN_WIDE = {401, 403}
+# Shown in a failed run's message: the first few parked records (ids only).
+_NAMED = 10
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Where one record may carry a person's data: what is written ahead of its calls."""
+
+    subject_id: uuid.UUID
+    processor: str
+    purpose: str
+    external_id: str | None = None
+
+
+class Clients(Protocol):
+    def drain_calls(self) -> list[CallRecord]: ...
+
+
+class Job(Protocol, Generic[Row]):
+    """What a job declares; ``run_batch`` does the rest.
+
+    - ``name``: the job (parked items, audit actions); ``cursor``: its cursor's name.
+    - ``clients``: its connectors (``drain_calls`` for the audit).
+    - ``select(session, after, limit)``: records after cursor position `after`, in change
+      order; ``by_ids(session, ids)``: the records with these ids.
+    - ``record_id(row)`` (not personal) and ``seq(row)`` (its position in the stream).
+    - ``subject_id(row)``; ``reaches(session, rows)``: where each record may carry data
+      (only records that will send).
+    - ``begin(session, rows)`` → the batch's context; ``deliver(ctx, row)`` sends one
+      record (raising fails only that record); ``finish(ctx)`` records what the batch
+      confirmed (register "holds") and returns its counts and audit events.
+    """
+
+    name: str
+    cursor: str
+    clients: Any
+
+    def select(self, session: Session, after: int, limit: int) -> list[Row]: ...
+    def by_ids(self, session: Session, ids: Sequence[str]) -> list[Row]: ...
+    def record_id(self, row: Row) -> str: ...
+    def seq(self, row: Row) -> int: ...
+    def subject_id(self, row: Row) -> uuid.UUID: ...
+    def reaches(self, session: Session, rows: Sequence[Row]) -> list[Reach]: ...
+    def begin(self, session: Session, rows: Sequence[Row]) -> Any: ...
+    def deliver(self, ctx: Any, row: Row) -> None: ...
+    def held(self, ctx: Any, row: Row) -> AuditEvent: ...
+    def finish(self, ctx: Any) -> tuple[Counter[str], list[AuditEvent]]: ...
+
+
+@dataclass
+class _Selection(Generic[Row]):
+    rows: list[Row]
+    after: int | None  # the cursor's position it was read at (None: a named run)
+    last_seq: int | None  # of the records after the cursor (None: none, or a named run)
+    fresh: set[str] = field(default_factory=set)  # ids of the records after the cursor
+
+
+def _select(
+    job: Job[Row], session: Session, limit: int, ids: Sequence[str] | None, upto: int | None = None
+) -> _Selection[Row]:
+    """A named run's records, or the ones to retry first and then the stream after the
+    cursor (up to seq `upto`: what an earlier selection of this batch wrote ahead)."""
+    if ids is not None:
+        return _Selection(job.by_ids(session, ids), None, None)
+    after = get_cursor(session, job.cursor).position  # locked until the transaction ends
+    retry = due_for_retry(session, job.name)[:limit]
+    rows = job.by_ids(session, retry) if retry else []
+    taken = {job.record_id(r) for r in rows}
+    fresh = job.select(session, after, limit)
+    if upto is not None:
+        fresh = [r for r in fresh if job.seq(r) <= upto]
+    rows += [r for r in fresh if job.record_id(r) not in taken]
+    return _Selection(rows, after, job.seq(fresh[-1]) if fresh else None, {job.record_id(r) for r in fresh})
+
+
+def _write_ahead(session: Session, reaches: Iterable[Reach], now: datetime) -> int:
+    grouped: dict[tuple[str, str], dict[uuid.UUID, str | None]] = defaultdict(dict)
+    for reach in reaches:
+        grouped[reach.processor, reach.purpose].setdefault(reach.subject_id, reach.external_id)
+    for (processor, purpose), subjects in sorted(grouped.items()):
+        record_may_hold_many(session, processor, purpose, subjects, now)
+    return sum(map(len, grouped.values()))
+
+
+def _is_run_wide(exc: ProcessorError) -> bool:
+    return exc.status in _RUN_WIDE or (exc.status is None and exc.operation == "configure")
+
+
+def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> dict[str, int]:
+    """Deliver one batch of `job` (the next `limit` records, or exactly `ids`); its counts.
+
+    See the module's text for the three steps. Raises only what no record could get past
+    (auth, configuration); a record's own failure is parked and counted.
+    """
+    now = utcnow()
+    for _ in range(3):
+        with transaction() as session:
+            ahead = _select(job, session, limit, ids)
+            if not ahead.rows:
+                return {}
+            held = subjects_being_erased(session, {job.subject_id(r) for r in ahead.rows})
+            reaches = [r for r in job.reaches(session, ahead.rows) if r.subject_id not in held]
+            if written := _write_ahead(session, reaches, now):
+                write_audit(session, [AuditEvent(f"{job.name}.register_ahead", "may_hold", None,
+                                                 detail=f"records={len(ahead.rows)} rows={written}")])  # fmt: skip
+        with audit_failure(job.clients, f"{job.name}.batch"), transaction() as session:
+            chosen = _select(job, session, limit, ids, upto=ahead.last_seq)
+            if chosen.after != ahead.after:
+                # Another worker delivered a batch in between: what is after the cursor now
+                # was not written ahead by this one. Start over from the new position.
+                continue
+            counts = _deliver(job, session, chosen, now)
+        return counts
+    raise JobFailed(f"{job.name}: the cursor kept moving under this batch; another worker is delivering")
+
+
+def _deliver(job: Job[Row], session: Session, chosen: _Selection[Row], now: datetime) -> dict[str, int]:
+    """Step 2 and 3 of ``run_batch``, in its second transaction."""
+    counts: Counter[str] = Counter()
+    events: list[AuditEvent] = []
+    rows = chosen.rows
+    held = subjects_being_erased(session, {job.subject_id(r) for r in rows})
+    ctx = job.begin(session, rows)
+    delivered: list[str] = []
+    for row in rows:
+        record = job.record_id(row)
+        if job.subject_id(row) in held:
+            counts["held_erasure_open"] += 1
+            events.append(job.held(ctx, row))
+            delivered.append(record)  # nothing to retry: the person is being erased
+            continue
+        try:
+            job.deliver(ctx, row)
+        except ProcessorError as exc:
+            if _is_run_wide(exc):
+                raise
+            retriable = exc.outcome_unknown or exc.status == 429
+            events.append(_park(session, job, record, retriable, exc.processor, exc.operation, reason(exc), now))
+            counts["to_retry" if retriable else "parked"] += 1
+            continue
+        except ValueError as exc:  # our own validation or configuration, for this record
+            events.append(_park(session, job, record, False, "", "validate", reason(exc), now))
+            counts["parked"] += 1
+            continue
+        delivered.append(record)
+    finished, job_events = job.finish(ctx)
+    counts.update(finished)
+    resolve(session, job.name, delivered, now)
+    if chosen.last_seq is not None:
+        advance_cursor(session, job.cursor, chosen.last_seq)
+    write_audit(session, call_events(job.clients.drain_calls()) + job_events + events)
+    return dict(counts)
+
+
+def _park(session: Session, job: Job, record: str, retriable: bool, processor: str, operation: str,
+          why: str, now: datetime) -> AuditEvent:  # fmt: skip
+    item = park(session, job.name, record, retriable=retriable, processor=processor, operation=operation,
+                reason=why, now=now)  # fmt: skip
+    return AuditEvent(f"{job.name}.park", str(item.state), processor or None,
+                      detail=f"record={record} attempts={item.attempts} {operation}".strip())  # fmt: skip
+
+
+def fail_if_parked(job_name: str, since: datetime) -> None:
+    """End the run Failed when it parked anything or left anything to retry: how many,
+    which records and why (ids, processors, statuses only)."""
+    with transaction() as session:
+        items = list(session.exec(
+            select(ParkedItem).where(
+                ParkedItem.job == job_name,
+                ParkedItem.last_tried_at >= since,
+                ParkedItem.state.in_([ParkState.parked, ParkState.retry]),  # type: ignore[attr-defined]
+            ).order_by(ParkedItem.last_tried_at)
+        ))  # fmt: skip
+    if not items:
+        return
+    parked = [i for i in items if i.state == ParkState.parked]
+    retry = [i for i in items if i.state == ParkState.retry]
+    named = "; ".join(f"{i.record_id}: {i.reason}" for i in items[:_NAMED])
+    more = f"; and {len(items) - _NAMED} more (psync parked list)" if len(items) > _NAMED else ""
+    raise JobFailed(
+        f"{job_name}: {len(parked)} record(s) parked, {len(retry)} to retry on the next run; "
+        f"the others were delivered. {named}{more}"
+    )
+
+
+# for the operator (psync parked …) ----------------------------------------------------
+def retry_parked(session: Session, item_id: str) -> ParkedItem:
+    """Another try for a parked record: the job's next run takes it first. Audited."""
+    item = get_item(session, item_id)
+    retry_later(item)
+    write_audit(session, [AuditEvent(f"{item.job}.park", "retry_requested", item.processor or None,
+                                     detail=f"record={item.record_id}")])  # fmt: skip
+    return item
+
+
+def drop_parked(session: Session, item_id: str, why: str, now: datetime) -> ParkedItem:
+    """The operator decides a parked record is not to be delivered, with a reason. Audited."""
+    item = get_item(session, item_id)
+    drop(item, why, now)
+    write_audit(session, [AuditEvent(f"{item.job}.park", "dropped", item.processor or None,
+                                     detail=f"record={item.record_id} reason={item.drop_reason}")])  # fmt: skip
+    return item
