@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 from psync.sandbox_env import SERVICE_POINTS
 
@@ -70,6 +70,7 @@ def run_bookings(base: str, key: bytes, n: int, seed: int) -> bool:
     import requests
 
     from flows import bookings
+    from models.bookings import berlin_today
     from models.db import transaction
     from models.intake import intake_lines
     from models.types import utcnow
@@ -90,7 +91,7 @@ def run_bookings(base: str, key: bytes, n: int, seed: int) -> bool:
         requests.post(f"{base}/_sandbox/flexperto/chats",
                       json={"customer_id": customer_id, "at": now.isoformat()}, timeout=5)  # fmt: skip
     print(f"sandbox     {len(state['flexperto']['customers'])} video chats held at Flexperto")
-    today = date.today()
+    today = berlin_today(now)  # the Berlin calendar day the purge dates count in
     step("purge now", bookings.purge_video_chat_data(as_of=today))
     step("purge +120d", bookings.purge_video_chat_data(as_of=today + timedelta(days=120)))
     return _agree(base)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 # The smallest files each type check accepts: what the first bytes say is what counts.
@@ -62,6 +62,7 @@ def run_student_ids(base: str, key: bytes, folder: Path, n: int, seed: int) -> b
     from flows import student_id
     from models.db import transaction
     from models.intake import intake_lines
+    from models.bookings import berlin_today
     from models.types import utcnow
     from psync.demo import step
     from psync.settings import get_settings
@@ -87,7 +88,10 @@ def run_student_ids(base: str, key: bytes, folder: Path, n: int, seed: int) -> b
     step("status", student_id.sync_student_id_order_status())
     step("status", student_id.sync_student_id_order_status())
     retention = settings.isic_document_retention_days
-    step(f"purge +{retention}d", student_id.purge_student_id_documents(as_of=date.today() + timedelta(days=retention)))
+    # The Berlin calendar day, as the status sync counts the retention from (the machine's
+    # own date is a day behind between midnight in Berlin and midnight UTC).
+    today = berlin_today(utcnow())
+    step(f"purge +{retention}d", student_id.purge_student_id_documents(as_of=today + timedelta(days=retention)))
     return _agree(base)
 
 
