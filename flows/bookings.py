@@ -34,7 +34,7 @@ from sqlmodel import Session, select
 
 from connectors import flexperto, timify
 from connectors.transport import CallRecord
-from flows.delivery import Reach, fail_if_parked, run_batch
+from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
 from flows.common import (
     JobFailed,
     audit_failure,
@@ -242,13 +242,14 @@ def _subjects(session: Session, rows: Sequence[Booking]) -> dict[uuid.UUID, Data
 
 
 # push ---------------------------------------------------------------------------------
-class BookingsJob:
+class BookingsJob(StreamJob):
     """Bookings through the delivery path (``flows.delivery``): one record is one booking,
     its id the website's booking id; a booking may carry the customer to TIMIFY and, by
     video, to Flexperto; a cancellation carries nothing new."""
 
     name = "push-bookings"
     cursor = CURSOR
+    id_field = "booking_ref"
 
     def __init__(self, clients: Clients, refs: Sequence[str] | None = None):
         self.clients, self.refs = clients, refs
@@ -258,15 +259,6 @@ class BookingsJob:
 
     def by_ids(self, session: Session, ids: Sequence[str]) -> list[Booking]:
         return by_refs(session, ids)
-
-    def record_id(self, row: Booking) -> str:
-        return row.booking_ref
-
-    def seq(self, row: Booking) -> int:
-        return row.seq
-
-    def subject_id(self, row: Booking) -> uuid.UUID:
-        return row.subject_id
 
     def reaches(self, session: Session, rows: Sequence[Booking]) -> list[Reach]:
         sending = [b for b in rows if b.status != BookingStatus.cancelled]

@@ -9,9 +9,9 @@ one record is and how it is sent (``Job``); ``run_batch`` owns the rest, once:
    person's data somewhere, a "may hold" register row per (subject, processor, purpose)
    (``models.recipients.record_may_hold_many``). From here on an erasure finds that data,
    whatever happens to the calls: a crash, a fault, a rollback.
-2. **Deliver** (one transaction, the cursor locked again): each record whose register rows
-   are live (a record another worker's batch brought in meanwhile waits for the next batch:
-   it was not written ahead) is sent on its own. A record whose call fails for good (a 4xx
+2. **Deliver** (one transaction, the cursor locked again): the same records (had another
+   worker moved the cursor in between, what follows it was not written ahead by this batch:
+   it starts over at step 1), each sent on its own. A record whose call fails for good (a 4xx
    other than auth, our own validation) is parked with its reason; one that failed for a
    retriable reason (5xx, timeout, 429, no answer) is marked for the next run, which tries
    it first. Either way the stream moves on: the cursor passes every record of the batch.
@@ -73,9 +73,10 @@ class Job(Protocol, Generic[Row]):
     - ``clients``: its connectors (``drain_calls`` for the audit).
     - ``select(session, after, limit)``: records after cursor position `after`, in change
       order; ``by_ids(session, ids)``: the records with these ids.
-    - ``record_id(row)`` (not personal) and ``seq(row)`` (its position in the stream).
-    - ``subject_id(row)``; ``reaches(session, rows)``: where each record may carry data
-      (only records that will send).
+    - ``record_id(row)`` (not personal), ``seq(row)`` (its position in the stream) and
+      ``subject_id(row)``: ``StreamJob`` gives all three from an ``id_field``.
+    - ``reaches(session, rows)``: where each record may carry data (only records that will
+      send); ``held(ctx, row)``: the audit event of a record held (erasure open).
     - ``begin(session, rows)`` → the batch's context; ``deliver(ctx, row)`` sends one
       record (raising fails only that record); ``finish(ctx)`` records what the batch
       confirmed (register "holds") and returns its counts and audit events.
@@ -95,6 +96,22 @@ class Job(Protocol, Generic[Row]):
     def deliver(self, ctx: Any, row: Row) -> None: ...
     def held(self, ctx: Any, row: Row) -> AuditEvent: ...
     def finish(self, ctx: Any) -> tuple[Counter[str], list[AuditEvent]]: ...
+
+
+class StreamJob:
+    """What most jobs share: a record is a row with ``seq`` (its place in the stream) and
+    ``subject_id``, and an id column (``id_field``) that names it, not the person."""
+
+    id_field: str
+
+    def record_id(self, row: Any) -> str:
+        return getattr(row, self.id_field)
+
+    def seq(self, row: Any) -> int:
+        return row.seq
+
+    def subject_id(self, row: Any) -> uuid.UUID:
+        return row.subject_id
 
 
 @dataclass

@@ -19,7 +19,6 @@ the postal code, the phone password or the other documents (see the README).
 from __future__ import annotations
 
 import math
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import date, timedelta
@@ -31,7 +30,7 @@ from pydantic import Field
 from sqlmodel import Session, select
 
 from connectors import isic
-from flows.delivery import Reach, fail_if_parked, run_batch
+from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
 from flows.common import (
     JobFailed,
     audit_failure,
@@ -185,13 +184,14 @@ def erase_locally(batch: _Batch, order: IsicOrder) -> None:
     batch.decide("isic.erase_local", "verified", order, "erased_locally")
 
 
-class ForwardJob:
+class ForwardJob(StreamJob):
     """Orders through the delivery path (``flows.delivery``): one record is one order, its id
     the order reference; a received order may carry the cardholder to the issuer, a
     cancellation carries nothing new (it voids, deletes, erases here)."""
 
     name = "forward-student-id-orders"
     cursor = CURSOR
+    id_field = "order_ref"
 
     def __init__(self, client: isic.Isic):
         self.client, self.clients = client, client.http
@@ -203,15 +203,6 @@ class ForwardJob:
     def by_ids(self, session: Session, ids: Sequence[str]) -> list[IsicOrder]:
         query = select(IsicOrder).where(IsicOrder.order_ref.in_(list(ids)))  # type: ignore[attr-defined]
         return list(session.exec(query.order_by(IsicOrder.seq)))
-
-    def record_id(self, row: IsicOrder) -> str:
-        return row.order_ref
-
-    def seq(self, row: IsicOrder) -> int:
-        return row.seq
-
-    def subject_id(self, row: IsicOrder) -> uuid.UUID:
-        return row.subject_id
 
     def reaches(self, session: Session, rows: Sequence[IsicOrder]) -> list[Reach]:
         return [Reach(o.subject_id, PROCESSOR, o.purpose) for o in rows

@@ -29,7 +29,6 @@ from models.isic import IsicOrder
 from models.recipients import Recipient
 from models.subjects import DataSubject
 from psync.sandbox_env import SERVICE_POINTS
-from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 ERASED = NOW - timedelta(days=10)
@@ -43,14 +42,6 @@ OLD = {
     "source": "https://alt.example.de/nl", "phone": "+4930901820", "concern": "Rueckenschmerzen",
     "IBAN": "DE89370400440532013000", "institution": "Alte Hochschule", "postal code": "10115",
 }  # fmt: skip
-
-
-@pytest.fixture
-def docs(tmp_path):
-    (tmp_path / "nachweis.pdf").write_bytes(PDF_BYTES)
-    (tmp_path / "ausweis.png").write_bytes(PNG_BYTES)
-    (tmp_path / "foto.jpg").write_bytes(JPEG_BYTES)
-    return tmp_path
 
 
 def run(settings, base_dir, *events: dict) -> list:

@@ -32,7 +32,6 @@ from models.intake import LineResult, intake_lines
 from models.isic import IsicOrder, OrderStatus
 from models.subjects import DataSubject
 from psync.sandbox_env import SERVICE_POINTS
-from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CET = timezone(timedelta(hours=1))  # Berlin's offset in December
@@ -47,14 +46,6 @@ RANK = {"signup": 0, "confirm": 1, "withdraw": 2}
 # At the same instant only when the later kind ranks after the earlier one: then the listed
 # order is the event-time order too.
 GAPS = (timedelta(0), timedelta(seconds=1), timedelta(minutes=7), timedelta(days=1))
-
-
-@pytest.fixture
-def docs(tmp_path):
-    (tmp_path / "nachweis.pdf").write_bytes(PDF_BYTES)
-    (tmp_path / "ausweis.png").write_bytes(PNG_BYTES)
-    (tmp_path / "foto.jpg").write_bytes(JPEG_BYTES)
-    return tmp_path
 
 
 def run(settings, events: list[dict], base_dir=None) -> list[LineResult]:

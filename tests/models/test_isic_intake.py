@@ -23,12 +23,9 @@ IBAN = "DE89 3704 0044 0532 0130 00"
 
 
 @pytest.fixture
-def docs(tmp_path):
-    (tmp_path / "nachweis.pdf").write_bytes(PDF_BYTES)
-    (tmp_path / "ausweis.png").write_bytes(PNG_BYTES)
-    (tmp_path / "foto.jpg").write_bytes(JPEG_BYTES)
-    (tmp_path / "foto-wirklich-ein-pdf.jpg").write_bytes(PDF_BYTES)
-    return tmp_path
+def docs(docs):
+    (docs / "foto-wirklich-ein-pdf.jpg").write_bytes(PDF_BYTES)
+    return docs
 
 
 def order(order_id="O-1", **kw) -> dict:
