@@ -59,6 +59,7 @@ from models.consent import (
     apply_expire,
     apply_withdraw,
     changed_since,
+    confirmed_changed_since,
     count_changed_since,
     event_key,
     expiry_candidates,
@@ -291,16 +292,14 @@ def _write_ahead(list_name: str, purpose: str, limit: int, now: datetime) -> tup
     commit, before any of them is sent: a run that dies after the upsert and before its
     commit leaves nothing an erasure cannot find. Returns the cursor position read and the
     batch's last change (None: nothing to push)."""
-    with transaction() as session:
+    with collector_paused(), transaction() as session:
         after = _lock_cursors(session)[list_name].position
-        rows = changed_since(session, list_name, after, limit)
-        if not rows:
-            return after, None
-        ahead = {r.subject_id: None for r in rows if r.state == ConsentState.confirmed and r.email}
-        for subject_id in subjects_being_erased(session, ahead):
-            del ahead[subject_id]  # held: nothing more is sent (``_push_rows``)
-        record_may_hold_many(session, PROCESSOR, purpose, ahead, now)
-        return after, rows[-1].change_seq
+        confirmed, upto = confirmed_changed_since(session, list_name, after, limit)
+        # Held ones (erasure open) get nothing more sent (``_push_rows``); a confirmed one
+        # whose address was erased is written ahead all the same: "may hold" errs safe.
+        held = subjects_being_erased(session, confirmed)
+        record_may_hold_many(session, PROCESSOR, purpose, dict.fromkeys(set(confirmed) - held), now)
+        return after, upto
 
 
 def _push_rows(session, client: cleverreach.CleverReach, list_name: str, group: str, purpose: str,

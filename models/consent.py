@@ -357,6 +357,21 @@ PUSH_COLUMNS = (
 )  # fmt: skip
 
 
+def confirmed_changed_since(session: Session, list_name: str, after_seq: int, limit: int) -> tuple[list, int | None]:
+    """Of a list's next `limit` changes after `after_seq`: the subject ids whose consent is
+    confirmed, and the last change's number (None: no change). The push writes these ahead
+    in the register; one table, no join, a fraction of ``changed_since``'s cost."""
+    query = (
+        select(ConsentRecord.subject_id, ConsentRecord.state, ConsentRecord.change_seq)
+        .where(ConsentRecord.list_name == list_name, ConsentRecord.change_seq > after_seq)
+        .order_by(ConsentRecord.change_seq)
+        .limit(limit)
+    )
+    rows = session.connection().execute(query).all()
+    confirmed = [r.subject_id for r in rows if r.state == ConsentState.confirmed]
+    return confirmed, rows[-1].change_seq if rows else None
+
+
 def changed_since(session: Session, list_name: str, after_seq: int, limit: int) -> list:
     """Rows (PUSH_COLUMNS) of a list's records changed after `after_seq`, oldest first.
 
