@@ -176,17 +176,20 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
                 # Another worker delivered a batch in between: what is after the cursor now
                 # was not written ahead by this one. Start over from the new position.
                 continue
-            counts = _deliver(job, session, chosen, now)
+            counts = _deliver(job, session, chosen, held, now)
         return counts
     raise JobFailed(f"{job.name}: the cursor kept moving under this batch; another worker is delivering")
 
 
-def _deliver(job: Job[Row], session: Session, chosen: _Selection[Row], now: datetime) -> dict[str, int]:
-    """Step 2 and 3 of ``run_batch``, in its second transaction."""
+def _deliver(
+    job: Job[Row], session: Session, chosen: _Selection[Row], held_ahead: set[uuid.UUID], now: datetime
+) -> dict[str, int]:
+    """Step 2 and 3 of ``run_batch``, in its second transaction. Held: whoever was held when
+    the batch wrote ahead (nothing of theirs was) or has an open erasure request now."""
     counts: Counter[str] = Counter()
     events: list[AuditEvent] = []
     rows = chosen.rows
-    held = subjects_being_erased(session, {job.subject_id(r) for r in rows})
+    held = held_ahead | subjects_being_erased(session, {job.subject_id(r) for r in rows})
     ctx = job.begin(session, rows)
     delivered: list[str] = []
     for row in rows:

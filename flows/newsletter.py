@@ -272,7 +272,7 @@ def push_batch(
     now = utcnow()
     purpose = _purpose(list_name)
     for _ in range(3):
-        after, upto = _write_ahead(list_name, purpose, limit, now)
+        after, upto, held = _write_ahead(list_name, purpose, limit, now)
         if upto is None:
             return {}
         with (
@@ -283,15 +283,15 @@ def push_batch(
             if _lock_cursors(session)[list_name].position != after:
                 continue  # another worker pushed a batch in between: write ahead again
             rows = [r for r in changed_since(session, list_name, after, limit) if r.change_seq <= upto]
-            return _push_rows(session, client, list_name, group, purpose, rows, now)
+            return _push_rows(session, client, list_name, group, purpose, rows, held, now)
     raise JobFailed(f"newsletter push {list_name}: the cursor kept moving; another worker is pushing")
 
 
-def _write_ahead(list_name: str, purpose: str, limit: int, now: datetime) -> tuple[int, int | None]:
+def _write_ahead(list_name: str, purpose: str, limit: int, now: datetime) -> tuple[int, int | None, set[uuid.UUID]]:
     """Register every confirmed receiver of the next batch as "may hold" at CleverReach, and
     commit, before any of them is sent: a run that dies after the upsert and before its
-    commit leaves nothing an erasure cannot find. Returns the cursor position read and the
-    batch's last change (None: nothing to push)."""
+    commit leaves nothing an erasure cannot find. Returns the cursor position read, the
+    batch's last change (None: nothing to push) and the subjects held (not written ahead)."""
     with collector_paused(), transaction() as session:
         after = _lock_cursors(session)[list_name].position
         confirmed, upto = confirmed_changed_since(session, list_name, after, limit)
@@ -299,17 +299,19 @@ def _write_ahead(list_name: str, purpose: str, limit: int, now: datetime) -> tup
         # whose address was erased is written ahead all the same: "may hold" errs safe.
         held = subjects_being_erased(session, confirmed)
         record_may_hold_many(session, PROCESSOR, purpose, dict.fromkeys(set(confirmed) - held), now)
-        return after, upto
+        return after, upto, held
 
 
 def _push_rows(session, client: cleverreach.CleverReach, list_name: str, group: str, purpose: str,
-               rows: list, now: datetime) -> dict:  # fmt: skip
+               rows: list, held_ahead: set[uuid.UUID], now: datetime) -> dict:  # fmt: skip
     """The batch's removals, upserts, register, audit and cursor, in the caller's transaction."""
     counts, events = _remove_lapsed(session, client, list_name, group, rows, now)
     confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
     # A person whose erasure request is open gets nothing more sent; what CleverReach may
     # hold already, the request's tasks find through the register.
-    held = subjects_being_erased(session, {r.subject_id for r in confirmed})
+    # Held when written ahead (nothing of theirs was) or now.
+    held = held_ahead | subjects_being_erased(session, {r.subject_id for r in confirmed})
+    held &= {r.subject_id for r in confirmed}
     if held:
         confirmed = [r for r in confirmed if r.subject_id not in held]
         counts["held_erasure_open"] += len(held)
