@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -46,6 +46,7 @@ from models.recipients import live_keys, record_may_hold_many
 from models.types import utcnow
 
 Row = TypeVar("Row")
+R = TypeVar("R")
 # Statuses that say the call could not work for any record: fail the batch, park nothing.
 _RUN_WIDE = {401, 403}
 # Shown in a failed run's message: the first few parked records (ids only).
@@ -80,6 +81,12 @@ class Job(Protocol, Generic[Row]):
     - ``begin(session, rows)`` → the batch's context; ``deliver(ctx, row)`` sends one
       record (raising fails only that record); ``finish(ctx)`` records what the batch
       confirmed (register "holds") and returns its counts and audit events.
+    - ``StreamJob`` gives the rest a default a job may override: ``lock`` (the cursor,
+      locked), ``select_ahead`` (the records as the write-ahead needs them: a job whose
+      full records cost more to read gives lighter ones with the same ids, ``seq`` and
+      ``subject_id``), and ``deliver_many(ctx, rows)`` (a job with a batch call, such as
+      CleverReach's upsert, sends the records in batches: ``isolate`` finds the one record
+      a batch was refused for).
     """
 
     name: str
@@ -96,22 +103,76 @@ class Job(Protocol, Generic[Row]):
     def deliver(self, ctx: Any, row: Row) -> None: ...
     def held(self, ctx: Any, row: Row) -> AuditEvent: ...
     def finish(self, ctx: Any) -> tuple[Counter[str], list[AuditEvent]]: ...
+    def lock(self, session: Session) -> int: ...
+    def select_ahead(self, session: Session, after: int, limit: int) -> list[Any]: ...
+    def deliver_many(self, ctx: Any, rows: Sequence[Row]) -> dict[str, Exception]: ...
 
 
 class StreamJob:
     """What most jobs share: a record is a row with ``seq`` (its place in the stream) and
-    ``subject_id``, and an id column (``id_field``) that names it, not the person."""
+    ``subject_id``, and an id column (``id_field``) that names it, not the person; the
+    cursor is the job's own; records are read once for the write-ahead and once to send,
+    and sent one at a time."""
 
     id_field: str
+    cursor: str
 
     def record_id(self, row: Any) -> str:
-        return getattr(row, self.id_field)
+        return str(getattr(row, self.id_field))
 
     def seq(self, row: Any) -> int:
         return row.seq
 
     def subject_id(self, row: Any) -> uuid.UUID:
         return row.subject_id
+
+    def lock(self, session: Session) -> int:
+        """The cursor's position, locked until the transaction ends."""
+        return get_cursor(session, self.cursor).position
+
+    def select_ahead(self, session: Session, after: int, limit: int) -> list[Any]:
+        return self.select(session, after, limit)  # type: ignore[attr-defined]  # the job's
+
+    def deliver_many(self, ctx: Any, rows: Sequence[Any]) -> dict[str, Exception]:
+        """Send each record on its own (``deliver``); the failures by record id. A failure
+        no record could get past (``run_wide``) is raised."""
+        failures: dict[str, Exception] = {}
+        for row in rows:
+            try:
+                self.deliver(ctx, row)  # type: ignore[attr-defined]  # the job's
+            except (ProcessorError, ValueError) as exc:
+                if run_wide(exc):
+                    raise
+                failures[self.record_id(row)] = exc
+        return failures
+
+
+def isolate(send: Callable[[list[Row]], R], rows: list[Row]) -> tuple[list[tuple[list[Row], R]], list[tuple[Row, Exception]]]:
+    """Send `rows` in one batch call; if the batch is refused for good (a 4xx other than
+    auth, our own validation), send each half again, down to the record it was refused
+    for: one bad record costs about 2·log2(n) more calls, and the others still go.
+
+    A retriable failure (5xx, timeout, 429: the retry policy gave up) is the batch's, not
+    a record's: every record of the batch gets it, without splitting. Returns
+    ([(rows sent, answer), …], [(record, its failure), …]); raises a run-wide failure.
+
+    >>> def send(rows):
+    ...     if 13 in rows: raise ValueError("13 is refused")
+    ...     return len(rows)
+    >>> isolate(send, [11, 12, 13, 14])
+    ([([11, 12], 2), ([14], 1)], [(13, ValueError('13 is refused'))])
+    """
+    try:
+        return [(rows, send(rows))], []
+    except (ProcessorError, ValueError) as exc:
+        if run_wide(exc):
+            raise
+        if len(rows) == 1 or _retriable(exc):
+            return [], [(row, exc) for row in rows]
+    half = len(rows) // 2
+    sent, failed = isolate(send, rows[:half])
+    more_sent, more_failed = isolate(send, rows[half:])
+    return sent + more_sent, failed + more_failed
 
 
 @dataclass
@@ -123,17 +184,20 @@ class _Selection(Generic[Row]):
 
 
 def _select(
-    job: Job[Row], session: Session, limit: int, ids: Sequence[str] | None, upto: int | None = None
-) -> _Selection[Row]:
+    job: Job[Row], session: Session, limit: int, ids: Sequence[str] | None, upto: int | None = None,
+    ahead: bool = False,
+) -> _Selection[Row]:  # fmt: skip
     """A named run's records, or the ones to retry first and then the stream after the
-    cursor (up to seq `upto`: what an earlier selection of this batch wrote ahead)."""
+    cursor (up to seq `upto`: what an earlier selection of this batch wrote ahead); as the
+    write-ahead needs them (`ahead`) or whole. The cursor is locked either way: a named run
+    and the stream's next batch do not send the same record at once."""
+    after = job.lock(session)  # locked until the transaction ends
     if ids is not None:
         return _Selection(job.by_ids(session, ids), None, None)
-    after = get_cursor(session, job.cursor).position  # locked until the transaction ends
     retry = due_for_retry(session, job.name)[:limit]
     rows = job.by_ids(session, retry) if retry else []
     taken = {job.record_id(r) for r in rows}
-    fresh = job.select(session, after, limit)
+    fresh = job.select_ahead(session, after, limit) if ahead else job.select(session, after, limit)
     if upto is not None:
         fresh = [r for r in fresh if job.seq(r) <= upto]
     rows += [r for r in fresh if job.record_id(r) not in taken]
@@ -149,8 +213,16 @@ def _write_ahead(session: Session, reaches: Iterable[Reach], now: datetime) -> i
     return sum(map(len, grouped.values()))
 
 
-def _is_run_wide(exc: ProcessorError) -> bool:
+def run_wide(exc: Exception) -> bool:
+    """Whether a failure is no record's own: auth refused, configuration missing."""
+    if not isinstance(exc, ProcessorError):
+        return False
     return exc.status in _RUN_WIDE or (exc.status is None and exc.operation == "configure")
+
+
+def _retriable(exc: Exception) -> bool:
+    """Worth another try on the next run: no answer, a 5xx, a 429 (the policy gave up)."""
+    return isinstance(exc, ProcessorError) and (exc.outcome_unknown or exc.status == 429)
 
 
 def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> dict[str, int]:
@@ -162,7 +234,7 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
     now = utcnow()
     for _ in range(3):
         with transaction() as session:
-            ahead = _select(job, session, limit, ids)
+            ahead = _select(job, session, limit, ids, ahead=True)
             if not ahead.rows:
                 return {}
             held = subjects_being_erased(session, {job.subject_id(r) for r in ahead.rows})
@@ -192,27 +264,26 @@ def _deliver(
     held = held_ahead | subjects_being_erased(session, {job.subject_id(r) for r in rows})
     ctx = job.begin(session, rows)
     delivered: list[str] = []
+    sending = []
     for row in rows:
-        record = job.record_id(row)
         if job.subject_id(row) in held:
             counts["held_erasure_open"] += 1
             events.append(job.held(ctx, row))
-            delivered.append(record)  # nothing to retry: the person is being erased
-            continue
-        try:
-            job.deliver(ctx, row)
-        except ProcessorError as exc:
-            if _is_run_wide(exc):
-                raise
-            retriable = exc.outcome_unknown or exc.status == 429
+            delivered.append(job.record_id(row))  # nothing to retry: the person is being erased
+        else:
+            sending.append(row)
+    failures = job.deliver_many(ctx, sending)
+    for record in (job.record_id(row) for row in sending):
+        exc = failures.get(record)
+        if exc is None:
+            delivered.append(record)
+        elif isinstance(exc, ProcessorError):
+            retriable = _retriable(exc)
             events.append(_park(session, job, record, retriable, exc.processor, exc.operation, reason(exc), now))
             counts["to_retry" if retriable else "parked"] += 1
-            continue
-        except ValueError as exc:  # our own validation or configuration, for this record
+        else:  # our own validation or configuration, for this record
             events.append(_park(session, job, record, False, "", "validate", reason(exc), now))
             counts["parked"] += 1
-            continue
-        delivered.append(record)
     finished, job_events = job.finish(ctx)
     counts.update(finished)
     resolve(session, job.name, delivered, now)

@@ -24,6 +24,7 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Annotated, NamedTuple
@@ -33,12 +34,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 from pydantic import Field
 from sqlalchemy import update
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from connectors import cleverreach
 from connectors.transport import ProcessorError
 from flows.common import (
-    JobFailed,
     audit_failure,
     call_events,
     collector_paused,
@@ -49,6 +49,7 @@ from flows.common import (
     tally,
     write_audit,
 )
+from flows.delivery import Reach, StreamJob, fail_if_parked, isolate, run_batch, run_wide
 from models.audit import AuditEvent
 from models.consent import (
     ConsentEvent,
@@ -59,24 +60,24 @@ from models.consent import (
     apply_expire,
     apply_withdraw,
     changed_since,
-    confirmed_changed_since,
+    changes_ahead,
     count_changed_since,
     event_key,
     expiry_candidates,
     expiry_due,
     lapsed_among,
     lapsed_subject_ids,
+    push_rows_by_ids,
 )
-from models.cursors import SyncCursor, advance_cursor, cursor_position, get_cursor, next_seq
+from models.cursors import SyncCursor, cursor_position, get_cursor, next_seq
 from models.db import skip_locked, transaction
-from models.erasure import subjects_being_erased
+from models.parked import due_for_retry
 from models.recipients import (
     Recipient,
     live_for_other_purposes,
     live_recipient_ids_among,
     live_recipients,
     record_removed_for,
-    record_may_hold_many,
     record_removed_many,
     record_sent_many,
 )
@@ -115,7 +116,7 @@ def receiver_for(list_name: str, row) -> dict:
     # Unpacked by position: this runs for every receiver pushed, and a Row's attribute
     # lookups cost more than building the dict. The order is PUSH_COLUMNS'.
     (_, _, registered, signup_ip, activated, confirm_ip, source, policy_version, _, _,
-     email, insurance_number, salutation, first_name, last_name) = row  # fmt: skip
+     email, insurance_number, salutation, first_name, last_name, _) = row  # fmt: skip
     attributes = {
         "signup_ip": signup_ip or "",
         "confirm_ip": confirm_ip or "",
@@ -253,92 +254,117 @@ def _account_wide(
     return set(subject_ids) - live_for_other_purposes(session, PROCESSOR, _purpose(list_name), subject_ids)
 
 
+class ConsentJob(StreamJob):
+    """One list's push through the delivery path (``flows.delivery``).
+
+    A record is a consent record (its id names it, not the person), taken in change order
+    after the list's cursor. A confirmed one may carry the person to CleverReach: it is
+    written ahead as "may hold", then upserted with its proof, in batches of the client's
+    size, two on the wire, while this thread records what the earlier ones answered (a wave
+    of register and audit rows per statement). A batch refused for good is split down to
+    the record it was refused for (``isolate``), which is parked; the others go. A consent
+    that lapsed is removed at CleverReach in the same pass (``_remove_lapsed``).
+    """
+
+    id_field = "consent_id"
+
+    def __init__(self, client: cleverreach.CleverReach, list_name: str, group: str):
+        self.client, self.list_name, self.group = client, list_name, group
+        self.clients = client.http  # the calls it made, for the audit
+        self.name = job_name(list_name)
+        self.cursor = _cursor(list_name)
+        self.purpose = _purpose(list_name)
+
+    def seq(self, row) -> int:
+        return row.change_seq
+
+    def lock(self, session) -> int:
+        # Every list's cursor, in one order: see ``_lock_cursors``.
+        return _lock_cursors(session)[self.list_name].position
+
+    def select(self, session, after: int, limit: int) -> list:
+        return changed_since(session, self.list_name, after, limit)
+
+    def select_ahead(self, session, after: int, limit: int) -> list:
+        return changes_ahead(session, self.list_name, after, limit)
+
+    def by_ids(self, session, ids: Sequence[str]) -> list:
+        return push_rows_by_ids(session, self.list_name, ids)
+
+    def reaches(self, session, rows: Sequence) -> list[Reach]:
+        # A confirmed one whose address was erased is written ahead all the same: "may
+        # hold" errs safe.
+        return [Reach(r.subject_id, PROCESSOR, self.purpose) for r in rows if r.state == ConsentState.confirmed]
+
+    def begin(self, session, rows: Sequence) -> _Push:
+        return _Push(session, utcnow())
+
+    def held(self, ctx: _Push, row) -> AuditEvent:
+        return _decision("newsletter.push", "held", row.pseudonym, detail=self.list_name)
+
+    def deliver_many(self, ctx: _Push, rows: Sequence) -> dict[str, Exception]:
+        """Remove the lapsed, upsert the confirmed; the records refused, by id."""
+        client, session, now = self.client, ctx.session, ctx.now
+        counts, events, failures = _remove_lapsed(session, client, self.list_name, self.group, rows, now)
+        confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
+        size = client.batch_size
+        units = [confirmed[i : i + size] for i in range(0, len(confirmed), size)]
+        per_wave = max(1, _WAVE // size)
+        wave: list[tuple] = []
+        upsert = partial(_upsert_ids, client, self.group, self.list_name)
+        with overlapped(partial(isolate, upsert, unit) for unit in units) as answers:
+            for index, (sent, refused) in enumerate(answers, start=1):
+                for unit, ids in sent:
+                    wave += [(r.pseudonym, r.subject_id, ids.get(r.email)) for r in unit]
+                failures.update((str(row.consent_id), exc) for row, exc in refused)
+                if wave and (index % per_wave == 0 or index == len(units)):
+                    _record_sent(session, self.list_name, self.purpose, wave, now)
+                    counts["pushed"] += len(wave)
+                    wave = []
+        if wave:
+            _record_sent(session, self.list_name, self.purpose, wave, now)
+            counts["pushed"] += len(wave)
+        # One decision per change: a lapsed consent removed (or tried) above has its event;
+        # the others (pending, or never sent) are held here.
+        decided = {event.subject for event in events}
+        for row in rows:
+            if row.state != ConsentState.confirmed and row.pseudonym not in decided:
+                counts[f"not_pushed_{row.state}"] += 1
+                events.append(_decision("newsletter.hold", "skipped", row.pseudonym, detail=str(row.state)))
+        ctx.counts.update(counts)
+        ctx.events += events
+        return failures
+
+    def finish(self, ctx: _Push) -> tuple[Counter[str], list[AuditEvent]]:
+        return ctx.counts, ctx.events
+
+
+@dataclass
+class _Push:
+    """A push batch's context: its transaction, its time, what it counted and decided."""
+
+    session: Session
+    now: datetime
+    counts: Counter[str] = field(default_factory=Counter)
+    events: list[AuditEvent] = field(default_factory=list)
+
+
+def job_name(list_name: str) -> str:
+    """The delivery job of a list's push: its parked items and audit actions go by it."""
+    return f"sync-newsletter-consents:{list_name}"
+
+
 @task(name="push-confirmed-batch", cache_policy=NO_CACHE)
 @one_line_failure
-def push_batch(
-    client: cleverreach.CleverReach, list_name: str, group: str, limit: int
-) -> dict:
-    """Push the next batch of changed consents after the list's cursor; advance it.
+def push_batch(client: cleverreach.CleverReach, list_name: str, group: str, limit: int) -> dict:
+    """Push the next batch of changed consents after the list's cursor, or the ones a
+    run left to retry; advance the cursor (``ConsentJob`` through ``run_batch``).
 
-    Consents among them that lapsed are removed at CleverReach first (``_remove_lapsed``).
-    The confirmed ones go out in upsert calls of the client's batch size from worker
-    threads, two on the wire at a time. Meanwhile this thread records what came back, a wave
-    of calls at a time: one audit row per receiver and the register rows, each wave in one
-    statement per table and sorted by its index key. Everything commits together at the end.
-
-    Before any of it, the batch's confirmed receivers are registered as "may hold" and
-    committed (``_write_ahead``); the batch then sends only what that wrote ahead.
+    The batch's confirmed receivers are registered as "may hold" and committed before
+    any of them is sent; data, register, cursor and audit rows then commit together.
     """
-    now = utcnow()
-    purpose = _purpose(list_name)
-    for _ in range(3):
-        after, upto, held = _write_ahead(list_name, purpose, limit, now)
-        if upto is None:
-            return {}
-        with (
-            collector_paused(),
-            audit_failure(client.http, "newsletter.push"),
-            transaction() as session,
-        ):
-            if _lock_cursors(session)[list_name].position != after:
-                continue  # another worker pushed a batch in between: write ahead again
-            rows = [r for r in changed_since(session, list_name, after, limit) if r.change_seq <= upto]
-            return _push_rows(session, client, list_name, group, purpose, rows, held, now)
-    raise JobFailed(f"newsletter push {list_name}: the cursor kept moving; another worker is pushing")
-
-
-def _write_ahead(list_name: str, purpose: str, limit: int, now: datetime) -> tuple[int, int | None, set[uuid.UUID]]:
-    """Register every confirmed receiver of the next batch as "may hold" at CleverReach, and
-    commit, before any of them is sent: a run that dies after the upsert and before its
-    commit leaves nothing an erasure cannot find. Returns the cursor position read, the
-    batch's last change (None: nothing to push) and the subjects held (not written ahead)."""
-    with collector_paused(), transaction() as session:
-        after = _lock_cursors(session)[list_name].position
-        confirmed, upto = confirmed_changed_since(session, list_name, after, limit)
-        # Held ones (erasure open) get nothing more sent (``_push_rows``); a confirmed one
-        # whose address was erased is written ahead all the same: "may hold" errs safe.
-        held = subjects_being_erased(session, confirmed)
-        record_may_hold_many(session, PROCESSOR, purpose, dict.fromkeys(set(confirmed) - held), now)
-        return after, upto, held
-
-
-def _push_rows(session, client: cleverreach.CleverReach, list_name: str, group: str, purpose: str,
-               rows: list, held_ahead: set[uuid.UUID], now: datetime) -> dict:  # fmt: skip
-    """The batch's removals, upserts, register, audit and cursor, in the caller's transaction."""
-    counts, events = _remove_lapsed(session, client, list_name, group, rows, now)
-    confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
-    # A person whose erasure request is open gets nothing more sent; what CleverReach may
-    # hold already, the request's tasks find through the register.
-    # Held when written ahead (nothing of theirs was) or now.
-    held = held_ahead | subjects_being_erased(session, {r.subject_id for r in confirmed})
-    held &= {r.subject_id for r in confirmed}
-    if held:
-        confirmed = [r for r in confirmed if r.subject_id not in held]
-        counts["held_erasure_open"] += len(held)
-        events += [_decision("newsletter.push", "held", r.pseudonym, detail=list_name)
-                   for r in rows if r.subject_id in held]  # fmt: skip
-    size = client.batch_size
-    units = [confirmed[i : i + size] for i in range(0, len(confirmed), size)]
-    per_wave = max(1, _WAVE // size)
-    wave: list[tuple] = []
-    calls = (partial(_upsert_ids, client, group, list_name, unit) for unit in units)
-    with overlapped(calls) as answers:
-        for index, (unit, ids) in enumerate(zip(units, answers), start=1):
-            wave += [(r.pseudonym, r.subject_id, ids.get(r.email)) for r in unit]
-            if index % per_wave == 0 or index == len(units):
-                _record_sent(session, list_name, purpose, wave, now)
-                counts["pushed"] += len(wave)
-                wave = []
-    # One decision per change: a lapsed consent removed (or tried) above has its event;
-    # the others (pending, or never sent) are held here.
-    decided = {event.subject for event in events}
-    for row in rows:
-        if row.state != ConsentState.confirmed and row.pseudonym not in decided:
-            counts[f"not_pushed_{row.state}"] += 1
-            events.append(_decision("newsletter.hold", "skipped", row.pseudonym, detail=str(row.state)))
-    advance_cursor(session, _cursor(list_name), rows[-1].change_seq)
-    write_audit(session, call_events(client.http.drain_calls()) + events)
-    return dict(+counts)
+    with collector_paused():
+        return run_batch(ConsentJob(client, list_name, group), limit)
 
 
 # Receivers recorded per statement while later calls are on the wire: big enough that the
@@ -348,17 +374,18 @@ _WAVE = 5000
 
 
 def _remove_lapsed(
-    session, client: cleverreach.CleverReach, list_name: str, group: str, rows: list, now: datetime
-) -> tuple[Counter[str], list[AuditEvent]]:
+    session, client: cleverreach.CleverReach, list_name: str, group: str, rows: Sequence, now: datetime
+) -> tuple[Counter[str], list[AuditEvent], dict[str, Exception]]:
     """Remove at CleverReach the consents among `rows` that were confirmed and stand no more;
-    returns counts and audit events (for the batch's one audit write, after its register rows).
+    returns counts, audit events (for the batch's one audit write, after its register rows)
+    and the records whose removal failed, by consent id.
 
     - Live in the register: removed (``_remove``), in this pass over the changes, so a
       withdrawal costs no second pass; a failed delete is left to the removal pass.
     - Not in the register at all: a run that died between its upsert and its commit may have
       sent it, and the register cannot know. Deleted by address; if CleverReach still held
-      it, registered as sent and removed. A 404 means it never arrived. A failed call fails
-      the batch, so the cursor stays before the row.
+      it, registered as sent and removed. A 404 means it never arrived. A failed call is
+      the record's failure: tried again on the next run (or parked), the others go on.
     - Removed in the register: nothing is left there.
 
     Unconfirmed sign-ups never get here: only a confirmation sets ``activated``.
@@ -366,7 +393,7 @@ def _remove_lapsed(
     purpose = _purpose(list_name)
     unsure = {r.subject_id: r for r in rows if r.state != ConsentState.confirmed and r.activated and r.email}
     if not unsure:
-        return Counter(), []
+        return Counter(), [], {}
     register = session.connection().execute(select(
         Recipient.id, Recipient.external_id, Recipient.subject_id, Recipient.removed_at
     ).where(
@@ -379,13 +406,24 @@ def _remove_lapsed(
     ]  # fmt: skip
     counts, events = _remove(session, client, list_name, group, live, now) if live else (Counter(), [])
     known = {r.subject_id for r in register}
+    failures: dict[str, Exception] = {}
     for row in unsure.values():
-        if row.subject_id not in known and client.delete(group, row.email):
+        if row.subject_id in known:
+            continue
+        try:
+            held = client.delete(group, row.email)
+        except ProcessorError as exc:
+            if run_wide(exc):
+                raise
+            failures[str(row.consent_id)] = exc
+            events.append(_decision("newsletter.remove", "failed", row.pseudonym, exc.status, list_name))
+            continue
+        if held:
             record_sent_many(session, PROCESSOR, purpose, {row.subject_id: None}, now)
             record_removed_for(session, row.subject_id, PROCESSOR, purpose, now)
             counts["removed"] += 1
             events.append(_decision("newsletter.remove", "removed", row.pseudonym, detail=list_name))
-    return counts, events
+    return counts, events, failures
 
 
 class _Held(NamedTuple):
@@ -410,8 +448,8 @@ def _record_sent(session, list_name: str, purpose: str, sent: list[tuple], now: 
 def _upsert_ids(client: cleverreach.CleverReach, group: str, list_name: str, rows: list) -> dict[str, str]:
     """Upsert these rows' receivers; returns CleverReach's receiver id per (lower-cased) e-mail.
 
-    Runs in a worker thread: building the payload there leaves this thread free for the
-    database work of the calls answered before.
+    Runs in a worker thread (under ``isolate``): building the payload there leaves this
+    thread free for the database work of the calls answered before.
     """
     answers = client.upsert(group, list_name, [receiver_for(list_name, r) for r in rows])
     return {a["email"].lower(): str(a["id"]) for a in answers}
@@ -440,6 +478,7 @@ def sync_newsletter_consents(
     """
     settings = get_settings()
     logger = get_run_logger()
+    started = utcnow()
     # One client per run: its token and connection pool serve every task.
     client = cleverreach.from_settings(settings)
     if batch_size:
@@ -456,6 +495,7 @@ def sync_newsletter_consents(
                 session, PROCESSOR, _purpose(list_name), lapsed_subject_ids(list_name, position)
             )
             changes = count_changed_since(session, list_name, position)
+            changes += len(due_for_retry(session, job_name(list_name)))
         for start in range(0, len(removals), records_per_task):
             # quote(): Prefect would otherwise walk the id list for futures to resolve, twice.
             ids = quote(removals[start : start + records_per_task])
@@ -469,6 +509,8 @@ def sync_newsletter_consents(
         "Newsletter-Einwilligungen mit CleverReach abgeglichen / Newsletter consent sync",
         counts,
     )
+    for list_name in lists or ALL_LISTS:
+        fail_if_parked(job_name(list_name), started)
     return counts
 
 

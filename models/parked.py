@@ -79,16 +79,16 @@ def resolve(session: Session, job: str, record_ids: Sequence[str], now: datetime
     """Mark open parked items of these records delivered; returns how many were open."""
     if not record_ids:
         return 0
+    # The job's open items, then the delivered among them: open items are few, a batch's
+    # records many (and more than a statement may bind, at 100,000 a batch).
     items = session.exec(
-        select(ParkedItem).where(
-            ParkedItem.job == job,
-            ParkedItem.record_id.in_(list(record_ids)),  # type: ignore[attr-defined]
-            ParkedItem.state.in_(OPEN),  # type: ignore[attr-defined]
-        )
+        select(ParkedItem).where(ParkedItem.job == job, ParkedItem.state.in_(OPEN))  # type: ignore[attr-defined]
     ).all()
-    for item in items:
+    wanted = set(record_ids) if items else set()
+    done = [item for item in items if item.record_id in wanted]
+    for item in done:
         item.state, item.closed_at = ParkState.resolved, now
-    return len(items)
+    return len(done)
 
 
 def open_items(session: Session, job: str | None = None) -> list[ParkedItem]:

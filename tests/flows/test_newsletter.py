@@ -361,25 +361,31 @@ def test_no_personal_data_in_logs_or_artifacts(against_sandbox, caplog):
 
 
 def test_a_processor_that_keeps_failing_fails_the_run_audited_and_resumable(against_sandbox, no_sleep):
-    from connectors.transport import RetriableError
     from models.cursors import SyncCursor
+
+    from flows.common import JobFailed
+    from models.parked import ParkedItem, ParkState
 
     take_in(signup("z@example.de"), confirm("z@example.de"))
     requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 1.0, "kinds": ["500"]})
-    with pytest.raises(RetriableError):
+    with pytest.raises(JobFailed, match=r"0 record\(s\) parked, 1 to retry .*oauth.token: HTTP 500"):
         newsletter.sync_newsletter_consents(lists=["newsletter"])
     with transaction() as session:
         failed = session.exec(select(AuditEntry).where(AuditEntry.outcome.in_(["failed", "retriable"]))).all()
         by_action = Counter(e.action for e in failed)
         # One retry loop: five attempts of the upsert, each failing at its token fetch.
-        assert by_action == {"call.oauth.token": 5, "call.receivers.upsert": 1, "newsletter.push": 1}
+        assert by_action == {"call.oauth.token": 5, "call.receivers.upsert": 1}
         upsert = next(e for e in failed if e.action == "call.receivers.upsert")
         assert upsert.attempts == 5 and len(no_sleep) == 4
-        cursor = session.get(SyncCursor, "cleverreach:newsletter")
-        assert cursor is None or cursor.position == 0
+        # The record waits for the next run; the stream moved on.
+        [item] = session.exec(select(ParkedItem)).all()
+        assert (item.job, item.state, item.processor) == ("sync-newsletter-consents:newsletter", ParkState.retry, "cleverreach")
+        assert session.get(SyncCursor, "cleverreach:newsletter").position > 0
         assert verify(session, KEY).ok
     requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 0.0})
     assert newsletter.sync_newsletter_consents(lists=["newsletter"])["pushed"] == 1
+    with transaction() as session:
+        assert session.exec(select(ParkedItem)).one().state == ParkState.resolved
 
 
 def test_a_returning_subject_keeps_one_register_row(against_sandbox):
