@@ -563,3 +563,64 @@ def test_a_confirmation_while_the_persons_erasure_is_open_is_held_not_sent(again
                                                      AuditEntry.outcome == "held")).all()  # fmt: skip
         assert len(held) == 1
     assert erasure.fan_out_erasure(request_id=str(request_id)) == {"completed": 1}
+
+
+# the delivery path (flows/delivery.py) at the default sizes ----------------------------------
+def test_a_poison_consent_among_3000_is_parked_by_its_id_and_the_2999_others_go(against_sandbox):
+    """CleverReach refuses a whole upsert batch for one bad receiver (400, all or nothing):
+    the batch is split down to that receiver, which is parked; the others are sent."""
+    from flows.common import JobFailed
+    from models.consent import ConsentRecord
+    from models.parked import ParkedItem
+
+    emails = [f"leser{i}@example.de" for i in range(3000)]
+    take_in(*[line for e in emails for line in (signup(e), confirm(e))])
+    with transaction() as session:  # an address CleverReach refuses (intake would refuse it too)
+        poison = session.exec(select(DataSubject).where(DataSubject.email == emails[1500])).one()
+        poison.email = "leser1500-ohne-domain"
+        consent_id = str(session.exec(select(ConsentRecord.id).where(ConsentRecord.subject_id == poison.id)).one())
+    before = calls(against_sandbox, UPSERT)
+    with pytest.raises(JobFailed) as failed:
+        newsletter.sync_newsletter_consents(lists=["newsletter"])  # the defaults: 250 a call
+    message = str(failed.value)
+    assert message.startswith("sync-newsletter-consents:newsletter: 1 record(s) parked, 0 to retry")
+    assert f"{consent_id}: cleverreach receivers.upsert: HTTP 400" in message and "leser" not in message
+    held = receivers(against_sandbox, "1001")
+    assert len(held) == 2999 and emails[1500] not in held
+    # 12 batches, one of them split down to its bad receiver: 2 calls per halving, at most
+    # 8 halvings for 250.
+    assert 12 + 2 < calls(against_sandbox, UPSERT) - before <= 12 + 2 * 8
+    with transaction() as session:
+        [item] = session.exec(select(ParkedItem)).all()
+        assert (item.record_id, item.state, item.operation) == (consent_id, "parked", "receivers.upsert")
+        # Written ahead: an erasure finds the receiver it may have reached.
+        assert session.exec(select(Recipient).where(Recipient.subject_id == poison.id)).one().removed_at is None
+    assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {}  # the stream moved on
+
+
+def test_isolate_finds_the_records_a_batch_was_refused_for_and_sends_the_rest():
+    from connectors.transport import FatalError, RetriableError
+    from flows.delivery import isolate
+
+    sent: list[list[int]] = []
+
+    def send(rows):
+        sent.append(rows)
+        if {13, 40} & set(rows):
+            raise FatalError("cleverreach", "receivers.upsert", 400)
+        return len(rows)
+
+    done, failed = isolate(send, list(range(64)))
+    assert sorted(r for rows, _ in done for r in rows) == [r for r in range(64) if r not in (13, 40)]
+    assert [(r, e.status) for r, e in failed] == [(13, 400), (40, 400)]
+    assert len(sent) == 1 + 2 * 2 * 6 - 2  # two paths of six halvings share the first split
+
+    # A retriable failure is the batch's: every record gets it, nothing is split.
+    def down(rows):
+        raise RetriableError("cleverreach", "receivers.upsert", 503, 5)
+
+    done, failed = isolate(down, list(range(8)))
+    assert done == [] and [r for r, _ in failed] == list(range(8))
+    # Auth is nobody's record: raised.
+    with pytest.raises(FatalError):
+        isolate(lambda rows: (_ for _ in ()).throw(FatalError("cleverreach", "receivers.upsert", 401)), [1, 2])
