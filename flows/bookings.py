@@ -40,6 +40,7 @@ from flows.common import (
     audit_failure,
     call_events,
     counts_artifact,
+    decision,
     one_line_failure,
     tally,
     write_audit,
@@ -90,13 +91,6 @@ class Clients:
         if self._flexperto is not None:
             calls += self._flexperto.http.drain_calls()
         return calls
-
-
-def _decision(action: str, outcome: str, pseudonym: str, booking: Booking, processor: str) -> AuditEvent:
-    return AuditEvent(
-        action, outcome, processor, subject=pseudonym,
-        detail=f"booking={booking.booking_ref} channel={booking.channel}",
-    )  # fmt: skip
 
 
 def customer_fields(booking: Booking, subject: DataSubject) -> dict:
@@ -155,7 +149,7 @@ class _Batch:
         if not subject.email:
             # Erased meanwhile: nothing of the person may leave any more.
             self.counts["skipped_erased"] += 1
-            self.events.append(_decision("booking.push", "skipped", subject.pseudonym, booking, timify.PROCESSOR))
+            self.events.append(decision("booking.push", "skipped", timify.PROCESSOR, subject.pseudonym, booking=booking.booking_ref, channel=booking.channel))
             return
         service, resources = _placement(self.settings, booking)
         customer = self.clients.timify.upsert_customer(
@@ -168,7 +162,7 @@ class _Batch:
             notes=booking.concern, appointment_id=booking.timify_appointment_id,
         )  # fmt: skip
         self.counts["pushed"] += 1
-        self.events.append(_decision("booking.push", "sent", subject.pseudonym, booking, timify.PROCESSOR))
+        self.events.append(decision("booking.push", "sent", timify.PROCESSOR, subject.pseudonym, booking=booking.booking_ref, channel=booking.channel))
         if booking.channel == Channel.video:
             self._register_video(booking, subject)
 
@@ -184,7 +178,7 @@ class _Batch:
             {subject.id: booking.flexperto_customer_id}, self.now,
         )  # fmt: skip
         self.counts["video_registered"] += 1
-        self.events.append(_decision("video.register", "sent", subject.pseudonym, booking, flexperto.PROCESSOR))
+        self.events.append(decision("video.register", "sent", flexperto.PROCESSOR, subject.pseudonym, booking=booking.booking_ref, channel=booking.channel))
 
     def cancel(self, booking: Booking) -> None:
         subject = self.subjects[booking.subject_id]
@@ -198,7 +192,7 @@ class _Batch:
             if appointment is not None:
                 self.clients.timify.delete_appointments([appointment])
                 self.counts["cancelled"] += 1
-                self.events.append(_decision("booking.cancel", "deleted", subject.pseudonym, booking, timify.PROCESSOR))
+                self.events.append(decision("booking.cancel", "deleted", timify.PROCESSOR, subject.pseudonym, booking=booking.booking_ref, channel=booking.channel))
             booking.timify_deleted_at = self.now
         if booking.channel == Channel.video and not booking.flexperto_customer_id and booking.chat_purged_at is None:
             # Maybe registered before a crash lost its id: Flexperto knows it by our booking id.
@@ -226,12 +220,12 @@ def purge_chat(batch: _Batch, booking: Booking, pseudonym: str) -> bool:
     assert booking.flexperto_customer_id is not None
     if not batch.clients.flexperto.purge(booking.flexperto_customer_id):
         batch.counts["purge_not_verified"] += 1
-        batch.events.append(_decision("video.purge", "not_verified", pseudonym, booking, flexperto.PROCESSOR))
+        batch.events.append(decision("video.purge", "not_verified", flexperto.PROCESSOR, pseudonym, booking=booking.booking_ref, channel=booking.channel))
         return False
     booking.chat_purged_at = batch.now
     record_removed_for(batch.session, booking.subject_id, flexperto.PROCESSOR, booking.video_purpose, batch.now)
     batch.counts["chat_purged"] += 1
-    batch.events.append(_decision("video.purge", "verified", pseudonym, booking, flexperto.PROCESSOR))
+    batch.events.append(decision("video.purge", "verified", flexperto.PROCESSOR, pseudonym, booking=booking.booking_ref, channel=booking.channel))
     return True
 
 
@@ -285,7 +279,7 @@ class BookingsJob(StreamJob):
             batch.push(row)
 
     def held(self, batch: _Batch, row: Booking) -> AuditEvent:
-        return _decision("booking.push", "held", batch.subjects[row.subject_id].pseudonym, row, timify.PROCESSOR)
+        return decision("booking.push", "held", timify.PROCESSOR, batch.subjects[row.subject_id].pseudonym, booking=row.booking_ref, channel=row.channel)
 
     def finish(self, batch: _Batch) -> tuple[Counter[str], list[AuditEvent]]:
         batch.commit_register()

@@ -164,6 +164,22 @@ def call_events(calls: Iterable[CallRecord]) -> list[AuditEvent]:
     ]
 
 
+def decision(
+    action: str, outcome: str, processor: str | None = None, subject: str | None = None,
+    detail: str = "", status: int | None = None, **ids: object,
+) -> AuditEvent:  # fmt: skip
+    """The audit event of one decision or outcome: what (`action`, `outcome`), where
+    (`processor`), about whom (`subject`: a pseudonym, never an identifier), the processor's
+    answer (`status`), and record ids (never personal) as ``key=value`` before `detail`.
+    Every flow builds its audit events here.
+
+    >>> decision("booking.push", "sent", "timify", "ab12", booking="B-1", channel="video").detail
+    'booking=B-1 channel=video'
+    """
+    text = " ".join([*(f"{key}={value}" for key, value in ids.items()), detail]).strip()
+    return AuditEvent(action, outcome, processor, subject=subject, http_status=status, detail=text)
+
+
 def write_audit(session: Session, events: Iterable[AuditEvent]) -> int:
     """Append to the audit trail under the current flow run, using the configured key."""
     return append(session, get_settings().hmac_key(), events, flow_run_id=run_id())

@@ -36,7 +36,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlmodel import Session, select
 
 from connectors.transport import CallRecord, ProcessorError
-from flows.common import JobFailed, audit_failure, call_events, reason, write_audit
+from flows.common import JobFailed, audit_failure, call_events, decision, reason, write_audit
 from models.audit import AuditEvent
 from models.cursors import advance_cursor, get_cursor
 from models.db import transaction
@@ -240,8 +240,8 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
             held = subjects_being_erased(session, {job.subject_id(r) for r in ahead.rows})
             reaches = [r for r in job.reaches(session, ahead.rows) if r.subject_id not in held]
             if written := _write_ahead(session, reaches, now):
-                write_audit(session, [AuditEvent(f"{job.name}.register_ahead", "may_hold", None,
-                                                 detail=f"records={len(ahead.rows)} rows={written}")])  # fmt: skip
+                write_audit(session, [decision(f"{job.name}.register_ahead", "may_hold",
+                                               records=len(ahead.rows), rows=written)])  # fmt: skip
         with audit_failure(job.clients, f"{job.name}.batch"), transaction() as session:
             chosen = _select(job, session, limit, ids, upto=ahead.last_seq)
             if chosen.after != ahead.after:
@@ -297,8 +297,8 @@ def _park(session: Session, job: Job, record: str, retriable: bool, processor: s
           why: str, now: datetime) -> AuditEvent:  # fmt: skip
     item = park(session, job.name, record, retriable=retriable, processor=processor, operation=operation,
                 reason=why, now=now)  # fmt: skip
-    return AuditEvent(f"{job.name}.park", str(item.state), processor or None,
-                      detail=f"record={record} attempts={item.attempts} {operation}".strip())  # fmt: skip
+    return decision(f"{job.name}.park", str(item.state), processor or None, detail=operation, record=record,
+                    attempts=item.attempts)  # fmt: skip
 
 
 def fail_if_parked(job_name: str, since: datetime) -> None:
@@ -329,8 +329,8 @@ def retry_parked(session: Session, item_id: str) -> ParkedItem:
     """Another try for a parked record: the job's next run takes it first. Audited."""
     item = get_item(session, item_id)
     retry_later(item)
-    write_audit(session, [AuditEvent(f"{item.job}.park", "retry_requested", item.processor or None,
-                                     detail=f"record={item.record_id}")])  # fmt: skip
+    write_audit(session, [decision(f"{item.job}.park", "retry_requested", item.processor or None,
+                                   record=item.record_id)])  # fmt: skip
     return item
 
 
@@ -338,6 +338,6 @@ def drop_parked(session: Session, item_id: str, why: str, now: datetime) -> Park
     """The operator decides a parked record is not to be delivered, with a reason. Audited."""
     item = get_item(session, item_id)
     drop(item, why, now)
-    write_audit(session, [AuditEvent(f"{item.job}.park", "dropped", item.processor or None,
-                                     detail=f"record={item.record_id} reason={item.drop_reason}")])  # fmt: skip
+    write_audit(session, [decision(f"{item.job}.park", "dropped", item.processor or None,
+                                   record=item.record_id, reason=item.drop_reason)])  # fmt: skip
     return item

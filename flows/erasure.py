@@ -41,7 +41,7 @@ from sqlmodel import Session, select
 
 from connectors.transport import ProcessorError, redact
 from flows import erasure_form as form
-from flows.common import JobFailed, call_events, counts_artifact, one_line_failure, run_id, write_audit
+from flows.common import JobFailed, call_events, counts_artifact, decision, one_line_failure, run_id, write_audit
 from flows.erasure_processors import (
     AWAITING,
     HANDLERS,
@@ -92,12 +92,6 @@ from psync.settings import get_settings
 ACTION = "erasure"
 
 
-def _event(action: str, outcome: str, processor: str | None, pseudonym: str | None, detail: str = "",
-           http_status: int | None = None) -> AuditEvent:  # fmt: skip
-    return AuditEvent(f"{ACTION}.{action}", outcome, processor, subject=pseudonym,
-                      http_status=http_status, detail=detail)  # fmt: skip
-
-
 def _pseudonyms(session: Session, request_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
     """request id → the subject's pseudonym (what the audit trail names)."""
     rows = session.exec(
@@ -135,8 +129,8 @@ def open_erasure_request(
     existing_before = request.created_at < now
     tasks = tasks_of(session, request.id)
     pseudonym = _pseudonyms(session, [request.id])[request.id]
-    write_audit(session, [_event(
-        "open", "joined" if existing_before else "opened", None, pseudonym,
+    write_audit(session, [decision(
+        "erasure.open", "joined" if existing_before else "opened", None, pseudonym,
         f"request={request.id} channel={request.channel} recipients={len(tasks)} due={request.due}",
     )])  # fmt: skip
     return request
@@ -188,9 +182,9 @@ def claim_work(
                 item.state, (item.hold_reason, item.hold_until) = TaskState.restricted, hold
                 release(item)
                 counts[TaskState.restricted.value] += 1
-                events.append(_event("hold", "restricted", item.processor, pseudonym, f"{detail} until={hold[1]}"))
+                events.append(decision("erasure.hold", "restricted", item.processor, pseudonym, f"{detail} until={hold[1]}"))
             elif handler_for(item.processor, policy) is None:
-                events.append(_event("manual", "manual_pending", item.processor, pseudonym, detail))
+                events.append(decision("erasure.manual", "manual_pending", item.processor, pseudonym, detail))
                 item.state, item.detail = TaskState.manual_pending, "send the generated request; confirm with evidence"
                 release(item)
                 counts[TaskState.manual_pending.value] += 1
@@ -264,7 +258,7 @@ def _record(task_id: uuid.UUID, owner: str, outcome: Outcome, pseudonym: str, cl
         events = call_events(clients.drain_calls(processor))
         item = session.get(ErasureTask, task_id)
         if item is None or not held_by(item, owner):
-            write_audit(session, [*events, _event("erase", "claim_lost", processor, pseudonym, f"task={task_id}")])
+            write_audit(session, [*events, decision("erasure.erase", "claim_lost", processor, pseudonym, f"task={task_id}")])
             return False
         item.state, item.updated_at = outcome.state, now
         if outcome.asked:
@@ -279,8 +273,8 @@ def _record(task_id: uuid.UUID, owner: str, outcome: Outcome, pseudonym: str, cl
         action = "erase" if outcome.asked else "verify"
         outcome_word = {TaskState.verified: "verified", TaskState.awaiting_processor: "awaiting",
                         TaskState.failed: "failed"}[outcome.state]  # fmt: skip
-        events.append(_event(
-            action, outcome_word, processor, pseudonym,
+        events.append(decision(
+            f"{ACTION}.{action}", outcome_word, processor, pseudonym,
             f"request={item.request_id} purpose={item.purpose}" + (f" {outcome.detail}" if outcome.detail else ""),
             outcome.http_status,
         ))  # fmt: skip
@@ -345,8 +339,8 @@ def finish_request(session: Session, request: ErasureRequest, now: datetime) -> 
     locked.urgency = urgency(locked.due, berlin_today(now))
     kinds = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     write_audit(session, [
-        _event("controller", "erased", None, pseudonym, f"request={locked.id} {kinds}"),
-        _event("complete", "completed", None, pseudonym, f"request={locked.id} recipients={len(tasks)}"),
+        decision("erasure.controller", "erased", None, pseudonym, f"request={locked.id} {kinds}"),
+        decision("erasure.complete", "completed", None, pseudonym, f"request={locked.id} recipients={len(tasks)}"),
     ])  # fmt: skip
     return True
 
@@ -538,7 +532,7 @@ def watch_erasure_deadlines(as_of: date | None = None) -> dict[str, int]:
                 counts["held_lawfully"] += 1
                 continue
             flagged.append((request.id, request.urgency, request.due))
-            events.append(_event("deadline", request.urgency, None, pseudonyms[request.id],
+            events.append(decision("erasure.deadline", request.urgency, None, pseudonyms[request.id],
                                  f"request={request.id} due={request.due}"))  # fmt: skip
         write_audit(session, events)
     counts_artifact("watch-erasure-deadlines", "Löschanträge nach Dringlichkeit / Erasure requests by urgency", counts)
@@ -730,7 +724,7 @@ def confirm_manual(session: Session, task_id: uuid.UUID | str, evidence: str, no
     item.detail = ""
     _register_removed(session, item, now)
     pseudonym = _pseudonyms(session, [request.id])[request.id]
-    write_audit(session, [_event("manual_confirm", "verified", item.processor, pseudonym,
+    write_audit(session, [decision("erasure.manual_confirm", "verified", item.processor, pseudonym,
                                  f"request={request.id} purpose={item.purpose}")])  # fmt: skip
     session.flush()
     finish_request(session, request, now)
@@ -745,5 +739,5 @@ def extend_request(
     request = extend(session, request_id, months, reason, informed_on, today)
     pseudonym = _pseudonyms(session, [request.id])[request.id]
     detail = f"request={request.id} months={request.extension_months} due={request.due}"
-    write_audit(session, [_event("extend", "extended", None, pseudonym, detail)])
+    write_audit(session, [decision("erasure.extend", "extended", None, pseudonym, detail)])
     return request

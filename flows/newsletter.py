@@ -44,6 +44,7 @@ from flows.common import (
     collector_paused,
     concurrently,
     counts_artifact,
+    decision,
     one_line_failure,
     overlapped,
     tally,
@@ -203,7 +204,7 @@ def _remove(
     for row, _ in (t for t in single if not t[1]):
         # Nothing to address it by: never send an empty path segment.
         counts["remove_failed"] += 1
-        events.append(_decision("newsletter.remove", "failed", row.pseudonym, detail="no identifier"))
+        events.append(decision("newsletter.remove", "failed", PROCESSOR, row.pseudonym, "no identifier"))
     single = [t for t in single if t[1]]
     outcomes = concurrently(partial(client.delete, group), [target for _, target in single])
     done += [(row, outcome, list_name) for (row, _), outcome in zip(single, outcomes, strict=True)]
@@ -211,10 +212,10 @@ def _remove(
     for row, outcome, detail in done:
         if isinstance(outcome, ProcessorError):
             counts["remove_failed"] += 1
-            events.append(_decision("newsletter.remove", "failed", row.pseudonym, outcome.status))
+            events.append(decision("newsletter.remove", "failed", PROCESSOR, row.pseudonym, status=outcome.status))
             continue
         removed.append(row.id)
-        events.append(_decision("newsletter.remove", "removed", row.pseudonym, detail=detail))
+        events.append(decision("newsletter.remove", "removed", PROCESSOR, row.pseudonym, detail))
     counts["removed"] += record_removed_many(session, removed, now)
     return counts, events
 
@@ -300,7 +301,7 @@ class ConsentJob(StreamJob):
         return _Push(session, utcnow())
 
     def held(self, ctx: _Push, row) -> AuditEvent:
-        return _decision("newsletter.push", "held", row.pseudonym, detail=self.list_name)
+        return decision("newsletter.push", "held", PROCESSOR, row.pseudonym, self.list_name)
 
     def deliver_many(self, ctx: _Push, rows: Sequence) -> dict[str, Exception]:
         """Remove the lapsed, upsert the confirmed; the records refused, by id."""
@@ -330,7 +331,7 @@ class ConsentJob(StreamJob):
         for row in rows:
             if row.state != ConsentState.confirmed and row.pseudonym not in decided:
                 counts[f"not_pushed_{row.state}"] += 1
-                events.append(_decision("newsletter.hold", "skipped", row.pseudonym, detail=str(row.state)))
+                events.append(decision("newsletter.hold", "skipped", PROCESSOR, row.pseudonym, str(row.state)))
         ctx.counts.update(counts)
         ctx.events += events
         return failures
@@ -416,13 +417,13 @@ def _remove_lapsed(
             if run_wide(exc):
                 raise
             failures[str(row.consent_id)] = exc
-            events.append(_decision("newsletter.remove", "failed", row.pseudonym, exc.status, list_name))
+            events.append(decision("newsletter.remove", "failed", PROCESSOR, row.pseudonym, list_name, exc.status))
             continue
         if held:
             record_sent_many(session, PROCESSOR, purpose, {row.subject_id: None}, now)
             record_removed_for(session, row.subject_id, PROCESSOR, purpose, now)
             counts["removed"] += 1
-            events.append(_decision("newsletter.remove", "removed", row.pseudonym, detail=list_name))
+            events.append(decision("newsletter.remove", "removed", PROCESSOR, row.pseudonym, list_name))
     return counts, events, failures
 
 
@@ -442,7 +443,7 @@ def _record_sent(session, list_name: str, purpose: str, sent: list[tuple], now: 
     # Register rows before the audit head, the order the removal takes them in too: two
     # workers locking the same two things in opposite orders could deadlock on PostgreSQL.
     record_sent_many(session, PROCESSOR, purpose, {subject: ext for _, subject, ext in sent}, now)
-    write_audit(session, [_decision("newsletter.push", "sent", p, detail=list_name) for p, _, _ in sent])
+    write_audit(session, [decision("newsletter.push", "sent", PROCESSOR, p, list_name) for p, _, _ in sent])
 
 
 def _upsert_ids(client: cleverreach.CleverReach, group: str, list_name: str, rows: list) -> dict[str, str]:
@@ -558,10 +559,7 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
                     session.add(event)
                     counts["withdrawn"] += 1
                     events.append(
-                        _decision(
-                            "consent.withdraw", "recorded", subject.pseudonym,
-                            detail="newsletter-link",
-                        )  # fmt: skip
+                        decision("consent.withdraw", "recorded", PROCESSOR, subject.pseudonym, "newsletter-link")
                     )
         write_audit(session, call_events(client.http.drain_calls()) + events)
     return dict(counts)
@@ -615,10 +613,7 @@ def expire_batch(
         for record in due:
             session.add(apply_expire(record, as_of, event_key(key, "expire", record.id, record.signup_at)))
             events.append(
-                _decision(
-                    "consent.expire", "erased", subjects[record.subject_id].pseudonym,
-                    detail=list_name,
-                )  # fmt: skip
+                decision("consent.expire", "erased", PROCESSOR, subjects[record.subject_id].pseudonym, list_name)
             )
         if due:
             ids = [r.id for r in due]
@@ -695,14 +690,3 @@ def expire_unconfirmed_optins(
         counts,
     )
     return counts
-
-
-# helpers ------------------------------------------------------------------------------
-def _decision(
-    action: str, outcome: str, subject: str, status: int | None = None, detail: str = ""
-) -> AuditEvent:
-    return AuditEvent(
-        action, outcome, processor=PROCESSOR, subject=subject, http_status=status, detail=detail
-    )
-
-

@@ -36,6 +36,7 @@ from flows.common import (
     audit_failure,
     call_events,
     counts_artifact,
+    decision,
     one_line_failure,
     tally,
     write_audit,
@@ -86,10 +87,7 @@ class _Batch:
     def decide(self, action: str, outcome: str, order: IsicOrder, count: str | None = None) -> None:
         self.counts[count or outcome] += 1
         self.events.append(
-            AuditEvent(
-                action, outcome, PROCESSOR, subject=self.subjects[order.subject_id].pseudonym,
-                detail=f"order={order.order_ref}",
-            )  # fmt: skip
+            decision(action, outcome, PROCESSOR, self.subjects[order.subject_id].pseudonym, order=order.order_ref)
         )
 
     def finish(self) -> None:
@@ -348,8 +346,8 @@ def purge_student_id_documents(
                     raise JobFailed(f"order {order.order_ref}: documents not deleted")
                 order.documents_purged_at = now
                 counts["documents_purged"] += 1
-                events.append(AuditEvent("isic.purge_documents", "verified", subject=subjects[order.subject_id],
-                                         detail=f"order={order.order_ref}"))  # fmt: skip
+                events.append(decision("isic.purge_documents", "verified", None, subjects[order.subject_id],
+                                       order=order.order_ref))  # fmt: skip
             write_audit(session, events)
     return _report(
         "purge-student-id-documents",
