@@ -26,6 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
+from contextvars import ContextVar
 from typing import TypeVar
 from dataclasses import dataclass
 from typing import Any
@@ -294,6 +295,13 @@ class CallRecord:
     items: int = 0
 
 
+# Where the calls of a delivery batch are also written as they are made (``flows.journal``):
+# a process killed before the batch's commit leaves them for the next batch to audit. Set
+# per context, so only that batch's thread and the workers it starts write there.
+IN_FLIGHT = "in_flight"  # a journal's line for a call about to be sent; its outcome follows
+CALL_JOURNAL: ContextVar[Callable[[CallRecord], None] | None] = ContextVar("psync_call_journal", default=None)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """The one retry policy: bounded attempts and time, capped Retry-After, jittered backoff."""
@@ -526,6 +534,8 @@ class HttpClient:
             before_sleep=self._log_retry,
         )
         started = time.monotonic()
+        if (journal := CALL_JOURNAL.get()) is not None:
+            journal(CallRecord(self.processor, op, None, 0, IN_FLIGHT, items))  # before it can leave
         try:
             response = retrying(once)
         except ProcessorError as exc:
@@ -538,7 +548,10 @@ class HttpClient:
         return response
 
     def _record(self, op, status, attempts, outcome, items, started) -> None:
-        self.calls.append(CallRecord(self.processor, op, status, attempts, outcome, items))
+        call = CallRecord(self.processor, op, status, attempts, outcome, items)
+        self.calls.append(call)
+        if (journal := CALL_JOURNAL.get()) is not None:
+            journal(call)
         log.debug(
             "%s %s -> %s (%s, %d attempt(s), %d item(s), %.0f ms)",
             self.processor, op, status, outcome, attempts, items,

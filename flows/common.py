@@ -11,6 +11,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import copy_context
 from typing import TypeVar
 
 from prefect import get_run_logger
@@ -180,9 +181,10 @@ def decision(
     return AuditEvent(action, outcome, processor, subject=subject, http_status=status, detail=text)
 
 
-def write_audit(session: Session, events: Iterable[AuditEvent]) -> int:
-    """Append to the audit trail under the current flow run, using the configured key."""
-    return append(session, get_settings().hmac_key(), events, flow_run_id=run_id())
+def write_audit(session: Session, events: Iterable[AuditEvent], flow_run_id: str | None = None) -> int:
+    """Append to the audit trail under the current flow run (or `flow_run_id`: the run the
+    events belong to, when another run writes them), using the configured key."""
+    return append(session, get_settings().hmac_key(), events, flow_run_id=flow_run_id or run_id())
 
 
 @contextmanager
@@ -241,7 +243,7 @@ def overlapped(calls: Iterable[Callable[[], T]], in_flight: int = 2) -> Iterator
                 record(session, batch, answer)
     """
     with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="psync-http") as pool:
-        pending: deque[Future[T]] = deque(pool.submit(call) for call in calls)
+        pending: deque[Future[T]] = deque(pool.submit(copy_context().run, call) for call in calls)
 
         def results() -> Iterator[T]:
             while pending:
@@ -293,4 +295,6 @@ def concurrently(
     if len(items) <= 1 or workers <= 1:
         return [guarded(item) for item in items]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="psync-http") as pool:
-        return list(pool.map(guarded, items))
+        # In the caller's context: a call journal set there (flows.journal) sees these calls.
+        futures = [pool.submit(copy_context().run, guarded, item) for item in items]
+        return [future.result() for future in futures]

@@ -36,7 +36,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlmodel import Session, select
 
 from connectors.transport import CallRecord, ProcessorError
-from flows.common import JobFailed, audit_failure, call_events, decision, reason, write_audit
+from flows import journal
+from flows.common import JobFailed, call_events, decision, reason, write_audit
 from models.audit import AuditEvent
 from models.cursors import advance_cursor, get_cursor
 from models.db import transaction
@@ -229,32 +230,53 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
     """Deliver one batch of `job` (the next `limit` records, or exactly `ids`); its counts.
 
     See the module's text for the three steps. Raises only what no record could get past
-    (auth, configuration); a record's own failure is parked and counted.
+    (auth, configuration); a record's own failure is parked and counted. Every call goes to
+    the call journal as it is made (``flows.journal``): a batch that fails, or whose
+    process is killed, before its commit has its calls audited all the same.
     """
     now = utcnow()
     for _ in range(3):
         with transaction() as session:
+            settled = journal.settle(session)  # what batches killed before their commit left
             ahead = _select(job, session, limit, ids, ahead=True)
-            if not ahead.rows:
-                return {}
             held = subjects_being_erased(session, {job.subject_id(r) for r in ahead.rows})
             reaches = [r for r in job.reaches(session, ahead.rows) if r.subject_id not in held]
             if written := _write_ahead(session, reaches, now):
                 write_audit(session, [decision(f"{job.name}.register_ahead", "may_hold",
                                                records=len(ahead.rows), rows=written)])  # fmt: skip
-        with audit_failure(job.clients, f"{job.name}.batch"), transaction() as session:
-            chosen = _select(job, session, limit, ids, upto=ahead.last_seq)
-            if chosen.after != ahead.after:
-                # Another worker delivered a batch in between: what is after the cursor now
-                # was not written ahead by this one. Start over from the new position.
-                continue
-            counts = _deliver(job, session, chosen, held, now)
-        return counts
+        journal.discard(*settled)
+        if not ahead.rows:
+            return {}
+        counts = _send(job, limit, ids, ahead, held, now)
+        if counts is not None:
+            return counts
+        # Another worker delivered a batch in between: what is after the cursor now was not
+        # written ahead by this one. Start over from the new position.
     raise JobFailed(f"{job.name}: the cursor kept moving under this batch; another worker is delivering")
 
 
+def _send(
+    job: Job[Row], limit: int, ids: Sequence[str] | None, ahead: _Selection[Row], held: set[uuid.UUID],
+    now: datetime,
+) -> dict[str, int] | None:  # fmt: skip
+    """Step 2 and 3 in one transaction, its calls journaled; None if the cursor moved since
+    the write-ahead. A failure rolls the data back, and the journal's calls go to the trail
+    as a killed batch's would: once, with a row that says the batch ended before its commit."""
+    try:
+        with journal.journaled(job.name) as batch, transaction() as session:
+            chosen = _select(job, session, limit, ids, upto=ahead.last_seq)
+            counts = None if chosen.after != ahead.after else _deliver(job, session, chosen, held, now, batch)
+    except BaseException:
+        job.clients.drain_calls()  # the journal holds them: audited once, from there
+        journal.settle_now()
+        raise
+    journal.discard(batch)
+    return counts
+
+
 def _deliver(
-    job: Job[Row], session: Session, chosen: _Selection[Row], held_ahead: set[uuid.UUID], now: datetime
+    job: Job[Row], session: Session, chosen: _Selection[Row], held_ahead: set[uuid.UUID], now: datetime,
+    batch: str,
 ) -> dict[str, int]:
     """Step 2 and 3 of ``run_batch``, in its second transaction. Held: whoever was held when
     the batch wrote ahead (nothing of theirs was) or has an open erasure request now."""
@@ -289,7 +311,7 @@ def _deliver(
     resolve(session, job.name, delivered, now)
     if chosen.last_seq is not None:
         advance_cursor(session, job.cursor, chosen.last_seq)
-    write_audit(session, call_events(job.clients.drain_calls()) + job_events + events)
+    write_audit(session, [*call_events(job.clients.drain_calls()), *job_events, *events, journal.committed(job.name, batch)])
     return dict(counts)
 
 

@@ -41,6 +41,7 @@ from sqlmodel import Session, select
 
 from connectors.transport import ProcessorError, redact
 from flows import erasure_form as form
+from flows import journal
 from flows.common import JobFailed, call_events, counts_artifact, decision, one_line_failure, run_id, write_audit
 from flows.erasure_processors import (
     AWAITING,
@@ -489,6 +490,7 @@ def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
     """
     today = as_of or berlin_today(utcnow())
     logger = get_run_logger()
+    journal.settle_now()  # calls of delivery batches killed before their commit, if no batch ran since
     tidied = form.tidy_stale_runs(_open_from_form)
     if any(tidied.values()):
         logger.info("erasure form runs tidied: %s", tidied)

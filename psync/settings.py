@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PSYNC_", env_file=".env", extra="ignore")
 
     database_url: str = f"sqlite:///{DATA_DIR / 'psync.db'}"
+    # Where delivery batches journal their calls until they commit (flows/journal.py);
+    # empty: next to the SQLite file, or under .psync/calls/ for another database.
+    call_journal_dir: str | None = None
     # Keyed HMAC for pseudonyms and the audit chain. Without one, a random key is created
     # once under .psync/ so a local install works; production sets it (or a Secret block).
     pseudonym_key: SecretStr | None = None

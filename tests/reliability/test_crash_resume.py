@@ -37,11 +37,11 @@ from pathlib import Path
 import pytest
 import requests
 from cryptography.fernet import Fernet
-from sqlmodel import select
+from sqlmodel import func, select
 
 from connectors import nect
-from flows import bookings, erasure, newsletter, student_id
-from models.audit import verify
+from flows import bookings, erasure, journal, newsletter, student_id
+from models.audit import AuditEntry, verify
 from models.db import transaction
 from models.erasure import ErasureRequest, RequestStatus
 from models.types import BERLIN, utcnow
@@ -475,6 +475,8 @@ def test_a_kill_at_every_call_index_then_an_erasure_of_everyone_leaves_nothing_a
     # A whole run of one round, to count its calls.
     crashes.take_in(events_of(f"{tag}0"), folder)
     before = calls_answered(sandbox_state(url), processors)
+    with transaction() as session:
+        audited_before = session.exec(select(func.max(AuditEntry.id))).one() or 0
     crashes.resume(lambda: start_flow(job, params, folder, f"{tag}-full").wait())
     total = calls_answered(sandbox_state(url), processors) - before
     assert total >= 3, f"{job}: a round makes {total} calls"
@@ -503,8 +505,21 @@ def test_a_kill_at_every_call_index_then_an_erasure_of_everyone_leaves_nothing_a
             except RuntimeError:  # a deletion the issuer accepted is read back later
                 pass
     crashes.control("isic/complete-deletions")
-    erasure.follow_up_erasures()
+    erasure.follow_up_erasures()  # also settles the call journals the killed runs left
     state = sandbox_state(url)
+    # Every call a processor answered is in the audit trail, the killed runs' too (from
+    # their call journals: flows/journal.py), each once: no call is made twice here.
+    answered = calls_answered(state, processors) - before
+    with transaction() as session:
+        rows = session.exec(select(AuditEntry).where(AuditEntry.id > audited_before)).all()
+    calls = [r for r in rows if r.action.startswith("call.") and r.processor in processors]
+    audited = sum(r.attempts or 0 for r in calls)
+    recovered = sum(1 for r in calls if r.detail.startswith("recovered="))
+    ended = [r for r in rows if r.action.startswith(job) and r.action.endswith(".batch") and r.outcome == "ended_before_commit"]
+    record(f"crash: {job} calls answered / audited / recovered from journals", f"{answered} / {audited} / {recovered}", "last")
+    # A kill after the last call may land after the commit: then that run ended normally.
+    assert journal.pending() == [] and 1 <= len(ended) <= total - 1, (journal.pending(), len(ended))
+    assert audited >= answered > 0 and recovered > 0, (answered, audited, recovered)
     text = json.dumps({k: v for k, v in state.items() if k in ("cleverreach", "timify", "flexperto", "isic")})
     left = sorted(m for events in rounds[1:] for m in _markers(events) if m in text)
     record(f"crash: {job} killed at every call index", total - 1)

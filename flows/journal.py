@@ -1,0 +1,169 @@
+"""The call journal: every call a delivery batch makes reaches the audit trail, even when the
+process is killed before the batch commits.
+
+A batch's calls are audited in the transaction that records what they did. A run killed
+between a call and that commit (SIGKILL, a lost machine, the OOM killer) would take the
+record of the call with it. So, while a batch delivers, each call is also appended to a
+journal file of its own, as it is made (a line: processor, operation, status, attempts,
+outcome, items; no personal data). The batch's commit carries an audit row
+``<job>.batch committed batch=<id>``; the file is then deleted.
+
+A file left behind belongs to a batch whose process ended before deleting it. The next
+batch of any job (``settle``) takes every file no live process holds (each writer keeps an
+exclusive ``flock`` on its file while it lives), and:
+
+- if the trail has the batch's ``committed`` (or an earlier ``settle``'s) row: deletes it;
+- otherwise: audits each call it holds (``recovered=batch-id``) and a row
+  ``<job>.batch ended_before_commit batch=<id>``, commits, then deletes it.
+
+So each call reaches the trail exactly once. The journal lives next to an SQLite database
+(``<file>-calls/``) or under ``.psync/calls/<hash of the URL>/`` (``PSYNC_CALL_JOURNAL_DIR``
+overrides both); each worker host settles its own.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from connectors.transport import CALL_JOURNAL, IN_FLIGHT, CallRecord
+from flows.common import call_events, decision, run_id, write_audit
+from models.audit import AuditEntry
+from models.db import transaction
+from psync.settings import DATA_DIR, get_settings
+
+_SUFFIX = ".calls.jsonl"
+log = logging.getLogger(__name__)
+
+
+def directory() -> Path:
+    """Where this database's call journals are."""
+    settings = get_settings()
+    if settings.call_journal_dir:
+        return Path(settings.call_journal_dir)
+    url = settings.database_url
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///") + "-calls")
+    return DATA_DIR / "calls" / hashlib.sha256(url.encode()).hexdigest()[:12]
+
+
+@contextmanager
+def journaled(job: str) -> Iterator[str]:
+    """Journal every call made in this block (and in the worker threads it starts through
+    ``flows.common``) to a file of its own; yields the batch id the commit must name
+    (``committed``). The file stays until ``discard``: deleting it is the caller's, after
+    its commit."""
+    folder = directory()
+    folder.mkdir(parents=True, exist_ok=True)
+    batch = uuid.uuid4().hex
+    lock = threading.Lock()
+    with open(folder / f"{batch}{_SUFFIX}", "a", encoding="utf-8") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)  # released by the OS if this process dies
+
+        def write(call: CallRecord) -> None:
+            line = json.dumps({"job": job, **asdict(call)}, separators=(",", ":")) + "\n"
+            with lock:  # calls come from worker threads too
+                file.write(line)
+                file.flush()  # in the OS's hands: a killed process loses nothing written
+
+        file.write(json.dumps({"job": job, "run": run_id()}) + "\n")
+        file.flush()
+        token = CALL_JOURNAL.set(write)
+        try:
+            yield batch
+        finally:
+            CALL_JOURNAL.reset(token)
+
+
+def committed(job: str, batch: str):
+    """The audit row a batch's commit carries, which tells ``settle`` its calls are in."""
+    return decision(f"{job}.batch", "committed", batch=batch)
+
+
+def discard(*batches: str) -> None:
+    """Delete batches' journals: once their commit is done, or ``settle``'s."""
+    folder = directory()
+    for batch in batches:
+        (folder / f"{batch}{_SUFFIX}").unlink(missing_ok=True)
+
+
+def settle(session: Session) -> list[str]:
+    """Audit, in `session`, the calls of batches that ended before their commit (see the
+    module's text); returns the batch ids settled, to ``discard`` once `session` committed.
+    A journal another process holds is left alone."""
+    folder = directory()
+    if not folder.is_dir():
+        return []
+    settled = []
+    for path in sorted(folder.glob(f"*{_SUFFIX}")):
+        batch = path.name.removesuffix(_SUFFIX)
+        try:
+            with open(path, encoding="utf-8") as file:
+                try:
+                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its batch is still running
+                lines = [json.loads(line) for line in file if line.endswith("\n")]
+        except FileNotFoundError:
+            continue  # settled by another worker meanwhile
+        settled.append(batch)
+        header = lines[0] if lines else {"job": "unknown"}
+        job = header["job"]
+        in_trail = session.exec(select(func.count()).select_from(AuditEntry).where(
+            AuditEntry.action == f"{job}.batch", AuditEntry.detail.startswith(f"batch={batch}"),  # type: ignore[union-attr]
+        )).one()  # fmt: skip
+        if in_trail:
+            continue
+        calls = _calls(lines[1:])
+        events = [replace(e, detail=f"recovered={batch} {e.detail}".strip()) for e in call_events(calls)]
+        ended = decision(f"{job}.batch", "ended_before_commit", batch=batch, calls=len(calls))
+        write_audit(session, [*events, ended], flow_run_id=header.get("run"))  # the run that made them
+    return settled
+
+
+def _calls(lines: list[dict]) -> list[CallRecord]:
+    """The calls of a journal: each ended one as recorded; each sent but not ended (the
+    process died while it was on the wire, or just before) with outcome "unknown": it may
+    have reached the processor."""
+    ended, open_calls = [], Counter()
+    for line in lines:
+        call = CallRecord(**{k: v for k, v in line.items() if k != "job"})
+        key = (call.processor, call.operation, call.items)
+        if call.outcome == IN_FLIGHT:
+            open_calls[key] += 1
+        else:
+            open_calls[key] -= 1
+            ended.append(call)
+    unknown = [CallRecord(p, op, None, 1, "unknown", items) for (p, op, items), n in open_calls.items() for _ in range(n)]
+    return ended + unknown
+
+
+def settle_now() -> None:
+    """``settle`` in a transaction of its own, then ``discard``: after a batch failed. A
+    failure here is logged, not raised: the batch's own failure is the one to report, and
+    the journal stays for the next batch to settle."""
+    try:
+        with transaction() as session:
+            settled = settle(session)
+        discard(*settled)
+    except Exception:  # noqa: BLE001 - see above
+        log.warning("call journal left for the next batch to settle", exc_info=True)
+
+
+def pending() -> list[str]:
+    """Batch ids of the journals waiting to be settled (for tests and ``psync``)."""
+    folder = directory()
+    return sorted(p.name.removesuffix(_SUFFIX) for p in folder.glob(f"*{_SUFFIX}")) if folder.is_dir() else []
+
