@@ -335,3 +335,63 @@ def test_a_reschedule_while_the_erasure_is_open_is_held_and_recreates_nothing(ag
     with transaction() as session:
         assert session.exec(select(ErasureRequest.status)).one() == "completed"
     assert bookings.push_bookings() == {}
+
+
+# the call journal (flows/journal.py) -------------------------------------------------------
+def _call_rows() -> list[AuditEntry]:
+    with transaction() as session:
+        return list(session.exec(select(AuditEntry).where(AuditEntry.action.startswith("call."))))
+
+
+def test_a_batch_that_fails_after_its_calls_has_them_audited_once(against_sandbox, monkeypatch):
+    """The batch's data work fails after TIMIFY answered: the data rolls back, the calls
+    reach the trail from the journal (under the run that made them), and nothing twice."""
+    from flows import journal
+
+    take_in(*[request(f"J-{i}", email=f"j{i}@example.de") for i in range(3)])
+    seen = timify_state(against_sandbox)["calls"]
+    monkeypatch.setattr(bookings.BookingsJob, "finish", lambda self, batch: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        bookings.push_bookings()
+    answered = sum(timify_state(against_sandbox)["calls"].values()) - sum(seen.values())
+    rows = _call_rows()
+    assert answered > 0 and sum(r.attempts for r in rows) == answered
+    assert all(r.detail.startswith("recovered=") for r in rows) and len({r.flow_run_id for r in rows}) == 1
+    with transaction() as session:
+        [ended] = session.exec(select(AuditEntry).where(AuditEntry.outcome == "ended_before_commit")).all()
+    assert ended.action == "push-bookings.batch" and f"calls={len(rows)}" in ended.detail
+    assert journal.pending() == []
+    monkeypatch.undo()
+    assert bookings.push_bookings()["pushed"] == 3  # what the failed batch created is found by our ids
+    assert len([r for r in _call_rows() if r.detail.startswith("recovered=")]) == len(rows)
+    with transaction() as session:
+        assert verify(session, KEY).ok
+
+
+def test_a_journal_left_by_a_killed_batch_is_audited_by_the_next_and_a_committed_ones_dropped(settings):
+    """What a killed process leaves: a journal no process holds. Its calls are audited once,
+    a call that was on the wire as "unknown"; a journal whose batch committed is dropped;
+    one a live batch holds is left alone."""
+    from connectors.transport import CALL_JOURNAL, IN_FLIGHT, CallRecord
+    from flows import journal
+
+    with journal.journaled("push-bookings") as killed:
+        sink = CALL_JOURNAL.get()
+        sink(CallRecord("timify", "customers.create", None, 0, IN_FLIGHT, 0))
+        sink(CallRecord("timify", "customers.create", 201, 1, "ok", 0))
+        sink(CallRecord("timify", "appointments.create", None, 0, IN_FLIGHT, 0))  # the process died here
+    with journal.journaled("push-bookings") as committed:
+        pass
+    with transaction() as session:
+        from flows.common import write_audit
+
+        write_audit(session, [journal.committed("push-bookings", committed)])
+    with journal.journaled("push-bookings") as running:
+        journal.settle_now()
+        assert journal.pending() == [running]  # the live one stays
+    assert {(r.action, r.outcome, r.attempts) for r in _call_rows()} == {
+        ("call.customers.create", "ok", 1), ("call.appointments.create", "unknown", 1)}
+    assert all(r.detail == f"recovered={killed}" for r in _call_rows())
+    journal.settle_now()  # the "running" one ended without a commit and without calls
+    journal.settle_now()
+    assert journal.pending() == [] and len(_call_rows()) == 2
