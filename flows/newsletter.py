@@ -142,36 +142,67 @@ def receiver_for(list_name: str, row) -> dict:
 
 
 # sync ---------------------------------------------------------------------------------
+class RemovalJob(StreamJob):
+    """One list's leftover removals through the delivery path (``flows.delivery``): a
+    record is a live register row whose consent lapsed (what a failed delete or a crash of
+    an earlier run left), named by the flow. Nothing new leaves, so nothing is written
+    ahead; a delete that fails for good is parked, one that may work later is tried again
+    by the next run, and the run says so."""
+
+    id_field = "id"
+
+    def __init__(self, client: cleverreach.CleverReach, list_name: str, group: str):
+        self.client, self.list_name, self.group = client, list_name, group
+        self.clients = client.http
+        self.name = f"{job_name(list_name)}:removal"
+        self.cursor = _cursor(list_name)
+
+    def lock(self, session) -> int:
+        return _lock_cursors(session)[self.list_name].position
+
+    def select(self, session, after: int, limit: int) -> list:
+        return []  # named runs only: the flow lists what is left
+
+    def by_ids(self, session, ids: Sequence[str]) -> list:
+        rows = live_recipients(session, PROCESSOR, _purpose(self.list_name), [uuid.UUID(str(i)) for i in ids])
+        # Asked again here: a consent confirmed since the flow listed the ids keeps its receiver.
+        lapsed = lapsed_among(session, self.list_name, [r.subject_id for r in rows])
+        return [r for r in rows if r.subject_id in lapsed]
+
+    def reaches(self, session, rows: Sequence) -> list[Reach]:
+        return []
+
+    def begin(self, session, rows: Sequence) -> _Push:
+        return _Push(session, utcnow())
+
+    def held(self, ctx: _Push, row) -> AuditEvent:
+        return decision("newsletter.remove", "held", PROCESSOR, row.pseudonym, self.list_name)
+
+    def deliver_many(self, ctx: _Push, rows: Sequence) -> dict[str, Exception]:
+        counts, events, failures = _remove(ctx.session, self.client, self.list_name, self.group, rows, ctx.now)
+        ctx.counts.update(counts)
+        ctx.events += events
+        return failures
+
+    def finish(self, ctx: _Push) -> tuple[Counter[str], list[AuditEvent]]:
+        return ctx.counts, ctx.events
+
+
 @task(name="remove-withdrawn-batch", cache_policy=NO_CACHE)
 @one_line_failure
-def remove_batch(
-    client: cleverreach.CleverReach,
-    list_name: str,
-    group: str,
-    ids: list[uuid.UUID],
-) -> dict:
+def remove_batch(client: cleverreach.CleverReach, list_name: str, group: str, ids: list[uuid.UUID]) -> dict:
     """Stop mailing and remove the receivers of these register rows whose consent lapsed
-    (``_remove``): what earlier runs left, a failed delete or a crash.
-    """
-    now = utcnow()
-    with audit_failure(client.http, "newsletter.remove"), transaction() as session:
-        _lock_cursors(session)
-        rows = live_recipients(session, PROCESSOR, _purpose(list_name), ids)
-        # Asked again here: a consent confirmed since the flow listed the ids keeps its receiver.
-        lapsed = lapsed_among(session, list_name, [r.subject_id for r in rows])
-        rows = [r for r in rows if r.subject_id in lapsed]
-        if not rows:
-            return {}
-        counts, events = _remove(session, client, list_name, group, rows, now)
-        write_audit(session, call_events(client.http.drain_calls()) + events)
-    return dict(+counts)
+    (``RemovalJob`` through ``run_batch``)."""
+    with collector_paused():
+        return run_batch(RemovalJob(client, list_name, group), len(ids), [str(i) for i in ids])
 
 
 def _remove(
     session, client: cleverreach.CleverReach, list_name: str, group: str, rows: Sequence, now: datetime
-) -> tuple[Counter[str], list[AuditEvent]]:
+) -> tuple[Counter[str], list[AuditEvent], dict[str, Exception]]:
     """Remove these live register rows' receivers (rows with id, external_id, subject_id,
-    email, pseudonym); mark the register; returns counts and audit events.
+    email, pseudonym); mark the register; returns counts, audit events and the rows whose
+    removal failed (by register row id).
 
     CleverReach deletes from one group a receiver per call, but from the whole account a
     batch of addresses per call. Whom the account holds for nothing else (``_account_wide``)
@@ -201,9 +232,10 @@ def _remove(
         (r, current.get(r.email or "") or r.external_id or r.email)
         for r in left if r.subject_id not in everywhere
     ]  # fmt: skip
+    failures: dict[str, Exception] = {}
     for row, _ in (t for t in single if not t[1]):
         # Nothing to address it by: never send an empty path segment.
-        counts["remove_failed"] += 1
+        failures[str(row.id)] = ValueError("no identifier to address the receiver by")
         events.append(decision("newsletter.remove", "failed", PROCESSOR, row.pseudonym, "no identifier"))
     single = [t for t in single if t[1]]
     outcomes = concurrently(partial(client.delete, group), [target for _, target in single])
@@ -211,13 +243,15 @@ def _remove(
     removed: list[uuid.UUID] = []
     for row, outcome, detail in done:
         if isinstance(outcome, ProcessorError):
-            counts["remove_failed"] += 1
+            if run_wide(outcome):
+                raise outcome
+            failures[str(row.id)] = outcome
             events.append(decision("newsletter.remove", "failed", PROCESSOR, row.pseudonym, status=outcome.status))
             continue
         removed.append(row.id)
         events.append(decision("newsletter.remove", "removed", PROCESSOR, row.pseudonym, detail))
     counts["removed"] += record_removed_many(session, removed, now)
-    return counts, events
+    return counts, events, failures
 
 
 def _lock_cursors(session) -> dict[str, SyncCursor]:
@@ -405,7 +439,9 @@ def _remove_lapsed(
         _Held(r.id, r.external_id, r.subject_id, unsure[r.subject_id].email, unsure[r.subject_id].pseudonym)
         for r in register if r.removed_at is None
     ]  # fmt: skip
-    counts, events = _remove(session, client, list_name, group, live, now) if live else (Counter(), [])
+    counts, events, left = _remove(session, client, list_name, group, live, now) if live else (Counter(), [], {})
+    if left:  # left live in the register: the removal pass takes them
+        counts["remove_failed"] += len(left)
     known = {r.subject_id for r in register}
     failures: dict[str, Exception] = {}
     for row in unsure.values():
@@ -512,6 +548,7 @@ def sync_newsletter_consents(
     )
     for list_name in lists or ALL_LISTS:
         fail_if_parked(job_name(list_name), started)
+        fail_if_parked(f"{job_name(list_name)}:removal", started)
     return counts
 
 

@@ -287,7 +287,8 @@ def test_a_crash_between_waves_rolls_the_whole_batch_back_and_a_rerun_ends_exact
 @pytest.mark.parametrize("bulk", [True, False], ids=["account-wide", "per-group"])
 def test_a_failed_delete_keeps_the_register_row_live_for_the_next_run(against_sandbox, monkeypatch, bulk):
     from connectors.cleverreach import CleverReach
-    from connectors.transport import FatalError
+    from connectors.transport import FatalError, RetriableError
+    from flows.common import JobFailed
 
     take_in(*[line for e in ("d1@example.de", "d2@example.de") for line in (signup(e), confirm(e))])
     newsletter.sync_newsletter_consents(lists=["newsletter"])
@@ -300,7 +301,7 @@ def test_a_failed_delete_keeps_the_register_row_live_for_the_next_run(against_sa
 
     def refuse_d2(self, *args):
         if {"d2@example.de", held["d2@example.de"]["id"]} & set(args[-1] if bulk else args[-1:]):
-            raise FatalError("cleverreach", f"receivers.{name}", 403)
+            raise FatalError("cleverreach", f"receivers.{name}", 400)  # refused for this receiver
         return original(self, *args)
 
     monkeypatch.setattr(CleverReach, name, refuse_d2)
@@ -309,13 +310,26 @@ def test_a_failed_delete_keeps_the_register_row_live_for_the_next_run(against_sa
     assert (counts["removed"], counts["remove_failed"]) == (1, 1)
     assert list(receivers(against_sandbox, "1001")) == ["d2@example.de"]  # deactivated, not gone
     assert receivers(against_sandbox, "1001")["d2@example.de"]["active"] is False
+
+    # The removal pass takes what is left; a delete that may work later fails the run,
+    # naming the register row, and is tried again by the next run.
+    def unavailable(self, *args):
+        raise RetriableError("cleverreach", f"receivers.{name}", 503, 5)
+
+    monkeypatch.setattr(CleverReach, name, unavailable)
+    with transaction() as session:
+        left = str(session.exec(select(Recipient.id).where(Recipient.removed_at.is_(None))).one())
+    with pytest.raises(JobFailed, match=rf"removal: 0 record\(s\) parked, 1 to retry .*{left}: cleverreach receivers.{name}: HTTP 503"):
+        newsletter.sync_newsletter_consents(lists=["newsletter"])
     monkeypatch.setattr(CleverReach, name, original)
     assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {"removed": 1}
     assert receivers(against_sandbox, "1001") == {}
     with transaction() as session:
         assert all(r.removed_at is not None for r in session.exec(select(Recipient)).all())
-        failed = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.remove", AuditEntry.outcome == "failed")).one()
-        assert failed.http_status == 403
+        failed = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.remove", AuditEntry.outcome == "failed")).all()
+        assert [f.http_status for f in failed] == [400, 503]
+        parked = session.exec(select(AuditEntry).where(AuditEntry.action == "sync-newsletter-consents:newsletter:removal.park")).all()
+        assert [p.outcome for p in parked] == ["retry"]
 
 
 def test_faults_at_the_processor_still_end_in_the_right_state(against_sandbox, no_sleep):
