@@ -29,7 +29,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -41,7 +41,7 @@ from flows.common import JobFailed, call_events, decision, reason, write_audit
 from models.audit import AuditEvent
 from models.cursors import advance_cursor, get_cursor
 from models.db import transaction
-from models.erasure import subjects_being_erased
+from models.erasure import being_erased
 from models.parked import ParkedItem, ParkState, drop, due_for_retry, get_item, park, resolve, retry_later
 from models.recipients import live_keys, record_may_hold_many
 from models.types import utcnow
@@ -181,7 +181,6 @@ class _Selection(Generic[Row]):
     rows: list[Row]
     after: int | None  # the cursor's position it was read at (None: a named run)
     last_seq: int | None  # of the records after the cursor (None: none, or a named run)
-    fresh: set[str] = field(default_factory=set)  # ids of the records after the cursor
 
 
 def _select(
@@ -197,12 +196,14 @@ def _select(
         return _Selection(job.by_ids(session, ids), None, None)
     retry = due_for_retry(session, job.name)[:limit]
     rows = job.by_ids(session, retry) if retry else []
-    taken = {job.record_id(r) for r in rows}
     fresh = job.select_ahead(session, after, limit) if ahead else job.select(session, after, limit)
-    if upto is not None:
+    if upto is not None and fresh and job.seq(fresh[-1]) > upto:
         fresh = [r for r in fresh if job.seq(r) <= upto]
-    rows += [r for r in fresh if job.record_id(r) not in taken]
-    return _Selection(rows, after, job.seq(fresh[-1]) if fresh else None, {job.record_id(r) for r in fresh})
+    last = job.seq(fresh[-1]) if fresh else None
+    if rows:  # a record to retry that changed again since is taken once
+        taken = {job.record_id(r) for r in rows}
+        fresh = [r for r in fresh if job.record_id(r) not in taken]
+    return _Selection(rows + fresh, after, last)
 
 
 def _write_ahead(session: Session, reaches: Iterable[Reach], now: datetime) -> int:
@@ -239,8 +240,10 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
         with transaction() as session:
             settled = journal.settle(session)  # what batches killed before their commit left
             ahead = _select(job, session, limit, ids, ahead=True)
-            held = subjects_being_erased(session, {job.subject_id(r) for r in ahead.rows})
-            reaches = [r for r in job.reaches(session, ahead.rows) if r.subject_id not in held]
+            held = being_erased(session)
+            reaches = job.reaches(session, ahead.rows)
+            if held:
+                reaches = [r for r in reaches if r.subject_id not in held]
             if written := _write_ahead(session, reaches, now):
                 write_audit(session, [decision(f"{job.name}.register_ahead", "may_hold",
                                                records=len(ahead.rows), rows=written)])  # fmt: skip
@@ -283,23 +286,20 @@ def _deliver(
     counts: Counter[str] = Counter()
     events: list[AuditEvent] = []
     rows = chosen.rows
-    held = held_ahead | subjects_being_erased(session, {job.subject_id(r) for r in rows})
+    held = held_ahead | being_erased(session)
     ctx = job.begin(session, rows)
-    delivered: list[str] = []
-    sending = []
-    for row in rows:
-        if job.subject_id(row) in held:
-            counts["held_erasure_open"] += 1
-            events.append(job.held(ctx, row))
-            delivered.append(job.record_id(row))  # nothing to retry: the person is being erased
-        else:
-            sending.append(row)
+    sending = rows
+    if held:  # (most batches: nobody; then no record is looked at here)
+        sending = []
+        for row in rows:
+            if job.subject_id(row) in held:  # nothing to retry: the person is being erased
+                counts["held_erasure_open"] += 1
+                events.append(job.held(ctx, row))
+            else:
+                sending.append(row)
     failures = job.deliver_many(ctx, sending)
-    for record in (job.record_id(row) for row in sending):
-        exc = failures.get(record)
-        if exc is None:
-            delivered.append(record)
-        elif isinstance(exc, ProcessorError):
+    for record, exc in failures.items():
+        if isinstance(exc, ProcessorError):
             retriable = _retriable(exc)
             events.append(_park(session, job, record, retriable, exc.processor, exc.operation, reason(exc), now))
             counts["to_retry" if retriable else "parked"] += 1
@@ -308,7 +308,8 @@ def _deliver(
             counts["parked"] += 1
     finished, job_events = job.finish(ctx)
     counts.update(finished)
-    resolve(session, job.name, delivered, now)
+    # Read only if the job has anything parked or to retry: the ids of a batch are many.
+    resolve(session, job.name, (r for r in map(job.record_id, rows) if r not in failures), now)
     if chosen.last_seq is not None:
         advance_cursor(session, job.cursor, chosen.last_seq)
     write_audit(session, [*call_events(job.clients.drain_calls()), *job_events, *events, journal.committed(job.name, batch)])

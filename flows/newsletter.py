@@ -78,6 +78,7 @@ from models.recipients import (
     live_for_other_purposes,
     live_recipient_ids_among,
     live_recipients,
+    record_confirmed_many,
     record_removed_for,
     record_removed_many,
     record_sent_many,
@@ -310,6 +311,9 @@ class ConsentJob(StreamJob):
         self.cursor = _cursor(list_name)
         self.purpose = _purpose(list_name)
 
+    def record_id(self, row) -> str:
+        return _record_of(row)
+
     def seq(self, row) -> int:
         return row.change_seq
 
@@ -346,12 +350,12 @@ class ConsentJob(StreamJob):
         units = [confirmed[i : i + size] for i in range(0, len(confirmed), size)]
         per_wave = max(1, _WAVE // size)
         wave: list[tuple] = []
-        upsert = partial(_upsert_ids, client, self.group, self.list_name)
+        upsert = partial(_upsert, client, self.group, self.list_name)
         with overlapped(partial(isolate, upsert, unit) for unit in units) as answers:
             for index, (sent, refused) in enumerate(answers, start=1):
-                for unit, ids in sent:
-                    wave += [(r.pseudonym, r.subject_id, ids.get(r.email)) for r in unit]
-                failures.update((str(row.consent_id), exc) for row, exc in refused)
+                for unit, _ in sent:
+                    wave += [(r.pseudonym, r.subject_id) for r in unit]
+                failures.update((self.record_id(row), exc) for row, exc in refused)
                 if wave and (index % per_wave == 0 or index == len(units)):
                     _record_sent(session, self.list_name, self.purpose, wave, now)
                     counts["pushed"] += len(wave)
@@ -372,6 +376,12 @@ class ConsentJob(StreamJob):
 
     def finish(self, ctx: _Push) -> tuple[Counter[str], list[AuditEvent]]:
         return ctx.counts, ctx.events
+
+
+def _record_of(row) -> str:
+    """A consent row's record id: its id as read (``models.consent._RAW_ID``), written the
+    one way on every database."""
+    return str(uuid.UUID(str(row.consent_id)))
 
 
 @dataclass
@@ -452,7 +462,7 @@ def _remove_lapsed(
         except ProcessorError as exc:
             if run_wide(exc):
                 raise
-            failures[str(row.consent_id)] = exc
+            failures[_record_of(row)] = exc
             events.append(decision("newsletter.remove", "failed", PROCESSOR, row.pseudonym, list_name, exc.status))
             continue
         if held:
@@ -474,22 +484,23 @@ class _Held(NamedTuple):
 
 
 def _record_sent(session, list_name: str, purpose: str, sent: list[tuple], now: datetime) -> None:
-    """Audit and register receivers CleverReach acknowledged: (pseudonym, subject, its id)."""
+    """Audit and register receivers CleverReach acknowledged: (pseudonym, subject)."""
     sent.sort()  # by pseudonym, the audit index's key; the register sorts by subject itself
     # Register rows before the audit head, the order the removal takes them in too: two
     # workers locking the same two things in opposite orders could deadlock on PostgreSQL.
-    record_sent_many(session, PROCESSOR, purpose, {subject: ext for _, subject, ext in sent}, now)
-    write_audit(session, [decision("newsletter.push", "sent", PROCESSOR, p, list_name) for p, _, _ in sent])
+    # Their rows were written ahead; CleverReach's receiver id is not kept: a receiver is
+    # addressed by its e-mail in the group, the erasure and the removals do so.
+    record_confirmed_many(session, PROCESSOR, purpose, [subject for _, subject in sent], now)
+    write_audit(session, [decision("newsletter.push", "sent", PROCESSOR, p, list_name) for p, _ in sent])
 
 
-def _upsert_ids(client: cleverreach.CleverReach, group: str, list_name: str, rows: list) -> dict[str, str]:
-    """Upsert these rows' receivers; returns CleverReach's receiver id per (lower-cased) e-mail.
+def _upsert(client: cleverreach.CleverReach, group: str, list_name: str, rows: list) -> int:
+    """Upsert these rows' receivers; returns how many CleverReach answered for.
 
     Runs in a worker thread (under ``isolate``): building the payload there leaves this
     thread free for the database work of the calls answered before.
     """
-    answers = client.upsert(group, list_name, [receiver_for(list_name, r) for r in rows])
-    return {a["email"].lower(): str(a["id"]) for a in answers}
+    return len(client.upsert(group, list_name, [receiver_for(list_name, r) for r in rows]))
 
 
 @flow(name="sync-newsletter-consents")

@@ -259,16 +259,10 @@ def open_request(
     return request
 
 
-def subjects_being_erased(session: Session, subject_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
-    """The subjects among `subject_ids` with an open erasure request: nothing of theirs is
-    sent any more (what a processor may already hold, the request's tasks find)."""
-    ids = set(subject_ids)
-    if not ids:
-        return set()
-    # Open requests are few (each completes within days): read them all and intersect,
-    # rather than bind a batch's worth of ids (up to 100,000 for the newsletter).
+def being_erased(session: Session) -> set[uuid.UUID]:
+    """Every subject with an open erasure request (few: each completes within days)."""
     query = select(ErasureRequest.subject_id).where(ErasureRequest.status == RequestStatus.open)
-    return ids & set(session.exec(query))
+    return set(session.exec(query))
 
 
 def open_request_of(session: Session, subject_id: uuid.UUID) -> ErasureRequest | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import UniqueConstraint
@@ -75,10 +75,9 @@ def due_for_retry(session: Session, job: str) -> list[str]:
     return list(session.exec(query.order_by(ParkedItem.first_tried_at)))
 
 
-def resolve(session: Session, job: str, record_ids: Sequence[str], now: datetime) -> int:
-    """Mark open parked items of these records delivered; returns how many were open."""
-    if not record_ids:
-        return 0
+def resolve(session: Session, job: str, record_ids: Iterable[str], now: datetime) -> int:
+    """Mark open parked items of these records delivered; returns how many were open.
+    `record_ids` is read only when the job has open items."""
     # The job's open items, then the delivered among them: open items are few, a batch's
     # records many (and more than a statement may bind, at 100,000 a batch).
     items = session.exec(

@@ -83,6 +83,33 @@ def record_sent_many(
     )  # fmt: skip
 
 
+def record_confirmed_many(
+    session: Session, processor: str, purpose: str, subject_ids: Sequence[uuid.UUID], now: datetime
+) -> None:
+    """"May hold" becomes "holds" for these subjects, whose rows were written ahead
+    (``record_may_hold_many``): the processor answered for them. Set-based, a statement per
+    thousands of subjects, for a processor whose records need no id of ours (CleverReach
+    keys a receiver by its address in the group).
+    """
+    table = Recipient.__table__  # type: ignore[attr-defined]
+    ordered = sorted(subject_ids, key=attrgetter("int"))  # the index's order: pages read once
+    for start in range(0, len(ordered), _CONFIRM_PER_STATEMENT):
+        session.connection().execute(
+            update(table)
+            .where(
+                table.c.subject_id.in_(ordered[start : start + _CONFIRM_PER_STATEMENT]),
+                table.c.processor == processor,
+                table.c.purpose == purpose,
+            )
+            .values(confirmed_at=now, last_sent_at=now, removed_at=None)
+        )
+
+
+# Subjects per confirming UPDATE: far below SQLite's 32,766 and PostgreSQL's 65,535 bound
+# parameters, few statements per wave.
+_CONFIRM_PER_STATEMENT = 5000
+
+
 def record_may_hold_many(
     session: Session, processor: str, purpose: str, subjects: dict[uuid.UUID, str | None], now: datetime
 ) -> None:
