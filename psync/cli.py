@@ -152,6 +152,24 @@ def sandbox(
     serve(host=host, port=port, fault_rate=fault_rate, latency_ms=latency_ms, seed=seed)
 
 
+@app.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8710,
+) -> None:
+    """Serve the website's signed HTTP intake (POST /v1/events; needs PSYNC_INTAKE_SECRET)."""
+    from psync.serve import DoorConfig
+    from psync.serve import serve as serve_door
+    from psync.settings import get_settings
+
+    try:
+        config = DoorConfig.from_settings(get_settings())
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    serve_door(host=host, port=port, config=config)
+
+
 STACK_STATE = Path(".psync/stack")
 
 
@@ -159,13 +177,14 @@ STACK_STATE = Path(".psync/stack")
 def up(
     api_port: Annotated[int, typer.Option(min=1, max=65535)] = 4200,
     sandbox_port: Annotated[int, typer.Option(min=1, max=65535)] = 8700,
+    intake_port: Annotated[int, typer.Option(min=1, max=65535, help="the HTTP intake (psync serve)")] = 8710,
 ) -> None:
-    """Start a local Prefect server (UI), the sandbox, the work pool, every deployment and a
-    worker in the background; `psync down` stops them."""
+    """Start a local Prefect server (UI), the sandbox, the work pool, every deployment, a
+    worker and the HTTP intake in the background; `psync down` stops them."""
     from psync.stack import Stack
 
     try:
-        Stack(Path.cwd(), STACK_STATE, api_port=api_port, sandbox_port=sandbox_port).up()
+        Stack(Path.cwd(), STACK_STATE, api_port=api_port, sandbox_port=sandbox_port, intake_port=intake_port).up()
     except RuntimeError as exc:
         typer.echo(f"up failed: {exc}", err=True)
         raise typer.Exit(1) from None
