@@ -139,14 +139,40 @@ def audit_export(
 
 
 @app.command()
+def check(
+    connect: Annotated[bool, typer.Option("--connect", help="also fetch a token and look the configured ids up")] = False,
+) -> None:
+    """Say per processor what is configured and what is missing (by variable name); exits 2
+    when a configured processor's jobs cannot run."""
+    from psync.check import check as run_check
+    from psync.check import render
+    from psync.settings import get_settings
+
+    report = run_check(get_settings(), connect=connect)
+    typer.echo(render(report))
+    raise typer.Exit(0 if report.ok else 2)
+
+
+@app.command()
 def sandbox(
     host: str = "127.0.0.1",
     port: int = 8700,
     fault_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
     latency_ms: Annotated[int, typer.Option(min=0)] = 0,
     seed: int | None = None,
+    print_env: Annotated[
+        bool, typer.Option("--print-env", help="print the export lines that point psync at this sandbox, and exit")
+    ] = False,
 ) -> None:
     """Serve the local imitation of the processors' APIs (in-memory)."""
+    if print_env:
+        import shlex
+
+        from psync.sandbox_env import sandbox_environment
+
+        for name, value in sandbox_environment(f"http://{host}:{port}", rate_per_second=50).items():
+            typer.echo(f"export {name}={shlex.quote(value)}")
+        return
     from sandbox.app import serve
 
     serve(host=host, port=port, fault_rate=fault_rate, latency_ms=latency_ms, seed=seed)

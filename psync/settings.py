@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     intake_rate_burst: int = Field(20, ge=1)
     intake_max_skew_seconds: int = Field(300, ge=1, le=3600)
 
+    # Every psync command prints a failure's traceback, not only its one line (as --debug does).
+    debug: bool = False
+
     # Unconfirmed double-opt-in sign-ups are erased after this many calendar days (seed 000).
     optin_expiry_days_newsletter: int = 30
     optin_expiry_days_service_offers: int = 21
