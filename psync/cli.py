@@ -13,15 +13,30 @@ from typing import Annotated
 import typer
 
 from psync.cli_erasure import app as erasure_app
+from psync.cli_errors import PsyncGroup, flow_failures_said_once
 from psync.cli_parked import app as parked_app
 
-app = typer.Typer(help="processor-sync: keep processors in line with data subjects' decisions.")
+app = typer.Typer(
+    cls=PsyncGroup,
+    help="processor-sync: keep processors in line with data subjects' decisions. "
+    "Exit codes: 0 ok, 1 records rejected or a job failed, 2 usage or configuration.",
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database schema.")
 audit_app = typer.Typer(help="The audit trail.")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(erasure_app, name="erasure")
 app.add_typer(parked_app, name="parked")
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="print a failure's traceback (also PSYNC_DEBUG=1)")] = False,
+) -> None:
+    # --debug is taken off the command line by PsyncGroup.main wherever it stands; this
+    # declaration puts it in --help.
+    del debug
 
 
 @db_app.command("upgrade")
@@ -88,7 +103,8 @@ def run_flow(
             params[key] = json.loads(raw)
         except json.JSONDecodeError:
             params[key] = raw
-    result = flow(**params)
+    with flow_failures_said_once():
+        result = flow(**params)
     typer.echo(json.dumps(result, default=str, sort_keys=True))
 
 
