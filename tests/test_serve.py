@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,22 +21,13 @@ from sqlalchemy import func, select
 from models.consent import ConsentEvent
 from models.db import transaction
 from models.isic import IsicDocument, IsicOrder
-from psync.serve import DoorConfig, TokenBuckets, create_app, sign
+from doorway import Clock, serve_door
+from psync.serve import DoorConfig, TokenBuckets, sign
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY
 
 SECRET = b"door-test-secret"
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 EMAIL = "erika.mustermann@example.de"
-
-
-class Clock:
-    """The door's clock, set by the test."""
-
-    def __init__(self, now: datetime = NOW):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def signup(email: str = EMAIL, **kw) -> dict:
@@ -65,36 +55,18 @@ def order(order_id: str = "O-1", **documents) -> dict:
 @pytest.fixture
 def door(settings):
     """Start a door (uvicorn, real HTTP) with config overrides; returns (url, clock)."""
-    servers = []
+    with ExitStack() as doors:
 
-    def start(**overrides):
-        import uvicorn
+        def start(**overrides):
+            clock = Clock(NOW)
+            config = DoorConfig(**{
+                "secret": SECRET, "key": TEST_KEY.encode(), "document_key": Fernet.generate_key(),
+                "rate_per_second": 1000.0, "rate_burst": 1000, "max_document_bytes": 4096, "clock": clock,
+                **overrides,
+            })  # fmt: skip
+            return doors.enter_context(serve_door(config)), clock
 
-        from conftest import _free_port
-
-        clock = Clock()
-        config = DoorConfig(**{
-            "secret": SECRET, "key": TEST_KEY.encode(), "document_key": Fernet.generate_key(),
-            "rate_per_second": 1000.0, "rate_burst": 1000, "max_document_bytes": 4096, "clock": clock,
-            **overrides,
-        })  # fmt: skip
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(config), host="127.0.0.1", port=port, log_level="warning", access_log=False
-        ))  # fmt: skip
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "door did not start"
-            time.sleep(0.01)
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{port}", clock
-
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=5)
+        yield start
 
 
 def post(url, body, clock=None, secret=SECRET, timestamp=None, signature=None, headers=None):
