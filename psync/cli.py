@@ -50,7 +50,9 @@ def db_upgrade(revision: str = "head") -> None:
 
 @app.command()
 def intake(
-    file: Annotated[Path | None, typer.Argument(help="JSON-lines file of events")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="JSON-lines file of events", exists=True, dir_okay=False, readable=True)
+    ] = None,
     schema: Annotated[bool, typer.Option("--schema", help="print the JSON Schema")] = False,
 ) -> None:
     """Validate and store the website's events; exits 1 when any line was rejected."""
@@ -228,7 +230,7 @@ def up(
     try:
         Stack(Path.cwd(), STACK_STATE, api_port=api_port, sandbox_port=sandbox_port, intake_port=intake_port).up()
     except RuntimeError as exc:
-        typer.echo(f"up failed: {exc}", err=True)
+        typer.echo(f"error: up: {exc}", err=True)
         raise typer.Exit(1) from None
 
 

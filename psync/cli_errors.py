@@ -110,6 +110,9 @@ def describe(exc: BaseException) -> tuple[int, list[str]]:
         named = f" ({', '.join(missing)})" if missing else ""
         return USAGE, [f"error: {exc.processor}: {exc.reason or 'not configured'}{named}",
                        "hint: psync check names every missing setting"]  # fmt: skip
+    database = _database_problem(exc)
+    if database:
+        return database
     if isinstance(exc, ProcessorError):
         # Names and numbers only, by construction; redact() would take "oauth.token: connection
         # failed" for a token and blank it, so reason() is not asked.
@@ -120,6 +123,18 @@ def describe(exc: BaseException) -> tuple[int, list[str]]:
     if why.startswith("unexpected "):
         return FAILED, [f"error: unexpected {type(exc).__name__}", "the traceback: run again with --debug"]
     return FAILED, [f"error: {why}"]
+
+
+def _database_problem(exc: BaseException) -> tuple[int, list[str]] | None:
+    """A database error by its driver's class; the statement (never the values, the engine
+    hides them) is left to --debug. A missing table means the schema is not upgraded."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    if re.search(r"no such table|relation .* does not exist|UndefinedTable", str(exc.orig)):
+        return USAGE, ["error: database: the schema is missing or behind the code", "hint: psync db upgrade"]
+    return FAILED, [f"error: database: {type(exc.orig).__name__}", "the statement and traceback: run again with --debug"]
 
 
 def _invalid_settings(exc: BaseException) -> str:

@@ -177,3 +177,21 @@ def test_exit_codes_of_commands_that_already_had_them(runner, settings, tmp_path
     assert rejected.exit_code == 1 and EMAIL not in rejected.output
     unknown = invoke(runner, "erasure", "status", "00000000-0000-0000-0000-000000000000")
     assert unknown.exit_code == 1 and len(said(unknown)) == 1
+
+
+def test_a_database_without_the_schema_says_to_upgrade_it(runner, empty_database, monkeypatch, tmp_path):
+    monkeypatch.setenv("PSYNC_DATABASE_URL", empty_database)
+    monkeypatch.setenv("PSYNC_PSEUDONYM_KEY", TEST_KEY)
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"type": "erasure.request", "email": "' + EMAIL + '", "channel": "portal", "at": "2026-01-05T10:00:00+01:00"}\n')
+    result = invoke(runner, "intake", str(events))
+    get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert said(result) == ["error: database: the schema is missing or behind the code", "hint: psync db upgrade"]
+    assert EMAIL not in result.output
+
+
+def test_a_missing_file_is_a_usage_error(runner, settings, tmp_path):
+    result = invoke(runner, "intake", str(tmp_path / "nowhere.jsonl"))
+    assert result.exit_code == 2
+    assert said(result)[0].startswith("error: Invalid value for 'file': file ") and said(result)[0].endswith("does not exist.")
