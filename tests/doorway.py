@@ -28,13 +28,13 @@ class Clock:
 
 
 @contextmanager
-def serve_door(config: DoorConfig) -> Iterator[str]:
+def serve_door(config: DoorConfig, log_level: str = "warning", access_log: bool = False) -> Iterator[str]:
     """The door served over real HTTP until the block ends; yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(
-        create_app(config), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        create_app(config), host="127.0.0.1", port=port, log_level=log_level, access_log=access_log
     ))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -302,3 +302,24 @@ def test_the_local_stack_gives_its_door_a_secret_once(tmp_path, monkeypatch):
     assert "PSYNC_INTAKE_SECRET" not in Stack(tmp_path, tmp_path / "other").environment()  # no door
     monkeypatch.setenv("PSYNC_INTAKE_SECRET", "configured")
     assert stack.environment()["PSYNC_INTAKE_SECRET"] == "configured"
+
+
+def test_nothing_personal_reaches_the_logs_even_at_debug(settings, caplog):
+    """uvicorn at debug with its access log, FastAPI, the intake: a batch with a person in
+    good and bad events, a bad signature and an oversized body leave no personal data in any
+    log record."""
+    import logging
+
+    clock = Clock(NOW)
+    config = DoorConfig(secret=SECRET, key=TEST_KEY.encode(), document_key=Fernet.generate_key(),
+                        max_body_bytes=50_000, clock=clock)  # fmt: skip
+    batch = [signup(), signup(email="erika.mustermann@example"), {**signup(), "first_name": "Erika\x00"}, order("O-9")]
+    caplog.set_level(logging.DEBUG)
+    with serve_door(config, log_level="debug", access_log=True) as url:
+        assert post(url, batch, clock).status_code == 200
+        assert post(url, batch, secret=b"wrong").status_code == 401
+        assert post(url, [signup()] * 200, clock).status_code == 413
+    logged = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "POST /v1/events" in logged  # the access log was on
+    for personal in ("erika", "mustermann", "lena", "studentin", "DE89", "192.0.2.10"):
+        assert personal.lower() not in logged.lower(), personal
