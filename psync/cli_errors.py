@@ -104,7 +104,7 @@ def describe(exc: BaseException) -> tuple[int, list[str]]:
         return exc.exit_code, [f"error: {redact(exc.format_message())}"]
     settings_problem = _invalid_settings(exc)
     if settings_problem:
-        return USAGE, [f"error: configuration: {settings_problem}", "hint: psync check names every setting"]
+        return USAGE, [f"error: configuration: {settings_problem}", "hint: .env.example describes every setting"]
     if isinstance(exc, ProcessorError) and exc.operation == "configure":
         missing = _missing_settings(exc.processor)
         named = f" ({', '.join(missing)})" if missing else ""

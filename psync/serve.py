@@ -51,7 +51,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from models.types import utcnow
+
 MAX_EVENTS = 1000
 SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 TIMESTAMP = re.compile(r"[0-9]{1,12}")
 DOCUMENT_KINDS = ("student_proof", "id_copy", "photo")
 # Clients remembered by the rate limiter; past this, the full (idle) buckets are forgotten.
 MAX_CLIENTS = 10_000
+# Signatures remembered against replay; past this the oldest go (receipts still hold).
+MAX_SEEN = 100_000
 
 
 @dataclass
@@ -81,15 +85,11 @@ class DoorConfig:
     max_skew_seconds: int = 300
     rate_per_second: float = 5.0
     rate_burst: int = 20
-    clock: Callable[[], datetime] = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+    clock: Callable[[], datetime] = utcnow
 
     def __post_init__(self) -> None:
         if not self.secret:
             raise ValueError("intake: no shared secret (PSYNC_INTAKE_SECRET)")
-        if self.clock is None:
-            from models.types import utcnow
-
-            self.clock = utcnow
 
     @classmethod
     def from_settings(cls, settings, clock: Callable[[], datetime] | None = None) -> DoorConfig:
@@ -103,7 +103,7 @@ class DoorConfig:
             max_document_bytes=settings.isic_max_document_bytes,
             max_body_bytes=settings.intake_max_body_bytes, max_skew_seconds=settings.intake_max_skew_seconds,
             rate_per_second=settings.intake_rate_per_second, rate_burst=settings.intake_rate_burst,
-            clock=clock,  # type: ignore[arg-type]  # None means utcnow, see __post_init__
+            clock=clock or utcnow,
         )  # fmt: skip
 
 
@@ -159,6 +159,8 @@ class SeenSignatures:
             if signature in self._seen:
                 return False
             self._seen[signature] = expires
+            if len(self._seen) > MAX_SEEN:
+                self._seen.popitem(last=False)
             return True
 
 

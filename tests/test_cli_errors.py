@@ -81,7 +81,7 @@ def test_an_invalid_setting_names_the_variable_not_its_value(runner, settings, m
     assert said(result) == [
         "error: configuration: PSYNC_CLEVERREACH_BATCH_SIZE: Input should be a valid integer, unable to parse "
         "string as an integer; PSYNC_HTTP_MAX_ATTEMPTS: Input should be greater than or equal to 1",
-        "hint: psync check names every setting",
+        "hint: .env.example describes every setting",
     ]
     monkeypatch.setenv("PSYNC_TIMIFY_SERVICE_POINTS", '{"sp-1": "' + EMAIL + '"')
     broken = invoke(runner, "check")
