@@ -160,8 +160,7 @@ def audit_export(
 def check(
     connect: Annotated[bool, typer.Option("--connect", help="also fetch a token and look the configured ids up")] = False,
 ) -> None:
-    """Say per processor what is configured and what is missing (by variable name); exits 2
-    when a configured processor's jobs cannot run."""
+    """Per processor: what is configured, what is missing (by variable); exit 2 if a job cannot run."""
     from psync.check import check as run_check
     from psync.check import render
     from psync.settings import get_settings
