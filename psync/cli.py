@@ -13,15 +13,30 @@ from typing import Annotated
 import typer
 
 from psync.cli_erasure import app as erasure_app
+from psync.cli_errors import PsyncGroup, flow_failures_said_once
 from psync.cli_parked import app as parked_app
 
-app = typer.Typer(help="processor-sync: keep processors in line with data subjects' decisions.")
+app = typer.Typer(
+    cls=PsyncGroup,
+    help="processor-sync: keep processors in line with data subjects' decisions. "
+    "Exit codes: 0 ok, 1 records rejected or a job failed, 2 usage or configuration.",
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database schema.")
 audit_app = typer.Typer(help="The audit trail.")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(erasure_app, name="erasure")
 app.add_typer(parked_app, name="parked")
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="print a failure's traceback (also PSYNC_DEBUG=1)")] = False,
+) -> None:
+    # --debug is taken off the command line by PsyncGroup.main wherever it stands; this
+    # declaration puts it in --help.
+    del debug
 
 
 @db_app.command("upgrade")
@@ -35,7 +50,9 @@ def db_upgrade(revision: str = "head") -> None:
 
 @app.command()
 def intake(
-    file: Annotated[Path | None, typer.Argument(help="JSON-lines file of events")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="JSON-lines file of events", exists=True, dir_okay=False, readable=True)
+    ] = None,
     schema: Annotated[bool, typer.Option("--schema", help="print the JSON Schema")] = False,
 ) -> None:
     """Validate and store the website's events; exits 1 when any line was rejected."""
@@ -88,7 +105,8 @@ def run_flow(
             params[key] = json.loads(raw)
         except json.JSONDecodeError:
             params[key] = raw
-    result = flow(**params)
+    with flow_failures_said_once():
+        result = flow(**params)
     typer.echo(json.dumps(result, default=str, sort_keys=True))
 
 
@@ -139,17 +157,60 @@ def audit_export(
 
 
 @app.command()
+def check(
+    connect: Annotated[bool, typer.Option("--connect", help="also fetch a token and look the configured ids up")] = False,
+) -> None:
+    """Per processor: what is configured, what is missing (by variable); exit 2 if a job cannot run."""
+    from psync.check import check as run_check
+    from psync.check import render
+    from psync.settings import get_settings
+
+    report = run_check(get_settings(), connect=connect)
+    typer.echo(render(report))
+    raise typer.Exit(0 if report.ok else 2)
+
+
+@app.command()
 def sandbox(
     host: str = "127.0.0.1",
     port: int = 8700,
     fault_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
     latency_ms: Annotated[int, typer.Option(min=0)] = 0,
     seed: int | None = None,
+    print_env: Annotated[
+        bool, typer.Option("--print-env", help="print the export lines that point psync at this sandbox, and exit")
+    ] = False,
 ) -> None:
     """Serve the local imitation of the processors' APIs (in-memory)."""
+    if print_env:
+        import shlex
+
+        from psync.sandbox_env import sandbox_environment
+
+        for name, value in sandbox_environment(f"http://{host}:{port}", rate_per_second=50).items():
+            typer.echo(f"export {name}={shlex.quote(value)}")
+        return
     from sandbox.app import serve
 
     serve(host=host, port=port, fault_rate=fault_rate, latency_ms=latency_ms, seed=seed)
+
+
+@app.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8710,
+) -> None:
+    """Serve the website's signed HTTP intake (POST /v1/events; needs PSYNC_INTAKE_SECRET)."""
+    from psync.serve import DoorConfig
+    from psync.serve import serve as serve_door
+    from psync.settings import get_settings
+
+    try:
+        config = DoorConfig.from_settings(get_settings())
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    serve_door(host=host, port=port, config=config)
 
 
 STACK_STATE = Path(".psync/stack")
@@ -159,15 +220,16 @@ STACK_STATE = Path(".psync/stack")
 def up(
     api_port: Annotated[int, typer.Option(min=1, max=65535)] = 4200,
     sandbox_port: Annotated[int, typer.Option(min=1, max=65535)] = 8700,
+    intake_port: Annotated[int, typer.Option(min=1, max=65535, help="the HTTP intake (psync serve)")] = 8710,
 ) -> None:
-    """Start a local Prefect server (UI), the sandbox, the work pool, every deployment and a
-    worker in the background; `psync down` stops them."""
+    """Start a local Prefect server (UI), the sandbox, the work pool, every deployment, a
+    worker and the HTTP intake in the background; `psync down` stops them."""
     from psync.stack import Stack
 
     try:
-        Stack(Path.cwd(), STACK_STATE, api_port=api_port, sandbox_port=sandbox_port).up()
+        Stack(Path.cwd(), STACK_STATE, api_port=api_port, sandbox_port=sandbox_port, intake_port=intake_port).up()
     except RuntimeError as exc:
-        typer.echo(f"up failed: {exc}", err=True)
+        typer.echo(f"error: up: {exc}", err=True)
         raise typer.Exit(1) from None
 
 

@@ -16,6 +16,8 @@ from typing import Annotated
 
 import typer
 
+from psync.cli_errors import flow_failures_said_once
+
 app = typer.Typer(help="Erasure requests: open, follow, confirm manual tasks, report, extend.")
 
 
@@ -71,7 +73,7 @@ def request(
     ).id)  # fmt: skip
     typer.echo(f"request {opened}")
     if fan_out:
-        with _clear_errors():
+        with _clear_errors(), flow_failures_said_once():
             counts = fan_out_erasure(request_id=opened)
         typer.echo(json.dumps(counts, sort_keys=True))
 

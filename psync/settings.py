@@ -104,6 +104,21 @@ class Settings(BaseSettings):
     http_max_retry_seconds: float = 120.0
     http_retry_after_cap: float = 60.0
 
+    # The website's HTTP door (`psync serve`): requests are signed with this shared secret
+    # (HMAC-SHA256 of "<timestamp>.<body>"); without one the door does not start. A body is at
+    # most `intake_max_body_bytes` (three documents at the ISIC limit, base64, fit in 48 MiB);
+    # each client address gets `intake_rate_burst` requests at once, refilled at
+    # `intake_rate_per_second`.
+    intake_secret: SecretStr | None = None
+    intake_secret_block: str | None = None
+    intake_max_body_bytes: int = Field(48 * 1024 * 1024, ge=1024)
+    intake_rate_per_second: float = Field(5.0, gt=0)
+    intake_rate_burst: int = Field(20, ge=1)
+    intake_max_skew_seconds: int = Field(300, ge=1, le=3600)
+
+    # Every psync command prints a failure's traceback, not only its one line (as --debug does).
+    debug: bool = False
+
     # Unconfirmed double-opt-in sign-ups are erased after this many calendar days (seed 000).
     optin_expiry_days_newsletter: int = 30
     optin_expiry_days_service_offers: int = 21

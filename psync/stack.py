@@ -1,5 +1,6 @@
 """``make up`` / ``make down``: a local Prefect server, the sandbox, the work pool, every
-deployment of ``prefect.yaml`` and one process worker, as background processes.
+deployment of ``prefect.yaml``, one process worker and the website's HTTP intake
+(``psync serve``, when given a port), as background processes.
 
 The end-to-end deployment tests start the same stack on free ports (``Stack.up``), so what
 a user starts by hand and what CI proves are one piece of code. Everything it starts is
@@ -9,6 +10,9 @@ Example::
 
     stack = Stack(root=Path.cwd(), state=Path(".psync/stack"))
     stack.up()      # UI on http://127.0.0.1:4200
+
+The intake's shared secret is PSYNC_INTAKE_SECRET when set; otherwise one is made once in
+``<state>/intake-secret`` (mode 0600) for the local website to sign with.
     stack.down()
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -31,7 +36,7 @@ from psync.sandbox_env import sandbox_environment
 POOL = "psync-process"
 HOST = "127.0.0.1"
 # `down` stops the worker first, so no flow run starts against a server that is going.
-STOP_ORDER = ("worker", "sandbox", "server")
+STOP_ORDER = ("worker", "intake", "sandbox", "server")
 
 
 @dataclass
@@ -42,6 +47,8 @@ class Stack:
     state: Path
     api_port: int = 4200
     sandbox_port: int = 8700
+    # The HTTP intake's port; None starts none (the deployment tests need no door).
+    intake_port: int | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     say: Callable[[str], None] = print
     # Started by this process: waited for on `down`, so none is left a zombie.
@@ -54,6 +61,10 @@ class Stack:
     @property
     def sandbox_url(self) -> str:
         return f"http://{HOST}:{self.sandbox_port}"
+
+    @property
+    def intake_url(self) -> str:
+        return f"http://{HOST}:{self.intake_port}"
 
     def environment(self) -> dict[str, str]:
         """The environment of every process the stack starts.
@@ -74,7 +85,17 @@ class Stack:
         )
         env.setdefault("PSYNC_DATABASE_URL", f"sqlite:///{root / '.psync' / 'psync.db'}")
         env.update(self.extra_env)
+        if self.intake_port is not None and not _intake_secret_configured(env):
+            env["PSYNC_INTAKE_SECRET"] = self._local_intake_secret()
         return env
+
+    def _local_intake_secret(self) -> str:
+        path = self.state / "intake-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                out.write(secrets.token_hex(32))
+        return path.read_text().strip()
 
     # --- up -------------------------------------------------------------------------
     def up(self) -> None:
@@ -92,10 +113,14 @@ class Stack:
             self._step("work-pool", [*_prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
             self._step("deploy", [*_prefect(), "--no-prompt", "deploy", "--all"], env)
             self._start("worker", [*_prefect(), "worker", "start", "--pool", POOL, "--type", "process"], env)
+            if self.intake_port is not None:
+                self._start("intake", [*_psync(), "serve", "--host", HOST, "--port", str(self.intake_port)], env)
+                _wait_for(f"{self.intake_url}/v1/health", "the HTTP intake", self.state / "intake.log")
         except BaseException:
             self.down()
             raise
-        self.say(f"up: UI {self.api_url.removesuffix('/api')}  sandbox {self.sandbox_url}  logs {self.state}/")
+        door = f"  intake {self.intake_url}/v1/events" if self.intake_port is not None else ""
+        self.say(f"up: UI {self.api_url.removesuffix('/api')}  sandbox {self.sandbox_url}{door}  logs {self.state}/")
 
     def _start(self, name: str, command: list[str], env: dict[str, str]) -> None:
         log = (self.state / f"{name}.log").open("ab")
@@ -141,6 +166,16 @@ class Stack:
             return json.loads(self._pid_file().read_text())
         except FileNotFoundError:
             return {}
+
+
+def _intake_secret_configured(env: Mapping[str, str]) -> bool:
+    """Whether the door has a secret from the environment or the .env file."""
+    if env.get("PSYNC_INTAKE_SECRET") or env.get("PSYNC_INTAKE_SECRET_BLOCK"):
+        return True
+    from psync.settings import Settings
+
+    configured = Settings()
+    return bool(configured.intake_secret or configured.intake_secret_block)
 
 
 def _prefect() -> list[str]:

@@ -7,7 +7,7 @@ characters, header and SQL injection, invalid e-mail addresses, phone, insurance
 numbers, bad dates, unknown fields; and, for coverage a sample may miss, a fixed catalogue of
 every family on every field. Raw lines (truncated, not an object, binary, huge) and
 hostile documents (too large, wrong content, paths and symlinks out of the folder) get tests
-of their own. For each line: outcome "rejected", a printable reason that does not repeat
+of their own; the catalogue is also posted to the HTTP door (``psync serve``) over real HTTP. For each line: outcome "rejected", a printable reason that does not repeat
 the input, the row count of every table unchanged, no file touched. Where a value may be
 legal (SQL in a name is just a strange name), the line is either rejected that way or stored
 verbatim. Figures go to the reliability summary (``reliability.figures``).
@@ -71,7 +71,8 @@ def figures():
     """This module's counts, added to the reliability summary when its tests are done."""
     yield
     for name in ("hostile lines tried", "hostile lines rejected", "hostile lines stored (legal free text)",
-                 "hostile documents tried", "hostile documents rejected"):  # fmt: skip
+                 "hostile documents tried", "hostile documents rejected",
+                 "hostile events posted to the HTTP door", "hostile events the door rejected"):  # fmt: skip
         record(name, TALLY[name])
 
 
@@ -430,3 +431,51 @@ def test_reason_for_an_unknown_type_or_field_does_not_repeat_it(world):
                   {**consent.signup(email="x1@example.de"), f"x\r\nSet-Cookie: {MARKER}": 1},
                   {**isic.order("H-key"), f"pin {MARKER}": "1234"}):  # fmt: skip
         rejected_and_nothing_stored(world, isic.NOW, line(event))
+
+
+# --- the HTTP door (psync serve) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind_name", list(KINDS))
+def test_the_catalogue_posted_to_the_http_door_is_rejected_event_by_event(world, kind_name):
+    """The same catalogue, as one signed JSON array over real HTTP: the door answers each
+    event rejected with a clear reason, and stores nothing. Valid documents go inline
+    (base64), as the door takes them; a mutated document value is refused by the door."""
+    import base64
+
+    from doorway import Clock, post_signed, serve_door
+    from psync.serve import DoorConfig
+
+    kind = KINDS[kind_name]
+    world.prepare(kind)
+    cases = catalogue(kind)
+    secret = b"hostile-door-secret"
+
+    def inline(event: dict) -> dict:
+        documents = event.get("documents") if event.get("type") == "isic.order" else None
+        if not isinstance(documents, dict):
+            return event
+        files = {n: p for n, p in documents.items() if isinstance(p, str) and p in {"nachweis.pdf", "ausweis.png", "foto.jpg"}}
+        encoded = {n: {"base64": base64.b64encode((world.base_dir / p).read_bytes()).decode()} for n, p in files.items()}
+        return {**event, "documents": {**documents, **encoded}}
+
+    events = [inline(apply(kind, m, next(FRESH))) for m in cases]
+    config = DoorConfig(
+        secret=secret, key=world.key, document_key=DOC_KEY, service_points=frozenset(SERVICE_POINTS),
+        max_document_bytes=LIMIT, rate_per_second=1000.0, rate_burst=1000, clock=Clock(kind.now),
+    )  # fmt: skip
+    before, files = world.counts(), world.files()
+    with serve_door(config) as url:
+        answer = post_signed(url, events, secret, kind.now)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["index"] for r in results] == list(range(len(cases)))
+    for mutation, result in zip(cases, results, strict=True):
+        assert result["result"] == "rejected", f"{mutation!r}: {result}"
+        assert_clear(result["reason"], (MARKER, *mutation.secrets))
+    assert MARKER not in answer.text
+    # Inlined, the valid documents pass: the other fields' mutations reach the validation.
+    assert any(not r["reason"].startswith("documents.") for r in results)
+    assert_nothing_stored(world, before, files)
+    TALLY["hostile events posted to the HTTP door"] += len(cases)
+    TALLY["hostile events the door rejected"] += len(cases)

@@ -1,0 +1,325 @@
+"""The website's HTTP door (``psync serve``), over real HTTP: uvicorn on a free port in a thread.
+
+Signed, unsigned, wrong signature, stale timestamp, replayed body, oversized body, a batch
+with good and bad events, an idempotent re-post, concurrent posts of the same event, the rate
+limit, documents inline, and the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+from cryptography.fernet import Fernet
+from sqlalchemy import func, select
+
+from models.consent import ConsentEvent
+from models.db import transaction
+from models.isic import IsicDocument, IsicOrder
+from doorway import Clock, serve_door
+from psync.serve import DoorConfig, TokenBuckets, sign
+from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY
+
+SECRET = b"door-test-secret"
+NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
+EMAIL = "erika.mustermann@example.de"
+
+
+def signup(email: str = EMAIL, **kw) -> dict:
+    event = {
+        "type": "consent.signup", "list": "newsletter", "email": email, "salutation": "Frau",
+        "first_name": "Erika", "last_name": "Mustermann", "ip": "192.0.2.10",
+        "at": (NOW - timedelta(hours=2)).isoformat(), "source": "https://example.de/nl",
+        "policy_version": "2026-01",
+    }  # fmt: skip
+    event.update(kw)
+    return event
+
+
+def order(order_id: str = "O-1", **documents) -> dict:
+    docs = {"student_proof": PDF_BYTES, "id_copy": PNG_BYTES, "photo": JPEG_BYTES}
+    return {
+        "type": "isic.order", "order_id": order_id, "first_name": "Lena", "last_name": "Studentin",
+        "birth_date": "2004-02-29", "email": "lena@example.de", "postal_code": "10115",
+        "iban": "DE89 3704 0044 0532 0130 00", "institution": "Humboldt-Universität zu Berlin",
+        "at": (NOW - timedelta(minutes=1)).isoformat(),
+        "documents": {k: {"base64": base64.b64encode(v).decode()} for k, v in docs.items()} | documents,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def door(settings):
+    """Start a door (uvicorn, real HTTP) with config overrides; returns (url, clock)."""
+    with ExitStack() as doors:
+
+        def start(**overrides):
+            clock = Clock(NOW)
+            config = DoorConfig(**{
+                "secret": SECRET, "key": TEST_KEY.encode(), "document_key": Fernet.generate_key(),
+                "rate_per_second": 1000.0, "rate_burst": 1000, "max_document_bytes": 4096, "clock": clock,
+                **overrides,
+            })  # fmt: skip
+            return doors.enter_context(serve_door(config)), clock
+
+        yield start
+
+
+def post(url, body, clock=None, secret=SECRET, timestamp=None, signature=None, headers=None):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    ts = timestamp if timestamp is not None else str(int((clock() if clock else NOW).timestamp()))
+    sent = {"Content-Type": "application/json", "X-Psync-Timestamp": ts,
+            "X-Psync-Signature": signature or sign(secret, ts, raw), **(headers or {})}  # fmt: skip
+    return requests.post(f"{url}/v1/events", data=raw, headers=sent, timeout=30)
+
+
+def consent_events() -> int:
+    with transaction() as session:
+        return session.execute(select(func.count()).select_from(ConsentEvent)).scalar_one()
+
+
+def test_a_signed_event_is_stored_and_the_answer_does_not_echo_it(door):
+    url, clock = door()
+    answer = post(url, signup(), clock)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "results": [{"index": 0, "result": "stored"}],
+        "counts": {"stored": 1, "unchanged": 0, "duplicate": 0, "rejected": 0},
+    }
+    assert consent_events() == 1
+
+
+def test_unsigned_wrong_signature_and_wrong_secret_are_refused_and_store_nothing(door):
+    url, clock = door()
+    body = json.dumps(signup()).encode()
+    unsigned = requests.post(f"{url}/v1/events", data=body, timeout=10)
+    assert unsigned.status_code == 401 and "missing" in unsigned.json()["error"]
+    ts = str(int(NOW.timestamp()))
+    tampered = post(url, body.replace(b"Erika", b"Erica"), timestamp=ts, signature=sign(SECRET, ts, body))
+    assert tampered.status_code == 401 and tampered.json() == {"error": "invalid signature"}
+    assert post(url, body, secret=b"someone-else").status_code == 401
+    assert post(url, body, signature="sha256=zz").status_code == 401
+    assert post(url, body, signature="md5=" + "0" * 32).status_code == 401
+    assert post(url, body, timestamp="yesterday").status_code == 401
+    assert EMAIL not in unsigned.text + tampered.text
+    assert consent_events() == 0
+
+
+@pytest.mark.parametrize("skew", [timedelta(minutes=5, seconds=1), -timedelta(minutes=5, seconds=1)])
+def test_a_timestamp_more_than_five_minutes_off_is_refused(door, skew):
+    url, clock = door()
+    stale = str(int((NOW + skew).timestamp()))
+    answer = post(url, signup(), timestamp=stale)
+    assert answer.status_code == 401 and "300 s" in answer.json()["error"]
+    # Just inside the window is fine.
+    inside = str(int((NOW + skew / abs(skew.total_seconds()) * 300).timestamp()))
+    assert post(url, signup(), timestamp=inside).status_code == 200
+    assert consent_events() == 1
+
+
+def test_a_replayed_request_is_refused_and_a_re_signed_one_stores_nothing_twice(door):
+    url, clock = door()
+    body = json.dumps(signup()).encode()
+    ts = str(int(NOW.timestamp()))
+    first = post(url, body, timestamp=ts)
+    assert first.json()["counts"]["stored"] == 1
+    replay = post(url, body, timestamp=ts)
+    assert replay.status_code == 409 and "sign again" in replay.json()["error"]
+    # Signed afresh (a client's retry after a lost answer): idempotent, a duplicate.
+    clock.now = NOW + timedelta(seconds=30)
+    again = post(url, body, clock)
+    assert again.status_code == 200
+    assert again.json()["results"] == [{"index": 0, "result": "duplicate"}]
+    # Once the window is over, the replay is refused for its age.
+    clock.now = NOW + timedelta(minutes=6)
+    assert post(url, body, timestamp=ts).status_code == 401
+    assert consent_events() == 1
+
+
+def test_an_oversized_body_is_refused_by_its_length_and_by_what_is_read(door):
+    url, clock = door(max_body_bytes=2048)
+    big = json.dumps([signup(email=f"p{i}@example.de") for i in range(20)]).encode()
+    assert len(big) > 2048
+    declared = post(url, big, clock)
+    assert declared.status_code == 413 and "2048" in declared.json()["error"]
+
+    # Chunked: no Content-Length; the door counts what it reads.
+    ts = str(int(NOW.timestamp()))
+    chunked = requests.post(
+        f"{url}/v1/events", data=iter([big[i : i + 500] for i in range(0, len(big), 500)]),
+        headers={"X-Psync-Timestamp": ts, "X-Psync-Signature": sign(SECRET, ts, big)}, timeout=10,
+    )  # fmt: skip
+    assert chunked.status_code == 413
+    assert consent_events() == 0
+
+
+def test_more_than_a_thousand_events_is_refused(door):
+    url, clock = door()
+    answer = post(url, [{"type": "consent.signup"}] * 1001, clock)
+    assert answer.status_code == 413 and "1000" in answer.json()["error"]
+
+
+def test_a_body_that_is_not_an_object_or_array_is_a_bad_request(door):
+    url, clock = door()
+    assert post(url, b"{not json", clock).status_code == 400
+    assert post(url, b'"' + EMAIL.encode() + b'"', clock).json() == {"error": "body is neither a JSON object nor an array"}
+    assert post(url, b"\xff\xfe", clock).status_code == 400
+    assert post(url, b"[" * 100_000, clock).status_code == 400
+
+
+def test_a_batch_with_good_and_bad_events_stores_the_good_and_names_the_bad(door):
+    url, clock = door()
+    batch = [
+        signup(),
+        signup(email="not-an-address"),
+        "just a string",
+        {"type": "consent.mystery", "email": EMAIL},
+        signup(email="max@example.de"),
+        signup(email="ines@example.de", at=(NOW + timedelta(days=1)).isoformat()),
+    ]
+    answer = post(url, batch, clock)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert [r["result"] for r in body["results"]] == ["stored", "rejected", "rejected", "rejected", "stored", "rejected"]
+    assert [r["index"] for r in body["results"]] == list(range(6))
+    assert body["results"][1]["reason"].startswith("email:")
+    assert body["results"][2]["reason"] == "not a JSON object"
+    assert body["results"][5]["reason"] == "at: lies in the future"
+    assert body["counts"] == {"stored": 2, "unchanged": 0, "duplicate": 0, "rejected": 4}
+    for secret in ("not-an-address", "mystery", "just a string", "ines@", "max@", "Erika"):
+        assert secret not in answer.text
+    assert consent_events() == 2
+
+
+def test_re_posting_the_same_events_is_idempotent(door):
+    url, clock = door()
+    batch = [signup(), signup(email="max@example.de")]
+    assert post(url, batch, clock).json()["counts"]["stored"] == 2
+    clock.now += timedelta(seconds=1)  # a new signature, the same events
+    assert post(url, batch, clock).json()["counts"] == {"stored": 0, "unchanged": 0, "duplicate": 2, "rejected": 0}
+    assert consent_events() == 2
+
+
+def test_concurrent_posts_of_the_same_event_store_it_exactly_once(door):
+    url, clock = door()
+    body = json.dumps(signup()).encode()
+
+    def one(i: int) -> str:
+        ts = str(int(NOW.timestamp()) - i)  # each its own signature
+        answer = post(url, body, timestamp=ts)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["results"][0]["result"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = sorted(pool.map(one, range(16)))
+    assert outcomes == ["duplicate"] * 15 + ["stored"]
+    assert consent_events() == 1
+
+
+def test_a_client_over_its_rate_gets_429_with_retry_after(door):
+    url, clock = door(rate_per_second=0.001, rate_burst=3)
+    answers = [post(url, signup(), timestamp=str(int(NOW.timestamp()) - i)) for i in range(5)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]
+    assert int(answers[3].headers["Retry-After"]) >= 1
+    assert requests.get(f"{url}/v1/health", timeout=10).status_code == 200  # not rate-limited
+
+
+def test_token_bucket_refills_with_its_clock():
+    now = [0.0]
+    buckets = TokenBuckets(rate=2.0, burst=2, clock=lambda: now[0])
+    assert [buckets.take("a"), buckets.take("a")] == [0.0, 0.0]
+    assert buckets.take("a") == pytest.approx(0.5)
+    assert buckets.take("b") == 0.0  # per client
+    now[0] = 0.5
+    assert buckets.take("a") == 0.0
+    assert buckets.take("a") > 0
+
+
+def test_an_order_with_inline_documents_is_stored_encrypted_and_nothing_stays_on_disk(door, tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where /dev/shm is missing
+    url, clock = door()
+    answer = post(url, [
+        order("O-1"),
+        order("O-2", photo={"base64": base64.b64encode(PDF_BYTES).decode()}),
+        order("O-3", photo="../../etc/passwd"),
+        order("O-4", photo={"base64": "not base64!"}),
+        order("O-5", photo={"base64": base64.b64encode(JPEG_BYTES * 1000).decode()}),
+    ], clock)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["result"] for r in results] == ["stored", "rejected", "rejected", "rejected", "rejected"]
+    assert results[1]["reason"] == "documents.photo: content is not JPEG/PNG"
+    assert results[2]["reason"] == 'documents.photo: send the document inline as {"base64": "..."}'
+    assert results[3]["reason"] == "documents.photo: not valid base64"
+    assert results[4]["reason"] == "documents.photo: file is larger than 4096 bytes"
+    with transaction() as session:
+        assert session.execute(select(func.count()).select_from(IsicOrder)).scalar_one() == 1
+        stored = session.execute(select(IsicDocument)).scalars().all()
+    assert len(stored) == 3
+    assert all(PDF_BYTES not in d.ciphertext and JPEG_BYTES not in d.ciphertext for d in stored)
+    from pathlib import Path
+
+    leftovers = [p for d in (tmp_path, Path("/dev/shm")) if d.is_dir() for p in d.glob("psync-intake-*")]
+    assert leftovers == []
+
+
+def test_health_and_the_openapi_schema(door):
+    url, clock = door()
+    assert requests.get(f"{url}/v1/health", timeout=10).json() == {"status": "ok"}
+    schema = requests.get(f"{url}/openapi.json", timeout=10).json()
+    body = schema["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["oneOf"][1]["maxItems"] == 1000
+    components = schema["components"]["schemas"]
+    assert "ConsentSignup" in components and "IntakeEvent" in components
+    assert components["Documents"]["properties"]["photo"]["required"] == ["base64"]
+    assert requests.get(f"{url}/docs", timeout=10).status_code == 200
+
+
+def test_the_door_will_not_start_without_a_secret(settings, monkeypatch):
+    from typer.testing import CliRunner
+
+    from psync.cli import app
+
+    monkeypatch.delenv("PSYNC_INTAKE_SECRET", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--port", "1"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: intake: shared secret not configured (PSYNC_INTAKE_SECRET)"
+
+
+def test_the_local_stack_gives_its_door_a_secret_once(tmp_path, monkeypatch):
+    from psync.stack import Stack
+
+    monkeypatch.delenv("PSYNC_INTAKE_SECRET", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    stack = Stack(tmp_path, tmp_path / "state", intake_port=8710)
+    secret = stack.environment()["PSYNC_INTAKE_SECRET"]
+    assert len(secret) == 64 and stack.environment()["PSYNC_INTAKE_SECRET"] == secret
+    assert (tmp_path / "state" / "intake-secret").stat().st_mode & 0o777 == 0o600
+    assert "PSYNC_INTAKE_SECRET" not in Stack(tmp_path, tmp_path / "other").environment()  # no door
+    monkeypatch.setenv("PSYNC_INTAKE_SECRET", "configured")
+    assert stack.environment()["PSYNC_INTAKE_SECRET"] == "configured"
+
+
+def test_nothing_personal_reaches_the_logs_even_at_debug(settings, caplog):
+    """uvicorn at debug with its access log, FastAPI, the intake: a batch with a person in
+    good and bad events, a bad signature and an oversized body leave no personal data in any
+    log record."""
+    import logging
+
+    clock = Clock(NOW)
+    config = DoorConfig(secret=SECRET, key=TEST_KEY.encode(), document_key=Fernet.generate_key(),
+                        max_body_bytes=50_000, clock=clock)  # fmt: skip
+    batch = [signup(), signup(email="erika.mustermann@example"), {**signup(), "first_name": "Erika\x00"}, order("O-9")]
+    caplog.set_level(logging.DEBUG)
+    with serve_door(config, log_level="debug", access_log=True) as url:
+        assert post(url, batch, clock).status_code == 200
+        assert post(url, batch, secret=b"wrong").status_code == 401
+        assert post(url, [signup()] * 200, clock).status_code == 413
+    logged = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "POST /v1/events" in logged  # the access log was on
+    for personal in ("erika", "mustermann", "lena", "studentin", "DE89", "192.0.2.10"):
+        assert personal.lower() not in logged.lower(), personal
