@@ -106,7 +106,8 @@ def classify(status: int) -> type[ProcessorError] | None:
 
 # "%40" too: in a request path or query the address arrives percent-encoded (see `path`).
 _EMAIL = re.compile(r"[^\s/@\"']+(?:@|%40)[^\s/@\"']+")
-_BEARER = re.compile(r"(?i)(bearer\s+|token[\"'=:\s]+|(?:x-)?api[-_]?key[\"'=:\s]+)[A-Za-z0-9._~+/=-]{8,}")
+# Not after a dot: "oauth.token: connection failed" names an operation, not a token.
+_BEARER = re.compile(r"(?i)(bearer\s+|(?<!\.)token[\"'=:\s]+|(?:x-)?api[-_]?key[\"'=:\s]+)[A-Za-z0-9._~+/=-]{8,}")
 
 
 def redact(text: str) -> str:
@@ -116,6 +117,8 @@ def redact(text: str) -> str:
     'GET /receivers/[email] with Bearer [redacted]'
     >>> redact("x-api-key: sandbox-nect-key")
     'x-api-key: [redacted]'
+    >>> redact("cleverreach oauth.token: connection failed")  # an operation's name
+    'cleverreach oauth.token: connection failed'
 
     An address as ``path`` encodes it, as urllib3 logs the request line:
 

@@ -342,3 +342,9 @@ def test_timify_external_id_round_trip_against_the_sandbox(sandbox):
     assert tm.delete_customer(ODD, external=True) is True
     assert tm.get_customer(ODD, external=True) is None
     assert tm.get_customer(created) is None
+
+
+def test_redaction_keeps_an_operation_named_token_and_blanks_the_tokens():
+    assert redact("cleverreach oauth.token: connection failed") == "cleverreach oauth.token: connection failed"
+    assert redact('{"access_token":"a1b2c3d4e5f6"}') == '{"access_token":"[redacted]"}'
+    assert redact("token=Zm9vYmFyYmF6") == "token=[redacted]"
