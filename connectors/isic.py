@@ -51,8 +51,6 @@ import requests
 from connectors.transport import (
     FatalError,
     HttpClient,
-    ProcessorError,
-    RetriableError,
     http_options as http_options_from,
     path,
     refuse_unlisted,
@@ -255,36 +253,31 @@ class Isic:
         """The cardholder's ISIC card that is not VOIDED, requesting one only if there is none.
 
         Each ``cards.request`` makes a card, so it is never repeated blindly: when its answer
-        is lost (no answer, or 5xx) the cards are listed again, and a second request goes out
-        only when none appeared. Should that answer be lost as well and still no card show,
-        a RetriableError says to try later: the next run checks before it requests again.
+        is lost (no answer, or 5xx) the cards are listed again, and another request goes out
+        only when none appeared, under the one retry policy (``HttpClient.create_or_find``).
+        When the attempts run out, the last real status is raised as retriable: the next run
+        checks before it requests again.
         """
         card = self._live_card(cardholder_id)
         if card is not None:
             return card
-        lost_status: int | None = None
-        for _ in range(2):
-            try:
-                response = self.http.request(
-                    "cards.request", "POST", path("cards.request"),
-                    json={"cardholderId": cardholder_id, "cardType": CARD_TYPE},
-                    idempotent=False, items=1,
-                )  # fmt: skip
-            except ProcessorError as exc:
-                if not exc.outcome_unknown:
-                    raise
-                lost_status = exc.status
-            else:
-                card = _json(response, "cards.request")
-                if not isinstance(card, dict) or not card.get("cardNumber"):
-                    raise FatalError(
-                        PROCESSOR, "cards.request", response.status_code, reason="no card number"
-                    )
-                return card
-            card = self._live_card(cardholder_id)
-            if card is not None:
-                return card
-        raise RetriableError(PROCESSOR, "cards.request", lost_status, 2, reason="outcome unknown")
+
+        def created(response: requests.Response) -> dict:
+            card = _json(response, "cards.request")
+            if not isinstance(card, dict) or not card.get("cardNumber"):
+                raise FatalError(PROCESSOR, "cards.request", response.status_code, reason="no card number")
+            return card
+
+        return self.http.create_or_find(
+            "cards.request",
+            lambda: self.http.request(
+                "cards.request", "POST", path("cards.request"),
+                json={"cardholderId": cardholder_id, "cardType": CARD_TYPE},
+                idempotent=False, expect=(409,), items=1,
+            ),  # fmt: skip
+            lambda: self._live_card(cardholder_id),
+            created,
+        )
 
     def void_card(self, card_number: str) -> dict:
         """Set the card to VOIDED (repeating it is harmless); returns the card."""

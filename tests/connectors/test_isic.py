@@ -236,23 +236,25 @@ def test_a_lost_answer_is_looked_up_not_requested_again(isic, no_sleep, lost):
 
 
 @responses.activate
-def test_a_lost_answer_with_no_card_to_show_is_requested_once_more(isic):
+def test_a_lost_answer_with_no_card_to_show_is_requested_once_more(isic, no_sleep):
     responses.post(LIST, json={"cards": []})
     responses.post(REQUEST, body=requests.exceptions.ReadTimeout("slow"))
     responses.post(REQUEST, json=card("S4"))
     assert isic.request_card("p-1")["cardNumber"] == "S4"
-    assert len(calls_to(REQUEST)) == 2
+    assert len(calls_to(REQUEST)) == 2  # after the read timeout, looked up first
     assert len(calls_to(LIST)) == 2
+    assert len(no_sleep) == 1  # the policy's backoff before asking again
 
 
 @responses.activate
-def test_requests_are_bounded_when_every_answer_is_lost(isic):
+def test_requests_are_bounded_by_the_policy_when_every_answer_is_lost(isic, no_sleep):
     responses.post(LIST, json={"cards": []})
     responses.post(REQUEST, status=500)
-    with pytest.raises(RetriableError, match="cards.request"):
+    with pytest.raises(RetriableError, match=r"cards.request: HTTP 500 after 3 attempt") as info:
         isic.request_card("p-1")
-    assert len(calls_to(REQUEST)) == 2
-    assert len(calls_to(LIST)) == 3
+    assert info.value.status == 500  # the last real status, not "not found"
+    assert len(calls_to(REQUEST)) == 3  # RetryPolicy(3), each after a look-up
+    assert len(calls_to(LIST)) == 1 + 3
 
 
 @responses.activate
