@@ -44,7 +44,7 @@ from flows.common import (
 from models.audit import AuditEvent
 from models.bookings import berlin_today
 from models.cursors import advance_cursor, cursor_position, get_cursor
-from models.db import transaction
+from models.db import scrub_journal, transaction
 from models.documents import DocumentCipher
 from models.parked import due_for_retry
 from models.isic import (
@@ -252,6 +252,8 @@ def forward_student_id_orders(
         "Studierendenausweis-Bestellungen weitergeleitet und storniert / Student-ID orders forwarded and cancelled",
         results,
     )
+    if counts.get("erased_locally"):  # cancelled orders: their old pages must leave the WAL
+        scrub_journal()
     fail_if_parked(ForwardJob.name, started)
     return counts
 
@@ -349,6 +351,8 @@ def purge_student_id_documents(
                 events.append(decision("isic.purge_documents", "verified", None, subjects[order.subject_id],
                                        order=order.order_ref))  # fmt: skip
             write_audit(session, events)
+    if counts["documents_purged"]:  # the deleted documents' pages must not stay in the WAL
+        scrub_journal()
     return _report(
         "purge-student-id-documents",
         "Unterlagen zu Studierendenausweisen gelöscht / Student-ID documents purged",
