@@ -117,17 +117,42 @@ class ExportFormat(StrEnum):
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the hash chain; exits 1 and names the first bad row when it is broken."""
-    from models.audit import verify
+    """Check the hash chain, and the trail against the latest anchor (PSYNC_AUDIT_ANCHOR);
+    exits 1 and names the first bad row, or the tampering, when it is broken."""
+    from models.audit import latest_anchor, verify_against
     from models.db import transaction
     from psync.settings import get_settings
 
+    settings = get_settings()
+    key = settings.hmac_key()
+    found = []
+    try:
+        if settings.audit_anchor is not None:
+            found.append(latest_anchor(settings.audit_anchor, key))
+        if settings.audit_anchor_artifact:
+            from flows.common import artifact_anchor
+
+            found.append(artifact_anchor(key))
+    except ValueError as exc:
+        typer.echo(f"audit anchor BROKEN: {exc}", err=True)
+        raise typer.Exit(1) from None
+    anchors = [a for a in found if a is not None]
+    anchor = max(anchors, key=lambda a: a.rows) if anchors else None
     with transaction() as session:
-        result = verify(session, get_settings().hmac_key())
+        result = verify_against(session, key, anchor)
     if result.ok:
         typer.echo(f"audit trail intact: {result.checked} rows")
+        if not found:
+            # On stderr: stdout stays the one line a script reads.
+            typer.echo("no audit anchor configured (PSYNC_AUDIT_ANCHOR): a wiped trail, or one "
+                       "truncated with an older head put back, cannot be told from a younger one", err=True)  # fmt: skip
+        elif anchor is None:
+            typer.echo("no audit anchor written yet (one is written at the end of each flow run)")
+        else:
+            typer.echo(f"matches the audit anchor of {anchor.at.isoformat()} ({anchor.rows} rows)")
         return
-    typer.echo(f"audit trail BROKEN at row {result.bad_id}: {result.reason} "
+    where = f" at row {result.bad_id}" if result.bad_id is not None else ""
+    typer.echo(f"audit trail BROKEN{where}: {result.reason} "
                f"({result.checked} rows verified before it)", err=True)
     raise typer.Exit(1)
 

@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     erasure_claim_minutes: int = Field(15, ge=1)
     erasure_reissue_days: int = Field(7, ge=1)
 
+    # The audit trail's anchor outside the database: after each flow run the head (rows, last
+    # hash, time) is appended as a JSON line to this file, which belongs on other storage
+    # than the database (another host's mount, WORM storage), and/or written as a Prefect
+    # artifact (key ``audit-anchor``). `psync audit verify` compares the trail with it.
+    audit_anchor: Path | None = None
+    audit_anchor_artifact: bool = False
+
     # HTTP: (connect, read) seconds. Connect is short because a dead host should fail fast;
     # read is long enough for a 1000-receiver upsert.
     http_connect_timeout: float = 5.0
