@@ -58,6 +58,7 @@ from models.isic import (
     delete_documents,
     deletions_pending,
     documents_due,
+    open_document,
     photo,
 )
 from models.recipients import record_removed_for, record_sent_many
@@ -140,7 +141,7 @@ def forward(batch: _Batch, order: IsicOrder, cipher: DocumentCipher) -> None:
     document = photo(batch.session, order)
     if document is None:  # purged or never there: a card without a photo is useless
         raise ValueError(f"order {order.order_ref} has no photo")
-    batch.client.set_photo(order.order_ref, cipher.decrypt(document.ciphertext), document.media_type)
+    batch.client.set_photo(order.order_ref, open_document(batch.session, document, cipher), document.media_type)
     order.photo_set_at = batch.now
     card = batch.client.request_card(order.order_ref)
     order.card_number, order.card_status = card["cardNumber"], card["status"]

@@ -24,8 +24,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.")
 audit_app = typer.Typer(help="The audit trail.")
+documents_app = typer.Typer(help="Uploaded documents at rest.")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+app.add_typer(documents_app, name="documents")
 app.add_typer(erasure_app, name="erasure")
 app.add_typer(parked_app, name="parked")
 
@@ -46,6 +48,28 @@ def db_upgrade(revision: str = "head") -> None:
 
     upgrade(revision=revision)
     typer.echo(f"database at {revision}")
+
+
+@documents_app.command("rotate-key")
+def documents_rotate_key() -> None:
+    """Put every document's data key (and the phone passwords) under the newest master key.
+
+    Set PSYNC_DOCUMENT_KEY=NEW,OLD, run this, then drop OLD. Documents are not rewritten,
+    except those stored before data keys existed, which get one now.
+    """
+    from models.db import transaction
+    from models.documents import DocumentCipher
+    from models.isic import rotate_document_keys
+    from psync.settings import get_settings
+
+    try:
+        cipher = DocumentCipher(get_settings().document_key_bytes())
+        with transaction() as session:
+            counts = rotate_document_keys(session, cipher)
+    except ValueError as exc:  # a key that is none, or a token no configured key opens
+        typer.echo(f"rotate-key failed, nothing changed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
 
 
 @app.command()

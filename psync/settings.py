@@ -71,8 +71,10 @@ class Settings(BaseSettings):
     isic_client_secret: SecretStr | None = None
     isic_client_secret_block: str | None = None
     isic_rate_per_second: float = Field(10.0, gt=0)
-    # Uploaded documents are encrypted at rest with this Fernet key (urlsafe base64, 32 bytes;
+    # Uploaded documents are encrypted at rest, each with a data key of its own wrapped by this
+    # master Fernet key (urlsafe base64, 32 bytes;
     # `python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`).
+    # To rotate: NEW,OLD (newest first; any opens, the first wraps), `psync documents rotate-key`.
     document_key: SecretStr | None = None
     document_key_block: str | None = None
     # Documents go once the order and its follow-up questions are done: this long after issue.
