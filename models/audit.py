@@ -33,7 +33,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlmodel import Field, Session, SQLModel, select
 
 from models.db import insert_missing
-from models.types import UTCDateTime, utcnow
+from models.types import UTCDateTime, classify, utcnow
 
 GENESIS = "0" * 64
 # Defence in depth: a detail that looks like it holds an e-mail address is refused.
@@ -57,6 +57,13 @@ class AuditEntry(SQLModel, table=True):
     hash: str = Field(max_length=64)
 
 
+classify(
+    AuditEntry, pseudonymous=["subject_pseudonym"],
+    not_personal=["id", "at", "flow_run_id", "action", "processor", "outcome", "attempts", "http_status", "detail",
+                  "prev_hash", "hash"],
+)  # fmt: skip
+
+
 class AuditHead(SQLModel, table=True):
     """The chain's end: without it, deleting the newest rows would go unnoticed.
 
@@ -70,6 +77,9 @@ class AuditHead(SQLModel, table=True):
     last_id: int = 0
     last_hash: str = Field(default=GENESIS, max_length=64)
     seal: str = Field(default="", max_length=64)
+
+
+classify(AuditHead, not_personal=["id", "last_id", "last_hash", "seal"])
 
 
 _INSERT_ENTRY = AuditEntry.__table__.insert()  # type: ignore[attr-defined]

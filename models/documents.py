@@ -22,7 +22,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import LargeBinary
 from sqlmodel import Field, SQLModel
 
-from models.types import UTCDateTime, new_id, utcnow
+from models.types import UTCDateTime, classify, new_id, utcnow
 
 PDF, JPEG, PNG = "application/pdf", "image/jpeg", "image/png"
 _MAGIC = {PDF: b"%PDF-", JPEG: b"\xff\xd8\xff", PNG: b"\x89PNG\r\n\x1a\n"}
@@ -81,6 +81,10 @@ class DocumentKey(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     wrapped: bytes = Field(sa_type=LargeBinary)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# Key material, not data about anyone: it goes with its document (``delete_documents``).
+classify(DocumentKey, not_personal=["id", "wrapped", "created_at"])
 
 
 class DocumentCipher:

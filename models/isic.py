@@ -18,7 +18,7 @@ from sqlmodel import Field, Relationship, Session, SQLModel, select
 from models.db import skip_locked
 from models.documents import DocumentCipher, DocumentKey
 from models.subjects import DataSubject
-from models.types import UTCDateTime, new_id, utcnow
+from models.types import UTCDateTime, classify, new_id, personal_columns, utcnow
 
 
 class OrderStatus(enum.StrEnum):
@@ -81,10 +81,22 @@ class IsicOrder(SQLModel, table=True):
         return f"student-id:{self.order_ref}"
 
     def erase_fields(self, now: datetime) -> None:
-        """Drop every field of the order that names the person; the ids and dates stay."""
-        self.first_name = self.last_name = self.birth_date = self.postal_code = None
-        self.iban = self.institution = self.student_status = self.phone_password_enc = None
+        """Drop every field of the order classified personal (names, IBAN, card number, …);
+        the ids and dates stay."""
+        for column in personal_columns(IsicOrder.__table__):  # type: ignore[attr-defined]
+            setattr(self, column.key, None)
         self.fields_erased_at = now
+
+
+classify(
+    IsicOrder,
+    personal=["first_name", "last_name", "birth_date", "postal_code", "iban", "institution", "student_status",
+              "phone_password_enc", "card_number"],
+    pseudonymous=["id", "order_ref", "subject_id"],
+    not_personal=["status", "seq", "cardholder_set_at", "photo_set_at", "card_status", "card_has_photo",
+                  "issued_at", "cardholder_deletion_requested_at", "cardholder_deleted_at", "documents_purge_due",
+                  "documents_purged_at", "cancelled_at", "fields_erased_at", "created_at", "updated_at"],
+)  # fmt: skip
 
 
 class IsicDocument(SQLModel, table=True):
@@ -103,6 +115,13 @@ class IsicDocument(SQLModel, table=True):
 
     order: IsicOrder = Relationship()
     key: DocumentKey = Relationship()  # None for a document stored before data keys
+
+
+# The document itself is personal: it goes as a row (``delete_documents``), never as a column.
+classify(
+    IsicDocument, personal=["ciphertext"], pseudonymous=["order_id"],
+    not_personal=["id", "kind", "media_type", "size", "key_id", "created_at"],
+)  # fmt: skip
 
 
 def changed_since(session: Session, after: int, limit: int) -> list[IsicOrder]:
