@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -149,6 +150,46 @@ def scrub_journal(bind: Session | Engine | None = None) -> bool:
     finally:
         connection.close()
     return busy == 0
+
+
+def compact(tables: Iterable[str], url: str | None = None) -> dict[str, float]:
+    """Rewrite `tables` so that no old version of their rows stays in the database's files;
+    returns the seconds each took. Run after erasures have committed, off-peak.
+
+    PostgreSQL keeps an updated or deleted row's old version (an erased e-mail, a deleted
+    document) in the table's file until VACUUM marks the space free and a later row happens
+    to overwrite it. ``VACUUM (FULL, ANALYZE)`` writes each table, its TOAST and indexes anew
+    and drops the old files; ANALYZE replaces the planner's statistics, whose sampled values
+    (most common values, histogram bounds) could name erased people, and ``pg_statistic`` is
+    then rewritten too where the role may (a superuser; otherwise PostgreSQL skips it with
+    a warning). Cost: each table is locked ACCESS EXCLUSIVE while it is rewritten, so every
+    read and write of it waits, for about as long as copying the table takes.
+
+    SQLite (``secure_delete`` zeroes freed space already) gets a ``VACUUM`` of the whole file
+    and its WAL truncated (``scrub_journal``); the tables are not looked at one by one, and
+    the time is reported under "*".
+    """
+    engine = get_engine(url)
+    seconds: dict[str, float] = {}
+    if engine.dialect.name == "sqlite":
+        # The driver's connection: VACUUM cannot run inside the BEGIN IMMEDIATE of ours.
+        connection = engine.raw_connection()
+        try:
+            started = time.perf_counter()
+            connection.cursor().execute("VACUUM")
+            seconds["*"] = time.perf_counter() - started
+        finally:
+            connection.close()
+        scrub_journal(engine)
+        return seconds
+    quote = engine.dialect.identifier_preparer.quote
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        for name in tables:
+            started = time.perf_counter()
+            connection.exec_driver_sql(f"VACUUM (FULL, ANALYZE) {quote(name)}")
+            seconds[name] = time.perf_counter() - started
+        connection.exec_driver_sql("VACUUM FULL pg_catalog.pg_statistic")
+    return seconds
 
 
 # INSERT … ON CONFLICT is dialect syntax; these are the two databases the project runs on.

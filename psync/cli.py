@@ -72,6 +72,20 @@ def documents_rotate_key() -> None:
     typer.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
 
 
+@db_app.command("compact")
+def db_compact() -> None:
+    """Rewrite the tables that hold personal data (and the document keys), so erased values
+    leave the database's files: VACUUM FULL on PostgreSQL (each table locked, reads and writes
+    wait, while it is rewritten), VACUUM on SQLite. Run after the day's erasures, off-peak."""
+    from models.db import compact
+    from models.documents import DocumentKey
+    from models.erasure import personal_tables
+
+    tables = [table.name for table, _ in personal_tables()] + [DocumentKey.__tablename__]
+    for name, seconds in compact(tables).items():
+        typer.echo(f"{name}: {seconds:.3f} s")
+
+
 @app.command()
 def intake(
     file: Annotated[
