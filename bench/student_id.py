@@ -51,7 +51,7 @@ def _payloads() -> list[tuple[dict, bytes, str]]:
 
     from models.db import transaction
     from models.documents import DocumentCipher
-    from models.isic import IsicOrder, photo
+    from models.isic import IsicOrder, open_document, photo
     from models.subjects import DataSubject
     from psync.settings import get_settings
 
@@ -68,7 +68,7 @@ def _payloads() -> list[tuple[dict, bytes, str]]:
                 "institutionName": order.institution, "studentStatus": order.student_status,
             }  # fmt: skip
             document = photo(session, order)
-            out.append((body, cipher.decrypt(document.ciphertext), document.media_type))
+            out.append((body, open_document(session, document, cipher), document.media_type))
     return out
 
 

@@ -15,7 +15,7 @@ from contextvars import copy_context
 from typing import TypeVar
 
 from prefect import get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from connectors.transport import CallRecord, HttpClient, ProcessorError, redact
 from flows import labels
-from models.audit import AuditEvent, append
+from models.audit import Anchor, AuditEvent, append, append_anchor, current_anchor
 from models.db import transaction
 from psync.settings import get_settings
 
@@ -122,21 +122,34 @@ def one_line_failure(fn: F) -> F:
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        in_task = TaskRunContext.get() is not None
+        anchored = False
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if not in_task:  # a flow run ends: its audit rows are vouched for outside the database
+                anchored = True
+                anchor_audit()
+            return result
         except Exception as exc:  # noqa: BLE001 - every failure becomes a readable state
             original = exc.original if isinstance(exc, TaskFailed) else exc
             logger = get_run_logger()
             if original is exc:
                 logger.debug("traceback of the failure", exc_info=True)
             why = reason(original)
-            if TaskRunContext.get() is not None:
+            if in_task:
                 raise TaskFailed(why, original) from None
+            if anchored:  # the work succeeded; writing the anchor did not
+                why = f"audit anchor not written: {why}"
             logger.error(why)
             try:
                 setattr(original, _SAID, True)
             except AttributeError:  # an exception type without a __dict__: left as Prefect logs it
                 pass
+            if not anchored:  # a failed run may have written audit rows too
+                try:
+                    anchor_audit()
+                except Exception as anchor_exc:  # noqa: BLE001 - the run's own failure is the one to show
+                    logger.error("audit anchor not written: %s", reason(anchor_exc))
             return Failed(data=original, message=why)
 
     # Prefect builds its parameter model from the signature and resolves string annotations
@@ -145,6 +158,52 @@ def one_line_failure(fn: F) -> F:
     run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
     return run  # type: ignore[return-value]  # functools.wraps keeps the docstring Prefect reads
 
+
+
+def anchor_audit() -> None:
+    """Write the audit trail's head to the configured anchor(s): a JSON line appended to
+    ``PSYNC_AUDIT_ANCHOR``, a Prefect artifact ``audit-anchor`` with
+    ``PSYNC_AUDIT_ANCHOR_ARTIFACT``; nothing when neither is set. Once per flow run
+    (``one_line_failure``), whether it succeeded or failed."""
+    settings = get_settings()
+    if settings.audit_anchor is None and not settings.audit_anchor_artifact:
+        return
+    with transaction() as session:
+        anchor = current_anchor(session, settings.hmac_key(), run_id())
+    if settings.audit_anchor is not None:
+        append_anchor(settings.audit_anchor, anchor)
+    if settings.audit_anchor_artifact:
+        # Counts and hashes only: nothing personal.
+        create_markdown_artifact(
+            key=ANCHOR_ARTIFACT, markdown=f"```json\n{anchor.to_json()}\n```",
+            description="Audit trail head at the end of this run (rows, last hash, time)",
+        )  # fmt: skip
+
+
+ANCHOR_ARTIFACT = "audit-anchor"
+
+
+def artifact_anchor(key: bytes, look_back: int = 20) -> Anchor | None:
+    """The anchor vouching for the most rows among the newest `look_back` ``audit-anchor``
+    artifacts (None: none yet). ValueError when one is not an anchor sealed with `key`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ANCHOR_ARTIFACT])),
+            sort=ArtifactSort.CREATED_DESC, limit=look_back,
+        )  # fmt: skip
+    best = None
+    for artifact in artifacts:
+        text = str(artifact.data or "").removeprefix("```json").removesuffix("```").strip()
+        anchor = Anchor.from_json(text)
+        if not anchor.valid(key):
+            raise ValueError("an audit-anchor artifact is not sealed with this key")
+        if best is None or anchor.rows > best.rows:
+            best = anchor
+    return best
 
 
 def run_id() -> str | None:

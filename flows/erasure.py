@@ -61,7 +61,7 @@ from flows.erasure_processors import (
 from flows.erasure_form import Text
 from models.audit import AuditEvent
 from models.bookings import berlin_today
-from models.db import transaction
+from models.db import scrub_journal, transaction
 from models.deadlines import urgency
 from models.erasure import (
     MAX_EVIDENCE,
@@ -356,6 +356,8 @@ def _finish(request_ids: Sequence[uuid.UUID], now: datetime) -> list[uuid.UUID]:
                 continue
             if finish_request(session, request, now):
                 completed.append(request_id)
+    if completed:  # the erased values' old page versions must not stay in SQLite's WAL
+        scrub_journal()
     return completed
 
 

@@ -71,7 +71,7 @@ from models.consent import (
     push_rows_by_ids,
 )
 from models.cursors import SyncCursor, cursor_position, get_cursor, next_seq
-from models.db import skip_locked, transaction
+from models.db import scrub_journal, skip_locked, transaction
 from models.parked import due_for_retry
 from models.recipients import (
     Recipient,
@@ -732,6 +732,8 @@ def expire_unconfirmed_optins(
             if after is None:
                 break
     counts = tally(results)
+    if counts.get("expired"):  # the expired sign-ups' old page versions must leave the WAL
+        scrub_journal()
     counts_artifact(
         "expire-unconfirmed-optins",
         "Unbestätigte Anmeldungen abgelaufen / Unconfirmed sign-ups expired",

@@ -44,7 +44,7 @@ from flows.common import (
 from models.audit import AuditEvent
 from models.bookings import berlin_today
 from models.cursors import advance_cursor, cursor_position, get_cursor
-from models.db import transaction
+from models.db import scrub_journal, transaction
 from models.documents import DocumentCipher
 from models.parked import due_for_retry
 from models.isic import (
@@ -58,6 +58,7 @@ from models.isic import (
     delete_documents,
     deletions_pending,
     documents_due,
+    open_document,
     photo,
 )
 from models.recipients import record_removed_for, record_sent_many
@@ -140,7 +141,7 @@ def forward(batch: _Batch, order: IsicOrder, cipher: DocumentCipher) -> None:
     document = photo(batch.session, order)
     if document is None:  # purged or never there: a card without a photo is useless
         raise ValueError(f"order {order.order_ref} has no photo")
-    batch.client.set_photo(order.order_ref, cipher.decrypt(document.ciphertext), document.media_type)
+    batch.client.set_photo(order.order_ref, open_document(batch.session, document, cipher), document.media_type)
     order.photo_set_at = batch.now
     card = batch.client.request_card(order.order_ref)
     order.card_number, order.card_status = card["cardNumber"], card["status"]
@@ -252,6 +253,8 @@ def forward_student_id_orders(
         "Studierendenausweis-Bestellungen weitergeleitet und storniert / Student-ID orders forwarded and cancelled",
         results,
     )
+    if counts.get("erased_locally"):  # cancelled orders: their old pages must leave the WAL
+        scrub_journal()
     fail_if_parked(ForwardJob.name, started)
     return counts
 
@@ -349,6 +352,8 @@ def purge_student_id_documents(
                 events.append(decision("isic.purge_documents", "verified", None, subjects[order.subject_id],
                                        order=order.order_ref))  # fmt: skip
             write_audit(session, events)
+    if counts["documents_purged"]:  # the deleted documents' pages must not stay in the WAL
+        scrub_journal()
     return _report(
         "purge-student-id-documents",
         "Unterlagen zu Studierendenausweisen gelöscht / Student-ID documents purged",

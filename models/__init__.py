@@ -7,6 +7,7 @@ from models.audit import AuditEntry, AuditHead
 from models.bookings import Booking
 from models.consent import ConsentEvent, ConsentRecord
 from models.cursors import Counter, SyncCursor
+from models.documents import DocumentKey
 from models.erasure import ErasureRequest, ErasureTask
 from models.isic import IsicDocument, IsicOrder
 from models.parked import ParkedItem
@@ -22,6 +23,7 @@ __all__ = [
     "ConsentRecord",
     "Counter",
     "DataSubject",
+    "DocumentKey",
     "ErasureRequest",
     "ErasureTask",
     "IntakeReceipt",

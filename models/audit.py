@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from itertools import repeat
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Dialect
@@ -31,7 +33,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlmodel import Field, Session, SQLModel, select
 
 from models.db import insert_missing
-from models.types import UTCDateTime, utcnow
+from models.types import UTCDateTime, classify, utcnow
 
 GENESIS = "0" * 64
 # Defence in depth: a detail that looks like it holds an e-mail address is refused.
@@ -55,6 +57,13 @@ class AuditEntry(SQLModel, table=True):
     hash: str = Field(max_length=64)
 
 
+classify(
+    AuditEntry, pseudonymous=["subject_pseudonym"],
+    not_personal=["id", "at", "flow_run_id", "action", "processor", "outcome", "attempts", "http_status", "detail",
+                  "prev_hash", "hash"],
+)  # fmt: skip
+
+
 class AuditHead(SQLModel, table=True):
     """The chain's end: without it, deleting the newest rows would go unnoticed.
 
@@ -68,6 +77,9 @@ class AuditHead(SQLModel, table=True):
     last_id: int = 0
     last_hash: str = Field(default=GENESIS, max_length=64)
     seal: str = Field(default="", max_length=64)
+
+
+classify(AuditHead, not_personal=["id", "last_id", "last_hash", "seal"])
 
 
 _INSERT_ENTRY = AuditEntry.__table__.insert()  # type: ignore[attr-defined]
@@ -312,3 +324,140 @@ def export_rows(session: Session) -> Iterator[dict]:
         data = row.model_dump()
         data["at"] = row.at.astimezone(UTC).isoformat()
         yield {name: data[name] for name in (*FIELDS, "prev_hash", "hash")}
+
+
+# the anchor outside the database ----------------------------------------------------------
+# The head row vouches for the trail's end only as long as nobody rewrites the database: a
+# wiped trail, or one truncated with an older head (sealed for that length) put back, reads
+# as a younger, intact trail. After each flow run the head is also written somewhere the
+# database's owner cannot rewrite (``PSYNC_AUDIT_ANCHOR``: a file on other storage, append-
+# only JSON lines; optionally a Prefect artifact too), and ``verify_against`` compares.
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The trail's head as seen at the end of a run: how many rows, the last row's hash."""
+
+    rows: int
+    last_hash: str
+    at: datetime
+    flow_run_id: str | None = None
+    mac: str = ""
+
+    def _content(self) -> str:
+        return f"anchor|{self.rows}|{self.last_hash}|{self.at.astimezone(UTC).isoformat()}|{self.flow_run_id or ''}"
+
+    def sealed(self, key: bytes) -> Anchor:
+        mac = hmac.new(key, self._content().encode(), hashlib.sha256).hexdigest()
+        return Anchor(self.rows, self.last_hash, self.at, self.flow_run_id, mac)
+
+    def valid(self, key: bytes) -> bool:
+        """True when the anchor was written with `key` (a forged line needs the key too)."""
+        return hmac.compare_digest(self.mac, self.sealed(key).mac)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "at": self.at.astimezone(UTC).isoformat(), "rows": self.rows, "last_hash": self.last_hash,
+            "flow_run_id": self.flow_run_id, "mac": self.mac,
+        }, sort_keys=True)  # fmt: skip
+
+    @classmethod
+    def from_json(cls, line: str) -> Anchor:
+        """ValueError when the line is not an anchor."""
+        try:
+            data = json.loads(line)
+            return cls(int(data["rows"]), str(data["last_hash"]), datetime.fromisoformat(data["at"]),
+                       data.get("flow_run_id"), str(data["mac"]))  # fmt: skip
+        except (ValueError, KeyError, TypeError):
+            raise ValueError("not an audit anchor line") from None
+
+
+def current_anchor(session: Session, key: bytes, flow_run_id: str | None = None,
+                   now: datetime | None = None) -> Anchor:  # fmt: skip
+    """The head as it stands now, sealed with `key` (read only: the head is not locked)."""
+    head = session.get(AuditHead, 1)
+    rows, last_hash = (head.last_id, head.last_hash) if head is not None else (0, GENESIS)
+    return Anchor(rows, last_hash, (now or utcnow()).astimezone(UTC), flow_run_id).sealed(key)
+
+
+def append_anchor(path: str | os.PathLike, anchor: Anchor) -> None:
+    """Append the anchor to the file as one JSON line, on disk before returning (fsync).
+
+    Opened for appending only (O_APPEND), so a line is never written over an older one.
+    """
+    line = (anchor.to_json() + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def latest_anchor(path: str | os.PathLike, key: bytes) -> Anchor | None:
+    """The anchor vouching for the most rows in the file (None: no file, or no line yet).
+
+    The most rows, not the last line: two runs ending at once may append out of order.
+    ValueError when a line is not an anchor or not sealed with `key` (the file was edited).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    best: Anchor | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            anchor = Anchor.from_json(line)
+        except ValueError:
+            raise ValueError(f"audit anchor line {number} is not an anchor") from None
+        if not anchor.valid(key):
+            raise ValueError(f"audit anchor line {number} is not sealed with this key")
+        if best is None or anchor.rows >= best.rows:
+            best = anchor
+    return best
+
+
+# What a comparison with the anchor can find; the reasons name the tampering.
+WIPED = "trail wiped"
+HEAD_MISSING = "head missing"
+TRUNCATED = "truncated, an older head put back"
+REWRITTEN = "anchored row rewritten"
+
+
+def verify_against(session: Session, key: bytes, anchor: Anchor | None, chunk: int = 5000) -> Verification:
+    """``verify``, then the trail against the anchor: it must hold at least the anchored
+    rows, the last anchored one with the anchored hash.
+
+    Named findings: ``WIPED`` (no rows left where the anchor vouches for some),
+    ``HEAD_MISSING`` (rows but no head), ``TRUNCATED`` (a chain that is intact and sealed,
+    but shorter than the anchor: rows removed and an older head put back), ``REWRITTEN``
+    (the anchored row no longer has its hash: the chain was rebuilt). Without an anchor,
+    ``verify`` alone.
+    """
+    head = session.get(AuditHead, 1)
+    first = session.exec(select(AuditEntry.id).order_by(AuditEntry.id).limit(1)).first()
+    if anchor is not None and anchor.rows > 0 and first is None:
+        return Verification(False, 0, 1, f"{WIPED}: no rows, the anchor of {_when(anchor)} vouches for {anchor.rows}")
+    if head is None and first is not None:
+        return Verification(False, 0, None, f"{HEAD_MISSING}: the audit_head row was deleted")
+    result = verify(session, key, chunk)
+    if not result.ok or anchor is None:
+        return result
+    if result.checked < anchor.rows:
+        return Verification(
+            False, result.checked, result.checked + 1,
+            f"{TRUNCATED}: the trail ends at row {result.checked}, the anchor of {_when(anchor)} "
+            f"vouches for {anchor.rows}",
+        )  # fmt: skip
+    if anchor.rows > 0:
+        row = session.get(AuditEntry, anchor.rows)
+        if row is None or not hmac.compare_digest(row.hash, anchor.last_hash):
+            return Verification(False, result.checked, anchor.rows,
+                                f"{REWRITTEN}: row {anchor.rows} differs from the anchor of {_when(anchor)}")  # fmt: skip
+    return result
+
+
+def _when(anchor: Anchor) -> str:
+    return anchor.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

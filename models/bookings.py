@@ -22,7 +22,7 @@ from sqlmodel import Field, Relationship, Session, SQLModel, select
 from models.db import skip_locked
 from models.subjects import DataSubject
 
-from models.types import BERLIN, UTCDateTime, new_id, utcnow
+from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
 PURPOSE = "booking"
 
@@ -77,6 +77,15 @@ class Booking(SQLModel, table=True):
     def video_purpose(self) -> str:
         """The register purpose of this booking's video chat at Flexperto."""
         return f"video:{self.booking_ref}"
+
+
+classify(
+    Booking,
+    personal=["salutation", "first_name", "last_name", "phone", "birth_date", "insurance_number", "concern"],
+    pseudonymous=["id", "booking_ref", "subject_id", "timify_appointment_id", "flexperto_customer_id"],
+    not_personal=["channel", "service_point", "start_at", "duration_min", "status", "seq", "timify_deleted_at",
+                  "chat_purge_due", "chat_purged_at", "created_at", "updated_at"],
+)  # fmt: skip
 
 
 def chat_purge_due(start_at: datetime, duration_min: int, retention_days: int) -> date:

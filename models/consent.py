@@ -33,7 +33,7 @@ from sqlmodel import Field, Relationship, Session, SQLModel, select
 from models.db import skip_locked
 from models.subjects import DataSubject
 
-from models.types import UTCDateTime, new_id, utcnow
+from models.types import UTCDateTime, classify, new_id, utcnow
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -118,6 +118,17 @@ class ConsentEvent(SQLModel, table=True):
     recorded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
     consent: ConsentRecord = Relationship()
+
+
+classify(
+    ConsentRecord, personal=["signup_ip", "confirm_ip", "source"], pseudonymous=["id", "subject_id"],
+    not_personal=["list_name", "state", "signup_at", "policy_version", "confirm_at", "withdrawn_at",
+                  "withdraw_channel", "expired_at", "change_seq", "updated_at"],
+)  # fmt: skip
+classify(
+    ConsentEvent, personal=["ip", "source"], pseudonymous=["consent_id", "dedupe_key"],
+    not_personal=["id", "kind", "at", "channel", "policy_version", "recorded_at"],
+)  # fmt: skip
 
 
 def expiry_due(signup_at: datetime, days: int) -> datetime:

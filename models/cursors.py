@@ -8,7 +8,7 @@ from sqlalchemy import update
 from sqlmodel import Field, Session, SQLModel
 
 from models.db import insert_missing
-from models.types import UTCDateTime, utcnow
+from models.types import UTCDateTime, classify, utcnow
 
 
 class Counter(SQLModel, table=True):
@@ -26,6 +26,10 @@ class SyncCursor(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=100)
     position: int = 0
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+classify(Counter, not_personal=["name", "value"])
+classify(SyncCursor, not_personal=["name", "position", "updated_at"])
 
 
 def next_seq(session: Session, name: str, count: int = 1) -> int:

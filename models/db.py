@@ -12,8 +12,11 @@ SQLite, BEGIN IMMEDIATE serialises every writing transaction, which claims as mu
 
 from __future__ import annotations
 
+import atexit
 import logging
-from collections.abc import Iterator
+import time
+import weakref
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -61,8 +64,23 @@ def _engine(url: str) -> Engine:
             hide_parameters=True,
         )
         _sqlite_immediate_transactions(engine)
-        return engine
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    _ENGINES.add(engine)
+    return engine
+
+
+# Every engine made here, so that their pooled connections are closed when the process
+# ends: on SQLite the last connection to close checkpoints the WAL into the database file
+# and deletes it, so no stale row versions stay behind in psync.db-wal. Weak: an engine the
+# cache dropped is not kept alive for this.
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _dispose_engines() -> None:
+    for engine in list(_ENGINES):
+        engine.dispose()
 
 
 def _sqlite_immediate_transactions(engine: Engine) -> None:
@@ -76,6 +94,10 @@ def _sqlite_immediate_transactions(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Freed space (a deleted row, the old value of an updated cell, a dropped page) is
+        # overwritten with zeros instead of left in place. Set here, not trusted to the
+        # build's default: an erased IBAN must not live on in a free page.
+        cursor.execute("PRAGMA secure_delete=ON")
         # Checkpoint (copy the WAL back and fsync) every ~40 MB instead of every ~4 MB: one
         # sync batch dirties over a thousand pages (random index pages), so at SQLite's
         # default every commit paid a checkpoint: 20-50 ms a commit, 3-5 ms now.
@@ -97,6 +119,79 @@ def transaction(url: str | None = None) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def scrub_journal(bind: Session | Engine | None = None) -> bool:
+    """Copy SQLite's WAL back into the database file and truncate it to zero bytes.
+
+    Call after a transaction that erased personal data (an erasure, a purge, an expiry) has
+    committed, outside any transaction. The WAL holds every committed version of every page
+    until a checkpoint copies the newest back; with ``secure_delete`` the database file then
+    holds only the zeroed page, and TRUNCATE empties the WAL file, so the old versions (the
+    erased e-mail, name, IBAN) are gone from both. Waits (busy timeout) for readers still on
+    an older snapshot. Returns True when the checkpoint completed; on PostgreSQL (no WAL of
+    ours to scrub; see ``psync db compact``) it does nothing and returns True.
+    """
+    if bind is None:
+        engine = get_engine()
+    elif isinstance(bind, Session):
+        engine = bind.get_bind()  # type: ignore[assignment]
+    else:
+        engine = bind
+    if engine.dialect.name != "sqlite":
+        return True
+    # The driver's connection, in autocommit (isolation_level None, set on connect): a
+    # checkpoint cannot copy pages that a transaction of its own connection still reads.
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        busy, _log_frames, _copied = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        cursor.close()
+    finally:
+        connection.close()
+    if busy:  # rare: the busy timeout ran out on a long reader; the next scrub or exit retries
+        logging.getLogger(__name__).warning("WAL checkpoint incomplete: a reader held an older snapshot")
+    return busy == 0
+
+
+def compact(tables: Iterable[str], url: str | None = None) -> dict[str, float]:
+    """Rewrite `tables` so that no old version of their rows stays in the database's files;
+    returns the seconds each took. Run after erasures have committed, off-peak.
+
+    PostgreSQL keeps an updated or deleted row's old version (an erased e-mail, a deleted
+    document) in the table's file until VACUUM marks the space free and a later row happens
+    to overwrite it. ``VACUUM (FULL, ANALYZE)`` writes each table, its TOAST and indexes anew
+    and drops the old files; ANALYZE replaces the planner's statistics, whose sampled values
+    (most common values, histogram bounds) could name erased people, and ``pg_statistic`` is
+    then rewritten too where the role may (a superuser; otherwise PostgreSQL skips it with
+    a warning). Cost: each table is locked ACCESS EXCLUSIVE while it is rewritten, so every
+    read and write of it waits, for about as long as copying the table takes.
+
+    SQLite (``secure_delete`` zeroes freed space already) gets a ``VACUUM`` of the whole file
+    and its WAL truncated (``scrub_journal``); the tables are not looked at one by one, and
+    the time is reported under "*".
+    """
+    engine = get_engine(url)
+    seconds: dict[str, float] = {}
+    if engine.dialect.name == "sqlite":
+        # The driver's connection: VACUUM cannot run inside the BEGIN IMMEDIATE of ours.
+        connection = engine.raw_connection()
+        try:
+            started = time.perf_counter()
+            connection.cursor().execute("VACUUM")
+            seconds["*"] = time.perf_counter() - started
+        finally:
+            connection.close()
+        scrub_journal(engine)
+        return seconds
+    quote = engine.dialect.identifier_preparer.quote
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        for name in tables:
+            started = time.perf_counter()
+            connection.exec_driver_sql(f"VACUUM (FULL, ANALYZE) {quote(name)}")
+            seconds[name] = time.perf_counter() - started
+        connection.exec_driver_sql("VACUUM FULL pg_catalog.pg_statistic")
+    return seconds
 
 
 # INSERT … ON CONFLICT is dialect syntax; these are the two databases the project runs on.

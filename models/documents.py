@@ -1,17 +1,28 @@
-"""Uploaded documents: type by content, size bounds, encryption at rest.
+"""Uploaded documents: type by content, size bounds, encryption at rest, crypto-shredding.
 
 A document's type is what its first bytes say (PDF, JPEG, PNG), never its name. The bytes
 are stored only encrypted (Fernet: AES-128-CBC with an HMAC-SHA256 tag, from
-``cryptography``), with the key from the settings or a Secret block. Errors name the
-document's role, never its path (a file name often holds the person's name).
+``cryptography``). Each document has a data key of its own; the data key is stored only
+wrapped (encrypted) by the master key from the settings or a Secret block, in a row of
+``document_key`` apart from the document. Deleting that row destroys the only way to the
+key: any copy of the ciphertext left behind (a free page, a dead PostgreSQL row version, a
+saved file) is unreadable, even with the master key. Rotating the master key rewraps the
+small data keys and leaves the documents as they are. Errors name the document's role,
+never its path (a file name often holds the person's name).
 """
 
 from __future__ import annotations
 
 import os
+import uuid
+from datetime import datetime
 from pathlib import Path
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import LargeBinary
+from sqlmodel import Field, SQLModel
+
+from models.types import UTCDateTime, classify, new_id, utcnow
 
 PDF, JPEG, PNG = "application/pdf", "image/jpeg", "image/png"
 _MAGIC = {PDF: b"%PDF-", JPEG: b"\xff\xd8\xff", PNG: b"\x89PNG\r\n\x1a\n"}
@@ -62,16 +73,36 @@ def read_document(base_dir: Path, relative: str, allowed: frozenset[str], max_by
     return media_type, data
 
 
+class DocumentKey(SQLModel, table=True):
+    """One document's data key, wrapped by the master key; deleting the row shreds the document."""
+
+    __tablename__ = "document_key"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    wrapped: bytes = Field(sa_type=LargeBinary)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# Key material, not data about anyone: it goes with its document (``delete_documents``).
+classify(DocumentKey, not_personal=["id", "wrapped", "created_at"])
+
+
 class DocumentCipher:
-    """Encrypts and decrypts document bytes with one Fernet key."""
+    """The master key(s): wraps data keys, seals and opens documents.
+
+    `key` is one Fernet key, or several separated by commas, newest first (while rotating:
+    ``PSYNC_DOCUMENT_KEY=new,old``): the first encrypts, any of them decrypts.
+    """
 
     def __init__(self, key: bytes | str):
+        text = key.decode() if isinstance(key, bytes) else str(key)
         try:
-            self._fernet = Fernet(key)
+            self._fernet = MultiFernet([Fernet(part.strip()) for part in text.split(",") if part.strip()])
         except (ValueError, TypeError):
             raise ValueError("the document key is not a Fernet key (32 url-safe base64 bytes)") from None
 
     def encrypt(self, data: bytes) -> bytes:
+        """`data` encrypted with the master key itself (small secrets such as the phone password)."""
         return self._fernet.encrypt(data)
 
     def decrypt(self, token: bytes) -> bytes:
@@ -79,3 +110,26 @@ class DocumentCipher:
             return self._fernet.decrypt(token)
         except InvalidToken:
             raise ValueError("document cannot be decrypted with this key") from None
+
+    def rotate(self, token: bytes) -> bytes:
+        """`token` encrypted again with the newest master key (the content is unchanged)."""
+        try:
+            return self._fernet.rotate(token)
+        except InvalidToken:
+            raise ValueError("document cannot be decrypted with this key") from None
+
+    def seal(self, data: bytes) -> tuple[DocumentKey, bytes]:
+        """A new data key (wrapped, as a row to store) and `data` encrypted with it."""
+        data_key = Fernet.generate_key()
+        return DocumentKey(wrapped=self.encrypt(data_key)), Fernet(data_key).encrypt(data)
+
+    def open(self, ciphertext: bytes, key: DocumentKey | None) -> bytes:
+        """The document's bytes: with its data key, or, for a document stored before data
+        keys (`key` None), with the master key directly."""
+        if key is None:
+            return self.decrypt(ciphertext)
+        data_key = self.decrypt(key.wrapped)
+        try:
+            return Fernet(data_key).decrypt(ciphertext)
+        except InvalidToken:
+            raise ValueError("document cannot be decrypted with its data key") from None

@@ -16,8 +16,9 @@ from sqlalchemy import LargeBinary, delete, func
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
 from models.db import skip_locked
+from models.documents import DocumentCipher, DocumentKey
 from models.subjects import DataSubject
-from models.types import UTCDateTime, new_id, utcnow
+from models.types import UTCDateTime, classify, new_id, personal_columns, utcnow
 
 
 class OrderStatus(enum.StrEnum):
@@ -80,10 +81,22 @@ class IsicOrder(SQLModel, table=True):
         return f"student-id:{self.order_ref}"
 
     def erase_fields(self, now: datetime) -> None:
-        """Drop every field of the order that names the person; the ids and dates stay."""
-        self.first_name = self.last_name = self.birth_date = self.postal_code = None
-        self.iban = self.institution = self.student_status = self.phone_password_enc = None
+        """Drop every field of the order classified personal (names, IBAN, card number, …);
+        the ids and dates stay."""
+        for column in personal_columns(IsicOrder.__table__):  # type: ignore[attr-defined]
+            setattr(self, column.key, None)
         self.fields_erased_at = now
+
+
+classify(
+    IsicOrder,
+    personal=["first_name", "last_name", "birth_date", "postal_code", "iban", "institution", "student_status",
+              "phone_password_enc", "card_number"],
+    pseudonymous=["id", "order_ref", "subject_id"],
+    not_personal=["status", "seq", "cardholder_set_at", "photo_set_at", "card_status", "card_has_photo",
+                  "issued_at", "cardholder_deletion_requested_at", "cardholder_deleted_at", "documents_purge_due",
+                  "documents_purged_at", "cancelled_at", "fields_erased_at", "created_at", "updated_at"],
+)  # fmt: skip
 
 
 class IsicDocument(SQLModel, table=True):
@@ -94,10 +107,21 @@ class IsicDocument(SQLModel, table=True):
     kind: str = Field(max_length=20)  # a DocumentKind
     media_type: str = Field(max_length=40)
     size: int
+    # Encrypted with the document's own data key (``key``); before revision 0006, with the
+    # master key directly (``key_id`` None) until ``rotate_document_keys`` converts it.
     ciphertext: bytes = Field(sa_type=LargeBinary)
+    key_id: uuid.UUID | None = Field(default=None, foreign_key="document_key.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
     order: IsicOrder = Relationship()
+    key: DocumentKey = Relationship()  # None for a document stored before data keys
+
+
+# The document itself is personal: it goes as a row (``delete_documents``), never as a column.
+classify(
+    IsicDocument, personal=["ciphertext"], pseudonymous=["order_id"],
+    not_personal=["id", "kind", "media_type", "size", "key_id", "created_at"],
+)  # fmt: skip
 
 
 def changed_since(session: Session, after: int, limit: int) -> list[IsicOrder]:
@@ -169,10 +193,68 @@ def photo(session: Session, order: IsicOrder) -> IsicDocument | None:
     return session.exec(query).first()
 
 
+def open_document(session: Session, document: IsicDocument, cipher: DocumentCipher) -> bytes:
+    """The document's bytes (ValueError when its key is gone or does not fit)."""
+    key = None
+    if document.key_id is not None:
+        key = session.get(DocumentKey, document.key_id)
+        if key is None:
+            raise ValueError("the document's data key was destroyed")
+    return cipher.open(document.ciphertext, key)
+
+
 def delete_documents(session: Session, order: IsicOrder) -> bool:
-    """Delete every document of the order; True when none is left (read back)."""
+    """Delete every document of the order and destroy its data key (crypto-shredding);
+    True when neither is left (read back)."""
+    key_ids = [k for k in session.exec(select(IsicDocument.key_id).where(IsicDocument.order_id == order.id)) if k]
     session.execute(delete(IsicDocument).where(IsicDocument.order_id == order.id))  # type: ignore[arg-type]
+    if key_ids:
+        session.execute(delete(DocumentKey).where(DocumentKey.id.in_(key_ids)))  # type: ignore[attr-defined]
     left = session.exec(
         select(func.count()).select_from(IsicDocument).where(IsicDocument.order_id == order.id)
     ).one()
+    if key_ids:
+        left += session.exec(
+            select(func.count()).select_from(DocumentKey).where(DocumentKey.id.in_(key_ids))  # type: ignore[attr-defined]
+        ).one()
     return left == 0
+
+
+def rotate_document_keys(session: Session, cipher: DocumentCipher, chunk: int = 500) -> dict[str, int]:
+    """Bring everything the master key protects under the newest master key (``cipher``
+    built from ``new,old``); returns counts. Does not commit.
+
+    Data keys are rewrapped (a few hundred bytes each; the documents stay as they are),
+    phone passwords re-encrypted, and each document stored before data keys (encrypted with
+    the master key itself) is given a data key of its own: that one is rewritten, once.
+    Afterwards the old master key can be removed from ``PSYNC_DOCUMENT_KEY``.
+    """
+    counts = {"keys_rewrapped": 0, "documents_given_a_key": 0, "phone_passwords": 0}
+    after = None
+    while True:  # in id order, a chunk at a time: the rows are few bytes each, but many
+        query = select(DocumentKey).order_by(DocumentKey.id).limit(chunk)
+        keys = session.exec(query if after is None else query.where(DocumentKey.id > after)).all()
+        if not keys:
+            break
+        for key in keys:
+            key.wrapped = cipher.rotate(key.wrapped)
+        counts["keys_rewrapped"] += len(keys)
+        after = keys[-1].id
+        session.flush()
+    while True:
+        legacy = session.exec(select(IsicDocument).where(IsicDocument.key_id.is_(None)).limit(chunk)).all()  # type: ignore[union-attr]
+        if not legacy:
+            break
+        for document in legacy:
+            key, document.ciphertext = cipher.seal(cipher.decrypt(document.ciphertext))
+            session.add(key)
+            document.key = key
+        counts["documents_given_a_key"] += len(legacy)
+        session.flush()
+    orders = session.exec(select(IsicOrder).where(IsicOrder.phone_password_enc.is_not(None)))  # type: ignore[union-attr]
+    for order in orders:
+        assert order.phone_password_enc is not None
+        order.phone_password_enc = cipher.rotate(order.phone_password_enc)
+        counts["phone_passwords"] += 1
+    session.flush()
+    return counts

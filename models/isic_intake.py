@@ -202,10 +202,11 @@ class IsicStore(ReceiptStore):
         )  # fmt: skip
         self.session.add(order)
         for kind, (media_type, data) in event._files.items():
+            key, ciphertext = self.cipher.seal(data)  # a data key per document: deleting it shreds
             self.session.add(
                 IsicDocument(
                     order=order, kind=kind, media_type=media_type, size=len(data),
-                    ciphertext=self.cipher.encrypt(data),
+                    ciphertext=ciphertext, key=key,
                 )  # fmt: skip
             )
         self.remember(order, subject.pseudonym)

@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, select
 
-from models.types import UTCDateTime, new_id
+from models.types import UTCDateTime, classify, new_id
 
 MAX_REASON = 300
 
@@ -49,6 +49,13 @@ class ParkedItem(SQLModel, table=True):
     last_tried_at: datetime = Field(sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     drop_reason: str | None = Field(default=None, max_length=MAX_REASON)
+
+
+classify(
+    ParkedItem, pseudonymous=["record_id"],
+    not_personal=["id", "job", "processor", "operation", "reason", "state", "attempts", "first_tried_at",
+                  "last_tried_at", "closed_at", "drop_reason"],
+)  # fmt: skip
 
 
 def park(

@@ -19,7 +19,7 @@ from models.cursors import next_seq
 from models.intake_types import Applied
 from models.subject_index import SubjectIndex
 from models.subjects import DataSubject
-from models.types import UTCDateTime
+from models.types import UTCDateTime, classify
 
 
 class IntakeReceipt(SQLModel, table=True):
@@ -29,6 +29,9 @@ class IntakeReceipt(SQLModel, table=True):
     dedupe_key: str = Field(primary_key=True, max_length=64)
     kind: str = Field(max_length=40)
     received_at: datetime = Field(sa_type=UTCDateTime)
+
+
+classify(IntakeReceipt, pseudonymous=["dedupe_key"], not_personal=["kind", "received_at"])
 
 
 def seen(session: Session, keys: Iterable[str]) -> set[str]:

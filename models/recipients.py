@@ -31,7 +31,7 @@ from models.audit import insert_many
 from models.db import INSERT_BY_DIALECT, skip_locked
 from models.subjects import DataSubject
 
-from models.types import UTCDateTime, new_id
+from models.types import UTCDateTime, classify, new_id
 
 
 class Recipient(SQLModel, table=True):
@@ -50,6 +50,12 @@ class Recipient(SQLModel, table=True):
     removed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     subject: DataSubject = Relationship()
+
+
+classify(
+    Recipient, pseudonymous=["id", "subject_id", "purpose", "external_id"],
+    not_personal=["processor", "first_sent_at", "last_sent_at", "confirmed_at", "removed_at"],
+)  # fmt: skip
 
 
 # Ids per statement when selecting or updating by id: bound parameters stay far below

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-from models.types import UTCDateTime, new_id, utcnow
+from models.types import UTCDateTime, classify, new_id, personal_columns, utcnow
 
 
 class DataSubject(SQLModel, table=True):
@@ -25,7 +25,14 @@ class DataSubject(SQLModel, table=True):
     erased_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     def erase_personal_data(self, now: datetime) -> None:
-        """Drop everything that names the person; the pseudonym stays for the audit trail."""
-        self.email = self.insurance_number = None
-        self.salutation = self.first_name = self.last_name = None
+        """Drop everything that names the person (every column classified personal); the
+        pseudonym stays for the audit trail."""
+        for column in personal_columns(DataSubject.__table__):  # type: ignore[attr-defined]
+            setattr(self, column.key, None)
         self.erased_at = now
+
+
+classify(
+    DataSubject, personal=["email", "insurance_number", "salutation", "first_name", "last_name"],
+    pseudonymous=["id", "pseudonym"], not_personal=["created_at", "erased_at"],
+)  # fmt: skip

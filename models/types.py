@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import DateTime
+from sqlalchemy import Column, DateTime, Table
 from sqlalchemy.types import TypeDecorator
 
 # Deadlines and retention periods are calendar days where the controller is.
@@ -100,3 +101,52 @@ def berlin_wall_clock(start: datetime, *, as_written: bool = False) -> datetime:
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+# What a column can hold, declared once per column of every table (``classify``): erasure
+# clears the personal ones and ``personal_data_left`` reads them back; a test fails for a
+# column without a class.
+PERSONAL = "personal"  # names, describes or reaches the person: names, contact data, IBAN, IPs, documents
+PSEUDONYMOUS = "pseudonymous"  # points at a person without naming them: our ids, pseudonyms, processors' ids
+NOT_PERSONAL = "not_personal"  # states, times, counts, checked free texts
+PII_CLASSES = (PERSONAL, PSEUDONYMOUS, NOT_PERSONAL)
+
+
+def classify(
+    model: type,
+    *,
+    personal: Iterable[str] = (),
+    pseudonymous: Iterable[str] = (),
+    not_personal: Iterable[str] = (),
+) -> None:
+    """Declare the class of each named column of `model`'s table (``column.info["pii"]``).
+
+    Called right below the model. A name that is no column, or named twice, is a
+    ValueError at import; a column left out has no class (tests/models/test_pii_classes.py
+    fails for it).
+
+    Example::
+
+        classify(DataSubject, personal=["email", "first_name"], pseudonymous=["id", "pseudonym"],
+                 not_personal=["created_at"])
+    """
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    seen: set[str] = set()
+    for kind, names in ((PERSONAL, personal), (PSEUDONYMOUS, pseudonymous), (NOT_PERSONAL, not_personal)):
+        for name in names:
+            if name not in table.c:
+                raise ValueError(f"{table.name} has no column {name}")
+            if name in seen:
+                raise ValueError(f"{table.name}.{name} is classified twice")
+            seen.add(name)
+            table.c[name].info["pii"] = kind
+
+
+def pii_class(column: Column) -> str | None:
+    """The column's declared class (``PII_CLASSES``), None when undeclared."""
+    return column.info.get("pii")
+
+
+def personal_columns(table: Table) -> list[Column]:
+    """The table's columns declared personal."""
+    return [c for c in table.columns if pii_class(c) == PERSONAL]

@@ -24,8 +24,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.")
 audit_app = typer.Typer(help="The audit trail.")
+documents_app = typer.Typer(help="Uploaded documents at rest.")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+app.add_typer(documents_app, name="documents")
 app.add_typer(erasure_app, name="erasure")
 app.add_typer(parked_app, name="parked")
 
@@ -46,6 +48,42 @@ def db_upgrade(revision: str = "head") -> None:
 
     upgrade(revision=revision)
     typer.echo(f"database at {revision}")
+
+
+@documents_app.command("rotate-key")
+def documents_rotate_key() -> None:
+    """Put every document's data key (and the phone passwords) under the newest master key.
+
+    Set PSYNC_DOCUMENT_KEY=NEW,OLD, run this, then drop OLD. Documents are not rewritten,
+    except those stored before data keys existed, which get one now.
+    """
+    from models.db import transaction
+    from models.documents import DocumentCipher
+    from models.isic import rotate_document_keys
+    from psync.settings import get_settings
+
+    try:
+        cipher = DocumentCipher(get_settings().document_key_bytes())
+        with transaction() as session:
+            counts = rotate_document_keys(session, cipher)
+    except ValueError as exc:  # a key that is none, or a token no configured key opens
+        typer.echo(f"rotate-key failed, nothing changed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@db_app.command("compact")
+def db_compact() -> None:
+    """Rewrite the tables that hold personal data (and the document keys), so erased values
+    leave the database's files: VACUUM FULL on PostgreSQL (each table locked, reads and writes
+    wait, while it is rewritten), VACUUM on SQLite. Run after the day's erasures, off-peak."""
+    from models.db import compact
+    from models.documents import DocumentKey
+    from models.erasure import personal_tables
+
+    tables = [table.name for table, _ in personal_tables()] + [DocumentKey.__tablename__]
+    for name, seconds in compact(tables).items():
+        typer.echo(f"{name}: {seconds:.3f} s")
 
 
 @app.command()
@@ -117,17 +155,42 @@ class ExportFormat(StrEnum):
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the hash chain; exits 1 and names the first bad row when it is broken."""
-    from models.audit import verify
+    """Check the hash chain, and the trail against the latest anchor (PSYNC_AUDIT_ANCHOR);
+    exits 1 and names the first bad row, or the tampering, when it is broken."""
+    from models.audit import latest_anchor, verify_against
     from models.db import transaction
     from psync.settings import get_settings
 
+    settings = get_settings()
+    key = settings.hmac_key()
+    found = []
+    try:
+        if settings.audit_anchor is not None:
+            found.append(latest_anchor(settings.audit_anchor, key))
+        if settings.audit_anchor_artifact:
+            from flows.common import artifact_anchor
+
+            found.append(artifact_anchor(key))
+    except ValueError as exc:
+        typer.echo(f"audit anchor BROKEN: {exc}", err=True)
+        raise typer.Exit(1) from None
+    anchors = [a for a in found if a is not None]
+    anchor = max(anchors, key=lambda a: a.rows) if anchors else None
     with transaction() as session:
-        result = verify(session, get_settings().hmac_key())
+        result = verify_against(session, key, anchor)
     if result.ok:
         typer.echo(f"audit trail intact: {result.checked} rows")
+        if not found:
+            # On stderr: stdout stays the one line a script reads.
+            typer.echo("no audit anchor configured (PSYNC_AUDIT_ANCHOR): a wiped trail, or one "
+                       "truncated with an older head put back, cannot be told from a younger one", err=True)  # fmt: skip
+        elif anchor is None:
+            typer.echo("no audit anchor written yet (one is written at the end of each flow run)")
+        else:
+            typer.echo(f"matches the audit anchor of {anchor.at.isoformat()} ({anchor.rows} rows)")
         return
-    typer.echo(f"audit trail BROKEN at row {result.bad_id}: {result.reason} "
+    where = f" at row {result.bad_id}" if result.bad_id is not None else ""
+    typer.echo(f"audit trail BROKEN{where}: {result.reason} "
                f"({result.checked} rows verified before it)", err=True)
     raise typer.Exit(1)
 

@@ -101,7 +101,10 @@ def confirm(
     from flows.erasure import confirm_manual
     from models.types import utcnow
 
+    from models.db import scrub_journal
+
     state = _in_session(lambda s: confirm_manual(s, task_id, evidence, utcnow()).state)
+    scrub_journal()  # the last confirmation may have erased the controller's copy
     typer.echo(f"task {task_id}: {state}")
 
 

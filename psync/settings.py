@@ -71,8 +71,10 @@ class Settings(BaseSettings):
     isic_client_secret: SecretStr | None = None
     isic_client_secret_block: str | None = None
     isic_rate_per_second: float = Field(10.0, gt=0)
-    # Uploaded documents are encrypted at rest with this Fernet key (urlsafe base64, 32 bytes;
+    # Uploaded documents are encrypted at rest, each with a data key of its own wrapped by this
+    # master Fernet key (urlsafe base64, 32 bytes;
     # `python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`).
+    # To rotate: NEW,OLD (newest first; any opens, the first wraps), `psync documents rotate-key`.
     document_key: SecretStr | None = None
     document_key_block: str | None = None
     # Documents go once the order and its follow-up questions are done: this long after issue.
@@ -95,6 +97,13 @@ class Settings(BaseSettings):
     erasure_hold_recheck_days: int = Field(7, ge=1)
     erasure_claim_minutes: int = Field(15, ge=1)
     erasure_reissue_days: int = Field(7, ge=1)
+
+    # The audit trail's anchor outside the database: after each flow run the head (rows, last
+    # hash, time) is appended as a JSON line to this file, which belongs on other storage
+    # than the database (another host's mount, WORM storage), and/or written as a Prefect
+    # artifact (key ``audit-anchor``). `psync audit verify` compares the trail with it.
+    audit_anchor: Path | None = None
+    audit_anchor_artifact: bool = False
 
     # HTTP: (connect, read) seconds. Connect is short because a dead host should fail fast;
     # read is long enough for a 1000-receiver upsert.

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -665,3 +666,36 @@ def test_the_follow_up_tidies_runs_the_form_never_reached(env):
     assert stored["unknown"]["state"] == "CANCELLED" and "no data subject matches" in stored["unknown"]["message"]
     # The scheduled run, when it starts, resumes the request (already done by the follow-up).
     assert erasure.fan_out_erasure(**stored["later"]["parameters"]) == {"completed": 0}
+
+
+def test_after_an_erasure_the_sqlite_files_on_disk_hold_none_of_the_subjects_values(env):
+    """Not the SQL view but the bytes: the database file, its WAL and its shared memory."""
+    url, base = env
+    database = get_settings().database_url
+    if not database.startswith("sqlite"):
+        pytest.skip("SQLite's files; PostgreSQL's are tested after `psync db compact`")
+    everywhere(url, base, ANNA, BERT)
+    insurance = "A123456780"
+    take_in(base, json.dumps({
+        "type": "booking.request", "booking_id": "B-anna-kv", "channel": "branch", "service_point": "sp-berlin",
+        "start": "2027-02-04T10:00:00+01:00", "duration_minutes": 30, "salutation": "Frau", "first_name": ANNA.first,
+        "last_name": ANNA.last, "phone": ANNA.phone, "email": ANNA.email, "insurance_number": insurance,
+        "at": utcnow().isoformat(),
+    }))  # fmt: skip
+    bookings.push_bookings()
+    path = Path(database.split("///", 1)[1])
+    files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+    markers = [ANNA.email, ANNA.last, ANNA.phone[-7:].replace(" ", ""), insurance, ANNA.iban]
+
+    def found(people_markers: list[str]) -> set[str]:
+        blob = b"".join(f.read_bytes() for f in files if f.exists())
+        return {m for m in people_markers if m.encode() in blob}
+
+    assert found(markers) == set(markers)  # the search is not vacuous: before, they are all there
+    erasure.fan_out_erasure(email=ANNA.email, channel="letter")
+    assert erasure.follow_up_erasures()["completed"] == 1
+    assert found(markers) == set()
+    assert files[1].stat().st_size == 0  # checkpointed and truncated
+    assert found([BERT.email, BERT.last, BERT.iban]) == {BERT.email, BERT.last, BERT.iban}
+    with get_engine(database).connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA secure_delete").scalar() == 1

@@ -14,7 +14,7 @@ from sqlmodel import select
 from models.db import transaction
 from models.documents import DocumentCipher
 from models.intake import intake_lines
-from models.isic import IsicDocument, IsicOrder, OrderStatus
+from models.isic import IsicDocument, IsicOrder, OrderStatus, open_document
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES
 
 NOW = datetime(2026, 9, 1, 10, 0, tzinfo=UTC)
@@ -64,7 +64,7 @@ def test_an_order_is_stored_with_its_documents_encrypted(settings, docs):
         }  # fmt: skip
         for document, plain in ((documents["student_proof"], PDF_BYTES), (documents["photo"], JPEG_BYTES)):
             assert plain not in document.ciphertext and document.ciphertext[:5] != plain[:5]
-            assert DocumentCipher(DOC_KEY).decrypt(document.ciphertext) == plain
+            assert open_document(session, document, DocumentCipher(DOC_KEY)) == plain
 
 
 @pytest.mark.parametrize(
