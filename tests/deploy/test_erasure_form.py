@@ -25,7 +25,7 @@ from models.erasure import ErasureRequest, RequestStatus
 from models.intake import intake_lines
 from models.types import utcnow
 from support import TEST_KEY, sandbox_state
-from deploy.test_deployments import _api, as_worker, completed, start, wait  # noqa: F401  (as_worker: a fixture)
+from deploy.test_deployments import _api, as_worker, completed, deployment, start, wait  # noqa: F401  (as_worker: a fixture)
 
 pytestmark = [pytest.mark.deploy, pytest.mark.database]
 
@@ -100,6 +100,12 @@ def _requests_by_state() -> dict[str, str]:
 def test_nothing_typed_into_the_form_stays_in_prefect_whatever_became_of_the_run(as_worker):
     stack = as_worker
     _take_in(REFUSED, CANCELLED, CRASHED)
+
+    # A value outside the form's schema: the API refuses it before it stores anything.
+    dep = deployment(stack, "fan-out-erasure")
+    bad = requests.post(f"{stack.api_url}/deployments/{dep['id']}/create_flow_run", timeout=30,
+                        json={"parameters": {"email": REFUSED[0], "received_at": "gestern"}})  # fmt: skip
+    assert bad.status_code == 409 and "received_at" in bad.text and REFUSED[0] not in bad.text, bad.text[:300]
 
     # Refused: the reference names the person.
     refused = start(stack, "fan-out-erasure", email=REFUSED[0], channel="phone",

@@ -549,9 +549,16 @@ def test_the_deadline_watch_marks_and_raises_naming_request_ids_only(env):
 def _stored_run(flow_run_id) -> dict:
     from prefect.client.orchestration import get_client
 
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)  # the run's logs reach the API in batches
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
-    return {"parameters": run.parameters, "state": run.state.type.value, "message": run.state.message or ""}
+        states = client.read_flow_run_states(flow_run_id)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    return {"parameters": run.parameters, "state": run.state.type.value, "message": run.state.message or "",
+            "history": [s.model_dump_json() for s in states], "logs": [log.message for log in logs]}  # fmt: skip
 
 
 def _last_erasure_run() -> dict:
@@ -583,7 +590,8 @@ def test_a_refused_form_fails_in_one_line_and_keeps_nothing_typed_in(env, form, 
         erasure.fan_out_erasure(email=ANNA.email, **form)
     run = _last_erasure_run()
     assert run["state"] == "FAILED" and why.split()[0] in run["message"] and "\n" not in run["message"]
-    text = json.dumps(run)
+    assert any(why.split()[0] in line for line in run["logs"])  # its log was read too
+    text = json.dumps(run)  # parameters, states with their messages, the run's logs
     for marker in (*ANNA.markers(), "A123456789"):
         assert marker not in text, marker
     assert run["parameters"]["email"] == run["parameters"]["reference"] == ""
