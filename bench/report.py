@@ -22,7 +22,8 @@ from pathlib import Path
 from bench.common import RESULTS, git_commit
 
 REPORT = Path(__file__).resolve().parent / "REPORT.md"
-THROUGHPUT_TARGET = 0.5  # ours / baseline, every job (the newsletter's target, issue 3)
+# Ours / baseline per job, with the write-ahead register and the delivery path (issue 14).
+THROUGHPUT_TARGETS = {"newsletter": 0.8, "bookings": 0.9, "student_id": 0.8}
 INCREMENTAL_TARGET = 0.05  # incremental / full sync time
 TASKS_PER_BATCH_TARGET = 1.0
 MEMORY_TARGET_MB = 500
@@ -76,21 +77,22 @@ class Targets:
             self.causes += [f"### {what}: missed", "", cause or "No profile was taken for it in this run.", ""]
 
 
-def _throughput(targets: Targets, what: str, wall: float, cpu: float | None, sides: dict | None = None,
+def _throughput(targets: Targets, job: str, what: str, wall: float, cpu: float | None, sides: dict | None = None,
                 load: list | None = None) -> None:  # fmt: skip
     """The target is the wall-time ratio (as the issues define it); the CPU-time ratio is shown
     beside it, a disagreement between the two is said, and a miss is explained by where the
     time went: `sides` holds (wall seconds, CPU seconds by process) of "baseline" and "ours"."""
+    target = THROUGHPUT_TARGETS[job]
     measured = f"{wall:.3f}" + (f" (by CPU time {cpu:.3f})" if cpu is not None else "")
-    met = wall >= THROUGHPUT_TARGET
-    targets.add(what, measured, f"≥ {THROUGHPUT_TARGET}", met, _throughput_cause(wall, cpu, sides, load))
-    if cpu is not None and met and cpu < THROUGHPUT_TARGET:
+    met = wall >= target
+    targets.add(what, measured, f"≥ {target}", met, _throughput_cause(wall, cpu, sides, load, target))
+    if cpu is not None and met and cpu < target:
         targets.rows[-1][-1] = "met by wall time, **not by CPU time**"
-    elif cpu is not None and not met and cpu >= THROUGHPUT_TARGET:
+    elif cpu is not None and not met and cpu >= target:
         targets.rows[-1][-1] = "**missed** by wall time, met by CPU time"
 
 
-def _throughput_cause(wall: float, cpu: float | None, sides: dict | None, load: list | None) -> str:
+def _throughput_cause(wall: float, cpu: float | None, sides: dict | None, load: list | None, target: float) -> str:
     if cpu is None or not sides:
         return ""
     (b_wall, b_cpu), (o_wall, o_cpu) = sides["baseline"], sides["ours"]
@@ -102,7 +104,7 @@ def _throughput_cause(wall: float, cpu: float | None, sides: dict | None, load: 
         f"Prefect server {o_cpu['prefect_server']:.1f}) in {o_wall:.2f} s ({o_total / o_wall:.2f} cores).",
         "",
     ]  # fmt: skip
-    if cpu >= THROUGHPUT_TARGET:
+    if cpu >= target:
         lines.append(
             f"By CPU time the ratio is {cpu:.3f}, above the target: the flow costs what it costs when the target "
             "is met, but it got less of the machine than it can use"
@@ -182,7 +184,7 @@ def newsletter(r: dict, targets: Targets) -> list[str]:
             ["Prefect task runs per changed item", f"{_per(i['task_runs']['total'], changed)} ({_tasks(i['task_runs'])})"],
         ],
     )  # fmt: skip
-    _throughput(targets, "Newsletter full sync throughput / baseline", ratio, cpu,
+    _throughput(targets, "newsletter", "Newsletter full sync throughput / baseline", ratio, cpu,
                 {"baseline": (b["seconds"], b["cpu_seconds"]), "ours": (f["seconds"], f["cpu_seconds"])},
                 r.get("environment", {}).get("load_average"))  # fmt: skip
     targets.add("Newsletter Prefect task runs per batch", f"{per_batch:.4f}", f"≤ {TASKS_PER_BATCH_TARGET:g}", per_batch <= TASKS_PER_BATCH_TARGET)
@@ -247,7 +249,7 @@ def bookings(r: dict, targets: Targets) -> list[str]:
         "bookings", b, p, n, runs, r["throughput_ratio"], r.get("cpu_ratio"),
         f"appointments at TIMIFY: {r['appointments_at_timify']:,}, created twice: {r['appointments_created_twice']}",
     )  # fmt: skip
-    _throughput(targets, "Bookings throughput / baseline", r["throughput_ratio"], r.get("cpu_ratio"), _sides(b, p),
+    _throughput(targets, "bookings", "Bookings throughput / baseline", r["throughput_ratio"], r.get("cpu_ratio"), _sides(b, p),
                 r.get("environment", {}).get("load_average"))  # fmt: skip
     return out
 
@@ -263,7 +265,7 @@ def student_id(r: dict, targets: Targets) -> list[str]:
         f"cardholders at the issuer: {issuer['cardholders']:,}, cards created twice: {issuer['cards_created_twice']}, "
         f"cards without the photo: {issuer['cards_without_photo']}",
     )  # fmt: skip
-    _throughput(targets, "Student-ID throughput / baseline", r["throughput_ratio"], r.get("cpu_ratio"), _sides(b, p),
+    _throughput(targets, "student_id", "Student-ID throughput / baseline", r["throughput_ratio"], r.get("cpu_ratio"), _sides(b, p),
                 r.get("environment", {}).get("load_average"))  # fmt: skip
     return out
 
