@@ -10,10 +10,7 @@ throwaway PostgreSQL started once per test process (tests/pg.py). Markers: ``sql
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
-import threading
-import time
 
 # Before anything imports prefect: a private home, no telemetry, nothing leaves the machine.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="psync-test-prefect-")
@@ -32,7 +29,7 @@ from models.migrate import upgrade  # noqa: E402
 from psync.sandbox_env import sandbox_environment  # noqa: E402
 from psync.settings import get_settings  # noqa: E402
 
-from support import TEST_KEY  # noqa: E402
+from support import TEST_KEY, served  # noqa: E402
 
 # The reliability suite's figures table, printed once at the end of any run that recorded some.
 pytest_plugins = ["reliability.figures"]
@@ -59,34 +56,13 @@ def pytest_runtest_setup(item):
         pytest.skip("runs in the PostgreSQL pass (PSYNC_TEST_DATABASE=postgres)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def sandbox_server():
     """The sandbox app served over real HTTP on loopback, once per session."""
-    import uvicorn
-
     from sandbox.app import create_app
 
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("sandbox did not start")
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=5)
+    with served(create_app(), "sandbox") as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import requests
 
 from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES  # noqa: F401  (re-exported)
@@ -13,3 +19,33 @@ def sandbox_state(url: str) -> dict:
     """Everything the sandbox holds, as its control route reports it."""
     return requests.get(f"{url}/_sandbox/state", timeout=10).json()
 
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served(app, what: str, log_level: str = "warning", access_log: bool = False) -> Iterator[str]:
+    """An ASGI app served over real HTTP on a free loopback port, in a thread, until the
+    block ends; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level,
+                                           access_log=access_log))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)

@@ -86,9 +86,9 @@ def test_wrong_credentials_and_a_missing_group_fail_the_connect_check(runner, ag
 
 
 def test_a_processor_that_does_not_answer_fails_the_connect_check_in_one_line(runner, settings, monkeypatch):
-    from conftest import _free_port
+    from support import free_port
 
-    for name, value in sandbox_environment(f"http://127.0.0.1:{_free_port()}").items():
+    for name, value in sandbox_environment(f"http://127.0.0.1:{free_port()}").items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PSYNC_HTTP_CONNECT_TIMEOUT", "1")
     result = run(runner, "--connect")

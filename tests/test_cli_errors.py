@@ -93,10 +93,10 @@ def test_an_invalid_setting_names_the_variable_not_its_value(runner, settings, m
 def test_a_processor_down_is_one_line_naming_processor_operation_and_reason(
     runner, against_sandbox, monkeypatch, prefect_harness, no_sleep, tmp_path
 ):
-    from conftest import _free_port
+    from support import free_port
 
     consented(runner, tmp_path)
-    monkeypatch.setenv("PSYNC_CLEVERREACH_BASE_URL", f"http://127.0.0.1:{_free_port()}/cleverreach")
+    monkeypatch.setenv("PSYNC_CLEVERREACH_BASE_URL", f"http://127.0.0.1:{free_port()}/cleverreach")
     monkeypatch.setenv("PSYNC_HTTP_MAX_ATTEMPTS", "2")
     result = invoke(runner, "run", "sync-newsletter-consents")
     assert result.exit_code == 1
@@ -110,11 +110,11 @@ def test_a_processor_down_is_one_line_naming_processor_operation_and_reason(
 def test_an_erasure_with_a_processor_down_says_so_in_one_or_two_lines_without_the_person(
     runner, against_sandbox, monkeypatch, prefect_harness, no_sleep, tmp_path
 ):
-    from conftest import _free_port
+    from support import free_port
 
     consented(runner, tmp_path)
     assert invoke(runner, "run", "sync-newsletter-consents").exit_code == 0
-    monkeypatch.setenv("PSYNC_CLEVERREACH_BASE_URL", f"http://127.0.0.1:{_free_port()}/cleverreach")
+    monkeypatch.setenv("PSYNC_CLEVERREACH_BASE_URL", f"http://127.0.0.1:{free_port()}/cleverreach")
     monkeypatch.setenv("PSYNC_HTTP_MAX_ATTEMPTS", "1")
     result = invoke(runner, "erasure", "request", "--email", EMAIL, "--reference", "AZ 1/26")
     assert result.exit_code == 1, result.output
