@@ -76,8 +76,7 @@ class ProcessorError(Exception):
     def __reduce__(self):
         # Prefect pickles a failed run's exception when it persists results; the default
         # (the class called with the message alone) cannot rebuild this one.
-        return type(self), (self.processor, self.operation, self.status, self.attempts,
-                            self.reason, self.retry_after)  # fmt: skip
+        return type(self), (self.processor, self.operation, self.status, self.attempts, self.reason, self.retry_after)
 
     @property
     def outcome_unknown(self) -> bool:
@@ -509,9 +508,7 @@ class HttpClient:
             if self.limiter:
                 self.limiter.acquire()
             try:
-                response = self.session.request(
-                    method, self.base_url + path, timeout=self.timeout, **kwargs
-                )
+                response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
             except _TRANSPORT as exc:
                 kind = RetriableError if idempotent or isinstance(exc, _NOT_SENT) else FatalError
                 # The exception text holds the URL (and so an e-mail address): name only.
@@ -529,8 +526,7 @@ class HttpClient:
 
         retrying = Retrying(
             retry=retry_if_exception(lambda e: isinstance(e, RetriableError)),
-            stop=stop_after_attempt(self.policy.max_attempts)
-            | stop_after_delay(self.policy.max_seconds),
+            stop=stop_after_attempt(self.policy.max_attempts) | stop_after_delay(self.policy.max_seconds),
             wait=self.policy.wait,
             sleep=self.sleep or pause,
             reraise=True,
@@ -557,9 +553,14 @@ class HttpClient:
             journal(call)
         log.debug(
             "%s %s -> %s (%s, %d attempt(s), %d item(s), %.0f ms)",
-            self.processor, op, status, outcome, attempts, items,
+            self.processor,
+            op,
+            status,
+            outcome,
+            attempts,
+            items,
             (time.monotonic() - started) * 1000,
-        )  # fmt: skip
+        )
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -587,9 +588,12 @@ def token_client(
         http = token_client("flexperto", root, lambda plain: fetch_token(plain), **options)
     """
     plain = HttpClient(
-        processor, root, session=make_session(pool_size=1),
-        timeout=http_options.get("timeout", (5.0, 60.0)), policy=RetryPolicy(max_attempts=1),
-    )  # fmt: skip
+        processor,
+        root,
+        session=make_session(pool_size=1),
+        timeout=http_options.get("timeout", (5.0, 60.0)),
+        policy=RetryPolicy(max_attempts=1),
+    )
     auth = TokenAuth(lambda: fetch(plain), header=header, prefix=prefix)
     http = HttpClient(processor, api_root or root, auth=auth, **http_options)
     plain.calls = http.calls

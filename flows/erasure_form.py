@@ -49,9 +49,7 @@ UUID_PATTERN = r"^$|^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]
 INSURANCE_PATTERN = r"^$|^ *[A-Za-z]( *[0-9]){9} *$"
 # A Berlin date, optionally with a time: 2026-11-20, 2026-11-20 14:30, 2026-11-20T14:30:05
 # (an explicit offset is taken as given).
-RECEIVED_PATTERN = (
-    r"^$|^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?( ?(Z|[+-]\d{2}:?\d{2}))?$"
-)
+RECEIVED_PATTERN = r"^$|^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?( ?(Z|[+-]\d{2}:?\d{2}))?$"
 
 
 def as_text(value: Any) -> str:

@@ -121,9 +121,14 @@ def settle(session: Session) -> list[str]:
         settled.append(batch)
         header = lines[0] if lines else {"job": "unknown"}
         job = header["job"]
-        in_trail = session.exec(select(func.count()).select_from(AuditEntry).where(
-            AuditEntry.action == f"{job}.batch", AuditEntry.detail.startswith(f"batch={batch}"),  # type: ignore[union-attr]
-        )).one()  # fmt: skip
+        in_trail = session.exec(
+            select(func.count())
+            .select_from(AuditEntry)
+            .where(
+                AuditEntry.action == f"{job}.batch",
+                AuditEntry.detail.startswith(f"batch={batch}"),  # type: ignore[union-attr]
+            )
+        ).one()
         if in_trail:
             continue
         calls = _calls(lines[1:])
@@ -146,7 +151,9 @@ def _calls(lines: list[dict]) -> list[CallRecord]:
         else:
             open_calls[key] -= 1
             ended.append(call)
-    unknown = [CallRecord(p, op, None, 1, "unknown", items) for (p, op, items), n in open_calls.items() for _ in range(n)]
+    unknown = [
+        CallRecord(p, op, None, 1, "unknown", items) for (p, op, items), n in open_calls.items() for _ in range(n)
+    ]
     return ended + unknown
 
 
@@ -166,4 +173,3 @@ def pending() -> list[str]:
     """Batch ids of the journals waiting to be settled (for tests and ``psync``)."""
     folder = directory()
     return sorted(p.name.removesuffix(_SUFFIX) for p in folder.glob(f"*{_SUFFIX}")) if folder.is_dir() else []
-

@@ -117,8 +117,24 @@ def receiver_for(list_name: str, row) -> dict:
     """
     # Unpacked by position: this runs for every receiver pushed, and a Row's attribute
     # lookups cost more than building the dict. The order is PUSH_COLUMNS'.
-    (_, _, registered, signup_ip, activated, confirm_ip, source, policy_version, _, _,
-     email, insurance_number, salutation, first_name, last_name, _) = row  # fmt: skip
+    (
+        _,
+        _,
+        registered,
+        signup_ip,
+        activated,
+        confirm_ip,
+        source,
+        policy_version,
+        _,
+        _,
+        email,
+        insurance_number,
+        salutation,
+        first_name,
+        last_name,
+        _,
+    ) = row
     attributes = {
         "signup_ip": signup_ip or "",
         "confirm_ip": confirm_ip or "",
@@ -223,16 +239,13 @@ def _remove(
         done += [(row, outcome, f"{list_name}, account-wide") for row in batch]
         if isinstance(outcome, ProcessorError):
             left += batch  # deactivated below; deleted by the next run
-    answered = client.upsert(
-        group, list_name, [{"email": r.email, "deactivated": _unix(now)} for r in left if r.email]
-    )
+    answered = client.upsert(group, list_name, [{"email": r.email, "deactivated": _unix(now)} for r in left if r.email])
     # The upsert creates a receiver that is gone already (a delete of an earlier run was
     # applied but its answer lost), under a new id: delete the one it answered for.
     current = {a["email"].lower(): str(a["id"]) for a in answered}
     single = [
-        (r, current.get(r.email or "") or r.external_id or r.email)
-        for r in left if r.subject_id not in everywhere
-    ]  # fmt: skip
+        (r, current.get(r.email or "") or r.external_id or r.email) for r in left if r.subject_id not in everywhere
+    ]
     failures: dict[str, Exception] = {}
     for row, _ in (t for t in single if not t[1]):
         # Nothing to address it by: never send an empty path segment.
@@ -439,16 +452,22 @@ def _remove_lapsed(
     unsure = {r.subject_id: r for r in rows if r.state != ConsentState.confirmed and r.activated and r.email}
     if not unsure:
         return Counter(), [], {}
-    register = session.connection().execute(select(
-        Recipient.id, Recipient.external_id, Recipient.subject_id, Recipient.removed_at
-    ).where(
-        Recipient.processor == PROCESSOR, Recipient.purpose == purpose,
-        Recipient.subject_id.in_(list(unsure)),  # type: ignore[attr-defined]
-    )).all()  # fmt: skip
+    register = (
+        session.connection()
+        .execute(
+            select(Recipient.id, Recipient.external_id, Recipient.subject_id, Recipient.removed_at).where(
+                Recipient.processor == PROCESSOR,
+                Recipient.purpose == purpose,
+                Recipient.subject_id.in_(list(unsure)),  # type: ignore[attr-defined]
+            )
+        )
+        .all()
+    )
     live = [
         _Held(r.id, r.external_id, r.subject_id, unsure[r.subject_id].email, unsure[r.subject_id].pseudonym)
-        for r in register if r.removed_at is None
-    ]  # fmt: skip
+        for r in register
+        if r.removed_at is None
+    ]
     counts, events, left = _remove(session, client, list_name, group, live, now) if live else (Counter(), [], {})
     if left:  # left live in the register: the removal pass takes them
         counts["remove_failed"] += len(left)
@@ -572,8 +591,7 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
     counts: Counter[str] = Counter()
     with audit_failure(client.http, "newsletter.pull"):
         inactive = {
-            r["email"].lower(): int(r.get("deactivated") or 0)
-            for r in client.iter_receivers(group, kind="inactive")
+            r["email"].lower(): int(r.get("deactivated") or 0) for r in client.iter_receivers(group, kind="inactive")
         }
     counts["inactive_at_processor"] = len(inactive)
     with transaction() as session:
@@ -583,16 +601,18 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
             chunk = emails[start : start + 1000]
             # Claimed: a second worker pulling at once skips these instead of withdrawing
             # them twice (the second withdrawal event would break its unique key).
-            rows = session.exec(skip_locked(
-                select(ConsentRecord, DataSubject)
-                .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
-                .where(
-                    ConsentRecord.list_name == list_name,
-                    ConsentRecord.state == ConsentState.confirmed,
-                    DataSubject.email.in_(chunk),  # type: ignore[union-attr]
-                ),
-                ConsentRecord,
-            )).all()  # fmt: skip
+            rows = session.exec(
+                skip_locked(
+                    select(ConsentRecord, DataSubject)
+                    .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
+                    .where(
+                        ConsentRecord.list_name == list_name,
+                        ConsentRecord.state == ConsentState.confirmed,
+                        DataSubject.email.in_(chunk),  # type: ignore[union-attr]
+                    ),
+                    ConsentRecord,
+                )
+            ).all()
             if not rows:
                 continue
             seq = next_seq(session, "consent", len(rows))
@@ -600,9 +620,7 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
                 stamp = inactive[subject.email or ""]
                 at = datetime.fromtimestamp(stamp, UTC) if stamp else utcnow()
                 dedupe = event_key(key, "cleverreach-unsubscribe", record.id, stamp)
-                event = apply_withdraw(
-                    record, at, WithdrawChannel.newsletter_link, seq + offset, dedupe
-                )
+                event = apply_withdraw(record, at, WithdrawChannel.newsletter_link, seq + offset, dedupe)
                 if event is not None:
                     session.add(event)
                     counts["withdrawn"] += 1
@@ -623,9 +641,7 @@ def pull_newsletter_unsubscribes(lists: list[ConsentList] | None = None) -> dict
     """
     settings = get_settings()
     client = cleverreach.from_settings(settings)
-    counts = tally(
-        pull_list(client, name, _group(settings, name)) for name in lists or ALL_LISTS
-    )
+    counts = tally(pull_list(client, name, _group(settings, name)) for name in lists or ALL_LISTS)
     counts_artifact(
         "pull-newsletter-unsubscribes",
         "Abmeldungen von CleverReach übernommen / Unsubscribes pulled from CleverReach",
@@ -638,9 +654,12 @@ def pull_newsletter_unsubscribes(lists: list[ConsentList] | None = None) -> dict
 @task(name="expire-batch", cache_policy=NO_CACHE)
 @one_line_failure
 def expire_batch(
-    list_name: str, days: int, as_of: datetime, after: tuple[datetime, uuid.UUID] | None,
+    list_name: str,
+    days: int,
+    as_of: datetime,
+    after: tuple[datetime, uuid.UUID] | None,
     limit: int,
-) -> tuple[dict, tuple[datetime, uuid.UUID] | None]:  # fmt: skip
+) -> tuple[dict, tuple[datetime, uuid.UUID] | None]:
     """Expire one batch of due pending sign-ups and erase their personal data."""
     key = get_settings().hmac_key()
     counts: Counter[str] = Counter()

@@ -98,8 +98,12 @@ class _Batch:
         record_removed_for(self.session, order.subject_id, PROCESSOR, order.purpose, self.now)
 
 
-def _run_batch(client: isic.Isic, action: str, load: Callable[[Session], list[IsicOrder]],
-               work: Callable[[_Batch, IsicOrder], None]) -> tuple[dict, int | None]:  # fmt: skip
+def _run_batch(
+    client: isic.Isic,
+    action: str,
+    load: Callable[[Session], list[IsicOrder]],
+    work: Callable[[_Batch, IsicOrder], None],
+) -> tuple[dict, int | None]:
     """Load a batch, work each order, write the audit; returns counts and the last seq."""
     with audit_failure(client.http, action), transaction() as session:
         orders = load(session)
@@ -133,10 +137,14 @@ def forward(batch: _Batch, order: IsicOrder, cipher: DocumentCipher) -> None:
         batch.decide("isic.forward", "skipped", order, "skipped_erased")
         return
     batch.client.set_cardholder(
-        order.order_ref, first_name=order.first_name, last_name=order.last_name,
-        date_of_birth=order.birth_date, email=subject.email, institution=order.institution,
+        order.order_ref,
+        first_name=order.first_name,
+        last_name=order.last_name,
+        date_of_birth=order.birth_date,
+        email=subject.email,
+        institution=order.institution,
         student_status=order.student_status,
-    )  # fmt: skip
+    )
     order.cardholder_set_at = batch.now
     document = photo(batch.session, order)
     if document is None:  # purged or never there: a card without a photo is useless
@@ -165,8 +173,12 @@ def cancel(batch: _Batch, order: IsicOrder) -> None:
         if answer == "gone":  # never reached the issuer, or already deleted
             order.cardholder_deleted_at = batch.now
             batch.register_removed(order)
-        batch.decide("isic.delete_cardholder", "requested" if answer == "pending" else "verified", order,
-                     "deletion_requested" if answer == "pending" else "deletion_verified")  # fmt: skip
+        batch.decide(
+            "isic.delete_cardholder",
+            "requested" if answer == "pending" else "verified",
+            order,
+            "deletion_requested" if answer == "pending" else "deletion_verified",
+        )
     erase_locally(batch, order)
 
 
@@ -204,8 +216,11 @@ class ForwardJob(StreamJob):
         return list(session.exec(query.order_by(IsicOrder.seq)))
 
     def reaches(self, session: Session, rows: Sequence[IsicOrder]) -> list[Reach]:
-        return [Reach(o.subject_id, PROCESSOR, o.purpose) for o in rows
-                if o.status == OrderStatus.received and o.fields_erased_at is None]  # fmt: skip
+        return [
+            Reach(o.subject_id, PROCESSOR, o.purpose)
+            for o in rows
+            if o.status == OrderStatus.received and o.fields_erased_at is None
+        ]
 
     def begin(self, session: Session, rows: Sequence[IsicOrder]) -> _Batch:
         return _Batch(session, self.client, list(rows))
@@ -338,19 +353,24 @@ def purge_student_id_documents(
             orders = documents_due(session, today, batch_size)
             if not orders:
                 break
-            subjects = dict(session.exec(
-                select(DataSubject.id, DataSubject.pseudonym).where(
-                    DataSubject.id.in_([o.subject_id for o in orders])  # type: ignore[attr-defined]
-                )
-            ).all())  # fmt: skip
+            subjects = dict(
+                session.exec(
+                    select(DataSubject.id, DataSubject.pseudonym).where(
+                        DataSubject.id.in_([o.subject_id for o in orders])  # type: ignore[attr-defined]
+                    )
+                ).all()
+            )
             events, now = [], utcnow()
             for order in orders:
                 if not delete_documents(session, order):
                     raise JobFailed(f"order {order.order_ref}: documents not deleted")
                 order.documents_purged_at = now
                 counts["documents_purged"] += 1
-                events.append(decision("isic.purge_documents", "verified", None, subjects[order.subject_id],
-                                       order=order.order_ref))  # fmt: skip
+                events.append(
+                    decision(
+                        "isic.purge_documents", "verified", None, subjects[order.subject_id], order=order.order_ref
+                    )
+                )
             write_audit(session, events)
     if counts["documents_purged"]:  # the deleted documents' pages must not stay in the WAL
         scrub_journal()

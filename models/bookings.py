@@ -83,9 +83,20 @@ classify(
     Booking,
     personal=["salutation", "first_name", "last_name", "phone", "birth_date", "insurance_number", "concern"],
     pseudonymous=["id", "booking_ref", "subject_id", "timify_appointment_id", "flexperto_customer_id"],
-    not_personal=["channel", "service_point", "start_at", "duration_min", "status", "seq", "timify_deleted_at",
-                  "chat_purge_due", "chat_purged_at", "created_at", "updated_at"],
-)  # fmt: skip
+    not_personal=[
+        "channel",
+        "service_point",
+        "start_at",
+        "duration_min",
+        "status",
+        "seq",
+        "timify_deleted_at",
+        "chat_purge_due",
+        "chat_purged_at",
+        "created_at",
+        "updated_at",
+    ],
+)
 
 
 def chat_purge_due(start_at: datetime, duration_min: int, retention_days: int) -> date:
@@ -134,12 +145,7 @@ def chats_due(session: Session, today: date, after: int, limit: int) -> list[Boo
     Keyset-paged by seq, so a booking whose deletion failed is not picked again in one run.
     Claimed (``skip_locked``): a second worker purging at the same time takes other bookings.
     """
-    query = (
-        select(Booking)
-        .where(*_chat_due(today), Booking.seq > after)
-        .order_by(Booking.seq)
-        .limit(limit)
-    )
+    query = select(Booking).where(*_chat_due(today), Booking.seq > after).order_by(Booking.seq).limit(limit)
     return list(session.exec(skip_locked(query, Booking)))
 
 

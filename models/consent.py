@@ -64,9 +64,12 @@ class EventKind(StrEnum):
 # Order of events at the same instant: the person's steps in the order they can happen,
 # a withdrawal last among them (the stricter reading), then the controller's decisions.
 RANK = {
-    EventKind.signup: 0, EventKind.confirm: 1, EventKind.withdraw: 2, EventKind.expire: 3,
+    EventKind.signup: 0,
+    EventKind.confirm: 1,
+    EventKind.withdraw: 2,
+    EventKind.expire: 3,
     EventKind.erase: 4,
-}  # fmt: skip
+}
 
 
 class WithdrawChannel(StrEnum):
@@ -121,14 +124,28 @@ class ConsentEvent(SQLModel, table=True):
 
 
 classify(
-    ConsentRecord, personal=["signup_ip", "confirm_ip", "source"], pseudonymous=["id", "subject_id"],
-    not_personal=["list_name", "state", "signup_at", "policy_version", "confirm_at", "withdrawn_at",
-                  "withdraw_channel", "expired_at", "change_seq", "updated_at"],
-)  # fmt: skip
+    ConsentRecord,
+    personal=["signup_ip", "confirm_ip", "source"],
+    pseudonymous=["id", "subject_id"],
+    not_personal=[
+        "list_name",
+        "state",
+        "signup_at",
+        "policy_version",
+        "confirm_at",
+        "withdrawn_at",
+        "withdraw_channel",
+        "expired_at",
+        "change_seq",
+        "updated_at",
+    ],
+)
 classify(
-    ConsentEvent, personal=["ip", "source"], pseudonymous=["consent_id", "dedupe_key"],
+    ConsentEvent,
+    personal=["ip", "source"],
+    pseudonymous=["consent_id", "dedupe_key"],
     not_personal=["id", "kind", "at", "channel", "policy_version", "recorded_at"],
-)  # fmt: skip
+)
 
 
 def expiry_due(signup_at: datetime, days: int) -> datetime:
@@ -185,10 +202,16 @@ class Step:
         """The ``consent_event`` row that records this step in the history of `consent_id`
         (a plain dict: one INSERT takes many, without an ORM object each)."""
         return {
-            "consent_id": consent_id, "kind": str(self.kind), "at": self.at, "ip": self.ip,
-            "channel": self.channel, "source": self.source, "policy_version": self.policy_version,
-            "dedupe_key": self.key, "recorded_at": recorded_at,
-        }  # fmt: skip
+            "consent_id": consent_id,
+            "kind": str(self.kind),
+            "at": self.at,
+            "ip": self.ip,
+            "channel": self.channel,
+            "source": self.source,
+            "policy_version": self.policy_version,
+            "dedupe_key": self.key,
+            "recorded_at": recorded_at,
+        }
 
     def without_personal_data(self) -> Step:
         """The step as it may be kept where the proof is gone (expired, erased)."""
@@ -316,9 +339,7 @@ def describe_time(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def apply_withdraw(
-    record: ConsentRecord, at: datetime, channel: str, seq: int, dedupe_key: str
-) -> ConsentEvent | None:
+def apply_withdraw(record: ConsentRecord, at: datetime, channel: str, seq: int, dedupe_key: str) -> ConsentEvent | None:
     """Consent withdrawn (by e-mail, in the portal, or by the newsletter's link).
 
     None when nothing changes: no consent stands, or the withdrawal is dated before the
@@ -363,14 +384,23 @@ def _touch(record: ConsentRecord, seq: int) -> None:
 _RAW_ID = type_coerce(ConsentRecord.id, String).label("consent_id")
 
 PUSH_COLUMNS = (
-    ConsentRecord.state, ConsentRecord.change_seq,
-    extract("epoch", ConsentRecord.signup_at).label("registered"), ConsentRecord.signup_ip,
-    extract("epoch", ConsentRecord.confirm_at).label("activated"), ConsentRecord.confirm_ip,
-    ConsentRecord.source, ConsentRecord.policy_version,
-    DataSubject.id.label("subject_id"), DataSubject.pseudonym, DataSubject.email,
-    DataSubject.insurance_number, DataSubject.salutation, DataSubject.first_name,
-    DataSubject.last_name, _RAW_ID,
-)  # fmt: skip
+    ConsentRecord.state,
+    ConsentRecord.change_seq,
+    extract("epoch", ConsentRecord.signup_at).label("registered"),
+    ConsentRecord.signup_ip,
+    extract("epoch", ConsentRecord.confirm_at).label("activated"),
+    ConsentRecord.confirm_ip,
+    ConsentRecord.source,
+    ConsentRecord.policy_version,
+    DataSubject.id.label("subject_id"),
+    DataSubject.pseudonym,
+    DataSubject.email,
+    DataSubject.insurance_number,
+    DataSubject.salutation,
+    DataSubject.first_name,
+    DataSubject.last_name,
+    _RAW_ID,
+)
 
 
 def changes_ahead(session: Session, list_name: str, after_seq: int, limit: int) -> list:
@@ -422,9 +452,7 @@ def changed_since(session: Session, list_name: str, after_seq: int, limit: int) 
 def count_changed_since(session: Session, list_name: str, after_seq: int) -> int:
     """How many of a list's records changed after `after_seq`."""
     return session.exec(
-        select(func.count()).where(
-            ConsentRecord.list_name == list_name, ConsentRecord.change_seq > after_seq
-        )
+        select(func.count()).where(ConsentRecord.list_name == list_name, ConsentRecord.change_seq > after_seq)
     ).one()
 
 
@@ -454,10 +482,12 @@ def lapsed_among(session: Session, list_name: str, subject_ids: Sequence[uuid.UU
     # the query, SQLite reads every record in that state through the state index instead.
     lapsed: set[uuid.UUID] = set()
     for start in range(0, len(subject_ids), 1000):
-        rows = session.connection().execute(select(ConsentRecord.subject_id, ConsentRecord.state).where(
-            ConsentRecord.subject_id.in_(subject_ids[start : start + 1000]),  # type: ignore[attr-defined]
-            ConsentRecord.list_name == list_name,
-        ))  # fmt: skip
+        rows = session.connection().execute(
+            select(ConsentRecord.subject_id, ConsentRecord.state).where(
+                ConsentRecord.subject_id.in_(subject_ids[start : start + 1000]),  # type: ignore[attr-defined]
+                ConsentRecord.list_name == list_name,
+            )
+        )
         lapsed.update(subject for subject, state in rows if state in LAPSED_STATES)
     return lapsed
 

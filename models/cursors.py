@@ -42,10 +42,7 @@ def next_seq(session: Session, name: str, count: int = 1) -> int:
     if session.get(Counter, name) is None:
         insert_missing(session, Counter, name=name)
     result = session.execute(
-        update(Counter)
-        .where(Counter.name == name)
-        .values(value=Counter.value + count)
-        .returning(Counter.value)
+        update(Counter).where(Counter.name == name).values(value=Counter.value + count).returning(Counter.value)
     )
     return result.scalar_one() - count + 1
 

@@ -52,19 +52,29 @@ CHUNK = 1000
 REJECTIONS = (TransitionError, SubjectMismatch, BookingRejected, OrderRejected, ErasureRejected)
 # Order of the lines tried again at the same instant: the first step of each job first.
 _RANK = {
-    "consent.signup": 0, "consent.confirm": 1, "consent.withdraw": 2,
-    "booking.request": 0, "booking.reschedule": 1, "booking.cancel": 2,
-    "isic.order": 0, "isic.cancel": 1,
-}  # fmt: skip
+    "consent.signup": 0,
+    "consent.confirm": 1,
+    "consent.withdraw": 2,
+    "booking.request": 0,
+    "booking.reschedule": 1,
+    "booking.cancel": 2,
+    "isic.order": 0,
+    "isic.cancel": 1,
+}
 
 IntakeEvent = Annotated[
-    ConsentSignup | ConsentConfirm | ConsentWithdraw
-    | BookingRequest | BookingReschedule | BookingCancel
-    | IsicOrderEvent | IsicCancel
+    ConsentSignup
+    | ConsentConfirm
+    | ConsentWithdraw
+    | BookingRequest
+    | BookingReschedule
+    | BookingCancel
+    | IsicOrderEvent
+    | IsicCancel
     | ErasureRequestEvent
     | IdentCase,
     Field(discriminator="type"),
-]  # fmt: skip
+]
 EVENT_ADAPTER: TypeAdapter[IntakeEvent] = TypeAdapter(IntakeEvent)
 
 
@@ -133,9 +143,11 @@ def intake_lines(
     paths relative to `base_dir` and stored encrypted with `document_key`.
     """
     context = {
-        "now": now, "service_points": set(service_points), "base_dir": base_dir,
+        "now": now,
+        "service_points": set(service_points),
+        "base_dir": base_dir,
         "max_document_bytes": max_document_bytes,
-    }  # fmt: skip
+    }
     results: list[LineResult] = []
     parsed: list[tuple[int, IntakeEvent]] = []
     for number, raw in enumerate(lines, start=1):
@@ -169,9 +181,7 @@ def intake_lines(
         found = subjects.prefetch(
             (e.email, getattr(e, "insurance_number", None)) for _, e in chunk if getattr(e, "email", None)
         )
-        consents.begin_chunk(
-            (e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found}
-        )
+        consents.begin_chunk((e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found})
         bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
         orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
         erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))

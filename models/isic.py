@@ -90,13 +90,36 @@ class IsicOrder(SQLModel, table=True):
 
 classify(
     IsicOrder,
-    personal=["first_name", "last_name", "birth_date", "postal_code", "iban", "institution", "student_status",
-              "phone_password_enc", "card_number"],
+    personal=[
+        "first_name",
+        "last_name",
+        "birth_date",
+        "postal_code",
+        "iban",
+        "institution",
+        "student_status",
+        "phone_password_enc",
+        "card_number",
+    ],
     pseudonymous=["id", "order_ref", "subject_id"],
-    not_personal=["status", "seq", "cardholder_set_at", "photo_set_at", "card_status", "card_has_photo",
-                  "issued_at", "cardholder_deletion_requested_at", "cardholder_deleted_at", "documents_purge_due",
-                  "documents_purged_at", "cancelled_at", "fields_erased_at", "created_at", "updated_at"],
-)  # fmt: skip
+    not_personal=[
+        "status",
+        "seq",
+        "cardholder_set_at",
+        "photo_set_at",
+        "card_status",
+        "card_has_photo",
+        "issued_at",
+        "cardholder_deletion_requested_at",
+        "cardholder_deleted_at",
+        "documents_purge_due",
+        "documents_purged_at",
+        "cancelled_at",
+        "fields_erased_at",
+        "created_at",
+        "updated_at",
+    ],
+)
 
 
 class IsicDocument(SQLModel, table=True):
@@ -119,9 +142,11 @@ class IsicDocument(SQLModel, table=True):
 
 # The document itself is personal: it goes as a row (``delete_documents``), never as a column.
 classify(
-    IsicDocument, personal=["ciphertext"], pseudonymous=["order_id"],
+    IsicDocument,
+    personal=["ciphertext"],
+    pseudonymous=["order_id"],
     not_personal=["id", "kind", "media_type", "size", "key_id", "created_at"],
-)  # fmt: skip
+)
 
 
 def changed_since(session: Session, after: int, limit: int) -> list[IsicOrder]:
@@ -137,10 +162,7 @@ def by_status(session: Session, status: OrderStatus, after: int, limit: int) -> 
     """Orders in `status` after seq `after`, claimed (``skip_locked``): workers following
     the issuer's status at once each take other orders."""
     query = (
-        select(IsicOrder)
-        .where(IsicOrder.status == status, IsicOrder.seq > after)
-        .order_by(IsicOrder.seq)
-        .limit(limit)
+        select(IsicOrder).where(IsicOrder.status == status, IsicOrder.seq > after).order_by(IsicOrder.seq).limit(limit)
     )
     return list(session.exec(skip_locked(query, IsicOrder)))
 
@@ -158,12 +180,7 @@ _DELETION_PENDING = (
 def deletions_pending(session: Session, after: int, limit: int) -> list[IsicOrder]:
     """Orders whose cardholder deletion the issuer accepted but has not yet done, claimed
     (``skip_locked``): one worker reads each back and records it."""
-    query = (
-        select(IsicOrder)
-        .where(*_DELETION_PENDING, IsicOrder.seq > after)
-        .order_by(IsicOrder.seq)
-        .limit(limit)
-    )
+    query = select(IsicOrder).where(*_DELETION_PENDING, IsicOrder.seq > after).order_by(IsicOrder.seq).limit(limit)
     return list(session.exec(skip_locked(query, IsicOrder)))
 
 
@@ -187,9 +204,7 @@ def documents_due(session: Session, today: date, limit: int) -> list[IsicOrder]:
 
 
 def photo(session: Session, order: IsicOrder) -> IsicDocument | None:
-    query = select(IsicDocument).where(
-        IsicDocument.order_id == order.id, IsicDocument.kind == DocumentKind.photo
-    )
+    query = select(IsicDocument).where(IsicDocument.order_id == order.id, IsicDocument.kind == DocumentKind.photo)
     return session.exec(query).first()
 
 
@@ -210,9 +225,7 @@ def delete_documents(session: Session, order: IsicOrder) -> bool:
     session.execute(delete(IsicDocument).where(IsicDocument.order_id == order.id))  # type: ignore[arg-type]
     if key_ids:
         session.execute(delete(DocumentKey).where(DocumentKey.id.in_(key_ids)))  # type: ignore[attr-defined]
-    left = session.exec(
-        select(func.count()).select_from(IsicDocument).where(IsicDocument.order_id == order.id)
-    ).one()
+    left = session.exec(select(func.count()).select_from(IsicDocument).where(IsicDocument.order_id == order.id)).one()
     if key_ids:
         left += session.exec(
             select(func.count()).select_from(DocumentKey).where(DocumentKey.id.in_(key_ids))  # type: ignore[attr-defined]

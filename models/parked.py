@@ -52,16 +52,35 @@ class ParkedItem(SQLModel, table=True):
 
 
 classify(
-    ParkedItem, pseudonymous=["record_id"],
-    not_personal=["id", "job", "processor", "operation", "reason", "state", "attempts", "first_tried_at",
-                  "last_tried_at", "closed_at", "drop_reason"],
-)  # fmt: skip
+    ParkedItem,
+    pseudonymous=["record_id"],
+    not_personal=[
+        "id",
+        "job",
+        "processor",
+        "operation",
+        "reason",
+        "state",
+        "attempts",
+        "first_tried_at",
+        "last_tried_at",
+        "closed_at",
+        "drop_reason",
+    ],
+)
 
 
 def park(
-    session: Session, job: str, record_id: str, *, retriable: bool, processor: str, operation: str,
-    reason: str, now: datetime,
-) -> ParkedItem:  # fmt: skip
+    session: Session,
+    job: str,
+    record_id: str,
+    *,
+    retriable: bool,
+    processor: str,
+    operation: str,
+    reason: str,
+    now: datetime,
+) -> ParkedItem:
     """Park (or park again) a record; counts the attempt."""
     item = session.exec(select(ParkedItem).where(ParkedItem.job == job, ParkedItem.record_id == record_id)).first()
     if item is None:

@@ -53,9 +53,10 @@ class Recipient(SQLModel, table=True):
 
 
 classify(
-    Recipient, pseudonymous=["id", "subject_id", "purpose", "external_id"],
+    Recipient,
+    pseudonymous=["id", "subject_id", "purpose", "external_id"],
     not_personal=["processor", "first_sent_at", "last_sent_at", "confirmed_at", "removed_at"],
-)  # fmt: skip
+)
 
 
 # Ids per statement when selecting or updating by id: bound parameters stay far below
@@ -82,17 +83,18 @@ def record_sent_many(
     # inserts reuse the pages they just read instead of fetching one per row.
     subjects = sorted(sent, key=attrgetter("int"))
     insert_many(
-        session, _upsert(session.get_bind().dialect.name), ("id", "subject_id", "external_id"),
+        session,
+        _upsert(session.get_bind().dialect.name),
+        ("id", "subject_id", "external_id"),
         list(zip(_ascending_ids(len(subjects)), subjects, map(sent.get, subjects))),
-        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now,
-         "confirmed_at": now},
-    )  # fmt: skip
+        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now, "confirmed_at": now},
+    )
 
 
 def record_confirmed_many(
     session: Session, processor: str, purpose: str, subject_ids: Sequence[uuid.UUID], now: datetime
 ) -> None:
-    """"May hold" becomes "holds" for these subjects, whose rows were written ahead
+    """ "May hold" becomes "holds" for these subjects, whose rows were written ahead
     (``record_may_hold_many``): the processor answered for them. Set-based, a statement per
     thousands of subjects, for a processor whose records need no id of ours (CleverReach
     keys a receiver by its address in the group).
@@ -129,11 +131,12 @@ def record_may_hold_many(
         return
     ordered = sorted(subjects, key=attrgetter("int"))
     insert_many(
-        session, _write_ahead(session.get_bind().dialect.name), ("id", "subject_id", "external_id"),
+        session,
+        _write_ahead(session.get_bind().dialect.name),
+        ("id", "subject_id", "external_id"),
         list(zip(_ascending_ids(len(ordered)), ordered, map(subjects.get, ordered))),
-        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now,
-         "confirmed_at": None},
-    )  # fmt: skip
+        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now, "confirmed_at": None},
+    )
 
 
 def _ascending_ids(count: int) -> list[uuid.UUID]:
@@ -183,12 +186,18 @@ def live_keys(session: Session, processor: str, purpose: str, subject_ids: Seque
     ("may hold" or "holds"): what may be sent there now without writing ahead first."""
     live: set[uuid.UUID] = set()
     for start in range(0, len(subject_ids), _IDS_PER_STATEMENT):
-        live.update(session.connection().execute(select(Recipient.subject_id).where(
-            Recipient.subject_id.in_(subject_ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
-            Recipient.processor == processor,
-            Recipient.purpose == purpose,
-            Recipient.removed_at.is_(None),  # type: ignore[union-attr]
-        )).scalars())  # fmt: skip
+        live.update(
+            session.connection()
+            .execute(
+                select(Recipient.subject_id).where(
+                    Recipient.subject_id.in_(subject_ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
+                    Recipient.processor == processor,
+                    Recipient.purpose == purpose,
+                    Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+                )
+            )
+            .scalars()
+        )
     return live
 
 
@@ -197,9 +206,7 @@ def record_removed(recipient: Recipient, now: datetime) -> None:
     recipient.removed_at = now
 
 
-def record_removed_for(
-    session: Session, subject_id: uuid.UUID, processor: str, purpose: str, now: datetime
-) -> None:
+def record_removed_for(session: Session, subject_id: uuid.UUID, processor: str, purpose: str, now: datetime) -> None:
     """``record_removed`` for the row of this subject, processor and purpose, if there is one."""
     row = session.exec(
         select(Recipient).where(
@@ -256,9 +263,14 @@ def live_recipients(session: Session, processor: str, purpose: str, ids: Sequenc
     for start in range(0, len(ids), _IDS_PER_STATEMENT):
         query = (
             select(
-                Recipient.id, Recipient.external_id, Recipient.subject_id, DataSubject.email,
-                DataSubject.pseudonym, Recipient.processor, Recipient.purpose,
-            )  # fmt: skip
+                Recipient.id,
+                Recipient.external_id,
+                Recipient.subject_id,
+                DataSubject.email,
+                DataSubject.pseudonym,
+                Recipient.processor,
+                Recipient.purpose,
+            )
             .join(DataSubject, DataSubject.id == Recipient.subject_id)
             .where(
                 Recipient.id.in_(ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
@@ -268,9 +280,10 @@ def live_recipients(session: Session, processor: str, purpose: str, ids: Sequenc
         # Processor and purpose compared here: in the query, they make SQLite read every
         # row of the processor through its index instead of the ids through the key.
         found += [
-            row for row in session.connection().execute(skip_locked(query, Recipient))
+            row
+            for row in session.connection().execute(skip_locked(query, Recipient))
             if (row.processor, row.purpose) == (processor, purpose)
-        ]  # fmt: skip
+        ]
     return sorted(found, key=lambda row: row.id.int)
 
 
@@ -280,10 +293,16 @@ def live_for_other_purposes(
     """The subjects among `subject_ids` the processor still holds for another purpose."""
     held: set[uuid.UUID] = set()
     for start in range(0, len(subject_ids), _IDS_PER_STATEMENT):
-        held.update(session.connection().execute(select(Recipient.subject_id).where(
-            Recipient.subject_id.in_(subject_ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
-            Recipient.processor == processor,
-            Recipient.purpose != purpose,
-            Recipient.removed_at.is_(None),  # type: ignore[union-attr]
-        )).scalars())  # fmt: skip
+        held.update(
+            session.connection()
+            .execute(
+                select(Recipient.subject_id).where(
+                    Recipient.subject_id.in_(subject_ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
+                    Recipient.processor == processor,
+                    Recipient.purpose != purpose,
+                    Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+                )
+            )
+            .scalars()
+        )
     return held

@@ -33,6 +33,8 @@ class DataSubject(SQLModel, table=True):
 
 
 classify(
-    DataSubject, personal=["email", "insurance_number", "salutation", "first_name", "last_name"],
-    pseudonymous=["id", "pseudonym"], not_personal=["created_at", "erased_at"],
-)  # fmt: skip
+    DataSubject,
+    personal=["email", "insurance_number", "salutation", "first_name", "last_name"],
+    pseudonymous=["id", "pseudonym"],
+    not_personal=["created_at", "erased_at"],
+)

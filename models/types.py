@@ -93,9 +93,7 @@ def berlin_wall_clock(start: datetime, *, as_written: bool = False) -> datetime:
     if local.minute % GRID_MINUTES or local.second or local.microsecond:
         raise ValueError("must lie on the 5-minute grid")
     if local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset():
-        raise ValueError(
-            "is ambiguous in Berlin: the clocks go back that night and the hour from 02:00 happens twice"
-        )
+        raise ValueError("is ambiguous in Berlin: the clocks go back that night and the hour from 02:00 happens twice")
     return local
 
 

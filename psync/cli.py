@@ -109,11 +109,15 @@ def intake(
     # Binary: a line in the wrong encoding is rejected alone instead of failing the file.
     with file.open("rb") as lines, transaction() as session:
         results = intake_lines(
-            session, settings.hmac_key(), lines, now=utcnow(),
-            service_points=settings.timify_service_points, base_dir=file.resolve().parent,
+            session,
+            settings.hmac_key(),
+            lines,
+            now=utcnow(),
+            service_points=settings.timify_service_points,
+            base_dir=file.resolve().parent,
             document_key=settings.document_key_bytes(),
             max_document_bytes=settings.isic_max_document_bytes,
-        )  # fmt: skip
+        )
     counts = Counter(r.outcome for r in results)
     for r in results:
         if r.outcome == "rejected":
@@ -182,16 +186,18 @@ def audit_verify() -> None:
         typer.echo(f"audit trail intact: {result.checked} rows")
         if not found:
             # On stderr: stdout stays the one line a script reads.
-            typer.echo("no audit anchor configured (PSYNC_AUDIT_ANCHOR): a wiped trail, or one "
-                       "truncated with an older head put back, cannot be told from a younger one", err=True)  # fmt: skip
+            typer.echo(
+                "no audit anchor configured (PSYNC_AUDIT_ANCHOR): a wiped trail, or one "
+                "truncated with an older head put back, cannot be told from a younger one",
+                err=True,
+            )
         elif anchor is None:
             typer.echo("no audit anchor written yet (one is written at the end of each flow run)")
         else:
             typer.echo(f"matches the audit anchor of {anchor.at.isoformat()} ({anchor.rows} rows)")
         return
     where = f" at row {result.bad_id}" if result.bad_id is not None else ""
-    typer.echo(f"audit trail BROKEN{where}: {result.reason} "
-               f"({result.checked} rows verified before it)", err=True)
+    typer.echo(f"audit trail BROKEN{where}: {result.reason} ({result.checked} rows verified before it)", err=True)
     raise typer.Exit(1)
 
 
@@ -221,7 +227,9 @@ def audit_export(
 
 @app.command()
 def check(
-    connect: Annotated[bool, typer.Option("--connect", help="also fetch a token and look the configured ids up")] = False,
+    connect: Annotated[
+        bool, typer.Option("--connect", help="also fetch a token and look the configured ids up")
+    ] = False,
 ) -> None:
     """Per processor: what is configured, what is missing (by variable); exit 2 if a job cannot run."""
     from psync.check import check as run_check

@@ -67,10 +67,19 @@ def request(
 
     if received_at is not None and received_at.tzinfo is None:
         received_at = received_at.replace(tzinfo=BERLIN)  # a date typed in Germany
-    opened = _in_session(lambda s: open_erasure_request(
-        s, email=email, insurance_number=insurance_number, subject_id=subject_id,
-        received_at=received_at, channel=channel.value, reference=reference,
-    ).id)  # fmt: skip
+    opened = _in_session(
+        lambda s: (
+            open_erasure_request(
+                s,
+                email=email,
+                insurance_number=insurance_number,
+                subject_id=subject_id,
+                received_at=received_at,
+                channel=channel.value,
+                reference=reference,
+            ).id
+        )
+    )
     typer.echo(f"request {opened}")
     if fan_out:
         with _clear_errors(), flow_failures_said_once():
@@ -132,7 +141,16 @@ def extend(
     from models.bookings import berlin_today
     from models.types import utcnow
 
-    due = _in_session(lambda s: extend_request(
-        s, request_id, months, reason, informed_on.date(), berlin_today(utcnow()),
-    ).due)  # fmt: skip
+    due = _in_session(
+        lambda s: (
+            extend_request(
+                s,
+                request_id,
+                months,
+                reason,
+                informed_on.date(),
+                berlin_today(utcnow()),
+            ).due
+        )
+    )
     typer.echo(f"request {request_id} now due {due.isoformat() if isinstance(due, date) else due}")

@@ -28,17 +28,54 @@ def _lines(i: int, email: str, first: str, last: str, phone: str, iban: str, now
     start = datetime(day.year, day.month, day.day, 10, 0, tzinfo=BERLIN)  # Berlin wall clock, as the website sends it
     name = {"first_name": first, "last_name": last}
     return [
-        {"type": "consent.signup", "list": "newsletter", "email": email, "salutation": "Frau", **name,
-         "ip": "192.0.2.50", "at": at, "source": "https://www.example.de/newsletter", "policy_version": "2026-01"},
-        {"type": "consent.confirm", "list": "newsletter", "email": email, "ip": "192.0.2.51",
-         "at": (now - timedelta(hours=2)).isoformat()},
-        {"type": "booking.request", "booking_id": f"ERASE-V{i}", "channel": "video", "start": start.isoformat(),
-         "duration_minutes": 30, "salutation": "divers", **name, "phone": phone, "email": email,
-         "birth_date": "2003-05-17", "at": at},
-        {"type": "isic.order", "order_id": f"ERASE-I{i}", **name, "birth_date": "2003-05-17", "email": email,
-         "postal_code": "20095", "iban": iban, "institution": "Universität Hamburg", "at": at,
-         "documents": {"student_proof": "erase-nachweis.pdf", "id_copy": "erase-ausweis.png", "photo": "erase-foto.jpg"}},
-    ]  # fmt: skip
+        {
+            "type": "consent.signup",
+            "list": "newsletter",
+            "email": email,
+            "salutation": "Frau",
+            **name,
+            "ip": "192.0.2.50",
+            "at": at,
+            "source": "https://www.example.de/newsletter",
+            "policy_version": "2026-01",
+        },
+        {
+            "type": "consent.confirm",
+            "list": "newsletter",
+            "email": email,
+            "ip": "192.0.2.51",
+            "at": (now - timedelta(hours=2)).isoformat(),
+        },
+        {
+            "type": "booking.request",
+            "booking_id": f"ERASE-V{i}",
+            "channel": "video",
+            "start": start.isoformat(),
+            "duration_minutes": 30,
+            "salutation": "divers",
+            **name,
+            "phone": phone,
+            "email": email,
+            "birth_date": "2003-05-17",
+            "at": at,
+        },
+        {
+            "type": "isic.order",
+            "order_id": f"ERASE-I{i}",
+            **name,
+            "birth_date": "2003-05-17",
+            "email": email,
+            "postal_code": "20095",
+            "iban": iban,
+            "institution": "Universität Hamburg",
+            "at": at,
+            "documents": {
+                "student_proof": "erase-nachweis.pdf",
+                "id_copy": "erase-ausweis.png",
+                "photo": "erase-foto.jpg",
+            },
+        },
+    ]
 
 
 def seed_everywhere(base: str, key: bytes, folder: Path, people=PEOPLE) -> None:
@@ -56,12 +93,23 @@ def seed_everywhere(base: str, key: bytes, folder: Path, people=PEOPLE) -> None:
 
     settings, now = get_settings(), utcnow()
     folder.mkdir(parents=True, exist_ok=True)
-    for name, data in (("erase-nachweis.pdf", PDF_BYTES), ("erase-ausweis.png", PNG_BYTES), ("erase-foto.jpg", JPEG_BYTES)):
+    for name, data in (
+        ("erase-nachweis.pdf", PDF_BYTES),
+        ("erase-ausweis.png", PNG_BYTES),
+        ("erase-foto.jpg", JPEG_BYTES),
+    ):
         (folder / name).write_bytes(data)
     lines = [json.dumps(e, ensure_ascii=False) for i, p in enumerate(people) for e in _lines(i, *p, now)]
     with transaction() as session:
-        intake_lines(session, key, lines, now=now, service_points=settings.timify_service_points,
-                     base_dir=folder, document_key=settings.document_key_bytes())  # fmt: skip
+        intake_lines(
+            session,
+            key,
+            lines,
+            now=now,
+            service_points=settings.timify_service_points,
+            base_dir=folder,
+            document_key=settings.document_key_bytes(),
+        )
     newsletter.sync_newsletter_consents()
     bookings.push_bookings()
     student_id.forward_student_id_orders()
@@ -72,8 +120,17 @@ def seed_everywhere(base: str, key: bytes, folder: Path, people=PEOPLE) -> None:
         subjects = session.exec(select(DataSubject).where(DataSubject.email.in_([p[0] for p in people]))).all()  # type: ignore[union-attr]
         # The portal identifies each at Nect, which gets only the pseudonym (seed 002, 5.4.2),
         # and hands the case over as an intake line; the register then names Nect.
-        cases = [json.dumps({"type": "ident.case", "email": s.email, "case_id": client.open_case(s.pseudonym),
-                             "at": now.isoformat()}) for s in subjects]  # fmt: skip
+        cases = [
+            json.dumps(
+                {
+                    "type": "ident.case",
+                    "email": s.email,
+                    "case_id": client.open_case(s.pseudonym),
+                    "at": now.isoformat(),
+                }
+            )
+            for s in subjects
+        ]
         results = intake_lines(session, key, cases, now=now)
     assert {r.outcome for r in results} == {"stored"}, [r.reason for r in results]
 
@@ -92,7 +149,9 @@ def run_erasures(base: str, key: bytes, folder: Path) -> bool:
     request_ids = []
     for email, *_ in PEOPLE:
         with transaction() as session:
-            request_ids.append(open_erasure_request(session, email=email, channel="letter", reference="Demo-Löschung").id)
+            request_ids.append(
+                open_erasure_request(session, email=email, channel="letter", reference="Demo-Löschung").id
+            )
         try:
             step("erase", fan_out_erasure(request_id=request_ids[-1]))
         except Exception as exc:  # a processor still open is visible, and followed up below

@@ -32,20 +32,36 @@ def synthetic_orders(n: int, seed: int, folder: Path) -> tuple[list[str], list[s
     for i in range(n):
         ref = f"ISIC-{i:04d}"
         # Unique per order, so a name in a file name would be possible: we use the order id.
-        for name, data in ((f"{ref}-nachweis.pdf", PDF_BYTES), (f"{ref}-ausweis.png", PNG_BYTES),
-                           (f"{ref}-foto.jpg", JPEG_BYTES + ref.encode())):  # fmt: skip
+        for name, data in (
+            (f"{ref}-nachweis.pdf", PDF_BYTES),
+            (f"{ref}-ausweis.png", PNG_BYTES),
+            (f"{ref}-foto.jpg", JPEG_BYTES + ref.encode()),
+        ):
             (folder / name).write_bytes(data)
-        orders.append(json.dumps({
-            "type": "isic.order", "order_id": ref, "first_name": fake.first_name(),
-            "last_name": fake.last_name(), "email": f"student.{i}@example.de",
-            "birth_date": fake.date_of_birth(minimum_age=17, maximum_age=28).isoformat(),
-            "postal_code": fake.postcode(), "iban": fake.iban(),
-            "institution": rng.choice(["TU Berlin", "LMU München", "Universität Hamburg", "Gymnasium Altona"]),
-            "student_status": rng.choice(["student", "student", "pupil"]),
-            "phone_password": fake.password(length=10), "at": now.isoformat(),
-            "documents": {"student_proof": f"{ref}-nachweis.pdf", "id_copy": f"{ref}-ausweis.png",
-                          "photo": f"{ref}-foto.jpg"},
-        }, ensure_ascii=False))  # fmt: skip
+        orders.append(
+            json.dumps(
+                {
+                    "type": "isic.order",
+                    "order_id": ref,
+                    "first_name": fake.first_name(),
+                    "last_name": fake.last_name(),
+                    "email": f"student.{i}@example.de",
+                    "birth_date": fake.date_of_birth(minimum_age=17, maximum_age=28).isoformat(),
+                    "postal_code": fake.postcode(),
+                    "iban": fake.iban(),
+                    "institution": rng.choice(["TU Berlin", "LMU München", "Universität Hamburg", "Gymnasium Altona"]),
+                    "student_status": rng.choice(["student", "student", "pupil"]),
+                    "phone_password": fake.password(length=10),
+                    "at": now.isoformat(),
+                    "documents": {
+                        "student_proof": f"{ref}-nachweis.pdf",
+                        "id_copy": f"{ref}-ausweis.png",
+                        "photo": f"{ref}-foto.jpg",
+                    },
+                },
+                ensure_ascii=False,
+            )
+        )
         roll = rng.random()
         cancel = json.dumps({"type": "isic.cancel", "order_id": ref, "at": now.isoformat()})
         if roll < 0.1:
@@ -73,9 +89,13 @@ def run_student_ids(base: str, key: bytes, folder: Path, n: int, seed: int) -> b
     def take_in(lines: list[str], what: str) -> None:
         with transaction() as session:
             results = intake_lines(
-                session, key, lines, now=utcnow(), base_dir=folder,
+                session,
+                key,
+                lines,
+                now=utcnow(),
+                base_dir=folder,
                 document_key=settings.document_key_bytes(),
-            )  # fmt: skip
+            )
         print(f"intake      {len(lines)} {what}: {dict(Counter(r.outcome for r in results))}")
 
     take_in(orders + early, "student-ID orders and early cancellations")
@@ -110,9 +130,11 @@ def _agree(base: str) -> bool:
             select(func.count()).where(IsicOrder.status == OrderStatus.cancelled, IsicOrder.iban.is_not(None))  # type: ignore[union-attr]
         ).one()
     doubles = [k for k, v in state["creates"]["cards"].items() if v > 1]
-    print(f"student-ID  local orders kept {len(kept)} | issuer cardholders {len(state['cardholders'])}, "
-          f"cards created twice {len(doubles)} | documents left here {documents}, "
-          f"cancelled orders with data {cancelled_with_data}")  # fmt: skip
+    print(
+        f"student-ID  local orders kept {len(kept)} | issuer cardholders {len(state['cardholders'])}, "
+        f"cards created twice {len(doubles)} | documents left here {documents}, "
+        f"cancelled orders with data {cancelled_with_data}"
+    )
     ok = kept == set(state["cardholders"]) and not doubles and documents == 0 and cancelled_with_data == 0
     print("issuer holds exactly the kept orders, documents purged, cancellations erased:", "yes" if ok else "NO")
     return ok

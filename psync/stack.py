@@ -127,9 +127,14 @@ class Stack:
         # A session of its own: `down` stops the process and whatever it started
         # (the worker's flow-run processes, the server's services).
         process = subprocess.Popen(
-            command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            command,
+            cwd=self.root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         self._children[name] = process
         pids = self._pids()

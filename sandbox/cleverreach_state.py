@@ -435,8 +435,7 @@ class CleverReachState:
         """
         return {
             "groups": {
-                gid: {"name": group.data["name"], "receivers": group.receivers}
-                for gid, group in self.groups.items()
+                gid: {"name": group.data["name"], "receivers": group.receivers} for gid, group in self.groups.items()
             },
             "attributes": self.list_attributes(),
             "calls": self.calls,

@@ -20,7 +20,6 @@ def sandbox_state(url: str) -> dict:
     return requests.get(f"{url}/_sandbox/state", timeout=10).json()
 
 
-
 def free_port() -> int:
     """A loopback port nobody listens on (now)."""
     with socket.socket() as s:
@@ -35,8 +34,9 @@ def served(app, what: str, log_level: str = "warning", access_log: bool = False)
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level,
-                                           access_log=access_log))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, access_log=access_log)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

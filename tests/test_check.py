@@ -49,7 +49,11 @@ def test_partial_settings_name_what_is_missing_and_fail(runner, settings, monkey
     timify = lines.index(next(line for line in lines if line.startswith("timify")))
     assert "incomplete" in lines[timify]
     assert lines[timify + 1].split() == [
-        "missing:", "PSYNC_TIMIFY_COMPANY_ID,", "PSYNC_TIMIFY_APP_SECRET", "(or", "PSYNC_TIMIFY_APP_SECRET_BLOCK)"
+        "missing:",
+        "PSYNC_TIMIFY_COMPANY_ID,",
+        "PSYNC_TIMIFY_APP_SECRET",
+        "(or",
+        "PSYNC_TIMIFY_APP_SECRET_BLOCK)",
     ]
     assert any(line.startswith("isic") and "not configured" in line for line in lines)
     assert lines[-1] == "not ready: timify"

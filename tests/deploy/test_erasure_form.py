@@ -41,11 +41,25 @@ def _take_in(*people: tuple[str, str, str]) -> None:
     lines = []
     for email, first, last in people:
         lines += [
-            {"type": "consent.signup", "list": "newsletter", "email": email, "first_name": first, "last_name": last,
-             "ip": "192.0.2.80", "at": (now - timedelta(hours=1)).isoformat(), "source": "web", "policy_version": "1"},
-            {"type": "consent.confirm", "list": "newsletter", "email": email, "ip": "192.0.2.81",
-             "at": (now - timedelta(minutes=50)).isoformat()},
-        ]  # fmt: skip
+            {
+                "type": "consent.signup",
+                "list": "newsletter",
+                "email": email,
+                "first_name": first,
+                "last_name": last,
+                "ip": "192.0.2.80",
+                "at": (now - timedelta(hours=1)).isoformat(),
+                "source": "web",
+                "policy_version": "1",
+            },
+            {
+                "type": "consent.confirm",
+                "list": "newsletter",
+                "email": email,
+                "ip": "192.0.2.81",
+                "at": (now - timedelta(minutes=50)).isoformat(),
+            },
+        ]
     with transaction() as session:
         results = intake_lines(session, TEST_KEY.encode(), [json.dumps(line) for line in lines], now=now)
     assert {r.outcome for r in results} == {"stored"}, [r.reason for r in results]
@@ -103,13 +117,17 @@ def test_nothing_typed_into_the_form_stays_in_prefect_whatever_became_of_the_run
 
     # A value outside the form's schema: the API refuses it before it stores anything.
     dep = deployment(stack, "fan-out-erasure")
-    bad = requests.post(f"{stack.api_url}/deployments/{dep['id']}/create_flow_run", timeout=30,
-                        json={"parameters": {"email": REFUSED[0], "received_at": "gestern"}})  # fmt: skip
+    bad = requests.post(
+        f"{stack.api_url}/deployments/{dep['id']}/create_flow_run",
+        timeout=30,
+        json={"parameters": {"email": REFUSED[0], "received_at": "gestern"}},
+    )
     assert bad.status_code == 409 and "received_at" in bad.text and REFUSED[0] not in bad.text, bad.text[:300]
 
     # Refused: the reference names the person.
-    refused = start(stack, "fan-out-erasure", email=REFUSED[0], channel="phone",
-                    reference=f"Anruf von {REFUSED[1]} {REFUSED[2]}")  # fmt: skip
+    refused = start(
+        stack, "fan-out-erasure", email=REFUSED[0], channel="phone", reference=f"Anruf von {REFUSED[1]} {REFUSED[2]}"
+    )
     (run,) = wait(stack, refused)
     assert run["state"]["type"] == "FAILED"
     assert run["state"]["message"] == "reference must not contain the person's name"
@@ -124,8 +142,10 @@ def test_nothing_typed_into_the_form_stays_in_prefect_whatever_became_of_the_run
 
     completed(stack, follow_up_erasures={})
 
-    runs = {name: _api(stack, "GET", f"/flow_runs/{rid}") for name, rid in
-            (("refused", refused), ("cancelled", cancelled), ("crashed", crashed))}  # fmt: skip
+    runs = {
+        name: _api(stack, "GET", f"/flow_runs/{rid}")
+        for name, rid in (("refused", refused), ("cancelled", cancelled), ("crashed", crashed))
+    }
     requests_now = _requests_by_state()
     # The crashed run's request was opened (and, newsletter only, completed) by the follow-up;
     # the run keeps its id, so a retry would resume it. The cancelled one opened nothing.
@@ -149,7 +169,9 @@ def test_a_failed_erasure_reads_as_one_line_and_its_retry_resumes_the_request(as
     sandbox = stack.sandbox_url
     _take_in(RETRIED)
     completed(stack, sync_newsletter_consents={"lists": ["newsletter"]})
-    requests.post(f"{sandbox}/_sandbox/faults", json={"fault_rate": 1.0, "kinds": ["503"]}, timeout=10).raise_for_status()
+    requests.post(
+        f"{sandbox}/_sandbox/faults", json={"fault_rate": 1.0, "kinds": ["503"]}, timeout=10
+    ).raise_for_status()
     try:
         (run,) = wait(stack, start(stack, "fan-out-erasure", email=RETRIED[0], channel="email"))
     finally:
@@ -174,4 +196,3 @@ def test_a_failed_erasure_reads_as_one_line_and_its_retry_resumes_the_request(as
     assert _requests_by_state()[request_id] == RequestStatus.completed
     receivers = sandbox_state(sandbox)["cleverreach"]["groups"]["1001"]["receivers"]
     assert RETRIED[0] not in [r["email"] for r in receivers.values()]
-

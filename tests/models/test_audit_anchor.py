@@ -12,9 +12,18 @@ from sqlalchemy import delete, insert, select, text
 from typer.testing import CliRunner
 
 from models.audit import (
-    HEAD_MISSING, REWRITTEN, TRUNCATED, WIPED, AuditEvent, AuditHead, append, append_anchor, current_anchor,
-    latest_anchor, verify_against,
-)  # fmt: skip
+    HEAD_MISSING,
+    REWRITTEN,
+    TRUNCATED,
+    WIPED,
+    AuditEvent,
+    AuditHead,
+    append,
+    append_anchor,
+    current_anchor,
+    latest_anchor,
+    verify_against,
+)
 from models.db import transaction
 from psync.cli import app
 from psync.settings import get_settings

@@ -27,13 +27,22 @@ MASTER = Fernet.generate_key()
 
 
 def take_in(settings, docs, order_id: str = "O-1", key: bytes = MASTER) -> None:
-    line = json.dumps({
-        "type": "isic.order", "order_id": order_id, "first_name": "Lena", "last_name": "Studentin",
-        "birth_date": "2004-02-29", "email": f"{order_id.lower()}@example.de", "postal_code": "10115",
-        "iban": "DE89370400440532013000", "institution": "TU Berlin", "phone_password": "Sonnenblume7",
-        "at": NOW.isoformat(),
-        "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"},
-    })  # fmt: skip
+    line = json.dumps(
+        {
+            "type": "isic.order",
+            "order_id": order_id,
+            "first_name": "Lena",
+            "last_name": "Studentin",
+            "birth_date": "2004-02-29",
+            "email": f"{order_id.lower()}@example.de",
+            "postal_code": "10115",
+            "iban": "DE89370400440532013000",
+            "institution": "TU Berlin",
+            "phone_password": "Sonnenblume7",
+            "at": NOW.isoformat(),
+            "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"},
+        }
+    )
     with transaction() as session:
         [result] = intake_lines(session, settings.hmac_key(), [line], now=NOW, base_dir=docs, document_key=key)
     assert result.outcome == "stored", result.reason

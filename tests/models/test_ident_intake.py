@@ -18,8 +18,9 @@ CASE, OTHER = uuid.UUID(int=7), uuid.UUID(int=8)
 
 
 def case(case_id: uuid.UUID = CASE, **kw) -> str:
-    return json.dumps({"type": "ident.case", "email": "Ida.Ident@Example.de", "case_id": str(case_id),
-                       "at": NOW.isoformat(), **kw})  # fmt: skip
+    return json.dumps(
+        {"type": "ident.case", "email": "Ida.Ident@Example.de", "case_id": str(case_id), "at": NOW.isoformat(), **kw}
+    )
 
 
 def run(settings, *lines: str) -> list:

@@ -111,7 +111,10 @@ def test_json_body_and_query_int_raise_the_callers_bad_request():
     assert client.post("/echo?n=", content=b"[1]").json() == {"body": [1], "n": 7}
     assert client.post("/echo?n=3", content=b"null").json() == {"body": None, "n": 3}
     r = client.post("/echo", content=b"{")
-    assert (r.status_code, r.json()) == (400, {"error": {"code": "invalid_request", "message": "body is not valid JSON"}})
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": {"code": "invalid_request", "message": "body is not valid JSON"}},
+    )
     r = client.post("/echo?n=x")
     assert r.json() == {"error": {"code": "invalid_request", "message": "n must be an integer"}}
     plain = _echo_app(partial(ApiError, 400)).post("/echo", content=b"{")
