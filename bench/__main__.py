@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(run.table(report))
         print(f"\nreport: {output}")
         return 0  # a MISS is a finding, not a failure
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure is printed and becomes the exit code
         traceback.print_exc()
         print(f"\nbench crashed; temporary directory kept: {work}", file=sys.stderr)
         args.keep = True

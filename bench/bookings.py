@@ -45,13 +45,14 @@ def _seed(n: int, now: datetime) -> None:
 def _payloads() -> list[tuple[str, dict, dict, dict | None]]:
     """(subject id, customer fields, appointment body without customer, Flexperto body) per booking,
     read with the flow's own queries and helpers so both sides send the same data."""
+    from sqlmodel import select
+
+    from connectors.timify import berlin_start
     from flows.bookings import _placement, customer_fields
     from models.bookings import Booking, Channel
     from models.db import transaction
     from models.subjects import DataSubject
     from psync.settings import get_settings
-    from sqlmodel import select
-    from connectors.timify import berlin_start
 
     settings = get_settings()
     out = []
@@ -201,9 +202,11 @@ def table(report: dict) -> str:
             f"{'':<16}{'seconds':>9}{'bookings/s':>12}{'calls':>8}{'calls/booking':>15}",
             f"{'baseline':<16}{b['seconds']:>9}{b['bookings_per_second']:>12}{b['calls']:>8}{b['calls_per_booking']:>15}",
             f"{'push-bookings':<16}{p['seconds']:>9}{p['bookings_per_second']:>12}{p['calls']:>8}{p['calls_per_booking']:>15}",
-            f"throughput ratio (ours / baseline): {report['throughput_ratio']} (by CPU time {report['cpu_ratio']}); "
-            f"task runs: {p['task_runs']['total']}; "
-            f"appointments at TIMIFY: {report['appointments_at_timify']}, created twice: {report['appointments_created_twice']}",
+            (
+                f"throughput ratio (ours / baseline): {report['throughput_ratio']} (by CPU time {report['cpu_ratio']}); "
+                f"task runs: {p['task_runs']['total']}; "
+                f"appointments at TIMIFY: {report['appointments_at_timify']}, created twice: {report['appointments_created_twice']}"
+            ),
         ]
     )
 

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--subscribers must be positive")
     try:
         report = run(args.subscribers, args.batch_size, args.slice, args.keep)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure is printed and becomes the exit code
         traceback.print_exc()
         return 1
     path = write_result("memory", report)

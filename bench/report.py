@@ -110,10 +110,12 @@ def _throughput_cause(wall: float, cpu: float | None, sides: dict | None, load: 
     (b_wall, b_cpu), (o_wall, o_cpu) = sides["baseline"], sides["ours"]
     b_total, o_total = sum(b_cpu.values()), sum(o_cpu.values())
     lines = [
-        f"Measured with the CPU accounting of every process involved (this one, the sandbox, the Prefect "
-        f"server): the baseline spent {b_total:.1f} CPU s in {b_wall:.2f} s ({b_total / b_wall:.2f} cores on "
-        f"average), ours {o_total:.1f} CPU s (client {o_cpu['client']:.1f}, sandbox {o_cpu['sandbox']:.1f}, "
-        f"Prefect server {o_cpu['prefect_server']:.1f}) in {o_wall:.2f} s ({o_total / o_wall:.2f} cores).",
+        (
+            f"Measured with the CPU accounting of every process involved (this one, the sandbox, the Prefect "
+            f"server): the baseline spent {b_total:.1f} CPU s in {b_wall:.2f} s ({b_total / b_wall:.2f} cores on "
+            f"average), ours {o_total:.1f} CPU s (client {o_cpu['client']:.1f}, sandbox {o_cpu['sandbox']:.1f}, "
+            f"Prefect server {o_cpu['prefect_server']:.1f}) in {o_wall:.2f} s ({o_total / o_wall:.2f} cores)."
+        ),
         "",
     ]
     if cpu >= target:
@@ -179,8 +181,10 @@ def newsletter(r: dict, targets: Targets) -> list[str]:
     out = [
         "## Newsletter consents → CleverReach (`python -m bench`)",
         "",
-        f"{n:,} confirmed subscriptions seeded through intake ({r['intake']['lines_per_second']:,.0f} lines/s), "
-        f"batches of {r['batch_size']}, flow parameters {', '.join(f'{k}={v}' for k, v in r['flow_parameters'].items())}; measured {_when(r)}.",
+        (
+            f"{n:,} confirmed subscriptions seeded through intake ({r['intake']['lines_per_second']:,.0f} lines/s), "
+            f"batches of {r['batch_size']}, flow parameters {', '.join(f'{k}={v}' for k, v in r['flow_parameters'].items())}; measured {_when(r)}."
+        ),
         "",
     ]
     out += _table(
@@ -275,17 +279,21 @@ def _incremental_cause(r: dict, ratio: float) -> str:
     full, i = r["full_sync"]["seconds"], r["incremental_sync"]
     budget = INCREMENTAL_TARGET * full
     lines = [
-        f"The target allows {budget:.2f} s ({INCREMENTAL_TARGET} × the full sync's {full:.2f} s); the incremental "
-        f"sync took {i['seconds']:.2f} s. Its work does not shrink with the change as the full sync's does:",
+        (
+            f"The target allows {budget:.2f} s ({INCREMENTAL_TARGET} × the full sync's {full:.2f} s); the incremental "
+            f"sync took {i['seconds']:.2f} s. Its work does not shrink with the change as the full sync's does:"
+        ),
         "",
     ]
     profile = r.get("incremental_profile")
     if profile:
         change = profile["change"]
         lines += [
-            f"Profile (pyinstrument, a second 1 % change — {change['withdrawn']} withdrawn, {change['new_confirmed']} "
-            f"new — synced untimed; {profile['profiled_seconds']:.2f} s under the profiler; call tree in "
-            f"`{profile['call_tree']}`):",
+            (
+                f"Profile (pyinstrument, a second 1 % change — {change['withdrawn']} withdrawn, {change['new_confirmed']} "
+                f"new — synced untimed; {profile['profiled_seconds']:.2f} s under the profiler; call tree in "
+                f"`{profile['call_tree']}`):"
+            ),
             "",
         ]
         lines += _table(
@@ -302,11 +310,13 @@ def _incremental_cause(r: dict, ratio: float) -> str:
             "",
         ]
         lines += [
-            "What that means: the sync goes through the changed consents once (withdrawals are deleted "
-            "account-wide, 250 addresses a call, as the push reaches them), so its own work grows with the "
-            "change; what does not shrink with it is Prefect's fixed cost per run (creating the flow run and "
-            "its states on the API, the task runs, the artifact) and the client's set-up (token, groups). On "
-            "a loaded machine that fixed cost and the noise weigh most.",
+            (
+                "What that means: the sync goes through the changed consents once (withdrawals are deleted "
+                "account-wide, 250 addresses a call, as the push reaches them), so its own work grows with the "
+                "change; what does not shrink with it is Prefect's fixed cost per run (creating the flow run and "
+                "its states on the API, the task runs, the artifact) and the client's set-up (token, groups). On "
+                "a loaded machine that fixed cost and the noise weigh most."
+            ),
         ]
     else:
         lines.append("Not profiled in this run (`python -m bench --explain-misses` profiles it).")
@@ -350,8 +360,10 @@ def student_id(r: dict, targets: Targets) -> list[str]:
     out = [
         "## Student-ID orders → ISIC (`python -m bench.student_id`)",
         "",
-        f"{n:,} orders with three documents each through intake; per order `cardholders.set`, "
-        f"`cardholders.setPhoto`, `cards.list`, `cards.request` on both sides; measured {_when(r)}.",
+        (
+            f"{n:,} orders with three documents each through intake; per order `cardholders.set`, "
+            f"`cardholders.setPhoto`, `cards.list`, `cards.request` on both sides; measured {_when(r)}."
+        ),
         "",
     ]
     out += _job_table(
@@ -473,14 +485,16 @@ def memory(r: dict, targets: Targets) -> list[str]:
     out = [
         f"## Memory: full sync of {r['subscribers']:,} subscribers (`python -m bench.memory`)",
         "",
-        f"Seeded straight into the database ({r['seed']['subjects_per_second']:,} subjects/s, {r['seed']['seconds']:.0f} s, "
-        f"database {r['seed']['database_mb']:,} MB): the rows intake writes, checked first on {check['subjects']:,} subjects "
-        "seeded both ways (same pushed payloads, same rows in every table but ids and write times, audit chain intact). "
-        f"Then `psync {s['command']}` in a process of its own against a local Prefect API; the sandbox "
-        "runs in another. The sync is started by a small launcher process that takes its `ru_maxrss`: "
-        "started straight from the benchmark, it would report the benchmark's own peak instead (the "
-        "kernel carries a process's high-water mark across fork and exec; a first attempt read 421 MB "
-        f"for a 165 MB sync that way). Measured {_when(r)}.",
+        (
+            f"Seeded straight into the database ({r['seed']['subjects_per_second']:,} subjects/s, {r['seed']['seconds']:.0f} s, "
+            f"database {r['seed']['database_mb']:,} MB): the rows intake writes, checked first on {check['subjects']:,} subjects "
+            "seeded both ways (same pushed payloads, same rows in every table but ids and write times, audit chain intact). "
+            f"Then `psync {s['command']}` in a process of its own against a local Prefect API; the sandbox "
+            "runs in another. The sync is started by a small launcher process that takes its `ru_maxrss`: "
+            "started straight from the benchmark, it would report the benchmark's own peak instead (the "
+            "kernel carries a process's high-water mark across fork and exec; a first attempt read 421 MB "
+            f"for a 165 MB sync that way). Measured {_when(r)}."
+        ),
         "",
     ]
     quarters = s.get("rss_mb_at_quarters") or []
@@ -546,9 +560,11 @@ def render(results: dict[str, dict], wall: str | None = None) -> str:
     out = [
         "# Benchmark report",
         "",
-        f"Written by `bench/report.py` at the end of `make bench`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, from "
-        "`bench/results/*.json`. Every throughput is compared with a plain-`requests` baseline making the "
-        "same calls against the same sandbox (a separate process) in the same run.",
+        (
+            f"Written by `bench/report.py` at the end of `make bench`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, from "
+            "`bench/results/*.json`. Every throughput is compared with a plain-`requests` baseline making the "
+            "same calls against the same sandbox (a separate process) in the same run."
+        ),
         "",
     ]
     out += _table(
@@ -569,12 +585,14 @@ def render(results: dict[str, dict], wall: str | None = None) -> str:
     out += ["## Targets", ""]
     out += _table(["target", "measured", "target", "result"], targets.rows)
     out += [
-        "A throughput ratio is ours / baseline items per second (wall time), the measure the targets "
-        "were set in. *By CPU time* is the same comparison in CPU seconds (client + sandbox + Prefect "
-        "server) spent for the same items: other load changes it far less. On an idle machine a flow "
-        "that keeps calls in flight (the newsletter sync keeps two) uses the second core while the "
-        "baseline waits for each answer, so its wall-time ratio is the higher one; when the cores are "
-        "fully taken, the wall-time ratio sinks towards the CPU-time one.",
+        (
+            "A throughput ratio is ours / baseline items per second (wall time), the measure the targets "
+            "were set in. *By CPU time* is the same comparison in CPU seconds (client + sandbox + Prefect "
+            "server) spent for the same items: other load changes it far less. On an idle machine a flow "
+            "that keeps calls in flight (the newsletter sync keeps two) uses the second core while the "
+            "baseline waits for each answer, so its wall-time ratio is the higher one; when the cores are "
+            "fully taken, the wall-time ratio sinks towards the CPU-time one."
+        ),
         "",
     ]
     out += sections

@@ -20,7 +20,8 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.testing.utilities import prefect_test_harness
 
 from bench import baseline, profiling, seed
-from bench.common import environment, log as _log
+from bench.common import environment
+from bench.common import log as _log
 from bench.env import GROUP_NEWSLETTER, RATE_PER_SECOND
 from bench.prefect_runs import ApiRetries, settled_task_runs, warmup_flow
 from bench.procs import CpuMeter, Sandbox

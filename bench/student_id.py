@@ -200,10 +200,12 @@ def table(report: dict) -> str:
             f"{'':<28}{'seconds':>9}{'orders/s':>10}{'calls':>8}{'calls/order':>13}",
             f"{'baseline':<28}{b['seconds']:>9}{b['orders_per_second']:>10}{b['calls']:>8}{b['calls_per_order']:>13}",
             f"{'forward-student-id-orders':<28}{p['seconds']:>9}{p['orders_per_second']:>10}{p['calls']:>8}{p['calls_per_order']:>13}",
-            f"throughput ratio (ours / baseline): {report['throughput_ratio']} (by CPU time {report['cpu_ratio']}); "
-            f"task runs: {p['task_runs']['total']} "
-            f"({p['task_runs_per_order']} per order); cards created twice: {report['issuer']['cards_created_twice']}, "
-            f"without photo: {report['issuer']['cards_without_photo']}",
+            (
+                f"throughput ratio (ours / baseline): {report['throughput_ratio']} (by CPU time {report['cpu_ratio']}); "
+                f"task runs: {p['task_runs']['total']} "
+                f"({p['task_runs_per_order']} per order); cards created twice: {report['issuer']['cards_created_twice']}, "
+                f"without photo: {report['issuer']['cards_without_photo']}"
+            ),
         ]
     )
 

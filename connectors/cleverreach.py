@@ -26,9 +26,11 @@ import requests
 from connectors.transport import (
     FatalError,
     HttpClient,
-    http_options as http_options_from,
     path,
     token_client,
+)
+from connectors.transport import (
+    http_options as http_options_from,
 )
 
 PROCESSOR = "cleverreach"

@@ -35,11 +35,12 @@ import requests
 from connectors.transport import (
     FatalError,
     HttpClient,
-    ProcessorError,
-    http_options as http_options_from,
     path,
     refuse_unlisted,
     token_client,
+)
+from connectors.transport import (
+    http_options as http_options_from,
 )
 
 PROCESSOR = "flexperto"

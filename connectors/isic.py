@@ -51,10 +51,12 @@ import requests
 from connectors.transport import (
     FatalError,
     HttpClient,
-    http_options as http_options_from,
     path,
     refuse_unlisted,
     token_client,
+)
+from connectors.transport import (
+    http_options as http_options_from,
 )
 
 PROCESSOR = "isic"

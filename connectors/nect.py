@@ -41,8 +41,10 @@ from connectors.transport import (
     HttpClient,
     ProcessorError,
     RetriableError,
-    http_options as http_options_from,
     path,
+)
+from connectors.transport import (
+    http_options as http_options_from,
 )
 
 PROCESSOR = "nect"

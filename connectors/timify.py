@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import requests
@@ -45,11 +45,12 @@ from connectors.transport import (
     EncodedPath,
     FatalError,
     HttpClient,
-    ProcessorError,
-    http_options as http_options_from,
     path,
     refuse_unlisted,
     token_client,
+)
+from connectors.transport import (
+    http_options as http_options_from,
 )
 
 # The booking intake checks a start with this same function, so it never takes in a start
@@ -135,7 +136,7 @@ def parse_utc(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError("timestamp without an offset")
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)
 
 
 def _birth_date(value: date | str) -> str:

@@ -27,17 +27,15 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from contextvars import ContextVar
-from typing import TypeVar
 from dataclasses import dataclass
-from typing import Any
 from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
-from tenacity import stop_after_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 T = TypeVar("T")
 log = logging.getLogger("psync.http")
@@ -275,7 +273,7 @@ class TokenAuth(AuthBase):
     def _retry_once_on_401(self, response: requests.Response, **kwargs) -> requests.Response:
         if response.status_code != 401 or getattr(response.request, "_psync_refreshed", False):
             return response
-        response.content  # drain, so the connection can be reused
+        response.content  # noqa: B018 - reading the body drains it, so the connection can be reused
         retry = response.request.copy()
         retry.headers[self.header] = self.prefix + self.token(force=True)
         retry._psync_refreshed = True  # type: ignore[attr-defined]

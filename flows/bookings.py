@@ -34,7 +34,6 @@ from sqlmodel import Session, select
 
 from connectors import flexperto, timify
 from connectors.transport import CallRecord
-from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
 from flows.common import (
     JobFailed,
     audit_failure,
@@ -45,6 +44,7 @@ from flows.common import (
     tally,
     write_audit,
 )
+from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
 from models.audit import AuditEvent
 from models.bookings import (
     Booking,
@@ -58,7 +58,7 @@ from models.bookings import (
     count_changed_since,
     count_chats_due,
 )
-from models.cursors import advance_cursor, cursor_position, get_cursor
+from models.cursors import cursor_position
 from models.db import transaction
 from models.parked import due_for_retry
 from models.recipients import Recipient, record_removed_for, record_sent_many

@@ -130,7 +130,7 @@ def one_line_failure(fn: F) -> F:
                 anchored = True
                 anchor_audit()
             return result
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a readable state
+        except Exception as exc:
             original = exc.original if isinstance(exc, TaskFailed) else exc
             logger = get_run_logger()
             if original is exc:

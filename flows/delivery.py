@@ -44,7 +44,7 @@ from models.cursors import advance_cursor, get_cursor
 from models.db import transaction
 from models.erasure import being_erased
 from models.parked import ParkedItem, ParkState, drop, due_for_retry, get_item, park, resolve, retry_later
-from models.recipients import live_keys, record_may_hold_many
+from models.recipients import record_may_hold_many
 from models.types import utcnow
 
 Row = TypeVar("Row")

@@ -43,6 +43,7 @@ from connectors.transport import ProcessorError, redact
 from flows import erasure_form as form
 from flows import journal
 from flows.common import JobFailed, call_events, counts_artifact, decision, one_line_failure, run_id, write_audit
+from flows.erasure_form import Text
 from flows.erasure_processors import (
     AWAITING,
     HANDLERS,
@@ -58,7 +59,6 @@ from flows.erasure_processors import (
     manual_request_text,
     policy_from_settings,
 )
-from flows.erasure_form import Text
 from models.audit import AuditEvent
 from models.bookings import berlin_today
 from models.db import scrub_journal, transaction
@@ -716,8 +716,10 @@ def render_markdown(data: dict) -> str:
         "",
         "## Empfänger / Recipients (Art. 19 DSGVO / GDPR)",
         "",
-        "| Empfänger / recipient | Zweck / purpose | Stand / state | angefragt / requested "
-        "| bestätigt / verified | Nachweis / how verified |",
+        (
+            "| Empfänger / recipient | Zweck / purpose | Stand / state | angefragt / requested "
+            "| bestätigt / verified | Nachweis / how verified |"
+        ),
         "|---|---|---|---|---|---|",
     ]
     for row in _recipient_rows(data):

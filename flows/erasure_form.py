@@ -128,7 +128,7 @@ def blanked(parameters: Mapping[str, Any], request_id: uuid.UUID | None) -> dict
     """The parameters with every personal field empty and the request id (if any) in place,
     so a retry of the run resumes that request."""
     kept = dict(parameters)
-    kept.update({name: "" for name in PERSONAL})
+    kept.update(dict.fromkeys(PERSONAL, ""))
     if request_id is not None:
         kept["request_id"] = str(request_id)
     return kept

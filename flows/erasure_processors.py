@@ -437,17 +437,21 @@ def manual_request_text(
             "",
             "Sehr geehrte Damen und Herren,",
             "",
-            "eine betroffene Person hat bei uns die Löschung ihrer personenbezogenen Daten verlangt "
-            "(Art. 17 DSGVO). Als Verantwortliche weisen wir Sie als unseren Auftragsverarbeiter an "
-            "(Art. 28 Abs. 3 lit. g DSGVO), alle Daten dieser Person, die Sie in unserem Auftrag "
-            f"verarbeiten (Zweck: {task.purpose}), zu löschen. Die Person finden Sie unter:",
+            (
+                "eine betroffene Person hat bei uns die Löschung ihrer personenbezogenen Daten verlangt "
+                "(Art. 17 DSGVO). Als Verantwortliche weisen wir Sie als unseren Auftragsverarbeiter an "
+                "(Art. 28 Abs. 3 lit. g DSGVO), alle Daten dieser Person, die Sie in unserem Auftrag "
+                f"verarbeiten (Zweck: {task.purpose}), zu löschen. Die Person finden Sie unter:"
+            ),
             "",
             f"    {identifier}",
             "",
-            "Bitte bestätigen Sie uns die Löschung schriftlich unter Angabe unseres Zeichens, "
-            f"spätestens bis {request.due:%d.%m.%Y}. Wir benötigen die Bestätigung, um die Person nach "
-            "Art. 19 DSGVO über die Empfänger zu unterrichten. Weitere Angaben zur Person geben wir "
-            "nicht heraus; sie sind zum Auffinden nicht nötig.",
+            (
+                "Bitte bestätigen Sie uns die Löschung schriftlich unter Angabe unseres Zeichens, "
+                f"spätestens bis {request.due:%d.%m.%Y}. Wir benötigen die Bestätigung, um die Person nach "
+                "Art. 19 DSGVO über die Empfänger zu unterrichten. Weitere Angaben zur Person geben wir "
+                "nicht heraus; sie sind zum Auffinden nicht nötig."
+            ),
             "",
             "Mit freundlichen Grüßen",
             "Der/die Datenschutzbeauftragte",

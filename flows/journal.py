@@ -165,7 +165,7 @@ def settle_now() -> None:
         with transaction() as session:
             settled = settle(session)
         discard(*settled)
-    except Exception:  # noqa: BLE001 - see above
+    except Exception:
         log.warning("call journal left for the next batch to settle", exc_info=True)
 
 

@@ -30,7 +30,6 @@ from pydantic import Field
 from sqlmodel import Session, select
 
 from connectors import isic
-from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
 from flows.common import (
     JobFailed,
     audit_failure,
@@ -41,12 +40,12 @@ from flows.common import (
     tally,
     write_audit,
 )
+from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
 from models.audit import AuditEvent
 from models.bookings import berlin_today
-from models.cursors import advance_cursor, cursor_position, get_cursor
+from models.cursors import cursor_position
 from models.db import scrub_journal, transaction
 from models.documents import DocumentCipher
-from models.parked import due_for_retry
 from models.isic import (
     IsicOrder,
     OrderStatus,
@@ -61,6 +60,7 @@ from models.isic import (
     open_document,
     photo,
 )
+from models.parked import due_for_retry
 from models.recipients import record_removed_for, record_sent_many
 from models.subjects import DataSubject
 from models.types import utcnow

@@ -138,7 +138,8 @@ def insert_many(
         repeat(processors[index](value) if index in processors else value)
         for index, value in enumerate(same.values(), start=len(columns))
     ]
-    connection.exec_driver_sql(sql, list(map(arrange, zip(*values))))
+    # `same` columns are endless repeats: the rows end it.
+    connection.exec_driver_sql(sql, list(map(arrange, zip(*values, strict=False))))
 
 
 def _compiled(statement: Insert, dialect: Dialect, keys: tuple[str, ...]) -> tuple:
@@ -158,7 +159,7 @@ def _compiled(statement: Insert, dialect: Dialect, keys: tuple[str, ...]) -> tup
         order = [keys.index(name) for name in compiled.positiontup or ()]
         arrange = itemgetter(*order) if len(order) > 1 else (lambda row: (row[order[0]],))
     else:
-        arrange = lambda row: dict(zip(keys, row))  # noqa: E731
+        arrange = lambda row: dict(zip(keys, row, strict=True))  # noqa: E731 - one expression, kept beside its alternative
     _COMPILED[memo] = (statement, compiled.string, processors, arrange)
     return compiled.string, processors, arrange
 

@@ -21,7 +21,6 @@ from sqlmodel import Field, Relationship, Session, SQLModel, select
 
 from models.db import skip_locked
 from models.subjects import DataSubject
-
 from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
 PURPOSE = "booking"

@@ -32,7 +32,6 @@ from sqlmodel import Field, Relationship, Session, SQLModel, select
 
 from models.db import skip_locked
 from models.subjects import DataSubject
-
 from models.types import UTCDateTime, classify, new_id, utcnow
 
 BERLIN = ZoneInfo("Europe/Berlin")

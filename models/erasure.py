@@ -29,7 +29,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Index, Table, UniqueConstraint, and_, or_, select as sa_select, text, update
+from sqlalchemy import ColumnElement, Index, Table, UniqueConstraint, and_, or_, text, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Field, Session, SQLModel, select
 
 from models.bookings import Booking

@@ -30,7 +30,6 @@ from sqlmodel import Field, Relationship, Session, SQLModel, select
 from models.audit import insert_many
 from models.db import INSERT_BY_DIALECT, skip_locked
 from models.subjects import DataSubject
-
 from models.types import UTCDateTime, classify, new_id
 
 
@@ -86,7 +85,7 @@ def record_sent_many(
         session,
         _upsert(session.get_bind().dialect.name),
         ("id", "subject_id", "external_id"),
-        list(zip(_ascending_ids(len(subjects)), subjects, map(sent.get, subjects))),
+        list(zip(_ascending_ids(len(subjects)), subjects, map(sent.get, subjects), strict=True)),
         {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now, "confirmed_at": now},
     )
 
@@ -134,7 +133,7 @@ def record_may_hold_many(
         session,
         _write_ahead(session.get_bind().dialect.name),
         ("id", "subject_id", "external_id"),
-        list(zip(_ascending_ids(len(ordered)), ordered, map(subjects.get, ordered))),
+        list(zip(_ascending_ids(len(ordered)), ordered, map(subjects.get, ordered), strict=True)),
         {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now, "confirmed_at": None},
     )
 

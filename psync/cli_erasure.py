@@ -108,9 +108,8 @@ def confirm(
 ) -> None:
     """Confirm a manual processor's erasure with evidence (recorded in the audit trail)."""
     from flows.erasure import confirm_manual
-    from models.types import utcnow
-
     from models.db import scrub_journal
+    from models.types import utcnow
 
     state = _in_session(lambda s: confirm_manual(s, task_id, evidence, utcnow()).state)
     scrub_journal()  # the last confirmation may have erased the controller's copy

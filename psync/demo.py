@@ -171,12 +171,12 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
 
     from flows import newsletter
     from models.db import transaction
-    from psync.demo_bookings import run_bookings
-    from psync.demo_erasure import run_erasures
-    from psync.demo_isic import run_student_ids
     from models.intake import intake_lines
     from models.migrate import upgrade
     from models.types import utcnow
+    from psync.demo_bookings import run_bookings
+    from psync.demo_erasure import run_erasures
+    from psync.demo_isic import run_student_ids
     from psync.settings import get_settings
 
     key = get_settings().hmac_key()

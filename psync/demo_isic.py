@@ -76,9 +76,9 @@ def run_student_ids(base: str, key: bytes, folder: Path, n: int, seed: int) -> b
     import requests
 
     from flows import student_id
+    from models.bookings import berlin_today
     from models.db import transaction
     from models.intake import intake_lines
-    from models.bookings import berlin_today
     from models.types import utcnow
     from psync.demo import step
     from psync.settings import get_settings

@@ -49,7 +49,7 @@ def is_plausible_email(value: object) -> bool:
 class Group:
     """One receiver group: its public object plus its receivers."""
 
-    __slots__ = ("data", "receivers", "ids", "_version", "_key_cache")
+    __slots__ = ("_key_cache", "_version", "data", "ids", "receivers")
 
     def __init__(self, gid: str, name: str, stamp: int) -> None:
         self.data = {

@@ -113,7 +113,7 @@ class FaultInjector:
     def reset(self) -> None:
         """Zero the counters and re-seed the RNG with the configured seed."""
         with self._lock:
-            self.counts = {kind: 0 for kind in FAULT_KINDS}
+            self.counts = dict.fromkeys(FAULT_KINDS, 0)
             self._rng.seed(self.seed)
 
     def decide(self) -> str | None:

@@ -44,7 +44,6 @@ from sandbox.common import (
 )
 from sandbox.flexperto_state import FlexpertoError, FlexpertoState, flexperto_error_response
 
-
 _json_body = partial(json_body, bad_request=partial(FlexpertoError, 400))
 
 

@@ -159,7 +159,7 @@ def parse_local_start(value: object) -> datetime:
     if not isinstance(value, str) or not _LOCAL_DATETIME.fullmatch(value):
         raise TimifyError(400, "startDate must be 'YYYY-MM-DD HH:mm'")
     try:
-        naive = datetime.strptime(value, "%Y-%m-%d %H:%M")
+        naive = datetime.strptime(value, "%Y-%m-%d %H:%M")  # noqa: DTZ007 - TIMIFY sends Berlin wall time; zoned below
     except ValueError:
         raise TimifyError(400, "startDate is not a valid date") from None
     if naive.minute % 5:

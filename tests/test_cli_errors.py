@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from psync.cli import app
 from psync.settings import get_settings
+
 from support import TEST_KEY
 
 EMAIL = "erika.mustermann@example.de"
@@ -93,8 +94,10 @@ def test_an_invalid_setting_names_the_variable_not_its_value(runner, settings, m
     result = invoke(runner, "audit", "verify")
     assert result.exit_code == 2
     assert said(result) == [
-        "error: configuration: PSYNC_CLEVERREACH_BATCH_SIZE: Input should be a valid integer, unable to parse "
-        "string as an integer; PSYNC_HTTP_MAX_ATTEMPTS: Input should be greater than or equal to 1",
+        (
+            "error: configuration: PSYNC_CLEVERREACH_BATCH_SIZE: Input should be a valid integer, unable to parse "
+            "string as an integer; PSYNC_HTTP_MAX_ATTEMPTS: Input should be greater than or equal to 1"
+        ),
         "hint: .env.example describes every setting",
     ]
     monkeypatch.setenv("PSYNC_TIMIFY_SERVICE_POINTS", '{"sp-1": "' + EMAIL + '"')

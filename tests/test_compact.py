@@ -19,6 +19,7 @@ from models.erasure import erase_controller_copy
 from models.isic import IsicDocument, IsicOrder
 from models.subjects import DataSubject
 from psync.cli import app
+
 from support import PDF_BYTES
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

@@ -37,8 +37,9 @@ from models.db import transaction
 from models.intake import intake_lines
 from models.recipients import Recipient
 from models.types import utcnow
-from pg import waiting_on_locks
 from psync.sandbox_env import SERVICE_POINTS
+
+from pg import waiting_on_locks
 from support import TEST_KEY, sandbox_state
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.usefixtures("prefect_harness")]
@@ -113,7 +114,7 @@ def run_two_at_once(url: str, gate, args: list[str], folder: Path) -> list[dict]
         workers = [_start(args, folder, name) for name in names]
         try:
             while waiting_on_locks(url) < len(workers):
-                for name, worker in zip(names, workers):
+                for name, worker in zip(names, workers, strict=True):
                     assert worker.poll() is None, f"{name} ended early:\n{_report(folder, name)}"
                 assert time.monotonic() < deadline, "the workers never reached the gate"
                 time.sleep(0.05)
@@ -121,7 +122,7 @@ def run_two_at_once(url: str, gate, args: list[str], folder: Path) -> list[dict]
             _stop(workers)
             raise
     counts = []
-    for name, worker in zip(names, workers):
+    for name, worker in zip(names, workers, strict=True):
         try:
             code = worker.wait(timeout=max(1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:

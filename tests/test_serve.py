@@ -21,8 +21,9 @@ from sqlalchemy import func, select
 from models.consent import ConsentEvent
 from models.db import transaction
 from models.isic import IsicDocument, IsicOrder
-from doorway import Clock, serve_door
 from psync.serve import DoorConfig, TokenBuckets, sign
+
+from doorway import Clock, serve_door
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY
 
 SECRET = b"door-test-secret"

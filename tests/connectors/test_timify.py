@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import doctest
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,7 @@ RECORDED = Path(__file__).parent / "recorded" / "timify"
 CUSTOMERS = f"{ROOT}/v1/customers"
 APPOINTMENTS = f"{ROOT}/v1/appointments"
 FIELDS_URL = f"{CUSTOMERS}/customfields"
-UTC = timezone.utc
+UTC = UTC
 
 
 def recorded(name: str):
@@ -180,7 +180,7 @@ def test_allow_list_is_seed_001s_list():
         "insurance_number",
         "birth_date",
     }
-    check_allowed({name: "x" for name in ALLOWED_FIELDS})
+    check_allowed(dict.fromkeys(ALLOWED_FIELDS, "x"))
 
 
 @responses.activate

@@ -29,6 +29,7 @@ from models.types import utcnow
 from psync.demo_erasure import _lines
 from psync.settings import get_settings
 from psync.stack import Stack
+
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
 
 PEOPLE = [

@@ -24,8 +24,9 @@ from models.db import transaction
 from models.erasure import ErasureRequest, RequestStatus
 from models.intake import intake_lines
 from models.types import utcnow
-from support import TEST_KEY, sandbox_state
+
 from deploy.test_deployments import _api, as_worker, completed, deployment, start, wait  # noqa: F401  (as_worker: a fixture)
+from support import TEST_KEY, sandbox_state
 
 pytestmark = [pytest.mark.deploy, pytest.mark.database]
 
@@ -73,7 +74,7 @@ def _prefect_texts(stack) -> dict[str, str]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
-            rows = db.execute(f'SELECT * FROM "{table}"').fetchall()  # noqa: S608 - names from sqlite_master
+            rows = db.execute(f'SELECT * FROM "{table}"').fetchall()
             texts[table] = "\n".join(" ".join(str(v) for v in row if v is not None) for row in rows)
     return texts
 
@@ -111,7 +112,7 @@ def _requests_by_state() -> dict[str, str]:
         return {str(r.id): r.status for r in session.exec(select(ErasureRequest))}
 
 
-def test_nothing_typed_into_the_form_stays_in_prefect_whatever_became_of_the_run(as_worker):
+def test_nothing_typed_into_the_form_stays_in_prefect_whatever_became_of_the_run(as_worker):  # noqa: F811 - the fixture imported above
     stack = as_worker
     _take_in(REFUSED, CANCELLED, CRASHED)
 
@@ -164,7 +165,7 @@ def test_nothing_typed_into_the_form_stays_in_prefect_whatever_became_of_the_run
     assert [m for m in _markers() if m in logs] == []
 
 
-def test_a_failed_erasure_reads_as_one_line_and_its_retry_resumes_the_request(as_worker):
+def test_a_failed_erasure_reads_as_one_line_and_its_retry_resumes_the_request(as_worker):  # noqa: F811 - the fixture imported above
     stack = as_worker
     sandbox = stack.sandbox_url
     _take_in(RETRIED)

@@ -21,6 +21,7 @@ from models.db import transaction
 from models.erasure import TaskState, Urgency
 from models.intake import intake_lines
 from models.types import utcnow
+
 from support import TEST_KEY
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

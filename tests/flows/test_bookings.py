@@ -25,6 +25,7 @@ from models.parked import ParkedItem
 from models.recipients import Recipient
 from psync.cli import app
 from psync.sandbox_env import SERVICE_POINTS
+
 from support import TEST_KEY, sandbox_state
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -204,7 +205,7 @@ def test_with_faults_on_two_runs_end_in_exactly_the_expected_state(against_sandb
         try:
             bookings.push_bookings(records_per_task=10)
             break
-        except Exception:  # a batch gave up; the next run takes it again
+        except Exception:  # noqa: BLE001 - a batch gave up; the next run takes it again
             continue
     requests.post(f"{against_sandbox}/_sandbox/faults", json={"fault_rate": 0.0}, timeout=5)
     state = timify_state(against_sandbox)

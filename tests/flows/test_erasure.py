@@ -7,14 +7,15 @@ import logging
 import threading
 import time
 import uuid
-from pathlib import Path
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import requests
 from cryptography.fernet import Fernet
-from sqlalchemy import LargeBinary, select as sa_select
+from sqlalchemy import LargeBinary
+from sqlalchemy import select as sa_select
 from sqlmodel import SQLModel, select
 
 from connectors import cleverreach, nect
@@ -32,6 +33,7 @@ from models.subjects import DataSubject
 from models.types import utcnow
 from psync.sandbox_env import SERVICE_POINTS
 from psync.settings import get_settings
+
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -634,7 +636,6 @@ def test_the_deadline_watch_marks_and_raises_naming_request_ids_only(env):
 # the officer's form: nothing typed in stays with a run ----------------------------------
 def _stored_run(flow_run_id) -> dict:
     from prefect.client.orchestration import get_client
-
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogWorker
 

@@ -11,7 +11,6 @@ import pytest
 import requests
 from sqlmodel import func, select
 
-from support import TEST_KEY, sandbox_state
 from flows import newsletter
 from models.audit import AuditEntry, verify
 from models.consent import ConsentRecord, ConsentState
@@ -20,6 +19,8 @@ from models.intake import intake_lines
 from models.recipients import Recipient
 from models.subjects import DataSubject
 from models.types import utcnow
+
+from support import TEST_KEY, sandbox_state
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 KEY = TEST_KEY.encode()
@@ -178,7 +179,7 @@ def test_an_account_with_a_group_we_do_not_manage_gets_one_delete_per_receiver(a
 def test_unsubscribe_link_comes_back_as_a_local_withdrawal(against_sandbox):
     take_in(signup("u@example.de"), confirm("u@example.de"))
     newsletter.sync_newsletter_consents()
-    requests.post(f"{against_sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": "u@example.de"})
+    requests.post(f"{against_sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": "u@example.de"}, timeout=10)
     assert newsletter.pull_newsletter_unsubscribes()["withdrawn"] == 1
     assert newsletter.pull_newsletter_unsubscribes().get("withdrawn", 0) == 0  # idempotent
     with transaction() as session:
@@ -357,6 +358,7 @@ def test_faults_at_the_processor_still_end_in_the_right_state(against_sandbox, n
             "seed": 11,
             "kinds": ["429_retry_after", "429_plain", "500", "503", "drop", "token_expiry"],
         },
+        timeout=10,
     )
     take_in(*[line for i in range(40) for line in (signup(f"f{i}@example.de"), confirm(f"f{i}@example.de"))])
     take_in(withdraw("f0@example.de"))
@@ -386,7 +388,9 @@ def test_no_personal_data_in_logs_or_artifacts(against_sandbox, caplog):
     caplog.set_level(logging.DEBUG)
     take_in(signup("secret.person@example.de"), confirm("secret.person@example.de"))
     newsletter.sync_newsletter_consents()
-    requests.post(f"{against_sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": "secret.person@example.de"})
+    requests.post(
+        f"{against_sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": "secret.person@example.de"}, timeout=10
+    )
     newsletter.pull_newsletter_unsubscribes()
     newsletter.sync_newsletter_consents()
     text = caplog.text + " ".join(map(str, (r.args for r in caplog.records)))
@@ -398,13 +402,12 @@ def test_no_personal_data_in_logs_or_artifacts(against_sandbox, caplog):
 
 
 def test_a_processor_that_keeps_failing_fails_the_run_audited_and_resumable(against_sandbox, no_sleep):
-    from models.cursors import SyncCursor
-
     from flows.common import JobFailed
+    from models.cursors import SyncCursor
     from models.parked import ParkedItem, ParkState
 
     take_in(signup("z@example.de"), confirm("z@example.de"))
-    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 1.0, "kinds": ["500"]})
+    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 1.0, "kinds": ["500"]}, timeout=10)
     with pytest.raises(JobFailed, match=r"0 record\(s\) parked, 1 to retry .*oauth.token: HTTP 500"):
         newsletter.sync_newsletter_consents(lists=["newsletter"])
     with transaction() as session:
@@ -423,7 +426,7 @@ def test_a_processor_that_keeps_failing_fails_the_run_audited_and_resumable(agai
         )
         assert session.get(SyncCursor, "cleverreach:newsletter").position > 0
         assert verify(session, KEY).ok
-    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 0.0})
+    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 0.0}, timeout=10)
     assert newsletter.sync_newsletter_consents(lists=["newsletter"])["pushed"] == 1
     with transaction() as session:
         assert session.exec(select(ParkedItem)).one().state == ParkState.resolved

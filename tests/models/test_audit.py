@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -177,7 +178,7 @@ def test_export_rows_in_id_order_with_iso_times(settings):
     assert datetime.fromisoformat(rows[-1]["at"]) == NOW + timedelta(minutes=1)
     assert rows[0]["at"].endswith("+00:00")
     assert rows[0]["flow_run_id"] == "run-1" and rows[-1]["flow_run_id"] is None
-    assert all(b["prev_hash"] == a["hash"] for a, b in zip(rows, rows[1:]))
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(rows))
     json.dumps(rows)  # plain values only
 
 

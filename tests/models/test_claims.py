@@ -20,6 +20,7 @@ from models.db import get_engine, transaction
 from models.identity import pseudonym
 from models.recipients import Recipient, live_recipients
 from models.subjects import DataSubject
+
 from pg import waiting_on_locks
 from support import TEST_KEY
 

@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import String, select as sa_select
+from sqlalchemy import String
+from sqlalchemy import select as sa_select
 from sqlmodel import SQLModel, select
 
 from models.bookings import Booking

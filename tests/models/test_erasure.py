@@ -31,6 +31,7 @@ from models.identity import pseudonym
 from models.recipients import Recipient
 from models.subject_index import SubjectMismatch
 from models.subjects import DataSubject
+
 from support import TEST_KEY
 
 KEY = TEST_KEY.encode()

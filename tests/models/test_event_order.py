@@ -19,7 +19,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import func, text
 from sqlmodel import select
 

@@ -15,7 +15,8 @@ from models.db import transaction
 from models.documents import DocumentCipher
 from models.intake import intake_lines
 from models.isic import IsicDocument, IsicOrder, OrderStatus, open_document
-from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES
+
+from support import JPEG_BYTES, PDF_BYTES
 
 NOW = datetime(2026, 9, 1, 10, 0, tzinfo=UTC)
 DOC_KEY = Fernet.generate_key()

@@ -36,6 +36,7 @@ from models.types import utcnow
 from psync.sandbox_env import SERVICE_POINTS, TIMIFY_BRANCH_SERVICE_ID, TIMIFY_VIDEO_SERVICE_ID
 from psync.settings import get_settings
 from sandbox.timify_state import CUSTOMER_FIELDS
+
 from support import TEST_KEY, sandbox_state
 
 BERLIN = ZoneInfo("Europe/Berlin")

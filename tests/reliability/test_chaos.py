@@ -48,6 +48,8 @@ from psync.demo import synthetic_events
 from psync.demo_bookings import synthetic_bookings
 from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES, synthetic_orders
 from psync.settings import get_settings
+from sandbox.faults import FAULT_KINDS
+
 from reliability.figures import record
 from reliability.procs import (
     Expected,
@@ -64,7 +66,6 @@ from reliability.procs import (
     sandbox_state,
     take_in,
 )
-from sandbox.faults import FAULT_KINDS
 from support import TEST_KEY
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -148,7 +149,7 @@ def people_lines(now) -> tuple[list[str], list[str], list[str]]:
                 },
             }
         )
-    dump = lambda events: [json.dumps(e, ensure_ascii=False) for e in events]  # noqa: E731
+    dump = lambda events: [json.dumps(e, ensure_ascii=False) for e in events]  # noqa: E731 - a one-line helper local to the test
     return dump(consents), dump(booked), dump(ordered)
 
 

@@ -48,6 +48,7 @@ from models.types import BERLIN, utcnow
 from psync.demo import insurance_number as synthetic_insurance_number
 from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES
 from psync.settings import get_settings
+
 from reliability.figures import record
 from reliability.procs import (
     Expected,
@@ -65,8 +66,8 @@ from reliability.procs import (
     output,
     pseudonym,
     sandbox_state,
-    take_in,
     start_flow,
+    take_in,
 )
 from support import TEST_KEY
 

@@ -23,6 +23,7 @@ from psync.demo import synthetic_events
 from psync.demo_bookings import synthetic_bookings
 from psync.demo_isic import synthetic_orders
 from psync.settings import get_settings
+
 from reliability.figures import record
 from reliability.procs import (
     Expected,

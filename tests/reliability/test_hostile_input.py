@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import HealthCheck, assume, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, assume, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import String, func, literal, select, union_all
 from sqlmodel import SQLModel
 
@@ -32,6 +34,7 @@ from models.documents import sniff
 from models.intake import intake_lines
 from models.isic import IsicDocument
 from psync.sandbox_env import SERVICE_POINTS
+
 from reliability.figures import record
 from reliability.strategies import (
     BOOKING_ID,
@@ -43,8 +46,8 @@ from reliability.strategies import (
     Kind,
     Mutation,
     apply,
-    catalogue,
     booking,
+    catalogue,
     consent,
     erasure,
     erasure_email,
@@ -514,8 +517,9 @@ def test_the_catalogue_posted_to_the_http_door_is_rejected_event_by_event(world,
     (base64), as the door takes them; a mutated document value is refused by the door."""
     import base64
 
-    from doorway import Clock, post_signed, serve_door
     from psync.serve import DoorConfig
+
+    from doorway import Clock, post_signed, serve_door
 
     kind = KINDS[kind_name]
     world.prepare(kind)

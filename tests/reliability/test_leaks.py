@@ -72,6 +72,7 @@ from models.types import utcnow
 from psync.cli import app
 from psync.sandbox_env import CREDENTIAL_ID, CREDENTIAL_SECRET, sandbox_environment
 from psync.settings import get_settings
+
 from reliability.figures import record
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
 

@@ -40,7 +40,9 @@ from functools import cached_property
 from itertools import product, zip_longest
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select, update
 from sqlmodel import Session
 from typer.testing import CliRunner
@@ -62,6 +64,7 @@ from models.db import get_engine, transaction
 from models.intake import intake_lines
 from models.types import utcnow
 from psync.cli import app
+
 from reliability.figures import record
 
 ENTRY = AuditEntry.__table__  # type: ignore[attr-defined]

@@ -71,7 +71,7 @@ def test_bearer_token_strict_and_raw(header, strict, raw):
 
 
 def test_basic_credentials():
-    encode = lambda s: "Basic " + base64.b64encode(s).decode()  # noqa: E731
+    encode = lambda s: "Basic " + base64.b64encode(s).decode()  # noqa: E731 - a one-line helper local to the test
     assert basic_credentials(encode(b"id:se:cret")) == ("id", "se:cret")
     assert basic_credentials(encode(b"no-colon")) == (None, None)
     assert basic_credentials(encode(b"\xff:x")) == (None, None)

@@ -545,9 +545,11 @@ def test_drop_fault_processes_request_but_breaks_connection(caplog):
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.01)
         base = f"http://127.0.0.1:{port}"
-        token = requests.post(f"{base}{CR}/oauth/token.php", auth=CREDS, json={"grant_type": "client_credentials"})
+        token = requests.post(
+            f"{base}{CR}/oauth/token.php", auth=CREDS, json={"grant_type": "client_credentials"}, timeout=5
+        )
         headers = auth(token.json()["access_token"])
-        requests.post(f"{base}/_sandbox/faults", json={"fault_rate": 1.0, "kinds": ["drop"]})
+        requests.post(f"{base}/_sandbox/faults", json={"fault_rate": 1.0, "kinds": ["drop"]}, timeout=5)
         with caplog.at_level(logging.INFO):
             with pytest.raises((requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError)):
                 requests.post(
@@ -556,7 +558,7 @@ def test_drop_fault_processes_request_but_breaks_connection(caplog):
                     json=[{"email": "dropped@example.com"}],
                     timeout=5,
                 )
-        requests.post(f"{base}/_sandbox/faults", json={"fault_rate": 0.0})
+        requests.post(f"{base}/_sandbox/faults", json={"fault_rate": 0.0}, timeout=5)
         s = requests.get(f"{base}/_sandbox/state", timeout=5).json()
         assert "dropped@example.com" in s["cleverreach"]["groups"]["1001"]["receivers"]  # processed anyway
         assert s["faults"]["drop"] == 1
