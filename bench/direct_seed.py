@@ -39,9 +39,9 @@ from models.subjects import DataSubject
 from models.types import utcnow
 from psync.settings import get_settings
 
-_SUBJECTS = DataSubject.__table__.insert()  # type: ignore[attr-defined]
-_CONSENTS = ConsentRecord.__table__.insert()  # type: ignore[attr-defined]
-_EVENTS = ConsentEvent.__table__.insert()  # type: ignore[attr-defined]
+_SUBJECTS = DataSubject.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
+_CONSENTS = ConsentRecord.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
+_EVENTS = ConsentEvent.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 # Every this many subjects, the dedupe keys are also computed from the real validator's
 # events and must be the same (``model_construct`` skips validation, and so its normalising).
 SPOT_CHECK_EVERY = 1000

@@ -18,6 +18,8 @@ import sys
 import time
 import traceback
 
+from sqlmodel import col
+
 from bench.common import job_environment, log, per_item, write_result
 
 TARGET_MB = 500
@@ -72,9 +74,7 @@ def _live_register_rows() -> int:
     from models.recipients import Recipient
 
     with transaction() as session:
-        return session.exec(
-            select(func.count()).where(Recipient.removed_at.is_(None))  # type: ignore[union-attr]
-        ).one()
+        return session.exec(select(func.count()).where(col(Recipient.removed_at).is_(None))).one()
 
 
 def _the_flow_run_task_runs() -> dict:

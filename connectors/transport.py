@@ -276,7 +276,7 @@ class TokenAuth(AuthBase):
         response.content  # noqa: B018 - reading the body drains it, so the connection can be reused
         retry = response.request.copy()
         retry.headers[self.header] = self.prefix + self.token(force=True)
-        retry._psync_refreshed = True  # type: ignore[attr-defined]
+        retry._psync_refreshed = True  # type: ignore[attr-defined]  # our marker on the copy, read above
         new = response.connection.send(retry, **kwargs)
         new.history.append(response)
         new.request = retry
@@ -508,9 +508,9 @@ class HttpClient:
             try:
                 response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
             except _TRANSPORT as exc:
-                kind = RetriableError if idempotent or isinstance(exc, _NOT_SENT) else FatalError
+                lost = RetriableError if idempotent or isinstance(exc, _NOT_SENT) else FatalError
                 # The exception text holds the URL (and so an e-mail address): name only.
-                raise kind(self.processor, op, None, attempts, _no_answer(exc)) from None
+                raise lost(self.processor, op, None, attempts, _no_answer(exc)) from None
             status = response.status_code
             if status in expect:
                 return response

@@ -30,7 +30,7 @@ from typing import Annotated
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors import flexperto, timify
 from connectors.transport import CallRecord
@@ -139,7 +139,7 @@ class _Batch:
             select(Recipient.subject_id, Recipient.external_id).where(
                 Recipient.processor == timify.PROCESSOR,
                 Recipient.purpose == PURPOSE,
-                Recipient.subject_id.in_(list(self.subjects)),  # type: ignore[attr-defined]
+                col(Recipient.subject_id).in_(list(self.subjects)),
             )
         )
         return dict(rows.all())
@@ -293,7 +293,7 @@ def purge_chat(batch: _Batch, booking: Booking, pseudonym: str) -> bool:
 
 def _subjects(session: Session, rows: Sequence[Booking]) -> dict[uuid.UUID, DataSubject]:
     ids = list({b.subject_id for b in rows})
-    found = session.exec(select(DataSubject).where(DataSubject.id.in_(ids)))  # type: ignore[attr-defined]
+    found = session.exec(select(DataSubject).where(col(DataSubject.id).in_(ids)))
     return {s.id: s for s in found}
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import copy_context
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from sqlmodel import Session
 
-from connectors.transport import CallRecord, HttpClient, ProcessorError, redact
+from connectors.transport import CallRecord, ProcessorError, redact
 from flows import labels
 from models.audit import Anchor, AuditEvent, append, append_anchor, current_anchor
 from models.db import transaction
@@ -155,7 +155,7 @@ def one_line_failure(fn: F) -> F:
     # Prefect builds its parameter model from the signature and resolves string annotations
     # (``from __future__ import annotations``) in the wrapper's module: hand it the
     # signature resolved in the flow's own module, so its names (uuid, Channel, …) are found.
-    run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
+    run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]  # read by inspect
     return run  # type: ignore[return-value]  # functools.wraps keeps the docstring Prefect reads
 
 
@@ -256,8 +256,14 @@ def write_audit(session: Session, events: Iterable[AuditEvent], flow_run_id: str
     return append(session, get_settings().hmac_key(), events, flow_run_id=flow_run_id or run_id())
 
 
+class CallSource(Protocol):
+    """What keeps a run's calls for the audit: an ``HttpClient``, or a job's set of them."""
+
+    def drain_calls(self) -> list[CallRecord]: ...
+
+
 @contextmanager
-def audit_failure(http: HttpClient, action: str) -> Iterator[None]:
+def audit_failure(http: CallSource, action: str) -> Iterator[None]:
     """Wrap a task's transaction: if a processor call fails, the data work rolls back but
     the calls made and the failure still reach the audit trail, in a transaction of their
     own opened only after the failed one has ended (SQLite allows one writer)."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors.transport import CallRecord, ProcessorError
 from flows import journal
@@ -83,7 +83,8 @@ class Job(Protocol, Generic[Row]):
     - ``reaches(session, rows)``: where each record may carry data (only records that will
       send); ``held(ctx, row)``: the audit event of a record held (erasure open).
     - ``begin(session, rows)`` → the batch's context; ``deliver(ctx, row)`` sends one
-      record (raising fails only that record); ``finish(ctx)`` records what the batch
+      record (raising fails only that record; only ``StreamJob``'s default
+      ``deliver_many`` calls it, so it is no member here); ``finish(ctx)`` records what the batch
       confirmed (register "holds") and returns its counts and audit events.
     - ``StreamJob`` gives the rest a default a job may override: ``lock`` (the cursor,
       locked), ``select_ahead`` (the records as the write-ahead needs them: a job whose
@@ -104,7 +105,6 @@ class Job(Protocol, Generic[Row]):
     def subject_id(self, row: Row) -> uuid.UUID: ...
     def reaches(self, session: Session, rows: Sequence[Row]) -> list[Reach]: ...
     def begin(self, session: Session, rows: Sequence[Row]) -> Any: ...
-    def deliver(self, ctx: Any, row: Row) -> None: ...
     def held(self, ctx: Any, row: Row) -> AuditEvent: ...
     def finish(self, ctx: Any) -> tuple[Counter[str], list[AuditEvent]]: ...
     def lock(self, session: Session) -> int: ...
@@ -135,7 +135,7 @@ class StreamJob:
         return get_cursor(session, self.cursor).position
 
     def select_ahead(self, session: Session, after: int, limit: int) -> list[Any]:
-        return self.select(session, after, limit)  # type: ignore[attr-defined]  # the job's
+        return self.select(session, after, limit)  # type: ignore[attr-defined]  # the subclass's select (Job)
 
     def deliver_many(self, ctx: Any, rows: Sequence[Any]) -> dict[str, Exception]:
         """Send each record on its own (``deliver``); the failures by record id. A failure
@@ -143,7 +143,7 @@ class StreamJob:
         failures: dict[str, Exception] = {}
         for row in rows:
             try:
-                self.deliver(ctx, row)  # type: ignore[attr-defined]  # the job's
+                self.deliver(ctx, row)  # type: ignore[attr-defined]  # the subclass's deliver, when it sends one at a time
             except (ProcessorError, ValueError) as exc:
                 if run_wide(exc):
                     raise
@@ -360,9 +360,9 @@ def fail_if_parked(job_name: str, since: datetime) -> None:
                 .where(
                     ParkedItem.job == job_name,
                     ParkedItem.last_tried_at >= since,
-                    ParkedItem.state.in_([ParkState.parked, ParkState.retry]),  # type: ignore[attr-defined]
+                    col(ParkedItem.state).in_([ParkState.parked, ParkState.retry]),
                 )
-                .order_by(ParkedItem.last_tried_at)
+                .order_by(col(ParkedItem.last_tried_at))
             )
         )
     if not items:

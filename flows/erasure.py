@@ -37,7 +37,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors.transport import ProcessorError, redact
 from flows import erasure_form as form
@@ -97,8 +97,8 @@ def _pseudonyms(session: Session, request_ids: Iterable[uuid.UUID]) -> dict[uuid
     """request id → the subject's pseudonym (what the audit trail names)."""
     rows = session.exec(
         select(ErasureRequest.id, DataSubject.pseudonym)
-        .join(DataSubject, DataSubject.id == ErasureRequest.subject_id)
-        .where(ErasureRequest.id.in_(list(request_ids)))  # type: ignore[attr-defined]
+        .join(DataSubject, col(DataSubject.id) == col(ErasureRequest.subject_id))
+        .where(col(ErasureRequest.id).in_(list(request_ids)))
     )
     return dict(rows.all())
 
@@ -174,13 +174,13 @@ def claim_work(request_ids: Sequence[uuid.UUID] | None, policy: Policy, today: d
     with transaction() as session:
         scope = select(ErasureRequest).where(ErasureRequest.status == RequestStatus.open)
         if request_ids is not None:
-            scope = scope.where(ErasureRequest.id.in_(list(request_ids)))  # type: ignore[attr-defined]
+            scope = scope.where(col(ErasureRequest.id).in_(list(request_ids)))
         requests = list(session.exec(scope))
         open_ids = [r.id for r in requests]
         for request in requests:
             sync_tasks(session, request, now)
         ids = claim(session, owner, now, today, policy.lease, open_ids if request_ids is not None else None)
-        query = select(ErasureTask).where(ErasureTask.id.in_(ids))  # type: ignore[attr-defined]
+        query = select(ErasureTask).where(col(ErasureTask.id).in_(ids))
         tasks = list(session.exec(query)) if ids else []
         pseudonyms = _pseudonyms(session, {t.request_id for t in tasks})
         events: list[AuditEvent] = []
@@ -258,9 +258,9 @@ def _load(task_ids: Sequence[uuid.UUID], owner: str) -> dict[uuid.UUID, tuple[Ta
     with transaction() as session:
         rows = session.exec(
             select(ErasureTask, DataSubject)
-            .join(ErasureRequest, ErasureRequest.id == ErasureTask.request_id)
-            .join(DataSubject, DataSubject.id == ErasureRequest.subject_id)
-            .where(ErasureTask.id.in_(list(task_ids)), ErasureTask.claimed_by == owner)  # type: ignore[attr-defined]
+            .join(ErasureRequest, col(ErasureRequest.id) == col(ErasureTask.request_id))
+            .join(DataSubject, col(DataSubject.id) == col(ErasureRequest.subject_id))
+            .where(col(ErasureTask.id).in_(list(task_ids)), ErasureTask.claimed_by == owner)
         ).all()
         return {item.id: (TaskRef.of(item), SubjectRef.of(subject)) for item, subject in rows}
 
@@ -295,11 +295,12 @@ def _record(
             _register_removed(session, item, now)
         release(item)
         action = "erase" if outcome.asked else "verify"
-        outcome_word = {
+        words: dict[str, str] = {  # keyed by TaskState, a StrEnum: outcome.state is its str value
             TaskState.verified: "verified",
             TaskState.awaiting_processor: "awaiting",
             TaskState.failed: "failed",
-        }[outcome.state]
+        }
+        outcome_word = words[outcome.state]
         events.append(
             decision(
                 f"{ACTION}.{action}",
@@ -419,7 +420,7 @@ def _run(request_ids: Sequence[uuid.UUID] | None, today: date) -> tuple[Counter[
 
 
 # the flows ------------------------------------------------------------------------------
-@flow(name="fan-out-erasure", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@flow(name="fan-out-erasure", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]  # Prefect's generics: ThreadPoolTaskRunner() is inferred as [Never]
 @one_line_failure
 def fan_out_erasure(
     email: Annotated[Text, form.field("E-Mail-Adresse / e-mail address", maxLength=254)] = "",
@@ -528,7 +529,7 @@ def _open_from_form(parameters: Mapping[str, Any]) -> uuid.UUID:
         return open_erasure_request(session, **_request_fields(**text)).id
 
 
-@flow(name="follow-up-erasures", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@flow(name="follow-up-erasures", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]  # Prefect's generics: ThreadPoolTaskRunner() is inferred as [Never]
 @one_line_failure
 def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
     """Carry every open erasure request forward: read back asynchronous deletions, ask again

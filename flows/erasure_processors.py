@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors import cleverreach, flexperto, isic, nect, timify
 from connectors.transport import CallRecord
@@ -249,7 +249,7 @@ class TimifyHandler:
             rows = session.exec(
                 select(Booking.booking_ref, Booking.timify_appointment_id).where(
                     Booking.subject_id == ctx.subject.id,
-                    Booking.timify_deleted_at.is_(None),  # type: ignore[union-attr]
+                    col(Booking.timify_deleted_at).is_(None),
                 )
             )
             return [(ref, appointment) for ref, appointment in rows]

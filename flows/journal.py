@@ -36,7 +36,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors.transport import CALL_JOURNAL, IN_FLIGHT, CallRecord
 from flows.common import call_events, decision, run_id, write_audit
@@ -126,7 +126,7 @@ def settle(session: Session) -> list[str]:
             .select_from(AuditEntry)
             .where(
                 AuditEntry.action == f"{job}.batch",
-                AuditEntry.detail.startswith(f"batch={batch}"),  # type: ignore[union-attr]
+                col(AuditEntry.detail).startswith(f"batch={batch}"),
             )
         ).one()
         if in_trail:
@@ -142,7 +142,8 @@ def _calls(lines: list[dict]) -> list[CallRecord]:
     """The calls of a journal: each ended one as recorded; each sent but not ended (the
     process died while it was on the wire, or just before) with outcome "unknown": it may
     have reached the processor."""
-    ended, open_calls = [], Counter()
+    ended: list[CallRecord] = []
+    open_calls: Counter[tuple] = Counter()
     for line in lines:
         call = CallRecord(**{k: v for k, v in line.items() if k != "job"})
         key = (call.processor, call.operation, call.items)

@@ -34,7 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 from pydantic import Field
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors import cleverreach
 from connectors.transport import ProcessorError
@@ -458,7 +458,7 @@ def _remove_lapsed(
             select(Recipient.id, Recipient.external_id, Recipient.subject_id, Recipient.removed_at).where(
                 Recipient.processor == PROCESSOR,
                 Recipient.purpose == purpose,
-                Recipient.subject_id.in_(list(unsure)),  # type: ignore[attr-defined]
+                col(Recipient.subject_id).in_(list(unsure)),
             )
         )
         .all()
@@ -566,7 +566,7 @@ def sync_newsletter_consents(
         for start in range(0, len(removals), records_per_task):
             # quote(): Prefect would otherwise walk the id list for futures to resolve, twice.
             ids = quote(removals[start : start + records_per_task])
-            results.append(remove_batch(client, list_name, group, ids))
+            results.append(remove_batch(client, list_name, group, ids))  # type: ignore[call-overload]  # Prefect unwraps quote()
         for _ in range(math.ceil(changes / records_per_task)):
             results.append(push_batch(client, list_name, group, records_per_task))
     counts = tally(results)
@@ -604,11 +604,11 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
             rows = session.exec(
                 skip_locked(
                     select(ConsentRecord, DataSubject)
-                    .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
+                    .join(DataSubject, col(DataSubject.id) == col(ConsentRecord.subject_id))
                     .where(
                         ConsentRecord.list_name == list_name,
                         ConsentRecord.state == ConsentState.confirmed,
-                        DataSubject.email.in_(chunk),  # type: ignore[union-attr]
+                        col(DataSubject.email).in_(chunk),
                     ),
                     ConsentRecord,
                 )
@@ -673,9 +673,7 @@ def expire_batch(
         events: list[AuditEvent] = []
         subjects = {
             s.id: s
-            for s in session.exec(
-                select(DataSubject).where(DataSubject.id.in_([r.subject_id for r in due]))  # type: ignore[attr-defined]
-            )
+            for s in session.exec(select(DataSubject).where(col(DataSubject.id).in_([r.subject_id for r in due])))
         }
         for record in due:
             session.add(apply_expire(record, as_of, event_key(key, "expire", record.id, record.signup_at)))
@@ -686,9 +684,7 @@ def expire_batch(
             ids = [r.id for r in due]
             # The proof of a sign-up that never got confirmed is personal data without purpose.
             session.execute(
-                update(ConsentEvent)
-                .where(ConsentEvent.consent_id.in_(ids))  # type: ignore[attr-defined]
-                .values(ip=None, source=None)
+                update(ConsentEvent).where(col(ConsentEvent.consent_id).in_(ids)).values(ip=None, source=None)
             )
             session.flush()
             counts["expired"] = len(due)
@@ -704,16 +700,16 @@ def _erase_unused_subjects(session, subjects, now: datetime) -> int:
     in_use = set(
         session.exec(
             select(ConsentRecord.subject_id).where(
-                ConsentRecord.subject_id.in_(ids),  # type: ignore[attr-defined]
-                ConsentRecord.state.in_([ConsentState.pending, ConsentState.confirmed]),  # type: ignore[attr-defined]
+                col(ConsentRecord.subject_id).in_(ids),
+                col(ConsentRecord.state).in_([ConsentState.pending, ConsentState.confirmed]),
             )
         )
     )
     in_use |= set(
         session.exec(
             select(Recipient.subject_id).where(
-                Recipient.subject_id.in_(ids),  # type: ignore[attr-defined]
-                Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+                col(Recipient.subject_id).in_(ids),
+                col(Recipient.removed_at).is_(None),
             )
         )
     )

@@ -27,7 +27,7 @@ from typing import Annotated
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors import isic
 from flows.common import (
@@ -80,10 +80,7 @@ class _Batch:
         self.counts: Counter[str] = Counter()
         self.events: list[AuditEvent] = []
         ids = list({o.subject_id for o in orders})
-        self.subjects = {
-            s.id: s
-            for s in session.exec(select(DataSubject).where(DataSubject.id.in_(ids)))  # type: ignore[attr-defined]
-        }
+        self.subjects = {s.id: s for s in session.exec(select(DataSubject).where(col(DataSubject.id).in_(ids)))}
 
     def decide(self, action: str, outcome: str, order: IsicOrder, count: str | None = None) -> None:
         self.counts[count or outcome] += 1
@@ -138,12 +135,12 @@ def forward(batch: _Batch, order: IsicOrder, cipher: DocumentCipher) -> None:
         return
     batch.client.set_cardholder(
         order.order_ref,
-        first_name=order.first_name,
-        last_name=order.last_name,
-        date_of_birth=order.birth_date,
+        first_name=order.first_name,  # type: ignore[arg-type]  # set while not erased (checked above)
+        last_name=order.last_name,  # type: ignore[arg-type]  # set while not erased (checked above)
+        date_of_birth=order.birth_date,  # type: ignore[arg-type]  # set while not erased (checked above)
         email=subject.email,
-        institution=order.institution,
-        student_status=order.student_status,
+        institution=order.institution,  # type: ignore[arg-type]  # set while not erased (checked above)
+        student_status=order.student_status,  # type: ignore[arg-type]  # set while not erased (checked above)
     )
     order.cardholder_set_at = batch.now
     document = photo(batch.session, order)
@@ -212,8 +209,8 @@ class ForwardJob(StreamJob):
         return changed_since(session, after, limit)
 
     def by_ids(self, session: Session, ids: Sequence[str]) -> list[IsicOrder]:
-        query = select(IsicOrder).where(IsicOrder.order_ref.in_(list(ids)))  # type: ignore[attr-defined]
-        return list(session.exec(query.order_by(IsicOrder.seq)))
+        query = select(IsicOrder).where(col(IsicOrder.order_ref).in_(list(ids)))
+        return list(session.exec(query.order_by(col(IsicOrder.seq))))
 
     def reaches(self, session: Session, rows: Sequence[IsicOrder]) -> list[Reach]:
         return [
@@ -356,7 +353,7 @@ def purge_student_id_documents(
             subjects = dict(
                 session.exec(
                     select(DataSubject.id, DataSubject.pseudonym).where(
-                        DataSubject.id.in_([o.subject_id for o in orders])  # type: ignore[attr-defined]
+                        col(DataSubject.id).in_([o.subject_id for o in orders])
                     )
                 ).all()
             )

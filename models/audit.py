@@ -19,18 +19,18 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Insert
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.db import insert_missing
 from models.types import UTCDateTime, classify, utcnow
@@ -94,7 +94,7 @@ class AuditHead(SQLModel, table=True):
 classify(AuditHead, not_personal=["id", "last_id", "last_hash", "seal"])
 
 
-_INSERT_ENTRY = AuditEntry.__table__.insert()  # type: ignore[attr-defined]
+_INSERT_ENTRY = AuditEntry.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 _ENTRY_COLUMNS = (
     "id",
     "action",
@@ -149,7 +149,7 @@ def _compiled(statement: Insert, dialect: Dialect, keys: tuple[str, ...]) -> tup
     if found is not None and found[0] is statement:
         return found[1:]
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))
-    table = statement.table.c  # type: ignore[attr-defined]
+    table = statement.table.c
     processors = {
         index: processor
         for index, key in enumerate(keys)
@@ -157,7 +157,7 @@ def _compiled(statement: Insert, dialect: Dialect, keys: tuple[str, ...]) -> tup
     }
     if compiled.positional:
         order = [keys.index(name) for name in compiled.positiontup or ()]
-        arrange = itemgetter(*order) if len(order) > 1 else (lambda row: (row[order[0]],))
+        arrange: Callable[[Any], Any] = itemgetter(*order) if len(order) > 1 else (lambda row: (row[order[0]],))
     else:
         arrange = lambda row: dict(zip(keys, row, strict=True))  # noqa: E731 - one expression, kept beside its alternative
     _COMPILED[memo] = (statement, compiled.string, processors, arrange)
@@ -354,7 +354,7 @@ def verify(session: Session, key: bytes, chunk: int = 5000) -> Verification:
 
 def _iter_rows(session: Session, chunk: int) -> Iterator[AuditEntry]:
     # From the lowest id there is, not from 1: a row forged with id 0 or below must show.
-    query = select(AuditEntry).order_by(AuditEntry.id).limit(chunk)
+    query = select(AuditEntry).order_by(col(AuditEntry.id)).limit(chunk)
     rows = session.exec(query).all()
     while rows:
         yield from rows
@@ -490,7 +490,7 @@ def verify_against(session: Session, key: bytes, anchor: Anchor | None, chunk: i
     ``verify`` alone.
     """
     head = session.get(AuditHead, 1)
-    first = session.exec(select(AuditEntry.id).order_by(AuditEntry.id).limit(1)).first()
+    first = session.exec(select(col(AuditEntry.id)).order_by(col(AuditEntry.id)).limit(1)).first()
     if anchor is not None and anchor.rows > 0 and first is None:
         return Verification(False, 0, 1, f"{WIPED}: no rows, the anchor of {_when(anchor)} vouches for {anchor.rows}")
     if head is None and first is not None:

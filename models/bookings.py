@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import func
-from sqlmodel import Field, Relationship, Session, SQLModel, select
+from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.db import skip_locked
 from models.subjects import DataSubject
@@ -117,7 +117,7 @@ def berlin_today(now: datetime) -> date:
 
 def changed_since(session: Session, after: int, limit: int) -> list[Booking]:
     """Bookings changed after cursor position `after`, in change order."""
-    query = select(Booking).where(Booking.seq > after).order_by(Booking.seq).limit(limit)
+    query = select(Booking).where(col(Booking.seq) > after).order_by(col(Booking.seq)).limit(limit)
     return list(session.exec(query))
 
 
@@ -126,15 +126,15 @@ def count_changed_since(session: Session, after: int) -> int:
 
 
 def by_refs(session: Session, refs: Sequence[str]) -> list[Booking]:
-    query = select(Booking).where(Booking.booking_ref.in_(list(refs)))  # type: ignore[attr-defined]
-    return list(session.exec(query.order_by(Booking.seq)))
+    query = select(Booking).where(col(Booking.booking_ref).in_(list(refs)))
+    return list(session.exec(query.order_by(col(Booking.seq))))
 
 
 def _chat_due(today: date):
     return (
-        Booking.flexperto_customer_id.is_not(None),  # type: ignore[union-attr]
-        Booking.chat_purged_at.is_(None),  # type: ignore[union-attr]
-        Booking.chat_purge_due <= today,  # type: ignore[operator]
+        col(Booking.flexperto_customer_id).is_not(None),
+        col(Booking.chat_purged_at).is_(None),
+        col(Booking.chat_purge_due) <= today,
     )
 
 
@@ -144,7 +144,7 @@ def chats_due(session: Session, today: date, after: int, limit: int) -> list[Boo
     Keyset-paged by seq, so a booking whose deletion failed is not picked again in one run.
     Claimed (``skip_locked``): a second worker purging at the same time takes other bookings.
     """
-    query = select(Booking).where(*_chat_due(today), Booking.seq > after).order_by(Booking.seq).limit(limit)
+    query = select(Booking).where(*_chat_due(today), col(Booking.seq) > after).order_by(col(Booking.seq)).limit(limit)
     return list(session.exec(skip_locked(query, Booking)))
 
 

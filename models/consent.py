@@ -25,10 +25,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import String, UniqueConstraint, extract, func, tuple_, type_coerce
-from sqlmodel import Field, Relationship, Session, SQLModel, select
+from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.db import skip_locked
 from models.subjects import DataSubject
@@ -382,16 +383,16 @@ def _touch(record: ConsentRecord, seq: int) -> None:
 # batch costs more than the rest of the row.
 _RAW_ID = type_coerce(ConsentRecord.id, String).label("consent_id")
 
-PUSH_COLUMNS = (
+PUSH_COLUMNS: tuple[Any, ...] = (
     ConsentRecord.state,
     ConsentRecord.change_seq,
-    extract("epoch", ConsentRecord.signup_at).label("registered"),
+    extract("epoch", col(ConsentRecord.signup_at)).label("registered"),
     ConsentRecord.signup_ip,
-    extract("epoch", ConsentRecord.confirm_at).label("activated"),
+    extract("epoch", col(ConsentRecord.confirm_at)).label("activated"),
     ConsentRecord.confirm_ip,
     ConsentRecord.source,
     ConsentRecord.policy_version,
-    DataSubject.id.label("subject_id"),
+    col(DataSubject.id).label("subject_id"),
     DataSubject.pseudonym,
     DataSubject.email,
     DataSubject.insurance_number,
@@ -409,7 +410,7 @@ def changes_ahead(session: Session, list_name: str, after_seq: int, limit: int) 
     query = (
         select(_RAW_ID, ConsentRecord.subject_id, ConsentRecord.state, ConsentRecord.change_seq)
         .where(ConsentRecord.list_name == list_name, ConsentRecord.change_seq > after_seq)
-        .order_by(ConsentRecord.change_seq)
+        .order_by(col(ConsentRecord.change_seq))
         .limit(limit)
     )
     return list(session.connection().execute(query).all())
@@ -426,9 +427,9 @@ def push_rows_by_ids(session: Session, list_name: str, consent_ids: Sequence[str
             continue
     query = (
         select(*PUSH_COLUMNS)
-        .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
-        .where(ConsentRecord.list_name == list_name, ConsentRecord.id.in_(ids))  # type: ignore[attr-defined]
-        .order_by(ConsentRecord.change_seq)
+        .join(DataSubject, col(DataSubject.id) == col(ConsentRecord.subject_id))
+        .where(ConsentRecord.list_name == list_name, col(ConsentRecord.id).in_(ids))
+        .order_by(col(ConsentRecord.change_seq))
     )
     return list(session.connection().execute(query).all()) if ids else []
 
@@ -440,9 +441,9 @@ def changed_since(session: Session, list_name: str, after_seq: int, limit: int) 
     """
     query = (
         select(*PUSH_COLUMNS)
-        .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
+        .join(DataSubject, col(DataSubject.id) == col(ConsentRecord.subject_id))
         .where(ConsentRecord.list_name == list_name, ConsentRecord.change_seq > after_seq)
-        .order_by(ConsentRecord.change_seq)
+        .order_by(col(ConsentRecord.change_seq))
         .limit(limit)
     )
     return list(session.connection().execute(query).all())
@@ -468,7 +469,7 @@ def lapsed_subject_ids(list_name: str, changed_upto: int | None = None):
     """
     query = select(ConsentRecord.subject_id).where(
         ConsentRecord.list_name == list_name,
-        ConsentRecord.state.in_(LAPSED_STATES),  # type: ignore[attr-defined]
+        col(ConsentRecord.state).in_(LAPSED_STATES),
     )
     if changed_upto is not None:
         query = query.where(ConsentRecord.change_seq <= changed_upto)
@@ -483,7 +484,7 @@ def lapsed_among(session: Session, list_name: str, subject_ids: Sequence[uuid.UU
     for start in range(0, len(subject_ids), 1000):
         rows = session.connection().execute(
             select(ConsentRecord.subject_id, ConsentRecord.state).where(
-                ConsentRecord.subject_id.in_(subject_ids[start : start + 1000]),  # type: ignore[attr-defined]
+                col(ConsentRecord.subject_id).in_(subject_ids[start : start + 1000]),
                 ConsentRecord.list_name == list_name,
             )
         )
@@ -509,6 +510,6 @@ def expiry_candidates(
         ConsentRecord.signup_at <= signed_up_before,
     )
     if after is not None:
-        query = query.where(tuple_(ConsentRecord.signup_at, ConsentRecord.id) > after)
-    query = query.order_by(ConsentRecord.signup_at, ConsentRecord.id).limit(limit)
+        query = query.where(tuple_(col(ConsentRecord.signup_at), col(ConsentRecord.id)) > after)
+    query = query.order_by(col(ConsentRecord.signup_at), col(ConsentRecord.id)).limit(limit)
     return list(session.exec(skip_locked(query, ConsentRecord)).all())

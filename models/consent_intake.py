@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 from sqlalchemy import insert
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from models.audit import AuditEvent
 from models.consent import (
@@ -133,18 +133,10 @@ class ConsentStore:
         self.seen = seen(self.session, keys)  # lines kept as a receipt only (erased subjects)
         if keys:
             self.seen |= set(
-                self.session.exec(
-                    select(ConsentEvent.dedupe_key).where(
-                        ConsentEvent.dedupe_key.in_(keys)  # type: ignore[attr-defined]
-                    )
-                )
+                self.session.exec(select(ConsentEvent.dedupe_key).where(col(ConsentEvent.dedupe_key).in_(keys)))
             )
         if found_ids:
-            loaded = list(
-                self.session.exec(
-                    select(ConsentRecord).where(ConsentRecord.subject_id.in_(found_ids))  # type: ignore[attr-defined]
-                )
-            )
+            loaded = list(self.session.exec(select(ConsentRecord).where(col(ConsentRecord.subject_id).in_(found_ids))))
             for record in loaded:
                 self.consents[(record.subject_id, record.list_name)] = record
             self._load_history([r.id for r in loaded if r.id not in self.history])
@@ -165,7 +157,7 @@ class ConsentStore:
         )
         for start in range(0, len(ids), 1000):
             rows = self.session.connection().execute(
-                select(*columns).where(ConsentEvent.consent_id.in_(ids[start : start + 1000]))  # type: ignore[attr-defined]
+                select(*columns).where(col(ConsentEvent.consent_id).in_(ids[start : start + 1000]))  # type: ignore[call-overload]  # sqlmodel's select is typed for at most 4 columns
             )
             for consent_id, *step in rows:
                 self.history[consent_id].append(Step(*step))

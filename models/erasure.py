@@ -31,7 +31,7 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import ColumnElement, Index, Table, UniqueConstraint, and_, or_, text, update
 from sqlalchemy import select as sa_select
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.bookings import Booking
 from models.consent import ConsentRecord, ConsentState
@@ -328,7 +328,7 @@ def sync_tasks(session: Session, request: ErasureRequest, now: datetime) -> int:
     live = session.exec(
         select(Recipient).where(
             Recipient.subject_id == request.subject_id,
-            Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+            col(Recipient.removed_at).is_(None),
         )
     ).all()
     tasks = {(t.processor, t.purpose): t for t in tasks_of(session, request.id)}
@@ -428,8 +428,8 @@ def claim(
     serialises the two. Returns the claimed ids; the claim is the caller's until
     ``now + lease`` or until ``release``.
     """
-    table = ErasureTask.__table__  # type: ignore[attr-defined]
-    requests_table = ErasureRequest.__table__  # type: ignore[attr-defined]
+    table = ErasureTask.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
+    requests_table = ErasureRequest.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     if request_ids is not None:
         scope = table.c.request_id.in_(list(request_ids))
     else:
@@ -537,7 +537,7 @@ def subject_rows(table: Table, subject_id: uuid.UUID) -> ColumnElement[bool] | N
     """The condition selecting the subject's rows of `table`, following foreign keys to
     ``data_subject`` (a booking by its subject_id, a consent event through its consent);
     None when the table does not lead to a subject."""
-    subjects = DataSubject.__table__  # type: ignore[attr-defined]
+    subjects = DataSubject.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     if table is subjects:
         return table.c.id == subject_id
     keys = sorted(table.foreign_keys, key=lambda fk: fk.parent.name)

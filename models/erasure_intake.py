@@ -75,7 +75,7 @@ class ErasureStore:
             raise ErasureRejected(str(exc)) from None
         self.seen.add(key)
         self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
-        pseudonym = self.session.get(DataSubject, request.subject_id).pseudonym  # type: ignore[union-attr]
+        pseudonym = self.session.get(DataSubject, request.subject_id).pseudonym  # type: ignore[union-attr]  # the request's subject exists (foreign key)
         return Applied(
             "stored",
             AuditEvent(

@@ -216,7 +216,7 @@ class IsicStore(ReceiptStore):
         for kind, (media_type, data) in event._files.items():
             key, ciphertext = self.cipher.seal(data)  # a data key per document: deleting it shreds
             self.session.add(
-                IsicDocument(
+                IsicDocument(  # type: ignore[call-arg]  # order_id comes from `order` when flushed
                     order=order,
                     kind=kind,
                     media_type=media_type,

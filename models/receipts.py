@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.audit import AuditEvent
 from models.consent import event_key
@@ -39,7 +39,7 @@ def seen(session: Session, keys: Iterable[str]) -> set[str]:
     keys = list(keys)
     if not keys:
         return set()
-    query = select(IntakeReceipt.dedupe_key).where(IntakeReceipt.dedupe_key.in_(keys))  # type: ignore[attr-defined]
+    query = select(IntakeReceipt.dedupe_key).where(col(IntakeReceipt.dedupe_key).in_(keys))
     return set(session.exec(query))
 
 
@@ -79,7 +79,7 @@ class ReceiptStore:
             column = getattr(self.table, self.ref_column)
             rows = self.session.exec(
                 select(self.table, DataSubject.pseudonym)
-                .join(DataSubject, DataSubject.id == self.table.subject_id)  # type: ignore[attr-defined]
+                .join(DataSubject, DataSubject.id == self.table.subject_id)  # type: ignore[attr-defined]  # each store's table has one
                 .where(column.in_(refs))
             )
             for record, pseudonym in rows:

@@ -25,7 +25,7 @@ from operator import attrgetter
 
 from sqlalchemy import UniqueConstraint, case, func, null, update
 from sqlalchemy.sql.dml import Insert
-from sqlmodel import Field, Relationship, Session, SQLModel, select
+from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.audit import insert_many
 from models.db import INSERT_BY_DIALECT, skip_locked
@@ -98,7 +98,7 @@ def record_confirmed_many(
     thousands of subjects, for a processor whose records need no id of ours (CleverReach
     keys a receiver by its address in the group).
     """
-    table = Recipient.__table__  # type: ignore[attr-defined]
+    table = Recipient.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     ordered = sorted(subject_ids, key=attrgetter("int"))  # the index's order: pages read once
     for start in range(0, len(ordered), _CONFIRM_PER_STATEMENT):
         session.connection().execute(
@@ -152,7 +152,7 @@ def _ascending_ids(count: int) -> list[uuid.UUID]:
 @cache
 def _upsert(dialect: str) -> Insert:
     """INSERT … ON CONFLICT (subject, processor, purpose) DO UPDATE, in the dialect's syntax."""
-    table = Recipient.__table__  # type: ignore[attr-defined]
+    table = Recipient.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     statement = INSERT_BY_DIALECT[dialect](table)
     return statement.on_conflict_do_update(
         index_elements=[table.c.subject_id, table.c.processor, table.c.purpose],
@@ -168,7 +168,7 @@ def _upsert(dialect: str) -> Insert:
 @cache
 def _write_ahead(dialect: str) -> Insert:
     """INSERT … ON CONFLICT DO UPDATE that makes a row live without un-confirming it."""
-    table = Recipient.__table__  # type: ignore[attr-defined]
+    table = Recipient.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     statement = INSERT_BY_DIALECT[dialect](table)
     return statement.on_conflict_do_update(
         index_elements=[table.c.subject_id, table.c.processor, table.c.purpose],
@@ -189,10 +189,10 @@ def live_keys(session: Session, processor: str, purpose: str, subject_ids: Seque
             session.connection()
             .execute(
                 select(Recipient.subject_id).where(
-                    Recipient.subject_id.in_(subject_ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
+                    col(Recipient.subject_id).in_(subject_ids[start : start + _IDS_PER_STATEMENT]),
                     Recipient.processor == processor,
                     Recipient.purpose == purpose,
-                    Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+                    col(Recipient.removed_at).is_(None),
                 )
             )
             .scalars()
@@ -221,7 +221,7 @@ def record_removed_for(session: Session, subject_id: uuid.UUID, processor: str, 
 def record_removed_many(session: Session, ids: Iterable[uuid.UUID], now: datetime) -> int:
     """``record_removed`` for many register rows by id, without loading them; returns how many."""
     ids = list(ids)
-    table = Recipient.__table__  # type: ignore[attr-defined]
+    table = Recipient.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     for start in range(0, len(ids), _IDS_PER_STATEMENT):
         chunk = ids[start : start + _IDS_PER_STATEMENT]
         session.connection().execute(update(table).where(table.c.id.in_(chunk)).values(removed_at=now))
@@ -239,12 +239,12 @@ def live_recipient_ids_among(session: Session, processor: str, purpose: str, sub
     query = (
         select(Recipient.id)
         .where(
-            Recipient.subject_id.in_(subjects),  # type: ignore[attr-defined]
+            col(Recipient.subject_id).in_(subjects),
             Recipient.processor == processor,
             Recipient.purpose == purpose,
-            Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+            col(Recipient.removed_at).is_(None),
         )
-        .order_by(Recipient.id)
+        .order_by(col(Recipient.id))
     )
     return list(session.connection().execute(query).scalars())
 
@@ -261,7 +261,7 @@ def live_recipients(session: Session, processor: str, purpose: str, ids: Sequenc
     found: list = []
     for start in range(0, len(ids), _IDS_PER_STATEMENT):
         query = (
-            select(
+            select(  # type: ignore[call-overload]  # sqlmodel's select is typed for at most 4 columns
                 Recipient.id,
                 Recipient.external_id,
                 Recipient.subject_id,
@@ -272,8 +272,8 @@ def live_recipients(session: Session, processor: str, purpose: str, ids: Sequenc
             )
             .join(DataSubject, DataSubject.id == Recipient.subject_id)
             .where(
-                Recipient.id.in_(ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
-                Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+                col(Recipient.id).in_(ids[start : start + _IDS_PER_STATEMENT]),
+                col(Recipient.removed_at).is_(None),
             )
         )
         # Processor and purpose compared here: in the query, they make SQLite read every
@@ -296,10 +296,10 @@ def live_for_other_purposes(
             session.connection()
             .execute(
                 select(Recipient.subject_id).where(
-                    Recipient.subject_id.in_(subject_ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
+                    col(Recipient.subject_id).in_(subject_ids[start : start + _IDS_PER_STATEMENT]),
                     Recipient.processor == processor,
                     Recipient.purpose != purpose,
-                    Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+                    col(Recipient.removed_at).is_(None),
                 )
             )
             .scalars()

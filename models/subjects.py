@@ -27,7 +27,7 @@ class DataSubject(SQLModel, table=True):
     def erase_personal_data(self, now: datetime) -> None:
         """Drop everything that names the person (every column classified personal); the
         pseudonym stays for the audit trail."""
-        for column in personal_columns(DataSubject.__table__):  # type: ignore[attr-defined]
+        for column in personal_columns(DataSubject.__table__):  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
             setattr(self, column.key, None)
         self.erased_at = now
 

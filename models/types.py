@@ -128,7 +128,7 @@ def classify(
         classify(DataSubject, personal=["email", "first_name"], pseudonymous=["id", "pseudonym"],
                  not_personal=["created_at"])
     """
-    table: Table = model.__table__  # type: ignore[attr-defined]
+    table: Table = model.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     seen: set[str] = set()
     for kind, names in ((PERSONAL, personal), (PSEUDONYMOUS, pseudonymous), (NOT_PERSONAL, not_personal)):
         for name in names:

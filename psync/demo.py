@@ -221,7 +221,7 @@ def step(name: str, counts: dict) -> None:
 
 def _summary(base: str, key: bytes) -> bool:
     import requests
-    from sqlmodel import func, select
+    from sqlmodel import col, func, select
 
     from models.audit import verify
     from models.consent import ConsentRecord, ConsentState
@@ -243,7 +243,7 @@ def _summary(base: str, key: bytes) -> bool:
             confirmed = set(
                 session.exec(
                     select(DataSubject.email)
-                    .join(ConsentRecord, ConsentRecord.subject_id == DataSubject.id)
+                    .join(ConsentRecord, col(ConsentRecord.subject_id) == col(DataSubject.id))
                     .where(ConsentRecord.list_name == list_name, ConsentRecord.state == ConsentState.confirmed)
                 ).all()
             )

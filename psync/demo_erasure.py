@@ -12,6 +12,8 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlmodel import col
+
 from models.types import BERLIN
 from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES
 
@@ -78,7 +80,7 @@ def _lines(i: int, email: str, first: str, last: str, phone: str, iban: str, now
     ]
 
 
-def seed_everywhere(base: str, key: bytes, folder: Path, people=PEOPLE) -> None:
+def seed_everywhere(base: str, key: bytes, folder: Path, people: list[tuple[str, str, str, str, str]] = PEOPLE) -> None:
     """Put `people` at all five processors through the real intake and flows."""
     import requests
     from sqlmodel import select
@@ -117,7 +119,7 @@ def seed_everywhere(base: str, key: bytes, folder: Path, people=PEOPLE) -> None:
     student_id.sync_student_id_order_status()
     client = nect.from_settings(settings)
     with transaction() as session:
-        subjects = session.exec(select(DataSubject).where(DataSubject.email.in_([p[0] for p in people]))).all()  # type: ignore[union-attr]
+        subjects = session.exec(select(DataSubject).where(col(DataSubject.email).in_([p[0] for p in people]))).all()
         # The portal identifies each at Nect, which gets only the pseudonym (seed 002, 5.4.2),
         # and hands the case over as an intake line; the register then names Nect.
         cases = [
@@ -153,7 +155,7 @@ def run_erasures(base: str, key: bytes, folder: Path) -> bool:
                 open_erasure_request(session, email=email, channel="letter", reference="Demo-Löschung").id
             )
         try:
-            step("erase", fan_out_erasure(request_id=request_ids[-1]))
+            step("erase", fan_out_erasure(request_id=str(request_ids[-1])))
         except Exception as exc:  # noqa: BLE001 - a processor still open is visible, and followed up below
             print(f"erase       run failed visibly: {type(exc).__name__}")
     step("follow-up", follow_up_erasures())

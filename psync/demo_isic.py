@@ -12,6 +12,8 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+from sqlmodel import col
+
 # The smallest files each type check accepts: what the first bytes say is what counts.
 PDF_BYTES = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
 JPEG_BYTES = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"
@@ -127,7 +129,7 @@ def _agree(base: str) -> bool:
         kept = set(session.exec(select(IsicOrder.order_ref).where(IsicOrder.status != OrderStatus.cancelled)))
         documents = session.exec(select(func.count()).select_from(IsicDocument)).one()
         cancelled_with_data = session.exec(
-            select(func.count()).where(IsicOrder.status == OrderStatus.cancelled, IsicOrder.iban.is_not(None))  # type: ignore[union-attr]
+            select(func.count()).where(IsicOrder.status == OrderStatus.cancelled, col(IsicOrder.iban).is_not(None))
         ).one()
     doubles = [k for k, v in state["creates"]["cards"].items() if v > 1]
     print(

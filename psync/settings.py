@@ -141,7 +141,7 @@ class Settings(BaseSettings):
         if block:
             from prefect.blocks.system import Secret
 
-            return str(Secret.load(block).get())
+            return str(Secret.load(block).get())  # type: ignore[union-attr]  # sync_compatible: a block here, no event loop runs
         return None
 
     def hmac_key(self) -> bytes:

@@ -202,7 +202,7 @@ def _clean_customfields(raw: object) -> list[tuple[str, str | None]]:
     if not isinstance(raw, list):
         raise TimifyError(400, "customfields must be a list")
     seen: set[str] = set()
-    clean = []
+    clean: list[tuple[str, str | None]] = []
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             raise TimifyError(400, f"customfields[{index}] must be an object with an id")

@@ -29,7 +29,7 @@ from psync.cli import app
 from psync.settings import get_settings
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
-HEAD = AuditHead.__table__  # type: ignore[attr-defined]
+HEAD = AuditHead.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 
 
 def events(n: int, action: str = "consent.push") -> list[AuditEvent]:

@@ -78,7 +78,7 @@ class Kind:
 
     @property
     def multiline(self) -> frozenset[str]:
-        return self.model.multiline  # type: ignore[attr-defined]
+        return self.model.multiline  # type: ignore[attr-defined]  # the models that have one define it
 
     def known_keys(self) -> set[str]:
         keys = set(self.model.model_fields)

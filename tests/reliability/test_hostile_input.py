@@ -157,7 +157,7 @@ class World:
             *(select(literal(t.name), select(func.count()).select_from(t).scalar_subquery()) for t in TABLES)
         )
         with transaction() as session:
-            return dict(session.execute(query).all())  # type: ignore[arg-type]
+            return dict(session.execute(query).all())  # type: ignore[arg-type]  # rows of (name, count) pairs
 
     def files(self) -> dict[str, tuple]:
         """Every entry of the upload and outside folders, without following links."""

@@ -67,8 +67,8 @@ from psync.cli import app
 
 from reliability.figures import record
 
-ENTRY = AuditEntry.__table__  # type: ignore[attr-defined]
-HEAD = AuditHead.__table__  # type: ignore[attr-defined]
+ENTRY = AuditEntry.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
+HEAD = AuditHead.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 COLUMNS = [*FIELDS, "prev_hash", "hash"]  # every column of audit_entry
 SETTINGS = hypothesis_settings(
     max_examples=25,

@@ -8,7 +8,7 @@ Create Date: 2026-11-21 13:52:27.777482
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 import models.types
