@@ -116,9 +116,9 @@ def berlin_start(dt: datetime) -> str:
     go back: the same check (``models.types.berlin_wall_clock``) the booking intake makes,
     so a booking that was taken in can always be sent.
 
-    >>> berlin_start(datetime(2026, 3, 29, 8, 0, tzinfo=timezone.utc))
+    >>> berlin_start(datetime(2026, 3, 29, 8, 0, tzinfo=UTC))
     '2026-03-29 10:00'
-    >>> berlin_start(datetime(2026, 3, 29, 8, 3, tzinfo=timezone.utc))
+    >>> berlin_start(datetime(2026, 3, 29, 8, 3, tzinfo=UTC))
     Traceback (most recent call last):
     ...
     ValueError: start must lie on the 5-minute grid
