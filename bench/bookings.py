@@ -21,10 +21,10 @@ RECORDS_PER_TASK = 500
 
 def _seed(n: int, now: datetime) -> None:
     """N bookings through the real intake (not timed)."""
+    from core.settings import get_settings
     from models.db import transaction
     from models.intake import intake_lines
     from psync.demo_bookings import synthetic_bookings
-    from psync.settings import get_settings
 
     settings = get_settings()
     lines, _ = synthetic_bookings(n, seed=11, now=now)
@@ -48,11 +48,11 @@ def _payloads() -> list[tuple[str, dict, dict, dict | None]]:
     from sqlmodel import select
 
     from connectors.timify import berlin_start
+    from core.settings import get_settings
     from flows.bookings import _placement, customer_fields
     from models.bookings import Booking, Channel
     from models.db import transaction
     from models.subjects import DataSubject
-    from psync.settings import get_settings
 
     settings = get_settings()
     out = []

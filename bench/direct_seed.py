@@ -26,9 +26,10 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from bench import seed
+from core.settings import get_settings
 from flows.newsletter import receiver_for
 from models.audit import AuditEvent, append, insert_many, verify
-from models.consent import ConsentEvent, ConsentList, ConsentRecord, ConsentState, EventKind, changed_since, event_key
+from models.consent import ConsentEvent, ConsentList, ConsentRecord, ConsentState, EventKind, changed_since
 from models.consent_intake import ConsentConfirm, ConsentSignup
 from models.cursors import next_seq
 from models.db import get_engine, transaction
@@ -36,8 +37,7 @@ from models.identity import pseudonym
 from models.intake import EVENT_ADAPTER
 from models.migrate import upgrade
 from models.subjects import DataSubject
-from models.types import utcnow
-from psync.settings import get_settings
+from models.types import event_key, utcnow
 
 _SUBJECTS = DataSubject.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 _CONSENTS = ConsentRecord.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it

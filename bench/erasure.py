@@ -53,13 +53,13 @@ def _fan_out(sandbox, sequential: bool, email: str) -> dict:
 def _queued(n: int) -> dict:
     from sqlmodel import func, select
 
+    from core.settings import get_settings
     from flows import newsletter
     from flows.erasure import follow_up_erasures, open_erasure_request
     from models.db import transaction
     from models.erasure import ErasureRequest
     from models.intake import intake_lines
     from models.types import utcnow
-    from psync.settings import get_settings
 
     now = utcnow()
     at = (now - timedelta(hours=2)).isoformat()
@@ -121,9 +121,9 @@ def run(queued: int, keep: bool = False) -> dict:
     from bench.common import prefect_api
     from bench.prefect_runs import settled_task_runs
     from bench.procs import Sandbox
+    from core.settings import get_settings
     from models.migrate import upgrade
     from psync.demo_erasure import PEOPLE, seed_everywhere
-    from psync.settings import get_settings
 
     with job_environment(keep) as (work, port), Sandbox(port, work / "sandbox.log") as sandbox, prefect_api():
         upgrade()

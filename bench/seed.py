@@ -7,10 +7,10 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+from core.settings import get_settings
 from models.db import transaction
 from models.intake import intake_lines
 from models.types import utcnow
-from psync.settings import get_settings
 
 LIST = "newsletter"
 SALUTATIONS = ("Frau", "Herr", None)

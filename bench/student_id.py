@@ -25,11 +25,11 @@ INTAKE_SLICE = 500  # orders per intake transaction
 
 def _seed(n: int, folder) -> None:
     """N orders with their documents through the real intake (not timed)."""
+    from core.settings import get_settings
     from models.db import transaction
     from models.intake import intake_lines
     from models.types import utcnow
     from psync.demo_isic import synthetic_orders
-    from psync.settings import get_settings
 
     settings = get_settings()
     orders, _, _ = synthetic_orders(n, seed=13, folder=folder)
@@ -53,11 +53,11 @@ def _payloads() -> list[tuple[dict, bytes, str]]:
     the flow's own queries and built as the connector builds them."""
     from sqlmodel import select
 
+    from core.settings import get_settings
     from models.db import transaction
     from models.documents import DocumentCipher
     from models.isic import IsicOrder, open_document, photo
     from models.subjects import DataSubject
-    from psync.settings import get_settings
 
     cipher = DocumentCipher(get_settings().document_key_bytes())
     out = []

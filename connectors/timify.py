@@ -55,7 +55,7 @@ from connectors.transport import (
 
 # The booking intake checks a start with this same function, so it never takes in a start
 # the push refuses. models.types is the bottom layer; nothing in models imports connectors.
-from models.types import berlin_wall_clock
+from core.clock import berlin_wall_clock
 
 PROCESSOR = "timify"
 PAGE_SIZE = 100
@@ -113,7 +113,7 @@ def berlin_start(dt: datetime) -> str:
     """TIMIFY's ``startDate``: Berlin wall-clock time on the 5-minute grid.
 
     ValueError for a start off the grid or in the hour that happens twice when the clocks
-    go back: the same check (``models.types.berlin_wall_clock``) the booking intake makes,
+    go back: the same check (``core.clock.berlin_wall_clock``) the booking intake makes,
     so a booking that was taken in can always be sent.
 
     >>> berlin_start(datetime(2026, 3, 29, 8, 0, tzinfo=UTC))

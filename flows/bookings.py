@@ -34,6 +34,8 @@ from sqlmodel import Session, col, select
 
 from connectors import flexperto, timify
 from connectors.transport import CallRecord
+from core.clock import berlin_today
+from core.settings import Settings, get_settings
 from flows.common import (
     JobFailed,
     audit_failure,
@@ -50,7 +52,6 @@ from models.bookings import (
     Booking,
     BookingStatus,
     Channel,
-    berlin_today,
     by_refs,
     changed_since,
     chat_purge_due,
@@ -64,7 +65,6 @@ from models.parked import due_for_retry
 from models.recipients import Recipient, record_removed_for, record_sent_many
 from models.subjects import DataSubject
 from models.types import utcnow
-from psync.settings import Settings, get_settings
 
 CURSOR = "timify:bookings"
 PURPOSE = "booking"

@@ -22,10 +22,10 @@ from prefect.states import Failed
 from sqlmodel import Session
 
 from connectors.transport import CallRecord, ProcessorError, redact
+from core.settings import get_settings
 from flows import labels
 from models.audit import Anchor, AuditEvent, append, append_anchor, current_anchor
 from models.db import transaction
-from psync.settings import get_settings
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -40,6 +40,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from sqlmodel import Session, col, select
 
 from connectors.transport import ProcessorError, redact
+from core.clock import berlin_today
+from core.settings import get_settings
 from flows import erasure_form as form
 from flows import journal
 from flows.common import JobFailed, call_events, counts_artifact, decision, one_line_failure, run_id, write_audit
@@ -60,7 +62,6 @@ from flows.erasure_processors import (
     policy_from_settings,
 )
 from models.audit import AuditEvent
-from models.bookings import berlin_today
 from models.db import scrub_journal, transaction
 from models.deadlines import urgency
 from models.erasure import (
@@ -88,7 +89,6 @@ from models.erasure import (
 from models.recipients import Recipient, record_removed
 from models.subjects import DataSubject
 from models.types import berlin_text, utcnow
-from psync.settings import get_settings
 
 ACTION = "erasure"
 

@@ -39,10 +39,10 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from connectors.transport import CALL_JOURNAL, IN_FLIGHT, CallRecord
+from core.settings import DATA_DIR, get_settings
 from flows.common import call_events, decision, run_id, write_audit
 from models.audit import AuditEntry
 from models.db import transaction
-from psync.settings import DATA_DIR, get_settings
 
 _SUFFIX = ".calls.jsonl"
 log = logging.getLogger(__name__)

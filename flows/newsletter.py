@@ -38,6 +38,7 @@ from sqlmodel import Session, col, select
 
 from connectors import cleverreach
 from connectors.transport import ProcessorError
+from core.settings import Settings, get_settings
 from flows.common import (
     audit_failure,
     call_events,
@@ -63,7 +64,6 @@ from models.consent import (
     changed_since,
     changes_ahead,
     count_changed_since,
-    event_key,
     expiry_candidates,
     expiry_due,
     lapsed_among,
@@ -84,8 +84,7 @@ from models.recipients import (
     record_sent_many,
 )
 from models.subjects import DataSubject
-from models.types import utcnow
-from psync.settings import Settings, get_settings
+from models.types import event_key, utcnow
 
 PROCESSOR = cleverreach.PROCESSOR
 ALL_LISTS = [ConsentList.newsletter, ConsentList.service_offers]

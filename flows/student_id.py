@@ -30,6 +30,8 @@ from pydantic import Field
 from sqlmodel import Session, col, select
 
 from connectors import isic
+from core.clock import berlin_today
+from core.settings import get_settings
 from flows.common import (
     JobFailed,
     audit_failure,
@@ -42,7 +44,6 @@ from flows.common import (
 )
 from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
 from models.audit import AuditEvent
-from models.bookings import berlin_today
 from models.cursors import cursor_position
 from models.db import scrub_journal, transaction
 from models.documents import DocumentCipher
@@ -64,7 +65,6 @@ from models.parked import due_for_retry
 from models.recipients import record_removed_for, record_sent_many
 from models.subjects import DataSubject
 from models.types import utcnow
-from psync.settings import get_settings
 
 CURSOR = "isic:orders"
 PROCESSOR = isic.PROCESSOR

@@ -111,10 +111,6 @@ def chat_purge_due(start_at: datetime, duration_min: int, retention_days: int) -
     return ended.date() + timedelta(days=retention_days)
 
 
-def berlin_today(now: datetime) -> date:
-    return now.astimezone(BERLIN).date()
-
-
 def changed_since(session: Session, after: int, limit: int) -> list[Booking]:
     """Bookings changed after cursor position `after`, in change order."""
     query = select(Booking).where(col(Booking.seq) > after).order_by(col(Booking.seq)).limit(limit)

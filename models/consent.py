@@ -18,24 +18,19 @@ withdrawal (the stricter reading wins), then the controller's own expiry and era
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import String, UniqueConstraint, extract, func, tuple_, type_coerce
 from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.db import skip_locked
 from models.subjects import DataSubject
-from models.types import UTCDateTime, classify, new_id, utcnow
-
-BERLIN = ZoneInfo("Europe/Berlin")
+from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
 
 class ConsentList(StrEnum):
@@ -160,17 +155,6 @@ def expiry_due(signup_at: datetime, days: int) -> datetime:
     """
     local = signup_at.astimezone(BERLIN)
     return (local + timedelta(days=days)).astimezone(signup_at.tzinfo)
-
-
-def event_key(key: bytes, *parts: object) -> str:
-    """The keyed dedupe key of an event: the same parts give the same key, so storing an
-    event twice is recognised (ConsentEvent.dedupe_key is unique).
-
-    >>> event_key(b"k", "expire", 1) == event_key(b"k", "expire", 1)
-    True
-    """
-    payload = "|".join(map(str, parts)).encode()
-    return hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
 class TransitionError(ValueError):

@@ -37,7 +37,6 @@ from models.consent import (
     TransitionError,
     cut_of,
     describe_time,
-    event_key,
     replay,
     settle,
 )
@@ -46,7 +45,7 @@ from models.intake_types import Applied, Email, EventBase, InsuranceNumber, NotY
 from models.receipts import IntakeReceipt, ignored, seen
 from models.subject_index import SubjectIndex, erased_before
 from models.subjects import DataSubject
-from models.types import utcnow
+from models.types import event_key, utcnow
 
 
 class NoSignup(TransitionError, NotYetKnown):

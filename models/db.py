@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Select
 from sqlmodel import Session, SQLModel, create_engine
 
-from psync.settings import get_settings
+from core.settings import get_settings
 
 
 class _NoRowLogging(logging.Filter):

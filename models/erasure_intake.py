@@ -16,11 +16,11 @@ from pydantic import AwareDatetime, Field, model_validator
 from sqlmodel import Session
 
 from models.audit import AuditEvent
-from models.consent import event_key
 from models.erasure import open_request
 from models.intake_types import Applied, Email, EventBase, InsuranceNumber
 from models.receipts import IntakeReceipt, seen
 from models.subjects import DataSubject
+from models.types import event_key
 
 
 class ErasureRejected(ValueError):

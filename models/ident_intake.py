@@ -20,11 +20,11 @@ from pydantic import Field
 from sqlmodel import Session
 
 from models.audit import AuditEvent
-from models.consent import event_key
 from models.intake_types import Applied, Email, EventBase, InsuranceNumber
 from models.receipts import IntakeReceipt, seen
 from models.recipients import record_sent_many
 from models.subject_index import SubjectIndex
+from models.types import event_key
 
 PROCESSOR = "nect"
 

@@ -29,12 +29,13 @@ from sqlmodel import Session
 
 from models.audit import AuditEvent
 from models.bookings import BERLIN
-from models.consent import describe_time, event_key
+from models.consent import describe_time
 from models.documents import JPEG, PDF, PNG, DocumentCipher, read_document
 from models.intake_types import FIELD_NAME, Applied, Email, EventBase, NotYetKnown, context_now
 from models.isic import DocumentKind, IsicDocument, IsicOrder, OrderStatus
 from models.receipts import ReceiptStore, ignored
 from models.subject_index import SubjectIndex, erased_before
+from models.types import event_key
 
 OrderId = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,49}$", description="the portal's order id")
 ALLOWED_TYPES = {

@@ -14,18 +14,17 @@ from datetime import datetime
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.audit import AuditEvent
-from models.consent import event_key
 from models.cursors import next_seq
 from models.intake_types import Applied
 from models.subject_index import SubjectIndex
 from models.subjects import DataSubject
-from models.types import UTCDateTime, classify
+from models.types import UTCDateTime, classify, event_key
 
 
 class IntakeReceipt(SQLModel, table=True):
     __tablename__ = "intake_receipt"
 
-    # Keyed HMAC of the line's content (``consent.event_key``): nothing personal.
+    # Keyed HMAC of the line's content (``models.types.event_key``): nothing personal.
     dedupe_key: str = Field(primary_key=True, max_length=64)
     kind: str = Field(max_length=40)
     received_at: datetime = Field(sa_type=UTCDateTime)

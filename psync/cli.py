@@ -57,10 +57,10 @@ def documents_rotate_key() -> None:
     Set PSYNC_DOCUMENT_KEY=NEW,OLD, run this, then drop OLD. Documents are not rewritten,
     except those stored before data keys existed, which get one now.
     """
+    from core.settings import get_settings
     from models.db import transaction
     from models.documents import DocumentCipher
     from models.isic import rotate_document_keys
-    from psync.settings import get_settings
 
     try:
         cipher = DocumentCipher(get_settings().document_key_bytes())
@@ -101,9 +101,9 @@ def intake(
         return
     if file is None:
         raise typer.BadParameter("give a FILE.jsonl (or --schema)")
+    from core.settings import get_settings
     from models.db import transaction
     from models.types import utcnow
-    from psync.settings import get_settings
 
     settings = get_settings()
     # Binary: a line in the wrong encoding is rejected alone instead of failing the file.
@@ -161,9 +161,9 @@ class ExportFormat(StrEnum):
 def audit_verify() -> None:
     """Check the hash chain, and the trail against the latest anchor (PSYNC_AUDIT_ANCHOR);
     exits 1 and names the first bad row, or the tampering, when it is broken."""
+    from core.settings import get_settings
     from models.audit import latest_anchor, verify_against
     from models.db import transaction
-    from psync.settings import get_settings
 
     settings = get_settings()
     key = settings.hmac_key()
@@ -232,9 +232,9 @@ def check(
     ] = False,
 ) -> None:
     """Per processor: what is configured, what is missing (by variable); exit 2 if a job cannot run."""
+    from core.settings import get_settings
     from psync.check import check as run_check
     from psync.check import render
-    from psync.settings import get_settings
 
     report = run_check(get_settings(), connect=connect)
     typer.echo(render(report))
@@ -272,9 +272,9 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8710,
 ) -> None:
     """Serve the website's signed HTTP intake (POST /v1/events; needs PSYNC_INTAKE_SECRET)."""
+    from core.settings import get_settings
     from psync.serve import DoorConfig
     from psync.serve import serve as serve_door
-    from psync.settings import get_settings
 
     try:
         config = DoorConfig.from_settings(get_settings())

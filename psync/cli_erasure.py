@@ -136,8 +136,8 @@ def extend(
     informed_on: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="when the subject was told")],
 ) -> None:
     """Extend the deadline by up to two months (Art. 12(3)); only within the first month."""
+    from core.clock import berlin_today
     from flows.erasure import extend_request
-    from models.bookings import berlin_today
     from models.types import utcnow
 
     due = _in_session(

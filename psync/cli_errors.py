@@ -166,8 +166,8 @@ def _invalid_settings(exc: BaseException) -> str:
 
 def _missing_settings(processor: str) -> list[str]:
     """The variables `processor`'s connector lacks (its credentials and URL), per ``psync check``."""
+    from core.settings import get_settings
     from psync.check import PROCESSORS, configuration, env_name
-    from psync.settings import get_settings
 
     try:
         settings = get_settings()
@@ -184,7 +184,7 @@ def _missing_settings(processor: str) -> list[str]:
 
 def _debug_setting() -> bool:
     """PSYNC_DEBUG, through the one settings object (false when the settings are broken)."""
-    from psync.settings import get_settings
+    from core.settings import get_settings
 
     try:
         return get_settings().debug

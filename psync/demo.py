@@ -23,6 +23,7 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+from psync.demo_data import insurance_number, step
 from psync.sandbox_env import sandbox_environment
 
 DEMO_DIR = Path(".psync/demo")
@@ -50,7 +51,7 @@ def _configure(port: int) -> None:
         PSYNC_DOCUMENT_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
         **sandbox_environment(f"http://127.0.0.1:{port}", rate_per_second=200),
     )
-    from psync.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
 
@@ -71,14 +72,6 @@ def _start_sandbox(port: int) -> subprocess.Popen:
             time.sleep(0.2)
     process.terminate()
     raise RuntimeError("the sandbox did not start within 30 s")
-
-
-def insurance_number(rng: random.Random) -> str:
-    """A synthetic health-insurance number with a correct check digit."""
-    from models.identity import insurance_number_valid
-
-    stem = rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + f"{rng.randrange(10**8):08d}"
-    return next(stem + d for d in "0123456789" if insurance_number_valid(stem + d))
 
 
 def synthetic_events(n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -169,6 +162,7 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
     import requests
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    from core.settings import get_settings
     from flows import newsletter
     from models.db import transaction
     from models.intake import intake_lines
@@ -177,7 +171,6 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
     from psync.demo_bookings import run_bookings
     from psync.demo_erasure import run_erasures
     from psync.demo_isic import run_student_ids
-    from psync.settings import get_settings
 
     key = get_settings().hmac_key()
     base = f"http://127.0.0.1:{port}"
@@ -213,10 +206,6 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
         f"(database {DEMO_DIR / 'psync.db'}, events {DEMO_DIR / 'events.jsonl'})"
     )
     return 0 if ok else 1
-
-
-def step(name: str, counts: dict) -> None:
-    print(f"{name:<11} {counts or 'nothing to do'}")
 
 
 def _summary(base: str, key: bytes) -> bool:

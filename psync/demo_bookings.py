@@ -22,7 +22,7 @@ def synthetic_bookings(n: int, seed: int, now: datetime) -> tuple[list[str], lis
     from faker import Faker
 
     from models.bookings import BERLIN
-    from psync.demo import insurance_number
+    from psync.demo_data import insurance_number
 
     fake, rng = Faker("de_DE"), random.Random(seed)
     Faker.seed(seed)
@@ -82,13 +82,13 @@ def run_bookings(base: str, key: bytes, n: int, seed: int) -> bool:
     """Intake, push, change, push, chats, purge; prints each step; True when both sides agree."""
     import requests
 
+    from core.clock import berlin_today
+    from core.settings import get_settings
     from flows import bookings
-    from models.bookings import berlin_today
     from models.db import transaction
     from models.intake import intake_lines
     from models.types import utcnow
-    from psync.demo import step
-    from psync.settings import get_settings
+    from psync.demo_data import step
 
     now = utcnow()
     service_points = get_settings().timify_service_points

@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlmodel import col
 
 from models.types import BERLIN
-from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES
+from psync.demo_data import JPEG_BYTES, PDF_BYTES, PNG_BYTES, step
 
 PEOPLE = [
     ("loesch.eins@example.de", "Greta", "Löschmann", "+49 170 5550111", "DE02120300000000202051"),
@@ -86,12 +86,12 @@ def seed_everywhere(base: str, key: bytes, folder: Path, people: list[tuple[str,
     from sqlmodel import select
 
     from connectors import nect
+    from core.settings import get_settings
     from flows import bookings, newsletter, student_id
     from models.db import transaction
     from models.intake import intake_lines
     from models.subjects import DataSubject
     from models.types import utcnow
-    from psync.settings import get_settings
 
     settings, now = get_settings(), utcnow()
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,7 +143,6 @@ def run_erasures(base: str, key: bytes, folder: Path) -> bool:
 
     from flows.erasure import fan_out_erasure, follow_up_erasures, open_erasure_request, render_markdown, report
     from models.db import transaction
-    from psync.demo import step
 
     seed_everywhere(base, key, folder)
     print(f"scene       {len(PEOPLE)} people at CleverReach, TIMIFY, Flexperto, the ISIC issuer and Nect")

@@ -14,10 +14,7 @@ from pathlib import Path
 
 from sqlmodel import col
 
-# The smallest files each type check accepts: what the first bytes say is what counts.
-PDF_BYTES = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
-JPEG_BYTES = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"
-PNG_BYTES = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00"
+from psync.demo_data import JPEG_BYTES, PDF_BYTES, PNG_BYTES, step
 
 
 def synthetic_orders(n: int, seed: int, folder: Path) -> tuple[list[str], list[str], list[str]]:
@@ -77,13 +74,12 @@ def run_student_ids(base: str, key: bytes, folder: Path, n: int, seed: int) -> b
     """Intake, forward, issue, cancel, follow, purge; True when both sides agree."""
     import requests
 
+    from core.clock import berlin_today
+    from core.settings import get_settings
     from flows import student_id
-    from models.bookings import berlin_today
     from models.db import transaction
     from models.intake import intake_lines
     from models.types import utcnow
-    from psync.demo import step
-    from psync.settings import get_settings
 
     settings = get_settings()
     orders, early, late = synthetic_orders(n, seed, folder)

@@ -177,7 +177,7 @@ def _intake_secret_configured(env: Mapping[str, str]) -> bool:
     """Whether the door has a secret from the environment or the .env file."""
     if env.get("PSYNC_INTAKE_SECRET") or env.get("PSYNC_INTAKE_SECRET_BLOCK"):
         return True
-    from psync.settings import Settings
+    from core.settings import Settings
 
     configured = Settings()
     return bool(configured.intake_secret or configured.intake_secret_block)

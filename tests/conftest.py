@@ -23,10 +23,10 @@ import requests
 from sqlmodel import SQLModel
 
 import models  # noqa: F401 - registers every table
+from core.settings import get_settings
 from models.db import get_engine
 from models.migrate import upgrade
 from psync.sandbox_env import sandbox_environment
-from psync.settings import get_settings
 
 import pg as pgtest  # tests/pg.py (`pg` is a fixture)
 from support import TEST_KEY, served

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import requests
 
-from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES  # noqa: F401  (re-exported)
+from psync.demo_data import JPEG_BYTES, PDF_BYTES, PNG_BYTES  # noqa: F401  (re-exported)
 
 TEST_KEY = "test-pseudonym-key"
 

@@ -8,9 +8,9 @@ import shlex
 import pytest
 from typer.testing import CliRunner
 
+from core.settings import get_settings
 from psync.cli import app
 from psync.sandbox_env import CREDENTIAL_SECRET, sandbox_environment
-from psync.settings import get_settings
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_env_example_names_every_setting_and_its_block():
     import re
     from pathlib import Path
 
-    from psync.settings import Settings
+    from core.settings import Settings
 
     text = (Path(__file__).parents[1] / ".env.example").read_text()
     named = set(re.findall(r"^#?(PSYNC_[A-Z0-9_]+)=", text, flags=re.M))

@@ -11,10 +11,10 @@ from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 from typer.testing import CliRunner
 
+from core.settings import get_settings
 from models.audit import FIELDS
 from models.db import get_engine, transaction
 from psync.cli import app
-from psync.settings import get_settings
 
 # Fixed past times: the CLI compares against the real clock (future lines are refused).
 AT = "2025-06-01T10:00:00+02:00"

@@ -12,8 +12,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from core.settings import get_settings
 from psync.cli import app
-from psync.settings import get_settings
 
 from support import TEST_KEY
 

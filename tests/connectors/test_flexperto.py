@@ -12,7 +12,7 @@ from responses import matchers
 
 from connectors.flexperto import ALLOWED_FIELDS, Flexperto, check_allowed, from_settings
 from connectors.transport import FatalError, RetryPolicy
-from psync.settings import get_settings
+from core.settings import get_settings
 
 ROOT = "https://mkk.live.flexperto.test"
 API = f"{ROOT}/api/v2"

@@ -12,7 +12,7 @@ from responses import matchers
 
 from connectors.isic import ALLOWED_FIELDS, Isic, check_allowed, from_settings
 from connectors.transport import FatalError, RetriableError, RetryPolicy
-from psync.settings import get_settings
+from core.settings import get_settings
 
 ROOT = "https://isic.test/isic"
 TOKEN = f"{ROOT}/auth/token"

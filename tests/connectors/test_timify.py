@@ -23,7 +23,7 @@ from connectors.timify import (
     parse_utc,
 )
 from connectors.transport import FatalError, RetriableError, RetryPolicy
-from psync.settings import get_settings
+from core.settings import get_settings
 
 ROOT = "https://timify.test"
 COMPANY = "65aea871f011c03363aefdb3"
@@ -506,7 +506,7 @@ def test_berlin_start_refuses_both_instants_of_the_repeated_hour(instant):
     "written", ["2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00", "2026-12-03T10:32:00+01:00"]
 )
 def test_the_push_refuses_what_intake_refuses_in_the_same_words(written):
-    """One check for both (models.types.berlin_wall_clock): the intake's reason for a start
+    """One check for both (core.clock.berlin_wall_clock): the intake's reason for a start
     is the push's, so no line intake takes in can be refused later and block the stream."""
     from models.intake import parse_line
 

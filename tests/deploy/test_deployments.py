@@ -18,6 +18,7 @@ import pytest
 import requests
 from sqlmodel import select
 
+from core.settings import get_settings
 from models.audit import AuditEntry
 from models.bookings import Booking
 from models.consent import ConsentRecord, ConsentState
@@ -27,7 +28,6 @@ from models.intake import intake_lines
 from models.isic import IsicOrder, OrderStatus
 from models.types import utcnow
 from psync.demo_erasure import _lines
-from psync.settings import get_settings
 from psync.stack import Stack
 
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state

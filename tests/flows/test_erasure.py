@@ -20,10 +20,11 @@ from sqlmodel import SQLModel, select
 
 from connectors import cleverreach, nect
 from connectors.transport import RetriableError
+from core.clock import berlin_today
+from core.settings import get_settings
 from flows import bookings, erasure, student_id
 from flows.erasure_processors import HANDLERS, Hold, Policy, TimifyHandler
 from models.audit import AuditEntry, verify
-from models.bookings import berlin_today
 from models.db import get_engine, transaction
 from models.erasure import ErasureRequest, ErasureTask, UnknownSubject
 from models.intake import intake_lines
@@ -32,7 +33,6 @@ from models.subject_index import SubjectMismatch
 from models.subjects import DataSubject
 from models.types import utcnow
 from psync.sandbox_env import SERVICE_POINTS
-from psync.settings import get_settings
 
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
 

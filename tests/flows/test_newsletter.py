@@ -119,7 +119,7 @@ def add_foreign_group(name="Hand-made group"):
     """A group this sync does not manage, created at the sandbox the way a marketer would."""
     from connectors import cleverreach
     from connectors.transport import path
-    from psync.settings import get_settings
+    from core.settings import get_settings
 
     client = cleverreach.from_settings(get_settings())
     client.http.request("groups.create", "POST", path("groups.json"), json={"name": name})
@@ -454,7 +454,7 @@ def test_a_returning_subject_keeps_one_register_row(against_sandbox):
 
 def test_a_consent_confirmed_again_after_the_removals_were_listed_keeps_its_receiver(against_sandbox):
     from connectors import cleverreach
-    from psync.settings import get_settings
+    from core.settings import get_settings
 
     take_in(signup("back@example.de"), confirm("back@example.de"))
     newsletter.sync_newsletter_consents()

@@ -30,7 +30,7 @@ DOC_KEY = Fernet.generate_key().decode()
 @pytest.fixture
 def isic_env(against_sandbox, monkeypatch, tmp_path):
     monkeypatch.setenv("PSYNC_DOCUMENT_KEY", DOC_KEY)
-    from psync.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
     (tmp_path / "nachweis.pdf").write_bytes(PDF_BYTES)

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import delete, insert, select, text
 from typer.testing import CliRunner
 
+from core.settings import get_settings
 from models.audit import (
     HEAD_MISSING,
     REWRITTEN,
@@ -26,7 +27,6 @@ from models.audit import (
 )
 from models.db import transaction
 from psync.cli import app
-from psync.settings import get_settings
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 HEAD = AuditHead.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it

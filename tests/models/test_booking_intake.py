@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlmodel import select
 
+import core.clock
 import models.types
 from connectors.timify import berlin_start
 from models.audit import AuditEntry
@@ -299,4 +300,5 @@ def test_intake_takes_a_start_exactly_when_timify_can_be_sent_that_wall_clock(da
 
 
 def test_the_time_helper_examples_hold():
+    assert doctest.testmod(core.clock).attempted > 0 and doctest.testmod(core.clock).failed == 0
     assert doctest.testmod(models.types).failed == 0

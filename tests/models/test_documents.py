@@ -14,12 +14,12 @@ from cryptography.fernet import Fernet
 from sqlmodel import select
 from typer.testing import CliRunner
 
+from core.settings import get_settings
 from models.db import scrub_journal, transaction
 from models.documents import DocumentCipher, DocumentKey
 from models.intake import intake_lines
 from models.isic import IsicDocument, IsicOrder, delete_documents, open_document
 from psync.cli import app
-from psync.settings import get_settings
 
 from support import JPEG_BYTES, PDF_BYTES
 

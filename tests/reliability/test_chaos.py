@@ -39,15 +39,16 @@ from sqlmodel import func, select
 
 from connectors import nect
 from connectors.transport import ProcessorError
+from core.clock import berlin_today
+from core.settings import get_settings
 from flows import bookings, erasure, newsletter, student_id
 from models.audit import AuditEntry, verify
-from models.bookings import berlin_today
 from models.db import transaction
 from models.types import BERLIN, utcnow
 from psync.demo import synthetic_events
 from psync.demo_bookings import synthetic_bookings
-from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES, synthetic_orders
-from psync.settings import get_settings
+from psync.demo_data import JPEG_BYTES, PDF_BYTES, PNG_BYTES
+from psync.demo_isic import synthetic_orders
 from sandbox.faults import FAULT_KINDS
 
 from reliability.figures import record

@@ -40,14 +40,14 @@ from cryptography.fernet import Fernet
 from sqlmodel import func, select
 
 from connectors import nect
+from core.settings import get_settings
 from flows import bookings, erasure, journal, newsletter, student_id
 from models.audit import AuditEntry, verify
 from models.db import transaction
 from models.erasure import ErasureRequest, RequestStatus
 from models.types import BERLIN, utcnow
-from psync.demo import insurance_number as synthetic_insurance_number
-from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES
-from psync.settings import get_settings
+from psync.demo_data import JPEG_BYTES, PDF_BYTES, PNG_BYTES
+from psync.demo_data import insurance_number as synthetic_insurance_number
 
 from reliability.figures import record
 from reliability.procs import (

@@ -15,6 +15,7 @@ import pytest
 import requests
 from cryptography.fernet import Fernet
 
+from core.settings import get_settings
 from flows import bookings, newsletter, student_id
 from models.audit import verify
 from models.db import transaction
@@ -22,7 +23,6 @@ from models.types import utcnow
 from psync.demo import synthetic_events
 from psync.demo_bookings import synthetic_bookings
 from psync.demo_isic import synthetic_orders
-from psync.settings import get_settings
 
 from reliability.figures import record
 from reliability.procs import (

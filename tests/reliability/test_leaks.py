@@ -62,8 +62,9 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from connectors import nect
+from core.clock import BERLIN, berlin_today
+from core.settings import get_settings
 from flows.registry import FLOWS, get_flow
-from models.bookings import BERLIN, berlin_today
 from models.db import transaction
 from models.erasure import ErasureRequest
 from models.identity import insurance_number_valid
@@ -71,7 +72,6 @@ from models.subjects import DataSubject
 from models.types import utcnow
 from psync.cli import app
 from psync.sandbox_env import CREDENTIAL_ID, CREDENTIAL_SECRET, sandbox_environment
-from psync.settings import get_settings
 
 from reliability.figures import record
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
