@@ -26,7 +26,7 @@ class Settings(BaseSettings):
 
     database_url: str = f"sqlite:///{DATA_DIR / 'psync.db'}"
     # Where delivery batches journal their calls until they commit (flows/journal.py);
-    # empty: next to the SQLite file, or under .psync/calls/ for another database.
+    # empty: next to the SQLite file, or under ~/.local/state/psync/calls/ for another database.
     call_journal_dir: str | None = None
     # Keyed HMAC for pseudonyms and the audit chain. Without one, a random key is created
     # once under .psync/ so a local install works; production sets it (or a Secret block).

@@ -248,8 +248,8 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
     # Each start-over follows another worker's progress (it moved the cursor), so this ends
     # with the stream; the bound only stops a worker that keeps losing to a busier one.
     for _ in range(_MOST_STARTS):
+        journal.settle_now()  # what batches killed before their commit left
         with transaction() as session:
-            settled = journal.settle(session)  # what batches killed before their commit left
             ahead = _select(job, session, limit, ids, ahead=True)
             held = being_erased(session)
             reaches = job.reaches(session, ahead.rows)
@@ -259,7 +259,6 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
                 write_audit(
                     session, [decision(f"{job.name}.register_ahead", "may_hold", records=len(ahead.rows), rows=written)]
                 )
-        journal.discard(*settled)
         if not ahead.rows:
             return {}
         counts = _send(job, limit, ids, ahead, held, now)

@@ -17,16 +17,18 @@ exclusive ``flock`` on its file while it lives), and:
   ``<job>.batch ended_before_commit batch=<id>``, commits, then deletes it.
 
 So each call reaches the trail exactly once. The journal lives next to an SQLite database
-(``<file>-calls/``) or under ``.psync/calls/<hash of the URL>/`` (``PSYNC_CALL_JOURNAL_DIR``
-overrides both); each worker host settles its own.
+(``<file>-calls/``) or under ``$XDG_STATE_HOME/psync/calls/<hash of the URL>/`` (default
+``~/.local/state``; ``PSYNC_CALL_JOURNAL_DIR`` overrides both); each worker host settles its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import logging
+import os
 import threading
 import uuid
 from collections import Counter
@@ -39,7 +41,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from connectors.transport import CALL_JOURNAL, IN_FLIGHT, CallRecord
-from core.settings import DATA_DIR, get_settings
+from core.settings import get_settings
 from flows.common import call_events, decision, run_id, write_audit
 from models.audit import AuditEntry
 from models.db import transaction
@@ -56,7 +58,9 @@ def directory() -> Path:
     url = settings.database_url
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///") + "-calls")
-    return DATA_DIR / "calls" / hashlib.sha256(url.encode()).hexdigest()[:12]
+    # Not below the working directory: the workers of one host may run from different ones.
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "psync" / "calls" / hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
 @contextmanager
@@ -69,8 +73,12 @@ def journaled(job: str) -> Iterator[str]:
     folder.mkdir(parents=True, exist_ok=True)
     batch = uuid.uuid4().hex
     lock = threading.Lock()
-    with open(folder / f"{batch}{_SUFFIX}", "a", encoding="utf-8") as file:
+    hidden = folder / f".{batch}.new"  # not a journal yet: ``settle`` does not look at it
+    with open(hidden, "a", encoding="utf-8") as file:
         fcntl.flock(file, fcntl.LOCK_EX)  # released by the OS if this process dies
+        # Named a journal only once locked: another worker's ``settle`` must never take a
+        # live batch's journal for an abandoned one.
+        hidden.rename(folder / f"{batch}{_SUFFIX}")
 
         def write(call: CallRecord) -> None:
             line = json.dumps({"job": job, **asdict(call)}, separators=(",", ":")) + "\n"
@@ -106,6 +114,10 @@ def settle(session: Session) -> list[str]:
     folder = directory()
     if not folder.is_dir():
         return []
+    for path in folder.glob(".*.new"):  # a process died between creating and naming one: no calls in it
+        with contextlib.suppress(OSError), open(path, encoding="utf-8") as file:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink()
     settled = []
     for path in sorted(folder.glob(f"*{_SUFFIX}")):
         batch = path.name.removesuffix(_SUFFIX)
@@ -159,9 +171,13 @@ def _calls(lines: list[dict]) -> list[CallRecord]:
 
 
 def settle_now() -> None:
-    """``settle`` in a transaction of its own, then ``discard``: after a batch failed. A
-    failure here is logged, not raised: the batch's own failure is the one to report, and
-    the journal stays for the next batch to settle."""
+    """``settle`` in a transaction of its own, then ``discard``: before a batch, and after
+    one failed. Its own transaction: it may write audit rows, and the audit head must never
+    be taken before a cursor (a batch takes them in that order). A failure here is logged,
+    not raised: the batch's own failure is the one to report, and the journal stays for the
+    next batch to settle."""
+    if not pending():
+        return
     try:
         with transaction() as session:
             settled = settle(session)

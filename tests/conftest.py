@@ -111,9 +111,11 @@ def database_url(empty_database):
 
 
 @pytest.fixture
-def settings(database_url, monkeypatch):
+def settings(database_url, monkeypatch, tmp_path):
     """Settings for one test: a fresh database and a fixed pseudonym key."""
     monkeypatch.setenv("PSYNC_DATABASE_URL", database_url)
+    # The test's own call journals (flows/journal.py), for the processes it starts too.
+    monkeypatch.setenv("PSYNC_CALL_JOURNAL_DIR", str(tmp_path / "calls"))
     monkeypatch.setenv("PSYNC_PSEUDONYM_KEY", TEST_KEY)
     # The sandbox's ids and credentials, at a host that does not resolve: a test that
     # calls out without asking for the sandbox (or `responses`) fails instead of leaking.
