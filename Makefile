@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksu
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install check-deps test postgres demo bench sandbox up down clean
+.PHONY: install check-deps lint test postgres demo bench sandbox up down clean
 
 install: $(STAMP)
 
@@ -22,6 +22,13 @@ $(STAMP):
 # The venv holds exactly requirements.lock (and the project, -e), and `pip check` is clean.
 check-deps: install
 	$(BIN)/python .ci/check-deps $(VENV)
+
+# ruff (lint, then formatting, checked not changed) and mypy, configured in pyproject.toml.
+# `$(BIN)/ruff format .` and `$(BIN)/ruff check --fix .` fix most of what they find.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The whole suite on SQLite, then every database test again on PostgreSQL (a throwaway
 # cluster per test process, tests/pg.py; skipped with the reason where none can start).

@@ -17,24 +17,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Newsletter consent sync vs. a plain-requests baseline, against the sandbox.",
     )
     parser.add_argument("--subjects", type=int, default=100_000, help="confirmed subscriptions (default 100000)")
-    parser.add_argument("--batch-size", type=int, default=250, help="receivers per upsert call, baseline and sync alike (1..1000, default 250)")
     parser.add_argument(
-        "--records-per-task", type=int, default=None,
+        "--batch-size",
+        type=int,
+        default=250,
+        help="receivers per upsert call, baseline and sync alike (1..1000, default 250)",
+    )
+    parser.add_argument(
+        "--records-per-task",
+        type=int,
+        default=None,
         help="pass records_per_task to the flow (default: the flow's own default)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--intake-slice", type=int, default=10_000,
+        "--intake-slice",
+        type=int,
+        default=10_000,
         help="subjects per intake transaction while seeding (default 10000 = 20000 lines)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--warmup-runs", type=int, default=3,
+        "--warmup-runs",
+        type=int,
+        default=3,
         help="untimed Prefect warm-up flow runs before the syncs (default 3)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--explain-misses", action=argparse.BooleanOptionalAction, default=True,
+        "--explain-misses",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="when the incremental target is missed, sync another 1%% change under pyinstrument (default on)",
-    )  # fmt: skip
-    parser.add_argument("--profile", action="store_true", help="cProfile intake and both syncs into bench/results/*.prof (slows them down)")
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile intake and both syncs into bench/results/*.prof (slows them down)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON report (default bench/results/latest.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (database, logs)")
     args = parser.parse_args(argv)
@@ -61,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(run.table(report))
         print(f"\nreport: {output}")
         return 0  # a MISS is a finding, not a failure
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure is printed and becomes the exit code
         traceback.print_exc()
         print(f"\nbench crashed; temporary directory kept: {work}", file=sys.stderr)
         args.keep = True

@@ -26,9 +26,7 @@ def load_payloads(list_name: str = ConsentList.newsletter) -> list[dict]:
     """
     with transaction() as session:
         rows = changed_since(session, list_name, 0, 2**62)
-    return [
-        receiver_for(list_name, r) for r in rows if r.state == ConsentState.confirmed and r.email
-    ]
+    return [receiver_for(list_name, r) for r in rows if r.state == ConsentState.confirmed and r.email]
 
 
 def post_batches(sandbox_url: str, group: str, payloads: list[dict], batch_size: int) -> dict:
@@ -38,9 +36,11 @@ def post_batches(sandbox_url: str, group: str, payloads: list[dict], batch_size:
     with requests.Session() as session:
         started = time.perf_counter()
         token = session.post(
-            f"{root}/oauth/token.php", auth=(CLIENT_ID, CLIENT_SECRET),
-            json={"grant_type": "client_credentials"}, timeout=30,
-        )  # fmt: skip
+            f"{root}/oauth/token.php",
+            auth=(CLIENT_ID, CLIENT_SECRET),
+            json={"grant_type": "client_credentials"},
+            timeout=30,
+        )
         token.raise_for_status()
         session.headers["Authorization"] = "Bearer " + token.json()["access_token"]
         url = f"{root}/v3/groups.json/{group}/receivers/upsertplus"

@@ -44,11 +44,14 @@ def git_commit() -> str | None:
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, cwd=ROOT
-        )  # fmt: skip
+        )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-            text=True, timeout=10, cwd=ROOT,
-        ).stdout.strip()  # fmt: skip
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=ROOT,
+        ).stdout.strip()
     except OSError:
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "") if head.returncode == 0 else None

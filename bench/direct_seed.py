@@ -26,9 +26,10 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from bench import seed
+from core.settings import get_settings
 from flows.newsletter import receiver_for
 from models.audit import AuditEvent, append, insert_many, verify
-from models.consent import ConsentEvent, ConsentList, ConsentRecord, ConsentState, EventKind, changed_since, event_key
+from models.consent import ConsentEvent, ConsentList, ConsentRecord, ConsentState, EventKind, changed_since
 from models.consent_intake import ConsentConfirm, ConsentSignup
 from models.cursors import next_seq
 from models.db import get_engine, transaction
@@ -36,12 +37,11 @@ from models.identity import pseudonym
 from models.intake import EVENT_ADAPTER
 from models.migrate import upgrade
 from models.subjects import DataSubject
-from models.types import utcnow
-from psync.settings import get_settings
+from models.types import event_key, utcnow
 
-_SUBJECTS = DataSubject.__table__.insert()  # type: ignore[attr-defined]
-_CONSENTS = ConsentRecord.__table__.insert()  # type: ignore[attr-defined]
-_EVENTS = ConsentEvent.__table__.insert()  # type: ignore[attr-defined]
+_SUBJECTS = DataSubject.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
+_CONSENTS = ConsentRecord.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
+_EVENTS = ConsentEvent.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 # Every this many subjects, the dedupe keys are also computed from the real validator's
 # events and must be the same (``model_construct`` skips validation, and so its normalising).
 SPOT_CHECK_EVERY = 1000
@@ -56,15 +56,24 @@ def _dedupe_keys(key: bytes, signup: dict, confirm: dict, check: bool) -> tuple[
     the real validator parses the lines as well and must give the very same JSON.
     """
     signup_event = ConsentSignup.model_construct(
-        type=signup["type"], list_name=ConsentList(signup["list"]), email=signup["email"],
-        at=datetime.fromisoformat(signup["at"]), salutation=signup["salutation"],
-        first_name=signup["first_name"], last_name=signup["last_name"],
-        ip=_address(signup["ip"]), source=signup["source"], policy_version=signup["policy_version"],
-    )  # fmt: skip
+        type=signup["type"],
+        list_name=ConsentList(signup["list"]),
+        email=signup["email"],
+        at=datetime.fromisoformat(signup["at"]),
+        salutation=signup["salutation"],
+        first_name=signup["first_name"],
+        last_name=signup["last_name"],
+        ip=_address(signup["ip"]),
+        source=signup["source"],
+        policy_version=signup["policy_version"],
+    )
     confirm_event = ConsentConfirm.model_construct(
-        type=confirm["type"], list_name=ConsentList(confirm["list"]), email=confirm["email"],
-        at=datetime.fromisoformat(confirm["at"]), ip=_address(confirm["ip"]),
-    )  # fmt: skip
+        type=confirm["type"],
+        list_name=ConsentList(confirm["list"]),
+        email=confirm["email"],
+        at=datetime.fromisoformat(confirm["at"]),
+        ip=_address(confirm["ip"]),
+    )
     dumps = [e.model_dump_json(by_alias=True) for e in (signup_event, confirm_event)]
     if check and dumps != [EVENT_ADAPTER.validate_python(e).model_dump_json(by_alias=True) for e in (signup, confirm)]:
         raise RuntimeError(f"direct seeding: {signup['email']!r} differs from what intake would store")
@@ -82,29 +91,64 @@ def write_slice(session: Session, key: bytes, start: int, stop: int, base: datet
         subject_id, consent_id, name = uuid.uuid4(), uuid.uuid4(), pseudonym(key, "email", address)
         signup_at, confirm_at = datetime.fromisoformat(signup["at"]), datetime.fromisoformat(confirm["at"])
         subjects.append((subject_id, name, address, signup["salutation"], signup["first_name"], signup["last_name"]))
-        consents.append((
-            consent_id, subject_id, signup_at, signup["ip"], signup["source"], signup["policy_version"],
-            confirm_at, confirm["ip"], first_seq + 2 * offset + 1,
-        ))  # fmt: skip
-        events.append((consent_id, EventKind.signup, signup_at, signup["ip"], signup["source"],
-                       signup["policy_version"], signup_key))  # fmt: skip
+        consents.append(
+            (
+                consent_id,
+                subject_id,
+                signup_at,
+                signup["ip"],
+                signup["source"],
+                signup["policy_version"],
+                confirm_at,
+                confirm["ip"],
+                first_seq + 2 * offset + 1,
+            )
+        )
+        events.append(
+            (
+                consent_id,
+                EventKind.signup,
+                signup_at,
+                signup["ip"],
+                signup["source"],
+                signup["policy_version"],
+                signup_key,
+            )
+        )
         events.append((consent_id, EventKind.confirm, confirm_at, confirm["ip"], None, None, confirm_key))
         for kind in (EventKind.signup, EventKind.confirm):
             audit.append(AuditEvent(f"consent.{kind}", "recorded", subject=name, detail=f"list={signup['list']}"))
     insert_many(
-        session, _SUBJECTS, ("id", "pseudonym", "email", "salutation", "first_name", "last_name"), subjects,
+        session,
+        _SUBJECTS,
+        ("id", "pseudonym", "email", "salutation", "first_name", "last_name"),
+        subjects,
         {"created_at": now},
-    )  # fmt: skip
+    )
     insert_many(
-        session, _CONSENTS,
-        ("id", "subject_id", "signup_at", "signup_ip", "source", "policy_version", "confirm_at", "confirm_ip",
-         "change_seq"),
-        consents, {"list_name": seed.LIST, "state": ConsentState.confirmed, "updated_at": now},
-    )  # fmt: skip
+        session,
+        _CONSENTS,
+        (
+            "id",
+            "subject_id",
+            "signup_at",
+            "signup_ip",
+            "source",
+            "policy_version",
+            "confirm_at",
+            "confirm_ip",
+            "change_seq",
+        ),
+        consents,
+        {"list_name": seed.LIST, "state": ConsentState.confirmed, "updated_at": now},
+    )
     insert_many(
-        session, _EVENTS, ("consent_id", "kind", "at", "ip", "source", "policy_version", "dedupe_key"), events,
+        session,
+        _EVENTS,
+        ("consent_id", "kind", "at", "ip", "source", "policy_version", "dedupe_key"),
+        events,
         {"recorded_at": now},
-    )  # fmt: skip
+    )
     append(session, key, audit)
     return len(subjects)
 
@@ -143,18 +187,18 @@ def _payloads(url: str) -> list[dict]:
 # Wall-clock stamps of the write itself and fresh ids differ by nature; everything else must not.
 _ROWS = {
     "data_subject": "SELECT pseudonym, email, insurance_number, salutation, first_name, last_name, erased_at "
-                    "FROM data_subject ORDER BY pseudonym",
+    "FROM data_subject ORDER BY pseudonym",
     "consent": "SELECT s.pseudonym, c.list_name, c.state, c.signup_at, c.signup_ip, c.source, c.policy_version, "
-               "c.confirm_at, c.confirm_ip, c.withdrawn_at, c.withdraw_channel, c.expired_at, c.change_seq "
-               "FROM consent c JOIN data_subject s ON s.id = c.subject_id ORDER BY c.change_seq",
+    "c.confirm_at, c.confirm_ip, c.withdrawn_at, c.withdraw_channel, c.expired_at, c.change_seq "
+    "FROM consent c JOIN data_subject s ON s.id = c.subject_id ORDER BY c.change_seq",
     "consent_event": "SELECT e.id, s.pseudonym, e.kind, e.at, e.ip, e.channel, e.source, e.policy_version, "
-                     "e.dedupe_key FROM consent_event e JOIN consent c ON c.id = e.consent_id "
-                     "JOIN data_subject s ON s.id = c.subject_id ORDER BY e.id",
+    "e.dedupe_key FROM consent_event e JOIN consent c ON c.id = e.consent_id "
+    "JOIN data_subject s ON s.id = c.subject_id ORDER BY e.id",
     "counter": "SELECT name, value FROM counter ORDER BY name",
     "audit_entry": "SELECT id, flow_run_id, action, processor, subject_pseudonym, outcome, attempts, "
-                   "http_status, detail FROM audit_entry ORDER BY id",
+    "http_status, detail FROM audit_entry ORDER BY id",
     "audit_head": "SELECT id, last_id FROM audit_head",
-}  # fmt: skip
+}
 
 
 def _snapshot(url: str) -> dict[str, list]:
@@ -163,9 +207,7 @@ def _snapshot(url: str) -> dict[str, list]:
         rows = {name: [tuple(r) for r in session.execute(text(sql))] for name, sql in _ROWS.items()}
         # Every other table must be as empty as intake leaves it.
         tables = [r[0] for r in session.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))]
-        rows["row_counts"] = sorted(
-            (t, session.execute(text(f'SELECT count(*) FROM "{t}"')).scalar()) for t in tables
-        )  # fmt: skip
+        rows["row_counts"] = sorted((t, session.execute(text(f'SELECT count(*) FROM "{t}"')).scalar()) for t in tables)
         chain = verify(session, key)
         rows["audit_chain"] = [(chain.ok, chain.checked)]
     return rows

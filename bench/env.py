@@ -1,6 +1,6 @@
 """The offline environment of a benchmark run. Imports nothing from prefect or the project.
 
-Everything that reads the environment (Prefect's settings, ``psync.settings``) must come after
+Everything that reads the environment (Prefect's settings, ``core.settings``) must come after
 ``prepare``; ``bench.__main__`` imports the rest of the benchmark only then.
 """
 

@@ -33,7 +33,9 @@ def _fan_out(sandbox, sequential: bool, email: str) -> dict:
 
     with transaction() as session:
         request_id = open_erasure_request(session, email=email, channel="letter").id
-    flow = fan_out_erasure.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1)) if sequential else fan_out_erasure
+    flow = (
+        fan_out_erasure.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1)) if sequential else fan_out_erasure
+    )
     before = sandbox.state()
     started = time.perf_counter()
     state = flow(request_id=request_id, return_state=True)
@@ -51,24 +53,45 @@ def _fan_out(sandbox, sequential: bool, email: str) -> dict:
 def _queued(n: int) -> dict:
     from sqlmodel import func, select
 
+    from core.settings import get_settings
     from flows import newsletter
     from flows.erasure import follow_up_erasures, open_erasure_request
     from models.db import transaction
     from models.erasure import ErasureRequest
     from models.intake import intake_lines
     from models.types import utcnow
-    from psync.settings import get_settings
 
     now = utcnow()
     at = (now - timedelta(hours=2)).isoformat()
     lines = []
     for i in range(n):
         email = f"queued.{i}@example.de"
-        lines.append(json.dumps({"type": "consent.signup", "list": "newsletter", "email": email, "first_name": "Q",
-                                 "last_name": f"Nr{i}", "ip": "192.0.2.1", "at": at, "source": "bench",
-                                 "policy_version": "1"}))  # fmt: skip
-        lines.append(json.dumps({"type": "consent.confirm", "list": "newsletter", "email": email, "ip": "192.0.2.2",
-                                 "at": (now - timedelta(hours=1)).isoformat()}))  # fmt: skip
+        lines.append(
+            json.dumps(
+                {
+                    "type": "consent.signup",
+                    "list": "newsletter",
+                    "email": email,
+                    "first_name": "Q",
+                    "last_name": f"Nr{i}",
+                    "ip": "192.0.2.1",
+                    "at": at,
+                    "source": "bench",
+                    "policy_version": "1",
+                }
+            )
+        )
+        lines.append(
+            json.dumps(
+                {
+                    "type": "consent.confirm",
+                    "list": "newsletter",
+                    "email": email,
+                    "ip": "192.0.2.2",
+                    "at": (now - timedelta(hours=1)).isoformat(),
+                }
+            )
+        )
     with transaction() as session:
         intake_lines(session, get_settings().hmac_key(), lines, now=now)
     newsletter.sync_newsletter_consents()
@@ -82,8 +105,14 @@ def _queued(n: int) -> dict:
         with transaction() as session:
             open_left = session.exec(select(func.count()).where(ErasureRequest.status == "open")).one()
     seconds = time.perf_counter() - started
-    return {"requests": n, "seconds": round(seconds, 2), "runs": runs, "still_open": open_left,
-            "requests_per_second": round(n / seconds, 1), "last_counts": counts}  # fmt: skip
+    return {
+        "requests": n,
+        "seconds": round(seconds, 2),
+        "runs": runs,
+        "still_open": open_left,
+        "requests_per_second": round(n / seconds, 1),
+        "last_counts": counts,
+    }
 
 
 def run(queued: int, keep: bool = False) -> dict:
@@ -92,9 +121,9 @@ def run(queued: int, keep: bool = False) -> dict:
     from bench.common import prefect_api
     from bench.prefect_runs import settled_task_runs
     from bench.procs import Sandbox
+    from core.settings import get_settings
     from models.migrate import upgrade
     from psync.demo_erasure import PEOPLE, seed_everywhere
-    from psync.settings import get_settings
 
     with job_environment(keep) as (work, port), Sandbox(port, work / "sandbox.log") as sandbox, prefect_api():
         upgrade()
@@ -112,15 +141,21 @@ def run(queued: int, keep: bool = False) -> dict:
     floor = parallel["calls"][slowest] * LATENCY_MS / 1000
     return {
         "latency_ms": LATENCY_MS,
-        "fan_out": {"parallel_s": round(parallel["seconds"], 2), "sequential_s": round(sequential["seconds"], 2),
-                    "ratio": round(parallel["seconds"] / sequential["seconds"], 3),
-                    "calls_by_processor": parallel["calls"], "calls": sum(parallel["calls"].values()),
-                    "slowest_processor": slowest, "slowest_processor_floor_s": floor,
-                    "parallel_over_floor": round(parallel["seconds"] / floor, 2),
-                    "task_runs": task_runs,
-                    "parallel_counts": parallel["counts"], "sequential_counts": sequential["counts"]},
+        "fan_out": {
+            "parallel_s": round(parallel["seconds"], 2),
+            "sequential_s": round(sequential["seconds"], 2),
+            "ratio": round(parallel["seconds"] / sequential["seconds"], 3),
+            "calls_by_processor": parallel["calls"],
+            "calls": sum(parallel["calls"].values()),
+            "slowest_processor": slowest,
+            "slowest_processor_floor_s": floor,
+            "parallel_over_floor": round(parallel["seconds"] / floor, 2),
+            "task_runs": task_runs,
+            "parallel_counts": parallel["counts"],
+            "sequential_counts": sequential["counts"],
+        },
         "queued": queue,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,13 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args.queued, args.keep)
     path = write_result("erasure", report)
     f = report["fan_out"]
-    print(f"erasing one subject at 5 processors, {LATENCY_MS} ms per answer: parallel {f['parallel_s']} s, "
-          f"sequential {f['sequential_s']} s, ratio {f['ratio']}; slowest processor {f['slowest_processor']} "
-          f"({f['calls_by_processor'][f['slowest_processor']]} calls = {f['slowest_processor_floor_s']} s floor)")  # fmt: skip
+    print(
+        f"erasing one subject at 5 processors, {LATENCY_MS} ms per answer: parallel {f['parallel_s']} s, "
+        f"sequential {f['sequential_s']} s, ratio {f['ratio']}; slowest processor {f['slowest_processor']} "
+        f"({f['calls_by_processor'][f['slowest_processor']]} calls = {f['slowest_processor_floor_s']} s floor)"
+    )
     if report["queued"]:
         q = report["queued"]
-        print(f"{q['requests']} queued requests (CleverReach): {q['seconds']} s in {q['runs']} follow-up run(s), "
-              f"{q['requests_per_second']} requests/s")  # fmt: skip
+        print(
+            f"{q['requests']} queued requests (CleverReach): {q['seconds']} s in {q['runs']} follow-up run(s), "
+            f"{q['requests_per_second']} requests/s"
+        )
     print(f"report: {path}")
     return 0
 

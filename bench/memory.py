@@ -18,6 +18,8 @@ import sys
 import time
 import traceback
 
+from sqlmodel import col
+
 from bench.common import job_environment, log, per_item, write_result
 
 TARGET_MB = 500
@@ -37,17 +39,20 @@ def count_receivers(url: str, group: str, kind: str = "active") -> int:
     root = f"{url}/cleverreach"
     with requests.Session() as session:
         token = session.post(
-            f"{root}/oauth/token.php", auth=(CREDENTIAL_ID, CREDENTIAL_SECRET),
-            json={"grant_type": "client_credentials"}, timeout=30,
-        )  # fmt: skip
+            f"{root}/oauth/token.php",
+            auth=(CREDENTIAL_ID, CREDENTIAL_SECRET),
+            json={"grant_type": "client_credentials"},
+            timeout=30,
+        )
         token.raise_for_status()
         session.headers["Authorization"] = "Bearer " + token.json()["access_token"]
 
         def size(page: int) -> int:
             response = session.get(
                 f"{root}/v3/groups.json/{group}/receivers",
-                params={"type": kind, "page": page, "pagesize": PAGE}, timeout=120,
-            )  # fmt: skip
+                params={"type": kind, "page": page, "pagesize": PAGE},
+                timeout=120,
+            )
             response.raise_for_status()
             return len(response.json())
 
@@ -69,9 +74,7 @@ def _live_register_rows() -> int:
     from models.recipients import Recipient
 
     with transaction() as session:
-        return session.exec(
-            select(func.count()).where(Recipient.removed_at.is_(None))  # type: ignore[union-attr]
-        ).one()
+        return session.exec(select(func.count()).where(col(Recipient.removed_at).is_(None))).one()
 
 
 def _the_flow_run_task_runs() -> dict:
@@ -119,11 +122,13 @@ def run(n: int, batch_size: int, slice_subjects: int, keep: bool) -> dict:
             log(f"full sync of {n:,} in its own process (Prefect API {api_url})")
             command = psync_command(
                 "run", "sync-newsletter-consents", "-p", 'lists=["newsletter"]', "-p", f"batch_size={batch_size}"
-            )  # fmt: skip
+            )
             measured = run_measured(
-                command, {**os.environ, "PREFECT_API_URL": api_url}, work / "sync.out",
+                command,
+                {**os.environ, "PREFECT_API_URL": api_url},
+                work / "sync.out",
                 watch={"sandbox": sandbox.pid},
-            )  # fmt: skip
+            )
             if measured["returncode"] != 0:
                 tail = (work / "sync.stderr").read_text(errors="replace").splitlines()[-30:]
                 raise RuntimeError(f"the sync exited {measured['returncode']}:\n" + "\n".join(tail))
@@ -136,26 +141,38 @@ def run(n: int, batch_size: int, slice_subjects: int, keep: bool) -> dict:
         sandbox_after = tree_rss_mb(sandbox.pid)
 
     if counts.get("pushed") != n or at_sandbox != n or register != n:
-        raise RuntimeError(f"pushed {counts}, {at_sandbox} active at the sandbox, {register} in the register; expected {n}")
+        raise RuntimeError(
+            f"pushed {counts}, {at_sandbox} active at the sandbox, {register} in the register; expected {n}"
+        )
     samples = [s for s in measured.pop("samples") if s[1] > 0]  # not the launcher's last moments alone
     peak = measured["max_rss_mb"]
     return {
         "subscribers": n,
         "batch_size": batch_size,
         "check_against_intake": check,
-        "seed": {"way": "direct (bench.direct_seed)", "seconds": round(seed_seconds, 1),
-                 "subjects_per_second": round(n / seed_seconds), "database_mb": round(database_mb)},
+        "seed": {
+            "way": "direct (bench.direct_seed)",
+            "seconds": round(seed_seconds, 1),
+            "subjects_per_second": round(n / seed_seconds),
+            "database_mb": round(database_mb),
+        },
         "sync": {
-            **measured, "seconds": round(measured["seconds"], 2),
+            **measured,
+            "seconds": round(measured["seconds"], 2),
             "receivers_per_second": round(n / measured["seconds"]),
-            "counts": counts, "task_runs": task_runs,
+            "counts": counts,
+            "task_runs": task_runs,
             "task_runs_per_receiver": per_item(task_runs["total"] or 0, n, 6),
             "rss_mb_at_quarters": _quarters(samples),
             "rss_samples_per_second": samples[::10],  # polled every 0.1 s
             "command": " ".join(command[1:]),
-        },  # fmt: skip
-        "sandbox": {"rss_mb_before": round(sandbox_before), "peak_rss_mb": measured["watched_peak_rss_mb"]["sandbox"],
-                    "rss_mb_after": round(sandbox_after), "active_receivers": at_sandbox},  # fmt: skip
+        },
+        "sandbox": {
+            "rss_mb_before": round(sandbox_before),
+            "peak_rss_mb": measured["watched_peak_rss_mb"]["sandbox"],
+            "rss_mb_after": round(sandbox_after),
+            "active_receivers": at_sandbox,
+        },
         "register_live_rows": register,
         "peak_rss_mb": peak,
         "target_mb": TARGET_MB,
@@ -174,14 +191,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--subscribers must be positive")
     try:
         report = run(args.subscribers, args.batch_size, args.slice, args.keep)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure is printed and becomes the exit code
         traceback.print_exc()
         return 1
     path = write_result("memory", report)
     s = report["sync"]
-    print(f"full sync of {report['subscribers']:,} subscribers in its own process: peak RSS {report['peak_rss_mb']} MB "
-          f"(target < {TARGET_MB} MB: {report['result']}); {s['seconds']} s, {s['receivers_per_second']:,} receivers/s; "
-          f"RSS at 1/4, 1/2, 3/4, end: {s['rss_mb_at_quarters']} MB; sandbox peak {report['sandbox']['peak_rss_mb']} MB")  # fmt: skip
+    print(
+        f"full sync of {report['subscribers']:,} subscribers in its own process: peak RSS {report['peak_rss_mb']} MB "
+        f"(target < {TARGET_MB} MB: {report['result']}); {s['seconds']} s, {s['receivers_per_second']:,} receivers/s; "
+        f"RSS at 1/4, 1/2, 3/4, end: {s['rss_mb_at_quarters']} MB; sandbox peak {report['sandbox']['peak_rss_mb']} MB"
+    )
     print(f"report: {path}")
     return 0
 

@@ -22,8 +22,9 @@ def read_task_runs(flow_run_id: uuid.UUID) -> list:
         while True:
             page = client.read_task_runs(
                 task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])),
-                limit=PAGE, offset=len(runs),
-            )  # fmt: skip
+                limit=PAGE,
+                offset=len(runs),
+            )
             runs.extend(page)
             if len(page) < PAGE:
                 return runs

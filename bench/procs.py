@@ -41,8 +41,12 @@ class Sandbox:
         env = {**os.environ, "DO_NOT_TRACK": "1"}
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-        )  # fmt: skip
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while True:
@@ -207,9 +211,12 @@ def run_measured(
     started = time.perf_counter()
     with output.open("wb") as out, output.with_suffix(".stderr").open("wb") as err:
         launcher = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, str(usage_path), *command], stdout=out, stderr=err,
-            env=dict(env), cwd=ROOT,
-        )  # fmt: skip
+            [sys.executable, "-c", _LAUNCHER, str(usage_path), *command],
+            stdout=out,
+            stderr=err,
+            env=dict(env),
+            cwd=ROOT,
+        )
     samples: list[tuple[float, float]] = []
     watched = dict.fromkeys(watch or {}, 0.0)
     peak_tree = high_water = 0.0

@@ -33,8 +33,13 @@ FAN_OUT_FLOOR_FACTOR = 2.0
 
 
 def load(folder: Path = RESULTS) -> dict[str, dict]:
-    names = {"newsletter": "latest", "bookings": "bookings", "student_id": "student_id",
-             "erasure": "erasure", "memory": "memory"}  # fmt: skip
+    names = {
+        "newsletter": "latest",
+        "bookings": "bookings",
+        "student_id": "student_id",
+        "erasure": "erasure",
+        "memory": "memory",
+    }
     found = {}
     for job, name in names.items():
         path = folder / f"{name}.json"
@@ -77,8 +82,15 @@ class Targets:
             self.causes += [f"### {what}: missed", "", cause or "No profile was taken for it in this run.", ""]
 
 
-def _throughput(targets: Targets, job: str, what: str, wall: float, cpu: float | None, sides: dict | None = None,
-                load: list | None = None) -> None:  # fmt: skip
+def _throughput(
+    targets: Targets,
+    job: str,
+    what: str,
+    wall: float,
+    cpu: float | None,
+    sides: dict | None = None,
+    load: list | None = None,
+) -> None:
     """The target is the wall-time ratio (as the issues define it); the CPU-time ratio is shown
     beside it, a disagreement between the two is said, and a miss is explained by where the
     time went: `sides` holds (wall seconds, CPU seconds by process) of "baseline" and "ours"."""
@@ -98,26 +110,32 @@ def _throughput_cause(wall: float, cpu: float | None, sides: dict | None, load: 
     (b_wall, b_cpu), (o_wall, o_cpu) = sides["baseline"], sides["ours"]
     b_total, o_total = sum(b_cpu.values()), sum(o_cpu.values())
     lines = [
-        f"Measured with the CPU accounting of every process involved (this one, the sandbox, the Prefect "
-        f"server): the baseline spent {b_total:.1f} CPU s in {b_wall:.2f} s ({b_total / b_wall:.2f} cores on "
-        f"average), ours {o_total:.1f} CPU s (client {o_cpu['client']:.1f}, sandbox {o_cpu['sandbox']:.1f}, "
-        f"Prefect server {o_cpu['prefect_server']:.1f}) in {o_wall:.2f} s ({o_total / o_wall:.2f} cores).",
+        (
+            f"Measured with the CPU accounting of every process involved (this one, the sandbox, the Prefect "
+            f"server): the baseline spent {b_total:.1f} CPU s in {b_wall:.2f} s ({b_total / b_wall:.2f} cores on "
+            f"average), ours {o_total:.1f} CPU s (client {o_cpu['client']:.1f}, sandbox {o_cpu['sandbox']:.1f}, "
+            f"Prefect server {o_cpu['prefect_server']:.1f}) in {o_wall:.2f} s ({o_total / o_wall:.2f} cores)."
+        ),
         "",
-    ]  # fmt: skip
+    ]
     if cpu >= target:
         lines.append(
             f"By CPU time the ratio is {cpu:.3f}, above the target: the flow costs what it costs when the target "
             "is met, but it got less of the machine than it can use"
-            + (f" (load average {load[0]:.1f} / {load[1]:.1f} on the cores at the end of the benchmark)" if load else "")
+            + (
+                f" (load average {load[0]:.1f} / {load[1]:.1f} on the cores at the end of the benchmark)"
+                if load
+                else ""
+            )
             + ". The miss is the machine's share during this run, not the flow; a run on an otherwise idle "
             "machine measures it again. A profile would not show it: it records where a thread spends its "
             "wall time, not that the thread waited for a core."
-        )  # fmt: skip
+        )
     else:
         lines.append(
             f"By CPU time the ratio is {cpu:.3f}, below the target too: the flow itself costs too much per item. "
             "`python -m bench --profile` (cProfile) or pyinstrument around the flow shows where."
-        )  # fmt: skip
+        )
     return "\n".join(lines)
 
 
@@ -139,10 +157,12 @@ def _load_note(results: dict[str, dict]) -> str:
     shown = ", ".join(f"{job} {v[0]:.1f}/{v[1]:.1f}" for job, v in loads.items())
     note = f"Load average (1 / 5 min) at the end of each benchmark: {shown}, on {cpus} cores. "
     if cpus and busy > cpus:
-        note += ("Other work shared the machine (the load exceeded the cores), so absolute times are "
-                 "noisy, and so are the wall-time ratios: the two sides of a comparison run a minute or "
-                 "two apart, and one of them may get less of the machine than the other (a ratio "
-                 "above 1 means the baseline got less).")  # fmt: skip
+        note += (
+            "Other work shared the machine (the load exceeded the cores), so absolute times are "
+            "noisy, and so are the wall-time ratios: the two sides of a comparison run a minute or "
+            "two apart, and one of them may get less of the machine than the other (a ratio "
+            "above 1 means the baseline got less)."
+        )
     else:
         note += "The machine was otherwise mostly idle."
     return note
@@ -158,39 +178,87 @@ def newsletter(r: dict, targets: Targets) -> list[str]:
     per_batch = f["task_runs"]["total"] / f["batches"]
     cpu = _ratio(_cpu_total(b.get("cpu_seconds")), _cpu_total(f.get("cpu_seconds")))
     inc_cpu = _ratio(_cpu_total(i.get("cpu_seconds")), _cpu_total(f.get("cpu_seconds")))
-    out = ["## Newsletter consents → CleverReach (`python -m bench`)", "",
-           f"{n:,} confirmed subscriptions seeded through intake ({r['intake']['lines_per_second']:,.0f} lines/s), "
-           f"batches of {r['batch_size']}, flow parameters {', '.join(f'{k}={v}' for k, v in r['flow_parameters'].items())}; measured {_when(r)}.", ""]  # fmt: skip
+    out = [
+        "## Newsletter consents → CleverReach (`python -m bench`)",
+        "",
+        (
+            f"{n:,} confirmed subscriptions seeded through intake ({r['intake']['lines_per_second']:,.0f} lines/s), "
+            f"batches of {r['batch_size']}, flow parameters {', '.join(f'{k}={v}' for k, v in r['flow_parameters'].items())}; measured {_when(r)}."
+        ),
+        "",
+    ]
     out += _table(
         ["", "baseline (plain requests)", "sync-newsletter-consents", "ours / baseline"],
         [
             ["full push", f"{b['seconds']:.2f} s", f"{f['seconds']:.2f} s", ""],
-            ["throughput", f"{_n(b['receivers_per_second'])} receivers/s", f"{_n(f['receivers_per_second'])} receivers/s", f"**{ratio:.3f}**"],
-            ["calls per receiver", f"{_per(b['calls'], n)} ({b['calls']} upserts)", f"{_per(f['upsert_calls'], n)} ({f['upsert_calls']} upserts)", ""],
-            ["Prefect task runs per receiver", "–", f"{_per(f['task_runs']['total'], n, 6)} ({f['task_runs']['total']} for {f['batches']} batches: {per_batch:.4f} per batch)", ""],
-            ["CPU s client / sandbox / Prefect server", _cpu(b["cpu_seconds"]), _cpu(f["cpu_seconds"]),
-             f"by CPU time {cpu:.3f}" if cpu else ""],
+            [
+                "throughput",
+                f"{_n(b['receivers_per_second'])} receivers/s",
+                f"{_n(f['receivers_per_second'])} receivers/s",
+                f"**{ratio:.3f}**",
+            ],
+            [
+                "calls per receiver",
+                f"{_per(b['calls'], n)} ({b['calls']} upserts)",
+                f"{_per(f['upsert_calls'], n)} ({f['upsert_calls']} upserts)",
+                "",
+            ],
+            [
+                "Prefect task runs per receiver",
+                "–",
+                f"{_per(f['task_runs']['total'], n, 6)} ({f['task_runs']['total']} for {f['batches']} batches: {per_batch:.4f} per batch)",
+                "",
+            ],
+            [
+                "CPU s client / sandbox / Prefect server",
+                _cpu(b["cpu_seconds"]),
+                _cpu(f["cpu_seconds"]),
+                f"by CPU time {cpu:.3f}" if cpu else "",
+            ],
         ],
-    )  # fmt: skip
+    )
     out += _table(
         ["incremental sync after 1 % changed", "figure"],
         [
             ["change", f"{r['change']['withdrawn']} withdrawn, {r['change']['new_confirmed']} new"],
-            ["time / full sync's time", f"{i['seconds']:.2f} s / {f['seconds']:.2f} s = **{inc_ratio:.3f}**"
-             + (f" (by CPU time {inc_cpu:.3f}, first round)" if inc_cpu else "")],
-            ["rounds (each after another 1 % change; the median counts)",
-             ", ".join(f"{x:.2f} s" for x in i.get("rounds_seconds", [i["seconds"]]))],
+            [
+                "time / full sync's time",
+                f"{i['seconds']:.2f} s / {f['seconds']:.2f} s = **{inc_ratio:.3f}**"
+                + (f" (by CPU time {inc_cpu:.3f}, first round)" if inc_cpu else ""),
+            ],
+            [
+                "rounds (each after another 1 % change; the median counts)",
+                ", ".join(f"{x:.2f} s" for x in i.get("rounds_seconds", [i["seconds"]])),
+            ],
             ["calls per changed item (first round)", f"{_per(inc_calls, changed, 2)} ({_calls(i['calls'])})"],
-            ["Prefect task runs per changed item", f"{_per(i['task_runs']['total'], changed)} ({_tasks(i['task_runs'])})"],
+            [
+                "Prefect task runs per changed item",
+                f"{_per(i['task_runs']['total'], changed)} ({_tasks(i['task_runs'])})",
+            ],
         ],
-    )  # fmt: skip
-    _throughput(targets, "newsletter", "Newsletter full sync throughput / baseline", ratio, cpu,
-                {"baseline": (b["seconds"], b["cpu_seconds"]), "ours": (f["seconds"], f["cpu_seconds"])},
-                r.get("environment", {}).get("load_average"))  # fmt: skip
-    targets.add("Newsletter Prefect task runs per batch", f"{per_batch:.4f}", f"≤ {TASKS_PER_BATCH_TARGET:g}", per_batch <= TASKS_PER_BATCH_TARGET)
-    targets.add("Newsletter incremental sync / full sync time",
-                f"{inc_ratio:.3f}" + (f" (by CPU time {inc_cpu:.3f})" if inc_cpu else ""), f"< {INCREMENTAL_TARGET}",
-                inc_ratio < INCREMENTAL_TARGET, _incremental_cause(r, inc_ratio))  # fmt: skip
+    )
+    _throughput(
+        targets,
+        "newsletter",
+        "Newsletter full sync throughput / baseline",
+        ratio,
+        cpu,
+        {"baseline": (b["seconds"], b["cpu_seconds"]), "ours": (f["seconds"], f["cpu_seconds"])},
+        r.get("environment", {}).get("load_average"),
+    )
+    targets.add(
+        "Newsletter Prefect task runs per batch",
+        f"{per_batch:.4f}",
+        f"≤ {TASKS_PER_BATCH_TARGET:g}",
+        per_batch <= TASKS_PER_BATCH_TARGET,
+    )
+    targets.add(
+        "Newsletter incremental sync / full sync time",
+        f"{inc_ratio:.3f}" + (f" (by CPU time {inc_cpu:.3f})" if inc_cpu else ""),
+        f"< {INCREMENTAL_TARGET}",
+        inc_ratio < INCREMENTAL_TARGET,
+        _incremental_cause(r, inc_ratio),
+    )
     return out
 
 
@@ -211,30 +279,45 @@ def _incremental_cause(r: dict, ratio: float) -> str:
     full, i = r["full_sync"]["seconds"], r["incremental_sync"]
     budget = INCREMENTAL_TARGET * full
     lines = [
-        f"The target allows {budget:.2f} s ({INCREMENTAL_TARGET} × the full sync's {full:.2f} s); the incremental "
-        f"sync took {i['seconds']:.2f} s. Its work does not shrink with the change as the full sync's does:",
+        (
+            f"The target allows {budget:.2f} s ({INCREMENTAL_TARGET} × the full sync's {full:.2f} s); the incremental "
+            f"sync took {i['seconds']:.2f} s. Its work does not shrink with the change as the full sync's does:"
+        ),
         "",
     ]
     profile = r.get("incremental_profile")
     if profile:
         change = profile["change"]
         lines += [
-            f"Profile (pyinstrument, a second 1 % change — {change['withdrawn']} withdrawn, {change['new_confirmed']} "
-            f"new — synced untimed; {profile['profiled_seconds']:.2f} s under the profiler; call tree in "
-            f"`{profile['call_tree']}`):",
+            (
+                f"Profile (pyinstrument, a second 1 % change — {change['withdrawn']} withdrawn, {change['new_confirmed']} "
+                f"new — synced untimed; {profile['profiled_seconds']:.2f} s under the profiler; call tree in "
+                f"`{profile['call_tree']}`):"
+            ),
             "",
-        ]  # fmt: skip
-        lines += _table(["where the wall time goes", "seconds"],
-                        [[k, f"{v:.3f}"] for k, v in profile["breakdown_seconds"].items()])  # fmt: skip
-        lines += ["<details><summary>call tree (head)</summary>", "", "```", profile["call_tree_excerpt"], "```",
-                  "", "</details>", ""]  # fmt: skip
+        ]
+        lines += _table(
+            ["where the wall time goes", "seconds"], [[k, f"{v:.3f}"] for k, v in profile["breakdown_seconds"].items()]
+        )
         lines += [
-            "What that means: the sync goes through the changed consents once (withdrawals are deleted "
-            "account-wide, 250 addresses a call, as the push reaches them), so its own work grows with the "
-            "change; what does not shrink with it is Prefect's fixed cost per run (creating the flow run and "
-            "its states on the API, the task runs, the artifact) and the client's set-up (token, groups). On "
-            "a loaded machine that fixed cost and the noise weigh most.",
-        ]  # fmt: skip
+            "<details><summary>call tree (head)</summary>",
+            "",
+            "```",
+            profile["call_tree_excerpt"],
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
+        lines += [
+            (
+                "What that means: the sync goes through the changed consents once (withdrawals are deleted "
+                "account-wide, 250 addresses a call, as the push reaches them), so its own work grows with the "
+                "change; what does not shrink with it is Prefect's fixed cost per run (creating the flow run and "
+                "its states on the API, the task runs, the artifact) and the client's set-up (token, groups). On "
+                "a loaded machine that fixed cost and the noise weigh most."
+            ),
+        ]
     else:
         lines.append("Not profiled in this run (`python -m bench --explain-misses` profiles it).")
     return "\n".join(lines)
@@ -243,30 +326,66 @@ def _incremental_cause(r: dict, ratio: float) -> str:
 def bookings(r: dict, targets: Targets) -> list[str]:
     n, b, p = r["bookings"], r["baseline"], r["push_bookings"]
     runs = p["task_runs"]["total"] if isinstance(p["task_runs"], dict) else p["task_runs"]
-    out = ["## Bookings → TIMIFY and Flexperto (`python -m bench.bookings`)", "",
-           f"{n:,} bookings ({r['video']:,} by video) through intake; measured {_when(r)}.", ""]  # fmt: skip
+    out = [
+        "## Bookings → TIMIFY and Flexperto (`python -m bench.bookings`)",
+        "",
+        f"{n:,} bookings ({r['video']:,} by video) through intake; measured {_when(r)}.",
+        "",
+    ]
     out += _job_table(
-        "bookings", b, p, n, runs, r["throughput_ratio"], r.get("cpu_ratio"),
+        "bookings",
+        b,
+        p,
+        n,
+        runs,
+        r["throughput_ratio"],
+        r.get("cpu_ratio"),
         f"appointments at TIMIFY: {r['appointments_at_timify']:,}, created twice: {r['appointments_created_twice']}",
-    )  # fmt: skip
-    _throughput(targets, "bookings", "Bookings throughput / baseline", r["throughput_ratio"], r.get("cpu_ratio"), _sides(b, p),
-                r.get("environment", {}).get("load_average"))  # fmt: skip
+    )
+    _throughput(
+        targets,
+        "bookings",
+        "Bookings throughput / baseline",
+        r["throughput_ratio"],
+        r.get("cpu_ratio"),
+        _sides(b, p),
+        r.get("environment", {}).get("load_average"),
+    )
     return out
 
 
 def student_id(r: dict, targets: Targets) -> list[str]:
     n, b, p = r["orders"], r["baseline"], r["forward_student_id_orders"]
     issuer = r["issuer"]
-    out = ["## Student-ID orders → ISIC (`python -m bench.student_id`)", "",
-           f"{n:,} orders with three documents each through intake; per order `cardholders.set`, "
-           f"`cardholders.setPhoto`, `cards.list`, `cards.request` on both sides; measured {_when(r)}.", ""]  # fmt: skip
+    out = [
+        "## Student-ID orders → ISIC (`python -m bench.student_id`)",
+        "",
+        (
+            f"{n:,} orders with three documents each through intake; per order `cardholders.set`, "
+            f"`cardholders.setPhoto`, `cards.list`, `cards.request` on both sides; measured {_when(r)}."
+        ),
+        "",
+    ]
     out += _job_table(
-        "orders", b, p, n, p["task_runs"]["total"], r["throughput_ratio"], r.get("cpu_ratio"),
+        "orders",
+        b,
+        p,
+        n,
+        p["task_runs"]["total"],
+        r["throughput_ratio"],
+        r.get("cpu_ratio"),
         f"cardholders at the issuer: {issuer['cardholders']:,}, cards created twice: {issuer['cards_created_twice']}, "
         f"cards without the photo: {issuer['cards_without_photo']}",
-    )  # fmt: skip
-    _throughput(targets, "student_id", "Student-ID throughput / baseline", r["throughput_ratio"], r.get("cpu_ratio"), _sides(b, p),
-                r.get("environment", {}).get("load_average"))  # fmt: skip
+    )
+    _throughput(
+        targets,
+        "student_id",
+        "Student-ID throughput / baseline",
+        r["throughput_ratio"],
+        r.get("cpu_ratio"),
+        _sides(b, p),
+        r.get("environment", {}).get("load_average"),
+    )
     return out
 
 
@@ -276,27 +395,47 @@ def _sides(base: dict, ours: dict) -> dict | None:
     return {"baseline": (base["seconds"], base["cpu_seconds"]), "ours": (ours["seconds"], ours["cpu_seconds"])}
 
 
-def _job_table(unit: str, base: dict, ours: dict, n: int, task_runs: int, ratio: float, cpu: float | None,
-               checks: str) -> list[str]:  # fmt: skip
+def _job_table(
+    unit: str, base: dict, ours: dict, n: int, task_runs: int, ratio: float, cpu: float | None, checks: str
+) -> list[str]:
     one = unit[:-1]
     rows = [
         ["time", f"{base['seconds']:.2f} s", f"{ours['seconds']:.2f} s", ""],
-        ["throughput", f"{_n(n / base['seconds'], 1)} {unit}/s", f"{_n(n / ours['seconds'], 1)} {unit}/s",
-         f"**{ratio:.3f}**"],
-        [f"calls per {one}", f"{_per(base['calls'], n, 2)} ({base['calls']:,})", f"{_per(ours['calls'], n, 2)} ({ours['calls']:,})", ""],
+        [
+            "throughput",
+            f"{_n(n / base['seconds'], 1)} {unit}/s",
+            f"{_n(n / ours['seconds'], 1)} {unit}/s",
+            f"**{ratio:.3f}**",
+        ],
+        [
+            f"calls per {one}",
+            f"{_per(base['calls'], n, 2)} ({base['calls']:,})",
+            f"{_per(ours['calls'], n, 2)} ({ours['calls']:,})",
+            "",
+        ],
         [f"Prefect task runs per {one}", "–", f"{_per(task_runs, n)} ({task_runs})", ""],
-    ]  # fmt: skip
+    ]
     if base.get("cpu_seconds") and ours.get("cpu_seconds"):
-        rows.append(["CPU s client / sandbox / Prefect server", _cpu(base["cpu_seconds"]), _cpu(ours["cpu_seconds"]),
-                     f"by CPU time {cpu:.3f}" if cpu else ""])  # fmt: skip
+        rows.append(
+            [
+                "CPU s client / sandbox / Prefect server",
+                _cpu(base["cpu_seconds"]),
+                _cpu(ours["cpu_seconds"]),
+                f"by CPU time {cpu:.3f}" if cpu else "",
+            ]
+        )
     rows.append(["checks", "", checks, ""])
     return _table(["", "baseline (plain requests)", "our flow", "ours / baseline"], rows)
 
 
 def erasure(r: dict, targets: Targets) -> list[str]:
     f, q = r["fan_out"], r.get("queued")
-    out = ["## Erasure fan-out (`python -m bench.erasure`)", "",
-           f"One person erased at all five processors, every answer delayed {r['latency_ms']} ms; measured {_when(r)}.", ""]  # fmt: skip
+    out = [
+        "## Erasure fan-out (`python -m bench.erasure`)",
+        "",
+        f"One person erased at all five processors, every answer delayed {r['latency_ms']} ms; measured {_when(r)}.",
+        "",
+    ]
     rows = [
         ["`fan-out-erasure` (one task per processor, in parallel)", f"{f['parallel_s']:.2f} s"],
         ["the same flow on one thread (one processor after the other)", f"{f['sequential_s']:.2f} s"],
@@ -306,23 +445,36 @@ def erasure(r: dict, targets: Targets) -> list[str]:
     if floor:
         rows += [
             ["calls per processor (parallel run)", ", ".join(f"{k} {v}" for k, v in f["calls_by_processor"].items())],
-            ["floor: the slowest processor's calls one after the other",
-             f"{f['slowest_processor']}: {f['calls_by_processor'][f['slowest_processor']]} × {r['latency_ms']} ms = {floor:.2f} s"],
+            [
+                "floor: the slowest processor's calls one after the other",
+                f"{f['slowest_processor']}: {f['calls_by_processor'][f['slowest_processor']]} × {r['latency_ms']} ms = {floor:.2f} s",
+            ],
             ["parallel / floor", f"{f['parallel_over_floor']:.2f}"],
             ["Prefect task runs per erasure request", str(f["task_runs"]["total"])],
-        ]  # fmt: skip
+        ]
     if q:
-        rows += [[f"{q['requests']:,} queued requests (CleverReach), `follow-up-erasures`",
-                  f"{q['seconds']:.2f} s in {q['runs']} run(s): **{q['requests_per_second']:,.1f} requests/s**, {q['still_open']} still open"]]  # fmt: skip
+        rows += [
+            [
+                f"{q['requests']:,} queued requests (CleverReach), `follow-up-erasures`",
+                f"{q['seconds']:.2f} s in {q['runs']} run(s): **{q['requests_per_second']:,.1f} requests/s**, {q['still_open']} still open",
+            ]
+        ]
     out += _table(["", "figure"], rows)
     if floor:
         met = f["parallel_s"] <= FAN_OUT_FLOOR_FACTOR * floor
-        targets.add("Erasure fan-out close to one processor's time", f"{f['parallel_s']:.2f} s = {f['parallel_over_floor']:.2f} × floor "
-                    f"(parallel / sequential {f['ratio']:.3f})", f"≤ {FAN_OUT_FLOOR_FACTOR:g} × floor ({floor:.2f} s)", met,
-                    "The fan-out's own steps (claiming, the flow and task runs, finishing the request) outweigh "
-                    "the calls; see the erasure section.")  # fmt: skip
+        targets.add(
+            "Erasure fan-out close to one processor's time",
+            f"{f['parallel_s']:.2f} s = {f['parallel_over_floor']:.2f} × floor "
+            f"(parallel / sequential {f['ratio']:.3f})",
+            f"≤ {FAN_OUT_FLOOR_FACTOR:g} × floor ({floor:.2f} s)",
+            met,
+            "The fan-out's own steps (claiming, the flow and task runs, finishing the request) outweigh "
+            "the calls; see the erasure section.",
+        )
     else:
-        targets.add("Erasure fan-out close to one processor's time", f"parallel / sequential {f['ratio']:.3f}", "–", None)
+        targets.add(
+            "Erasure fan-out close to one processor's time", f"parallel / sequential {f['ratio']:.3f}", "–", None
+        )
     return out
 
 
@@ -330,27 +482,50 @@ def memory(r: dict, targets: Targets) -> list[str]:
     s, sb = r["sync"], r["sandbox"]
     peak, met = r["peak_rss_mb"], r["peak_rss_mb"] < MEMORY_TARGET_MB
     check = r["check_against_intake"]
-    out = [f"## Memory: full sync of {r['subscribers']:,} subscribers (`python -m bench.memory`)", "",
-           f"Seeded straight into the database ({r['seed']['subjects_per_second']:,} subjects/s, {r['seed']['seconds']:.0f} s, "
-           f"database {r['seed']['database_mb']:,} MB): the rows intake writes, checked first on {check['subjects']:,} subjects "
-           "seeded both ways (same pushed payloads, same rows in every table but ids and write times, audit chain intact). "
-           f"Then `psync {s['command']}` in a process of its own against a local Prefect API; the sandbox "
-           "runs in another. The sync is started by a small launcher process that takes its `ru_maxrss`: "
-           "started straight from the benchmark, it would report the benchmark's own peak instead (the "
-           "kernel carries a process's high-water mark across fork and exec; a first attempt read 421 MB "
-           f"for a 165 MB sync that way). Measured {_when(r)}.", ""]  # fmt: skip
+    out = [
+        f"## Memory: full sync of {r['subscribers']:,} subscribers (`python -m bench.memory`)",
+        "",
+        (
+            f"Seeded straight into the database ({r['seed']['subjects_per_second']:,} subjects/s, {r['seed']['seconds']:.0f} s, "
+            f"database {r['seed']['database_mb']:,} MB): the rows intake writes, checked first on {check['subjects']:,} subjects "
+            "seeded both ways (same pushed payloads, same rows in every table but ids and write times, audit chain intact). "
+            f"Then `psync {s['command']}` in a process of its own against a local Prefect API; the sandbox "
+            "runs in another. The sync is started by a small launcher process that takes its `ru_maxrss`: "
+            "started straight from the benchmark, it would report the benchmark's own peak instead (the "
+            "kernel carries a process's high-water mark across fork and exec; a first attempt read 421 MB "
+            f"for a 165 MB sync that way). Measured {_when(r)}."
+        ),
+        "",
+    ]
     quarters = s.get("rss_mb_at_quarters") or []
-    out += _table(["", "figure"], [
-        ["peak resident memory of the sync process (`ru_maxrss`)", f"**{peak:,.0f} MB** (target < {MEMORY_TARGET_MB} MB: {'met' if met else 'missed'})"],
-        ["the same, polled from /proc while it ran (`VmHWM`)", f"{s['polled_high_water_mb']:,.0f} MB"],
-        ["resident memory at ¼, ½, ¾ of the run and at its end", " / ".join(f"{q:,.0f}" for q in quarters) + " MB"],
-        ["sync time", f"{s['seconds']:.1f} s, {s['receivers_per_second']:,} receivers/s ({s['cpu_seconds']:.0f} CPU s)"],
-        ["Prefect task runs per receiver", f"{s['task_runs_per_receiver']:.6f} ({s['task_runs'].get('total')})"],
-        ["arrived", f"{sb['active_receivers']:,} active receivers at the sandbox, {r['register_live_rows']:,} live register rows"],
-        ["sandbox (holds every receiver; not counted)", f"peak {sb['peak_rss_mb']:,.0f} MB"],
-    ])  # fmt: skip
-    targets.add(f"Peak memory, full sync of {r['subscribers']:,}", f"{peak:,.0f} MB", f"< {MEMORY_TARGET_MB} MB", met,
-                "See the memory section; profile it with tracemalloc in the sync process.")  # fmt: skip
+    out += _table(
+        ["", "figure"],
+        [
+            [
+                "peak resident memory of the sync process (`ru_maxrss`)",
+                f"**{peak:,.0f} MB** (target < {MEMORY_TARGET_MB} MB: {'met' if met else 'missed'})",
+            ],
+            ["the same, polled from /proc while it ran (`VmHWM`)", f"{s['polled_high_water_mb']:,.0f} MB"],
+            ["resident memory at ¼, ½, ¾ of the run and at its end", " / ".join(f"{q:,.0f}" for q in quarters) + " MB"],
+            [
+                "sync time",
+                f"{s['seconds']:.1f} s, {s['receivers_per_second']:,} receivers/s ({s['cpu_seconds']:.0f} CPU s)",
+            ],
+            ["Prefect task runs per receiver", f"{s['task_runs_per_receiver']:.6f} ({s['task_runs'].get('total')})"],
+            [
+                "arrived",
+                f"{sb['active_receivers']:,} active receivers at the sandbox, {r['register_live_rows']:,} live register rows",
+            ],
+            ["sandbox (holds every receiver; not counted)", f"peak {sb['peak_rss_mb']:,.0f} MB"],
+        ],
+    )
+    targets.add(
+        f"Peak memory, full sync of {r['subscribers']:,}",
+        f"{peak:,.0f} MB",
+        f"< {MEMORY_TARGET_MB} MB",
+        met,
+        "See the memory section; profile it with tracemalloc in the sync process.",
+    )
     if r["subscribers"] < 1_000_000:
         out += [f"*Run with `--subscribers {r['subscribers']:,}`: not the one-million figure.*", ""]
     return out
@@ -370,8 +545,13 @@ def _span(results: dict[str, dict]) -> str:
 def render(results: dict[str, dict], wall: str | None = None) -> str:
     targets = Targets()
     sections: list[str] = []
-    for job, make in (("newsletter", newsletter), ("bookings", bookings), ("student_id", student_id),
-                      ("erasure", erasure), ("memory", memory)):  # fmt: skip
+    for job, make in (
+        ("newsletter", newsletter),
+        ("bookings", bookings),
+        ("student_id", student_id),
+        ("erasure", erasure),
+        ("memory", memory),
+    ):
         if job in results:
             sections += make(results[job], targets)
         else:
@@ -380,32 +560,39 @@ def render(results: dict[str, dict], wall: str | None = None) -> str:
     out = [
         "# Benchmark report",
         "",
-        f"Written by `bench/report.py` at the end of `make bench`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, from "
-        "`bench/results/*.json`. Every throughput is compared with a plain-`requests` baseline making the "
-        "same calls against the same sandbox (a separate process) in the same run.",
+        (
+            f"Written by `bench/report.py` at the end of `make bench`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, from "
+            "`bench/results/*.json`. Every throughput is compared with a plain-`requests` baseline making the "
+            "same calls against the same sandbox (a separate process) in the same run."
+        ),
         "",
-    ]  # fmt: skip
-    out += _table(["environment", ""], [
-        ["CPUs", str(env.get("cpus", os.cpu_count()))],
-        ["Python", env.get("python", platform.python_version())],
-        ["Prefect", env.get("prefect", "?")],
-        ["commit", f"`{env.get('commit') or git_commit()}`"],
-        ["database", "SQLite (a temporary file per benchmark, WAL)"],
-        ["Prefect API", "the test harness's server (a subprocess, SQLite)"],
-        ["wall time", wall or _span(results) or "?"],
-    ])  # fmt: skip
+    ]
+    out += _table(
+        ["environment", ""],
+        [
+            ["CPUs", str(env.get("cpus", os.cpu_count()))],
+            ["Python", env.get("python", platform.python_version())],
+            ["Prefect", env.get("prefect", "?")],
+            ["commit", f"`{env.get('commit') or git_commit()}`"],
+            ["database", "SQLite (a temporary file per benchmark, WAL)"],
+            ["Prefect API", "the test harness's server (a subprocess, SQLite)"],
+            ["wall time", wall or _span(results) or "?"],
+        ],
+    )
     note = _load_note(results)
     if note:
         out += [note, ""]
     out += ["## Targets", ""]
     out += _table(["target", "measured", "target", "result"], targets.rows)
     out += [
-        "A throughput ratio is ours / baseline items per second (wall time), the measure the targets "
-        "were set in. *By CPU time* is the same comparison in CPU seconds (client + sandbox + Prefect "
-        "server) spent for the same items: other load changes it far less. On an idle machine a flow "
-        "that keeps calls in flight (the newsletter sync keeps two) uses the second core while the "
-        "baseline waits for each answer, so its wall-time ratio is the higher one; when the cores are "
-        "fully taken, the wall-time ratio sinks towards the CPU-time one.",
+        (
+            "A throughput ratio is ours / baseline items per second (wall time), the measure the targets "
+            "were set in. *By CPU time* is the same comparison in CPU seconds (client + sandbox + Prefect "
+            "server) spent for the same items: other load changes it far less. On an idle machine a flow "
+            "that keeps calls in flight (the newsletter sync keeps two) uses the second core while the "
+            "baseline waits for each answer, so its wall-time ratio is the higher one; when the cores are "
+            "fully taken, the wall-time ratio sinks towards the CPU-time one."
+        ),
         "",
     ]
     out += sections
@@ -417,7 +604,9 @@ def render(results: dict[str, dict], wall: str | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=REPORT)
-    parser.add_argument("--wall-time", default=None, help="the whole run's wall time, as text (default: from the results)")
+    parser.add_argument(
+        "--wall-time", default=None, help="the whole run's wall time, as text (default: from the results)"
+    )
     args = parser.parse_args(argv)
     results = load()
     if not results:

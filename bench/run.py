@@ -20,7 +20,8 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.testing.utilities import prefect_test_harness
 
 from bench import baseline, profiling, seed
-from bench.common import environment, log as _log
+from bench.common import environment
+from bench.common import log as _log
 from bench.env import GROUP_NEWSLETTER, RATE_PER_SECOND
 from bench.prefect_runs import ApiRetries, settled_task_runs, warmup_flow
 from bench.procs import CpuMeter, Sandbox
@@ -92,9 +93,7 @@ def flow_parameters(batch_size: int, records_per_task: int | None) -> dict:
 def effective_parameters(params: dict) -> dict:
     """The parameters including the flow's own defaults (for the report)."""
     signature = inspect.signature(sync_newsletter_consents.fn)
-    defaults = {
-        k: p.default for k, p in signature.parameters.items() if p.default is not inspect.Parameter.empty
-    }
+    defaults = {k: p.default for k, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
     return {**defaults, **params}
 
 
@@ -164,9 +163,12 @@ def run(args, work: Path, port: int) -> dict:
         seconds = time.perf_counter() - started
         lines = 2 * n
         report["intake"] = {
-            "lines": lines, "seconds": seconds, "lines_per_second": lines / seconds,
-            "outcomes": dict(outcomes), "transaction_lines": 2 * args.intake_slice,
-        }  # fmt: skip
+            "lines": lines,
+            "seconds": seconds,
+            "lines_per_second": lines / seconds,
+            "outcomes": dict(outcomes),
+            "transaction_lines": 2 * args.intake_slice,
+        }
         if outcomes.get("stored") != lines:
             raise RuntimeError(f"intake stored {outcomes.get('stored')} of {lines} lines")
 
@@ -183,9 +185,11 @@ def run(args, work: Path, port: int) -> dict:
         del payloads
         held = sandbox_group(sandbox, GROUP_NEWSLETTER)
         base.update(
-            receivers=n, receivers_per_second=n / base["seconds"],
-            payload_build_seconds_untimed=build_seconds, sandbox_receivers=held["receivers"],
-        )  # fmt: skip
+            receivers=n,
+            receivers_per_second=n / base["seconds"],
+            payload_build_seconds_untimed=build_seconds,
+            sandbox_receivers=held["receivers"],
+        )
         report["baseline"] = base
         if held["receivers"] != n:
             raise RuntimeError(f"baseline: sandbox holds {held['receivers']} receivers, expected {n}")
@@ -203,23 +207,25 @@ def run(args, work: Path, port: int) -> dict:
                 raise RuntimeError(f"warm-up sync of the empty list did work: {idle}")
             settle_api(args.warmup_runs)
             report["prefect_warmup"] = {
-                "runs": args.warmup_runs + 1, "seconds": time.perf_counter() - started,
+                "runs": args.warmup_runs + 1,
+                "seconds": time.perf_counter() - started,
                 "api_retries": retries.sample()[0],
-            }  # fmt: skip
+            }
 
             # 3. full sync ----------------------------------------------------------
             _log("full sync")
             full = timed_sync(params, meter, retries, args.profile, "full_sync")
             held = sandbox_group(sandbox, GROUP_NEWSLETTER)
             full.update(
-                receivers=n, receivers_per_second=n / full["seconds"],
-                sandbox_receivers=held["receivers"], sandbox_active=held["active"],
+                receivers=n,
+                receivers_per_second=n / full["seconds"],
+                sandbox_receivers=held["receivers"],
+                sandbox_active=held["active"],
                 upsert_calls=held["calls"].get("POST /v3/groups/{gid}/receivers/upsertplus", 0),
-            )  # fmt: skip
+            )
             if held["receivers"] != n or held["active"] != n:
                 raise RuntimeError(
-                    f"full sync: sandbox holds {held['receivers']} receivers "
-                    f"({held['active']} active), expected {n}"
+                    f"full sync: sandbox holds {held['receivers']} receivers ({held['active']} active), expected {n}"
                 )
             full["task_runs"] = settled_task_runs(full["flow_run_id"])
             full["batches"] = math.ceil(n / batch)
@@ -229,12 +235,19 @@ def run(args, work: Path, port: int) -> dict:
             rounds = []
             for round_ in range(INCREMENTAL_ROUNDS):
                 _log(f"1% change through intake, incremental sync (round {round_ + 1} of {INCREMENTAL_ROUNDS})")
-                rounds.append(incremental_round(n, round_, params, meter, retries, sandbox, args.profile and not round_))
+                rounds.append(
+                    incremental_round(n, round_, params, meter, retries, sandbox, args.profile and not round_)
+                )
             first = rounds[0]
             report["change"] = first.pop("change")
-            inc = {**first, "seconds": statistics.median(r["seconds"] for r in rounds),
-                   "rounds_seconds": [round(r["seconds"], 3) for r in rounds]}  # fmt: skip
-            inc["batches"] = math.ceil(report["change"]["withdrawn"] / batch) + math.ceil(report["change"]["changed"] / batch)
+            inc = {
+                **first,
+                "seconds": statistics.median(r["seconds"] for r in rounds),
+                "rounds_seconds": [round(r["seconds"], 3) for r in rounds],
+            }
+            inc["batches"] = math.ceil(report["change"]["withdrawn"] / batch) + math.ceil(
+                report["change"]["changed"] / batch
+            )
             report["incremental_sync"] = inc
             if args.explain_misses and inc["seconds"] / full["seconds"] >= TARGET_INCREMENTAL_RATIO:
                 _log("incremental target missed: another 1% change, synced under pyinstrument (not timed)")
@@ -255,8 +268,9 @@ def run(args, work: Path, port: int) -> dict:
     return report
 
 
-def incremental_round(n: int, round_: int, params: dict, meter: CpuMeter, retries: ApiRetries,
-                      sandbox: Sandbox, profile: bool) -> dict:  # fmt: skip
+def incremental_round(
+    n: int, round_: int, params: dict, meter: CpuMeter, retries: ApiRetries, sandbox: Sandbox, profile: bool
+) -> dict:
     """Change another 1% through intake, sync it timed, check the sandbox holds exactly the
     subscriptions that stand."""
     before = sandbox_group(sandbox, GROUP_NEWSLETTER)
@@ -269,10 +283,12 @@ def incremental_round(n: int, round_: int, params: dict, meter: CpuMeter, retrie
     expected = before["receivers"] - change["withdrawn"] + change["new_confirmed"]
     still_there = len(withdrawn_emails & held["emails"])
     inc.update(
-        change=change, sandbox_receivers=held["receivers"], sandbox_active=held["active"],
+        change=change,
+        sandbox_receivers=held["receivers"],
+        sandbox_active=held["active"],
         withdrawn_still_at_sandbox=still_there,
         calls={k: v - before["calls"].get(k, 0) for k, v in held["calls"].items() if v != before["calls"].get(k, 0)},
-    )  # fmt: skip
+    )
     if held["receivers"] != expected or still_there:
         raise RuntimeError(
             f"incremental round {round_ + 1}: sandbox holds {held['receivers']} receivers "
@@ -301,7 +317,7 @@ def explain_incremental(n: int, params: dict, round_: int) -> dict:
         "push: lapsed consents removed (account-wide check, deletes, register)": lapsed,
         "push: changed consents read, confirmed ones upserted, registered, audited": spent(["push_batch"]) - lapsed,
         "counts artifact": spent(["counts_artifact"]),
-    }  # fmt: skip
+    }
     parts["Prefect's flow and task runs, client set-up (the rest)"] = profile.seconds - sum(parts.values())
     return {
         "change": {k: v for k, v in change.items() if k != "withdrawn_emails"},
@@ -332,17 +348,32 @@ def table(report: dict) -> str:
         ("flow parameters", ", ".join(f"{k}={v}" for k, v in report["flow_parameters"].items())),
         ("client rate limit", f"{report['rate_limit_per_second']}/s, sync and baseline (set high on purpose)"),
         ("intake", f"{report['intake']['seconds']:.1f} s  ({report['intake']['lines_per_second']:,.0f} lines/s)"),
-        ("baseline (plain requests)", f"{b['seconds']:.2f} s  ({b['receivers_per_second']:,.0f} receivers/s, {b['calls']} calls)"),
-        ("full sync", f"{f['seconds']:.2f} s  ({f['receivers_per_second']:,.0f} receivers/s, {f['upsert_calls']} upserts)"),
+        (
+            "baseline (plain requests)",
+            f"{b['seconds']:.2f} s  ({b['receivers_per_second']:,.0f} receivers/s, {b['calls']} calls)",
+        ),
+        (
+            "full sync",
+            f"{f['seconds']:.2f} s  ({f['receivers_per_second']:,.0f} receivers/s, {f['upsert_calls']} upserts)",
+        ),
         ("  cpu s client/sandbox/prefect", _cpu(f["cpu_seconds"]) + f"   (baseline {_cpu(b['cpu_seconds'])})"),
-        ("  prefect API retries (sleeps)", f"{f['prefect_api_retries']['count']} ({f['prefect_api_retries']['sleep_seconds']:.1f} s)"),
+        (
+            "  prefect API retries (sleeps)",
+            f"{f['prefect_api_retries']['count']} ({f['prefect_api_retries']['sleep_seconds']:.1f} s)",
+        ),
         ("1% change", f"{report['change']['withdrawn']} withdrawn + {report['change']['new_confirmed']} new"),
         ("incremental sync", f"{i['seconds']:.2f} s  median of {', '.join(f'{x:.2f}' for x in i['rounds_seconds'])}"),
         ("  calls (first round)", _calls(i["calls"])),
         ("  cpu s client/sandbox/prefect", _cpu(i["cpu_seconds"])),
-        ("  prefect API retries (sleeps)", f"{i['prefect_api_retries']['count']} ({i['prefect_api_retries']['sleep_seconds']:.1f} s)"),
+        (
+            "  prefect API retries (sleeps)",
+            f"{i['prefect_api_retries']['count']} ({i['prefect_api_retries']['sleep_seconds']:.1f} s)",
+        ),
         ("task runs, full", f"{f['task_runs']['total']} for {f['batches']} batches  {f['task_runs']['by_task']}"),
-        ("task runs, incremental", f"{i['task_runs']['total']} for {i['batches']} batches  {i['task_runs']['by_task']}"),
+        (
+            "task runs, incremental",
+            f"{i['task_runs']['total']} for {i['batches']} batches  {i['task_runs']['by_task']}",
+        ),
         ("", ""),
         ("ours/baseline throughput", _fmt_target(t["throughput_ratio"])),
         ("incremental/full time", _fmt_target(t["incremental_ratio"])),

@@ -7,10 +7,10 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+from core.settings import get_settings
 from models.db import transaction
 from models.intake import intake_lines
 from models.types import utcnow
-from psync.settings import get_settings
 
 LIST = "newsletter"
 SALUTATIONS = ("Frau", "Herr", None)
@@ -30,15 +30,24 @@ def signup_confirm_events(start: int, stop: int, signup_base: datetime) -> Itera
     for i in range(start, stop):
         at = signup_base + timedelta(milliseconds=10 * (i - start))
         signup = {
-            "type": "consent.signup", "list": LIST, "email": email(i), "at": at.isoformat(),
-            "salutation": SALUTATIONS[i % 3], "first_name": f"Vorname{i}",
-            "last_name": f"Nachname{i}", "ip": _ip(i),
-            "source": "https://www.example.de/newsletter", "policy_version": "2025-05",
-        }  # fmt: skip
+            "type": "consent.signup",
+            "list": LIST,
+            "email": email(i),
+            "at": at.isoformat(),
+            "salutation": SALUTATIONS[i % 3],
+            "first_name": f"Vorname{i}",
+            "last_name": f"Nachname{i}",
+            "ip": _ip(i),
+            "source": "https://www.example.de/newsletter",
+            "policy_version": "2025-05",
+        }
         confirm = {
-            "type": "consent.confirm", "list": LIST, "email": email(i),
-            "at": (at + timedelta(minutes=7)).isoformat(), "ip": _ip(i + 1),
-        }  # fmt: skip
+            "type": "consent.confirm",
+            "list": LIST,
+            "email": email(i),
+            "at": (at + timedelta(minutes=7)).isoformat(),
+            "ip": _ip(i + 1),
+        }
         yield signup, confirm
 
 
@@ -51,10 +60,15 @@ def signup_confirm_lines(start: int, stop: int, signup_base: datetime) -> Iterat
 
 def withdraw_lines(indices: list[int], at: datetime) -> Iterator[str]:
     for i in indices:
-        yield json.dumps({
-            "type": "consent.withdraw", "list": LIST, "email": email(i), "at": at.isoformat(),
-            "channel": "portal" if i % 2 else "email",
-        })  # fmt: skip
+        yield json.dumps(
+            {
+                "type": "consent.withdraw",
+                "list": LIST,
+                "email": email(i),
+                "at": at.isoformat(),
+                "channel": "portal" if i % 2 else "email",
+            }
+        )
 
 
 def intake(lines: list[str], url: str | None = None) -> Counter[str]:
@@ -102,6 +116,10 @@ def change_one_percent(n: int, round_: int = 0) -> dict:
     lines += list(signup_confirm_lines(first_new, first_new + new, now - timedelta(minutes=30)))
     counts = intake(lines)
     return {
-        "changed": changes, "withdrawn": withdraw, "new_confirmed": new, "lines": len(lines),
-        "withdrawn_emails": [email(i) for i in withdrawn], "intake_outcomes": dict(counts),
-    }  # fmt: skip
+        "changed": changes,
+        "withdrawn": withdraw,
+        "new_confirmed": new,
+        "lines": len(lines),
+        "withdrawn_emails": [email(i) for i in withdrawn],
+        "intake_outcomes": dict(counts),
+    }

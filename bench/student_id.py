@@ -25,20 +25,24 @@ INTAKE_SLICE = 500  # orders per intake transaction
 
 def _seed(n: int, folder) -> None:
     """N orders with their documents through the real intake (not timed)."""
+    from core.settings import get_settings
     from models.db import transaction
     from models.intake import intake_lines
     from models.types import utcnow
     from psync.demo_isic import synthetic_orders
-    from psync.settings import get_settings
 
     settings = get_settings()
     orders, _, _ = synthetic_orders(n, seed=13, folder=folder)
     for start in range(0, n, INTAKE_SLICE):
         with transaction() as session:
             results = intake_lines(
-                session, settings.hmac_key(), orders[start : start + INTAKE_SLICE], now=utcnow(),
-                base_dir=folder, document_key=settings.document_key_bytes(),
-            )  # fmt: skip
+                session,
+                settings.hmac_key(),
+                orders[start : start + INTAKE_SLICE],
+                now=utcnow(),
+                base_dir=folder,
+                document_key=settings.document_key_bytes(),
+            )
         rejected = [r for r in results if r.outcome != "stored"]
         if rejected:
             raise RuntimeError(f"seed rejected {len(rejected)} lines, first: {rejected[0].reason}")
@@ -49,24 +53,30 @@ def _payloads() -> list[tuple[dict, bytes, str]]:
     the flow's own queries and built as the connector builds them."""
     from sqlmodel import select
 
+    from core.settings import get_settings
     from models.db import transaction
     from models.documents import DocumentCipher
     from models.isic import IsicOrder, open_document, photo
     from models.subjects import DataSubject
-    from psync.settings import get_settings
 
     cipher = DocumentCipher(get_settings().document_key_bytes())
     out = []
     with transaction() as session:
         rows = session.exec(
-            select(IsicOrder, DataSubject).join(DataSubject, DataSubject.id == IsicOrder.subject_id).order_by(IsicOrder.seq)
+            select(IsicOrder, DataSubject)
+            .join(DataSubject, DataSubject.id == IsicOrder.subject_id)
+            .order_by(IsicOrder.seq)
         ).all()
         for order, subject in rows:
             body = {
-                "cardholderId": order.order_ref, "firstName": order.first_name, "lastName": order.last_name,
-                "dateOfBirth": order.birth_date.isoformat(), "email": subject.email,
-                "institutionName": order.institution, "studentStatus": order.student_status,
-            }  # fmt: skip
+                "cardholderId": order.order_ref,
+                "firstName": order.first_name,
+                "lastName": order.last_name,
+                "dateOfBirth": order.birth_date.isoformat(),
+                "email": subject.email,
+                "institutionName": order.institution,
+                "studentStatus": order.student_status,
+            }
             document = photo(session, order)
             out.append((body, open_document(session, document, cipher), document.media_type))
     return out
@@ -88,8 +98,11 @@ def baseline(url: str, payloads) -> dict:
         def post(call: str, **kwargs) -> dict:
             nonlocal expires, made
             if time.monotonic() >= expires:  # ISIC tokens live 300 s; renewed 30 s early, as ours
-                token = session.post(f"{root}/auth/token", json={"clientId": CREDENTIAL_ID,
-                                                                  "clientSecret": CREDENTIAL_SECRET}, timeout=30).json()  # fmt: skip
+                token = session.post(
+                    f"{root}/auth/token",
+                    json={"clientId": CREDENTIAL_ID, "clientSecret": CREDENTIAL_SECRET},
+                    timeout=30,
+                ).json()
                 session.headers["Authorization"] = "Bearer " + token["accessToken"]
                 expires = time.monotonic() + token["expiresIn"] - 30
                 made += 1
@@ -101,8 +114,11 @@ def baseline(url: str, payloads) -> dict:
         for body, photo, media_type in payloads:
             holder = body["cardholderId"]
             post("cardholders.set", json=body)
-            post("cardholders.setPhoto", data={"cardholderId": holder},
-                 files={"photo": (PHOTO_FILENAMES[media_type], photo, media_type)})  # fmt: skip
+            post(
+                "cardholders.setPhoto",
+                data={"cardholderId": holder},
+                files={"photo": (PHOTO_FILENAMES[media_type], photo, media_type)},
+            )
             if not [c for c in post("cards.list", json={"cardholderId": holder})["cards"] if c["status"] != "VOIDED"]:
                 post("cards.request", json={"cardholderId": holder, "cardType": "ISIC"})
     return {"seconds": time.perf_counter() - started, "client_calls": made}
@@ -152,16 +168,24 @@ def run(n: int, keep: bool) -> dict:
         raise RuntimeError(f"forwarded {ours['counts']}, issuer {issuer}")
     return {
         "orders": n,
-        "baseline": {"seconds": round(base["seconds"], 2), "calls": base_issuer["calls"],
-                     "calls_per_order": per_item(base_issuer["calls"], n, 2),
-                     "orders_per_second": round(n / base["seconds"], 1), **base_cpu},
+        "baseline": {
+            "seconds": round(base["seconds"], 2),
+            "calls": base_issuer["calls"],
+            "calls_per_order": per_item(base_issuer["calls"], n, 2),
+            "orders_per_second": round(n / base["seconds"], 1),
+            **base_cpu,
+        },
         "forward_student_id_orders": {
-            "seconds": round(ours["seconds"], 2), "calls": issuer["calls"],
+            "seconds": round(ours["seconds"], 2),
+            "calls": issuer["calls"],
             "calls_per_order": per_item(issuer["calls"], n, 2),
-            "orders_per_second": round(n / ours["seconds"], 1), "counts": ours["counts"],
-            "task_runs": task_runs, "task_runs_per_order": per_item(task_runs["total"], n),
-            "expected_task_runs": math.ceil(n / 200), **ours_cpu,
-        },  # fmt: skip
+            "orders_per_second": round(n / ours["seconds"], 1),
+            "counts": ours["counts"],
+            "task_runs": task_runs,
+            "task_runs_per_order": per_item(task_runs["total"], n),
+            "expected_task_runs": math.ceil(n / 200),
+            **ours_cpu,
+        },
         "throughput_ratio": round(base["seconds"] / ours["seconds"], 3),
         "cpu_ratio": cpu_ratio(base_cpu["cpu_seconds"], ours_cpu["cpu_seconds"]),
         "issuer": issuer,
@@ -170,16 +194,20 @@ def run(n: int, keep: bool) -> dict:
 
 def table(report: dict) -> str:
     b, p = report["baseline"], report["forward_student_id_orders"]
-    return "\n".join([
-        f"{report['orders']} student-ID orders against the sandbox",
-        f"{'':<28}{'seconds':>9}{'orders/s':>10}{'calls':>8}{'calls/order':>13}",
-        f"{'baseline':<28}{b['seconds']:>9}{b['orders_per_second']:>10}{b['calls']:>8}{b['calls_per_order']:>13}",
-        f"{'forward-student-id-orders':<28}{p['seconds']:>9}{p['orders_per_second']:>10}{p['calls']:>8}{p['calls_per_order']:>13}",
-        f"throughput ratio (ours / baseline): {report['throughput_ratio']} (by CPU time {report['cpu_ratio']}); "
-        f"task runs: {p['task_runs']['total']} "
-        f"({p['task_runs_per_order']} per order); cards created twice: {report['issuer']['cards_created_twice']}, "
-        f"without photo: {report['issuer']['cards_without_photo']}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"{report['orders']} student-ID orders against the sandbox",
+            f"{'':<28}{'seconds':>9}{'orders/s':>10}{'calls':>8}{'calls/order':>13}",
+            f"{'baseline':<28}{b['seconds']:>9}{b['orders_per_second']:>10}{b['calls']:>8}{b['calls_per_order']:>13}",
+            f"{'forward-student-id-orders':<28}{p['seconds']:>9}{p['orders_per_second']:>10}{p['calls']:>8}{p['calls_per_order']:>13}",
+            (
+                f"throughput ratio (ours / baseline): {report['throughput_ratio']} (by CPU time {report['cpu_ratio']}); "
+                f"task runs: {p['task_runs']['total']} "
+                f"({p['task_runs_per_order']} per order); cards created twice: {report['issuer']['cards_created_twice']}, "
+                f"without photo: {report['issuer']['cards_without_photo']}"
+            ),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,9 +26,11 @@ import requests
 from connectors.transport import (
     FatalError,
     HttpClient,
-    http_options as http_options_from,
     path,
     token_client,
+)
+from connectors.transport import (
+    http_options as http_options_from,
 )
 
 PROCESSOR = "cleverreach"
@@ -105,9 +107,12 @@ class CleverReach:
 
         def fetch(plain: HttpClient) -> tuple[str, float]:
             body = plain.request(
-                "oauth.token", "POST", path("oauth", "token.php"),
-                auth=(client_id, client_secret), json={"grant_type": "client_credentials"},
-            ).json()  # fmt: skip
+                "oauth.token",
+                "POST",
+                path("oauth", "token.php"),
+                auth=(client_id, client_secret),
+                json={"grant_type": "client_credentials"},
+            ).json()
             return body["access_token"], float(body.get("expires_in", 3600))
 
         http = token_client(PROCESSOR, root, fetch, api_root=root + "/v3", **http_options)
@@ -134,9 +139,14 @@ class CleverReach:
             # orjson: the upsert is the bulk of the traffic, and the stdlib's encoder and
             # decoder cost more client time per call than the rest of the call together.
             response = self.http.request(
-                "receivers.upsert", "POST", path("groups.json", group_id, "receivers", "upsertplus"),
-                data=orjson.dumps(batch), headers=_JSON, expect=(413,), items=len(batch),
-            )  # fmt: skip
+                "receivers.upsert",
+                "POST",
+                path("groups.json", group_id, "receivers", "upsertplus"),
+                data=orjson.dumps(batch),
+                headers=_JSON,
+                expect=(413,),
+                items=len(batch),
+            )
             if response.status_code == 413:
                 if len(batch) == 1:
                     raise FatalError(PROCESSOR, "receivers.upsert", 413)
@@ -149,9 +159,11 @@ class CleverReach:
     def get_receiver(self, group_id: str, email_or_id: str) -> dict | None:
         """The receiver, or None when CleverReach does not hold it (404 or empty list)."""
         response = self.http.request(
-            "receivers.get", "GET", path("groups.json", group_id, "receivers", email_or_id),
+            "receivers.get",
+            "GET",
+            path("groups.json", group_id, "receivers", email_or_id),
             expect=(404,),
-        )  # fmt: skip
+        )
         if response.status_code == 404:
             return None
         body = response.json()
@@ -165,9 +177,11 @@ class CleverReach:
         """Every receiver of a group, page by page (0-based) until a short page."""
         for page in range(max_pages):
             rows = self.http.request(
-                "receivers.list", "GET", path("groups.json", group_id, "receivers"),
+                "receivers.list",
+                "GET",
+                path("groups.json", group_id, "receivers"),
                 params={"page": page, "pagesize": page_size, "type": kind},
-            ).json()  # fmt: skip
+            ).json()
             yield from rows
             if len(rows) < page_size:
                 return
@@ -176,17 +190,21 @@ class CleverReach:
     def deactivate(self, group_id: str, email_or_id: str) -> bool:
         """Stop mailing at once. False when the receiver is not there (nothing to stop)."""
         response = self.http.request(
-            "receivers.deactivate", "PUT",
-            path("groups.json", group_id, "receivers", email_or_id, "deactivate"), expect=(404,),
-        )  # fmt: skip
+            "receivers.deactivate",
+            "PUT",
+            path("groups.json", group_id, "receivers", email_or_id, "deactivate"),
+            expect=(404,),
+        )
         return response.status_code != 404
 
     def delete(self, group_id: str, email_or_id: str) -> bool:
         """Remove the receiver from the group. False when it was already gone."""
         response = self.http.request(
-            "receivers.delete", "DELETE", path("groups.json", group_id, "receivers", email_or_id),
+            "receivers.delete",
+            "DELETE",
+            path("groups.json", group_id, "receivers", email_or_id),
             expect=(404,),
-        )  # fmt: skip
+        )
         return response.status_code != 404
 
     def bulk_delete(self, emails: Sequence[str]) -> int:
@@ -194,9 +212,12 @@ class CleverReach:
         for start in range(0, len(emails), self.batch_size):
             batch = list(emails[start : start + self.batch_size])
             self.http.request(
-                "receivers.bulk_delete", "POST", path("receivers", "delete.json"),
-                json={"receivers": batch}, items=len(batch),
-            )  # fmt: skip
+                "receivers.bulk_delete",
+                "POST",
+                path("receivers", "delete.json"),
+                json={"receivers": batch},
+                items=len(batch),
+            )
         return len(emails)
 
 
@@ -206,9 +227,12 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
     if not settings.cleverreach_client_id or not secret:
         raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
     options = http_options_from(
-        settings, settings.cleverreach_rate_per_second,
-        session=session, base_url=settings.cleverreach_base_url, **http_options,
-    )  # fmt: skip
+        settings,
+        settings.cleverreach_rate_per_second,
+        session=session,
+        base_url=settings.cleverreach_base_url,
+        **http_options,
+    )
     return CleverReach.connect(
         settings.cleverreach_base_url,
         settings.cleverreach_client_id,
@@ -216,4 +240,3 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         batch_size=settings.cleverreach_batch_size,
         **options,
     )
-

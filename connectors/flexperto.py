@@ -35,11 +35,12 @@ import requests
 from connectors.transport import (
     FatalError,
     HttpClient,
-    ProcessorError,
-    http_options as http_options_from,
     path,
     refuse_unlisted,
     token_client,
+)
+from connectors.transport import (
+    http_options as http_options_from,
 )
 
 PROCESSOR = "flexperto"
@@ -64,17 +65,18 @@ class Flexperto:
         self.http = http
 
     @classmethod
-    def connect(
-        cls, base_url: str, client_id: str, client_secret: str, **http_options: Any
-    ) -> Flexperto:
+    def connect(cls, base_url: str, client_id: str, client_secret: str, **http_options: Any) -> Flexperto:
         """Build the client with token auth against the tenant's token endpoint."""
         root = base_url.rstrip("/")
 
         def fetch(plain: HttpClient) -> tuple[str, float]:
             response = plain.request(
-                "auth.token", "POST", path("api", "v2", "oauth", "token"),
-                auth=(client_id, client_secret), data={"grant_type": "client_credentials"},
-            )  # fmt: skip
+                "auth.token",
+                "POST",
+                path("api", "v2", "oauth", "token"),
+                auth=(client_id, client_secret),
+                data={"grant_type": "client_credentials"},
+            )
             body = response.json()
             if not body.get("access_token"):
                 raise FatalError(PROCESSOR, "auth.token", response.status_code, reason="no token")
@@ -93,22 +95,32 @@ class Flexperto:
         body = {"external_id": external_id, "email": email, "phone": phone}
         body = {key: value for key, value in body.items() if value is not None}
         check_allowed(body)
+
         def find() -> str | None:
             found = self.find_customer(external_id)
             return str(found["id"]) if found is not None else None
 
         return self.http.create_or_find(
             "customers.create",
-            lambda: self.http.request("customers.create", "POST", path("api", "v2", "customers"), json=body,
-                                      idempotent=False, expect=(409,), items=1),
+            lambda: self.http.request(
+                "customers.create",
+                "POST",
+                path("api", "v2", "customers"),
+                json=body,
+                idempotent=False,
+                expect=(409,),
+                items=1,
+            ),
             find,
             lambda response: str(response.json()["id"]),
-        )  # fmt: skip
+        )
 
     def find_customer(self, external_id: str) -> dict | None:
         """The customer with our `external_id`, or None."""
         items = self.http.request(
-            "customers.lookup", "GET", path("api", "v2", "customers"),
+            "customers.lookup",
+            "GET",
+            path("api", "v2", "customers"),
             params={"external_id": external_id},
         ).json()["items"]
         # Matched here too: a server that ignored the filter must not hand us a stranger.
@@ -116,17 +128,17 @@ class Flexperto:
 
     def get_customer(self, customer_id: str) -> dict | None:
         """The customer, or None when Flexperto does not hold it."""
-        response = self.http.request(
-            "customers.get", "GET", path("api", "v2", "customers", customer_id), expect=(404,)
-        )
+        response = self.http.request("customers.get", "GET", path("api", "v2", "customers", customer_id), expect=(404,))
         return None if response.status_code == 404 else response.json()
 
     def delete_customer(self, customer_id: str) -> bool:
         """Delete the customer record only (archives stay: see ``purge``). False if gone."""
         response = self.http.request(
-            "customers.delete", "DELETE", path("api", "v2", "customers", customer_id),
+            "customers.delete",
+            "DELETE",
+            path("api", "v2", "customers", customer_id),
             expect=(404,),
-        )  # fmt: skip
+        )
         return response.status_code != 404
 
     # archives -----------------------------------------------------------------------
@@ -144,9 +156,11 @@ class Flexperto:
     def delete_archive(self, archive_id: str) -> bool:
         """Delete one archive. False when it was already gone."""
         response = self.http.request(
-            "archives.delete", "DELETE", path("api", "v2", "archives", archive_id),
+            "archives.delete",
+            "DELETE",
+            path("api", "v2", "archives", archive_id),
             expect=(404,),
-        )  # fmt: skip
+        )
         return response.status_code != 404
 
     def purge(self, customer_id: str) -> bool:
@@ -165,17 +179,16 @@ class Flexperto:
         return self.get_customer(customer_id) is None and not self.archives(customer_id)
 
 
-def from_settings(
-    settings, session: requests.Session | None = None, **http_options
-) -> Flexperto:
+def from_settings(settings, session: requests.Session | None = None, **http_options) -> Flexperto:
     """The configured tenant (client secret from the environment or a Secret block)."""
     secret = settings.secret("flexperto_client_secret")
     if not settings.flexperto_client_id or not secret:
         raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
     options = http_options_from(
-        settings, settings.flexperto_rate_per_second,
-        session=session, base_url=settings.flexperto_base_url, **http_options,
-    )  # fmt: skip
-    return Flexperto.connect(
-        settings.flexperto_base_url, settings.flexperto_client_id, secret, **options
+        settings,
+        settings.flexperto_rate_per_second,
+        session=session,
+        base_url=settings.flexperto_base_url,
+        **http_options,
     )
+    return Flexperto.connect(settings.flexperto_base_url, settings.flexperto_client_id, secret, **options)

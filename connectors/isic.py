@@ -51,10 +51,12 @@ import requests
 from connectors.transport import (
     FatalError,
     HttpClient,
-    http_options as http_options_from,
     path,
     refuse_unlisted,
     token_client,
+)
+from connectors.transport import (
+    http_options as http_options_from,
 )
 
 PROCESSOR = "isic"
@@ -93,7 +95,6 @@ def check_allowed(fields: Mapping[str, Any]) -> None:
     refuse_unlisted(fields, ALLOWED_FIELDS, "ISIC")
 
 
-
 def _json(response: requests.Response, op: str) -> Any:
     try:
         return response.json()
@@ -117,25 +118,23 @@ class Isic:
         self.http = http
 
     @classmethod
-    def connect(
-        cls, base_url: str, client_id: str, client_secret: str, **http_options: Any
-    ) -> Isic:
+    def connect(cls, base_url: str, client_id: str, client_secret: str, **http_options: Any) -> Isic:
         """Build the client with bearer tokens from ``/auth/token``."""
         root = base_url.rstrip("/")
 
         def fetch(plain: HttpClient) -> tuple[str, float]:
             response = plain.request(
-                "auth.token", "POST", path("auth", "token"),
+                "auth.token",
+                "POST",
+                path("auth", "token"),
                 json={"clientId": client_id, "clientSecret": client_secret},
-            )  # fmt: skip
+            )
             body = _json(response, "auth.token")
             token = body.get("accessToken") if isinstance(body, dict) else None
             if not token:
                 raise FatalError(PROCESSOR, "auth.token", response.status_code, reason="no token")
             if str(body.get("tokenType") or "Bearer").lower() != "bearer":
-                raise FatalError(
-                    PROCESSOR, "auth.token", response.status_code, reason="not a bearer token"
-                )
+                raise FatalError(PROCESSOR, "auth.token", response.status_code, reason="not a bearer token")
             return token, float(body.get("expiresIn") or DEFAULT_TOKEN_SECONDS)
 
         http = token_client(PROCESSOR, root, fetch, **http_options)
@@ -168,9 +167,7 @@ class Isic:
             "studentStatus": student_status,
         }
         check_allowed(body)
-        response = self.http.request(
-            "cardholders.set", "POST", path("cardholders.set"), json=body, items=1
-        )
+        response = self.http.request("cardholders.set", "POST", path("cardholders.set"), json=body, items=1)
         return _json(response, "cardholders.set")
 
     def set_photo(self, cardholder_id: str, photo: bytes, media_type: str) -> None:
@@ -184,22 +181,26 @@ class Isic:
         if not photo.startswith(PHOTO_MAGIC[media_type]):
             raise ValueError(f"photo is not {media_type}")
         response = self.http.request(
-            "cardholders.setPhoto", "POST", path("cardholders.setPhoto"),
-            data={"cardholderId": cardholder_id}, files={"photo": (filename, photo, media_type)},
+            "cardholders.setPhoto",
+            "POST",
+            path("cardholders.setPhoto"),
+            data={"cardholderId": cardholder_id},
+            files={"photo": (filename, photo, media_type)},
             items=1,
-        )  # fmt: skip
+        )
         body = _json(response, "cardholders.setPhoto")
         if not isinstance(body, dict) or body.get("hasPhoto") is not True:
-            raise FatalError(
-                PROCESSOR, "cardholders.setPhoto", response.status_code, reason="photo not stored"
-            )
+            raise FatalError(PROCESSOR, "cardholders.setPhoto", response.status_code, reason="photo not stored")
 
     def get_cardholder(self, cardholder_id: str) -> dict | None:
         """The cardholder, or None when the issuer does not hold it."""
         response = self.http.request(
-            "cardholders.get", "POST", path("cardholders.get"),
-            json={"cardholderId": cardholder_id}, expect=(404,),
-        )  # fmt: skip
+            "cardholders.get",
+            "POST",
+            path("cardholders.get"),
+            json={"cardholderId": cardholder_id},
+            expect=(404,),
+        )
         return None if response.status_code == 404 else _json(response, "cardholders.get")
 
     def delete_cardholder(self, cardholder_id: str) -> str:
@@ -208,9 +209,13 @@ class Isic:
         The erasure happens later; record it only once ``deletion_verified`` says so.
         """
         response = self.http.request(
-            "cardholders.delete", "POST", path("cardholders.delete"),
-            json={"cardholderId": cardholder_id}, expect=(404,), items=1,
-        )  # fmt: skip
+            "cardholders.delete",
+            "POST",
+            path("cardholders.delete"),
+            json={"cardholderId": cardholder_id},
+            expect=(404,),
+            items=1,
+        )
         return "gone" if response.status_code == 404 else "pending"
 
     def deletion_verified(self, cardholder_id: str) -> bool:
@@ -226,9 +231,7 @@ class Isic:
     # cards --------------------------------------------------------------------------
     def cards(self, cardholder_id: str) -> list[dict]:
         """The cardholder's cards, of every type and status."""
-        response = self.http.request(
-            "cards.list", "POST", path("cards.list"), json={"cardholderId": cardholder_id}
-        )
+        response = self.http.request("cards.list", "POST", path("cards.list"), json={"cardholderId": cardholder_id})
         body = _json(response, "cards.list")
         cards = body.get("cards") if isinstance(body, dict) else None
         if not isinstance(cards, list):
@@ -271,10 +274,14 @@ class Isic:
         return self.http.create_or_find(
             "cards.request",
             lambda: self.http.request(
-                "cards.request", "POST", path("cards.request"),
+                "cards.request",
+                "POST",
+                path("cards.request"),
                 json={"cardholderId": cardholder_id, "cardType": CARD_TYPE},
-                idempotent=False, expect=(409,), items=1,
-            ),  # fmt: skip
+                idempotent=False,
+                expect=(409,),
+                items=1,
+            ),
             lambda: self._live_card(cardholder_id),
             created,
         )
@@ -282,9 +289,12 @@ class Isic:
     def void_card(self, card_number: str) -> dict:
         """Set the card to VOIDED (repeating it is harmless); returns the card."""
         response = self.http.request(
-            "cards.changeStatus", "POST", path("cards.changeStatus"),
-            json={"cardNumber": card_number, "status": VOIDED}, items=1,
-        )  # fmt: skip
+            "cards.changeStatus",
+            "POST",
+            path("cards.changeStatus"),
+            json={"cardNumber": card_number, "status": VOIDED},
+            items=1,
+        )
         return _json(response, "cards.changeStatus")
 
 
@@ -294,7 +304,10 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
     if not settings.isic_client_id or not secret:
         raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
     options = http_options_from(
-        settings, settings.isic_rate_per_second,
-        session=session, base_url=settings.isic_base_url, **http_options,
-    )  # fmt: skip
+        settings,
+        settings.isic_rate_per_second,
+        session=session,
+        base_url=settings.isic_base_url,
+        **http_options,
+    )
     return Isic.connect(settings.isic_base_url, settings.isic_client_id, secret, **options)

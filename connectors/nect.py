@@ -41,8 +41,10 @@ from connectors.transport import (
     HttpClient,
     ProcessorError,
     RetriableError,
-    http_options as http_options_from,
     path,
+)
+from connectors.transport import (
+    http_options as http_options_from,
 )
 
 PROCESSOR = "nect"
@@ -64,9 +66,7 @@ def check_reference(reference: object) -> None:
     ValueError: reference is not a pseudonymous id (32 lowercase hex); Nect gets nothing else
     """
     if not isinstance(reference, str) or not _PSEUDONYM.fullmatch(reference):
-        raise ValueError(
-            "reference is not a pseudonymous id (32 lowercase hex); Nect gets nothing else"
-        )
+        raise ValueError("reference is not a pseudonymous id (32 lowercase hex); Nect gets nothing else")
 
 
 class ApiKeyAuth(AuthBase):
@@ -81,7 +81,6 @@ class ApiKeyAuth(AuthBase):
 
     def __repr__(self) -> str:
         return f"ApiKeyAuth(header={self.header!r})"
-
 
 
 def _json(response: requests.Response, op: str) -> Any:
@@ -123,9 +122,14 @@ class Nect:
         for _ in range(2):
             try:
                 response = self.http.request(
-                    "cases.create", "POST", path("v1", "cases"), json={"reference": reference},
-                    idempotent=False, expect=(409,), items=1,
-                )  # fmt: skip
+                    "cases.create",
+                    "POST",
+                    path("v1", "cases"),
+                    json={"reference": reference},
+                    idempotent=False,
+                    expect=(409,),
+                    items=1,
+                )
             except ProcessorError as exc:
                 if not exc.outcome_unknown:
                     raise
@@ -134,9 +138,7 @@ class Nect:
                 if response.status_code != 409:
                     case = _json(response, "cases.create")
                     if not isinstance(case, dict) or not case.get("caseUuid"):
-                        raise FatalError(
-                            PROCESSOR, "cases.create", response.status_code, reason="no caseUuid"
-                        )
+                        raise FatalError(PROCESSOR, "cases.create", response.status_code, reason="no caseUuid")
                     return str(case["caseUuid"])
                 lost_status = 409
             found = self.find_case(reference)
@@ -144,16 +146,12 @@ class Nect:
                 if found.get("status") == DELETION_PENDING:
                     raise RetriableError(PROCESSOR, "cases.create", 409, reason="deletion pending")
                 return str(found["caseUuid"])
-        raise RetriableError(
-            PROCESSOR, "cases.create", lost_status, 2, reason="case neither opened nor found"
-        )
+        raise RetriableError(PROCESSOR, "cases.create", lost_status, 2, reason="case neither opened nor found")
 
     def find_case(self, reference: str) -> dict | None:
         """The case for our pseudonymous `reference`, or None."""
         check_reference(reference)
-        response = self.http.request(
-            "cases.lookup", "GET", path("v1", "cases"), params={"reference": reference}
-        )
+        response = self.http.request("cases.lookup", "GET", path("v1", "cases"), params={"reference": reference})
         body = _json(response, "cases.lookup")
         items = body.get("items") if isinstance(body, dict) else None
         if not isinstance(items, list):
@@ -164,9 +162,7 @@ class Nect:
 
     def get_case(self, case_uuid: str) -> dict | None:
         """The case, or None when Nect does not hold it."""
-        response = self.http.request(
-            "cases.get", "GET", path("v1", "cases", case_uuid), expect=(404,)
-        )
+        response = self.http.request("cases.get", "GET", path("v1", "cases", case_uuid), expect=(404,))
         return None if response.status_code == 404 else _json(response, "cases.get")
 
     def delete_case(self, case_uuid: str) -> str:
@@ -174,9 +170,7 @@ class Nect:
 
         The erasure happens later; record it only once ``deletion_verified`` says so.
         """
-        response = self.http.request(
-            "cases.delete", "DELETE", path("v1", "cases", case_uuid), expect=(404,), items=1
-        )
+        response = self.http.request("cases.delete", "DELETE", path("v1", "cases", case_uuid), expect=(404,), items=1)
         return "gone" if response.status_code == 404 else "pending"
 
     def deletion_verified(self, case_uuid: str) -> bool:
@@ -190,7 +184,10 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
     if not api_key:
         raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
     options = http_options_from(
-        settings, settings.nect_rate_per_second,
-        session=session, base_url=settings.nect_base_url, **http_options,
-    )  # fmt: skip
+        settings,
+        settings.nect_rate_per_second,
+        session=session,
+        base_url=settings.nect_base_url,
+        **http_options,
+    )
     return Nect.connect(settings.nect_base_url, api_key, **options)

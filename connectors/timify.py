@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import requests
@@ -45,15 +45,17 @@ from connectors.transport import (
     EncodedPath,
     FatalError,
     HttpClient,
-    ProcessorError,
-    http_options as http_options_from,
     path,
     refuse_unlisted,
     token_client,
 )
+from connectors.transport import (
+    http_options as http_options_from,
+)
+
 # The booking intake checks a start with this same function, so it never takes in a start
 # the push refuses. models.types is the bottom layer; nothing in models imports connectors.
-from models.types import berlin_wall_clock
+from core.clock import berlin_wall_clock
 
 PROCESSOR = "timify"
 PAGE_SIZE = 100
@@ -111,12 +113,12 @@ def berlin_start(dt: datetime) -> str:
     """TIMIFY's ``startDate``: Berlin wall-clock time on the 5-minute grid.
 
     ValueError for a start off the grid or in the hour that happens twice when the clocks
-    go back: the same check (``models.types.berlin_wall_clock``) the booking intake makes,
+    go back: the same check (``core.clock.berlin_wall_clock``) the booking intake makes,
     so a booking that was taken in can always be sent.
 
-    >>> berlin_start(datetime(2026, 3, 29, 8, 0, tzinfo=timezone.utc))
+    >>> berlin_start(datetime(2026, 3, 29, 8, 0, tzinfo=UTC))
     '2026-03-29 10:00'
-    >>> berlin_start(datetime(2026, 3, 29, 8, 3, tzinfo=timezone.utc))
+    >>> berlin_start(datetime(2026, 3, 29, 8, 3, tzinfo=UTC))
     Traceback (most recent call last):
     ...
     ValueError: start must lie on the 5-minute grid
@@ -134,8 +136,7 @@ def parse_utc(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError("timestamp without an offset")
-    return parsed.astimezone(timezone.utc)
-
+    return parsed.astimezone(UTC)
 
 
 def _birth_date(value: date | str) -> str:
@@ -153,18 +154,18 @@ class Timify:
         self._field_ids: dict[str, str] | None = None
 
     @classmethod
-    def connect(
-        cls, base_url: str, app_id: str, app_secret: str, company_id: str, **http_options: Any
-    ) -> Timify:
+    def connect(cls, base_url: str, app_id: str, app_secret: str, company_id: str, **http_options: Any) -> Timify:
         """Build the client with token auth against the base URL's token endpoint."""
         root = base_url.rstrip("/")
 
         def fetch(plain: HttpClient) -> tuple[str, float]:
             response = plain.request(
-                "auth.token", "POST", path("v1", "auth", "token"),
+                "auth.token",
+                "POST",
+                path("v1", "auth", "token"),
                 json={"appid": app_id, "appsecret": app_secret},
                 headers={"company-id": company_id},
-            )  # fmt: skip
+            )
             body = response.json()
             body = body["data"] if isinstance(body.get("data"), dict) else body
             if not body.get("accessToken"):
@@ -204,9 +205,12 @@ class Timify:
 
     def _get(self, kind: str, record_id: str, external: bool) -> dict | None:
         response = self._call(
-            f"{kind}.get", "GET", path("v1", kind, record_id),
-            params={"external": 1} if external else None, expect=(404,),
-        )  # fmt: skip
+            f"{kind}.get",
+            "GET",
+            path("v1", kind, record_id),
+            params={"external": 1} if external else None,
+            expect=(404,),
+        )
         return None if response.status_code == 404 else self._data(response, f"{kind}.get")
 
     def _pages(
@@ -214,9 +218,7 @@ class Timify:
     ) -> Iterator[dict]:
         """Page 1, 2, ... until ``totalPages``, a short page or an empty one."""
         for page in range(1, max_pages + 1):
-            response = self._call(
-                op, "GET", where, params={**params, "page": page, "limit": page_size}
-            )
+            response = self._call(op, "GET", where, params={**params, "page": page, "limit": page_size})
             body = self._envelope(response, op)
             rows, meta = body.get("data") or [], body.get("meta") or {}
             yield from rows
@@ -226,9 +228,7 @@ class Timify:
                 return
         raise FatalError(PROCESSOR, op, None, reason="page limit reached")
 
-    def _upsert(
-        self, kind: str, external_id: str, create: dict, update: dict, record_id: str | None
-    ) -> str:
+    def _upsert(self, kind: str, external_id: str, create: dict, update: dict, record_id: str | None) -> str:
         """Update by TIMIFY id when known; else create, checking by our id before a repeat."""
         if record_id is not None:
             response = self._call(f"{kind}.update", "PATCH", path("v1", kind, record_id), json=update)
@@ -236,14 +236,16 @@ class Timify:
         by_external, collection = path("v1", kind, external_id), path("v1", kind)
 
         def create_once():
-            return self._call(f"{kind}.create", "POST", collection, json=create,
-                              idempotent=False, expect=(409,), items=1)  # fmt: skip
+            return self._call(
+                f"{kind}.create", "POST", collection, json=create, idempotent=False, expect=(409,), items=1
+            )
 
         def find():
             # One PATCH by our id finds and updates it. Should a lost create surface late
             # after a repeat, TIMIFY refuses the duplicate externalId: it never lands twice.
-            found = self._call(f"{kind}.lookup", "PATCH", by_external, params={"external": 1},
-                               json=update, expect=(404,))  # fmt: skip
+            found = self._call(
+                f"{kind}.lookup", "PATCH", by_external, params={"external": 1}, json=update, expect=(404,)
+            )
             return None if found.status_code == 404 else self._id(found, f"{kind}.lookup")
 
         return self.http.create_or_find(
@@ -255,9 +257,7 @@ class Timify:
         """Our field name -> TIMIFY customfield id, fetched once per connector."""
         if self._field_ids is None:
             definitions = list(
-                self._pages(
-                    "customfields.list", path("v1", "customers", "customfields"), {}, PAGE_SIZE, 100
-                )
+                self._pages("customfields.list", path("v1", "customers", "customfields"), {}, PAGE_SIZE, 100)
             )
             ids = {}
             for name, (key, wanted) in FIELD_KEYS.items():
@@ -284,9 +284,7 @@ class Timify:
             items.append({"id": ids[name], "value": text})
         return items
 
-    def upsert_customer(
-        self, external_id: str, fields: Mapping[str, Any], customer_id: str | None = None
-    ) -> str:
+    def upsert_customer(self, external_id: str, fields: Mapping[str, Any], customer_id: str | None = None) -> str:
         """Create or update one customer; returns TIMIFY's customer id.
 
         Fields that are None are not sent, and of insurance number and birth date only one
@@ -306,18 +304,19 @@ class Timify:
         """The customer, or None when TIMIFY does not hold it."""
         return self._get("customers", customer_id, external)
 
-    def iter_customers(
-        self, page_size: int = PAGE_SIZE, max_pages: int = 10_000
-    ) -> Iterator[dict]:
+    def iter_customers(self, page_size: int = PAGE_SIZE, max_pages: int = 10_000) -> Iterator[dict]:
         """Every customer of the company."""
         return self._pages("customers.list", path("v1", "customers"), {}, page_size, max_pages)
 
     def delete_customer(self, customer_id: str, external: bool = False) -> bool:
         """Erase the customer. False when it was already gone."""
         response = self._call(
-            "customers.delete", "DELETE", path("v1", "customers", customer_id),
-            params={"external": 1} if external else None, expect=(404,),
-        )  # fmt: skip
+            "customers.delete",
+            "DELETE",
+            path("v1", "customers", customer_id),
+            params={"external": 1} if external else None,
+            expect=(404,),
+        )
         if response.status_code == 404:
             return False
         if response.content:
@@ -370,9 +369,7 @@ class Timify:
             end = min(start + MAX_SPAN, to_date)
             params = {"from_date": f"{start:%Y-%m-%d}", "to_date": f"{end:%Y-%m-%d}"}
             seen = set()
-            for row in self._pages(
-                "appointments.list", path("v1", "appointments"), params, page_size, max_pages
-            ):
+            for row in self._pages("appointments.list", path("v1", "appointments"), params, page_size, max_pages):
                 seen.add(row["id"])
                 if row["id"] not in previous:
                     yield row
@@ -389,9 +386,12 @@ class Timify:
         for start in range(0, len(ids), DELETE_BATCH):
             batch = ids[start : start + DELETE_BATCH]
             response = self._call(
-                "appointments.delete", "POST", path("v1", "appointments", "delete", "bulk"),
-                json={"ids": batch, "has_notify_customers": notify_customers}, items=len(batch),
-            )  # fmt: skip
+                "appointments.delete",
+                "POST",
+                path("v1", "appointments", "delete", "bulk"),
+                json={"ids": batch, "has_notify_customers": notify_customers},
+                items=len(batch),
+            )
             self._envelope(response, "appointments.delete")
         return len(ids)
 
@@ -402,9 +402,12 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
     if not settings.timify_app_id or not secret or not settings.timify_company_id:
         raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
     options = http_options_from(
-        settings, settings.timify_rate_per_second,
-        session=session, base_url=settings.timify_base_url, **http_options,
-    )  # fmt: skip
+        settings,
+        settings.timify_rate_per_second,
+        session=session,
+        base_url=settings.timify_base_url,
+        **http_options,
+    )
     return Timify.connect(
         settings.timify_base_url,
         settings.timify_app_id,

@@ -27,17 +27,15 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from contextvars import ContextVar
-from typing import TypeVar
 from dataclasses import dataclass
-from typing import Any
 from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
-from tenacity import stop_after_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 T = TypeVar("T")
 log = logging.getLogger("psync.http")
@@ -76,8 +74,7 @@ class ProcessorError(Exception):
     def __reduce__(self):
         # Prefect pickles a failed run's exception when it persists results; the default
         # (the class called with the message alone) cannot rebuild this one.
-        return type(self), (self.processor, self.operation, self.status, self.attempts,
-                            self.reason, self.retry_after)  # fmt: skip
+        return type(self), (self.processor, self.operation, self.status, self.attempts, self.reason, self.retry_after)
 
     @property
     def outcome_unknown(self) -> bool:
@@ -276,10 +273,10 @@ class TokenAuth(AuthBase):
     def _retry_once_on_401(self, response: requests.Response, **kwargs) -> requests.Response:
         if response.status_code != 401 or getattr(response.request, "_psync_refreshed", False):
             return response
-        response.content  # drain, so the connection can be reused
+        response.content  # noqa: B018 - reading the body drains it, so the connection can be reused
         retry = response.request.copy()
         retry.headers[self.header] = self.prefix + self.token(force=True)
-        retry._psync_refreshed = True  # type: ignore[attr-defined]
+        retry._psync_refreshed = True  # type: ignore[attr-defined]  # our marker on the copy, read above
         new = response.connection.send(retry, **kwargs)
         new.history.append(response)
         new.request = retry
@@ -509,13 +506,11 @@ class HttpClient:
             if self.limiter:
                 self.limiter.acquire()
             try:
-                response = self.session.request(
-                    method, self.base_url + path, timeout=self.timeout, **kwargs
-                )
+                response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
             except _TRANSPORT as exc:
-                kind = RetriableError if idempotent or isinstance(exc, _NOT_SENT) else FatalError
+                lost = RetriableError if idempotent or isinstance(exc, _NOT_SENT) else FatalError
                 # The exception text holds the URL (and so an e-mail address): name only.
-                raise kind(self.processor, op, None, attempts, _no_answer(exc)) from None
+                raise lost(self.processor, op, None, attempts, _no_answer(exc)) from None
             status = response.status_code
             if status in expect:
                 return response
@@ -529,8 +524,7 @@ class HttpClient:
 
         retrying = Retrying(
             retry=retry_if_exception(lambda e: isinstance(e, RetriableError)),
-            stop=stop_after_attempt(self.policy.max_attempts)
-            | stop_after_delay(self.policy.max_seconds),
+            stop=stop_after_attempt(self.policy.max_attempts) | stop_after_delay(self.policy.max_seconds),
             wait=self.policy.wait,
             sleep=self.sleep or pause,
             reraise=True,
@@ -557,9 +551,14 @@ class HttpClient:
             journal(call)
         log.debug(
             "%s %s -> %s (%s, %d attempt(s), %d item(s), %.0f ms)",
-            self.processor, op, status, outcome, attempts, items,
+            self.processor,
+            op,
+            status,
+            outcome,
+            attempts,
+            items,
             (time.monotonic() - started) * 1000,
-        )  # fmt: skip
+        )
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -587,9 +586,12 @@ def token_client(
         http = token_client("flexperto", root, lambda plain: fetch_token(plain), **options)
     """
     plain = HttpClient(
-        processor, root, session=make_session(pool_size=1),
-        timeout=http_options.get("timeout", (5.0, 60.0)), policy=RetryPolicy(max_attempts=1),
-    )  # fmt: skip
+        processor,
+        root,
+        session=make_session(pool_size=1),
+        timeout=http_options.get("timeout", (5.0, 60.0)),
+        policy=RetryPolicy(max_attempts=1),
+    )
     auth = TokenAuth(lambda: fetch(plain), header=header, prefix=prefix)
     http = HttpClient(processor, api_root or root, auth=auth, **http_options)
     plain.calls = http.calls

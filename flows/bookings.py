@@ -30,11 +30,12 @@ from typing import Annotated
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors import flexperto, timify
 from connectors.transport import CallRecord
-from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
+from core.clock import berlin_today
+from core.settings import Settings, get_settings
 from flows.common import (
     JobFailed,
     audit_failure,
@@ -45,12 +46,12 @@ from flows.common import (
     tally,
     write_audit,
 )
+from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
 from models.audit import AuditEvent
 from models.bookings import (
     Booking,
     BookingStatus,
     Channel,
-    berlin_today,
     by_refs,
     changed_since,
     chat_purge_due,
@@ -58,13 +59,12 @@ from models.bookings import (
     count_changed_since,
     count_chats_due,
 )
-from models.cursors import advance_cursor, cursor_position, get_cursor
+from models.cursors import cursor_position
 from models.db import transaction
 from models.parked import due_for_retry
 from models.recipients import Recipient, record_removed_for, record_sent_many
 from models.subjects import DataSubject
 from models.types import utcnow
-from psync.settings import Settings, get_settings
 
 CURSOR = "timify:bookings"
 PURPOSE = "booking"
@@ -139,7 +139,7 @@ class _Batch:
             select(Recipient.subject_id, Recipient.external_id).where(
                 Recipient.processor == timify.PROCESSOR,
                 Recipient.purpose == PURPOSE,
-                Recipient.subject_id.in_(list(self.subjects)),  # type: ignore[attr-defined]
+                col(Recipient.subject_id).in_(list(self.subjects)),
             )
         )
         return dict(rows.all())
@@ -149,7 +149,16 @@ class _Batch:
         if not subject.email:
             # Erased meanwhile: nothing of the person may leave any more.
             self.counts["skipped_erased"] += 1
-            self.events.append(decision("booking.push", "skipped", timify.PROCESSOR, subject.pseudonym, booking=booking.booking_ref, channel=booking.channel))
+            self.events.append(
+                decision(
+                    "booking.push",
+                    "skipped",
+                    timify.PROCESSOR,
+                    subject.pseudonym,
+                    booking=booking.booking_ref,
+                    channel=booking.channel,
+                )
+            )
             return
         service, resources = _placement(self.settings, booking)
         customer = self.clients.timify.upsert_customer(
@@ -157,12 +166,26 @@ class _Batch:
         )
         self.customer_ids[subject.id] = self.sent[subject.id] = customer
         booking.timify_appointment_id = self.clients.timify.upsert_appointment(
-            booking.booking_ref, service_id=service, resource_ids=resources,
-            start=booking.start_at, duration_min=booking.duration_min, customer_id=customer,
-            notes=booking.concern, appointment_id=booking.timify_appointment_id,
-        )  # fmt: skip
+            booking.booking_ref,
+            service_id=service,
+            resource_ids=resources,
+            start=booking.start_at,
+            duration_min=booking.duration_min,
+            customer_id=customer,
+            notes=booking.concern,
+            appointment_id=booking.timify_appointment_id,
+        )
         self.counts["pushed"] += 1
-        self.events.append(decision("booking.push", "sent", timify.PROCESSOR, subject.pseudonym, booking=booking.booking_ref, channel=booking.channel))
+        self.events.append(
+            decision(
+                "booking.push",
+                "sent",
+                timify.PROCESSOR,
+                subject.pseudonym,
+                booking=booking.booking_ref,
+                channel=booking.channel,
+            )
+        )
         if booking.channel == Channel.video:
             self._register_video(booking, subject)
 
@@ -174,11 +197,23 @@ class _Batch:
             booking.start_at, booking.duration_min, self.settings.video_chat_retention_days
         )
         record_sent_many(
-            self.session, flexperto.PROCESSOR, booking.video_purpose,
-            {subject.id: booking.flexperto_customer_id}, self.now,
-        )  # fmt: skip
+            self.session,
+            flexperto.PROCESSOR,
+            booking.video_purpose,
+            {subject.id: booking.flexperto_customer_id},
+            self.now,
+        )
         self.counts["video_registered"] += 1
-        self.events.append(decision("video.register", "sent", flexperto.PROCESSOR, subject.pseudonym, booking=booking.booking_ref, channel=booking.channel))
+        self.events.append(
+            decision(
+                "video.register",
+                "sent",
+                flexperto.PROCESSOR,
+                subject.pseudonym,
+                booking=booking.booking_ref,
+                channel=booking.channel,
+            )
+        )
 
     def cancel(self, booking: Booking) -> None:
         subject = self.subjects[booking.subject_id]
@@ -192,7 +227,16 @@ class _Batch:
             if appointment is not None:
                 self.clients.timify.delete_appointments([appointment])
                 self.counts["cancelled"] += 1
-                self.events.append(decision("booking.cancel", "deleted", timify.PROCESSOR, subject.pseudonym, booking=booking.booking_ref, channel=booking.channel))
+                self.events.append(
+                    decision(
+                        "booking.cancel",
+                        "deleted",
+                        timify.PROCESSOR,
+                        subject.pseudonym,
+                        booking=booking.booking_ref,
+                        channel=booking.channel,
+                    )
+                )
             booking.timify_deleted_at = self.now
         if booking.channel == Channel.video and not booking.flexperto_customer_id and booking.chat_purged_at is None:
             # Maybe registered before a crash lost its id: Flexperto knows it by our booking id.
@@ -220,18 +264,36 @@ def purge_chat(batch: _Batch, booking: Booking, pseudonym: str) -> bool:
     assert booking.flexperto_customer_id is not None
     if not batch.clients.flexperto.purge(booking.flexperto_customer_id):
         batch.counts["purge_not_verified"] += 1
-        batch.events.append(decision("video.purge", "not_verified", flexperto.PROCESSOR, pseudonym, booking=booking.booking_ref, channel=booking.channel))
+        batch.events.append(
+            decision(
+                "video.purge",
+                "not_verified",
+                flexperto.PROCESSOR,
+                pseudonym,
+                booking=booking.booking_ref,
+                channel=booking.channel,
+            )
+        )
         return False
     booking.chat_purged_at = batch.now
     record_removed_for(batch.session, booking.subject_id, flexperto.PROCESSOR, booking.video_purpose, batch.now)
     batch.counts["chat_purged"] += 1
-    batch.events.append(decision("video.purge", "verified", flexperto.PROCESSOR, pseudonym, booking=booking.booking_ref, channel=booking.channel))
+    batch.events.append(
+        decision(
+            "video.purge",
+            "verified",
+            flexperto.PROCESSOR,
+            pseudonym,
+            booking=booking.booking_ref,
+            channel=booking.channel,
+        )
+    )
     return True
 
 
 def _subjects(session: Session, rows: Sequence[Booking]) -> dict[uuid.UUID, DataSubject]:
     ids = list({b.subject_id for b in rows})
-    found = session.exec(select(DataSubject).where(DataSubject.id.in_(ids)))  # type: ignore[attr-defined]
+    found = session.exec(select(DataSubject).where(col(DataSubject.id).in_(ids)))
     return {s.id: s for s in found}
 
 
@@ -279,7 +341,14 @@ class BookingsJob(StreamJob):
             batch.push(row)
 
     def held(self, batch: _Batch, row: Booking) -> AuditEvent:
-        return decision("booking.push", "held", timify.PROCESSOR, batch.subjects[row.subject_id].pseudonym, booking=row.booking_ref, channel=row.channel)
+        return decision(
+            "booking.push",
+            "held",
+            timify.PROCESSOR,
+            batch.subjects[row.subject_id].pseudonym,
+            booking=row.booking_ref,
+            channel=row.channel,
+        )
 
     def finish(self, batch: _Batch) -> tuple[Counter[str], list[AuditEvent]]:
         batch.commit_register()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import copy_context
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -21,11 +21,11 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from sqlmodel import Session
 
-from connectors.transport import CallRecord, HttpClient, ProcessorError, redact
+from connectors.transport import CallRecord, ProcessorError, redact
+from core.settings import get_settings
 from flows import labels
 from models.audit import Anchor, AuditEvent, append, append_anchor, current_anchor
 from models.db import transaction
-from psync.settings import get_settings
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -130,7 +130,7 @@ def one_line_failure(fn: F) -> F:
                 anchored = True
                 anchor_audit()
             return result
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a readable state
+        except Exception as exc:
             original = exc.original if isinstance(exc, TaskFailed) else exc
             logger = get_run_logger()
             if original is exc:
@@ -155,9 +155,8 @@ def one_line_failure(fn: F) -> F:
     # Prefect builds its parameter model from the signature and resolves string annotations
     # (``from __future__ import annotations``) in the wrapper's module: hand it the
     # signature resolved in the flow's own module, so its names (uuid, Channel, …) are found.
-    run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
+    run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]  # read by inspect
     return run  # type: ignore[return-value]  # functools.wraps keeps the docstring Prefect reads
-
 
 
 def anchor_audit() -> None:
@@ -175,9 +174,10 @@ def anchor_audit() -> None:
     if settings.audit_anchor_artifact:
         # Counts and hashes only: nothing personal.
         create_markdown_artifact(
-            key=ANCHOR_ARTIFACT, markdown=f"```json\n{anchor.to_json()}\n```",
+            key=ANCHOR_ARTIFACT,
+            markdown=f"```json\n{anchor.to_json()}\n```",
             description="Audit trail head at the end of this run (rows, last hash, time)",
-        )  # fmt: skip
+        )
 
 
 ANCHOR_ARTIFACT = "audit-anchor"
@@ -193,8 +193,9 @@ def artifact_anchor(key: bytes, look_back: int = 20) -> Anchor | None:
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ANCHOR_ARTIFACT])),
-            sort=ArtifactSort.CREATED_DESC, limit=look_back,
-        )  # fmt: skip
+            sort=ArtifactSort.CREATED_DESC,
+            limit=look_back,
+        )
     best = None
     for artifact in artifacts:
         text = str(artifact.data or "").removeprefix("```json").removesuffix("```").strip()
@@ -216,18 +217,26 @@ def call_events(calls: Iterable[CallRecord]) -> list[AuditEvent]:
     """One audit event per call made to a processor."""
     return [
         AuditEvent(
-            action=f"call.{c.operation}", outcome=c.outcome, processor=c.processor,
-            attempts=c.attempts, http_status=c.status,
+            action=f"call.{c.operation}",
+            outcome=c.outcome,
+            processor=c.processor,
+            attempts=c.attempts,
+            http_status=c.status,
             detail=f"items={c.items}" if c.items else "",
-        )  # fmt: skip
+        )
         for c in calls
     ]
 
 
 def decision(
-    action: str, outcome: str, processor: str | None = None, subject: str | None = None,
-    detail: str = "", status: int | None = None, **ids: object,
-) -> AuditEvent:  # fmt: skip
+    action: str,
+    outcome: str,
+    processor: str | None = None,
+    subject: str | None = None,
+    detail: str = "",
+    status: int | None = None,
+    **ids: object,
+) -> AuditEvent:
     """The audit event of one decision or outcome: what (`action`, `outcome`), where
     (`processor`), about whom (`subject`: a pseudonym, never an identifier), the processor's
     answer (`status`), and record ids (never personal) as ``key=value`` before `detail`.
@@ -247,8 +256,14 @@ def write_audit(session: Session, events: Iterable[AuditEvent], flow_run_id: str
     return append(session, get_settings().hmac_key(), events, flow_run_id=flow_run_id or run_id())
 
 
+class CallSource(Protocol):
+    """What keeps a run's calls for the audit: an ``HttpClient``, or a job's set of them."""
+
+    def drain_calls(self) -> list[CallRecord]: ...
+
+
 @contextmanager
-def audit_failure(http: HttpClient, action: str) -> Iterator[None]:
+def audit_failure(http: CallSource, action: str) -> Iterator[None]:
     """Wrap a task's transaction: if a processor call fails, the data work rolls back but
     the calls made and the failure still reach the audit trail, in a transaction of their
     own opened only after the failed one has ended (SQLite allows one writer)."""
@@ -256,9 +271,13 @@ def audit_failure(http: HttpClient, action: str) -> Iterator[None]:
         yield
     except ProcessorError as exc:
         failure = AuditEvent(
-            action, "failed", exc.processor, attempts=exc.attempts, http_status=exc.status,
+            action,
+            "failed",
+            exc.processor,
+            attempts=exc.attempts,
+            http_status=exc.status,
             detail=f"operation={exc.operation}",
-        )  # fmt: skip
+        )
         with transaction() as session:
             write_audit(session, [*call_events(http.drain_calls()), failure])
         raise
@@ -272,9 +291,10 @@ def counts_artifact(flow_key: str, title: str, counts: Mapping[str, int]) -> Non
     an unknown one under its own key, so nothing is hidden.
     """
     create_table_artifact(
-        table=labels.table(flow_key, counts), key=flow_key,
+        table=labels.table(flow_key, counts),
+        key=flow_key,
         description=f"# {title}\n\n{labels.COUNTS_ONLY}",
-    )  # fmt: skip
+    )
 
 
 def tally(results: Iterable[Mapping[str, int]]) -> dict[str, int]:
@@ -336,9 +356,7 @@ def collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def concurrently(
-    call: Callable[[T], R], items: Sequence[T], workers: int = 4
-) -> list[R | ProcessorError]:
+def concurrently(call: Callable[[T], R], items: Sequence[T], workers: int = 4) -> list[R | ProcessorError]:
     """``call(item)`` for every item, `workers` at a time; results in the items' order.
 
     A processor error is returned in its item's place, so one failed call does not hide the

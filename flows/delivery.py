@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors.transport import CallRecord, ProcessorError
 from flows import journal
@@ -44,7 +44,7 @@ from models.cursors import advance_cursor, get_cursor
 from models.db import transaction
 from models.erasure import being_erased
 from models.parked import ParkedItem, ParkState, drop, due_for_retry, get_item, park, resolve, retry_later
-from models.recipients import live_keys, record_may_hold_many
+from models.recipients import record_may_hold_many
 from models.types import utcnow
 
 Row = TypeVar("Row")
@@ -83,7 +83,8 @@ class Job(Protocol, Generic[Row]):
     - ``reaches(session, rows)``: where each record may carry data (only records that will
       send); ``held(ctx, row)``: the audit event of a record held (erasure open).
     - ``begin(session, rows)`` → the batch's context; ``deliver(ctx, row)`` sends one
-      record (raising fails only that record); ``finish(ctx)`` records what the batch
+      record (raising fails only that record; only ``StreamJob``'s default
+      ``deliver_many`` calls it, so it is no member here); ``finish(ctx)`` records what the batch
       confirmed (register "holds") and returns its counts and audit events.
     - ``StreamJob`` gives the rest a default a job may override: ``lock`` (the cursor,
       locked), ``select_ahead`` (the records as the write-ahead needs them: a job whose
@@ -104,7 +105,6 @@ class Job(Protocol, Generic[Row]):
     def subject_id(self, row: Row) -> uuid.UUID: ...
     def reaches(self, session: Session, rows: Sequence[Row]) -> list[Reach]: ...
     def begin(self, session: Session, rows: Sequence[Row]) -> Any: ...
-    def deliver(self, ctx: Any, row: Row) -> None: ...
     def held(self, ctx: Any, row: Row) -> AuditEvent: ...
     def finish(self, ctx: Any) -> tuple[Counter[str], list[AuditEvent]]: ...
     def lock(self, session: Session) -> int: ...
@@ -135,7 +135,7 @@ class StreamJob:
         return get_cursor(session, self.cursor).position
 
     def select_ahead(self, session: Session, after: int, limit: int) -> list[Any]:
-        return self.select(session, after, limit)  # type: ignore[attr-defined]  # the job's
+        return self.select(session, after, limit)  # type: ignore[attr-defined]  # the subclass's select (Job)
 
     def deliver_many(self, ctx: Any, rows: Sequence[Any]) -> dict[str, Exception]:
         """Send each record on its own (``deliver``); the failures by record id. A failure
@@ -143,7 +143,7 @@ class StreamJob:
         failures: dict[str, Exception] = {}
         for row in rows:
             try:
-                self.deliver(ctx, row)  # type: ignore[attr-defined]  # the job's
+                self.deliver(ctx, row)  # type: ignore[attr-defined]  # the subclass's deliver, when it sends one at a time
             except (ProcessorError, ValueError) as exc:
                 if run_wide(exc):
                     raise
@@ -151,7 +151,9 @@ class StreamJob:
         return failures
 
 
-def isolate(send: Callable[[list[Row]], R], rows: list[Row]) -> tuple[list[tuple[list[Row], R]], list[tuple[Row, Exception]]]:
+def isolate(
+    send: Callable[[list[Row]], R], rows: list[Row]
+) -> tuple[list[tuple[list[Row], R]], list[tuple[Row, Exception]]]:
     """Send `rows` in one batch call; if the batch is refused for good (a 4xx other than
     auth, our own validation), send each half again, down to the record it was refused
     for: one bad record costs about 2·log2(n) more calls, and the others still go.
@@ -187,9 +189,13 @@ class _Selection(Generic[Row]):
 
 
 def _select(
-    job: Job[Row], session: Session, limit: int, ids: Sequence[str] | None, upto: int | None = None,
+    job: Job[Row],
+    session: Session,
+    limit: int,
+    ids: Sequence[str] | None,
+    upto: int | None = None,
     ahead: bool = False,
-) -> _Selection[Row]:  # fmt: skip
+) -> _Selection[Row]:
     """A named run's records, or the ones to retry first and then the stream after the
     cursor (up to seq `upto`: what an earlier selection of this batch wrote ahead); as the
     write-ahead needs them (`ahead`) or whole. The cursor is locked either way: a named run
@@ -250,8 +256,9 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
             if held:
                 reaches = [r for r in reaches if r.subject_id not in held]
             if written := _write_ahead(session, reaches, now):
-                write_audit(session, [decision(f"{job.name}.register_ahead", "may_hold",
-                                               records=len(ahead.rows), rows=written)])  # fmt: skip
+                write_audit(
+                    session, [decision(f"{job.name}.register_ahead", "may_hold", records=len(ahead.rows), rows=written)]
+                )
         if not ahead.rows:
             return {}
         counts = _send(job, limit, ids, ahead, held, now)
@@ -264,9 +271,13 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
 
 
 def _send(
-    job: Job[Row], limit: int, ids: Sequence[str] | None, ahead: _Selection[Row], held: set[uuid.UUID],
+    job: Job[Row],
+    limit: int,
+    ids: Sequence[str] | None,
+    ahead: _Selection[Row],
+    held: set[uuid.UUID],
     now: datetime,
-) -> dict[str, int] | None:  # fmt: skip
+) -> dict[str, int] | None:
     """Step 2 and 3 in one transaction, its calls journaled; None if the cursor moved since
     the write-ahead. A failure rolls the data back, and the journal's calls go to the trail
     as a killed batch's would: once, with a row that says the batch ended before its commit."""
@@ -283,7 +294,11 @@ def _send(
 
 
 def _deliver(
-    job: Job[Row], session: Session, chosen: _Selection[Row], held_ahead: set[uuid.UUID], now: datetime,
+    job: Job[Row],
+    session: Session,
+    chosen: _Selection[Row],
+    held_ahead: set[uuid.UUID],
+    now: datetime,
     batch: str,
 ) -> dict[str, int]:
     """Step 2 and 3 of ``run_batch``, in its second transaction. Held: whoever was held when
@@ -317,29 +332,38 @@ def _deliver(
     resolve(session, job.name, (r for r in map(job.record_id, rows) if r not in failures), now)
     if chosen.last_seq is not None:
         advance_cursor(session, job.cursor, chosen.last_seq)
-    write_audit(session, [*call_events(job.clients.drain_calls()), *job_events, *events, journal.committed(job.name, batch)])
+    write_audit(
+        session, [*call_events(job.clients.drain_calls()), *job_events, *events, journal.committed(job.name, batch)]
+    )
     return dict(counts)
 
 
-def _park(session: Session, job: Job, record: str, retriable: bool, processor: str, operation: str,
-          why: str, now: datetime) -> AuditEvent:  # fmt: skip
-    item = park(session, job.name, record, retriable=retriable, processor=processor, operation=operation,
-                reason=why, now=now)  # fmt: skip
-    return decision(f"{job.name}.park", str(item.state), processor or None, detail=operation, record=record,
-                    attempts=item.attempts)  # fmt: skip
+def _park(
+    session: Session, job: Job, record: str, retriable: bool, processor: str, operation: str, why: str, now: datetime
+) -> AuditEvent:
+    item = park(
+        session, job.name, record, retriable=retriable, processor=processor, operation=operation, reason=why, now=now
+    )
+    return decision(
+        f"{job.name}.park", str(item.state), processor or None, detail=operation, record=record, attempts=item.attempts
+    )
 
 
 def fail_if_parked(job_name: str, since: datetime) -> None:
     """End the run Failed when it parked anything or left anything to retry: how many,
     which records and why (ids, processors, statuses only)."""
     with transaction() as session:
-        items = list(session.exec(
-            select(ParkedItem).where(
-                ParkedItem.job == job_name,
-                ParkedItem.last_tried_at >= since,
-                ParkedItem.state.in_([ParkState.parked, ParkState.retry]),  # type: ignore[attr-defined]
-            ).order_by(ParkedItem.last_tried_at)
-        ))  # fmt: skip
+        items = list(
+            session.exec(
+                select(ParkedItem)
+                .where(
+                    ParkedItem.job == job_name,
+                    ParkedItem.last_tried_at >= since,
+                    col(ParkedItem.state).in_([ParkState.parked, ParkState.retry]),
+                )
+                .order_by(col(ParkedItem.last_tried_at))
+            )
+        )
     if not items:
         return
     parked = [i for i in items if i.state == ParkState.parked]
@@ -357,8 +381,9 @@ def retry_parked(session: Session, item_id: str) -> ParkedItem:
     """Another try for a parked record: the job's next run takes it first. Audited."""
     item = get_item(session, item_id)
     retry_later(item)
-    write_audit(session, [decision(f"{item.job}.park", "retry_requested", item.processor or None,
-                                   record=item.record_id)])  # fmt: skip
+    write_audit(
+        session, [decision(f"{item.job}.park", "retry_requested", item.processor or None, record=item.record_id)]
+    )
     return item
 
 
@@ -366,6 +391,12 @@ def drop_parked(session: Session, item_id: str, why: str, now: datetime) -> Park
     """The operator decides a parked record is not to be delivered, with a reason. Audited."""
     item = get_item(session, item_id)
     drop(item, why, now)
-    write_audit(session, [decision(f"{item.job}.park", "dropped", item.processor or None,
-                                   record=item.record_id, reason=item.drop_reason)])  # fmt: skip
+    write_audit(
+        session,
+        [
+            decision(
+                f"{item.job}.park", "dropped", item.processor or None, record=item.record_id, reason=item.drop_reason
+            )
+        ],
+    )
     return item

@@ -37,12 +37,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors.transport import ProcessorError, redact
+from core.clock import berlin_today
+from core.settings import get_settings
 from flows import erasure_form as form
 from flows import journal
 from flows.common import JobFailed, call_events, counts_artifact, decision, one_line_failure, run_id, write_audit
+from flows.erasure_form import Text
 from flows.erasure_processors import (
     AWAITING,
     HANDLERS,
@@ -58,9 +61,7 @@ from flows.erasure_processors import (
     manual_request_text,
     policy_from_settings,
 )
-from flows.erasure_form import Text
 from models.audit import AuditEvent
-from models.bookings import berlin_today
 from models.db import scrub_journal, transaction
 from models.deadlines import urgency
 from models.erasure import (
@@ -88,7 +89,6 @@ from models.erasure import (
 from models.recipients import Recipient, record_removed
 from models.subjects import DataSubject
 from models.types import berlin_text, utcnow
-from psync.settings import get_settings
 
 ACTION = "erasure"
 
@@ -97,8 +97,8 @@ def _pseudonyms(session: Session, request_ids: Iterable[uuid.UUID]) -> dict[uuid
     """request id → the subject's pseudonym (what the audit trail names)."""
     rows = session.exec(
         select(ErasureRequest.id, DataSubject.pseudonym)
-        .join(DataSubject, DataSubject.id == ErasureRequest.subject_id)
-        .where(ErasureRequest.id.in_(list(request_ids)))  # type: ignore[attr-defined]
+        .join(DataSubject, col(DataSubject.id) == col(ErasureRequest.subject_id))
+        .where(col(ErasureRequest.id).in_(list(request_ids)))
     )
     return dict(rows.all())
 
@@ -123,17 +123,31 @@ def open_erasure_request(
     now = now or utcnow()
     settings = get_settings()
     request = open_request(
-        session, email=email, insurance_number=insurance_number, subject_id=subject_id,
-        received_at=received_at or now, channel=channel, reference=reference,
-        key=settings.hmac_key(), now=now,
-    )  # fmt: skip
+        session,
+        email=email,
+        insurance_number=insurance_number,
+        subject_id=subject_id,
+        received_at=received_at or now,
+        channel=channel,
+        reference=reference,
+        key=settings.hmac_key(),
+        now=now,
+    )
     existing_before = request.created_at < now
     tasks = tasks_of(session, request.id)
     pseudonym = _pseudonyms(session, [request.id])[request.id]
-    write_audit(session, [decision(
-        "erasure.open", "joined" if existing_before else "opened", None, pseudonym,
-        f"request={request.id} channel={request.channel} recipients={len(tasks)} due={request.due}",
-    )])  # fmt: skip
+    write_audit(
+        session,
+        [
+            decision(
+                "erasure.open",
+                "joined" if existing_before else "opened",
+                None,
+                pseudonym,
+                f"request={request.id} channel={request.channel} recipients={len(tasks)} due={request.due}",
+            )
+        ],
+    )
     return request
 
 
@@ -146,9 +160,7 @@ class Claimed:
     counts: dict[str, int]
 
 
-def claim_work(
-    request_ids: Sequence[uuid.UUID] | None, policy: Policy, today: date, now: datetime
-) -> Claimed:
+def claim_work(request_ids: Sequence[uuid.UUID] | None, policy: Policy, today: date, now: datetime) -> Claimed:
     """Claim the workable tasks and decide what needs no call: holds and manual processors.
 
     One transaction: the register is looked at again (data sent since the request opened
@@ -162,13 +174,13 @@ def claim_work(
     with transaction() as session:
         scope = select(ErasureRequest).where(ErasureRequest.status == RequestStatus.open)
         if request_ids is not None:
-            scope = scope.where(ErasureRequest.id.in_(list(request_ids)))  # type: ignore[attr-defined]
+            scope = scope.where(col(ErasureRequest.id).in_(list(request_ids)))
         requests = list(session.exec(scope))
         open_ids = [r.id for r in requests]
         for request in requests:
             sync_tasks(session, request, now)
         ids = claim(session, owner, now, today, policy.lease, open_ids if request_ids is not None else None)
-        query = select(ErasureTask).where(ErasureTask.id.in_(ids))  # type: ignore[attr-defined]
+        query = select(ErasureTask).where(col(ErasureTask.id).in_(ids))
         tasks = list(session.exec(query)) if ids else []
         pseudonyms = _pseudonyms(session, {t.request_id for t in tasks})
         events: list[AuditEvent] = []
@@ -183,7 +195,9 @@ def claim_work(
                 item.state, (item.hold_reason, item.hold_until) = TaskState.restricted, hold
                 release(item)
                 counts[TaskState.restricted.value] += 1
-                events.append(decision("erasure.hold", "restricted", item.processor, pseudonym, f"{detail} until={hold[1]}"))
+                events.append(
+                    decision("erasure.hold", "restricted", item.processor, pseudonym, f"{detail} until={hold[1]}")
+                )
             elif handler_for(item.processor, policy) is None:
                 events.append(decision("erasure.manual", "manual_pending", item.processor, pseudonym, detail))
                 item.state, item.detail = TaskState.manual_pending, "send the generated request; confirm with evidence"
@@ -244,22 +258,31 @@ def _load(task_ids: Sequence[uuid.UUID], owner: str) -> dict[uuid.UUID, tuple[Ta
     with transaction() as session:
         rows = session.exec(
             select(ErasureTask, DataSubject)
-            .join(ErasureRequest, ErasureRequest.id == ErasureTask.request_id)
-            .join(DataSubject, DataSubject.id == ErasureRequest.subject_id)
-            .where(ErasureTask.id.in_(list(task_ids)), ErasureTask.claimed_by == owner)  # type: ignore[attr-defined]
+            .join(ErasureRequest, col(ErasureRequest.id) == col(ErasureTask.request_id))
+            .join(DataSubject, col(DataSubject.id) == col(ErasureRequest.subject_id))
+            .where(col(ErasureTask.id).in_(list(task_ids)), ErasureTask.claimed_by == owner)
         ).all()
         return {item.id: (TaskRef.of(item), SubjectRef.of(subject)) for item, subject in rows}
 
 
-def _record(task_id: uuid.UUID, owner: str, outcome: Outcome, pseudonym: str, clients: Clients,
-            processor: str, started: datetime) -> bool:  # fmt: skip
+def _record(
+    task_id: uuid.UUID,
+    owner: str,
+    outcome: Outcome,
+    pseudonym: str,
+    clients: Clients,
+    processor: str,
+    started: datetime,
+) -> bool:
     """Write the outcome, the register and the audit rows; False when the claim was lost."""
     now = utcnow()
     with transaction() as session:
         events = call_events(clients.drain_calls(processor))
         item = session.get(ErasureTask, task_id)
         if item is None or not held_by(item, owner):
-            write_audit(session, [*events, decision("erasure.erase", "claim_lost", processor, pseudonym, f"task={task_id}")])
+            write_audit(
+                session, [*events, decision("erasure.erase", "claim_lost", processor, pseudonym, f"task={task_id}")]
+            )
             return False
         item.state, item.updated_at = outcome.state, now
         if outcome.asked:
@@ -272,13 +295,22 @@ def _record(task_id: uuid.UUID, owner: str, outcome: Outcome, pseudonym: str, cl
             _register_removed(session, item, now)
         release(item)
         action = "erase" if outcome.asked else "verify"
-        outcome_word = {TaskState.verified: "verified", TaskState.awaiting_processor: "awaiting",
-                        TaskState.failed: "failed"}[outcome.state]  # fmt: skip
-        events.append(decision(
-            f"{ACTION}.{action}", outcome_word, processor, pseudonym,
-            f"request={item.request_id} purpose={item.purpose}" + (f" {outcome.detail}" if outcome.detail else ""),
-            outcome.http_status,
-        ))  # fmt: skip
+        words: dict[str, str] = {  # keyed by TaskState, a StrEnum: outcome.state is its str value
+            TaskState.verified: "verified",
+            TaskState.awaiting_processor: "awaiting",
+            TaskState.failed: "failed",
+        }
+        outcome_word = words[outcome.state]
+        events.append(
+            decision(
+                f"{ACTION}.{action}",
+                outcome_word,
+                processor,
+                pseudonym,
+                f"request={item.request_id} purpose={item.purpose}" + (f" {outcome.detail}" if outcome.detail else ""),
+                outcome.http_status,
+            )
+        )
         write_audit(session, events)
     return True
 
@@ -325,9 +357,7 @@ def finish_request(session: Session, request: ErasureRequest, now: datetime) -> 
     Locks the request row (PostgreSQL), so two runs finishing at once complete it once.
     Returns True when the request is (now) completed.
     """
-    locked = session.exec(
-        select(ErasureRequest).where(ErasureRequest.id == request.id).with_for_update()
-    ).one()
+    locked = session.exec(select(ErasureRequest).where(ErasureRequest.id == request.id).with_for_update()).one()
     if locked.status == RequestStatus.completed:
         return True
     tasks = tasks_of(session, locked.id)
@@ -339,10 +369,13 @@ def finish_request(session: Session, request: ErasureRequest, now: datetime) -> 
     locked.status, locked.completed_at = RequestStatus.completed, now
     locked.urgency = urgency(locked.due, berlin_today(now))
     kinds = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-    write_audit(session, [
-        decision("erasure.controller", "erased", None, pseudonym, f"request={locked.id} {kinds}"),
-        decision("erasure.complete", "completed", None, pseudonym, f"request={locked.id} recipients={len(tasks)}"),
-    ])  # fmt: skip
+    write_audit(
+        session,
+        [
+            decision("erasure.controller", "erased", None, pseudonym, f"request={locked.id} {kinds}"),
+            decision("erasure.complete", "completed", None, pseudonym, f"request={locked.id} recipients={len(tasks)}"),
+        ],
+    )
     return True
 
 
@@ -361,9 +394,7 @@ def _finish(request_ids: Sequence[uuid.UUID], now: datetime) -> list[uuid.UUID]:
     return completed
 
 
-def _run(
-    request_ids: Sequence[uuid.UUID] | None, today: date
-) -> tuple[Counter[str], list[uuid.UUID], list[uuid.UUID]]:
+def _run(request_ids: Sequence[uuid.UUID] | None, today: date) -> tuple[Counter[str], list[uuid.UUID], list[uuid.UUID]]:
     """Claim, ask every processor at once, finish; counts, requests looked at, completed."""
     settings = get_settings()
     policy = policy_from_settings(settings)
@@ -389,23 +420,37 @@ def _run(
 
 
 # the flows ------------------------------------------------------------------------------
-@flow(name="fan-out-erasure", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@flow(name="fan-out-erasure", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]  # Prefect's generics: ThreadPoolTaskRunner() is inferred as [Never]
 @one_line_failure
 def fan_out_erasure(
     email: Annotated[Text, form.field("E-Mail-Adresse / e-mail address", maxLength=254)] = "",
-    insurance_number: Annotated[Text, form.field(
-        "Krankenversichertennummer / health-insurance number", maxLength=20, pattern=form.INSURANCE_PATTERN,
-    )] = "",
+    insurance_number: Annotated[
+        Text,
+        form.field(
+            "Krankenversichertennummer / health-insurance number",
+            maxLength=20,
+            pattern=form.INSURANCE_PATTERN,
+        ),
+    ] = "",
     subject_id: Annotated[Text, form.field("Personen-ID / subject id", pattern=form.UUID_PATTERN)] = "",
-    received_at: Annotated[Text, form.field(
-        "Eingegangen am (Berlin) / received (Berlin time)", maxLength=40, pattern=form.RECEIVED_PATTERN,
-    )] = "",
+    received_at: Annotated[
+        Text,
+        form.field(
+            "Eingegangen am (Berlin) / received (Berlin time)",
+            maxLength=40,
+            pattern=form.RECEIVED_PATTERN,
+        ),
+    ] = "",
     channel: Annotated[Text, form.field("Eingangsweg / channel", enum=form.CHANNELS)] = Channel.email.value,
     reference: Annotated[Text, form.field("Aktenzeichen / reference", maxLength=MAX_TEXT)] = "",
-    request_id: Annotated[Text, form.field(
-        "Nur zum Fortsetzen: Antrags-ID / resume only: request id", pattern=form.UUID_PATTERN,
-    )] = "",
-) -> dict[str, int]:  # fmt: skip
+    request_id: Annotated[
+        Text,
+        form.field(
+            "Nur zum Fortsetzen: Antrags-ID / resume only: request id",
+            pattern=form.UUID_PATTERN,
+        ),
+    ] = "",
+) -> dict[str, int]:
     """Erase a data subject's data at every processor, verified, then here; Art. 19 report.
 
     Give the subject by e-mail address, insurance number and/or our subject id (all must
@@ -430,10 +475,17 @@ def fan_out_erasure(
         rid = form.parse_uuid(request_id, "request_id")
         with transaction() as session:
             if rid is None:
-                rid = open_erasure_request(session, **_request_fields(
-                    email=email, insurance_number=insurance_number, subject_id=subject_id,
-                    received_at=received_at, channel=channel, reference=reference,
-                )).id  # fmt: skip
+                rid = open_erasure_request(
+                    session,
+                    **_request_fields(
+                        email=email,
+                        insurance_number=insurance_number,
+                        subject_id=subject_id,
+                        received_at=received_at,
+                        channel=channel,
+                        reference=reference,
+                    ),
+                ).id
             else:
                 get_request(session, rid)  # LookupError for an unknown id
     finally:  # opened, resumed or refused: nothing typed in is kept with the run
@@ -477,7 +529,7 @@ def _open_from_form(parameters: Mapping[str, Any]) -> uuid.UUID:
         return open_erasure_request(session, **_request_fields(**text)).id
 
 
-@flow(name="follow-up-erasures", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@flow(name="follow-up-erasures", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]  # Prefect's generics: ThreadPoolTaskRunner() is inferred as [Never]
 @one_line_failure
 def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
     """Carry every open erasure request forward: read back asynchronous deletions, ask again
@@ -536,8 +588,15 @@ def watch_erasure_deadlines(as_of: date | None = None) -> dict[str, int]:
                 counts["held_lawfully"] += 1
                 continue
             flagged.append((request.id, request.urgency, request.due))
-            events.append(decision("erasure.deadline", request.urgency, None, pseudonyms[request.id],
-                                 f"request={request.id} due={request.due}"))  # fmt: skip
+            events.append(
+                decision(
+                    "erasure.deadline",
+                    request.urgency,
+                    None,
+                    pseudonyms[request.id],
+                    f"request={request.id} due={request.due}",
+                )
+            )
         write_audit(session, events)
     counts_artifact("watch-erasure-deadlines", "Löschanträge nach Dringlichkeit / Erasure requests by urgency", counts)
     if flagged:
@@ -604,8 +663,13 @@ def report(session: Session, request_id: uuid.UUID | str) -> dict:
 
 
 # What the officer reads: German first, English after the slash.
-CHANNEL_LABELS = {"letter": "Brief / letter", "email": "E-Mail / e-mail", "portal": "Portal / portal",
-                  "phone": "Telefon / phone", "intake": "Website (Intake) / website (intake)"}  # fmt: skip
+CHANNEL_LABELS = {
+    "letter": "Brief / letter",
+    "email": "E-Mail / e-mail",
+    "portal": "Portal / portal",
+    "phone": "Telefon / phone",
+    "intake": "Website (Intake) / website (intake)",
+}
 STATE_LABELS = {
     TaskState.pending: "offen / pending",
     TaskState.requested: "angefragt / requested",
@@ -628,27 +692,37 @@ def render_markdown(data: dict) -> str:
     times in Berlin to the second, states and channels in words (German / English)."""
     due = data["due"]
     if data["extension_months"]:
-        due += (f" (verlängert um / extended by {data['extension_months']} Monat(e)/month(s): "
-                f"{data['extension_reason']}; Person informiert am / subject informed on "
-                f"{data['subject_informed_on']})")  # fmt: skip
+        due += (
+            f" (verlängert um / extended by {data['extension_months']} Monat(e)/month(s): "
+            f"{data['extension_reason']}; Person informiert am / subject informed on "
+            f"{data['subject_informed_on']})"
+        )
     status = STATUS_LABELS.get(data["status"], data["status"])
     if data["completed_at"]:
         status += f", {_berlin(data['completed_at'])}"
-    erased = _berlin(data["controller_erased_at"]) if data["controller_erased_at"] else (
-        "noch nicht (erst wenn jeder Empfänger bestätigt ist) / not yet (once every recipient is verified)")  # fmt: skip
+    erased = (
+        _berlin(data["controller_erased_at"])
+        if data["controller_erased_at"]
+        else ("noch nicht (erst wenn jeder Empfänger bestätigt ist) / not yet (once every recipient is verified)")
+    )
     lines = [
-        f"# Löschantrag / Erasure request {data['request_id']}", "",
+        f"# Löschantrag / Erasure request {data['request_id']}",
+        "",
         f"- Eingegangen / received: {_berlin(data['received_at'])}",
         f"- Eingangsweg / channel: {CHANNEL_LABELS.get(data['channel'], data['channel'])}",
         f"- Aktenzeichen / reference: {data['reference'] or '–'}",
         f"- Frist / deadline (Art. 12(3)): {due}",
         f"- Stand / status: {status}",
-        f"- Unsere eigene Kopie gelöscht / our own copy erased: {erased}", "",
-        "## Empfänger / Recipients (Art. 19 DSGVO / GDPR)", "",
-        "| Empfänger / recipient | Zweck / purpose | Stand / state | angefragt / requested "
-        "| bestätigt / verified | Nachweis / how verified |",
+        f"- Unsere eigene Kopie gelöscht / our own copy erased: {erased}",
+        "",
+        "## Empfänger / Recipients (Art. 19 DSGVO / GDPR)",
+        "",
+        (
+            "| Empfänger / recipient | Zweck / purpose | Stand / state | angefragt / requested "
+            "| bestätigt / verified | Nachweis / how verified |"
+        ),
         "|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for row in _recipient_rows(data):
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row.values()) + " |")
     return "\n".join(lines) + "\n"
@@ -667,11 +741,16 @@ def _recipient_rows(data: dict) -> list[dict[str, str]]:
         }
         for row in data["recipients"]
     ]
-    return rows or [{
-        "Empfänger / recipient": "–", "Zweck / purpose": "–", "Stand / state": "–", "angefragt / requested": "–",
-        "bestätigt / verified": "–",
-        "Nachweis / how verified": "kein Auftragsverarbeiter hatte Daten der Person / no processor held data of this person",
-    }]  # fmt: skip
+    return rows or [
+        {
+            "Empfänger / recipient": "–",
+            "Zweck / purpose": "–",
+            "Stand / state": "–",
+            "angefragt / requested": "–",
+            "bestätigt / verified": "–",
+            "Nachweis / how verified": "kein Auftragsverarbeiter hatte Daten der Person / no processor held data of this person",
+        }
+    ]
 
 
 def publish_report(session: Session, request_id: uuid.UUID) -> None:
@@ -697,11 +776,15 @@ def manual_requests(session: Session, request_id: uuid.UUID | str) -> list[dict]
     policy = policy_from_settings(get_settings())
     assert subject is not None
     return [
-        {"task_id": str(item.id), "processor": item.processor, "purpose": item.purpose,
-         "text": manual_request_text(item, subject, request, policy.manual.get(item.processor))}
+        {
+            "task_id": str(item.id),
+            "processor": item.processor,
+            "purpose": item.purpose,
+            "text": manual_request_text(item, subject, request, policy.manual.get(item.processor)),
+        }
         for item in tasks_of(session, request.id)
         if item.state == TaskState.manual_pending
-    ]  # fmt: skip
+    ]
 
 
 def confirm_manual(session: Session, task_id: uuid.UUID | str, evidence: str, now: datetime) -> ErasureTask:
@@ -728,17 +811,31 @@ def confirm_manual(session: Session, task_id: uuid.UUID | str, evidence: str, no
     item.detail = ""
     _register_removed(session, item, now)
     pseudonym = _pseudonyms(session, [request.id])[request.id]
-    write_audit(session, [decision("erasure.manual_confirm", "verified", item.processor, pseudonym,
-                                 f"request={request.id} purpose={item.purpose}")])  # fmt: skip
+    write_audit(
+        session,
+        [
+            decision(
+                "erasure.manual_confirm",
+                "verified",
+                item.processor,
+                pseudonym,
+                f"request={request.id} purpose={item.purpose}",
+            )
+        ],
+    )
     session.flush()
     finish_request(session, request, now)
     return item
 
 
 def extend_request(
-    session: Session, request_id: uuid.UUID | str, months: int, reason: str, informed_on: date,
+    session: Session,
+    request_id: uuid.UUID | str,
+    months: int,
+    reason: str,
+    informed_on: date,
     today: date,
-) -> ErasureRequest:  # fmt: skip
+) -> ErasureRequest:
     """``models.erasure.extend`` plus its audit row (the reason stays in the request only)."""
     request = extend(session, request_id, months, reason, informed_on, today)
     pseudonym = _pseudonyms(session, [request.id])[request.id]

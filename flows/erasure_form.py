@@ -49,9 +49,7 @@ UUID_PATTERN = r"^$|^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]
 INSURANCE_PATTERN = r"^$|^ *[A-Za-z]( *[0-9]){9} *$"
 # A Berlin date, optionally with a time: 2026-11-20, 2026-11-20 14:30, 2026-11-20T14:30:05
 # (an explicit offset is taken as given).
-RECEIVED_PATTERN = (
-    r"^$|^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?( ?(Z|[+-]\d{2}:?\d{2}))?$"
-)
+RECEIVED_PATTERN = r"^$|^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?( ?(Z|[+-]\d{2}:?\d{2}))?$"
 
 
 def as_text(value: Any) -> str:
@@ -130,7 +128,7 @@ def blanked(parameters: Mapping[str, Any], request_id: uuid.UUID | None) -> dict
     """The parameters with every personal field empty and the request id (if any) in place,
     so a retry of the run resumes that request."""
     kept = dict(parameters)
-    kept.update({name: "" for name in PERSONAL})
+    kept.update(dict.fromkeys(PERSONAL, ""))
     if request_id is not None:
         kept["request_id"] = str(request_id)
     return kept

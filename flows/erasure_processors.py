@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors import cleverreach, flexperto, isic, nect, timify
 from connectors.transport import CallRecord
@@ -74,8 +74,9 @@ class TaskRef:
 
     @classmethod
     def of(cls, task: ErasureTask) -> TaskRef:
-        return cls(task.id, task.request_id, task.processor, task.purpose, task.external_id,
-                   task.state, task.requested_at)  # fmt: skip
+        return cls(
+            task.id, task.request_id, task.processor, task.purpose, task.external_id, task.state, task.requested_at
+        )
 
     def purpose_arg(self, prefix: str) -> str:
         """The part of the purpose after `prefix` ("video:B-1" → "B-1"); ValueError if absent."""
@@ -248,7 +249,7 @@ class TimifyHandler:
             rows = session.exec(
                 select(Booking.booking_ref, Booking.timify_appointment_id).where(
                     Booking.subject_id == ctx.subject.id,
-                    Booking.timify_deleted_at.is_(None),  # type: ignore[union-attr]
+                    col(Booking.timify_deleted_at).is_(None),
                 )
             )
             return [(ref, appointment) for ref, appointment in rows]
@@ -382,8 +383,7 @@ class NectHandler:
 
 
 HANDLERS: dict[str, Handler] = {
-    h.processor: h
-    for h in (CleverReachHandler(), TimifyHandler(), FlexpertoHandler(), IsicHandler(), NectHandler())
+    h.processor: h for h in (CleverReachHandler(), TimifyHandler(), FlexpertoHandler(), IsicHandler(), NectHandler())
 }
 
 
@@ -430,24 +430,30 @@ def manual_request_text(
         identifier = f"Ihre Kennung: {task.external_id}"
     else:
         raise ValueError("nothing left to identify the person by at this processor")
-    return "\n".join([
-        f"An: {addressee or task.processor}",
-        f"Betreff: Löschung personenbezogener Daten – unser Zeichen {request.id}",
-        "",
-        "Sehr geehrte Damen und Herren,",
-        "",
-        "eine betroffene Person hat bei uns die Löschung ihrer personenbezogenen Daten verlangt "
-        "(Art. 17 DSGVO). Als Verantwortliche weisen wir Sie als unseren Auftragsverarbeiter an "
-        "(Art. 28 Abs. 3 lit. g DSGVO), alle Daten dieser Person, die Sie in unserem Auftrag "
-        f"verarbeiten (Zweck: {task.purpose}), zu löschen. Die Person finden Sie unter:",
-        "",
-        f"    {identifier}",
-        "",
-        "Bitte bestätigen Sie uns die Löschung schriftlich unter Angabe unseres Zeichens, "
-        f"spätestens bis {request.due:%d.%m.%Y}. Wir benötigen die Bestätigung, um die Person nach "
-        "Art. 19 DSGVO über die Empfänger zu unterrichten. Weitere Angaben zur Person geben wir "
-        "nicht heraus; sie sind zum Auffinden nicht nötig.",
-        "",
-        "Mit freundlichen Grüßen",
-        "Der/die Datenschutzbeauftragte",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"An: {addressee or task.processor}",
+            f"Betreff: Löschung personenbezogener Daten – unser Zeichen {request.id}",
+            "",
+            "Sehr geehrte Damen und Herren,",
+            "",
+            (
+                "eine betroffene Person hat bei uns die Löschung ihrer personenbezogenen Daten verlangt "
+                "(Art. 17 DSGVO). Als Verantwortliche weisen wir Sie als unseren Auftragsverarbeiter an "
+                "(Art. 28 Abs. 3 lit. g DSGVO), alle Daten dieser Person, die Sie in unserem Auftrag "
+                f"verarbeiten (Zweck: {task.purpose}), zu löschen. Die Person finden Sie unter:"
+            ),
+            "",
+            f"    {identifier}",
+            "",
+            (
+                "Bitte bestätigen Sie uns die Löschung schriftlich unter Angabe unseres Zeichens, "
+                f"spätestens bis {request.due:%d.%m.%Y}. Wir benötigen die Bestätigung, um die Person nach "
+                "Art. 19 DSGVO über die Empfänger zu unterrichten. Weitere Angaben zur Person geben wir "
+                "nicht heraus; sie sind zum Auffinden nicht nötig."
+            ),
+            "",
+            "Mit freundlichen Grüßen",
+            "Der/die Datenschutzbeauftragte",
+        ]
+    )

@@ -38,13 +38,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors.transport import CALL_JOURNAL, IN_FLIGHT, CallRecord
+from core.settings import get_settings
 from flows.common import call_events, decision, run_id, write_audit
 from models.audit import AuditEntry
 from models.db import transaction
-from psync.settings import get_settings
 
 _SUFFIX = ".calls.jsonl"
 log = logging.getLogger(__name__)
@@ -133,9 +133,14 @@ def settle(session: Session) -> list[str]:
         settled.append(batch)
         header = lines[0] if lines else {"job": "unknown"}
         job = header["job"]
-        in_trail = session.exec(select(func.count()).select_from(AuditEntry).where(
-            AuditEntry.action == f"{job}.batch", AuditEntry.detail.startswith(f"batch={batch}"),  # type: ignore[union-attr]
-        )).one()  # fmt: skip
+        in_trail = session.exec(
+            select(func.count())
+            .select_from(AuditEntry)
+            .where(
+                AuditEntry.action == f"{job}.batch",
+                col(AuditEntry.detail).startswith(f"batch={batch}"),
+            )
+        ).one()
         if in_trail:
             continue
         calls = _calls(lines[1:])
@@ -149,7 +154,8 @@ def _calls(lines: list[dict]) -> list[CallRecord]:
     """The calls of a journal: each ended one as recorded; each sent but not ended (the
     process died while it was on the wire, or just before) with outcome "unknown": it may
     have reached the processor."""
-    ended, open_calls = [], Counter()
+    ended: list[CallRecord] = []
+    open_calls: Counter[tuple] = Counter()
     for line in lines:
         call = CallRecord(**{k: v for k, v in line.items() if k != "job"})
         key = (call.processor, call.operation, call.items)
@@ -158,7 +164,9 @@ def _calls(lines: list[dict]) -> list[CallRecord]:
         else:
             open_calls[key] -= 1
             ended.append(call)
-    unknown = [CallRecord(p, op, None, 1, "unknown", items) for (p, op, items), n in open_calls.items() for _ in range(n)]
+    unknown = [
+        CallRecord(p, op, None, 1, "unknown", items) for (p, op, items), n in open_calls.items() for _ in range(n)
+    ]
     return ended + unknown
 
 
@@ -174,7 +182,7 @@ def settle_now() -> None:
         with transaction() as session:
             settled = settle(session)
         discard(*settled)
-    except Exception:  # noqa: BLE001 - see above
+    except Exception:
         log.warning("call journal left for the next batch to settle", exc_info=True)
 
 
@@ -182,4 +190,3 @@ def pending() -> list[str]:
     """Batch ids of the journals waiting to be settled (for tests and ``psync``)."""
     folder = directory()
     return sorted(p.name.removesuffix(_SUFFIX) for p in folder.glob(f"*{_SUFFIX}")) if folder.is_dir() else []
-

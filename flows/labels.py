@@ -36,12 +36,8 @@ class Label(NamedTuple):
 LABELS: dict[str, Label] = {
     # newsletter and service offers → CleverReach ----------------------------------------
     "pushed": Label("An den Auftragsverarbeiter gesendet", "Sent to the processor"),
-    "not_pushed_pending": Label(
-        "Nicht gesendet: Anmeldung noch unbestätigt", "Not sent: sign-up not yet confirmed"
-    ),
-    "not_pushed_withdrawn": Label(
-        "Nicht gesendet: Einwilligung widerrufen", "Not sent: consent withdrawn"
-    ),
+    "not_pushed_pending": Label("Nicht gesendet: Anmeldung noch unbestätigt", "Not sent: sign-up not yet confirmed"),
+    "not_pushed_withdrawn": Label("Nicht gesendet: Einwilligung widerrufen", "Not sent: consent withdrawn"),
     "not_pushed_expired": Label(
         "Nicht gesendet: Anmeldung abgelaufen (nie bestätigt)",
         "Not sent: sign-up expired (never confirmed)",
@@ -75,9 +71,7 @@ LABELS: dict[str, Label] = {
         "Videoberatung: Kunde bei Flexperto angelegt",
         "Video consultation: customer registered at Flexperto",
     ),
-    "cancelled": Label(
-        "Stornierter Termin bei TIMIFY gelöscht", "Cancelled appointment deleted at TIMIFY"
-    ),
+    "cancelled": Label("Stornierter Termin bei TIMIFY gelöscht", "Cancelled appointment deleted at TIMIFY"),
     "chat_purged": Label(
         "Video-Chatdaten bei Flexperto gelöscht, Löschung bestätigt",
         "Video chat data deleted at Flexperto, deletion verified",
@@ -86,9 +80,7 @@ LABELS: dict[str, Label] = {
         "Löschung bei Flexperto nicht bestätigt, bleibt fällig",
         "Deletion at Flexperto not verified, stays due",
     ),
-    "skipped_erased": Label(
-        "Nicht gesendet: Person inzwischen gelöscht", "Not sent: person erased meanwhile"
-    ),
+    "skipped_erased": Label("Nicht gesendet: Person inzwischen gelöscht", "Not sent: person erased meanwhile"),
     # the delivery path (flows/delivery.py) ------------------------------------------------
     "parked": Label(
         "Zurückgestellt: dauerhaft fehlgeschlagen (psync parked list)",
@@ -101,27 +93,17 @@ LABELS: dict[str, Label] = {
     "held_erasure_open": Label(
         "Nicht gesendet: Löschantrag der Person offen", "Not sent: the person's erasure request is open"
     ),
-    "not_found": Label(
-        "Angegebene Buchungsnummer nicht gefunden", "Booking id given but not found"
-    ),
-    "due": Label(
-        "Zur Löschung fällige Videoberatungen", "Video consultations due for deletion"
-    ),
+    "not_found": Label("Angegebene Buchungsnummer nicht gefunden", "Booking id given but not found"),
+    "due": Label("Zur Löschung fällige Videoberatungen", "Video consultations due for deletion"),
     # student ID (ISIC) → the card issuer ---------------------------------------------------
-    "forwarded": Label(
-        "Bestellung an den Ausweis-Aussteller weitergeleitet", "Order forwarded to the card issuer"
-    ),
+    "forwarded": Label("Bestellung an den Ausweis-Aussteller weitergeleitet", "Order forwarded to the card issuer"),
     "voided": Label("Karte gesperrt (Stornierung)", "Card voided (cancellation)"),
     "deletion_requested": Label(
         "Löschung beim Aussteller beantragt, Bestätigung ausstehend",
         "Deletion requested at the issuer, confirmation pending",
     ),
-    "deletion_verified": Label(
-        "Löschung beim Aussteller bestätigt", "Deletion at the issuer verified"
-    ),
-    "deletion_pending": Label(
-        "Löschung beim Aussteller weiterhin ausstehend", "Deletion at the issuer still pending"
-    ),
+    "deletion_verified": Label("Löschung beim Aussteller bestätigt", "Deletion at the issuer verified"),
+    "deletion_pending": Label("Löschung beim Aussteller weiterhin ausstehend", "Deletion at the issuer still pending"),
     "erased_locally": Label(
         "Stornierte Bestellung hier gelöscht, Löschung bestätigt",
         "Cancelled order erased here, erasure verified",
@@ -144,9 +126,7 @@ LABELS: dict[str, Label] = {
         "Löschung angenommen, Bestätigung durch Abruf ausstehend",
         "Erasure accepted by the processor, read-back pending",
     ),
-    "verified": Label(
-        "Löschung beim Auftragsverarbeiter bestätigt", "Erasure at the processor verified"
-    ),
+    "verified": Label("Löschung beim Auftragsverarbeiter bestätigt", "Erasure at the processor verified"),
     "restricted": Label(
         "Gesperrt statt gelöscht (gesetzliche Aufbewahrungspflicht)",
         "Restricted instead of erased (legal hold)",
@@ -159,9 +139,7 @@ LABELS: dict[str, Label] = {
         "Löschung fehlgeschlagen, der nächste Lauf fragt erneut",
         "Erasure failed, the next run asks again",
     ),
-    "claim_lost": Label(
-        "Von einem anderen Lauf übernommen", "Taken over by another run (claim lost)"
-    ),
+    "claim_lost": Label("Von einem anderen Lauf übernommen", "Taken over by another run (claim lost)"),
     "completed": Label(
         "Löschanträge abgeschlossen (auch hier gelöscht)",
         "Erasure requests completed (erased here too)",
@@ -182,9 +160,7 @@ LABELS: dict[str, Label] = {
         "Formular-Lauf: Löschantrag eröffnet, Eingaben entfernt",
         "Form run: erasure request opened, identifiers blanked",
     ),
-    "blanked": Label(
-        "Formular-Lauf abgebrochen: Eingaben entfernt", "Form run cancelled: identifiers blanked"
-    ),
+    "blanked": Label("Formular-Lauf abgebrochen: Eingaben entfernt", "Form run cancelled: identifiers blanked"),
     "refused": Label(
         "Formular-Lauf: Antrag abgelehnt, Eingaben entfernt",
         "Form run: request refused, identifiers blanked",
@@ -194,31 +170,60 @@ LABELS: dict[str, Label] = {
 
 FLOW_COUNTS: dict[str, tuple[str, ...]] = {
     "sync-newsletter-consents": (
-        "pushed", "not_pushed_pending", "not_pushed_withdrawn", "not_pushed_expired",
-        "removed", "remove_failed", "held_erasure_open",
+        "pushed",
+        "not_pushed_pending",
+        "not_pushed_withdrawn",
+        "not_pushed_expired",
+        "removed",
+        "remove_failed",
+        "held_erasure_open",
     ),
     "pull-newsletter-unsubscribes": ("inactive_at_processor", "withdrawn"),
     "expire-unconfirmed-optins": ("expired", "subjects_erased"),
     "push-bookings": (
-        "pushed", "video_registered", "cancelled", "chat_purged", "purge_not_verified",
-        "skipped_erased", "not_found", "held_erasure_open", "parked", "to_retry",
+        "pushed",
+        "video_registered",
+        "cancelled",
+        "chat_purged",
+        "purge_not_verified",
+        "skipped_erased",
+        "not_found",
+        "held_erasure_open",
+        "parked",
+        "to_retry",
     ),
     "purge-video-chat-data": ("due", "chat_purged", "purge_not_verified"),
     "forward-student-id-orders": (
-        "forwarded", "skipped_erased", "voided", "deletion_requested", "deletion_verified",
-        "erased_locally", "held_erasure_open", "parked", "to_retry",
+        "forwarded",
+        "skipped_erased",
+        "voided",
+        "deletion_requested",
+        "deletion_verified",
+        "erased_locally",
+        "held_erasure_open",
+        "parked",
+        "to_retry",
     ),
     "sync-student-id-order-status": (
-        "issued", "still_pending", "still_voided", "card_missing", "deletion_verified",
+        "issued",
+        "still_pending",
+        "still_voided",
+        "card_missing",
+        "deletion_verified",
         "deletion_pending",
     ),
     "purge-student-id-documents": ("documents_purged",),
     "follow-up-erasures": (
-        "verified", "awaiting_processor", "failed", "restricted", "manual_pending",
-        "claim_lost", "completed",
+        "verified",
+        "awaiting_processor",
+        "failed",
+        "restricted",
+        "manual_pending",
+        "claim_lost",
+        "completed",
     ),
     "watch-erasure-deadlines": ("on_time", "due_soon", "overdue", "held_lawfully"),
-}  # fmt: skip
+}
 
 
 def label(key: str) -> Label:

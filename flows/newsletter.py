@@ -34,10 +34,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 from pydantic import Field
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors import cleverreach
 from connectors.transport import ProcessorError
+from core.settings import Settings, get_settings
 from flows.common import (
     audit_failure,
     call_events,
@@ -63,7 +64,6 @@ from models.consent import (
     changed_since,
     changes_ahead,
     count_changed_since,
-    event_key,
     expiry_candidates,
     expiry_due,
     lapsed_among,
@@ -84,8 +84,7 @@ from models.recipients import (
     record_sent_many,
 )
 from models.subjects import DataSubject
-from models.types import utcnow
-from psync.settings import Settings, get_settings
+from models.types import event_key, utcnow
 
 PROCESSOR = cleverreach.PROCESSOR
 ALL_LISTS = [ConsentList.newsletter, ConsentList.service_offers]
@@ -117,8 +116,24 @@ def receiver_for(list_name: str, row) -> dict:
     """
     # Unpacked by position: this runs for every receiver pushed, and a Row's attribute
     # lookups cost more than building the dict. The order is PUSH_COLUMNS'.
-    (_, _, registered, signup_ip, activated, confirm_ip, source, policy_version, _, _,
-     email, insurance_number, salutation, first_name, last_name, _) = row  # fmt: skip
+    (
+        _,
+        _,
+        registered,
+        signup_ip,
+        activated,
+        confirm_ip,
+        source,
+        policy_version,
+        _,
+        _,
+        email,
+        insurance_number,
+        salutation,
+        first_name,
+        last_name,
+        _,
+    ) = row
     attributes = {
         "signup_ip": signup_ip or "",
         "confirm_ip": confirm_ip or "",
@@ -223,16 +238,13 @@ def _remove(
         done += [(row, outcome, f"{list_name}, account-wide") for row in batch]
         if isinstance(outcome, ProcessorError):
             left += batch  # deactivated below; deleted by the next run
-    answered = client.upsert(
-        group, list_name, [{"email": r.email, "deactivated": _unix(now)} for r in left if r.email]
-    )
+    answered = client.upsert(group, list_name, [{"email": r.email, "deactivated": _unix(now)} for r in left if r.email])
     # The upsert creates a receiver that is gone already (a delete of an earlier run was
     # applied but its answer lost), under a new id: delete the one it answered for.
     current = {a["email"].lower(): str(a["id"]) for a in answered}
     single = [
-        (r, current.get(r.email or "") or r.external_id or r.email)
-        for r in left if r.subject_id not in everywhere
-    ]  # fmt: skip
+        (r, current.get(r.email or "") or r.external_id or r.email) for r in left if r.subject_id not in everywhere
+    ]
     failures: dict[str, Exception] = {}
     for row, _ in (t for t in single if not t[1]):
         # Nothing to address it by: never send an empty path segment.
@@ -439,16 +451,22 @@ def _remove_lapsed(
     unsure = {r.subject_id: r for r in rows if r.state != ConsentState.confirmed and r.activated and r.email}
     if not unsure:
         return Counter(), [], {}
-    register = session.connection().execute(select(
-        Recipient.id, Recipient.external_id, Recipient.subject_id, Recipient.removed_at
-    ).where(
-        Recipient.processor == PROCESSOR, Recipient.purpose == purpose,
-        Recipient.subject_id.in_(list(unsure)),  # type: ignore[attr-defined]
-    )).all()  # fmt: skip
+    register = (
+        session.connection()
+        .execute(
+            select(Recipient.id, Recipient.external_id, Recipient.subject_id, Recipient.removed_at).where(
+                Recipient.processor == PROCESSOR,
+                Recipient.purpose == purpose,
+                col(Recipient.subject_id).in_(list(unsure)),
+            )
+        )
+        .all()
+    )
     live = [
         _Held(r.id, r.external_id, r.subject_id, unsure[r.subject_id].email, unsure[r.subject_id].pseudonym)
-        for r in register if r.removed_at is None
-    ]  # fmt: skip
+        for r in register
+        if r.removed_at is None
+    ]
     counts, events, left = _remove(session, client, list_name, group, live, now) if live else (Counter(), [], {})
     if left:  # left live in the register: the removal pass takes them
         counts["remove_failed"] += len(left)
@@ -547,7 +565,7 @@ def sync_newsletter_consents(
         for start in range(0, len(removals), records_per_task):
             # quote(): Prefect would otherwise walk the id list for futures to resolve, twice.
             ids = quote(removals[start : start + records_per_task])
-            results.append(remove_batch(client, list_name, group, ids))
+            results.append(remove_batch(client, list_name, group, ids))  # type: ignore[call-overload]  # Prefect unwraps quote()
         for _ in range(math.ceil(changes / records_per_task)):
             results.append(push_batch(client, list_name, group, records_per_task))
     counts = tally(results)
@@ -572,8 +590,7 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
     counts: Counter[str] = Counter()
     with audit_failure(client.http, "newsletter.pull"):
         inactive = {
-            r["email"].lower(): int(r.get("deactivated") or 0)
-            for r in client.iter_receivers(group, kind="inactive")
+            r["email"].lower(): int(r.get("deactivated") or 0) for r in client.iter_receivers(group, kind="inactive")
         }
     counts["inactive_at_processor"] = len(inactive)
     with transaction() as session:
@@ -583,16 +600,18 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
             chunk = emails[start : start + 1000]
             # Claimed: a second worker pulling at once skips these instead of withdrawing
             # them twice (the second withdrawal event would break its unique key).
-            rows = session.exec(skip_locked(
-                select(ConsentRecord, DataSubject)
-                .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
-                .where(
-                    ConsentRecord.list_name == list_name,
-                    ConsentRecord.state == ConsentState.confirmed,
-                    DataSubject.email.in_(chunk),  # type: ignore[union-attr]
-                ),
-                ConsentRecord,
-            )).all()  # fmt: skip
+            rows = session.exec(
+                skip_locked(
+                    select(ConsentRecord, DataSubject)
+                    .join(DataSubject, col(DataSubject.id) == col(ConsentRecord.subject_id))
+                    .where(
+                        ConsentRecord.list_name == list_name,
+                        ConsentRecord.state == ConsentState.confirmed,
+                        col(DataSubject.email).in_(chunk),
+                    ),
+                    ConsentRecord,
+                )
+            ).all()
             if not rows:
                 continue
             seq = next_seq(session, "consent", len(rows))
@@ -600,9 +619,7 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
                 stamp = inactive[subject.email or ""]
                 at = datetime.fromtimestamp(stamp, UTC) if stamp else utcnow()
                 dedupe = event_key(key, "cleverreach-unsubscribe", record.id, stamp)
-                event = apply_withdraw(
-                    record, at, WithdrawChannel.newsletter_link, seq + offset, dedupe
-                )
+                event = apply_withdraw(record, at, WithdrawChannel.newsletter_link, seq + offset, dedupe)
                 if event is not None:
                     session.add(event)
                     counts["withdrawn"] += 1
@@ -623,9 +640,7 @@ def pull_newsletter_unsubscribes(lists: list[ConsentList] | None = None) -> dict
     """
     settings = get_settings()
     client = cleverreach.from_settings(settings)
-    counts = tally(
-        pull_list(client, name, _group(settings, name)) for name in lists or ALL_LISTS
-    )
+    counts = tally(pull_list(client, name, _group(settings, name)) for name in lists or ALL_LISTS)
     counts_artifact(
         "pull-newsletter-unsubscribes",
         "Abmeldungen von CleverReach übernommen / Unsubscribes pulled from CleverReach",
@@ -638,9 +653,12 @@ def pull_newsletter_unsubscribes(lists: list[ConsentList] | None = None) -> dict
 @task(name="expire-batch", cache_policy=NO_CACHE)
 @one_line_failure
 def expire_batch(
-    list_name: str, days: int, as_of: datetime, after: tuple[datetime, uuid.UUID] | None,
+    list_name: str,
+    days: int,
+    as_of: datetime,
+    after: tuple[datetime, uuid.UUID] | None,
     limit: int,
-) -> tuple[dict, tuple[datetime, uuid.UUID] | None]:  # fmt: skip
+) -> tuple[dict, tuple[datetime, uuid.UUID] | None]:
     """Expire one batch of due pending sign-ups and erase their personal data."""
     key = get_settings().hmac_key()
     counts: Counter[str] = Counter()
@@ -654,9 +672,7 @@ def expire_batch(
         events: list[AuditEvent] = []
         subjects = {
             s.id: s
-            for s in session.exec(
-                select(DataSubject).where(DataSubject.id.in_([r.subject_id for r in due]))  # type: ignore[attr-defined]
-            )
+            for s in session.exec(select(DataSubject).where(col(DataSubject.id).in_([r.subject_id for r in due])))
         }
         for record in due:
             session.add(apply_expire(record, as_of, event_key(key, "expire", record.id, record.signup_at)))
@@ -667,9 +683,7 @@ def expire_batch(
             ids = [r.id for r in due]
             # The proof of a sign-up that never got confirmed is personal data without purpose.
             session.execute(
-                update(ConsentEvent)
-                .where(ConsentEvent.consent_id.in_(ids))  # type: ignore[attr-defined]
-                .values(ip=None, source=None)
+                update(ConsentEvent).where(col(ConsentEvent.consent_id).in_(ids)).values(ip=None, source=None)
             )
             session.flush()
             counts["expired"] = len(due)
@@ -685,16 +699,16 @@ def _erase_unused_subjects(session, subjects, now: datetime) -> int:
     in_use = set(
         session.exec(
             select(ConsentRecord.subject_id).where(
-                ConsentRecord.subject_id.in_(ids),  # type: ignore[attr-defined]
-                ConsentRecord.state.in_([ConsentState.pending, ConsentState.confirmed]),  # type: ignore[attr-defined]
+                col(ConsentRecord.subject_id).in_(ids),
+                col(ConsentRecord.state).in_([ConsentState.pending, ConsentState.confirmed]),
             )
         )
     )
     in_use |= set(
         session.exec(
             select(Recipient.subject_id).where(
-                Recipient.subject_id.in_(ids),  # type: ignore[attr-defined]
-                Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+                col(Recipient.subject_id).in_(ids),
+                col(Recipient.removed_at).is_(None),
             )
         )
     )

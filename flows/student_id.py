@@ -27,10 +27,11 @@ from typing import Annotated
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors import isic
-from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
+from core.clock import berlin_today
+from core.settings import get_settings
 from flows.common import (
     JobFailed,
     audit_failure,
@@ -41,12 +42,11 @@ from flows.common import (
     tally,
     write_audit,
 )
+from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
 from models.audit import AuditEvent
-from models.bookings import berlin_today
-from models.cursors import advance_cursor, cursor_position, get_cursor
+from models.cursors import cursor_position
 from models.db import scrub_journal, transaction
 from models.documents import DocumentCipher
-from models.parked import due_for_retry
 from models.isic import (
     IsicOrder,
     OrderStatus,
@@ -61,10 +61,10 @@ from models.isic import (
     open_document,
     photo,
 )
+from models.parked import due_for_retry
 from models.recipients import record_removed_for, record_sent_many
 from models.subjects import DataSubject
 from models.types import utcnow
-from psync.settings import get_settings
 
 CURSOR = "isic:orders"
 PROCESSOR = isic.PROCESSOR
@@ -80,10 +80,7 @@ class _Batch:
         self.counts: Counter[str] = Counter()
         self.events: list[AuditEvent] = []
         ids = list({o.subject_id for o in orders})
-        self.subjects = {
-            s.id: s
-            for s in session.exec(select(DataSubject).where(DataSubject.id.in_(ids)))  # type: ignore[attr-defined]
-        }
+        self.subjects = {s.id: s for s in session.exec(select(DataSubject).where(col(DataSubject.id).in_(ids)))}
 
     def decide(self, action: str, outcome: str, order: IsicOrder, count: str | None = None) -> None:
         self.counts[count or outcome] += 1
@@ -98,8 +95,12 @@ class _Batch:
         record_removed_for(self.session, order.subject_id, PROCESSOR, order.purpose, self.now)
 
 
-def _run_batch(client: isic.Isic, action: str, load: Callable[[Session], list[IsicOrder]],
-               work: Callable[[_Batch, IsicOrder], None]) -> tuple[dict, int | None]:  # fmt: skip
+def _run_batch(
+    client: isic.Isic,
+    action: str,
+    load: Callable[[Session], list[IsicOrder]],
+    work: Callable[[_Batch, IsicOrder], None],
+) -> tuple[dict, int | None]:
     """Load a batch, work each order, write the audit; returns counts and the last seq."""
     with audit_failure(client.http, action), transaction() as session:
         orders = load(session)
@@ -133,10 +134,14 @@ def forward(batch: _Batch, order: IsicOrder, cipher: DocumentCipher) -> None:
         batch.decide("isic.forward", "skipped", order, "skipped_erased")
         return
     batch.client.set_cardholder(
-        order.order_ref, first_name=order.first_name, last_name=order.last_name,
-        date_of_birth=order.birth_date, email=subject.email, institution=order.institution,
-        student_status=order.student_status,
-    )  # fmt: skip
+        order.order_ref,
+        first_name=order.first_name,  # type: ignore[arg-type]  # set while not erased (checked above)
+        last_name=order.last_name,  # type: ignore[arg-type]  # set while not erased (checked above)
+        date_of_birth=order.birth_date,  # type: ignore[arg-type]  # set while not erased (checked above)
+        email=subject.email,
+        institution=order.institution,  # type: ignore[arg-type]  # set while not erased (checked above)
+        student_status=order.student_status,  # type: ignore[arg-type]  # set while not erased (checked above)
+    )
     order.cardholder_set_at = batch.now
     document = photo(batch.session, order)
     if document is None:  # purged or never there: a card without a photo is useless
@@ -165,8 +170,12 @@ def cancel(batch: _Batch, order: IsicOrder) -> None:
         if answer == "gone":  # never reached the issuer, or already deleted
             order.cardholder_deleted_at = batch.now
             batch.register_removed(order)
-        batch.decide("isic.delete_cardholder", "requested" if answer == "pending" else "verified", order,
-                     "deletion_requested" if answer == "pending" else "deletion_verified")  # fmt: skip
+        batch.decide(
+            "isic.delete_cardholder",
+            "requested" if answer == "pending" else "verified",
+            order,
+            "deletion_requested" if answer == "pending" else "deletion_verified",
+        )
     erase_locally(batch, order)
 
 
@@ -200,12 +209,15 @@ class ForwardJob(StreamJob):
         return changed_since(session, after, limit)
 
     def by_ids(self, session: Session, ids: Sequence[str]) -> list[IsicOrder]:
-        query = select(IsicOrder).where(IsicOrder.order_ref.in_(list(ids)))  # type: ignore[attr-defined]
-        return list(session.exec(query.order_by(IsicOrder.seq)))
+        query = select(IsicOrder).where(col(IsicOrder.order_ref).in_(list(ids)))
+        return list(session.exec(query.order_by(col(IsicOrder.seq))))
 
     def reaches(self, session: Session, rows: Sequence[IsicOrder]) -> list[Reach]:
-        return [Reach(o.subject_id, PROCESSOR, o.purpose) for o in rows
-                if o.status == OrderStatus.received and o.fields_erased_at is None]  # fmt: skip
+        return [
+            Reach(o.subject_id, PROCESSOR, o.purpose)
+            for o in rows
+            if o.status == OrderStatus.received and o.fields_erased_at is None
+        ]
 
     def begin(self, session: Session, rows: Sequence[IsicOrder]) -> _Batch:
         return _Batch(session, self.client, list(rows))
@@ -338,19 +350,24 @@ def purge_student_id_documents(
             orders = documents_due(session, today, batch_size)
             if not orders:
                 break
-            subjects = dict(session.exec(
-                select(DataSubject.id, DataSubject.pseudonym).where(
-                    DataSubject.id.in_([o.subject_id for o in orders])  # type: ignore[attr-defined]
-                )
-            ).all())  # fmt: skip
+            subjects = dict(
+                session.exec(
+                    select(DataSubject.id, DataSubject.pseudonym).where(
+                        col(DataSubject.id).in_([o.subject_id for o in orders])
+                    )
+                ).all()
+            )
             events, now = [], utcnow()
             for order in orders:
                 if not delete_documents(session, order):
                     raise JobFailed(f"order {order.order_ref}: documents not deleted")
                 order.documents_purged_at = now
                 counts["documents_purged"] += 1
-                events.append(decision("isic.purge_documents", "verified", None, subjects[order.subject_id],
-                                       order=order.order_ref))  # fmt: skip
+                events.append(
+                    decision(
+                        "isic.purge_documents", "verified", None, subjects[order.subject_id], order=order.order_ref
+                    )
+                )
             write_audit(session, events)
     if counts["documents_purged"]:  # the deleted documents' pages must not stay in the WAL
         scrub_journal()

@@ -19,18 +19,18 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Insert
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.db import insert_missing
 from models.types import UTCDateTime, classify, utcnow
@@ -58,10 +58,22 @@ class AuditEntry(SQLModel, table=True):
 
 
 classify(
-    AuditEntry, pseudonymous=["subject_pseudonym"],
-    not_personal=["id", "at", "flow_run_id", "action", "processor", "outcome", "attempts", "http_status", "detail",
-                  "prev_hash", "hash"],
-)  # fmt: skip
+    AuditEntry,
+    pseudonymous=["subject_pseudonym"],
+    not_personal=[
+        "id",
+        "at",
+        "flow_run_id",
+        "action",
+        "processor",
+        "outcome",
+        "attempts",
+        "http_status",
+        "detail",
+        "prev_hash",
+        "hash",
+    ],
+)
 
 
 class AuditHead(SQLModel, table=True):
@@ -82,11 +94,19 @@ class AuditHead(SQLModel, table=True):
 classify(AuditHead, not_personal=["id", "last_id", "last_hash", "seal"])
 
 
-_INSERT_ENTRY = AuditEntry.__table__.insert()  # type: ignore[attr-defined]
+_INSERT_ENTRY = AuditEntry.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 _ENTRY_COLUMNS = (
-    "id", "action", "processor", "subject_pseudonym", "outcome", "attempts", "http_status",
-    "detail", "prev_hash", "hash",
-)  # fmt: skip
+    "id",
+    "action",
+    "processor",
+    "subject_pseudonym",
+    "outcome",
+    "attempts",
+    "http_status",
+    "detail",
+    "prev_hash",
+    "hash",
+)
 
 
 def insert_many(
@@ -117,8 +137,9 @@ def insert_many(
     values += [
         repeat(processors[index](value) if index in processors else value)
         for index, value in enumerate(same.values(), start=len(columns))
-    ]  # fmt: skip
-    connection.exec_driver_sql(sql, list(map(arrange, zip(*values))))
+    ]
+    # `same` columns are endless repeats: the rows end it.
+    connection.exec_driver_sql(sql, list(map(arrange, zip(*values, strict=False))))
 
 
 def _compiled(statement: Insert, dialect: Dialect, keys: tuple[str, ...]) -> tuple:
@@ -128,16 +149,17 @@ def _compiled(statement: Insert, dialect: Dialect, keys: tuple[str, ...]) -> tup
     if found is not None and found[0] is statement:
         return found[1:]
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))
-    table = statement.table.c  # type: ignore[attr-defined]
+    table = statement.table.c
     processors = {
-        index: processor for index, key in enumerate(keys)
+        index: processor
+        for index, key in enumerate(keys)
         if (processor := table[key].type.dialect_impl(dialect).bind_processor(dialect))
-    }  # fmt: skip
+    }
     if compiled.positional:
         order = [keys.index(name) for name in compiled.positiontup or ()]
-        arrange = itemgetter(*order) if len(order) > 1 else (lambda row: (row[order[0]],))
+        arrange: Callable[[Any], Any] = itemgetter(*order) if len(order) > 1 else (lambda row: (row[order[0]],))
     else:
-        arrange = lambda row: dict(zip(keys, row))  # noqa: E731
+        arrange = lambda row: dict(zip(keys, row, strict=True))  # noqa: E731 - one expression, kept beside its alternative
     _COMPILED[memo] = (statement, compiled.string, processors, arrange)
     return compiled.string, processors, arrange
 
@@ -161,9 +183,17 @@ class AuditEvent:
 
 
 FIELDS = (
-    "id", "at", "flow_run_id", "action", "processor", "subject_pseudonym",
-    "outcome", "attempts", "http_status", "detail",
-)  # fmt: skip
+    "id",
+    "at",
+    "flow_run_id",
+    "action",
+    "processor",
+    "subject_pseudonym",
+    "outcome",
+    "attempts",
+    "http_status",
+    "detail",
+)
 
 
 def _digest(key: bytes, prev_hash: str, row: dict) -> str:
@@ -201,16 +231,19 @@ class _Chainer:
 
     def _frame(self, event: AuditEvent) -> tuple[str, str]:
         """The payload around id and subject: (text before the id, text between id and subject)."""
-        memo = (event.action, event.attempts, event.detail, event.http_status, event.outcome,
-                event.processor)  # fmt: skip
+        memo = (event.action, event.attempts, event.detail, event.http_status, event.outcome, event.processor)
         frame = self._frames.get(memo)
         if frame is None:
             values = {
-                "action": event.action, "at": self.at.isoformat(), "attempts": event.attempts,
-                "detail": event.detail, "flow_run_id": self.flow_run_id,
-                "http_status": event.http_status, "outcome": event.outcome,
+                "action": event.action,
+                "at": self.at.isoformat(),
+                "attempts": event.attempts,
+                "detail": event.detail,
+                "flow_run_id": self.flow_run_id,
+                "http_status": event.http_status,
+                "outcome": event.outcome,
                 "processor": event.processor,
-            }  # fmt: skip
+            }
             parts = {name: f'"{name}":{self._enc(values[name])}' for name in values}
             cut = self._ORDER.index("id")
             before = ",".join(parts[n] for n in self._ORDER[:cut])
@@ -258,10 +291,20 @@ def append(
             checked.add(event.detail)
         last_id += 1
         digest = chainer.digest(last_hash, last_id, event)
-        rows.append((
-            last_id, event.action, event.processor, event.subject, event.outcome,
-            event.attempts, event.http_status, event.detail, last_hash, digest,
-        ))  # fmt: skip
+        rows.append(
+            (
+                last_id,
+                event.action,
+                event.processor,
+                event.subject,
+                event.outcome,
+                event.attempts,
+                event.http_status,
+                event.detail,
+                last_hash,
+                digest,
+            )
+        )
         last_hash = digest
     if rows:
         same = {"at": at, "flow_run_id": flow_run_id}
@@ -311,7 +354,7 @@ def verify(session: Session, key: bytes, chunk: int = 5000) -> Verification:
 
 def _iter_rows(session: Session, chunk: int) -> Iterator[AuditEntry]:
     # From the lowest id there is, not from 1: a row forged with id 0 or below must show.
-    query = select(AuditEntry).order_by(AuditEntry.id).limit(chunk)
+    query = select(AuditEntry).order_by(col(AuditEntry.id)).limit(chunk)
     rows = session.exec(query).all()
     while rows:
         yield from rows
@@ -356,24 +399,34 @@ class Anchor:
         return hmac.compare_digest(self.mac, self.sealed(key).mac)
 
     def to_json(self) -> str:
-        return json.dumps({
-            "at": self.at.astimezone(UTC).isoformat(), "rows": self.rows, "last_hash": self.last_hash,
-            "flow_run_id": self.flow_run_id, "mac": self.mac,
-        }, sort_keys=True)  # fmt: skip
+        return json.dumps(
+            {
+                "at": self.at.astimezone(UTC).isoformat(),
+                "rows": self.rows,
+                "last_hash": self.last_hash,
+                "flow_run_id": self.flow_run_id,
+                "mac": self.mac,
+            },
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, line: str) -> Anchor:
         """ValueError when the line is not an anchor."""
         try:
             data = json.loads(line)
-            return cls(int(data["rows"]), str(data["last_hash"]), datetime.fromisoformat(data["at"]),
-                       data.get("flow_run_id"), str(data["mac"]))  # fmt: skip
+            return cls(
+                int(data["rows"]),
+                str(data["last_hash"]),
+                datetime.fromisoformat(data["at"]),
+                data.get("flow_run_id"),
+                str(data["mac"]),
+            )
         except (ValueError, KeyError, TypeError):
             raise ValueError("not an audit anchor line") from None
 
 
-def current_anchor(session: Session, key: bytes, flow_run_id: str | None = None,
-                   now: datetime | None = None) -> Anchor:  # fmt: skip
+def current_anchor(session: Session, key: bytes, flow_run_id: str | None = None, now: datetime | None = None) -> Anchor:
     """The head as it stands now, sealed with `key` (read only: the head is not locked)."""
     head = session.get(AuditHead, 1)
     rows, last_hash = (head.last_id, head.last_hash) if head is not None else (0, GENESIS)
@@ -437,7 +490,7 @@ def verify_against(session: Session, key: bytes, anchor: Anchor | None, chunk: i
     ``verify`` alone.
     """
     head = session.get(AuditHead, 1)
-    first = session.exec(select(AuditEntry.id).order_by(AuditEntry.id).limit(1)).first()
+    first = session.exec(select(col(AuditEntry.id)).order_by(col(AuditEntry.id)).limit(1)).first()
     if anchor is not None and anchor.rows > 0 and first is None:
         return Verification(False, 0, 1, f"{WIPED}: no rows, the anchor of {_when(anchor)} vouches for {anchor.rows}")
     if head is None and first is not None:
@@ -447,15 +500,21 @@ def verify_against(session: Session, key: bytes, anchor: Anchor | None, chunk: i
         return result
     if result.checked < anchor.rows:
         return Verification(
-            False, result.checked, result.checked + 1,
+            False,
+            result.checked,
+            result.checked + 1,
             f"{TRUNCATED}: the trail ends at row {result.checked}, the anchor of {_when(anchor)} "
             f"vouches for {anchor.rows}",
-        )  # fmt: skip
+        )
     if anchor.rows > 0:
         row = session.get(AuditEntry, anchor.rows)
         if row is None or not hmac.compare_digest(row.hash, anchor.last_hash):
-            return Verification(False, result.checked, anchor.rows,
-                                f"{REWRITTEN}: row {anchor.rows} differs from the anchor of {_when(anchor)}")  # fmt: skip
+            return Verification(
+                False,
+                result.checked,
+                anchor.rows,
+                f"{REWRITTEN}: row {anchor.rows} differs from the anchor of {_when(anchor)}",
+            )
     return result
 
 

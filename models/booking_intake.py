@@ -115,9 +115,7 @@ class BookingCancel(EventBase):
 
 
 BookingIntakeEvent = BookingRequest | BookingReschedule | BookingCancel
-_CUSTOMER_FIELDS = (
-    "salutation", "first_name", "last_name", "phone", "birth_date", "insurance_number", "concern"
-)  # fmt: skip
+_CUSTOMER_FIELDS = ("salutation", "first_name", "last_name", "phone", "birth_date", "insurance_number", "concern")
 
 
 class UnknownBooking(BookingRejected, NotYetKnown):
@@ -143,14 +141,13 @@ class BookingStore(ReceiptStore):
     def _apply(self, event: BookingIntakeEvent, booking: Booking | None, seq: int) -> Applied:
         if isinstance(event, BookingRequest):
             if booking is not None:
-                raise BookingRejected(
-                    "booking_id exists already; change it with booking.reschedule"
-                )
+                raise BookingRejected("booking_id exists already; change it with booking.reschedule")
             subject = self.subjects.find(event.email, event.insurance_number)
             if erased_before(subject, event.at):
                 assert subject is not None and subject.erased_at is not None
-                reason = (f"dated before this person's data was erased ({describe_time(subject.erased_at)}); "
-                          "nothing restored")  # fmt: skip
+                reason = (
+                    f"dated before this person's data was erased ({describe_time(subject.erased_at)}); nothing restored"
+                )
                 return ignored(event.type, "erased", reason, subject.pseudonym, f"booking={event.booking_id}")
             booking = self._create(event, seq)
             return Applied("stored", self._audit("booking.requested", booking))
@@ -191,11 +188,17 @@ class BookingStore(ReceiptStore):
         # New data the person gave: it brings an erased subject back, with nothing old.
         subject = self.subjects.resolve(event.email, event.insurance_number)
         booking = Booking(
-            booking_ref=event.booking_id, subject_id=subject.id, channel=event.channel,
-            service_point=event.service_point, start_at=event.start,
-            duration_min=event.duration_minutes, seq=seq, created_at=event.at, updated_at=event.at,
+            booking_ref=event.booking_id,
+            subject_id=subject.id,
+            channel=event.channel,
+            service_point=event.service_point,
+            start_at=event.start,
+            duration_min=event.duration_minutes,
+            seq=seq,
+            created_at=event.at,
+            updated_at=event.at,
             **{name: getattr(event, name) for name in _CUSTOMER_FIELDS},
-        )  # fmt: skip
+        )
         self.session.add(booking)
         self.remember(booking, subject.pseudonym)
         return booking
@@ -210,6 +213,8 @@ class BookingStore(ReceiptStore):
 
     def _audit(self, action: str, booking: Booking) -> AuditEvent:
         return AuditEvent(
-            action, "recorded", subject=self.pseudonyms[booking.subject_id],
+            action,
+            "recorded",
+            subject=self.pseudonyms[booking.subject_id],
             detail=f"booking={booking.booking_ref} channel={booking.channel}",
-        )  # fmt: skip
+        )

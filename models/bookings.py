@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import func
-from sqlmodel import Field, Relationship, Session, SQLModel, select
+from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.db import skip_locked
 from models.subjects import DataSubject
-
 from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
 PURPOSE = "booking"
@@ -83,9 +82,20 @@ classify(
     Booking,
     personal=["salutation", "first_name", "last_name", "phone", "birth_date", "insurance_number", "concern"],
     pseudonymous=["id", "booking_ref", "subject_id", "timify_appointment_id", "flexperto_customer_id"],
-    not_personal=["channel", "service_point", "start_at", "duration_min", "status", "seq", "timify_deleted_at",
-                  "chat_purge_due", "chat_purged_at", "created_at", "updated_at"],
-)  # fmt: skip
+    not_personal=[
+        "channel",
+        "service_point",
+        "start_at",
+        "duration_min",
+        "status",
+        "seq",
+        "timify_deleted_at",
+        "chat_purge_due",
+        "chat_purged_at",
+        "created_at",
+        "updated_at",
+    ],
+)
 
 
 def chat_purge_due(start_at: datetime, duration_min: int, retention_days: int) -> date:
@@ -101,13 +111,9 @@ def chat_purge_due(start_at: datetime, duration_min: int, retention_days: int) -
     return ended.date() + timedelta(days=retention_days)
 
 
-def berlin_today(now: datetime) -> date:
-    return now.astimezone(BERLIN).date()
-
-
 def changed_since(session: Session, after: int, limit: int) -> list[Booking]:
     """Bookings changed after cursor position `after`, in change order."""
-    query = select(Booking).where(Booking.seq > after).order_by(Booking.seq).limit(limit)
+    query = select(Booking).where(col(Booking.seq) > after).order_by(col(Booking.seq)).limit(limit)
     return list(session.exec(query))
 
 
@@ -116,15 +122,15 @@ def count_changed_since(session: Session, after: int) -> int:
 
 
 def by_refs(session: Session, refs: Sequence[str]) -> list[Booking]:
-    query = select(Booking).where(Booking.booking_ref.in_(list(refs)))  # type: ignore[attr-defined]
-    return list(session.exec(query.order_by(Booking.seq)))
+    query = select(Booking).where(col(Booking.booking_ref).in_(list(refs)))
+    return list(session.exec(query.order_by(col(Booking.seq))))
 
 
 def _chat_due(today: date):
     return (
-        Booking.flexperto_customer_id.is_not(None),  # type: ignore[union-attr]
-        Booking.chat_purged_at.is_(None),  # type: ignore[union-attr]
-        Booking.chat_purge_due <= today,  # type: ignore[operator]
+        col(Booking.flexperto_customer_id).is_not(None),
+        col(Booking.chat_purged_at).is_(None),
+        col(Booking.chat_purge_due) <= today,
     )
 
 
@@ -134,12 +140,7 @@ def chats_due(session: Session, today: date, after: int, limit: int) -> list[Boo
     Keyset-paged by seq, so a booking whose deletion failed is not picked again in one run.
     Claimed (``skip_locked``): a second worker purging at the same time takes other bookings.
     """
-    query = (
-        select(Booking)
-        .where(*_chat_due(today), Booking.seq > after)
-        .order_by(Booking.seq)
-        .limit(limit)
-    )
+    query = select(Booking).where(*_chat_due(today), col(Booking.seq) > after).order_by(col(Booking.seq)).limit(limit)
     return list(session.exec(skip_locked(query, Booking)))
 
 

@@ -18,24 +18,19 @@ withdrawal (the stricter reading wins), then the controller's own expiry and era
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from zoneinfo import ZoneInfo
+from typing import Any
 
 from sqlalchemy import String, UniqueConstraint, extract, func, tuple_, type_coerce
-from sqlmodel import Field, Relationship, Session, SQLModel, select
+from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.db import skip_locked
 from models.subjects import DataSubject
-
-from models.types import UTCDateTime, classify, new_id, utcnow
-
-BERLIN = ZoneInfo("Europe/Berlin")
+from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
 
 class ConsentList(StrEnum):
@@ -64,9 +59,12 @@ class EventKind(StrEnum):
 # Order of events at the same instant: the person's steps in the order they can happen,
 # a withdrawal last among them (the stricter reading), then the controller's decisions.
 RANK = {
-    EventKind.signup: 0, EventKind.confirm: 1, EventKind.withdraw: 2, EventKind.expire: 3,
+    EventKind.signup: 0,
+    EventKind.confirm: 1,
+    EventKind.withdraw: 2,
+    EventKind.expire: 3,
     EventKind.erase: 4,
-}  # fmt: skip
+}
 
 
 class WithdrawChannel(StrEnum):
@@ -121,14 +119,28 @@ class ConsentEvent(SQLModel, table=True):
 
 
 classify(
-    ConsentRecord, personal=["signup_ip", "confirm_ip", "source"], pseudonymous=["id", "subject_id"],
-    not_personal=["list_name", "state", "signup_at", "policy_version", "confirm_at", "withdrawn_at",
-                  "withdraw_channel", "expired_at", "change_seq", "updated_at"],
-)  # fmt: skip
+    ConsentRecord,
+    personal=["signup_ip", "confirm_ip", "source"],
+    pseudonymous=["id", "subject_id"],
+    not_personal=[
+        "list_name",
+        "state",
+        "signup_at",
+        "policy_version",
+        "confirm_at",
+        "withdrawn_at",
+        "withdraw_channel",
+        "expired_at",
+        "change_seq",
+        "updated_at",
+    ],
+)
 classify(
-    ConsentEvent, personal=["ip", "source"], pseudonymous=["consent_id", "dedupe_key"],
+    ConsentEvent,
+    personal=["ip", "source"],
+    pseudonymous=["consent_id", "dedupe_key"],
     not_personal=["id", "kind", "at", "channel", "policy_version", "recorded_at"],
-)  # fmt: skip
+)
 
 
 def expiry_due(signup_at: datetime, days: int) -> datetime:
@@ -143,17 +155,6 @@ def expiry_due(signup_at: datetime, days: int) -> datetime:
     """
     local = signup_at.astimezone(BERLIN)
     return (local + timedelta(days=days)).astimezone(signup_at.tzinfo)
-
-
-def event_key(key: bytes, *parts: object) -> str:
-    """The keyed dedupe key of an event: the same parts give the same key, so storing an
-    event twice is recognised (ConsentEvent.dedupe_key is unique).
-
-    >>> event_key(b"k", "expire", 1) == event_key(b"k", "expire", 1)
-    True
-    """
-    payload = "|".join(map(str, parts)).encode()
-    return hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
 class TransitionError(ValueError):
@@ -185,10 +186,16 @@ class Step:
         """The ``consent_event`` row that records this step in the history of `consent_id`
         (a plain dict: one INSERT takes many, without an ORM object each)."""
         return {
-            "consent_id": consent_id, "kind": str(self.kind), "at": self.at, "ip": self.ip,
-            "channel": self.channel, "source": self.source, "policy_version": self.policy_version,
-            "dedupe_key": self.key, "recorded_at": recorded_at,
-        }  # fmt: skip
+            "consent_id": consent_id,
+            "kind": str(self.kind),
+            "at": self.at,
+            "ip": self.ip,
+            "channel": self.channel,
+            "source": self.source,
+            "policy_version": self.policy_version,
+            "dedupe_key": self.key,
+            "recorded_at": recorded_at,
+        }
 
     def without_personal_data(self) -> Step:
         """The step as it may be kept where the proof is gone (expired, erased)."""
@@ -316,9 +323,7 @@ def describe_time(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def apply_withdraw(
-    record: ConsentRecord, at: datetime, channel: str, seq: int, dedupe_key: str
-) -> ConsentEvent | None:
+def apply_withdraw(record: ConsentRecord, at: datetime, channel: str, seq: int, dedupe_key: str) -> ConsentEvent | None:
     """Consent withdrawn (by e-mail, in the portal, or by the newsletter's link).
 
     None when nothing changes: no consent stands, or the withdrawal is dated before the
@@ -362,15 +367,24 @@ def _touch(record: ConsentRecord, seq: int) -> None:
 # batch costs more than the rest of the row.
 _RAW_ID = type_coerce(ConsentRecord.id, String).label("consent_id")
 
-PUSH_COLUMNS = (
-    ConsentRecord.state, ConsentRecord.change_seq,
-    extract("epoch", ConsentRecord.signup_at).label("registered"), ConsentRecord.signup_ip,
-    extract("epoch", ConsentRecord.confirm_at).label("activated"), ConsentRecord.confirm_ip,
-    ConsentRecord.source, ConsentRecord.policy_version,
-    DataSubject.id.label("subject_id"), DataSubject.pseudonym, DataSubject.email,
-    DataSubject.insurance_number, DataSubject.salutation, DataSubject.first_name,
-    DataSubject.last_name, _RAW_ID,
-)  # fmt: skip
+PUSH_COLUMNS: tuple[Any, ...] = (
+    ConsentRecord.state,
+    ConsentRecord.change_seq,
+    extract("epoch", col(ConsentRecord.signup_at)).label("registered"),
+    ConsentRecord.signup_ip,
+    extract("epoch", col(ConsentRecord.confirm_at)).label("activated"),
+    ConsentRecord.confirm_ip,
+    ConsentRecord.source,
+    ConsentRecord.policy_version,
+    col(DataSubject.id).label("subject_id"),
+    DataSubject.pseudonym,
+    DataSubject.email,
+    DataSubject.insurance_number,
+    DataSubject.salutation,
+    DataSubject.first_name,
+    DataSubject.last_name,
+    _RAW_ID,
+)
 
 
 def changes_ahead(session: Session, list_name: str, after_seq: int, limit: int) -> list:
@@ -380,7 +394,7 @@ def changes_ahead(session: Session, list_name: str, after_seq: int, limit: int) 
     query = (
         select(_RAW_ID, ConsentRecord.subject_id, ConsentRecord.state, ConsentRecord.change_seq)
         .where(ConsentRecord.list_name == list_name, ConsentRecord.change_seq > after_seq)
-        .order_by(ConsentRecord.change_seq)
+        .order_by(col(ConsentRecord.change_seq))
         .limit(limit)
     )
     return list(session.connection().execute(query).all())
@@ -397,9 +411,9 @@ def push_rows_by_ids(session: Session, list_name: str, consent_ids: Sequence[str
             continue
     query = (
         select(*PUSH_COLUMNS)
-        .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
-        .where(ConsentRecord.list_name == list_name, ConsentRecord.id.in_(ids))  # type: ignore[attr-defined]
-        .order_by(ConsentRecord.change_seq)
+        .join(DataSubject, col(DataSubject.id) == col(ConsentRecord.subject_id))
+        .where(ConsentRecord.list_name == list_name, col(ConsentRecord.id).in_(ids))
+        .order_by(col(ConsentRecord.change_seq))
     )
     return list(session.connection().execute(query).all()) if ids else []
 
@@ -411,9 +425,9 @@ def changed_since(session: Session, list_name: str, after_seq: int, limit: int) 
     """
     query = (
         select(*PUSH_COLUMNS)
-        .join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
+        .join(DataSubject, col(DataSubject.id) == col(ConsentRecord.subject_id))
         .where(ConsentRecord.list_name == list_name, ConsentRecord.change_seq > after_seq)
-        .order_by(ConsentRecord.change_seq)
+        .order_by(col(ConsentRecord.change_seq))
         .limit(limit)
     )
     return list(session.connection().execute(query).all())
@@ -422,9 +436,7 @@ def changed_since(session: Session, list_name: str, after_seq: int, limit: int) 
 def count_changed_since(session: Session, list_name: str, after_seq: int) -> int:
     """How many of a list's records changed after `after_seq`."""
     return session.exec(
-        select(func.count()).where(
-            ConsentRecord.list_name == list_name, ConsentRecord.change_seq > after_seq
-        )
+        select(func.count()).where(ConsentRecord.list_name == list_name, ConsentRecord.change_seq > after_seq)
     ).one()
 
 
@@ -441,7 +453,7 @@ def lapsed_subject_ids(list_name: str, changed_upto: int | None = None):
     """
     query = select(ConsentRecord.subject_id).where(
         ConsentRecord.list_name == list_name,
-        ConsentRecord.state.in_(LAPSED_STATES),  # type: ignore[attr-defined]
+        col(ConsentRecord.state).in_(LAPSED_STATES),
     )
     if changed_upto is not None:
         query = query.where(ConsentRecord.change_seq <= changed_upto)
@@ -454,10 +466,12 @@ def lapsed_among(session: Session, list_name: str, subject_ids: Sequence[uuid.UU
     # the query, SQLite reads every record in that state through the state index instead.
     lapsed: set[uuid.UUID] = set()
     for start in range(0, len(subject_ids), 1000):
-        rows = session.connection().execute(select(ConsentRecord.subject_id, ConsentRecord.state).where(
-            ConsentRecord.subject_id.in_(subject_ids[start : start + 1000]),  # type: ignore[attr-defined]
-            ConsentRecord.list_name == list_name,
-        ))  # fmt: skip
+        rows = session.connection().execute(
+            select(ConsentRecord.subject_id, ConsentRecord.state).where(
+                col(ConsentRecord.subject_id).in_(subject_ids[start : start + 1000]),
+                ConsentRecord.list_name == list_name,
+            )
+        )
         lapsed.update(subject for subject, state in rows if state in LAPSED_STATES)
     return lapsed
 
@@ -480,6 +494,6 @@ def expiry_candidates(
         ConsentRecord.signup_at <= signed_up_before,
     )
     if after is not None:
-        query = query.where(tuple_(ConsentRecord.signup_at, ConsentRecord.id) > after)
-    query = query.order_by(ConsentRecord.signup_at, ConsentRecord.id).limit(limit)
+        query = query.where(tuple_(col(ConsentRecord.signup_at), col(ConsentRecord.id)) > after)
+    query = query.order_by(col(ConsentRecord.signup_at), col(ConsentRecord.id)).limit(limit)
     return list(session.exec(skip_locked(query, ConsentRecord)).all())

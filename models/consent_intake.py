@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 from sqlalchemy import insert
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from models.audit import AuditEvent
 from models.consent import (
@@ -37,7 +37,6 @@ from models.consent import (
     TransitionError,
     cut_of,
     describe_time,
-    event_key,
     replay,
     settle,
 )
@@ -46,7 +45,7 @@ from models.intake_types import Applied, Email, EventBase, InsuranceNumber, NotY
 from models.receipts import IntakeReceipt, ignored, seen
 from models.subject_index import SubjectIndex, erased_before
 from models.subjects import DataSubject
-from models.types import utcnow
+from models.types import event_key, utcnow
 
 
 class NoSignup(TransitionError, NotYetKnown):
@@ -99,9 +98,10 @@ ConsentIntakeEvent = ConsentSignup | ConsentConfirm | ConsentWithdraw
 
 
 _KIND = {
-    "consent.signup": EventKind.signup, "consent.confirm": EventKind.confirm,
+    "consent.signup": EventKind.signup,
+    "consent.confirm": EventKind.confirm,
     "consent.withdraw": EventKind.withdraw,
-}  # fmt: skip
+}
 
 
 class ConsentStore:
@@ -132,16 +132,10 @@ class ConsentStore:
         self.seen = seen(self.session, keys)  # lines kept as a receipt only (erased subjects)
         if keys:
             self.seen |= set(
-                self.session.exec(
-                    select(ConsentEvent.dedupe_key).where(
-                        ConsentEvent.dedupe_key.in_(keys)  # type: ignore[attr-defined]
-                    )
-                )
+                self.session.exec(select(ConsentEvent.dedupe_key).where(col(ConsentEvent.dedupe_key).in_(keys)))
             )
         if found_ids:
-            loaded = list(self.session.exec(
-                select(ConsentRecord).where(ConsentRecord.subject_id.in_(found_ids))  # type: ignore[attr-defined]
-            ))  # fmt: skip
+            loaded = list(self.session.exec(select(ConsentRecord).where(col(ConsentRecord.subject_id).in_(found_ids))))
             for record in loaded:
                 self.consents[(record.subject_id, record.list_name)] = record
             self._load_history([r.id for r in loaded if r.id not in self.history])
@@ -151,12 +145,18 @@ class ConsentStore:
         for consent_id in ids:
             self.history[consent_id] = []
         columns = (
-            ConsentEvent.consent_id, ConsentEvent.kind, ConsentEvent.at, ConsentEvent.dedupe_key,
-            ConsentEvent.ip, ConsentEvent.channel, ConsentEvent.source, ConsentEvent.policy_version,
-        )  # fmt: skip
+            ConsentEvent.consent_id,
+            ConsentEvent.kind,
+            ConsentEvent.at,
+            ConsentEvent.dedupe_key,
+            ConsentEvent.ip,
+            ConsentEvent.channel,
+            ConsentEvent.source,
+            ConsentEvent.policy_version,
+        )
         for start in range(0, len(ids), 1000):
             rows = self.session.connection().execute(
-                select(*columns).where(ConsentEvent.consent_id.in_(ids[start : start + 1000]))  # type: ignore[attr-defined]
+                select(*columns).where(col(ConsentEvent.consent_id).in_(ids[start : start + 1000]))  # type: ignore[call-overload]  # sqlmodel's select is typed for at most 4 columns
             )
             for consent_id, *step in rows:
                 self.history[consent_id].append(Step(*step))
@@ -172,17 +172,24 @@ class ConsentStore:
         is_confirm = isinstance(event, ConsentConfirm)
         if erased_before(subject, event.at):
             assert subject is not None and subject.erased_at is not None
-            return self._receipt(event, key, subject, "erased", (
-                f"dated before this person's data was erased ({describe_time(subject.erased_at)}); "
-                "nothing restored"
-            ))  # fmt: skip
+            return self._receipt(
+                event,
+                key,
+                subject,
+                "erased",
+                (f"dated before this person's data was erased ({describe_time(subject.erased_at)}); nothing restored"),
+            )
         if subject is not None and subject.erased_at is not None and is_confirm:
             if self.deferring:  # the person's new sign-up may be further down the file
                 raise NoSignup("no sign-up to confirm for this list")
             # Kept as a receipt only: it never confirms a sign-up that arrives later.
-            return self._receipt(event, key, subject, "erased", (
-                "this person's data was erased; a confirmation needs a new sign-up first"
-            ))  # fmt: skip
+            return self._receipt(
+                event,
+                key,
+                subject,
+                "erased",
+                ("this person's data was erased; a confirmation needs a new sign-up first"),
+            )
         record = self.consents.get((subject.id, event.list_name)) if subject else None
         if record is None and is_confirm:
             raise NoSignup("no sign-up to confirm for this list")
@@ -191,9 +198,11 @@ class ConsentStore:
             subject = self.subjects.create(event.email, kvnr, identified=isinstance(event, ConsentSignup))
         if record is None:
             record = ConsentRecord(
-                subject_id=subject.id, list_name=event.list_name, state=ConsentState.pending,
+                subject_id=subject.id,
+                list_name=event.list_name,
+                state=ConsentState.pending,
                 signup_at=event.at,
-            )  # fmt: skip
+            )
             self.session.add(record)
             self.consents[(subject.id, event.list_name)] = record
             self.history[record.id] = []
@@ -221,14 +230,21 @@ class ConsentStore:
             # still arrive; nothing went anywhere, so no change number.
             settle(record, after, None)
             if subject.erased_at is not None:
-                return ignored(event.type, "erased", "this person's data was erased; nothing to withdraw",
-                               subject.pseudonym, f"list={event.list_name}")  # fmt: skip
+                return ignored(
+                    event.type,
+                    "erased",
+                    "this person's data was erased; nothing to withdraw",
+                    subject.pseudonym,
+                    f"list={event.list_name}",
+                )
             return Applied("unchanged", reason="no sign-up for this list; the withdrawal is kept")
         settle(record, after, seq)
         audit = AuditEvent(
-            f"consent.{step.kind}", "recorded", subject=subject.pseudonym,
+            f"consent.{step.kind}",
+            "recorded",
+            subject=subject.pseudonym,
             detail=f"list={event.list_name}",
-        )  # fmt: skip
+        )
         return Applied("stored", audit)
 
     def _newest_signup(self, subject: DataSubject, step: Step) -> bool:
@@ -247,18 +263,20 @@ class ConsentStore:
         """The line as a step of the history; without personal data where the proof it
         would belong to is gone (dated at or before an erasure or an expiry)."""
         step = Step(
-            _KIND[event.type], event.at, key, ip=str(getattr(event, "ip", "")) or None,
-            channel=getattr(event, "channel", None), source=getattr(event, "source", None),
+            _KIND[event.type],
+            event.at,
+            key,
+            ip=str(getattr(event, "ip", "")) or None,
+            channel=getattr(event, "channel", None),
+            source=getattr(event, "source", None),
             policy_version=getattr(event, "policy_version", None),
-        )  # fmt: skip
+        )
         expired = max((s.at for s in history if s.kind == EventKind.expire), default=None)
         if (cut is not None and step.at <= cut) or (expired is not None and step.at <= expired):
             return step.without_personal_data()
         return step
 
-    def _unchanged(
-        self, event: ConsentIntakeEvent, step: Step, before: Decision, cut, subject: DataSubject
-    ) -> Applied:
+    def _unchanged(self, event: ConsentIntakeEvent, step: Step, before: Decision, cut, subject: DataSubject) -> Applied:
         detail = f"list={event.list_name}"
         if cut is not None and step.at <= cut:
             reason = f"dated before this person's data was erased ({describe_time(cut)}); nothing restored"

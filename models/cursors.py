@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import update
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, Session, SQLModel, col
 
 from models.db import insert_missing
 from models.types import UTCDateTime, classify, utcnow
@@ -43,9 +43,9 @@ def next_seq(session: Session, name: str, count: int = 1) -> int:
         insert_missing(session, Counter, name=name)
     result = session.execute(
         update(Counter)
-        .where(Counter.name == name)
-        .values(value=Counter.value + count)
-        .returning(Counter.value)
+        .where(col(Counter.name) == name)
+        .values(value=col(Counter.value) + count)
+        .returning(col(Counter.value))
     )
     return result.scalar_one() - count + 1
 

@@ -16,18 +16,18 @@ import atexit
 import logging
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Select
 from sqlmodel import Session, SQLModel, create_engine
 
-from psync.settings import get_settings
+from core.settings import get_settings
 
 
 class _NoRowLogging(logging.Filter):
@@ -135,7 +135,7 @@ def scrub_journal(bind: Session | Engine | None = None) -> bool:
     if bind is None:
         engine = get_engine()
     elif isinstance(bind, Session):
-        engine = bind.get_bind()  # type: ignore[assignment]
+        engine = bind.get_bind()  # type: ignore[assignment]  # a session here is bound to an engine, never a connection
     else:
         engine = bind
     if engine.dialect.name != "sqlite":
@@ -185,17 +185,18 @@ def compact(tables: Iterable[str], url: str | None = None) -> dict[str, float]:
         scrub_journal(engine)
         return seconds
     quote = engine.dialect.identifier_preparer.quote
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as autocommit:
         for name in tables:
             started = time.perf_counter()
-            connection.exec_driver_sql(f"VACUUM (FULL, ANALYZE) {quote(name)}")
+            autocommit.exec_driver_sql(f"VACUUM (FULL, ANALYZE) {quote(name)}")
             seconds[name] = time.perf_counter() - started
-        connection.exec_driver_sql("VACUUM FULL pg_catalog.pg_statistic")
+        autocommit.exec_driver_sql("VACUUM FULL pg_catalog.pg_statistic")
     return seconds
 
 
 # INSERT … ON CONFLICT is dialect syntax; these are the two databases the project runs on.
-INSERT_BY_DIALECT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+# Each returns its dialect's own Insert (both have on_conflict_*; they share no such type).
+INSERT_BY_DIALECT: dict[str, Callable[[Any], Any]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 def insert_missing(session: Session, model: type[SQLModel], **key: object) -> None:
@@ -205,7 +206,7 @@ def insert_missing(session: Session, model: type[SQLModel], **key: object) -> No
     second waits for the first and then does nothing, where an ORM add would fail it with a
     unique violation. Read the row afterwards (with a lock, if it is to be changed).
     """
-    table = model.__table__  # type: ignore[attr-defined]
+    table = model.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     insert = INSERT_BY_DIALECT[session.get_bind().dialect.name]
     session.connection().execute(insert(table).values(**key).on_conflict_do_nothing())
 

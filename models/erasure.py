@@ -29,8 +29,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Index, Table, UniqueConstraint, and_, or_, select as sa_select, text, update
-from sqlmodel import Field, Session, SQLModel, select
+from sqlalchemy import ColumnElement, Index, Table, UniqueConstraint, and_, or_, text, update
+from sqlalchemy import select as sa_select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.bookings import Booking
 from models.consent import ConsentRecord, ConsentState
@@ -91,10 +92,13 @@ class ErasureRequest(SQLModel, table=True):
     # One open request per subject: a second letter about the same erasure joins the first.
     __table_args__ = (
         Index(
-            "uq_erasure_request_open_subject", "subject_id", unique=True,
-            sqlite_where=text("status = 'open'"), postgresql_where=text("status = 'open'"),
+            "uq_erasure_request_open_subject",
+            "subject_id",
+            unique=True,
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
         ),
-    )  # fmt: skip
+    )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     subject_id: uuid.UUID = Field(foreign_key="data_subject.id", index=True)
@@ -144,25 +148,51 @@ class ErasureTask(SQLModel, table=True):
 
 # The free texts (reference, reasons, evidence, detail) are refused when they look personal.
 classify(
-    ErasureRequest, pseudonymous=["id", "subject_id"],
-    not_personal=["received_at", "channel", "reference", "status", "extension_months", "extension_reason",
-                  "subject_informed_on", "due", "urgency", "created_at", "completed_at", "controller_erased_at"],
-)  # fmt: skip
+    ErasureRequest,
+    pseudonymous=["id", "subject_id"],
+    not_personal=[
+        "received_at",
+        "channel",
+        "reference",
+        "status",
+        "extension_months",
+        "extension_reason",
+        "subject_informed_on",
+        "due",
+        "urgency",
+        "created_at",
+        "completed_at",
+        "controller_erased_at",
+    ],
+)
 classify(
-    ErasureTask, pseudonymous=["id", "request_id", "recipient_id", "purpose", "external_id"],
-    not_personal=["processor", "state", "attempts", "last_http_status", "detail", "hold_reason", "hold_until",
-                  "requested_at", "verified_at", "verified_by", "evidence", "claimed_by", "claimed_until",
-                  "created_at", "updated_at"],
-)  # fmt: skip
+    ErasureTask,
+    pseudonymous=["id", "request_id", "recipient_id", "purpose", "external_id"],
+    not_personal=[
+        "processor",
+        "state",
+        "attempts",
+        "last_http_status",
+        "detail",
+        "hold_reason",
+        "hold_until",
+        "requested_at",
+        "verified_at",
+        "verified_by",
+        "evidence",
+        "claimed_by",
+        "claimed_until",
+        "created_at",
+        "updated_at",
+    ],
+)
 
 
 # free texts -----------------------------------------------------------------------------
 _DIGIT_RUN = re.compile(r"\d{6,}")
 
 
-def check_free_text(
-    value: str, what: str, subject: DataSubject | None = None, limit: int = MAX_TEXT
-) -> str:
+def check_free_text(value: str, what: str, subject: DataSubject | None = None, limit: int = MAX_TEXT) -> str:
     """`value` stripped, or ValueError when it is too long or looks like personal data.
 
     Refused: an '@' (an e-mail address), a run of six or more digits (phone, insurance or
@@ -256,16 +286,18 @@ def open_request(
         raise ValueError("received_at needs a timezone")
     if received_at > now + timedelta(minutes=5):
         raise ValueError("received_at lies in the future")
-    subject = find_subject(
-        session, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key
-    )
+    subject = find_subject(session, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key)
     reference = check_free_text(reference, "reference", subject)
     request = open_request_of(session, subject.id)
     if request is None:
         request = ErasureRequest(
-            subject_id=subject.id, received_at=received_at, channel=channel, reference=reference,
-            due=due_date(received_at), created_at=now,
-        )  # fmt: skip
+            subject_id=subject.id,
+            received_at=received_at,
+            channel=channel,
+            reference=reference,
+            due=due_date(received_at),
+            created_at=now,
+        )
         request.urgency = urgency(request.due, received_day(now))
         session.add(request)
         session.flush()
@@ -296,7 +328,7 @@ def sync_tasks(session: Session, request: ErasureRequest, now: datetime) -> int:
     live = session.exec(
         select(Recipient).where(
             Recipient.subject_id == request.subject_id,
-            Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+            col(Recipient.removed_at).is_(None),
         )
     ).all()
     tasks = {(t.processor, t.purpose): t for t in tasks_of(session, request.id)}
@@ -304,10 +336,17 @@ def sync_tasks(session: Session, request: ErasureRequest, now: datetime) -> int:
     for row in live:
         task = tasks.get((row.processor, row.purpose))
         if task is None:
-            session.add(ErasureTask(
-                request_id=request.id, recipient_id=row.id, processor=row.processor,
-                purpose=row.purpose, external_id=row.external_id, created_at=now, updated_at=now,
-            ))  # fmt: skip
+            session.add(
+                ErasureTask(
+                    request_id=request.id,
+                    recipient_id=row.id,
+                    processor=row.processor,
+                    purpose=row.purpose,
+                    external_id=row.external_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
             changed += 1
         elif task.state == TaskState.verified:
             task.state, task.verified_at, task.verified_by = TaskState.pending, None, None
@@ -389,8 +428,8 @@ def claim(
     serialises the two. Returns the claimed ids; the claim is the caller's until
     ``now + lease`` or until ``release``.
     """
-    table = ErasureTask.__table__  # type: ignore[attr-defined]
-    requests_table = ErasureRequest.__table__  # type: ignore[attr-defined]
+    table = ErasureTask.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
+    requests_table = ErasureRequest.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     if request_ids is not None:
         scope = table.c.request_id.in_(list(request_ids))
     else:
@@ -498,7 +537,7 @@ def subject_rows(table: Table, subject_id: uuid.UUID) -> ColumnElement[bool] | N
     """The condition selecting the subject's rows of `table`, following foreign keys to
     ``data_subject`` (a booking by its subject_id, a consent event through its consent);
     None when the table does not lead to a subject."""
-    subjects = DataSubject.__table__  # type: ignore[attr-defined]
+    subjects = DataSubject.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     if table is subjects:
         return table.c.id == subject_id
     keys = sorted(table.foreign_keys, key=lambda fk: fk.parent.name)
@@ -525,9 +564,10 @@ def clear_personal_columns(session: Session, subject_id: uuid.UUID) -> None:
         if condition is None or not nullable:
             continue
         session.execute(
-            update(table).where(condition, or_(*(c.is_not(None) for c in nullable)))
+            update(table)
+            .where(condition, or_(*(c.is_not(None) for c in nullable)))
             .values({c.name: None for c in nullable})
-        )  # fmt: skip
+        )
 
 
 def personal_data_left(session: Session, subject_id: uuid.UUID) -> list[str]:

@@ -16,11 +16,11 @@ from pydantic import AwareDatetime, Field, model_validator
 from sqlmodel import Session
 
 from models.audit import AuditEvent
-from models.consent import event_key
 from models.erasure import open_request
 from models.intake_types import Applied, Email, EventBase, InsuranceNumber
 from models.receipts import IntakeReceipt, seen
 from models.subjects import DataSubject
+from models.types import event_key
 
 
 class ErasureRejected(ValueError):
@@ -63,19 +63,28 @@ class ErasureStore:
             return Applied("duplicate")
         try:
             request = open_request(
-                self.session, email=event.email, insurance_number=event.insurance_number,
-                received_at=event.received_at or event.at, channel=event.channel,
-                reference=event.reference, key=self.key,
-            )  # fmt: skip
+                self.session,
+                email=event.email,
+                insurance_number=event.insurance_number,
+                received_at=event.received_at or event.at,
+                channel=event.channel,
+                reference=event.reference,
+                key=self.key,
+            )
         except (LookupError, ValueError) as exc:
             raise ErasureRejected(str(exc)) from None
         self.seen.add(key)
         self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
-        pseudonym = self.session.get(DataSubject, request.subject_id).pseudonym  # type: ignore[union-attr]
-        return Applied("stored", AuditEvent(
-            "erasure.open", "opened", subject=pseudonym,
-            detail=f"request={request.id} channel={event.channel} via=intake due={request.due}",
-        ))  # fmt: skip
+        pseudonym = self.session.get(DataSubject, request.subject_id).pseudonym  # type: ignore[union-attr]  # the request's subject exists (foreign key)
+        return Applied(
+            "stored",
+            AuditEvent(
+                "erasure.open",
+                "opened",
+                subject=pseudonym,
+                detail=f"request={request.id} channel={event.channel} via=intake due={request.due}",
+            ),
+        )
 
     def end_chunk(self) -> None:
         self.session.flush()

@@ -20,11 +20,11 @@ from pydantic import Field
 from sqlmodel import Session
 
 from models.audit import AuditEvent
-from models.consent import event_key
 from models.intake_types import Applied, Email, EventBase, InsuranceNumber
 from models.receipts import IntakeReceipt, seen
 from models.recipients import record_sent_many
 from models.subject_index import SubjectIndex
+from models.types import event_key
 
 PROCESSOR = "nect"
 
@@ -76,9 +76,16 @@ class IdentStore:
         record_sent_many(self.session, PROCESSOR, purpose(event.case_id), {subject.id: str(event.case_id)}, event.at)
         self.seen.add(key)
         self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
-        return Applied("stored", AuditEvent(
-            "ident.case", "registered", processor=PROCESSOR, subject=subject.pseudonym, detail=detail,
-        ))  # fmt: skip
+        return Applied(
+            "stored",
+            AuditEvent(
+                "ident.case",
+                "registered",
+                processor=PROCESSOR,
+                subject=subject.pseudonym,
+                detail=detail,
+            ),
+        )
 
     def end_chunk(self) -> None:
         self.session.flush()

@@ -13,7 +13,6 @@ import re
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-
 _KVNR = re.compile(r"[A-Z][0-9]{9}")
 
 

@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
 from sqlmodel import Session
@@ -52,19 +52,29 @@ CHUNK = 1000
 REJECTIONS = (TransitionError, SubjectMismatch, BookingRejected, OrderRejected, ErasureRejected)
 # Order of the lines tried again at the same instant: the first step of each job first.
 _RANK = {
-    "consent.signup": 0, "consent.confirm": 1, "consent.withdraw": 2,
-    "booking.request": 0, "booking.reschedule": 1, "booking.cancel": 2,
-    "isic.order": 0, "isic.cancel": 1,
-}  # fmt: skip
+    "consent.signup": 0,
+    "consent.confirm": 1,
+    "consent.withdraw": 2,
+    "booking.request": 0,
+    "booking.reschedule": 1,
+    "booking.cancel": 2,
+    "isic.order": 0,
+    "isic.cancel": 1,
+}
 
 IntakeEvent = Annotated[
-    ConsentSignup | ConsentConfirm | ConsentWithdraw
-    | BookingRequest | BookingReschedule | BookingCancel
-    | IsicOrderEvent | IsicCancel
+    ConsentSignup
+    | ConsentConfirm
+    | ConsentWithdraw
+    | BookingRequest
+    | BookingReschedule
+    | BookingCancel
+    | IsicOrderEvent
+    | IsicCancel
     | ErasureRequestEvent
     | IdentCase,
     Field(discriminator="type"),
-]  # fmt: skip
+]
 EVENT_ADAPTER: TypeAdapter[IntakeEvent] = TypeAdapter(IntakeEvent)
 
 
@@ -133,9 +143,11 @@ def intake_lines(
     paths relative to `base_dir` and stored encrypted with `document_key`.
     """
     context = {
-        "now": now, "service_points": set(service_points), "base_dir": base_dir,
+        "now": now,
+        "service_points": set(service_points),
+        "base_dir": base_dir,
         "max_document_bytes": max_document_bytes,
-    }  # fmt: skip
+    }
     results: list[LineResult] = []
     parsed: list[tuple[int, IntakeEvent]] = []
     for number, raw in enumerate(lines, start=1):
@@ -161,25 +173,32 @@ def intake_lines(
     orders = IsicStore(session, key, subjects, DocumentCipher(document_key) if document_key else None)
     erasures = ErasureStore(session, key)
     idents = IdentStore(session, key, subjects)
-    stores = {"consent": consents, "booking": bookings, "isic": orders, "erasure": erasures, "ident": idents}
+    # A dispatch table by the event type's prefix; each store takes only its own events.
+    stores: dict[str, Any] = {
+        "consent": consents,
+        "booking": bookings,
+        "isic": orders,
+        "erasure": erasures,
+        "ident": idents,
+    }
     audit: list[AuditEvent] = []
     later: list[tuple[int, IntakeEvent]] = []
 
     def apply_chunk(chunk: list[tuple[int, IntakeEvent]], defer: bool) -> None:
         found = subjects.prefetch(
-            (e.email, getattr(e, "insurance_number", None)) for _, e in chunk if getattr(e, "email", None)
+            (e.email, getattr(e, "insurance_number", None))  # type: ignore[union-attr,misc]  # only events with one
+            for _, e in chunk
+            if getattr(e, "email", None)
         )
-        consents.begin_chunk(
-            (e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found}
-        )
+        consents.begin_chunk((e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found})  # type: ignore[misc]  # the type's prefix picks the store's own events
         bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
         orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
-        erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))
-        idents.begin_chunk(e for _, e in chunk if e.type.startswith("ident."))
+        erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))  # type: ignore[misc]  # the type's prefix picks the store's own events
+        idents.begin_chunk(e for _, e in chunk if e.type.startswith("ident."))  # type: ignore[misc]  # the type's prefix picks the store's own events
         for number, event in chunk:
             store = stores[event.type.split(".")[0]]
             try:
-                applied = store.apply(event)  # type: ignore[arg-type]
+                applied = store.apply(event)
             except REJECTIONS as exc:
                 if defer and isinstance(exc, NotYetKnown):
                     later.append((number, event))

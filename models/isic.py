@@ -13,7 +13,7 @@ import uuid
 from datetime import date, datetime
 
 from sqlalchemy import LargeBinary, delete, func
-from sqlmodel import Field, Relationship, Session, SQLModel, select
+from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.db import skip_locked
 from models.documents import DocumentCipher, DocumentKey
@@ -83,20 +83,43 @@ class IsicOrder(SQLModel, table=True):
     def erase_fields(self, now: datetime) -> None:
         """Drop every field of the order classified personal (names, IBAN, card number, …);
         the ids and dates stay."""
-        for column in personal_columns(IsicOrder.__table__):  # type: ignore[attr-defined]
+        for column in personal_columns(IsicOrder.__table__):  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
             setattr(self, column.key, None)
         self.fields_erased_at = now
 
 
 classify(
     IsicOrder,
-    personal=["first_name", "last_name", "birth_date", "postal_code", "iban", "institution", "student_status",
-              "phone_password_enc", "card_number"],
+    personal=[
+        "first_name",
+        "last_name",
+        "birth_date",
+        "postal_code",
+        "iban",
+        "institution",
+        "student_status",
+        "phone_password_enc",
+        "card_number",
+    ],
     pseudonymous=["id", "order_ref", "subject_id"],
-    not_personal=["status", "seq", "cardholder_set_at", "photo_set_at", "card_status", "card_has_photo",
-                  "issued_at", "cardholder_deletion_requested_at", "cardholder_deleted_at", "documents_purge_due",
-                  "documents_purged_at", "cancelled_at", "fields_erased_at", "created_at", "updated_at"],
-)  # fmt: skip
+    not_personal=[
+        "status",
+        "seq",
+        "cardholder_set_at",
+        "photo_set_at",
+        "card_status",
+        "card_has_photo",
+        "issued_at",
+        "cardholder_deletion_requested_at",
+        "cardholder_deleted_at",
+        "documents_purge_due",
+        "documents_purged_at",
+        "cancelled_at",
+        "fields_erased_at",
+        "created_at",
+        "updated_at",
+    ],
+)
 
 
 class IsicDocument(SQLModel, table=True):
@@ -119,13 +142,15 @@ class IsicDocument(SQLModel, table=True):
 
 # The document itself is personal: it goes as a row (``delete_documents``), never as a column.
 classify(
-    IsicDocument, personal=["ciphertext"], pseudonymous=["order_id"],
+    IsicDocument,
+    personal=["ciphertext"],
+    pseudonymous=["order_id"],
     not_personal=["id", "kind", "media_type", "size", "key_id", "created_at"],
-)  # fmt: skip
+)
 
 
 def changed_since(session: Session, after: int, limit: int) -> list[IsicOrder]:
-    query = select(IsicOrder).where(IsicOrder.seq > after).order_by(IsicOrder.seq).limit(limit)
+    query = select(IsicOrder).where(col(IsicOrder.seq) > after).order_by(col(IsicOrder.seq)).limit(limit)
     return list(session.exec(query))
 
 
@@ -138,8 +163,8 @@ def by_status(session: Session, status: OrderStatus, after: int, limit: int) -> 
     the issuer's status at once each take other orders."""
     query = (
         select(IsicOrder)
-        .where(IsicOrder.status == status, IsicOrder.seq > after)
-        .order_by(IsicOrder.seq)
+        .where(col(IsicOrder.status) == status, col(IsicOrder.seq) > after)
+        .order_by(col(IsicOrder.seq))
         .limit(limit)
     )
     return list(session.exec(skip_locked(query, IsicOrder)))
@@ -150,8 +175,8 @@ def count_by_status(session: Session, status: OrderStatus) -> int:
 
 
 _DELETION_PENDING = (
-    IsicOrder.cardholder_deletion_requested_at.is_not(None),  # type: ignore[union-attr]
-    IsicOrder.cardholder_deleted_at.is_(None),  # type: ignore[union-attr]
+    col(IsicOrder.cardholder_deletion_requested_at).is_not(None),
+    col(IsicOrder.cardholder_deleted_at).is_(None),
 )
 
 
@@ -160,8 +185,8 @@ def deletions_pending(session: Session, after: int, limit: int) -> list[IsicOrde
     (``skip_locked``): one worker reads each back and records it."""
     query = (
         select(IsicOrder)
-        .where(*_DELETION_PENDING, IsicOrder.seq > after)
-        .order_by(IsicOrder.seq)
+        .where(*_DELETION_PENDING, col(IsicOrder.seq) > after)
+        .order_by(col(IsicOrder.seq))
         .limit(limit)
     )
     return list(session.exec(skip_locked(query, IsicOrder)))
@@ -177,19 +202,17 @@ def documents_due(session: Session, today: date, limit: int) -> list[IsicOrder]:
     query = (
         select(IsicOrder)
         .where(
-            IsicOrder.documents_purge_due <= today,  # type: ignore[operator]
-            IsicOrder.documents_purged_at.is_(None),  # type: ignore[union-attr]
+            col(IsicOrder.documents_purge_due) <= today,
+            col(IsicOrder.documents_purged_at).is_(None),
         )
-        .order_by(IsicOrder.seq)
+        .order_by(col(IsicOrder.seq))
         .limit(limit)
     )
     return list(session.exec(skip_locked(query, IsicOrder)))
 
 
 def photo(session: Session, order: IsicOrder) -> IsicDocument | None:
-    query = select(IsicDocument).where(
-        IsicDocument.order_id == order.id, IsicDocument.kind == DocumentKind.photo
-    )
+    query = select(IsicDocument).where(IsicDocument.order_id == order.id, IsicDocument.kind == DocumentKind.photo)
     return session.exec(query).first()
 
 
@@ -207,15 +230,13 @@ def delete_documents(session: Session, order: IsicOrder) -> bool:
     """Delete every document of the order and destroy its data key (crypto-shredding);
     True when neither is left (read back)."""
     key_ids = [k for k in session.exec(select(IsicDocument.key_id).where(IsicDocument.order_id == order.id)) if k]
-    session.execute(delete(IsicDocument).where(IsicDocument.order_id == order.id))  # type: ignore[arg-type]
+    session.execute(delete(IsicDocument).where(col(IsicDocument.order_id) == order.id))
     if key_ids:
-        session.execute(delete(DocumentKey).where(DocumentKey.id.in_(key_ids)))  # type: ignore[attr-defined]
-    left = session.exec(
-        select(func.count()).select_from(IsicDocument).where(IsicDocument.order_id == order.id)
-    ).one()
+        session.execute(delete(DocumentKey).where(col(DocumentKey.id).in_(key_ids)))
+    left = session.exec(select(func.count()).select_from(IsicDocument).where(IsicDocument.order_id == order.id)).one()
     if key_ids:
         left += session.exec(
-            select(func.count()).select_from(DocumentKey).where(DocumentKey.id.in_(key_ids))  # type: ignore[attr-defined]
+            select(func.count()).select_from(DocumentKey).where(col(DocumentKey.id).in_(key_ids))
         ).one()
     return left == 0
 
@@ -232,7 +253,7 @@ def rotate_document_keys(session: Session, cipher: DocumentCipher, chunk: int = 
     counts = {"keys_rewrapped": 0, "documents_given_a_key": 0, "phone_passwords": 0}
     after = None
     while True:  # in id order, a chunk at a time: the rows are few bytes each, but many
-        query = select(DocumentKey).order_by(DocumentKey.id).limit(chunk)
+        query = select(DocumentKey).order_by(col(DocumentKey.id)).limit(chunk)
         keys = session.exec(query if after is None else query.where(DocumentKey.id > after)).all()
         if not keys:
             break
@@ -242,7 +263,7 @@ def rotate_document_keys(session: Session, cipher: DocumentCipher, chunk: int = 
         after = keys[-1].id
         session.flush()
     while True:
-        legacy = session.exec(select(IsicDocument).where(IsicDocument.key_id.is_(None)).limit(chunk)).all()  # type: ignore[union-attr]
+        legacy = session.exec(select(IsicDocument).where(col(IsicDocument.key_id).is_(None)).limit(chunk)).all()
         if not legacy:
             break
         for document in legacy:
@@ -251,7 +272,7 @@ def rotate_document_keys(session: Session, cipher: DocumentCipher, chunk: int = 
             document.key = key
         counts["documents_given_a_key"] += len(legacy)
         session.flush()
-    orders = session.exec(select(IsicOrder).where(IsicOrder.phone_password_enc.is_not(None)))  # type: ignore[union-attr]
+    orders = session.exec(select(IsicOrder).where(col(IsicOrder.phone_password_enc).is_not(None)))
     for order in orders:
         assert order.phone_password_enc is not None
         order.phone_password_enc = cipher.rotate(order.phone_password_enc)

@@ -29,12 +29,13 @@ from sqlmodel import Session
 
 from models.audit import AuditEvent
 from models.bookings import BERLIN
-from models.consent import describe_time, event_key
+from models.consent import describe_time
 from models.documents import JPEG, PDF, PNG, DocumentCipher, read_document
 from models.intake_types import FIELD_NAME, Applied, Email, EventBase, NotYetKnown, context_now
 from models.isic import DocumentKind, IsicDocument, IsicOrder, OrderStatus
 from models.receipts import ReceiptStore, ignored
 from models.subject_index import SubjectIndex, erased_before
+from models.types import event_key
 
 OrderId = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,49}$", description="the portal's order id")
 ALLOWED_TYPES = {
@@ -171,8 +172,9 @@ class IsicStore(ReceiptStore):
             subject = self.subjects.find(event.email, None)
             if erased_before(subject, event.at):
                 assert subject is not None and subject.erased_at is not None
-                reason = (f"dated before this person's data was erased ({describe_time(subject.erased_at)}); "
-                          "nothing restored")  # fmt: skip
+                reason = (
+                    f"dated before this person's data was erased ({describe_time(subject.erased_at)}); nothing restored"
+                )
                 return ignored(event.type, "erased", reason, subject.pseudonym, f"order={event.order_id}")
             order = self._create(event, seq)
             return Applied("stored", self._audit("isic.ordered", order))
@@ -182,11 +184,19 @@ class IsicStore(ReceiptStore):
             when = order.cancelled_at or order.updated_at
             return Applied("unchanged", reason=f"already cancelled (at {describe_time(when)})")
         if order.fields_erased_at is not None:  # erased while at the issuer (erasure.py)
-            return ignored(event.type, "erased", "this order's data was erased; nothing to cancel",
-                           self.pseudonyms[order.subject_id], f"order={order.order_ref}")  # fmt: skip
+            return ignored(
+                event.type,
+                "erased",
+                "this order's data was erased; nothing to cancel",
+                self.pseudonyms[order.subject_id],
+                f"order={order.order_ref}",
+            )
         order.status, order.seq, order.cancelled_at, order.updated_at = (
-            OrderStatus.cancelled, seq, event.at, event.at,
-        )  # fmt: skip
+            OrderStatus.cancelled,
+            seq,
+            event.at,
+            event.at,
+        )
         return Applied("stored", self._audit("isic.cancelled", order))
 
     def _create(self, event: IsicOrderEvent, seq: int) -> IsicOrder:
@@ -195,25 +205,34 @@ class IsicStore(ReceiptStore):
         subject = self.subjects.resolve(event.email, None)
         password = event.phone_password.get_secret_value().encode() if event.phone_password else None
         order = IsicOrder(
-            order_ref=event.order_id, subject_id=subject.id, seq=seq,
+            order_ref=event.order_id,
+            subject_id=subject.id,
+            seq=seq,
             phone_password_enc=self.cipher.encrypt(password) if password else None,
-            created_at=event.at, updated_at=event.at,
+            created_at=event.at,
+            updated_at=event.at,
             **{name: getattr(event, name) for name in _FIELDS},
-        )  # fmt: skip
+        )
         self.session.add(order)
         for kind, (media_type, data) in event._files.items():
             key, ciphertext = self.cipher.seal(data)  # a data key per document: deleting it shreds
             self.session.add(
-                IsicDocument(
-                    order=order, kind=kind, media_type=media_type, size=len(data),
-                    ciphertext=ciphertext, key=key,
-                )  # fmt: skip
+                IsicDocument(  # type: ignore[call-arg]  # order_id comes from `order` when flushed
+                    order=order,
+                    kind=kind,
+                    media_type=media_type,
+                    size=len(data),
+                    ciphertext=ciphertext,
+                    key=key,
+                )
             )
         self.remember(order, subject.pseudonym)
         return order
 
     def _audit(self, action: str, order: IsicOrder) -> AuditEvent:
         return AuditEvent(
-            action, "recorded", subject=self.pseudonyms[order.subject_id],
+            action,
+            "recorded",
+            subject=self.pseudonyms[order.subject_id],
             detail=f"order={order.order_ref}",
-        )  # fmt: skip
+        )

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import UniqueConstraint
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.types import UTCDateTime, classify, new_id
 
@@ -52,16 +52,35 @@ class ParkedItem(SQLModel, table=True):
 
 
 classify(
-    ParkedItem, pseudonymous=["record_id"],
-    not_personal=["id", "job", "processor", "operation", "reason", "state", "attempts", "first_tried_at",
-                  "last_tried_at", "closed_at", "drop_reason"],
-)  # fmt: skip
+    ParkedItem,
+    pseudonymous=["record_id"],
+    not_personal=[
+        "id",
+        "job",
+        "processor",
+        "operation",
+        "reason",
+        "state",
+        "attempts",
+        "first_tried_at",
+        "last_tried_at",
+        "closed_at",
+        "drop_reason",
+    ],
+)
 
 
 def park(
-    session: Session, job: str, record_id: str, *, retriable: bool, processor: str, operation: str,
-    reason: str, now: datetime,
-) -> ParkedItem:  # fmt: skip
+    session: Session,
+    job: str,
+    record_id: str,
+    *,
+    retriable: bool,
+    processor: str,
+    operation: str,
+    reason: str,
+    now: datetime,
+) -> ParkedItem:
     """Park (or park again) a record; counts the attempt."""
     item = session.exec(select(ParkedItem).where(ParkedItem.job == job, ParkedItem.record_id == record_id)).first()
     if item is None:
@@ -79,7 +98,7 @@ def park(
 def due_for_retry(session: Session, job: str) -> list[str]:
     """Record ids the job's next run tries again first (retriable, or retried by an operator)."""
     query = select(ParkedItem.record_id).where(ParkedItem.job == job, ParkedItem.state == ParkState.retry)
-    return list(session.exec(query.order_by(ParkedItem.first_tried_at)))
+    return list(session.exec(query.order_by(col(ParkedItem.first_tried_at))))
 
 
 def resolve(session: Session, job: str, record_ids: Iterable[str], now: datetime) -> int:
@@ -87,9 +106,7 @@ def resolve(session: Session, job: str, record_ids: Iterable[str], now: datetime
     `record_ids` is read only when the job has open items."""
     # The job's open items, then the delivered among them: open items are few, a batch's
     # records many (and more than a statement may bind, at 100,000 a batch).
-    items = session.exec(
-        select(ParkedItem).where(ParkedItem.job == job, ParkedItem.state.in_(OPEN))  # type: ignore[attr-defined]
-    ).all()
+    items = session.exec(select(ParkedItem).where(ParkedItem.job == job, col(ParkedItem.state).in_(OPEN))).all()
     wanted = set(record_ids) if items else set()
     done = [item for item in items if item.record_id in wanted]
     for item in done:
@@ -99,10 +116,10 @@ def resolve(session: Session, job: str, record_ids: Iterable[str], now: datetime
 
 def open_items(session: Session, job: str | None = None) -> list[ParkedItem]:
     """Parked and to-retry items, oldest first (``psync parked list``)."""
-    query = select(ParkedItem).where(ParkedItem.state.in_(OPEN))  # type: ignore[attr-defined]
+    query = select(ParkedItem).where(col(ParkedItem.state).in_(OPEN))
     if job:
         query = query.where(ParkedItem.job == job)
-    return list(session.exec(query.order_by(ParkedItem.first_tried_at)))
+    return list(session.exec(query.order_by(col(ParkedItem.first_tried_at))))
 
 
 def get_item(session: Session, item_id: uuid.UUID | str) -> ParkedItem:

@@ -11,21 +11,20 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.audit import AuditEvent
-from models.consent import event_key
 from models.cursors import next_seq
 from models.intake_types import Applied
 from models.subject_index import SubjectIndex
 from models.subjects import DataSubject
-from models.types import UTCDateTime, classify
+from models.types import UTCDateTime, classify, event_key
 
 
 class IntakeReceipt(SQLModel, table=True):
     __tablename__ = "intake_receipt"
 
-    # Keyed HMAC of the line's content (``consent.event_key``): nothing personal.
+    # Keyed HMAC of the line's content (``models.types.event_key``): nothing personal.
     dedupe_key: str = Field(primary_key=True, max_length=64)
     kind: str = Field(max_length=40)
     received_at: datetime = Field(sa_type=UTCDateTime)
@@ -39,7 +38,7 @@ def seen(session: Session, keys: Iterable[str]) -> set[str]:
     keys = list(keys)
     if not keys:
         return set()
-    query = select(IntakeReceipt.dedupe_key).where(IntakeReceipt.dedupe_key.in_(keys))  # type: ignore[attr-defined]
+    query = select(IntakeReceipt.dedupe_key).where(col(IntakeReceipt.dedupe_key).in_(keys))
     return set(session.exec(query))
 
 
@@ -79,7 +78,7 @@ class ReceiptStore:
             column = getattr(self.table, self.ref_column)
             rows = self.session.exec(
                 select(self.table, DataSubject.pseudonym)
-                .join(DataSubject, DataSubject.id == self.table.subject_id)  # type: ignore[attr-defined]
+                .join(DataSubject, DataSubject.id == self.table.subject_id)  # type: ignore[attr-defined]  # each store's table has one
                 .where(column.in_(refs))
             )
             for record, pseudonym in rows:

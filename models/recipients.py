@@ -25,12 +25,11 @@ from operator import attrgetter
 
 from sqlalchemy import UniqueConstraint, case, func, null, update
 from sqlalchemy.sql.dml import Insert
-from sqlmodel import Field, Relationship, Session, SQLModel, select
+from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.audit import insert_many
 from models.db import INSERT_BY_DIALECT, skip_locked
 from models.subjects import DataSubject
-
 from models.types import UTCDateTime, classify, new_id
 
 
@@ -53,9 +52,10 @@ class Recipient(SQLModel, table=True):
 
 
 classify(
-    Recipient, pseudonymous=["id", "subject_id", "purpose", "external_id"],
+    Recipient,
+    pseudonymous=["id", "subject_id", "purpose", "external_id"],
     not_personal=["processor", "first_sent_at", "last_sent_at", "confirmed_at", "removed_at"],
-)  # fmt: skip
+)
 
 
 # Ids per statement when selecting or updating by id: bound parameters stay far below
@@ -82,22 +82,23 @@ def record_sent_many(
     # inserts reuse the pages they just read instead of fetching one per row.
     subjects = sorted(sent, key=attrgetter("int"))
     insert_many(
-        session, _upsert(session.get_bind().dialect.name), ("id", "subject_id", "external_id"),
-        list(zip(_ascending_ids(len(subjects)), subjects, map(sent.get, subjects))),
-        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now,
-         "confirmed_at": now},
-    )  # fmt: skip
+        session,
+        _upsert(session.get_bind().dialect.name),
+        ("id", "subject_id", "external_id"),
+        list(zip(_ascending_ids(len(subjects)), subjects, map(sent.get, subjects), strict=True)),
+        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now, "confirmed_at": now},
+    )
 
 
 def record_confirmed_many(
     session: Session, processor: str, purpose: str, subject_ids: Sequence[uuid.UUID], now: datetime
 ) -> None:
-    """"May hold" becomes "holds" for these subjects, whose rows were written ahead
+    """ "May hold" becomes "holds" for these subjects, whose rows were written ahead
     (``record_may_hold_many``): the processor answered for them. Set-based, a statement per
     thousands of subjects, for a processor whose records need no id of ours (CleverReach
     keys a receiver by its address in the group).
     """
-    table = Recipient.__table__  # type: ignore[attr-defined]
+    table = Recipient.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     ordered = sorted(subject_ids, key=attrgetter("int"))  # the index's order: pages read once
     for start in range(0, len(ordered), _CONFIRM_PER_STATEMENT):
         session.connection().execute(
@@ -129,11 +130,12 @@ def record_may_hold_many(
         return
     ordered = sorted(subjects, key=attrgetter("int"))
     insert_many(
-        session, _write_ahead(session.get_bind().dialect.name), ("id", "subject_id", "external_id"),
-        list(zip(_ascending_ids(len(ordered)), ordered, map(subjects.get, ordered))),
-        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now,
-         "confirmed_at": None},
-    )  # fmt: skip
+        session,
+        _write_ahead(session.get_bind().dialect.name),
+        ("id", "subject_id", "external_id"),
+        list(zip(_ascending_ids(len(ordered)), ordered, map(subjects.get, ordered), strict=True)),
+        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now, "confirmed_at": None},
+    )
 
 
 def _ascending_ids(count: int) -> list[uuid.UUID]:
@@ -150,7 +152,7 @@ def _ascending_ids(count: int) -> list[uuid.UUID]:
 @cache
 def _upsert(dialect: str) -> Insert:
     """INSERT … ON CONFLICT (subject, processor, purpose) DO UPDATE, in the dialect's syntax."""
-    table = Recipient.__table__  # type: ignore[attr-defined]
+    table = Recipient.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     statement = INSERT_BY_DIALECT[dialect](table)
     return statement.on_conflict_do_update(
         index_elements=[table.c.subject_id, table.c.processor, table.c.purpose],
@@ -166,7 +168,7 @@ def _upsert(dialect: str) -> Insert:
 @cache
 def _write_ahead(dialect: str) -> Insert:
     """INSERT … ON CONFLICT DO UPDATE that makes a row live without un-confirming it."""
-    table = Recipient.__table__  # type: ignore[attr-defined]
+    table = Recipient.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     statement = INSERT_BY_DIALECT[dialect](table)
     return statement.on_conflict_do_update(
         index_elements=[table.c.subject_id, table.c.processor, table.c.purpose],
@@ -183,12 +185,18 @@ def live_keys(session: Session, processor: str, purpose: str, subject_ids: Seque
     ("may hold" or "holds"): what may be sent there now without writing ahead first."""
     live: set[uuid.UUID] = set()
     for start in range(0, len(subject_ids), _IDS_PER_STATEMENT):
-        live.update(session.connection().execute(select(Recipient.subject_id).where(
-            Recipient.subject_id.in_(subject_ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
-            Recipient.processor == processor,
-            Recipient.purpose == purpose,
-            Recipient.removed_at.is_(None),  # type: ignore[union-attr]
-        )).scalars())  # fmt: skip
+        live.update(
+            session.connection()
+            .execute(
+                select(Recipient.subject_id).where(
+                    col(Recipient.subject_id).in_(subject_ids[start : start + _IDS_PER_STATEMENT]),
+                    Recipient.processor == processor,
+                    Recipient.purpose == purpose,
+                    col(Recipient.removed_at).is_(None),
+                )
+            )
+            .scalars()
+        )
     return live
 
 
@@ -197,9 +205,7 @@ def record_removed(recipient: Recipient, now: datetime) -> None:
     recipient.removed_at = now
 
 
-def record_removed_for(
-    session: Session, subject_id: uuid.UUID, processor: str, purpose: str, now: datetime
-) -> None:
+def record_removed_for(session: Session, subject_id: uuid.UUID, processor: str, purpose: str, now: datetime) -> None:
     """``record_removed`` for the row of this subject, processor and purpose, if there is one."""
     row = session.exec(
         select(Recipient).where(
@@ -215,7 +221,7 @@ def record_removed_for(
 def record_removed_many(session: Session, ids: Iterable[uuid.UUID], now: datetime) -> int:
     """``record_removed`` for many register rows by id, without loading them; returns how many."""
     ids = list(ids)
-    table = Recipient.__table__  # type: ignore[attr-defined]
+    table = Recipient.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
     for start in range(0, len(ids), _IDS_PER_STATEMENT):
         chunk = ids[start : start + _IDS_PER_STATEMENT]
         session.connection().execute(update(table).where(table.c.id.in_(chunk)).values(removed_at=now))
@@ -233,12 +239,12 @@ def live_recipient_ids_among(session: Session, processor: str, purpose: str, sub
     query = (
         select(Recipient.id)
         .where(
-            Recipient.subject_id.in_(subjects),  # type: ignore[attr-defined]
+            col(Recipient.subject_id).in_(subjects),
             Recipient.processor == processor,
             Recipient.purpose == purpose,
-            Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+            col(Recipient.removed_at).is_(None),
         )
-        .order_by(Recipient.id)
+        .order_by(col(Recipient.id))
     )
     return list(session.connection().execute(query).scalars())
 
@@ -255,22 +261,28 @@ def live_recipients(session: Session, processor: str, purpose: str, ids: Sequenc
     found: list = []
     for start in range(0, len(ids), _IDS_PER_STATEMENT):
         query = (
-            select(
-                Recipient.id, Recipient.external_id, Recipient.subject_id, DataSubject.email,
-                DataSubject.pseudonym, Recipient.processor, Recipient.purpose,
-            )  # fmt: skip
+            select(  # type: ignore[call-overload]  # sqlmodel's select is typed for at most 4 columns
+                Recipient.id,
+                Recipient.external_id,
+                Recipient.subject_id,
+                DataSubject.email,
+                DataSubject.pseudonym,
+                Recipient.processor,
+                Recipient.purpose,
+            )
             .join(DataSubject, DataSubject.id == Recipient.subject_id)
             .where(
-                Recipient.id.in_(ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
-                Recipient.removed_at.is_(None),  # type: ignore[union-attr]
+                col(Recipient.id).in_(ids[start : start + _IDS_PER_STATEMENT]),
+                col(Recipient.removed_at).is_(None),
             )
         )
         # Processor and purpose compared here: in the query, they make SQLite read every
         # row of the processor through its index instead of the ids through the key.
         found += [
-            row for row in session.connection().execute(skip_locked(query, Recipient))
+            row
+            for row in session.connection().execute(skip_locked(query, Recipient))
             if (row.processor, row.purpose) == (processor, purpose)
-        ]  # fmt: skip
+        ]
     return sorted(found, key=lambda row: row.id.int)
 
 
@@ -280,10 +292,16 @@ def live_for_other_purposes(
     """The subjects among `subject_ids` the processor still holds for another purpose."""
     held: set[uuid.UUID] = set()
     for start in range(0, len(subject_ids), _IDS_PER_STATEMENT):
-        held.update(session.connection().execute(select(Recipient.subject_id).where(
-            Recipient.subject_id.in_(subject_ids[start : start + _IDS_PER_STATEMENT]),  # type: ignore[attr-defined]
-            Recipient.processor == processor,
-            Recipient.purpose != purpose,
-            Recipient.removed_at.is_(None),  # type: ignore[union-attr]
-        )).scalars())  # fmt: skip
+        held.update(
+            session.connection()
+            .execute(
+                select(Recipient.subject_id).where(
+                    col(Recipient.subject_id).in_(subject_ids[start : start + _IDS_PER_STATEMENT]),
+                    Recipient.processor == processor,
+                    Recipient.purpose != purpose,
+                    col(Recipient.removed_at).is_(None),
+                )
+            )
+            .scalars()
+        )
     return held

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from models.identity import pseudonym
 from models.subjects import DataSubject
@@ -55,16 +55,11 @@ class SubjectIndex:
             pseudonyms = [pseudonym(self.key, "email", e) for e in emails]
             found += self.session.exec(
                 select(DataSubject).where(
-                    DataSubject.email.in_(emails)  # type: ignore[union-attr]
-                    | DataSubject.pseudonym.in_(pseudonyms)  # type: ignore[attr-defined]
+                    col(DataSubject.email).in_(emails) | col(DataSubject.pseudonym).in_(pseudonyms)
                 )
             ).all()
         if kvnrs:
-            found += self.session.exec(
-                select(DataSubject).where(
-                    DataSubject.insurance_number.in_(kvnrs)  # type: ignore[union-attr]
-                )
-            ).all()
+            found += self.session.exec(select(DataSubject).where(col(DataSubject.insurance_number).in_(kvnrs))).all()
         for subject in found:
             self._remember(subject)
         return found

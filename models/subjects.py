@@ -27,12 +27,14 @@ class DataSubject(SQLModel, table=True):
     def erase_personal_data(self, now: datetime) -> None:
         """Drop everything that names the person (every column classified personal); the
         pseudonym stays for the audit trail."""
-        for column in personal_columns(DataSubject.__table__):  # type: ignore[attr-defined]
+        for column in personal_columns(DataSubject.__table__):  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
             setattr(self, column.key, None)
         self.erased_at = now
 
 
 classify(
-    DataSubject, personal=["email", "insurance_number", "salutation", "first_name", "last_name"],
-    pseudonymous=["id", "pseudonym"], not_personal=["created_at", "erased_at"],
-)  # fmt: skip
+    DataSubject,
+    personal=["email", "insurance_number", "salutation", "first_name", "last_name"],
+    pseudonymous=["id", "pseudonym"],
+    not_personal=["created_at", "erased_at"],
+)

@@ -44,27 +44,38 @@ class Processor:
 
 PROCESSORS = (
     Processor(
-        "cleverreach", ("sync-newsletter-consents", "pull-newsletter-unsubscribes", "erasure"),
+        "cleverreach",
+        ("sync-newsletter-consents", "pull-newsletter-unsubscribes", "erasure"),
         ("cleverreach_client_id", "cleverreach_group_newsletter", "cleverreach_group_service_offers"),
         ("cleverreach_client_secret",),
     ),
     Processor(
-        "timify", ("push-bookings", "erasure"),
-        ("timify_app_id", "timify_company_id", "timify_branch_service_id", "timify_video_service_id",
-         "timify_service_points"),
+        "timify",
+        ("push-bookings", "erasure"),
+        (
+            "timify_app_id",
+            "timify_company_id",
+            "timify_branch_service_id",
+            "timify_video_service_id",
+            "timify_service_points",
+        ),
         ("timify_app_secret",),
     ),
     Processor(
-        "flexperto", ("push-bookings (video)", "purge-video-chat-data", "erasure"),
-        ("flexperto_base_url", "flexperto_client_id"), ("flexperto_client_secret",),
+        "flexperto",
+        ("push-bookings (video)", "purge-video-chat-data", "erasure"),
+        ("flexperto_base_url", "flexperto_client_id"),
+        ("flexperto_client_secret",),
     ),
     Processor(
-        "isic", ("forward-student-id-orders", "sync-student-id-order-status", "erasure"),
-        ("isic_base_url", "isic_client_id"), ("isic_client_secret",),
+        "isic",
+        ("forward-student-id-orders", "sync-student-id-order-status", "erasure"),
+        ("isic_base_url", "isic_client_id"),
+        ("isic_client_secret",),
     ),
     Processor("nect", ("erasure",), ("nect_base_url",), ("nect_api_key",)),
     Processor("intake", ("psync serve",), (), ("intake_secret",)),
-)  # fmt: skip
+)
 
 
 def env_name(setting: str) -> str:

@@ -57,10 +57,10 @@ def documents_rotate_key() -> None:
     Set PSYNC_DOCUMENT_KEY=NEW,OLD, run this, then drop OLD. Documents are not rewritten,
     except those stored before data keys existed, which get one now.
     """
+    from core.settings import get_settings
     from models.db import transaction
     from models.documents import DocumentCipher
     from models.isic import rotate_document_keys
-    from psync.settings import get_settings
 
     try:
         cipher = DocumentCipher(get_settings().document_key_bytes())
@@ -101,19 +101,23 @@ def intake(
         return
     if file is None:
         raise typer.BadParameter("give a FILE.jsonl (or --schema)")
+    from core.settings import get_settings
     from models.db import transaction
     from models.types import utcnow
-    from psync.settings import get_settings
 
     settings = get_settings()
     # Binary: a line in the wrong encoding is rejected alone instead of failing the file.
     with file.open("rb") as lines, transaction() as session:
         results = intake_lines(
-            session, settings.hmac_key(), lines, now=utcnow(),
-            service_points=settings.timify_service_points, base_dir=file.resolve().parent,
+            session,
+            settings.hmac_key(),
+            lines,
+            now=utcnow(),
+            service_points=settings.timify_service_points,
+            base_dir=file.resolve().parent,
             document_key=settings.document_key_bytes(),
             max_document_bytes=settings.isic_max_document_bytes,
-        )  # fmt: skip
+        )
     counts = Counter(r.outcome for r in results)
     for r in results:
         if r.outcome == "rejected":
@@ -157,9 +161,9 @@ class ExportFormat(StrEnum):
 def audit_verify() -> None:
     """Check the hash chain, and the trail against the latest anchor (PSYNC_AUDIT_ANCHOR);
     exits 1 and names the first bad row, or the tampering, when it is broken."""
+    from core.settings import get_settings
     from models.audit import latest_anchor, verify_against
     from models.db import transaction
-    from psync.settings import get_settings
 
     settings = get_settings()
     key = settings.hmac_key()
@@ -182,16 +186,18 @@ def audit_verify() -> None:
         typer.echo(f"audit trail intact: {result.checked} rows")
         if not found:
             # On stderr: stdout stays the one line a script reads.
-            typer.echo("no audit anchor configured (PSYNC_AUDIT_ANCHOR): a wiped trail, or one "
-                       "truncated with an older head put back, cannot be told from a younger one", err=True)  # fmt: skip
+            typer.echo(
+                "no audit anchor configured (PSYNC_AUDIT_ANCHOR): a wiped trail, or one "
+                "truncated with an older head put back, cannot be told from a younger one",
+                err=True,
+            )
         elif anchor is None:
             typer.echo("no audit anchor written yet (one is written at the end of each flow run)")
         else:
             typer.echo(f"matches the audit anchor of {anchor.at.isoformat()} ({anchor.rows} rows)")
         return
     where = f" at row {result.bad_id}" if result.bad_id is not None else ""
-    typer.echo(f"audit trail BROKEN{where}: {result.reason} "
-               f"({result.checked} rows verified before it)", err=True)
+    typer.echo(f"audit trail BROKEN{where}: {result.reason} ({result.checked} rows verified before it)", err=True)
     raise typer.Exit(1)
 
 
@@ -221,12 +227,14 @@ def audit_export(
 
 @app.command()
 def check(
-    connect: Annotated[bool, typer.Option("--connect", help="also fetch a token and look the configured ids up")] = False,
+    connect: Annotated[
+        bool, typer.Option("--connect", help="also fetch a token and look the configured ids up")
+    ] = False,
 ) -> None:
     """Per processor: what is configured, what is missing (by variable); exit 2 if a job cannot run."""
+    from core.settings import get_settings
     from psync.check import check as run_check
     from psync.check import render
-    from psync.settings import get_settings
 
     report = run_check(get_settings(), connect=connect)
     typer.echo(render(report))
@@ -264,9 +272,9 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8710,
 ) -> None:
     """Serve the website's signed HTTP intake (POST /v1/events; needs PSYNC_INTAKE_SECRET)."""
+    from core.settings import get_settings
     from psync.serve import DoorConfig
     from psync.serve import serve as serve_door
-    from psync.settings import get_settings
 
     try:
         config = DoorConfig.from_settings(get_settings())

@@ -67,10 +67,19 @@ def request(
 
     if received_at is not None and received_at.tzinfo is None:
         received_at = received_at.replace(tzinfo=BERLIN)  # a date typed in Germany
-    opened = _in_session(lambda s: open_erasure_request(
-        s, email=email, insurance_number=insurance_number, subject_id=subject_id,
-        received_at=received_at, channel=channel.value, reference=reference,
-    ).id)  # fmt: skip
+    opened = _in_session(
+        lambda s: (
+            open_erasure_request(
+                s,
+                email=email,
+                insurance_number=insurance_number,
+                subject_id=subject_id,
+                received_at=received_at,
+                channel=channel.value,
+                reference=reference,
+            ).id
+        )
+    )
     typer.echo(f"request {opened}")
     if fan_out:
         with _clear_errors(), flow_failures_said_once():
@@ -99,9 +108,8 @@ def confirm(
 ) -> None:
     """Confirm a manual processor's erasure with evidence (recorded in the audit trail)."""
     from flows.erasure import confirm_manual
-    from models.types import utcnow
-
     from models.db import scrub_journal
+    from models.types import utcnow
 
     state = _in_session(lambda s: confirm_manual(s, task_id, evidence, utcnow()).state)
     scrub_journal()  # the last confirmation may have erased the controller's copy
@@ -128,11 +136,20 @@ def extend(
     informed_on: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="when the subject was told")],
 ) -> None:
     """Extend the deadline by up to two months (Art. 12(3)); only within the first month."""
+    from core.clock import berlin_today
     from flows.erasure import extend_request
-    from models.bookings import berlin_today
     from models.types import utcnow
 
-    due = _in_session(lambda s: extend_request(
-        s, request_id, months, reason, informed_on.date(), berlin_today(utcnow()),
-    ).due)  # fmt: skip
+    due = _in_session(
+        lambda s: (
+            extend_request(
+                s,
+                request_id,
+                months,
+                reason,
+                informed_on.date(),
+                berlin_today(utcnow()),
+            ).due
+        )
+    )
     typer.echo(f"request {request_id} now due {due.isoformat() if isinstance(due, date) else due}")

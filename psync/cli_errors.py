@@ -63,7 +63,7 @@ class PsyncGroup(TyperGroup):
             with _quiet_prefect_console(debug):
                 code = super().main(
                     args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
-                )  # fmt: skip
+                )
             code = code if isinstance(code, int) else OK
         except Exception as exc:  # noqa: BLE001 - every failure is said in one line
             if debug:
@@ -71,7 +71,10 @@ class PsyncGroup(TyperGroup):
             try:
                 code, lines = describe(exc)
             except Exception:  # noqa: BLE001 - describing must not end in a traceback either
-                code, lines = FAILED, [f"error: unexpected {type(exc).__name__}", "the traceback: run again with --debug"]
+                code, lines = (
+                    FAILED,
+                    [f"error: unexpected {type(exc).__name__}", "the traceback: run again with --debug"],
+                )
             for line in lines[: 1 if debug else 2]:
                 typer.echo(line, err=True)
         finally:
@@ -108,8 +111,10 @@ def describe(exc: BaseException) -> tuple[int, list[str]]:
     if isinstance(exc, ProcessorError) and exc.operation == "configure":
         missing = _missing_settings(exc.processor)
         named = f" ({', '.join(missing)})" if missing else ""
-        return USAGE, [f"error: {exc.processor}: {exc.reason or 'not configured'}{named}",
-                       "hint: psync check names every missing setting"]  # fmt: skip
+        return USAGE, [
+            f"error: {exc.processor}: {exc.reason or 'not configured'}{named}",
+            "hint: psync check names every missing setting",
+        ]
     database = _database_problem(exc)
     if database:
         return database
@@ -134,7 +139,10 @@ def _database_problem(exc: BaseException) -> tuple[int, list[str]] | None:
         return None
     if re.search(r"no such table|relation .* does not exist|UndefinedTable", str(exc.orig)):
         return USAGE, ["error: database: the schema is missing or behind the code", "hint: psync db upgrade"]
-    return FAILED, [f"error: database: {type(exc.orig).__name__}", "the statement and traceback: run again with --debug"]
+    return FAILED, [
+        f"error: database: {type(exc.orig).__name__}",
+        "the statement and traceback: run again with --debug",
+    ]
 
 
 def _invalid_settings(exc: BaseException) -> str:
@@ -158,8 +166,8 @@ def _invalid_settings(exc: BaseException) -> str:
 
 def _missing_settings(processor: str) -> list[str]:
     """The variables `processor`'s connector lacks (its credentials and URL), per ``psync check``."""
+    from core.settings import get_settings
     from psync.check import PROCESSORS, configuration, env_name
-    from psync.settings import get_settings
 
     try:
         settings = get_settings()
@@ -176,7 +184,7 @@ def _missing_settings(processor: str) -> list[str]:
 
 def _debug_setting() -> bool:
     """PSYNC_DEBUG, through the one settings object (false when the settings are broken)."""
-    from psync.settings import get_settings
+    from core.settings import get_settings
 
     try:
         return get_settings().debug

@@ -32,9 +32,21 @@ def list_cmd(job: Annotated[str | None, typer.Option(help="only this job, e.g. p
     from models.types import berlin_text
 
     def rows(session):
-        return [(str(i.id), i.job, i.record_id, i.state, i.processor or "-", i.operation or "-", i.attempts,
-                 berlin_text(i.first_tried_at), berlin_text(i.last_tried_at), i.reason)
-                for i in open_items(session, job)]  # fmt: skip
+        return [
+            (
+                str(i.id),
+                i.job,
+                i.record_id,
+                i.state,
+                i.processor or "-",
+                i.operation or "-",
+                i.attempts,
+                berlin_text(i.first_tried_at),
+                berlin_text(i.last_tried_at),
+                i.reason,
+            )
+            for i in open_items(session, job)
+        ]
 
     found = _in_session(rows)
     if not found:

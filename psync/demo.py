@@ -23,6 +23,7 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+from psync.demo_data import insurance_number, step
 from psync.sandbox_env import sandbox_environment
 
 DEMO_DIR = Path(".psync/demo")
@@ -50,7 +51,7 @@ def _configure(port: int) -> None:
         PSYNC_DOCUMENT_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
         **sandbox_environment(f"http://127.0.0.1:{port}", rate_per_second=200),
     )
-    from psync.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
 
@@ -71,14 +72,6 @@ def _start_sandbox(port: int) -> subprocess.Popen:
             time.sleep(0.2)
     process.terminate()
     raise RuntimeError("the sandbox did not start within 30 s")
-
-
-def insurance_number(rng: random.Random) -> str:
-    """A synthetic health-insurance number with a correct check digit."""
-    from models.identity import insurance_number_valid
-
-    stem = rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + f"{rng.randrange(10**8):08d}"
-    return next(stem + d for d in "0123456789" if insurance_number_valid(stem + d))
 
 
 def synthetic_events(n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -118,19 +111,35 @@ def synthetic_events(n: int, seed: int) -> tuple[list[str], list[str]]:
         signed = now - age
         for list_name in lists:
             emit(
-                type="consent.signup", list=list_name, email=email,
-                salutation=rng.choice(["Frau", "Herr", None]), first_name=first, last_name=last,
-                ip=fake.ipv4_public(), at=signed, source="https://www.example.de/newsletter",
+                type="consent.signup",
+                list=list_name,
+                email=email,
+                salutation=rng.choice(["Frau", "Herr", None]),
+                first_name=first,
+                last_name=last,
+                ip=fake.ipv4_public(),
+                at=signed,
+                source="https://www.example.de/newsletter",
                 policy_version="2026-01",
                 **({"insurance_number": kvnr} if list_name == "service_offers" else {}),
-            )  # fmt: skip
+            )
             if 0.72 <= roll < 0.90:
                 continue  # never confirmed
-            emit(type="consent.confirm", list=list_name, email=email, ip=fake.ipv4_public(),
-                 at=signed + timedelta(minutes=rng.randrange(1, 60)))  # fmt: skip
+            emit(
+                type="consent.confirm",
+                list=list_name,
+                email=email,
+                ip=fake.ipv4_public(),
+                at=signed + timedelta(minutes=rng.randrange(1, 60)),
+            )
             if 0.90 <= roll < 0.97 and list_name == lists[0]:
-                emit(type="consent.withdraw", list=list_name, email=email,
-                     channel=rng.choice(["email", "portal"]), at=now - timedelta(minutes=1))  # fmt: skip
+                emit(
+                    type="consent.withdraw",
+                    list=list_name,
+                    email=email,
+                    channel=rng.choice(["email", "portal"]),
+                    at=now - timedelta(minutes=1),
+                )
             elif list_name == "newsletter" and rng.random() < 0.04:
                 unsubscribers.append(email)
     return lines, unsubscribers
@@ -153,15 +162,15 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
     import requests
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    from core.settings import get_settings
     from flows import newsletter
     from models.db import transaction
-    from psync.demo_bookings import run_bookings
-    from psync.demo_erasure import run_erasures
-    from psync.demo_isic import run_student_ids
     from models.intake import intake_lines
     from models.migrate import upgrade
     from models.types import utcnow
-    from psync.settings import get_settings
+    from psync.demo_bookings import run_bookings
+    from psync.demo_erasure import run_erasures
+    from psync.demo_isic import run_student_ids
 
     key = get_settings().hmac_key()
     base = f"http://127.0.0.1:{port}"
@@ -170,8 +179,10 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
     (DEMO_DIR / "events.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with transaction() as session:
         results = intake_lines(session, key, lines, now=utcnow())
-    print(f"intake      {len(lines)} events from {subjects} synthetic subjects: "
-          f"{dict(Counter(r.outcome for r in results))}")  # fmt: skip
+    print(
+        f"intake      {len(lines)} events from {subjects} synthetic subjects: "
+        f"{dict(Counter(r.outcome for r in results))}"
+    )
 
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         step("sync", newsletter.sync_newsletter_consents())
@@ -190,18 +201,16 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
         print()
         erased_ok = run_erasures(base, key, DEMO_DIR / "erasure")
     ok = _summary(base, key) and bookings_ok and orders_ok and erased_ok
-    print(f"\n{'OK' if ok else 'MISMATCH'}: demo finished in {time.monotonic() - started:.1f} s "
-          f"(database {DEMO_DIR / 'psync.db'}, events {DEMO_DIR / 'events.jsonl'})")  # fmt: skip
+    print(
+        f"\n{'OK' if ok else 'MISMATCH'}: demo finished in {time.monotonic() - started:.1f} s "
+        f"(database {DEMO_DIR / 'psync.db'}, events {DEMO_DIR / 'events.jsonl'})"
+    )
     return 0 if ok else 1
-
-
-def step(name: str, counts: dict) -> None:
-    print(f"{name:<11} {counts or 'nothing to do'}")
 
 
 def _summary(base: str, key: bytes) -> bool:
     import requests
-    from sqlmodel import func, select
+    from sqlmodel import col, func, select
 
     from models.audit import verify
     from models.consent import ConsentRecord, ConsentState
@@ -223,19 +232,23 @@ def _summary(base: str, key: bytes) -> bool:
             confirmed = set(
                 session.exec(
                     select(DataSubject.email)
-                    .join(ConsentRecord, ConsentRecord.subject_id == DataSubject.id)
-                    .where(ConsentRecord.list_name == list_name,
-                           ConsentRecord.state == ConsentState.confirmed)
+                    .join(ConsentRecord, col(ConsentRecord.subject_id) == col(DataSubject.id))
+                    .where(ConsentRecord.list_name == list_name, ConsentRecord.state == ConsentState.confirmed)
                 ).all()
-            )  # fmt: skip
+            )
             receivers = state["groups"][group]["receivers"]
             active = {e for e, r in receivers.items() if r["active"]}
-            print(f"{list_name:<15} {by_state.get('confirmed', 0):>16} {by_state.get('pending', 0):>7} "
-                  f"{by_state.get('withdrawn', 0):>9} {by_state.get('expired', 0):>7} | "
-                  f"{len(active):>18} {len(receivers) - len(active):>8}")  # fmt: skip
+            print(
+                f"{list_name:<15} {by_state.get('confirmed', 0):>16} {by_state.get('pending', 0):>7} "
+                f"{by_state.get('withdrawn', 0):>9} {by_state.get('expired', 0):>7} | "
+                f"{len(active):>18} {len(receivers) - len(active):>8}"
+            )
             ok &= active == confirmed and len(receivers) == len(active)
         result = verify(session, key)
-    print(f"\naudit trail {'verified' if result.ok else 'BROKEN'}: {result.checked} rows, hash chain intact"
-          if result.ok else f"\naudit trail BROKEN at row {result.bad_id}: {result.reason}")  # fmt: skip
+    print(
+        f"\naudit trail {'verified' if result.ok else 'BROKEN'}: {result.checked} rows, hash chain intact"
+        if result.ok
+        else f"\naudit trail BROKEN at row {result.bad_id}: {result.reason}"
+    )
     print("local confirmed == CleverReach active, nothing else held there:", "yes" if ok else "NO")
     return ok and result.ok

@@ -22,7 +22,7 @@ def synthetic_bookings(n: int, seed: int, now: datetime) -> tuple[list[str], lis
     from faker import Faker
 
     from models.bookings import BERLIN
-    from psync.demo import insurance_number
+    from psync.demo_data import insurance_number
 
     fake, rng = Faker("de_DE"), random.Random(seed)
     Faker.seed(seed)
@@ -37,14 +37,18 @@ def synthetic_bookings(n: int, seed: int, now: datetime) -> tuple[list[str], lis
     for i in range(n):
         video = rng.random() < 0.35
         event = {
-            "type": "booking.request", "booking_id": f"DEMO-{i:05d}",
-            "channel": "video" if video else "branch", "start": start(rng.randrange(1, 15)),
+            "type": "booking.request",
+            "booking_id": f"DEMO-{i:05d}",
+            "channel": "video" if video else "branch",
+            "start": start(rng.randrange(1, 15)),
             "duration_minutes": rng.choice([15, 30, 45, 60]),
             "salutation": rng.choice(["Frau", "Herr", "divers"]),
-            "first_name": fake.first_name(), "last_name": fake.last_name(),
-            "phone": f"+49 170 {rng.randrange(10**6, 10**7)}", "email": f"kunde.{i}@example.de",
+            "first_name": fake.first_name(),
+            "last_name": fake.last_name(),
+            "phone": f"+49 170 {rng.randrange(10**6, 10**7)}",
+            "email": f"kunde.{i}@example.de",
             "at": now.isoformat(),
-        }  # fmt: skip
+        }
         if not video:
             event["service_point"] = rng.choice(sorted(SERVICE_POINTS))
         # Seed 001: the insurance number or the birth date, whichever the customer gave.
@@ -57,11 +61,20 @@ def synthetic_bookings(n: int, seed: int, now: datetime) -> tuple[list[str], lis
         requests_.append(json.dumps(event, ensure_ascii=False))
         roll = rng.random()
         if roll < 0.15:
-            changes.append(json.dumps({"type": "booking.reschedule", "booking_id": event["booking_id"],
-                                       "start": start(rng.randrange(1, 15)), "at": now.isoformat()}))  # fmt: skip
+            changes.append(
+                json.dumps(
+                    {
+                        "type": "booking.reschedule",
+                        "booking_id": event["booking_id"],
+                        "start": start(rng.randrange(1, 15)),
+                        "at": now.isoformat(),
+                    }
+                )
+            )
         elif roll < 0.25:
-            changes.append(json.dumps({"type": "booking.cancel", "booking_id": event["booking_id"],
-                                       "at": now.isoformat()}))  # fmt: skip
+            changes.append(
+                json.dumps({"type": "booking.cancel", "booking_id": event["booking_id"], "at": now.isoformat()})
+            )
     return requests_, changes
 
 
@@ -69,13 +82,13 @@ def run_bookings(base: str, key: bytes, n: int, seed: int) -> bool:
     """Intake, push, change, push, chats, purge; prints each step; True when both sides agree."""
     import requests
 
+    from core.clock import berlin_today
+    from core.settings import get_settings
     from flows import bookings
-    from models.bookings import berlin_today
     from models.db import transaction
     from models.intake import intake_lines
     from models.types import utcnow
-    from psync.demo import step
-    from psync.settings import get_settings
+    from psync.demo_data import step
 
     now = utcnow()
     service_points = get_settings().timify_service_points
@@ -88,8 +101,9 @@ def run_bookings(base: str, key: bytes, n: int, seed: int) -> bool:
 
     state = requests.get(f"{base}/_sandbox/state", timeout=30).json()
     for customer_id in state["flexperto"]["customers"]:  # every video consultation took place
-        requests.post(f"{base}/_sandbox/flexperto/chats",
-                      json={"customer_id": customer_id, "at": now.isoformat()}, timeout=5)  # fmt: skip
+        requests.post(
+            f"{base}/_sandbox/flexperto/chats", json={"customer_id": customer_id, "at": now.isoformat()}, timeout=5
+        )
     print(f"sandbox     {len(state['flexperto']['customers'])} video chats held at Flexperto")
     today = berlin_today(now)  # the Berlin calendar day the purge dates count in
     step("purge now", bookings.purge_video_chat_data(as_of=today))
@@ -110,9 +124,11 @@ def _agree(base: str) -> bool:
     at_timify = {a["externalId"] for a in state["timify"]["appointments"].values()}
     doubles = [k for k, v in state["timify"]["creates"]["appointments"].items() if v > 1]
     flexperto = state["flexperto"]
-    print(f"bookings    local active {len(active)} | TIMIFY appointments {len(at_timify)}, "
-          f"customers {len(state['timify']['customers'])}, created twice {len(doubles)} | "
-          f"Flexperto customers {len(flexperto['customers'])}, archives {len(flexperto['archives'])}")  # fmt: skip
+    print(
+        f"bookings    local active {len(active)} | TIMIFY appointments {len(at_timify)}, "
+        f"customers {len(state['timify']['customers'])}, created twice {len(doubles)} | "
+        f"Flexperto customers {len(flexperto['customers'])}, archives {len(flexperto['archives'])}"
+    )
     ok = active == at_timify and not doubles and not flexperto["customers"] and not flexperto["archives"]
     print("local active bookings == TIMIFY appointments, chats purged:", "yes" if ok else "NO")
     return ok

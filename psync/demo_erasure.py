@@ -12,8 +12,10 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlmodel import col
+
 from models.types import BERLIN
-from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES
+from psync.demo_data import JPEG_BYTES, PDF_BYTES, PNG_BYTES, step
 
 PEOPLE = [
     ("loesch.eins@example.de", "Greta", "Löschmann", "+49 170 5550111", "DE02120300000000202051"),
@@ -28,40 +30,88 @@ def _lines(i: int, email: str, first: str, last: str, phone: str, iban: str, now
     start = datetime(day.year, day.month, day.day, 10, 0, tzinfo=BERLIN)  # Berlin wall clock, as the website sends it
     name = {"first_name": first, "last_name": last}
     return [
-        {"type": "consent.signup", "list": "newsletter", "email": email, "salutation": "Frau", **name,
-         "ip": "192.0.2.50", "at": at, "source": "https://www.example.de/newsletter", "policy_version": "2026-01"},
-        {"type": "consent.confirm", "list": "newsletter", "email": email, "ip": "192.0.2.51",
-         "at": (now - timedelta(hours=2)).isoformat()},
-        {"type": "booking.request", "booking_id": f"ERASE-V{i}", "channel": "video", "start": start.isoformat(),
-         "duration_minutes": 30, "salutation": "divers", **name, "phone": phone, "email": email,
-         "birth_date": "2003-05-17", "at": at},
-        {"type": "isic.order", "order_id": f"ERASE-I{i}", **name, "birth_date": "2003-05-17", "email": email,
-         "postal_code": "20095", "iban": iban, "institution": "Universität Hamburg", "at": at,
-         "documents": {"student_proof": "erase-nachweis.pdf", "id_copy": "erase-ausweis.png", "photo": "erase-foto.jpg"}},
-    ]  # fmt: skip
+        {
+            "type": "consent.signup",
+            "list": "newsletter",
+            "email": email,
+            "salutation": "Frau",
+            **name,
+            "ip": "192.0.2.50",
+            "at": at,
+            "source": "https://www.example.de/newsletter",
+            "policy_version": "2026-01",
+        },
+        {
+            "type": "consent.confirm",
+            "list": "newsletter",
+            "email": email,
+            "ip": "192.0.2.51",
+            "at": (now - timedelta(hours=2)).isoformat(),
+        },
+        {
+            "type": "booking.request",
+            "booking_id": f"ERASE-V{i}",
+            "channel": "video",
+            "start": start.isoformat(),
+            "duration_minutes": 30,
+            "salutation": "divers",
+            **name,
+            "phone": phone,
+            "email": email,
+            "birth_date": "2003-05-17",
+            "at": at,
+        },
+        {
+            "type": "isic.order",
+            "order_id": f"ERASE-I{i}",
+            **name,
+            "birth_date": "2003-05-17",
+            "email": email,
+            "postal_code": "20095",
+            "iban": iban,
+            "institution": "Universität Hamburg",
+            "at": at,
+            "documents": {
+                "student_proof": "erase-nachweis.pdf",
+                "id_copy": "erase-ausweis.png",
+                "photo": "erase-foto.jpg",
+            },
+        },
+    ]
 
 
-def seed_everywhere(base: str, key: bytes, folder: Path, people=PEOPLE) -> None:
+def seed_everywhere(base: str, key: bytes, folder: Path, people: list[tuple[str, str, str, str, str]] = PEOPLE) -> None:
     """Put `people` at all five processors through the real intake and flows."""
     import requests
     from sqlmodel import select
 
     from connectors import nect
+    from core.settings import get_settings
     from flows import bookings, newsletter, student_id
     from models.db import transaction
     from models.intake import intake_lines
     from models.subjects import DataSubject
     from models.types import utcnow
-    from psync.settings import get_settings
 
     settings, now = get_settings(), utcnow()
     folder.mkdir(parents=True, exist_ok=True)
-    for name, data in (("erase-nachweis.pdf", PDF_BYTES), ("erase-ausweis.png", PNG_BYTES), ("erase-foto.jpg", JPEG_BYTES)):
+    for name, data in (
+        ("erase-nachweis.pdf", PDF_BYTES),
+        ("erase-ausweis.png", PNG_BYTES),
+        ("erase-foto.jpg", JPEG_BYTES),
+    ):
         (folder / name).write_bytes(data)
     lines = [json.dumps(e, ensure_ascii=False) for i, p in enumerate(people) for e in _lines(i, *p, now)]
     with transaction() as session:
-        intake_lines(session, key, lines, now=now, service_points=settings.timify_service_points,
-                     base_dir=folder, document_key=settings.document_key_bytes())  # fmt: skip
+        intake_lines(
+            session,
+            key,
+            lines,
+            now=now,
+            service_points=settings.timify_service_points,
+            base_dir=folder,
+            document_key=settings.document_key_bytes(),
+        )
     newsletter.sync_newsletter_consents()
     bookings.push_bookings()
     student_id.forward_student_id_orders()
@@ -69,11 +119,20 @@ def seed_everywhere(base: str, key: bytes, folder: Path, people=PEOPLE) -> None:
     student_id.sync_student_id_order_status()
     client = nect.from_settings(settings)
     with transaction() as session:
-        subjects = session.exec(select(DataSubject).where(DataSubject.email.in_([p[0] for p in people]))).all()  # type: ignore[union-attr]
+        subjects = session.exec(select(DataSubject).where(col(DataSubject.email).in_([p[0] for p in people]))).all()
         # The portal identifies each at Nect, which gets only the pseudonym (seed 002, 5.4.2),
         # and hands the case over as an intake line; the register then names Nect.
-        cases = [json.dumps({"type": "ident.case", "email": s.email, "case_id": client.open_case(s.pseudonym),
-                             "at": now.isoformat()}) for s in subjects]  # fmt: skip
+        cases = [
+            json.dumps(
+                {
+                    "type": "ident.case",
+                    "email": s.email,
+                    "case_id": client.open_case(s.pseudonym),
+                    "at": now.isoformat(),
+                }
+            )
+            for s in subjects
+        ]
         results = intake_lines(session, key, cases, now=now)
     assert {r.outcome for r in results} == {"stored"}, [r.reason for r in results]
 
@@ -84,7 +143,6 @@ def run_erasures(base: str, key: bytes, folder: Path) -> bool:
 
     from flows.erasure import fan_out_erasure, follow_up_erasures, open_erasure_request, render_markdown, report
     from models.db import transaction
-    from psync.demo import step
 
     seed_everywhere(base, key, folder)
     print(f"scene       {len(PEOPLE)} people at CleverReach, TIMIFY, Flexperto, the ISIC issuer and Nect")
@@ -92,10 +150,12 @@ def run_erasures(base: str, key: bytes, folder: Path) -> bool:
     request_ids = []
     for email, *_ in PEOPLE:
         with transaction() as session:
-            request_ids.append(open_erasure_request(session, email=email, channel="letter", reference="Demo-Löschung").id)
+            request_ids.append(
+                open_erasure_request(session, email=email, channel="letter", reference="Demo-Löschung").id
+            )
         try:
-            step("erase", fan_out_erasure(request_id=request_ids[-1]))
-        except Exception as exc:  # a processor still open is visible, and followed up below
+            step("erase", fan_out_erasure(request_id=str(request_ids[-1])))
+        except Exception as exc:  # noqa: BLE001 - a processor still open is visible, and followed up below
             print(f"erase       run failed visibly: {type(exc).__name__}")
     step("follow-up", follow_up_erasures())
     with transaction() as session:

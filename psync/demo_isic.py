@@ -12,10 +12,9 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
-# The smallest files each type check accepts: what the first bytes say is what counts.
-PDF_BYTES = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
-JPEG_BYTES = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"
-PNG_BYTES = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00"
+from sqlmodel import col
+
+from psync.demo_data import JPEG_BYTES, PDF_BYTES, PNG_BYTES, step
 
 
 def synthetic_orders(n: int, seed: int, folder: Path) -> tuple[list[str], list[str], list[str]]:
@@ -32,20 +31,36 @@ def synthetic_orders(n: int, seed: int, folder: Path) -> tuple[list[str], list[s
     for i in range(n):
         ref = f"ISIC-{i:04d}"
         # Unique per order, so a name in a file name would be possible: we use the order id.
-        for name, data in ((f"{ref}-nachweis.pdf", PDF_BYTES), (f"{ref}-ausweis.png", PNG_BYTES),
-                           (f"{ref}-foto.jpg", JPEG_BYTES + ref.encode())):  # fmt: skip
+        for name, data in (
+            (f"{ref}-nachweis.pdf", PDF_BYTES),
+            (f"{ref}-ausweis.png", PNG_BYTES),
+            (f"{ref}-foto.jpg", JPEG_BYTES + ref.encode()),
+        ):
             (folder / name).write_bytes(data)
-        orders.append(json.dumps({
-            "type": "isic.order", "order_id": ref, "first_name": fake.first_name(),
-            "last_name": fake.last_name(), "email": f"student.{i}@example.de",
-            "birth_date": fake.date_of_birth(minimum_age=17, maximum_age=28).isoformat(),
-            "postal_code": fake.postcode(), "iban": fake.iban(),
-            "institution": rng.choice(["TU Berlin", "LMU München", "Universität Hamburg", "Gymnasium Altona"]),
-            "student_status": rng.choice(["student", "student", "pupil"]),
-            "phone_password": fake.password(length=10), "at": now.isoformat(),
-            "documents": {"student_proof": f"{ref}-nachweis.pdf", "id_copy": f"{ref}-ausweis.png",
-                          "photo": f"{ref}-foto.jpg"},
-        }, ensure_ascii=False))  # fmt: skip
+        orders.append(
+            json.dumps(
+                {
+                    "type": "isic.order",
+                    "order_id": ref,
+                    "first_name": fake.first_name(),
+                    "last_name": fake.last_name(),
+                    "email": f"student.{i}@example.de",
+                    "birth_date": fake.date_of_birth(minimum_age=17, maximum_age=28).isoformat(),
+                    "postal_code": fake.postcode(),
+                    "iban": fake.iban(),
+                    "institution": rng.choice(["TU Berlin", "LMU München", "Universität Hamburg", "Gymnasium Altona"]),
+                    "student_status": rng.choice(["student", "student", "pupil"]),
+                    "phone_password": fake.password(length=10),
+                    "at": now.isoformat(),
+                    "documents": {
+                        "student_proof": f"{ref}-nachweis.pdf",
+                        "id_copy": f"{ref}-ausweis.png",
+                        "photo": f"{ref}-foto.jpg",
+                    },
+                },
+                ensure_ascii=False,
+            )
+        )
         roll = rng.random()
         cancel = json.dumps({"type": "isic.cancel", "order_id": ref, "at": now.isoformat()})
         if roll < 0.1:
@@ -59,13 +74,12 @@ def run_student_ids(base: str, key: bytes, folder: Path, n: int, seed: int) -> b
     """Intake, forward, issue, cancel, follow, purge; True when both sides agree."""
     import requests
 
+    from core.clock import berlin_today
+    from core.settings import get_settings
     from flows import student_id
     from models.db import transaction
     from models.intake import intake_lines
-    from models.bookings import berlin_today
     from models.types import utcnow
-    from psync.demo import step
-    from psync.settings import get_settings
 
     settings = get_settings()
     orders, early, late = synthetic_orders(n, seed, folder)
@@ -73,9 +87,13 @@ def run_student_ids(base: str, key: bytes, folder: Path, n: int, seed: int) -> b
     def take_in(lines: list[str], what: str) -> None:
         with transaction() as session:
             results = intake_lines(
-                session, key, lines, now=utcnow(), base_dir=folder,
+                session,
+                key,
+                lines,
+                now=utcnow(),
+                base_dir=folder,
                 document_key=settings.document_key_bytes(),
-            )  # fmt: skip
+            )
         print(f"intake      {len(lines)} {what}: {dict(Counter(r.outcome for r in results))}")
 
     take_in(orders + early, "student-ID orders and early cancellations")
@@ -107,12 +125,14 @@ def _agree(base: str) -> bool:
         kept = set(session.exec(select(IsicOrder.order_ref).where(IsicOrder.status != OrderStatus.cancelled)))
         documents = session.exec(select(func.count()).select_from(IsicDocument)).one()
         cancelled_with_data = session.exec(
-            select(func.count()).where(IsicOrder.status == OrderStatus.cancelled, IsicOrder.iban.is_not(None))  # type: ignore[union-attr]
+            select(func.count()).where(IsicOrder.status == OrderStatus.cancelled, col(IsicOrder.iban).is_not(None))
         ).one()
     doubles = [k for k, v in state["creates"]["cards"].items() if v > 1]
-    print(f"student-ID  local orders kept {len(kept)} | issuer cardholders {len(state['cardholders'])}, "
-          f"cards created twice {len(doubles)} | documents left here {documents}, "
-          f"cancelled orders with data {cancelled_with_data}")  # fmt: skip
+    print(
+        f"student-ID  local orders kept {len(kept)} | issuer cardholders {len(state['cardholders'])}, "
+        f"cards created twice {len(doubles)} | documents left here {documents}, "
+        f"cancelled orders with data {cancelled_with_data}"
+    )
     ok = kept == set(state["cardholders"]) and not doubles and documents == 0 and cancelled_with_data == 0
     print("issuer holds exactly the kept orders, documents purged, cancellations erased:", "yes" if ok else "NO")
     return ok

@@ -98,13 +98,17 @@ class DoorConfig:
         if not secret:
             raise ValueError("intake: shared secret not configured (PSYNC_INTAKE_SECRET)")
         return cls(
-            secret=secret.encode(), key=settings.hmac_key(), document_key=settings.document_key_bytes(),
+            secret=secret.encode(),
+            key=settings.hmac_key(),
+            document_key=settings.document_key_bytes(),
             service_points=frozenset(settings.timify_service_points),
             max_document_bytes=settings.isic_max_document_bytes,
-            max_body_bytes=settings.intake_max_body_bytes, max_skew_seconds=settings.intake_max_skew_seconds,
-            rate_per_second=settings.intake_rate_per_second, rate_burst=settings.intake_rate_burst,
+            max_body_bytes=settings.intake_max_body_bytes,
+            max_skew_seconds=settings.intake_max_skew_seconds,
+            rate_per_second=settings.intake_rate_per_second,
+            rate_burst=settings.intake_rate_burst,
             clock=clock or utcnow,
-        )  # fmt: skip
+        )
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -197,17 +201,32 @@ def create_app(config: DoorConfig) -> FastAPI:
         try:
             with get_engine().connect() as connection:
                 connection.execute(text("SELECT 1"))
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever the database's failure, health says unavailable
             return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.post(
         "/v1/events",
         summary="Hand over one event or an array of up to 1,000",
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "oneOf": [{"$ref": "#/components/schemas/IntakeEvent"},
-                      {"type": "array", "maxItems": MAX_EVENTS, "items": {"$ref": "#/components/schemas/IntakeEvent"}}],
-        }}}}},  # fmt: skip
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/IntakeEvent"},
+                                {
+                                    "type": "array",
+                                    "maxItems": MAX_EVENTS,
+                                    "items": {"$ref": "#/components/schemas/IntakeEvent"},
+                                },
+                            ],
+                        }
+                    }
+                },
+            }
+        },
         responses={
             200: {"description": "One result per event, in order: stored, unchanged, duplicate or rejected"},
             400: {"description": "The body is not a JSON object or array"},
@@ -229,10 +248,14 @@ def create_app(config: DoorConfig) -> FastAPI:
         except _Refused as exc:
             return _refuse(exc)
         results = await run_in_threadpool(_store, config, intake_lock, events)
-        return JSONResponse({
-            "results": results,
-            "counts": {k: sum(r["result"] == k for r in results) for k in ("stored", "unchanged", "duplicate", "rejected")},
-        })  # fmt: skip
+        return JSONResponse(
+            {
+                "results": results,
+                "counts": {
+                    k: sum(r["result"] == k for r in results) for k in ("stored", "unchanged", "duplicate", "rejected")
+                },
+            }
+        )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -254,8 +277,12 @@ def _event_schemas() -> dict[str, Any]:
     schema = EVENT_ADAPTER.json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
     components = schema.pop("$defs", {})
     components["IntakeEvent"] = schema
-    inline = {"type": "object", "required": ["base64"], "additionalProperties": False,
-              "properties": {"base64": {"type": "string", "contentEncoding": "base64"}}}  # fmt: skip
+    inline = {
+        "type": "object",
+        "required": ["base64"],
+        "additionalProperties": False,
+        "properties": {"base64": {"type": "string", "contentEncoding": "base64"}},
+    }
     if "Documents" in components:
         components["Documents"]["description"] = "Each document inline, base64-encoded (paths are refused over HTTP)"
         for name in components["Documents"].get("properties", {}):
@@ -320,7 +347,9 @@ def _store(config: DoorConfig, lock: threading.Lock, events: list[Any]) -> list[
     from models.intake import intake_lines
 
     shm = Path("/dev/shm")
-    folder = Path(tempfile.mkdtemp(prefix="psync-intake-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None))
+    folder = Path(
+        tempfile.mkdtemp(prefix="psync-intake-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None)
+    )
     try:
         results: dict[int, dict[str, Any]] = {}
         lines: list[str] = []
@@ -335,10 +364,15 @@ def _store(config: DoorConfig, lock: threading.Lock, events: list[Any]) -> list[
             try:
                 with lock, transaction() as session:
                     stored = intake_lines(
-                        session, config.key, lines, now=config.clock(), service_points=config.service_points,
-                        base_dir=folder, document_key=config.document_key,
+                        session,
+                        config.key,
+                        lines,
+                        now=config.clock(),
+                        service_points=config.service_points,
+                        base_dir=folder,
+                        document_key=config.document_key,
                         max_document_bytes=config.max_document_bytes,
-                    )  # fmt: skip
+                    )
                 break
             except IntegrityError:
                 # Another server process stored one of these events meanwhile; a second try

@@ -127,9 +127,14 @@ class Stack:
         # A session of its own: `down` stops the process and whatever it started
         # (the worker's flow-run processes, the server's services).
         process = subprocess.Popen(
-            command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            command,
+            cwd=self.root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         self._children[name] = process
         pids = self._pids()
@@ -172,7 +177,7 @@ def _intake_secret_configured(env: Mapping[str, str]) -> bool:
     """Whether the door has a secret from the environment or the .env file."""
     if env.get("PSYNC_INTAKE_SECRET") or env.get("PSYNC_INTAKE_SECRET_BLOCK"):
         return True
-    from psync.settings import Settings
+    from core.settings import Settings
 
     configured = Settings()
     return bool(configured.intake_secret or configured.intake_secret_block)

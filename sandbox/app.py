@@ -86,13 +86,15 @@ class RequestLog:
 
     def add(self, scope: Scope) -> None:
         self.total += 1
-        self.entries.append({
-            "method": scope["method"],
-            "path": scope["path"],
-            "raw_path": (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
-            "query": scope["query_string"].decode("latin-1"),
-            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
-        })  # fmt: skip
+        self.entries.append(
+            {
+                "method": scope["method"],
+                "path": scope["path"],
+                "raw_path": (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
+                "query": scope["query_string"].decode("latin-1"),
+                "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+            }
+        )
 
     def reset(self) -> None:
         self.entries.clear()

@@ -13,6 +13,7 @@ rebuilt after the group changed.
 from __future__ import annotations
 
 import time
+from typing import TypeGuard, cast
 
 from sandbox.common import TokenStore
 from sandbox.errors import ApiError
@@ -38,7 +39,7 @@ def now() -> int:
     return int(time.time())
 
 
-def is_plausible_email(value: object) -> bool:
+def is_plausible_email(value: object) -> TypeGuard[str]:
     """Exactly one ``@`` with non-empty local and domain parts."""
     if not isinstance(value, str):
         return False
@@ -49,7 +50,7 @@ def is_plausible_email(value: object) -> bool:
 class Group:
     """One receiver group: its public object plus its receivers."""
 
-    __slots__ = ("data", "receivers", "ids", "_version", "_key_cache")
+    __slots__ = ("_key_cache", "_version", "data", "ids", "receivers")
 
     def __init__(self, gid: str, name: str, stamp: int) -> None:
         self.data = {
@@ -72,7 +73,7 @@ class Group:
     @property
     def gid(self) -> str:
         """The group's id (a string, as in the real API)."""
-        return self.data["id"]
+        return cast(str, self.data["id"])
 
     def touched(self) -> None:
         """Record a change: bumps last_changed and invalidates paging caches."""
@@ -186,7 +187,7 @@ def _timestamp(value: object, field: str, index: int) -> int:
     if isinstance(value, bool):
         raise ApiError(400, f"Bad Request: {field} must be a Unix timestamp in item {index}")
     try:
-        stamp = int(value)  # type: ignore[arg-type]
+        stamp = int(value)  # type: ignore[call-overload]  # any JSON value; what int() refuses is answered below
     except (TypeError, ValueError):
         raise ApiError(400, f"Bad Request: {field} must be a Unix timestamp in item {index}") from None
     if stamp < 0:
@@ -435,8 +436,7 @@ class CleverReachState:
         """
         return {
             "groups": {
-                gid: {"name": group.data["name"], "receivers": group.receivers}
-                for gid, group in self.groups.items()
+                gid: {"name": group.data["name"], "receivers": group.receivers} for gid, group in self.groups.items()
             },
             "attributes": self.list_attributes(),
             "calls": self.calls,

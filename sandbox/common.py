@@ -47,6 +47,8 @@ def counted_as(template: str) -> str:
     '/v3/groups/{gid}/receivers/{email_or_id}/deactivate'
     """
     return _CONVERTOR.sub(r"{\1}", template)
+
+
 # Builds the 400 a processor raises for a malformed request, from a message.
 BadRequest = Callable[[str], Exception]
 

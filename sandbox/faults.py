@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 # Order matters: kinds are drawn with rng.choice over this tuple, so changing
 # it changes which fault a given seed produces.
@@ -73,9 +74,10 @@ class FaultInjector:
         unknown = set(changes) - {"fault_rate", "latency_ms", "seed", "kinds"}
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}")
-        rate = self.fault_rate
-        latency = self.latency_ms
-        seed = self.seed
+        # Untyped JSON until checked below.
+        rate: Any = self.fault_rate
+        latency: Any = self.latency_ms
+        seed: Any = self.seed
         kinds = self.kinds
         if "fault_rate" in changes:
             rate = changes["fault_rate"]
@@ -113,7 +115,7 @@ class FaultInjector:
     def reset(self) -> None:
         """Zero the counters and re-seed the RNG with the configured seed."""
         with self._lock:
-            self.counts = {kind: 0 for kind in FAULT_KINDS}
+            self.counts = dict.fromkeys(FAULT_KINDS, 0)
             self._rng.seed(self.seed)
 
     def decide(self) -> str | None:

@@ -44,7 +44,6 @@ from sandbox.common import (
 )
 from sandbox.flexperto_state import FlexpertoError, FlexpertoState, flexperto_error_response
 
-
 _json_body = partial(json_body, bad_request=partial(FlexpertoError, 400))
 
 
@@ -92,6 +91,7 @@ class Flexperto(Processor):
         async def delete_customer(request: Request) -> object:
             """Delete a customer (not its archives)."""
             s.delete_customer(request.path_params["id"])
+            return None
 
         async def find_archives(request: Request) -> object:
             """Archives, filtered by ``customer_id``."""
@@ -104,6 +104,7 @@ class Flexperto(Processor):
         async def delete_archive(request: Request) -> object:
             """Delete one archive."""
             s.delete_archive(request.path_params["id"])
+            return None
 
         add("POST", "/api/v2/oauth/token", token, auth=False)
         add("POST", "/api/v2/customers", create_customer, status=201)

@@ -50,6 +50,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import collapse_rfc2231_value
+from typing import Any
 
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
@@ -103,10 +104,10 @@ def parse_form(body: bytes, content_type: str) -> dict[str, str | FilePart]:
             if not colon:
                 raise ApiError(400, "malformed multipart part header")
             part[name.strip()] = value.strip()
-        name = part.get_param("name", header="content-disposition")
-        if name is None:
+        param = part.get_param("name", header="content-disposition")
+        if param is None:
             raise ApiError(400, "multipart part without a name")
-        name = collapse_rfc2231_value(name)
+        name = collapse_rfc2231_value(param)
         if part.get_param("filename", header="content-disposition") is not None:
             declared = part.get_content_type() if part["content-type"] else None
             fields[name] = FilePart(declared, data)
@@ -120,7 +121,8 @@ async def _photo_form(request: Request) -> dict:
     unknown = sorted(set(fields) - FORM_FIELDS)
     if unknown:
         raise ApiError(400, f"unknown fields: {', '.join(unknown)}")
-    if not isinstance(fields.get("cardholderId"), str) or not fields["cardholderId"].strip():
+    holder = fields.get("cardholderId")
+    if not isinstance(holder, str) or not holder.strip():
         raise ApiError(400, "cardholderId is required")
     if not isinstance(fields.get("photo"), FilePart):
         raise ApiError(400, "photo file is required")
@@ -170,7 +172,7 @@ class Isic(Processor):
             access = s.tokens.issue(self.token_ttl_s)
             return {"accessToken": access, "tokenType": "Bearer", "expiresIn": self.token_ttl_s}
 
-        def set_photo(form: dict) -> object:
+        def set_photo(form: Any) -> object:
             """Upload a cardholder's photo (multipart); only size and hash are kept."""
             photo: FilePart = form["photo"]
             return s.set_photo(form["cardholderId"], photo.data, photo.content_type)

@@ -79,9 +79,12 @@ CUSTOMER_FIELDS: tuple[dict, ...] = (
     _field("65c39ebd07a04b9210cccb9a", "PHONE", "customerFields.basic.mobilePhone", 8),
     _field("65c39ebd07a04b9210cccb9b", "DATE", "customerFields.basic.birthday", 9),
     _field(
-        "65c39ebd07a04b9210cccb9c", "SELECT", "customerFields.basic.salutation", 4,
+        "65c39ebd07a04b9210cccb9c",
+        "SELECT",
+        "customerFields.basic.salutation",
+        4,
         options=[{"value": "Frau"}, {"value": "Herr"}, {"value": "divers"}],
-    ),  # fmt: skip
+    ),
     _field("65c39ebd07a04b9210cccb9d", "TEXT", None, 10, label="Krankenversichertennummer"),
 )
 FIELD_TYPES = {f["id"]: f["type"] for f in CUSTOMER_FIELDS}
@@ -156,7 +159,7 @@ def parse_local_start(value: object) -> datetime:
     if not isinstance(value, str) or not _LOCAL_DATETIME.fullmatch(value):
         raise TimifyError(400, "startDate must be 'YYYY-MM-DD HH:mm'")
     try:
-        naive = datetime.strptime(value, "%Y-%m-%d %H:%M")
+        naive = datetime.strptime(value, "%Y-%m-%d %H:%M")  # noqa: DTZ007 - TIMIFY sends Berlin wall time; zoned below
     except ValueError:
         raise TimifyError(400, "startDate is not a valid date") from None
     if naive.minute % 5:
@@ -199,7 +202,7 @@ def _clean_customfields(raw: object) -> list[tuple[str, str | None]]:
     if not isinstance(raw, list):
         raise TimifyError(400, "customfields must be a list")
     seen: set[str] = set()
-    clean = []
+    clean: list[tuple[str, str | None]] = []
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             raise TimifyError(400, f"customfields[{index}] must be an object with an id")
@@ -505,20 +508,59 @@ def _new_appointment(aid: str, ext: str, stamp: datetime) -> dict:
     # Key order follows the recorded answer; values filled by _apply_plan.
     created = iso_z(stamp)
     return {
-        "id": aid, "externalId": ext, "type": "booking", "title": "", "notes": "", "color": "",
-        "price": 0, "date": "", "duration": 0, "durationBefore": 0, "durationAfter": 0,
-        "durationsPattern": [], "startDate": "", "createdAt": created, "createdBy": API_USER_NAME,
-        "createdByUserId": API_USER_ID, "createdByScope": "COMPANY", "updatedAt": created,
-        "updatedBy": API_USER_NAME, "updatedByUserId": API_USER_ID, "updatedByScope": "COMPANY",
-        "rescheduleUntil": "", "reschedulingSecret": str(uuid.uuid4()), "companyName": COMPANY_NAME,
-        "timestamp": "", "isOnlineBooking": False, "isBookable": True, "isCourse": False,
-        "isPaidOnlineWithStripe": False, "isPaidOnlineWithPaypal": False, "hasNotifyCustomers": False,
-        "hasNotifyResources": False, "maxParticipants": 1, "participants": 0, "customers": [],
-        "singleCustomers": [], "customfields": [], "resources": [], "serviceId": None, "service": None,
-        "recurring": None, "chainId": None, "chainedEvents": [], "isLastInTheChain": None,
-        "bookings": [], "tagIds": [], "tags": [], "combination": None, "reservedUntil": None,
-        "metadata": {}, "scheduledForDeletionAt": None, "enterpriseId": ENTERPRISE_ID,
-    }  # fmt: skip
+        "id": aid,
+        "externalId": ext,
+        "type": "booking",
+        "title": "",
+        "notes": "",
+        "color": "",
+        "price": 0,
+        "date": "",
+        "duration": 0,
+        "durationBefore": 0,
+        "durationAfter": 0,
+        "durationsPattern": [],
+        "startDate": "",
+        "createdAt": created,
+        "createdBy": API_USER_NAME,
+        "createdByUserId": API_USER_ID,
+        "createdByScope": "COMPANY",
+        "updatedAt": created,
+        "updatedBy": API_USER_NAME,
+        "updatedByUserId": API_USER_ID,
+        "updatedByScope": "COMPANY",
+        "rescheduleUntil": "",
+        "reschedulingSecret": str(uuid.uuid4()),
+        "companyName": COMPANY_NAME,
+        "timestamp": "",
+        "isOnlineBooking": False,
+        "isBookable": True,
+        "isCourse": False,
+        "isPaidOnlineWithStripe": False,
+        "isPaidOnlineWithPaypal": False,
+        "hasNotifyCustomers": False,
+        "hasNotifyResources": False,
+        "maxParticipants": 1,
+        "participants": 0,
+        "customers": [],
+        "singleCustomers": [],
+        "customfields": [],
+        "resources": [],
+        "serviceId": None,
+        "service": None,
+        "recurring": None,
+        "chainId": None,
+        "chainedEvents": [],
+        "isLastInTheChain": None,
+        "bookings": [],
+        "tagIds": [],
+        "tags": [],
+        "combination": None,
+        "reservedUntil": None,
+        "metadata": {},
+        "scheduledForDeletionAt": None,
+        "enterpriseId": ENTERPRISE_ID,
+    }
 
 
 def _apply_plan(appointment: dict, plan: dict, stamp: datetime) -> None:
@@ -545,10 +587,20 @@ def _apply_plan(appointment: dict, plan: dict, stamp: datetime) -> None:
     )
     appointment["bookings"] = [
         {
-            "id": secrets.token_hex(16), "startDate": begin, "interval": {"begin": begin, "end": end},
-            "batchNumber": 0, "isFirstBatch": True, "isLastBatch": True, "recurringDay": None,
-            "duration": duration, "durationBefore": 0, "durationAfter": 0, "durationTotal": duration,
-            "resourceId": (plan["resource_ids"] or [None])[0], "externalId": appointment["externalId"],
-            "notes": plan["notes"], "customers": plan["customer_refs"],
+            "id": secrets.token_hex(16),
+            "startDate": begin,
+            "interval": {"begin": begin, "end": end},
+            "batchNumber": 0,
+            "isFirstBatch": True,
+            "isLastBatch": True,
+            "recurringDay": None,
+            "duration": duration,
+            "durationBefore": 0,
+            "durationAfter": 0,
+            "durationTotal": duration,
+            "resourceId": (plan["resource_ids"] or [None])[0],
+            "externalId": appointment["externalId"],
+            "notes": plan["notes"],
+            "customers": plan["customer_refs"],
         }
-    ]  # fmt: skip
+    ]

@@ -18,18 +18,18 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import pytest  # noqa: E402
-import requests  # noqa: E402
-from sqlmodel import SQLModel  # noqa: E402
+import pytest
+import requests
+from sqlmodel import SQLModel
 
-import models  # noqa: E402, F401
-import pg as pgtest  # noqa: E402  (tests/pg.py; `pg` is a fixture)
-from models.db import get_engine  # noqa: E402
-from models.migrate import upgrade  # noqa: E402
-from psync.sandbox_env import sandbox_environment  # noqa: E402
-from psync.settings import get_settings  # noqa: E402
+import models  # noqa: F401 - registers every table
+from core.settings import get_settings
+from models.db import get_engine
+from models.migrate import upgrade
+from psync.sandbox_env import sandbox_environment
 
-from support import TEST_KEY, served  # noqa: E402
+import pg as pgtest  # tests/pg.py (`pg` is a fixture)
+from support import TEST_KEY, served
 
 # The reliability suite's figures table, printed once at the end of any run that recorded some.
 pytest_plugins = ["reliability.figures"]

@@ -11,6 +11,7 @@ from datetime import datetime
 import requests
 
 from psync.serve import DoorConfig, create_app, sign
+
 from support import served
 
 

@@ -105,9 +105,7 @@ class Cluster:
         name = f"test_{next(self._names)}"
         with self._engine.connect() as connection:
             connection.exec_driver_sql(f'CREATE SCHEMA "{name}"')
-        return self._base.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(
-            hide_password=False
-        )
+        return self._base.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(hide_password=False)
 
     def drop_schema(self, url: str) -> None:
         """Drop the schema of `url` and everything in it.
@@ -143,10 +141,11 @@ def waiting_on_locks(url: str) -> int:
     whole transaction that first reads it, so polling inside one would never see a change.
     """
     with get_engine(url).connect() as connection:
-        return connection.execute(text(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )).scalar_one()  # fmt: skip
+        return connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
 
 
 @contextmanager
@@ -185,16 +184,16 @@ def _throwaway() -> Iterator[str]:
             shutil.chown(path, "postgres", "postgres")
     bin_dir = binaries()
     assert bin_dir is not None
-    _as_server_user([bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "psync", "-E", "UTF8",
-                     "--locale=C", "--no-sync"], cwd=root)  # fmt: skip
+    _as_server_user(
+        [bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "psync", "-E", "UTF8", "--locale=C", "--no-sync"],
+        cwd=root,
+    )
     # No TCP port (nothing to collide with between test processes); durability off: the
     # cluster lives as long as the test run.
-    options = (
-        f"-c listen_addresses='' -k {socket_dir} -c fsync=off -c synchronous_commit=off "
-        "-c full_page_writes=off"
+    options = f"-c listen_addresses='' -k {socket_dir} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    _as_server_user(
+        [bin_dir / "pg_ctl", "-D", data, "-o", options, "-w", "-t", "60", "-l", root / "server.log", "start"], cwd=root
     )
-    _as_server_user([bin_dir / "pg_ctl", "-D", data, "-o", options, "-w", "-t", "60",
-                     "-l", root / "server.log", "start"], cwd=root)  # fmt: skip
     try:
         yield f"postgresql+psycopg://psync@/postgres?host={socket_dir}"
     finally:

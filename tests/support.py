@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import requests
 
-from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES  # noqa: F401  (re-exported)
+from psync.demo_data import JPEG_BYTES, PDF_BYTES, PNG_BYTES  # noqa: F401  (re-exported)
 
 TEST_KEY = "test-pseudonym-key"
 
@@ -18,7 +18,6 @@ TEST_KEY = "test-pseudonym-key"
 def sandbox_state(url: str) -> dict:
     """Everything the sandbox holds, as its control route reports it."""
     return requests.get(f"{url}/_sandbox/state", timeout=10).json()
-
 
 
 def free_port() -> int:
@@ -35,8 +34,9 @@ def served(app, what: str, log_level: str = "warning", access_log: bool = False)
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level,
-                                           access_log=access_log))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, access_log=access_log)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

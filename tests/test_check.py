@@ -8,9 +8,9 @@ import shlex
 import pytest
 from typer.testing import CliRunner
 
+from core.settings import get_settings
 from psync.cli import app
 from psync.sandbox_env import CREDENTIAL_SECRET, sandbox_environment
-from psync.settings import get_settings
 
 
 @pytest.fixture
@@ -49,7 +49,11 @@ def test_partial_settings_name_what_is_missing_and_fail(runner, settings, monkey
     timify = lines.index(next(line for line in lines if line.startswith("timify")))
     assert "incomplete" in lines[timify]
     assert lines[timify + 1].split() == [
-        "missing:", "PSYNC_TIMIFY_COMPANY_ID,", "PSYNC_TIMIFY_APP_SECRET", "(or", "PSYNC_TIMIFY_APP_SECRET_BLOCK)"
+        "missing:",
+        "PSYNC_TIMIFY_COMPANY_ID,",
+        "PSYNC_TIMIFY_APP_SECRET",
+        "(or",
+        "PSYNC_TIMIFY_APP_SECRET_BLOCK)",
     ]
     assert any(line.startswith("isic") and "not configured" in line for line in lines)
     assert lines[-1] == "not ready: timify"
@@ -111,7 +115,7 @@ def test_env_example_names_every_setting_and_its_block():
     import re
     from pathlib import Path
 
-    from psync.settings import Settings
+    from core.settings import Settings
 
     text = (Path(__file__).parents[1] / ".env.example").read_text()
     named = set(re.findall(r"^#?(PSYNC_[A-Z0-9_]+)=", text, flags=re.M))

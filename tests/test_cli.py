@@ -11,10 +11,10 @@ from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 from typer.testing import CliRunner
 
+from core.settings import get_settings
 from models.audit import FIELDS
 from models.db import get_engine, transaction
 from psync.cli import app
-from psync.settings import get_settings
 
 # Fixed past times: the CLI compares against the real clock (future lines are refused).
 AT = "2025-06-01T10:00:00+02:00"
@@ -28,18 +28,31 @@ def runner() -> CliRunner:
 
 
 def signup(email: str) -> str:
-    return json.dumps({
-        "type": "consent.signup", "list": "newsletter", "email": email, "first_name": "Erika",
-        "last_name": "Mustermann", "ip": "192.0.2.10", "at": AT,
-        "source": "https://example.de/nl", "policy_version": "2026-01",
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "type": "consent.signup",
+            "list": "newsletter",
+            "email": email,
+            "first_name": "Erika",
+            "last_name": "Mustermann",
+            "ip": "192.0.2.10",
+            "at": AT,
+            "source": "https://example.de/nl",
+            "policy_version": "2026-01",
+        }
+    )
 
 
 def confirm(email: str) -> str:
-    return json.dumps({
-        "type": "consent.confirm", "list": "newsletter", "email": email, "ip": "192.0.2.11",
-        "at": AT_CONFIRM,
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "type": "consent.confirm",
+            "list": "newsletter",
+            "email": email,
+            "ip": "192.0.2.11",
+            "at": AT_CONFIRM,
+        }
+    )
 
 
 def write(tmp_path, *lines, name="events.jsonl"):
@@ -103,9 +116,11 @@ def test_intake_schema(runner):
 
 def _audited(settings, runner, tmp_path) -> None:
     path = write(
-        tmp_path, signup("erika@example.de"), confirm("erika@example.de"),
+        tmp_path,
+        signup("erika@example.de"),
+        confirm("erika@example.de"),
         signup("max@example.de"),
-    )  # fmt: skip
+    )
     assert runner.invoke(app, ["intake", str(path)]).exit_code == 0
     assert count("audit_entry") == 3
 
@@ -178,9 +193,8 @@ def test_intake_line_in_wrong_encoding_is_rejected_alone(settings, runner, tmp_p
     path = tmp_path / "events.jsonl"
     bad = signup("jörg@example.de").replace("Mustermann", "Müller").encode("latin-1")
     path.write_bytes(
-        signup("erika@example.de").encode() + b"\n" + bad + b"\n"
-        + confirm("erika@example.de").encode() + b"\n"
-    )  # fmt: skip
+        signup("erika@example.de").encode() + b"\n" + bad + b"\n" + confirm("erika@example.de").encode() + b"\n"
+    )
     result = runner.invoke(app, ["intake", str(path)])
     assert result.exit_code == 1
     assert result.stderr.startswith("events.jsonl:2: rejected:")
@@ -199,15 +213,28 @@ def test_erasure_request_report_and_extend_from_the_command_line(settings, runne
     events = tmp_path / "events.jsonl"
     events.write_text(signup("erika@example.de") + "\n")
     assert runner.invoke(app, ["intake", str(events)]).exit_code == 0
-    opened = runner.invoke(app, ["erasure", "request", "--email", "Erika@Example.de", "--channel", "letter",
-                                "--reference", "AZ 17/26", "--no-fan-out"])  # fmt: skip
+    opened = runner.invoke(
+        app,
+        [
+            "erasure",
+            "request",
+            "--email",
+            "Erika@Example.de",
+            "--channel",
+            "letter",
+            "--reference",
+            "AZ 17/26",
+            "--no-fan-out",
+        ],
+    )
     assert opened.exit_code == 0, opened.output
     request_id = opened.output.split()[1]
     report = json.loads(runner.invoke(app, ["erasure", "report", request_id, "--format", "json"]).output)
     assert report["request_id"] == request_id and "erika" not in json.dumps(report).lower()
     markdown = runner.invoke(app, ["erasure", "report", request_id])
     assert markdown.exit_code == 0 and request_id in markdown.output
-    bad = runner.invoke(app, ["erasure", "extend", request_id, "--months", "1", "--reason", " ",
-                              "--informed-on", "2026-01-01"])  # fmt: skip
+    bad = runner.invoke(
+        app, ["erasure", "extend", request_id, "--months", "1", "--reason", " ", "--informed-on", "2026-01-01"]
+    )
     assert bad.exit_code == 1 and "reason" in bad.output
     assert runner.invoke(app, ["erasure", "status", "00000000-0000-0000-0000-000000000000"]).exit_code == 1

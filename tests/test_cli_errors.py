@@ -12,8 +12,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from core.settings import get_settings
 from psync.cli import app
-from psync.settings import get_settings
+
 from support import TEST_KEY
 
 EMAIL = "erika.mustermann@example.de"
@@ -37,11 +38,18 @@ def consented(runner, folder) -> None:
     """Erika signed up for the newsletter and confirmed it (intake, as the website hands over)."""
     common = {"list": "newsletter", "email": EMAIL, "ip": "192.0.2.10"}
     events = [
-        {"type": "consent.signup", **common, "salutation": "Frau", "first_name": "Erika",
-         "last_name": "Mustermann", "at": "2026-01-05T10:00:00+01:00", "source": "https://example.de/nl",
-         "policy_version": "2026-01"},
+        {
+            "type": "consent.signup",
+            **common,
+            "salutation": "Frau",
+            "first_name": "Erika",
+            "last_name": "Mustermann",
+            "at": "2026-01-05T10:00:00+01:00",
+            "source": "https://example.de/nl",
+            "policy_version": "2026-01",
+        },
         {"type": "consent.confirm", **common, "at": "2026-01-05T10:05:00+01:00"},
-    ]  # fmt: skip
+    ]
     path = folder / "events.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
     assert invoke(runner, "intake", str(path)).exit_code == 0
@@ -54,8 +62,12 @@ def test_a_missing_setting_is_one_line_naming_the_variables_in_a_real_process(da
     env.update(PSYNC_DATABASE_URL=database_url, PSYNC_PSEUDONYM_KEY=TEST_KEY)
     done = subprocess.run(
         [sys.executable, "-m", "psync.cli", "run", "sync-newsletter-consents"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
@@ -69,7 +81,10 @@ def test_a_missing_setting_in_process(runner, settings, monkeypatch, prefect_har
     monkeypatch.delenv("PSYNC_TIMIFY_COMPANY_ID")
     result = invoke(runner, "run", "push-bookings")
     assert result.exit_code == 2
-    assert said(result)[0] == "error: timify: credentials not configured (PSYNC_TIMIFY_COMPANY_ID, PSYNC_TIMIFY_APP_SECRET)"
+    assert (
+        said(result)[0]
+        == "error: timify: credentials not configured (PSYNC_TIMIFY_COMPANY_ID, PSYNC_TIMIFY_APP_SECRET)"
+    )
     assert len(said(result)) == 2
 
 
@@ -79,8 +94,10 @@ def test_an_invalid_setting_names_the_variable_not_its_value(runner, settings, m
     result = invoke(runner, "audit", "verify")
     assert result.exit_code == 2
     assert said(result) == [
-        "error: configuration: PSYNC_CLEVERREACH_BATCH_SIZE: Input should be a valid integer, unable to parse "
-        "string as an integer; PSYNC_HTTP_MAX_ATTEMPTS: Input should be greater than or equal to 1",
+        (
+            "error: configuration: PSYNC_CLEVERREACH_BATCH_SIZE: Input should be a valid integer, unable to parse "
+            "string as an integer; PSYNC_HTTP_MAX_ATTEMPTS: Input should be greater than or equal to 1"
+        ),
         "hint: .env.example describes every setting",
     ]
     monkeypatch.setenv("PSYNC_TIMIFY_SERVICE_POINTS", '{"sp-1": "' + EMAIL + '"')
@@ -129,15 +146,20 @@ def test_an_erasure_with_a_processor_down_says_so_in_one_or_two_lines_without_th
     ("args", "first"),
     [
         (["run", "no-such-flow"], "error: Invalid value: unknown flow 'no-such-flow'; known: "),
-        (["run", "push-bookings", "--param", "records_per_task"], "error: Invalid value: --param 'records_per_task': expected key=value"),
-        (["erasure", "extend", "R-1", "--months", "5", "--reason", "r", "--informed-on", "2026-01-01"],
-         "error: Invalid value for '--months': Input should be less than or equal to 2"),
+        (
+            ["run", "push-bookings", "--param", "records_per_task"],
+            "error: Invalid value: --param 'records_per_task': expected key=value",
+        ),
+        (
+            ["erasure", "extend", "R-1", "--months", "5", "--reason", "r", "--informed-on", "2026-01-01"],
+            "error: Invalid value for '--months': Input should be less than or equal to 2",
+        ),
         (["erasure", "request", "--received-at", EMAIL], "error: Invalid value for '--received-at': "),
         (["erasure", "status", "--email", EMAIL], "error: No such option: --email"),
         (["no-such-command"], "error: No such command 'no-such-command'."),
         (["intake"], "error: Invalid value: give a FILE.jsonl (or --schema)"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_parameter_is_a_usage_error_in_two_lines(runner, settings, args, first):
     result = invoke(runner, *args)
     assert result.exit_code == 2
@@ -186,7 +208,11 @@ def test_a_database_without_the_schema_says_to_upgrade_it(runner, empty_database
     monkeypatch.setenv("PSYNC_DATABASE_URL", empty_database)
     monkeypatch.setenv("PSYNC_PSEUDONYM_KEY", TEST_KEY)
     events = tmp_path / "events.jsonl"
-    events.write_text('{"type": "erasure.request", "email": "' + EMAIL + '", "channel": "portal", "at": "2026-01-05T10:00:00+01:00"}\n')
+    events.write_text(
+        '{"type": "erasure.request", "email": "'
+        + EMAIL
+        + '", "channel": "portal", "at": "2026-01-05T10:00:00+01:00"}\n'
+    )
     result = invoke(runner, "intake", str(events))
     get_settings.cache_clear()
     assert result.exit_code == 2
@@ -197,4 +223,6 @@ def test_a_database_without_the_schema_says_to_upgrade_it(runner, empty_database
 def test_a_missing_file_is_a_usage_error(runner, settings, tmp_path):
     result = invoke(runner, "intake", str(tmp_path / "nowhere.jsonl"))
     assert result.exit_code == 2
-    assert said(result)[0].startswith("error: Invalid value for 'file': file ") and said(result)[0].endswith("does not exist.")
+    assert said(result)[0].startswith("error: Invalid value for 'file': file ") and said(result)[0].endswith(
+        "does not exist."
+    )

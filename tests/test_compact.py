@@ -19,6 +19,7 @@ from models.erasure import erase_controller_copy
 from models.isic import IsicDocument, IsicOrder
 from models.subjects import DataSubject
 from psync.cli import app
+
 from support import PDF_BYTES
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -30,19 +31,53 @@ INSURANCE, IBAN = "K987654321", "DE44500105175407324931"
 def seed() -> tuple:
     cipher = DocumentCipher(Fernet.generate_key())
     with transaction() as session:
-        subject = DataSubject(pseudonym="c" * 32, email=EMAIL, first_name="Erika", last_name=LAST,
-                              insurance_number=INSURANCE)  # fmt: skip
+        subject = DataSubject(
+            pseudonym="c" * 32, email=EMAIL, first_name="Erika", last_name=LAST, insurance_number=INSURANCE
+        )
         session.add(subject)
         session.flush()
-        session.add(Booking(booking_ref="B-kompakt", subject_id=subject.id, channel="branch", start_at=NOW,
-                            duration_min=30, seq=1, last_name=LAST, phone=PHONE, insurance_number=INSURANCE))  # fmt: skip
-        session.add(ConsentRecord(subject_id=subject.id, list_name="newsletter", state="confirmed", signup_at=NOW,
-                                  signup_ip="198.51.100.99"))  # fmt: skip
-        order = IsicOrder(order_ref="ISIC-kompakt", subject_id=subject.id, seq=1, status="issued", last_name=LAST,
-                          iban=IBAN, card_number="S 420 998 877 665 K")  # fmt: skip
+        session.add(
+            Booking(
+                booking_ref="B-kompakt",
+                subject_id=subject.id,
+                channel="branch",
+                start_at=NOW,
+                duration_min=30,
+                seq=1,
+                last_name=LAST,
+                phone=PHONE,
+                insurance_number=INSURANCE,
+            )
+        )
+        session.add(
+            ConsentRecord(
+                subject_id=subject.id,
+                list_name="newsletter",
+                state="confirmed",
+                signup_at=NOW,
+                signup_ip="198.51.100.99",
+            )
+        )
+        order = IsicOrder(
+            order_ref="ISIC-kompakt",
+            subject_id=subject.id,
+            seq=1,
+            status="issued",
+            last_name=LAST,
+            iban=IBAN,
+            card_number="S 420 998 877 665 K",
+        )
         key, ciphertext = cipher.seal(PDF_BYTES)
-        session.add(IsicDocument(order=order, kind="student_proof", media_type="application/pdf",
-                                 size=len(PDF_BYTES), ciphertext=ciphertext, key=key))  # fmt: skip
+        session.add(
+            IsicDocument(
+                order=order,
+                kind="student_proof",
+                media_type="application/pdf",
+                size=len(PDF_BYTES),
+                ciphertext=ciphertext,
+                key=key,
+            )
+        )
         session.flush()
         return subject.id, key.wrapped
 

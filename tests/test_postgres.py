@@ -14,6 +14,7 @@ from models.audit import AuditEvent, append, verify
 from models.consent import ConsentRecord
 from models.db import get_engine, transaction
 from models.intake import intake_lines
+
 from support import TEST_KEY
 
 KEY = TEST_KEY.encode()

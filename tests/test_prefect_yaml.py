@@ -162,8 +162,14 @@ def test_fan_out_erasure_is_the_officers_form():
     schema = SCHEMAS["fan-out-erasure"]
     props = schema["properties"]
     assert sorted(props, key=lambda p: props[p]["position"]) == [
-        "email", "insurance_number", "subject_id", "received_at", "channel", "reference", "request_id",
-    ]  # fmt: skip
+        "email",
+        "insurance_number",
+        "subject_id",
+        "received_at",
+        "channel",
+        "reference",
+        "request_id",
+    ]
     for name, prop in props.items():
         # Plain text boxes: empty means not given; no "None" switch to click first.
         assert prop["type"] == "string" and "anyOf" not in prop and prop["default"] in ("", "email"), name
@@ -179,15 +185,25 @@ def test_fan_out_erasure_is_the_officers_form():
 
 
 FORM_CASES = [
-    ("insurance_number", "A123456780", True), ("insurance_number", "A 123 456 780", True),
-    ("insurance_number", "A12345678", False), ("insurance_number", "123456789A", False),
-    ("subject_id", "0192f1a2-7b3c-7d4e-8f90-123456789abc", True), ("subject_id", "not-a-uuid", False),
-    ("request_id", "0192f1a27b3c7d4e8f90123456789abc", True), ("request_id", "42", False),
-    ("received_at", "2026-11-20", True), ("received_at", "2026-11-20 14:30", True),
-    ("received_at", "2026-11-20T14:30:05+01:00", True), ("received_at", "20.11.2026", False),
-    ("received_at", "yesterday", False), ("channel", "fax", False), ("channel", "letter", True),
-    ("reference", "x" * 200, True), ("reference", "x" * 201, False), ("email", "e" * 250 + "@x.de", False),
-]  # fmt: skip
+    ("insurance_number", "A123456780", True),
+    ("insurance_number", "A 123 456 780", True),
+    ("insurance_number", "A12345678", False),
+    ("insurance_number", "123456789A", False),
+    ("subject_id", "0192f1a2-7b3c-7d4e-8f90-123456789abc", True),
+    ("subject_id", "not-a-uuid", False),
+    ("request_id", "0192f1a27b3c7d4e8f90123456789abc", True),
+    ("request_id", "42", False),
+    ("received_at", "2026-11-20", True),
+    ("received_at", "2026-11-20 14:30", True),
+    ("received_at", "2026-11-20T14:30:05+01:00", True),
+    ("received_at", "20.11.2026", False),
+    ("received_at", "yesterday", False),
+    ("channel", "fax", False),
+    ("channel", "letter", True),
+    ("reference", "x" * 200, True),
+    ("reference", "x" * 201, False),
+    ("email", "e" * 250 + "@x.de", False),
+]
 
 
 @pytest.mark.parametrize(("name", "value", "accepted"), FORM_CASES)
@@ -198,17 +214,29 @@ def test_every_bound_of_the_erasure_form_is_in_its_schema(name, value, accepted)
 
 def test_the_api_refuses_a_form_outside_the_bounds():
     """What the server checks before it stores a run (enforce_parameter_schema)."""
-    form = {"email": "erika@example.de", "received_at": "2026-03-02T09:00:00+01:00", "channel": "letter",
-            "reference": "AZ 17/26"}  # fmt: skip
+    form = {
+        "email": "erika@example.de",
+        "received_at": "2026-03-02T09:00:00+01:00",
+        "channel": "letter",
+        "reference": "AZ 17/26",
+    }
     schema = SCHEMAS["fan-out-erasure"]
     assert validate(form, schema) == []
-    for bad in ({"reference": "x" * 201}, {"channel": "fax"}, {"subject_id": "not-a-uuid"},
-                {"email": "e" * 250 + "@x.de"}):  # fmt: skip
+    for bad in (
+        {"reference": "x" * 201},
+        {"channel": "fax"},
+        {"subject_id": "not-a-uuid"},
+        {"email": "e" * 250 + "@x.de"},
+    ):
         assert validate({**form, **bad}, schema), bad
     bookings = SCHEMAS["push-bookings"]
     assert validate({"records_per_task": 5000}, bookings) == []
-    for bad in ({"records_per_task": 0}, {"records_per_task": 5001}, {"booking_ids": ["B-1"] * 1001},
-                {"booking_ids": ["../x"]}):  # fmt: skip
+    for bad in (
+        {"records_per_task": 0},
+        {"records_per_task": 5001},
+        {"booking_ids": ["B-1"] * 1001},
+        {"booking_ids": ["../x"]},
+    ):
         assert validate(bad, bookings), bad
 
 
@@ -221,9 +249,15 @@ def test_a_run_bounds_the_batch_sizes_but_leaves_the_officers_text_to_the_flow()
     with pytest.raises(ParameterTypeError, match="batch_size"):
         _flow("sync-newsletter-consents").validate_parameters({"batch_size": 1001})
     accepted = _flow("fan-out-erasure").validate_parameters(
-        {"email": "erika@example.de", "reference": "x" * 201, "received_at": "gestern", "channel": "fax",
-         "subject_id": 42, "insurance_number": None}
-    )  # fmt: skip
+        {
+            "email": "erika@example.de",
+            "reference": "x" * 201,
+            "received_at": "gestern",
+            "channel": "fax",
+            "subject_id": 42,
+            "insurance_number": None,
+        }
+    )
     assert accepted["reference"] == "x" * 201 and accepted["received_at"] == "gestern"
     assert accepted["subject_id"] == "42" and accepted["insurance_number"] == ""
 

@@ -37,8 +37,9 @@ from models.db import transaction
 from models.intake import intake_lines
 from models.recipients import Recipient
 from models.types import utcnow
-from pg import waiting_on_locks
 from psync.sandbox_env import SERVICE_POINTS
+
+from pg import waiting_on_locks
 from support import TEST_KEY, sandbox_state
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.usefixtures("prefect_harness")]
@@ -54,16 +55,29 @@ def _consents(count: int):
     now = utcnow()
     for i in range(count):
         email = f"scale.{i:05d}@example.de"
-        yield json.dumps({
-            "type": "consent.signup", "list": "newsletter", "email": email, "salutation": "Frau",
-            "first_name": "Erika", "last_name": "Muster", "ip": "192.0.2.10",
-            "at": (now - timedelta(hours=2)).isoformat(), "source": "https://example.de/nl",
-            "policy_version": "2026-01",
-        })  # fmt: skip
-        yield json.dumps({
-            "type": "consent.confirm", "list": "newsletter", "email": email, "ip": "198.51.100.7",
-            "at": (now - timedelta(hours=1)).isoformat(),
-        })  # fmt: skip
+        yield json.dumps(
+            {
+                "type": "consent.signup",
+                "list": "newsletter",
+                "email": email,
+                "salutation": "Frau",
+                "first_name": "Erika",
+                "last_name": "Muster",
+                "ip": "192.0.2.10",
+                "at": (now - timedelta(hours=2)).isoformat(),
+                "source": "https://example.de/nl",
+                "policy_version": "2026-01",
+            }
+        )
+        yield json.dumps(
+            {
+                "type": "consent.confirm",
+                "list": "newsletter",
+                "email": email,
+                "ip": "198.51.100.7",
+                "at": (now - timedelta(hours=1)).isoformat(),
+            }
+        )
 
 
 def _worker_environment() -> dict[str, str]:
@@ -76,9 +90,7 @@ def _worker_environment() -> dict[str, str]:
 def _start(args: list[str], folder: Path, name: str) -> subprocess.Popen:
     # Output to files: a full pipe would block a worker nobody reads from yet.
     with (folder / f"{name}.out").open("w") as out, (folder / f"{name}.err").open("w") as err:
-        return subprocess.Popen(
-            [str(PSYNC), *args], env=_worker_environment(), cwd=folder, stdout=out, stderr=err
-        )
+        return subprocess.Popen([str(PSYNC), *args], env=_worker_environment(), cwd=folder, stdout=out, stderr=err)
 
 
 def _stop(workers: list[subprocess.Popen]) -> None:
@@ -102,7 +114,7 @@ def run_two_at_once(url: str, gate, args: list[str], folder: Path) -> list[dict]
         workers = [_start(args, folder, name) for name in names]
         try:
             while waiting_on_locks(url) < len(workers):
-                for name, worker in zip(names, workers):
+                for name, worker in zip(names, workers, strict=True):
                     assert worker.poll() is None, f"{name} ended early:\n{_report(folder, name)}"
                 assert time.monotonic() < deadline, "the workers never reached the gate"
                 time.sleep(0.05)
@@ -110,7 +122,7 @@ def run_two_at_once(url: str, gate, args: list[str], folder: Path) -> list[dict]
             _stop(workers)
             raise
     counts = []
-    for name, worker in zip(names, workers):
+    for name, worker in zip(names, workers, strict=True):
         try:
             code = worker.wait(timeout=max(1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -128,11 +140,20 @@ def test_two_workers_push_5000_newsletter_consents_exactly_once(settings, agains
     assert Counter(r.outcome for r in results) == {"stored": 2 * SUBSCRIBERS}
 
     counts = run_two_at_once(
-        url, lambda session: get_cursor(session, "cleverreach:newsletter"),
-        ["run", "sync-newsletter-consents", "--param", 'lists=["newsletter"]',
-         "--param", f"records_per_task={PER_TASK}", "--param", f"batch_size={PER_TASK}"],
+        url,
+        lambda session: get_cursor(session, "cleverreach:newsletter"),
+        [
+            "run",
+            "sync-newsletter-consents",
+            "--param",
+            'lists=["newsletter"]',
+            "--param",
+            f"records_per_task={PER_TASK}",
+            "--param",
+            f"batch_size={PER_TASK}",
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
 
     batches = SUBSCRIBERS // PER_TASK
     assert sum(c.get("pushed", 0) for c in counts) == SUBSCRIBERS
@@ -149,10 +170,10 @@ def test_two_workers_push_5000_newsletter_consents_exactly_once(settings, agains
             )
         ).all()
         upserts = session.exec(
-            select(AuditEntry.flow_run_id, func.count()).where(
-                AuditEntry.action == "call.receivers.upsert"
-            ).group_by(AuditEntry.flow_run_id)
-        ).all()  # fmt: skip
+            select(AuditEntry.flow_run_id, func.count())
+            .where(AuditEntry.action == "call.receivers.upsert")
+            .group_by(AuditEntry.flow_run_id)
+        ).all()
         # Exactly one "sent" per subject, and the register agrees.
         assert len(sent) == len({pseudonym for pseudonym, _ in sent}) == SUBSCRIBERS
         assert session.exec(select(func.count()).select_from(Recipient)).one() == SUBSCRIBERS
@@ -177,30 +198,43 @@ BOOKED_AT = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 def _video_bookings(count: int):
     at = BOOKED_AT
     for i in range(count):
-        yield json.dumps({
-            "type": "booking.request", "booking_id": f"V-{i:04d}", "channel": "video",
-            "start": "2026-02-02T10:00:00+01:00", "duration_minutes": 30, "salutation": "Frau",
-            "first_name": "Erika", "last_name": "Bucher", "phone": "+49 170 1234567",
-            "email": f"video.{i:04d}@example.de", "birth_date": "1980-05-17", "at": at.isoformat(),
-        })  # fmt: skip
+        yield json.dumps(
+            {
+                "type": "booking.request",
+                "booking_id": f"V-{i:04d}",
+                "channel": "video",
+                "start": "2026-02-02T10:00:00+01:00",
+                "duration_minutes": 30,
+                "salutation": "Frau",
+                "first_name": "Erika",
+                "last_name": "Bucher",
+                "phone": "+49 170 1234567",
+                "email": f"video.{i:04d}@example.de",
+                "birth_date": "1980-05-17",
+                "at": at.isoformat(),
+            }
+        )
 
 
 def test_two_workers_purge_200_video_chats_exactly_once(settings, against_sandbox, tmp_path):
     url = settings.database_url
     with transaction() as session:
         results = intake_lines(
-            session, TEST_KEY.encode(), _video_bookings(VIDEO_BOOKINGS), now=BOOKED_AT,
+            session,
+            TEST_KEY.encode(),
+            _video_bookings(VIDEO_BOOKINGS),
+            now=BOOKED_AT,
             service_points=SERVICE_POINTS,
-        )  # fmt: skip
+        )
     assert Counter(r.outcome for r in results) == {"stored": VIDEO_BOOKINGS}
     assert bookings.push_bookings(records_per_task=VIDEO_BOOKINGS)["video_registered"] == VIDEO_BOOKINGS
 
     counts = run_two_at_once(
-        url, lambda session: session.get(AuditHead, 1, with_for_update=True),
-        ["run", "purge-video-chat-data", "--param", "as_of=2026-12-31",
-         "--param", f"batch_size={PER_PURGE_TASK}"],
+        url,
+        lambda session: session.get(AuditHead, 1, with_for_update=True),
+        ["run", "purge-video-chat-data", "--param", "as_of=2026-12-31", "--param", f"batch_size={PER_PURGE_TASK}"],
         tmp_path,
-    )  # fmt: skip
+    )
 
     assert sum(c.get("chat_purged", 0) for c in counts) == VIDEO_BOOKINGS
     # At Flexperto: everything gone, and every customer deleted by one worker only.
@@ -216,7 +250,8 @@ def test_two_workers_purge_200_video_chats_exactly_once(settings, against_sandbo
         assert len(purged) == len({detail for detail, _ in purged}) == VIDEO_BOOKINGS
         per_run = Counter(run for _, run in purged)
         assert len(per_run) == 2 and min(per_run.values()) >= PER_PURGE_TASK, per_run
-        assert session.exec(
-            select(func.count()).select_from(Recipient).where(Recipient.removed_at.is_not(None))
-        ).one() == VIDEO_BOOKINGS  # fmt: skip
+        assert (
+            session.exec(select(func.count()).select_from(Recipient).where(Recipient.removed_at.is_not(None))).one()
+            == VIDEO_BOOKINGS
+        )
         assert verify(session, TEST_KEY.encode()).ok

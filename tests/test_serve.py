@@ -21,8 +21,9 @@ from sqlalchemy import func, select
 from models.consent import ConsentEvent
 from models.db import transaction
 from models.isic import IsicDocument, IsicOrder
-from doorway import Clock, serve_door
 from psync.serve import DoorConfig, TokenBuckets, sign
+
+from doorway import Clock, serve_door
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY
 
 SECRET = b"door-test-secret"
@@ -32,11 +33,17 @@ EMAIL = "erika.mustermann@example.de"
 
 def signup(email: str = EMAIL, **kw) -> dict:
     event = {
-        "type": "consent.signup", "list": "newsletter", "email": email, "salutation": "Frau",
-        "first_name": "Erika", "last_name": "Mustermann", "ip": "192.0.2.10",
-        "at": (NOW - timedelta(hours=2)).isoformat(), "source": "https://example.de/nl",
+        "type": "consent.signup",
+        "list": "newsletter",
+        "email": email,
+        "salutation": "Frau",
+        "first_name": "Erika",
+        "last_name": "Mustermann",
+        "ip": "192.0.2.10",
+        "at": (NOW - timedelta(hours=2)).isoformat(),
+        "source": "https://example.de/nl",
         "policy_version": "2026-01",
-    }  # fmt: skip
+    }
     event.update(kw)
     return event
 
@@ -44,12 +51,18 @@ def signup(email: str = EMAIL, **kw) -> dict:
 def order(order_id: str = "O-1", **documents) -> dict:
     docs = {"student_proof": PDF_BYTES, "id_copy": PNG_BYTES, "photo": JPEG_BYTES}
     return {
-        "type": "isic.order", "order_id": order_id, "first_name": "Lena", "last_name": "Studentin",
-        "birth_date": "2004-02-29", "email": "lena@example.de", "postal_code": "10115",
-        "iban": "DE89 3704 0044 0532 0130 00", "institution": "Humboldt-Universität zu Berlin",
+        "type": "isic.order",
+        "order_id": order_id,
+        "first_name": "Lena",
+        "last_name": "Studentin",
+        "birth_date": "2004-02-29",
+        "email": "lena@example.de",
+        "postal_code": "10115",
+        "iban": "DE89 3704 0044 0532 0130 00",
+        "institution": "Humboldt-Universität zu Berlin",
         "at": (NOW - timedelta(minutes=1)).isoformat(),
         "documents": {k: {"base64": base64.b64encode(v).decode()} for k, v in docs.items()} | documents,
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -59,11 +72,18 @@ def door(settings):
 
         def start(**overrides):
             clock = Clock(NOW)
-            config = DoorConfig(**{
-                "secret": SECRET, "key": TEST_KEY.encode(), "document_key": Fernet.generate_key(),
-                "rate_per_second": 1000.0, "rate_burst": 1000, "max_document_bytes": 4096, "clock": clock,
-                **overrides,
-            })  # fmt: skip
+            config = DoorConfig(
+                **{
+                    "secret": SECRET,
+                    "key": TEST_KEY.encode(),
+                    "document_key": Fernet.generate_key(),
+                    "rate_per_second": 1000.0,
+                    "rate_burst": 1000,
+                    "max_document_bytes": 4096,
+                    "clock": clock,
+                    **overrides,
+                }
+            )
             return doors.enter_context(serve_door(config)), clock
 
         yield start
@@ -72,8 +92,12 @@ def door(settings):
 def post(url, body, clock=None, secret=SECRET, timestamp=None, signature=None, headers=None):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     ts = timestamp if timestamp is not None else str(int((clock() if clock else NOW).timestamp()))
-    sent = {"Content-Type": "application/json", "X-Psync-Timestamp": ts,
-            "X-Psync-Signature": signature or sign(secret, ts, raw), **(headers or {})}  # fmt: skip
+    sent = {
+        "Content-Type": "application/json",
+        "X-Psync-Timestamp": ts,
+        "X-Psync-Signature": signature or sign(secret, ts, raw),
+        **(headers or {}),
+    }
     return requests.post(f"{url}/v1/events", data=raw, headers=sent, timeout=30)
 
 
@@ -150,9 +174,11 @@ def test_an_oversized_body_is_refused_by_its_length_and_by_what_is_read(door):
     # Chunked: no Content-Length; the door counts what it reads.
     ts = str(int(NOW.timestamp()))
     chunked = requests.post(
-        f"{url}/v1/events", data=iter([big[i : i + 500] for i in range(0, len(big), 500)]),
-        headers={"X-Psync-Timestamp": ts, "X-Psync-Signature": sign(SECRET, ts, big)}, timeout=10,
-    )  # fmt: skip
+        f"{url}/v1/events",
+        data=iter([big[i : i + 500] for i in range(0, len(big), 500)]),
+        headers={"X-Psync-Timestamp": ts, "X-Psync-Signature": sign(SECRET, ts, big)},
+        timeout=10,
+    )
     assert chunked.status_code == 413
     assert consent_events() == 0
 
@@ -166,7 +192,9 @@ def test_more_than_a_thousand_events_is_refused(door):
 def test_a_body_that_is_not_an_object_or_array_is_a_bad_request(door):
     url, clock = door()
     assert post(url, b"{not json", clock).status_code == 400
-    assert post(url, b'"' + EMAIL.encode() + b'"', clock).json() == {"error": "body is neither a JSON object nor an array"}
+    assert post(url, b'"' + EMAIL.encode() + b'"', clock).json() == {
+        "error": "body is neither a JSON object nor an array"
+    }
     assert post(url, b"\xff\xfe", clock).status_code == 400
     assert post(url, b"[" * 100_000, clock).status_code == 400
 
@@ -184,7 +212,14 @@ def test_a_batch_with_good_and_bad_events_stores_the_good_and_names_the_bad(door
     answer = post(url, batch, clock)
     assert answer.status_code == 200
     body = answer.json()
-    assert [r["result"] for r in body["results"]] == ["stored", "rejected", "rejected", "rejected", "stored", "rejected"]
+    assert [r["result"] for r in body["results"]] == [
+        "stored",
+        "rejected",
+        "rejected",
+        "rejected",
+        "stored",
+        "rejected",
+    ]
     assert [r["index"] for r in body["results"]] == list(range(6))
     assert body["results"][1]["reason"].startswith("email:")
     assert body["results"][2]["reason"] == "not a JSON object"
@@ -242,13 +277,17 @@ def test_token_bucket_refills_with_its_clock():
 def test_an_order_with_inline_documents_is_stored_encrypted_and_nothing_stays_on_disk(door, tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where /dev/shm is missing
     url, clock = door()
-    answer = post(url, [
-        order("O-1"),
-        order("O-2", photo={"base64": base64.b64encode(PDF_BYTES).decode()}),
-        order("O-3", photo="../../etc/passwd"),
-        order("O-4", photo={"base64": "not base64!"}),
-        order("O-5", photo={"base64": base64.b64encode(JPEG_BYTES * 1000).decode()}),
-    ], clock)  # fmt: skip
+    answer = post(
+        url,
+        [
+            order("O-1"),
+            order("O-2", photo={"base64": base64.b64encode(PDF_BYTES).decode()}),
+            order("O-3", photo="../../etc/passwd"),
+            order("O-4", photo={"base64": "not base64!"}),
+            order("O-5", photo={"base64": base64.b64encode(JPEG_BYTES * 1000).decode()}),
+        ],
+        clock,
+    )
     assert answer.status_code == 200, answer.text
     results = answer.json()["results"]
     assert [r["result"] for r in results] == ["stored", "rejected", "rejected", "rejected", "rejected"]
@@ -311,8 +350,9 @@ def test_nothing_personal_reaches_the_logs_even_at_debug(settings, caplog):
     import logging
 
     clock = Clock(NOW)
-    config = DoorConfig(secret=SECRET, key=TEST_KEY.encode(), document_key=Fernet.generate_key(),
-                        max_body_bytes=50_000, clock=clock)  # fmt: skip
+    config = DoorConfig(
+        secret=SECRET, key=TEST_KEY.encode(), document_key=Fernet.generate_key(), max_body_bytes=50_000, clock=clock
+    )
     batch = [signup(), signup(email="erika.mustermann@example"), {**signup(), "first_name": "Erika\x00"}, order("O-9")]
     caplog.set_level(logging.DEBUG)
     with serve_door(config, log_level="debug", access_log=True) as url:

@@ -106,8 +106,16 @@ def test_allow_lists_differ_only_by_the_insurance_number():
 @responses.activate
 def test_listing_pages_from_zero_and_stops_on_a_short_page(cr):
     url = f"{API}/groups.json/1/receivers"
-    responses.get(url, json=[{"email": "a"}, {"email": "b"}], match=[matchers.query_param_matcher({"page": "0", "pagesize": "2", "type": "inactive"})])
-    responses.get(url, json=[{"email": "c"}], match=[matchers.query_param_matcher({"page": "1", "pagesize": "2", "type": "inactive"})])
+    responses.get(
+        url,
+        json=[{"email": "a"}, {"email": "b"}],
+        match=[matchers.query_param_matcher({"page": "0", "pagesize": "2", "type": "inactive"})],
+    )
+    responses.get(
+        url,
+        json=[{"email": "c"}],
+        match=[matchers.query_param_matcher({"page": "1", "pagesize": "2", "type": "inactive"})],
+    )
     emails = [r["email"] for r in cr.iter_receivers("1", kind="inactive", page_size=2)]
     assert emails == ["a", "b", "c"]
     assert len(responses.calls) == 3
@@ -132,7 +140,9 @@ def test_listing_has_a_page_limit(cr):
 
 @responses.activate
 def test_deactivate_and_delete_report_absence(cr):
-    responses.put(f"{API}/groups.json/1/receivers/a%40example.de/deactivate", json=recorded("recipientsDeactivate.json"))
+    responses.put(
+        f"{API}/groups.json/1/receivers/a%40example.de/deactivate", json=recorded("recipientsDeactivate.json")
+    )
     responses.put(f"{API}/groups.json/1/receivers/b%40example.de/deactivate", status=404)
     responses.delete(f"{API}/groups.json/1/receivers/7", body="true")
     responses.delete(f"{API}/groups.json/1/receivers/8", status=404)

@@ -12,7 +12,7 @@ from responses import matchers
 
 from connectors.flexperto import ALLOWED_FIELDS, Flexperto, check_allowed, from_settings
 from connectors.transport import FatalError, RetryPolicy
-from psync.settings import get_settings
+from core.settings import get_settings
 
 ROOT = "https://mkk.live.flexperto.test"
 API = f"{ROOT}/api/v2"
@@ -65,9 +65,10 @@ def test_allow_list_is_contact_data_only():
 def test_409_uses_the_existing_customer_without_a_second_create(fx):
     responses.post(CUSTOMERS, status=409)
     responses.get(
-        CUSTOMERS, json={"items": [{"id": 7, "external_id": "p-1"}]},
+        CUSTOMERS,
+        json={"items": [{"id": 7, "external_id": "p-1"}]},
         match=[matchers.query_param_matcher({"external_id": "p-1"})],
-    )  # fmt: skip
+    )
     assert fx.upsert_customer("p-1", "erika@example.de", "+49301234567") == "7"
     assert len(calls_to("POST", CUSTOMERS)) == 1
     assert [c.request.method for c in responses.calls[1:]] == ["POST", "GET"]  # no update
@@ -113,7 +114,9 @@ def archives_answer(*ids: str) -> dict:
 
 @responses.activate
 def test_purge_deletes_archives_then_customer_and_verifies(fx):
-    responses.get(ARCHIVES, json=archives_answer("a1", "a2"), match=[matchers.query_param_matcher({"customer_id": "7"})])
+    responses.get(
+        ARCHIVES, json=archives_answer("a1", "a2"), match=[matchers.query_param_matcher({"customer_id": "7"})]
+    )
     responses.get(ARCHIVES, json=archives_answer())
     responses.delete(f"{ARCHIVES}/a1", status=204)
     responses.delete(f"{ARCHIVES}/a2", status=404)  # already gone: fine
@@ -122,9 +125,13 @@ def test_purge_deletes_archives_then_customer_and_verifies(fx):
     assert fx.purge("7") is True
     ops = [c.operation for c in fx.http.drain_calls()][1:]
     assert ops == [
-        "archives.list", "archives.delete", "archives.delete",
-        "customers.delete", "customers.get", "archives.list",
-    ]  # fmt: skip
+        "archives.list",
+        "archives.delete",
+        "archives.delete",
+        "customers.delete",
+        "customers.get",
+        "archives.list",
+    ]
 
 
 @responses.activate

@@ -110,99 +110,254 @@ class Case:
 W = ODD_WIRE
 CASES = [
     # CleverReach: the group id and the address are both path segments.
-    Case("cleverreach.upsert", cleverreach, [(200, [{"id": "1"}])],
-         lambda c: c.upsert(ODD, "newsletter", [{"email": "a@example.de"}]), [{"id": "1"}],
-         [("POST", f"/v3/groups.json/{W}/receivers/upsertplus")], ("cleverreach.upsert",)),
-    Case("cleverreach.get_receiver", cleverreach, [(200, {"id": "1", "email": ODD})],
-         lambda c: c.get_receiver(ODD, ODD), {"id": "1", "email": ODD},
-         [("GET", f"/v3/groups.json/{W}/receivers/{W}")], ("cleverreach.get_receiver",)),
-    Case("cleverreach.get_receiver absent", cleverreach, [(404, {})],
-         lambda c: c.get_receiver("7", ODD), None,
-         [("GET", f"/v3/groups.json/7/receivers/{W}")], ("cleverreach.get_receiver",)),
-    Case("cleverreach.iter_receivers", cleverreach, [(200, [])],
-         lambda c: list(c.iter_receivers(ODD)), [],
-         [("GET", f"/v3/groups.json/{W}/receivers?page=0&pagesize=500&type=all")],
-         ("cleverreach.iter_receivers",)),
-    Case("cleverreach.deactivate", cleverreach, [(200, True)],
-         lambda c: c.deactivate(ODD, ODD), True,
-         [("PUT", f"/v3/groups.json/{W}/receivers/{W}/deactivate")], ("cleverreach.deactivate",)),
-    Case("cleverreach.delete", cleverreach, [(200, True)],
-         lambda c: c.delete(ODD, ODD), True,
-         [("DELETE", f"/v3/groups.json/{W}/receivers/{W}")], ("cleverreach.delete",)),
+    Case(
+        "cleverreach.upsert",
+        cleverreach,
+        [(200, [{"id": "1"}])],
+        lambda c: c.upsert(ODD, "newsletter", [{"email": "a@example.de"}]),
+        [{"id": "1"}],
+        [("POST", f"/v3/groups.json/{W}/receivers/upsertplus")],
+        ("cleverreach.upsert",),
+    ),
+    Case(
+        "cleverreach.get_receiver",
+        cleverreach,
+        [(200, {"id": "1", "email": ODD})],
+        lambda c: c.get_receiver(ODD, ODD),
+        {"id": "1", "email": ODD},
+        [("GET", f"/v3/groups.json/{W}/receivers/{W}")],
+        ("cleverreach.get_receiver",),
+    ),
+    Case(
+        "cleverreach.get_receiver absent",
+        cleverreach,
+        [(404, {})],
+        lambda c: c.get_receiver("7", ODD),
+        None,
+        [("GET", f"/v3/groups.json/7/receivers/{W}")],
+        ("cleverreach.get_receiver",),
+    ),
+    Case(
+        "cleverreach.iter_receivers",
+        cleverreach,
+        [(200, [])],
+        lambda c: list(c.iter_receivers(ODD)),
+        [],
+        [("GET", f"/v3/groups.json/{W}/receivers?page=0&pagesize=500&type=all")],
+        ("cleverreach.iter_receivers",),
+    ),
+    Case(
+        "cleverreach.deactivate",
+        cleverreach,
+        [(200, True)],
+        lambda c: c.deactivate(ODD, ODD),
+        True,
+        [("PUT", f"/v3/groups.json/{W}/receivers/{W}/deactivate")],
+        ("cleverreach.deactivate",),
+    ),
+    Case(
+        "cleverreach.delete",
+        cleverreach,
+        [(200, True)],
+        lambda c: c.delete(ODD, ODD),
+        True,
+        [("DELETE", f"/v3/groups.json/{W}/receivers/{W}")],
+        ("cleverreach.delete",),
+    ),
     # TIMIFY: our external ids and TIMIFY's ids, by id and by ?external=1.
-    Case("timify.get_customer", timify, [ok({"id": "c1"})],
-         lambda t: t.get_customer(ODD), {"id": "c1"},
-         [("GET", f"/v1/customers/{W}")], ("timify._get",)),
-    Case("timify.get_customer external", timify, [(404, {})],
-         lambda t: t.get_customer(ODD, external=True), None,
-         [("GET", f"/v1/customers/{W}?external=1")], ("timify._get",)),
-    Case("timify.upsert_customer update", timify, [ok({"id": "c1"})],
-         lambda t: t.upsert_customer("p-1", {}, customer_id=ODD), "c1",
-         [("PATCH", f"/v1/customers/{W}")], ("timify._upsert",)),
-    Case("timify.upsert_customer exists", timify, [(409, {}), ok({"id": "c1"})],
-         lambda t: t.upsert_customer(ODD, {}), "c1",
-         [("POST", "/v1/customers"), ("PATCH", f"/v1/customers/{W}?external=1")], ("timify._upsert",)),
-    Case("timify.delete_customer", timify, [ok({"id": "c1"})],
-         lambda t: t.delete_customer(ODD), True,
-         [("DELETE", f"/v1/customers/{W}")], ("timify.delete_customer",)),
-    Case("timify.delete_customer external", timify, [(404, {})],
-         lambda t: t.delete_customer(ODD, external=True), False,
-         [("DELETE", f"/v1/customers/{W}?external=1")], ("timify.delete_customer",)),
-    Case("timify.get_appointment external", timify, [ok({"id": "a1"})],
-         lambda t: t.get_appointment(ODD, external=True), {"id": "a1"},
-         [("GET", f"/v1/appointments/{W}?external=1")], ("timify._get",)),
-    Case("timify.upsert_appointment update", timify, [ok({"id": "a1"})],
-         lambda t: t.upsert_appointment("b-1", appointment_id=ODD, **APPOINTMENT), "a1",
-         [("PATCH", f"/v1/appointments/{W}")], ("timify._upsert",)),
-    Case("timify.upsert_appointment exists", timify, [(409, {}), ok({"id": "a1"})],
-         lambda t: t.upsert_appointment(ODD, **APPOINTMENT), "a1",
-         [("POST", "/v1/appointments"), ("PATCH", f"/v1/appointments/{W}?external=1")],
-         ("timify._upsert",)),
+    Case(
+        "timify.get_customer",
+        timify,
+        [ok({"id": "c1"})],
+        lambda t: t.get_customer(ODD),
+        {"id": "c1"},
+        [("GET", f"/v1/customers/{W}")],
+        ("timify._get",),
+    ),
+    Case(
+        "timify.get_customer external",
+        timify,
+        [(404, {})],
+        lambda t: t.get_customer(ODD, external=True),
+        None,
+        [("GET", f"/v1/customers/{W}?external=1")],
+        ("timify._get",),
+    ),
+    Case(
+        "timify.upsert_customer update",
+        timify,
+        [ok({"id": "c1"})],
+        lambda t: t.upsert_customer("p-1", {}, customer_id=ODD),
+        "c1",
+        [("PATCH", f"/v1/customers/{W}")],
+        ("timify._upsert",),
+    ),
+    Case(
+        "timify.upsert_customer exists",
+        timify,
+        [(409, {}), ok({"id": "c1"})],
+        lambda t: t.upsert_customer(ODD, {}),
+        "c1",
+        [("POST", "/v1/customers"), ("PATCH", f"/v1/customers/{W}?external=1")],
+        ("timify._upsert",),
+    ),
+    Case(
+        "timify.delete_customer",
+        timify,
+        [ok({"id": "c1"})],
+        lambda t: t.delete_customer(ODD),
+        True,
+        [("DELETE", f"/v1/customers/{W}")],
+        ("timify.delete_customer",),
+    ),
+    Case(
+        "timify.delete_customer external",
+        timify,
+        [(404, {})],
+        lambda t: t.delete_customer(ODD, external=True),
+        False,
+        [("DELETE", f"/v1/customers/{W}?external=1")],
+        ("timify.delete_customer",),
+    ),
+    Case(
+        "timify.get_appointment external",
+        timify,
+        [ok({"id": "a1"})],
+        lambda t: t.get_appointment(ODD, external=True),
+        {"id": "a1"},
+        [("GET", f"/v1/appointments/{W}?external=1")],
+        ("timify._get",),
+    ),
+    Case(
+        "timify.upsert_appointment update",
+        timify,
+        [ok({"id": "a1"})],
+        lambda t: t.upsert_appointment("b-1", appointment_id=ODD, **APPOINTMENT),
+        "a1",
+        [("PATCH", f"/v1/appointments/{W}")],
+        ("timify._upsert",),
+    ),
+    Case(
+        "timify.upsert_appointment exists",
+        timify,
+        [(409, {}), ok({"id": "a1"})],
+        lambda t: t.upsert_appointment(ODD, **APPOINTMENT),
+        "a1",
+        [("POST", "/v1/appointments"), ("PATCH", f"/v1/appointments/{W}?external=1")],
+        ("timify._upsert",),
+    ),
     # Flexperto: ids in the path, and in the query of the lookups.
-    Case("flexperto.get_customer", flexperto, [(200, {"id": ODD})],
-         lambda f: f.get_customer(ODD), {"id": ODD},
-         [("GET", f"/api/v2/customers/{W}")], ("flexperto.get_customer",)),
-    Case("flexperto.delete_customer", flexperto, [(204, None)],
-         lambda f: f.delete_customer(ODD), True,
-         [("DELETE", f"/api/v2/customers/{W}")], ("flexperto.delete_customer",)),
-    Case("flexperto.delete_archive", flexperto, [(404, {})],
-         lambda f: f.delete_archive(ODD), False,
-         [("DELETE", f"/api/v2/archives/{W}")], ("flexperto.delete_archive",)),
-    Case("flexperto.find_customer", flexperto, [(200, {"items": [{"id": 7, "external_id": ODD}]})],
-         lambda f: f.find_customer(ODD), {"id": 7, "external_id": ODD},
-         [("GET", f"/api/v2/customers?external_id={ODD_QUERY}")], ()),
-    Case("flexperto.purge", flexperto,
-         [(200, {"items": [{"id": ODD, "customer_id": ODD}]}), (204, None), (204, None), (404, {}),
-          (200, {"items": []})],
-         lambda f: f.purge(ODD), True,
-         [("GET", f"/api/v2/archives?customer_id={ODD_QUERY}"), ("DELETE", f"/api/v2/archives/{W}"),
-          ("DELETE", f"/api/v2/customers/{W}"), ("GET", f"/api/v2/customers/{W}"),
-          ("GET", f"/api/v2/archives?customer_id={ODD_QUERY}")],
-         ("flexperto.delete_archive", "flexperto.delete_customer", "flexperto.get_customer")),
+    Case(
+        "flexperto.get_customer",
+        flexperto,
+        [(200, {"id": ODD})],
+        lambda f: f.get_customer(ODD),
+        {"id": ODD},
+        [("GET", f"/api/v2/customers/{W}")],
+        ("flexperto.get_customer",),
+    ),
+    Case(
+        "flexperto.delete_customer",
+        flexperto,
+        [(204, None)],
+        lambda f: f.delete_customer(ODD),
+        True,
+        [("DELETE", f"/api/v2/customers/{W}")],
+        ("flexperto.delete_customer",),
+    ),
+    Case(
+        "flexperto.delete_archive",
+        flexperto,
+        [(404, {})],
+        lambda f: f.delete_archive(ODD),
+        False,
+        [("DELETE", f"/api/v2/archives/{W}")],
+        ("flexperto.delete_archive",),
+    ),
+    Case(
+        "flexperto.find_customer",
+        flexperto,
+        [(200, {"items": [{"id": 7, "external_id": ODD}]})],
+        lambda f: f.find_customer(ODD),
+        {"id": 7, "external_id": ODD},
+        [("GET", f"/api/v2/customers?external_id={ODD_QUERY}")],
+        (),
+    ),
+    Case(
+        "flexperto.purge",
+        flexperto,
+        [
+            (200, {"items": [{"id": ODD, "customer_id": ODD}]}),
+            (204, None),
+            (204, None),
+            (404, {}),
+            (200, {"items": []}),
+        ],
+        lambda f: f.purge(ODD),
+        True,
+        [
+            ("GET", f"/api/v2/archives?customer_id={ODD_QUERY}"),
+            ("DELETE", f"/api/v2/archives/{W}"),
+            ("DELETE", f"/api/v2/customers/{W}"),
+            ("GET", f"/api/v2/customers/{W}"),
+            ("GET", f"/api/v2/archives?customer_id={ODD_QUERY}"),
+        ],
+        ("flexperto.delete_archive", "flexperto.delete_customer", "flexperto.get_customer"),
+    ),
     # Nect: the case uuid is Nect's, but it is still only ever a segment.
-    Case("nect.get_case", nect, [(200, {"caseUuid": ODD, "status": "created"})],
-         lambda n: n.get_case(ODD), {"caseUuid": ODD, "status": "created"},
-         [("GET", f"/v1/cases/{W}")], ("nect.get_case",)),
-    Case("nect.delete_case", nect, [(202, {"caseUuid": ODD, "status": "deletion_pending"})],
-         lambda n: n.delete_case(ODD), "pending",
-         [("DELETE", f"/v1/cases/{W}")], ("nect.delete_case",)),
-    Case("nect.deletion_verified", nect, [(404, {})],
-         lambda n: n.deletion_verified(ODD), True,
-         [("GET", f"/v1/cases/{W}")], ("nect.get_case",)),
+    Case(
+        "nect.get_case",
+        nect,
+        [(200, {"caseUuid": ODD, "status": "created"})],
+        lambda n: n.get_case(ODD),
+        {"caseUuid": ODD, "status": "created"},
+        [("GET", f"/v1/cases/{W}")],
+        ("nect.get_case",),
+    ),
+    Case(
+        "nect.delete_case",
+        nect,
+        [(202, {"caseUuid": ODD, "status": "deletion_pending"})],
+        lambda n: n.delete_case(ODD),
+        "pending",
+        [("DELETE", f"/v1/cases/{W}")],
+        ("nect.delete_case",),
+    ),
+    Case(
+        "nect.deletion_verified",
+        nect,
+        [(404, {})],
+        lambda n: n.deletion_verified(ODD),
+        True,
+        [("GET", f"/v1/cases/{W}")],
+        ("nect.get_case",),
+    ),
     # ISIC: every call is POST /{call}; the cardholder id travels in the body, never the path.
-    Case("isic.get_cardholder", isic, [(404, {})],
-         lambda i: i.get_cardholder(ODD), None, [("POST", "/cardholders.get")], ()),
-    Case("isic.delete_cardholder", isic, [(202, {"status": "pending"})],
-         lambda i: i.delete_cardholder(ODD), "pending", [("POST", "/cardholders.delete")], ()),
-    Case("isic.cards", isic, [(200, {"cards": []})],
-         lambda i: i.cards(ODD), [], [("POST", "/cards.list")], ()),
-]  # fmt: skip
+    Case(
+        "isic.get_cardholder",
+        isic,
+        [(404, {})],
+        lambda i: i.get_cardholder(ODD),
+        None,
+        [("POST", "/cardholders.get")],
+        (),
+    ),
+    Case(
+        "isic.delete_cardholder",
+        isic,
+        [(202, {"status": "pending"})],
+        lambda i: i.delete_cardholder(ODD),
+        "pending",
+        [("POST", "/cardholders.delete")],
+        (),
+    ),
+    Case("isic.cards", isic, [(200, {"cards": []})], lambda i: i.cards(ODD), [], [("POST", "/cards.list")], ()),
+]
 
 
 def sent_after_token() -> list[tuple[str, str]]:
     token_paths = {"/oauth/token.php", "/v1/auth/token", "/api/v2/oauth/token", "/auth/token"}
-    return [(c.request.method, c.request.path_url) for c in responses.calls
-            if c.request.path_url not in token_paths]  # fmt: skip
+    return [(c.request.method, c.request.path_url) for c in responses.calls if c.request.path_url not in token_paths]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
@@ -227,8 +382,12 @@ def _builds_paths_from_values() -> set[str]:
             if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             for node in ast.walk(function):
-                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "path"
-                        and not all(isinstance(arg, ast.Constant) for arg in node.args)):  # fmt: skip
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id == "path"
+                    and not all(isinstance(arg, ast.Constant) for arg in node.args)
+                ):
                     found.add(f"{source.stem}.{function.name}")
     return found
 
@@ -319,13 +478,18 @@ def test_cleverreach_receiver_get_and_delete_round_trip_against_the_sandbox(sand
     assert cr.get_receiver("1001", bystander)["active"] is True  # nobody else touched
 
     log = requests.get(f"{sandbox}/_sandbox/requests", timeout=5).json()["requests"]
-    receiver_calls = [(e["method"], e["raw_path"], e["query"]) for e in log
-                      if "/receivers/" in e["path"] and e["method"] != "POST"]  # fmt: skip
+    receiver_calls = [
+        (e["method"], e["raw_path"], e["query"]) for e in log if "/receivers/" in e["path"] and e["method"] != "POST"
+    ]
     one = f"/cleverreach/v3/groups.json/1001/receivers/{wire}"
     assert receiver_calls[:6] == [
-        ("GET", one, ""), ("PUT", one + "/deactivate", ""), ("GET", one, ""),
-        ("DELETE", one, ""), ("GET", one, ""), ("DELETE", one, ""),
-    ]  # fmt: skip
+        ("GET", one, ""),
+        ("PUT", one + "/deactivate", ""),
+        ("GET", one, ""),
+        ("DELETE", one, ""),
+        ("GET", one, ""),
+        ("DELETE", one, ""),
+    ]
     # urllib3 logged every request line, and the address in none of them.
     lines = [record.getMessage() for record in caplog.records if record.name == "urllib3.connectionpool"]
     assert sum("[email]" in line for line in lines) >= 6

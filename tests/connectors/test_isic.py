@@ -12,7 +12,7 @@ from responses import matchers
 
 from connectors.isic import ALLOWED_FIELDS, Isic, check_allowed, from_settings
 from connectors.transport import FatalError, RetriableError, RetryPolicy
-from psync.settings import get_settings
+from core.settings import get_settings
 
 ROOT = "https://isic.test/isic"
 TOKEN = f"{ROOT}/auth/token"
@@ -44,9 +44,14 @@ def calls_to(url: str) -> list:
 
 def card(number: str = "S420000000001A", status: str = "PENDING", holder: str = "p-1") -> dict:
     return {
-        "cardNumber": number, "cardholderId": holder, "cardType": "ISIC", "status": status,
-        "hasPhoto": True, "validFrom": "2025-09-01", "validTo": "2026-12-31",
-    }  # fmt: skip
+        "cardNumber": number,
+        "cardholderId": holder,
+        "cardType": "ISIC",
+        "status": status,
+        "hasPhoto": True,
+        "validFrom": "2025-09-01",
+        "validTo": "2026-12-31",
+    }
 
 
 class FakeClock:
@@ -117,10 +122,14 @@ def test_set_cardholder_sends_exactly_the_seven_fields(isic):
     responses.post(SET, json={"cardholderId": "p-1", "firstName": "Erika"})
     assert isic.set_cardholder("p-1", **PERSON)["cardholderId"] == "p-1"
     assert sent(calls_to(SET)[0]) == {
-        "cardholderId": "p-1", "firstName": "Erika", "lastName": "Mustermann",
-        "dateOfBirth": "2004-05-01", "email": "erika@example.de",
-        "institutionName": "TU Dresden", "studentStatus": "student",
-    }  # fmt: skip
+        "cardholderId": "p-1",
+        "firstName": "Erika",
+        "lastName": "Mustermann",
+        "dateOfBirth": "2004-05-01",
+        "email": "erika@example.de",
+        "institutionName": "TU Dresden",
+        "studentStatus": "student",
+    }
     assert set(sent(calls_to(SET)[0])) == ALLOWED_FIELDS
 
 
@@ -132,9 +141,7 @@ def test_set_cardholder_is_retried_as_an_upsert(isic, no_sleep):
     assert len(calls_to(SET)) == 2 and len(no_sleep) == 1
 
 
-@pytest.mark.parametrize(
-    "field", ["iban", "postalCode", "phonePassword", "onlineBankingLogin", "onlineBankingPin"]
-)
+@pytest.mark.parametrize("field", ["iban", "postalCode", "phonePassword", "onlineBankingLogin", "onlineBankingPin"])
 def test_allow_list_refuses_what_seed_003_lists_but_the_card_does_not_need(field):
     with pytest.raises(ValueError, match=field) as info:
         check_allowed({"cardholderId": "p-1", field: "DE02120300000000202051"})
@@ -154,9 +161,14 @@ def test_refusals_come_before_any_request(isic):
 
 def test_allow_list_is_the_seven_cardholder_keys():
     assert ALLOWED_FIELDS == {
-        "cardholderId", "firstName", "lastName", "dateOfBirth", "email",
-        "institutionName", "studentStatus",
-    }  # fmt: skip
+        "cardholderId",
+        "firstName",
+        "lastName",
+        "dateOfBirth",
+        "email",
+        "institutionName",
+        "studentStatus",
+    }
 
 
 # photo ---------------------------------------------------------------------------------
@@ -204,9 +216,10 @@ def test_a_photo_the_issuer_did_not_keep_is_fatal(isic):
 @responses.activate
 def test_request_card_lists_first_then_requests_once(isic):
     responses.post(
-        LIST, json={"cards": [card("S1", "VOIDED")]},
+        LIST,
+        json={"cards": [card("S1", "VOIDED")]},
         match=[matchers.json_params_matcher({"cardholderId": "p-1"})],
-    )  # fmt: skip
+    )
     responses.post(REQUEST, json=card("S2"))
     assert isic.request_card("p-1")["cardNumber"] == "S2"
     assert sent(calls_to(REQUEST)[0]) == {"cardholderId": "p-1", "cardType": "ISIC"}
@@ -221,9 +234,7 @@ def test_an_existing_card_is_returned_without_a_request(isic):
     assert calls_to(REQUEST) == []
 
 
-@pytest.mark.parametrize(
-    "lost", [{"body": requests.exceptions.ConnectionError("reset")}, {"status": 502}]
-)
+@pytest.mark.parametrize("lost", [{"body": requests.exceptions.ConnectionError("reset")}, {"status": 502}])
 @responses.activate
 def test_a_lost_answer_is_looked_up_not_requested_again(isic, no_sleep, lost):
     responses.post(LIST, json={"cards": []})
@@ -303,8 +314,10 @@ def test_delete_is_pending_then_verified_by_404(isic):
     assert isic.deletion_verified("p-1") is True
     outcomes = [(c.operation, c.outcome) for c in isic.http.drain_calls()][1:]
     assert outcomes == [
-        ("cardholders.delete", "ok"), ("cardholders.get", "ok"), ("cardholders.get", "absent"),
-    ]  # fmt: skip
+        ("cardholders.delete", "ok"),
+        ("cardholders.get", "ok"),
+        ("cardholders.get", "absent"),
+    ]
 
 
 @responses.activate

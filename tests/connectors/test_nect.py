@@ -12,7 +12,7 @@ from responses import matchers
 
 from connectors.nect import ApiKeyAuth, Nect, check_reference, from_settings
 from connectors.transport import FatalError, RetriableError, RetryPolicy
-from psync.settings import get_settings
+from core.settings import get_settings
 
 ROOT = "https://api.nect.test"
 CASES = f"{ROOT}/v1/cases"

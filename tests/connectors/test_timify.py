@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import doctest
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from connectors.timify import (
     parse_utc,
 )
 from connectors.transport import FatalError, RetriableError, RetryPolicy
-from psync.settings import get_settings
+from core.settings import get_settings
 
 ROOT = "https://timify.test"
 COMPANY = "65aea871f011c03363aefdb3"
@@ -31,7 +31,7 @@ RECORDED = Path(__file__).parent / "recorded" / "timify"
 CUSTOMERS = f"{ROOT}/v1/customers"
 APPOINTMENTS = f"{ROOT}/v1/appointments"
 FIELDS_URL = f"{CUSTOMERS}/customfields"
-UTC = timezone.utc
+UTC = UTC
 
 
 def recorded(name: str):
@@ -172,9 +172,15 @@ def test_allow_list_refuses_before_any_request(tm):
 
 def test_allow_list_is_seed_001s_list():
     assert ALLOWED_FIELDS == {
-        "salutation", "first_name", "last_name", "phone", "email", "insurance_number", "birth_date",
-    }  # fmt: skip
-    check_allowed({name: "x" for name in ALLOWED_FIELDS})
+        "salutation",
+        "first_name",
+        "last_name",
+        "phone",
+        "email",
+        "insurance_number",
+        "birth_date",
+    }
+    check_allowed(dict.fromkeys(ALLOWED_FIELDS, "x"))
 
 
 @responses.activate
@@ -189,8 +195,9 @@ def test_insurance_number_or_birth_date_only_given_fields_are_sent(tm):
         "customfields": [{"id": EMAIL_ID, "value": "a@example.de"}, {"id": "f-kvnr", "value": "A123456780"}],
     }
     assert second["customfields"] == [
-        {"id": EMAIL_ID, "value": "b@example.de"}, {"id": "f-birthday", "value": "1980-05-17"},
-    ]  # fmt: skip
+        {"id": EMAIL_ID, "value": "b@example.de"},
+        {"id": "f-birthday", "value": "1980-05-17"},
+    ]
 
 
 @responses.activate
@@ -205,8 +212,9 @@ def test_with_both_identifiers_given_only_the_insurance_number_is_sent(tm):
     bodies = [sent(c) for c in [*calls_to("POST", CUSTOMERS), *calls_to("PATCH", f"{CUSTOMERS}/t1")]]
     for body in bodies:
         assert body["customfields"] == [
-            {"id": EMAIL_ID, "value": "a@example.de"}, {"id": "f-kvnr", "value": "A123456780"},
-        ]  # fmt: skip
+            {"id": EMAIL_ID, "value": "a@example.de"},
+            {"id": "f-kvnr", "value": "A123456780"},
+        ]
         assert "1980" not in json.dumps(body)
     assert len(bodies) == 2
     assert both["birth_date"] == date(1980, 5, 17)  # the caller's mapping is left as it was
@@ -214,12 +222,11 @@ def test_with_both_identifiers_given_only_the_insurance_number_is_sent(tm):
 
 def test_one_identifier_keeps_the_birth_date_when_it_is_the_only_one():
     assert one_identifier({"insurance_number": None, "birth_date": date(1980, 5, 17)}) == {
-        "insurance_number": None, "birth_date": date(1980, 5, 17),
-    }  # fmt: skip
-    assert one_identifier({"insurance_number": "", "birth_date": "1980-05-17"})["birth_date"] == "1980-05-17"
-    assert one_identifier({"insurance_number": "A123456780", "birth_date": None}) == {
-        "insurance_number": "A123456780"
+        "insurance_number": None,
+        "birth_date": date(1980, 5, 17),
     }
+    assert one_identifier({"insurance_number": "", "birth_date": "1980-05-17"})["birth_date"] == "1980-05-17"
+    assert one_identifier({"insurance_number": "A123456780", "birth_date": None}) == {"insurance_number": "A123456780"}
 
 
 # idempotent create-or-update -----------------------------------------------------------
@@ -238,9 +245,7 @@ def test_known_customer_is_patched_by_its_timify_id(tm):
 def test_409_updates_by_external_id_and_creates_once(tm):
     responses.get(FIELDS_URL, json=all_fields())
     responses.post(CUSTOMERS, status=409, json={"status": 0, "error": {"code": "DuplicateExternalId"}})
-    responses.patch(
-        f"{CUSTOMERS}/p-1", json=ok({"id": "t1"}), match=[matchers.query_param_matcher({"external": "1"})]
-    )
+    responses.patch(f"{CUSTOMERS}/p-1", json=ok({"id": "t1"}), match=[matchers.query_param_matcher({"external": "1"})])
     assert tm.upsert_customer("p-1", {"email": "a@example.de"}) == "t1"
     assert len(calls_to("POST", CUSTOMERS)) == 1
     (patch,) = calls_to("PATCH", f"{CUSTOMERS}/p-1")
@@ -334,16 +339,22 @@ def test_appointment_create_body_in_berlin_time(tm):
     tm.upsert_appointment("b-2", **common, notes="Zahnersatz")
     first, second = (sent(c) for c in calls_to("POST", APPOINTMENTS))
     assert first == {
-        "externalId": "b-1", "service_id": "s1", "resource_ids": ["r1"],
-        "startDate": "2026-03-29 10:00", "duration": 30, "customers": ["t1"],
-    }  # fmt: skip
+        "externalId": "b-1",
+        "service_id": "s1",
+        "resource_ids": ["r1"],
+        "startDate": "2026-03-29 10:00",
+        "duration": 30,
+        "customers": ["t1"],
+    }
     assert second["notes"] == "Zahnersatz"
 
 
 @responses.activate
 def test_appointment_409_is_patched_by_external_id(tm):
     responses.post(APPOINTMENTS, status=409)
-    responses.patch(f"{APPOINTMENTS}/b-1", json=ok({"id": "a1"}), match=[matchers.query_param_matcher({"external": "1"})])
+    responses.patch(
+        f"{APPOINTMENTS}/b-1", json=ok({"id": "a1"}), match=[matchers.query_param_matcher({"external": "1"})]
+    )
     start = datetime(2026, 5, 4, 9, 15, tzinfo=UTC)
     got = tm.upsert_appointment(
         "b-1", service_id="s1", resource_ids=["r1"], start=start, duration_min=30, customer_id="t1"
@@ -395,9 +406,10 @@ def page(rows: list, page_no: int, limit: int, total_pages: int) -> dict:
 def test_pages_are_1_based_and_stop_at_total_pages(tm):
     for n in (1, 2):
         responses.get(
-            CUSTOMERS, json=page([{"id": f"c{n}a"}, {"id": f"c{n}b"}], n, 2, 2),
+            CUSTOMERS,
+            json=page([{"id": f"c{n}a"}, {"id": f"c{n}b"}], n, 2, 2),
             match=[matchers.query_param_matcher({"page": str(n), "limit": "2"})],
-        )  # fmt: skip
+        )
     ids = [c["id"] for c in tm.iter_customers(page_size=2)]
     assert ids == ["c1a", "c1b", "c2a", "c2b"]
     assert len(calls_to("GET", CUSTOMERS)) == 2  # full last page, yet no third request
@@ -423,9 +435,10 @@ def test_a_page_short_of_a_server_capped_limit_is_not_the_end(tm):
 def test_appointment_span_is_split_into_365_day_windows(tm):
     def window(frm: str, to: str, rows: list) -> None:
         responses.get(
-            APPOINTMENTS, json=page(rows, 1, 100, 1),
+            APPOINTMENTS,
+            json=page(rows, 1, 100, 1),
             match=[matchers.query_param_matcher({"from_date": frm, "to_date": to, "page": "1", "limit": "100"})],
-        )  # fmt: skip
+        )
 
     window("2025-01-01", "2026-01-01", [{"id": "x"}, {"id": "edge"}])
     window("2026-01-01", "2026-06-30", [{"id": "edge"}, {"id": "y"}])
@@ -493,12 +506,13 @@ def test_berlin_start_refuses_both_instants_of_the_repeated_hour(instant):
     "written", ["2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00", "2026-12-03T10:32:00+01:00"]
 )
 def test_the_push_refuses_what_intake_refuses_in_the_same_words(written):
-    """One check for both (models.types.berlin_wall_clock): the intake's reason for a start
+    """One check for both (core.clock.berlin_wall_clock): the intake's reason for a start
     is the push's, so no line intake takes in can be refused later and block the stream."""
     from models.intake import parse_line
 
-    line = json.dumps({"type": "booking.reschedule", "booking_id": "B-1", "start": written,
-                       "at": "2026-03-20T09:00:00+01:00"})  # fmt: skip
+    line = json.dumps(
+        {"type": "booking.reschedule", "booking_id": "B-1", "start": written, "at": "2026-03-20T09:00:00+01:00"}
+    )
     with pytest.raises(ValueError) as intake:
         parse_line(line, {"now": datetime(2026, 3, 20, 8, 0, tzinfo=UTC)})
     with pytest.raises(ValueError) as push:

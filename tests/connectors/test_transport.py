@@ -141,16 +141,28 @@ SECRET_URL = f"{BASE}{SECRET_PATH}?token=abcdefghijkl"
     [
         ({"status": 503}, RetriableError, "HTTP 503 after 4 attempt(s)"),
         ({"status": 403}, FatalError, "HTTP 403 after 1 attempt(s)"),
-        ({"body": requests.exceptions.ReadTimeout(SECRET_URL)}, RetriableError,
-         "read timeout (ReadTimeout) after 4 attempt(s)"),
-        ({"body": requests.exceptions.ConnectTimeout(SECRET_URL)}, RetriableError,
-         "connect timeout (ConnectTimeout) after 4 attempt(s)"),
-        ({"body": requests.exceptions.ConnectionError(SECRET_URL)}, RetriableError,
-         "connection failed (ConnectionError) after 4 attempt(s)"),
-        ({"body": requests.exceptions.ChunkedEncodingError(SECRET_URL)}, RetriableError,
-         "connection dropped (ChunkedEncodingError) after 4 attempt(s)"),
+        (
+            {"body": requests.exceptions.ReadTimeout(SECRET_URL)},
+            RetriableError,
+            "read timeout (ReadTimeout) after 4 attempt(s)",
+        ),
+        (
+            {"body": requests.exceptions.ConnectTimeout(SECRET_URL)},
+            RetriableError,
+            "connect timeout (ConnectTimeout) after 4 attempt(s)",
+        ),
+        (
+            {"body": requests.exceptions.ConnectionError(SECRET_URL)},
+            RetriableError,
+            "connection failed (ConnectionError) after 4 attempt(s)",
+        ),
+        (
+            {"body": requests.exceptions.ChunkedEncodingError(SECRET_URL)},
+            RetriableError,
+            "connection dropped (ChunkedEncodingError) after 4 attempt(s)",
+        ),
     ],
-)  # fmt: skip
+)
 @responses.activate
 def test_a_failed_run_names_processor_operation_and_reason_only(no_sleep, answer, kind, why):
     if "status" in answer:  # an error body that quotes the person
@@ -179,7 +191,12 @@ def test_errors_survive_pickling_as_prefect_persists_them(dumps):
     copy = pickle.loads(dumps(error))
     assert type(copy) is RetriableError and str(copy) == str(error)
     assert (copy.processor, copy.operation, copy.status, copy.attempts, copy.reason, copy.retry_after) == (
-        "nect", "cases.create", 409, 2, "deletion pending", 3.0
+        "nect",
+        "cases.create",
+        409,
+        2,
+        "deletion pending",
+        3.0,
     )
 
 

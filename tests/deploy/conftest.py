@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pg import ON_POSTGRES
 from psync.stack import Stack
+
+from pg import ON_POSTGRES
 from support import TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,6 +18,7 @@ import pytest
 import requests
 from sqlmodel import select
 
+from core.settings import get_settings
 from models.audit import AuditEntry
 from models.bookings import Booking
 from models.consent import ConsentRecord, ConsentState
@@ -27,8 +28,8 @@ from models.intake import intake_lines
 from models.isic import IsicOrder, OrderStatus
 from models.types import utcnow
 from psync.demo_erasure import _lines
-from psync.settings import get_settings
 from psync.stack import Stack
+
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
 
 PEOPLE = [
@@ -41,7 +42,6 @@ STARTED: list[str] = []  # every flow run this module created
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 pytestmark = [pytest.mark.deploy, pytest.mark.database]
-
 
 
 @pytest.fixture
@@ -101,16 +101,38 @@ def completed(stack: Stack, **runs: dict) -> None:
 # --- the test ---------------------------------------------------------------------------
 def _take_in(folder: Path) -> None:
     settings, now = get_settings(), utcnow()
-    for name, data in (("erase-nachweis.pdf", PDF_BYTES), ("erase-ausweis.png", PNG_BYTES), ("erase-foto.jpg", JPEG_BYTES)):
+    for name, data in (
+        ("erase-nachweis.pdf", PDF_BYTES),
+        ("erase-ausweis.png", PNG_BYTES),
+        ("erase-foto.jpg", JPEG_BYTES),
+    ):
         (folder / name).write_bytes(data)
     events = [e for i, p in enumerate(PEOPLE) for e in _lines(i, *p, now)]
-    events.append({"type": "consent.signup", "list": "newsletter", "email": PENDING, "salutation": "Herr",
-                   "first_name": "Otto", "last_name": "Offen", "ip": "192.0.2.60",
-                   "at": (now - timedelta(hours=1)).isoformat(), "source": "web", "policy_version": "2026-01"})  # fmt: skip
+    events.append(
+        {
+            "type": "consent.signup",
+            "list": "newsletter",
+            "email": PENDING,
+            "salutation": "Herr",
+            "first_name": "Otto",
+            "last_name": "Offen",
+            "ip": "192.0.2.60",
+            "at": (now - timedelta(hours=1)).isoformat(),
+            "source": "web",
+            "policy_version": "2026-01",
+        }
+    )
     lines = [json.dumps(e, ensure_ascii=False) for e in events]
     with transaction() as session:
-        results = intake_lines(session, TEST_KEY.encode(), lines, now=now, service_points=settings.timify_service_points,
-                               base_dir=folder, document_key=settings.document_key_bytes())  # fmt: skip
+        results = intake_lines(
+            session,
+            TEST_KEY.encode(),
+            lines,
+            now=now,
+            service_points=settings.timify_service_points,
+            base_dir=folder,
+            document_key=settings.document_key_bytes(),
+        )
     assert {r.outcome for r in results} == {"stored"}
 
 
@@ -142,7 +164,9 @@ def test_every_deployment_runs_from_the_server_through_a_worker(as_worker, tmp_p
     assert len(state["isic"]["cardholders"]) == 3
 
     # One unsubscribes by the newsletter's link; the issuer issues the cards.
-    requests.post(f"{sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": PEOPLE[0][0]}, timeout=10).raise_for_status()
+    requests.post(
+        f"{sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": PEOPLE[0][0]}, timeout=10
+    ).raise_for_status()
     requests.post(f"{sandbox}/_sandbox/isic/issue", timeout=10).raise_for_status()
     completed(
         stack,
@@ -190,15 +214,35 @@ def test_a_failed_run_names_the_processor_and_the_reason_but_no_one(as_worker):
     sandbox = stack.sandbox_url
     email = "fehler.fall@example.de"
     now = utcnow()
-    lines = [json.dumps(e) for e in (
-        {"type": "consent.signup", "list": "newsletter", "email": email, "first_name": "Fritz", "last_name": "Fehler",
-         "ip": "192.0.2.70", "at": (now - timedelta(minutes=5)).isoformat(), "source": "web", "policy_version": "1"},
-        {"type": "consent.confirm", "list": "newsletter", "email": email, "ip": "192.0.2.71", "at": now.isoformat()},
-    )]  # fmt: skip
+    lines = [
+        json.dumps(e)
+        for e in (
+            {
+                "type": "consent.signup",
+                "list": "newsletter",
+                "email": email,
+                "first_name": "Fritz",
+                "last_name": "Fehler",
+                "ip": "192.0.2.70",
+                "at": (now - timedelta(minutes=5)).isoformat(),
+                "source": "web",
+                "policy_version": "1",
+            },
+            {
+                "type": "consent.confirm",
+                "list": "newsletter",
+                "email": email,
+                "ip": "192.0.2.71",
+                "at": now.isoformat(),
+            },
+        )
+    ]
     with transaction() as session:
         results = intake_lines(session, TEST_KEY.encode(), lines, now=now)
     assert [r.outcome for r in results] == ["stored", "stored"], [r.reason for r in results]
-    requests.post(f"{sandbox}/_sandbox/faults", json={"fault_rate": 1.0, "kinds": ["503"]}, timeout=10).raise_for_status()
+    requests.post(
+        f"{sandbox}/_sandbox/faults", json={"fault_rate": 1.0, "kinds": ["503"]}, timeout=10
+    ).raise_for_status()
     try:
         (run,) = wait(stack, start(stack, "sync-newsletter-consents", lists=["newsletter"]))
     finally:

@@ -24,8 +24,9 @@ from models.db import transaction
 from models.erasure import ErasureRequest, RequestStatus
 from models.intake import intake_lines
 from models.types import utcnow
-from support import TEST_KEY, sandbox_state
+
 from deploy.test_deployments import _api, as_worker, completed, deployment, start, wait  # noqa: F401  (as_worker: a fixture)
+from support import TEST_KEY, sandbox_state
 
 pytestmark = [pytest.mark.deploy, pytest.mark.database]
 
@@ -41,11 +42,25 @@ def _take_in(*people: tuple[str, str, str]) -> None:
     lines = []
     for email, first, last in people:
         lines += [
-            {"type": "consent.signup", "list": "newsletter", "email": email, "first_name": first, "last_name": last,
-             "ip": "192.0.2.80", "at": (now - timedelta(hours=1)).isoformat(), "source": "web", "policy_version": "1"},
-            {"type": "consent.confirm", "list": "newsletter", "email": email, "ip": "192.0.2.81",
-             "at": (now - timedelta(minutes=50)).isoformat()},
-        ]  # fmt: skip
+            {
+                "type": "consent.signup",
+                "list": "newsletter",
+                "email": email,
+                "first_name": first,
+                "last_name": last,
+                "ip": "192.0.2.80",
+                "at": (now - timedelta(hours=1)).isoformat(),
+                "source": "web",
+                "policy_version": "1",
+            },
+            {
+                "type": "consent.confirm",
+                "list": "newsletter",
+                "email": email,
+                "ip": "192.0.2.81",
+                "at": (now - timedelta(minutes=50)).isoformat(),
+            },
+        ]
     with transaction() as session:
         results = intake_lines(session, TEST_KEY.encode(), [json.dumps(line) for line in lines], now=now)
     assert {r.outcome for r in results} == {"stored"}, [r.reason for r in results]
@@ -59,7 +74,7 @@ def _prefect_texts(stack) -> dict[str, str]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
-            rows = db.execute(f'SELECT * FROM "{table}"').fetchall()  # noqa: S608 - names from sqlite_master
+            rows = db.execute(f'SELECT * FROM "{table}"').fetchall()
             texts[table] = "\n".join(" ".join(str(v) for v in row if v is not None) for row in rows)
     return texts
 
@@ -97,19 +112,23 @@ def _requests_by_state() -> dict[str, str]:
         return {str(r.id): r.status for r in session.exec(select(ErasureRequest))}
 
 
-def test_nothing_typed_into_the_form_stays_in_prefect_whatever_became_of_the_run(as_worker):
+def test_nothing_typed_into_the_form_stays_in_prefect_whatever_became_of_the_run(as_worker):  # noqa: F811 - the fixture imported above
     stack = as_worker
     _take_in(REFUSED, CANCELLED, CRASHED)
 
     # A value outside the form's schema: the API refuses it before it stores anything.
     dep = deployment(stack, "fan-out-erasure")
-    bad = requests.post(f"{stack.api_url}/deployments/{dep['id']}/create_flow_run", timeout=30,
-                        json={"parameters": {"email": REFUSED[0], "received_at": "gestern"}})  # fmt: skip
+    bad = requests.post(
+        f"{stack.api_url}/deployments/{dep['id']}/create_flow_run",
+        timeout=30,
+        json={"parameters": {"email": REFUSED[0], "received_at": "gestern"}},
+    )
     assert bad.status_code == 409 and "received_at" in bad.text and REFUSED[0] not in bad.text, bad.text[:300]
 
     # Refused: the reference names the person.
-    refused = start(stack, "fan-out-erasure", email=REFUSED[0], channel="phone",
-                    reference=f"Anruf von {REFUSED[1]} {REFUSED[2]}")  # fmt: skip
+    refused = start(
+        stack, "fan-out-erasure", email=REFUSED[0], channel="phone", reference=f"Anruf von {REFUSED[1]} {REFUSED[2]}"
+    )
     (run,) = wait(stack, refused)
     assert run["state"]["type"] == "FAILED"
     assert run["state"]["message"] == "reference must not contain the person's name"
@@ -124,8 +143,10 @@ def test_nothing_typed_into_the_form_stays_in_prefect_whatever_became_of_the_run
 
     completed(stack, follow_up_erasures={})
 
-    runs = {name: _api(stack, "GET", f"/flow_runs/{rid}") for name, rid in
-            (("refused", refused), ("cancelled", cancelled), ("crashed", crashed))}  # fmt: skip
+    runs = {
+        name: _api(stack, "GET", f"/flow_runs/{rid}")
+        for name, rid in (("refused", refused), ("cancelled", cancelled), ("crashed", crashed))
+    }
     requests_now = _requests_by_state()
     # The crashed run's request was opened (and, newsletter only, completed) by the follow-up;
     # the run keeps its id, so a retry would resume it. The cancelled one opened nothing.
@@ -144,12 +165,14 @@ def test_nothing_typed_into_the_form_stays_in_prefect_whatever_became_of_the_run
     assert [m for m in _markers() if m in logs] == []
 
 
-def test_a_failed_erasure_reads_as_one_line_and_its_retry_resumes_the_request(as_worker):
+def test_a_failed_erasure_reads_as_one_line_and_its_retry_resumes_the_request(as_worker):  # noqa: F811 - the fixture imported above
     stack = as_worker
     sandbox = stack.sandbox_url
     _take_in(RETRIED)
     completed(stack, sync_newsletter_consents={"lists": ["newsletter"]})
-    requests.post(f"{sandbox}/_sandbox/faults", json={"fault_rate": 1.0, "kinds": ["503"]}, timeout=10).raise_for_status()
+    requests.post(
+        f"{sandbox}/_sandbox/faults", json={"fault_rate": 1.0, "kinds": ["503"]}, timeout=10
+    ).raise_for_status()
     try:
         (run,) = wait(stack, start(stack, "fan-out-erasure", email=RETRIED[0], channel="email"))
     finally:
@@ -174,4 +197,3 @@ def test_a_failed_erasure_reads_as_one_line_and_its_retry_resumes_the_request(as
     assert _requests_by_state()[request_id] == RequestStatus.completed
     receivers = sandbox_state(sandbox)["cleverreach"]["groups"]["1001"]["receivers"]
     assert RETRIED[0] not in [r["email"] for r in receivers.values()]
-

@@ -15,13 +15,14 @@ of a job that needs no processor data to now and waits for that very run.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import yaml
 
-from deploy.test_deployments import FINAL, _api
 from psync.stack import Stack
+
+from deploy.test_deployments import FINAL, _api
 
 pytestmark = [pytest.mark.deploy, pytest.mark.database]
 
@@ -65,7 +66,7 @@ def _server_errors(stack: Stack, lines: int = 8) -> str:
 
 def _move_to_now(stack: Stack, run: dict) -> None:
     """Make a scheduled run due now, as the UI's "Start now" does with a scheduled run."""
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     state = {"type": "SCHEDULED", "name": "Scheduled", "state_details": {"scheduled_time": now}}
     answer = _api(stack, "POST", f"/flow_runs/{run['id']}/set_state", state=state, force=True)
     assert answer["status"] == "ACCEPT", answer

@@ -21,6 +21,7 @@ from models.db import transaction
 from models.erasure import TaskState, Urgency
 from models.intake import intake_lines
 from models.types import utcnow
+
 from support import TEST_KEY
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -62,8 +63,11 @@ def test_every_flow_that_publishes_counts_has_its_list():
 def test_rows_list_the_flows_counts_in_order_with_zeros_then_any_other_key_as_is():
     rows = labels.table("purge-video-chat-data", {"chat_purged": 2, "due": 3, "pushed": 1, "zz_new": 4})
     assert [row[COUNT] for row in rows] == [3, 2, 0, 1, 4]
-    assert rows[0] == {WAS: "Zur Löschung fällige Videoberatungen", WHAT: "Video consultations due for deletion",
-                       COUNT: 3}  # fmt: skip
+    assert rows[0] == {
+        WAS: "Zur Löschung fällige Videoberatungen",
+        WHAT: "Video consultations due for deletion",
+        COUNT: 3,
+    }
     assert rows[2][WAS] == LABELS["purge_not_verified"].de
     assert rows[3][WHAT] == LABELS["pushed"].en  # known, not in this flow's list: still shown, labelled
     assert rows[4] == {WAS: "zz_new", WHAT: "zz_new", COUNT: 4}  # unknown: shown under its key
@@ -152,20 +156,33 @@ def test_no_key_a_flow_counts_is_missing_from_the_catalogue():
 
 
 def test_what_a_sync_returns_is_labelled_and_unchanged(against_sandbox):
-    lines = [json.dumps({
-        "type": "consent.signup", "list": "newsletter", "email": "pending@example.de", "salutation": "Frau",
-        "first_name": "Erika", "last_name": "Muster", "ip": "192.0.2.10",
-        "at": (utcnow() - timedelta(hours=1)).isoformat(), "source": "https://example.de/nl",
-        "policy_version": "2026-01",
-    })]  # fmt: skip
+    lines = [
+        json.dumps(
+            {
+                "type": "consent.signup",
+                "list": "newsletter",
+                "email": "pending@example.de",
+                "salutation": "Frau",
+                "first_name": "Erika",
+                "last_name": "Muster",
+                "ip": "192.0.2.10",
+                "at": (utcnow() - timedelta(hours=1)).isoformat(),
+                "source": "https://example.de/nl",
+                "policy_version": "2026-01",
+            }
+        )
+    ]
     with transaction() as session:
         assert [r.outcome for r in intake_lines(session, TEST_KEY.encode(), lines, now=utcnow())] == ["stored"]
     state = newsletter.sync_newsletter_consents(return_state=True)
     counts = state.result()
     assert counts == {"not_pushed_pending": 1}  # the returned dict: only what occurred, raw keys
     rows = _rows(state, "sync-newsletter-consents")
-    assert {WAS: "Nicht gesendet: Anmeldung noch unbestätigt", WHAT: "Not sent: sign-up not yet confirmed",
-            COUNT: 1} in rows  # fmt: skip
+    assert {
+        WAS: "Nicht gesendet: Anmeldung noch unbestätigt",
+        WHAT: "Not sent: sign-up not yet confirmed",
+        COUNT: 1,
+    } in rows
     assert {WAS: LABELS["pushed"].de, WHAT: LABELS["pushed"].en, COUNT: 0} in rows
     assert [row[WAS] for row in rows] == [LABELS[k].de for k in FLOW_COUNTS["sync-newsletter-consents"]]
 
@@ -191,22 +208,29 @@ def _rows(state, flow_key: str) -> list[dict]:
     ("flow_key", "run", "returned"),
     [
         ("expire-unconfirmed-optins", lambda: newsletter.expire_unconfirmed_optins(return_state=True), {}),
-        ("purge-video-chat-data",
-         lambda: bookings.purge_video_chat_data(as_of=date(2026, 5, 4), return_state=True), {"due": 0}),
-        ("purge-student-id-documents",
-         lambda: student_id.purge_student_id_documents(as_of=date(2026, 5, 4), return_state=True), {}),
-        ("watch-erasure-deadlines",
-         lambda: erasure.watch_erasure_deadlines(as_of=date(2026, 5, 4), return_state=True), {}),
+        (
+            "purge-video-chat-data",
+            lambda: bookings.purge_video_chat_data(as_of=date(2026, 5, 4), return_state=True),
+            {"due": 0},
+        ),
+        (
+            "purge-student-id-documents",
+            lambda: student_id.purge_student_id_documents(as_of=date(2026, 5, 4), return_state=True),
+            {},
+        ),
+        (
+            "watch-erasure-deadlines",
+            lambda: erasure.watch_erasure_deadlines(as_of=date(2026, 5, 4), return_state=True),
+            {},
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_run_with_nothing_to_do_shows_every_count_as_0(settings, flow_key, run, returned):
     state = run()
     assert state.is_completed(), state
     assert state.result() == returned  # what the CLI prints and the other tests assert stays as it was
     artifact = _artifact(state, flow_key)
     rows = _rows(state, flow_key)
-    assert rows == [
-        {WAS: LABELS[key].de, WHAT: LABELS[key].en, COUNT: 0} for key in FLOW_COUNTS[flow_key]
-    ]  # fmt: skip
+    assert rows == [{WAS: LABELS[key].de, WHAT: LABELS[key].en, COUNT: 0} for key in FLOW_COUNTS[flow_key]]
     assert COUNTS_ONLY in artifact.description
     assert artifact.description.startswith("# ")

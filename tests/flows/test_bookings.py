@@ -25,6 +25,7 @@ from models.parked import ParkedItem
 from models.recipients import Recipient
 from psync.cli import app
 from psync.sandbox_env import SERVICE_POINTS
+
 from support import TEST_KEY, sandbox_state
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -36,11 +37,19 @@ EMAIL, PHONE = "erika.booking@example.de", "+49 170 1234567"
 
 def request(booking_id, channel="branch", start="2026-02-02T10:00:00+01:00", **kw) -> str:
     event = {
-        "type": "booking.request", "booking_id": booking_id, "channel": channel,
-        "start": start, "duration_minutes": 30, "salutation": "Frau", "first_name": "Erika",
-        "last_name": "Bucher", "phone": PHONE, "email": EMAIL, "birth_date": "1980-05-17",
+        "type": "booking.request",
+        "booking_id": booking_id,
+        "channel": channel,
+        "start": start,
+        "duration_minutes": 30,
+        "salutation": "Frau",
+        "first_name": "Erika",
+        "last_name": "Bucher",
+        "phone": PHONE,
+        "email": EMAIL,
+        "birth_date": "1980-05-17",
         "at": NOW.isoformat(),
-    }  # fmt: skip
+    }
     if channel == "branch":
         event["service_point"] = "sp-berlin"
     event.update(kw)
@@ -92,8 +101,10 @@ def test_branch_and_video_bookings_reach_timify_and_flexperto_with_only_given_fi
 
     [flex] = flexperto_state(against_sandbox)["customers"].values()
     assert {k: flex[k] for k in ("external_id", "email", "phone")} == {
-        "external_id": "B-2", "email": EMAIL, "phone": "+491701234567",
-    }  # fmt: skip
+        "external_id": "B-2",
+        "email": EMAIL,
+        "phone": "+491701234567",
+    }
     with transaction() as session:
         register = {(r.processor, r.purpose) for r in session.exec(select(Recipient))}
         video_row = session.exec(select(Booking).where(Booking.booking_ref == "B-2")).one()
@@ -105,8 +116,9 @@ def test_branch_and_video_bookings_reach_timify_and_flexperto_with_only_given_fi
 def test_reschedule_and_cancel_follow_and_a_second_run_sends_nothing(against_sandbox):
     take_in(request("B-1"), request("B-2", channel="video"))
     bookings.push_bookings()
-    take_in(change("reschedule", "B-1", start="2026-02-05T08:30:00+01:00", duration_minutes=60),
-            change("cancel", "B-2"))  # fmt: skip
+    take_in(
+        change("reschedule", "B-1", start="2026-02-05T08:30:00+01:00", duration_minutes=60), change("cancel", "B-2")
+    )
     counts = bookings.push_bookings()
     assert counts == {"pushed": 1, "cancelled": 1, "chat_purged": 1}
     moved = appointment(against_sandbox, "B-1")
@@ -152,8 +164,9 @@ def test_chat_data_is_kept_on_day_89_and_deleted_and_verified_on_day_90(against_
     [customer_id] = flexperto_state(against_sandbox)["customers"]
     chat = requests.post(
         f"{against_sandbox}/_sandbox/flexperto/chats",
-        json={"customer_id": customer_id, "at": "2026-02-02T23:00:00Z"}, timeout=5,
-    )  # fmt: skip
+        json={"customer_id": customer_id, "at": "2026-02-02T23:00:00Z"},
+        timeout=5,
+    )
     assert chat.status_code == 201 and len(flexperto_state(against_sandbox)["archives"]) == 2
 
     # Ended 00:00 on 3 Feb in Berlin (the UTC date is still 2 Feb): day 90 is 4 May.
@@ -183,15 +196,16 @@ def test_an_unverified_purge_fails_the_run_and_stays_due(against_sandbox, monkey
 
 
 def test_with_faults_on_two_runs_end_in_exactly_the_expected_state(against_sandbox, no_sleep):
-    lines = [request(f"B-{i}", channel="video" if i % 3 == 0 else "branch",
-                     email=f"kunde{i}@example.de") for i in range(30)]  # fmt: skip
+    lines = [
+        request(f"B-{i}", channel="video" if i % 3 == 0 else "branch", email=f"kunde{i}@example.de") for i in range(30)
+    ]
     take_in(*lines)
     requests.post(f"{against_sandbox}/_sandbox/faults", json={"fault_rate": 0.2, "seed": 7}, timeout=5)
     for _ in range(2):
         try:
             bookings.push_bookings(records_per_task=10)
             break
-        except Exception:  # a batch gave up; the next run takes it again
+        except Exception:  # noqa: BLE001 - a batch gave up; the next run takes it again
             continue
     requests.post(f"{against_sandbox}/_sandbox/faults", json={"fault_rate": 0.0}, timeout=5)
     state = timify_state(against_sandbox)
@@ -199,7 +213,9 @@ def test_with_faults_on_two_runs_end_in_exactly_the_expected_state(against_sandb
     assert set(state["creates"]["appointments"].values()) == {1}
     assert len(state["customers"]) == 30 and set(state["creates"]["customers"].values()) == {1}
     flex = flexperto_state(against_sandbox)
-    assert sorted(c["external_id"] for c in flex["customers"].values()) == [f"B-{i}" for i in (0, 12, 15, 18, 21, 24, 27, 3, 6, 9)]
+    assert sorted(c["external_id"] for c in flex["customers"].values()) == [
+        f"B-{i}" for i in (0, 12, 15, 18, 21, 24, 27, 3, 6, 9)
+    ]
     assert sum(sandbox_state(against_sandbox)["faults"].values()) > 0
 
 
@@ -275,7 +291,8 @@ def test_a_retriable_failure_is_tried_first_by_the_next_run_and_holds_nobody_bac
     monkeypatch.undo()
     assert bookings.push_bookings()["pushed"] == 1  # only B-2: the cursor had passed it
     assert {a["externalId"] for a in timify_state(against_sandbox)["appointments"].values()} == {
-        f"B-{i}" for i in range(5)}  # fmt: skip
+        f"B-{i}" for i in range(5)
+    }
     assert _parked() == {"B-2": ("resolved", "timify appointments.create: HTTP 503 after 5 attempt(s)")}
 
 
@@ -307,7 +324,9 @@ def test_what_a_crashed_batch_sent_is_in_the_register_and_an_erasure_finds_it(ag
     with transaction() as session:  # ...and the register knew before they left
         rows = session.exec(select(Recipient)).all()
         assert {(r.processor, r.confirmed_at is None, r.removed_at is None) for r in rows} == {
-            ("timify", True, True), ("flexperto", True, True)}  # fmt: skip
+            ("timify", True, True),
+            ("flexperto", True, True),
+        }
         request_id = erasure.open_erasure_request(session, email="absturz@example.de", channel="letter").id
     assert erasure.fan_out_erasure(request_id=request_id) == {"verified": 2, "completed": 1}
     state = sandbox_state(against_sandbox)
@@ -390,7 +409,9 @@ def test_a_journal_left_by_a_killed_batch_is_audited_by_the_next_and_a_committed
         journal.settle_now()
         assert journal.pending() == [running]  # the live one stays
     assert {(r.action, r.outcome, r.attempts) for r in _call_rows()} == {
-        ("call.customers.create", "ok", 1), ("call.appointments.create", "unknown", 1)}
+        ("call.customers.create", "ok", 1),
+        ("call.appointments.create", "unknown", 1),
+    }
     assert all(r.detail == f"recovered={killed}" for r in _call_rows())
     journal.settle_now()  # the "running" one ended without a commit and without calls
     journal.settle_now()

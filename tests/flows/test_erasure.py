@@ -7,22 +7,24 @@ import logging
 import threading
 import time
 import uuid
-from pathlib import Path
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import requests
 from cryptography.fernet import Fernet
-from sqlalchemy import LargeBinary, select as sa_select
+from sqlalchemy import LargeBinary
+from sqlalchemy import select as sa_select
 from sqlmodel import SQLModel, select
 
 from connectors import cleverreach, nect
 from connectors.transport import RetriableError
+from core.clock import berlin_today
+from core.settings import get_settings
 from flows import bookings, erasure, student_id
 from flows.erasure_processors import HANDLERS, Hold, Policy, TimifyHandler
 from models.audit import AuditEntry, verify
-from models.bookings import berlin_today
 from models.db import get_engine, transaction
 from models.erasure import ErasureRequest, ErasureTask, UnknownSubject
 from models.intake import intake_lines
@@ -31,7 +33,7 @@ from models.subject_index import SubjectMismatch
 from models.subjects import DataSubject
 from models.types import utcnow
 from psync.sandbox_env import SERVICE_POINTS
-from psync.settings import get_settings
+
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -63,10 +65,26 @@ class Person:
         return [self.email, self.first, self.last, self.phone[-7:], self.iban, self.birth, self.ip]
 
 
-ANNA = Person("anna", "anna.loeschmann@example.de", "Annegret", "Loeschmann", "+49 170 5550101",
-              "DE02120300000000202051", "2004-02-29", "192.0.2.11")  # fmt: skip
-BERT = Person("bert", "bert.bleibtreu@example.de", "Bertholda", "Bleibtreu", "+49 170 5550202",
-              "DE89370400440532013000", "2003-07-14", "192.0.2.22")  # fmt: skip
+ANNA = Person(
+    "anna",
+    "anna.loeschmann@example.de",
+    "Annegret",
+    "Loeschmann",
+    "+49 170 5550101",
+    "DE02120300000000202051",
+    "2004-02-29",
+    "192.0.2.11",
+)
+BERT = Person(
+    "bert",
+    "bert.bleibtreu@example.de",
+    "Bertholda",
+    "Bleibtreu",
+    "+49 170 5550202",
+    "DE89370400440532013000",
+    "2003-07-14",
+    "192.0.2.22",
+)
 
 
 @pytest.fixture
@@ -83,30 +101,83 @@ def env(against_sandbox, monkeypatch, tmp_path):
 def _lines(p: Person) -> list[str]:
     at = (utcnow() - timedelta(hours=3)).isoformat()
     name = {"first_name": p.first, "last_name": p.last}
-    return [json.dumps(e) for e in (
-        {"type": "consent.signup", "list": "newsletter", "email": p.email, "salutation": "Frau", **name,
-         "ip": p.ip, "at": at, "source": "https://example.de/nl", "policy_version": "2026-01"},
-        {"type": "consent.confirm", "list": "newsletter", "email": p.email, "ip": "198.51.100.7",
-         "at": (utcnow() - timedelta(hours=2)).isoformat()},
-        {"type": "booking.request", "booking_id": f"B-{p.tag}-branch", "channel": "branch",
-         "service_point": "sp-berlin", "start": "2027-02-02T10:00:00+01:00", "duration_minutes": 30,
-         "salutation": "Frau", **name, "phone": p.phone, "email": p.email, "birth_date": p.birth,
-         "concern": "Krankengeld", "at": at},
-        {"type": "booking.request", "booking_id": p.video, "channel": "video",
-         "start": "2027-02-03T14:05:00+01:00", "duration_minutes": 30, "salutation": "Frau", **name,
-         "phone": p.phone, "email": p.email, "birth_date": p.birth, "at": at},
-        {"type": "isic.order", "order_id": p.order, **name, "birth_date": p.birth, "email": p.email,
-         "postal_code": "10115", "iban": p.iban, "institution": "TU Berlin", "phone_password": "Sonnenblume7",
-         "at": at, "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"}},
-    )]  # fmt: skip
+    return [
+        json.dumps(e)
+        for e in (
+            {
+                "type": "consent.signup",
+                "list": "newsletter",
+                "email": p.email,
+                "salutation": "Frau",
+                **name,
+                "ip": p.ip,
+                "at": at,
+                "source": "https://example.de/nl",
+                "policy_version": "2026-01",
+            },
+            {
+                "type": "consent.confirm",
+                "list": "newsletter",
+                "email": p.email,
+                "ip": "198.51.100.7",
+                "at": (utcnow() - timedelta(hours=2)).isoformat(),
+            },
+            {
+                "type": "booking.request",
+                "booking_id": f"B-{p.tag}-branch",
+                "channel": "branch",
+                "service_point": "sp-berlin",
+                "start": "2027-02-02T10:00:00+01:00",
+                "duration_minutes": 30,
+                "salutation": "Frau",
+                **name,
+                "phone": p.phone,
+                "email": p.email,
+                "birth_date": p.birth,
+                "concern": "Krankengeld",
+                "at": at,
+            },
+            {
+                "type": "booking.request",
+                "booking_id": p.video,
+                "channel": "video",
+                "start": "2027-02-03T14:05:00+01:00",
+                "duration_minutes": 30,
+                "salutation": "Frau",
+                **name,
+                "phone": p.phone,
+                "email": p.email,
+                "birth_date": p.birth,
+                "at": at,
+            },
+            {
+                "type": "isic.order",
+                "order_id": p.order,
+                **name,
+                "birth_date": p.birth,
+                "email": p.email,
+                "postal_code": "10115",
+                "iban": p.iban,
+                "institution": "TU Berlin",
+                "phone_password": "Sonnenblume7",
+                "at": at,
+                "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"},
+            },
+        )
+    ]
 
 
 def take_in(base, *lines: str) -> None:
     with transaction() as session:
         results = intake_lines(
-            session, KEY, lines, now=utcnow(), service_points=SERVICE_POINTS, base_dir=base,
+            session,
+            KEY,
+            lines,
+            now=utcnow(),
+            service_points=SERVICE_POINTS,
+            base_dir=base,
             document_key=DOC_KEY.encode(),
-        )  # fmt: skip
+        )
     assert {r.outcome for r in results} <= {"stored"}, results
 
 
@@ -122,8 +193,11 @@ def push_newsletter(p: Person) -> None:
     settings = get_settings()
     subject = subject_of(p)
     client = cleverreach.from_settings(settings)
-    receiver = {"email": p.email, "source": "https://example.de/nl",
-                "global_attributes": {"salutation": "Frau", "firstname": p.first, "lastname": p.last}}  # fmt: skip
+    receiver = {
+        "email": p.email,
+        "source": "https://example.de/nl",
+        "global_attributes": {"salutation": "Frau", "firstname": p.first, "lastname": p.last},
+    }
     [answer] = client.upsert(settings.cleverreach_group_newsletter, "newsletter", [receiver])
     with transaction() as session:
         record_sent_many(session, "cleverreach", "consent:newsletter", {subject.id: str(answer["id"])}, utcnow())
@@ -215,9 +289,12 @@ def test_a_subject_known_everywhere_is_erased_everywhere_verified_and_nobody_els
     assert counts == {"verified": 3, "awaiting_processor": 2, "completed": 0}
     status, states = request_state(rid)
     assert status == "open" and states == {
-        "cleverreach": "verified", "timify": "verified", "flexperto": "verified",
-        "isic": "awaiting_processor", "nect": "awaiting_processor",
-    }  # fmt: skip
+        "cleverreach": "verified",
+        "timify": "verified",
+        "flexperto": "verified",
+        "isic": "awaiting_processor",
+        "nect": "awaiting_processor",
+    }
     assert subject_of(ANNA).first_name == ANNA.first  # our own copy goes last
 
     assert erasure.follow_up_erasures() == {"verified": 2, "completed": 1}
@@ -236,9 +313,12 @@ def test_a_subject_known_everywhere_is_erased_everywhere_verified_and_nobody_els
         assert rows and all(r.removed_at for r in rows)
         assert verify(session, KEY).ok
     assert {
-        ("erasure.open", None, "opened"), ("erasure.erase", "cleverreach", "verified"),
-        ("erasure.erase", "isic", "awaiting"), ("erasure.verify", "nect", "verified"),
-        ("erasure.controller", None, "erased"), ("erasure.complete", None, "completed"),
+        ("erasure.open", None, "opened"),
+        ("erasure.erase", "cleverreach", "verified"),
+        ("erasure.erase", "isic", "awaiting"),
+        ("erasure.verify", "nect", "verified"),
+        ("erasure.controller", None, "erased"),
+        ("erasure.complete", None, "completed"),
     } <= audit_actions()
 
     with transaction() as session:
@@ -510,6 +590,7 @@ def test_processors_are_asked_in_parallel(env, monkeypatch):
             time.sleep(0.3)  # a processor answering slowly
             spans[handler.processor] = (start, time.monotonic())
             return "verified"
+
         return erase
 
     for handler in HANDLERS.values():
@@ -527,8 +608,9 @@ def test_the_deadline_watch_marks_and_raises_naming_request_ids_only(env):
         record_sent_many(session, "printshop", "flyer", {subject.id: None}, utcnow())
     received = datetime(2026, 1, 31, 9, 0, tzinfo=UTC)
     with transaction() as session:
-        rid = erasure.open_erasure_request(session, email=ANNA.email, received_at=received, channel="letter",
-                                           now=received + timedelta(hours=1)).id  # fmt: skip
+        rid = erasure.open_erasure_request(
+            session, email=ANNA.email, received_at=received, channel="letter", now=received + timedelta(hours=1)
+        ).id
     assert erasure.watch_erasure_deadlines(as_of=date(2026, 2, 20)) == {"on_time": 1}
     with pytest.raises(RuntimeError) as raised:
         erasure.watch_erasure_deadlines(as_of=date(2026, 2, 24))
@@ -536,8 +618,14 @@ def test_the_deadline_watch_marks_and_raises_naming_request_ids_only(env):
     assert ANNA.email not in str(raised.value)
     with transaction() as session:
         assert session.get(ErasureRequest, rid).urgency == "due_soon"
-        erasure.extend_request(session, rid, 2, "many processors, one without an API",
-                               informed_on=date(2026, 2, 10), today=date(2026, 2, 24))
+        erasure.extend_request(
+            session,
+            rid,
+            2,
+            "many processors, one without an API",
+            informed_on=date(2026, 2, 10),
+            today=date(2026, 2, 24),
+        )
     assert erasure.watch_erasure_deadlines(as_of=date(2026, 2, 24)) == {"on_time": 1}
     with pytest.raises(RuntimeError, match="overdue, due 2026-04-30"):
         erasure.watch_erasure_deadlines(as_of=date(2026, 5, 1))
@@ -548,7 +636,6 @@ def test_the_deadline_watch_marks_and_raises_naming_request_ids_only(env):
 # the officer's form: nothing typed in stays with a run ----------------------------------
 def _stored_run(flow_run_id) -> dict:
     from prefect.client.orchestration import get_client
-
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogWorker
 
@@ -557,8 +644,13 @@ def _stored_run(flow_run_id) -> dict:
         run = client.read_flow_run(flow_run_id)
         states = client.read_flow_run_states(flow_run_id)
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-    return {"parameters": run.parameters, "state": run.state.type.value, "message": run.state.message or "",
-            "history": [s.model_dump_json() for s in states], "logs": [log.message for log in logs]}  # fmt: skip
+    return {
+        "parameters": run.parameters,
+        "state": run.state.type.value,
+        "message": run.state.message or "",
+        "history": [s.model_dump_json() for s in states],
+        "logs": [log.message for log in logs],
+    }
 
 
 def _last_erasure_run() -> dict:
@@ -567,8 +659,11 @@ def _last_erasure_run() -> dict:
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["fan-out-erasure"])),
-                                       sort=FlowRunSort.START_TIME_DESC, limit=1)  # fmt: skip
+        (run,) = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["fan-out-erasure"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
     return _stored_run(run.id)
 
 
@@ -616,8 +711,15 @@ def test_a_failed_erasure_names_each_failed_processor_and_its_retry_resumes_by_i
         f"erasure request {rid}: 1 processor erasure(s) failed: timify (customers.delete: HTTP 503 after 5 "
         "attempt(s)); the request stays open and follow-up-erasures tries again"
     )
-    assert run["parameters"] == {"email": "", "insurance_number": "", "subject_id": "", "reference": "",
-                                 "received_at": "2026-11-20 14:30", "channel": "letter", "request_id": str(rid)}  # fmt: skip
+    assert run["parameters"] == {
+        "email": "",
+        "insurance_number": "",
+        "subject_id": "",
+        "reference": "",
+        "received_at": "2026-11-20 14:30",
+        "channel": "letter",
+        "request_id": str(rid),
+    }
     with transaction() as session:
         assert session.get(ErasureRequest, rid).received_at == datetime(2026, 11, 20, 13, 30, tzinfo=UTC)
     # The Art. 19 report as the officer reads it in the UI: receipt in Berlin time to the
@@ -628,7 +730,10 @@ def test_a_failed_erasure_names_each_failed_processor_and_its_retry_resumes_by_i
         (artifact,) = [a for a in client.read_artifacts() if a.key == f"erasure-report-{rid}"][-1:]
     assert "Eingegangen / received: 2026-11-20 14:30:00 CET" in artifact.description
     assert "Eingangsweg / channel: Brief / letter" in artifact.description
-    assert "Aktenzeichen / reference: –" in artifact.description and "Frist / deadline (Art. 12(3)): 2026-12-20" in artifact.description
+    assert (
+        "Aktenzeichen / reference: –" in artifact.description
+        and "Frist / deadline (Art. 12(3)): 2026-12-20" in artifact.description
+    )
     states = {row["Empfänger / recipient"]: row["Stand / state"] for row in json.loads(artifact.data)}
     assert states["timify"] == "fehlgeschlagen, wird wiederholt / failed, will be retried"
     assert states["cleverreach"] == "gelöscht und geprüft / erased and verified"
@@ -652,13 +757,16 @@ def test_the_follow_up_tidies_runs_the_form_never_reached(env):
         runs = {
             name: client.create_flow_run(erasure.fan_out_erasure, parameters=parameters, state=state).id
             for name, parameters, state in (
-                ("later", {"email": ANNA.email, "reference": "Brief vom 3.", "channel": "letter"},
-                 Scheduled(scheduled_time=later)),
+                (
+                    "later",
+                    {"email": ANNA.email, "reference": "Brief vom 3.", "channel": "letter"},
+                    Scheduled(scheduled_time=later),
+                ),
                 ("cancelled", {"email": BERT.email}, Cancelled()),
                 ("crashed", {"email": BERT.email.upper(), "received_at": "2026-11-30"}, Crashed()),
                 ("unknown", {"email": "niemand@example.de"}, Scheduled(scheduled_time=later)),
             )
-        }  # fmt: skip
+        }
     erasure.follow_up_erasures()
     stored = {name: _stored_run(rid) for name, rid in runs.items()}
     text = json.dumps(stored)
@@ -684,12 +792,26 @@ def test_after_an_erasure_the_sqlite_files_on_disk_hold_none_of_the_subjects_val
         pytest.skip("SQLite's files; PostgreSQL's are tested after `psync db compact`")
     everywhere(url, base, ANNA, BERT)
     insurance = "A123456780"
-    take_in(base, json.dumps({
-        "type": "booking.request", "booking_id": "B-anna-kv", "channel": "branch", "service_point": "sp-berlin",
-        "start": "2027-02-04T10:00:00+01:00", "duration_minutes": 30, "salutation": "Frau", "first_name": ANNA.first,
-        "last_name": ANNA.last, "phone": ANNA.phone, "email": ANNA.email, "insurance_number": insurance,
-        "at": utcnow().isoformat(),
-    }))  # fmt: skip
+    take_in(
+        base,
+        json.dumps(
+            {
+                "type": "booking.request",
+                "booking_id": "B-anna-kv",
+                "channel": "branch",
+                "service_point": "sp-berlin",
+                "start": "2027-02-04T10:00:00+01:00",
+                "duration_minutes": 30,
+                "salutation": "Frau",
+                "first_name": ANNA.first,
+                "last_name": ANNA.last,
+                "phone": ANNA.phone,
+                "email": ANNA.email,
+                "insurance_number": insurance,
+                "at": utcnow().isoformat(),
+            }
+        ),
+    )
     bookings.push_bookings()
     path = Path(database.split("///", 1)[1])
     files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]

@@ -11,7 +11,6 @@ import pytest
 import requests
 from sqlmodel import func, select
 
-from support import TEST_KEY, sandbox_state
 from flows import newsletter
 from models.audit import AuditEntry, verify
 from models.consent import ConsentRecord, ConsentState
@@ -21,6 +20,8 @@ from models.recipients import Recipient
 from models.subjects import DataSubject
 from models.types import utcnow
 
+from support import TEST_KEY, sandbox_state
+
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 KEY = TEST_KEY.encode()
 NOW = utcnow()
@@ -28,11 +29,17 @@ NOW = utcnow()
 
 def signup(email, list_name="newsletter", at=None, kvnr=None):
     event = {
-        "type": "consent.signup", "list": list_name, "email": email, "salutation": "Frau",
-        "first_name": "Erika", "last_name": "Muster", "ip": "192.0.2.10",
-        "at": (at or NOW - timedelta(hours=2)).isoformat(), "source": "https://example.de/nl",
+        "type": "consent.signup",
+        "list": list_name,
+        "email": email,
+        "salutation": "Frau",
+        "first_name": "Erika",
+        "last_name": "Muster",
+        "ip": "192.0.2.10",
+        "at": (at or NOW - timedelta(hours=2)).isoformat(),
+        "source": "https://example.de/nl",
         "policy_version": "2026-01",
-    }  # fmt: skip
+    }
     if kvnr:
         event["insurance_number"] = kvnr
     return json.dumps(event)
@@ -41,15 +48,13 @@ def signup(email, list_name="newsletter", at=None, kvnr=None):
 def confirm(email, list_name="newsletter", at=None):
     at = at or NOW - timedelta(hours=1)
     return json.dumps(
-        {"type": "consent.confirm", "list": list_name, "email": email,
-         "ip": "198.51.100.7", "at": at.isoformat()}  # fmt: skip
+        {"type": "consent.confirm", "list": list_name, "email": email, "ip": "198.51.100.7", "at": at.isoformat()}
     )
 
 
 def withdraw(email, list_name="newsletter"):
     return json.dumps(
-        {"type": "consent.withdraw", "list": list_name, "email": email,
-         "channel": "portal", "at": NOW.isoformat()}  # fmt: skip
+        {"type": "consent.withdraw", "list": list_name, "email": email, "channel": "portal", "at": NOW.isoformat()}
     )
 
 
@@ -72,11 +77,12 @@ UPSERT = "POST /v3/groups/{gid}/receivers/upsertplus"
 
 def test_only_confirmed_sign_ups_reach_their_group_with_proof(against_sandbox):
     take_in(
-        signup("a@example.de"), confirm("a@example.de"),
+        signup("a@example.de"),
+        confirm("a@example.de"),
         signup("pending@example.de"),
         signup("b@example.de", "service_offers", kvnr="A123456780"),
         confirm("b@example.de", "service_offers"),
-    )  # fmt: skip
+    )
     counts = newsletter.sync_newsletter_consents()
     assert counts["pushed"] == 2 and counts["not_pushed_pending"] == 1
     news, offers = receivers(against_sandbox, "1001"), receivers(against_sandbox, "1002")
@@ -86,9 +92,7 @@ def test_only_confirmed_sign_ups_reach_their_group_with_proof(against_sandbox):
     assert a["registered"] == int((NOW - timedelta(hours=2)).timestamp())
     assert a["activated"] == int((NOW - timedelta(hours=1)).timestamp())
     assert a["source"] == "https://example.de/nl"
-    assert a["attributes"] == {
-        "signup_ip": "192.0.2.10", "confirm_ip": "198.51.100.7", "policy_version": "2026-01"
-    }  # fmt: skip
+    assert a["attributes"] == {"signup_ip": "192.0.2.10", "confirm_ip": "198.51.100.7", "policy_version": "2026-01"}
     assert a["global_attributes"]["firstname"] == "Erika"
     assert offers["b@example.de"]["attributes"]["insurance_number"] == "A123456780"
 
@@ -98,8 +102,9 @@ def test_the_newsletter_group_never_carries_an_insurance_number(against_sandbox)
     take_in(
         signup("c@example.de", "service_offers", kvnr="A123456780"),
         confirm("c@example.de", "service_offers"),
-        signup("c@example.de"), confirm("c@example.de"),
-    )  # fmt: skip
+        signup("c@example.de"),
+        confirm("c@example.de"),
+    )
     newsletter.sync_newsletter_consents()
     news = receivers(against_sandbox, "1001")
     assert "A123456780" not in json.dumps(news)
@@ -114,7 +119,7 @@ def add_foreign_group(name="Hand-made group"):
     """A group this sync does not manage, created at the sandbox the way a marketer would."""
     from connectors import cleverreach
     from connectors.transport import path
-    from psync.settings import get_settings
+    from core.settings import get_settings
 
     client = cleverreach.from_settings(get_settings())
     client.http.request("groups.create", "POST", path("groups.json"), json={"name": name})
@@ -148,10 +153,11 @@ def test_withdrawals_leave_the_account_in_batches(against_sandbox):
 
 def test_a_receiver_kept_for_another_list_is_removed_from_this_group_only(against_sandbox):
     take_in(
-        signup("both@example.de"), confirm("both@example.de"),
+        signup("both@example.de"),
+        confirm("both@example.de"),
         signup("both@example.de", "service_offers", kvnr="A123456780"),
         confirm("both@example.de", "service_offers"),
-    )  # fmt: skip
+    )
     newsletter.sync_newsletter_consents()
     take_in(withdraw("both@example.de"))
     assert newsletter.sync_newsletter_consents()["removed"] == 1
@@ -173,7 +179,7 @@ def test_an_account_with_a_group_we_do_not_manage_gets_one_delete_per_receiver(a
 def test_unsubscribe_link_comes_back_as_a_local_withdrawal(against_sandbox):
     take_in(signup("u@example.de"), confirm("u@example.de"))
     newsletter.sync_newsletter_consents()
-    requests.post(f"{against_sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": "u@example.de"})
+    requests.post(f"{against_sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": "u@example.de"}, timeout=10)
     assert newsletter.pull_newsletter_unsubscribes()["withdrawn"] == 1
     assert newsletter.pull_newsletter_unsubscribes().get("withdrawn", 0) == 0  # idempotent
     with transaction() as session:
@@ -270,9 +276,16 @@ def test_a_crash_between_waves_rolls_the_whole_batch_back_and_a_rerun_ends_exact
         # The batch's confirmations rolled back; what was written ahead of its calls stayed.
         rows = session.exec(select(Recipient)).all()
         assert len(rows) == 30 and all(r.confirmed_at is None and r.removed_at is None for r in rows)
-        assert session.exec(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "newsletter.push")).one() == 0
+        assert (
+            session.exec(
+                select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "newsletter.push")
+            ).one()
+            == 0
+        )
     monkeypatch.setattr(newsletter, "record_confirmed_many", original)
-    assert newsletter.sync_newsletter_consents(lists=["newsletter"], batch_size=6, records_per_task=30) == {"pushed": 30}
+    assert newsletter.sync_newsletter_consents(lists=["newsletter"], batch_size=6, records_per_task=30) == {
+        "pushed": 30
+    }
     held = receivers(against_sandbox, "1001")
     with transaction() as session:
         rows = session.exec(select(Recipient)).all()
@@ -318,22 +331,35 @@ def test_a_failed_delete_keeps_the_register_row_live_for_the_next_run(against_sa
     monkeypatch.setattr(CleverReach, name, unavailable)
     with transaction() as session:
         left = str(session.exec(select(Recipient.id).where(Recipient.removed_at.is_(None))).one())
-    with pytest.raises(JobFailed, match=rf"removal: 0 record\(s\) parked, 1 to retry .*{left}: cleverreach receivers.{name}: HTTP 503"):
+    with pytest.raises(
+        JobFailed, match=rf"removal: 0 record\(s\) parked, 1 to retry .*{left}: cleverreach receivers.{name}: HTTP 503"
+    ):
         newsletter.sync_newsletter_consents(lists=["newsletter"])
     monkeypatch.setattr(CleverReach, name, original)
     assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {"removed": 1}
     assert receivers(against_sandbox, "1001") == {}
     with transaction() as session:
         assert all(r.removed_at is not None for r in session.exec(select(Recipient)).all())
-        failed = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.remove", AuditEntry.outcome == "failed")).all()
+        failed = session.exec(
+            select(AuditEntry).where(AuditEntry.action == "newsletter.remove", AuditEntry.outcome == "failed")
+        ).all()
         assert [f.http_status for f in failed] == [400, 503]
-        parked = session.exec(select(AuditEntry).where(AuditEntry.action == "sync-newsletter-consents:newsletter:removal.park")).all()
+        parked = session.exec(
+            select(AuditEntry).where(AuditEntry.action == "sync-newsletter-consents:newsletter:removal.park")
+        ).all()
         assert [p.outcome for p in parked] == ["retry"]
 
 
 def test_faults_at_the_processor_still_end_in_the_right_state(against_sandbox, no_sleep):
-    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 0.3, "seed": 11,
-                  "kinds": ["429_retry_after", "429_plain", "500", "503", "drop", "token_expiry"]})
+    requests.post(
+        f"{against_sandbox}/_sandbox/reset",
+        json={
+            "fault_rate": 0.3,
+            "seed": 11,
+            "kinds": ["429_retry_after", "429_plain", "500", "503", "drop", "token_expiry"],
+        },
+        timeout=10,
+    )
     take_in(*[line for i in range(40) for line in (signup(f"f{i}@example.de"), confirm(f"f{i}@example.de"))])
     take_in(withdraw("f0@example.de"))
     newsletter.sync_newsletter_consents(batch_size=5, records_per_task=10)
@@ -362,7 +388,9 @@ def test_no_personal_data_in_logs_or_artifacts(against_sandbox, caplog):
     caplog.set_level(logging.DEBUG)
     take_in(signup("secret.person@example.de"), confirm("secret.person@example.de"))
     newsletter.sync_newsletter_consents()
-    requests.post(f"{against_sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": "secret.person@example.de"})
+    requests.post(
+        f"{against_sandbox}/_sandbox/cleverreach/unsubscribe", json={"email": "secret.person@example.de"}, timeout=10
+    )
     newsletter.pull_newsletter_unsubscribes()
     newsletter.sync_newsletter_consents()
     text = caplog.text + " ".join(map(str, (r.args for r in caplog.records)))
@@ -374,13 +402,12 @@ def test_no_personal_data_in_logs_or_artifacts(against_sandbox, caplog):
 
 
 def test_a_processor_that_keeps_failing_fails_the_run_audited_and_resumable(against_sandbox, no_sleep):
-    from models.cursors import SyncCursor
-
     from flows.common import JobFailed
+    from models.cursors import SyncCursor
     from models.parked import ParkedItem, ParkState
 
     take_in(signup("z@example.de"), confirm("z@example.de"))
-    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 1.0, "kinds": ["500"]})
+    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 1.0, "kinds": ["500"]}, timeout=10)
     with pytest.raises(JobFailed, match=r"0 record\(s\) parked, 1 to retry .*oauth.token: HTTP 500"):
         newsletter.sync_newsletter_consents(lists=["newsletter"])
     with transaction() as session:
@@ -392,10 +419,14 @@ def test_a_processor_that_keeps_failing_fails_the_run_audited_and_resumable(agai
         assert upsert.attempts == 5 and len(no_sleep) == 4
         # The record waits for the next run; the stream moved on.
         [item] = session.exec(select(ParkedItem)).all()
-        assert (item.job, item.state, item.processor) == ("sync-newsletter-consents:newsletter", ParkState.retry, "cleverreach")
+        assert (item.job, item.state, item.processor) == (
+            "sync-newsletter-consents:newsletter",
+            ParkState.retry,
+            "cleverreach",
+        )
         assert session.get(SyncCursor, "cleverreach:newsletter").position > 0
         assert verify(session, KEY).ok
-    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 0.0})
+    requests.post(f"{against_sandbox}/_sandbox/reset", json={"fault_rate": 0.0}, timeout=10)
     assert newsletter.sync_newsletter_consents(lists=["newsletter"])["pushed"] == 1
     with transaction() as session:
         assert session.exec(select(ParkedItem)).one().state == ParkState.resolved
@@ -423,7 +454,7 @@ def test_a_returning_subject_keeps_one_register_row(against_sandbox):
 
 def test_a_consent_confirmed_again_after_the_removals_were_listed_keeps_its_receiver(against_sandbox):
     from connectors import cleverreach
-    from psync.settings import get_settings
+    from core.settings import get_settings
 
     take_in(signup("back@example.de"), confirm("back@example.de"))
     newsletter.sync_newsletter_consents()
@@ -543,17 +574,22 @@ def test_every_change_gets_exactly_one_decision_in_the_audit_trail(against_sandb
         before = session.exec(select(func.max(AuditEntry.id))).one()
     take_in(
         withdraw("gone@example.de"),  # was at CleverReach: removed
-        signup("never@example.de"), confirm("never@example.de"), withdraw("never@example.de"),  # never sent
+        signup("never@example.de"),
+        confirm("never@example.de"),
+        withdraw("never@example.de"),  # never sent
         signup("waits@example.de"),  # pending
-        signup("new@example.de"), confirm("new@example.de"),  # sent
-    )  # fmt: skip
+        signup("new@example.de"),
+        confirm("new@example.de"),  # sent
+    )
     newsletter.sync_newsletter_consents(lists=["newsletter"])
     with transaction() as session:
         names = {s.pseudonym: s.email for s in session.exec(select(DataSubject))}
         decisions = Counter(
             (names[e.subject_pseudonym], e.action, e.outcome)
-            for e in session.exec(select(AuditEntry).where(AuditEntry.id > before, AuditEntry.action.startswith("newsletter.")))
-        )  # fmt: skip
+            for e in session.exec(
+                select(AuditEntry).where(AuditEntry.id > before, AuditEntry.action.startswith("newsletter."))
+            )
+        )
     assert decisions == {
         ("gone@example.de", "newsletter.remove", "removed"): 1,
         ("never@example.de", "newsletter.hold", "skipped"): 1,
@@ -563,7 +599,9 @@ def test_every_change_gets_exactly_one_decision_in_the_audit_trail(against_sandb
 
 
 def test_a_confirmation_while_the_persons_erasure_is_open_is_held_not_sent(against_sandbox):
-    take_in(signup("geht@example.de"), confirm("geht@example.de"), signup("bleibt@example.de"), confirm("bleibt@example.de"))
+    take_in(
+        signup("geht@example.de"), confirm("geht@example.de"), signup("bleibt@example.de"), confirm("bleibt@example.de")
+    )
     from flows import erasure
 
     with transaction() as session:
@@ -572,8 +610,9 @@ def test_a_confirmation_while_the_persons_erasure_is_open_is_held_not_sent(again
     assert counts == {"pushed": 1, "held_erasure_open": 1}
     assert sorted(receivers(against_sandbox, "1001")) == ["bleibt@example.de"]
     with transaction() as session:
-        held = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.push",
-                                                     AuditEntry.outcome == "held")).all()  # fmt: skip
+        held = session.exec(
+            select(AuditEntry).where(AuditEntry.action == "newsletter.push", AuditEntry.outcome == "held")
+        ).all()
         assert len(held) == 1
     assert erasure.fan_out_erasure(request_id=str(request_id)) == {"completed": 1}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prefect.blocks.system import Secret
 
-from psync.settings import get_settings
+from core.settings import get_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import requests
@@ -19,6 +19,7 @@ from models.intake import intake_lines
 from models.isic import IsicDocument, IsicOrder, OrderStatus
 from models.recipients import Recipient
 from models.types import utcnow
+
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -29,7 +30,7 @@ DOC_KEY = Fernet.generate_key().decode()
 @pytest.fixture
 def isic_env(against_sandbox, monkeypatch, tmp_path):
     monkeypatch.setenv("PSYNC_DOCUMENT_KEY", DOC_KEY)
-    from psync.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
     (tmp_path / "nachweis.pdf").write_bytes(PDF_BYTES)
@@ -39,13 +40,22 @@ def isic_env(against_sandbox, monkeypatch, tmp_path):
 
 
 def order(order_id, email=None) -> str:
-    return json.dumps({
-        "type": "isic.order", "order_id": order_id, "first_name": "Lena", "last_name": "Studentin",
-        "birth_date": "2004-02-29", "email": email or f"{order_id.lower()}@example.de",
-        "postal_code": "10115", "iban": "DE89370400440532013000", "institution": "TU Berlin",
-        "phone_password": "Sonnenblume7", "at": utcnow().isoformat(),
-        "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"},
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "type": "isic.order",
+            "order_id": order_id,
+            "first_name": "Lena",
+            "last_name": "Studentin",
+            "birth_date": "2004-02-29",
+            "email": email or f"{order_id.lower()}@example.de",
+            "postal_code": "10115",
+            "iban": "DE89370400440532013000",
+            "institution": "TU Berlin",
+            "phone_password": "Sonnenblume7",
+            "at": utcnow().isoformat(),
+            "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"},
+        }
+    )
 
 
 def cancel(order_id) -> str:
@@ -80,8 +90,11 @@ def test_cardholder_then_photo_then_card_with_only_allowed_fields(isic_env):
     assert student_id.forward_student_id_orders() == {"forwarded": 1}
     state = isic_state(url)
     assert [route for route, holder in state["order"] if holder == "O-1"] == [
-        "POST /cardholders.set", "POST /cardholders.setPhoto", "POST /cards.list", "POST /cards.request",
-    ]  # fmt: skip
+        "POST /cardholders.set",
+        "POST /cardholders.setPhoto",
+        "POST /cards.list",
+        "POST /cards.request",
+    ]
     holder = state["cardholders"]["O-1"]
     assert holder["photo"]["contentType"] == "image/jpeg" and "iban" not in json.dumps(holder).lower()
     assert "Sonnenblume7" not in json.dumps(state)
@@ -125,7 +138,9 @@ def test_a_crash_between_calls_then_a_rerun_makes_one_cardholder_and_one_card(is
 def test_a_crash_after_the_card_request_does_not_request_a_second_card(isic_env, monkeypatch):
     url, base = isic_env
     take_in(base, order("O-1"))
-    monkeypatch.setattr("flows.student_id.record_sent_many", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    monkeypatch.setattr(
+        "flows.student_id.record_sent_many", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed"))
+    )
     with pytest.raises(RuntimeError):
         student_id.forward_student_id_orders()
     monkeypatch.undo()
@@ -163,7 +178,11 @@ def test_cancel_after_forwarding_voids_deletes_and_verifies_later(isic_env):
         assert session.exec(select(Recipient).where(Recipient.processor == "isic")).one().removed_at
         assert verify(session, KEY).ok
         actions = {(e.action, e.outcome) for e in session.exec(select(AuditEntry))}
-    assert {("isic.void_card", "voided"), ("isic.erase_local", "verified"), ("isic.delete_cardholder", "verified")} <= actions
+    assert {
+        ("isic.void_card", "voided"),
+        ("isic.erase_local", "verified"),
+        ("isic.delete_cardholder", "verified"),
+    } <= actions
 
 
 def test_with_faults_on_orders_end_exactly_once_at_the_issuer(isic_env, no_sleep):
@@ -174,7 +193,7 @@ def test_with_faults_on_orders_end_exactly_once_at_the_issuer(isic_env, no_sleep
         try:
             student_id.forward_student_id_orders(records_per_task=5)
             break
-        except Exception:
+        except Exception:  # noqa: BLE001 - a batch gave up; the next run takes it again
             continue
     requests.post(f"{url}/_sandbox/faults", json={"fault_rate": 0.0}, timeout=5)
     student_id.forward_student_id_orders()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -18,9 +19,14 @@ NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 def events(n: int, start: int = 1) -> list[AuditEvent]:
     return [
         AuditEvent(
-            f"consent.push.{i}", "ok", processor="cleverreach", subject=f"{i:032x}",
-            attempts=1, http_status=200, detail=f"list=newsletter batch={i}",
-        )  # fmt: skip
+            f"consent.push.{i}",
+            "ok",
+            processor="cleverreach",
+            subject=f"{i:032x}",
+            attempts=1,
+            http_status=200,
+            detail=f"list=newsletter batch={i}",
+        )
         for i in range(start, start + n)
     ]
 
@@ -148,10 +154,7 @@ def test_rehashing_one_row_with_the_key_breaks_the_next(settings):
 def test_truncation_with_a_rewritten_head_is_detected(settings):
     key = chain(settings, 5)
     sql("DELETE FROM audit_entry WHERE id > 3")
-    sql(
-        "UPDATE audit_head SET last_id = 3, "
-        "last_hash = (SELECT hash FROM audit_entry WHERE id = 3) WHERE id = 1"
-    )
+    sql("UPDATE audit_head SET last_id = 3, last_hash = (SELECT hash FROM audit_entry WHERE id = 3) WHERE id = 1")
     assert check(key).ok is False
 
 
@@ -175,23 +178,33 @@ def test_export_rows_in_id_order_with_iso_times(settings):
     assert datetime.fromisoformat(rows[-1]["at"]) == NOW + timedelta(minutes=1)
     assert rows[0]["at"].endswith("+00:00")
     assert rows[0]["flow_run_id"] == "run-1" and rows[-1]["flow_run_id"] is None
-    assert all(b["prev_hash"] == a["hash"] for a, b in zip(rows, rows[1:]))
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(rows))
     json.dumps(rows)  # plain values only
 
 
 def test_intake_audit_rows_hold_no_personal_data(settings):
     def line(**kw):
         event = {
-            "type": "consent.signup", "list": "service_offers", "email": "erika.m@example.de",
-            "first_name": "Erika", "last_name": "Mustermann", "ip": "192.0.2.10",
-            "insurance_number": "Z987654321", "at": (NOW - timedelta(hours=1)).isoformat(),
-            "source": "https://example.de/so", "policy_version": "2026-01",
-        }  # fmt: skip
+            "type": "consent.signup",
+            "list": "service_offers",
+            "email": "erika.m@example.de",
+            "first_name": "Erika",
+            "last_name": "Mustermann",
+            "ip": "192.0.2.10",
+            "insurance_number": "Z987654321",
+            "at": (NOW - timedelta(hours=1)).isoformat(),
+            "source": "https://example.de/so",
+            "policy_version": "2026-01",
+        }
         event.update(kw)
         return json.dumps({k: v for k, v in event.items() if v is not None})
 
-    confirm = {"type": "consent.confirm", "list": "newsletter", "ip": "192.0.2.11",
-               "at": (NOW - timedelta(minutes=30)).isoformat()}  # fmt: skip
+    confirm = {
+        "type": "consent.confirm",
+        "list": "newsletter",
+        "ip": "192.0.2.11",
+        "at": (NOW - timedelta(minutes=30)).isoformat(),
+    }
     lines = [
         line(),
         line(email="max.muster@example.de", list="newsletter", insurance_number=None),
@@ -206,8 +219,17 @@ def test_intake_audit_rows_hold_no_personal_data(settings):
         rows = session.execute(text("SELECT * FROM audit_entry")).all()
     assert len(rows) == 5
     dump = " ".join(str(value) for row in rows for value in row).lower()
-    for secret in ("@", "example.de", "erika", "mustermann", "max.muster", "nobody",
-                   "other.person", "z987654321", "192.0.2."):  # fmt: skip
+    for secret in (
+        "@",
+        "example.de",
+        "erika",
+        "mustermann",
+        "max.muster",
+        "nobody",
+        "other.person",
+        "z987654321",
+        "192.0.2.",
+    ):
         assert secret not in dump
     assert check(settings.hmac_key()).ok
 

@@ -11,16 +11,25 @@ import pytest
 from sqlalchemy import delete, insert, select, text
 from typer.testing import CliRunner
 
+from core.settings import get_settings
 from models.audit import (
-    HEAD_MISSING, REWRITTEN, TRUNCATED, WIPED, AuditEvent, AuditHead, append, append_anchor, current_anchor,
-    latest_anchor, verify_against,
-)  # fmt: skip
+    HEAD_MISSING,
+    REWRITTEN,
+    TRUNCATED,
+    WIPED,
+    AuditEvent,
+    AuditHead,
+    append,
+    append_anchor,
+    current_anchor,
+    latest_anchor,
+    verify_against,
+)
 from models.db import transaction
 from psync.cli import app
-from psync.settings import get_settings
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
-HEAD = AuditHead.__table__  # type: ignore[attr-defined]
+HEAD = AuditHead.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 
 
 def events(n: int, action: str = "consent.push") -> list[AuditEvent]:

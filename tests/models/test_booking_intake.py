@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlmodel import select
 
+import core.clock
 import models.types
 from connectors.timify import berlin_start
 from models.audit import AuditEntry
@@ -27,19 +28,26 @@ KVNR = "A123456780"
 
 def request(booking_id="B-1", **kw) -> dict:
     event = {
-        "type": "booking.request", "booking_id": booking_id, "channel": "branch",
-        "service_point": "sp-berlin", "start": "2026-03-30T10:00:00+02:00",
-        "duration_minutes": 30, "salutation": "Frau", "first_name": "Erika",
-        "last_name": "Mustermann", "phone": "030 901820", "email": "erika@example.de",
-        "insurance_number": KVNR, "at": (NOW - timedelta(minutes=5)).isoformat(),
-    }  # fmt: skip
+        "type": "booking.request",
+        "booking_id": booking_id,
+        "channel": "branch",
+        "service_point": "sp-berlin",
+        "start": "2026-03-30T10:00:00+02:00",
+        "duration_minutes": 30,
+        "salutation": "Frau",
+        "first_name": "Erika",
+        "last_name": "Mustermann",
+        "phone": "030 901820",
+        "email": "erika@example.de",
+        "insurance_number": KVNR,
+        "at": (NOW - timedelta(minutes=5)).isoformat(),
+    }
     event.update(kw)
     return {k: v for k, v in event.items() if v is not None}
 
 
 def reschedule(booking_id="B-1", start="2026-03-31T11:15:00+02:00", **kw) -> dict:
-    return {"type": "booking.reschedule", "booking_id": booking_id, "start": start,
-            "at": NOW.isoformat(), **kw}  # fmt: skip
+    return {"type": "booking.reschedule", "booking_id": booking_id, "start": start, "at": NOW.isoformat(), **kw}
 
 
 def cancel(booking_id="B-1") -> dict:
@@ -81,8 +89,12 @@ def test_a_branch_booking_is_stored_in_utc_with_only_what_was_given(settings):
 
 
 def test_birth_date_alone_is_enough(settings):
-    results = run(settings, request(insurance_number=None, birth_date="1990-04-01", channel="video",
-                                    service_point=None, concern="Zahnersatz"))  # fmt: skip
+    results = run(
+        settings,
+        request(
+            insurance_number=None, birth_date="1990-04-01", channel="video", service_point=None, concern="Zahnersatz"
+        ),
+    )
     assert outcomes(results) == ["stored"]
     [booking] = bookings()
     assert booking.birth_date == date(1990, 4, 1) and booking.insurance_number is None
@@ -121,8 +133,7 @@ def test_rejection_reasons_never_quote_the_input(settings):
 
 def test_dst_change_is_a_different_utc_offset_for_the_same_wall_clock(settings):
     # 10:00 in Berlin is 09:00Z before the switch on 29 March 2026 and 08:00Z after it.
-    run(settings, request("B-1", start="2026-03-28T10:00:00+01:00"),
-        request("B-2", start="2026-03-29T10:00:00+02:00"))  # fmt: skip
+    run(settings, request("B-1", start="2026-03-28T10:00:00+01:00"), request("B-2", start="2026-03-29T10:00:00+02:00"))
     assert [b.start_at.hour for b in bookings()] == [9, 8]
 
 
@@ -154,8 +165,10 @@ def test_the_same_file_twice_changes_nothing_the_second_time(settings):
         ([cancel("B-404")], "unknown booking_id"),
         ([request(), cancel(), reschedule()], "booking is cancelled"),
         ([request(), request(first_name="Other")], "booking_id exists already"),
-        ([request(channel="video", service_point=None), reschedule(service_point="sp-berlin")],
-         "service_point only applies to branch bookings"),
+        (
+            [request(channel="video", service_point=None), reschedule(service_point="sp-berlin")],
+            "service_point only applies to branch bookings",
+        ),
     ],
 )
 def test_events_that_do_not_fit_the_booking_are_rejected(settings, events, reason):
@@ -287,4 +300,5 @@ def test_intake_takes_a_start_exactly_when_timify_can_be_sent_that_wall_clock(da
 
 
 def test_the_time_helper_examples_hold():
+    assert doctest.testmod(core.clock).attempted > 0 and doctest.testmod(core.clock).failed == 0
     assert doctest.testmod(models.types).failed == 0

@@ -20,6 +20,7 @@ from models.db import get_engine, transaction
 from models.identity import pseudonym
 from models.recipients import Recipient, live_recipients
 from models.subjects import DataSubject
+
 from pg import waiting_on_locks
 from support import TEST_KEY
 
@@ -115,11 +116,18 @@ def _committed(url: str, load: Callable[[Session], list]) -> list:
 def test_workers_reading_due_chats_at_once_split_them_without_waiting(pg):
     with transaction(pg) as session:
         for seq, person in enumerate(_subjects(session, 4), start=1):
-            session.add(Booking(
-                booking_ref=f"V-{seq}", subject_id=person.id, channel="video", start_at=NOW,
-                duration_min=30, seq=seq, flexperto_customer_id=f"fx-{seq}",
-                chat_purge_due=date(2026, 6, 1),
-            ))  # fmt: skip
+            session.add(
+                Booking(
+                    booking_ref=f"V-{seq}",
+                    subject_id=person.id,
+                    channel="video",
+                    start_at=NOW,
+                    duration_min=30,
+                    seq=seq,
+                    flexperto_customer_id=f"fx-{seq}",
+                    chat_purge_due=date(2026, 6, 1),
+                )
+            )
 
     def due(session: Session, limit: int) -> list[str]:
         return [b.booking_ref for b in chats_due(session, date(2026, 6, 1), 0, limit)]
@@ -138,8 +146,15 @@ def test_workers_reading_due_chats_at_once_split_them_without_waiting(pg):
 def test_workers_removing_receivers_at_once_split_the_register_rows(pg):
     with transaction(pg) as session:
         for person in _subjects(session, 3):
-            session.add(Recipient(subject_id=person.id, processor="cleverreach", purpose="consent:newsletter",
-                                  first_sent_at=NOW, last_sent_at=NOW))  # fmt: skip
+            session.add(
+                Recipient(
+                    subject_id=person.id,
+                    processor="cleverreach",
+                    purpose="consent:newsletter",
+                    first_sent_at=NOW,
+                    last_sent_at=NOW,
+                )
+            )
         session.flush()
         ids = sorted((r.id for r in session.exec(select(Recipient))), key=lambda i: i.int)
 

@@ -29,8 +29,9 @@ T0 = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
 
 
 def signup(at: datetime = T0, ip: str = "192.0.2.1", key: str | None = None) -> Step:
-    return Step("signup", at, key or f"s{at.isoformat()}{ip}", ip=ip, source="https://example.de/nl",
-                policy_version="2026-01")  # fmt: skip
+    return Step(
+        "signup", at, key or f"s{at.isoformat()}{ip}", ip=ip, source="https://example.de/nl", policy_version="2026-01"
+    )
 
 
 def confirm(at: datetime = T0 + timedelta(hours=1), ip: str = "192.0.2.2") -> Step:
@@ -47,17 +48,22 @@ def expire(at: datetime = T0 + timedelta(days=31)) -> Step:
 
 def record() -> ConsentRecord:
     return ConsentRecord(
-        subject_id=uuid.uuid4(), list_name="newsletter", state=ConsentState.pending,
+        subject_id=uuid.uuid4(),
+        list_name="newsletter",
+        state=ConsentState.pending,
         signup_at=T0,
-    )  # fmt: skip
+    )
 
 
 def test_a_signup_is_pending_with_its_proof():
     d = replay([signup()])
     assert d.state == ConsentState.pending
     assert (d.signup_at, d.signup_ip, d.source, d.policy_version) == (
-        T0, "192.0.2.1", "https://example.de/nl", "2026-01",
-    )  # fmt: skip
+        T0,
+        "192.0.2.1",
+        "https://example.de/nl",
+        "2026-01",
+    )
     assert d.confirm_at is None and d.decided == signup()
 
 
@@ -77,8 +83,13 @@ def test_pending_can_be_withdrawn():
 
 
 def test_the_order_events_are_stored_in_does_not_matter():
-    history = [signup(), confirm(), withdraw(), signup(T0 + timedelta(days=4), "192.0.2.8"),
-               confirm(T0 + timedelta(days=4, minutes=5), "192.0.2.9")]  # fmt: skip
+    history = [
+        signup(),
+        confirm(),
+        withdraw(),
+        signup(T0 + timedelta(days=4), "192.0.2.8"),
+        confirm(T0 + timedelta(days=4, minutes=5), "192.0.2.9"),
+    ]
     expected = replay(history)
     assert expected.state == ConsentState.confirmed and expected.signup_ip == "192.0.2.8"
     for shift in range(len(history)):

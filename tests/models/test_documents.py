@@ -14,12 +14,13 @@ from cryptography.fernet import Fernet
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from models.db import get_engine, scrub_journal, transaction
+from core.settings import get_settings
+from models.db import scrub_journal, transaction
 from models.documents import DocumentCipher, DocumentKey
 from models.intake import intake_lines
 from models.isic import IsicDocument, IsicOrder, delete_documents, open_document
 from psync.cli import app
-from psync.settings import get_settings
+
 from support import JPEG_BYTES, PDF_BYTES
 
 NOW = datetime(2026, 9, 1, 10, 0, tzinfo=UTC)
@@ -27,13 +28,22 @@ MASTER = Fernet.generate_key()
 
 
 def take_in(settings, docs, order_id: str = "O-1", key: bytes = MASTER) -> None:
-    line = json.dumps({
-        "type": "isic.order", "order_id": order_id, "first_name": "Lena", "last_name": "Studentin",
-        "birth_date": "2004-02-29", "email": f"{order_id.lower()}@example.de", "postal_code": "10115",
-        "iban": "DE89370400440532013000", "institution": "TU Berlin", "phone_password": "Sonnenblume7",
-        "at": NOW.isoformat(),
-        "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"},
-    })  # fmt: skip
+    line = json.dumps(
+        {
+            "type": "isic.order",
+            "order_id": order_id,
+            "first_name": "Lena",
+            "last_name": "Studentin",
+            "birth_date": "2004-02-29",
+            "email": f"{order_id.lower()}@example.de",
+            "postal_code": "10115",
+            "iban": "DE89370400440532013000",
+            "institution": "TU Berlin",
+            "phone_password": "Sonnenblume7",
+            "at": NOW.isoformat(),
+            "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"},
+        }
+    )
     with transaction() as session:
         [result] = intake_lines(session, settings.hmac_key(), [line], now=NOW, base_dir=docs, document_key=key)
     assert result.outcome == "stored", result.reason

@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import String, select as sa_select
+from sqlalchemy import String
+from sqlalchemy import select as sa_select
 from sqlmodel import SQLModel, select
 
 from models.bookings import Booking
@@ -37,27 +38,48 @@ DOC_KEY = Fernet.generate_key()
 EMAIL, KVNR = "erika@example.de", "A123456780"
 # Everything the person gave before the erasure; none of it may be anywhere afterwards.
 OLD = {
-    "email": EMAIL, "first name": "Edeltraud", "last name": "Mustermann", "insurance number": KVNR,
-    "sign-up IP": "192.0.2.10", "confirm IP": "192.0.2.11", "service sign-up IP": "192.0.2.12",
-    "source": "https://alt.example.de/nl", "phone": "+4930901820", "concern": "Rueckenschmerzen",
-    "IBAN": "DE89370400440532013000", "institution": "Alte Hochschule", "postal code": "10115",
-}  # fmt: skip
+    "email": EMAIL,
+    "first name": "Edeltraud",
+    "last name": "Mustermann",
+    "insurance number": KVNR,
+    "sign-up IP": "192.0.2.10",
+    "confirm IP": "192.0.2.11",
+    "service sign-up IP": "192.0.2.12",
+    "source": "https://alt.example.de/nl",
+    "phone": "+4930901820",
+    "concern": "Rueckenschmerzen",
+    "IBAN": "DE89370400440532013000",
+    "institution": "Alte Hochschule",
+    "postal code": "10115",
+}
 
 
 def run(settings, base_dir, *events: dict) -> list:
     with transaction() as session:
         return intake_lines(
-            session, settings.hmac_key(), [json.dumps(e) for e in events], now=NOW,
-            service_points=SERVICE_POINTS, base_dir=base_dir, document_key=DOC_KEY,
-        )  # fmt: skip
+            session,
+            settings.hmac_key(),
+            [json.dumps(e) for e in events],
+            now=NOW,
+            service_points=SERVICE_POINTS,
+            base_dir=base_dir,
+            document_key=DOC_KEY,
+        )
 
 
 def signup(at: datetime, list_name: str = "newsletter", ip: str = "192.0.2.10", **kw) -> dict:
     event = {
-        "type": "consent.signup", "list": list_name, "email": EMAIL, "salutation": "Frau",
-        "first_name": "Edeltraud", "last_name": "Mustermann", "ip": ip, "at": at.isoformat(),
-        "source": OLD["source"], "policy_version": "2026-01",
-    }  # fmt: skip
+        "type": "consent.signup",
+        "list": list_name,
+        "email": EMAIL,
+        "salutation": "Frau",
+        "first_name": "Edeltraud",
+        "last_name": "Mustermann",
+        "ip": ip,
+        "at": at.isoformat(),
+        "source": OLD["source"],
+        "policy_version": "2026-01",
+    }
     if list_name == "service_offers":
         event["insurance_number"] = KVNR
     return {**event, **kw}
@@ -73,20 +95,39 @@ def withdraw(at: datetime, list_name: str = "newsletter") -> dict:
 
 def booking(ref: str, at: datetime, **kw) -> dict:
     return {
-        "type": "booking.request", "booking_id": ref, "channel": "branch", "service_point": "sp-berlin",
-        "start": "2026-12-03T10:30:00+01:00", "duration_minutes": 30, "salutation": "Frau",
-        "first_name": "Edeltraud", "last_name": "Mustermann", "phone": "030 901820", "email": EMAIL,
-        "insurance_number": KVNR, "concern": OLD["concern"], "at": at.isoformat(), **kw,
-    }  # fmt: skip
+        "type": "booking.request",
+        "booking_id": ref,
+        "channel": "branch",
+        "service_point": "sp-berlin",
+        "start": "2026-12-03T10:30:00+01:00",
+        "duration_minutes": 30,
+        "salutation": "Frau",
+        "first_name": "Edeltraud",
+        "last_name": "Mustermann",
+        "phone": "030 901820",
+        "email": EMAIL,
+        "insurance_number": KVNR,
+        "concern": OLD["concern"],
+        "at": at.isoformat(),
+        **kw,
+    }
 
 
 def order(ref: str, at: datetime) -> dict:
     return {
-        "type": "isic.order", "order_id": ref, "first_name": "Edeltraud", "last_name": "Mustermann",
-        "birth_date": "2004-02-29", "email": EMAIL, "postal_code": "10115", "iban": "DE89 3704 0044 0532 0130 00",
-        "institution": OLD["institution"], "phone_password": "Sonnenblume7", "at": at.isoformat(),
+        "type": "isic.order",
+        "order_id": ref,
+        "first_name": "Edeltraud",
+        "last_name": "Mustermann",
+        "birth_date": "2004-02-29",
+        "email": EMAIL,
+        "postal_code": "10115",
+        "iban": "DE89 3704 0044 0532 0130 00",
+        "institution": OLD["institution"],
+        "phone_password": "Sonnenblume7",
+        "at": at.isoformat(),
         "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"},
-    }  # fmt: skip
+    }
 
 
 def subject_row(settings) -> DataSubject:
@@ -114,9 +155,11 @@ def everything(subject_id: uuid.UUID) -> dict:
         "data_subject": rows(DataSubject, id=subject_id),
         "consent": sorted(rows(ConsentRecord, subject_id=subject_id), key=lambda r: r["list_name"]),
         "consent_event_pii": [
-            (e["kind"], e["ip"], e["source"]) for c in consent_ids for e in rows(ConsentEvent, consent_id=c)
+            (e["kind"], e["ip"], e["source"])
+            for c in consent_ids
+            for e in rows(ConsentEvent, consent_id=c)
             if e["ip"] or e["source"]
-        ],  # fmt: skip
+        ],
         "booking": rows(Booking, subject_id=subject_id),
         "isic_order": rows(IsicOrder, subject_id=subject_id),
     }
@@ -138,12 +181,18 @@ def old_values_anywhere() -> list[str]:
 def erased(settings, docs) -> DataSubject:
     """Erika, on both lists, with a booking, an ISIC order and a Nect case, then erased."""
     lines = [
-        signup(ERASED - timedelta(days=20)), confirm(ERASED - timedelta(days=20) + timedelta(minutes=5)),
+        signup(ERASED - timedelta(days=20)),
+        confirm(ERASED - timedelta(days=20) + timedelta(minutes=5)),
         signup(ERASED - timedelta(days=19), "service_offers", ip="192.0.2.12"),
-        booking("B-ER", ERASED - timedelta(days=18)), order("O-ER", ERASED - timedelta(days=18)),
-        {"type": "ident.case", "email": EMAIL, "case_id": str(uuid.UUID(int=1)),
-         "at": (ERASED - timedelta(days=17)).isoformat()},
-    ]  # fmt: skip
+        booking("B-ER", ERASED - timedelta(days=18)),
+        order("O-ER", ERASED - timedelta(days=18)),
+        {
+            "type": "ident.case",
+            "email": EMAIL,
+            "case_id": str(uuid.UUID(int=1)),
+            "at": (ERASED - timedelta(days=17)).isoformat(),
+        },
+    ]
     assert {r.outcome for r in run(settings, docs, *lines)} == {"stored"}
     assert old_values_anywhere() == sorted(OLD)  # the scan below sees each of them
     subject = subject_row(settings)
@@ -163,18 +212,41 @@ def lines_after_erasure(docs) -> list[tuple[dict, str, str]]:
         (confirm(AFTER), "unchanged", "this person's data was erased; a confirmation needs a new sign-up first"),
         (signup(BEFORE), "unchanged", before),
         (signup(BEFORE, "service_offers", ip="192.0.2.12"), "unchanged", before),
-        ({"type": "booking.reschedule", "booking_id": "B-ER", "start": "2026-12-04T10:30:00+01:00",
-          "at": AFTER.isoformat()}, "unchanged", "this booking's data was erased; nothing to change"),
-        ({"type": "booking.cancel", "booking_id": "B-ER", "at": AFTER.isoformat()}, "unchanged",
-         "this booking's data was erased; nothing to change"),
+        (
+            {
+                "type": "booking.reschedule",
+                "booking_id": "B-ER",
+                "start": "2026-12-04T10:30:00+01:00",
+                "at": AFTER.isoformat(),
+            },
+            "unchanged",
+            "this booking's data was erased; nothing to change",
+        ),
+        (
+            {"type": "booking.cancel", "booking_id": "B-ER", "at": AFTER.isoformat()},
+            "unchanged",
+            "this booking's data was erased; nothing to change",
+        ),
         (booking("B-LATE", BEFORE), "unchanged", before),
         ({"type": "isic.cancel", "order_id": "O-ER", "at": AFTER.isoformat()}, "unchanged", "already cancelled"),
         (order("O-LATE", BEFORE), "unchanged", before),
-        ({"type": "ident.case", "email": EMAIL, "case_id": str(uuid.UUID(int=2)), "at": AFTER.isoformat()},
-         "stored", ""),
-        ({"type": "erasure.request", "email": EMAIL, "channel": "email", "reference": "Mail vom 11.",
-          "at": AFTER.isoformat()}, "stored", ""),
-    ]  # fmt: skip
+        (
+            {"type": "ident.case", "email": EMAIL, "case_id": str(uuid.UUID(int=2)), "at": AFTER.isoformat()},
+            "stored",
+            "",
+        ),
+        (
+            {
+                "type": "erasure.request",
+                "email": EMAIL,
+                "channel": "email",
+                "reference": "Mail vom 11.",
+                "at": AFTER.isoformat(),
+            },
+            "stored",
+            "",
+        ),
+    ]
 
 
 def test_no_line_for_an_erased_person_brings_anything_back(settings, docs, erased):
@@ -196,7 +268,9 @@ def test_no_line_for_an_erased_person_brings_anything_back(settings, docs, erase
         assert {o.order_ref for o in session.exec(select(IsicOrder))} == {"O-ER"}
         # the Nect case is registered (an erasure must find it) under the subject, pseudonymously
         assert {r.external_id for r in session.exec(select(Recipient).where(Recipient.processor == "nect"))} == {
-            str(uuid.UUID(int=1)), str(uuid.UUID(int=2))}  # fmt: skip
+            str(uuid.UUID(int=1)),
+            str(uuid.UUID(int=2)),
+        }
         assert session.exec(select(ErasureRequest)).one().subject_id == erased.id
     # the no-ops are recorded: the same file again is all duplicates and changes nothing
     assert [r.outcome for r in run(settings, docs, *(line for line, _, _ in cases))] == ["duplicate"] * len(cases)
@@ -207,8 +281,9 @@ def test_a_new_signup_after_the_erasure_starts_from_nothing_and_needs_a_new_conf
     # A confirmation clicked while erased (an old mail) must not confirm the new sign-up.
     [result] = run(settings, docs, confirm(AFTER + timedelta(hours=2), "198.51.100.9"))
     assert result.outcome == "unchanged"
-    fresh = signup(AFTER, ip="198.51.100.7", first_name="Marie", last_name="Neumann",
-                   source="https://neu.example.de/nl")  # fmt: skip
+    fresh = signup(
+        AFTER, ip="198.51.100.7", first_name="Marie", last_name="Neumann", source="https://neu.example.de/nl"
+    )
     assert [r.outcome for r in run(settings, docs, fresh)] == ["stored"]
     subject = subject_row(settings)
     assert (subject.email, subject.first_name, subject.last_name) == (EMAIL, "Marie", "Neumann")
@@ -219,8 +294,11 @@ def test_a_new_signup_after_the_erasure_starts_from_nothing_and_needs_a_new_conf
         kinds = [e.kind for e in session.exec(select(ConsentEvent).where(ConsentEvent.consent_id == newsletter_id))]
     newsletter = records["newsletter"]
     assert (newsletter.state, newsletter.signup_ip, newsletter.confirm_at, newsletter.confirm_ip) == (
-        ConsentState.pending, "198.51.100.7", None, None,
-    )  # fmt: skip
+        ConsentState.pending,
+        "198.51.100.7",
+        None,
+        None,
+    )
     assert records["service_offers"].state == ConsentState.withdrawn and records["service_offers"].signup_ip is None
     assert EventKind.erase in kinds  # the erasure stays in the history once erased_at is cleared
     # only the e-mail address came back (given again); nothing else of the old data
@@ -230,8 +308,11 @@ def test_a_new_signup_after_the_erasure_starts_from_nothing_and_needs_a_new_conf
     with transaction() as session:
         [row] = changed_since(session, "newsletter", 0, 10)
     assert (row.state, row.signup_ip, row.confirm_ip, row.first_name) == (
-        "confirmed", "198.51.100.7", "198.51.100.8", "Marie",
-    )  # fmt: skip
+        "confirmed",
+        "198.51.100.7",
+        "198.51.100.8",
+        "Marie",
+    )
 
     # Old lines sent again after the return still restore nothing.
     results = run(settings, docs, signup(BEFORE, ip="192.0.2.99"), confirm(BEFORE, "192.0.2.98"))
@@ -243,8 +324,12 @@ def test_a_new_signup_after_the_erasure_starts_from_nothing_and_needs_a_new_conf
 
 def test_a_withdrawal_while_erased_counts_against_a_new_signup_dated_before_it(settings, docs, erased):
     run(settings, docs, withdraw(AFTER + timedelta(hours=1)))
-    results = run(settings, docs, signup(AFTER, ip="198.51.100.7", first_name="Marie"),
-                  confirm(AFTER + timedelta(minutes=5), "198.51.100.8"))  # fmt: skip
+    results = run(
+        settings,
+        docs,
+        signup(AFTER, ip="198.51.100.7", first_name="Marie"),
+        confirm(AFTER + timedelta(minutes=5), "198.51.100.8"),
+    )
     assert [r.outcome for r in results] == ["stored", "stored"]
     with transaction() as session:
         record = session.exec(select(ConsentRecord).where(ConsentRecord.list_name == "newsletter")).one()
@@ -252,8 +337,15 @@ def test_a_withdrawal_while_erased_counts_against_a_new_signup_dated_before_it(s
 
 
 def test_a_new_booking_after_the_erasure_is_new_data_and_brings_back_nothing_old(settings, docs, erased):
-    new_booking = booking("B-NEW", AFTER, first_name="Marie", last_name="Neumann", concern="Zahnersatz",
-                          insurance_number=None, birth_date="1980-05-17")  # fmt: skip
+    new_booking = booking(
+        "B-NEW",
+        AFTER,
+        first_name="Marie",
+        last_name="Neumann",
+        concern="Zahnersatz",
+        insurance_number=None,
+        birth_date="1980-05-17",
+    )
     results = run(settings, docs, new_booking)
     assert [r.outcome for r in results] == ["stored"]
     subject = subject_row(settings)
@@ -275,9 +367,17 @@ def test_a_new_order_after_the_erasure_is_stored(settings, docs, erased):
 
 
 def test_a_new_signup_and_its_confirmation_in_one_file_work_in_either_order(settings, docs, erased):
-    results = run(settings, docs, confirm(AFTER + timedelta(minutes=5), "198.51.100.8"),
-                  signup(AFTER, ip="198.51.100.7", first_name="Marie"))  # fmt: skip
+    results = run(
+        settings,
+        docs,
+        confirm(AFTER + timedelta(minutes=5), "198.51.100.8"),
+        signup(AFTER, ip="198.51.100.7", first_name="Marie"),
+    )
     assert [r.outcome for r in results] == ["stored", "stored"]
     with transaction() as session:
         record = session.exec(select(ConsentRecord).where(ConsentRecord.list_name == "newsletter")).one()
-    assert (record.state, record.signup_ip, record.confirm_ip) == (ConsentState.confirmed, "198.51.100.7", "198.51.100.8")
+    assert (record.state, record.signup_ip, record.confirm_ip) == (
+        ConsentState.confirmed,
+        "198.51.100.7",
+        "198.51.100.8",
+    )

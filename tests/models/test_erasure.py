@@ -31,6 +31,7 @@ from models.identity import pseudonym
 from models.recipients import Recipient
 from models.subject_index import SubjectMismatch
 from models.subjects import DataSubject
+
 from support import TEST_KEY
 
 KEY = TEST_KEY.encode()
@@ -45,10 +46,18 @@ def subject(session: Session, email: str, kvnr: str | None = None, **fields) -> 
     return row
 
 
-def sent(session: Session, who: DataSubject, processor: str, purpose: str, external: str | None = None,
-         removed: bool = False) -> Recipient:  # fmt: skip
-    row = Recipient(subject_id=who.id, processor=processor, purpose=purpose, external_id=external,
-                    first_sent_at=NOW, last_sent_at=NOW, removed_at=NOW if removed else None)  # fmt: skip
+def sent(
+    session: Session, who: DataSubject, processor: str, purpose: str, external: str | None = None, removed: bool = False
+) -> Recipient:
+    row = Recipient(
+        subject_id=who.id,
+        processor=processor,
+        purpose=purpose,
+        external_id=external,
+        first_sent_at=NOW,
+        last_sent_at=NOW,
+        removed_at=NOW if removed else None,
+    )
     session.add(row)
     session.flush()
     return row
@@ -68,10 +77,14 @@ def test_free_text_without_personal_data_is_accepted(text):
 
 @pytest.mark.parametrize(
     ("text", "why"),
-    [("erika@example.de", "personal data"), ("Tel. 0170 5550101", "personal data"),
-     ("KVNR A123456780", "personal data"), ("x" * 201, "longer than 200"),
-     ("Schreiben von Frau Mustermann", "name")],
-)  # fmt: skip
+    [
+        ("erika@example.de", "personal data"),
+        ("Tel. 0170 5550101", "personal data"),
+        ("KVNR A123456780", "personal data"),
+        ("x" * 201, "longer than 200"),
+        ("Schreiben von Frau Mustermann", "name"),
+    ],
+)
 def test_free_text_that_looks_personal_is_refused_without_being_repeated(settings, text, why):
     person = DataSubject(pseudonym="p", first_name="Erika", last_name="Mustermann")
     with pytest.raises(ValueError, match=why) as raised:
@@ -85,14 +98,20 @@ def test_a_request_finds_the_subject_and_opens_one_task_per_live_recipient(setti
         sent(session, erika, "cleverreach", "consent:newsletter", "17")
         sent(session, erika, "timify", "booking", "65f0")
         sent(session, erika, "flexperto", "video:B-1", removed=True)  # already purged there
-        request = open_for(session, email=" Erika@Example.DE ", insurance_number="a123456780",
-                           subject_id=str(erika.id), reference="Brief vom 3. März")  # fmt: skip
+        request = open_for(
+            session,
+            email=" Erika@Example.DE ",
+            insurance_number="a123456780",
+            subject_id=str(erika.id),
+            reference="Brief vom 3. März",
+        )
         tasks = tasks_of(session, request.id)
         assert request.subject_id == erika.id and request.status == RequestStatus.open
         assert request.due == date(2026, 4, 2) and request.urgency == "on_time"
         assert [(t.processor, t.purpose, t.external_id, t.state) for t in tasks] == [
-            ("cleverreach", "consent:newsletter", "17", "pending"), ("timify", "booking", "65f0", "pending"),
-        ]  # fmt: skip
+            ("cleverreach", "consent:newsletter", "17", "pending"),
+            ("timify", "booking", "65f0", "pending"),
+        ]
 
 
 def test_a_second_request_for_the_same_subject_joins_the_open_one(settings):
@@ -132,10 +151,15 @@ def test_data_sent_again_after_its_erasure_was_verified_is_erased_again(settings
 
 @pytest.mark.parametrize(
     ("given", "error"),
-    [({"email": "nobody@example.de"}, UnknownSubject), ({"subject_id": uuid.uuid4()}, UnknownSubject),
-     ({"insurance_number": "A123456780"}, UnknownSubject), ({}, ValueError),
-     ({"email": "not an address"}, ValueError), ({"subject_id": "erika@example.de"}, ValueError)],
-)  # fmt: skip
+    [
+        ({"email": "nobody@example.de"}, UnknownSubject),
+        ({"subject_id": uuid.uuid4()}, UnknownSubject),
+        ({"insurance_number": "A123456780"}, UnknownSubject),
+        ({}, ValueError),
+        ({"email": "not an address"}, ValueError),
+        ({"subject_id": "erika@example.de"}, ValueError),
+    ],
+)
 def test_an_unknown_or_malformed_subject_is_refused_and_nothing_is_stored(settings, given, error):
     with transaction() as session:
         subject(session, "erika@example.de")
@@ -221,8 +245,9 @@ def test_a_claimed_task_is_not_claimed_again_until_its_lease_runs_out(settings):
 
 
 def test_verified_manual_and_still_held_tasks_are_not_claimed(settings):
-    rid, ids = _request_with_tasks(states=(TaskState.verified, TaskState.manual_pending, TaskState.restricted,
-                                           TaskState.restricted))  # fmt: skip
+    rid, ids = _request_with_tasks(
+        states=(TaskState.verified, TaskState.manual_pending, TaskState.restricted, TaskState.restricted)
+    )
     with transaction() as session:
         tasks = tasks_of(session, rid)
         tasks[2].hold_until, tasks[3].hold_until = date(2026, 3, 10), date(2026, 3, 1)
@@ -246,9 +271,7 @@ def test_two_claims_at_once_on_postgres_share_nothing_and_do_not_wait(pg):
     try:
         got_first = claim(first, "run-a", NOW, NOW.date(), LEASE, [rid], limit=2)  # not committed yet
         got_second: list = []
-        worker = threading.Thread(
-            target=lambda: got_second.extend(_claim_and_commit(engine, "run-b", rid))
-        )
+        worker = threading.Thread(target=lambda: got_second.extend(_claim_and_commit(engine, "run-b", rid)))
         worker.start()
         worker.join(timeout=10)
         assert not worker.is_alive(), "the second claim waited for the first (no SKIP LOCKED)"
@@ -271,11 +294,27 @@ def _claim_and_commit(engine, owner: str, rid: uuid.UUID) -> list[uuid.UUID]:
 def test_the_controller_copy_is_erased_and_read_back(settings):
     with transaction() as session:
         erika = subject(session, "erika@example.de", "A123456780", first_name="Erika", last_name="Muster")
-        booking = Booking(booking_ref="B-1", subject_id=erika.id, channel="video", start_at=NOW, duration_min=30,
-                          seq=1, first_name="Erika", phone="+491701234567", concern="Krankengeld",
-                          flexperto_customer_id="cus_1")  # fmt: skip
-        consent = ConsentRecord(subject_id=erika.id, list_name="newsletter", state="confirmed", signup_at=NOW,
-                                signup_ip="192.0.2.1", confirm_ip="192.0.2.2", source="https://x.de")  # fmt: skip
+        booking = Booking(
+            booking_ref="B-1",
+            subject_id=erika.id,
+            channel="video",
+            start_at=NOW,
+            duration_min=30,
+            seq=1,
+            first_name="Erika",
+            phone="+491701234567",
+            concern="Krankengeld",
+            flexperto_customer_id="cus_1",
+        )
+        consent = ConsentRecord(
+            subject_id=erika.id,
+            list_name="newsletter",
+            state="confirmed",
+            signup_at=NOW,
+            signup_ip="192.0.2.1",
+            confirm_ip="192.0.2.2",
+            source="https://x.de",
+        )
         session.add_all([booking, consent])
         session.flush()
         session.add(ConsentEvent(consent_id=consent.id, kind="signup", at=NOW, ip="192.0.2.1", dedupe_key="k"))

@@ -22,9 +22,17 @@ def run(settings, *events) -> list:
 
 
 def signup(email: str) -> dict:
-    return {"type": "consent.signup", "list": "newsletter", "email": email, "first_name": "Erika",
-            "last_name": "Muster", "ip": "192.0.2.1", "at": (NOW - timedelta(days=1)).isoformat(),
-            "source": "https://example.de/nl", "policy_version": "1"}  # fmt: skip
+    return {
+        "type": "consent.signup",
+        "list": "newsletter",
+        "email": email,
+        "first_name": "Erika",
+        "last_name": "Muster",
+        "ip": "192.0.2.1",
+        "at": (NOW - timedelta(days=1)).isoformat(),
+        "source": "https://example.de/nl",
+        "policy_version": "1",
+    }
 
 
 def erase(**kw) -> dict:
@@ -49,8 +57,12 @@ def test_a_request_line_opens_one_request_with_a_task_per_recipient_and_is_idemp
 
 def test_unknown_subject_and_personal_reference_are_rejected_and_change_nothing(settings):
     run(settings, signup("erika@example.de"))
-    results = run(settings, erase(email="nobody@example.de"), erase(email="erika@example.de", reference="erika@example.de"),
-                  erase())  # fmt: skip
+    results = run(
+        settings,
+        erase(email="nobody@example.de"),
+        erase(email="erika@example.de", reference="erika@example.de"),
+        erase(),
+    )
     assert [r.outcome for r in results] == ["rejected"] * 3
     assert "nobody" not in " ".join(r.reason for r in results)
     assert "give email or insurance_number" in results[2].reason

@@ -19,7 +19,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import func, text
 from sqlmodel import select
 
@@ -39,9 +41,13 @@ START = NOW - timedelta(days=10)
 DOC_KEY = Fernet.generate_key()
 FRESH = itertools.count(1)  # a new person (address, booking id, order id) per example
 SETTINGS = hypothesis_settings(
-    max_examples=40, deadline=None, derandomize=True, database=None, print_blob=False,
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=False,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
-)  # fmt: skip
+)
 RANK = {"signup": 0, "confirm": 1, "withdraw": 2}
 # At the same instant only when the later kind ranks after the earlier one: then the listed
 # order is the event-time order too.
@@ -51,9 +57,14 @@ GAPS = (timedelta(0), timedelta(seconds=1), timedelta(minutes=7), timedelta(days
 def run(settings, events: list[dict], base_dir=None) -> list[LineResult]:
     with transaction() as session:
         return intake_lines(
-            session, settings.hmac_key(), [json.dumps(e) for e in events], now=NOW,
-            service_points=SERVICE_POINTS, base_dir=base_dir, document_key=DOC_KEY,
-        )  # fmt: skip
+            session,
+            settings.hmac_key(),
+            [json.dumps(e) for e in events],
+            now=NOW,
+            service_points=SERVICE_POINTS,
+            base_dir=base_dir,
+            document_key=DOC_KEY,
+        )
 
 
 def one_line_at_a_time(settings, events: list[dict], base_dir=None) -> None:
@@ -82,8 +93,14 @@ def audit_rows() -> int:
 def consent_event(kind: str, email: str, at: datetime, n: int) -> dict:
     event = {"type": f"consent.{kind}", "list": "newsletter", "email": email, "at": at.isoformat()}
     if kind == "signup":
-        event.update(ip=f"198.51.100.{n + 1}", source=f"https://example.de/nl/{n}", policy_version=f"2026-{n:02d}",
-                     salutation="Frau", first_name=f"Vorname{n}", last_name=f"Nachname{n}")  # fmt: skip
+        event.update(
+            ip=f"198.51.100.{n + 1}",
+            source=f"https://example.de/nl/{n}",
+            policy_version=f"2026-{n:02d}",
+            salutation="Frau",
+            first_name=f"Vorname{n}",
+            last_name=f"Nachname{n}",
+        )
     elif kind == "confirm":
         event["ip"] = f"203.0.113.{n + 1}"
     else:
@@ -107,17 +124,36 @@ def consent_histories(draw) -> tuple[str, list[dict]]:
 
 def plain_state_machine(events: list[dict]) -> tuple[dict, dict]:
     """The double-opt-in cycle of the README, fed in event-time order: (record, names)."""
-    r: dict = dict.fromkeys(("state", "signup_at", "signup_ip", "source", "policy_version", "confirm_at",
-                             "confirm_ip", "withdrawn_at", "withdraw_channel"))  # fmt: skip
+    r: dict = dict.fromkeys(
+        (
+            "state",
+            "signup_at",
+            "signup_ip",
+            "source",
+            "policy_version",
+            "confirm_at",
+            "confirm_ip",
+            "withdrawn_at",
+            "withdraw_channel",
+        )
+    )
     names: dict = {}
     for e in events:
         at = datetime.fromisoformat(e["at"])
         if e["type"] == "consent.signup":
             names = {k: e[k] for k in ("salutation", "first_name", "last_name")}  # the newest given
             if r["state"] != "confirmed":
-                r.update(state="pending", signup_at=at, signup_ip=e["ip"], source=e["source"],
-                         policy_version=e["policy_version"], confirm_at=None, confirm_ip=None,
-                         withdrawn_at=None, withdraw_channel=None)  # fmt: skip
+                r.update(
+                    state="pending",
+                    signup_at=at,
+                    signup_ip=e["ip"],
+                    source=e["source"],
+                    policy_version=e["policy_version"],
+                    confirm_at=None,
+                    confirm_ip=None,
+                    withdrawn_at=None,
+                    withdraw_channel=None,
+                )
         elif e["type"] == "consent.confirm":
             if r["state"] == "pending":
                 r.update(state="confirmed", confirm_at=at, confirm_ip=e["ip"])
@@ -154,8 +190,9 @@ def assert_consent_ends_as_its_history(settings, email: str, history: list[dict]
 def consent_snapshot(settings, email: str):
     def snapshot():
         with transaction() as session:
-            subject_id = session.exec(select(DataSubject.id).where(
-                DataSubject.pseudonym == pseudonym(settings.hmac_key(), "email", email))).one()  # fmt: skip
+            subject_id = session.exec(
+                select(DataSubject.id).where(DataSubject.pseudonym == pseudonym(settings.hmac_key(), "email", email))
+            ).one()
             record = session.exec(select(ConsentRecord).where(ConsentRecord.subject_id == subject_id)).one()
             events = session.exec(
                 select(func.count()).select_from(ConsentEvent).where(ConsentEvent.consent_id == record.id)
@@ -192,11 +229,20 @@ def berlin_text(start: datetime) -> str:
 
 def booking_request(ref: str, at: datetime, start: datetime) -> dict:
     return {
-        "type": "booking.request", "booking_id": ref, "channel": "branch", "service_point": "sp-berlin",
-        "start": berlin_text(start), "duration_minutes": 30, "salutation": "Frau", "first_name": "Erika",
-        "last_name": "Mustermann", "phone": "030 901820", "email": f"{ref.lower()}@example.de",
-        "birth_date": "1980-05-17", "at": at.isoformat(),
-    }  # fmt: skip
+        "type": "booking.request",
+        "booking_id": ref,
+        "channel": "branch",
+        "service_point": "sp-berlin",
+        "start": berlin_text(start),
+        "duration_minutes": 30,
+        "salutation": "Frau",
+        "first_name": "Erika",
+        "last_name": "Mustermann",
+        "phone": "030 901820",
+        "email": f"{ref.lower()}@example.de",
+        "birth_date": "1980-05-17",
+        "at": at.isoformat(),
+    }
 
 
 @st.composite
@@ -207,9 +253,15 @@ def booking_histories(draw) -> list[dict]:
     events = [booking_request(ref, at, draw(st.sampled_from(SLOTS)))]
     for _ in range(draw(st.integers(0, 4))):
         at += draw(st.sampled_from(GAPS[1:]))
-        events.append({"type": "booking.reschedule", "booking_id": ref, "at": at.isoformat(),
-                       "start": berlin_text(draw(st.sampled_from(SLOTS))),
-                       "duration_minutes": draw(st.sampled_from([30, 45, 60]))})  # fmt: skip
+        events.append(
+            {
+                "type": "booking.reschedule",
+                "booking_id": ref,
+                "at": at.isoformat(),
+                "start": berlin_text(draw(st.sampled_from(SLOTS))),
+                "duration_minutes": draw(st.sampled_from([30, 45, 60])),
+            }
+        )
     if draw(st.booleans()):
         at += draw(st.sampled_from(GAPS[1:]))
         events.append({"type": "booking.cancel", "booking_id": ref, "at": at.isoformat()})
@@ -262,11 +314,18 @@ def test_a_booking_ends_in_the_state_of_its_latest_event_whatever_the_arrival_or
 # ISIC orders -------------------------------------------------------------------------------
 def isic_order(ref: str, at: datetime) -> dict:
     return {
-        "type": "isic.order", "order_id": ref, "first_name": "Lena", "last_name": "Studentin",
-        "birth_date": "2004-02-29", "email": f"{ref.lower()}@example.de", "postal_code": "10115",
-        "iban": "DE89 3704 0044 0532 0130 00", "institution": "TU Berlin", "at": at.isoformat(),
+        "type": "isic.order",
+        "order_id": ref,
+        "first_name": "Lena",
+        "last_name": "Studentin",
+        "birth_date": "2004-02-29",
+        "email": f"{ref.lower()}@example.de",
+        "postal_code": "10115",
+        "iban": "DE89 3704 0044 0532 0130 00",
+        "institution": "TU Berlin",
+        "at": at.isoformat(),
         "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"},
-    }  # fmt: skip
+    }
 
 
 @st.composite
@@ -366,8 +425,10 @@ def test_a_late_signup_dated_before_the_withdrawal_does_not_confirm_again(settin
     with transaction() as session:
         assert session.execute(text("SELECT count(*) FROM consent_event")).scalar_one() == 5
         ignored = [(a.outcome, a.detail) for a in session.exec(select(AuditEntry)) if a.action == "intake.ignored"]
-    assert ignored == [("stale", f"consent.signup list=newsletter: {reason}"),
-                       ("stale", f"consent.confirm list=newsletter: {reason}")]  # fmt: skip
+    assert ignored == [
+        ("stale", f"consent.signup list=newsletter: {reason}"),
+        ("stale", f"consent.confirm list=newsletter: {reason}"),
+    ]
 
 
 def test_reimporting_a_file_with_an_out_of_order_withdrawal_changes_nothing(settings):
@@ -395,8 +456,9 @@ def test_a_confirmation_after_a_withdrawal_does_not_revive_its_signup(settings):
     run(settings, [erika("signup", T1), erika("withdraw", T2)])
     [result] = run(settings, [erika("confirm", T3)])
     assert (result.outcome, result.reason) == (
-        "unchanged", "the sign-up is withdrawn at 2026-11-10T12:05:00Z; a new sign-up is needed",
-    )  # fmt: skip
+        "unchanged",
+        "the sign-up is withdrawn at 2026-11-10T12:05:00Z; a new sign-up is needed",
+    )
     assert record_of(settings).state == ConsentState.withdrawn
     assert pushed(settings) == []
 
@@ -425,11 +487,15 @@ def test_a_late_signup_between_signup_and_confirmation_becomes_the_proof(setting
 def booking_lines(ref: str = "B-EO") -> dict:
     return {
         "request": booking_request(ref, T1, SLOTS[0]),
-        "early": {"type": "booking.reschedule", "booking_id": ref, "at": T2.isoformat(),
-                  "start": berlin_text(SLOTS[1])},
+        "early": {
+            "type": "booking.reschedule",
+            "booking_id": ref,
+            "at": T2.isoformat(),
+            "start": berlin_text(SLOTS[1]),
+        },
         "cancel": {"type": "booking.cancel", "booking_id": ref, "at": (T2 + timedelta(hours=1)).isoformat()},
         "late": {"type": "booking.reschedule", "booking_id": ref, "at": T3.isoformat(), "start": berlin_text(SLOTS[2])},
-    }  # fmt: skip
+    }
 
 
 def test_a_reschedule_older_than_the_cancellation_is_ignored(settings):
@@ -437,8 +503,9 @@ def test_a_reschedule_older_than_the_cancellation_is_ignored(settings):
     run(settings, [lines["request"], lines["cancel"]])
     [result] = run(settings, [lines["early"]])
     assert (result.outcome, result.reason) == (
-        "unchanged", "older than the cancellation (cancelled at 2026-11-10T13:05:00Z)",
-    )  # fmt: skip
+        "unchanged",
+        "older than the cancellation (cancelled at 2026-11-10T13:05:00Z)",
+    )
     booking = booking_of("B-EO")
     assert (booking.status, booking.start_at) == (BookingStatus.cancelled, SLOTS[0])
 
@@ -458,8 +525,9 @@ def test_a_reschedule_older_than_the_last_one_is_ignored(settings):
     run(settings, [lines["request"], lines["late"]])
     [result] = run(settings, [lines["early"]])
     assert (result.outcome, result.reason) == (
-        "unchanged", "older than the current booking (changed at 2026-11-11T12:00:00Z)",
-    )  # fmt: skip
+        "unchanged",
+        "older than the current booking (changed at 2026-11-11T12:00:00Z)",
+    )
     assert booking_of("B-EO").start_at == SLOTS[2]
 
 

@@ -18,8 +18,9 @@ CASE, OTHER = uuid.UUID(int=7), uuid.UUID(int=8)
 
 
 def case(case_id: uuid.UUID = CASE, **kw) -> str:
-    return json.dumps({"type": "ident.case", "email": "Ida.Ident@Example.de", "case_id": str(case_id),
-                       "at": NOW.isoformat(), **kw})  # fmt: skip
+    return json.dumps(
+        {"type": "ident.case", "email": "Ida.Ident@Example.de", "case_id": str(case_id), "at": NOW.isoformat(), **kw}
+    )
 
 
 def run(settings, *lines: str) -> list:
@@ -41,7 +42,7 @@ def test_a_case_is_registered_at_nect_once_per_case_and_a_repeat_is_a_duplicate(
 
 
 def test_a_case_id_that_is_not_nects_uuid_is_rejected_and_nothing_is_stored(settings):
-    [result] = run(settings, case(case_id="x"))  # type: ignore[arg-type]
+    [result] = run(settings, case(case_id="x"))  # type: ignore[arg-type]  # the wrong input on purpose
     assert result.outcome == "rejected" and "case_id" in result.reason
     with transaction() as session:
         assert session.exec(select(Recipient)).all() == [] and session.exec(select(DataSubject)).all() == []

@@ -60,9 +60,7 @@ def test_normalise_upper_cases_and_drops_spaces():
     assert normalise_insurance_number(" z 98765 4321 ") == "Z987654321"
 
 
-@pytest.mark.parametrize(
-    "bad", ["A123456781", "A12345678", "A1234567801", "A1234567X0", "1123456780", ""]
-)
+@pytest.mark.parametrize("bad", ["A123456781", "A12345678", "A1234567801", "A1234567X0", "1123456780", ""])
 def test_normalise_refuses_without_echoing(bad):
     with pytest.raises(ValueError) as info:
         normalise_insurance_number(bad)

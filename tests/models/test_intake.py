@@ -22,29 +22,41 @@ TABLES = ("data_subject", "consent", "consent_event")
 
 def signup(email="erika.mustermann@example.de", list_name="newsletter", **kw) -> dict:
     event = {
-        "type": "consent.signup", "list": list_name, "email": email, "salutation": "Frau",
-        "first_name": "Erika", "last_name": "Mustermann", "ip": "192.0.2.10",
-        "at": (NOW - timedelta(hours=2)).isoformat(), "source": "https://example.de/nl",
+        "type": "consent.signup",
+        "list": list_name,
+        "email": email,
+        "salutation": "Frau",
+        "first_name": "Erika",
+        "last_name": "Mustermann",
+        "ip": "192.0.2.10",
+        "at": (NOW - timedelta(hours=2)).isoformat(),
+        "source": "https://example.de/nl",
         "policy_version": "2026-01",
-    }  # fmt: skip
+    }
     event.update(kw)
     return event
 
 
 def confirm(email="erika.mustermann@example.de", list_name="newsletter", **kw) -> dict:
     event = {
-        "type": "consent.confirm", "list": list_name, "email": email, "ip": "192.0.2.11",
+        "type": "consent.confirm",
+        "list": list_name,
+        "email": email,
+        "ip": "192.0.2.11",
         "at": (NOW - timedelta(hours=1)).isoformat(),
-    }  # fmt: skip
+    }
     event.update(kw)
     return event
 
 
 def withdraw(email="erika.mustermann@example.de", list_name="newsletter", **kw) -> dict:
     event = {
-        "type": "consent.withdraw", "list": list_name, "email": email, "channel": "portal",
+        "type": "consent.withdraw",
+        "list": list_name,
+        "email": email,
+        "channel": "portal",
         "at": (NOW - timedelta(minutes=30)).isoformat(),
-    }  # fmt: skip
+    }
     event.update(kw)
     return event
 
@@ -69,8 +81,10 @@ def test_good_lines_are_stored(settings):
         kinds = [e.kind for e in session.exec(select(ConsentEvent).order_by(ConsentEvent.id))]
     assert subject.email == "erika.mustermann@example.de"
     assert (subject.first_name, subject.last_name, subject.salutation) == (
-        "Erika", "Mustermann", "Frau",
-    )  # fmt: skip
+        "Erika",
+        "Mustermann",
+        "Frau",
+    )
     assert subject.insurance_number is None
     assert record.state == ConsentState.confirmed
     assert record.signup_ip == "192.0.2.10" and record.confirm_ip == "192.0.2.11"
@@ -117,8 +131,11 @@ def test_withdraw_without_record_is_unchanged_and_kept_under_the_pseudonym_only(
     assert subject.pseudonym and subject.email is None and subject.first_name is None
     assert (record.state, record.change_seq, record.signup_ip) == (ConsentState.withdrawn, 0, None)
     # so a sign-up dated before it, arriving later, does not subscribe the person
-    results = run(settings, signup(email="nobody@example.de", at=(NOW - timedelta(hours=2)).isoformat()),
-                  confirm(email="nobody@example.de"))  # fmt: skip
+    results = run(
+        settings,
+        signup(email="nobody@example.de", at=(NOW - timedelta(hours=2)).isoformat()),
+        confirm(email="nobody@example.de"),
+    )
     assert [r.outcome for r in results] == ["stored", "stored"]  # the proof, of a consent that ended
     with transaction() as session:
         record = session.exec(select(ConsentRecord)).one()
@@ -139,22 +156,27 @@ BAD_LINES = {
     "bad e-mail": (_with(signup(), email="erika.mustermann.example.de"), "email"),
     "missing confirm": (confirm(email="erika.mustermann@example.de"), "no sign-up to confirm"),
     "confirm for other list": (
-        confirm(email="known@example.de", list_name="service_offers"), "no sign-up to confirm",
+        confirm(email="known@example.de", list_name="service_offers"),
+        "no sign-up to confirm",
     ),
     "unknown list": (_with(signup(), list="sms"), "list"),
     "naive timestamp": (_with(signup(), at="2026-05-04T09:00:00"), "timezone"),
     "service_offers without insurance number": (
-        signup(list_name="service_offers"), "insurance_number is required",
+        signup(list_name="service_offers"),
+        "insurance_number is required",
     ),
     "newsletter with insurance number": (
-        signup(insurance_number=KVNR), "not collected for the newsletter",
+        signup(insurance_number=KVNR),
+        "not collected for the newsletter",
     ),
     "invalid check digit": (
-        signup(list_name="service_offers", insurance_number="Z987654320"), "insurance_number",
+        signup(list_name="service_offers", insurance_number="Z987654320"),
+        "insurance_number",
     ),
     "unknown extra field": (_with(signup(), birthday="1970-01-01"), "birthday: Extra inputs"),
     "future timestamp": (
-        _with(signup(), at=(NOW + timedelta(minutes=5, seconds=1)).isoformat()), "future",
+        _with(signup(), at=(NOW + timedelta(minutes=5, seconds=1)).isoformat()),
+        "future",
     ),
     "not JSON": ('{"type": "consent.signup", "email": "erika.mustermann@example.de"', "JSON"),
     "not an object": (json.dumps(["erika.mustermann@example.de"]), "JSON object"),
@@ -201,9 +223,8 @@ def test_one_person_on_both_lists_is_one_subject(settings):
     results = run(
         settings,
         signup(email="Erika.Mustermann@Example.de"),
-        signup(email="erika.mustermann@example.DE", list_name="service_offers",
-               insurance_number=KVNR.lower()),
-    )  # fmt: skip
+        signup(email="erika.mustermann@example.DE", list_name="service_offers", insurance_number=KVNR.lower()),
+    )
     assert [r.outcome for r in results] == ["stored", "stored"]
     with transaction() as session:
         subject = session.exec(select(DataSubject)).one()
@@ -229,17 +250,14 @@ def test_insurance_number_of_another_subject_is_rejected(settings):
     before = counts()
     results = run(
         settings,
-        signup(email="erika.mustermann@example.de", list_name="service_offers",
-               insurance_number=KVNR),
-    )  # fmt: skip
+        signup(email="erika.mustermann@example.de", list_name="service_offers", insurance_number=KVNR),
+    )
     assert [r.outcome for r in results] == ["rejected"]
     assert "insurance number" in results[0].reason
     assert "mustermann" not in results[0].reason and KVNR not in results[0].reason
     assert counts() == before
     with transaction() as session:
-        erika = session.exec(
-            select(DataSubject).where(DataSubject.email == "erika.mustermann@example.de")
-        ).one()
+        erika = session.exec(select(DataSubject).where(DataSubject.email == "erika.mustermann@example.de")).one()
     assert erika.insurance_number is None
 
 
@@ -247,9 +265,8 @@ def test_email_registered_with_another_insurance_number_is_rejected(settings):
     run(settings, signup(list_name="service_offers", insurance_number=KVNR))
     results = run(
         settings,
-        signup(list_name="service_offers", insurance_number=OTHER_KVNR,
-               at=(NOW - timedelta(hours=1)).isoformat()),
-    )  # fmt: skip
+        signup(list_name="service_offers", insurance_number=OTHER_KVNR, at=(NOW - timedelta(hours=1)).isoformat()),
+    )
     assert [r.outcome for r in results] == ["rejected"]
 
 
@@ -257,10 +274,17 @@ def test_json_schema_discriminates_every_event_type():
     schema = json_schema()
     assert schema["discriminator"]["propertyName"] == "type"
     assert set(schema["discriminator"]["mapping"]) == {
-        "consent.signup", "consent.confirm", "consent.withdraw",
-        "booking.request", "booking.reschedule", "booking.cancel",
-        "isic.order", "isic.cancel", "erasure.request", "ident.case",
-    }  # fmt: skip
+        "consent.signup",
+        "consent.confirm",
+        "consent.withdraw",
+        "booking.request",
+        "booking.reschedule",
+        "booking.cancel",
+        "isic.order",
+        "isic.cancel",
+        "erasure.request",
+        "ident.case",
+    }
     assert len(schema["oneOf"]) == 10
     signup_schema = schema["$defs"]["ConsentSignup"]
     assert "list" in signup_schema["properties"]  # by alias, as the website sends it
@@ -297,8 +321,11 @@ def test_a_confirmation_above_its_signup_in_the_file_applies(settings):
     results = run(settings, confirm(), withdraw(email="max@example.de"), signup(), signup(email="max@example.de"))
     assert [r.outcome for r in results] == ["stored", "unchanged", "stored", "stored"]
     with transaction() as session:
-        states = {s.email: r.state for r, s in session.exec(
-            select(ConsentRecord, DataSubject).join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
-        )}  # fmt: skip
+        states = {
+            s.email: r.state
+            for r, s in session.exec(
+                select(ConsentRecord, DataSubject).join(DataSubject, DataSubject.id == ConsentRecord.subject_id)
+            )
+        }
     # Max withdrew 30 minutes after signing up: the withdrawal above the sign-up still counts.
     assert states == {"erika.mustermann@example.de": ConsentState.confirmed, "max@example.de": ConsentState.withdrawn}

@@ -15,7 +15,8 @@ from models.db import transaction
 from models.documents import DocumentCipher
 from models.intake import intake_lines
 from models.isic import IsicDocument, IsicOrder, OrderStatus, open_document
-from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES
+
+from support import JPEG_BYTES, PDF_BYTES
 
 NOW = datetime(2026, 9, 1, 10, 0, tzinfo=UTC)
 DOC_KEY = Fernet.generate_key()
@@ -30,12 +31,19 @@ def docs(docs):
 
 def order(order_id="O-1", **kw) -> dict:
     event = {
-        "type": "isic.order", "order_id": order_id, "first_name": "Lena", "last_name": "Studentin",
-        "birth_date": "2004-02-29", "email": "lena@example.de", "postal_code": "10115",
-        "iban": IBAN, "institution": "Humboldt-Universität zu Berlin",
-        "phone_password": "Sonnenblume7", "at": NOW.isoformat(),
+        "type": "isic.order",
+        "order_id": order_id,
+        "first_name": "Lena",
+        "last_name": "Studentin",
+        "birth_date": "2004-02-29",
+        "email": "lena@example.de",
+        "postal_code": "10115",
+        "iban": IBAN,
+        "institution": "Humboldt-Universität zu Berlin",
+        "phone_password": "Sonnenblume7",
+        "at": NOW.isoformat(),
         "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"},
-    }  # fmt: skip
+    }
     event.update(kw)
     return event
 
@@ -48,8 +56,10 @@ def run(settings, base_dir, *events) -> list:
 
 def counts() -> dict[str, int]:
     with transaction() as session:
-        return {t: session.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
-                for t in ("isic_order", "isic_document", "data_subject", "intake_receipt")}  # fmt: skip
+        return {
+            t: session.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+            for t in ("isic_order", "isic_document", "data_subject", "intake_receipt")
+        }
 
 
 def test_an_order_is_stored_with_its_documents_encrypted(settings, docs):
@@ -60,8 +70,10 @@ def test_an_order_is_stored_with_its_documents_encrypted(settings, docs):
         assert stored.iban == "DE89370400440532013000" and stored.status == OrderStatus.received
         assert b"Sonnenblume7" not in stored.phone_password_enc
         assert {k: d.media_type for k, d in documents.items()} == {
-            "student_proof": "application/pdf", "id_copy": "image/png", "photo": "image/jpeg",
-        }  # fmt: skip
+            "student_proof": "application/pdf",
+            "id_copy": "image/png",
+            "photo": "image/jpeg",
+        }
         for document, plain in ((documents["student_proof"], PDF_BYTES), (documents["photo"], JPEG_BYTES)):
             assert plain not in document.ciphertext and document.ciphertext[:5] != plain[:5]
             assert open_document(session, document, DocumentCipher(DOC_KEY)) == plain
@@ -76,14 +88,28 @@ def test_an_order_is_stored_with_its_documents_encrypted(settings, docs):
         ({"birth_date": "2024-01-01"}, "not a plausible birth date"),
         ({"birth_date": "1900-01-01"}, "not a plausible birth date"),
         ({"postal_code": "1011"}, "postal_code: String should match pattern"),
-        ({"documents": {"student_proof": "fehlt.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"}},
-         "documents.student_proof: file not found"),
-        ({"documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto-wirklich-ein-pdf.jpg"}},
-         "documents.photo: content is not JPEG/PNG"),
-        ({"documents": {"student_proof": "../etc/passwd", "id_copy": "ausweis.png", "photo": "foto.jpg"}},
-         "documents.student_proof: must be a path relative"),
-        ({"documents": {"student_proof": "/etc/hostname", "id_copy": "ausweis.png", "photo": "foto.jpg"}},
-         "documents.student_proof: must be a path relative"),
+        (
+            {"documents": {"student_proof": "fehlt.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"}},
+            "documents.student_proof: file not found",
+        ),
+        (
+            {
+                "documents": {
+                    "student_proof": "nachweis.pdf",
+                    "id_copy": "ausweis.png",
+                    "photo": "foto-wirklich-ein-pdf.jpg",
+                }
+            },
+            "documents.photo: content is not JPEG/PNG",
+        ),
+        (
+            {"documents": {"student_proof": "../etc/passwd", "id_copy": "ausweis.png", "photo": "foto.jpg"}},
+            "documents.student_proof: must be a path relative",
+        ),
+        (
+            {"documents": {"student_proof": "/etc/hostname", "id_copy": "ausweis.png", "photo": "foto.jpg"}},
+            "documents.student_proof: must be a path relative",
+        ),
         ({"email": "lena@"}, "email: Value error, not a valid e-mail address"),
         ({"card_pin": "1234"}, "Extra inputs are not permitted"),
     ],
@@ -98,16 +124,28 @@ def test_a_document_above_the_size_limit_is_refused(settings, docs):
     (docs / "riesig.pdf").write_bytes(PDF_BYTES + b"0" * 2048)
     with transaction() as session:
         [result] = intake_lines(
-            session, settings.hmac_key(),
-            [json.dumps(order(documents={"student_proof": "riesig.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"}))],
-            now=NOW, base_dir=docs, document_key=DOC_KEY, max_document_bytes=1024,
-        )  # fmt: skip
+            session,
+            settings.hmac_key(),
+            [
+                json.dumps(
+                    order(documents={"student_proof": "riesig.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"})
+                )
+            ],
+            now=NOW,
+            base_dir=docs,
+            document_key=DOC_KEY,
+            max_document_bytes=1024,
+        )
     assert result.outcome == "rejected" and "larger than 1024 bytes" in result.reason
 
 
 def test_reasons_never_quote_values_or_file_names(settings, docs):
-    results = run(settings, docs, order(online_banking_password="geheim99", iban="DE00lena"),
-                  order("O-2", documents={"student_proof": "lena_studentin.pdf", "id_copy": "x", "photo": "y"}))  # fmt: skip
+    results = run(
+        settings,
+        docs,
+        order(online_banking_password="geheim99", iban="DE00lena"),
+        order("O-2", documents={"student_proof": "lena_studentin.pdf", "id_copy": "x", "photo": "y"}),
+    )
     text_ = " ".join(r.reason for r in results)
     assert "geheim99" not in text_ and "lena" not in text_.lower()
 
@@ -116,7 +154,9 @@ def test_the_same_line_twice_is_a_duplicate_and_cancel_is_recorded_once(settings
     assert [r.outcome for r in run(settings, docs, order(), order())] == ["stored", "duplicate"]
     cancel = {"type": "isic.cancel", "order_id": "O-1", "at": NOW.isoformat()}
     assert [r.outcome for r in run(settings, docs, cancel, cancel)] == ["stored", "duplicate"]
-    assert [r.outcome for r in run(settings, docs, {**cancel, "at": (NOW - timedelta(minutes=1)).isoformat()})] == ["unchanged"]
+    assert [r.outcome for r in run(settings, docs, {**cancel, "at": (NOW - timedelta(minutes=1)).isoformat()})] == [
+        "unchanged"
+    ]
     with transaction() as session:
         assert session.exec(select(IsicOrder)).one().status == OrderStatus.cancelled
 

@@ -77,9 +77,7 @@ def test_upgrade_twice_is_a_no_op(migrated):
 sqlite_storage = pytest.mark.sqlite_only("UTCDateTime's naive-UTC storage is SQLite's")
 
 METADATA = MetaData()
-STAMPS = Table(
-    "stamps", METADATA, Column("id", Integer, primary_key=True), Column("at", UTCDateTime)
-)
+STAMPS = Table("stamps", METADATA, Column("id", Integer, primary_key=True), Column("at", UTCDateTime))
 
 
 @pytest.fixture

@@ -56,11 +56,19 @@ def _subject_with_an_issued_card(session) -> DataSubject:
     subject = DataSubject(pseudonym="p" * 32, email="lena@example.de", first_name="Lena", last_name="Studentin")
     session.add(subject)
     session.flush()
-    session.add(IsicOrder(
-        order_ref="ISIC-1", subject_id=subject.id, status="issued", seq=1, first_name="Lena",
-        last_name="Studentin", iban="DE89370400440532013000", card_number="S 420 123 456 789 X",
-        card_status="ACTIVE",
-    ))  # fmt: skip
+    session.add(
+        IsicOrder(
+            order_ref="ISIC-1",
+            subject_id=subject.id,
+            status="issued",
+            seq=1,
+            first_name="Lena",
+            last_name="Studentin",
+            iban="DE89370400440532013000",
+            card_number="S 420 123 456 789 X",
+            card_status="ACTIVE",
+        )
+    )
     return subject
 
 

@@ -29,13 +29,14 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 
+from core.settings import get_settings
 from models import identity
 from models.db import transaction
 from models.intake import intake_lines
 from models.types import utcnow
 from psync.sandbox_env import SERVICE_POINTS, TIMIFY_BRANCH_SERVICE_ID, TIMIFY_VIDEO_SERVICE_ID
-from psync.settings import get_settings
 from sandbox.timify_state import CUSTOMER_FIELDS
+
 from support import TEST_KEY, sandbox_state
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -112,8 +113,11 @@ class Expected:
             signup, confirm = c["signup"], c["confirm"]
             if confirm is None or c["withdrawn"] or email in self.unsubscribed | self.erased:
                 continue
-            attributes = {"signup_ip": signup["ip"], "confirm_ip": confirm["ip"],
-                          "policy_version": signup["policy_version"]}  # fmt: skip
+            attributes = {
+                "signup_ip": signup["ip"],
+                "confirm_ip": confirm["ip"],
+                "policy_version": signup["policy_version"],
+            }
             if list_name == "service_offers":
                 attributes["insurance_number"] = signup["insurance_number"].replace(" ", "").upper()
             groups[GROUPS[list_name]][email] = {
@@ -122,11 +126,13 @@ class Expected:
                 "activated": int(_time(confirm["at"]).timestamp()),
                 "deactivated": 0,
                 "active": True,
-                "global_attributes": {"salutation": person[email].get("salutation") or "",
-                                      "firstname": person[email]["first_name"],
-                                      "lastname": person[email]["last_name"]},
+                "global_attributes": {
+                    "salutation": person[email].get("salutation") or "",
+                    "firstname": person[email]["first_name"],
+                    "lastname": person[email]["last_name"],
+                },
                 "attributes": attributes,
-            }  # fmt: skip
+            }
         return groups
 
     # TIMIFY and Flexperto ---------------------------------------------------------------
@@ -170,10 +176,14 @@ class Expected:
             if b["cancelled"] and not pushed_before_changes:
                 continue
             given = {
-                "salutation": b["salutation"], "first_name": b["first_name"], "last_name": b["last_name"],
-                "phone": _e164(b["phone"]), "email": b["email"].lower(),
-                "insurance_number": b.get("insurance_number"), "birth_date": b.get("birth_date"),
-            }  # fmt: skip
+                "salutation": b["salutation"],
+                "first_name": b["first_name"],
+                "last_name": b["last_name"],
+                "phone": _e164(b["phone"]),
+                "email": b["email"].lower(),
+                "insurance_number": b.get("insurance_number"),
+                "birth_date": b.get("birth_date"),
+            }
             found[b["email"].lower()] = {TIMIFY_FIELDS[k]: v for k, v in given.items() if v is not None}
         return found
 
@@ -187,8 +197,9 @@ class Expected:
 
     def booking_refs(self, channel: str | None = None) -> set[str]:
         """Every booking id requested (erased people included), optionally of one channel."""
-        return {e["booking_id"] for e in self.events
-                if e["type"] == "booking.request" and channel in (None, e["channel"])}  # fmt: skip
+        return {
+            e["booking_id"] for e in self.events if e["type"] == "booking.request" and channel in (None, e["channel"])
+        }
 
     # the card issuer --------------------------------------------------------------------
     def _orders(self) -> dict[str, dict]:
@@ -204,11 +215,14 @@ class Expected:
         """Order id -> the cardholder the issuer holds: orders kept, of people not erased."""
         return {
             ref: {
-                "firstName": o["first_name"], "lastName": o["last_name"], "dateOfBirth": o["birth_date"],
-                "email": o["email"].lower(), "institutionName": o["institution"],
+                "firstName": o["first_name"],
+                "lastName": o["last_name"],
+                "dateOfBirth": o["birth_date"],
+                "email": o["email"].lower(),
+                "institutionName": o["institution"],
                 "studentStatus": o.get("student_status", "student"),
                 "photo": hashlib.sha256(self.photos[ref]).hexdigest(),
-            }  # fmt: skip
+            }
             for ref, o in self._orders().items()
             if not o["cancelled"] and o["email"].lower() not in self.erased
         }
@@ -216,6 +230,7 @@ class Expected:
     def cards(self, status: str) -> dict[str, list[dict]]:
         """Order id -> its cards: one with the photo, in `status`, per cardholder kept."""
         return {ref: [{"status": status, "hasPhoto": True}] for ref in self.cardholders()}
+
 
 def pseudonym(key: bytes, email: str) -> str:
     """Our pseudonym of an address (the only thing Nect ever gets)."""
@@ -227,9 +242,14 @@ def take_in(lines: list[str], base_dir: Path | None = None) -> None:
     ("unchanged" is fine: a reschedule to the slot the booking already has)."""
     with transaction() as session:
         results = intake_lines(
-            session, TEST_KEY.encode(), lines, now=utcnow(), service_points=SERVICE_POINTS,
-            base_dir=base_dir, document_key=get_settings().document_key_bytes(),
-        )  # fmt: skip
+            session,
+            TEST_KEY.encode(),
+            lines,
+            now=utcnow(),
+            service_points=SERVICE_POINTS,
+            base_dir=base_dir,
+            document_key=get_settings().document_key_bytes(),
+        )
     refused = [(r.line, r.reason) for r in results if r.outcome == "rejected"]
     assert not refused, refused
 
@@ -262,10 +282,13 @@ def actual_timify(state: dict) -> tuple[dict[str, dict], dict[str, dict]]:
     for a in state["timify"]["appointments"].values():
         linked = [email_of.get(c["id"], f"<gone: {c['id']}>") for c in a["customers"]]
         appointments[a["externalId"]] = {
-            "serviceId": a["serviceId"], "resources": [r["id"] for r in a["resources"]],
-            "startDate": a["startDate"], "duration": a["duration"], "notes": a["notes"],
+            "serviceId": a["serviceId"],
+            "resources": [r["id"] for r in a["resources"]],
+            "startDate": a["startDate"],
+            "duration": a["duration"],
+            "notes": a["notes"],
             "customer": linked[0] if len(linked) == 1 else linked,
-        }  # fmt: skip
+        }
     return appointments, by_email
 
 
@@ -307,8 +330,11 @@ def compare(what: str, expected: Mapping, actual: Mapping, optional: Iterable = 
     """
     lines = [f"{what}: missing {k}" for k in sorted(set(expected) - set(actual) - set(optional))]
     lines += [f"{what}: unexpected {k}" for k in sorted(set(actual) - set(expected))]
-    lines += [f"{what}: {k}: expected {expected[k]!r}, found {actual[k]!r}"
-              for k in sorted(set(expected) & set(actual)) if expected[k] != actual[k]]  # fmt: skip
+    lines += [
+        f"{what}: {k}: expected {expected[k]!r}, found {actual[k]!r}"
+        for k in sorted(set(expected) & set(actual))
+        if expected[k] != actual[k]
+    ]
     return lines
 
 
@@ -326,8 +352,12 @@ def creates(state: dict) -> dict[str, dict[str, int]]:
 
 def duplicates(state: dict) -> list[str]:
     """External ids some processor created more than once."""
-    return [f"{what}: {key} created {n} times"
-            for what, counter in creates(state).items() for key, n in sorted(counter.items()) if n > 1]  # fmt: skip
+    return [
+        f"{what}: {key} created {n} times"
+        for what, counter in creates(state).items()
+        for key, n in sorted(counter.items())
+        if n > 1
+    ]
 
 
 def calls_answered(state: dict, processors: Iterable[str] = PROCESSORS) -> int:

@@ -78,7 +78,7 @@ class Kind:
 
     @property
     def multiline(self) -> frozenset[str]:
-        return self.model.multiline  # type: ignore[attr-defined]
+        return self.model.multiline  # type: ignore[attr-defined]  # the models that have one define it
 
     def known_keys(self) -> set[str]:
         keys = set(self.model.model_fields)
@@ -93,42 +93,109 @@ def _isic_cancel(n: int) -> dict:
 KINDS = {
     k.type: k
     for k in (
-        Kind("consent.signup", ConsentSignup, consent.NOW,
-             lambda n: consent.signup(email=f"signup{n}@example.de"),
-             ("type", "list", "email", "first_name", "last_name", "ip", "at", "source", "policy_version"),
-             frozenset({"salutation", "first_name", "last_name", "source", "policy_version"})),
-        Kind("consent.confirm", ConsentConfirm, consent.NOW,
-             lambda n: consent.confirm(email=PENDING_EMAIL),
-             ("type", "list", "email", "ip", "at")),
-        Kind("consent.withdraw", ConsentWithdraw, consent.NOW,
-             lambda n: consent.withdraw(email=PENDING_EMAIL),
-             ("type", "list", "email", "channel", "at")),
+        Kind(
+            "consent.signup",
+            ConsentSignup,
+            consent.NOW,
+            lambda n: consent.signup(email=f"signup{n}@example.de"),
+            ("type", "list", "email", "first_name", "last_name", "ip", "at", "source", "policy_version"),
+            frozenset({"salutation", "first_name", "last_name", "source", "policy_version"}),
+        ),
+        Kind(
+            "consent.confirm",
+            ConsentConfirm,
+            consent.NOW,
+            lambda n: consent.confirm(email=PENDING_EMAIL),
+            ("type", "list", "email", "ip", "at"),
+        ),
+        Kind(
+            "consent.withdraw",
+            ConsentWithdraw,
+            consent.NOW,
+            lambda n: consent.withdraw(email=PENDING_EMAIL),
+            ("type", "list", "email", "channel", "at"),
+        ),
         # A branch booking identified by insurance number only: both are needed then.
-        Kind("booking.request", BookingRequest, booking.NOW,
-             lambda n: booking.request(f"H-{n}"),
-             ("type", "booking_id", "channel", "service_point", "start", "duration_minutes",
-              "salutation", "first_name", "last_name", "phone", "email", "insurance_number", "at"),
-             frozenset({"first_name", "last_name", "concern"})),
-        Kind("booking.reschedule", BookingReschedule, booking.NOW,
-             lambda n: booking.reschedule(BOOKING_ID), ("type", "booking_id", "start", "at")),
-        Kind("booking.cancel", BookingCancel, booking.NOW,
-             lambda n: booking.cancel(BOOKING_ID), ("type", "booking_id", "at")),
-        Kind("isic.order", IsicOrderEvent, isic.NOW,
-             lambda n: isic.order(f"H-{n}"),
-             ("type", "order_id", "first_name", "last_name", "birth_date", "email", "postal_code",
-              "iban", "institution", "documents", "at"),
-             frozenset({"first_name", "last_name", "institution", "phone_password"})),
+        Kind(
+            "booking.request",
+            BookingRequest,
+            booking.NOW,
+            lambda n: booking.request(f"H-{n}"),
+            (
+                "type",
+                "booking_id",
+                "channel",
+                "service_point",
+                "start",
+                "duration_minutes",
+                "salutation",
+                "first_name",
+                "last_name",
+                "phone",
+                "email",
+                "insurance_number",
+                "at",
+            ),
+            frozenset({"first_name", "last_name", "concern"}),
+        ),
+        Kind(
+            "booking.reschedule",
+            BookingReschedule,
+            booking.NOW,
+            lambda n: booking.reschedule(BOOKING_ID),
+            ("type", "booking_id", "start", "at"),
+        ),
+        Kind(
+            "booking.cancel",
+            BookingCancel,
+            booking.NOW,
+            lambda n: booking.cancel(BOOKING_ID),
+            ("type", "booking_id", "at"),
+        ),
+        Kind(
+            "isic.order",
+            IsicOrderEvent,
+            isic.NOW,
+            lambda n: isic.order(f"H-{n}"),
+            (
+                "type",
+                "order_id",
+                "first_name",
+                "last_name",
+                "birth_date",
+                "email",
+                "postal_code",
+                "iban",
+                "institution",
+                "documents",
+                "at",
+            ),
+            frozenset({"first_name", "last_name", "institution", "phone_password"}),
+        ),
         Kind("isic.cancel", IsicCancel, isic.NOW, _isic_cancel, ("type", "order_id", "at")),
         # Identified by e-mail only, so the e-mail is needed.
-        Kind("erasure.request", ErasureRequestEvent, erasure.NOW,
-             lambda n: erasure.erase(email=erasure_email(n)), ("type", "at", "email"),
-             frozenset({"reference"})),
-        Kind("ident.case", IdentCase, erasure.NOW,
-             lambda n: {"type": "ident.case", "email": f"ident{n}@example.de", "case_id": str(uuid.UUID(int=n)),
-                        "at": erasure.NOW.isoformat()},
-             ("type", "email", "case_id", "at")),
+        Kind(
+            "erasure.request",
+            ErasureRequestEvent,
+            erasure.NOW,
+            lambda n: erasure.erase(email=erasure_email(n)),
+            ("type", "at", "email"),
+            frozenset({"reference"}),
+        ),
+        Kind(
+            "ident.case",
+            IdentCase,
+            erasure.NOW,
+            lambda n: {
+                "type": "ident.case",
+                "email": f"ident{n}@example.de",
+                "case_id": str(uuid.UUID(int=n)),
+                "at": erasure.NOW.isoformat(),
+            },
+            ("type", "email", "case_id", "at"),
+        ),
     )
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -166,17 +233,39 @@ marked = filler.map(lambda s: f"{MARKER}{s}")
 marked_key = filler.map(lambda s: f"{MARKER} {s}")
 
 CONTROL = (
-    "\x00", "\x01", "\x07", "\x08", "\x0b", "\x0c", "\x1b", "\x7f", "\x85", "\x9b",
-    "\u2028", "\u2029",  # line and paragraph separators
-    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",  # bidi embeddings and overrides
-    "\u2066", "\u2067", "\u2068", "\u2069",  # bidi isolates
-    "\t", "\n", "\r", "\r\n",
-)  # fmt: skip
+    "\x00",
+    "\x01",
+    "\x07",
+    "\x08",
+    "\x0b",
+    "\x0c",
+    "\x1b",
+    "\x7f",
+    "\x85",
+    "\x9b",
+    "\u2028",
+    "\u2029",  # line and paragraph separators
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",  # bidi embeddings and overrides
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",  # bidi isolates
+    "\t",
+    "\n",
+    "\r",
+    "\r\n",
+)
 LINE_BREAKS = {"\t", "\n", "\r", "\r\n"}  # allowed in multi-line free text (concern)
 HEADER_INJECTION = (
-    f"\r\nSet-Cookie: {MARKER}=1", f"\r\nBcc: {MARKER}@example.de", f"\nX-Injected: {MARKER}",
+    f"\r\nSet-Cookie: {MARKER}=1",
+    f"\r\nBcc: {MARKER}@example.de",
+    f"\nX-Injected: {MARKER}",
     f"\r\n\r\n<html>{MARKER}</html>",
-)  # fmt: skip
+)
 # Printable, so legal in free text (a strange name is a name); invalid anywhere else.
 INJECTION = (
     f"'; DROP TABLE data_subject; -- {MARKER}",
@@ -187,9 +276,12 @@ INJECTION = (
     f"' UNION SELECT email FROM data_subject -- {MARKER}",
     f"{MARKER}\\'; DROP TABLE booking; --",
     f"Robert'); DROP TABLE isic_order;-- {MARKER}",
-    f"{MARKER}%0d%0aSet-Cookie:a=1", f"<script>{MARKER}</script>", f"${{jndi:ldap://{MARKER}/a}}",
-    f"=cmd|' /C calc'!{MARKER}", f"{MARKER}{{{{7*7}}}}",
-)  # fmt: skip
+    f"{MARKER}%0d%0aSet-Cookie:a=1",
+    f"<script>{MARKER}</script>",
+    f"${{jndi:ldap://{MARKER}/a}}",
+    f"=cmd|' /C calc'!{MARKER}",
+    f"{MARKER}{{{{7*7}}}}",
+)
 
 
 @st.composite
@@ -211,19 +303,47 @@ def with_control(draw, base: str, allowed_breaks: bool) -> str:
 def invalid_emails(m: str) -> list[str]:
     """Addresses no e-mail validator accepts, each around `m` (a marked string)."""
     return [
-        m, f"{m}@", f"@{m}.de", f"{m}@@example.de", f"{m}@example", f"{m} x@example.de",
-        f"{m}@exa mple.de", f"{m}..x@example.de", f".{m}@example.de", f"{m}.@example.de",
-        f"{m}@example..de", f"{m}@-example.de", f'"{m}"x@example.de', f"{m}@[300.1.1.1]",
-        f"{m}@{'a' * 64}.de", f"{m}@example.de;DROP TABLE x", f"<{m}>@example.de",
-        f"{m}@example.de,{m}@example.org", f"{m}@example.de>", f"{m}(comment)@example.de",
+        m,
+        f"{m}@",
+        f"@{m}.de",
+        f"{m}@@example.de",
+        f"{m}@example",
+        f"{m} x@example.de",
+        f"{m}@exa mple.de",
+        f"{m}..x@example.de",
+        f".{m}@example.de",
+        f"{m}.@example.de",
+        f"{m}@example..de",
+        f"{m}@-example.de",
+        f'"{m}"x@example.de',
+        f"{m}@[300.1.1.1]",
+        f"{m}@{'a' * 64}.de",
+        f"{m}@example.de;DROP TABLE x",
+        f"<{m}>@example.de",
+        f"{m}@example.de,{m}@example.org",
+        f"{m}@example.de>",
+        f"{m}(comment)@example.de",
         f"{m}@ex_ample.de",
-    ]  # fmt: skip
+    ]
 
 
 INVALID_PHONES = (
-    "12345", "0", "+49", "+49 30", "+999 1234567", "00", "+", "--", "()", "0800",
-    "+49 30 12345678901234567", "+4930" + "1" * 35, "1" * 41, MARKER, f"+49 {MARKER}",
-)  # fmt: skip
+    "12345",
+    "0",
+    "+49",
+    "+49 30",
+    "+999 1234567",
+    "00",
+    "+",
+    "--",
+    "()",
+    "0800",
+    "+49 30 12345678901234567",
+    "+4930" + "1" * 35,
+    "1" * 41,
+    MARKER,
+    f"+49 {MARKER}",
+)
 
 
 def invalid_insurance_numbers(letter: str, body: str, step: int) -> list[str]:
@@ -266,14 +386,31 @@ def invalid_ibans(bban: str, step: int) -> list[str]:
 def bad_datetimes(now: datetime, field: str) -> list:
     """Values certainly invalid for the date-time `field` of an event valid at `now`."""
     values: list = [
-        "2026-03-20T08:55:00", "2026-03-20", "2026-03-20T08:55:00+25:00",
-        "2026-03-20T08:55:00+99:99", "2026-02-30T10:00:00+01:00", "2026-13-01T10:00:00+01:00",
-        "2026-03-20T25:00:00+01:00", "2026-03-20T10:60:00+01:00", "0001-01-01T00:00:00+01:00",
-        "9999-12-31T23:55:00-05:00", "1970-01-01T00:00:00Z", "1999-12-31T23:55:00+00:00",
-        "2101-01-01T00:00:00+00:00", "yesterday", "", "2026-03-20T08:55:00+01:00[Europe/Berlin]",
-        "20.03.2026 08:55", f"2026-03-20T08:55:00+01:00 {MARKER}",
-        0, 1, -1, 1774000000, 1774000000.5, 1e300,
-    ]  # fmt: skip
+        "2026-03-20T08:55:00",
+        "2026-03-20",
+        "2026-03-20T08:55:00+25:00",
+        "2026-03-20T08:55:00+99:99",
+        "2026-02-30T10:00:00+01:00",
+        "2026-13-01T10:00:00+01:00",
+        "2026-03-20T25:00:00+01:00",
+        "2026-03-20T10:60:00+01:00",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:55:00-05:00",
+        "1970-01-01T00:00:00Z",
+        "1999-12-31T23:55:00+00:00",
+        "2101-01-01T00:00:00+00:00",
+        "yesterday",
+        "",
+        "2026-03-20T08:55:00+01:00[Europe/Berlin]",
+        "20.03.2026 08:55",
+        f"2026-03-20T08:55:00+01:00 {MARKER}",
+        0,
+        1,
+        -1,
+        1774000000,
+        1774000000.5,
+        1e300,
+    ]
     if field == "at":
         values.append((now + timedelta(days=1)).isoformat())  # the website's clock is off
     if field == "start":
@@ -284,18 +421,31 @@ def bad_datetimes(now: datetime, field: str) -> list:
 def bad_birth_dates(now: datetime) -> list:
     today = now.date()
     return [
-        "1990-02-30", "1990-13-01", "0001-01-01", "9999-12-31", "17.05.1980", "", "1990-1-1",
-        "1990-01-01T10:00:00+01:00", today.isoformat(), (today + timedelta(days=1)).isoformat(),
-        today.replace(year=today.year - 131).isoformat(), 0, 631152000, MARKER,
-    ]  # fmt: skip
+        "1990-02-30",
+        "1990-13-01",
+        "0001-01-01",
+        "9999-12-31",
+        "17.05.1980",
+        "",
+        "1990-1-1",
+        "1990-01-01T10:00:00+01:00",
+        today.isoformat(),
+        (today + timedelta(days=1)).isoformat(),
+        today.replace(year=today.year - 131).isoformat(),
+        0,
+        631152000,
+        MARKER,
+    ]
 
 
 invalid_email = marked.flatmap(lambda m: st.sampled_from(invalid_emails(m)))
 invalid_phone = st.sampled_from(INVALID_PHONES) | marked
 invalid_insurance_number = st.builds(
-    invalid_insurance_numbers, st.sampled_from(string.ascii_uppercase),
-    st.text(alphabet=string.digits, min_size=8, max_size=8), st.integers(1, 9),
-).flatmap(st.sampled_from)  # fmt: skip
+    invalid_insurance_numbers,
+    st.sampled_from(string.ascii_uppercase),
+    st.text(alphabet=string.digits, min_size=8, max_size=8),
+    st.integers(1, 9),
+).flatmap(st.sampled_from)
 invalid_iban = st.builds(
     invalid_ibans, st.text(alphabet=string.digits, min_size=18, max_size=18), st.integers(1, 96)
 ).flatmap(st.sampled_from)
@@ -310,21 +460,27 @@ def formats(kind: Kind) -> dict[str, tuple[str, Callable[[], list], st.SearchStr
         "phone": ("invalid phone number", lambda: list(INVALID_PHONES), invalid_phone),
         "iban": ("invalid IBAN", lambda: invalid_ibans(sample[1], 7), invalid_iban),
         "insurance_number": (
-            "invalid insurance number", lambda: invalid_insurance_numbers(sample[0][0], sample[0][1:], 3),
+            "invalid insurance number",
+            lambda: invalid_insurance_numbers(sample[0][0], sample[0][1:], 3),
             invalid_insurance_number,
         ),
         "birth_date": ("bad date", lambda: bad_birth_dates(kind.now), st.sampled_from(bad_birth_dates(kind.now))),
         **{
-            name: ("bad date", lambda name=name: bad_datetimes(kind.now, name),
-                   st.sampled_from(bad_datetimes(kind.now, name)))
+            name: (
+                "bad date",
+                lambda name=name: bad_datetimes(kind.now, name),
+                st.sampled_from(bad_datetimes(kind.now, name)),
+            )
             for name in ("at", "start", "received_at")
         },
-    }  # fmt: skip
+    }
     return {name: spec for name, spec in specs.items() if name in kind.known_keys()}
 
 
 json_scalars = st.one_of(
-    st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
     marked,
 )
 json_values = st.recursive(
@@ -354,9 +510,14 @@ def wrong_type(value: object, required: bool) -> st.SearchStrategy:
 
 TYPO_KEYS = ("birthday", "emial", "card_pin", "password", "iban", "concern", "list_id", "id", "ip_address")
 HOSTILE_KEYS = (
-    f"{MARKER}@example.de", f"x\r\nSet-Cookie: {MARKER}", f"{MARKER} Mustermann", f"{MARKER}\x00",
-    f"'; DROP TABLE data_subject; -- {MARKER}", f"\u202e{MARKER}", f"{MARKER}.first_name",
-)  # fmt: skip
+    f"{MARKER}@example.de",
+    f"x\r\nSet-Cookie: {MARKER}",
+    f"{MARKER} Mustermann",
+    f"{MARKER}\x00",
+    f"'; DROP TABLE data_subject; -- {MARKER}",
+    f"\u202e{MARKER}",
+    f"{MARKER}.first_name",
+)
 
 
 def secrets_of(value: object) -> tuple[str, ...]:
@@ -371,9 +532,15 @@ def secrets_of(value: object) -> tuple[str, ...]:
 
 
 FAMILIES = (
-    "missing field", "wrong JSON type", "oversized", "control character", "header injection",
-    "injection", "unknown field", "field format",
-)  # fmt: skip
+    "missing field",
+    "wrong JSON type",
+    "oversized",
+    "control character",
+    "header injection",
+    "injection",
+    "unknown field",
+    "field format",
+)
 
 
 def _text_fields(kind: Kind, base: dict) -> list[str]:
@@ -441,8 +608,9 @@ def mutations(kind: Kind) -> st.SearchStrategy[Mutation]:
         if family == "control character":
             return Mutation(family, name, draw(with_control(valid, name in kind.multiline)))
         if family == "header injection":  # line breaks are fine in multi-line text
-            return Mutation(family, name, valid + draw(st.sampled_from(HEADER_INJECTION)),
-                            certain=name not in kind.multiline)
+            return Mutation(
+                family, name, valid + draw(st.sampled_from(HEADER_INJECTION)), certain=name not in kind.multiline
+            )
         assert family == "injection"  # SQL, markup, template: free text may hold it
         return Mutation(family, name, draw(st.sampled_from(INJECTION)), certain=name not in kind.free_text)
 

@@ -39,15 +39,18 @@ from sqlmodel import func, select
 
 from connectors import nect
 from connectors.transport import ProcessorError
+from core.clock import berlin_today
+from core.settings import get_settings
 from flows import bookings, erasure, newsletter, student_id
 from models.audit import AuditEntry, verify
-from models.bookings import berlin_today
 from models.db import transaction
 from models.types import BERLIN, utcnow
 from psync.demo import synthetic_events
 from psync.demo_bookings import synthetic_bookings
-from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES, synthetic_orders
-from psync.settings import get_settings
+from psync.demo_data import JPEG_BYTES, PDF_BYTES, PNG_BYTES
+from psync.demo_isic import synthetic_orders
+from sandbox.faults import FAULT_KINDS
+
 from reliability.figures import record
 from reliability.procs import (
     Expected,
@@ -64,7 +67,6 @@ from reliability.procs import (
     sandbox_state,
     take_in,
 )
-from sandbox.faults import FAULT_KINDS
 from support import TEST_KEY
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -96,19 +98,59 @@ def people_lines(now) -> tuple[list[str], list[str], list[str]]:
     for i, (email, first, last, phone, iban) in enumerate(PEOPLE):
         name = {"first_name": first, "last_name": last}
         consents += [
-            {"type": "consent.signup", "list": "newsletter", "email": email, "salutation": "Frau", **name,
-             "ip": "192.0.2.50", "at": at, "source": "https://www.example.de/newsletter", "policy_version": "2026-01"},
-            {"type": "consent.confirm", "list": "newsletter", "email": email, "ip": "192.0.2.51",
-             "at": (now - timedelta(hours=2)).isoformat()},
-        ]  # fmt: skip
-        booked.append({"type": "booking.request", "booking_id": f"ERASE-V{i}", "channel": "video", "start": start,
-                       "duration_minutes": 30, "salutation": "divers", **name, "phone": phone, "email": email,
-                       "birth_date": "2003-05-17", "at": at})  # fmt: skip
-        ordered.append({"type": "isic.order", "order_id": f"ERASE-I{i}", **name, "birth_date": "2003-05-17",
-                        "email": email, "postal_code": "20095", "iban": iban, "institution": "Universität Hamburg",
-                        "at": at, "documents": {"student_proof": "erase-nachweis.pdf", "id_copy": "erase-ausweis.png",
-                                                "photo": "erase-foto.jpg"}})  # fmt: skip
-    dump = lambda events: [json.dumps(e, ensure_ascii=False) for e in events]  # noqa: E731
+            {
+                "type": "consent.signup",
+                "list": "newsletter",
+                "email": email,
+                "salutation": "Frau",
+                **name,
+                "ip": "192.0.2.50",
+                "at": at,
+                "source": "https://www.example.de/newsletter",
+                "policy_version": "2026-01",
+            },
+            {
+                "type": "consent.confirm",
+                "list": "newsletter",
+                "email": email,
+                "ip": "192.0.2.51",
+                "at": (now - timedelta(hours=2)).isoformat(),
+            },
+        ]
+        booked.append(
+            {
+                "type": "booking.request",
+                "booking_id": f"ERASE-V{i}",
+                "channel": "video",
+                "start": start,
+                "duration_minutes": 30,
+                "salutation": "divers",
+                **name,
+                "phone": phone,
+                "email": email,
+                "birth_date": "2003-05-17",
+                "at": at,
+            }
+        )
+        ordered.append(
+            {
+                "type": "isic.order",
+                "order_id": f"ERASE-I{i}",
+                **name,
+                "birth_date": "2003-05-17",
+                "email": email,
+                "postal_code": "20095",
+                "iban": iban,
+                "institution": "Universität Hamburg",
+                "at": at,
+                "documents": {
+                    "student_proof": "erase-nachweis.pdf",
+                    "id_copy": "erase-ausweis.png",
+                    "photo": "erase-foto.jpg",
+                },
+            }
+        )
+    dump = lambda events: [json.dumps(e, ensure_ascii=False) for e in events]  # noqa: E731 - a one-line helper local to the test
     return dump(consents), dump(booked), dump(ordered)
 
 
@@ -158,8 +200,19 @@ def open_identifications(emails: list[str]) -> None:
     """The portal identifies each at Nect, which gets only the pseudonym (seed 002, 5.4.2),
     and hands the case over as an ``ident.case`` line (as ``psync.demo_erasure`` does)."""
     client = nect.from_settings(get_settings())
-    take_in([json.dumps({"type": "ident.case", "email": email, "case_id": client.open_case(pseudonym(KEY, email)),
-                         "at": utcnow().isoformat()}) for email in emails])  # fmt: skip
+    take_in(
+        [
+            json.dumps(
+                {
+                    "type": "ident.case",
+                    "email": email,
+                    "case_id": client.open_case(pseudonym(KEY, email)),
+                    "at": utcnow().isoformat(),
+                }
+            )
+            for email in emails
+        ]
+    )
 
 
 @pytest.fixture
@@ -180,8 +233,11 @@ def test_the_demo_workload_with_20_percent_faults_ends_exact_within_two_runs(cha
     requested, changes = synthetic_bookings(BOOKINGS, SEED + 1, now)
     orders, early, late = synthetic_orders(ORDERS, SEED, folder / "isic")
     people_consents, people_bookings, people_orders = people_lines(now)
-    for name, data in (("erase-nachweis.pdf", PDF_BYTES), ("erase-ausweis.png", PNG_BYTES),
-                       ("erase-foto.jpg", JPEG_BYTES)):  # fmt: skip
+    for name, data in (
+        ("erase-nachweis.pdf", PDF_BYTES),
+        ("erase-ausweis.png", PNG_BYTES),
+        ("erase-foto.jpg", JPEG_BYTES),
+    ):
         (folder / "isic" / name).write_bytes(data)
 
     # Newsletter: sign-ups, confirmations, withdrawals; clicks on "abmelden"; expiry.
@@ -200,13 +256,13 @@ def test_the_demo_workload_with_20_percent_faults_ends_exact_within_two_runs(cha
     take_in(changes)
     day.step("push-bookings 2", bookings.push_bookings)
     expected = Expected(requested + people_bookings + changes)
-    flexperto_before_purge = compare("flexperto customers", expected.flexperto_customers(),
-                                     actual_flexperto(sandbox_state(url)))  # fmt: skip
+    flexperto_before_purge = compare(
+        "flexperto customers", expected.flexperto_customers(), actual_flexperto(sandbox_state(url))
+    )
     for customer_id in sandbox_state(url)["flexperto"]["customers"]:
         day.control("flexperto/chats", {"customer_id": customer_id, "at": now.isoformat()})
     day.step("purge-video-chat-data today", lambda: bookings.purge_video_chat_data(as_of=today))
-    day.step("purge-video-chat-data +120d",
-             lambda: bookings.purge_video_chat_data(as_of=today + timedelta(days=120)))  # fmt: skip
+    day.step("purge-video-chat-data +120d", lambda: bookings.purge_video_chat_data(as_of=today + timedelta(days=120)))
 
     # Student IDs: ordered (some cancelled at once), forwarded, issued, some cancelled later.
     take_in(orders + early + people_orders, folder / "isic")
@@ -218,16 +274,19 @@ def test_the_demo_workload_with_20_percent_faults_ends_exact_within_two_runs(cha
     day.control("isic/complete-deletions")  # the issuer finishes the deletions it accepted
     day.step("sync-student-id-order-status 2", student_id.sync_student_id_order_status, _deletions_pending)
     retention = get_settings().isic_document_retention_days
-    day.step("purge-student-id-documents",
-             lambda: student_id.purge_student_id_documents(as_of=today + timedelta(days=retention)))  # fmt: skip
+    day.step(
+        "purge-student-id-documents",
+        lambda: student_id.purge_student_id_documents(as_of=today + timedelta(days=retention)),
+    )
 
     # Erasure: the three are identified at Nect too; then the officer's requests fan out.
     day.step("Nect identifications (portal, then intake)", lambda: open_identifications([p[0] for p in PEOPLE]))
     request_ids = []
     for email, *_ in PEOPLE:
         with transaction() as session:
-            request_ids.append(erasure.open_erasure_request(
-                session, email=email, channel="letter", reference="Chaos-Löschung").id)  # fmt: skip
+            request_ids.append(
+                erasure.open_erasure_request(session, email=email, channel="letter", reference="Chaos-Löschung").id
+            )
     for number, request_id in enumerate(request_ids, start=1):
         day.step(f"fan-out-erasure {number}", lambda rid=request_id: erasure.fan_out_erasure(request_id=rid))
 
@@ -242,11 +301,11 @@ def test_the_demo_workload_with_20_percent_faults_ends_exact_within_two_runs(cha
     state = sandbox_state(url)
     erased = [p[0] for p in PEOPLE]
     expected = Expected(
-        consent_lines + people_consents + requested + people_bookings + changes + orders + early
-        + late + people_orders,
+        consent_lines + people_consents + requested + people_bookings + changes + orders + early + late + people_orders,
         photos=_photos(folder / "isic", orders + people_orders),
-        unsubscribed=unsubscribers, erased=erased,
-    )  # fmt: skip
+        unsubscribed=unsubscribers,
+        erased=erased,
+    )
     appointments, customers = actual_timify(state)
     mismatches = flexperto_before_purge + [
         *compare("cleverreach group 1001", expected.receivers()["1001"], actual_receivers(state)["1001"]),
@@ -260,23 +319,29 @@ def test_the_demo_workload_with_20_percent_faults_ends_exact_within_two_runs(cha
         *compare("isic deletions pending", {}, dict.fromkeys(state["isic"]["deletions"]["pending"])),
         *compare("nect cases", {}, state["nect"]["cases"]),
         # Every id that had to be created was created (and `duplicates` says: once).
-        *compare("timify appointment creates", dict.fromkeys(expected.booking_refs(), 1),
-                 creates(state)["timify appointments"]),
-        *compare("flexperto creates", dict.fromkeys(expected.booking_refs("video"), 1),
-                 creates(state)["flexperto customers"]),
-        *compare("isic card creates", dict.fromkeys(_forwarded(orders + people_orders, early), 1),
-                 creates(state)["isic cards"]),
+        *compare(
+            "timify appointment creates",
+            dict.fromkeys(expected.booking_refs(), 1),
+            creates(state)["timify appointments"],
+        ),
+        *compare(
+            "flexperto creates", dict.fromkeys(expected.booking_refs("video"), 1), creates(state)["flexperto customers"]
+        ),
+        *compare(
+            "isic card creates",
+            dict.fromkeys(_forwarded(orders + people_orders, early), 1),
+            creates(state)["isic cards"],
+        ),
         # And, whatever the structure: nothing of the erased people anywhere at any processor.
         *_traces(state, PEOPLE),
-    ]  # fmt: skip
+    ]
     doubles = duplicates(state)
     with transaction() as session:
         audit = verify(session, KEY)
         attempts = session.exec(
             select(func.coalesce(func.sum(AuditEntry.attempts), 0)).where(AuditEntry.action.startswith("call."))
-        ).one()  # fmt: skip
-        done = session.exec(select(func.count()).where(
-            erasure.ErasureRequest.status == "completed")).one()  # fmt: skip
+        ).one()
+        done = session.exec(select(func.count()).where(erasure.ErasureRequest.status == "completed")).one()
 
     record("chaos: processor calls made (attempts, audit trail)", attempts)
     record("chaos: processor calls answered (sandbox)", calls_answered(state))
@@ -320,8 +385,12 @@ def _photos(folder: Path, lines: list[str]) -> dict[str, bytes]:
 def _traces(state: dict, people) -> list[str]:
     """Erased people's e-mail, family name or phone number anywhere in the processors' state."""
     text = json.dumps({k: v for k, v in state.items() if k != "faults"}, ensure_ascii=False)
-    return [f"erased person still found: {marker}" for email, _, last, phone, _ in people
-            for marker in (email, last, phone.replace(" ", "")[-7:]) if marker in text]  # fmt: skip
+    return [
+        f"erased person still found: {marker}"
+        for email, _, last, phone, _ in people
+        for marker in (email, last, phone.replace(" ", "")[-7:])
+        if marker in text
+    ]
 
 
 def _forwarded(order_lines: list[str], early: list[str]) -> set[str]:
@@ -338,21 +407,53 @@ def test_a_receiver_deleted_by_an_answer_lost_run_is_not_left_behind_by_the_next
     url, _ = chaos
     email = "verloren.antwort@example.de"
     at = utcnow() - timedelta(hours=2)
-    signup = {"type": "consent.signup", "list": "newsletter", "email": email, "salutation": "Frau",
-              "first_name": "Vera", "last_name": "Verloren", "ip": "192.0.2.7", "at": at.isoformat(),
-              "source": "https://www.example.de/newsletter", "policy_version": "2026-01"}  # fmt: skip
-    confirm = {"type": "consent.confirm", "list": "newsletter", "email": email, "ip": "192.0.2.8",
-               "at": (at + timedelta(minutes=5)).isoformat()}  # fmt: skip
+    signup = {
+        "type": "consent.signup",
+        "list": "newsletter",
+        "email": email,
+        "salutation": "Frau",
+        "first_name": "Vera",
+        "last_name": "Verloren",
+        "ip": "192.0.2.7",
+        "at": at.isoformat(),
+        "source": "https://www.example.de/newsletter",
+        "policy_version": "2026-01",
+    }
+    confirm = {
+        "type": "consent.confirm",
+        "list": "newsletter",
+        "email": email,
+        "ip": "192.0.2.8",
+        "at": (at + timedelta(minutes=5)).isoformat(),
+    }
     take_in([json.dumps(signup), json.dumps(confirm)])
     assert newsletter.sync_newsletter_consents() == {"pushed": 1}
-    take_in([json.dumps({"type": "consent.withdraw", "list": "newsletter", "email": email,
-                         "channel": "portal", "at": utcnow().isoformat()})])  # fmt: skip
+    take_in(
+        [
+            json.dumps(
+                {
+                    "type": "consent.withdraw",
+                    "list": "newsletter",
+                    "email": email,
+                    "channel": "portal",
+                    "at": utcnow().isoformat(),
+                }
+            )
+        ]
+    )
     # The earlier run's delete that reached CleverReach (its answer never came back).
     state = sandbox_state(url)["cleverreach"]["groups"]["1001"]["receivers"]
-    token = requests.post(f"{url}/cleverreach/oauth/token.php", auth=("psync-sandbox", "sandbox-secret"),
-                          json={"grant_type": "client_credentials"}, timeout=5).json()["access_token"]  # fmt: skip
-    requests.delete(f"{url}/cleverreach/v3/groups.json/1001/receivers/{state[email]['id']}",
-                    headers={"Authorization": f"Bearer {token}"}, timeout=5).raise_for_status()  # fmt: skip
+    token = requests.post(
+        f"{url}/cleverreach/oauth/token.php",
+        auth=("psync-sandbox", "sandbox-secret"),
+        json={"grant_type": "client_credentials"},
+        timeout=5,
+    ).json()["access_token"]
+    requests.delete(
+        f"{url}/cleverreach/v3/groups.json/1001/receivers/{state[email]['id']}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+    ).raise_for_status()
 
     assert newsletter.sync_newsletter_consents()["removed"] == 1
     assert sandbox_state(url)["cleverreach"]["groups"]["1001"]["receivers"] == {}

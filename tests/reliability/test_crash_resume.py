@@ -40,14 +40,15 @@ from cryptography.fernet import Fernet
 from sqlmodel import func, select
 
 from connectors import nect
+from core.settings import get_settings
 from flows import bookings, erasure, journal, newsletter, student_id
 from models.audit import AuditEntry, verify
 from models.db import transaction
 from models.erasure import ErasureRequest, RequestStatus
 from models.types import BERLIN, utcnow
-from psync.demo import insurance_number as synthetic_insurance_number
-from psync.demo_isic import JPEG_BYTES, PDF_BYTES, PNG_BYTES
-from psync.settings import get_settings
+from psync.demo_data import JPEG_BYTES, PDF_BYTES, PNG_BYTES
+from psync.demo_data import insurance_number as synthetic_insurance_number
+
 from reliability.figures import record
 from reliability.procs import (
     Expected,
@@ -65,8 +66,8 @@ from reliability.procs import (
     output,
     pseudonym,
     sandbox_state,
-    take_in,
     start_flow,
+    take_in,
 )
 from support import TEST_KEY
 
@@ -156,21 +157,42 @@ def crash_env(against_sandbox, monkeypatch, tmp_path):
 def subscriber(tag: str, list_name: str = "newsletter", confirm: bool = True, **person: str) -> list[dict]:
     at = utcnow() - timedelta(hours=2)
     email = person.get("email", f"{tag}@example.de")
-    signup = {"type": "consent.signup", "list": list_name, "email": email, "salutation": "Frau",
-              "first_name": person.get("first_name", "Nora"), "last_name": person.get("last_name", f"Neu-{tag}"),
-              "ip": "192.0.2.10", "at": at.isoformat(), "source": "https://www.example.de/newsletter",
-              "policy_version": "2026-01"}  # fmt: skip
+    signup = {
+        "type": "consent.signup",
+        "list": list_name,
+        "email": email,
+        "salutation": "Frau",
+        "first_name": person.get("first_name", "Nora"),
+        "last_name": person.get("last_name", f"Neu-{tag}"),
+        "ip": "192.0.2.10",
+        "at": at.isoformat(),
+        "source": "https://www.example.de/newsletter",
+        "policy_version": "2026-01",
+    }
     if list_name == "service_offers":
         signup["insurance_number"] = insurance_number(tag)
     if not confirm:
         return [signup]
-    return [signup, {"type": "consent.confirm", "list": list_name, "email": email, "ip": "198.51.100.7",
-                     "at": (at + timedelta(minutes=3)).isoformat()}]  # fmt: skip
+    return [
+        signup,
+        {
+            "type": "consent.confirm",
+            "list": list_name,
+            "email": email,
+            "ip": "198.51.100.7",
+            "at": (at + timedelta(minutes=3)).isoformat(),
+        },
+    ]
 
 
 def withdrawal(tag: str, list_name: str = "newsletter") -> dict:
-    return {"type": "consent.withdraw", "list": list_name, "email": f"{tag}@example.de",
-            "channel": "portal", "at": utcnow().isoformat()}  # fmt: skip
+    return {
+        "type": "consent.withdraw",
+        "list": list_name,
+        "email": f"{tag}@example.de",
+        "channel": "portal",
+        "at": utcnow().isoformat(),
+    }
 
 
 def insurance_number(tag: str) -> str:
@@ -185,13 +207,20 @@ def start(days: int, hour: int) -> str:
 
 def booking(ref: str, video: bool, days: int, hour: int, **person: str) -> dict:
     event = {
-        "type": "booking.request", "booking_id": ref, "channel": "video" if video else "branch",
+        "type": "booking.request",
+        "booking_id": ref,
+        "channel": "video" if video else "branch",
         "start": start(days, hour),
-        "duration_minutes": 30, "salutation": "Herr", "first_name": "Bernd", "last_name": f"Bucher-{ref}",
+        "duration_minutes": 30,
+        "salutation": "Herr",
+        "first_name": "Bernd",
+        "last_name": f"Bucher-{ref}",
         "phone": f"+49 170 {1000000 + int(uuid.uuid5(uuid.NAMESPACE_DNS, ref)) % 8999999}",
-        "email": f"{ref.lower()}@example.de", "birth_date": "1980-05-17", "at": utcnow().isoformat(),
+        "email": f"{ref.lower()}@example.de",
+        "birth_date": "1980-05-17",
+        "at": utcnow().isoformat(),
         **person,
-    }  # fmt: skip
+    }
     if not video:
         event["service_point"] = "sp-berlin"
     return event
@@ -199,12 +228,19 @@ def booking(ref: str, video: bool, days: int, hour: int, **person: str) -> dict:
 
 def order(ref: str, photo: str = "foto.jpg", **person: str) -> dict:
     return {
-        "type": "isic.order", "order_id": ref, "first_name": "Lena", "last_name": f"Studi-{ref}",
-        "birth_date": "2004-02-29", "email": f"{ref.lower()}@example.de", "postal_code": "10115",
-        "iban": "DE89370400440532013000", "institution": "TU Berlin", "at": utcnow().isoformat(),
+        "type": "isic.order",
+        "order_id": ref,
+        "first_name": "Lena",
+        "last_name": f"Studi-{ref}",
+        "birth_date": "2004-02-29",
+        "email": f"{ref.lower()}@example.de",
+        "postal_code": "10115",
+        "iban": "DE89370400440532013000",
+        "institution": "TU Berlin",
+        "at": utcnow().isoformat(),
         "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": photo},
         **person,
-    }  # fmt: skip
+    }
 
 
 # the jobs -------------------------------------------------------------------------------
@@ -213,8 +249,10 @@ def test_sync_newsletter_consents_killed_mid_run_then_run_again(crash_env):
     crashes = Crashes("sync-newsletter-consents", url, folder, ("cleverreach",))
     # A third of them also take the service offers: their newsletter receivers are removed
     # from the group one by one, the others' from the whole account in batches.
-    crashes.take_in([e for i in range(30) for e in subscriber(f"basis.{i}")]
-                    + [e for i in range(10) for e in subscriber(f"basis.{i}", "service_offers")])  # fmt: skip
+    crashes.take_in(
+        [e for i in range(30) for e in subscriber(f"basis.{i}")]
+        + [e for i in range(10) for e in subscriber(f"basis.{i}", "service_offers")]
+    )
     newsletter.sync_newsletter_consents()
     pushed = [f"basis.{i}" for i in range(30)]
     for r in range(ROUNDS):
@@ -226,7 +264,7 @@ def test_sync_newsletter_consents_killed_mid_run_then_run_again(crash_env):
             + [e for tag in offers for e in subscriber(tag, "service_offers")]
             + [e for i in range(3) for e in subscriber(f"r{r}.pending.{i}", confirm=False)]
             + [withdrawal(tag) for tag in leaving]
-        )  # fmt: skip
+        )
         # At least: a token, the groups, 8 addresses deleted 5 a call; push: 30 + 5 receivers,
         # 5 a call. More when some leave the group only (a deactivation, a DELETE each).
         crashes.kill("sync-newsletter-consents", {"batch_size": 5, "records_per_task": 15}, 11, f"sync-{r}")
@@ -238,8 +276,10 @@ def test_sync_newsletter_consents_killed_mid_run_then_run_again(crash_env):
         pushed = [t for t in pushed + new if t not in leaving + changed_their_mind]
         expected = Expected(crashes.lines).receivers()
         actual = actual_receivers(sandbox_state(url))
-        crashes.check(compare("group 1001", expected["1001"], actual["1001"])
-                      + compare("group 1002", expected["1002"], actual["1002"]))  # fmt: skip
+        crashes.check(
+            compare("group 1001", expected["1001"], actual["1001"])
+            + compare("group 1002", expected["1002"], actual["1002"])
+        )
     crashes.figures()
 
 
@@ -259,9 +299,11 @@ def test_push_bookings_killed_mid_run_then_run_again(crash_env):
         moved = crashes.rng.sample([ref for ref in refs if ref not in cancelled], 3)
         crashes.take_in(
             [{"type": "booking.cancel", "booking_id": ref, "at": utcnow().isoformat()} for ref in cancelled]
-            + [{"type": "booking.reschedule", "booking_id": ref, "start": start(20, 15), "at": utcnow().isoformat()}
-               for ref in moved]
-        )  # fmt: skip
+            + [
+                {"type": "booking.reschedule", "booking_id": ref, "start": start(20, 15), "at": utcnow().isoformat()}
+                for ref in moved
+            ]
+        )
         cancelled_after_kill |= set(cancelled)
         crashes.resume(bookings.push_bookings)
 
@@ -277,11 +319,17 @@ def test_push_bookings_killed_mid_run_then_run_again(crash_env):
             + compare("timify customers", expected.customers(), customers, optional=maybe)
             + compare("flexperto customers", expected.flexperto_customers(), actual_flexperto(state))
             # What must be there was created exactly once (`check` finds any created twice).
-            + compare("timify appointment creates", dict.fromkeys(expected.appointments(), 1),
-                      {k: v for k, v in made["timify appointments"].items() if k in expected.appointments()})
-            + compare("flexperto creates", dict.fromkeys(expected.flexperto_customers(), 1),
-                      {k: v for k, v in made["flexperto customers"].items() if k in expected.flexperto_customers()})
-        )  # fmt: skip
+            + compare(
+                "timify appointment creates",
+                dict.fromkeys(expected.appointments(), 1),
+                {k: v for k, v in made["timify appointments"].items() if k in expected.appointments()},
+            )
+            + compare(
+                "flexperto creates",
+                dict.fromkeys(expected.flexperto_customers(), 1),
+                {k: v for k, v in made["flexperto customers"].items() if k in expected.flexperto_customers()},
+            )
+        )
 
     # Those who cancelled after a kill ask for erasure: whatever a killed run had sent them
     # must be found (the fan-out goes by the recipient register) and go.
@@ -297,7 +345,7 @@ def test_push_bookings_killed_mid_run_then_run_again(crash_env):
         compare("timify appointments", expected.appointments(), appointments)
         + compare("timify customers", expected.customers(), customers)
         + compare("flexperto customers", expected.flexperto_customers(), actual_flexperto(state))
-    )  # fmt: skip
+    )
     crashes.figures()
 
 
@@ -329,9 +377,12 @@ def test_forward_student_id_orders_killed_mid_run_then_run_again(crash_env):
             compare("isic cardholders", expected.cardholders(), actual_cardholders(state))
             + compare("isic cards", expected.cards("ACTIVE"), actual_cards(state))
             + compare("isic deletions pending", {}, dict.fromkeys(state["isic"]["deletions"]["pending"]))
-            + compare("isic card creates", dict.fromkeys(expected.cardholders(), 1),
-                      {k: v for k, v in card_creates.items() if k in expected.cardholders()})
-        )  # fmt: skip
+            + compare(
+                "isic card creates",
+                dict.fromkeys(expected.cardholders(), 1),
+                {k: v for k, v in card_creates.items() if k in expected.cardholders()},
+            )
+        )
     crashes.figures()
 
 
@@ -349,13 +400,17 @@ def test_erasure_fan_out_and_follow_up_killed_mid_run_then_run_again(crash_env, 
     # The next follow-up comes after the killed run's claim on its tasks has run out.
     later = timedelta(minutes=get_settings().erasure_claim_minutes + 1)
     # Round by round: a fan-out killed, a follow-up over two requests killed, a fan-out killed.
-    for r, (flow, people) in enumerate([("fan-out-erasure", [0]), ("follow-up-erasures", [1, 2]),
-                                        ("fan-out-erasure", [3])]):  # fmt: skip
+    for r, (flow, people) in enumerate(
+        [("fan-out-erasure", [0]), ("follow-up-erasures", [1, 2]), ("fan-out-erasure", [3])]
+    ):
         ids = []
         for person in people:
             with transaction() as session:
-                ids.append(erasure.open_erasure_request(session, email=PEOPLE[person][0], channel="letter",
-                                                        reference=f"Runde {r}").id)  # fmt: skip
+                ids.append(
+                    erasure.open_erasure_request(
+                        session, email=PEOPLE[person][0], channel="letter", reference=f"Runde {r}"
+                    ).id
+                )
         params = {"request_id": str(ids[0])} if flow == "fan-out-erasure" else {}
         # Per person: CleverReach 2, TIMIFY 4, Flexperto 6, the issuer 4, Nect 2 (and tokens).
         crashes.kill(flow, params, 18 * len(people), f"erasure-{r}")
@@ -398,8 +453,17 @@ def _known_everywhere(crashes: Crashes, folder: Path) -> None:
         crashes.control("flexperto/chats", {"customer_id": customer_id, "at": utcnow().isoformat()})
     # The portal identifies each at Nect (only the pseudonym goes there) and hands the case over.
     client = nect.from_settings(get_settings())
-    crashes.take_in([{"type": "ident.case", "email": email, "case_id": client.open_case(pseudonym(KEY, email)),
-                      "at": utcnow().isoformat()} for email, _, _ in PEOPLE])  # fmt: skip
+    crashes.take_in(
+        [
+            {
+                "type": "ident.case",
+                "email": email,
+                "case_id": client.open_case(pseudonym(KEY, email)),
+                "at": utcnow().isoformat(),
+            }
+            for email, _, _ in PEOPLE
+        ]
+    )
 
 
 def _everywhere_but(crashes: Crashes, url: str, erased: list[str]) -> list[str]:
@@ -413,12 +477,15 @@ def _everywhere_but(crashes: Crashes, url: str, erased: list[str]) -> list[str]:
         + compare("timify appointments", expected.appointments(), appointments)
         + compare("timify customers", expected.customers(), customers)
         + compare("flexperto customers", expected.flexperto_customers(), actual_flexperto(state))
-        + compare("flexperto archives", {ref: ["chat", "recording"] for ref in expected.flexperto_customers()},
-                  actual_archives(state))
+        + compare(
+            "flexperto archives",
+            {ref: ["chat", "recording"] for ref in expected.flexperto_customers()},
+            actual_archives(state),
+        )
         + compare("isic cardholders", expected.cardholders(), actual_cardholders(state))
         + compare("isic cards", expected.cards("ACTIVE"), actual_cards(state))
         + compare("nect cases", {pseudonym(KEY, e): True for e in kept}, dict.fromkeys(cases, True))
-    )  # fmt: skip
+    )
 
 
 def test_an_erasure_between_a_crash_and_the_next_run_reaches_what_the_crashed_run_sent(crash_env, monkeypatch):
@@ -433,7 +500,8 @@ def test_an_erasure_between_a_crash_and_the_next_run_reaches_what_the_crashed_ru
             newsletter.sync_newsletter_consents()
     with transaction() as session:
         request_id = erasure.open_erasure_request(
-            session, email="absturz.eins@example.de", channel="letter", reference="Nach Absturz").id  # fmt: skip
+            session, email="absturz.eins@example.de", channel="letter", reference="Nach Absturz"
+        ).id
     erasure.fan_out_erasure(request_id=request_id)
     newsletter.sync_newsletter_consents()  # the next scheduled run
     expected = Expected(crashes.lines, erased=["absturz.eins@example.de"]).receivers()
@@ -448,10 +516,19 @@ def _die(*args, **kwargs):
 # every call index -----------------------------------------------------------------------
 EVERY_INDEX = {
     # job: (processors whose calls count, its parameters, a round's events by round tag)
-    "sync-newsletter-consents": (("cleverreach",), {"batch_size": 1}, lambda tag: [
-        e for person in ("a", "b", "c") for e in subscriber(f"{tag}.{person}")]),
-    "push-bookings": (("timify", "flexperto"), {}, lambda tag: [
-        booking(f"{tag}-V", video=True, days=3, hour=10), booking(f"{tag}-B", video=False, days=4, hour=11)]),
+    "sync-newsletter-consents": (
+        ("cleverreach",),
+        {"batch_size": 1},
+        lambda tag: [e for person in ("a", "b", "c") for e in subscriber(f"{tag}.{person}")],
+    ),
+    "push-bookings": (
+        ("timify", "flexperto"),
+        {},
+        lambda tag: [
+            booking(f"{tag}-V", video=True, days=3, hour=10),
+            booking(f"{tag}-B", video=False, days=4, hour=11),
+        ],
+    ),
     "forward-student-id-orders": (("isic",), {}, lambda tag: [order(f"{tag}-O")]),
 }
 
@@ -495,8 +572,14 @@ def test_a_kill_at_every_call_index_then_an_erasure_of_everyone_leaves_nothing_a
         rounds.append(events)
         # Everyone of this round asks for erasure before any other run (a student-ID order
         # is cancelled first: while it is in progress the erasure would only restrict it).
-        crashes.take_in([{"type": "isic.cancel", "order_id": e["order_id"], "at": utcnow().isoformat()}
-                         for e in events if e["type"] == "isic.order"], folder)  # fmt: skip
+        crashes.take_in(
+            [
+                {"type": "isic.cancel", "order_id": e["order_id"], "at": utcnow().isoformat()}
+                for e in events
+                if e["type"] == "isic.order"
+            ],
+            folder,
+        )
         for email in sorted({e["email"].lower() for e in events}):
             with transaction() as session:
                 request_id = erasure.open_erasure_request(session, email=email, channel="letter").id
@@ -515,8 +598,16 @@ def test_a_kill_at_every_call_index_then_an_erasure_of_everyone_leaves_nothing_a
     calls = [r for r in rows if r.action.startswith("call.") and r.processor in processors]
     audited = sum(r.attempts or 0 for r in calls)
     recovered = sum(1 for r in calls if r.detail.startswith("recovered="))
-    ended = [r for r in rows if r.action.startswith(job) and r.action.endswith(".batch") and r.outcome == "ended_before_commit"]
-    record(f"crash: {job} calls answered / audited / recovered from journals", f"{answered} / {audited} / {recovered}", "last")
+    ended = [
+        r
+        for r in rows
+        if r.action.startswith(job) and r.action.endswith(".batch") and r.outcome == "ended_before_commit"
+    ]
+    record(
+        f"crash: {job} calls answered / audited / recovered from journals",
+        f"{answered} / {audited} / {recovered}",
+        "last",
+    )
     # A kill after the last call may land after the commit: then that run ended normally.
     assert journal.pending() == [] and 1 <= len(ended) <= total - 1, (journal.pending(), len(ended))
     assert audited >= answered > 0 and recovered > 0, (answered, audited, recovered)

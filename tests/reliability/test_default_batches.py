@@ -15,6 +15,7 @@ import pytest
 import requests
 from cryptography.fernet import Fernet
 
+from core.settings import get_settings
 from flows import bookings, newsletter, student_id
 from models.audit import verify
 from models.db import transaction
@@ -22,7 +23,7 @@ from models.types import utcnow
 from psync.demo import synthetic_events
 from psync.demo_bookings import synthetic_bookings
 from psync.demo_isic import synthetic_orders
-from psync.settings import get_settings
+
 from reliability.figures import record
 from reliability.procs import (
     Expected,
@@ -86,8 +87,11 @@ def test_600_bookings_at_a_fifth_faults_end_exact_within_two_runs(faulty):
     _faults(url, 0.0)
     expected = Expected(requested)
     appointments, customers = actual_timify(sandbox_state(url))
-    _exact(url, compare("appointments", expected.appointments(), appointments)
-           + compare("customers", expected.customers(), customers))  # fmt: skip
+    _exact(
+        url,
+        compare("appointments", expected.appointments(), appointments)
+        + compare("customers", expected.customers(), customers),
+    )
     assert sum(sandbox_state(url)["faults"].values()) > 100
     record("default batches: push-bookings runs (600 at 0.2)", runs)
 
@@ -112,8 +116,7 @@ def test_100_student_id_orders_at_a_fifth_faults_end_exact_within_two_runs(fault
     _faults(url, FAULT_RATE)
     runs = _at_most_two_runs(student_id.forward_student_id_orders, "forward-student-id-orders")
     _faults(url, 0.0)
-    photos = {o["order_id"]: (folder / "isic" / o["documents"]["photo"]).read_bytes()
-              for o in map(json.loads, orders)}  # fmt: skip
+    photos = {o["order_id"]: (folder / "isic" / o["documents"]["photo"]).read_bytes() for o in map(json.loads, orders)}
     expected = Expected(orders + early, photos=photos)
     _exact(url, compare("cardholders", expected.cardholders(), actual_cardholders(sandbox_state(url))))
     record("default batches: forward-student-id-orders runs (100 at 0.2)", runs)

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import HealthCheck, assume, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, assume, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import String, func, literal, select, union_all
 from sqlmodel import SQLModel
 
@@ -32,6 +34,7 @@ from models.documents import sniff
 from models.intake import intake_lines
 from models.isic import IsicDocument
 from psync.sandbox_env import SERVICE_POINTS
+
 from reliability.figures import record
 from reliability.strategies import (
     BOOKING_ID,
@@ -43,8 +46,8 @@ from reliability.strategies import (
     Kind,
     Mutation,
     apply,
-    catalogue,
     booking,
+    catalogue,
     consent,
     erasure,
     erasure_email,
@@ -59,9 +62,13 @@ LIMIT = 4096  # PSYNC_ISIC_MAX_DOCUMENT_BYTES for these tests: small, so huge fi
 DOC_KEY = Fernet.generate_key()
 TABLES = sorted(SQLModel.metadata.tables.values(), key=lambda t: t.name)
 SETTINGS = hypothesis_settings(
-    max_examples=70, deadline=None, derandomize=True, database=None, print_blob=False,
+    max_examples=70,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=False,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
-)  # fmt: skip
+)
 FRESH = itertools.count(1)  # fresh identifiers for each valid event that is mutated
 TALLY: Counter[str] = Counter()
 
@@ -70,9 +77,15 @@ TALLY: Counter[str] = Counter()
 def figures():
     """This module's counts, added to the reliability summary when its tests are done."""
     yield
-    for name in ("hostile lines tried", "hostile lines rejected", "hostile lines stored (legal free text)",
-                 "hostile documents tried", "hostile documents rejected",
-                 "hostile events posted to the HTTP door", "hostile events the door rejected"):  # fmt: skip
+    for name in (
+        "hostile lines tried",
+        "hostile lines rejected",
+        "hostile lines stored (legal free text)",
+        "hostile documents tried",
+        "hostile documents rejected",
+        "hostile events posted to the HTTP door",
+        "hostile events the door rejected",
+    ):
         record(name, TALLY[name])
 
 
@@ -98,12 +111,15 @@ class World:
         (self.base_dir / "sub").mkdir()
         os.mkfifo(self.base_dir / "pipe.pdf")
         links = {
-            "link-out.pdf": self.outside / "secret.pdf", "link-out.jpg": self.outside / "secret.jpg",
-            "link-dir": self.outside, "link-passwd.pdf": Path("/etc/passwd"),
-            "link-zero.jpg": Path("/dev/zero"), "loop-a.pdf": self.base_dir / "loop-b.pdf",
+            "link-out.pdf": self.outside / "secret.pdf",
+            "link-out.jpg": self.outside / "secret.jpg",
+            "link-dir": self.outside,
+            "link-passwd.pdf": Path("/etc/passwd"),
+            "link-zero.jpg": Path("/dev/zero"),
+            "loop-a.pdf": self.base_dir / "loop-b.pdf",
             "loop-b.pdf": self.base_dir / "loop-a.pdf",
             "link-relative-out.pdf": Path("..") / "outside" / "secret.pdf",
-        }  # fmt: skip
+        }
         for name, target in links.items():
             (self.base_dir / name).symlink_to(target)
         self.erasure_pool = False
@@ -125,17 +141,23 @@ class World:
         lines = [line(e) if isinstance(e, dict) else e for e in lines]
         with transaction() as session:
             return intake_lines(
-                session, self.key, lines, now=now, service_points=SERVICE_POINTS,
-                base_dir=self.base_dir, document_key=DOC_KEY, max_document_bytes=LIMIT,
-            )  # fmt: skip
+                session,
+                self.key,
+                lines,
+                now=now,
+                service_points=SERVICE_POINTS,
+                base_dir=self.base_dir,
+                document_key=DOC_KEY,
+                max_document_bytes=LIMIT,
+            )
 
     def counts(self) -> dict[str, int]:
         """Rows per table, every table of the schema, in one query."""
-        query = union_all(*(
-            select(literal(t.name), select(func.count()).select_from(t).scalar_subquery()) for t in TABLES
-        ))  # fmt: skip
+        query = union_all(
+            *(select(literal(t.name), select(func.count()).select_from(t).scalar_subquery()) for t in TABLES)
+        )
         with transaction() as session:
-            return dict(session.execute(query).all())  # type: ignore[arg-type]
+            return dict(session.execute(query).all())  # type: ignore[arg-type]  # rows of (name, count) pairs
 
     def files(self) -> dict[str, tuple]:
         """Every entry of the upload and outside folders, without following links."""
@@ -278,9 +300,14 @@ def test_every_family_on_every_field_is_rejected_line_by_line(world, kind_name):
 
 @pytest.mark.parametrize(
     ("kind_name", "field"),
-    [("consent.signup", "first_name"), ("booking.request", "last_name"), ("isic.order", "institution"),
-     ("erasure.request", "reference"), ("consent.signup", "source")],
-)  # fmt: skip
+    [
+        ("consent.signup", "first_name"),
+        ("booking.request", "last_name"),
+        ("isic.order", "institution"),
+        ("erasure.request", "reference"),
+        ("consent.signup", "source"),
+    ],
+)
 def test_sql_in_free_text_is_stored_verbatim_and_harmless(world, kind_name, field):
     """The other half of 'rejected or stored verbatim': a strange name is a name."""
     kind = KINDS[kind_name]
@@ -321,10 +348,11 @@ def malformed_lines(draw) -> str | bytes:
     if family == "deep nesting":
         shape = draw(st.sampled_from(["[", "[]", "{}", "email"]))
         return {
-            "[": "[" * size, "[]": "[" * size + "]" * size,
+            "[": "[" * size,
+            "[]": "[" * size + "]" * size,
             "{}": '{"a":' * (size // 5) + "1" + "}" * (size // 5),
             "email": valid[:-1] + ', "email": ' + "[" * 5000 + "]" * 5000 + "}",
-        }[shape]  # fmt: skip
+        }[shape]
     if family == "huge":
         shape = draw(st.sampled_from(["digits", "nul", "text", "field", "array"]))
         if shape == "field":
@@ -332,13 +360,27 @@ def malformed_lines(draw) -> str | bytes:
         if shape == "array":
             return json.dumps([json.loads(valid)] * (size // len(valid)))
         return {"digits": "1" * size, "nul": "\x00" * size, "text": MARKER * (size // len(MARKER))}[shape]
-    return draw(st.sampled_from([
-        "\ufeff" + valid, valid + "\x00", valid[:-1] + ', "duration_minutes": NaN}',
-        valid[:-1] + ', "at": Infinity}', valid[:-1] + ', "type": "x.unknown"}', valid + valid,
-        valid + " " + valid, valid.replace('"type"', '"TYPE"'), valid.replace(":", "="), "{}",
-        '{"type": null}', valid.replace('"', "'"), valid[:-1] + ', "first_name": "\\ud800"}',
-        valid.encode("utf-16"), valid.encode("latin-1", "replace") + b"\xff\xfe",
-    ]))  # fmt: skip
+    return draw(
+        st.sampled_from(
+            [
+                "\ufeff" + valid,
+                valid + "\x00",
+                valid[:-1] + ', "duration_minutes": NaN}',
+                valid[:-1] + ', "at": Infinity}',
+                valid[:-1] + ', "type": "x.unknown"}',
+                valid + valid,
+                valid + " " + valid,
+                valid.replace('"type"', '"TYPE"'),
+                valid.replace(":", "="),
+                "{}",
+                '{"type": null}',
+                valid.replace('"', "'"),
+                valid[:-1] + ', "first_name": "\\ud800"}',
+                valid.encode("utf-16"),
+                valid.encode("latin-1", "replace") + b"\xff\xfe",
+            ]
+        )
+    )
 
 
 @SETTINGS
@@ -359,13 +401,34 @@ def test_a_malformed_line_is_rejected_and_stores_nothing(world, raw):
 ROLES = {"student_proof": PDF_BYTES, "id_copy": PNG_BYTES, "photo": JPEG_BYTES}
 MAGIC = (b"%PDF-", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 TRAVERSAL = (
-    "../outside/secret.pdf", "../../etc/passwd", "/etc/passwd", "sub/../../outside/secret.pdf",
-    "./../outside/secret.pdf", "..", ".", "sub", "sub/", "..\\..\\etc\\passwd", "~/secret.pdf",
-    "//etc/passwd", "file:///etc/passwd", "nachweis.pdf\x00.png", "nachweis.pdf\r\nX-A: b",
-    f"missing-{MARKER}.pdf", "link-out.pdf", "link-out.jpg", "link-relative-out.pdf",
-    "link-dir/secret.pdf", "link-passwd.pdf", "link-zero.jpg", "loop-a.pdf", "pipe.pdf",
-    "upload/nachweis.pdf", "NACHWEIS.PDF", " nachweis.pdf",
-)  # fmt: skip
+    "../outside/secret.pdf",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "sub/../../outside/secret.pdf",
+    "./../outside/secret.pdf",
+    "..",
+    ".",
+    "sub",
+    "sub/",
+    "..\\..\\etc\\passwd",
+    "~/secret.pdf",
+    "//etc/passwd",
+    "file:///etc/passwd",
+    "nachweis.pdf\x00.png",
+    "nachweis.pdf\r\nX-A: b",
+    f"missing-{MARKER}.pdf",
+    "link-out.pdf",
+    "link-out.jpg",
+    "link-relative-out.pdf",
+    "link-dir/secret.pdf",
+    "link-passwd.pdf",
+    "link-zero.jpg",
+    "loop-a.pdf",
+    "pipe.pdf",
+    "upload/nachweis.pdf",
+    "NACHWEIS.PDF",
+    " nachweis.pdf",
+)
 
 
 @st.composite
@@ -407,9 +470,18 @@ def test_a_hostile_document_is_rejected_and_nothing_is_written(world, document):
 
 def test_a_symlink_out_of_the_folder_is_refused_even_to_a_valid_document(world):
     reason = rejected_and_nothing_stored(
-        world, isic.NOW, line(isic.order("H-link", documents={
-            "student_proof": "link-out.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg",
-        }))  # fmt: skip
+        world,
+        isic.NOW,
+        line(
+            isic.order(
+                "H-link",
+                documents={
+                    "student_proof": "link-out.pdf",
+                    "id_copy": "ausweis.png",
+                    "photo": "foto.jpg",
+                },
+            )
+        ),
     )
     assert reason == "documents.student_proof: must be a path relative to the JSON-lines file, inside its folder"
 
@@ -427,9 +499,11 @@ def test_a_document_is_typed_by_its_content_not_its_name(world):
 
 def test_reason_for_an_unknown_type_or_field_does_not_repeat_it(world):
     """The two places pydantic puts input in its message: a discriminator tag, a key."""
-    for event in ({"type": f"{MARKER}@example.de", "at": consent.NOW.isoformat()},
-                  {**consent.signup(email="x1@example.de"), f"x\r\nSet-Cookie: {MARKER}": 1},
-                  {**isic.order("H-key"), f"pin {MARKER}": "1234"}):  # fmt: skip
+    for event in (
+        {"type": f"{MARKER}@example.de", "at": consent.NOW.isoformat()},
+        {**consent.signup(email="x1@example.de"), f"x\r\nSet-Cookie: {MARKER}": 1},
+        {**isic.order("H-key"), f"pin {MARKER}": "1234"},
+    ):
         rejected_and_nothing_stored(world, isic.NOW, line(event))
 
 
@@ -443,8 +517,9 @@ def test_the_catalogue_posted_to_the_http_door_is_rejected_event_by_event(world,
     (base64), as the door takes them; a mutated document value is refused by the door."""
     import base64
 
-    from doorway import Clock, post_signed, serve_door
     from psync.serve import DoorConfig
+
+    from doorway import Clock, post_signed, serve_door
 
     kind = KINDS[kind_name]
     world.prepare(kind)
@@ -455,15 +530,27 @@ def test_the_catalogue_posted_to_the_http_door_is_rejected_event_by_event(world,
         documents = event.get("documents") if event.get("type") == "isic.order" else None
         if not isinstance(documents, dict):
             return event
-        files = {n: p for n, p in documents.items() if isinstance(p, str) and p in {"nachweis.pdf", "ausweis.png", "foto.jpg"}}
-        encoded = {n: {"base64": base64.b64encode((world.base_dir / p).read_bytes()).decode()} for n, p in files.items()}
+        files = {
+            n: p
+            for n, p in documents.items()
+            if isinstance(p, str) and p in {"nachweis.pdf", "ausweis.png", "foto.jpg"}
+        }
+        encoded = {
+            n: {"base64": base64.b64encode((world.base_dir / p).read_bytes()).decode()} for n, p in files.items()
+        }
         return {**event, "documents": {**documents, **encoded}}
 
     events = [inline(apply(kind, m, next(FRESH))) for m in cases]
     config = DoorConfig(
-        secret=secret, key=world.key, document_key=DOC_KEY, service_points=frozenset(SERVICE_POINTS),
-        max_document_bytes=LIMIT, rate_per_second=1000.0, rate_burst=1000, clock=Clock(kind.now),
-    )  # fmt: skip
+        secret=secret,
+        key=world.key,
+        document_key=DOC_KEY,
+        service_points=frozenset(SERVICE_POINTS),
+        max_document_bytes=LIMIT,
+        rate_per_second=1000.0,
+        rate_burst=1000,
+        clock=Clock(kind.now),
+    )
     before, files = world.counts(), world.files()
     with serve_door(config) as url:
         answer = post_signed(url, events, secret, kind.now)

@@ -62,8 +62,9 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from connectors import nect
+from core.clock import BERLIN, berlin_today
+from core.settings import get_settings
 from flows.registry import FLOWS, get_flow
-from models.bookings import BERLIN, berlin_today
 from models.db import transaction
 from models.erasure import ErasureRequest
 from models.identity import insurance_number_valid
@@ -71,7 +72,7 @@ from models.subjects import DataSubject
 from models.types import utcnow
 from psync.cli import app
 from psync.sandbox_env import CREDENTIAL_ID, CREDENTIAL_SECRET, sandbox_environment
-from psync.settings import get_settings
+
 from reliability.figures import record
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
 
@@ -81,8 +82,11 @@ DOC_KEY = Fernet.generate_key().decode()
 NECT_KEY = sandbox_environment("http://unused")["PSYNC_NECT_API_KEY"]
 # Every processor request fails in phase 2: errors, dropped answers, revoked tokens. Not
 # "slow": it only waits.
-FAULTS = {"fault_rate": 1.0, "seed": 7,
-          "kinds": ["429_retry_after", "429_plain", "500", "502", "503", "drop", "token_expiry"]}  # fmt: skip
+FAULTS = {
+    "fault_rate": 1.0,
+    "seed": 7,
+    "kinds": ["429_retry_after", "429_plain", "500", "502", "503", "drop", "token_expiry"],
+}
 FORM_REFERENCE = "Az. 17-2026"  # of the erasure request typed into fan-out-erasure's form
 # What the officer types into that form reaches Prefect's API as the run's parameters; the
 # run replaces it (checked through the API), but the superseded row version may stay in
@@ -90,8 +94,13 @@ FORM_REFERENCE = "Az. 17-2026"  # of the erasure request typed into fan-out-eras
 TYPED_INTO_THE_FORM = {"erna email", "erna email local part", "erna insurance number"}
 # The one place a URL may carry a marker: CleverReach addresses a receiver by e-mail address.
 RECEIVER_BY_EMAIL = re.compile(r"/cleverreach/v3/groups\.json/[^/]+/receivers/(?P<target>[^/?]+)(?:/deactivate)?")
-AUTH_HEADERS = {"cleverreach": {"authorization"}, "timify": {"authorization"}, "flexperto": {"authorization"},
-                "isic": {"authorization"}, "nect": {"x-api-key"}}  # fmt: skip
+AUTH_HEADERS = {
+    "cleverreach": {"authorization"},
+    "timify": {"authorization"},
+    "flexperto": {"authorization"},
+    "isic": {"authorization"},
+    "nect": {"x-api-key"},
+}
 
 
 def _insurance(stem: str) -> str:
@@ -142,33 +151,83 @@ class Person:
 
     @property
     def documents(self) -> dict[str, str]:
-        return {"student_proof": f"zqxdatei-{self.tag}-nachweis.pdf", "id_copy": f"zqxdatei-{self.tag}-ausweis.png",
-                "photo": f"zqxdatei-{self.tag}-foto.jpg"}  # fmt: skip
+        return {
+            "student_proof": f"zqxdatei-{self.tag}-nachweis.pdf",
+            "id_copy": f"zqxdatei-{self.tag}-ausweis.png",
+            "photo": f"zqxdatei-{self.tag}-foto.jpg",
+        }
 
     def markers(self) -> dict[str, str]:
         """What of this person must not show up: name -> the string searched for."""
         digits = re.sub(r"\D", "", self.phone)
         return {
-            "email": self.email, "email local part": self.email.split("@")[0],
-            "first name": self.first, "last name": self.last,
-            "phone as typed": self.phone, "phone E.164": "+" + digits, "phone digits": digits[2:],
-            "insurance number": self.insurance, "IBAN": self.iban.compact, "IBAN printed": self.iban.formatted,
-            "IBAN account": self.account, "birth date": self.birth.isoformat(),
-            "birth date (German)": self.birth.strftime("%d.%m.%Y"), "sign-up IP": self.ip,
-            "confirmation IP": self.confirm_ip, "institution": self.institution, "concern": self.concern,
-            "phone password": self.password, "source URL": self.source,
+            "email": self.email,
+            "email local part": self.email.split("@")[0],
+            "first name": self.first,
+            "last name": self.last,
+            "phone as typed": self.phone,
+            "phone E.164": "+" + digits,
+            "phone digits": digits[2:],
+            "insurance number": self.insurance,
+            "IBAN": self.iban.compact,
+            "IBAN printed": self.iban.formatted,
+            "IBAN account": self.account,
+            "birth date": self.birth.isoformat(),
+            "birth date (German)": self.birth.strftime("%d.%m.%Y"),
+            "sign-up IP": self.ip,
+            "confirmation IP": self.confirm_ip,
+            "institution": self.institution,
+            "concern": self.concern,
+            "phone password": self.password,
+            "source URL": self.source,
             **{f"file name {role}": name for role, name in self.documents.items()},
-        }  # fmt: skip
+        }
 
 
-ERNA = Person("erna", "Zqxernavor", "Zqxernanach", "+49 170 58314729", "Q73194628", "7319462805",
-              date(2003, 11, 7), "198.51.100.173", "198.51.100.174")  # fmt: skip
-FRITZ = Person("fritz", "Zqxfritzvor", "Zqxfritznach", "+49 171 93058264", "Q84205739", "8420573916",
-               date(2002, 6, 19), "203.0.113.219", "203.0.113.218")  # fmt: skip
-GERDA = Person("gerda", "Zqxgerdavor", "Zqxgerdanach", "+49 152 37194602", "Q95316840", "9531684027",
-               date(1961, 8, 23), "198.51.100.231", "198.51.100.232")  # fmt: skip
-HEIKE = Person("heike", "Zqxheikevor", "Zqxheikenach", "+49 160 64827391", "Q16427951", "1642795138",
-               date(2004, 1, 13), "203.0.113.187", "203.0.113.186")  # fmt: skip
+ERNA = Person(
+    "erna",
+    "Zqxernavor",
+    "Zqxernanach",
+    "+49 170 58314729",
+    "Q73194628",
+    "7319462805",
+    date(2003, 11, 7),
+    "198.51.100.173",
+    "198.51.100.174",
+)
+FRITZ = Person(
+    "fritz",
+    "Zqxfritzvor",
+    "Zqxfritznach",
+    "+49 171 93058264",
+    "Q84205739",
+    "8420573916",
+    date(2002, 6, 19),
+    "203.0.113.219",
+    "203.0.113.218",
+)
+GERDA = Person(
+    "gerda",
+    "Zqxgerdavor",
+    "Zqxgerdanach",
+    "+49 152 37194602",
+    "Q95316840",
+    "9531684027",
+    date(1961, 8, 23),
+    "198.51.100.231",
+    "198.51.100.232",
+)
+HEIKE = Person(
+    "heike",
+    "Zqxheikevor",
+    "Zqxheikenach",
+    "+49 160 64827391",
+    "Q16427951",
+    "1642795138",
+    date(2004, 1, 13),
+    "203.0.113.187",
+    "203.0.113.186",
+)
 PEOPLE = (ERNA, FRITZ, GERDA, HEIKE)
 
 
@@ -184,19 +243,43 @@ def _start(days: int, hour: int = 10) -> str:
 
 def signup(p: Person, list_name: str, confirm: bool = True) -> list[dict]:
     extra = {"insurance_number": p.insurance} if list_name == "service_offers" else {}
-    events = [{"type": "consent.signup", "list": list_name, "email": p.email, "salutation": "Frau",
-               "first_name": p.first, "last_name": p.last, "ip": p.ip, "at": _at(3), "source": p.source,
-               "policy_version": "2026-01", **extra}]  # fmt: skip
+    events = [
+        {
+            "type": "consent.signup",
+            "list": list_name,
+            "email": p.email,
+            "salutation": "Frau",
+            "first_name": p.first,
+            "last_name": p.last,
+            "ip": p.ip,
+            "at": _at(3),
+            "source": p.source,
+            "policy_version": "2026-01",
+            **extra,
+        }
+    ]
     if confirm:
-        events.append({"type": "consent.confirm", "list": list_name, "email": p.email, "ip": p.confirm_ip,
-                       "at": _at(2)})  # fmt: skip
+        events.append(
+            {"type": "consent.confirm", "list": list_name, "email": p.email, "ip": p.confirm_ip, "at": _at(2)}
+        )
     return events
 
 
 def booking(p: Person, ref: str, video: bool, days: int) -> dict:
-    event = {"type": "booking.request", "booking_id": ref, "channel": "video" if video else "branch",
-             "start": _start(days), "duration_minutes": 30, "salutation": "Frau", "first_name": p.first,
-             "last_name": p.last, "phone": p.phone, "email": p.email, "concern": p.concern, "at": _at(3)}  # fmt: skip
+    event = {
+        "type": "booking.request",
+        "booking_id": ref,
+        "channel": "video" if video else "branch",
+        "start": _start(days),
+        "duration_minutes": 30,
+        "salutation": "Frau",
+        "first_name": p.first,
+        "last_name": p.last,
+        "phone": p.phone,
+        "email": p.email,
+        "concern": p.concern,
+        "at": _at(3),
+    }
     if video:
         event["birth_date"] = p.birth.isoformat()
     else:
@@ -205,24 +288,41 @@ def booking(p: Person, ref: str, video: bool, days: int) -> dict:
 
 
 def order(p: Person, ref: str) -> dict:
-    return {"type": "isic.order", "order_id": ref, "first_name": p.first, "last_name": p.last,
-            "birth_date": p.birth.isoformat(), "email": p.email, "postal_code": "10115",
-            "iban": p.iban.formatted, "institution": p.institution, "student_status": "student",
-            "phone_password": p.password, "documents": p.documents, "at": _at(3)}  # fmt: skip
+    return {
+        "type": "isic.order",
+        "order_id": ref,
+        "first_name": p.first,
+        "last_name": p.last,
+        "birth_date": p.birth.isoformat(),
+        "email": p.email,
+        "postal_code": "10115",
+        "iban": p.iban.formatted,
+        "institution": p.institution,
+        "student_status": "student",
+        "phone_password": p.password,
+        "documents": p.documents,
+        "at": _at(3),
+    }
 
 
 def first_events() -> list[dict]:
     return [
-        *signup(ERNA, "newsletter"), *signup(ERNA, "service_offers"),
-        booking(ERNA, "LK-ERNA-1", video=False, days=3), booking(ERNA, "LK-ERNA-2", video=True, days=4),
+        *signup(ERNA, "newsletter"),
+        *signup(ERNA, "service_offers"),
+        booking(ERNA, "LK-ERNA-1", video=False, days=3),
+        booking(ERNA, "LK-ERNA-2", video=True, days=4),
         {"type": "booking.reschedule", "booking_id": "LK-ERNA-2", "start": _start(5), "at": _at(1)},
         order(ERNA, "LK-ISIC-ERNA"),
-        *signup(FRITZ, "newsletter"), booking(FRITZ, "LK-FRITZ-1", video=True, days=6), order(FRITZ, "LK-ISIC-FRITZ"),
-        *signup(GERDA, "newsletter", confirm=False), *signup(GERDA, "service_offers"),
-        {"type": "consent.withdraw", "list": "service_offers", "email": GERDA.email, "channel": "portal",
-         "at": _at(1)},
-        *signup(HEIKE, "newsletter"), booking(HEIKE, "LK-HEIKE-1", video=True, days=2), order(HEIKE, "LK-ISIC-HEIKE"),
-    ]  # fmt: skip
+        *signup(FRITZ, "newsletter"),
+        booking(FRITZ, "LK-FRITZ-1", video=True, days=6),
+        order(FRITZ, "LK-ISIC-FRITZ"),
+        *signup(GERDA, "newsletter", confirm=False),
+        *signup(GERDA, "service_offers"),
+        {"type": "consent.withdraw", "list": "service_offers", "email": GERDA.email, "channel": "portal", "at": _at(1)},
+        *signup(HEIKE, "newsletter"),
+        booking(HEIKE, "LK-HEIKE-1", video=True, days=2),
+        order(HEIKE, "LK-ISIC-HEIKE"),
+    ]
 
 
 def rejected_events() -> list[dict]:
@@ -230,9 +330,14 @@ def rejected_events() -> list[dict]:
     return [
         {**booking(ERNA, "LK-ERNA-BAD", video=False, days=3), "duration_minutes": 7},
         {**order(GERDA, "LK-ISIC-GERDA"), "online_banking_pin": GERDA.password},
-        {"type": "consent.confirm", "list": "newsletter", "email": "zqx.niemand.post@example.de",
-         "ip": GERDA.ip, "at": _at(1)},
-    ]  # fmt: skip
+        {
+            "type": "consent.confirm",
+            "list": "newsletter",
+            "email": "zqx.niemand.post@example.de",
+            "ip": GERDA.ip,
+            "at": _at(1),
+        },
+    ]
 
 
 # capturing --------------------------------------------------------------------------------
@@ -363,10 +468,19 @@ def nect_cases(*people: Person) -> list[dict]:
     there), handed over as ``ident.case`` lines, with the insurance number where known."""
     client = nect.from_settings(get_settings())
     with transaction() as session:
-        pseudonyms = {p: session.exec(select(DataSubject.pseudonym).where(DataSubject.email == p.email)).one()
-                      for p in people}  # fmt: skip
-    return [{"type": "ident.case", "email": p.email, "case_id": client.open_case(pseudonyms[p]), "at": _at(0.5),
-             **({"insurance_number": p.insurance} if p is ERNA else {})} for p in people]  # fmt: skip
+        pseudonyms = {
+            p: session.exec(select(DataSubject.pseudonym).where(DataSubject.email == p.email)).one() for p in people
+        }
+    return [
+        {
+            "type": "ident.case",
+            "email": p.email,
+            "case_id": client.open_case(pseudonyms[p]),
+            "at": _at(0.5),
+            **({"insurance_number": p.insurance} if p is ERNA else {}),
+        }
+        for p in people
+    ]
 
 
 def erasure_requests() -> list[str]:
@@ -403,12 +517,15 @@ def play(scene: Scene) -> dict:
     scene.collect_requests()
 
     # 2. Every processor request faulted: each run with work to do fails.
-    scene.intake("changes.jsonl", [
-        {"type": "booking.cancel", "booking_id": "LK-FRITZ-1", "at": _at(0.5)},
-        {"type": "isic.cancel", "order_id": "LK-ISIC-FRITZ", "at": _at(0.5)},
-        {"type": "booking.reschedule", "booking_id": "LK-HEIKE-1", "start": _start(7), "at": _at(0.5)},
-        *signup(GERDA, "newsletter"),
-    ])  # fmt: skip
+    scene.intake(
+        "changes.jsonl",
+        [
+            {"type": "booking.cancel", "booking_id": "LK-FRITZ-1", "at": _at(0.5)},
+            {"type": "isic.cancel", "order_id": "LK-ISIC-FRITZ", "at": _at(0.5)},
+            {"type": "booking.reschedule", "booking_id": "LK-HEIKE-1", "start": _start(7), "at": _at(0.5)},
+            *signup(GERDA, "newsletter"),
+        ],
+    )
     scene.post("faults", FAULTS)
     scene.run("sync-newsletter-consents", True)
     scene.run("pull-newsletter-unsubscribes", True)
@@ -416,17 +533,38 @@ def play(scene: Scene) -> dict:
     scene.run("purge-video-chat-data", True, as_of=today + timedelta(days=120))
     scene.run("forward-student-id-orders", True)
     # The identifiers typed into the form; the run fails, as no processor can be reached.
-    scene.run("fan-out-erasure", True, email=ERNA.email.upper(), insurance_number=ERNA.insurance,
-              channel="letter", reference=FORM_REFERENCE)  # fmt: skip
+    scene.run(
+        "fan-out-erasure",
+        True,
+        email=ERNA.email.upper(),
+        insurance_number=ERNA.insurance,
+        channel="letter",
+        reference=FORM_REFERENCE,
+    )
     scene.run("follow-up-erasures")
     scene.post("faults", {"fault_rate": 0.0})
     scene.collect_requests()
 
     # 3. Clean again: everything catches up; an erasure by intake, one by the command line.
-    scene.intake("erasure.jsonl", [{"type": "erasure.request", "email": HEIKE.email, "channel": "portal",
-                                    "reference": "Portal-Loeschantrag", "at": _at(0.2)}])  # fmt: skip
-    for name in ("sync-newsletter-consents", "pull-newsletter-unsubscribes", "push-bookings",
-                 "forward-student-id-orders", "sync-student-id-order-status"):  # fmt: skip
+    scene.intake(
+        "erasure.jsonl",
+        [
+            {
+                "type": "erasure.request",
+                "email": HEIKE.email,
+                "channel": "portal",
+                "reference": "Portal-Loeschantrag",
+                "at": _at(0.2),
+            }
+        ],
+    )
+    for name in (
+        "sync-newsletter-consents",
+        "pull-newsletter-unsubscribes",
+        "push-bookings",
+        "forward-student-id-orders",
+        "sync-student-id-order-status",
+    ):
         scene.run(name, False)
     scene.run("purge-video-chat-data", False, as_of=today + timedelta(days=120))
     scene.run("follow-up-erasures", False)
@@ -461,9 +599,13 @@ def prefect_texts(since: datetime) -> dict[str, list[str]]:
     """Everything the Prefect API holds about the runs since `since`, as JSON texts."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
-        FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterFlowRunId, TaskRunFilter,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+        LogFilter,
+        LogFilterFlowRunId,
+        TaskRunFilter,
         TaskRunFilterFlowRunId,
-    )  # fmt: skip
+    )
     from prefect.events.filters import EventFilter, EventOccurredFilter
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
@@ -475,10 +617,16 @@ def prefect_texts(since: datetime) -> dict[str, list[str]]:
         runs = _pages(lambda limit, offset: client.read_flow_runs(flow_run_filter=started, limit=limit, offset=offset))
         ids = [run.id for run in runs]
         states = [state for run in runs for state in client.read_flow_run_states(run.id)]
-        tasks = _pages(lambda limit, offset: client.read_task_runs(
-            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)), limit=limit, offset=offset))
-        logs = _pages(lambda limit, offset: client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=limit, offset=offset))
+        tasks = _pages(
+            lambda limit, offset: client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)), limit=limit, offset=offset
+            )
+        )
+        logs = _pages(
+            lambda limit, offset: client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=limit, offset=offset
+            )
+        )
         artifacts = _pages(lambda limit, offset: client.read_artifacts(limit=limit, offset=offset))
         page = client.read_events(EventFilter(occurred=EventOccurredFilter(since=since)), limit=50)
         events = list(page.events)
@@ -495,7 +643,7 @@ def prefect_texts(since: datetime) -> dict[str, list[str]]:
         "_runs": runs,
         "_logs": logs,
         "_artifacts": artifacts,
-    }  # fmt: skip
+    }
 
 
 def prefect_files() -> list[tuple[str, bytes]]:
@@ -588,10 +736,13 @@ def test_no_marker_and_no_secret_anywhere_we_write_text(scene, capfd):
     markers = {f"{p.tag} {name}": value for p in PEOPLE for name, value in p.markers().items()}
     basic = base64.b64encode(f"{CREDENTIAL_ID}:{CREDENTIAL_SECRET}".encode()).decode()
     secrets = {
-        "client secret": CREDENTIAL_SECRET, "Nect API key": NECT_KEY, "Basic credentials": basic,
-        "pseudonym key": TEST_KEY, "document key": DOC_KEY,
+        "client secret": CREDENTIAL_SECRET,
+        "Nect API key": NECT_KEY,
+        "Basic credentials": basic,
+        "pseudonym key": TEST_KEY,
+        "document key": DOC_KEY,
         **{f"bearer token {i}": token for i, token in enumerate(tokens)},
-    }  # fmt: skip
+    }
     texts = {
         "python logging": logs.texts,
         "stdout/stderr": [captured.out, captured.err],
@@ -621,21 +772,39 @@ def test_no_marker_and_no_secret_anywhere_we_write_text(scene, capfd):
     # Not vacuous: the same search finds the markers where the data lawfully is (the
     # processors' copy), every channel was filled, every flow ran, and runs failed.
     lawful = {name for _, name, _ in search({"sandbox": [json.dumps(held)]}, markers)}
-    assert {"erna email", "erna last name", "erna phone E.164", "erna insurance number", "erna concern",
-            "erna institution", "erna birth date", "erna sign-up IP"} <= lawful, lawful  # fmt: skip
+    assert {
+        "erna email",
+        "erna last name",
+        "erna phone E.164",
+        "erna insurance number",
+        "erna concern",
+        "erna institution",
+        "erna birth date",
+        "erna sign-up IP",
+    } <= lawful, lawful
     assert {"psync", "prefect", "urllib3", "sqlalchemy"} <= set(logs.loggers), logs.loggers
     assert scene.ran == set(FLOWS)
     ours = [run for run in runs if RUN_TAG in run.tags]
-    others = [f"{run.name} flow={run.flow_id} started={run.start_time} tags={run.tags}" for run in runs if run not in ours]
+    others = [
+        f"{run.name} flow={run.flow_id} started={run.start_time} tags={run.tags}" for run in runs if run not in ours
+    ]
     assert len(ours) == scene.runs + 2 and artifacts, others  # two started by commands
     assert {log.level for log in api_logs} >= {logging.DEBUG, logging.INFO, logging.ERROR}
     assert {a.key for a in artifacts} >= {"sync-newsletter-consents", "push-bookings", "follow-up-erasures"}
-    assert set(scene.failed_flows) >= {"sync-newsletter-consents", "push-bookings", "forward-student-id-orders",
-                                       "purge-video-chat-data", "fan-out-erasure", "watch-erasure-deadlines"}
+    assert set(scene.failed_flows) >= {
+        "sync-newsletter-consents",
+        "push-bookings",
+        "forward-student-id-orders",
+        "purge-video-chat-data",
+        "fan-out-erasure",
+        "watch-erasure-deadlines",
+    }
     assert tokens and {e["path"].split("/")[1] for e in scene.requests} == set(AUTH_HEADERS)
     assert "audit trail intact" in "".join(scene.outputs)
     # The identifiers typed into fan-out-erasure's form are gone from its stored parameters.
     # The reference is blanked too (one refused for holding a name must not stay either).
     [form] = [run for run in ours if run.parameters.get("channel") == "letter" and run.parameters.get("request_id")]
-    assert {form.parameters[k] for k in ("email", "insurance_number", "subject_id", "reference")} == {""}, form.parameters
+    assert {form.parameters[k] for k in ("email", "insurance_number", "subject_id", "reference")} == {""}, (
+        form.parameters
+    )
     assert form.parameters["request_id"] in erasure_requests()

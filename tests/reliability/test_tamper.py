@@ -40,27 +40,44 @@ from functools import cached_property
 from itertools import product, zip_longest
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select, update
 from sqlmodel import Session
 from typer.testing import CliRunner
 
 from models.audit import (
-    FIELDS, GENESIS, AuditEntry, AuditEvent, AuditHead, Verification, _digest, _seal, append, export_rows, verify,
-)  # fmt: skip
+    FIELDS,
+    GENESIS,
+    AuditEntry,
+    AuditEvent,
+    AuditHead,
+    Verification,
+    _digest,
+    _seal,
+    append,
+    export_rows,
+    verify,
+)
 from models.db import get_engine, transaction
 from models.intake import intake_lines
 from models.types import utcnow
 from psync.cli import app
+
 from reliability.figures import record
 
-ENTRY = AuditEntry.__table__  # type: ignore[attr-defined]
-HEAD = AuditHead.__table__  # type: ignore[attr-defined]
+ENTRY = AuditEntry.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
+HEAD = AuditHead.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 COLUMNS = [*FIELDS, "prev_hash", "hash"]  # every column of audit_entry
 SETTINGS = hypothesis_settings(
-    max_examples=25, deadline=None, derandomize=True, database=None, print_blob=False,
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=False,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)  # fmt: skip
+)
 TALLY: Counter[str] = Counter()
 
 
@@ -99,16 +116,44 @@ def _intake_lines(now) -> list[str]:
     lines = []
     for i in range(30):
         email = f"person{i}@example.de"
-        lines.append(json.dumps({
-            "type": "consent.signup", "list": "newsletter", "email": email, "first_name": "Erika",
-            "last_name": f"Muster{i}", "ip": f"192.0.2.{i + 1}", "at": at,
-            "source": "https://example.de/nl", "policy_version": "2026-01",
-        }))  # fmt: skip
+        lines.append(
+            json.dumps(
+                {
+                    "type": "consent.signup",
+                    "list": "newsletter",
+                    "email": email,
+                    "first_name": "Erika",
+                    "last_name": f"Muster{i}",
+                    "ip": f"192.0.2.{i + 1}",
+                    "at": at,
+                    "source": "https://example.de/nl",
+                    "policy_version": "2026-01",
+                }
+            )
+        )
         if i % 4:
-            lines.append(json.dumps({"type": "consent.confirm", "list": "newsletter", "email": email,
-                                     "ip": "192.0.2.200", "at": (now - timedelta(hours=1)).isoformat()}))  # fmt: skip
-    lines.append(json.dumps({"type": "consent.confirm", "list": "newsletter", "email": "nobody@example.de",
-                             "ip": "192.0.2.201", "at": at}))  # rejected: an audit row all the same
+            lines.append(
+                json.dumps(
+                    {
+                        "type": "consent.confirm",
+                        "list": "newsletter",
+                        "email": email,
+                        "ip": "192.0.2.200",
+                        "at": (now - timedelta(hours=1)).isoformat(),
+                    }
+                )
+            )
+    lines.append(
+        json.dumps(
+            {
+                "type": "consent.confirm",
+                "list": "newsletter",
+                "email": "nobody@example.de",
+                "ip": "192.0.2.201",
+                "at": at,
+            }
+        )
+    )  # rejected: an audit row all the same
     return lines
 
 
@@ -118,15 +163,27 @@ def _batch(b: int) -> list[AuditEvent]:
     return [
         AuditEvent("call.oauth.token", "ok", "cleverreach", attempts=1, http_status=200),
         AuditEvent("call.receivers.upsert", "ok", "cleverreach", attempts=2, http_status=200, detail="items=20"),
-        *(AuditEvent("consent.push", "sent", "cleverreach", f"{b:04x}{i:028x}", detail="list=newsletter")
-          for i in range(20)),
-        AuditEvent("erasure.erase", "verified", "timify", f"{b:032x}", http_status=404,
-                   detail=f"request={request} purpose=booking"),
-        AuditEvent("isic.purge_documents", "verified", subject=f"{b + 1:032x}",
-                   detail='order=ISIC-0001 "Nachweis" ü ß € \\ back'),
+        *(
+            AuditEvent("consent.push", "sent", "cleverreach", f"{b:04x}{i:028x}", detail="list=newsletter")
+            for i in range(20)
+        ),
+        AuditEvent(
+            "erasure.erase",
+            "verified",
+            "timify",
+            f"{b:032x}",
+            http_status=404,
+            detail=f"request={request} purpose=booking",
+        ),
+        AuditEvent(
+            "isic.purge_documents",
+            "verified",
+            subject=f"{b + 1:032x}",
+            detail='order=ISIC-0001 "Nachweis" ü ß € \\ back',
+        ),
         AuditEvent("erasure.deadline", "on_time"),  # every optional column empty
         AuditEvent("call.cards.request", "fatal", "isic", attempts=0, http_status=0, detail=""),
-    ]  # fmt: skip
+    ]
 
 
 def _read(session: Session, as_dicts: bool = False) -> tuple[list, dict | None]:
@@ -146,8 +203,13 @@ def trail(settings) -> Trail:
     assert {r.outcome for r in results} == {"stored", "rejected"}
     for b in range(6):
         with transaction() as session:
-            append(session, key, _batch(b), flow_run_id=f"run-{b}" if b % 3 else None,
-                   now=now + timedelta(minutes=b, microseconds=b))  # fmt: skip
+            append(
+                session,
+                key,
+                _batch(b),
+                flow_run_id=f"run-{b}" if b % 3 else None,
+                now=now + timedelta(minutes=b, microseconds=b),
+            )
     with transaction() as session:
         rows, head = _read(session, as_dicts=True)
         assert verify(session, key) == Verification(True, len(rows))
@@ -318,7 +380,7 @@ def test_forged_rows_at_the_edges_are_named(trail):
         "a row with a negative id": {**forged(trail, 0, n), "id": -7},
         "a row after a gap": forged(trail, n + 5, n),
         "row 1 again, as id 0": {**trail.rows[0], "id": 0},
-    }  # fmt: skip
+    }
     for what, row in cases.items():
         named, _ = check(trail, inserted(trail, row), what)
         assert named == (row["id"] if row["id"] < 1 else min(row["id"], n + 1)), what
@@ -392,12 +454,14 @@ def test_altering_the_head_is_detected(trail):
         "seal altered": (set_head(seal=_flip(trail.head["seal"])), n + 1),
         "seal empty": (set_head(seal=""), n + 1),
         "seal made with another key": (set_head(seal=_seal(b"a guessed key", n, last["hash"])), n + 1),
-        "moved back one row, resealed with another key": (set_head(
-            last_id=n - 1, last_hash=before["hash"], seal=_seal(b"a guessed key", n - 1, before["hash"])), n),
+        "moved back one row, resealed with another key": (
+            set_head(last_id=n - 1, last_hash=before["hash"], seal=_seal(b"a guessed key", n - 1, before["hash"])),
+            n,
+        ),
         "head deleted": (lambda session: session.execute(delete(HEAD)), 1),
         "head row renumbered": (lambda session: session.execute(update(HEAD).values(id=2)), 1),
         **{f"an old head put back (row {k})": (put_back(k), k + 1) for k in (0, 1, n // 2, n - 1)},
-    }  # fmt: skip
+    }
     for what, (tamper, expected) in cases.items():
         named, _ = check(trail, tamper, what)
         assert named == expected, what
@@ -409,8 +473,11 @@ def test_truncating_and_rewriting_the_head_without_the_key_is_detected(trail):
 
         def tamper(session, keep=keep, row=row):
             session.execute(delete(ENTRY).where(ENTRY.c.id > keep))
-            session.execute(update(HEAD).values(last_id=keep, last_hash=row["hash"],
-                                                seal=_seal(b"a guessed key", keep, row["hash"])))  # fmt: skip
+            session.execute(
+                update(HEAD).values(
+                    last_id=keep, last_hash=row["hash"], seal=_seal(b"a guessed key", keep, row["hash"])
+                )
+            )
 
         named, result = check(trail, tamper, f"truncate to {keep}, head rewritten")
         assert (named, result.reason) == (keep + 1, "rows removed from the end")

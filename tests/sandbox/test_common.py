@@ -71,7 +71,7 @@ def test_bearer_token_strict_and_raw(header, strict, raw):
 
 
 def test_basic_credentials():
-    encode = lambda s: "Basic " + base64.b64encode(s).decode()  # noqa: E731
+    encode = lambda s: "Basic " + base64.b64encode(s).decode()  # noqa: E731 - a one-line helper local to the test
     assert basic_credentials(encode(b"id:se:cret")) == ("id", "se:cret")
     assert basic_credentials(encode(b"no-colon")) == (None, None)
     assert basic_credentials(encode(b"\xff:x")) == (None, None)
@@ -111,7 +111,10 @@ def test_json_body_and_query_int_raise_the_callers_bad_request():
     assert client.post("/echo?n=", content=b"[1]").json() == {"body": [1], "n": 7}
     assert client.post("/echo?n=3", content=b"null").json() == {"body": None, "n": 3}
     r = client.post("/echo", content=b"{")
-    assert (r.status_code, r.json()) == (400, {"error": {"code": "invalid_request", "message": "body is not valid JSON"}})
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": {"code": "invalid_request", "message": "body is not valid JSON"}},
+    )
     r = client.post("/echo?n=x")
     assert r.json() == {"error": {"code": "invalid_request", "message": "n must be an integer"}}
     plain = _echo_app(partial(ApiError, 400)).post("/echo", content=b"{")

@@ -178,8 +178,11 @@ def test_state_counts_calls_by_template_and_reset_empties_it(api):
     api.get(f"{NC}/cases", params={"reference": REF})
     api.delete(f"{NC}/cases/{case['caseUuid']}")
     assert state(api)["calls"] == {
-        "POST /v1/cases": 1, "GET /v1/cases/{uuid}": 1, "GET /v1/cases": 1, "DELETE /v1/cases/{uuid}": 1,
-    }  # fmt: skip
+        "POST /v1/cases": 1,
+        "GET /v1/cases/{uuid}": 1,
+        "GET /v1/cases": 1,
+        "DELETE /v1/cases/{uuid}": 1,
+    }
     assert api.post("/_sandbox/reset").status_code == 200
     assert state(api) == {"cases": {}, "creates": {}, "calls": {}, "deletions": {"pending": [], "completed": []}}
     assert api.get(f"{NC}/cases").status_code == 200  # the key still works: it is not a token

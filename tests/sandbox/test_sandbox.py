@@ -18,10 +18,30 @@ CR = "/cleverreach"
 CREDS = ("psync-sandbox", "sandbox-secret")
 GROUP_KEYS = ["id", "name", "locked", "backup", "receiver_info", "stamp", "last_mailing", "last_changed"]
 RECEIVER_KEYS = [
-    "id", "email", "imported", "bounced", "group_id", "activated", "registered", "deactivated",
-    "last_ip", "last_location", "last_client", "points", "stars", "source", "attributes",
-    "global_attributes", "active", "conversion_rate", "open_rate", "click_rate", "tags", "events", "orders",
-]  # fmt: skip
+    "id",
+    "email",
+    "imported",
+    "bounced",
+    "group_id",
+    "activated",
+    "registered",
+    "deactivated",
+    "last_ip",
+    "last_location",
+    "last_client",
+    "points",
+    "stars",
+    "source",
+    "attributes",
+    "global_attributes",
+    "active",
+    "conversion_rate",
+    "open_rate",
+    "click_rate",
+    "tags",
+    "events",
+    "orders",
+]
 UNAUTHORIZED = {"error": {"code": 401, "message": "Unauthorized: token expired or invalid"}}
 
 
@@ -138,11 +158,20 @@ def test_initial_groups_and_create(api):
 
 
 def test_upsert_creates_receivers_with_recorded_shape(api):
-    r = upsert(api, [
-        {"email": "Anna@Example.com", "source": "shop", "activated": 1700000000,
-         "global_attributes": {"firstname": "Anna"}, "attributes": {"customer_no": "42"}, "tags": ["vip"]},
-        {"email": "bob@example.com"},
-    ])  # fmt: skip
+    r = upsert(
+        api,
+        [
+            {
+                "email": "Anna@Example.com",
+                "source": "shop",
+                "activated": 1700000000,
+                "global_attributes": {"firstname": "Anna"},
+                "attributes": {"customer_no": "42"},
+                "tags": ["vip"],
+            },
+            {"email": "bob@example.com"},
+        ],
+    )
     assert r.status_code == 200
     anna, bob = r.json()
     assert list(anna) == RECEIVER_KEYS
@@ -151,10 +180,16 @@ def test_upsert_creates_receivers_with_recorded_shape(api):
     assert anna["active"] is True and anna["activated"] == 1700000000 and anna["deactivated"] == 0
     assert anna["global_attributes"] == {"firstname": "Anna"} and anna["attributes"] == {"customer_no": "42"}
     assert anna["tags"] == ["vip"] and anna["source"] == "shop" and anna["orders"] == []
-    assert anna["events"] == [{
-        "stamp": anna["events"][0]["stamp"], "type": "api", "type_id": "REST insert",
-        "value": "", "mailing_id": "0", "groups_id": "1001",
-    }]  # fmt: skip
+    assert anna["events"] == [
+        {
+            "stamp": anna["events"][0]["stamp"],
+            "type": "api",
+            "type_id": "REST insert",
+            "value": "",
+            "mailing_id": "0",
+            "groups_id": "1001",
+        }
+    ]
     assert bob["active"] is False and bob["activated"] == 0 and bob["registered"] > 1_600_000_000
     assert set(receivers_of(api)) == {"anna@example.com", "bob@example.com"}
 
@@ -170,11 +205,31 @@ def test_upsert_repeat_is_noop(api):
 
 
 def test_upsert_merges_into_existing_receiver(api):
-    upsert(api, [{"email": "a@example.com", "source": "shop", "global_attributes": {"firstname": "A", "lastname": "B"},
-                  "attributes": {"x": "1"}, "tags": ["one", "two"]}])  # fmt: skip
+    upsert(
+        api,
+        [
+            {
+                "email": "a@example.com",
+                "source": "shop",
+                "global_attributes": {"firstname": "A", "lastname": "B"},
+                "attributes": {"x": "1"},
+                "tags": ["one", "two"],
+            }
+        ],
+    )
     rid = receivers_of(api)["a@example.com"]["id"]
-    r = upsert(api, [{"email": "A@EXAMPLE.COM", "activated": 1700000001, "global_attributes": {"lastname": "C"},
-                      "attributes": {"y": "2"}, "tags": ["two", "three"]}])  # fmt: skip
+    r = upsert(
+        api,
+        [
+            {
+                "email": "A@EXAMPLE.COM",
+                "activated": 1700000001,
+                "global_attributes": {"lastname": "C"},
+                "attributes": {"y": "2"},
+                "tags": ["two", "three"],
+            }
+        ],
+    )
     merged = r.json()[0]
     assert merged["id"] == rid
     assert merged["source"] == "shop"  # not provided -> unchanged
@@ -336,9 +391,15 @@ def test_global_attributes(api):
     r = api.post(f"{CR}/v3/attributes.json", json={"name": "firstname", "type": "text", "description": "First name"})
     assert r.status_code == 200
     assert r.json() == {
-        "id": r.json()["id"], "groups_id": 0, "name": "firstname", "description": "First name",
-        "preview_value": "", "value": None, "type": "text", "tag": "{FIRSTNAME}",
-    }  # fmt: skip
+        "id": r.json()["id"],
+        "groups_id": 0,
+        "name": "firstname",
+        "description": "First name",
+        "preview_value": "",
+        "value": None,
+        "type": "text",
+        "tag": "{FIRSTNAME}",
+    }
     assert isinstance(r.json()["id"], int)
     assert api.post(f"{CR}/v3/attributes", json={"name": "FirstName", "type": "text"}).status_code == 409
     assert api.post(f"{CR}/v3/attributes", json={"name": "x", "type": "color"}).status_code == 400
@@ -484,14 +545,20 @@ def test_drop_fault_processes_request_but_breaks_connection(caplog):
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.01)
         base = f"http://127.0.0.1:{port}"
-        token = requests.post(f"{base}{CR}/oauth/token.php", auth=CREDS, json={"grant_type": "client_credentials"})
+        token = requests.post(
+            f"{base}{CR}/oauth/token.php", auth=CREDS, json={"grant_type": "client_credentials"}, timeout=5
+        )
         headers = auth(token.json()["access_token"])
-        requests.post(f"{base}/_sandbox/faults", json={"fault_rate": 1.0, "kinds": ["drop"]})
+        requests.post(f"{base}/_sandbox/faults", json={"fault_rate": 1.0, "kinds": ["drop"]}, timeout=5)
         with caplog.at_level(logging.INFO):
             with pytest.raises((requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError)):
-                requests.post(f"{base}{CR}/v3/groups.json/1001/receivers/upsertplus", headers=headers,
-                              json=[{"email": "dropped@example.com"}], timeout=5)  # fmt: skip
-        requests.post(f"{base}/_sandbox/faults", json={"fault_rate": 0.0})
+                requests.post(
+                    f"{base}{CR}/v3/groups.json/1001/receivers/upsertplus",
+                    headers=headers,
+                    json=[{"email": "dropped@example.com"}],
+                    timeout=5,
+                )
+        requests.post(f"{base}/_sandbox/faults", json={"fault_rate": 0.0}, timeout=5)
         s = requests.get(f"{base}/_sandbox/state", timeout=5).json()
         assert "dropped@example.com" in s["cleverreach"]["groups"]["1001"]["receivers"]  # processed anyway
         assert s["faults"]["drop"] == 1

@@ -54,8 +54,15 @@ def new_customer(api, external_id="p-1", fields=None):
 
 
 def booking(customer_id, external_id="a-1", start="2026-03-29 10:00", **changes) -> dict:
-    body = {"externalId": external_id, "service_id": BRANCH, "resource_ids": [HAMBURG],
-            "startDate": start, "duration": 30, "customers": [customer_id], "notes": "Termin"}  # fmt: skip
+    body = {
+        "externalId": external_id,
+        "service_id": BRANCH,
+        "resource_ids": [HAMBURG],
+        "startDate": start,
+        "duration": 30,
+        "customers": [customer_id],
+        "notes": "Termin",
+    }
     return {**body, **changes}
 
 
@@ -129,8 +136,12 @@ def test_customfields_are_the_recorded_ones_plus_ours(api):
 
 
 def test_customer_create_get_and_duplicate(api):
-    fields = [{"id": EMAIL, "value": "erika@example.de"}, {"id": BIRTHDAY, "value": "1980-05-17"},
-              {"id": SALUTATION, "value": "Frau"}, {"id": INSURANCE, "value": "A123456780"}]  # fmt: skip
+    fields = [
+        {"id": EMAIL, "value": "erika@example.de"},
+        {"id": BIRTHDAY, "value": "1980-05-17"},
+        {"id": SALUTATION, "value": "Frau"},
+        {"id": INSURANCE, "value": "A123456780"},
+    ]
     r = api.post(f"{TM}/v1/customers", json={"externalId": "p-1", "customfields": fields})
     assert r.status_code == 201 and r.json()["status"] == 1
     customer = r.json()["data"]
@@ -169,8 +180,12 @@ def test_customer_rejects_unknown_top_level_keys(api):
 def test_customer_patch_merges_and_removes(api):
     fields = [{"id": EMAIL, "value": "a@example.de"}, {"id": FIRST, "value": "Erika"}, {"id": LAST, "value": "Muster"}]
     customer = new_customer(api, fields=fields)
-    changes = [{"id": FIRST, "value": None}, {"id": LAST, "value": ""},
-               {"id": EMAIL, "value": "b@example.de"}, {"id": PHONE, "value": "+4917612345678"}]  # fmt: skip
+    changes = [
+        {"id": FIRST, "value": None},
+        {"id": LAST, "value": ""},
+        {"id": EMAIL, "value": "b@example.de"},
+        {"id": PHONE, "value": "+4917612345678"},
+    ]
     r = api.patch(f"{TM}/v1/customers/p-1", params={"external": 1}, json={"customfields": changes})
     assert r.status_code == 200
     patched = r.json()["data"]
@@ -309,8 +324,9 @@ def test_appointment_list_by_date_span_or_ids(api):
 
 def test_bulk_delete_then_404(api):
     customer = new_customer(api)
-    ids = [api.post(f"{TM}/v1/appointments", json=booking(customer["id"], f"a-{i}")).json()["data"]["id"]
-           for i in range(3)]  # fmt: skip
+    ids = [
+        api.post(f"{TM}/v1/appointments", json=booking(customer["id"], f"a-{i}")).json()["data"]["id"] for i in range(3)
+    ]
     body = {"ids": [ids[0], ids[2], "unknown"], "has_notify_customers": False}
     r = api.post(f"{TM}/v1/appointments/delete/bulk", json=body)
     assert r.status_code == 200 and r.json() == {"data": {"ids": [ids[0], ids[2]]}, "status": 1}
@@ -333,8 +349,10 @@ def test_state_exposes_fixed_records_and_reset_keeps_them(api):
     s = state(api)
     assert s["company_id"] == COMPANY and set(s["services"]) == {BRANCH, VIDEO}
     assert {r["externalId"]: rid for rid, r in s["resources"].items()} == {
-        "sp-hamburg": HAMBURG, "sp-berlin": BERLIN, "sp-muenchen": "65e6d029d9d6e5c324d2bb03",
-    }  # fmt: skip
+        "sp-hamburg": HAMBURG,
+        "sp-berlin": BERLIN,
+        "sp-muenchen": "65e6d029d9d6e5c324d2bb03",
+    }
     assert s["calls"]["POST /v1/appointments"] == 1 and s["calls"]["POST /v1/customers"] == 1
     api.post("/_sandbox/reset")
     s = state(api)
@@ -352,8 +370,11 @@ def test_error_faults_hit_processor_routes_only(client):
     client.post("/_sandbox/reset", json={"fault_rate": 1.0, "kinds": ["500"]})
     r = client.post(f"{TM}/v1/auth/token", json=APP)
     assert r.status_code == 500 and r.headers["x-sandbox-fault"] == "500"
-    r = client.post("/flexperto/api/v2/oauth/token", auth=("psync-sandbox", "sandbox-secret"),
-                    data={"grant_type": "client_credentials"})  # fmt: skip
+    r = client.post(
+        "/flexperto/api/v2/oauth/token",
+        auth=("psync-sandbox", "sandbox-secret"),
+        data={"grant_type": "client_credentials"},
+    )
     assert r.status_code == 500 and r.headers["x-sandbox-fault"] == "500"
     s = client.get("/_sandbox/state")
     assert s.status_code == 200 and s.json()["faults"]["500"] == 2
