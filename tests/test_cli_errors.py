@@ -55,11 +55,16 @@ def consented(runner, folder) -> None:
     assert invoke(runner, "intake", str(path)).exit_code == 0
 
 
-def test_a_missing_setting_is_one_line_naming_the_variables_in_a_real_process(database_url, tmp_path):
+def test_a_missing_setting_is_one_line_naming_the_variables_in_a_real_process(database_url, tmp_path, prefect_harness):
     """The issue's case: a fresh install runs a job without processor settings (a real
-    process: Prefect's console output counts too)."""
+    process: Prefect's console output counts too). Against the session's Prefect API: a
+    temporary server of its own took too long to start on a loaded machine, once."""
+    from prefect.settings import PREFECT_API_URL
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("PSYNC_")}
-    env.update(PSYNC_DATABASE_URL=database_url, PSYNC_PSEUDONYM_KEY=TEST_KEY)
+    env.update(
+        PSYNC_DATABASE_URL=database_url, PSYNC_PSEUDONYM_KEY=TEST_KEY, PREFECT_API_URL=str(PREFECT_API_URL.value())
+    )
     done = subprocess.run(
         [sys.executable, "-m", "psync.cli", "run", "sync-newsletter-consents"],
         env=env,
