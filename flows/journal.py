@@ -107,10 +107,11 @@ def discard(*batches: str) -> None:
         (folder / f"{batch}{_SUFFIX}").unlink(missing_ok=True)
 
 
-def settle(session: Session) -> list[str]:
+def settle(session: Session, held: contextlib.ExitStack) -> list[str]:
     """Audit, in `session`, the calls of batches that ended before their commit (see the
     module's text); returns the batch ids settled, to ``discard`` once `session` committed.
-    A journal another process holds is left alone."""
+    A journal another process holds is left alone; the ones taken stay locked until `held`
+    closes, so no other worker settles them too before this commit."""
     folder = directory()
     if not folder.is_dir():
         return []
@@ -122,14 +123,16 @@ def settle(session: Session) -> list[str]:
     for path in sorted(folder.glob(f"*{_SUFFIX}")):
         batch = path.name.removesuffix(_SUFFIX)
         try:
-            with open(path, encoding="utf-8") as file:
-                try:
-                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # its batch is still running
-                lines = [json.loads(line) for line in file if line.endswith("\n")]
+            file = held.enter_context(open(path, encoding="utf-8"))
         except FileNotFoundError:
             continue  # settled by another worker meanwhile
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its batch is still running, or another worker is settling it
+        if not path.exists():
+            continue  # settled (and deleted) by another worker between the listing and the lock
+        lines = [json.loads(line) for line in file if line.endswith("\n")]
         settled.append(batch)
         header = lines[0] if lines else {"job": "unknown"}
         job = header["job"]
@@ -179,9 +182,10 @@ def settle_now() -> None:
     if not pending():
         return
     try:
-        with transaction() as session:
-            settled = settle(session)
-        discard(*settled)
+        with contextlib.ExitStack() as held:
+            with transaction() as session:
+                settled = settle(session, held)
+            discard(*settled)  # still locked: deleted before anyone else can take them
     except Exception:
         log.warning("call journal left for the next batch to settle", exc_info=True)
 
