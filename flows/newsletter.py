@@ -158,7 +158,28 @@ def receiver_for(list_name: str, row) -> dict:
 
 
 # sync ---------------------------------------------------------------------------------
-class RemovalJob(StreamJob):
+class _ListJob(StreamJob):
+    """What a list's push and its removal pass share on the delivery path: the client and
+    group of one list, every list's cursor locked in one order (``_lock_cursors``), and a
+    batch context (``_Push``) that gathers counts and audit events."""
+
+    def __init__(self, client: cleverreach.CleverReach, list_name: str, group: str, name: str):
+        self.client, self.list_name, self.group, self.name = client, list_name, group, name
+        self.clients = client.http  # the calls it made, for the audit
+        self.cursor = _cursor(list_name)
+        self.purpose = _purpose(list_name)
+
+    def lock(self, session) -> int:
+        return _lock_cursors(session)[self.list_name].position
+
+    def begin(self, session, rows: Sequence) -> _Push:
+        return _Push(session, utcnow())
+
+    def finish(self, ctx: _Push) -> tuple[Counter[str], list[AuditEvent]]:
+        return ctx.counts, ctx.events
+
+
+class RemovalJob(_ListJob):
     """One list's leftover removals through the delivery path (``flows.delivery``): a
     record is a live register row whose consent lapsed (what a failed delete or a crash of
     an earlier run left), named by the flow. Nothing new leaves, so nothing is written
@@ -168,28 +189,19 @@ class RemovalJob(StreamJob):
     id_field = "id"
 
     def __init__(self, client: cleverreach.CleverReach, list_name: str, group: str):
-        self.client, self.list_name, self.group = client, list_name, group
-        self.clients = client.http
-        self.name = f"{job_name(list_name)}:removal"
-        self.cursor = _cursor(list_name)
-
-    def lock(self, session) -> int:
-        return _lock_cursors(session)[self.list_name].position
+        super().__init__(client, list_name, group, f"{job_name(list_name)}:removal")
 
     def select(self, session, after: int, limit: int) -> list:
         return []  # named runs only: the flow lists what is left
 
     def by_ids(self, session, ids: Sequence[str]) -> list:
-        rows = live_recipients(session, PROCESSOR, _purpose(self.list_name), [uuid.UUID(str(i)) for i in ids])
+        rows = live_recipients(session, PROCESSOR, self.purpose, [uuid.UUID(str(i)) for i in ids])
         # Asked again here: a consent confirmed since the flow listed the ids keeps its receiver.
         lapsed = lapsed_among(session, self.list_name, [r.subject_id for r in rows])
         return [r for r in rows if r.subject_id in lapsed]
 
     def reaches(self, session, rows: Sequence) -> list[Reach]:
         return []
-
-    def begin(self, session, rows: Sequence) -> _Push:
-        return _Push(session, utcnow())
 
     def held(self, ctx: _Push, row) -> AuditEvent:
         return decision("newsletter.remove", "held", PROCESSOR, row.pseudonym, self.list_name)
@@ -199,9 +211,6 @@ class RemovalJob(StreamJob):
         ctx.counts.update(counts)
         ctx.events += events
         return failures
-
-    def finish(self, ctx: _Push) -> tuple[Counter[str], list[AuditEvent]]:
-        return ctx.counts, ctx.events
 
 
 @task(name="remove-withdrawn-batch", cache_policy=NO_CACHE)
@@ -302,7 +311,7 @@ def _account_wide(
     return set(subject_ids) - live_for_other_purposes(session, PROCESSOR, _purpose(list_name), subject_ids)
 
 
-class ConsentJob(StreamJob):
+class ConsentJob(_ListJob):
     """One list's push through the delivery path (``flows.delivery``).
 
     A record is a consent record (its id names it, not the person), taken in change order
@@ -317,21 +326,13 @@ class ConsentJob(StreamJob):
     id_field = "consent_id"
 
     def __init__(self, client: cleverreach.CleverReach, list_name: str, group: str):
-        self.client, self.list_name, self.group = client, list_name, group
-        self.clients = client.http  # the calls it made, for the audit
-        self.name = job_name(list_name)
-        self.cursor = _cursor(list_name)
-        self.purpose = _purpose(list_name)
+        super().__init__(client, list_name, group, job_name(list_name))
 
     def record_id(self, row) -> str:
         return _record_of(row)
 
     def seq(self, row) -> int:
         return row.change_seq
-
-    def lock(self, session) -> int:
-        # Every list's cursor, in one order: see ``_lock_cursors``.
-        return _lock_cursors(session)[self.list_name].position
 
     def select(self, session, after: int, limit: int) -> list:
         return changed_since(session, self.list_name, after, limit)
@@ -346,9 +347,6 @@ class ConsentJob(StreamJob):
         # A confirmed one whose address was erased is written ahead all the same: "may
         # hold" errs safe.
         return [Reach(r.subject_id, PROCESSOR, self.purpose) for r in rows if r.state == ConsentState.confirmed]
-
-    def begin(self, session, rows: Sequence) -> _Push:
-        return _Push(session, utcnow())
 
     def held(self, ctx: _Push, row) -> AuditEvent:
         return decision("newsletter.push", "held", PROCESSOR, row.pseudonym, self.list_name)
@@ -368,7 +366,7 @@ class ConsentJob(StreamJob):
                 for unit, _ in sent:
                     wave += [(r.pseudonym, r.subject_id) for r in unit]
                 failures.update((self.record_id(row), exc) for row, exc in refused)
-                if wave and (index % per_wave == 0 or index == len(units)):
+                if index % per_wave == 0 and wave:  # the last wave is recorded below
                     _record_sent(session, self.list_name, self.purpose, wave, now)
                     counts["pushed"] += len(wave)
                     wave = []
@@ -385,9 +383,6 @@ class ConsentJob(StreamJob):
         ctx.counts.update(counts)
         ctx.events += events
         return failures
-
-    def finish(self, ctx: _Push) -> tuple[Counter[str], list[AuditEvent]]:
-        return ctx.counts, ctx.events
 
 
 def _record_of(row) -> str:

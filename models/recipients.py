@@ -18,7 +18,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from functools import cache
 from operator import attrgetter
@@ -76,18 +76,7 @@ def record_sent_many(
     subject gets its row; a known one keeps its first-sent time and id, gets the new
     external id if the processor named one, and is live again.
     """
-    if not sent:
-        return
-    # In subject order: both indexes the upsert touches are keyed by subject, and sorted
-    # inserts reuse the pages they just read instead of fetching one per row.
-    subjects = sorted(sent, key=attrgetter("int"))
-    insert_many(
-        session,
-        _upsert(session.get_bind().dialect.name),
-        ("id", "subject_id", "external_id"),
-        list(zip(_ascending_ids(len(subjects)), subjects, map(sent.get, subjects), strict=True)),
-        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now, "confirmed_at": now},
-    )
+    _insert_rows(session, _upsert, processor, purpose, sent, now, confirmed_at=now)
 
 
 def record_confirmed_many(
@@ -126,15 +115,36 @@ def record_may_hold_many(
     One INSERT … ON CONFLICT for the batch: a new subject gets a "may hold" row; a live row
     stays as it is (a "holds" stays "holds"); a removed one is live again as "may hold".
     """
+    _insert_rows(session, _write_ahead, processor, purpose, subjects, now, confirmed_at=None)
+
+
+def _insert_rows(
+    session: Session,
+    statement: Callable[[str], Insert],
+    processor: str,
+    purpose: str,
+    subjects: dict[uuid.UUID, str | None],
+    now: datetime,
+    confirmed_at: datetime | None,
+) -> None:
+    """One INSERT … ON CONFLICT (`statement`, by dialect) for these subjects' rows."""
     if not subjects:
         return
+    # In subject order: both indexes the statement touches are keyed by subject, and sorted
+    # inserts reuse the pages they just read instead of fetching one per row.
     ordered = sorted(subjects, key=attrgetter("int"))
     insert_many(
         session,
-        _write_ahead(session.get_bind().dialect.name),
+        statement(session.get_bind().dialect.name),
         ("id", "subject_id", "external_id"),
         list(zip(_ascending_ids(len(ordered)), ordered, map(subjects.get, ordered), strict=True)),
-        {"processor": processor, "purpose": purpose, "first_sent_at": now, "last_sent_at": now, "confirmed_at": None},
+        {
+            "processor": processor,
+            "purpose": purpose,
+            "first_sent_at": now,
+            "last_sent_at": now,
+            "confirmed_at": confirmed_at,
+        },
     )
 
 

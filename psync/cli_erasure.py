@@ -8,15 +8,13 @@ their message (never the input) and exit 1.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated
 
 import typer
 
-from psync.cli_errors import flow_failures_said_once
+from psync.cli_errors import clear_errors, flow_failures_said_once, in_session
 
 app = typer.Typer(help="Erasure requests: open, follow, confirm manual tasks, report, extend.")
 
@@ -31,24 +29,6 @@ class RequestChannel(StrEnum):
     email = "email"
     portal = "portal"
     phone = "phone"
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    from models.subject_index import SubjectMismatch
-
-    try:
-        yield
-    except (LookupError, SubjectMismatch, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-
-
-def _in_session(work: Callable):
-    from models.db import transaction
-
-    with _clear_errors(), transaction() as session:
-        return work(session)
 
 
 @app.command("request")
@@ -67,7 +47,7 @@ def request(
 
     if received_at is not None and received_at.tzinfo is None:
         received_at = received_at.replace(tzinfo=BERLIN)  # a date typed in Germany
-    opened = _in_session(
+    opened = in_session(
         lambda s: (
             open_erasure_request(
                 s,
@@ -82,8 +62,8 @@ def request(
     )
     typer.echo(f"request {opened}")
     if fan_out:
-        with _clear_errors(), flow_failures_said_once():
-            counts = fan_out_erasure(request_id=opened)
+        with clear_errors(), flow_failures_said_once():
+            counts = fan_out_erasure(request_id=str(opened))
         typer.echo(json.dumps(counts, sort_keys=True))
 
 
@@ -95,7 +75,7 @@ def status(request_id: str) -> None:
     def work(session):
         return render_markdown(report(session, request_id)), manual_requests(session, request_id)
 
-    text, manual = _in_session(work)
+    text, manual = in_session(work)
     typer.echo(text)
     for item in manual:  # printed for the officer, never logged
         typer.echo(f"\n--- manual request, task {item['task_id']} ---\n{item['text']}")
@@ -111,7 +91,7 @@ def confirm(
     from models.db import scrub_journal
     from models.types import utcnow
 
-    state = _in_session(lambda s: confirm_manual(s, task_id, evidence, utcnow()).state)
+    state = in_session(lambda s: confirm_manual(s, task_id, evidence, utcnow()).state)
     scrub_journal()  # the last confirmation may have erased the controller's copy
     typer.echo(f"task {task_id}: {state}")
 
@@ -124,7 +104,7 @@ def report_cmd(
     """The Art. 19 report: every recipient, what was done there and when, how verified."""
     from flows.erasure import render_markdown, report
 
-    data = _in_session(lambda s: report(s, request_id))
+    data = in_session(lambda s: report(s, request_id))
     typer.echo(render_markdown(data) if format is ReportFormat.md else json.dumps(data, indent=2))
 
 
@@ -140,7 +120,7 @@ def extend(
     from flows.erasure import extend_request
     from models.types import utcnow
 
-    due = _in_session(
+    due = in_session(
         lambda s: (
             extend_request(
                 s,

@@ -24,10 +24,10 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from typer._click import exceptions as click  # typer vendors click: its exceptions, not click's
@@ -42,6 +42,8 @@ RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 _DEBUG: ContextVar[bool] = ContextVar("psync_debug", default=False)
 # The settings a connector's ``from_settings`` needs to connect at all.
 CREDENTIALS = ("_client_id", "_app_id", "_company_id", "_base_url")
+
+T = TypeVar("T")
 
 
 class PsyncGroup(TyperGroup):
@@ -232,3 +234,24 @@ def _quiet_prefect_console(debug: bool) -> Iterator[None]:
         yield
     finally:
         os.environ.pop(CONSOLE_LEVEL, None)
+
+
+@contextmanager
+def clear_errors() -> Iterator[None]:
+    """Our own refusals (an unknown id, a bad value, identifiers of two people) as one line
+    on stderr and exit 1: their texts name ids and fields, never a person."""
+    from models.subject_index import SubjectMismatch
+
+    try:
+        yield
+    except (LookupError, SubjectMismatch, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def in_session(work: Callable[[Any], T]) -> T:
+    """`work(session)` in one transaction, its refusals said by ``clear_errors``."""
+    from models.db import transaction
+
+    with clear_errors(), transaction() as session:
+        return work(session)

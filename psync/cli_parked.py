@@ -11,18 +11,9 @@ from typing import Annotated
 
 import typer
 
+from psync.cli_errors import in_session
+
 app = typer.Typer(help="Parked records: list, retry, drop.")
-
-
-def _in_session(work):
-    from models.db import transaction
-
-    try:
-        with transaction() as session:
-            return work(session)
-    except (LookupError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command("list")
@@ -48,7 +39,7 @@ def list_cmd(job: Annotated[str | None, typer.Option(help="only this job, e.g. p
             for i in open_items(session, job)
         ]
 
-    found = _in_session(rows)
+    found = in_session(rows)
     if not found:
         typer.echo("nothing parked")
         return
@@ -62,7 +53,7 @@ def retry_cmd(item_id: str) -> None:
     """Try a parked record again: the job's next run takes it first."""
     from flows.delivery import retry_parked
 
-    record = _in_session(lambda s: retry_parked(s, item_id).record_id)
+    record = in_session(lambda s: retry_parked(s, item_id).record_id)
     typer.echo(f"{record}: retried by the next run")
 
 
@@ -75,5 +66,5 @@ def drop_cmd(
     from flows.delivery import drop_parked
     from models.types import utcnow
 
-    record = _in_session(lambda s: drop_parked(s, item_id, reason, utcnow()).record_id)
+    record = in_session(lambda s: drop_parked(s, item_id, reason, utcnow()).record_id)
     typer.echo(f"{record}: dropped")
