@@ -15,6 +15,7 @@ erasure).
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 import uuid
@@ -23,12 +24,10 @@ from datetime import datetime
 from functools import cache
 from operator import attrgetter
 
-from sqlalchemy import UniqueConstraint, case, func, null, update
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy import TextClause, UniqueConstraint, bindparam, text, update
 from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
-from models.audit import insert_many
-from models.db import INSERT_BY_DIALECT, skip_locked
+from models.db import skip_locked
 from models.subjects import DataSubject
 from models.types import UTCDateTime, classify, new_id
 
@@ -86,24 +85,34 @@ def record_confirmed_many(
     (``record_may_hold_many``): the processor answered for them. Set-based, a statement per
     thousands of subjects, for a processor whose records need no id of ours (CleverReach
     keys a receiver by its address in the group).
+
+    The ids go in as one JSON array, unpacked by the database: bound one by one, SQLAlchemy
+    would render and type-process a parameter per id, which cost several times the update.
     """
-    table = Recipient.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
+    connection = session.connection()
+    statement = _confirm(connection.dialect.name)
     ordered = sorted(subject_ids, key=attrgetter("int"))  # the index's order: pages read once
     for start in range(0, len(ordered), _CONFIRM_PER_STATEMENT):
-        session.connection().execute(
-            update(table)
-            .where(
-                table.c.subject_id.in_(ordered[start : start + _CONFIRM_PER_STATEMENT]),
-                table.c.processor == processor,
-                table.c.purpose == purpose,
-            )
-            .values(confirmed_at=now, last_sent_at=now, removed_at=None)
-        )
+        ids = json.dumps([subject.hex for subject in ordered[start : start + _CONFIRM_PER_STATEMENT]])
+        connection.execute(statement, {"now": now, "processor": processor, "purpose": purpose, "ids": ids})
 
 
-# Subjects per confirming UPDATE: far below SQLite's 32,766 and PostgreSQL's 65,535 bound
-# parameters, few statements per wave.
+# Subjects per confirming UPDATE: few statements per wave, each a short hold on the rows.
 _CONFIRM_PER_STATEMENT = 5000
+
+
+@cache
+def _confirm(dialect: str) -> TextClause:
+    """The confirming UPDATE for subject ids given as a JSON array of hex strings (:ids)."""
+    ids = (
+        "SELECT value FROM json_each(:ids)"  # SQLite keeps a UUID as its 32 hex digits
+        if dialect == "sqlite"
+        else "SELECT CAST(value AS uuid) FROM json_array_elements_text(CAST(:ids AS json))"
+    )
+    return text(
+        "UPDATE recipient SET confirmed_at = :now, last_sent_at = :now, removed_at = NULL"
+        f" WHERE processor = :processor AND purpose = :purpose AND subject_id IN ({ids})"
+    ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
 def record_may_hold_many(
@@ -120,73 +129,92 @@ def record_may_hold_many(
 
 def _insert_rows(
     session: Session,
-    statement: Callable[[str], Insert],
+    statement: Callable[[str], TextClause],
     processor: str,
     purpose: str,
     subjects: dict[uuid.UUID, str | None],
     now: datetime,
     confirmed_at: datetime | None,
 ) -> None:
-    """One INSERT … ON CONFLICT (`statement`, by dialect) for these subjects' rows."""
+    """One INSERT … SELECT … ON CONFLICT (`statement`, by dialect) for these subjects' rows.
+
+    The rows go in as one JSON array of [subject id, external id], unpacked by the database
+    (``_json_rows``), their new ids made there too: bound row by row, Python's binding and
+    type processing cost more than the database's own work.
+    """
     if not subjects:
         return
     # In subject order: both indexes the statement touches are keyed by subject, and sorted
     # inserts reuse the pages they just read instead of fetching one per row.
     ordered = sorted(subjects, key=attrgetter("int"))
-    insert_many(
-        session,
+    head, start = _ascending_ids()
+    session.connection().execute(
         statement(session.get_bind().dialect.name),
-        ("id", "subject_id", "external_id"),
-        list(zip(_ascending_ids(len(ordered)), ordered, map(subjects.get, ordered), strict=True)),
         {
+            "rows": json.dumps([[subject.hex, subjects[subject]] for subject in ordered]),
+            "head": head,
+            "start": start,
             "processor": processor,
             "purpose": purpose,
-            "first_sent_at": now,
-            "last_sent_at": now,
+            "now": now,
             "confirmed_at": confirmed_at,
         },
     )
 
 
-def _ascending_ids(count: int) -> list[uuid.UUID]:
-    """`count` fresh ids in ascending order, UUIDv7 layout (RFC 9562): Unix milliseconds,
-    then random bits, here a random start counted up. New register rows then extend the
-    primary-key index at its end instead of dirtying a random page of it per row.
+def _ascending_ids() -> tuple[str, int]:
+    """Fresh ascending ids in UUIDv7 layout (RFC 9562), as the insert makes them: Unix
+    milliseconds, version and 12 random bits (`head`, 16 hex digits), then the variant and a
+    random `start` counted up by the row's place (15 hex digits). New register rows then
+    extend the primary-key index at its end instead of dirtying a random page of it per row.
     """
     millis = time.time_ns() // 1_000_000
-    head = (millis & (2**48 - 1)) << 80 | 0x7 << 76 | secrets.randbits(12) << 64 | 0b10 << 62
-    start = secrets.randbits(62)
-    return [uuid.UUID(int=head | (start + i) % 2**62) for i in range(count)]
+    head = f"{millis & (2**48 - 1):012x}7{secrets.randbits(12):03x}8"  # "8": variant 10, counter's top bits 00
+    return head, secrets.randbits(59)
+
+
+_COLUMNS = "id, subject_id, external_id, processor, purpose, first_sent_at, last_sent_at, confirmed_at"
+
+
+def _json_rows(dialect: str) -> str:
+    """The SELECT of ``_insert_rows``' rows from its JSON array (:rows), per dialect."""
+    if dialect == "sqlite":  # a UUID is its 32 hex digits; "WHERE true" parts SELECT from ON CONFLICT
+        return (
+            "SELECT :head || printf('%015x', :start + j.key), json_extract(j.value, '$[0]'),"
+            " json_extract(j.value, '$[1]'), :processor, :purpose, :now, :now, :confirmed_at"
+            " FROM json_each(:rows) AS j WHERE true"
+        )
+    return (
+        "SELECT CAST(:head || lpad(to_hex(:start + j.n), 15, '0') AS uuid), CAST(j.v ->> 0 AS uuid),"
+        " j.v ->> 1, :processor, :purpose, CAST(:now AS timestamptz), CAST(:now AS timestamptz),"
+        " CAST(:confirmed_at AS timestamptz) FROM json_array_elements(CAST(:rows AS json)) WITH ORDINALITY AS j(v, n)"
+    )
+
+
+def _typed(sql: str) -> TextClause:
+    return text(sql).bindparams(bindparam("now", type_=UTCDateTime()), bindparam("confirmed_at", type_=UTCDateTime()))
 
 
 @cache
-def _upsert(dialect: str) -> Insert:
-    """INSERT … ON CONFLICT (subject, processor, purpose) DO UPDATE, in the dialect's syntax."""
-    table = Recipient.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
-    statement = INSERT_BY_DIALECT[dialect](table)
-    return statement.on_conflict_do_update(
-        index_elements=[table.c.subject_id, table.c.processor, table.c.purpose],
-        set_={
-            "external_id": func.coalesce(statement.excluded.external_id, table.c.external_id),
-            "last_sent_at": statement.excluded.last_sent_at,
-            "confirmed_at": statement.excluded.confirmed_at,
-            "removed_at": null(),
-        },
+def _upsert(dialect: str) -> TextClause:
+    """INSERT … ON CONFLICT (subject, processor, purpose) DO UPDATE: the row holds now."""
+    return _typed(
+        f"INSERT INTO recipient ({_COLUMNS}) {_json_rows(dialect)}"
+        " ON CONFLICT (subject_id, processor, purpose) DO UPDATE SET"
+        " external_id = coalesce(excluded.external_id, recipient.external_id),"
+        " last_sent_at = excluded.last_sent_at, confirmed_at = excluded.confirmed_at, removed_at = NULL"
     )
 
 
 @cache
-def _write_ahead(dialect: str) -> Insert:
+def _write_ahead(dialect: str) -> TextClause:
     """INSERT … ON CONFLICT DO UPDATE that makes a row live without un-confirming it."""
-    table = Recipient.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
-    statement = INSERT_BY_DIALECT[dialect](table)
-    return statement.on_conflict_do_update(
-        index_elements=[table.c.subject_id, table.c.processor, table.c.purpose],
-        set_={
-            "external_id": func.coalesce(table.c.external_id, statement.excluded.external_id),
-            "confirmed_at": case((table.c.removed_at.is_(None), table.c.confirmed_at), else_=null()),
-            "removed_at": null(),
-        },
+    return _typed(
+        f"INSERT INTO recipient ({_COLUMNS}) {_json_rows(dialect)}"
+        " ON CONFLICT (subject_id, processor, purpose) DO UPDATE SET"
+        " external_id = coalesce(recipient.external_id, excluded.external_id),"
+        " confirmed_at = CASE WHEN recipient.removed_at IS NULL THEN recipient.confirmed_at END,"
+        " removed_at = NULL"
     )
 
 
