@@ -318,7 +318,7 @@ class ConsentJob(_ListJob):
     after the list's cursor. A confirmed one may carry the person to CleverReach: it is
     written ahead as "may hold", then upserted with its proof, in batches of the client's
     size, two on the wire, while this thread records what the earlier ones answered (a wave
-    of register and audit rows per statement). A batch refused for good is split down to
+    of register rows per statement, an audit decision per call). A batch refused for good is split down to
     the record it was refused for (``isolate``), which is parked; the others go. A consent
     that lapsed is removed at CleverReach in the same pass (``_remove_lapsed``).
     """
@@ -359,19 +359,21 @@ class ConsentJob(_ListJob):
         size = client.batch_size
         units = [confirmed[i : i + size] for i in range(0, len(confirmed), size)]
         per_wave = max(1, _WAVE // size)
-        wave: list[tuple] = []
+        wave: list[uuid.UUID] = []  # subjects CleverReach answered for, not yet recorded
+        calls: list[int] = []  # receivers per answered upsert of the wave
         upsert = partial(_upsert, client, self.group, self.list_name)
         with overlapped(partial(isolate, upsert, unit) for unit in units) as answers:
             for index, (sent, refused) in enumerate(answers, start=1):
                 for unit, _ in sent:
-                    wave += [(r.pseudonym, r.subject_id) for r in unit]
+                    wave += [r.subject_id for r in unit]
+                    calls.append(len(unit))
                 failures.update((self.record_id(row), exc) for row, exc in refused)
                 if index % per_wave == 0 and wave:  # the last wave is recorded below
-                    _record_sent(session, self.list_name, self.purpose, wave, now)
+                    _record_sent(session, self.list_name, self.purpose, wave, calls, now)
                     counts["pushed"] += len(wave)
-                    wave = []
+                    wave, calls = [], []
         if wave:
-            _record_sent(session, self.list_name, self.purpose, wave, now)
+            _record_sent(session, self.list_name, self.purpose, wave, calls, now)
             counts["pushed"] += len(wave)
         # One decision per change: a lapsed consent removed (or tried) above has its event;
         # the others (pending, or never sent) are held here.
@@ -496,15 +498,21 @@ class _Held(NamedTuple):
     pseudonym: str
 
 
-def _record_sent(session, list_name: str, purpose: str, sent: list[tuple], now: datetime) -> None:
-    """Audit and register receivers CleverReach acknowledged: (pseudonym, subject)."""
-    sent.sort()  # by pseudonym, the audit index's key; the register sorts by subject itself
+def _record_sent(session, list_name: str, purpose: str, subjects: list, calls: list[int], now: datetime) -> None:
+    """Register the receivers CleverReach acknowledged as held, and audit each upsert that
+    carried them: one "sent" decision per call, with how many receivers it carried.
+
+    Per call, not per receiver: the register holds each subject's first and last sending,
+    and a full sync would otherwise add an HMAC-chained row per subscriber on every run
+    (a million rows for a million subscribers), which cost more than the calls themselves.
+    Who consented, and when, is in the consent events, audited at intake one by one.
+    """
     # Register rows before the audit head, the order the removal takes them in too: two
     # workers locking the same two things in opposite orders could deadlock on PostgreSQL.
     # Their rows were written ahead; CleverReach's receiver id is not kept: a receiver is
     # addressed by its e-mail in the group, the erasure and the removals do so.
-    record_confirmed_many(session, PROCESSOR, purpose, [subject for _, subject in sent], now)
-    write_audit(session, [decision("newsletter.push", "sent", PROCESSOR, p, list_name) for p, _ in sent])
+    record_confirmed_many(session, PROCESSOR, purpose, subjects, now)
+    write_audit(session, [decision("newsletter.push", "sent", PROCESSOR, None, list_name, receivers=n) for n in calls])
 
 
 def _upsert(client: cleverreach.CleverReach, group: str, list_name: str, rows: list) -> int:

@@ -49,3 +49,14 @@ def served(app, what: str, log_level: str = "warning", access_log: bool = False)
     finally:
         server.should_exit = True
         thread.join(timeout=5)
+
+
+def receivers_sent(details) -> int:
+    """Receivers carried by newsletter "sent" audit rows (one per upsert call), from their
+    details (``receivers=N <list>``)."""
+    total = 0
+    for detail in details:
+        key, _, value = detail.split()[0].partition("=")
+        assert key == "receivers", detail
+        total += int(value)
+    return total

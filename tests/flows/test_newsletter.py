@@ -20,7 +20,7 @@ from models.recipients import Recipient
 from models.subjects import DataSubject
 from models.types import utcnow
 
-from support import TEST_KEY, sandbox_state
+from support import TEST_KEY, receivers_sent, sandbox_state
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 KEY = TEST_KEY.encode()
@@ -292,7 +292,10 @@ def test_a_crash_between_waves_rolls_the_whole_batch_back_and_a_rerun_ends_exact
         assert len(rows) == len(held) == 30
         assert all(r.confirmed_at is not None for r in rows)  # "holds" now
         sent = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.push")).all()
-        assert len(sent) == 30 and len({e.subject_pseudonym for e in sent}) == 30
+        # One "sent" per upsert call (30 receivers, 6 a call), naming no one: the register
+        # holds each subject.
+        assert len(sent) == 5 and {e.subject_pseudonym for e in sent} == {None}
+        assert receivers_sent(e.detail for e in sent) == 30
         assert verify(session, KEY).ok
 
 
@@ -568,6 +571,8 @@ def test_the_collector_pause_restores_what_it_found():
 
 
 def test_every_change_gets_exactly_one_decision_in_the_audit_trail(against_sandbox):
+    """Removed, held and skipped changes get a decision each; the sent ones one per upsert
+    call, with how many receivers it carried."""
     take_in(signup("gone@example.de"), confirm("gone@example.de"))
     newsletter.sync_newsletter_consents(lists=["newsletter"])
     with transaction() as session:
@@ -584,17 +589,18 @@ def test_every_change_gets_exactly_one_decision_in_the_audit_trail(against_sandb
     newsletter.sync_newsletter_consents(lists=["newsletter"])
     with transaction() as session:
         names = {s.pseudonym: s.email for s in session.exec(select(DataSubject))}
+        names[None] = None
         decisions = Counter(
-            (names[e.subject_pseudonym], e.action, e.outcome)
+            (names[e.subject_pseudonym], e.action, e.outcome, e.detail if e.subject_pseudonym is None else "")
             for e in session.exec(
                 select(AuditEntry).where(AuditEntry.id > before, AuditEntry.action.startswith("newsletter."))
             )
         )
     assert decisions == {
-        ("gone@example.de", "newsletter.remove", "removed"): 1,
-        ("never@example.de", "newsletter.hold", "skipped"): 1,
-        ("waits@example.de", "newsletter.hold", "skipped"): 1,
-        ("new@example.de", "newsletter.push", "sent"): 1,
+        ("gone@example.de", "newsletter.remove", "removed", ""): 1,
+        ("never@example.de", "newsletter.hold", "skipped", ""): 1,
+        ("waits@example.de", "newsletter.hold", "skipped", ""): 1,
+        (None, "newsletter.push", "sent", "receivers=1 newsletter"): 1,
     }
 
 
