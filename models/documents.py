@@ -13,10 +13,8 @@ never its path (a file name often holds the person's name).
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import datetime
-from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import LargeBinary
@@ -40,37 +38,6 @@ def sniff(data: bytes) -> str | None:
         if data.startswith(magic):
             return media_type
     return None
-
-
-def read_document(base_dir: Path, relative: str, allowed: frozenset[str], max_bytes: int) -> tuple[str, bytes]:
-    """Read a document named relative to `base_dir`; (media type, bytes). ValueError if unfit."""
-    path = Path(relative)
-    outside = "must be a path relative to the JSON-lines file, inside its folder"
-    if path.is_absolute() or ".." in path.parts:
-        raise ValueError(outside)
-    try:
-        # Resolved, so that a symlink inside the folder cannot lead out of it.
-        full = Path(os.path.realpath(base_dir / path))
-    except ValueError:  # a NUL in the name
-        raise ValueError("file not found") from None
-    if not full.is_relative_to(os.path.realpath(base_dir)):
-        raise ValueError(outside)
-    try:
-        size = full.stat().st_size
-    except OSError:
-        raise ValueError("file not found") from None
-    if not full.is_file():
-        raise ValueError("not a file")
-    if size == 0:
-        raise ValueError("file is empty")
-    if size > max_bytes:
-        raise ValueError(f"file is larger than {max_bytes} bytes")
-    data = full.read_bytes()
-    media_type = sniff(data)
-    if media_type not in allowed:
-        names = "/".join(sorted(t.split("/")[1].upper() for t in allowed))
-        raise ValueError(f"content is not {names}")
-    return media_type, data
 
 
 class DocumentKey(SQLModel, table=True):

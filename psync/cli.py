@@ -94,7 +94,8 @@ def intake(
     schema: Annotated[bool, typer.Option("--schema", help="print the JSON Schema")] = False,
 ) -> None:
     """Validate and store the website's events; exits 1 when any line was rejected."""
-    from models.intake import intake_lines, json_schema
+    from flows.intake import intake_lines
+    from intake.lines import json_schema
 
     if schema:
         typer.echo(json.dumps(json_schema(), indent=2))

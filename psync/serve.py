@@ -1,6 +1,6 @@
 """``psync serve``: the website's HTTP door to intake (``POST /v1/events``).
 
-The same intake as ``psync intake`` (``models.intake.intake_lines``): the same event types,
+The same intake as ``psync intake`` (``flows.intake.intake_lines``): the same event types,
 validation, receipts and idempotency, so an event posted twice, or posted and also fed as a
 file, is stored once. What this module adds is the door itself:
 
@@ -272,7 +272,7 @@ def create_app(config: DoorConfig) -> FastAPI:
 
 def _event_schemas() -> dict[str, Any]:
     """The intake events' JSON Schema as OpenAPI components, documents in their HTTP form."""
-    from models.intake import EVENT_ADAPTER
+    from intake.lines import EVENT_ADAPTER
 
     schema = EVENT_ADAPTER.json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
     components = schema.pop("$defs", {})
@@ -343,8 +343,8 @@ def _store(config: DoorConfig, lock: threading.Lock, events: list[Any]) -> list[
     """Run the file intake on `events`; one result per event, by index."""
     from sqlalchemy.exc import IntegrityError
 
+    from flows.intake import intake_lines
     from models.db import transaction
-    from models.intake import intake_lines
 
     shm = Path("/dev/shm")
     folder = Path(

@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 from sqlalchemy import String, func, literal, select, union_all
 from sqlmodel import SQLModel
 
+from flows.intake import intake_lines
 from models.db import transaction
 from models.documents import sniff
-from models.intake import intake_lines
 from models.isic import IsicDocument
 from psync.sandbox_env import SERVICE_POINTS
 

@@ -1,4 +1,4 @@
-"""Intake: the controller's website hands events over as JSON lines; this validates and stores.
+"""Intake: the controller's website hands events over as JSON lines; this validates and applies.
 
 Each line is validated on its own by the pydantic models of each job (the same models give
 ``psync intake --schema``). A rejected line is reported with its number and a reason that
@@ -11,10 +11,15 @@ it would override and reports it ``unchanged`` with the reason. A line that name
 sign-up, booking or order not known yet (``NotYetKnown``) is tried again after the file's
 other lines, in event-time order, and only then rejected.
 
+Intake writes no audit row itself (flows are the one audit writer): ``apply_lines`` returns
+the lines' results and the audit events, and the caller writes those in the same
+transaction (``flows.intake.intake_lines`` does both).
+
 Example::
 
     with transaction() as session:
-        results = intake_lines(session, key, open("events.jsonl", "rb"), now=utcnow())
+        applied = apply_lines(session, key, open("events.jsonl", "rb"), now=utcnow())
+        write_audit(session, applied.audit)
 """
 
 from __future__ import annotations
@@ -24,26 +29,26 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import Field, TypeAdapter, ValidationError
 from sqlmodel import Session
 
-from models.audit import AuditEvent, append
-from models.booking_intake import (
+from intake.booking import (
     BookingCancel,
     BookingRejected,
     BookingRequest,
     BookingReschedule,
     BookingStore,
 )
+from intake.consent import ConsentConfirm, ConsentSignup, ConsentStore, ConsentWithdraw
+from intake.erasure import ErasureRejected, ErasureRequestEvent, ErasureStore
+from intake.ident import IdentCase, IdentStore
+from intake.isic import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
+from intake.types import FIELD_NAME, NotYetKnown
+from models.audit import AuditEvent
 from models.consent import TransitionError
-from models.consent_intake import ConsentConfirm, ConsentSignup, ConsentStore, ConsentWithdraw
 from models.documents import DocumentCipher
-from models.erasure_intake import ErasureRejected, ErasureRequestEvent, ErasureStore
-from models.ident_intake import IdentCase, IdentStore
-from models.intake_types import FIELD_NAME, NotYetKnown
-from models.isic_intake import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
 from models.subject_index import SubjectIndex, SubjectMismatch
 
 # A website clock a little ahead of ours is fine; a day ahead is a bug upstream.
@@ -90,6 +95,14 @@ class LineResult:
     reason: str = ""  # why, for rejected and unchanged lines; never personal data
 
 
+class Intake(NamedTuple):
+    """What intake made of some lines: one result per non-blank line, by line number, and
+    the audit events the caller writes in the same transaction."""
+
+    results: list[LineResult]
+    audit: list[AuditEvent]
+
+
 def describe(exc: ValidationError) -> str:
     """A reason per failed field, without ever quoting the input."""
     parts = []
@@ -125,7 +138,7 @@ def parse_line(text: str, context: dict | None = None) -> IntakeEvent:
         raise ValueError(describe(exc)) from None
 
 
-def intake_lines(
+def apply_lines(
     session: Session,
     key: bytes,
     lines: Iterable[str | bytes],
@@ -134,8 +147,9 @@ def intake_lines(
     base_dir: Path | None = None,
     document_key: bytes | None = None,
     max_document_bytes: int = 10 * 1024 * 1024,
-) -> list[LineResult]:
-    """Validate and store every line; returns one result per non-blank line. No commit.
+) -> Intake:
+    """Validate and apply every line; the results (one per non-blank line) and the audit
+    events to write. No commit, no audit row written.
 
     Lines may be bytes (a file opened in binary mode): a line that is not UTF-8 is then
     rejected on its own instead of failing the whole file. `service_points` are the ids a
@@ -221,5 +235,4 @@ def intake_lines(
     for start in range(0, len(later), CHUNK):
         apply_chunk(later[start : start + CHUNK], defer=False)
     results.sort(key=lambda r: r.line)
-    append(session, key, audit)
-    return results
+    return Intake(results, audit)

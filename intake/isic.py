@@ -27,13 +27,14 @@ from pydantic import (
 from schwifty import IBAN
 from sqlmodel import Session
 
+from intake.documents import read_document
+from intake.receipts import ReceiptStore, ignored
+from intake.types import FIELD_NAME, Applied, Email, EventBase, NotYetKnown, context_now
 from models.audit import AuditEvent
 from models.bookings import BERLIN
 from models.consent import describe_time
-from models.documents import JPEG, PDF, PNG, DocumentCipher, read_document
-from models.intake_types import FIELD_NAME, Applied, Email, EventBase, NotYetKnown, context_now
+from models.documents import JPEG, PDF, PNG, DocumentCipher
 from models.isic import DocumentKind, IsicDocument, IsicOrder, OrderStatus
-from models.receipts import ReceiptStore, ignored
 from models.subject_index import SubjectIndex, erased_before
 from models.types import event_key
 

@@ -24,6 +24,8 @@ from pydantic import Field, model_validator
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
+from intake.receipts import ignored
+from intake.types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown
 from models.audit import AuditEvent
 from models.consent import (
     ENDED,
@@ -41,8 +43,7 @@ from models.consent import (
     settle,
 )
 from models.cursors import next_seq
-from models.intake_types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown
-from models.receipts import IntakeReceipt, ignored, seen
+from models.receipts import IntakeReceipt, seen
 from models.subject_index import SubjectIndex, erased_before
 from models.subjects import DataSubject
 from models.types import event_key, utcnow
