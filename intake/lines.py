@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -54,6 +54,8 @@ from models.subject_index import SubjectIndex, SubjectMismatch
 # A website clock a little ahead of ours is fine; a day ahead is a bug upstream.
 FUTURE_TOLERANCE = timedelta(minutes=5)
 CHUNK = 1000
+# A chunk of a file imported chunk by chunk closes early once its documents reach this.
+CHUNK_DOCUMENT_BYTES = 256 * 1024 * 1024
 REJECTIONS = (TransitionError, SubjectMismatch, BookingRejected, OrderRejected, ErasureRejected)
 # Order of the lines tried again at the same instant: the first step of each job first.
 _RANK = {
@@ -138,79 +140,134 @@ def parse_line(text: str, context: dict | None = None) -> IntakeEvent:
         raise ValueError(describe(exc)) from None
 
 
-def apply_lines(
-    session: Session,
-    key: bytes,
-    lines: Iterable[str | bytes],
+Parsed = tuple[int, IntakeEvent]  # (line number, event)
+
+
+def validation_context(
     now: datetime,
     service_points: Collection[str] = (),
     base_dir: Path | None = None,
-    document_key: bytes | None = None,
     max_document_bytes: int = 10 * 1024 * 1024,
-) -> Intake:
-    """Validate and apply every line; the results (one per non-blank line) and the audit
-    events to write. No commit, no audit row written.
-
-    Lines may be bytes (a file opened in binary mode): a line that is not UTF-8 is then
-    rejected on its own instead of failing the whole file. `service_points` are the ids a
-    branch booking may name (``settings.timify_service_points``); documents are read from
-    paths relative to `base_dir` and stored encrypted with `document_key`.
-    """
-    context = {
+) -> dict[str, Any]:
+    """What ``parse_line`` checks against: the intake's clock, the known service points, the
+    folder document paths are relative to, and the largest document."""
+    return {
         "now": now,
         "service_points": set(service_points),
         "base_dir": base_dir,
         "max_document_bytes": max_document_bytes,
     }
-    results: list[LineResult] = []
-    parsed: list[tuple[int, IntakeEvent]] = []
+
+
+def parse_lines(lines: Iterable[str | bytes], context: dict[str, Any]) -> Iterator[LineResult | Parsed]:
+    """Each non-blank line validated, in file order, as it is read: a rejection (with its
+    line number and reason) or the parsed event.
+
+    Lines may be bytes (a file opened in binary mode): a line that is not UTF-8 is then
+    rejected on its own instead of failing the whole file.
+    """
+    now = context["now"]
     for number, raw in enumerate(lines, start=1):
         try:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError:
-            results.append(LineResult(number, "rejected", "not valid UTF-8"))
+            yield LineResult(number, "rejected", "not valid UTF-8")
             continue
         if not text.strip():
             continue
         try:
             event = parse_line(text, context)
         except ValueError as exc:
-            results.append(LineResult(number, "rejected", str(exc)))
+            yield LineResult(number, "rejected", str(exc))
             continue
         if event.at > now + FUTURE_TOLERANCE:
-            results.append(LineResult(number, "rejected", "at: lies in the future"))
+            yield LineResult(number, "rejected", "at: lies in the future")
             continue
-        parsed.append((number, event))
-    subjects = SubjectIndex(session, key)
-    consents = ConsentStore(session, key, subjects)
-    bookings = BookingStore(session, key, subjects)
-    orders = IsicStore(session, key, subjects, DocumentCipher(document_key) if document_key else None)
-    erasures = ErasureStore(session, key)
-    idents = IdentStore(session, key, subjects)
-    # A dispatch table by the event type's prefix; each store takes only its own events.
-    stores: dict[str, Any] = {
-        "consent": consents,
-        "booking": bookings,
-        "isic": orders,
-        "erasure": erasures,
-        "ident": idents,
-    }
-    audit: list[AuditEvent] = []
-    later: list[tuple[int, IntakeEvent]] = []
+        yield number, event
 
-    def apply_chunk(chunk: list[tuple[int, IntakeEvent]], defer: bool) -> None:
-        found = subjects.prefetch(
+
+def document_bytes(event: IntakeEvent) -> int:
+    """The bytes of the documents a line brings (read when it is stored)."""
+    return sum(upload.size for upload in event._files.values()) if isinstance(event, IsicOrderEvent) else 0
+
+
+def chunked(
+    items: Iterable[LineResult | Parsed], lines: int = CHUNK, max_bytes: int = CHUNK_DOCUMENT_BYTES
+) -> Iterator[list[LineResult | Parsed]]:
+    """`items` in chunks of at most `lines` lines, a chunk closed early once its documents
+    reach `max_bytes` (so a chunk of large uploads is committed, and its pages written, in
+    reasonable steps)."""
+    chunk: list[LineResult | Parsed] = []
+    size = 0
+    for item in items:
+        chunk.append(item)
+        if not isinstance(item, LineResult):
+            size += document_bytes(item[1])
+        if len(chunk) >= lines or size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def retry_order(later: list[Parsed]) -> list[Parsed]:
+    """Lines deferred as ``NotYetKnown``, in the order they are tried again: by event time,
+    the first step of each job first at the same instant (a confirmation above its sign-up,
+    a cancellation above its booking; a reschedule before the cancellation that follows it)."""
+    return sorted(later, key=lambda item: (item[1].at, _RANK.get(item[1].type, 0)))
+
+
+class ChunkApplied(NamedTuple):
+    """What applying a chunk gave: its results, its audit events, and the lines deferred
+    because what they name is not known yet."""
+
+    results: list[LineResult]
+    audit: list[AuditEvent]
+    later: list[Parsed]
+
+
+class Applier:
+    """The stores of one transaction: applies parsed lines a chunk at a time.
+
+    Records found for one chunk are remembered for the next within the same transaction; a
+    caller that commits each chunk makes a new Applier for each (the records are read again).
+    """
+
+    def __init__(self, session: Session, key: bytes, document_key: bytes | None = None):
+        self.subjects = SubjectIndex(session, key)
+        self.consents = ConsentStore(session, key, self.subjects)
+        self.bookings = BookingStore(session, key, self.subjects)
+        self.orders = IsicStore(session, key, self.subjects, DocumentCipher(document_key) if document_key else None)
+        self.erasures = ErasureStore(session, key)
+        self.idents = IdentStore(session, key, self.subjects)
+        # A dispatch table by the event type's prefix; each store takes only its own events.
+        self.stores: dict[str, Any] = {
+            "consent": self.consents,
+            "booking": self.bookings,
+            "isic": self.orders,
+            "erasure": self.erasures,
+            "ident": self.idents,
+        }
+
+    def apply(self, chunk: list[Parsed], defer: bool) -> ChunkApplied:
+        """Apply `chunk`; with `defer`, a line naming what is not known yet is handed back
+        in ``later`` instead of being rejected (the first pass over a file)."""
+        results: list[LineResult] = []
+        audit: list[AuditEvent] = []
+        later: list[Parsed] = []
+        self.consents.deferring = defer
+        found = self.subjects.prefetch(
             (e.email, getattr(e, "insurance_number", None))  # type: ignore[union-attr,misc]  # only events with one
             for _, e in chunk
             if getattr(e, "email", None)
         )
-        consents.begin_chunk((e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found})  # type: ignore[misc]  # the type's prefix picks the store's own events
-        bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
-        orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
-        erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))  # type: ignore[misc]  # the type's prefix picks the store's own events
-        idents.begin_chunk(e for _, e in chunk if e.type.startswith("ident."))  # type: ignore[misc]  # the type's prefix picks the store's own events
+        self.consents.begin_chunk((e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found})  # type: ignore[misc]  # the type's prefix picks the store's own events
+        self.bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
+        self.orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
+        self.erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))  # type: ignore[misc]  # the type's prefix picks the store's own events
+        self.idents.begin_chunk(e for _, e in chunk if e.type.startswith("ident."))  # type: ignore[misc]  # the type's prefix picks the store's own events
         for number, event in chunk:
-            store = stores[event.type.split(".")[0]]
+            store = self.stores[event.type.split(".")[0]]
             try:
                 applied = store.apply(event)
             except REJECTIONS as exc:
@@ -223,16 +280,49 @@ def apply_lines(
             results.append(LineResult(number, applied.outcome, applied.reason))
             if applied.audit is not None:
                 audit.append(applied.audit)
-        for store in stores.values():
+        for store in self.stores.values():
             store.end_chunk()
+        return ChunkApplied(results, audit, later)
 
+
+def apply_lines(
+    session: Session,
+    key: bytes,
+    lines: Iterable[str | bytes],
+    now: datetime,
+    service_points: Collection[str] = (),
+    base_dir: Path | None = None,
+    document_key: bytes | None = None,
+    max_document_bytes: int = 10 * 1024 * 1024,
+) -> Intake:
+    """Validate and apply every line in one transaction; the results (one per non-blank
+    line) and the audit events to write. No commit, no audit row written.
+
+    `service_points` are the ids a branch booking may name (``settings.timify_service_points``);
+    documents are read from paths relative to `base_dir` and stored encrypted with
+    `document_key`. A file too large for one transaction goes through
+    ``flows.intake.import_lines``, which commits chunk by chunk.
+    """
+    context = validation_context(now, service_points, base_dir, max_document_bytes)
+    results: list[LineResult] = []
+    parsed: list[Parsed] = []
+    for item in parse_lines(lines, context):
+        if isinstance(item, LineResult):
+            results.append(item)
+        else:
+            parsed.append(item)
+    applier = Applier(session, key, document_key)
+    audit: list[AuditEvent] = []
+    later: list[Parsed] = []
     for start in range(0, len(parsed), CHUNK):
-        apply_chunk(parsed[start : start + CHUNK], defer=True)
-    # A confirmation above its sign-up, a cancellation above its booking: their turn now,
-    # by event time (a reschedule before the cancellation that follows it).
-    later.sort(key=lambda item: (item[1].at, _RANK.get(item[1].type, 0)))
-    consents.deferring = False
+        applied = applier.apply(parsed[start : start + CHUNK], defer=True)
+        results += applied.results
+        audit += applied.audit
+        later += applied.later
+    later = retry_order(later)
     for start in range(0, len(later), CHUNK):
-        apply_chunk(later[start : start + CHUNK], defer=False)
+        applied = applier.apply(later[start : start + CHUNK], defer=False)
+        results += applied.results
+        audit += applied.audit
     results.sort(key=lambda r: r.line)
     return Intake(results, audit)
