@@ -45,7 +45,7 @@ from intake.consent import ConsentConfirm, ConsentSignup, ConsentStore, ConsentW
 from intake.erasure import ErasureRejected, ErasureRequestEvent, ErasureStore
 from intake.ident import IdentCase, IdentStore
 from intake.isic import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
-from intake.types import FIELD_NAME, NotYetKnown
+from intake.types import EMAIL_CACHE, FIELD_NAME, NotYetKnown
 from models.audit import AuditEvent
 from models.consent import TransitionError
 from models.documents import DocumentCipher
@@ -156,6 +156,7 @@ def validation_context(
         "service_points": set(service_points),
         "base_dir": base_dir,
         "max_document_bytes": max_document_bytes,
+        EMAIL_CACHE: {},
     }
 
 
