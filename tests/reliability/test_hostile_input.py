@@ -584,15 +584,27 @@ def test_the_catalogue_posted_to_the_http_door_is_rejected_event_by_event(world,
     TALLY["hostile events the door rejected"] += len(cases)
 
 
+DOOR_SECRET = b"hostile-door-secret"
+
+
+@pytest.fixture
+def isic_door(world):
+    """One door for all of a test's examples (started once, not per example)."""
+    from doorway import serve_door
+
+    with serve_door(door_config(world, DOOR_SECRET, isic.NOW)) as url:
+        yield url
+
+
 @SETTINGS
 @given(document=hostile_documents())
-def test_a_hostile_file_part_is_rejected_and_nothing_is_written(world, document):
+def test_a_hostile_file_part_is_rejected_and_nothing_is_written(world, isic_door, document):
     """The hostile documents' bytes as file parts of a multipart/form-data body (a path has no
     file part: it is refused as a document value, over HTTP the door reads no file)."""
-    from doorway import post_form, serve_door
+    from doorway import post_form
 
     role, path, data = document
-    secret = b"hostile-door-secret"
+    secret = DOOR_SECRET
     valid = {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"}
     parts = {f"p-{r}": (world.base_dir / name).read_bytes() for r, name in valid.items()}
     documents: dict = {r: {"part": f"p-{r}"} for r in valid}
@@ -603,8 +615,7 @@ def test_a_hostile_file_part_is_rejected_and_nothing_is_written(world, document)
     event = isic.order(f"H-{next(FRESH)}", documents=documents)
     before, files = world.counts(), world.files()
     TALLY["hostile documents tried"] += 1
-    with serve_door(door_config(world, secret, isic.NOW)) as url:
-        answer = post_form(url, [event], parts, secret, isic.NOW)
+    answer = post_form(isic_door, [event], parts, secret, isic.NOW)
     assert answer.status_code == 200, answer.text
     [result] = answer.json()["results"]
     assert result["result"] == "rejected", result
