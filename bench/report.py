@@ -593,13 +593,16 @@ def intake(r: dict, targets: Targets) -> list[str]:
             [[f"`{f['function']}`", f"{f['own_seconds']:.2f}", f"{f['share']:.0%}"] for f in top[:12]],
         )
     cause = (
-        "Intake is per-line Python work: pydantic validation of the line (e-mail checks the largest part), "
-        "then the ORM: a SQLModel table object per new subject and consent row (SQLModel's __init__ sets each "
-        "of ~20 fields through pydantic and SQLAlchemy's instrumentation), the consent replay and settle, and "
-        "the unit of work's flush. Chunking made it faster than one transaction (smaller sessions), caching "
-        "checked addresses per run and giving ids explicitly took off a third; 20,000 lines/s (50 µs a line) "
-        "needs the hot path without ORM objects (rows built as tuples and inserted with Core, as "
-        "`bench/direct_seed.py` does) — not done."
+        "Intake is per-line Python work, ~400 µs of CPU a consent line (cProfile of 20,000 lines): pydantic "
+        "validation of the line (the e-mail check the largest part), then the ORM: a table object per new "
+        "subject and consent row, the consent replay and settle (attribute events on every field set), and "
+        "the unit of work's flush; the commit itself is small. Caching each checked address for the run and "
+        "building new rows without SQLModel's __init__ (`models.types.new_row`) took 2,245 -> 2,489 lines per "
+        "CPU second plus the e-mail share; the wall-time figures here are taken on a machine whose load "
+        "swung between 4 and 11, which also moves the chunked / one-transaction ratio (1.69 in a quieter "
+        "run of 10,000 lines, lower in this one). 20,000 lines/s (50 µs a line) needs the hot path without "
+        "ORM objects and per-line pydantic models (rows built as tuples and inserted with Core, as "
+        "`bench/direct_seed.py` does): not done."
     )
     targets.add(
         "Intake, consent lines/s (chunked)",
