@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python -m bench.student_id
 	$(BIN)/python -m bench.erasure
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.intake
 	$(BIN)/python -m bench.report
 
 sandbox: install

@@ -13,6 +13,9 @@
 - ``python -m bench.erasure``: the erasure fan-out in parallel vs one processor after the other.
 - ``python -m bench.memory [--subscribers 1000000]``: the peak memory of a full newsletter sync
   in a process of its own, the database seeded directly (``bench.direct_seed``).
+- ``python -m bench.intake [--subjects 100000] [--orders 1000]``: intake of a file chunk by
+  chunk (consent lines/s against the one-transaction path, re-import, peak memory of
+  student-ID orders with maximum-size uploads).
 - ``python -m bench.report``: ``bench/results/*.json`` -> ``bench/REPORT.md``.
 
 Everything is reported as ratios against the baseline measured in the same run, never as

@@ -22,8 +22,8 @@ RECORDS_PER_TASK = 500
 def _seed(n: int, now: datetime) -> None:
     """N bookings through the real intake (not timed)."""
     from core.settings import get_settings
+    from flows.intake import intake_lines
     from models.db import transaction
-    from models.intake import intake_lines
     from psync.demo_bookings import synthetic_bookings
 
     settings = get_settings()

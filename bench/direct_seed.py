@@ -28,13 +28,13 @@ from sqlmodel import Session
 from bench import seed
 from core.settings import get_settings
 from flows.newsletter import receiver_for
+from intake.consent import ConsentConfirm, ConsentSignup
+from intake.lines import EVENT_ADAPTER
 from models.audit import AuditEvent, append, insert_many, verify
 from models.consent import ConsentEvent, ConsentList, ConsentRecord, ConsentState, EventKind, changed_since
-from models.consent_intake import ConsentConfirm, ConsentSignup
 from models.cursors import next_seq
 from models.db import get_engine, transaction
 from models.identity import pseudonym
-from models.intake import EVENT_ADAPTER
 from models.migrate import upgrade
 from models.subjects import DataSubject
 from models.types import event_key, utcnow

@@ -56,9 +56,9 @@ def _queued(n: int) -> dict:
     from core.settings import get_settings
     from flows import newsletter
     from flows.erasure import follow_up_erasures, open_erasure_request
+    from flows.intake import intake_lines
     from models.db import transaction
     from models.erasure import ErasureRequest
-    from models.intake import intake_lines
     from models.types import utcnow
 
     now = utcnow()

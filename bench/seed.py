@@ -1,4 +1,4 @@
-"""Synthetic subscriptions, fed through the real intake (``models.intake.intake_lines``)."""
+"""Synthetic subscriptions, fed through the real intake (``flows.intake.intake_lines``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from core.settings import get_settings
+from flows.intake import intake_lines
 from models.db import transaction
-from models.intake import intake_lines
 from models.types import utcnow
 
 LIST = "newsletter"

@@ -26,8 +26,8 @@ INTAKE_SLICE = 500  # orders per intake transaction
 def _seed(n: int, folder) -> None:
     """N orders with their documents through the real intake (not timed)."""
     from core.settings import get_settings
+    from flows.intake import intake_lines
     from models.db import transaction
-    from models.intake import intake_lines
     from models.types import utcnow
     from psync.demo_isic import synthetic_orders
 

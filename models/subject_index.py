@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 
 from models.identity import pseudonym
 from models.subjects import DataSubject
+from models.types import new_row
 
 
 class SubjectMismatch(ValueError):
@@ -89,7 +90,8 @@ class SubjectIndex:
     def create(self, email: str, kvnr: str | None, identified: bool = True) -> DataSubject:
         """A new subject; with `identified` False it holds only the pseudonym of the address
         (a withdrawal from someone we know nothing about needs no more)."""
-        subject = DataSubject(pseudonym=pseudonym(self.key, "email", email))
+        # new_row: SQLModel's __init__ was a third of a sign-up's cost.
+        subject = new_row(DataSubject, pseudonym=pseudonym(self.key, "email", email))
         self.session.add(subject)
         if identified:
             self.identify(subject, email, kvnr)

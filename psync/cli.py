@@ -93,8 +93,14 @@ def intake(
     ] = None,
     schema: Annotated[bool, typer.Option("--schema", help="print the JSON Schema")] = False,
 ) -> None:
-    """Validate and store the website's events; exits 1 when any line was rejected."""
-    from models.intake import intake_lines, json_schema
+    """Validate and store the website's events; exits 1 when any line was rejected.
+
+    A chunk of lines at a time, each in a transaction of its own: a rejected line is
+    reported (with its number) once its chunk has committed, so after a crash what was
+    reported stored is stored, and running the same file again stores only the rest.
+    """
+    from flows.intake import import_lines
+    from intake.lines import json_schema
 
     if schema:
         typer.echo(json.dumps(json_schema(), indent=2))
@@ -102,14 +108,13 @@ def intake(
     if file is None:
         raise typer.BadParameter("give a FILE.jsonl (or --schema)")
     from core.settings import get_settings
-    from models.db import transaction
     from models.types import utcnow
 
     settings = get_settings()
+    counts: Counter[str] = Counter()
     # Binary: a line in the wrong encoding is rejected alone instead of failing the file.
-    with file.open("rb") as lines, transaction() as session:
-        results = intake_lines(
-            session,
+    with file.open("rb") as lines:
+        chunks = import_lines(
             settings.hmac_key(),
             lines,
             now=utcnow(),
@@ -118,10 +123,11 @@ def intake(
             document_key=settings.document_key_bytes(),
             max_document_bytes=settings.isic_max_document_bytes,
         )
-    counts = Counter(r.outcome for r in results)
-    for r in results:
-        if r.outcome == "rejected":
-            typer.echo(f"{file.name}:{r.line}: rejected: {r.reason}", err=True)
+        for results in chunks:
+            counts.update(r.outcome for r in results)
+            for r in results:
+                if r.outcome == "rejected":
+                    typer.echo(f"{file.name}:{r.line}: rejected: {r.reason}", err=True)
     typer.echo(" ".join(f"{k}={counts.get(k, 0)}" for k in ("stored", "unchanged", "duplicate", "rejected")))
     raise typer.Exit(1 if counts.get("rejected") else 0)
 

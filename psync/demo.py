@@ -164,8 +164,8 @@ def _run(port: int, subjects: int, seed: int, bookings: int, started: float) -> 
 
     from core.settings import get_settings
     from flows import newsletter
+    from flows.intake import intake_lines
     from models.db import transaction
-    from models.intake import intake_lines
     from models.migrate import upgrade
     from models.types import utcnow
     from psync.demo_bookings import run_bookings

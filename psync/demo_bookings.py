@@ -85,8 +85,8 @@ def run_bookings(base: str, key: bytes, n: int, seed: int) -> bool:
     from core.clock import berlin_today
     from core.settings import get_settings
     from flows import bookings
+    from flows.intake import intake_lines
     from models.db import transaction
-    from models.intake import intake_lines
     from models.types import utcnow
     from psync.demo_data import step
 

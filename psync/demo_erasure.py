@@ -88,8 +88,8 @@ def seed_everywhere(base: str, key: bytes, folder: Path, people: list[tuple[str,
     from connectors import nect
     from core.settings import get_settings
     from flows import bookings, newsletter, student_id
+    from flows.intake import intake_lines
     from models.db import transaction
-    from models.intake import intake_lines
     from models.subjects import DataSubject
     from models.types import utcnow
 

@@ -77,8 +77,8 @@ def run_student_ids(base: str, key: bytes, folder: Path, n: int, seed: int) -> b
     from core.clock import berlin_today
     from core.settings import get_settings
     from flows import student_id
+    from flows.intake import intake_lines
     from models.db import transaction
-    from models.intake import intake_lines
     from models.types import utcnow
 
     settings = get_settings()

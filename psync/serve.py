@@ -1,6 +1,6 @@
 """``psync serve``: the website's HTTP door to intake (``POST /v1/events``).
 
-The same intake as ``psync intake`` (``models.intake.intake_lines``): the same event types,
+The same intake as ``psync intake`` (``flows.intake.intake_lines``): the same event types,
 validation, receipts and idempotency, so an event posted twice, or posted and also fed as a
 file, is stored once. What this module adds is the door itself:
 
@@ -14,16 +14,20 @@ file, is stored once. What this module adds is the door itself:
 - **Size.** ``Content-Length`` and the bytes actually read are held to
   ``intake_max_body_bytes`` (413); at most 1,000 events a request (413).
 - **Rate.** A token bucket per client address (429 with ``Retry-After``).
-- **Documents.** An ``isic.order`` carries its documents inline:
-  ``"documents": {"photo": {"base64": "..."}, ...}``. They are decoded into a private
-  temporary folder (memory-backed ``/dev/shm`` where there is one), read from there by the
-  file intake's own checks (type by content, the same size limits), stored encrypted, and
-  the folder is removed before the answer goes out. A path is refused: the door never reads
-  the server's files.
+- **Documents.** An ``isic.order`` carries its documents inline, base64 in the JSON:
+  ``"documents": {"photo": {"base64": "..."}, ...}``; or the body is ``multipart/form-data``
+  with the events (one object or an array, as JSON) in the part ``events`` and each document
+  in a file part of its own, which the event names: ``"documents": {"photo": {"part":
+  "photo-1"}, ...}``. Either way they are written into a private temporary folder
+  (memory-backed ``/dev/shm`` where there is one; a file part streamed there, held to the
+  size limit while it is written), read from there by the file intake's own checks (type by
+  content, the same size limits), stored encrypted, and the folder is removed before the
+  answer goes out. A path is refused: the door never reads the server's files. The
+  signature covers the raw body, multipart or JSON alike.
 
 Answers: 200 with one result per event (``stored``, ``unchanged``, ``duplicate``, or
 ``rejected`` with the reason, which never repeats the input), 400 for a body that is not a
-JSON object or array, 401 without a valid signature, 409 for a replayed signature, 413, 429.
+JSON object or array (or not a well-formed form with one ``events`` part), 401 without a valid signature, 409 for a replayed signature, 413, 429.
 ``GET /v1/health`` is open; the OpenAPI schema is at ``/openapi.json``, its UI at ``/docs``.
 
 Example (a client)::
@@ -34,6 +38,11 @@ Example (a client)::
     requests.post(url + "/v1/events", data=body, headers={
         "Content-Type": "application/json",
         "X-Psync-Timestamp": ts, "X-Psync-Signature": f"sha256={sig}"})
+
+    # Documents as file parts: sign the encoded form's bytes.
+    body, content_type = urllib3.encode_multipart_formdata({
+        "events": json.dumps([{..., "documents": {"photo": {"part": "p1"}, ...}}]),
+        "p1": ("foto.jpg", photo_bytes, "image/jpeg"), ...})
 """
 
 from __future__ import annotations
@@ -70,6 +79,9 @@ DOCUMENT_KINDS = ("student_proof", "id_copy", "photo")
 MAX_CLIENTS = 10_000
 # Signatures remembered against replay; past this the oldest go (receipts still hold).
 MAX_SEEN = 100_000
+# A form holds the events and at most three documents for each of them.
+MAX_PARTS = 1 + 3 * MAX_EVENTS
+PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
 
 
 @dataclass
@@ -223,13 +235,28 @@ def create_app(config: DoorConfig) -> FastAPI:
                                 },
                             ],
                         }
-                    }
+                    },
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["events"],
+                            "properties": {
+                                "events": {
+                                    "type": "string",
+                                    "contentMediaType": "application/json",
+                                    "description": "One event or an array of up to 1,000, as JSON; an "
+                                    'isic.order names each document\'s file part: {"part": "<name>"}',
+                                },
+                            },
+                            "additionalProperties": {"type": "string", "format": "binary"},
+                        }
+                    },
                 },
             }
         },
         responses={
             200: {"description": "One result per event, in order: stored, unchanged, duplicate or rejected"},
-            400: {"description": "The body is not a JSON object or array"},
+            400: {"description": "The body is not a JSON object or array, or not a form with one events part"},
             401: {"description": "Missing or invalid signature, or a timestamp outside the window"},
             409: {"description": "This signature was used before: sign again with a fresh timestamp"},
             413: {"description": "Body over the size limit, or more than 1,000 events"},
@@ -244,10 +271,12 @@ def create_app(config: DoorConfig) -> FastAPI:
                 raise _Refused(429, "too many requests", {"Retry-After": str(max(1, round(wait + 0.5)))})
             body = await _read_body(request, config.max_body_bytes)
             _check_signature(config, seen, request.headers, body)
-            events = _parse(body)
+            boundary = _form_boundary(request.headers.get("content-type", ""))
+            events = _parse(body) if boundary is None else None
+            form = (body, boundary) if boundary is not None else None
+            results = await run_in_threadpool(_store, config, intake_lock, events, form)
         except _Refused as exc:
             return _refuse(exc)
-        results = await run_in_threadpool(_store, config, intake_lock, events)
         return JSONResponse(
             {
                 "results": results,
@@ -272,19 +301,32 @@ def create_app(config: DoorConfig) -> FastAPI:
 
 def _event_schemas() -> dict[str, Any]:
     """The intake events' JSON Schema as OpenAPI components, documents in their HTTP form."""
-    from models.intake import EVENT_ADAPTER
+    from intake.lines import EVENT_ADAPTER
 
     schema = EVENT_ADAPTER.json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
     components = schema.pop("$defs", {})
     components["IntakeEvent"] = schema
     inline = {
-        "type": "object",
-        "required": ["base64"],
-        "additionalProperties": False,
-        "properties": {"base64": {"type": "string", "contentEncoding": "base64"}},
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["base64"],
+                "additionalProperties": False,
+                "properties": {"base64": {"type": "string", "contentEncoding": "base64"}},
+            },
+            {
+                "type": "object",
+                "required": ["part"],
+                "additionalProperties": False,
+                "properties": {"part": {"type": "string", "description": "a file part of a multipart/form-data body"}},
+            },
+        ]
     }
     if "Documents" in components:
-        components["Documents"]["description"] = "Each document inline, base64-encoded (paths are refused over HTTP)"
+        components["Documents"]["description"] = (
+            "Each document inline, base64-encoded, or (multipart/form-data) the name of its file part; "
+            "paths are refused over HTTP"
+        )
         for name in components["Documents"].get("properties", {}):
             components["Documents"]["properties"][name] = inline
     return components
@@ -339,24 +381,173 @@ def _parse(body: bytes) -> list[Any]:
     return data
 
 
-def _store(config: DoorConfig, lock: threading.Lock, events: list[Any]) -> list[dict[str, Any]]:
-    """Run the file intake on `events`; one result per event, by index."""
+def _form_boundary(content_type: str) -> bytes | None:
+    """The boundary of a ``multipart/form-data`` body; None for any other body (JSON)."""
+    from python_multipart.multipart import parse_options_header
+
+    media_type, options = parse_options_header(content_type)
+    if media_type != b"multipart/form-data":
+        return None
+    boundary = options.get(b"boundary")
+    if not boundary or len(boundary) > 200:
+        raise _Refused(400, "multipart/form-data without a boundary")
+    return boundary
+
+
+@dataclass
+class _Part:
+    """A document's file part, as written into the request's folder."""
+
+    file: str  # its name in the folder: ours, never the client's
+    size: int = 0
+    too_large: bool = False
+
+
+class _Form:
+    """A ``multipart/form-data`` body parsed as it streams: the ``events`` part kept (it is
+    JSON), every other part written into `folder`, held to `max_bytes` while written."""
+
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder, self.max_bytes = folder, max_bytes
+        self.events: bytes | None = None
+        self.parts: dict[str, _Part] = {}
+        self.error: str | None = None
+        self.ended = False  # the closing boundary was read: a truncated body is refused
+        self._headers: dict[bytes, bytes] = {}
+        self._field, self._value = b"", b""
+        self._name: str | None = None
+        self._text: list[bytes] | None = None
+        self._out: Any = None
+        self._part: _Part | None = None
+
+    def callbacks(self) -> dict[str, Callable]:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": lambda data, start, end: setattr(self, "_field", self._field + data[start:end]),
+            "on_header_value": lambda data, start, end: setattr(self, "_value", self._value + data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+            "on_end": lambda: setattr(self, "ended", True),
+        }
+
+    def _fail(self, error: str) -> None:
+        self.error = self.error or error
+
+    def _begin(self) -> None:
+        self._headers, self._name, self._text, self._part = {}, None, None, None
+
+    def _header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field, self._value = b"", b""
+
+    def _headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        disposition, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        raw_name = options.get(b"name", b"")
+        name = raw_name.decode("latin-1")
+        if disposition != b"form-data" or not PART_NAME.fullmatch(name):
+            return self._fail("every part needs a plain name (letters, digits, . _ : -)")
+        if name in self.parts or (name == "events" and self.events is not None):
+            return self._fail("two parts of the same name")
+        if len(self.parts) >= MAX_PARTS:
+            return self._fail(f"more than {MAX_PARTS} parts")
+        self._name = name
+        if name == "events":
+            self._text = []
+            return None
+        self._part = self.parts[name] = _Part(f"part-{len(self.parts)}")
+        path = self.folder / self._part.file
+        self._out = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+        return None
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self.error or self._name is None:
+            return
+        if self._text is not None:
+            self._text.append(data[start:end])
+            return
+        part = self._part
+        assert part is not None
+        if part.too_large:
+            return
+        part.size += end - start
+        if part.size > self.max_bytes:
+            # Not written further, and what was is removed at once: the limit holds on disk too.
+            part.too_large = True
+            self._out.close()
+            self._out = None
+            (self.folder / part.file).unlink()
+            return
+        self._out.write(data[start:end])
+
+    def _end(self) -> None:
+        if self._text is not None:
+            self.events = b"".join(self._text)
+        if self._out is not None:
+            self._out.close()
+        self._text, self._out, self._part, self._name = None, None, None, None
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
+def _read_form(body: bytes, boundary: bytes, folder: Path, max_bytes: int) -> tuple[list[Any], dict[str, _Part]]:
+    """The events and the file parts of a ``multipart/form-data`` body; _Refused (400) when
+    it is not a well-formed form with one ``events`` part."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser
+
+    form = _Form(folder, max_bytes)
+    parser = MultipartParser(boundary, form.callbacks())  # type: ignore[arg-type]  # the callbacks' TypedDict
+    try:
+        for start in range(0, len(body), 64 * 1024):
+            parser.write(body[start : start + 64 * 1024])
+            if form.error:
+                break
+        parser.finalize()
+    except MultipartParseError:
+        form._fail("body is not valid multipart/form-data")
+    finally:
+        form.close()
+    if not (form.error or form.ended):
+        form._fail("body is not valid multipart/form-data (it ends before its closing boundary)")
+    if form.error:
+        raise _Refused(400, form.error)
+    if form.events is None:
+        raise _Refused(400, "the form has no events part")
+    return _parse(form.events), form.parts
+
+
+def _store(
+    config: DoorConfig, lock: threading.Lock, events: list[Any] | None, form: tuple[bytes, bytes] | None = None
+) -> list[dict[str, Any]]:
+    """Run the file intake on `events` (or those of `form`: body and boundary); one result
+    per event, by index. _Refused for a form that cannot be read."""
     from sqlalchemy.exc import IntegrityError
 
+    from flows.intake import intake_lines
     from models.db import transaction
-    from models.intake import intake_lines
 
     shm = Path("/dev/shm")
     folder = Path(
         tempfile.mkdtemp(prefix="psync-intake-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None)
     )
     try:
+        parts: dict[str, _Part] | None = None
+        if form is not None:
+            events, parts = _read_form(*form, folder, config.max_document_bytes)
+        assert events is not None
         results: dict[int, dict[str, Any]] = {}
         lines: list[str] = []
         index_of: list[int] = []  # intake line number - 1 -> event index
         for index, event in enumerate(events):
             try:
-                lines.append(json.dumps(_inline_documents(event, index, folder, config.max_document_bytes)))
+                lines.append(json.dumps(_inline_documents(event, index, folder, config.max_document_bytes, parts)))
                 index_of.append(index)
             except ValueError as exc:
                 results[index] = {"index": index, "result": "rejected", "reason": str(exc)}
@@ -387,11 +578,15 @@ def _store(config: DoorConfig, lock: threading.Lock, events: list[Any]) -> list[
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _inline_documents(event: Any, index: int, folder: Path, max_bytes: int) -> Any:
-    """`event` with its base64 documents written under `folder` and named by file instead.
+def _inline_documents(
+    event: Any, index: int, folder: Path, max_bytes: int, parts: dict[str, _Part] | None = None
+) -> Any:
+    """`event` with its documents named by their file under `folder`: base64 ones written
+    there, file parts (of a form: `parts`) already are.
 
-    ValueError (a reason without the input) for a document that is not ``{"base64": ...}``.
-    Anything else about the event is left to the intake's validation.
+    ValueError (a reason without the input) for a document that is neither ``{"base64": ...}``
+    nor, in a form, ``{"part": ...}`` naming one of its file parts. Anything else about the
+    event is left to the intake's validation.
     """
     if not isinstance(event, dict) or event.get("type") != "isic.order" or not isinstance(event.get("documents"), dict):
         return event
@@ -400,6 +595,18 @@ def _inline_documents(event: Any, index: int, folder: Path, max_bytes: int) -> A
         if kind not in DOCUMENT_KINDS:
             documents[kind] = value  # refused by the intake as an unknown field
             continue
+        if parts is not None and isinstance(value, dict) and set(value) == {"part"}:
+            part = parts.get(value["part"]) if isinstance(value["part"], str) else None
+            if part is None:
+                raise ValueError(f"documents.{kind}: the form has no file part of that name")
+            if part.too_large:
+                raise ValueError(f"documents.{kind}: file is larger than {max_bytes} bytes")
+            documents[kind] = part.file
+            continue
+        if parts is not None and not (
+            isinstance(value, dict) and set(value) == {"base64"} and isinstance(value["base64"], str)
+        ):
+            raise ValueError(f'documents.{kind}: name the document\'s file part as {{"part": "..."}}')
         if not (isinstance(value, dict) and set(value) == {"base64"} and isinstance(value["base64"], str)):
             raise ValueError(f'documents.{kind}: send the document inline as {{"base64": "..."}}')
         encoded = value["base64"]

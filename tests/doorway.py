@@ -38,3 +38,21 @@ def post_signed(url: str, body, secret: bytes, at: datetime, **kw) -> requests.R
     ts = str(int(at.timestamp()))
     headers = {"Content-Type": "application/json", "X-Psync-Timestamp": ts, "X-Psync-Signature": sign(secret, ts, raw)}
     return requests.post(f"{url}/v1/events", data=raw, headers=headers, timeout=60, **kw)
+
+
+def encode_form(events, files: dict[str, bytes]) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body: the events as JSON in the part ``events``, each file in
+    a part of its name; (body, Content-Type)."""
+    from urllib3 import encode_multipart_formdata
+
+    fields: dict = {"events": json.dumps(events)}
+    fields.update({name: (f"{name}.bin", data, "application/octet-stream") for name, data in files.items()})
+    return encode_multipart_formdata(fields)
+
+
+def post_form(url: str, events, files: dict[str, bytes], secret: bytes, at: datetime, **kw) -> requests.Response:
+    """POST the events and files as a signed ``multipart/form-data`` body to /v1/events."""
+    body, content_type = encode_form(events, files)
+    ts = str(int(at.timestamp()))
+    headers = {"Content-Type": content_type, "X-Psync-Timestamp": ts, "X-Psync-Signature": sign(secret, ts, body)}
+    return requests.post(f"{url}/v1/events", data=body, headers=headers, timeout=60, **kw)

@@ -1,6 +1,8 @@
 """The arrows between the packages point one way, read from the source (ast), imports inside
 functions included: ``core`` (settings, the calendar) at the bottom; ``connectors`` and
-``models`` on it, neither importing the other; ``flows`` on those; the ``psync`` CLI on top.
+``models`` on it, neither importing the other; ``intake`` (the website's events in, an edge
+package that returns audit events instead of writing them) on ``models``; ``flows`` on those;
+the ``psync`` CLI on top.
 ``sandbox`` (the processors' imitation) stands apart: it imports none of the project, and
 nothing imports it but the tests and ``psync sandbox``. Within ``psync`` no module imports
 one that imports it back (the demo's parts once did)."""
@@ -18,8 +20,9 @@ ALLOWED = {
     "core": set(),
     "connectors": {"core"},
     "models": {"core"},
-    "flows": {"core", "connectors", "models"},
-    "psync": {"core", "connectors", "models", "flows"},
+    "intake": {"core", "models"},
+    "flows": {"core", "connectors", "models", "intake"},
+    "psync": {"core", "connectors", "models", "intake", "flows"},
     "sandbox": set(),
 }
 # The one place the project starts the sandbox in-process: `psync sandbox`.
@@ -122,3 +125,15 @@ def test_the_reader_sees_module_level_and_function_level_imports(tmp_path, sourc
     path = tmp_path / "m.py"
     path.write_text(source)
     assert [module for module, _ in _imports(path, tmp_path)] == [expected]
+
+
+def test_intake_writes_no_audit_row():
+    """Flows are the one audit writer: intake returns its audit events to the caller."""
+    writers = {"models.audit.append", "models.audit.insert_many", "flows.common.write_audit"}
+    found = []
+    for path in sorted((ROOT / "intake").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found += [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in writers]
+    assert found == []

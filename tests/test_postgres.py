@@ -10,10 +10,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
+from flows.intake import intake_lines
 from models.audit import AuditEvent, append, verify
 from models.consent import ConsentRecord
 from models.db import get_engine, transaction
-from models.intake import intake_lines
 
 from support import TEST_KEY
 

@@ -30,11 +30,11 @@ import pytest
 from sqlmodel import func, select
 
 from flows import bookings
+from flows.intake import intake_lines
 from models.audit import AuditEntry, AuditHead, verify
 from models.consent import ConsentRecord
 from models.cursors import get_cursor
 from models.db import transaction
-from models.intake import intake_lines
 from models.recipients import Recipient
 from models.types import utcnow
 from psync.sandbox_env import SERVICE_POINTS

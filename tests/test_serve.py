@@ -2,7 +2,8 @@
 
 Signed, unsigned, wrong signature, stale timestamp, replayed body, oversized body, a batch
 with good and bad events, an idempotent re-post, concurrent posts of the same event, the rate
-limit, documents inline, and the OpenAPI schema.
+limit, documents inline (base64) and as file parts of a multipart/form-data body, and the
+OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from models.db import transaction
 from models.isic import IsicDocument, IsicOrder
 from psync.serve import DoorConfig, TokenBuckets, sign
 
-from doorway import Clock, serve_door
+from doorway import Clock, encode_form, post_form, serve_door
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY
 
 SECRET = b"door-test-secret"
@@ -306,6 +307,99 @@ def test_an_order_with_inline_documents_is_stored_encrypted_and_nothing_stays_on
     assert leftovers == []
 
 
+def as_parts(event: dict, prefix: str, **files: bytes) -> tuple[dict, dict[str, bytes]]:
+    """`event` (an order) with its documents as file parts named `prefix`-role; `files`
+    replace a role's bytes."""
+    docs = {"student_proof": PDF_BYTES, "id_copy": PNG_BYTES, "photo": JPEG_BYTES} | files
+    parts = {f"{prefix}-{role}": data for role, data in docs.items()}
+    return {**event, "documents": {role: {"part": f"{prefix}-{role}"} for role in docs}}, parts
+
+
+def test_an_order_with_documents_as_file_parts_is_stored_encrypted_and_nothing_stays_on_disk(
+    door, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where /dev/shm is missing
+    url, clock = door()
+    good, good_parts = as_parts(order("F-1"), "a")
+    pdf_photo, pdf_parts = as_parts(order("F-2"), "b", photo=PDF_BYTES)
+    too_large, large_parts = as_parts(order("F-3"), "c", photo=JPEG_BYTES * 1000)
+    missing = {**order("F-4"), "documents": {**good["documents"], "photo": {"part": "nowhere"}}}
+    path = {**order("F-5"), "documents": {**good["documents"], "photo": "../../etc/passwd"}}
+    inline = order("F-6")  # base64 is taken in a form too
+    events = [good, pdf_photo, too_large, missing, path, inline]
+    answer = post_form(url, events, good_parts | pdf_parts | large_parts, SECRET, clock())
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["result"] for r in results] == ["stored", "rejected", "rejected", "rejected", "rejected", "stored"]
+    assert results[1]["reason"] == "documents.photo: content is not JPEG/PNG"
+    assert results[2]["reason"] == "documents.photo: file is larger than 4096 bytes"
+    assert results[3]["reason"] == "documents.photo: the form has no file part of that name"
+    assert results[4]["reason"] == 'documents.photo: name the document\'s file part as {"part": "..."}'
+    assert "nowhere" not in answer.text and "passwd" not in answer.text
+    with transaction() as session:
+        orders = session.execute(select(IsicOrder.order_ref)).scalars().all()
+        stored = session.execute(select(IsicDocument)).scalars().all()
+    assert sorted(orders) == ["F-1", "F-6"]
+    assert len(stored) == 6
+    assert all(PDF_BYTES not in d.ciphertext and JPEG_BYTES not in d.ciphertext for d in stored)
+    assert {d.media_type for d in stored if d.kind == "photo"} == {"image/jpeg"}
+    from pathlib import Path
+
+    leftovers = [p for d in (tmp_path, Path("/dev/shm")) if d.is_dir() for p in d.glob("psync-intake-*")]
+    assert leftovers == []
+    # The same form again, signed afresh: nothing stored twice.
+    clock.now = NOW + timedelta(seconds=5)
+    again = post_form(url, events, good_parts | pdf_parts | large_parts, SECRET, clock())
+    assert [r["result"] for r in again.json()["results"]] == [
+        "duplicate",
+        "rejected",
+        "rejected",
+        "rejected",
+        "rejected",
+        "duplicate",
+    ]
+
+
+def test_a_form_is_signed_like_any_body_and_a_broken_form_stores_nothing(door):
+    url, clock = door()
+    event, parts = as_parts(order("F-9"), "a")
+    body, content_type = encode_form([event], parts)
+    unsigned = requests.post(f"{url}/v1/events", data=body, headers={"Content-Type": content_type}, timeout=10)
+    assert unsigned.status_code == 401
+    ts = str(int(NOW.timestamp()))
+    tampered = body.replace(PDF_BYTES[:20], b"%PDF-1.4 something else"[:20])
+    assert tampered != body
+    wrong = requests.post(
+        f"{url}/v1/events",
+        data=tampered,
+        headers={"Content-Type": content_type, "X-Psync-Timestamp": ts, "X-Psync-Signature": sign(SECRET, ts, body)},
+        timeout=10,
+    )
+    assert wrong.status_code == 401
+
+    def send(raw: bytes, ctype: str, at: datetime):
+        stamp = str(int(at.timestamp()))
+        headers = {"Content-Type": ctype, "X-Psync-Timestamp": stamp, "X-Psync-Signature": sign(SECRET, stamp, raw)}
+        return requests.post(f"{url}/v1/events", data=raw, headers=headers, timeout=10)
+
+    no_events, ctype = encode_form([], {})
+    no_events = no_events.replace(b'name="events"', b'name="other"')
+    assert send(no_events, ctype, NOW + timedelta(seconds=1)).json() == {"error": "the form has no events part"}
+    twice = body.replace(b'name="a-photo"', b'name="a-id_copy"')
+    assert send(twice, content_type, NOW + timedelta(seconds=2)).json() == {"error": "two parts of the same name"}
+    odd = body.replace(b'name="a-photo"', f'name="{EMAIL}\\x"'.encode())
+    answer = send(odd, content_type, NOW + timedelta(seconds=3))
+    assert answer.status_code == 400 and EMAIL not in answer.text
+    assert send(body, "multipart/form-data", NOW + timedelta(seconds=4)).status_code == 400  # no boundary
+    truncated = send(body[: len(body) // 2], content_type, NOW + timedelta(seconds=5))
+    assert truncated.status_code == 400, truncated.text
+    not_json, ctype = encode_form([], {})
+    not_json = not_json.replace(b"[]", b"[{")
+    assert send(not_json, ctype, NOW + timedelta(seconds=6)).status_code == 400
+    with transaction() as session:
+        assert session.execute(select(func.count()).select_from(IsicOrder)).scalar_one() == 0
+
+
 def test_health_and_the_openapi_schema(door):
     url, clock = door()
     assert requests.get(f"{url}/v1/health", timeout=10).json() == {"status": "ok"}
@@ -314,7 +408,10 @@ def test_health_and_the_openapi_schema(door):
     assert body["oneOf"][1]["maxItems"] == 1000
     components = schema["components"]["schemas"]
     assert "ConsentSignup" in components and "IntakeEvent" in components
-    assert components["Documents"]["properties"]["photo"]["required"] == ["base64"]
+    photo = components["Documents"]["properties"]["photo"]["oneOf"]
+    assert [v["required"] for v in photo] == [["base64"], ["part"]]
+    form = schema["paths"]["/v1/events"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["events"]
     assert requests.get(f"{url}/docs", timeout=10).status_code == 200
 
 

@@ -508,7 +508,7 @@ def test_berlin_start_refuses_both_instants_of_the_repeated_hour(instant):
 def test_the_push_refuses_what_intake_refuses_in_the_same_words(written):
     """One check for both (core.clock.berlin_wall_clock): the intake's reason for a start
     is the push's, so no line intake takes in can be refused later and block the stream."""
-    from models.intake import parse_line
+    from intake.lines import parse_line
 
     line = json.dumps(
         {"type": "booking.reschedule", "booking_id": "B-1", "start": written, "at": "2026-03-20T09:00:00+01:00"}

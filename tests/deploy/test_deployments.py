@@ -19,12 +19,12 @@ import requests
 from sqlmodel import select
 
 from core.settings import get_settings
+from flows.intake import intake_lines
 from models.audit import AuditEntry
 from models.bookings import Booking
 from models.consent import ConsentRecord, ConsentState
 from models.db import transaction
 from models.erasure import ErasureRequest, personal_data_left
-from models.intake import intake_lines
 from models.isic import IsicOrder, OrderStatus
 from models.types import utcnow
 from psync.demo_erasure import _lines

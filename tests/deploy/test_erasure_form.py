@@ -20,9 +20,9 @@ import pytest
 import requests
 from sqlmodel import select
 
+from flows.intake import intake_lines
 from models.db import transaction
 from models.erasure import ErasureRequest, RequestStatus
-from models.intake import intake_lines
 from models.types import utcnow
 
 from deploy.test_deployments import _api, as_worker, completed, deployment, start, wait  # noqa: F401  (as_worker: a fixture)

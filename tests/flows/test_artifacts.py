@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from flows import bookings, erasure, labels, newsletter, student_id
+from flows.intake import intake_lines
 from flows.labels import COLUMNS, COUNTS_ONLY, FLOW_COUNTS, LABELS
 from flows.registry import FLOWS
 from models.consent import ConsentState
 from models.db import transaction
 from models.erasure import TaskState, Urgency
-from models.intake import intake_lines
 from models.types import utcnow
 
 from support import TEST_KEY

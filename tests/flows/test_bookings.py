@@ -15,12 +15,12 @@ from connectors.timify import Timify
 from connectors.transport import FatalError, RetriableError
 from flows import bookings, erasure
 from flows.erasure_processors import FlexpertoHandler
+from flows.intake import intake_lines
 from models.audit import AuditEntry, verify
 from models.bookings import Booking
 from models.cursors import get_cursor
 from models.db import transaction
 from models.erasure import ErasureRequest
-from models.intake import intake_lines
 from models.parked import ParkedItem
 from models.recipients import Recipient
 from psync.cli import app

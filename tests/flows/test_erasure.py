@@ -24,10 +24,10 @@ from core.clock import berlin_today
 from core.settings import get_settings
 from flows import bookings, erasure, student_id
 from flows.erasure_processors import HANDLERS, Hold, Policy, TimifyHandler
+from flows.intake import intake_lines
 from models.audit import AuditEntry, verify
 from models.db import get_engine, transaction
 from models.erasure import ErasureRequest, ErasureTask, UnknownSubject
-from models.intake import intake_lines
 from models.recipients import Recipient, record_sent_many
 from models.subject_index import SubjectMismatch
 from models.subjects import DataSubject

@@ -12,10 +12,10 @@ import requests
 from sqlmodel import func, select
 
 from flows import newsletter
+from flows.intake import intake_lines
 from models.audit import AuditEntry, verify
 from models.consent import ConsentRecord, ConsentState
 from models.db import transaction
-from models.intake import intake_lines
 from models.recipients import Recipient
 from models.subjects import DataSubject
 from models.types import utcnow

@@ -13,9 +13,9 @@ from sqlmodel import select
 
 from connectors.isic import Isic
 from flows import student_id
+from flows.intake import intake_lines
 from models.audit import AuditEntry, verify
 from models.db import transaction
-from models.intake import intake_lines
 from models.isic import IsicDocument, IsicOrder, OrderStatus
 from models.recipients import Recipient
 from models.types import utcnow

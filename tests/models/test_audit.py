@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
+from flows.intake import intake_lines
 from models.audit import FIELDS, AuditEntry, AuditEvent, _digest, append, export_rows, verify
 from models.db import transaction
-from models.intake import intake_lines
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 

@@ -16,10 +16,11 @@ from sqlmodel import select
 import core.clock
 import models.types
 from connectors.timify import berlin_start
+from flows.intake import intake_lines
+from intake.lines import parse_line
 from models.audit import AuditEntry
 from models.bookings import Booking, BookingStatus
 from models.db import transaction
-from models.intake import intake_lines, parse_line
 from psync.sandbox_env import SERVICE_POINTS
 
 NOW = datetime(2026, 3, 20, 9, 0, tzinfo=UTC)

@@ -15,9 +15,9 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from core.settings import get_settings
+from flows.intake import intake_lines
 from models.db import scrub_journal, transaction
 from models.documents import DocumentCipher, DocumentKey
-from models.intake import intake_lines
 from models.isic import IsicDocument, IsicOrder, delete_documents, open_document
 from psync.cli import app
 

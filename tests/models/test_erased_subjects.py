@@ -20,12 +20,12 @@ from sqlalchemy import String
 from sqlalchemy import select as sa_select
 from sqlmodel import SQLModel, select
 
+from flows.intake import intake_lines
 from models.bookings import Booking
 from models.consent import ConsentEvent, ConsentRecord, ConsentState, EventKind, changed_since
 from models.db import transaction
 from models.erasure import ErasureRequest, erase_controller_copy, personal_data_left
 from models.identity import pseudonym
-from models.intake import intake_lines
 from models.isic import IsicOrder
 from models.recipients import Recipient
 from models.subjects import DataSubject

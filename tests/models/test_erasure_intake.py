@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from sqlmodel import select
 
+from flows.intake import intake_lines
 from models.db import transaction
 from models.erasure import ErasureRequest
-from models.intake import intake_lines
 from models.recipients import record_sent_many
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

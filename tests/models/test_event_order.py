@@ -25,12 +25,13 @@ from hypothesis import strategies as st
 from sqlalchemy import func, text
 from sqlmodel import select
 
+from flows.intake import intake_lines
+from intake.lines import LineResult
 from models.audit import AuditEntry
 from models.bookings import Booking, BookingStatus
 from models.consent import ConsentEvent, ConsentRecord, ConsentState, changed_since
 from models.db import transaction
 from models.identity import pseudonym
-from models.intake import LineResult, intake_lines
 from models.isic import IsicOrder, OrderStatus
 from models.subjects import DataSubject
 from psync.sandbox_env import SERVICE_POINTS

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 from sqlmodel import select
 
+from flows.intake import intake_lines
 from models.db import transaction
-from models.intake import intake_lines
 from models.recipients import Recipient
 from models.subjects import DataSubject
 

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import select
 
+from flows.intake import intake_lines
+from intake.lines import json_schema
 from models.consent import ConsentEvent, ConsentRecord, ConsentState
 from models.db import transaction
-from models.intake import intake_lines, json_schema
 from models.subjects import DataSubject
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)

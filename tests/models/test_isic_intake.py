@@ -11,9 +11,9 @@ from cryptography.fernet import Fernet
 from sqlalchemy import text
 from sqlmodel import select
 
+from flows.intake import intake_lines
 from models.db import transaction
 from models.documents import DocumentCipher
-from models.intake import intake_lines
 from models.isic import IsicDocument, IsicOrder, OrderStatus, open_document
 
 from support import JPEG_BYTES, PDF_BYTES

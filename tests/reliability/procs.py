@@ -30,9 +30,9 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 
 from core.settings import get_settings
+from flows.intake import intake_lines
 from models import identity
 from models.db import transaction
-from models.intake import intake_lines
 from models.types import utcnow
 from psync.sandbox_env import SERVICE_POINTS, TIMIFY_BRANCH_SERVICE_ID, TIMIFY_VIDEO_SERVICE_ID
 from sandbox.timify_state import CUSTOMER_FIELDS

@@ -27,12 +27,12 @@ from types import ModuleType
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from models.booking_intake import BookingCancel, BookingRequest, BookingReschedule
-from models.consent_intake import ConsentConfirm, ConsentSignup, ConsentWithdraw
-from models.erasure_intake import ErasureRequestEvent
-from models.ident_intake import IdentCase
+from intake.booking import BookingCancel, BookingRequest, BookingReschedule
+from intake.consent import ConsentConfirm, ConsentSignup, ConsentWithdraw
+from intake.erasure import ErasureRequestEvent
+from intake.ident import IdentCase
+from intake.isic import IsicCancel, IsicOrderEvent
 from models.identity import insurance_number_valid
-from models.isic_intake import IsicCancel, IsicOrderEvent
 
 MARKER = "qxzmarker"  # lower-case letters no reason ever contains
 DROP = object()  # the Mutation value that removes the field

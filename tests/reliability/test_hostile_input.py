@@ -7,7 +7,8 @@ characters, header and SQL injection, invalid e-mail addresses, phone, insurance
 numbers, bad dates, unknown fields; and, for coverage a sample may miss, a fixed catalogue of
 every family on every field. Raw lines (truncated, not an object, binary, huge) and
 hostile documents (too large, wrong content, paths and symlinks out of the folder) get tests
-of their own; the catalogue is also posted to the HTTP door (``psync serve``) over real HTTP. For each line: outcome "rejected", a printable reason that does not repeat
+of their own; the catalogue is also posted to the HTTP door (``psync serve``) over real HTTP,
+as JSON and as multipart/form-data, with hostile file parts and malformed forms. For each line: outcome "rejected", a printable reason that does not repeat
 the input, the row count of every table unchanged, no file touched. Where a value may be
 legal (SQL in a name is just a strange name), the line is either rejected that way or stored
 verbatim. Figures go to the reliability summary (``reliability.figures``).
@@ -29,9 +30,9 @@ from hypothesis import strategies as st
 from sqlalchemy import String, func, literal, select, union_all
 from sqlmodel import SQLModel
 
+from flows.intake import intake_lines
 from models.db import transaction
 from models.documents import sniff
-from models.intake import intake_lines
 from models.isic import IsicDocument
 from psync.sandbox_env import SERVICE_POINTS
 
@@ -510,38 +511,12 @@ def test_reason_for_an_unknown_type_or_field_does_not_repeat_it(world):
 # --- the HTTP door (psync serve) -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind_name", list(KINDS))
-def test_the_catalogue_posted_to_the_http_door_is_rejected_event_by_event(world, kind_name):
-    """The same catalogue, as one signed JSON array over real HTTP: the door answers each
-    event rejected with a clear reason, and stores nothing. Valid documents go inline
-    (base64), as the door takes them; a mutated document value is refused by the door."""
-    import base64
-
+def door_config(world: World, secret: bytes, now):
     from psync.serve import DoorConfig
 
-    from doorway import Clock, post_signed, serve_door
+    from doorway import Clock
 
-    kind = KINDS[kind_name]
-    world.prepare(kind)
-    cases = catalogue(kind)
-    secret = b"hostile-door-secret"
-
-    def inline(event: dict) -> dict:
-        documents = event.get("documents") if event.get("type") == "isic.order" else None
-        if not isinstance(documents, dict):
-            return event
-        files = {
-            n: p
-            for n, p in documents.items()
-            if isinstance(p, str) and p in {"nachweis.pdf", "ausweis.png", "foto.jpg"}
-        }
-        encoded = {
-            n: {"base64": base64.b64encode((world.base_dir / p).read_bytes()).decode()} for n, p in files.items()
-        }
-        return {**event, "documents": {**documents, **encoded}}
-
-    events = [inline(apply(kind, m, next(FRESH))) for m in cases]
-    config = DoorConfig(
+    return DoorConfig(
         secret=secret,
         key=world.key,
         document_key=DOC_KEY,
@@ -549,11 +524,52 @@ def test_the_catalogue_posted_to_the_http_door_is_rejected_event_by_event(world,
         max_document_bytes=LIMIT,
         rate_per_second=1000.0,
         rate_burst=1000,
-        clock=Clock(kind.now),
+        clock=Clock(now),
     )
+
+
+VALID_FILES = {"nachweis.pdf", "ausweis.png", "foto.jpg"}
+
+
+@pytest.mark.parametrize("door", ["json", "multipart"])
+@pytest.mark.parametrize("kind_name", list(KINDS))
+def test_the_catalogue_posted_to_the_http_door_is_rejected_event_by_event(world, kind_name, door):
+    """The same catalogue, as one signed request over real HTTP, a JSON array or a
+    multipart/form-data body: the door answers each event rejected with a clear reason, and
+    stores nothing. Valid documents go as the door takes them (base64 inline, or a file part
+    of the form); a mutated document value is refused by the door."""
+    import base64
+
+    from doorway import post_form, post_signed, serve_door
+
+    kind = KINDS[kind_name]
+    world.prepare(kind)
+    cases = catalogue(kind)
+    secret = b"hostile-door-secret"
+    parts: dict[str, bytes] = {}
+
+    def inline(event: dict, index: int) -> dict:
+        documents = event.get("documents") if event.get("type") == "isic.order" else None
+        if not isinstance(documents, dict):
+            return event
+        files = {n: p for n, p in documents.items() if isinstance(p, str) and p in VALID_FILES}
+        encoded = {}
+        for n, p in files.items():
+            data = (world.base_dir / p).read_bytes()
+            if door == "json":
+                encoded[n] = {"base64": base64.b64encode(data).decode()}
+            else:
+                parts[f"{index}-{n}"] = data
+                encoded[n] = {"part": f"{index}-{n}"}
+        return {**event, "documents": {**documents, **encoded}}
+
+    events = [inline(apply(kind, m, next(FRESH)), i) for i, m in enumerate(cases)]
     before, files = world.counts(), world.files()
-    with serve_door(config) as url:
-        answer = post_signed(url, events, secret, kind.now)
+    with serve_door(door_config(world, secret, kind.now)) as url:
+        if door == "json":
+            answer = post_signed(url, events, secret, kind.now)
+        else:
+            answer = post_form(url, events, parts, secret, kind.now)
     assert answer.status_code == 200, answer.text
     results = answer.json()["results"]
     assert [r["index"] for r in results] == list(range(len(cases)))
@@ -566,3 +582,91 @@ def test_the_catalogue_posted_to_the_http_door_is_rejected_event_by_event(world,
     assert_nothing_stored(world, before, files)
     TALLY["hostile events posted to the HTTP door"] += len(cases)
     TALLY["hostile events the door rejected"] += len(cases)
+
+
+DOOR_SECRET = b"hostile-door-secret"
+
+
+@pytest.fixture
+def isic_door(world):
+    """One door for all of a test's examples (started once, not per example)."""
+    from doorway import serve_door
+
+    with serve_door(door_config(world, DOOR_SECRET, isic.NOW)) as url:
+        yield url
+
+
+@SETTINGS
+@given(document=hostile_documents())
+def test_a_hostile_file_part_is_rejected_and_nothing_is_written(world, isic_door, document):
+    """The hostile documents' bytes as file parts of a multipart/form-data body (a path has no
+    file part: it is refused as a document value, over HTTP the door reads no file)."""
+    from doorway import post_form
+
+    role, path, data = document
+    secret = DOOR_SECRET
+    valid = {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"}
+    parts = {f"p-{r}": (world.base_dir / name).read_bytes() for r, name in valid.items()}
+    documents: dict = {r: {"part": f"p-{r}"} for r in valid}
+    if data is not None:
+        parts[f"p-{role}"] = data
+    else:
+        documents[role] = path.replace("{outside}", str(world.outside))
+    event = isic.order(f"H-{next(FRESH)}", documents=documents)
+    before, files = world.counts(), world.files()
+    TALLY["hostile documents tried"] += 1
+    answer = post_form(isic_door, [event], parts, secret, isic.NOW)
+    assert answer.status_code == 200, answer.text
+    [result] = answer.json()["results"]
+    assert result["result"] == "rejected", result
+    assert result["reason"].startswith(f"documents.{role}:"), result
+    assert_clear(result["reason"], (MARKER, "secret", "passwd", path))
+    assert MARKER not in answer.text
+    assert_nothing_stored(world, before, files)
+    TALLY["hostile documents rejected"] += 1
+
+
+FORM_ATTACKS = {
+    "no events part": lambda body: body.replace(b'name="events"', b'name="event"'),
+    "a part name with a line break": lambda body: body.replace(
+        b'name="p-photo"', b'name="p\r\nX-A: ' + MARKER.encode() + b'"'
+    ),
+    "a part name with a marker and a quote": lambda body: body.replace(
+        b'name="p-photo"', b'name="' + MARKER.encode() + b'\\" x"'
+    ),
+    "two events parts": lambda body: body.replace(b'name="p-photo"', b'name="events"'),
+    "two parts of one name": lambda body: body.replace(b'name="p-photo"', b'name="p-id_copy"'),
+    "cut short": lambda body: body[: len(body) * 2 // 3],
+    "boundary missing at the end": lambda body: body.rstrip(b"-\r\n"),
+    "no part headers": lambda body: body.replace(b"Content-Disposition", b"X-" + MARKER.encode()),
+    "events not JSON": lambda body: body.replace(b'[{"type"', b"[" + MARKER.encode() + b'{"type"'),
+}
+
+
+@pytest.mark.parametrize("attack", list(FORM_ATTACKS))
+def test_a_malformed_form_is_refused_whole_and_stores_nothing(world, attack):
+    """A form the door cannot read is a 400 that names no input, and nothing is stored."""
+    import requests
+
+    from psync.serve import sign
+
+    from doorway import encode_form, serve_door
+
+    secret = b"hostile-door-secret"
+    valid = {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"}
+    parts = {f"p-{r}": (world.base_dir / name).read_bytes() for r, name in valid.items()}
+    event = isic.order(f"H-{next(FRESH)}", documents={r: {"part": f"p-{r}"} for r in valid})
+    body, content_type = encode_form([event], parts)
+    hostile = FORM_ATTACKS[attack](body)
+    assert hostile != body
+    before, files = world.counts(), world.files()
+    ts = str(int(isic.NOW.timestamp()))
+    headers = {"Content-Type": content_type, "X-Psync-Timestamp": ts, "X-Psync-Signature": sign(secret, ts, hostile)}
+    with serve_door(door_config(world, secret, isic.NOW)) as url:
+        answer = requests.post(f"{url}/v1/events", data=hostile, headers=headers, timeout=60)
+    assert answer.status_code == 400, answer.text
+    assert_clear(answer.json()["error"], (MARKER,))
+    assert MARKER not in answer.text
+    assert_nothing_stored(world, before, files)
+    TALLY["hostile events posted to the HTTP door"] += 1
+    TALLY["hostile events the door rejected"] += 1

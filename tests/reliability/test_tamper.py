@@ -47,6 +47,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlmodel import Session
 from typer.testing import CliRunner
 
+from flows.intake import intake_lines
 from models.audit import (
     FIELDS,
     GENESIS,
@@ -61,7 +62,6 @@ from models.audit import (
     verify,
 )
 from models.db import get_engine, transaction
-from models.intake import intake_lines
 from models.types import utcnow
 from psync.cli import app
 

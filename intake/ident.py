@@ -19,8 +19,8 @@ from typing import Literal
 from pydantic import Field
 from sqlmodel import Session
 
+from intake.types import Applied, Email, EventBase, InsuranceNumber
 from models.audit import AuditEvent
-from models.intake_types import Applied, Email, EventBase, InsuranceNumber
 from models.receipts import IntakeReceipt, seen
 from models.recipients import record_sent_many
 from models.subject_index import SubjectIndex

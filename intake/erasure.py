@@ -15,9 +15,9 @@ from typing import Literal
 from pydantic import AwareDatetime, Field, model_validator
 from sqlmodel import Session
 
+from intake.types import Applied, Email, EventBase, InsuranceNumber
 from models.audit import AuditEvent
 from models.erasure import open_request
-from models.intake_types import Applied, Email, EventBase, InsuranceNumber
 from models.receipts import IntakeReceipt, seen
 from models.subjects import DataSubject
 from models.types import event_key

@@ -27,13 +27,14 @@ from pydantic import (
 from schwifty import IBAN
 from sqlmodel import Session
 
+from intake.documents import Upload, check_document
+from intake.receipts import ReceiptStore, ignored
+from intake.types import FIELD_NAME, Applied, Email, EventBase, NotYetKnown, context_now
 from models.audit import AuditEvent
 from models.bookings import BERLIN
 from models.consent import describe_time
-from models.documents import JPEG, PDF, PNG, DocumentCipher, read_document
-from models.intake_types import FIELD_NAME, Applied, Email, EventBase, NotYetKnown, context_now
+from models.documents import JPEG, PDF, PNG, DocumentCipher
 from models.isic import DocumentKind, IsicDocument, IsicOrder, OrderStatus
-from models.receipts import ReceiptStore, ignored
 from models.subject_index import SubjectIndex, erased_before
 from models.types import event_key
 
@@ -82,7 +83,7 @@ class IsicOrderEvent(EventBase):
     phone_password: SecretStr | None = Field(default=None, max_length=64, description="never forwarded")
     documents: Documents
 
-    _files: dict[str, tuple[str, bytes]] = PrivateAttr(default_factory=dict)
+    _files: dict[str, Upload] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -124,7 +125,7 @@ class IsicOrderEvent(EventBase):
         for kind, allowed in ALLOWED_TYPES.items():
             try:
                 limit = min(max_bytes, PHOTO_MAX_BYTES) if kind == DocumentKind.photo else max_bytes
-                self._files[kind] = read_document(base_dir, getattr(self.documents, kind), allowed, limit)
+                self._files[kind] = check_document(base_dir, getattr(self.documents, kind), allowed, limit)
             except ValueError as exc:
                 raise ValueError(f"documents.{kind}: {exc}") from None
         return self
@@ -201,6 +202,16 @@ class IsicStore(ReceiptStore):
 
     def _create(self, event: IsicOrderEvent, seq: int) -> IsicOrder:
         assert self.cipher is not None
+        # Each document read from disk a piece at a time into its encryption, before anything
+        # is added: one that changed since it was checked rejects the line whole. A data key
+        # per document: deleting it shreds the document.
+        sealed = []
+        for kind, upload in event._files.items():
+            try:
+                key, ciphertext, size = self.cipher.seal_stream(upload.pieces())
+            except ValueError as exc:
+                raise OrderRejected(f"documents.{kind}: {exc}") from None
+            sealed.append((kind, upload.media_type, size, ciphertext, key))
         # New data the person gave: it brings an erased subject back, with nothing old.
         subject = self.subjects.resolve(event.email, None)
         password = event.phone_password.get_secret_value().encode() if event.phone_password else None
@@ -214,18 +225,20 @@ class IsicStore(ReceiptStore):
             **{name: getattr(event, name) for name in _FIELDS},
         )
         self.session.add(order)
-        for kind, (media_type, data) in event._files.items():
-            key, ciphertext = self.cipher.seal(data)  # a data key per document: deleting it shreds
+        for kind, media_type, size, ciphertext, key in sealed:
             self.session.add(
                 IsicDocument(  # type: ignore[call-arg]  # order_id comes from `order` when flushed
                     order=order,
                     kind=kind,
                     media_type=media_type,
-                    size=len(data),
+                    size=size,
                     ciphertext=ciphertext,
                     key=key,
                 )
             )
+        # Written now, so the session holds no ciphertext until the end of the chunk: memory
+        # stays flat however many orders with large uploads a chunk has.
+        self.session.flush()
         self.remember(order, subject.pseudonym)
         return order
 

@@ -7,12 +7,41 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated, Any, ClassVar, NamedTuple, get_args
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from models.audit import AuditEvent
 from models.identity import normalise_email, normalise_insurance_number, normalise_phone
 
-Email = Annotated[str, Field(max_length=320), AfterValidator(normalise_email)]
+# Addresses checked in this validation context (one intake run): a sign-up and its
+# confirmation name the same address, and checking one costs more than the rest of the line.
+# Held only for the run, never beyond it (the context goes with it); bounded all the same.
+EMAIL_CACHE = "emails"
+_EMAIL_CACHE_SIZE = 100_000
+
+
+def _email(value: str, info: ValidationInfo) -> str:
+    cache = (info.context or {}).get(EMAIL_CACHE)
+    if cache is None:
+        return normalise_email(value)
+    found = cache.get(value)
+    if found is None:
+        found = normalise_email(value)  # a ValueError is not kept: the line is rejected
+        if len(cache) >= _EMAIL_CACHE_SIZE:
+            cache.clear()
+        cache[value] = found
+    return found
+
+
+Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
 InsuranceNumber = Annotated[str, Field(max_length=20), AfterValidator(normalise_insurance_number)]
 Phone = Annotated[str, Field(max_length=40), AfterValidator(normalise_phone)]
 

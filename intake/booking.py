@@ -14,11 +14,11 @@ from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
 
+from intake.receipts import ReceiptStore, ignored
+from intake.types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown, Phone, context_now
 from models.audit import AuditEvent
 from models.bookings import BERLIN, Booking, BookingStatus, Channel
 from models.consent import describe_time
-from models.intake_types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown, Phone, context_now
-from models.receipts import ReceiptStore, ignored
 from models.subject_index import erased_before
 from models.types import GRID_MINUTES, berlin_wall_clock
 

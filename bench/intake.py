@@ -1,0 +1,260 @@
+"""``python -m bench.intake [--subjects 100000] [--orders 1000]``: intake of a file, chunk by chunk.
+
+Issue 19, target 2. Each measurement runs in a process of its own (``--child``), whose peak
+resident memory is its ``VmHWM`` read at its end (``ru_maxrss`` would carry the launcher's
+high-water mark across fork and exec), on a fresh SQLite database:
+
+- **consents**: N sign-ups and their confirmations (2N lines, ``bench.seed``'s lines),
+  imported from a file as ``psync intake`` does (``flows.intake.import_lines``: a chunk of
+  lines at a time, each its own transaction); lines/s and peak MB. The baseline, in the same
+  run: the same file through the one-transaction path (``flows.intake.intake_lines``, what
+  ``psync intake`` did before), so the ratio is chunked / one transaction.
+- **re-import**: the same file again into the imported database: every line a duplicate.
+- **orders**: M student-ID orders with maximum-size uploads (the document limit for the
+  proof and the ID copy, the photo's own limit), imported the same way; peak MB, against a
+  tenth of M to show it flat. The orders share three files on disk (the bytes read and
+  encrypted are the same as with a file each, without tens of GB of source files).
+
+Results in ``bench/results/intake.json``; ``bench.report`` renders them. ``--profile`` runs the
+consent import under cProfile into ``bench/results/intake.prof`` and prints its top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+from bench.common import DOCUMENT_KEY, RESULTS, log, write_result
+
+TARGET_LINES_PER_SECOND = 20_000
+TARGET_PEAK_MB = 400
+MiB = 1024 * 1024
+
+
+def high_water_mb() -> float:
+    """This process's peak resident memory so far (``VmHWM``), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def child(mode: str, path: Path, profile: Path | None) -> dict:
+    """One measurement in this (fresh) process: intake of the file at `path`."""
+    from collections import Counter
+
+    from core.settings import get_settings
+    from flows.intake import import_lines, intake_lines
+    from models.db import transaction
+    from models.migrate import upgrade
+    from models.types import utcnow
+
+    upgrade()
+    settings = get_settings()
+    counts: Counter[str] = Counter()
+    profiler = None
+    if profile is not None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    started = time.perf_counter()
+    options = {
+        "now": utcnow(),
+        "base_dir": path.parent,
+        "document_key": settings.document_key_bytes(),
+        "max_document_bytes": settings.isic_max_document_bytes,
+    }
+    with path.open("rb") as lines:
+        if mode == "one-transaction":
+            with transaction() as session:
+                counts.update(r.outcome for r in intake_lines(session, settings.hmac_key(), lines, **options))
+        else:
+            for results in import_lines(settings.hmac_key(), lines, **options):
+                counts.update(r.outcome for r in results)
+    seconds = time.perf_counter() - started
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    lines_done = sum(counts.values())
+    return {
+        "mode": mode,
+        "lines": lines_done,
+        "seconds": round(seconds, 3),
+        "lines_per_second": round(lines_done / seconds),
+        "peak_rss_mb": high_water_mb(),
+        "outcomes": dict(counts),
+    }
+
+
+def run_child(mode: str, path: Path, database: Path, profile: Path | None = None) -> dict:
+    env = {**os.environ, "PSYNC_DATABASE_URL": f"sqlite:///{database}"}
+    command = [sys.executable, "-m", "bench.intake", "--child", mode, "--file", str(path)]
+    if profile is not None:
+        command += ["--profile-to", str(profile)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=6 * 3600)
+    if done.returncode:
+        raise RuntimeError(f"bench.intake child {mode} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["database_mb"] = round(database.stat().st_size / MiB, 1)
+    return result
+
+
+def write_consents(path: Path, subjects: int) -> int:
+    from bench import seed
+    from models.types import utcnow
+
+    base = utcnow() - timedelta(days=20)
+    with path.open("w") as out:
+        n = 0
+        for line in seed.signup_confirm_lines(0, subjects, base):
+            out.write(line + "\n")
+            n += 1
+    return n
+
+
+def write_orders(folder: Path, orders: int, max_bytes: int) -> int:
+    """`orders` order lines naming three documents at their size limits; returns the bytes
+    of documents the file names in all."""
+    from intake.isic import PHOTO_MAX_BYTES
+    from models.types import utcnow
+
+    photo_bytes = min(max_bytes, PHOTO_MAX_BYTES)
+    docs = {
+        "student_proof": ("nachweis.pdf", b"%PDF-1.7\n", max_bytes),
+        "id_copy": ("ausweis.png", b"\x89PNG\r\n\x1a\n", max_bytes),
+        "photo": ("foto.jpg", b"\xff\xd8\xff\xe0", photo_bytes),
+    }
+    for name, magic, size in docs.values():
+        with (folder / name).open("wb") as out:
+            out.write(magic)
+            left = size - len(magic)
+            while left > 0:  # random, so nothing along the way compresses it away
+                piece = os.urandom(min(left, MiB))
+                out.write(piece)
+                left -= len(piece)
+    at = (utcnow() - timedelta(minutes=5)).isoformat()
+    with (folder / "orders.jsonl").open("w") as out:
+        for i in range(orders):
+            order = {
+                "type": "isic.order",
+                "order_id": f"BENCH-{i}",
+                "first_name": f"Vorname{i}",
+                "last_name": "Studentin",
+                "birth_date": "2004-02-29",
+                "email": f"order{i}@example.de",
+                "postal_code": "10115",
+                "iban": "DE89 3704 0044 0532 0130 00",
+                "institution": "Humboldt-Universität zu Berlin",
+                "at": at,
+                "documents": {role: name for role, (name, _, _) in docs.items()},
+            }
+            out.write(json.dumps(order) + "\n")
+    return orders * sum(size for _, _, size in docs.values())
+
+
+def top_functions(profile: Path, limit: int = 25) -> list[dict]:
+    """The functions the profile spent most own time in (cProfile ``tottime``)."""
+    import pstats
+
+    stats = pstats.Stats(str(profile))
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:limit]
+    total = sum(v[2] for v in stats.stats.values())
+    return [
+        {
+            "function": f"{Path(file).name}:{line}({name})",
+            "own_seconds": round(tt, 3),
+            "share": round(tt / total, 3) if total else 0,
+        }
+        for (file, line, name), (_, _, tt, _, _) in rows
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.intake", description=__doc__.splitlines()[0])
+    parser.add_argument("--subjects", type=int, default=100_000, help="sign-ups, each with its confirmation")
+    parser.add_argument("--orders", type=int, default=1000, help="student-ID orders with maximum-size uploads")
+    parser.add_argument("--profile", action="store_true", help="cProfile the consent import (slows it down)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--child", choices=["chunked", "one-transaction"], help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-to", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.file, args.profile_to)))
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="psync-bench-intake-"))
+    os.environ["PREFECT_HOME"] = str(work / "prefect-home")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["DO_NOT_TRACK"] = "1"
+    os.environ.pop("PREFECT_API_URL", None)
+    os.environ["PSYNC_PSEUDONYM_KEY"] = "bench-pseudonym-key"
+    os.environ.setdefault("PSYNC_DOCUMENT_KEY", DOCUMENT_KEY)
+    os.environ["PSYNC_DATABASE_URL"] = f"sqlite:///{work / 'unused.db'}"
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    try:
+        report: dict = {"started_at": started_at, "subjects": args.subjects, "orders": args.orders}
+        consents = work / "consents.jsonl"
+        lines = write_consents(consents, args.subjects)
+        log(f"consents: {lines:,} lines, chunk by chunk")
+        report["consents"] = run_child("chunked", consents, work / "chunked.db")
+        log(f"consents: {report['consents']['lines_per_second']:,} lines/s; the same file again")
+        report["reimport"] = run_child("chunked", consents, work / "chunked.db")
+        log("consents: the baseline, the whole file in one transaction")
+        report["baseline"] = run_child("one-transaction", consents, work / "baseline.db")
+        report["ratio"] = round(report["consents"]["lines_per_second"] / report["baseline"]["lines_per_second"], 2)
+        if args.profile:
+            profile = RESULTS / "intake.prof"
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            log("consents: once more under cProfile")
+            report["profiled"] = run_child("chunked", consents, work / "profiled.db", profile)
+            report["profile_top"] = top_functions(profile)
+        consents.unlink()
+        for name in ("chunked.db", "baseline.db", "profiled.db"):
+            for suffix in ("", "-wal", "-shm"):
+                (work / f"{name}{suffix}").unlink(missing_ok=True)
+
+        from core.settings import get_settings
+
+        max_bytes = get_settings().isic_max_document_bytes
+        report["orders_result"] = {}
+        for orders in sorted({max(1, args.orders // 10), args.orders}):
+            folder = work / f"orders-{orders}"
+            folder.mkdir()
+            document_bytes = write_orders(folder, orders, max_bytes)
+            log(f"orders: {orders:,} with {document_bytes / MiB:,.0f} MiB of documents")
+            result = run_child("chunked", folder / "orders.jsonl", folder / "orders.db")
+            result["document_mb"] = round(document_bytes / MiB)
+            result["document_mb_per_second"] = round(document_bytes / MiB / result["seconds"], 1)
+            report["orders_result"][str(orders)] = result
+            log(f"orders: {orders:,} in {result['seconds']:.0f} s, peak {result['peak_rss_mb']:,.0f} MB")
+            shutil.rmtree(folder, ignore_errors=True)
+        report["max_document_bytes"] = max_bytes
+        report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+        path = write_result("intake", report)
+        print(json.dumps({k: v for k, v in report.items() if k != "profile_top"}, indent=2))
+        print(f"\nreport: {path}")
+        return 0
+    except Exception:  # noqa: BLE001 - any failure is printed and becomes the exit code
+        traceback.print_exc()
+        args.keep = True
+        return 1
+    finally:
+        if args.keep:
+            log(f"temporary directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

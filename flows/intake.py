@@ -1,0 +1,101 @@
+"""Intake as the callers use it: ``intake.lines`` validates and applies the lines; this writes
+their audit events through the one audit writer (``flows.common.write_audit``), in the same
+transaction as what they record.
+
+``intake_lines`` does a batch in the caller's transaction (the HTTP door, tests, demos);
+``import_lines`` does a file of any size, a chunk at a time, each chunk its own transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+from sqlmodel import Session
+
+from flows.common import write_audit
+from intake.lines import (
+    CHUNK,
+    CHUNK_DOCUMENT_BYTES,
+    Applier,
+    LineResult,
+    Parsed,
+    apply_lines,
+    chunked,
+    parse_lines,
+    retry_order,
+    validation_context,
+)
+from models.db import transaction
+
+
+def intake_lines(
+    session: Session,
+    key: bytes,
+    lines: Iterable[str | bytes],
+    now: datetime,
+    service_points: Collection[str] = (),
+    base_dir: Path | None = None,
+    document_key: bytes | None = None,
+    max_document_bytes: int = 10 * 1024 * 1024,
+) -> list[LineResult]:
+    """Validate and store every line and write their audit rows; one result per non-blank
+    line. No commit: all of it in the caller's transaction (``intake.lines.apply_lines``)."""
+    applied = apply_lines(
+        session,
+        key,
+        lines,
+        now,
+        service_points=service_points,
+        base_dir=base_dir,
+        document_key=document_key,
+        max_document_bytes=max_document_bytes,
+    )
+    write_audit(session, applied.audit)
+    return applied.results
+
+
+def import_lines(
+    key: bytes,
+    lines: Iterable[str | bytes],
+    now: datetime,
+    service_points: Collection[str] = (),
+    base_dir: Path | None = None,
+    document_key: bytes | None = None,
+    max_document_bytes: int = 10 * 1024 * 1024,
+    chunk_lines: int = CHUNK,
+    chunk_bytes: int = CHUNK_DOCUMENT_BYTES,
+    url: str | None = None,
+) -> Iterator[list[LineResult]]:
+    """Validate and store `lines` read as they come, a chunk at a time: each chunk (at most
+    `chunk_lines` lines, fewer once its documents reach `chunk_bytes`) is stored with its
+    audit rows in a transaction of its own, and its results are yielded only once that has
+    committed. So memory stays flat whatever the file's size, and a crash loses nothing that
+    was reported stored: what had committed is there, and importing the file again reports
+    it duplicate and stores the rest.
+
+    Results come chunk by chunk, each sorted by line number; a line naming what is not known
+    yet (a confirmation above its sign-up) is tried again after the whole file and reported
+    then, in the last chunks.
+    """
+    if chunk_lines < 1:
+        raise ValueError("chunk_lines must be at least 1")
+    context = validation_context(now, service_points, base_dir, max_document_bytes)
+    later: list[Parsed] = []
+    for chunk in chunked(parse_lines(lines, context), chunk_lines, chunk_bytes):
+        rejected = [item for item in chunk if isinstance(item, LineResult)]
+        events = [item for item in chunk if not isinstance(item, LineResult)]
+        results: list[LineResult] = []
+        if events:
+            with transaction(url) as session:
+                applied = Applier(session, key, document_key).apply(events, defer=True)
+                write_audit(session, applied.audit)
+            results, later = applied.results, later + applied.later
+        yield sorted(rejected + results, key=lambda r: r.line)
+    ordered = retry_order(later)
+    for start in range(0, len(ordered), chunk_lines):
+        with transaction(url) as session:
+            applied = Applier(session, key, document_key).apply(ordered[start : start + chunk_lines], defer=False)
+            write_audit(session, applied.audit)
+        yield sorted(applied.results, key=lambda r: r.line)

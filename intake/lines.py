@@ -1,0 +1,329 @@
+"""Intake: the controller's website hands events over as JSON lines; this validates and applies.
+
+Each line is validated on its own by the pydantic models of each job (the same models give
+``psync intake --schema``). A rejected line is reported with its number and a reason that
+never repeats the input, and changes nothing. Storing is idempotent: a line applied before
+is a duplicate.
+
+Lines count by their time (``at``), not their place in the file or the order files arrive
+in: each store applies an event by event time, records one that is older than the decision
+it would override and reports it ``unchanged`` with the reason. A line that names a
+sign-up, booking or order not known yet (``NotYetKnown``) is tried again after the file's
+other lines, in event-time order, and only then rejected.
+
+Intake writes no audit row itself (flows are the one audit writer): ``apply_lines`` returns
+the lines' results and the audit events, and the caller writes those in the same
+transaction (``flows.intake.intake_lines`` does both).
+
+Example::
+
+    with transaction() as session:
+        applied = apply_lines(session, key, open("events.jsonl", "rb"), now=utcnow())
+        write_audit(session, applied.audit)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple
+
+from pydantic import Field, TypeAdapter, ValidationError
+from sqlmodel import Session
+
+from intake.booking import (
+    BookingCancel,
+    BookingRejected,
+    BookingRequest,
+    BookingReschedule,
+    BookingStore,
+)
+from intake.consent import ConsentConfirm, ConsentSignup, ConsentStore, ConsentWithdraw
+from intake.erasure import ErasureRejected, ErasureRequestEvent, ErasureStore
+from intake.ident import IdentCase, IdentStore
+from intake.isic import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
+from intake.types import EMAIL_CACHE, FIELD_NAME, NotYetKnown
+from models.audit import AuditEvent
+from models.consent import TransitionError
+from models.documents import DocumentCipher
+from models.subject_index import SubjectIndex, SubjectMismatch
+
+# A website clock a little ahead of ours is fine; a day ahead is a bug upstream.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+CHUNK = 1000
+# A chunk of a file imported chunk by chunk closes early once its documents reach this.
+CHUNK_DOCUMENT_BYTES = 256 * 1024 * 1024
+REJECTIONS = (TransitionError, SubjectMismatch, BookingRejected, OrderRejected, ErasureRejected)
+# Order of the lines tried again at the same instant: the first step of each job first.
+_RANK = {
+    "consent.signup": 0,
+    "consent.confirm": 1,
+    "consent.withdraw": 2,
+    "booking.request": 0,
+    "booking.reschedule": 1,
+    "booking.cancel": 2,
+    "isic.order": 0,
+    "isic.cancel": 1,
+}
+
+IntakeEvent = Annotated[
+    ConsentSignup
+    | ConsentConfirm
+    | ConsentWithdraw
+    | BookingRequest
+    | BookingReschedule
+    | BookingCancel
+    | IsicOrderEvent
+    | IsicCancel
+    | ErasureRequestEvent
+    | IdentCase,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[IntakeEvent] = TypeAdapter(IntakeEvent)
+
+
+def json_schema() -> dict:
+    """The JSON Schema of one intake line."""
+    return EVENT_ADAPTER.json_schema(by_alias=True)
+
+
+@dataclass(frozen=True)
+class LineResult:
+    line: int
+    outcome: str  # stored | duplicate | unchanged | rejected
+    reason: str = ""  # why, for rejected and unchanged lines; never personal data
+
+
+class Intake(NamedTuple):
+    """What intake made of some lines: one result per non-blank line, by line number, and
+    the audit events the caller writes in the same transaction."""
+
+    results: list[LineResult]
+    audit: list[AuditEvent]
+
+
+def describe(exc: ValidationError) -> str:
+    """A reason per failed field, without ever quoting the input."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        # Only what looks like a field name goes into the path: the discriminator's tag
+        # ("consent.signup") and pydantic's schema steps are noise, and an unknown key is
+        # input like any other (an e-mail address, a line break).
+        loc = ".".join(str(p) for p in error["loc"] if isinstance(p, int) or FIELD_NAME.fullmatch(p))
+        msg = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "union_tag_invalid":  # pydantic's message quotes the tag
+            loc, msg = "type", f"not a known event type; expected {error['ctx']['expected_tags']}"
+        elif error["type"] == "extra_forbidden" and not FIELD_NAME.fullmatch(str(error["loc"][-1])):
+            msg = "Extra inputs are not permitted (a field whose name is not shown)"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse_line(text: str, context: dict | None = None) -> IntakeEvent:
+    """Validate one line; raises ValueError with a PII-free reason.
+
+    `context` carries what some checks need: ``now``, the known ``service_points``, the
+    ``base_dir`` that document paths are relative to and ``max_document_bytes``.
+    """
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError):  # also a number of 5,000 digits, or nesting too deep
+        raise ValueError("not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    try:
+        return EVENT_ADAPTER.validate_python(raw, context=context)
+    except ValidationError as exc:
+        raise ValueError(describe(exc)) from None
+
+
+Parsed = tuple[int, IntakeEvent]  # (line number, event)
+
+
+def validation_context(
+    now: datetime,
+    service_points: Collection[str] = (),
+    base_dir: Path | None = None,
+    max_document_bytes: int = 10 * 1024 * 1024,
+) -> dict[str, Any]:
+    """What ``parse_line`` checks against: the intake's clock, the known service points, the
+    folder document paths are relative to, and the largest document."""
+    return {
+        "now": now,
+        "service_points": set(service_points),
+        "base_dir": base_dir,
+        "max_document_bytes": max_document_bytes,
+        EMAIL_CACHE: {},
+    }
+
+
+def parse_lines(lines: Iterable[str | bytes], context: dict[str, Any]) -> Iterator[LineResult | Parsed]:
+    """Each non-blank line validated, in file order, as it is read: a rejection (with its
+    line number and reason) or the parsed event.
+
+    Lines may be bytes (a file opened in binary mode): a line that is not UTF-8 is then
+    rejected on its own instead of failing the whole file.
+    """
+    now = context["now"]
+    for number, raw in enumerate(lines, start=1):
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            yield LineResult(number, "rejected", "not valid UTF-8")
+            continue
+        if not text.strip():
+            continue
+        try:
+            event = parse_line(text, context)
+        except ValueError as exc:
+            yield LineResult(number, "rejected", str(exc))
+            continue
+        if event.at > now + FUTURE_TOLERANCE:
+            yield LineResult(number, "rejected", "at: lies in the future")
+            continue
+        yield number, event
+
+
+def document_bytes(event: IntakeEvent) -> int:
+    """The bytes of the documents a line brings (read when it is stored)."""
+    return sum(upload.size for upload in event._files.values()) if isinstance(event, IsicOrderEvent) else 0
+
+
+def chunked(
+    items: Iterable[LineResult | Parsed], lines: int = CHUNK, max_bytes: int = CHUNK_DOCUMENT_BYTES
+) -> Iterator[list[LineResult | Parsed]]:
+    """`items` in chunks of at most `lines` lines, a chunk closed early once its documents
+    reach `max_bytes` (so a chunk of large uploads is committed, and its pages written, in
+    reasonable steps)."""
+    chunk: list[LineResult | Parsed] = []
+    size = 0
+    for item in items:
+        chunk.append(item)
+        if not isinstance(item, LineResult):
+            size += document_bytes(item[1])
+        if len(chunk) >= lines or size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def retry_order(later: list[Parsed]) -> list[Parsed]:
+    """Lines deferred as ``NotYetKnown``, in the order they are tried again: by event time,
+    the first step of each job first at the same instant (a confirmation above its sign-up,
+    a cancellation above its booking; a reschedule before the cancellation that follows it)."""
+    return sorted(later, key=lambda item: (item[1].at, _RANK.get(item[1].type, 0)))
+
+
+class ChunkApplied(NamedTuple):
+    """What applying a chunk gave: its results, its audit events, and the lines deferred
+    because what they name is not known yet."""
+
+    results: list[LineResult]
+    audit: list[AuditEvent]
+    later: list[Parsed]
+
+
+class Applier:
+    """The stores of one transaction: applies parsed lines a chunk at a time.
+
+    Records found for one chunk are remembered for the next within the same transaction; a
+    caller that commits each chunk makes a new Applier for each (the records are read again).
+    """
+
+    def __init__(self, session: Session, key: bytes, document_key: bytes | None = None):
+        self.subjects = SubjectIndex(session, key)
+        self.consents = ConsentStore(session, key, self.subjects)
+        self.bookings = BookingStore(session, key, self.subjects)
+        self.orders = IsicStore(session, key, self.subjects, DocumentCipher(document_key) if document_key else None)
+        self.erasures = ErasureStore(session, key)
+        self.idents = IdentStore(session, key, self.subjects)
+        # A dispatch table by the event type's prefix; each store takes only its own events.
+        self.stores: dict[str, Any] = {
+            "consent": self.consents,
+            "booking": self.bookings,
+            "isic": self.orders,
+            "erasure": self.erasures,
+            "ident": self.idents,
+        }
+
+    def apply(self, chunk: list[Parsed], defer: bool) -> ChunkApplied:
+        """Apply `chunk`; with `defer`, a line naming what is not known yet is handed back
+        in ``later`` instead of being rejected (the first pass over a file)."""
+        results: list[LineResult] = []
+        audit: list[AuditEvent] = []
+        later: list[Parsed] = []
+        self.consents.deferring = defer
+        found = self.subjects.prefetch(
+            (e.email, getattr(e, "insurance_number", None))  # type: ignore[union-attr,misc]  # only events with one
+            for _, e in chunk
+            if getattr(e, "email", None)
+        )
+        self.consents.begin_chunk((e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found})  # type: ignore[misc]  # the type's prefix picks the store's own events
+        self.bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
+        self.orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
+        self.erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))  # type: ignore[misc]  # the type's prefix picks the store's own events
+        self.idents.begin_chunk(e for _, e in chunk if e.type.startswith("ident."))  # type: ignore[misc]  # the type's prefix picks the store's own events
+        for number, event in chunk:
+            store = self.stores[event.type.split(".")[0]]
+            try:
+                applied = store.apply(event)
+            except REJECTIONS as exc:
+                if defer and isinstance(exc, NotYetKnown):
+                    later.append((number, event))
+                    continue
+                results.append(LineResult(number, "rejected", str(exc)))
+                audit.append(AuditEvent("intake.rejected", "rejected", detail=f"line {number}: {exc}"))
+                continue
+            results.append(LineResult(number, applied.outcome, applied.reason))
+            if applied.audit is not None:
+                audit.append(applied.audit)
+        for store in self.stores.values():
+            store.end_chunk()
+        return ChunkApplied(results, audit, later)
+
+
+def apply_lines(
+    session: Session,
+    key: bytes,
+    lines: Iterable[str | bytes],
+    now: datetime,
+    service_points: Collection[str] = (),
+    base_dir: Path | None = None,
+    document_key: bytes | None = None,
+    max_document_bytes: int = 10 * 1024 * 1024,
+) -> Intake:
+    """Validate and apply every line in one transaction; the results (one per non-blank
+    line) and the audit events to write. No commit, no audit row written.
+
+    `service_points` are the ids a branch booking may name (``settings.timify_service_points``);
+    documents are read from paths relative to `base_dir` and stored encrypted with
+    `document_key`. A file too large for one transaction goes through
+    ``flows.intake.import_lines``, which commits chunk by chunk.
+    """
+    context = validation_context(now, service_points, base_dir, max_document_bytes)
+    results: list[LineResult] = []
+    parsed: list[Parsed] = []
+    for item in parse_lines(lines, context):
+        if isinstance(item, LineResult):
+            results.append(item)
+        else:
+            parsed.append(item)
+    applier = Applier(session, key, document_key)
+    audit: list[AuditEvent] = []
+    later: list[Parsed] = []
+    for start in range(0, len(parsed), CHUNK):
+        applied = applier.apply(parsed[start : start + CHUNK], defer=True)
+        results += applied.results
+        audit += applied.audit
+        later += applied.later
+    later = retry_order(later)
+    for start in range(0, len(later), CHUNK):
+        applied = applier.apply(later[start : start + CHUNK], defer=False)
+        results += applied.results
+        audit += applied.audit
+    results.sort(key=lambda r: r.line)
+    return Intake(results, audit)
