@@ -8,7 +8,7 @@
   ``groups.json/{gid}/receivers[/{email|id}[/deactivate]]`` (pages 0-based);
   ``receivers/delete.json`` (bulk, account-wide).
 - Batch limit: 250 by default, at most 1000; a 413 halves the batch and tries again.
-- Fields it may receive: ``ALLOWED_FIELDS`` per list, below. The newsletter list has no link
+- Fields it may receive: ``ALLOWED_FIELDS`` per list, from ``core.catalogue``. The newsletter list has no link
   to the CRM, so it never receives the insurance number.
 - Erasure: ``DELETE groups.json/{gid}/receivers/{id}`` per group (``true``), or bulk
   ``receivers/delete.json``. Verified by ``GET groups.json/{gid}/receivers/{email}`` → 404
@@ -32,6 +32,7 @@ from connectors.transport import (
 from connectors.transport import (
     http_options as http_options_from,
 )
+from core import catalogue
 
 PROCESSOR = "cleverreach"
 MAX_BATCH = 1000
@@ -39,20 +40,10 @@ DEFAULT_BATCH = 250
 PAGE_SIZE = 500
 
 # What each list may carry to CleverReach: top-level receiver keys, and the keys allowed
-# inside global_attributes / attributes. Anything else is a programming error and is refused.
-_RECEIVER_KEYS = frozenset({"email", "source", "registered", "activated", "deactivated"})
-_PROOF = frozenset({"signup_ip", "confirm_ip", "policy_version"})
+# inside global_attributes / attributes, as the catalogue declares them (core.catalogue).
+# Anything else is a programming error and is refused.
 ALLOWED_FIELDS: Mapping[str, Mapping[str, frozenset[str]]] = {
-    "newsletter": {
-        "receiver": _RECEIVER_KEYS,
-        "global_attributes": frozenset({"salutation", "firstname", "lastname"}),
-        "attributes": _PROOF,
-    },
-    "service_offers": {
-        "receiver": _RECEIVER_KEYS,
-        "global_attributes": frozenset({"salutation", "firstname", "lastname"}),
-        "attributes": _PROOF | {"insurance_number"},
-    },
+    name: catalogue.nested_fields(PROCESSOR, f"consent:{name}") for name in ("newsletter", "service_offers")
 }
 
 

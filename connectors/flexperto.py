@@ -42,9 +42,11 @@ from connectors.transport import (
 from connectors.transport import (
     http_options as http_options_from,
 )
+from core import catalogue
 
 PROCESSOR = "flexperto"
-ALLOWED_FIELDS = frozenset({"external_id", "email", "phone"})
+# The allow-list, as the catalogue declares it for this purpose.
+ALLOWED_FIELDS = catalogue.allowed_fields(PROCESSOR, "video:")
 
 
 def check_allowed(fields: Mapping[str, Any]) -> None:

@@ -58,6 +58,7 @@ from connectors.transport import (
 from connectors.transport import (
     http_options as http_options_from,
 )
+from core import catalogue
 
 PROCESSOR = "isic"
 CARD_TYPE = "ISIC"
@@ -71,17 +72,8 @@ PHOTO_MAGIC: Mapping[str, bytes] = {
     "image/png": b"\x89PNG\r\n\x1a\n",
 }
 
-ALLOWED_FIELDS = frozenset(
-    {
-        "cardholderId",
-        "firstName",
-        "lastName",
-        "dateOfBirth",
-        "email",
-        "institutionName",
-        "studentStatus",
-    }
-)
+# The allow-list, as the catalogue declares it for this purpose.
+ALLOWED_FIELDS = catalogue.allowed_fields(PROCESSOR, "student-id:")
 
 
 def check_allowed(fields: Mapping[str, Any]) -> None:

@@ -42,10 +42,12 @@ from connectors.transport import (
     ProcessorError,
     RetriableError,
     path,
+    refuse_unlisted,
 )
 from connectors.transport import (
     http_options as http_options_from,
 )
+from core import catalogue
 
 PROCESSOR = "nect"
 API_KEY_HEADER = "x-api-key"
@@ -53,6 +55,8 @@ DELETION_PENDING = "deletion_pending"
 # Used until the settings carry Nect's own fields.
 
 _PSEUDONYM = re.compile(r"[0-9a-f]{32}")
+# The allow-list, as the catalogue declares it: the pseudonymous reference only.
+ALLOWED_FIELDS = catalogue.allowed_fields(PROCESSOR, "ident:")
 
 
 def check_reference(reference: object) -> None:
@@ -118,6 +122,8 @@ class Nect:
         still pending cannot be used and blocks a new one: a RetriableError says to try later.
         """
         check_reference(reference)
+        body = {"reference": reference}
+        refuse_unlisted(body, ALLOWED_FIELDS, "Nect")
         lost_status: int | None = None
         for _ in range(2):
             try:
@@ -125,7 +131,7 @@ class Nect:
                     "cases.create",
                     "POST",
                     path("v1", "cases"),
-                    json={"reference": reference},
+                    json=body,
                     idempotent=False,
                     expect=(409,),
                     items=1,

@@ -52,6 +52,7 @@ from connectors.transport import (
 from connectors.transport import (
     http_options as http_options_from,
 )
+from core import catalogue
 
 # The booking intake checks a start with this same function, so it never takes in a start
 # the push refuses. models.types is the bottom layer; nothing in models imports connectors.
@@ -62,9 +63,8 @@ PAGE_SIZE = 100
 DELETE_BATCH = 100
 MAX_SPAN = timedelta(days=365)
 
-ALLOWED_FIELDS = frozenset(
-    {"salutation", "first_name", "last_name", "phone", "email", "insurance_number", "birth_date"}
-)
+# The allow-list, as the catalogue declares it for this purpose.
+ALLOWED_FIELDS = catalogue.allowed_fields(PROCESSOR, "booking")
 
 # Our field name -> how its definition is found in GET /v1/customers/customfields: basic
 # fields by translationKey, the company's own field by its label (its translationKey is null).
