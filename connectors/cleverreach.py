@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import requests
 
+from connectors.erasure import VERIFIED, NotVerified, Target
 from connectors.transport import (
     FatalError,
     HttpClient,
@@ -231,3 +232,40 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         batch_size=settings.cleverreach_batch_size,
         **options,
     )
+
+
+class CleverReachEraser:
+    """Newsletter and service-offers receivers (purpose ``consent:{list}``).
+
+    Deleted from the list's group by CleverReach's receiver id (by the e-mail address only
+    when no id was recorded); verified by reading it back as absent.
+    """
+
+    processor = PROCESSOR
+    asynchronous = False
+
+    def _group(self, target: Target) -> str:
+        list_name = target.purpose_arg("consent:")
+        group = getattr(target.settings, f"cleverreach_group_{list_name}", None)
+        if not group:
+            raise ValueError(f"no CleverReach group configured for list {list_name}")
+        return str(group)
+
+    def _receiver(self, target: Target) -> str:
+        # The receiver id when we have it: an address in a URL travels into access logs.
+        found = target.external_id or target.email
+        if not found:
+            raise ValueError("neither a receiver id nor an e-mail address to address it by")
+        return found
+
+    def erase(self, client: CleverReach, target: Target) -> str:
+        client.delete(self._group(target), self._receiver(target))
+        if not self.verify(client, target):
+            raise NotVerified("receiver still in the group after the delete")
+        return VERIFIED
+
+    def verify(self, client: CleverReach, target: Target) -> bool:
+        return client.get_receiver(self._group(target), self._receiver(target)) is None
+
+
+ERASER = CleverReachEraser()

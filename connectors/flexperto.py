@@ -32,6 +32,7 @@ from typing import Any
 
 import requests
 
+from connectors.erasure import AWAITING, VERIFIED, Target
 from connectors.transport import (
     FatalError,
     HttpClient,
@@ -194,3 +195,29 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         **http_options,
     )
     return Flexperto.connect(settings.flexperto_base_url, settings.flexperto_client_id, secret, **options)
+
+
+class FlexpertoEraser:
+    """A video consultation's customer, chats and recordings (purpose ``video:{booking}``)."""
+
+    processor = PROCESSOR
+    asynchronous = False
+
+    def _customer_id(self, client: Flexperto, target: Target) -> str | None:
+        if target.external_id:
+            return target.external_id
+        found = client.find_customer(target.purpose_arg("video:"))
+        return str(found["id"]) if found else None
+
+    def erase(self, client: Flexperto, target: Target) -> str:
+        customer = self._customer_id(client, target)
+        if customer is None or client.purge(customer):
+            return VERIFIED
+        return AWAITING
+
+    def verify(self, client: Flexperto, target: Target) -> bool:
+        customer = self._customer_id(client, target)
+        return customer is None or (client.get_customer(customer) is None and not client.archives(customer))
+
+
+ERASER = FlexpertoEraser()

@@ -36,6 +36,7 @@ from typing import Any
 import requests
 from requests.auth import AuthBase
 
+from connectors.erasure import AWAITING, VERIFIED, Target
 from connectors.transport import (
     FatalError,
     HttpClient,
@@ -197,3 +198,33 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         **http_options,
     )
     return Nect.connect(settings.nect_base_url, api_key, **options)
+
+
+class NectEraser:
+    """An identification case (purpose ``ident:…``, external id: Nect's caseUuid).
+
+    Nect only ever got our pseudonym; without a caseUuid the case is found by it.
+    Deleted asynchronously (202), verified by 404.
+    """
+
+    processor = PROCESSOR
+    asynchronous = True
+
+    def _case(self, client: Nect, target: Target) -> str | None:
+        if target.external_id:
+            return target.external_id
+        found = client.find_case(target.pseudonym)
+        return str(found["caseUuid"]) if found else None
+
+    def erase(self, client: Nect, target: Target) -> str:
+        case = self._case(client, target)
+        if case is None or client.delete_case(case) == "gone":
+            return VERIFIED
+        return AWAITING
+
+    def verify(self, client: Nect, target: Target) -> bool:
+        case = self._case(client, target)
+        return case is None or client.deletion_verified(case)
+
+
+ERASER = NectEraser()

@@ -144,6 +144,10 @@ LABELS: dict[str, Label] = {
         "Löschanträge abgeschlossen (auch hier gelöscht)",
         "Erasure requests completed (erased here too)",
     ),
+    "manual_reminders": Label(
+        "Manuelle Löschanfragen unbestätigt: Erinnerung senden",
+        "Manual erasure requests unconfirmed: send the reminder",
+    ),
     # erasure requests: urgency (models.erasure.Urgency) -----------------------------------
     "on_time": Label("Offene Löschanträge, Frist gewahrt", "Open erasure requests, on time"),
     "due_soon": Label(

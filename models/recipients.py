@@ -27,6 +27,7 @@ from sqlalchemy import UniqueConstraint, case, func, null, update
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
+from core.catalogue import co_recipients
 from models.audit import insert_many
 from models.db import INSERT_BY_DIALECT, skip_locked
 from models.subjects import DataSubject
@@ -127,9 +128,15 @@ def _insert_rows(
     now: datetime,
     confirmed_at: datetime | None,
 ) -> None:
-    """One INSERT … ON CONFLICT (`statement`, by dialect) for these subjects' rows."""
+    """One INSERT … ON CONFLICT (`statement`, by dialect) for these subjects' rows.
+
+    Whoever works on this processor's data for the purpose (``core.catalogue``: USU on the
+    newsletter at CleverReach) gets a "may hold" row too, in the same transaction.
+    """
     if not subjects:
         return
+    for other in co_recipients(processor, purpose):
+        _insert_rows(session, _write_ahead, other, purpose, dict.fromkeys(subjects), now, confirmed_at=None)
     # In subject order: both indexes the statement touches are keyed by subject, and sorted
     # inserts reuse the pages they just read instead of fetching one per row.
     ordered = sorted(subjects, key=attrgetter("int"))
