@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     intake_rate_burst: int = Field(20, ge=1)
     intake_max_skew_seconds: int = Field(300, ge=1, le=3600)
 
+    # Where the technical and organisational measures (Art. 32) are described: the generated
+    # Art. 30 record (`psync docs record`) points to it.
+    toms_reference: str = "TOM-Dokumentation des Verantwortlichen (Art. 32 DSGVO)"
+
     # Every psync command prints a failure's traceback, not only its one line (as --debug does).
     debug: bool = False
 
