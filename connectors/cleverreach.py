@@ -8,7 +8,7 @@
   ``groups.json/{gid}/receivers[/{email|id}[/deactivate]]`` (pages 0-based);
   ``receivers/delete.json`` (bulk, account-wide).
 - Batch limit: 250 by default, at most 1000; a 413 halves the batch and tries again.
-- Fields it may receive: ``ALLOWED_FIELDS`` per list, below. The newsletter list has no link
+- Fields it may receive: ``ALLOWED_FIELDS`` per list, from ``core.catalogue``. The newsletter list has no link
   to the CRM, so it never receives the insurance number.
 - Erasure: ``DELETE groups.json/{gid}/receivers/{id}`` per group (``true``), or bulk
   ``receivers/delete.json``. Verified by ``GET groups.json/{gid}/receivers/{email}`` → 404
@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import requests
 
+from connectors.erasure import VERIFIED, NotVerified, Target
 from connectors.transport import (
     FatalError,
     HttpClient,
@@ -32,6 +33,7 @@ from connectors.transport import (
 from connectors.transport import (
     http_options as http_options_from,
 )
+from core import catalogue
 
 PROCESSOR = "cleverreach"
 MAX_BATCH = 1000
@@ -39,20 +41,10 @@ DEFAULT_BATCH = 250
 PAGE_SIZE = 500
 
 # What each list may carry to CleverReach: top-level receiver keys, and the keys allowed
-# inside global_attributes / attributes. Anything else is a programming error and is refused.
-_RECEIVER_KEYS = frozenset({"email", "source", "registered", "activated", "deactivated"})
-_PROOF = frozenset({"signup_ip", "confirm_ip", "policy_version"})
+# inside global_attributes / attributes, as the catalogue declares them (core.catalogue).
+# Anything else is a programming error and is refused.
 ALLOWED_FIELDS: Mapping[str, Mapping[str, frozenset[str]]] = {
-    "newsletter": {
-        "receiver": _RECEIVER_KEYS,
-        "global_attributes": frozenset({"salutation", "firstname", "lastname"}),
-        "attributes": _PROOF,
-    },
-    "service_offers": {
-        "receiver": _RECEIVER_KEYS,
-        "global_attributes": frozenset({"salutation", "firstname", "lastname"}),
-        "attributes": _PROOF | {"insurance_number"},
-    },
+    name: catalogue.nested_fields(PROCESSOR, f"consent:{name}") for name in ("newsletter", "service_offers")
 }
 
 
@@ -240,3 +232,40 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         batch_size=settings.cleverreach_batch_size,
         **options,
     )
+
+
+class CleverReachEraser:
+    """Newsletter and service-offers receivers (purpose ``consent:{list}``).
+
+    Deleted from the list's group by CleverReach's receiver id (by the e-mail address only
+    when no id was recorded); verified by reading it back as absent.
+    """
+
+    processor = PROCESSOR
+    asynchronous = False
+
+    def _group(self, target: Target) -> str:
+        list_name = target.purpose_arg("consent:")
+        group = getattr(target.settings, f"cleverreach_group_{list_name}", None)
+        if not group:
+            raise ValueError(f"no CleverReach group configured for list {list_name}")
+        return str(group)
+
+    def _receiver(self, target: Target) -> str:
+        # The receiver id when we have it: an address in a URL travels into access logs.
+        found = target.external_id or target.email
+        if not found:
+            raise ValueError("neither a receiver id nor an e-mail address to address it by")
+        return found
+
+    def erase(self, client: CleverReach, target: Target) -> str:
+        client.delete(self._group(target), self._receiver(target))
+        if not self.verify(client, target):
+            raise NotVerified("receiver still in the group after the delete")
+        return VERIFIED
+
+    def verify(self, client: CleverReach, target: Target) -> bool:
+        return client.get_receiver(self._group(target), self._receiver(target)) is None
+
+
+ERASER = CleverReachEraser()

@@ -32,6 +32,7 @@ from typing import Any
 
 import requests
 
+from connectors.erasure import AWAITING, VERIFIED, Target
 from connectors.transport import (
     FatalError,
     HttpClient,
@@ -42,9 +43,11 @@ from connectors.transport import (
 from connectors.transport import (
     http_options as http_options_from,
 )
+from core import catalogue
 
 PROCESSOR = "flexperto"
-ALLOWED_FIELDS = frozenset({"external_id", "email", "phone"})
+# The allow-list, as the catalogue declares it for this purpose.
+ALLOWED_FIELDS = catalogue.allowed_fields(PROCESSOR, "video:")
 
 
 def check_allowed(fields: Mapping[str, Any]) -> None:
@@ -192,3 +195,29 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         **http_options,
     )
     return Flexperto.connect(settings.flexperto_base_url, settings.flexperto_client_id, secret, **options)
+
+
+class FlexpertoEraser:
+    """A video consultation's customer, chats and recordings (purpose ``video:{booking}``)."""
+
+    processor = PROCESSOR
+    asynchronous = False
+
+    def _customer_id(self, client: Flexperto, target: Target) -> str | None:
+        if target.external_id:
+            return target.external_id
+        found = client.find_customer(target.purpose_arg("video:"))
+        return str(found["id"]) if found else None
+
+    def erase(self, client: Flexperto, target: Target) -> str:
+        customer = self._customer_id(client, target)
+        if customer is None or client.purge(customer):
+            return VERIFIED
+        return AWAITING
+
+    def verify(self, client: Flexperto, target: Target) -> bool:
+        customer = self._customer_id(client, target)
+        return customer is None or (client.get_customer(customer) is None and not client.archives(customer))
+
+
+ERASER = FlexpertoEraser()

@@ -48,6 +48,7 @@ from typing import Any
 
 import requests
 
+from connectors.erasure import AWAITING, VERIFIED, Target
 from connectors.transport import (
     FatalError,
     HttpClient,
@@ -58,6 +59,7 @@ from connectors.transport import (
 from connectors.transport import (
     http_options as http_options_from,
 )
+from core import catalogue
 
 PROCESSOR = "isic"
 CARD_TYPE = "ISIC"
@@ -71,17 +73,8 @@ PHOTO_MAGIC: Mapping[str, bytes] = {
     "image/png": b"\x89PNG\r\n\x1a\n",
 }
 
-ALLOWED_FIELDS = frozenset(
-    {
-        "cardholderId",
-        "firstName",
-        "lastName",
-        "dateOfBirth",
-        "email",
-        "institutionName",
-        "studentStatus",
-    }
-)
+# The allow-list, as the catalogue declares it for this purpose.
+ALLOWED_FIELDS = catalogue.allowed_fields(PROCESSOR, "student-id:")
 
 
 def check_allowed(fields: Mapping[str, Any]) -> None:
@@ -311,3 +304,31 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         **http_options,
     )
     return Isic.connect(settings.isic_base_url, settings.isic_client_id, secret, **options)
+
+
+class IsicEraser:
+    """The card issuer's cardholder (purpose ``student-id:{order}``, cardholderId = order).
+
+    Cards are voided first, then the cardholder's deletion is asked for; the issuer deletes
+    asynchronously (202) and the cardholder reads back 404 once done. (While the order is
+    still in progress the catalogue's ``hold_while`` keeps the data: no call is made.)
+    """
+
+    processor = PROCESSOR
+    asynchronous = True
+
+    def _cardholder(self, target: Target) -> str:
+        return target.external_id or target.purpose_arg("student-id:")
+
+    def erase(self, client: Isic, target: Target) -> str:
+        cardholder = self._cardholder(target)
+        for card in client.cards(cardholder):
+            if card.get("status") != VOIDED:
+                client.void_card(card["cardNumber"])
+        return VERIFIED if client.delete_cardholder(cardholder) == "gone" else AWAITING
+
+    def verify(self, client: Isic, target: Target) -> bool:
+        return client.deletion_verified(self._cardholder(target))
+
+
+ERASER = IsicEraser()

@@ -36,16 +36,19 @@ from typing import Any
 import requests
 from requests.auth import AuthBase
 
+from connectors.erasure import AWAITING, VERIFIED, Target
 from connectors.transport import (
     FatalError,
     HttpClient,
     ProcessorError,
     RetriableError,
     path,
+    refuse_unlisted,
 )
 from connectors.transport import (
     http_options as http_options_from,
 )
+from core import catalogue
 
 PROCESSOR = "nect"
 API_KEY_HEADER = "x-api-key"
@@ -53,6 +56,8 @@ DELETION_PENDING = "deletion_pending"
 # Used until the settings carry Nect's own fields.
 
 _PSEUDONYM = re.compile(r"[0-9a-f]{32}")
+# The allow-list, as the catalogue declares it: the pseudonymous reference only.
+ALLOWED_FIELDS = catalogue.allowed_fields(PROCESSOR, "ident:")
 
 
 def check_reference(reference: object) -> None:
@@ -118,6 +123,8 @@ class Nect:
         still pending cannot be used and blocks a new one: a RetriableError says to try later.
         """
         check_reference(reference)
+        body = {"reference": reference}
+        refuse_unlisted(body, ALLOWED_FIELDS, "Nect")
         lost_status: int | None = None
         for _ in range(2):
             try:
@@ -125,7 +132,7 @@ class Nect:
                     "cases.create",
                     "POST",
                     path("v1", "cases"),
-                    json={"reference": reference},
+                    json=body,
                     idempotent=False,
                     expect=(409,),
                     items=1,
@@ -191,3 +198,33 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         **http_options,
     )
     return Nect.connect(settings.nect_base_url, api_key, **options)
+
+
+class NectEraser:
+    """An identification case (purpose ``ident:…``, external id: Nect's caseUuid).
+
+    Nect only ever got our pseudonym; without a caseUuid the case is found by it.
+    Deleted asynchronously (202), verified by 404.
+    """
+
+    processor = PROCESSOR
+    asynchronous = True
+
+    def _case(self, client: Nect, target: Target) -> str | None:
+        if target.external_id:
+            return target.external_id
+        found = client.find_case(target.pseudonym)
+        return str(found["caseUuid"]) if found else None
+
+    def erase(self, client: Nect, target: Target) -> str:
+        case = self._case(client, target)
+        if case is None or client.delete_case(case) == "gone":
+            return VERIFIED
+        return AWAITING
+
+    def verify(self, client: Nect, target: Target) -> bool:
+        case = self._case(client, target)
+        return case is None or client.deletion_verified(case)
+
+
+ERASER = NectEraser()

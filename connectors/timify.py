@@ -41,6 +41,7 @@ from typing import Any
 
 import requests
 
+from connectors.erasure import VERIFIED, NotVerified, Target
 from connectors.transport import (
     EncodedPath,
     FatalError,
@@ -52,6 +53,7 @@ from connectors.transport import (
 from connectors.transport import (
     http_options as http_options_from,
 )
+from core import catalogue
 
 # The booking intake checks a start with this same function, so it never takes in a start
 # the push refuses. models.types is the bottom layer; nothing in models imports connectors.
@@ -62,9 +64,8 @@ PAGE_SIZE = 100
 DELETE_BATCH = 100
 MAX_SPAN = timedelta(days=365)
 
-ALLOWED_FIELDS = frozenset(
-    {"salutation", "first_name", "last_name", "phone", "email", "insurance_number", "birth_date"}
-)
+# The allow-list, as the catalogue declares it for this purpose.
+ALLOWED_FIELDS = catalogue.allowed_fields(PROCESSOR, "booking")
 
 # Our field name -> how its definition is found in GET /v1/customers/customfields: basic
 # fields by translationKey, the company's own field by its label (its translationKey is null).
@@ -415,3 +416,51 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         settings.timify_company_id,
         **options,
     )
+
+
+class TimifyEraser:
+    """The TIMIFY customer (purpose ``booking``, external id: TIMIFY's customer id).
+
+    The subject's appointments go first (their notes hold the concern of the consultation),
+    then the customer; verified by reading customer and appointments back as absent. The
+    appointments come as ``target.local``: (our booking ref, TIMIFY's id or None).
+    """
+
+    processor = PROCESSOR
+    asynchronous = False
+
+    def _customer(self, client: Timify, target: Target) -> dict | None:
+        if target.external_id:
+            return client.get_customer(target.external_id)
+        return client.get_customer(str(target.subject_id), external=True)
+
+    def erase(self, client: Timify, target: Target) -> str:
+        ids = []
+        for ref, appointment in target.local:
+            if appointment is None:
+                # Created before a crash lost its id: TIMIFY knows it by our booking id.
+                found = client.get_appointment(ref, external=True)
+                appointment = found["id"] if found else None
+            if appointment is not None:
+                ids.append(appointment)
+        if ids:
+            client.delete_appointments(ids)
+        if target.external_id:
+            client.delete_customer(target.external_id)
+        else:
+            client.delete_customer(str(target.subject_id), external=True)
+        if not self.verify(client, target):
+            raise NotVerified("customer or appointment still readable after the delete")
+        return VERIFIED
+
+    def verify(self, client: Timify, target: Target) -> bool:
+        if self._customer(client, target) is not None:
+            return False
+        for ref, appointment in target.local:
+            found = client.get_appointment(appointment) if appointment else client.get_appointment(ref, external=True)
+            if found is not None:
+                return False
+        return True
+
+
+ERASER = TimifyEraser()

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     timify_video_service_id: str | None = None
     timify_service_points: dict[str, str] = {}
     timify_rate_per_second: float = Field(10.0, gt=0)
+    # A TIMIFY customer and their appointments are deleted at TIMIFY this many days after the
+    # customer's last appointment (core.catalogue rule R06; seed 001: not held permanently).
+    timify_customer_retention_days: int = Field(30, ge=0)
 
     # Flexperto (video consultations, seed 001): the tenant's host, OAuth2 client credentials.
     flexperto_base_url: str = "https://tenant.live.flexperto.com"
@@ -97,6 +100,9 @@ class Settings(BaseSettings):
     erasure_hold_recheck_days: int = Field(7, ge=1)
     erasure_claim_minutes: int = Field(15, ge=1)
     erasure_reissue_days: int = Field(7, ge=1)
+    # A manual erasure request (no API: USU, Emilie, …) not confirmed within this many days
+    # is flagged for a reminder, and again every as many days after.
+    erasure_manual_reminder_days: int = Field(14, ge=1)
 
     # The audit trail's anchor outside the database: after each flow run the head (rows, last
     # hash, time) is appended as a JSON line to this file, which belongs on other storage
@@ -124,6 +130,10 @@ class Settings(BaseSettings):
     intake_rate_per_second: float = Field(5.0, gt=0)
     intake_rate_burst: int = Field(20, ge=1)
     intake_max_skew_seconds: int = Field(300, ge=1, le=3600)
+
+    # Where the technical and organisational measures (Art. 32) are described: the generated
+    # Art. 30 record (`psync docs record`) points to it.
+    toms_reference: str = "TOM-Dokumentation des Verantwortlichen (Art. 32 DSGVO)"
 
     # Every psync command prints a failure's traceback, not only its one line (as --debug does).
     debug: bool = False

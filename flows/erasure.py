@@ -40,6 +40,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from sqlmodel import Session, col, select
 
 from connectors.transport import ProcessorError, redact
+from core import catalogue
 from core.clock import berlin_today
 from core.settings import get_settings
 from flows import erasure_form as form
@@ -48,18 +49,18 @@ from flows.common import JobFailed, call_events, counts_artifact, decision, one_
 from flows.erasure_form import Text
 from flows.erasure_processors import (
     AWAITING,
-    HANDLERS,
     VERIFIED,
     Clients,
-    Context,
     NotVerified,
     Policy,
     SubjectRef,
+    Target,
     TaskRef,
     handler_for,
     hold_for,
     manual_request_text,
     policy_from_settings,
+    reminder_due,
 )
 from models.audit import AuditEvent
 from models.db import scrub_journal, transaction
@@ -80,6 +81,7 @@ from models.erasure import (
     get_request,
     held_by,
     is_done,
+    local_records,
     open_request,
     release,
     sync_tasks,
@@ -201,6 +203,8 @@ def claim_work(request_ids: Sequence[uuid.UUID] | None, policy: Policy, today: d
             elif handler_for(item.processor, policy) is None:
                 events.append(decision("erasure.manual", "manual_pending", item.processor, pseudonym, detail))
                 item.state, item.detail = TaskState.manual_pending, "send the generated request; confirm with evidence"
+                # From now on the text is there to send: reminders count from here.
+                item.requested_at = item.requested_at or now
                 release(item)
                 counts[TaskState.manual_pending.value] += 1
             else:
@@ -220,20 +224,21 @@ class Outcome:
     detail: str = ""
 
 
-def _attempt(handler: Any, ctx: Context, ref: TaskRef, policy: Policy) -> Outcome:
+def _attempt(eraser: Any, clients: Clients, target: Target, ref: TaskRef, now: datetime, policy: Policy) -> Outcome:
     """Erase, or only read back an accepted deletion; what happened, never raising for the
     processor's failures (they are this task's outcome, not the run's)."""
     asked = False
     try:
+        client = clients.get(ref.processor)  # a configuration failure is this task's outcome
         if ref.state == TaskState.awaiting_processor:
-            if handler.verify(ctx, ref):
+            if eraser.verify(client, target):
                 return Outcome(TaskState.verified, False)
-            stale = ref.requested_at is None or ctx.now - ref.requested_at > policy.reissue_after
-            if handler.asynchronous and not stale:
+            stale = ref.requested_at is None or now - ref.requested_at > policy.reissue_after
+            if eraser.asynchronous and not stale:
                 return Outcome(TaskState.awaiting_processor, False)
         asked = True
-        result = handler.erase(ctx, ref)
-        if result == AWAITING and handler.verify(ctx, ref):
+        result = eraser.erase(client, target)
+        if result == AWAITING and eraser.verify(client, target):
             result = VERIFIED
         state = TaskState.verified if result == VERIFIED else TaskState.awaiting_processor
         return Outcome(state, asked)
@@ -253,8 +258,11 @@ def _attempt(handler: Any, ctx: Context, ref: TaskRef, policy: Policy) -> Outcom
         return Outcome(TaskState.failed, asked, None, f"unexpected {type(exc).__name__}")
 
 
-def _load(task_ids: Sequence[uuid.UUID], owner: str) -> dict[uuid.UUID, tuple[TaskRef, SubjectRef]]:
-    """Snapshots of the tasks this owner still holds, with their subjects, in one read."""
+def _load(
+    task_ids: Sequence[uuid.UUID], owner: str, settings: Any
+) -> dict[uuid.UUID, tuple[TaskRef, SubjectRef, Target]]:
+    """Snapshots of the tasks this owner still holds, with their subjects and what their
+    erasers need (the controller's records the catalogue's purpose names), in one read."""
     with transaction() as session:
         rows = session.exec(
             select(ErasureTask, DataSubject)
@@ -262,7 +270,13 @@ def _load(task_ids: Sequence[uuid.UUID], owner: str) -> dict[uuid.UUID, tuple[Ta
             .join(DataSubject, col(DataSubject.id) == col(ErasureRequest.subject_id))
             .where(col(ErasureTask.id).in_(list(task_ids)), ErasureTask.claimed_by == owner)
         ).all()
-        return {item.id: (TaskRef.of(item), SubjectRef.of(subject)) for item, subject in rows}
+        loaded = {}
+        for item, subject in rows:
+            ref, who = TaskRef.of(item), SubjectRef.of(subject)
+            purpose = catalogue.purpose_of(item.processor, item.purpose)
+            local = local_records(session, purpose.local if purpose else None, subject.id, item.purpose)
+            loaded[item.id] = (ref, who, ref.target(who, settings, local))
+        return loaded
 
 
 def _record(
@@ -331,17 +345,17 @@ def erase_at_processor(
     Takes ids only; each outcome commits on its own, so what is done stays done if a later
     task of the batch fails.
     """
-    handler = HANDLERS[processor]
+    eraser = handler_for(processor, policy)
+    assert eraser is not None, "claim_work hands only processors with an eraser to this task"
     counts: Counter[str] = Counter()
-    snapshots = _load(task_ids, owner)
+    snapshots = _load(task_ids, owner, clients.settings)
     for task_id in task_ids:
         if task_id not in snapshots:
             counts["claim_lost"] += 1
             continue
-        ref, subject = snapshots[task_id]
+        ref, subject, target = snapshots[task_id]
         started = utcnow()
-        ctx = Context(clients.settings, clients, subject, started)
-        outcome = _attempt(handler, ctx, ref, policy)
+        outcome = _attempt(eraser, clients, target, ref, started, policy)
         if _record(task_id, owner, outcome, subject.pseudonym, clients, processor, started):
             counts[str(outcome.state)] += 1
         else:
@@ -552,6 +566,15 @@ def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
     with transaction() as session:
         for request_id in completed:
             publish_report(session, request_id)
+    reminded = remind_manual(today, utcnow())
+    if reminded:
+        counts["manual_reminders"] = len(reminded)
+        # Request ids only; the reminder's text (it holds the address) is for the officer.
+        logger.warning(
+            "%d manual erasure(s) unconfirmed: send the reminder (psync erasure status <id>): %s",
+            len(reminded),
+            ", ".join(sorted({str(r) for r in reminded})),
+        )
     logger.info("follow-up: %s", dict(counts))
     if counts.get(TaskState.failed):
         logger.warning("%d processor erasure(s) failed; asked again on the next run", counts[TaskState.failed])
@@ -780,11 +803,45 @@ def manual_requests(session: Session, request_id: uuid.UUID | str) -> list[dict]
             "task_id": str(item.id),
             "processor": item.processor,
             "purpose": item.purpose,
-            "text": manual_request_text(item, subject, request, policy.manual.get(item.processor)),
+            "text": manual_request_text(item, subject, request, policy.manual.get(item.processor), item.attempts),
+            "reminders": item.attempts,
         }
         for item in tasks_of(session, request.id)
         if item.state == TaskState.manual_pending
     ]
+
+
+def remind_manual(today: date, now: datetime) -> list[uuid.UUID]:
+    """Flag every manual erasure whose confirmation is overdue for a reminder; the request ids.
+
+    A manual request not confirmed ``erasure_manual_reminder_days`` Berlin calendar days after
+    its text was made available is due for a reminder, and again after as many days more.
+    Each reminder is counted on the task (``manual_requests`` then gives the reminder's
+    text) and audited; nothing is sent from here (a person sends it).
+    """
+    policy = policy_from_settings(get_settings())
+    reminded: list[uuid.UUID] = []
+    with transaction() as session:
+        pending = list(session.exec(select(ErasureTask).where(ErasureTask.state == TaskState.manual_pending)))
+        due = [t for t in pending if reminder_due(t, policy, today)]
+        pseudonyms = _pseudonyms(session, {t.request_id for t in due})
+        events = []
+        for item in due:
+            item.attempts += 1
+            item.updated_at = now
+            item.detail = f"reminder {item.attempts} due {today}: send it; confirm with evidence"
+            reminded.append(item.request_id)
+            events.append(
+                decision(
+                    "erasure.manual_reminder",
+                    "due",
+                    item.processor,
+                    pseudonyms[item.request_id],
+                    f"request={item.request_id} purpose={item.purpose} reminder={item.attempts}",
+                )
+            )
+        write_audit(session, events)
+    return reminded
 
 
 def confirm_manual(session: Session, task_id: uuid.UUID | str, evidence: str, now: datetime) -> ErasureTask:

@@ -144,6 +144,16 @@ LABELS: dict[str, Label] = {
         "Löschanträge abgeschlossen (auch hier gelöscht)",
         "Erasure requests completed (erased here too)",
     ),
+    "manual_reminders": Label(
+        "Manuelle Löschanfragen unbestätigt: Erinnerung senden",
+        "Manual erasure requests unconfirmed: send the reminder",
+    ),
+    # deletion rules (flows/retention.py) ---------------------------------------------------
+    "retention_due": Label("Nach Löschregel fällig", "Due under a deletion rule"),
+    "retention_deleted": Label("Beim Auftragsverarbeiter gelöscht und geprüft", "Deleted at the processor, verified"),
+    "retention_awaiting": Label("Löschung angenommen, Prüfung folgt", "Deletion accepted, read back later"),
+    "retention_failed": Label("Löschung fehlgeschlagen, nächster Lauf", "Deletion failed, the next run tries again"),
+    "retention_overdue": Label("Über die Löschfrist hinaus gespeichert", "Kept past the deletion period"),
     # erasure requests: urgency (models.erasure.Urgency) -----------------------------------
     "on_time": Label("Offene Löschanträge, Frist gewahrt", "Open erasure requests, on time"),
     "due_soon": Label(
@@ -223,6 +233,13 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "completed",
     ),
     "watch-erasure-deadlines": ("on_time", "due_soon", "overdue", "held_lawfully"),
+    "enforce-retention": (
+        "retention_due",
+        "retention_deleted",
+        "retention_awaiting",
+        "retention_failed",
+        "retention_overdue",
+    ),
 }
 
 

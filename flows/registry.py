@@ -19,6 +19,7 @@ FLOWS: dict[str, str] = {
     "fan-out-erasure": "flows.erasure:fan_out_erasure",
     "follow-up-erasures": "flows.erasure:follow_up_erasures",
     "watch-erasure-deadlines": "flows.erasure:watch_erasure_deadlines",
+    "enforce-retention": "flows.retention:enforce_retention",
 }
 
 

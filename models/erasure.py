@@ -319,6 +319,45 @@ def open_request_of(session: Session, subject_id: uuid.UUID) -> ErasureRequest |
     ).first()
 
 
+# What the catalogue's purposes ask for (core.catalogue.Purpose.local / .hold_while),
+# by the names they give: the controller's records, read in models where they live.
+def _appointments(session: Session, subject_id: uuid.UUID, purpose: str) -> tuple[tuple[str, str | None], ...]:
+    """The subject's bookings not yet deleted at TIMIFY: (booking ref, appointment id or None)."""
+    rows = session.exec(
+        select(Booking.booking_ref, Booking.timify_appointment_id).where(
+            Booking.subject_id == subject_id,
+            col(Booking.timify_deleted_at).is_(None),
+        )
+    )
+    return tuple((ref, appointment) for ref, appointment in rows)
+
+
+def _order_in_progress(session: Session, purpose: str) -> str | None:
+    """A student-ID order still at the issuer without a card: its data are still needed."""
+    ref = purpose.partition(":")[2]
+    order = session.exec(select(IsicOrder).where(IsicOrder.order_ref == ref)).first()
+    if order is not None and order.status in (OrderStatus.received, OrderStatus.forwarded):
+        return "ISIC order in progress"
+    return None
+
+
+LOCAL_RECORDS = {"appointments": _appointments}
+HOLD_CHECKS = {"order_in_progress": _order_in_progress}
+
+
+def local_records(
+    session: Session, kind: str | None, subject_id: uuid.UUID, purpose: str
+) -> tuple[tuple[str, str | None], ...]:
+    """The controller's records of `kind` an erasure at a processor needs (empty: none)."""
+    return LOCAL_RECORDS[kind](session, subject_id, purpose) if kind else ()
+
+
+def hold_reason(session: Session, kind: str | None, purpose: str) -> str | None:
+    """Why the data of `purpose` must be kept right now (a lawful need the check `kind`
+    finds), or None."""
+    return HOLD_CHECKS[kind](session, purpose) if kind else None
+
+
 def sync_tasks(session: Session, request: ErasureRequest, now: datetime) -> int:
     """Bring the request's tasks in line with the register; returns how many changed.
 

@@ -27,6 +27,7 @@ from operator import attrgetter
 from sqlalchemy import TextClause, UniqueConstraint, bindparam, text, update
 from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
+from core.catalogue import co_recipients
 from models.db import skip_locked
 from models.subjects import DataSubject
 from models.types import UTCDateTime, classify, new_id
@@ -141,9 +142,14 @@ def _insert_rows(
     The rows go in as one JSON array of [subject id, external id], unpacked by the database
     (``_json_rows``), their new ids made there too: bound row by row, Python's binding and
     type processing cost more than the database's own work.
+
+    Whoever works on this processor's data for the purpose (``core.catalogue``: USU on the
+    newsletter at CleverReach) gets a "may hold" row too, in the same transaction.
     """
     if not subjects:
         return
+    for other in co_recipients(processor, purpose):
+        _insert_rows(session, _write_ahead, other, purpose, dict.fromkeys(subjects), now, confirmed_at=None)
     # In subject order: both indexes the statement touches are keyed by subject, and sorted
     # inserts reuse the pages they just read instead of fetching one per row.
     ordered = sorted(subjects, key=attrgetter("int"))

@@ -141,8 +141,17 @@ def run_erasures(base: str, key: bytes, folder: Path) -> bool:
     """Seed the people everywhere, erase them, print their reports; True when nothing is left."""
     import requests
 
-    from flows.erasure import fan_out_erasure, follow_up_erasures, open_erasure_request, render_markdown, report
+    from flows.erasure import (
+        confirm_manual,
+        fan_out_erasure,
+        follow_up_erasures,
+        manual_requests,
+        open_erasure_request,
+        render_markdown,
+        report,
+    )
     from models.db import transaction
+    from models.types import utcnow
 
     seed_everywhere(base, key, folder)
     print(f"scene       {len(PEOPLE)} people at CleverReach, TIMIFY, Flexperto, the ISIC issuer and Nect")
@@ -157,6 +166,14 @@ def run_erasures(base: str, key: bytes, folder: Path) -> bool:
             step("erase", fan_out_erasure(request_id=str(request_ids[-1])))
         except Exception as exc:  # noqa: BLE001 - a processor still open is visible, and followed up below
             print(f"erase       run failed visibly: {type(exc).__name__}")
+    # USU builds the newsletter on CleverReach's data and has no API: the officer sends the
+    # generated letter and confirms USU's answer with evidence (here at once, for the demo).
+    with transaction() as session:
+        manual = [item for rid in request_ids for item in manual_requests(session, rid)]
+    for item in manual:
+        with transaction() as session:
+            confirm_manual(session, item["task_id"], "Demo: Bestätigung per E-Mail", utcnow())
+    print(f"manual      {len(manual)} request(s) to {', '.join(sorted({i['processor'] for i in manual}))} confirmed")
     step("follow-up", follow_up_erasures())
     with transaction() as session:
         reports = [report(session, rid) for rid in request_ids]

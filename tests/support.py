@@ -60,3 +60,25 @@ def receivers_sent(details) -> int:
         assert key == "receivers", detail
         total += int(value)
     return total
+
+
+def confirm_manual_tasks(request_ids=None, evidence: str = "Bestätigung per E-Mail vom 3. März") -> int:
+    """A person confirms every manual erasure task (of these requests, or of all): USU, who
+    builds the newsletter on CleverReach's data, is a recipient whenever CleverReach is
+    (core.catalogue), and has no API. Returns how many were confirmed."""
+    from sqlmodel import col, select
+
+    from flows import erasure
+    from models.db import transaction
+    from models.erasure import ErasureTask, TaskState
+    from models.types import utcnow
+
+    with transaction() as session:
+        query = select(ErasureTask.id).where(ErasureTask.state == TaskState.manual_pending)
+        if request_ids is not None:
+            query = query.where(col(ErasureTask.request_id).in_(list(request_ids)))
+        pending = list(session.exec(query))
+    for task_id in pending:
+        with transaction() as session:
+            erasure.confirm_manual(session, task_id, evidence, utcnow())
+    return len(pending)

@@ -140,6 +140,7 @@ BOUNDS = {
     ("purge-video-chat-data", "as_of"): {"type": "string", "format": "date"},
     ("follow-up-erasures", "as_of"): {"type": "string", "format": "date"},
     ("watch-erasure-deadlines", "as_of"): {"type": "string", "format": "date"},
+    ("enforce-retention", "as_of"): {"type": "string", "format": "date"},
 }
 
 

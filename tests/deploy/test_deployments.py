@@ -30,7 +30,7 @@ from models.types import utcnow
 from psync.demo_erasure import _lines
 from psync.stack import Stack
 
-from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
+from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, confirm_manual_tasks, sandbox_state
 
 PEOPLE = [
     ("depl.eins@example.de", "Anna", "Einsatz", "+49 170 5550911", "DE02120300000000202051"),
@@ -144,7 +144,7 @@ def test_every_deployment_runs_from_the_server_through_a_worker(as_worker, tmp_p
 
     # The deployments the UI lists carry their typed forms and schedules.
     names = {d["name"] for d in _api(stack, "POST", "/deployments/filter")}
-    assert len(names) == 11
+    assert len(names) == 12
     form = deployment(stack, "fan-out-erasure")["parameter_openapi_schema"]["properties"]
     assert {"email", "insurance_number", "subject_id", "received_at", "channel", "reference"} <= set(form)
     assert deployment(stack, "sync-newsletter-consents")["schedules"]
@@ -181,6 +181,10 @@ def test_every_deployment_runs_from_the_server_through_a_worker(as_worker, tmp_p
         purge_student_id_documents={"as_of": later},
         sync_newsletter_consents={},
     )
+    # The deletion rules: TIMIFY customers go 30 days after their last appointment; nothing
+    # is left past any rule's period (the purges above ran first).
+    completed(stack, enforce_retention={"as_of": later})
+    assert sandbox_state(sandbox)["timify"]["customers"] == {}
     erasure = start(stack, "fan-out-erasure", email=PEOPLE[1][0], channel="letter", reference="Brief vom 20.11.")
     (run,) = wait(stack, erasure)
     # Completed, or failed visibly while a processor deletes asynchronously; the follow-up
@@ -188,6 +192,7 @@ def test_every_deployment_runs_from_the_server_through_a_worker(as_worker, tmp_p
     assert run["state"]["type"] in {"COMPLETED", "FAILED"}, run["state"]
     assert PEOPLE[1][0] not in json.dumps(run["parameters"])  # the form's e-mail is not kept
     requests.post(f"{sandbox}/_sandbox/isic/complete-deletions", timeout=10).raise_for_status()
+    confirm_manual_tasks()  # USU builds the newsletter at CleverReach: no API, the officer confirms
     completed(stack, follow_up_erasures={})
 
     state = sandbox_state(sandbox)

@@ -11,10 +11,10 @@ import requests
 from sqlmodel import select
 from typer.testing import CliRunner
 
+from connectors.flexperto import FlexpertoEraser
 from connectors.timify import Timify
 from connectors.transport import FatalError, RetriableError
 from flows import bookings, erasure
-from flows.erasure_processors import FlexpertoHandler
 from flows.intake import intake_lines
 from models.audit import AuditEntry, verify
 from models.bookings import Booking
@@ -341,7 +341,7 @@ def test_a_reschedule_while_the_erasure_is_open_is_held_and_recreates_nothing(ag
     def stuck(self, ctx, task):
         raise RetriableError("flexperto", "customers.delete", 503, 5)
 
-    monkeypatch.setattr(FlexpertoHandler, "erase", stuck)
+    monkeypatch.setattr(FlexpertoEraser, "erase", stuck)
     with pytest.raises(RuntimeError, match="flexperto"):
         erasure.fan_out_erasure(email="geht@example.de", channel="portal")
     assert timify_state(against_sandbox)["customers"] == {}  # TIMIFY verified, the request still open

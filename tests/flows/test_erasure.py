@@ -19,11 +19,13 @@ from sqlalchemy import select as sa_select
 from sqlmodel import SQLModel, select
 
 from connectors import cleverreach, nect
+from connectors.erasure import erasers
+from connectors.timify import TimifyEraser
 from connectors.transport import RetriableError
 from core.clock import berlin_today
 from core.settings import get_settings
 from flows import bookings, erasure, student_id
-from flows.erasure_processors import HANDLERS, Hold, Policy, TimifyHandler
+from flows.erasure_processors import Hold, Policy
 from flows.intake import intake_lines
 from models.audit import AuditEntry, verify
 from models.db import get_engine, transaction
@@ -35,6 +37,7 @@ from models.types import utcnow
 from psync.sandbox_env import SERVICE_POINTS
 
 from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, sandbox_state
+from support import confirm_manual_tasks as support_confirm
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 KEY = TEST_KEY.encode()
@@ -269,6 +272,10 @@ def calls(url) -> dict[str, dict[str, int]]:
     return {name: dict(state[name]["calls"]) for name in ("cleverreach", "timify", "flexperto", "isic", "nect")}
 
 
+def confirm_manual_tasks(rid) -> int:
+    return support_confirm([rid])
+
+
 def audit_actions() -> set[tuple[str, str | None, str]]:
     with transaction() as session:
         return {(e.action, e.processor, e.outcome) for e in session.exec(select(AuditEntry))}
@@ -286,7 +293,8 @@ def test_a_subject_known_everywhere_is_erased_everywhere_verified_and_nobody_els
     rid = the_request()
     # CleverReach, TIMIFY and Flexperto delete at once and read back absent; the issuer and
     # Nect accept (202) and delete later: the request stays open until they read back 404.
-    assert counts == {"verified": 3, "awaiting_processor": 2, "completed": 0}
+    # USU (no API) builds the newsletter on CleverReach's data: a manual request.
+    assert counts == {"verified": 3, "awaiting_processor": 2, "manual_pending": 1, "completed": 0}
     status, states = request_state(rid)
     assert status == "open" and states == {
         "cleverreach": "verified",
@@ -294,8 +302,10 @@ def test_a_subject_known_everywhere_is_erased_everywhere_verified_and_nobody_els
         "flexperto": "verified",
         "isic": "awaiting_processor",
         "nect": "awaiting_processor",
+        "usu": "manual_pending",
     }
     assert subject_of(ANNA).first_name == ANNA.first  # our own copy goes last
+    assert confirm_manual_tasks(rid) == 1
 
     assert erasure.follow_up_erasures() == {"verified": 2, "completed": 1}
     status, states = request_state(rid)
@@ -323,8 +333,13 @@ def test_a_subject_known_everywhere_is_erased_everywhere_verified_and_nobody_els
 
     with transaction() as session:
         data = erasure.report(session, rid)
-    assert {r["processor"] for r in data["recipients"]} == {"cleverreach", "timify", "flexperto", "isic", "nect"}
-    assert all(r["verification"] == "read back: absent (404)" and r["verified_at"] for r in data["recipients"])
+    assert {r["processor"] for r in data["recipients"]} == {"cleverreach", "timify", "flexperto", "isic", "nect", "usu"}
+    assert all(
+        r["verification"]
+        == ("manual: Bestätigung per E-Mail vom 3. März" if r["processor"] == "usu" else "read back: absent (404)")
+        and r["verified_at"]
+        for r in data["recipients"]
+    )
     text = erasure.render_markdown(data)
     assert "| isic | student-id:ISIC-anna | gelöscht und geprüft / erased and verified |" in text
     assert "- Eingangsweg / channel: Brief / letter" in text and "- Aktenzeichen / reference: Brief vom 3. März" in text
@@ -337,6 +352,7 @@ def test_no_personal_data_in_logs_artifacts_run_parameters_or_any_table_after_er
     caplog.set_level(logging.DEBUG)
     caplog.clear()
     erasure.fan_out_erasure(email=ANNA.email, channel="email", reference="Az. 17-2026")
+    confirm_manual_tasks(the_request())
     erasure.follow_up_erasures()
     rid = the_request()
     assert request_state(rid)[0] == "completed"
@@ -379,7 +395,7 @@ def test_a_processor_down_for_the_whole_run_leaves_the_request_open_and_a_rerun_
     def down(self, ctx, task):
         raise RetriableError("timify", "customers.delete", 503, 5)
 
-    monkeypatch.setattr(TimifyHandler, "erase", down)
+    monkeypatch.setattr(TimifyEraser, "erase", down)
     with pytest.raises(RuntimeError, match="1 processor erasure"):
         erasure.fan_out_erasure(email=ANNA.email, channel="portal")
     rid = the_request()
@@ -390,6 +406,7 @@ def test_a_processor_down_for_the_whole_run_leaves_the_request_open_and_a_rerun_
     assert subject_of(ANNA).email == ANNA.email  # nothing of ours erased while one is open
 
     monkeypatch.undo()
+    assert confirm_manual_tasks(rid) == 1
     before = calls(url)
     assert erasure.fan_out_erasure(request_id=rid) == {"verified": 3, "completed": 1}
     after = calls(url)
@@ -553,7 +570,7 @@ def test_two_runs_of_the_same_request_at_once_call_each_processor_once(env, monk
 
     monkeypatch.setattr(erasure, "claim_work", claim_work)
     for name in ("cleverreach", "nect"):
-        monkeypatch.setattr(HANDLERS[name], "erase", waiting(HANDLERS[name]))
+        monkeypatch.setattr(erasers()[name], "erase", waiting(erasers()[name]))
     results, errors = [], []
 
     def run():
@@ -572,7 +589,8 @@ def test_two_runs_of_the_same_request_at_once_call_each_processor_once(env, monk
     state = calls(url)
     assert state["cleverreach"]["DELETE /v3/groups/{gid}/receivers/{email_or_id}"] == 1
     assert state["nect"]["DELETE /v1/cases/{uuid}"] == 1
-    assert sorted(map(len, results)) == [1, 3]  # {"completed": 0} and the one that worked
+    # {"completed": 0} and the one that worked (verified, awaiting, USU's manual task, completed)
+    assert sorted(map(len, results)) == [1, 4]
 
 
 def test_processors_are_asked_in_parallel(env, monkeypatch):
@@ -580,7 +598,7 @@ def test_processors_are_asked_in_parallel(env, monkeypatch):
     take_in(base, *_lines(ANNA)[:2])
     subject = subject_of(ANNA)
     with transaction() as session:
-        for processor in HANDLERS:
+        for processor in erasers():
             record_sent_many(session, processor, "x", {subject.id: f"{processor}-id"}, utcnow())
     spans: dict[str, tuple[float, float]] = {}
 
@@ -593,7 +611,7 @@ def test_processors_are_asked_in_parallel(env, monkeypatch):
 
         return erase
 
-    for handler in HANDLERS.values():
+    for handler in erasers().values():
         monkeypatch.setattr(handler, "erase", slow(handler))
     assert erasure.fan_out_erasure(email=ANNA.email) == {"verified": 5, "completed": 1}
     starts, ends = [s for s, _ in spans.values()], [e for _, e in spans.values()]
@@ -702,7 +720,7 @@ def test_a_failed_erasure_names_each_failed_processor_and_its_retry_resumes_by_i
     def down(self, ctx, task):
         raise RetriableError("timify", "customers.delete", 503, 5)
 
-    monkeypatch.setattr(TimifyHandler, "erase", down)
+    monkeypatch.setattr(TimifyEraser, "erase", down)
     with pytest.raises(RuntimeError):
         erasure.fan_out_erasure(email=ANNA.email, channel="letter", received_at="2026-11-20 14:30")
     run = _last_erasure_run()
@@ -738,6 +756,7 @@ def test_a_failed_erasure_names_each_failed_processor_and_its_retry_resumes_by_i
     assert states["timify"] == "fehlgeschlagen, wird wiederholt / failed, will be retried"
     assert states["cleverreach"] == "gelöscht und geprüft / erased and verified"
     monkeypatch.undo()
+    assert confirm_manual_tasks(rid) == 1
     # What Prefect's retry runs: the stored parameters, now the request id alone.
     assert erasure.fan_out_erasure(**run["parameters"]) == {"verified": 3, "completed": 1}
 
@@ -823,9 +842,120 @@ def test_after_an_erasure_the_sqlite_files_on_disk_hold_none_of_the_subjects_val
 
     assert found(markers) == set(markers)  # the search is not vacuous: before, they are all there
     erasure.fan_out_erasure(email=ANNA.email, channel="letter")
+    confirm_manual_tasks(the_request())
     assert erasure.follow_up_erasures()["completed"] == 1
     assert found(markers) == set()
     assert files[1].stat().st_size == 0  # checkpointed and truncated
     assert found([BERT.email, BERT.last, BERT.iban]) == {BERT.email, BERT.last, BERT.iban}
     with get_engine(database).connect() as connection:
         assert connection.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
+
+
+# the catalogue drives the fan-out ---------------------------------------------------------
+def test_the_erasure_flows_name_no_processor():
+    """Erasure is processor-agnostic: who erases how comes from the catalogue and the
+    connectors' ERASER declarations, never from a name in flows/erasure*.py."""
+    from core import catalogue
+
+    names = {p.key for p in catalogue.PROCESSORS} | {n.key for n in catalogue.NOT_RECIPIENTS}
+    names |= {p.legal_name.split()[0].strip("(),") for p in catalogue.PROCESSORS}
+    names |= {"TIMIFY", "Flexperto", "Emilie", "Crashlytics", "DOCYET"}
+    root = Path(__file__).resolve().parents[2] / "flows"
+    sources = sorted(root.glob("erasure*.py"))
+    assert len(sources) >= 3
+    import re
+
+    for source in sources:
+        text = source.read_text()
+        for name in names:
+            assert not re.search(rf"\b{re.escape(name)}\b", text, re.IGNORECASE), f"{source.name} names {name}"
+
+
+def test_every_api_processor_declares_its_eraser_in_its_connector_module():
+    from core import catalogue
+
+    found = erasers()
+    assert set(found) == set(catalogue.api_processors())
+    for key, eraser in found.items():
+        assert eraser.processor == key and type(eraser).__module__ == f"connectors.{key}"
+        assert callable(eraser.erase) and callable(eraser.verify) and isinstance(eraser.asynchronous, bool)
+
+
+def test_the_newsletter_job_makes_usu_a_recipient_beside_cleverreach(env):
+    from flows import newsletter
+
+    url, base = env
+    take_in(base, *_lines(ANNA)[:2])
+    newsletter.sync_newsletter_consents()
+    with transaction() as session:
+        rows = {(r.processor, r.purpose): r for r in session.exec(select(Recipient))}
+    assert set(rows) == {("cleverreach", "consent:newsletter"), ("usu", "consent:newsletter")}
+    assert rows["cleverreach", "consent:newsletter"].confirmed_at is not None
+    assert rows["usu", "consent:newsletter"].removed_at is None  # "may hold": USU works on it at CleverReach
+
+
+def test_usu_gets_the_german_request_reminders_on_a_settable_clock_and_a_confirmation_with_evidence(env, monkeypatch):
+    url, base = env
+    monkeypatch.setenv("PSYNC_ERASURE_MANUAL_REMINDER_DAYS", "10")
+    get_settings.cache_clear()
+    take_in(base, *_lines(ANNA)[:2])
+    push_newsletter(ANNA)
+    assert erasure.fan_out_erasure(email=ANNA.email, channel="letter") == {
+        "verified": 1,
+        "manual_pending": 1,
+        "completed": 0,
+    }
+    rid = the_request()
+    with transaction() as session:
+        (item,) = erasure.manual_requests(session, rid)
+    assert item["processor"] == "usu" and item["reminders"] == 0
+    text = item["text"]
+    assert text.startswith("An: USU GmbH, Berlin")
+    for needed in ("Art. 17 DSGVO", "Art. 19 DSGVO", "Art. 6 Abs. 1 lit. a DSGVO", str(rid), ANNA.email):
+        assert needed in text, needed
+
+    today = berlin_today(utcnow())
+    # Day 9 after the text was made available: no reminder; day 10: the first; day 19: none
+    # more; day 20: the second.
+    erasure.follow_up_erasures(as_of=today + timedelta(days=9))
+    with transaction() as session:
+        assert erasure.manual_requests(session, rid)[0]["reminders"] == 0
+    assert erasure.follow_up_erasures(as_of=today + timedelta(days=10))["manual_reminders"] == 1
+    assert "manual_reminders" not in erasure.follow_up_erasures(as_of=today + timedelta(days=19))
+    assert erasure.follow_up_erasures(as_of=today + timedelta(days=20))["manual_reminders"] == 1
+    with transaction() as session:
+        (item,) = erasure.manual_requests(session, rid)
+    assert item["reminders"] == 2 and "2. Erinnerung" in item["text"] and "Art. 19 DSGVO" in item["text"]
+    assert ("erasure.manual_reminder", "usu", "due") in audit_actions()
+
+    with transaction() as session, pytest.raises(ValueError, match="evidence"):
+        erasure.confirm_manual(session, uuid.UUID(item["task_id"]), "", utcnow())
+    with transaction() as session:
+        erasure.confirm_manual(session, uuid.UUID(item["task_id"]), "Schreiben der USU vom 4. März", utcnow())
+    status, states = request_state(rid)
+    assert status == "completed" and states == {"cleverreach": "verified", "usu": "verified"}
+    with transaction() as session:
+        rows = {r["processor"]: r["verification"] for r in erasure.report(session, rid)["recipients"]}
+    assert rows["usu"] == "manual: Schreiben der USU vom 4. März"
+    assert ("erasure.manual_confirm", "usu", "verified") in audit_actions()
+
+
+def test_emilie_call_notes_and_a_processor_configured_manual_get_the_manual_path(env, monkeypatch):
+    url, base = env
+    monkeypatch.setenv("PSYNC_ERASURE_MANUAL_PROCESSORS", json.dumps({"timify": "TerminApp GmbH, Datenschutz"}))
+    get_settings.cache_clear()
+    take_in(base, *_lines(ANNA)[:3])
+    bookings.push_bookings()
+    subject = subject_of(ANNA)
+    with transaction() as session:
+        record_sent_many(session, "emilie", "call:C-17", {subject.id: None}, utcnow())
+    before = calls(url)
+    counts = erasure.fan_out_erasure(email=ANNA.email, channel="phone")
+    assert counts == {"manual_pending": 2, "completed": 0}
+    assert calls(url)["timify"] == before["timify"]  # configured manual: not a call to its API
+    with transaction() as session:
+        texts = {i["processor"]: i["text"] for i in erasure.manual_requests(session, the_request())}
+    assert texts["emilie"].startswith("An: Milliways Infodesign GmbH (Telefonsekretariat Emilie®), Hannover")
+    assert "Annahme von Anrufen" in texts["emilie"] and "Art. 19 DSGVO" in texts["emilie"]
+    assert texts["timify"].startswith("An: TerminApp GmbH, Datenschutz")
+    assert "Art. 6 Abs. 1 Satz 1 lit. b und f DSGVO" in texts["timify"]

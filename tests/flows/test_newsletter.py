@@ -135,7 +135,12 @@ def test_local_withdrawal_stops_mailing_and_removes_the_receiver(against_sandbox
     # CleverReach holds the address for nothing else: removed from the account in bulk.
     assert (calls(against_sandbox, DELETE_BULK), calls(against_sandbox, DELETE_ONE)) == (1, 0)
     with transaction() as session:
-        row = session.exec(select(Recipient).join(DataSubject).where(DataSubject.email == "w@example.de")).one()
+        row = session.exec(
+            select(Recipient)
+            .where(Recipient.processor == "cleverreach")
+            .join(DataSubject)
+            .where(DataSubject.email == "w@example.de")
+        ).one()
         assert row.removed_at is not None
         removal = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.remove")).one()
         assert removal.detail == "newsletter, account-wide"
@@ -239,7 +244,7 @@ def test_a_crash_after_the_upsert_then_a_rerun_ends_exactly_right(against_sandbo
         newsletter.sync_newsletter_consents(batch_size=10, records_per_task=10)
     assert len(receivers(against_sandbox, "1001")) == 20  # batch 2 reached CleverReach...
     with transaction() as session:  # ...its commit did not happen here, but its write-ahead did
-        rows = session.exec(select(Recipient)).all()
+        rows = session.exec(select(Recipient).where(Recipient.processor == "cleverreach")).all()
         assert len(rows) == 20 and sum(r.confirmed_at is not None for r in rows) == 10
         assert all(r.removed_at is None for r in rows)  # "may hold" is live: an erasure asks there
     monkeypatch.setattr(newsletter, "record_confirmed_many", original)
@@ -249,7 +254,7 @@ def test_a_crash_after_the_upsert_then_a_rerun_ends_exactly_right(against_sandbo
     assert sorted(held) == sorted(f"k{i}@example.de" for i in range(30))
     assert all(r["active"] for r in held.values())
     with transaction() as session:
-        rows = session.exec(select(Recipient)).all()
+        rows = session.exec(select(Recipient).where(Recipient.processor == "cleverreach")).all()
         assert len(rows) == 30 and len({r.subject_id for r in rows}) == 30
         assert all(r.confirmed_at is not None for r in rows)
 
@@ -274,7 +279,7 @@ def test_a_crash_between_waves_rolls_the_whole_batch_back_and_a_rerun_ends_exact
     assert waves == [12, 12]
     with transaction() as session:
         # The batch's confirmations rolled back; what was written ahead of its calls stayed.
-        rows = session.exec(select(Recipient)).all()
+        rows = session.exec(select(Recipient).where(Recipient.processor == "cleverreach")).all()
         assert len(rows) == 30 and all(r.confirmed_at is None and r.removed_at is None for r in rows)
         assert (
             session.exec(
@@ -288,7 +293,7 @@ def test_a_crash_between_waves_rolls_the_whole_batch_back_and_a_rerun_ends_exact
     }
     held = receivers(against_sandbox, "1001")
     with transaction() as session:
-        rows = session.exec(select(Recipient)).all()
+        rows = session.exec(select(Recipient).where(Recipient.processor == "cleverreach")).all()
         assert len(rows) == len(held) == 30
         assert all(r.confirmed_at is not None for r in rows)  # "holds" now
         sent = session.exec(select(AuditEntry).where(AuditEntry.action == "newsletter.push")).all()
@@ -333,7 +338,11 @@ def test_a_failed_delete_keeps_the_register_row_live_for_the_next_run(against_sa
 
     monkeypatch.setattr(CleverReach, name, unavailable)
     with transaction() as session:
-        left = str(session.exec(select(Recipient.id).where(Recipient.removed_at.is_(None))).one())
+        left = str(
+            session.exec(
+                select(Recipient.id).where(Recipient.removed_at.is_(None), Recipient.processor == "cleverreach")
+            ).one()
+        )
     with pytest.raises(
         JobFailed, match=rf"removal: 0 record\(s\) parked, 1 to retry .*{left}: cleverreach receivers.{name}: HTTP 503"
     ):
@@ -342,7 +351,10 @@ def test_a_failed_delete_keeps_the_register_row_live_for_the_next_run(against_sa
     assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {"removed": 1}
     assert receivers(against_sandbox, "1001") == {}
     with transaction() as session:
-        assert all(r.removed_at is not None for r in session.exec(select(Recipient)).all())
+        assert all(
+            r.removed_at is not None
+            for r in session.exec(select(Recipient).where(Recipient.processor == "cleverreach")).all()
+        )
         failed = session.exec(
             select(AuditEntry).where(AuditEntry.action == "newsletter.remove", AuditEntry.outcome == "failed")
         ).all()
@@ -439,7 +451,7 @@ def test_a_returning_subject_keeps_one_register_row(against_sandbox):
     take_in(signup("r@example.de"), confirm("r@example.de"))
     newsletter.sync_newsletter_consents()
     with transaction() as session:
-        first = session.exec(select(Recipient)).one()
+        first = session.exec(select(Recipient).where(Recipient.processor == "cleverreach")).one()
     take_in(withdraw("r@example.de"))
     assert newsletter.sync_newsletter_consents()["removed"] == 1
     later = NOW + timedelta(minutes=5)
@@ -449,7 +461,9 @@ def test_a_returning_subject_keeps_one_register_row(against_sandbox):
     assert newsletter.sync_newsletter_consents()["pushed"] == 1
     held = receivers(against_sandbox, "1001")
     with transaction() as session:
-        again = session.exec(select(Recipient)).one()  # the upsert updated, not added
+        again = session.exec(
+            select(Recipient).where(Recipient.processor == "cleverreach")
+        ).one()  # the upsert updated, not added
     assert (again.id, again.first_sent_at) == (first.id, first.first_sent_at)
     assert again.removed_at is None and again.last_sent_at > first.last_sent_at
     assert "r@example.de" in held and again.confirmed_at > first.confirmed_at
@@ -463,7 +477,7 @@ def test_a_consent_confirmed_again_after_the_removals_were_listed_keeps_its_rece
     newsletter.sync_newsletter_consents()
     take_in(withdraw("back@example.de"))
     with transaction() as session:  # what the flow lists before it starts the removal task
-        ids = [r.id for r in session.exec(select(Recipient)).all()]
+        ids = [r.id for r in session.exec(select(Recipient).where(Recipient.processor == "cleverreach")).all()]
     later = NOW + timedelta(minutes=5)
     with transaction() as session:
         lines = [signup("back@example.de", at=later), confirm("back@example.de", at=later + timedelta(minutes=1))]
@@ -472,7 +486,7 @@ def test_a_consent_confirmed_again_after_the_removals_were_listed_keeps_its_rece
     assert newsletter.remove_batch.fn(client, "newsletter", "1001", ids) == {}
     assert receivers(against_sandbox, "1001")["back@example.de"]["active"] is True
     with transaction() as session:
-        assert session.exec(select(Recipient)).one().removed_at is None
+        assert session.exec(select(Recipient).where(Recipient.processor == "cleverreach")).one().removed_at is None
 
 
 # the helpers that overlap calls with database work ------------------------------------
@@ -652,7 +666,14 @@ def test_a_poison_consent_among_3000_is_parked_by_its_id_and_the_2999_others_go(
         [item] = session.exec(select(ParkedItem)).all()
         assert (item.record_id, item.state, item.operation) == (consent_id, "parked", "receivers.upsert")
         # Written ahead: an erasure finds the receiver it may have reached.
-        assert session.exec(select(Recipient).where(Recipient.subject_id == poison.id)).one().removed_at is None
+        assert (
+            session.exec(
+                select(Recipient).where(Recipient.processor == "cleverreach").where(Recipient.subject_id == poison.id)
+            )
+            .one()
+            .removed_at
+            is None
+        )
     assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {}  # the stream moved on
 
 

@@ -67,7 +67,7 @@ from reliability.procs import (
     sandbox_state,
     take_in,
 )
-from support import TEST_KEY
+from support import TEST_KEY, confirm_manual_tasks
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -293,6 +293,7 @@ def test_the_demo_workload_with_20_percent_faults_ends_exact_within_two_runs(cha
     def follow_up() -> dict:
         day.control("isic/complete-deletions")  # time passes: accepted deletions are done
         day.control("nect/complete-deletions")
+        confirm_manual_tasks(request_ids)  # USU (no API): the officer confirms it
         return erasure.follow_up_erasures()
 
     day.step("follow-up-erasures", follow_up, lambda counts: counts.get("failed") or _requests_open(request_ids))

@@ -69,7 +69,7 @@ from reliability.procs import (
     start_flow,
     take_in,
 )
-from support import TEST_KEY
+from support import TEST_KEY, confirm_manual_tasks
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -420,6 +420,7 @@ def test_erasure_fan_out_and_follow_up_killed_mid_run_then_run_again(crash_env, 
                 crashes.control("isic/complete-deletions")
                 crashes.control("nect/complete-deletions")
                 crashes.resume(erasure.follow_up_erasures)
+                confirm_manual_tasks(ids)  # USU (no API), as the officer confirms it
                 if _completed(ids):
                     break
         assert _completed(ids), f"round {r}: requests still open after two follow-ups"
@@ -588,6 +589,7 @@ def test_a_kill_at_every_call_index_then_an_erasure_of_everyone_leaves_nothing_a
             except RuntimeError:  # a deletion the issuer accepted is read back later
                 pass
     crashes.control("isic/complete-deletions")
+    confirm_manual_tasks()  # USU (no API), as the officer confirms it
     erasure.follow_up_erasures()  # also settles the call journals the killed runs left
     state = sandbox_state(url)
     # Every call a processor answered is in the audit trail, the killed runs' too (from

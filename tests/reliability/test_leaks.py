@@ -571,6 +571,10 @@ def play(scene: Scene) -> dict:
     scene.cli("erasure", "request", "--email", FRITZ.email, "--channel", "letter", "--reference", "AZ 18/26")
     # Two months on, Fritz's request (the issuer and Nect delete asynchronously) is overdue.
     scene.run("watch-erasure-deadlines", True, as_of=today + timedelta(days=60))
+    # The deletion rules months on (TIMIFY customers past their last appointment), and the
+    # monitor's check: whatever they find, nothing of a person in what they write.
+    scene.run("enforce-retention", None, as_of=today + timedelta(days=120))
+    scene.cli("retention", "check", "--as-of", (today + timedelta(days=120)).isoformat(), code=None)
     requests_opened = erasure_requests()
     assert len(requests_opened) == 3  # Erna's by the form, Heike's by intake, Fritz's by command
     for request_id in requests_opened:
