@@ -22,6 +22,7 @@ from prefect.states import Failed
 from sqlmodel import Session
 
 from connectors.transport import CallRecord, ProcessorError, redact
+from connectors.transport import in_flight as transport_in_flight
 from core.settings import get_settings
 from flows import labels
 from models.audit import Anchor, AuditEvent, append, append_anchor, current_anchor
@@ -305,8 +306,9 @@ def tally(results: Iterable[Mapping[str, int]]) -> dict[str, int]:
 
 
 @contextmanager
-def overlapped(calls: Iterable[Callable[[], T]], in_flight: int = 2) -> Iterator[Iterator[T]]:
-    """Run processor calls from worker threads, `in_flight` at a time, while the caller works.
+def overlapped(calls: Iterable[Callable[[], T]], in_flight: int | None = None) -> Iterator[Iterator[T]]:
+    """Run processor calls from worker threads, `in_flight` at a time (default
+    ``PSYNC_HTTP_IN_FLIGHT``; the processor's token bucket paces them), while the caller works.
 
     Yields an iterator of the calls' results, in the calls' order. Every call is queued at
     once, so the workers keep the processor busy while the caller records what the earlier
@@ -322,7 +324,8 @@ def overlapped(calls: Iterable[Callable[[], T]], in_flight: int = 2) -> Iterator
             for batch, answer in zip(batches, answers):
                 record(session, batch, answer)
     """
-    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="psync-http") as pool:
+    workers = in_flight or transport_in_flight(get_settings())
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="psync-http") as pool:
         pending: deque[Future[T]] = deque(pool.submit(copy_context().run, call) for call in calls)
 
         def results() -> Iterator[T]:
@@ -356,13 +359,15 @@ def collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def concurrently(call: Callable[[T], R], items: Sequence[T], workers: int = 4) -> list[R | ProcessorError]:
-    """``call(item)`` for every item, `workers` at a time; results in the items' order.
+def concurrently(call: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R | ProcessorError]:
+    """``call(item)`` for every item, `workers` at a time (default ``PSYNC_HTTP_IN_FLIGHT``);
+    results in the items' order.
 
     A processor error is returned in its item's place, so one failed call does not hide the
     outcome of the others; any other exception is raised. Rate limiting and retries stay in
     the HTTP layer, which is thread-safe.
     """
+    workers = workers or transport_in_flight(get_settings())
 
     def guarded(item: T) -> R | ProcessorError:
         try:

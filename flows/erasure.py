@@ -31,6 +31,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import partial
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task
@@ -44,7 +45,16 @@ from core.clock import berlin_today
 from core.settings import get_settings
 from flows import erasure_form as form
 from flows import journal
-from flows.common import JobFailed, call_events, counts_artifact, decision, one_line_failure, run_id, write_audit
+from flows.common import (
+    JobFailed,
+    call_events,
+    counts_artifact,
+    decision,
+    one_line_failure,
+    overlapped,
+    run_id,
+    write_audit,
+)
 from flows.erasure_form import Text
 from flows.erasure_processors import (
     AWAITING,
@@ -326,7 +336,9 @@ def _register_removed(session: Session, item: ErasureTask, now: datetime) -> Non
 def erase_at_processor(
     processor: str, task_ids: list[uuid.UUID], owner: str, clients: Clients, policy: Policy
 ) -> dict[str, int]:
-    """Ask one processor to erase, task after task (its rate limit holds), and read back.
+    """Ask one processor to erase, and read back: one person's tasks one after the other,
+    up to ``PSYNC_HTTP_IN_FLIGHT`` people at once, at the processor's rate (its one token
+    bucket in the HTTP layer).
 
     Takes ids only; each outcome commits on its own, so what is done stays done if a later
     task of the batch fails.
@@ -334,18 +346,35 @@ def erase_at_processor(
     handler = HANDLERS[processor]
     counts: Counter[str] = Counter()
     snapshots = _load(task_ids, owner)
+    counts["claim_lost"] += sum(1 for task_id in task_ids if task_id not in snapshots)
+    # One person's tasks here one after the other on one worker, several people at once:
+    # the processor's token bucket paces the calls, the outcomes are recorded on this thread
+    # as they come (each its own transaction; SQLite has one writer).
+    chains: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
     for task_id in task_ids:
-        if task_id not in snapshots:
-            counts["claim_lost"] += 1
-            continue
-        ref, subject = snapshots[task_id]
-        started = utcnow()
-        ctx = Context(clients.settings, clients, subject, started)
-        outcome = _attempt(handler, ctx, ref, policy)
-        if _record(task_id, owner, outcome, subject.pseudonym, clients, processor, started):
-            counts[str(outcome.state)] += 1
-        else:
-            counts["claim_lost"] += 1
+        if task_id in snapshots:
+            chains[snapshots[task_id][1].id].append(task_id)
+
+    def attempt(chain: list[uuid.UUID]) -> list[tuple[uuid.UUID, Outcome, datetime]]:
+        done = []
+        for task_id in chain:
+            ref, subject = snapshots[task_id]
+            started = utcnow()
+            done.append(
+                (task_id, _attempt(handler, Context(clients.settings, clients, subject, started), ref, policy), started)
+            )
+        return done
+
+    with overlapped(partial(attempt, chain) for chain in chains.values()) as answers:
+        for done in answers:
+            for task_id, outcome, started in done:
+                pseudonym = snapshots[task_id][1].pseudonym
+                if _record(task_id, owner, outcome, pseudonym, clients, processor, started):
+                    counts[str(outcome.state)] += 1
+                else:
+                    counts["claim_lost"] += 1
+    if not counts["claim_lost"]:
+        del counts["claim_lost"]
     get_run_logger().info("%s: %s", processor, dict(counts))
     return dict(counts)
 
