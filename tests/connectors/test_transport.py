@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import pickle
+import threading
 
 import cloudpickle
 import pytest
@@ -20,6 +21,7 @@ from connectors.transport import (
     RetryPolicy,
     TokenAuth,
     path,
+    processor_limiter,
     redact,
 )
 
@@ -273,6 +275,64 @@ def test_rate_limiter_spaces_calls_after_the_burst():
     assert waits == [0.5, 1.0]
     clock.now = 10.0
     assert limiter.acquire() == 0.0
+
+
+def test_one_bucket_counts_every_threads_calls_against_a_fake_clock():
+    # Eight threads take 25 tokens each while the clock stands still: 5 come free (the
+    # burst), every other one is a slot of its own, 1/50 s after the one before; none is
+    # given twice or lost, however the threads interleave. Nothing sleeps.
+    clock, waits = FakeClock(), []
+    limiter = RateLimiter(rate=50.0, burst=5, clock=clock, sleep=waits.append)
+    start = threading.Barrier(8, timeout=10)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(25):
+            limiter.acquire()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert limiter.granted == 200
+    assert sorted(waits) == pytest.approx([k / 50 for k in range(1, 196)])
+    # 3.9 s later the 195 reserved slots are used up: the next call waits 1/50 s again.
+    clock.now = 195 / 50
+    assert limiter.acquire() == pytest.approx(1 / 50)
+
+
+def test_every_client_of_a_processor_draws_from_the_one_bucket_of_its_processor(settings):
+    from connectors import isic, timify
+
+    first, second, other = timify.from_settings(settings), timify.from_settings(settings), isic.from_settings(settings)
+    assert first.http.limiter is second.http.limiter
+    assert first.http.limiter is processor_limiter("timify", settings.timify_rate_per_second)
+    assert other.http.limiter is not first.http.limiter
+    # Another rate in the settings: the same bucket, paced at the new rate.
+    assert processor_limiter("timify", 7.5) is first.http.limiter and first.http.limiter.rate == 7.5
+
+
+def test_calls_from_many_threads_are_all_in_the_call_log_and_drained_once():
+    clock, waits = FakeClock(), []
+    limiter = RateLimiter(rate=100.0, burst=1, clock=clock, sleep=waits.append)
+    http = client(limiter=limiter)
+    drained: list = []
+    with responses.RequestsMock() as mock:
+        mock.get(BASE + "/ping", json={})
+
+        def worker() -> None:
+            for _ in range(20):
+                http.request("ping", "GET", path("ping"))
+                drained.extend(http.drain_calls())
+
+        threads = [threading.Thread(target=worker) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    drained.extend(http.drain_calls())
+    assert len(drained) == 120 and limiter.granted == 120 and len(waits) == 119
 
 
 def test_redact_hides_emails_and_tokens():
