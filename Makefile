@@ -52,6 +52,8 @@ bench: install
 	$(BIN)/python -m bench.student_id
 	$(BIN)/python -m bench.erasure
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.report
 
 sandbox: install

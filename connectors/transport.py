@@ -280,7 +280,8 @@ def processor_limiter(processor: str, rate: float) -> RateLimiter:
 
 
 class TokenAuth(AuthBase):
-    """Bearer-style token auth: cached until shortly before expiry, refreshed once on 401.
+    """Bearer-style token auth: cached until shortly before expiry, refreshed once on 401
+    (a token another thread already replaced is not fetched again: see ``renewed``).
 
     `fetch` returns ``(token, lifetime_seconds)``; it gets its own plain session so a token
     request never recurses into this auth. `header`/`prefix` fit schemes like TIMIFY's raw
@@ -313,20 +314,53 @@ class TokenAuth(AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers[self.header] = self.prefix + self.token()
-        request.register_hook("response", self._retry_once_on_401)
+        request.register_hook("response", self._retry_on_401)
         return request
 
-    def _retry_once_on_401(self, response: requests.Response, **kwargs) -> requests.Response:
-        if response.status_code != 401 or getattr(response.request, "_psync_refreshed", False):
-            return response
-        response.content  # noqa: B018 - reading the body drains it, so the connection can be reused
-        retry = response.request.copy()
-        retry.headers[self.header] = self.prefix + self.token(force=True)
-        retry._psync_refreshed = True  # type: ignore[attr-defined]  # our marker on the copy, read above
-        new = response.connection.send(retry, **kwargs)
-        new.history.append(response)
-        new.request = retry
-        return new
+    def renewed(self, used: str, may_fetch: bool) -> tuple[str | None, bool]:
+        """The token to resend with after the header value `used` was refused with a 401,
+        and whether it was fetched for this.
+
+        Several threads share this auth: when another one already replaced the refused
+        token, its new one is taken rather than fetching yet another (which could revoke
+        that one under a thread still using it). Only a refused token that is still the
+        current one is replaced, and only if `may_fetch`; (None, False): give up (a token
+        this call fetched itself was refused: the credentials are wrong).
+        """
+        with self._lock:
+            if self._token is not None and self.prefix + self._token != used:
+                return self._token, False
+            if not may_fetch:
+                return None, False
+            token, lifetime = self.fetch()
+            self._token = token
+            self._expires = self.clock() + max(0.0, lifetime - self.leeway)
+            self.refreshes += 1
+            return token, True
+
+    def _retry_on_401(self, response: requests.Response, **kwargs) -> requests.Response:
+        # One new token per call at most; a few resends in all, for when other threads
+        # replace the token again between this call's resends.
+        fetched = False
+        for _ in range(_MOST_401_RESENDS):
+            if response.status_code != 401:
+                break
+            used = response.request.headers.get(self.header, "")
+            token, fetching = self.renewed(used if isinstance(used, str) else used.decode(), may_fetch=not fetched)
+            if token is None:
+                break
+            fetched = fetched or fetching
+            response.content  # noqa: B018 - reading the body drains it, so the connection can be reused
+            retry = response.request.copy()
+            retry.headers[self.header] = self.prefix + token
+            new = response.connection.send(retry, **kwargs)
+            new.history.append(response)
+            new.request = retry
+            response = new
+        return response
+
+
+_MOST_401_RESENDS = 3
 
 
 @dataclass(frozen=True)

@@ -250,6 +250,19 @@ def test_401_refreshes_the_token_once_and_resends():
     ]
 
 
+def test_a_token_another_thread_already_replaced_is_not_fetched_again():
+    # Two calls went out with tok1 and both got a 401: the first to come back fetches tok2,
+    # the second resends with tok2 instead of fetching tok3 (which could revoke tok2 under
+    # the first); a call refused with its own fresh token gives up.
+    fetch, issued = token_source()
+    auth = TokenAuth(fetch)
+    assert auth.token() == "tok1"
+    assert auth.renewed("Bearer tok1", may_fetch=True) == ("tok2", True)
+    assert auth.renewed("Bearer tok1", may_fetch=True) == ("tok2", False)
+    assert auth.renewed("Bearer tok2", may_fetch=False) == (None, False)
+    assert issued == ["tok1", "tok2"]
+
+
 @responses.activate
 def test_a_second_401_is_fatal_without_another_refresh(no_sleep):
     fetch, issued = token_source()
