@@ -13,6 +13,10 @@
 - ``python -m bench.erasure``: the erasure fan-out in parallel vs one processor after the other.
 - ``python -m bench.memory [--subscribers 1000000]``: the peak memory of a full newsletter sync
   in a process of its own, the database seeded directly (``bench.direct_seed``).
+- ``python -m bench.latency``: every job with answers after 100 ms and 50 calls/s per
+  processor: achieved calls/s against the configured rate (issue 19).
+- ``python -m bench.overhead``: the fixed cost of one ``psync run`` with nothing to do,
+  against a running Prefect server and on the temporary one (issue 19).
 - ``python -m bench.report``: ``bench/results/*.json`` -> ``bench/REPORT.md``.
 
 Everything is reported as ratios against the baseline measured in the same run, never as
