@@ -346,7 +346,8 @@ def erase_at_processor(
     handler = HANDLERS[processor]
     counts: Counter[str] = Counter()
     snapshots = _load(task_ids, owner)
-    counts["claim_lost"] += sum(1 for task_id in task_ids if task_id not in snapshots)
+    if lost := sum(1 for task_id in task_ids if task_id not in snapshots):
+        counts["claim_lost"] = lost
     # One person's tasks here one after the other on one worker, several people at once:
     # the processor's token bucket paces the calls, the outcomes are recorded on this thread
     # as they come (each its own transaction; SQLite has one writer).
@@ -373,8 +374,6 @@ def erase_at_processor(
                     counts[str(outcome.state)] += 1
                 else:
                     counts["claim_lost"] += 1
-    if not counts["claim_lost"]:
-        del counts["claim_lost"]
     get_run_logger().info("%s: %s", processor, dict(counts))
     return dict(counts)
 
