@@ -45,7 +45,7 @@ from sqlmodel import Session, col, select
 from connectors.transport import CallRecord, ProcessorError, in_flight
 from core.settings import get_settings
 from flows import journal
-from flows.common import JobFailed, call_events, decision, reason, write_audit
+from flows.common import JobFailed, Pace, call_events, decision, reason, write_audit
 from models.audit import AuditEvent
 from models.cursors import advance_cursor, get_cursor
 from models.db import transaction
@@ -160,10 +160,12 @@ def per_person(
     person: Callable[[Row], object],
     record_id: Callable[[Row], str],
     workers: int,
+    least: int = 1,
 ) -> dict[str, Exception]:
     """``deliver(row)`` for every row: one person's rows one after the other, in their
     order, on one worker thread (customer before appointment; cardholder, photo, card),
-    up to `workers` people at once. The HTTP layer's bucket paces every call to a
+    up to `workers` people at once, as many as the answers' time needs (``Pace``: one at a
+    time while they come at once). The HTTP layer's bucket paces every call to a
     processor, so `workers` only has to cover the answer time (``PSYNC_HTTP_IN_FLIGHT``).
 
     Returns the rows' own failures by record id, in the rows' order. A run-wide failure
@@ -185,13 +187,15 @@ def per_person(
     failures: dict[str, Exception] = {}
     stop = threading.Event()
     raised: list[BaseException] = []
+    pace = Pace(least, workers)  # one at a time while answers come at once
 
     def chain(own: list[Row]) -> None:
         for row in own:
             if stop.is_set():
                 return
             try:
-                deliver(row)
+                with pace.slot():
+                    deliver(row)
             except (ProcessorError, ValueError) as exc:
                 if run_wide(exc):
                     raised.append(exc)

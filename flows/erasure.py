@@ -366,7 +366,7 @@ def erase_at_processor(
             )
         return done
 
-    with overlapped(partial(attempt, chain) for chain in chains.values()) as answers:
+    with overlapped((partial(attempt, chain) for chain in chains.values()), least=1) as answers:
         for done in answers:
             for task_id, outcome, started in done:
                 pseudonym = snapshots[task_id][1].pseudonym

@@ -226,10 +226,19 @@ def test_several_people_at_once_each_customer_before_its_appointment_in_booking_
     # customer, appointment, customer, appointment (booking order).
     take_in(*[request(f"B-{n}-{i}", email=f"kunde{i}@example.de") for n in (1, 2) for i in range(16)])
     calls: list[tuple[str, str, str]] = []
+    at_once, most = [0], [0]
+    guard = threading.Lock()
     upsert_customer, upsert_appointment = Timify.upsert_customer, Timify.upsert_appointment
 
     def customer(self, external_id, *args, **kwargs):
-        found = upsert_customer(self, external_id, *args, **kwargs)
+        with guard:
+            at_once[0] += 1
+            most[0] = max(most[0], at_once[0])
+        try:
+            found = upsert_customer(self, external_id, *args, **kwargs)
+        finally:
+            with guard:
+                at_once[0] -= 1
         calls.append(("customer", external_id, threading.current_thread().name))
         return found
 
@@ -239,7 +248,12 @@ def test_several_people_at_once_each_customer_before_its_appointment_in_booking_
 
     monkeypatch.setattr(Timify, "upsert_customer", customer)
     monkeypatch.setattr(Timify, "upsert_appointment", appointment)
-    assert bookings.push_bookings()["pushed"] == 32
+    # Answers after 40 ms: the pool opens up to several people at once (``flows.common.Pace``).
+    requests.post(f"{against_sandbox}/_sandbox/faults", json={"latency_ms": 40}, timeout=5)
+    try:
+        assert bookings.push_bookings()["pushed"] == 32
+    finally:
+        requests.post(f"{against_sandbox}/_sandbox/faults", json={"latency_ms": 0}, timeout=5)
     with transaction() as session:
         subject_of = {b.booking_ref: str(b.subject_id) for b in session.exec(select(Booking))}
     for i in range(16):
@@ -252,7 +266,7 @@ def test_several_people_at_once_each_customer_before_its_appointment_in_booking_
             ("appointment", f"B-2-{i}"),
         ]
         assert len({thread for _, key, thread in calls if key in (subject, f"B-1-{i}", f"B-2-{i}")}) == 1
-    assert len({thread for _, _, thread in calls}) > 1
+    assert len({thread for _, _, thread in calls}) > 1 and most[0] > 1
     assert set(timify_state(against_sandbox)["creates"]["appointments"].values()) == {1}
 
 
