@@ -314,14 +314,16 @@ class Pace:
     More calls in flight only help while the workers wait for answers; when the processor
     answers at once (the sandbox on this machine), extra threads only fight over the one
     interpreter lock with the thread that does the database work, and a batch gets slower.
-    So the pool starts at `least` and, from the wall time of the units done (a moving
-    average), allows one worker more for every `per_worker` seconds a unit takes: 100 ms
-    answers open it up to `most`, answers in a few milliseconds keep it at `least`.
+    So the pool starts at `least` and allows one worker more for every `per_worker` seconds
+    the recent units took (the median of the last five, so one slow answer, a retry's
+    wait, does not open it): 100 ms answers open it up to `most`, answers in a few
+    milliseconds keep it at `least`.
 
     >>> pace = Pace(least=1, most=8)
+    >>> pace.observe(0.5)  # one slow answer
     >>> pace.limit
     1
-    >>> for _ in range(20):
+    >>> for _ in range(3):
     ...     pace.observe(0.2)  # two calls at 100 ms each
     >>> pace.limit
     8
@@ -330,16 +332,16 @@ class Pace:
     def __init__(self, least: int, most: int, per_worker: float = 0.015):
         self.least, self.most, self.per_worker = max(1, min(least, most)), max(1, most), per_worker
         self.limit = self.least
-        self._average: float | None = None
+        self._recent: deque[float] = deque(maxlen=5)
         self._active = 0
         self._changed = threading.Condition()
 
     def observe(self, seconds: float) -> None:
         """One unit took `seconds` (wall): adjust how many may be in flight."""
         with self._changed:
-            self._average = seconds if self._average is None else 0.8 * self._average + 0.2 * seconds
-            wanted = 1 + int(self._average / self.per_worker)
-            limit = max(self.least, min(self.most, wanted))
+            self._recent.append(seconds)
+            typical = sorted(self._recent)[len(self._recent) // 2] if len(self._recent) >= 3 else 0.0
+            limit = max(self.least, min(self.most, 1 + int(typical / self.per_worker)))
             if limit != self.limit:
                 self.limit = limit
                 self._changed.notify_all()

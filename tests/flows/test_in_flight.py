@@ -81,3 +81,6 @@ def test_the_pace_opens_up_for_slow_answers_and_stays_at_its_least_for_fast_ones
     for _ in range(30):
         slow.observe(0.004)
     assert slow.limit == 2  # and closes again when the answers speed up
+    for seconds in (0.004, 0.6, 0.004, 0.004, 0.7):
+        fast.observe(seconds)  # a retry's wait now and then is no reason to open up
+    assert fast.limit == 1
