@@ -705,7 +705,9 @@ def render(results: dict[str, dict], wall: str | None = None) -> str:
             sections += make(results[job], targets)
         else:
             sections += [f"## {job}", "", "Not run: no result in `bench/results/`.", ""]
-    env = next((r["environment"] for r in results.values() if r.get("environment")), {})
+    # The newest result's environment: sections measured earlier (another commit) say when.
+    measured = [r for r in results.values() if r.get("environment")]
+    env = max(measured, key=_when)["environment"] if measured else {}
     out = [
         "# Benchmark report",
         "",

@@ -280,8 +280,9 @@ def processor_limiter(processor: str, rate: float) -> RateLimiter:
 
 
 class TokenAuth(AuthBase):
-    """Bearer-style token auth: cached until shortly before expiry, refreshed once on 401
-    (a token another thread already replaced is not fetched again: see ``renewed``).
+    """Bearer-style token auth: cached until shortly before expiry, refreshed on a 401 (at
+    most twice per call; a token another thread already replaced is not fetched again:
+    see ``renewed``).
 
     `fetch` returns ``(token, lifetime_seconds)``; it gets its own plain session so a token
     request never recurses into this auth. `header`/`prefix` fit schemes like TIMIFY's raw
@@ -339,17 +340,21 @@ class TokenAuth(AuthBase):
             return token, True
 
     def _retry_on_401(self, response: requests.Response, **kwargs) -> requests.Response:
-        # One new token per call at most; a few resends in all, for when other threads
-        # replace the token again between this call's resends.
-        fetched = False
+        # A new token when the refused one is still current, at most twice per call: once
+        # for the expired token, once more when another thread's call had the new one
+        # revoked before this call's resend got through (a third refusal: the credentials);
+        # a few resends in all, for when other threads replace the token meanwhile.
+        fetched = 0
         for _ in range(_MOST_401_RESENDS):
             if response.status_code != 401:
                 break
             used = response.request.headers.get(self.header, "")
-            token, fetching = self.renewed(used if isinstance(used, str) else used.decode(), may_fetch=not fetched)
+            token, fetching = self.renewed(
+                used if isinstance(used, str) else used.decode(), may_fetch=fetched < _MOST_401_FETCHES
+            )
             if token is None:
                 break
-            fetched = fetched or fetching
+            fetched += fetching
             response.content  # noqa: B018 - reading the body drains it, so the connection can be reused
             retry = response.request.copy()
             retry.headers[self.header] = self.prefix + token
@@ -360,7 +365,8 @@ class TokenAuth(AuthBase):
         return response
 
 
-_MOST_401_RESENDS = 3
+_MOST_401_RESENDS = 4
+_MOST_401_FETCHES = 2
 
 
 @dataclass(frozen=True)

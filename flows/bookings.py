@@ -146,11 +146,6 @@ class _Batch:
         self.sent: dict[uuid.UUID, str] = {}
         self.lock = threading.RLock()
 
-    def decide(self, count: str, event: AuditEvent) -> None:
-        with self.lock:
-            self.counts[count] += 1
-            self.events.append(event)
-
     def _customer_ids(self) -> dict[uuid.UUID, str | None]:
         rows = self.session.exec(
             select(Recipient.subject_id, Recipient.external_id).where(
@@ -165,17 +160,18 @@ class _Batch:
         subject = self.subjects[booking.subject_id]
         if not subject.email:
             # Erased meanwhile: nothing of the person may leave any more.
-            self.decide(
-                "skipped_erased",
-                decision(
-                    "booking.push",
-                    "skipped",
-                    timify.PROCESSOR,
-                    subject.pseudonym,
-                    booking=booking.booking_ref,
-                    channel=booking.channel,
-                ),
-            )
+            with self.lock:
+                self.counts["skipped_erased"] += 1
+                self.events.append(
+                    decision(
+                        "booking.push",
+                        "skipped",
+                        timify.PROCESSOR,
+                        subject.pseudonym,
+                        booking=booking.booking_ref,
+                        channel=booking.channel,
+                    )
+                )
             return
         service, resources = _placement(self.settings, booking)
         customer = self.clients.timify.upsert_customer(
@@ -194,17 +190,17 @@ class _Batch:
         )
         with self.lock:
             booking.timify_appointment_id = appointment
-        self.decide(
-            "pushed",
-            decision(
-                "booking.push",
-                "sent",
-                timify.PROCESSOR,
-                subject.pseudonym,
-                booking=booking.booking_ref,
-                channel=booking.channel,
-            ),
-        )
+            self.counts["pushed"] += 1
+            self.events.append(
+                decision(
+                    "booking.push",
+                    "sent",
+                    timify.PROCESSOR,
+                    subject.pseudonym,
+                    booking=booking.booking_ref,
+                    channel=booking.channel,
+                )
+            )
         if booking.channel == Channel.video:
             self._register_video(booking, subject)
 
@@ -216,17 +212,18 @@ class _Batch:
                 booking.start_at, booking.duration_min, self.settings.video_chat_retention_days
             )
             record_sent_many(self.session, flexperto.PROCESSOR, booking.video_purpose, {subject.id: customer}, self.now)
-        self.decide(
-            "video_registered",
-            decision(
-                "video.register",
-                "sent",
-                flexperto.PROCESSOR,
-                subject.pseudonym,
-                booking=booking.booking_ref,
-                channel=booking.channel,
-            ),
-        )
+        with self.lock:
+            self.counts["video_registered"] += 1
+            self.events.append(
+                decision(
+                    "video.register",
+                    "sent",
+                    flexperto.PROCESSOR,
+                    subject.pseudonym,
+                    booking=booking.booking_ref,
+                    channel=booking.channel,
+                )
+            )
 
     def cancel(self, booking: Booking) -> None:
         subject = self.subjects[booking.subject_id]
@@ -239,17 +236,18 @@ class _Batch:
                 self._register_lost_customer(subject)
             if appointment is not None:
                 self.clients.timify.delete_appointments([appointment])
-                self.decide(
-                    "cancelled",
-                    decision(
-                        "booking.cancel",
-                        "deleted",
-                        timify.PROCESSOR,
-                        subject.pseudonym,
-                        booking=booking.booking_ref,
-                        channel=booking.channel,
-                    ),
-                )
+                with self.lock:
+                    self.counts["cancelled"] += 1
+                    self.events.append(
+                        decision(
+                            "booking.cancel",
+                            "deleted",
+                            timify.PROCESSOR,
+                            subject.pseudonym,
+                            booking=booking.booking_ref,
+                            channel=booking.channel,
+                        )
+                    )
             with self.lock:
                 booking.timify_deleted_at = self.now
         if booking.channel == Channel.video and not booking.flexperto_customer_id and booking.chat_purged_at is None:
@@ -278,32 +276,34 @@ def purge_chat(batch: _Batch, booking: Booking, pseudonym: str) -> bool:
     """Delete what Flexperto holds about this booking's chat; record it only when verified."""
     assert booking.flexperto_customer_id is not None
     if not batch.clients.flexperto.purge(booking.flexperto_customer_id):
-        batch.decide(
-            "purge_not_verified",
-            decision(
-                "video.purge",
-                "not_verified",
-                flexperto.PROCESSOR,
-                pseudonym,
-                booking=booking.booking_ref,
-                channel=booking.channel,
-            ),
-        )
+        with batch.lock:
+            batch.counts["purge_not_verified"] += 1
+            batch.events.append(
+                decision(
+                    "video.purge",
+                    "not_verified",
+                    flexperto.PROCESSOR,
+                    pseudonym,
+                    booking=booking.booking_ref,
+                    channel=booking.channel,
+                )
+            )
         return False
     with batch.lock:  # a worker's (push-bookings) or the task's own thread (the purge)
         booking.chat_purged_at = batch.now
         record_removed_for(batch.session, booking.subject_id, flexperto.PROCESSOR, booking.video_purpose, batch.now)
-    batch.decide(
-        "chat_purged",
-        decision(
-            "video.purge",
-            "verified",
-            flexperto.PROCESSOR,
-            pseudonym,
-            booking=booking.booking_ref,
-            channel=booking.channel,
-        ),
-    )
+    with batch.lock:
+        batch.counts["chat_purged"] += 1
+        batch.events.append(
+            decision(
+                "video.purge",
+                "verified",
+                flexperto.PROCESSOR,
+                pseudonym,
+                booking=booking.booking_ref,
+                channel=booking.channel,
+            )
+        )
     return True
 
 
