@@ -53,6 +53,8 @@ bench: install
 	$(BIN)/python -m bench.erasure
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.intake
+	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.report
 
 sandbox: install

@@ -16,6 +16,10 @@
 - ``python -m bench.intake [--subjects 100000] [--orders 1000]``: intake of a file chunk by
   chunk (consent lines/s against the one-transaction path, re-import, peak memory of
   student-ID orders with maximum-size uploads).
+- ``python -m bench.latency``: every job with answers after 100 ms and 50 calls/s per
+  processor: achieved calls/s against the configured rate (issue 19).
+- ``python -m bench.overhead``: the fixed cost of one ``psync run`` with nothing to do,
+  against a running Prefect server and on the temporary one (issue 19).
 - ``python -m bench.report``: ``bench/results/*.json`` -> ``bench/REPORT.md``.
 
 Everything is reported as ratios against the baseline measured in the same run, never as

@@ -42,6 +42,8 @@ def load(folder: Path = RESULTS) -> dict[str, dict]:
         "erasure": "erasure",
         "memory": "memory",
         "intake": "intake",
+        "latency": "latency",
+        "overhead": "overhead",
     }
     found = {}
     for job, name in names.items():
@@ -621,6 +623,151 @@ def intake(r: dict, targets: Targets) -> list[str]:
     return out
 
 
+LATENCY_JOBS = {
+    "bookings": "push-bookings",
+    "student_id": "forward-student-id-orders",
+    "newsletter_push": "sync-newsletter-consents, push",
+    "newsletter_removal": "sync-newsletter-consents, removal",
+    "erasure_follow_up": "follow-up-erasures",
+}
+
+
+def latency(r: dict, targets: Targets) -> list[str]:
+    """Issue 19, target 1: every job at the processors' pace (``bench.latency``)."""
+    rate, goal = r["rate_per_second"], r["target"]
+    out = [
+        "## At the processors' pace: 100 ms per answer, 50 calls/s (`python -m bench.latency`)",
+        "",
+        (
+            f"The sandbox answers every call after {r['latency_ms']} ms; every processor's client-side limit is "
+            f"{rate:g} calls/s (one token bucket per processor and process); `PSYNC_HTTP_IN_FLIGHT` at its default "
+            f"({r['in_flight']}); CleverReach calls carry {r['batch_size']} receivers each (so a thousand calls need "
+            f"ten thousand people). Each job's flow runs once; measured {_when(r)}. *Sustained*: the calls of the "
+            "processor that bounds the job, between its first and its last token, ÷ the configured rate. *Whole "
+            "run*: the same calls ÷ the flow run's wall time (its Prefect run and the database work before the "
+            "first call and after the last included)."
+        ),
+        "",
+    ]
+    rows = []
+    for key, name in LATENCY_JOBS.items():
+        job = r["jobs"].get(key)
+        if job is None:
+            continue
+        busiest = job["by_processor"][job["busiest"]]
+        others = ", ".join(f"{p} {v['calls']:,}" for p, v in job["by_processor"].items() if p != job["busiest"])
+        rows.append(
+            [
+                f"`{name}` ({r['items'][key]:,} items)",
+                f"{job['busiest']} {busiest['calls']:,}" + (f" ({others})" if others else ""),
+                f"{job['seconds']:.1f} s",
+                f"{busiest['calls_per_second']:.1f}/s",
+                f"**{job['calling_rate_ratio']:.3f}**" if job["calling_rate_ratio"] else "–",
+                f"{job['rate_ratio']:.3f}",
+            ]
+        )
+        sustained = job["calling_rate_ratio"] or 0.0
+        targets.add(
+            f"At the processors' pace: {name}",
+            f"sustained {sustained:.3f}, whole run {job['rate_ratio']:.3f}",
+            f"≥ {goal} of {rate:g}/s",
+            sustained >= goal,
+            "The processor's bucket gave out fewer tokens than its rate while the job was calling: "
+            "too few calls in flight for the answer time (raise `PSYNC_HTTP_IN_FLIGHT`), or the client "
+            "could not keep up (CPU: see the load average).",
+        )
+    out += _table(
+        ["job", "calls (bounding processor; others)", "flow run", "achieved", "sustained / rate", "whole run / rate"],
+        rows,
+    )
+    checks = r.get("checks", {})
+    out += [
+        "Checks after all five: "
+        + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in checks.items())
+        + ". Where a whole-run ratio is below the sustained one, the difference is the run's work before the first "
+        "call and after the last: the Prefect flow and task runs, the write-ahead and the commit of each batch; for "
+        "`follow-up-erasures` also, per request after its calls, erasing our own copy and publishing its Art. 19 "
+        "report as a Prefect artifact (about 30 and 40 ms a request, measured with pyinstrument; done after the "
+        "processors' tasks, so not overlapped with the calls).",
+        "",
+    ]
+    return out
+
+
+def overhead(r: dict, targets: Targets) -> list[str]:
+    """Issue 19, target 4: the fixed cost of one ``psync run`` (``bench.overhead``)."""
+    run, temp, beat = r["running_server"], r["temporary_server"], r["running_server_heartbeats_on"]
+    imp, imp_flow, flow = r["import_prefect"], r["import_flow"], r["flow_run_in_process"]
+    out = [
+        f"## Run overhead: `psync run {r['flow']}` with nothing to do (`python -m bench.overhead`)",
+        "",
+        (
+            f"Each run a process of its own, as a user or cron starts it; median of {r['runs']}; measured "
+            f"{_when(r)}. CPU is the process's user + system time."
+        ),
+        "",
+    ]
+    out += _table(
+        ["", "wall", "CPU"],
+        [
+            [
+                "against a running Prefect server (`PREFECT_API_URL` set)",
+                f"**{run['seconds']:.2f} s**",
+                f"{run['cpu_seconds']:.2f} s",
+            ],
+            [
+                "on the temporary server Prefect starts without one",
+                f"**{temp['seconds']:.2f} s**",
+                f"{temp['cpu_seconds']:.2f} s",
+            ],
+            [
+                "running server, flow-run heartbeats on (as before)",
+                f"{beat['seconds']:.2f} s",
+                f"{beat['cpu_seconds']:.2f} s",
+            ],
+            ["where it goes: `python -c 'import prefect'`", f"{imp['seconds']:.2f} s", f"{imp['cpu_seconds']:.2f} s"],
+            [
+                "where it goes: the interpreter with the flow's modules imported",
+                f"{imp_flow['seconds']:.2f} s",
+                f"{imp_flow['cpu_seconds']:.2f} s",
+            ],
+            [
+                "where it goes: the flow run itself, in a process that imported everything",
+                f"{flow['seconds']:.2f} s",
+                f"{flow['cpu_seconds']:.2f} s",
+            ],
+        ],
+    )
+    rest = run["seconds"] - imp_flow["seconds"] - flow["seconds"]
+    out += [
+        (
+            f"Of the {run['seconds']:.2f} s against a running server, {imp_flow['seconds']:.2f} s is the interpreter "
+            f"importing what the flow needs ({imp['seconds']:.2f} s of it Prefect's own `import prefect`), "
+            f"{flow['seconds']:.2f} s the flow run (creating it on the API, its states, the counts artifact, our "
+            f"database reads), and about {max(rest, 0):.2f} s the CLI and the interpreter's exit. Cut: Prefect's "
+            f"flow-run heartbeat thread, which sleeps in one-second steps and which every run waited for at its end "
+            f"({beat['seconds'] - run['seconds']:+.2f} s here); nothing in this project acts on heartbeats. The "
+            "temporary server's start (a Prefect server subprocess, its database and migrations) is what "
+            "`PREFECT_API_URL` avoids."
+        ),
+        "",
+    ]
+    targets.add(
+        "Run overhead with a running server",
+        f"{run['seconds']:.2f} s (the flow run itself {flow['seconds']:.2f} s; temporary server {temp['seconds']:.2f} s)",
+        f"< {r['target_s']:g} s",
+        run["seconds"] < r["target_s"],
+        (
+            f"A `psync run` is a new Python process: importing Prefect alone costs {imp['cpu_seconds']:.2f} CPU s "
+            f"on this machine, the flow's modules with it {imp_flow['cpu_seconds']:.2f} CPU s (Prefect, SQLAlchemy "
+            "and the models, pydantic; profiled with `-X importtime` and pyinstrument: nothing there that the run "
+            f"does not use). What a run adds once imported is {flow['seconds']:.2f} s. Below 1 s from the command "
+            "line needs a process that stays (a worker or `serve` running flows in-process), not a cheaper start."
+        ),
+    )
+    return out
+
+
 def _span(results: dict[str, dict]) -> str:
     starts = [r.get("started_at") for r in results.values() if r.get("started_at")]
     ends = [_when(r) for r in results.values()]
@@ -642,12 +789,16 @@ def render(results: dict[str, dict], wall: str | None = None) -> str:
         ("erasure", erasure),
         ("memory", memory),
         ("intake", intake),
+        ("latency", latency),
+        ("overhead", overhead),
     ):
         if job in results:
             sections += make(results[job], targets)
         else:
             sections += [f"## {job}", "", "Not run: no result in `bench/results/`.", ""]
-    env = next((r["environment"] for r in results.values() if r.get("environment")), {})
+    # The newest result's environment: sections measured earlier (another commit) say when.
+    measured = [r for r in results.values() if r.get("environment")]
+    env = max(measured, key=_when)["environment"] if measured else {}
     out = [
         "# Benchmark report",
         "",

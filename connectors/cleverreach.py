@@ -223,6 +223,7 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         settings.cleverreach_rate_per_second,
         session=session,
         base_url=settings.cleverreach_base_url,
+        processor=PROCESSOR,
         **http_options,
     )
     return CleverReach.connect(

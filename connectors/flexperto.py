@@ -192,6 +192,7 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         settings.flexperto_rate_per_second,
         session=session,
         base_url=settings.flexperto_base_url,
+        processor=PROCESSOR,
         **http_options,
     )
     return Flexperto.connect(settings.flexperto_base_url, settings.flexperto_client_id, secret, **options)

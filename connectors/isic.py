@@ -301,6 +301,7 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         settings.isic_rate_per_second,
         session=session,
         base_url=settings.isic_base_url,
+        processor=PROCESSOR,
         **http_options,
     )
     return Isic.connect(settings.isic_base_url, settings.isic_client_id, secret, **options)

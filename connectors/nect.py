@@ -195,6 +195,7 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         settings.nect_rate_per_second,
         session=session,
         base_url=settings.nect_base_url,
+        processor=PROCESSOR,
         **http_options,
     )
     return Nect.connect(settings.nect_base_url, api_key, **options)

@@ -35,6 +35,7 @@ ASSUMED (nothing public; change here when the real contract is known):
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -153,6 +154,8 @@ class Timify:
         self.http = http
         self.headers = {"company-id": company_id}
         self._field_ids: dict[str, str] | None = None
+        # A batch's workers share this connector: the field list is fetched by one of them.
+        self._field_lock = threading.Lock()
 
     @classmethod
     def connect(cls, base_url: str, app_id: str, app_secret: str, company_id: str, **http_options: Any) -> Timify:
@@ -256,6 +259,12 @@ class Timify:
     # customers ----------------------------------------------------------------------
     def field_ids(self) -> dict[str, str]:
         """Our field name -> TIMIFY customfield id, fetched once per connector."""
+        if self._field_ids is not None:
+            return self._field_ids
+        with self._field_lock:
+            return self._fetch_field_ids()
+
+    def _fetch_field_ids(self) -> dict[str, str]:
         if self._field_ids is None:
             definitions = list(
                 self._pages("customfields.list", path("v1", "customers", "customfields"), {}, PAGE_SIZE, 100)
@@ -407,6 +416,7 @@ def from_settings(settings, session: requests.Session | None = None, **http_opti
         settings.timify_rate_per_second,
         session=session,
         base_url=settings.timify_base_url,
+        processor=PROCESSOR,
         **http_options,
     )
     return Timify.connect(

@@ -207,7 +207,13 @@ def pause(seconds: float) -> None:
 
 
 class RateLimiter:
-    """Token bucket: at most `rate` calls per second on average, bursts up to `burst`."""
+    """Token bucket: at most `rate` calls per second on average, bursts up to `burst`.
+
+    Thread-safe: each caller reserves its token under the lock (the count may go below
+    zero) and then waits outside it for its own slot, so threads sharing a bucket are
+    spaced 1/rate apart without holding each other up while they wait. `clock` and
+    `sleep` are injectable: a test advances a fake clock instead of sleeping.
+    """
 
     def __init__(
         self,
@@ -216,9 +222,12 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] | None = None,
     ):
+        if rate <= 0 or burst < 1:
+            raise ValueError("a rate limiter needs rate > 0 and burst >= 1")
         self.rate, self.burst, self.clock, self.sleep = rate, burst, clock, sleep
         self._tokens, self._last = float(burst), clock()
         self._lock = threading.Lock()
+        self.granted = 0  # tokens handed out: what a test or the benchmark counts
 
     def acquire(self) -> float:
         """Take one token, waiting if none is left; returns the seconds waited."""
@@ -227,14 +236,53 @@ class RateLimiter:
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
             self._last = now
             self._tokens -= 1
+            self.granted += 1
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
         if wait:
             (self.sleep or pause)(wait)
         return wait
 
+    def set_rate(self, rate: float) -> None:
+        """Change the rate from now on (the tokens saved so far stay)."""
+        if rate <= 0:
+            raise ValueError("a rate limiter needs rate > 0")
+        with self._lock:
+            now = self.clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last, self.rate = now, rate
+
+
+# One bucket per processor for the whole process: every client of a processor (a flow's,
+# each task's, the erasure's) and every thread they call from draw from it, so a run never
+# exceeds the processor's rate however many calls it keeps in flight. Several worker
+# processes each have their own: see the README ("Rate limits and workers").
+_LIMITERS: dict[str, RateLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def processor_limiter(processor: str, rate: float) -> RateLimiter:
+    """The process's one token bucket for `processor`, at `rate` calls per second.
+
+    Asked again with another rate (the settings changed), the same bucket takes it.
+
+    >>> processor_limiter("doc-example", 5.0) is processor_limiter("doc-example", 50.0)
+    True
+    >>> processor_limiter("doc-example", 50.0).rate
+    50.0
+    """
+    with _LIMITERS_LOCK:
+        limiter = _LIMITERS.get(processor)
+        if limiter is None:
+            limiter = _LIMITERS[processor] = RateLimiter(rate)
+        elif limiter.rate != rate:
+            limiter.set_rate(rate)
+        return limiter
+
 
 class TokenAuth(AuthBase):
-    """Bearer-style token auth: cached until shortly before expiry, refreshed once on 401.
+    """Bearer-style token auth: cached until shortly before expiry, refreshed on a 401 (at
+    most twice per call; a token another thread already replaced is not fetched again:
+    see ``renewed``).
 
     `fetch` returns ``(token, lifetime_seconds)``; it gets its own plain session so a token
     request never recurses into this auth. `header`/`prefix` fit schemes like TIMIFY's raw
@@ -267,20 +315,58 @@ class TokenAuth(AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers[self.header] = self.prefix + self.token()
-        request.register_hook("response", self._retry_once_on_401)
+        request.register_hook("response", self._retry_on_401)
         return request
 
-    def _retry_once_on_401(self, response: requests.Response, **kwargs) -> requests.Response:
-        if response.status_code != 401 or getattr(response.request, "_psync_refreshed", False):
-            return response
-        response.content  # noqa: B018 - reading the body drains it, so the connection can be reused
-        retry = response.request.copy()
-        retry.headers[self.header] = self.prefix + self.token(force=True)
-        retry._psync_refreshed = True  # type: ignore[attr-defined]  # our marker on the copy, read above
-        new = response.connection.send(retry, **kwargs)
-        new.history.append(response)
-        new.request = retry
-        return new
+    def renewed(self, used: str, may_fetch: bool) -> tuple[str | None, bool]:
+        """The token to resend with after the header value `used` was refused with a 401,
+        and whether it was fetched for this.
+
+        Several threads share this auth: when another one already replaced the refused
+        token, its new one is taken rather than fetching yet another (which could revoke
+        that one under a thread still using it). Only a refused token that is still the
+        current one is replaced, and only if `may_fetch`; (None, False): give up (a token
+        this call fetched itself was refused: the credentials are wrong).
+        """
+        with self._lock:
+            if self._token is not None and self.prefix + self._token != used:
+                return self._token, False
+            if not may_fetch:
+                return None, False
+            token, lifetime = self.fetch()
+            self._token = token
+            self._expires = self.clock() + max(0.0, lifetime - self.leeway)
+            self.refreshes += 1
+            return token, True
+
+    def _retry_on_401(self, response: requests.Response, **kwargs) -> requests.Response:
+        # A new token when the refused one is still current, at most twice per call: once
+        # for the expired token, once more when another thread's call had the new one
+        # revoked before this call's resend got through (a third refusal: the credentials);
+        # a few resends in all, for when other threads replace the token meanwhile.
+        fetched = 0
+        for _ in range(_MOST_401_RESENDS):
+            if response.status_code != 401:
+                break
+            used = response.request.headers.get(self.header, "")
+            token, fetching = self.renewed(
+                used if isinstance(used, str) else used.decode(), may_fetch=fetched < _MOST_401_FETCHES
+            )
+            if token is None:
+                break
+            fetched += fetching
+            response.content  # noqa: B018 - reading the body drains it, so the connection can be reused
+            retry = response.request.copy()
+            retry.headers[self.header] = self.prefix + token
+            new = response.connection.send(retry, **kwargs)
+            new.history.append(response)
+            new.request = retry
+            response = new
+        return response
+
+
+_MOST_401_RESENDS = 4
+_MOST_401_FETCHES = 2
 
 
 @dataclass(frozen=True)
@@ -355,14 +441,14 @@ def _no_answer(exc: Exception) -> str:
     return f"{what} ({type(exc).__name__})"
 
 
-def environment_resolved_session(base_url: str) -> requests.Session:
+def environment_resolved_session(base_url: str, pool_size: int = 4) -> requests.Session:
     """A pooled session that takes proxy and CA-bundle settings from the environment once.
 
     requests reads them on every request (``trust_env``), walking all of ``os.environ``
     twice per call: for a small call such as a DELETE, more client time than the call
     itself. The same settings, resolved for the API's host when the session is made.
     """
-    session = make_session()
+    session = make_session(pool_size)
     session.proxies.update(requests.utils.get_environ_proxies(base_url))
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle:
@@ -372,13 +458,20 @@ def environment_resolved_session(base_url: str) -> requests.Session:
 
 
 def http_options(
-    settings: Any, rate_per_second: float, base_url: str | None = None, **overrides: Any
+    settings: Any,
+    rate_per_second: float,
+    base_url: str | None = None,
+    processor: str | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """HttpClient keyword arguments from the settings: timeouts, the retry policy, a limiter,
     and (given the API's `base_url`) a session with the environment's proxy settings.
 
     Every connector's ``from_settings`` builds its client from this, so all processors
-    share one policy. ``overrides`` win (tests pass ``session=`` or ``sleep=``).
+    share one policy. Given the `processor`, the limiter is that processor's one bucket for
+    the process (``processor_limiter``); the session pools as many connections as a run
+    keeps calls in flight (``http_in_flight``). ``overrides`` win (tests pass ``session=``
+    or ``sleep=``).
 
     Example::
 
@@ -391,10 +484,11 @@ def http_options(
             max_seconds=settings.http_max_retry_seconds,
             retry_after_cap=settings.http_retry_after_cap,
         ),
-        "limiter": RateLimiter(rate_per_second),
+        "limiter": processor_limiter(processor, rate_per_second) if processor else RateLimiter(rate_per_second),
     }
     if base_url and overrides.get("session") is None:
-        options["session"] = environment_resolved_session(base_url)
+        # One connection per call in flight, and a few for the token and the erasure's tasks.
+        options["session"] = environment_resolved_session(base_url, in_flight(settings) + 4)
     options.update({k: v for k, v in overrides.items() if v is not None})
     return options
 
@@ -420,6 +514,9 @@ class HttpClient:
         self.limiter = limiter
         self.sleep = sleep
         self.calls: list[CallRecord] = []
+        # Calls are made from several threads at once (a batch's workers): the log is
+        # appended to and drained under this lock, so a drain never loses a call.
+        self.calls_lock = threading.Lock()
 
     def create_or_find(
         self,
@@ -472,9 +569,10 @@ class HttpClient:
 
     def drain_calls(self) -> list[CallRecord]:
         """Calls made since the last drain, for the flow to write to the audit trail."""
-        # Cleared in place: the token client of a connector shares this list.
-        calls = list(self.calls)
-        self.calls.clear()
+        # Cleared in place: the token client of a connector shares this list (and lock).
+        with self.calls_lock:
+            calls = list(self.calls)
+            self.calls.clear()
         return calls
 
     def request(
@@ -546,7 +644,8 @@ class HttpClient:
 
     def _record(self, op, status, attempts, outcome, items, started) -> None:
         call = CallRecord(self.processor, op, status, attempts, outcome, items)
-        self.calls.append(call)
+        with self.calls_lock:
+            self.calls.append(call)
         if (journal := CALL_JOURNAL.get()) is not None:
             journal(call)
         log.debug(
@@ -594,5 +693,10 @@ def token_client(
     )
     auth = TokenAuth(lambda: fetch(plain), header=header, prefix=prefix)
     http = HttpClient(processor, api_root or root, auth=auth, **http_options)
-    plain.calls = http.calls
+    plain.calls, plain.calls_lock = http.calls, http.calls_lock
     return http
+
+
+def in_flight(settings: Any) -> int:
+    """How many calls a batch keeps on the wire at once (``PSYNC_HTTP_IN_FLIGHT``)."""
+    return int(getattr(settings, "http_in_flight", 8))

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     http_max_attempts: int = Field(5, ge=1)
     http_max_retry_seconds: float = 120.0
     http_retry_after_cap: float = 60.0
+    # The most calls a batch keeps on the wire at once (fewer while answers come fast:
+    # flows.common.Pace): each person's calls stay in order on one worker, up to this many
+    # people at a time. The processor's rate (PSYNC_*_RATE_PER_SECOND,
+    # one bucket per processor and process) caps the pace; this only has to be at least
+    # rate × answer time (50/s at 100 ms: 5) for a job to reach its rate. 1: one at a time.
+    http_in_flight: int = Field(8, ge=1, le=64)
 
     # The website's HTTP door (`psync serve`): requests are signed with this shared secret
     # (HMAC-SHA256 of "<timestamp>.<body>"); without one the door does not start. A body is at

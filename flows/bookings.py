@@ -21,6 +21,7 @@ that a no-op at the processor.
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -78,12 +79,16 @@ class Clients:
         self.settings = settings
         self.timify = timify.from_settings(settings)
         self._flexperto: flexperto.Flexperto | None = None
+        self._lock = threading.Lock()
 
     @property
     def flexperto(self) -> flexperto.Flexperto:
-        if self._flexperto is None:
-            self._flexperto = flexperto.from_settings(self.settings)
-        return self._flexperto
+        # A batch's workers ask at once: one connector, or a second's calls would be lost
+        # to the audit (``drain_calls`` reads the one kept).
+        with self._lock:
+            if self._flexperto is None:
+                self._flexperto = flexperto.from_settings(self.settings)
+            return self._flexperto
 
     def drain_calls(self) -> list[CallRecord]:
         """Calls to every processor since the last drain (what ``audit_failure`` reads)."""
@@ -123,7 +128,12 @@ def _placement(settings: Settings, booking: Booking) -> tuple[str, list[str]]:
 
 
 class _Batch:
-    """One batch's work inside one transaction."""
+    """One batch's work inside one transaction.
+
+    Its bookings are delivered by several workers at once (``flows.delivery.per_person``),
+    one person's bookings on one worker: the calls go outside ``lock``; the session, the
+    bookings' columns, the counts and the events are touched only under it.
+    """
 
     def __init__(self, session: Session, clients: Clients, subjects: dict[uuid.UUID, DataSubject]):
         self.session, self.clients, self.subjects = session, clients, subjects
@@ -132,7 +142,9 @@ class _Batch:
         self.counts: Counter[str] = Counter()
         self.events: list[AuditEvent] = []
         self.customer_ids = self._customer_ids()
+        # Per person, so each written by that person's worker only.
         self.sent: dict[uuid.UUID, str] = {}
+        self.lock = threading.RLock()
 
     def _customer_ids(self) -> dict[uuid.UUID, str | None]:
         rows = self.session.exec(
@@ -148,24 +160,25 @@ class _Batch:
         subject = self.subjects[booking.subject_id]
         if not subject.email:
             # Erased meanwhile: nothing of the person may leave any more.
-            self.counts["skipped_erased"] += 1
-            self.events.append(
-                decision(
-                    "booking.push",
-                    "skipped",
-                    timify.PROCESSOR,
-                    subject.pseudonym,
-                    booking=booking.booking_ref,
-                    channel=booking.channel,
+            with self.lock:
+                self.counts["skipped_erased"] += 1
+                self.events.append(
+                    decision(
+                        "booking.push",
+                        "skipped",
+                        timify.PROCESSOR,
+                        subject.pseudonym,
+                        booking=booking.booking_ref,
+                        channel=booking.channel,
+                    )
                 )
-            )
             return
         service, resources = _placement(self.settings, booking)
         customer = self.clients.timify.upsert_customer(
             str(subject.id), customer_fields(booking, subject), self.customer_ids.get(subject.id)
         )
         self.customer_ids[subject.id] = self.sent[subject.id] = customer
-        booking.timify_appointment_id = self.clients.timify.upsert_appointment(
+        appointment = self.clients.timify.upsert_appointment(
             booking.booking_ref,
             service_id=service,
             resource_ids=resources,
@@ -175,45 +188,42 @@ class _Batch:
             notes=booking.concern,
             appointment_id=booking.timify_appointment_id,
         )
-        self.counts["pushed"] += 1
-        self.events.append(
-            decision(
-                "booking.push",
-                "sent",
-                timify.PROCESSOR,
-                subject.pseudonym,
-                booking=booking.booking_ref,
-                channel=booking.channel,
+        with self.lock:
+            booking.timify_appointment_id = appointment
+            self.counts["pushed"] += 1
+            self.events.append(
+                decision(
+                    "booking.push",
+                    "sent",
+                    timify.PROCESSOR,
+                    subject.pseudonym,
+                    booking=booking.booking_ref,
+                    channel=booking.channel,
+                )
             )
-        )
         if booking.channel == Channel.video:
             self._register_video(booking, subject)
 
     def _register_video(self, booking: Booking, subject: DataSubject) -> None:
-        booking.flexperto_customer_id = self.clients.flexperto.upsert_customer(
-            booking.booking_ref, subject.email, booking.phone
-        )
-        booking.chat_purge_due = chat_purge_due(
-            booking.start_at, booking.duration_min, self.settings.video_chat_retention_days
-        )
-        record_sent_many(
-            self.session,
-            flexperto.PROCESSOR,
-            booking.video_purpose,
-            {subject.id: booking.flexperto_customer_id},
-            self.now,
-        )
-        self.counts["video_registered"] += 1
-        self.events.append(
-            decision(
-                "video.register",
-                "sent",
-                flexperto.PROCESSOR,
-                subject.pseudonym,
-                booking=booking.booking_ref,
-                channel=booking.channel,
+        customer = self.clients.flexperto.upsert_customer(booking.booking_ref, subject.email, booking.phone)
+        with self.lock:
+            booking.flexperto_customer_id = customer
+            booking.chat_purge_due = chat_purge_due(
+                booking.start_at, booking.duration_min, self.settings.video_chat_retention_days
             )
-        )
+            record_sent_many(self.session, flexperto.PROCESSOR, booking.video_purpose, {subject.id: customer}, self.now)
+        with self.lock:
+            self.counts["video_registered"] += 1
+            self.events.append(
+                decision(
+                    "video.register",
+                    "sent",
+                    flexperto.PROCESSOR,
+                    subject.pseudonym,
+                    booking=booking.booking_ref,
+                    channel=booking.channel,
+                )
+            )
 
     def cancel(self, booking: Booking) -> None:
         subject = self.subjects[booking.subject_id]
@@ -226,22 +236,25 @@ class _Batch:
                 self._register_lost_customer(subject)
             if appointment is not None:
                 self.clients.timify.delete_appointments([appointment])
-                self.counts["cancelled"] += 1
-                self.events.append(
-                    decision(
-                        "booking.cancel",
-                        "deleted",
-                        timify.PROCESSOR,
-                        subject.pseudonym,
-                        booking=booking.booking_ref,
-                        channel=booking.channel,
+                with self.lock:
+                    self.counts["cancelled"] += 1
+                    self.events.append(
+                        decision(
+                            "booking.cancel",
+                            "deleted",
+                            timify.PROCESSOR,
+                            subject.pseudonym,
+                            booking=booking.booking_ref,
+                            channel=booking.channel,
+                        )
                     )
-                )
-            booking.timify_deleted_at = self.now
+            with self.lock:
+                booking.timify_deleted_at = self.now
         if booking.channel == Channel.video and not booking.flexperto_customer_id and booking.chat_purged_at is None:
             # Maybe registered before a crash lost its id: Flexperto knows it by our booking id.
             found = self.clients.flexperto.find_customer(booking.booking_ref)
-            booking.flexperto_customer_id = str(found["id"]) if found else None
+            with self.lock:
+                booking.flexperto_customer_id = str(found["id"]) if found else None
         if booking.flexperto_customer_id and booking.chat_purged_at is None:
             # No consultation will take place: Flexperto needs nothing any more.
             purge_chat(self, booking, subject.pseudonym)
@@ -263,31 +276,34 @@ def purge_chat(batch: _Batch, booking: Booking, pseudonym: str) -> bool:
     """Delete what Flexperto holds about this booking's chat; record it only when verified."""
     assert booking.flexperto_customer_id is not None
     if not batch.clients.flexperto.purge(booking.flexperto_customer_id):
-        batch.counts["purge_not_verified"] += 1
+        with batch.lock:
+            batch.counts["purge_not_verified"] += 1
+            batch.events.append(
+                decision(
+                    "video.purge",
+                    "not_verified",
+                    flexperto.PROCESSOR,
+                    pseudonym,
+                    booking=booking.booking_ref,
+                    channel=booking.channel,
+                )
+            )
+        return False
+    with batch.lock:  # a worker's (push-bookings) or the task's own thread (the purge)
+        booking.chat_purged_at = batch.now
+        record_removed_for(batch.session, booking.subject_id, flexperto.PROCESSOR, booking.video_purpose, batch.now)
+    with batch.lock:
+        batch.counts["chat_purged"] += 1
         batch.events.append(
             decision(
                 "video.purge",
-                "not_verified",
+                "verified",
                 flexperto.PROCESSOR,
                 pseudonym,
                 booking=booking.booking_ref,
                 channel=booking.channel,
             )
         )
-        return False
-    booking.chat_purged_at = batch.now
-    record_removed_for(batch.session, booking.subject_id, flexperto.PROCESSOR, booking.video_purpose, batch.now)
-    batch.counts["chat_purged"] += 1
-    batch.events.append(
-        decision(
-            "video.purge",
-            "verified",
-            flexperto.PROCESSOR,
-            pseudonym,
-            booking=booking.booking_ref,
-            channel=booking.channel,
-        )
-    )
     return True
 
 

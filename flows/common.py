@@ -7,6 +7,8 @@ import functools
 import gc
 import inspect
 import logging
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +24,7 @@ from prefect.states import Failed
 from sqlmodel import Session
 
 from connectors.transport import CallRecord, ProcessorError, redact
+from connectors.transport import in_flight as transport_in_flight
 from core.settings import get_settings
 from flows import labels
 from models.audit import Anchor, AuditEvent, append, append_anchor, current_anchor
@@ -304,9 +307,74 @@ def tally(results: Iterable[Mapping[str, int]]) -> dict[str, int]:
     return dict(total)
 
 
+class Pace:
+    """How many units of calls (a record's calls, one batch call) a pool keeps in flight:
+    as many as waiting for the answers needs, from `least` up to `most`.
+
+    More calls in flight only help while the workers wait for answers; when the processor
+    answers at once (the sandbox on this machine), extra threads only fight over the one
+    interpreter lock with the thread that does the database work, and a batch gets slower.
+    So the pool starts at `least` and allows one worker more for every `per_worker` seconds
+    the recent units took (the median of the last five, so one slow answer, a retry's
+    wait, does not open it): 100 ms answers open it up to `most`, answers in a few
+    milliseconds keep it at `least`.
+
+    >>> pace = Pace(least=1, most=8)
+    >>> pace.observe(0.5)  # one slow answer
+    >>> pace.limit
+    1
+    >>> for _ in range(3):
+    ...     pace.observe(0.2)  # two calls at 100 ms each
+    >>> pace.limit
+    8
+    """
+
+    def __init__(self, least: int, most: int, per_worker: float = 0.015):
+        self.least, self.most, self.per_worker = max(1, min(least, most)), max(1, most), per_worker
+        self.limit = self.least
+        self._recent: deque[float] = deque(maxlen=5)
+        self._active = 0
+        self._changed = threading.Condition()
+
+    def observe(self, seconds: float) -> None:
+        """One unit took `seconds` (wall): adjust how many may be in flight."""
+        with self._changed:
+            self._recent.append(seconds)
+            typical = sorted(self._recent)[len(self._recent) // 2] if len(self._recent) >= 3 else 0.0
+            limit = max(self.least, min(self.most, 1 + int(typical / self.per_worker)))
+            if limit != self.limit:
+                self.limit = limit
+                self._changed.notify_all()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the `limit` places for a unit; its wall time is observed."""
+        with self._changed:
+            while self._active >= self.limit:
+                self._changed.wait()
+            self._active += 1
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe(time.perf_counter() - started)
+            with self._changed:
+                self._active -= 1
+                self._changed.notify()
+
+    def wrap(self, call: Callable[[], T]) -> Callable[[], T]:
+        def paced() -> T:
+            with self.slot():
+                return call()
+
+        return paced
+
+
 @contextmanager
-def overlapped(calls: Iterable[Callable[[], T]], in_flight: int = 2) -> Iterator[Iterator[T]]:
-    """Run processor calls from worker threads, `in_flight` at a time, while the caller works.
+def overlapped(calls: Iterable[Callable[[], T]], in_flight: int | None = None, least: int = 2) -> Iterator[Iterator[T]]:
+    """Run processor calls from worker threads, `least` to `in_flight` at a time (default
+    ``PSYNC_HTTP_IN_FLIGHT``; as many as the answers' time needs: ``Pace``; the processor's
+    token bucket paces the calls), while the caller works.
 
     Yields an iterator of the calls' results, in the calls' order. Every call is queued at
     once, so the workers keep the processor busy while the caller records what the earlier
@@ -322,8 +390,9 @@ def overlapped(calls: Iterable[Callable[[], T]], in_flight: int = 2) -> Iterator
             for batch, answer in zip(batches, answers):
                 record(session, batch, answer)
     """
-    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="psync-http") as pool:
-        pending: deque[Future[T]] = deque(pool.submit(copy_context().run, call) for call in calls)
+    pace = Pace(least, in_flight or transport_in_flight(get_settings()))
+    with ThreadPoolExecutor(max_workers=pace.most, thread_name_prefix="psync-http") as pool:
+        pending: deque[Future[T]] = deque(pool.submit(copy_context().run, pace.wrap(call)) for call in calls)
 
         def results() -> Iterator[T]:
             while pending:
@@ -356,23 +425,29 @@ def collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def concurrently(call: Callable[[T], R], items: Sequence[T], workers: int = 4) -> list[R | ProcessorError]:
-    """``call(item)`` for every item, `workers` at a time; results in the items' order.
+def concurrently(
+    call: Callable[[T], R], items: Sequence[T], workers: int | None = None, least: int = 4
+) -> list[R | ProcessorError]:
+    """``call(item)`` for every item, `least` to `workers` at a time (default
+    ``PSYNC_HTTP_IN_FLIGHT``; as many as the answers' time needs: ``Pace``); results in the
+    items' order.
 
     A processor error is returned in its item's place, so one failed call does not hide the
     outcome of the others; any other exception is raised. Rate limiting and retries stay in
     the HTTP layer, which is thread-safe.
     """
+    pace = Pace(least, workers or transport_in_flight(get_settings()))
 
     def guarded(item: T) -> R | ProcessorError:
         try:
-            return call(item)
+            with pace.slot():
+                return call(item)
         except ProcessorError as exc:
             return exc
 
-    if len(items) <= 1 or workers <= 1:
+    if len(items) <= 1 or pace.most <= 1:
         return [guarded(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="psync-http") as pool:
+    with ThreadPoolExecutor(max_workers=pace.most, thread_name_prefix="psync-http") as pool:
         # In the caller's context: a call journal set there (flows.journal) sees these calls.
         futures = [pool.submit(copy_context().run, guarded, item) for item in items]
         return [future.result() for future in futures]

@@ -11,7 +11,9 @@ one record is and how it is sent (``Job``); ``run_batch`` owns the rest, once:
    whatever happens to the calls: a crash, a fault, a rollback.
 2. **Deliver** (one transaction, the cursor locked again): the same records (had another
    worker moved the cursor in between, what follows it was not written ahead by this batch:
-   it starts over at step 1), each sent on its own. A record whose call fails for good (a 4xx
+   it starts over at step 1), each sent on its own: one person's records one after the
+   other on one worker, several people at once (``PSYNC_HTTP_IN_FLIGHT``), every call paced
+   by the processor's one token bucket in the HTTP layer. A record whose call fails for good (a 4xx
    other than auth, our own validation) is parked with its reason; one that failed for a
    retriable reason (5xx, timeout, 429, no answer) is marked for the next run, which tries
    it first. Either way the stream moves on: the cursor passes every record of the batch.
@@ -26,19 +28,24 @@ register rows written ahead by earlier runs.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from sqlmodel import Session, col, select
 
-from connectors.transport import CallRecord, ProcessorError
+from connectors.transport import CallRecord, ProcessorError, in_flight
+from core.settings import get_settings
 from flows import journal
-from flows.common import JobFailed, call_events, decision, reason, write_audit
+from flows.common import JobFailed, Pace, call_events, decision, reason, write_audit
 from models.audit import AuditEvent
 from models.cursors import advance_cursor, get_cursor
 from models.db import transaction
@@ -84,7 +91,9 @@ class Job(Protocol, Generic[Row]):
       send); ``held(ctx, row)``: the audit event of a record held (erasure open).
     - ``begin(session, rows)`` → the batch's context; ``deliver(ctx, row)`` sends one
       record (raising fails only that record; only ``StreamJob``'s default
-      ``deliver_many`` calls it, so it is no member here); ``finish(ctx)`` records what the batch
+      ``deliver_many`` calls it, so it is no member here), on a worker thread, concurrently
+      with other people's records: its work on the session and on the context's shared
+      counts is done under the context's lock; ``finish(ctx)`` records what the batch
       confirmed (register "holds") and returns its counts and audit events.
     - ``StreamJob`` gives the rest a default a job may override: ``lock`` (the cursor,
       locked), ``select_ahead`` (the records as the write-ahead needs them: a job whose
@@ -138,17 +147,75 @@ class StreamJob:
         return self.select(session, after, limit)  # type: ignore[attr-defined]  # the subclass's select (Job)
 
     def deliver_many(self, ctx: Any, rows: Sequence[Any]) -> dict[str, Exception]:
-        """Send each record on its own (``deliver``); the failures by record id. A failure
-        no record could get past (``run_wide``) is raised."""
-        failures: dict[str, Exception] = {}
-        for row in rows:
+        """Send each record on its own (``deliver``), each person's records in their order
+        on one worker, several people at once (``per_person``); the failures by record id.
+        A failure no record could get past (``run_wide``) is raised."""
+        deliver = functools.partial(self.deliver, ctx)  # type: ignore[attr-defined]  # the subclass's deliver, when it sends one at a time
+        return per_person(rows, deliver, self.subject_id, self.record_id, in_flight(get_settings()))
+
+
+def per_person(
+    rows: Sequence[Row],
+    deliver: Callable[[Row], object],
+    person: Callable[[Row], object],
+    record_id: Callable[[Row], str],
+    workers: int,
+    least: int = 1,
+) -> dict[str, Exception]:
+    """``deliver(row)`` for every row: one person's rows one after the other, in their
+    order, on one worker thread (customer before appointment; cardholder, photo, card),
+    up to `workers` people at once, as many as the answers' time needs (``Pace``: one at a
+    time while they come at once). The HTTP layer's bucket paces every call to a
+    processor, so `workers` only has to cover the answer time (``PSYNC_HTTP_IN_FLIGHT``).
+
+    Returns the rows' own failures by record id, in the rows' order. A run-wide failure
+    (auth, configuration) stops every worker before its next row and is raised once the
+    calls on the wire have ended, as is any failure that is no record's own. Workers run in
+    a copy of the caller's context: the batch's call journal sees their calls. ``deliver``
+    runs on a worker thread: whatever it does with the batch's session or shared counts it
+    does under the batch's lock (the session is not thread-safe).
+
+    >>> seen = []
+    >>> per_person([("a", 1), ("b", 1), ("a", 2)], seen.append, lambda r: r[0], str, 1)
+    {}
+    >>> seen
+    [('a', 1), ('a', 2), ('b', 1)]
+    """
+    chains: dict[object, list[Row]] = defaultdict(list)
+    for row in rows:
+        chains[person(row)].append(row)
+    failures: dict[str, Exception] = {}
+    stop = threading.Event()
+    raised: list[BaseException] = []
+    pace = Pace(least, workers)  # one at a time while answers come at once
+
+    def chain(own: list[Row]) -> None:
+        for row in own:
+            if stop.is_set():
+                return
             try:
-                self.deliver(ctx, row)  # type: ignore[attr-defined]  # the subclass's deliver, when it sends one at a time
+                with pace.slot():
+                    deliver(row)
             except (ProcessorError, ValueError) as exc:
                 if run_wide(exc):
-                    raise
-                failures[self.record_id(row)] = exc
-        return failures
+                    raised.append(exc)
+                    stop.set()
+                    return
+                failures[record_id(row)] = exc
+            except BaseException:  # no record's own: the batch fails, nobody else starts
+                stop.set()
+                raise
+
+    if workers <= 1 or len(chains) <= 1:
+        for own in chains.values():
+            chain(own)
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(chains)), thread_name_prefix="psync-deliver") as pool:
+            for future in [pool.submit(copy_context().run, chain, own) for own in chains.values()]:
+                future.result()
+    if raised:
+        raise raised[0]
+    return {key: failures[key] for key in map(record_id, rows) if key in failures}
 
 
 def isolate(

@@ -31,6 +31,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import partial
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task
@@ -45,7 +46,16 @@ from core.clock import berlin_today
 from core.settings import get_settings
 from flows import erasure_form as form
 from flows import journal
-from flows.common import JobFailed, call_events, counts_artifact, decision, one_line_failure, run_id, write_audit
+from flows.common import (
+    JobFailed,
+    call_events,
+    counts_artifact,
+    decision,
+    one_line_failure,
+    overlapped,
+    run_id,
+    write_audit,
+)
 from flows.erasure_form import Text
 from flows.erasure_processors import (
     AWAITING,
@@ -340,7 +350,9 @@ def _register_removed(session: Session, item: ErasureTask, now: datetime) -> Non
 def erase_at_processor(
     processor: str, task_ids: list[uuid.UUID], owner: str, clients: Clients, policy: Policy
 ) -> dict[str, int]:
-    """Ask one processor to erase, task after task (its rate limit holds), and read back.
+    """Ask one processor to erase, and read back: one person's tasks one after the other,
+    up to ``PSYNC_HTTP_IN_FLIGHT`` people at once, at the processor's rate (its one token
+    bucket in the HTTP layer).
 
     Takes ids only; each outcome commits on its own, so what is done stays done if a later
     task of the batch fails.
@@ -349,17 +361,32 @@ def erase_at_processor(
     assert eraser is not None, "claim_work hands only processors with an eraser to this task"
     counts: Counter[str] = Counter()
     snapshots = _load(task_ids, owner, clients.settings)
+    if lost := sum(1 for task_id in task_ids if task_id not in snapshots):
+        counts["claim_lost"] = lost
+    # One person's tasks here one after the other on one worker, several people at once:
+    # the processor's token bucket paces the calls, the outcomes are recorded on this thread
+    # as they come (each its own transaction; SQLite has one writer).
+    chains: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
     for task_id in task_ids:
-        if task_id not in snapshots:
-            counts["claim_lost"] += 1
-            continue
-        ref, subject, target = snapshots[task_id]
-        started = utcnow()
-        outcome = _attempt(eraser, clients, target, ref, started, policy)
-        if _record(task_id, owner, outcome, subject.pseudonym, clients, processor, started):
-            counts[str(outcome.state)] += 1
-        else:
-            counts["claim_lost"] += 1
+        if task_id in snapshots:
+            chains[snapshots[task_id][1].id].append(task_id)
+
+    def attempt(chain: list[uuid.UUID]) -> list[tuple[uuid.UUID, Outcome, datetime]]:
+        done = []
+        for task_id in chain:
+            ref, _, target = snapshots[task_id]
+            started = utcnow()
+            done.append((task_id, _attempt(eraser, clients, target, ref, started, policy), started))
+        return done
+
+    with overlapped((partial(attempt, chain) for chain in chains.values()), least=1) as answers:
+        for done in answers:
+            for task_id, outcome, started in done:
+                pseudonym = snapshots[task_id][1].pseudonym
+                if _record(task_id, owner, outcome, pseudonym, clients, processor, started):
+                    counts[str(outcome.state)] += 1
+                else:
+                    counts["claim_lost"] += 1
     get_run_logger().info("%s: %s", processor, dict(counts))
     return dict(counts)
 

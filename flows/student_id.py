@@ -19,6 +19,7 @@ the postal code, the phone password or the other documents (see the README).
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import date, timedelta
@@ -72,7 +73,12 @@ ACTIVE, VOIDED = "ACTIVE", "VOIDED"
 
 
 class _Batch:
-    """One batch's work inside one transaction: counts, audit events, the register."""
+    """One batch's work inside one transaction: counts, audit events, the register.
+
+    ``forward-student-id-orders`` delivers its orders from several workers at once
+    (``flows.delivery.per_person``), one person's orders on one worker: the calls go outside
+    ``lock``; the session, the orders' columns, the counts and the events only under it.
+    """
 
     def __init__(self, session: Session, client: isic.Isic, orders: list[IsicOrder]):
         self.session, self.client = session, client
@@ -81,12 +87,14 @@ class _Batch:
         self.events: list[AuditEvent] = []
         ids = list({o.subject_id for o in orders})
         self.subjects = {s.id: s for s in session.exec(select(DataSubject).where(col(DataSubject.id).in_(ids)))}
+        self.lock = threading.RLock()
 
     def decide(self, action: str, outcome: str, order: IsicOrder, count: str | None = None) -> None:
-        self.counts[count or outcome] += 1
-        self.events.append(
-            decision(action, outcome, PROCESSOR, self.subjects[order.subject_id].pseudonym, order=order.order_ref)
-        )
+        with self.lock:
+            self.counts[count or outcome] += 1
+            self.events.append(
+                decision(action, outcome, PROCESSOR, self.subjects[order.subject_id].pseudonym, order=order.order_ref)
+            )
 
     def finish(self) -> None:
         write_audit(self.session, call_events(self.client.http.drain_calls()) + self.events)
@@ -142,17 +150,22 @@ def forward(batch: _Batch, order: IsicOrder, cipher: DocumentCipher) -> None:
         institution=order.institution,  # type: ignore[arg-type]  # set while not erased (checked above)
         student_status=order.student_status,  # type: ignore[arg-type]  # set while not erased (checked above)
     )
-    order.cardholder_set_at = batch.now
-    document = photo(batch.session, order)
-    if document is None:  # purged or never there: a card without a photo is useless
-        raise ValueError(f"order {order.order_ref} has no photo")
-    batch.client.set_photo(order.order_ref, open_document(batch.session, document, cipher), document.media_type)
-    order.photo_set_at = batch.now
+    with batch.lock:
+        order.cardholder_set_at = batch.now
+        document = photo(batch.session, order)
+        if document is None:  # purged or never there: a card without a photo is useless
+            raise ValueError(f"order {order.order_ref} has no photo")
+        media_type, content = document.media_type, open_document(batch.session, document, cipher)
+    batch.client.set_photo(order.order_ref, content, media_type)
+    del content  # a photo may be megabytes: not kept while the card is requested
+    with batch.lock:
+        order.photo_set_at = batch.now
     card = batch.client.request_card(order.order_ref)
-    order.card_number, order.card_status = card["cardNumber"], card["status"]
-    order.card_has_photo = bool(card.get("hasPhoto"))
-    order.status = OrderStatus.forwarded
-    record_sent_many(batch.session, PROCESSOR, order.purpose, {order.subject_id: order.order_ref}, batch.now)
+    with batch.lock:
+        order.card_number, order.card_status = card["cardNumber"], card["status"]
+        order.card_has_photo = bool(card.get("hasPhoto"))
+        order.status = OrderStatus.forwarded
+        record_sent_many(batch.session, PROCESSOR, order.purpose, {order.subject_id: order.order_ref}, batch.now)
     batch.decide("isic.forward", "sent", order, "forwarded")
 
 
@@ -163,13 +176,15 @@ def cancel(batch: _Batch, order: IsicOrder) -> None:
         for card in batch.client.cards(order.order_ref):
             if card.get("status") != VOIDED:
                 batch.client.void_card(card["cardNumber"])
-                order.card_status = VOIDED
+                with batch.lock:
+                    order.card_status = VOIDED
                 batch.decide("isic.void_card", "voided", order)
         answer = batch.client.delete_cardholder(order.order_ref)
-        order.cardholder_deletion_requested_at = batch.now
-        if answer == "gone":  # never reached the issuer, or already deleted
-            order.cardholder_deleted_at = batch.now
-            batch.register_removed(order)
+        with batch.lock:
+            order.cardholder_deletion_requested_at = batch.now
+            if answer == "gone":  # never reached the issuer, or already deleted
+                order.cardholder_deleted_at = batch.now
+                batch.register_removed(order)
         batch.decide(
             "isic.delete_cardholder",
             "requested" if answer == "pending" else "verified",
@@ -180,15 +195,16 @@ def cancel(batch: _Batch, order: IsicOrder) -> None:
 
 
 def erase_locally(batch: _Batch, order: IsicOrder) -> None:
-    if order.fields_erased_at is not None:
-        return
-    documents_gone = delete_documents(batch.session, order)
-    order.erase_fields(batch.now)
-    batch.session.flush()
-    batch.session.refresh(order)
-    if not documents_gone or order.iban is not None or order.first_name is not None:
-        raise JobFailed(f"order {order.order_ref}: local erasure not verified")
-    order.documents_purged_at = order.documents_purged_at or batch.now
+    with batch.lock:  # database work only, on whichever worker cancels the order
+        if order.fields_erased_at is not None:
+            return
+        documents_gone = delete_documents(batch.session, order)
+        order.erase_fields(batch.now)
+        batch.session.flush()
+        batch.session.refresh(order)
+        if not documents_gone or order.iban is not None or order.first_name is not None:
+            raise JobFailed(f"order {order.order_ref}: local erasure not verified")
+        order.documents_purged_at = order.documents_purged_at or batch.now
     batch.decide("isic.erase_local", "verified", order, "erased_locally")
 
 

@@ -141,6 +141,8 @@ def run_flow(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (JSON values allowed)")] = None,
 ) -> None:
     """Run a flow locally (ephemeral Prefect unless PREFECT_API_URL is set)."""
+    from prefect.settings import temporary_settings
+
     from flows.registry import get_flow
 
     try:
@@ -156,9 +158,26 @@ def run_flow(
             params[key] = json.loads(raw)
         except json.JSONDecodeError:
             params[key] = raw
-    with flow_failures_said_once():
+    with flow_failures_said_once(), temporary_settings(_without_heartbeats()):
         result = flow(**params)
     typer.echo(json.dumps(result, default=str, sort_keys=True))
+
+
+def _without_heartbeats() -> dict:
+    """Prefect's flow-run heartbeats off for a run started here, unless the environment sets
+    ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``.
+
+    The heartbeat thread sleeps in one-second steps and the run waits for it at its end: up
+    to a second on every run, most of a run with nothing to do. Heartbeats only serve a
+    server-side automation that marks a silent run crashed, which this project does not
+    set up; a run started by hand is watched by whoever started it, and a worker's runs
+    (``make up``) keep Prefect's default.
+    """
+    import os
+
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    return {} if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ else {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
 
 
 class ExportFormat(StrEnum):

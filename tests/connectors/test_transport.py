@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import pickle
+import threading
 
 import cloudpickle
 import pytest
@@ -20,6 +21,7 @@ from connectors.transport import (
     RetryPolicy,
     TokenAuth,
     path,
+    processor_limiter,
     redact,
 )
 
@@ -248,15 +250,30 @@ def test_401_refreshes_the_token_once_and_resends():
     ]
 
 
+def test_a_token_another_thread_already_replaced_is_not_fetched_again():
+    # Two calls went out with tok1 and both got a 401: the first to come back fetches tok2,
+    # the second resends with tok2 instead of fetching tok3 (which could revoke tok2 under
+    # the first); a call refused with its own fresh token gives up.
+    fetch, issued = token_source()
+    auth = TokenAuth(fetch)
+    assert auth.token() == "tok1"
+    assert auth.renewed("Bearer tok1", may_fetch=True) == ("tok2", True)
+    assert auth.renewed("Bearer tok1", may_fetch=True) == ("tok2", False)
+    assert auth.renewed("Bearer tok2", may_fetch=False) == (None, False)
+    assert issued == ["tok1", "tok2"]
+
+
 @responses.activate
-def test_a_second_401_is_fatal_without_another_refresh(no_sleep):
+def test_a_third_401_is_fatal_without_another_refresh(no_sleep):
+    # The second refresh covers a new token revoked by another thread's call before this
+    # call's resend got through; refused a third time, the credentials are wrong.
     fetch, issued = token_source()
     responses.get(f"{BASE}/x", status=401)
     with pytest.raises(FatalError) as info:
         client(auth=TokenAuth(fetch)).request("x.get", "GET", path("x"))
     assert info.value.status == 401
-    assert len(responses.calls) == 2
-    assert issued == ["tok1", "tok2"]
+    assert len(responses.calls) == 3
+    assert issued == ["tok1", "tok2", "tok3"]
 
 
 def test_raw_header_scheme_for_timify_style_auth():
@@ -273,6 +290,64 @@ def test_rate_limiter_spaces_calls_after_the_burst():
     assert waits == [0.5, 1.0]
     clock.now = 10.0
     assert limiter.acquire() == 0.0
+
+
+def test_one_bucket_counts_every_threads_calls_against_a_fake_clock():
+    # Eight threads take 25 tokens each while the clock stands still: 5 come free (the
+    # burst), every other one is a slot of its own, 1/50 s after the one before; none is
+    # given twice or lost, however the threads interleave. Nothing sleeps.
+    clock, waits = FakeClock(), []
+    limiter = RateLimiter(rate=50.0, burst=5, clock=clock, sleep=waits.append)
+    start = threading.Barrier(8, timeout=10)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(25):
+            limiter.acquire()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert limiter.granted == 200
+    assert sorted(waits) == pytest.approx([k / 50 for k in range(1, 196)])
+    # 3.9 s later the 195 reserved slots are used up: the next call waits 1/50 s again.
+    clock.now = 195 / 50
+    assert limiter.acquire() == pytest.approx(1 / 50)
+
+
+def test_every_client_of_a_processor_draws_from_the_one_bucket_of_its_processor(settings):
+    from connectors import isic, timify
+
+    first, second, other = timify.from_settings(settings), timify.from_settings(settings), isic.from_settings(settings)
+    assert first.http.limiter is second.http.limiter
+    assert first.http.limiter is processor_limiter("timify", settings.timify_rate_per_second)
+    assert other.http.limiter is not first.http.limiter
+    # Another rate in the settings: the same bucket, paced at the new rate.
+    assert processor_limiter("timify", 7.5) is first.http.limiter and first.http.limiter.rate == 7.5
+
+
+def test_calls_from_many_threads_are_all_in_the_call_log_and_drained_once():
+    clock, waits = FakeClock(), []
+    limiter = RateLimiter(rate=100.0, burst=1, clock=clock, sleep=waits.append)
+    http = client(limiter=limiter)
+    drained: list = []
+    with responses.RequestsMock() as mock:
+        mock.get(BASE + "/ping", json={})
+
+        def worker() -> None:
+            for _ in range(20):
+                http.request("ping", "GET", path("ping"))
+                drained.extend(http.drain_calls())
+
+        threads = [threading.Thread(target=worker) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    drained.extend(http.drain_calls())
+    assert len(drained) == 120 and limiter.granted == 120 and len(waits) == 119
 
 
 def test_redact_hides_emails_and_tokens():

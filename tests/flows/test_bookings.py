@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -217,6 +218,56 @@ def test_with_faults_on_two_runs_end_in_exactly_the_expected_state(against_sandb
         f"B-{i}" for i in (0, 12, 15, 18, 21, 24, 27, 3, 6, 9)
     ]
     assert sum(sandbox_state(against_sandbox)["faults"].values()) > 0
+
+
+def test_several_people_at_once_each_customer_before_its_appointment_in_booking_order(against_sandbox, monkeypatch):
+    # Two bookings per person, the stream interleaving the people; at the default
+    # PSYNC_HTTP_IN_FLIGHT several workers send, and per person the calls stay in order:
+    # customer, appointment, customer, appointment (booking order).
+    take_in(*[request(f"B-{n}-{i}", email=f"kunde{i}@example.de") for n in (1, 2) for i in range(16)])
+    calls: list[tuple[str, str, str]] = []
+    at_once, most = [0], [0]
+    guard = threading.Lock()
+    upsert_customer, upsert_appointment = Timify.upsert_customer, Timify.upsert_appointment
+
+    def customer(self, external_id, *args, **kwargs):
+        with guard:
+            at_once[0] += 1
+            most[0] = max(most[0], at_once[0])
+        try:
+            found = upsert_customer(self, external_id, *args, **kwargs)
+        finally:
+            with guard:
+                at_once[0] -= 1
+        calls.append(("customer", external_id, threading.current_thread().name))
+        return found
+
+    def appointment(self, booking_ref, *args, **kwargs):
+        calls.append(("appointment", booking_ref, threading.current_thread().name))
+        return upsert_appointment(self, booking_ref, *args, **kwargs)
+
+    monkeypatch.setattr(Timify, "upsert_customer", customer)
+    monkeypatch.setattr(Timify, "upsert_appointment", appointment)
+    # Answers after 40 ms: the pool opens up to several people at once (``flows.common.Pace``).
+    requests.post(f"{against_sandbox}/_sandbox/faults", json={"latency_ms": 40}, timeout=5)
+    try:
+        assert bookings.push_bookings()["pushed"] == 32
+    finally:
+        requests.post(f"{against_sandbox}/_sandbox/faults", json={"latency_ms": 0}, timeout=5)
+    with transaction() as session:
+        subject_of = {b.booking_ref: str(b.subject_id) for b in session.exec(select(Booking))}
+    for i in range(16):
+        subject = subject_of[f"B-1-{i}"]
+        mine = [(kind, key) for kind, key, _ in calls if key in (subject, f"B-1-{i}", f"B-2-{i}")]
+        assert mine == [
+            ("customer", subject),
+            ("appointment", f"B-1-{i}"),
+            ("customer", subject),
+            ("appointment", f"B-2-{i}"),
+        ]
+        assert len({thread for _, key, thread in calls if key in (subject, f"B-1-{i}", f"B-2-{i}")}) == 1
+    assert len({thread for _, _, thread in calls}) > 1 and most[0] > 1
+    assert set(timify_state(against_sandbox)["creates"]["appointments"].values()) == {1}
 
 
 def test_no_personal_data_in_logs(against_sandbox, caplog):

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from flows import bookings, retention
 from flows.common import JobFailed
+from flows.intake import intake_lines
 from models.audit import AuditEntry, verify
 from models.bookings import Booking
 from models.db import transaction
-from models.intake import intake_lines
 from models.recipients import Recipient
 from psync.cli import app
 from psync.sandbox_env import SERVICE_POINTS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from datetime import timedelta
 
 import pytest
@@ -201,6 +202,53 @@ def test_with_faults_on_orders_end_exactly_once_at_the_issuer(isic_env, no_sleep
     assert sorted(state["cardholders"]) == sorted(f"O-{i}" for i in range(20))
     assert state["creates"]["cards"] == {f"O-{i}": 1 for i in range(20)}
     assert all(c["hasPhoto"] for c in state["cards"].values())
+    assert sum(sandbox_state(url)["faults"].values()) > 0
+
+
+def test_orders_go_several_at_once_each_persons_calls_in_order_exactly_once_under_faults(
+    isic_env, no_sleep, monkeypatch
+):
+    # At the default PSYNC_HTTP_IN_FLIGHT, with faults on: several workers, and still per
+    # order cardholder → photo → card, one card each, each with its photo.
+    url, base = isic_env
+    take_in(base, *[order(f"O-{i}") for i in range(24)])
+    threads: set[str] = set()
+    at_once, most = [0], [0]
+    guard = threading.Lock()
+    set_cardholder = Isic.set_cardholder
+
+    def spied(self, *args, **kwargs):
+        threads.add(threading.current_thread().name)
+        with guard:
+            at_once[0] += 1
+            most[0] = max(most[0], at_once[0])
+        try:
+            return set_cardholder(self, *args, **kwargs)
+        finally:
+            with guard:
+                at_once[0] -= 1
+
+    monkeypatch.setattr(Isic, "set_cardholder", spied)
+    # Answers after 40 ms: the pool opens up to several orders at once (``flows.common.Pace``).
+    requests.post(f"{url}/_sandbox/faults", json={"fault_rate": 0.15, "seed": 5, "latency_ms": 40}, timeout=5)
+    for _ in range(3):
+        try:
+            student_id.forward_student_id_orders()
+            break
+        except Exception:  # noqa: BLE001 - a batch gave up; the next run takes it again
+            continue
+    requests.post(f"{url}/_sandbox/faults", json={"fault_rate": 0.0, "latency_ms": 0}, timeout=5)
+    student_id.forward_student_id_orders()
+    state = isic_state(url)
+    assert len(threads) > 1 and most[0] > 1
+    assert state["creates"]["cards"] == {f"O-{i}": 1 for i in range(24)}
+    assert all(c["hasPhoto"] for c in state["cards"].values())
+    for i in range(24):
+        routes = [route for route, holder in state["order"] if holder == f"O-{i}"]
+        # Faults repeat calls; what counts is that no photo follows the card request.
+        assert routes.index("POST /cardholders.set") < routes.index("POST /cardholders.setPhoto")
+        last_photo = len(routes) - 1 - routes[::-1].index("POST /cardholders.setPhoto")
+        assert last_photo < routes.index("POST /cards.request")
     assert sum(sandbox_state(url)["faults"].values()) > 0
 
 
