@@ -493,6 +493,15 @@ def http_options(
     return options
 
 
+_THREAD = threading.local()
+
+
+def calls_on_this_thread() -> int:
+    """How many requests this thread has sent so far (every attempt): a pool that keeps
+    calls in flight judges the time per call by it (``flows.common.Pace``)."""
+    return getattr(_THREAD, "calls", 0)
+
+
 class HttpClient:
     """Calls one processor's API through the shared session, auth, limiter and retry policy."""
 
@@ -603,6 +612,7 @@ class HttpClient:
             attempts += 1
             if self.limiter:
                 self.limiter.acquire()
+            _THREAD.calls = getattr(_THREAD, "calls", 0) + 1
             try:
                 response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
             except _TRANSPORT as exc:

@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from sqlmodel import Session
 
-from connectors.transport import CallRecord, ProcessorError, redact
+from connectors.transport import CallRecord, ProcessorError, calls_on_this_thread, redact
 from connectors.transport import in_flight as transport_in_flight
 from core.settings import get_settings
 from flows import labels
@@ -315,18 +315,19 @@ class Pace:
     answers at once (the sandbox on this machine), extra threads only fight over the one
     interpreter lock with the thread that does the database work, and a batch gets slower.
     So the pool starts at `least` and allows one worker more for every `per_worker` seconds
-    the recent units took (the median of the last five, so one slow answer, a retry's
-    wait, does not open it): 100 ms answers open it up to `most`, answers in a few
-    milliseconds keep it at `least`.
+    a call of the recent units took (a unit's wall time over the requests it sent; the
+    median of the last five, so one slow answer, a retry's wait, does not open it): 100 ms
+    answers open it to 7, answers in a few milliseconds keep it at `least`. Per call, not
+    per unit: a student-ID order's four quick calls are no reason for a second worker.
 
     >>> pace = Pace(least=1, most=8)
     >>> pace.observe(0.5)  # one slow answer
     >>> pace.limit
     1
     >>> for _ in range(3):
-    ...     pace.observe(0.2)  # two calls at 100 ms each
+    ...     pace.observe(0.1)  # calls answered after 100 ms
     >>> pace.limit
-    8
+    7
     """
 
     def __init__(self, least: int, most: int, per_worker: float = 0.015):
@@ -337,7 +338,7 @@ class Pace:
         self._changed = threading.Condition()
 
     def observe(self, seconds: float) -> None:
-        """One unit took `seconds` (wall): adjust how many may be in flight."""
+        """A unit's calls took `seconds` each (wall): adjust how many may be in flight."""
         with self._changed:
             self._recent.append(seconds)
             typical = sorted(self._recent)[len(self._recent) // 2] if len(self._recent) >= 3 else 0.0
@@ -353,11 +354,11 @@ class Pace:
             while self._active >= self.limit:
                 self._changed.wait()
             self._active += 1
-        started = time.perf_counter()
+        started, calls = time.perf_counter(), calls_on_this_thread()
         try:
             yield
         finally:
-            self.observe(time.perf_counter() - started)
+            self.observe((time.perf_counter() - started) / max(1, calls_on_this_thread() - calls))
             with self._changed:
                 self._active -= 1
                 self._changed.notify()

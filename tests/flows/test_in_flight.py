@@ -75,8 +75,8 @@ def test_an_auth_failure_stops_every_worker_and_is_raised(workers):
 def test_the_pace_opens_up_for_slow_answers_and_stays_at_its_least_for_fast_ones():
     fast, slow = Pace(least=1, most=8), Pace(least=2, most=8)
     for _ in range(30):
-        fast.observe(0.004)  # a booking's two calls answered at once
-        slow.observe(0.21)  # the same at 100 ms an answer
+        fast.observe(0.004)  # calls answered at once
+        slow.observe(0.105)  # at 100 ms an answer
     assert fast.limit == 1 and slow.limit == 8
     for _ in range(30):
         slow.observe(0.004)
@@ -84,3 +84,22 @@ def test_the_pace_opens_up_for_slow_answers_and_stays_at_its_least_for_fast_ones
     for seconds in (0.004, 0.6, 0.004, 0.004, 0.7):
         fast.observe(seconds)  # a retry's wait now and then is no reason to open up
     assert fast.limit == 1
+
+
+def test_the_pace_judges_a_unit_by_the_time_per_call_it_sent(monkeypatch):
+    """Four quick calls in 48 ms (a student-ID order) keep one worker; judged per unit they
+    would have opened four. One call in the same 48 ms opens the pool."""
+    from connectors import transport
+    from flows import common
+
+    ticks = iter(x * 0.048 for x in range(100))
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(ticks))
+
+    def units(pace: Pace, calls: int) -> int:
+        for _ in range(5):
+            with pace.slot():
+                transport._THREAD.calls = transport.calls_on_this_thread() + calls
+        return pace.limit
+
+    assert units(Pace(least=1, most=8), calls=4) == 1
+    assert units(Pace(least=1, most=8), calls=1) == 4
