@@ -102,9 +102,6 @@ def _sqlite_immediate_transactions(engine: Engine) -> None:
         # sync batch dirties over a thousand pages (random index pages), so at SQLite's
         # default every commit paid a checkpoint: 20-50 ms a commit, 3-5 ms now.
         cursor.execute("PRAGMA wal_autocheckpoint=10000")
-        # A page cache of 32 MB instead of 2 MB: a sync batch's index pages (audit by
-        # pseudonym, register by subject) stay read between its statements.
-        cursor.execute("PRAGMA cache_size=-32768")
         cursor.close()
 
     @event.listens_for(engine, "begin")
