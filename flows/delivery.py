@@ -32,7 +32,7 @@ import functools
 import logging
 import threading
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
@@ -206,12 +206,15 @@ def per_person(
                 stop.set()
                 raise
 
-    if workers <= 1 or len(chains) <= 1:
-        for own in chains.values():
-            chain(own)
-    else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(chains)), thread_name_prefix="psync-deliver") as pool:
-            for future in [pool.submit(copy_context().run, chain, own) for own in chains.values()]:
+    # On this thread while the pace allows one at a time (answers come at once): handing
+    # each person to a pool thread cost a thread switch per record, a third of the
+    # student-ID batch's time. The pool starts once the answers are slow enough to open it.
+    pending = deque(chains.values())
+    while pending and not stop.is_set() and (workers <= 1 or pace.limit <= 1 or len(pending) <= 1):
+        chain(pending.popleft())
+    if pending and not stop.is_set():
+        with ThreadPoolExecutor(max_workers=min(workers, len(pending)), thread_name_prefix="psync-deliver") as pool:
+            for future in [pool.submit(copy_context().run, chain, own) for own in pending]:
                 future.result()
     if raised:
         raise raised[0]
