@@ -333,6 +333,7 @@ class Pace:
     def __init__(self, least: int, most: int, per_worker: float = 0.015):
         self.least, self.most, self.per_worker = max(1, min(least, most)), max(1, most), per_worker
         self.limit = self.least
+        self.last = 0.0  # seconds per call of the latest unit
         self._recent: deque[float] = deque(maxlen=5)
         self._active = 0
         self._changed = threading.Condition()
@@ -340,6 +341,7 @@ class Pace:
     def observe(self, seconds: float) -> None:
         """A unit's calls took `seconds` each (wall): adjust how many may be in flight."""
         with self._changed:
+            self.last = seconds
             self._recent.append(seconds)
             typical = sorted(self._recent)[len(self._recent) // 2] if len(self._recent) >= 3 else 0.0
             limit = max(self.least, min(self.most, 1 + int(typical / self.per_worker)))

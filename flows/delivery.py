@@ -206,11 +206,12 @@ def per_person(
                 stop.set()
                 raise
 
-    # On this thread while the pace allows one at a time (answers come at once): handing
-    # each person to a pool thread cost a thread switch per record, a third of the
-    # student-ID batch's time. The pool starts once the answers are slow enough to open it.
+    # On this thread while the answers come at once: handing each person to a pool thread
+    # costs a thread switch per record and buys nothing then. The pool takes over after the
+    # first person whose calls were slow enough to want company (the pace then decides how
+    # many at once), not after three: every batch starts a new pace.
     pending = deque(chains.values())
-    while pending and not stop.is_set() and (workers <= 1 or pace.limit <= 1 or len(pending) <= 1):
+    while pending and not stop.is_set() and (workers <= 1 or len(pending) <= 1 or _alone(pace)):
         chain(pending.popleft())
     if pending and not stop.is_set():
         with ThreadPoolExecutor(max_workers=min(workers, len(pending)), thread_name_prefix="psync-deliver") as pool:
@@ -219,6 +220,12 @@ def per_person(
     if raised:
         raise raised[0]
     return {key: failures[key] for key in map(record_id, rows) if key in failures}
+
+
+def _alone(pace: Pace) -> bool:
+    """Whether the next person goes on this thread: the pace allows one at a time and the
+    last person's calls came at once."""
+    return pace.limit <= 1 and pace.last < pace.per_worker
 
 
 def isolate(
