@@ -146,6 +146,14 @@ class _Batch:
         self.sent: dict[uuid.UUID, str] = {}
         self.lock = threading.RLock()
 
+    def note(self, counted: str, action: str, outcome: str, processor: str, pseudonym: str, booking: Booking) -> None:
+        """Count an outcome and audit it, under the lock (workers share both)."""
+        with self.lock:
+            self.counts[counted] += 1
+            self.events.append(
+                decision(action, outcome, processor, pseudonym, booking=booking.booking_ref, channel=booking.channel)
+            )
+
     def _customer_ids(self) -> dict[uuid.UUID, str | None]:
         rows = self.session.exec(
             select(Recipient.subject_id, Recipient.external_id).where(
@@ -160,18 +168,7 @@ class _Batch:
         subject = self.subjects[booking.subject_id]
         if not subject.email:
             # Erased meanwhile: nothing of the person may leave any more.
-            with self.lock:
-                self.counts["skipped_erased"] += 1
-                self.events.append(
-                    decision(
-                        "booking.push",
-                        "skipped",
-                        timify.PROCESSOR,
-                        subject.pseudonym,
-                        booking=booking.booking_ref,
-                        channel=booking.channel,
-                    )
-                )
+            self.note("skipped_erased", "booking.push", "skipped", timify.PROCESSOR, subject.pseudonym, booking)
             return
         service, resources = _placement(self.settings, booking)
         customer = self.clients.timify.upsert_customer(
@@ -188,19 +185,9 @@ class _Batch:
             notes=booking.concern,
             appointment_id=booking.timify_appointment_id,
         )
-        with self.lock:
+        with self.lock:  # an RLock: note takes it again
             booking.timify_appointment_id = appointment
-            self.counts["pushed"] += 1
-            self.events.append(
-                decision(
-                    "booking.push",
-                    "sent",
-                    timify.PROCESSOR,
-                    subject.pseudonym,
-                    booking=booking.booking_ref,
-                    channel=booking.channel,
-                )
-            )
+            self.note("pushed", "booking.push", "sent", timify.PROCESSOR, subject.pseudonym, booking)
         if booking.channel == Channel.video:
             self._register_video(booking, subject)
 
@@ -212,18 +199,7 @@ class _Batch:
                 booking.start_at, booking.duration_min, self.settings.video_chat_retention_days
             )
             record_sent_many(self.session, flexperto.PROCESSOR, booking.video_purpose, {subject.id: customer}, self.now)
-        with self.lock:
-            self.counts["video_registered"] += 1
-            self.events.append(
-                decision(
-                    "video.register",
-                    "sent",
-                    flexperto.PROCESSOR,
-                    subject.pseudonym,
-                    booking=booking.booking_ref,
-                    channel=booking.channel,
-                )
-            )
+        self.note("video_registered", "video.register", "sent", flexperto.PROCESSOR, subject.pseudonym, booking)
 
     def cancel(self, booking: Booking) -> None:
         subject = self.subjects[booking.subject_id]
@@ -236,18 +212,7 @@ class _Batch:
                 self._register_lost_customer(subject)
             if appointment is not None:
                 self.clients.timify.delete_appointments([appointment])
-                with self.lock:
-                    self.counts["cancelled"] += 1
-                    self.events.append(
-                        decision(
-                            "booking.cancel",
-                            "deleted",
-                            timify.PROCESSOR,
-                            subject.pseudonym,
-                            booking=booking.booking_ref,
-                            channel=booking.channel,
-                        )
-                    )
+                self.note("cancelled", "booking.cancel", "deleted", timify.PROCESSOR, subject.pseudonym, booking)
             with self.lock:
                 booking.timify_deleted_at = self.now
         if booking.channel == Channel.video and not booking.flexperto_customer_id and booking.chat_purged_at is None:
@@ -276,34 +241,12 @@ def purge_chat(batch: _Batch, booking: Booking, pseudonym: str) -> bool:
     """Delete what Flexperto holds about this booking's chat; record it only when verified."""
     assert booking.flexperto_customer_id is not None
     if not batch.clients.flexperto.purge(booking.flexperto_customer_id):
-        with batch.lock:
-            batch.counts["purge_not_verified"] += 1
-            batch.events.append(
-                decision(
-                    "video.purge",
-                    "not_verified",
-                    flexperto.PROCESSOR,
-                    pseudonym,
-                    booking=booking.booking_ref,
-                    channel=booking.channel,
-                )
-            )
+        batch.note("purge_not_verified", "video.purge", "not_verified", flexperto.PROCESSOR, pseudonym, booking)
         return False
     with batch.lock:  # a worker's (push-bookings) or the task's own thread (the purge)
         booking.chat_purged_at = batch.now
         record_removed_for(batch.session, booking.subject_id, flexperto.PROCESSOR, booking.video_purpose, batch.now)
-    with batch.lock:
-        batch.counts["chat_purged"] += 1
-        batch.events.append(
-            decision(
-                "video.purge",
-                "verified",
-                flexperto.PROCESSOR,
-                pseudonym,
-                booking=booking.booking_ref,
-                channel=booking.channel,
-            )
-        )
+    batch.note("chat_purged", "video.purge", "verified", flexperto.PROCESSOR, pseudonym, booking)
     return True
 
 

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
 
-from intake.receipts import ReceiptStore, ignored
+from intake.receipts import ReceiptStore, erased_reason, ignored
 from intake.types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown, Phone, context_now
 from models.audit import AuditEvent
 from models.bookings import BERLIN, Booking, BookingStatus, Channel
@@ -145,9 +145,7 @@ class BookingStore(ReceiptStore):
             subject = self.subjects.find(event.email, event.insurance_number)
             if erased_before(subject, event.at):
                 assert subject is not None and subject.erased_at is not None
-                reason = (
-                    f"dated before this person's data was erased ({describe_time(subject.erased_at)}); nothing restored"
-                )
+                reason = erased_reason(subject.erased_at)
                 return ignored(event.type, "erased", reason, subject.pseudonym, f"booking={event.booking_id}")
             booking = self._create(event, seq)
             return Applied("stored", self._audit("booking.requested", booking))

@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
-from intake.receipts import ignored
+from intake.receipts import erased_reason, ignored
 from intake.types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown
 from models.audit import AuditEvent
 from models.consent import (
@@ -178,7 +178,7 @@ class ConsentStore:
                 key,
                 subject,
                 "erased",
-                (f"dated before this person's data was erased ({describe_time(subject.erased_at)}); nothing restored"),
+                erased_reason(subject.erased_at),
             )
         if subject is not None and subject.erased_at is not None and is_confirm:
             if self.deferring:  # the person's new sign-up may be further down the file
@@ -282,8 +282,7 @@ class ConsentStore:
     def _unchanged(self, event: ConsentIntakeEvent, step: Step, before: Decision, cut, subject: DataSubject) -> Applied:
         detail = f"list={event.list_name}"
         if cut is not None and step.at <= cut:
-            reason = f"dated before this person's data was erased ({describe_time(cut)}); nothing restored"
-            return ignored(event.type, "erased", reason, subject.pseudonym, detail)
+            return ignored(event.type, "erased", erased_reason(cut), subject.pseudonym, detail)
         if subject.erased_at is not None or before.state == ENDED:
             what = "nothing to withdraw" if step.kind == EventKind.withdraw else "a new sign-up is needed"
             return ignored(event.type, "erased", f"this person's data was erased; {what}", subject.pseudonym, detail)

@@ -28,7 +28,7 @@ from schwifty import IBAN
 from sqlmodel import Session
 
 from intake.documents import Upload, check_document
-from intake.receipts import ReceiptStore, ignored
+from intake.receipts import ReceiptStore, erased_reason, ignored
 from intake.types import FIELD_NAME, Applied, Email, EventBase, NotYetKnown, context_now
 from models.audit import AuditEvent
 from models.bookings import BERLIN
@@ -173,9 +173,7 @@ class IsicStore(ReceiptStore):
             subject = self.subjects.find(event.email, None)
             if erased_before(subject, event.at):
                 assert subject is not None and subject.erased_at is not None
-                reason = (
-                    f"dated before this person's data was erased ({describe_time(subject.erased_at)}); nothing restored"
-                )
+                reason = erased_reason(subject.erased_at)
                 return ignored(event.type, "erased", reason, subject.pseudonym, f"order={event.order_id}")
             order = self._create(event, seq)
             return Applied("stored", self._audit("isic.ordered", order))

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 
 from sqlmodel import Session, SQLModel, select
 
 from intake.types import Applied
 from models.audit import AuditEvent
+from models.consent import describe_time
 from models.cursors import next_seq
 from models.receipts import IntakeReceipt, seen
 from models.subject_index import SubjectIndex
@@ -87,6 +89,11 @@ class ReceiptStore:
 
     def end_chunk(self) -> None:
         self.session.flush()
+
+
+def erased_reason(erased_at: datetime) -> str:
+    """Why a line dated before its person's erasure restores nothing (names no one)."""
+    return f"dated before this person's data was erased ({describe_time(erased_at)}); nothing restored"
 
 
 def ignored(event_type: str, why: str, reason: str, pseudonym: str | None, detail: str = "") -> Applied:
