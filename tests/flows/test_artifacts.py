@@ -92,6 +92,8 @@ COMPUTED: dict[str, set[str]] = {
     "str(request.urgency)": {u.value for u in Urgency},
     # student ID's _Batch.decide(action, outcome, order, count): its calls are read below
     "count or outcome": set(),
+    # bookings' _Batch.note(counted, action, …): its calls are read below
+    "counted": set(),
 }
 
 
@@ -101,6 +103,12 @@ def _name(node: ast.AST) -> str | None:
     if isinstance(node, ast.Attribute):
         return node.attr
     return None
+
+
+def _literal_first(call: ast.Call) -> bool:
+    """A call whose first argument is a string: bookings' ``note("pushed", …)``, not
+    another function of that name."""
+    return bool(call.args) and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)
 
 
 def _strings(node: ast.AST) -> set[str] | None:
@@ -118,7 +126,8 @@ def counted_keys() -> tuple[dict[str, set[str]], set[str]]:
     """Every key the flows' source counts, by module; and the computed keys' expressions.
 
     A count is a store into a mapping named ``counts`` (``counts[k] += 1``, ``batch.counts[k]
-    = n``), or the key of a ``decide(action, outcome, order[, count])`` call (student ID).
+    = n``), the key of a ``decide(action, outcome, order[, count])`` call (student ID), or the
+    first argument of a ``note(counted, action, …)`` call (bookings).
     """
     found: dict[str, set[str]] = {}
     computed: set[str] = set()
@@ -130,6 +139,8 @@ def counted_keys() -> tuple[dict[str, set[str]], set[str]]:
             elif isinstance(node, ast.Call) and _name(node.func) == "decide" and len(node.args) >= 2:
                 given = [k.value for k in node.keywords if k.arg == "count"]
                 key = node.args[3] if len(node.args) > 3 else given[0] if given else node.args[1]
+            elif isinstance(node, ast.Call) and _name(node.func) == "note" and _literal_first(node):
+                key = node.args[0]
             else:
                 continue
             strings = _strings(key)

@@ -11,6 +11,7 @@ sign-up needs a new confirmation.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -165,6 +166,13 @@ def everything(subject_id: uuid.UUID) -> dict:
     }
 
 
+# An old value counts where it stands on its own: "10115" inside a hash or an id's hex
+# digits (one row in a few thousand has it) is no postal code.
+_OLD_PATTERNS = {
+    name: re.compile(rf"(?<![0-9a-z]){re.escape(value.casefold())}(?![0-9a-z])") for name, value in OLD.items()
+}
+
+
 def old_values_anywhere() -> list[str]:
     """Which of the old values some text column of some table still holds (in any case)."""
     found = set()
@@ -173,7 +181,7 @@ def old_values_anywhere() -> list[str]:
             columns = [c for c in table.columns if isinstance(getattr(c.type, "impl", c.type), String)]
             for row in session.execute(sa_select(*columns)) if columns else ():
                 text = " ".join(str(v) for v in row if v is not None).casefold()
-                found |= {name for name, value in OLD.items() if value.casefold() in text}
+                found |= {name for name, pattern in _OLD_PATTERNS.items() if pattern.search(text)}
     return sorted(found)
 
 
