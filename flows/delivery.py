@@ -8,7 +8,9 @@ one record is and how it is sent (``Job``); ``run_batch`` owns the rest, once:
    cursor, the ones its last runs left to retry first; for each record that may carry a
    person's data somewhere, a "may hold" register row per (subject, processor, purpose)
    (``models.recipients.record_may_hold_many``). From here on an erasure finds that data,
-   whatever happens to the calls: a crash, a fault, a rollback.
+   whatever happens to the calls: a crash, a fault, a rollback. A job that sends in bulk
+   (the newsletter) has the batch before write this one ahead while its own calls were on
+   the wire, committed with it (``_write_next_ahead``); then this step only locks the cursor.
 2. **Deliver** (one transaction, the cursor locked again): the same records (had another
    worker moved the cursor in between, what follows it was not written ahead by this batch:
    it starts over at step 1), each sent on its own: one person's records one after the
@@ -100,7 +102,10 @@ class Job(Protocol, Generic[Row]):
       full records cost more to read gives lighter ones with the same ids, ``seq`` and
       ``subject_id``), and ``deliver_many(ctx, rows)`` (a job with a batch call, such as
       CleverReach's upsert, sends the records in batches: ``isolate`` finds the one record
-      a batch was refused for).
+      a batch was refused for). A ``deliver_many`` whose calls run on worker threads calls
+      `meanwhile` (if given) once, while they are on the wire: it writes the next batch
+      ahead in this batch's transaction (``_write_next_ahead``), work that then costs no
+      wall time.
     """
 
     name: str
@@ -118,7 +123,9 @@ class Job(Protocol, Generic[Row]):
     def finish(self, ctx: Any) -> tuple[Counter[str], list[AuditEvent]]: ...
     def lock(self, session: Session) -> int: ...
     def select_ahead(self, session: Session, after: int, limit: int) -> list[Any]: ...
-    def deliver_many(self, ctx: Any, rows: Sequence[Row]) -> dict[str, Exception]: ...
+    def deliver_many(
+        self, ctx: Any, rows: Sequence[Row], meanwhile: Callable[[], None] | None = None
+    ) -> dict[str, Exception]: ...
 
 
 class StreamJob:
@@ -146,10 +153,13 @@ class StreamJob:
     def select_ahead(self, session: Session, after: int, limit: int) -> list[Any]:
         return self.select(session, after, limit)  # type: ignore[attr-defined]  # the subclass's select (Job)
 
-    def deliver_many(self, ctx: Any, rows: Sequence[Any]) -> dict[str, Exception]:
+    def deliver_many(
+        self, ctx: Any, rows: Sequence[Any], meanwhile: Callable[[], None] | None = None
+    ) -> dict[str, Exception]:
         """Send each record on its own (``deliver``), each person's records in their order
         on one worker, several people at once (``per_person``); the failures by record id.
-        A failure no record could get past (``run_wide``) is raised."""
+        A failure no record could get past (``run_wide``) is raised. (`meanwhile` is not
+        called: the first records go on this thread, which has no time to spare.)"""
         deliver = functools.partial(self.deliver, ctx)  # type: ignore[attr-defined]  # the subclass's deliver, when it sends one at a time
         return per_person(rows, deliver, self.subject_id, self.record_id, in_flight(get_settings()))
 
@@ -263,6 +273,8 @@ class _Selection(Generic[Row]):
     rows: list[Row]
     after: int | None  # the cursor's position it was read at (None: a named run)
     last_seq: int | None  # of the records after the cursor (None: none, or a named run)
+    # Written ahead already, by the batch before (``_write_next_ahead``): `rows` not read.
+    covered: bool = False
 
 
 def _select(
@@ -281,11 +293,16 @@ def _select(
     if ids is not None:
         return _Selection(job.by_ids(session, ids), None, None)
     retry = due_for_retry(session, job.name)[:limit]
+    if ahead and not retry:
+        cursor = get_cursor(session, job.cursor)
+        if (cursor.ahead_after, cursor.ahead_count) == (after, limit) and cursor.ahead_through is not None:
+            return _Selection([], after, cursor.ahead_through, covered=True)  # the batch before wrote it
     rows = job.by_ids(session, retry) if retry else []
     fresh = job.select_ahead(session, after, limit) if ahead else job.select(session, after, limit)
     if upto is not None and fresh and job.seq(fresh[-1]) > upto:
         fresh = [r for r in fresh if job.seq(r) <= upto]
-    last = job.seq(fresh[-1]) if fresh else None
+    # Nothing left up to `upto` (what was written ahead has gone since): the cursor may pass it.
+    last = job.seq(fresh[-1]) if fresh else upto
     if rows:  # a record to retry that changed again since is taken once
         taken = {job.record_id(r) for r in rows}
         fresh = [r for r in fresh if job.record_id(r) not in taken]
@@ -299,6 +316,28 @@ def _write_ahead(session: Session, reaches: Iterable[Reach], now: datetime) -> i
     for (processor, purpose), subjects in sorted(grouped.items()):
         record_may_hold_many(session, processor, purpose, subjects, now)
     return sum(map(len, grouped.values()))
+
+
+def _write_next_ahead(
+    job: Job[Row], session: Session, last_seq: int, limit: int, now: datetime, events: list[AuditEvent]
+) -> None:
+    """Write the batch after this one ahead, in this batch's transaction, while its calls
+    are on the wire; mark it on the cursor (``SyncCursor.ahead_*``), so the next batch's
+    step 1, if it starts there with the same size, only locks its cursor. A short batch (the
+    stream's end) is left to the next batch's own step 1: more may have come by then. Registered before it leaves all the same: these rows commit with this
+    batch, before the next batch sends anything; if this batch fails they roll back with
+    it. A record that changes later gets a later place in the stream, past the mark, and
+    is written ahead by the batch that sends it. Whoever is being erased is left out, as
+    in step 1."""
+    rows = job.select_ahead(session, last_seq, limit)
+    if len(rows) < limit:  # the stream's end: what follows may come before the next batch
+        return
+    held = being_erased(session)
+    reaches = [r for r in job.reaches(session, rows) if r.subject_id not in held]
+    if written := _write_ahead(session, reaches, now):
+        events.append(decision(f"{job.name}.register_ahead", "may_hold", records=len(rows), rows=written, batch="next"))
+    cursor = get_cursor(session, job.cursor)
+    cursor.ahead_after, cursor.ahead_through, cursor.ahead_count = last_seq, job.seq(rows[-1]), limit
 
 
 def run_wide(exc: Exception) -> bool:
@@ -336,7 +375,7 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
                 write_audit(
                     session, [decision(f"{job.name}.register_ahead", "may_hold", records=len(ahead.rows), rows=written)]
                 )
-        if not ahead.rows:
+        if not ahead.rows and not ahead.covered:
             return {}
         counts = _send(job, limit, ids, ahead, held, now)
         if counts is not None:
@@ -361,7 +400,8 @@ def _send(
     try:
         with journal.journaled(job.name) as batch, transaction() as session:
             chosen = _select(job, session, limit, ids, upto=ahead.last_seq)
-            counts = None if chosen.after != ahead.after else _deliver(job, session, chosen, held, now, batch)
+            moved = chosen.after != ahead.after
+            counts = None if moved else _deliver(job, session, chosen, held, now, batch, limit)
     except BaseException:
         job.clients.drain_calls()  # the journal holds them: audited once, from there
         journal.settle_now()
@@ -377,6 +417,7 @@ def _deliver(
     held_ahead: set[uuid.UUID],
     now: datetime,
     batch: str,
+    limit: int,
 ) -> dict[str, int]:
     """Step 2 and 3 of ``run_batch``, in its second transaction. Held: whoever was held when
     the batch wrote ahead (nothing of theirs was) or has an open erasure request now."""
@@ -394,7 +435,10 @@ def _deliver(
                 events.append(job.held(ctx, row))
             else:
                 sending.append(row)
-    failures = job.deliver_many(ctx, sending)
+    meanwhile = None
+    if chosen.last_seq is not None:
+        meanwhile = functools.partial(_write_next_ahead, job, session, chosen.last_seq, limit, now, events)
+    failures = job.deliver_many(ctx, sending, meanwhile)
     for record, exc in failures.items():
         if isinstance(exc, ProcessorError):
             retriable = _retriable(exc)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -206,7 +206,9 @@ class RemovalJob(_ListJob):
     def held(self, ctx: _Push, row) -> AuditEvent:
         return decision("newsletter.remove", "held", PROCESSOR, row.pseudonym, self.list_name)
 
-    def deliver_many(self, ctx: _Push, rows: Sequence) -> dict[str, Exception]:
+    def deliver_many(
+        self, ctx: _Push, rows: Sequence, meanwhile: Callable[[], None] | None = None
+    ) -> dict[str, Exception]:
         counts, events, failures = _remove(ctx.session, self.client, self.list_name, self.group, rows, ctx.now)
         ctx.counts.update(counts)
         ctx.events += events
@@ -351,8 +353,11 @@ class ConsentJob(_ListJob):
     def held(self, ctx: _Push, row) -> AuditEvent:
         return decision("newsletter.push", "held", PROCESSOR, row.pseudonym, self.list_name)
 
-    def deliver_many(self, ctx: _Push, rows: Sequence) -> dict[str, Exception]:
-        """Remove the lapsed, upsert the confirmed; the records refused, by id."""
+    def deliver_many(
+        self, ctx: _Push, rows: Sequence, meanwhile: Callable[[], None] | None = None
+    ) -> dict[str, Exception]:
+        """Remove the lapsed, upsert the confirmed (`meanwhile` runs while the first
+        upserts are on the wire); the records refused, by id."""
         client, session, now = self.client, ctx.session, ctx.now
         counts, events, failures = _remove_lapsed(session, client, self.list_name, self.group, rows, now)
         confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
@@ -363,6 +368,8 @@ class ConsentJob(_ListJob):
         calls: list[int] = []  # receivers per answered upsert of the wave
         upsert = partial(_upsert, client, self.group, self.list_name)
         with overlapped(partial(isolate, upsert, unit) for unit in units) as answers:
+            if meanwhile is not None:
+                meanwhile()
             for index, (sent, refused) in enumerate(answers, start=1):
                 for unit, _ in sent:
                     wave += [r.subject_id for r in unit]

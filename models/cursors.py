@@ -26,10 +26,16 @@ class SyncCursor(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=100)
     position: int = 0
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # The next batch, written ahead by the batch before (``flows.delivery``): the `ahead_count`
+    # records after position `ahead_after`, up to seq `ahead_through`. Good for one batch of
+    # that size starting exactly there; anything else writes ahead as usual.
+    ahead_after: int | None = None
+    ahead_through: int | None = None
+    ahead_count: int | None = None
 
 
 classify(Counter, not_personal=["name", "value"])
-classify(SyncCursor, not_personal=["name", "position", "updated_at"])
+classify(SyncCursor, not_personal=["name", "position", "updated_at", "ahead_after", "ahead_through", "ahead_count"])
 
 
 def next_seq(session: Session, name: str, count: int = 1) -> int:

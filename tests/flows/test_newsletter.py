@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import uuid
 from collections import Counter
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +18,7 @@ from flows import newsletter
 from flows.intake import intake_lines
 from models.audit import AuditEntry, verify
 from models.consent import ConsentRecord, ConsentState
-from models.db import transaction
+from models.db import get_engine, transaction
 from models.recipients import Recipient
 from models.subjects import DataSubject
 from models.types import utcnow
@@ -257,6 +260,40 @@ def test_a_crash_after_the_upsert_then_a_rerun_ends_exactly_right(against_sandbo
         rows = session.exec(select(Recipient).where(Recipient.processor == "cleverreach")).all()
         assert len(rows) == 30 and len({r.subject_id for r in rows}) == 30
         assert all(r.confirmed_at is not None for r in rows)
+
+
+def test_each_batch_writes_the_next_one_ahead_and_every_upsert_finds_its_receivers_registered(
+    against_sandbox, monkeypatch
+):
+    emails = [f"w{i}@example.de" for i in range(40)]
+    take_in(*[line for e in emails for line in (signup(e), confirm(e))])
+    original, unregistered, sent = newsletter._upsert, [], []
+
+    def checked(client, group, list_name, rows):
+        # On the worker thread, through a reader of its own: only committed rows count.
+        # (A plain sqlite3 reader: the project's connections begin IMMEDIATE, as writers.)
+        with closing(sqlite3.connect(get_engine().url.database)) as db:
+            query = "SELECT subject_id FROM recipient WHERE processor = 'cleverreach' AND removed_at IS NULL"
+            live = {uuid.UUID(hex=row[0]) for row in db.execute(query)}
+        unregistered.extend(r.subject_id for r in rows if r.subject_id not in live)
+        sent.extend(rows)
+        return original(client, group, list_name, rows)
+
+    monkeypatch.setattr(newsletter, "_upsert", checked)
+    counts = newsletter.sync_newsletter_consents(batch_size=5, records_per_task=10)
+    assert counts["pushed"] == 40 and len(sent) == 40
+    assert unregistered == []
+    with transaction() as session:
+        ahead = session.exec(select(AuditEntry.detail).where(AuditEntry.action.endswith(".register_ahead"))).all()
+    # Four batches of 10: the first writes itself ahead, each of the next three was written
+    # by the batch before it (while its upserts were on the wire) and writes nothing again.
+    assert len(ahead) == 4 and sum("batch=next" in detail for detail in ahead) == 3
+    # A different batch size does not trust the marks: 10 more go through their own step 1.
+    more = [f"v{i}@example.de" for i in range(10)]
+    take_in(*[line for e in more for line in (signup(e), confirm(e))])
+    assert newsletter.sync_newsletter_consents(batch_size=5, records_per_task=7)["pushed"] == 10
+    assert unregistered == []
+    assert sorted(receivers(against_sandbox, "1001")) == sorted(emails + more)
 
 
 def test_a_crash_between_waves_rolls_the_whole_batch_back_and_a_rerun_ends_exact(against_sandbox, monkeypatch):
