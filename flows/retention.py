@@ -1,13 +1,17 @@
 """``enforce-retention`` (daily): every deletion rule of the catalogue, executed or checked.
 
-Rules whose ``enforced_by`` is this flow are executed here (``models.retention.EXECUTED``):
-what is due by today is deleted at the processor through the same ``ERASER`` the erasure
-fan-out uses, read back, noted in the register and audited under the subject's pseudonym.
-The other rules with a period keep their own jobs (``expire-unconfirmed-optins``,
-``purge-video-chat-data``, ``purge-student-id-documents``); this flow counts what is past any
-rule's period (``models.retention.OVERDUE``) and fails, naming the rule ids, when something
-is overdue, as ``psync retention check`` does. After each run the deletion concept, with
-the periods in force, is published as an artifact.
+Every rule with a period is executed from here, once a day:
+
+- rules whose ``enforced_by`` is this flow (``models.retention.EXECUTED``): what is due by
+  today is deleted at the processor through the same ``ERASER`` the erasure fan-out uses,
+  read back, noted in the register and audited under the subject's pseudonym;
+- rules with a purge of their own (``expire-unconfirmed-optins``, ``purge-video-chat-data``,
+  ``purge-student-id-documents``: ``PURGES``): that flow runs as a subflow of this one, for
+  the same day. Their deployments stay, unscheduled, for a run by hand.
+
+Then it counts what is past any rule's period (``models.retention.OVERDUE``) and fails,
+naming the rule ids, when something is overdue, as ``psync retention check`` does. After
+each run the deletion concept, with the periods in force, is published as an artifact.
 
 Logs, artifacts and exceptions carry rule ids and counts only.
 """
@@ -15,12 +19,14 @@ Logs, artifacts and exceptions carry rule ids and counts only.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date
-from typing import Any
+from collections.abc import Callable
+from datetime import date, datetime, time
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from connectors import erasure as erasers
 from connectors.erasure import AWAITING, VERIFIED, NotVerified, Target
@@ -30,12 +36,20 @@ from core.clock import berlin_today
 from core.records import document
 from core.settings import get_settings
 from flows.common import JobFailed, call_events, counts_artifact, decision, one_line_failure, write_audit
+from flows.registry import get_flow
 from models.db import transaction
 from models.recipients import record_removed_for
 from models.retention import EXECUTED, OVERDUE
-from models.types import utcnow
+from models.types import BERLIN, utcnow
 
 FLOW = "enforce-retention"
+# The rules' own purge flows this one runs, and how each takes the day to judge by (the
+# opt-in expiry judges a moment: noon of that Berlin day).
+PURGES: dict[str, Callable[[date], date | datetime]] = {
+    "expire-unconfirmed-optins": lambda day: datetime.combine(day, time(12), BERLIN),
+    "purge-video-chat-data": lambda day: day,
+    "purge-student-id-documents": lambda day: day,
+}
 
 
 def overdue(today: date, settings: Any) -> dict[str, int]:
@@ -100,12 +114,14 @@ def execute_rule(rule_id: str, today: date) -> dict[str, int]:
 @flow(name=FLOW)
 @one_line_failure
 def enforce_retention(as_of: date | None = None) -> dict[str, int]:
-    """Execute the deletion rules due today and check every rule for overdue records.
+    """Execute every deletion rule due today and check every rule for overdue records.
 
     Deletes at the processor what a rule of this flow makes due (a TIMIFY customer and
     appointments a configurable number of days after the last appointment), verified by
-    reading back; fails naming the rule ids when any rule's period is past for a record.
-    Publishes the deletion concept with the periods in force.
+    reading back; runs the rules' own purges (unconfirmed sign-ups, video chats, student-ID
+    documents) as subflows; fails naming the rule ids when any rule's period is past for a
+    record, or naming a purge that failed. Publishes the deletion concept with the periods
+    in force.
 
     Args:
         as_of: The Berlin calendar day to judge the periods by (empty: today).
@@ -116,6 +132,14 @@ def enforce_retention(as_of: date | None = None) -> dict[str, int]:
     for rule in catalogue.RULES:
         if rule.enforced_by == FLOW:
             counts.update(execute_rule(rule.id, today))
+    failed_purges = []
+    for name in sorted({rule.enforced_by for rule in catalogue.RULES if rule.enforced_by in PURGES}):
+        # As a state, not raised: its own run says why it failed; the others still run.
+        state = cast(State, get_flow(name)(as_of=PURGES[name](today), return_state=True))
+        if state.is_completed():
+            counts.update(state.result())
+        else:
+            failed_purges.append(name)
     late = overdue(today, settings)
     counts["retention_overdue"] = sum(late.values())
     counts_artifact("enforce-retention", "Löschregeln / Deletion rules", counts)
@@ -124,8 +148,9 @@ def enforce_retention(as_of: date | None = None) -> dict[str, int]:
         key="deletion-concept",
         description="Löschkonzept mit den geltenden Fristen / deletion concept with the periods in force",
     )
-    if counts.get("retention_failed") or late:
+    if counts.get("retention_failed") or late or failed_purges:
         where = ", ".join(f"{rule_id}: {count}" for rule_id, count in sorted(late.items()))
         failed = counts.get("retention_failed", 0)
-        raise JobFailed(f"retention: {failed} deletion(s) failed; overdue by rule: {where or 'none'}")
+        purges = f"; failed: {', '.join(failed_purges)}" if failed_purges else ""
+        raise JobFailed(f"retention: {failed} deletion(s) failed; overdue by rule: {where or 'none'}{purges}")
     return dict(counts)

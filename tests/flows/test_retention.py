@@ -7,9 +7,11 @@ import json
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from prefect import flow as prefect_flow
 from sqlmodel import select
 from typer.testing import CliRunner
 
+from core.settings import get_settings
 from flows import bookings, retention
 from flows.common import JobFailed
 from flows.intake import intake_lines
@@ -17,6 +19,7 @@ from models.audit import AuditEntry, verify
 from models.bookings import Booking
 from models.db import transaction
 from models.recipients import Recipient
+from models.subjects import DataSubject
 from psync.cli import app
 from psync.sandbox_env import SERVICE_POINTS
 
@@ -136,8 +139,66 @@ def test_overdue_is_reported_by_rule_from_the_day_after_the_due_day(settings):
     assert bad.exit_code == 2
 
 
-def test_the_flow_fails_naming_rule_ids_when_something_is_overdue(settings):
+def test_the_flow_runs_each_rules_own_purge_so_nothing_is_left_overdue(settings):
+    signed = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)  # due on 2026-03-31
+    take_in(signup("nie.bestaetigt@example.de", signed), now=signed + timedelta(hours=1))
+    kept = retention.enforce_retention(as_of=date(2026, 3, 30))  # the day before: kept
+    assert not kept.get("expired") and retention.overdue(date(2026, 3, 31), settings) == {}
+    counts = retention.enforce_retention(as_of=date(2026, 3, 31))
+    assert counts["expired"] == 1 and counts["retention_overdue"] == 0
+    with transaction() as session:
+        assert session.exec(select(DataSubject.email).where(DataSubject.email != None)).all() == []  # noqa: E711
+    assert retention.overdue(date(2026, 4, 30), settings) == {}
+
+
+def test_the_flow_fails_naming_rule_ids_when_something_is_overdue(settings, monkeypatch):
     signed = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
     take_in(signup("nie.bestaetigt@example.de", signed), now=signed + timedelta(hours=1))
+    monkeypatch.setattr(retention, "PURGES", {})  # as if the opt-in expiry had not run
     with pytest.raises(JobFailed, match=r"overdue by rule: R01: 1"):
         retention.enforce_retention(as_of=date(2026, 4, 1))
+
+
+def test_a_purge_that_fails_is_named_and_the_others_still_run(settings, monkeypatch):
+    signed = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    take_in(signup("nie.bestaetigt@example.de", signed), now=signed + timedelta(hours=1))
+    ran = []
+
+    @prefect_flow(name="purge-that-fails")
+    def failing(as_of):
+        raise RuntimeError("processor down")
+
+    real = retention.get_flow
+
+    def flows(name):
+        ran.append(name)
+        return failing if name == "purge-video-chat-data" else real(name)
+
+    monkeypatch.setattr(retention, "get_flow", flows)
+    with pytest.raises(JobFailed, match=r"overdue by rule: none; failed: purge-video-chat-data"):
+        retention.enforce_retention(as_of=date(2026, 4, 1))
+    assert sorted(ran) == sorted(retention.PURGES)  # the sign-up was expired all the same
+    assert retention.overdue(date(2026, 4, 1), settings) == {}
+
+
+def test_each_run_publishes_the_deletion_concept_with_the_periods_in_force(settings, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    from core import catalogue
+
+    monkeypatch.setenv("PSYNC_TIMIFY_CUSTOMER_RETENTION_DAYS", "45")
+    get_settings.cache_clear()
+    state = retention.enforce_retention(as_of=date(2026, 3, 1), return_state=True)
+    assert state.is_completed()
+    run = state.state_details.flow_run_id
+    found = ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=[run]), key=ArtifactFilterKey(any_=["deletion-concept"])
+    )
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=found)
+    text = artifact.data
+    assert all(rule.id in text for rule in catalogue.RULES)
+    assert "Löschkonzept" in text and "deletion concept" in text.lower()
+    row = next(line for line in text.splitlines() if "R06" in line)
+    assert "45" in row  # the period in force, from the setting, not the catalogue's default
