@@ -43,7 +43,7 @@ from intake.booking import (
 )
 from intake.consent import ConsentConfirm, ConsentSignup, ConsentStore, ConsentWithdraw
 from intake.erasure import ErasureRejected, ErasureRequestEvent, ErasureStore
-from intake.ident import IdentCase, IdentStore
+from intake.ident import CallNote, HeldStore, IdentCase
 from intake.isic import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
 from intake.types import EMAIL_CACHE, FIELD_NAME, NotYetKnown
 from models.audit import AuditEvent
@@ -79,7 +79,8 @@ IntakeEvent = Annotated[
     | IsicOrderEvent
     | IsicCancel
     | ErasureRequestEvent
-    | IdentCase,
+    | IdentCase
+    | CallNote,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[IntakeEvent] = TypeAdapter(IntakeEvent)
@@ -240,14 +241,15 @@ class Applier:
         self.bookings = BookingStore(session, key, self.subjects)
         self.orders = IsicStore(session, key, self.subjects, DocumentCipher(document_key) if document_key else None)
         self.erasures = ErasureStore(session, key)
-        self.idents = IdentStore(session, key, self.subjects)
+        self.held = HeldStore(session, key, self.subjects)
         # A dispatch table by the event type's prefix; each store takes only its own events.
         self.stores: dict[str, Any] = {
             "consent": self.consents,
             "booking": self.bookings,
             "isic": self.orders,
             "erasure": self.erasures,
-            "ident": self.idents,
+            "ident": self.held,
+            "call": self.held,
         }
 
     def apply(self, chunk: list[Parsed], defer: bool) -> ChunkApplied:
@@ -266,7 +268,7 @@ class Applier:
         self.bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
         self.orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
         self.erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))  # type: ignore[misc]  # the type's prefix picks the store's own events
-        self.idents.begin_chunk(e for _, e in chunk if e.type.startswith("ident."))  # type: ignore[misc]  # the type's prefix picks the store's own events
+        self.held.begin_chunk(e for _, e in chunk if e.type.startswith(("ident.", "call.")))  # type: ignore[misc]  # the type's prefix picks the store's own events
         for number, event in chunk:
             store = self.stores[event.type.split(".")[0]]
             try:
@@ -281,7 +283,7 @@ class Applier:
             results.append(LineResult(number, applied.outcome, applied.reason))
             if applied.audit is not None:
                 audit.append(applied.audit)
-        for store in self.stores.values():
+        for store in {id(s): s for s in self.stores.values()}.values():  # each store once
             store.end_chunk()
         return ChunkApplied(results, audit, later)
 

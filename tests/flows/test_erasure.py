@@ -466,6 +466,30 @@ def test_a_manual_processor_gets_a_request_text_and_is_confirmed_with_evidence(e
             erasure.confirm_manual(session, manual["task_id"], "noch einmal", utcnow())
 
 
+def test_a_call_note_taken_by_emilie_puts_her_in_the_register_and_the_erasure_writes_to_her(env):
+    url, base = env
+    take_in(base, *_lines(ANNA)[:2])
+    note = json.dumps({"type": "call.note", "email": ANNA.email, "note_id": "N-2026-0042", "at": utcnow().isoformat()})
+    take_in(base, note)
+    with transaction() as session:  # handed over twice: registered once
+        assert [r.outcome for r in intake_lines(session, KEY, [note], now=utcnow())] == ["duplicate"]
+    subject = subject_of(ANNA)
+    with transaction() as session:
+        [row] = session.exec(select(Recipient).where(Recipient.processor == "emilie")).all()
+    assert (row.subject_id, row.purpose, row.removed_at) == (subject.id, "call:N-2026-0042", None)
+    for bad in ({"note_id": "../x"}, {"note_id": "N-1", "name": ANNA.last}, {"note_id": "N-1", "email": "keine"}):
+        line = json.dumps({"type": "call.note", "email": ANNA.email, "at": utcnow().isoformat(), **bad})
+        with transaction() as session:
+            [result] = intake_lines(session, KEY, [line], now=utcnow())
+        assert result.outcome == "rejected" and ANNA.last not in result.reason
+    erasure.fan_out_erasure(email=ANNA.email)
+    rid = the_request()
+    assert request_state(rid) == ("open", {"emilie": "manual_pending"})
+    with transaction() as session:
+        [manual] = erasure.manual_requests(session, rid)
+    assert manual["text"].startswith("An: Milliways Infodesign GmbH") and "Art. 17" in manual["text"]
+
+
 def test_a_processor_configured_as_manual_is_not_called(env, monkeypatch):
     url, base = env
     take_in(base, *_lines(ANNA)[:2])
