@@ -35,7 +35,7 @@ def _seed(n: int, now: datetime) -> None:
                 settings.hmac_key(),
                 lines[start : start + 5000],
                 now=now,
-                service_points=settings.timify_service_points,
+                service_points=settings.timify.service_points,
             )
         rejected = [r for r in results if r.outcome != "stored"]
         if rejected:

@@ -72,7 +72,7 @@ def child(mode: str, path: Path, profile: Path | None) -> dict:
         "now": utcnow(),
         "base_dir": path.parent,
         "document_key": settings.document_key_bytes(),
-        "max_document_bytes": settings.isic_max_document_bytes,
+        "max_document_bytes": settings.isic.max_document_bytes,
     }
     with path.open("rb") as lines:
         if mode == "one-transaction":
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from core.settings import get_settings
 
-        max_bytes = get_settings().isic_max_document_bytes
+        max_bytes = get_settings().isic.max_document_bytes
         report["orders_result"] = {}
         for orders in sorted({max(1, args.orders // 10), args.orders}):
             folder = work / f"orders-{orders}"

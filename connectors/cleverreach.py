@@ -28,10 +28,8 @@ from connectors.transport import (
     FatalError,
     HttpClient,
     path,
+    setup,
     token_client,
-)
-from connectors.transport import (
-    http_options as http_options_from,
 )
 from core import catalogue
 
@@ -215,24 +213,8 @@ class CleverReach:
 
 def from_settings(settings, session: requests.Session | None = None, **http_options) -> CleverReach:
     """The configured account (credentials from the environment or a Secret block)."""
-    secret = settings.secret("cleverreach_client_secret")
-    if not settings.cleverreach_client_id or not secret:
-        raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
-    options = http_options_from(
-        settings,
-        settings.cleverreach_rate_per_second,
-        session=session,
-        base_url=settings.cleverreach_base_url,
-        processor=PROCESSOR,
-        **http_options,
-    )
-    return CleverReach.connect(
-        settings.cleverreach_base_url,
-        settings.cleverreach_client_id,
-        secret,
-        batch_size=settings.cleverreach_batch_size,
-        **options,
-    )
+    own, secret, options = setup(settings, PROCESSOR, session=session, **http_options)
+    return CleverReach.connect(own.base_url, own.client_id, secret, batch_size=own.batch_size, **options)
 
 
 class CleverReachEraser:
@@ -247,7 +229,7 @@ class CleverReachEraser:
 
     def _group(self, target: Target) -> str:
         list_name = target.purpose_arg("consent:")
-        group = getattr(target.settings, f"cleverreach_group_{list_name}", None)
+        group = target.settings.cleverreach.group(list_name)
         if not group:
             raise ValueError(f"no CleverReach group configured for list {list_name}")
         return str(group)

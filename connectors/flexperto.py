@@ -38,10 +38,8 @@ from connectors.transport import (
     HttpClient,
     path,
     refuse_unlisted,
+    setup,
     token_client,
-)
-from connectors.transport import (
-    http_options as http_options_from,
 )
 from core import catalogue
 
@@ -184,18 +182,8 @@ class Flexperto:
 
 def from_settings(settings, session: requests.Session | None = None, **http_options) -> Flexperto:
     """The configured tenant (client secret from the environment or a Secret block)."""
-    secret = settings.secret("flexperto_client_secret")
-    if not settings.flexperto_client_id or not secret:
-        raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
-    options = http_options_from(
-        settings,
-        settings.flexperto_rate_per_second,
-        session=session,
-        base_url=settings.flexperto_base_url,
-        processor=PROCESSOR,
-        **http_options,
-    )
-    return Flexperto.connect(settings.flexperto_base_url, settings.flexperto_client_id, secret, **options)
+    own, secret, options = setup(settings, PROCESSOR, session=session, **http_options)
+    return Flexperto.connect(own.base_url, own.client_id, secret, **options)
 
 
 class FlexpertoEraser:

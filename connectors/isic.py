@@ -54,10 +54,8 @@ from connectors.transport import (
     HttpClient,
     path,
     refuse_unlisted,
+    setup,
     token_client,
-)
-from connectors.transport import (
-    http_options as http_options_from,
 )
 from core import catalogue
 
@@ -293,18 +291,8 @@ class Isic:
 
 def from_settings(settings, session: requests.Session | None = None, **http_options) -> Isic:
     """The configured issuer account (client secret from the environment or a Secret block)."""
-    secret = settings.secret("isic_client_secret")
-    if not settings.isic_client_id or not secret:
-        raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
-    options = http_options_from(
-        settings,
-        settings.isic_rate_per_second,
-        session=session,
-        base_url=settings.isic_base_url,
-        processor=PROCESSOR,
-        **http_options,
-    )
-    return Isic.connect(settings.isic_base_url, settings.isic_client_id, secret, **options)
+    own, secret, options = setup(settings, PROCESSOR, session=session, **http_options)
+    return Isic.connect(own.base_url, own.client_id, secret, **options)
 
 
 class IsicEraser:

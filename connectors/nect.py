@@ -44,9 +44,7 @@ from connectors.transport import (
     RetriableError,
     path,
     refuse_unlisted,
-)
-from connectors.transport import (
-    http_options as http_options_from,
+    setup,
 )
 from core import catalogue
 
@@ -187,18 +185,8 @@ class Nect:
 
 def from_settings(settings, session: requests.Session | None = None, **http_options) -> Nect:
     """The configured Nect account (API key from the environment or a Secret block)."""
-    api_key = settings.secret("nect_api_key")
-    if not api_key:
-        raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
-    options = http_options_from(
-        settings,
-        settings.nect_rate_per_second,
-        session=session,
-        base_url=settings.nect_base_url,
-        processor=PROCESSOR,
-        **http_options,
-    )
-    return Nect.connect(settings.nect_base_url, api_key, **options)
+    own, api_key, options = setup(settings, PROCESSOR, session=session, **http_options)
+    return Nect.connect(own.base_url, api_key, **options)
 
 
 class NectEraser:

@@ -49,10 +49,8 @@ from connectors.transport import (
     HttpClient,
     path,
     refuse_unlisted,
+    setup,
     token_client,
-)
-from connectors.transport import (
-    http_options as http_options_from,
 )
 from core import catalogue
 
@@ -408,24 +406,8 @@ class Timify:
 
 def from_settings(settings, session: requests.Session | None = None, **http_options) -> Timify:
     """The configured company (app secret from the environment or a Secret block)."""
-    secret = settings.secret("timify_app_secret")
-    if not settings.timify_app_id or not secret or not settings.timify_company_id:
-        raise FatalError(PROCESSOR, "configure", None, reason="credentials not configured")
-    options = http_options_from(
-        settings,
-        settings.timify_rate_per_second,
-        session=session,
-        base_url=settings.timify_base_url,
-        processor=PROCESSOR,
-        **http_options,
-    )
-    return Timify.connect(
-        settings.timify_base_url,
-        settings.timify_app_id,
-        secret,
-        settings.timify_company_id,
-        **options,
-    )
+    own, secret, options = setup(settings, PROCESSOR, session=session, **http_options)
+    return Timify.connect(own.base_url, own.app_id, secret, own.company_id, **options)
 
 
 class TimifyEraser:

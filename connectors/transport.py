@@ -493,6 +493,28 @@ def http_options(
     return options
 
 
+def setup(settings: Any, processor: str, **overrides: Any) -> tuple[Any, str, dict[str, Any]]:
+    """What every connector's ``from_settings`` starts with: the processor's settings group
+    (``core.settings.ProcessorSettings``), its credential (from the environment or a Secret
+    block) and the ``HttpClient`` options (``http_options``: the one retry policy, the
+    processor's one rate limiter, a session at its API root).
+
+    Raises a ``FatalError`` ("configure") when the credential or a field the client needs is
+    missing; the CLI names the missing variables (``psync check`` reads the same group).
+
+    Example::
+
+        own, secret, options = setup(settings, "flexperto", session=session)
+        return Flexperto.connect(own.base_url, own.client_id, secret, **options)
+    """
+    own = settings.processor(processor)
+    secret = own.secret()
+    if not secret or not all(own.is_set(name) for name in own.needs):
+        raise FatalError(processor, "configure", None, reason="credentials not configured")
+    options = http_options(settings, own.rate_per_second, base_url=own.base_url, processor=processor, **overrides)
+    return own, secret, options
+
+
 _THREAD = threading.local()
 
 

@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -105,7 +106,8 @@ class DeletionRule:
     """One deletion rule per data type (data held for one purpose in one place).
 
     `period_days` is the standard period after the start event (0: at once); a settings field
-    named by `setting` overrides it (the enforcing flow reads that field). `enforced_by` names
+    named by `setting` overrides it (the enforcing flow reads that field; "timify.x" is the
+    field x of the processor's settings group). `enforced_by` names
     the flow (its Prefect deployment) that deletes when the period is over, or "manual" when a
     person does (the processor's own deletion, requested by letter).
     """
@@ -125,7 +127,7 @@ class DeletionRule:
     def days(self, settings: Any = None) -> int:
         """The period in force: the setting when one is named and given, else the standard."""
         if self.setting and settings is not None:
-            return int(getattr(settings, self.setting))
+            return int(functools.reduce(getattr, self.setting.split("."), settings))
         return self.period_days
 
 
@@ -308,7 +310,7 @@ TIMIFY_CUSTOMER = DeletionRule(
         "no statutory retention duty for bookings",
     ),
     "enforce-retention",
-    setting="timify_customer_retention_days",
+    setting="timify.customer_retention_days",
 )
 VIDEO_CHAT = DeletionRule(
     "R07",
@@ -336,7 +338,7 @@ ISIC_DOCUMENTS = DeletionRule(
         "seed 003 XIV: only until the order and follow-up questions are done; Art. 5(1)(c), (e) GDPR",
     ),
     "purge-student-id-documents",
-    setting="isic_document_retention_days",
+    setting="isic.document_retention_days",
     backup_days=CONTROLLER_BACKUP_DAYS,
 )
 ISIC_CARDHOLDER = DeletionRule(

@@ -14,15 +14,155 @@ import secrets
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DATA_DIR = Path(".psync")
 
 
+def _secret(owner: BaseModel, name: str) -> str | None:
+    """The secret field `name` of `owner` from the environment, else from its Prefect Secret
+    block (the field ``<name>_block`` names it)."""
+    value: SecretStr | None = getattr(owner, name)
+    if value is not None:
+        return value.get_secret_value()
+    block = getattr(owner, f"{name}_block", None)
+    if block:
+        from prefect.blocks.system import Secret
+
+        return str(Secret.load(block).get())  # type: ignore[union-attr]  # sync_compatible: a block here, no event loop runs
+    return None
+
+
+class ProcessorSettings(BaseModel):
+    """What every API processor's group has: its API root, its rate and one credential.
+
+    A subclass declares `credential` (the secret field: a value, or its ``_block``) and
+    `needs` (the other fields no client can be made without); ``psync check`` and the HTTP
+    layer's set-up (``connectors.transport.setup``) read both, so a processor's required
+    settings are said once. `jobs_need` are what its jobs need beyond a client (groups,
+    services), checked by ``psync check`` only.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    base_url: str
+    rate_per_second: float = Field(10.0, gt=0)
+
+    credential: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]] = ()
+    jobs_need: ClassVar[tuple[str, ...]] = ()
+    # A default URL that only holds a place: the processor is not set up while it stands.
+    placeholder_url: ClassVar[str | None] = None
+
+    def secret(self, name: str | None = None) -> str | None:
+        """The credential (or the secret field `name`) from the environment or its block."""
+        return _secret(self, name or self.credential)
+
+    def is_set(self, name: str) -> bool:
+        """Whether field `name` has a value (the placeholder URL is none)."""
+        value = getattr(self, name)
+        if name == "base_url" and self.placeholder_url:
+            return bool(value) and value.rstrip("/") != self.placeholder_url
+        if name == self.credential:
+            return bool((value is not None and value.get_secret_value()) or getattr(self, f"{name}_block", None))
+        return bool(value)
+
+
+class CleverReachSettings(ProcessorSettings):
+    """CleverReach (seed 000): the API root; /oauth/token.php and /v3/... hang below it."""
+
+    base_url: str = "https://rest.cleverreach.com"
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_block: str | None = None
+    # The group (list) of each consent list at CleverReach.
+    group_newsletter: str | None = None
+    group_service_offers: str | None = None
+    batch_size: int = Field(250, ge=1, le=1000)
+
+    credential: ClassVar[str] = "client_secret"
+    needs: ClassVar[tuple[str, ...]] = ("client_id",)
+    jobs_need: ClassVar[tuple[str, ...]] = ("group_newsletter", "group_service_offers")
+
+    def group(self, list_name: str) -> str | None:
+        """The group of consent list `list_name` ("newsletter", "service_offers"); None when
+        it is not configured or the list is not one of ours."""
+        return {"newsletter": self.group_newsletter, "service_offers": self.group_service_offers}.get(list_name)
+
+
+class TimifySettings(ProcessorSettings):
+    """TIMIFY (seed 001): API root; /v1/... hangs below it. Company scope by `company-id`."""
+
+    base_url: str = "https://api.timify.com"
+    app_id: str | None = None
+    app_secret: SecretStr | None = None
+    app_secret_block: str | None = None
+    company_id: str | None = None
+    # The TIMIFY services a booking is made for, and our service point ids -> TIMIFY
+    # resource ids (JSON in the environment: PSYNC_TIMIFY_SERVICE_POINTS='{"sp-1":"65e6..."}').
+    branch_service_id: str | None = None
+    video_service_id: str | None = None
+    service_points: dict[str, str] = {}
+    # A TIMIFY customer and their appointments are deleted at TIMIFY this many days after the
+    # customer's last appointment (core.catalogue rule R06; seed 001: not held permanently).
+    customer_retention_days: int = Field(30, ge=0)
+
+    credential: ClassVar[str] = "app_secret"
+    needs: ClassVar[tuple[str, ...]] = ("app_id", "company_id")
+    jobs_need: ClassVar[tuple[str, ...]] = ("branch_service_id", "video_service_id", "service_points")
+
+
+class FlexpertoSettings(ProcessorSettings):
+    """Flexperto (video consultations, seed 001): the tenant's host, OAuth2 client credentials."""
+
+    base_url: str = "https://tenant.live.flexperto.com"
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_block: str | None = None
+
+    credential: ClassVar[str] = "client_secret"
+    needs: ClassVar[tuple[str, ...]] = ("base_url", "client_id")
+    placeholder_url: ClassVar[str | None] = "https://tenant.live.flexperto.com"
+
+
+class IsicSettings(ProcessorSettings):
+    """ISIC card issuer (RDS via the ISIC platform's card-issuer API, seed 003 XIV)."""
+
+    base_url: str = "https://isic.example.invalid"
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_block: str | None = None
+    # Documents go once the order and its follow-up questions are done: this long after issue.
+    document_retention_days: int = Field(30, ge=0)
+    max_document_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+
+    credential: ClassVar[str] = "client_secret"
+    needs: ClassVar[tuple[str, ...]] = ("base_url", "client_id")
+    placeholder_url: ClassVar[str | None] = "https://isic.example.invalid"
+
+
+class NectSettings(ProcessorSettings):
+    """Nect (identification with the eID, seed 002 5.4.2): API root; /v1/... hangs below it.
+    Nect only ever receives a pseudonymous id."""
+
+    base_url: str = "https://nect.example.invalid"
+    api_key: SecretStr | None = None
+    api_key_block: str | None = None
+
+    credential: ClassVar[str] = "api_key"
+    needs: ClassVar[tuple[str, ...]] = ("base_url",)
+    placeholder_url: ClassVar[str | None] = "https://nect.example.invalid"
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PSYNC_", env_file=".env", extra="ignore")
+    # A processor's variables are PSYNC_<PROCESSOR>_<FIELD>: the first "_" after the prefix
+    # splits the processor's group from its field; other names are not split.
+    model_config = SettingsConfigDict(
+        env_prefix="PSYNC_", env_file=".env", extra="ignore", env_nested_delimiter="_", env_nested_max_split=1
+    )
 
     database_url: str = f"sqlite:///{DATA_DIR / 'psync.db'}"
     # Where delivery batches journal their calls until they commit (flows/journal.py);
@@ -33,63 +173,21 @@ class Settings(BaseSettings):
     pseudonym_key: SecretStr | None = None
     pseudonym_key_block: str | None = None
 
-    # CleverReach: the API root; /oauth/token.php and /v3/... hang below it.
-    cleverreach_base_url: str = "https://rest.cleverreach.com"
-    cleverreach_client_id: str | None = None
-    cleverreach_client_secret: SecretStr | None = None
-    cleverreach_client_secret_block: str | None = None
-    cleverreach_group_newsletter: str | None = None
-    cleverreach_group_service_offers: str | None = None
-    cleverreach_batch_size: int = Field(250, ge=1, le=1000)
-    cleverreach_rate_per_second: float = Field(10.0, gt=0)
+    # One group per processor (below): PSYNC_CLEVERREACH_CLIENT_ID is ``cleverreach.client_id``.
+    cleverreach: CleverReachSettings = CleverReachSettings()
+    timify: TimifySettings = TimifySettings()
+    flexperto: FlexpertoSettings = FlexpertoSettings()
+    isic: IsicSettings = IsicSettings()
+    nect: NectSettings = NectSettings()
 
-    # TIMIFY (seed 001): API root; /v1/... hangs below it. Company scope by `company-id`.
-    timify_base_url: str = "https://api.timify.com"
-    timify_app_id: str | None = None
-    timify_app_secret: SecretStr | None = None
-    timify_app_secret_block: str | None = None
-    timify_company_id: str | None = None
-    # The TIMIFY services a booking is made for, and our service point ids -> TIMIFY
-    # resource ids (JSON in the environment: PSYNC_TIMIFY_SERVICE_POINTS='{"sp-1":"65e6..."}').
-    timify_branch_service_id: str | None = None
-    timify_video_service_id: str | None = None
-    timify_service_points: dict[str, str] = {}
-    timify_rate_per_second: float = Field(10.0, gt=0)
-    # A TIMIFY customer and their appointments are deleted at TIMIFY this many days after the
-    # customer's last appointment (core.catalogue rule R06; seed 001: not held permanently).
-    timify_customer_retention_days: int = Field(30, ge=0)
-
-    # Flexperto (video consultations, seed 001): the tenant's host, OAuth2 client credentials.
-    flexperto_base_url: str = "https://tenant.live.flexperto.com"
-    flexperto_client_id: str | None = None
-    flexperto_client_secret: SecretStr | None = None
-    flexperto_client_secret_block: str | None = None
-    flexperto_rate_per_second: float = Field(10.0, gt=0)
     # Seed 001: "Die Daten des Chats werden spätestens nach 90 Tagen gelöscht."
     video_chat_retention_days: int = Field(90, ge=1, le=90)
-
-    # ISIC card issuer (RDS via the ISIC platform's card-issuer API, seed 003 XIV).
-    isic_base_url: str = "https://isic.example.invalid"
-    isic_client_id: str | None = None
-    isic_client_secret: SecretStr | None = None
-    isic_client_secret_block: str | None = None
-    isic_rate_per_second: float = Field(10.0, gt=0)
     # Uploaded documents are encrypted at rest, each with a data key of its own wrapped by this
     # master Fernet key (urlsafe base64, 32 bytes;
     # `python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`).
     # To rotate: NEW,OLD (newest first; any opens, the first wraps), `psync documents rotate-key`.
     document_key: SecretStr | None = None
     document_key_block: str | None = None
-    # Documents go once the order and its follow-up questions are done: this long after issue.
-    isic_document_retention_days: int = Field(30, ge=0)
-    isic_max_document_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-
-    # Nect (identification with the eID, seed 002 5.4.2): API root; /v1/... hangs below it.
-    # Nect only ever receives a pseudonymous id.
-    nect_base_url: str = "https://nect.example.invalid"
-    nect_api_key: SecretStr | None = None
-    nect_api_key_block: str | None = None
-    nect_rate_per_second: float = Field(10.0, gt=0)
 
     # Erasure (Art. 17/19). Holds: "processor" or "processor:purpose-prefix" ->
     # {"reason": "...", "days": N} (JSON); manual processors (no API): name -> to whom the
@@ -150,15 +248,30 @@ class Settings(BaseSettings):
 
     def secret(self, name: str) -> str | None:
         """The secret `name` from the environment, else from its Prefect Secret block."""
-        value: SecretStr | None = getattr(self, name)
-        if value is not None:
-            return value.get_secret_value()
-        block = getattr(self, f"{name}_block", None)
-        if block:
-            from prefect.blocks.system import Secret
+        return _secret(self, name)
 
-            return str(Secret.load(block).get())  # type: ignore[union-attr]  # sync_compatible: a block here, no event loop runs
-        return None
+    @classmethod
+    def variables(cls) -> list[str]:
+        """Every environment variable read, a processor group's fields included.
+
+        >>> "PSYNC_TIMIFY_APP_ID" in Settings.variables()
+        True
+        """
+        names = []
+        for name, info in cls.model_fields.items():
+            group = info.annotation
+            if isinstance(group, type) and issubclass(group, ProcessorSettings):
+                names += [f"PSYNC_{name}_{field}".upper() for field in group.model_fields]
+            else:
+                names.append(f"PSYNC_{name.upper()}")
+        return names
+
+    def processor(self, key: str) -> ProcessorSettings:
+        """The settings group of API processor `key` (``cleverreach``, ``timify``, …)."""
+        group = getattr(self, key, None)
+        if not isinstance(group, ProcessorSettings):
+            raise KeyError(f"no settings group for processor {key!r}")
+        return group
 
     def hmac_key(self) -> bytes:
         """The pseudonym/audit key; created once under .psync/ when none is configured."""

@@ -114,11 +114,11 @@ def customer_fields(booking: Booking, subject: DataSubject) -> dict:
 def _placement(settings: Settings, booking: Booking) -> tuple[str, list[str]]:
     """(TIMIFY service id, resource ids): a service point is a resource, video a service."""
     if booking.channel == Channel.video:
-        service = settings.timify_video_service_id
+        service = settings.timify.video_service_id
         resources: list[str] = []
     else:
-        service = settings.timify_branch_service_id
-        resource = settings.timify_service_points.get(booking.service_point or "")
+        service = settings.timify.branch_service_id
+        resource = settings.timify.service_points.get(booking.service_point or "")
         if not resource:
             raise ValueError(f"service point {booking.service_point} has no TIMIFY resource")
         resources = [resource]

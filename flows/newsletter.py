@@ -99,7 +99,7 @@ def _cursor(list_name: str) -> str:
 
 
 def _group(settings: Settings, list_name: str) -> str:
-    group = getattr(settings, f"cleverreach_group_{list_name}")
+    group = settings.cleverreach.group(list_name)
     if not group:
         raise ValueError(f"PSYNC_CLEVERREACH_GROUP_{list_name.upper()} is not configured")
     return group
@@ -307,7 +307,7 @@ def _account_wide(
     if not subject_ids:
         return set()
     settings = get_settings()
-    ours = {str(getattr(settings, f"cleverreach_group_{name}") or "") for name in ALL_LISTS}
+    ours = {str(settings.cleverreach.group(name) or "") for name in ALL_LISTS}
     if not {str(g["id"]) for g in client.groups()} <= ours:
         return set()
     return set(subject_ids) - live_for_other_purposes(session, PROCESSOR, _purpose(list_name), subject_ids)

@@ -291,7 +291,7 @@ def forward_student_id_orders(
 @task(name="sync-student-id-status-batch", cache_policy=NO_CACHE)
 @one_line_failure
 def status_batch(client: isic.Isic, after: int, limit: int) -> tuple[dict, int | None]:
-    retention = timedelta(days=get_settings().isic_document_retention_days)
+    retention = timedelta(days=get_settings().isic.document_retention_days)
 
     def work(batch: _Batch, order: IsicOrder) -> None:
         card = next((c for c in batch.client.cards(order.order_ref) if c.get("cardNumber") == order.card_number), None)

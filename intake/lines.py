@@ -301,7 +301,7 @@ def apply_lines(
     """Validate and apply every line in one transaction; the results (one per non-blank
     line) and the audit events to write. No commit, no audit row written.
 
-    `service_points` are the ids a branch booking may name (``settings.timify_service_points``);
+    `service_points` are the ids a branch booking may name (``settings.timify.service_points``);
     documents are read from paths relative to `base_dir` and stored encrypted with
     `document_key`. A file too large for one transaction goes through
     ``flows.intake.import_lines``, which commits chunk by chunk.

@@ -21,70 +21,50 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-# Defaults that only hold a place: a processor whose URL is still one of these is not set up.
-PLACEHOLDER_URLS = {
-    "flexperto_base_url": "https://tenant.live.flexperto.com",
-    "isic_base_url": "https://isic.example.invalid",
-    "nect_base_url": "https://nect.example.invalid",
-}
-
 
 @dataclass(frozen=True)
 class Processor:
-    """A processor's settings (field names of ``Settings``) and the jobs that need it.
-
-    `secrets` are satisfied by the value or by its ``_block`` (a Prefect Secret block).
-    """
+    """A processor and the jobs that need it. What it needs is said once, by its settings
+    group (``core.settings.ProcessorSettings``: `needs`, `credential`, `jobs_need`); the
+    intake door's only need is its secret."""
 
     name: str
     jobs: tuple[str, ...]
-    settings: tuple[str, ...] = ()
-    secrets: tuple[str, ...] = ()
 
 
 PROCESSORS = (
-    Processor(
-        "cleverreach",
-        ("sync-newsletter-consents", "pull-newsletter-unsubscribes", "erasure"),
-        ("cleverreach_client_id", "cleverreach_group_newsletter", "cleverreach_group_service_offers"),
-        ("cleverreach_client_secret",),
-    ),
-    Processor(
-        "timify",
-        ("push-bookings", "erasure"),
-        (
-            "timify_app_id",
-            "timify_company_id",
-            "timify_branch_service_id",
-            "timify_video_service_id",
-            "timify_service_points",
-        ),
-        ("timify_app_secret",),
-    ),
-    Processor(
-        "flexperto",
-        ("push-bookings (video)", "purge-video-chat-data", "erasure"),
-        ("flexperto_base_url", "flexperto_client_id"),
-        ("flexperto_client_secret",),
-    ),
-    Processor(
-        "isic",
-        ("forward-student-id-orders", "sync-student-id-order-status", "erasure"),
-        ("isic_base_url", "isic_client_id"),
-        ("isic_client_secret",),
-    ),
-    Processor("nect", ("erasure",), ("nect_base_url",), ("nect_api_key",)),
-    Processor("intake", ("psync serve",), (), ("intake_secret",)),
+    Processor("cleverreach", ("sync-newsletter-consents", "pull-newsletter-unsubscribes", "erasure")),
+    Processor("timify", ("push-bookings", "erasure")),
+    Processor("flexperto", ("push-bookings (video)", "purge-video-chat-data", "erasure")),
+    Processor("isic", ("forward-student-id-orders", "sync-student-id-order-status", "erasure")),
+    Processor("nect", ("erasure",)),
+    Processor("intake", ("psync serve",)),
 )
+
+
+def wanted(settings: Any, processor: str, client_only: bool = False) -> list[tuple[str, bool]]:
+    """(variable, whether set) for what `processor` needs: what its client cannot do
+    without, the credential (or its ``_BLOCK``), and unless `client_only` what its jobs need."""
+    if processor == "intake":
+        set_ = bool(settings.intake_secret or settings.intake_secret_block)
+        return [("PSYNC_INTAKE_SECRET (or PSYNC_INTAKE_SECRET_BLOCK)", set_)]
+    own = settings.processor(processor)
+    names = list(own.needs) + ([] if client_only else list(own.jobs_need))
+    if own.placeholder_url and "base_url" not in names:
+        names.insert(0, "base_url")
+    found = [(env_name(f"{processor}.{name}"), own.is_set(name)) for name in names]
+    credential = env_name(f"{processor}.{own.credential}")
+    found.append((f"{credential} (or {credential}_BLOCK)", own.is_set(own.credential)))
+    return found
 
 
 def env_name(setting: str) -> str:
     """The environment variable of a settings field.
 
-    >>> env_name("timify_app_id")
+    >>> env_name("timify.app_id")
     'PSYNC_TIMIFY_APP_ID'
     """
-    return f"PSYNC_{setting.upper()}"
+    return f"PSYNC_{setting.replace('.', '_').upper()}"
 
 
 @dataclass
@@ -121,27 +101,11 @@ class Report:
         return all(f.ok for f in self.findings) and bool(self.ready)
 
 
-def _is_set(settings: Any, name: str) -> bool:
-    value = getattr(settings, name)
-    if name in PLACEHOLDER_URLS:
-        return bool(value) and value.rstrip("/") != PLACEHOLDER_URLS[name]
-    return bool(value)
-
-
 def configuration(settings: Any, processor: Processor) -> Finding:
     """What the settings say about `processor`, without calling anyone."""
-    missing, present = [], 0
-    for name in processor.settings:
-        if _is_set(settings, name):
-            present += 1
-        else:
-            missing.append(env_name(name))
-    for name in processor.secrets:
-        value = getattr(settings, name)
-        if (value is not None and value.get_secret_value()) or getattr(settings, f"{name}_block", None):
-            present += 1
-        else:
-            missing.append(f"{env_name(name)} (or {env_name(name)}_BLOCK)")
+    found = wanted(settings, processor.name)
+    missing = [name for name, is_set in found if not is_set]
+    present = len(found) - len(missing)
     state = "configured" if not missing else "incomplete" if present else "not configured"
     return Finding(processor.name, state, processor.jobs, missing)
 
@@ -191,13 +155,12 @@ def _cleverreach(settings: Any, finding: Finding, options: dict[str, Any]) -> No
     _token(client, finding)
     groups = {str(g.get("id")) for g in client.groups() if isinstance(g, dict)}
     for list_name in ("newsletter", "service_offers"):
-        group = str(getattr(settings, f"cleverreach_group_{list_name}"))
+        group = str(settings.cleverreach.group(list_name))
         if group in groups:
             finding.connected.append(f"group {group} ({list_name}) exists")
         else:
-            finding.failed.append(
-                f"cleverreach: group {group} of {env_name(f'cleverreach_group_{list_name}')} does not exist"
-            )
+            variable = env_name(f"cleverreach.group_{list_name}")
+            finding.failed.append(f"cleverreach: group {group} of {variable} does not exist")
 
 
 def _timify(settings: Any, finding: Finding, options: dict[str, Any]) -> None:

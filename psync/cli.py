@@ -121,10 +121,10 @@ def intake(
             settings.hmac_key(),
             lines,
             now=utcnow(),
-            service_points=settings.timify_service_points,
+            service_points=settings.timify.service_points,
             base_dir=file.resolve().parent,
             document_key=settings.document_key_bytes(),
-            max_document_bytes=settings.isic_max_document_bytes,
+            max_document_bytes=settings.isic.max_document_bytes,
         )
         for results in chunks:
             counts.update(r.outcome for r in results)

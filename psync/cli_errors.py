@@ -40,8 +40,6 @@ DEBUG_FLAG = "--debug"
 CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 _DEBUG: ContextVar[bool] = ContextVar("psync_debug", default=False)
-# The settings a connector's ``from_settings`` needs to connect at all.
-CREDENTIALS = ("_client_id", "_app_id", "_company_id", "_base_url")
 
 T = TypeVar("T")
 
@@ -156,32 +154,41 @@ def _invalid_settings(exc: BaseException) -> str:
 
     if isinstance(exc, SettingsError):  # a value that is not JSON where JSON is expected
         field = re.search(r'field "([a-z0-9_]+)"', str(exc))
-        return f"{env_name(field.group(1)) if field else 'a setting'}: not valid JSON"
+        return f"{_json_setting(field.group(1)) if field else 'a setting'}: not valid JSON"
     if not isinstance(exc, ValidationError) or exc.title != "Settings":
         return ""
     parts = [
-        f"{env_name(str(e['loc'][0])) if e['loc'] else 'settings'}: {e['msg']}"
+        f"{env_name('.'.join(map(str, e['loc'][:2]))) if e['loc'] else 'settings'}: {e['msg']}"
         for e in exc.errors(include_input=False, include_url=False)
     ]
     return "; ".join(parts)
 
 
+def _json_setting(field: str) -> str:
+    """The variable of settings field `field` that is read as JSON; for a processor's group
+    (the error names only the group), its one JSON field's."""
+    from core.settings import ProcessorSettings, Settings
+    from psync.check import env_name
+
+    group = Settings.model_fields[field].annotation if field in Settings.model_fields else None
+    if isinstance(group, type) and issubclass(group, ProcessorSettings):
+        json_fields = [
+            n for n, f in group.model_fields.items() if getattr(f.annotation, "__origin__", None) in (dict, list)
+        ]
+        return env_name(f"{field}.{json_fields[0]}") if len(json_fields) == 1 else f"{env_name(field)}_…"
+    return env_name(field)
+
+
 def _missing_settings(processor: str) -> list[str]:
-    """The variables `processor`'s connector lacks (its credentials and URL), per ``psync check``."""
+    """The variables `processor`'s connector lacks (its credentials and URL), as ``psync
+    check`` names them."""
     from core.settings import get_settings
-    from psync.check import PROCESSORS, configuration, env_name
+    from psync.check import wanted
 
     try:
-        settings = get_settings()
+        return [name.split()[0] for name, is_set in wanted(get_settings(), processor, client_only=True) if not is_set]
     except Exception:  # noqa: BLE001 - the line is still said, without the names
         return []
-    for candidate in PROCESSORS:
-        if candidate.name == processor:
-            wanted = {env_name(n) for n in candidate.secrets}
-            wanted |= {env_name(n) for n in candidate.settings if n.endswith(CREDENTIALS)}
-            missing = [m.split()[0] for m in configuration(settings, candidate).missing]
-            return [m for m in missing if m in wanted]
-    return []
 
 
 def _debug_setting() -> bool:

@@ -91,7 +91,7 @@ def run_bookings(base: str, key: bytes, n: int, seed: int) -> bool:
     from psync.demo_data import step
 
     now = utcnow()
-    service_points = get_settings().timify_service_points
+    service_points = get_settings().timify.service_points
     requested, changes = synthetic_bookings(n, seed, now)
     for lines in (requested, changes):
         with transaction() as session:

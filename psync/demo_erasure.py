@@ -108,7 +108,7 @@ def seed_everywhere(base: str, key: bytes, folder: Path, people: list[tuple[str,
             key,
             lines,
             now=now,
-            service_points=settings.timify_service_points,
+            service_points=settings.timify.service_points,
             base_dir=folder,
             document_key=settings.document_key_bytes(),
         )

@@ -105,7 +105,7 @@ def run_student_ids(base: str, key: bytes, folder: Path, n: int, seed: int) -> b
     step("forward", student_id.forward_student_id_orders())
     step("status", student_id.sync_student_id_order_status())
     step("status", student_id.sync_student_id_order_status())
-    retention = settings.isic_document_retention_days
+    retention = settings.isic.document_retention_days
     # The Berlin calendar day, as the status sync counts the retention from (the machine's
     # own date is a day behind between midnight in Berlin and midnight UTC).
     today = berlin_today(utcnow())

@@ -119,7 +119,7 @@ def test_env_example_names_every_setting_and_its_block():
 
     text = (Path(__file__).parents[1] / ".env.example").read_text()
     named = set(re.findall(r"^#?(PSYNC_[A-Z0-9_]+)=", text, flags=re.M))
-    assert named == {f"PSYNC_{name.upper()}" for name in Settings.model_fields}
+    assert named == set(Settings.variables())
 
 
 def test_the_empty_lines_of_env_example_configure_nothing(runner, tmp_path, monkeypatch):

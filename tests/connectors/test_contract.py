@@ -54,8 +54,8 @@ def _target(processor: str, purpose: str, external_id: str | None = None, email:
 class Contract:
     """How the suite drives one processor: `seed` puts one person's record there and returns
     the target naming it; `unknown` names one it never got; `refused` sends (or checks) a
-    payload with one field beyond the allow-list; `secret` is the credential setting to
-    spoil for the auth test."""
+    payload with one field beyond the allow-list; `secret` is the credential field of its
+    settings group, spoilt for the auth test."""
 
     processor: str
     seed: Callable[[Any], Target]
@@ -108,35 +108,35 @@ CONTRACTS = {
             _cleverreach_seed,
             lambda: _target("cleverreach", "consent:newsletter", email="nie.gesendet@example.de"),
             lambda client: client.upsert("1001", "newsletter", [{"email": EMAIL, "insurance_number": "A123456780"}]),
-            "cleverreach_client_secret",
+            "client_secret",
         ),
         Contract(
             "timify",
             _timify_seed,
             lambda: _target("timify", "booking", external_id="000000000000000000000000"),
             lambda client: client.upsert_customer(str(SUBJECT), {"email": EMAIL, "iban": "DE02120300000000202051"}),
-            "timify_app_secret",
+            "app_secret",
         ),
         Contract(
             "flexperto",
             _flexperto_seed,
             lambda: _target("flexperto", "video:B-NEVER"),
             lambda client: _module("flexperto").check_allowed({"external_id": "B-1", "insurance_number": "A123456780"}),
-            "flexperto_client_secret",
+            "client_secret",
         ),
         Contract(
             "isic",
             _isic_seed,
             lambda: _target("isic", "student-id:O-NEVER"),
             lambda client: _module("isic").check_allowed({"cardholderId": "O-1", "iban": "DE02120300000000202051"}),
-            "isic_client_secret",
+            "client_secret",
         ),
         Contract(
             "nect",
             _nect_seed,
             lambda: _target("nect", "ident:never", external_id=str(uuid.UUID(int=7))),
             lambda client: client.open_case(EMAIL),  # anything but our pseudonym
-            "nect_api_key",
+            "api_key",
         ),
     ]
 }
@@ -147,10 +147,12 @@ def test_every_api_processor_of_the_catalogue_has_a_contract_row():
     assert sorted(CONTRACTS) == sorted(API)
 
 
-def _client(processor: str, **settings_changes: Any) -> Any:
+def _client(processor: str, **own_changes: Any) -> Any:
+    """The processor's client from the settings, with fields of its settings group changed."""
     settings = get_settings()
-    if settings_changes:
-        settings = settings.model_copy(update=settings_changes)
+    if own_changes:
+        own = settings.processor(processor).model_copy(update=own_changes)
+        settings = settings.model_copy(update={processor: own})
     return _module(processor).from_settings(settings)
 
 
@@ -223,7 +225,7 @@ def test_wrong_credentials_end_in_a_fatal_401_naming_neither_secret_nor_person(a
 def test_a_processor_answering_503_is_asked_as_often_as_the_policy_allows_then_left_to_retry(
     against_sandbox, processor, no_sleep
 ):
-    client = _client(processor, http_max_attempts=ATTEMPTS)
+    client = _module(processor).from_settings(get_settings().model_copy(update={"http_max_attempts": ATTEMPTS}))
     requests.post(f"{against_sandbox}/_sandbox/faults", json={"fault_rate": 1.0, "kinds": ["503"]}, timeout=5)
     try:
         with pytest.raises(RetriableError) as failed:

@@ -322,7 +322,7 @@ def test_every_client_of_a_processor_draws_from_the_one_bucket_of_its_processor(
 
     first, second, other = timify.from_settings(settings), timify.from_settings(settings), isic.from_settings(settings)
     assert first.http.limiter is second.http.limiter
-    assert first.http.limiter is processor_limiter("timify", settings.timify_rate_per_second)
+    assert first.http.limiter is processor_limiter("timify", settings.timify.rate_per_second)
     assert other.http.limiter is not first.http.limiter
     # Another rate in the settings: the same bucket, paced at the new rate.
     assert processor_limiter("timify", 7.5) is first.http.limiter and first.http.limiter.rate == 7.5

@@ -129,7 +129,7 @@ def _take_in(folder: Path) -> None:
             TEST_KEY.encode(),
             lines,
             now=now,
-            service_points=settings.timify_service_points,
+            service_points=settings.timify.service_points,
             base_dir=folder,
             document_key=settings.document_key_bytes(),
         )

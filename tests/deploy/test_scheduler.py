@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
+from flows.retention import PURGES
 from psync.stack import Stack
 
 from deploy.test_deployments import FINAL, _api
@@ -76,8 +77,9 @@ def test_the_scheduler_creates_the_scheduled_runs_and_the_worker_runs_them(stack
     expected = _with_active_schedule(stack)
     deployments = _api(stack, "POST", "/deployments/filter")
     names = {d["id"]: d["name"] for d in deployments}
-    assert len(names) == 12 and len(expected) == 11 and expected <= set(names.values())
+    assert len(names) == 12 and len(expected) == 8 and expected <= set(names.values())
     assert "fan-out-erasure" not in expected  # started by hand only
+    assert not expected & set(PURGES)  # run by enforce-retention, as its subflows
 
     # Every deployment with an active schedule gets its scheduled runs.
     began = time.monotonic()

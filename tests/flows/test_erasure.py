@@ -201,7 +201,7 @@ def push_newsletter(p: Person) -> None:
         "source": "https://example.de/nl",
         "global_attributes": {"salutation": "Frau", "firstname": p.first, "lastname": p.last},
     }
-    [answer] = client.upsert(settings.cleverreach_group_newsletter, "newsletter", [receiver])
+    [answer] = client.upsert(settings.cleverreach.group_newsletter, "newsletter", [receiver])
     with transaction() as session:
         record_sent_many(session, "cleverreach", "consent:newsletter", {subject.id: str(answer["id"])}, utcnow())
 

@@ -19,11 +19,11 @@ def test_client_secret_and_pseudonym_key_from_secret_blocks(settings, monkeypatc
     monkeypatch.setenv("PSYNC_PSEUDONYM_KEY_BLOCK", "psync-pseudonym-key")
     get_settings.cache_clear()
     current = get_settings()
-    assert current.secret("cleverreach_client_secret") == "from-the-block"
+    assert current.cleverreach.secret() == "from-the-block"
     assert current.hmac_key() == b"key-from-block"
 
 
 def test_the_environment_wins_over_a_block(settings, monkeypatch):
     monkeypatch.setenv("PSYNC_CLEVERREACH_CLIENT_SECRET_BLOCK", "does-not-exist")
     get_settings.cache_clear()
-    assert get_settings().secret("cleverreach_client_secret") == "sandbox-secret"
+    assert get_settings().cleverreach.secret() == "sandbox-secret"

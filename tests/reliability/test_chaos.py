@@ -273,7 +273,7 @@ def test_the_demo_workload_with_20_percent_faults_ends_exact_within_two_runs(cha
     day.step("forward-student-id-orders 2", student_id.forward_student_id_orders)
     day.control("isic/complete-deletions")  # the issuer finishes the deletions it accepted
     day.step("sync-student-id-order-status 2", student_id.sync_student_id_order_status, _deletions_pending)
-    retention = get_settings().isic_document_retention_days
+    retention = get_settings().isic.document_retention_days
     day.step(
         "purge-student-id-documents",
         lambda: student_id.purge_student_id_documents(as_of=today + timedelta(days=retention)),
