@@ -231,7 +231,7 @@ def test_a_failed_run_names_the_processor_and_the_reason_but_no_one(as_worker):
                 "ip": "192.0.2.70",
                 "at": (now - timedelta(minutes=5)).isoformat(),
                 "source": "web",
-                "policy_version": "1",
+                "policy_version": "2026-01",
             },
             {
                 "type": "consent.confirm",
