@@ -137,10 +137,12 @@ def register(
     }
     insert = INSERT_BY_DIALECT[session.get_bind().dialect.name]
     table = ConsentText.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
-    result = session.connection().execute(insert(table).values(**values).on_conflict_do_nothing())
+    # RETURNING says whether this statement inserted (a rowcount is not reliable on every driver).
+    statement = insert(table).values(**values).on_conflict_do_nothing().returning(table.c.version)
+    created = session.connection().execute(statement).first() is not None
     row = session.get(ConsentText, version, populate_existing=True)
     assert row is not None
-    if result.rowcount == 1:
+    if created:
         return Registered(row, True)
     differs = [
         what
