@@ -139,10 +139,14 @@ class Proof:
 
 
 def find_subject(session: Session, email: str, key: bytes) -> DataSubject | None:
-    """The subject with this (normalised) address, or the erased one that kept only the
-    address's pseudonym."""
+    """The subject holding this (normalised) address; else the one without an address (an
+    erased one) that kept only its pseudonym. Never a subject holding another address: whoever
+    holds an address now is the only one whose proof it opens."""
+    found = session.exec(select(DataSubject).where(DataSubject.email == email)).first()
+    if found is not None:
+        return found
     query = select(DataSubject).where(
-        (col(DataSubject.email) == email) | (col(DataSubject.pseudonym) == pseudonym(key, "email", email))
+        DataSubject.pseudonym == pseudonym(key, "email", email), col(DataSubject.email).is_(None)
     )
     return session.exec(query).first()
 

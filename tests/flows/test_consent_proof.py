@@ -409,3 +409,14 @@ def test_the_proof_reads_only_this_persons_rows(subscribers):
         "198.51.100.44",
         None,
     }
+
+
+def test_an_address_opens_only_the_proof_of_whoever_holds_it(subscribers):
+    """A subject first seen with an address (its pseudonym) that now holds another one (a
+    rectified address) is not found by the old address."""
+    with transaction() as session:
+        erika = session.exec(select(DataSubject).where(DataSubject.email == ERIKA)).one()
+        erika.email = "erika.neu@example.de"
+    with transaction() as session:
+        assert gather(session, ERIKA, subscribers.hmac_key(), NOW).status == "unknown"
+        assert gather(session, "erika.neu@example.de", subscribers.hmac_key(), NOW).status == "found"
