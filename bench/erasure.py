@@ -77,7 +77,7 @@ def _queued(n: int) -> dict:
                     "ip": "192.0.2.1",
                     "at": at,
                     "source": "bench",
-                    "policy_version": "1",
+                    "policy_version": "2026-01",
                 }
             )
         )

@@ -135,7 +135,7 @@ def _consent_lines(emails: list[str], kind: str, at) -> list[str]:
             "ip": "192.0.2.1",
             "at": at,
             "source": "bench",
-            "policy_version": "1",
+            "policy_version": "2026-01",
         }
         lines.append(json.dumps(signup))
         lines.append(

@@ -39,7 +39,7 @@ def signup_confirm_events(start: int, stop: int, signup_base: datetime) -> Itera
             "last_name": f"Nachname{i}",
             "ip": _ip(i),
             "source": "https://www.example.de/newsletter",
-            "policy_version": "2025-05",
+            "policy_version": "2026-01",
         }
         confirm = {
             "type": "consent.confirm",

@@ -202,6 +202,11 @@ class Settings(BaseSettings):
     # is flagged for a reminder, and again every as many days after.
     erasure_manual_reminder_days: int = Field(14, ge=1)
 
+    # What is handed to the person (access package, portability export, proof of consent) is
+    # written here, encrypted with the document key, and deleted after `rights_outbox_days`.
+    rights_outbox: Path = DATA_DIR / "rights-outbox"
+    rights_outbox_days: int = Field(30, ge=1)
+
     # The audit trail's anchor outside the database: after each flow run the head (rows, last
     # hash, time) is appended as a JSON line to this file, which belongs on other storage
     # than the database (another host's mount, WORM storage), and/or written as a Prefect

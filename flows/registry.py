@@ -20,6 +20,7 @@ FLOWS: dict[str, str] = {
     "follow-up-erasures": "flows.erasure:follow_up_erasures",
     "watch-erasure-deadlines": "flows.erasure:watch_erasure_deadlines",
     "enforce-retention": "flows.retention:enforce_retention",
+    "consent-proof": "flows.consent_proof:consent_proof",
 }
 
 

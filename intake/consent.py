@@ -11,6 +11,11 @@ before it that arrives later is judged with it. For a person whose data was eras
 never brings old data back: what is dated before the erasure, and a confirmation, are kept
 as a receipt only; a withdrawal is kept without personal data; only a new sign-up dated
 after the erasure starts again, from nothing.
+
+A sign-up names the ``policy_version`` of the consent text it was given under; it is
+required, and a version whose texts are not registered (``models.consent_text``) is
+rejected, changing nothing: the proof of consent must be able to print what was agreed to.
+The registered versions are looked up once per chunk.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from models.consent import (
     replay,
     settle,
 )
+from models.consent_text import known_versions
 from models.cursors import next_seq
 from models.receipts import IntakeReceipt, seen
 from models.subject_index import SubjectIndex, erased_before
@@ -51,6 +57,16 @@ from models.types import event_key, new_row, utcnow
 
 class NoSignup(TransitionError, NotYetKnown):
     """A confirmation with no record of a sign-up for that person and list (yet)."""
+
+
+class UnknownVersion(TransitionError):
+    """A sign-up naming a policy version whose texts are not registered: its proof of
+    consent could not say what was consented to (``models.consent_text``)."""
+
+
+UNKNOWN_VERSION = (
+    "policy_version: no consent text is registered for this version; register its texts first (psync consent texts add)"
+)
 
 
 class _ConsentEvent(EventBase):
@@ -122,12 +138,18 @@ class ConsentStore:
         self.keys: dict[int, str] = {}
         self.seq = 0
         self.deferring = True
+        # Registered policy versions seen so far: a registered version stays registered.
+        self.versions: set[str] = set()
         subjects.on_revive.append(self._keep_cut)
 
     def begin_chunk(self, events: Iterable[ConsentIntakeEvent], found_ids: set[uuid.UUID]) -> None:
         """Dedupe keys of the chunk's events, which of them were seen, and the records (with
         their histories) of the subjects found for the chunk."""
         events = list(events)
+        # One query per chunk at most, for the versions not met before.
+        wanted = {e.policy_version for e in events if isinstance(e, ConsentSignup)} - self.versions
+        if wanted:
+            self.versions |= known_versions(self.session, wanted)
         self.keys = {id(e): event_key(self.key, e.model_dump_json(by_alias=True)) for e in events}
         keys = list(self.keys.values())
         self.seen = seen(self.session, keys)  # lines kept as a receipt only (erased subjects)
@@ -166,6 +188,8 @@ class ConsentStore:
         """The line's outcome, audit event and reason; raises TransitionError to reject."""
         key = self.keys[id(event)]
         seq, self.seq = self.seq, self.seq + 1
+        if isinstance(event, ConsentSignup) and event.policy_version not in self.versions:
+            raise UnknownVersion(UNKNOWN_VERSION)
         if key in self.seen:
             return Applied("duplicate")
         kvnr = getattr(event, "insurance_number", None)

@@ -6,6 +6,7 @@ Importing this package registers every table on ``SQLModel.metadata`` (Alembic r
 from models.audit import AuditEntry, AuditHead
 from models.bookings import Booking
 from models.consent import ConsentEvent, ConsentRecord
+from models.consent_text import ConsentText
 from models.cursors import Counter, SyncCursor
 from models.documents import DocumentKey
 from models.erasure import ErasureRequest, ErasureTask
@@ -21,6 +22,7 @@ __all__ = [
     "Booking",
     "ConsentEvent",
     "ConsentRecord",
+    "ConsentText",
     "Counter",
     "DataSubject",
     "DocumentKey",

@@ -8,6 +8,8 @@ from alembic import command
 from alembic.config import Config
 
 from core.settings import get_settings
+from models.consent_text import register_shipped
+from models.db import transaction
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -22,5 +24,11 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
-    """Bring the database at `url` (default: the configured one) to `revision`."""
+    """Bring the database at `url` (default: the configured one) to `revision`; at head,
+    then register the consent texts shipped with psync that are not registered yet
+    (``models.consent_text.register_shipped``: a fresh install takes sign-ups of those
+    versions right away)."""
     command.upgrade(alembic_config(url), revision)
+    if revision == "head":
+        with transaction(url) as session:
+            register_shipped(session)

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from psync.cli_catalogue import docs_app, retention_app
+from psync.cli_consent import app as consent_app
 from psync.cli_erasure import app as erasure_app
 from psync.cli_errors import PsyncGroup, flow_failures_said_once
 from psync.cli_parked import app as parked_app
@@ -33,6 +34,7 @@ app.add_typer(erasure_app, name="erasure")
 app.add_typer(parked_app, name="parked")
 app.add_typer(docs_app, name="docs")
 app.add_typer(retention_app, name="retention")
+app.add_typer(consent_app, name="consent")
 
 
 @app.callback()

@@ -24,7 +24,8 @@ from sqlmodel import SQLModel
 
 import models  # noqa: F401 - registers every table
 from core.settings import get_settings
-from models.db import get_engine
+from models.consent_text import register_shipped
+from models.db import get_engine, transaction
 from models.migrate import upgrade
 from psync.sandbox_env import sandbox_environment
 
@@ -101,12 +102,14 @@ def empty_database(request, tmp_path):
 
 @pytest.fixture
 def database_url(empty_database):
-    """A fresh database holding every table.
+    """A fresh database holding every table, and the consent texts shipped with psync.
 
     Tables straight from the models (fast); the migrations are checked against them in
     tests/models/test_migrations.py and tests/test_postgres.py.
     """
     SQLModel.metadata.create_all(get_engine(empty_database))
+    with transaction(empty_database) as session:  # as `psync db upgrade` does
+        register_shipped(session)
     return empty_database
 
 

@@ -30,7 +30,7 @@ def test_intake_audit_and_utc_round_trip_on_postgres(pg):
     line = (
         '{"type":"consent.signup","list":"service_offers","email":"Pg.Person@Example.de",'
         '"first_name":"P","last_name":"G","insurance_number":"A123456780","ip":"2001:db8::1",'
-        f'"at":"{at.isoformat()}","source":"web","policy_version":"1"}}'
+        f'"at":"{at.isoformat()}","source":"web","policy_version":"2026-01"}}'
     )
     with transaction(pg) as session:
         assert [r.outcome for r in intake_lines(session, KEY, [line], now=at)] == ["stored"]

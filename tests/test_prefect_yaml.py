@@ -96,8 +96,10 @@ def test_no_sync_overlaps_itself_only_the_officers_form_runs_side_by_side():
         assert limit == {"limit": 1, "collision_strategy": "CANCEL_NEW"}, deployment["name"]
         options = ConcurrencyOptions(collision_strategy=limit["collision_strategy"])
         assert options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
-    # Manual, one request per run; runs claim their erasure tasks in the database.
-    assert unlimited == ["fan-out-erasure"]
+    # Manual, one request per run; runs claim their erasure tasks in the database. A proof
+    # of consent only reads and writes a file of its own.
+    assert unlimited == ["fan-out-erasure", "consent-proof"]
+    assert BY_NAME["consent-proof"]["schedules"] == [] and "manual" in BY_NAME["consent-proof"]["tags"]
     assert BY_NAME["fan-out-erasure"]["schedules"] == [] and "manual" in BY_NAME["fan-out-erasure"]["tags"]
 
 
@@ -139,6 +141,7 @@ BOUNDS = {
     ("fan-out-erasure", "email"): {"type": "string", "maxLength": 254},
     ("fan-out-erasure", "insurance_number"): {"type": "string", "maxLength": 20},
     ("fan-out-erasure", "reference"): {"type": "string", "maxLength": 200},
+    ("consent-proof", "email"): {"type": "string", "maxLength": 254},
     ("expire-unconfirmed-optins", "as_of"): {"type": "string", "format": "date-time"},
     ("purge-video-chat-data", "as_of"): {"type": "string", "format": "date"},
     ("follow-up-erasures", "as_of"): {"type": "string", "format": "date"},

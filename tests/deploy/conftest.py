@@ -49,6 +49,7 @@ def stack(request, tmp_path_factory, stack_env):
         "PSYNC_PSEUDONYM_KEY": TEST_KEY,
         "PSYNC_DOCUMENT_KEY": base64.urlsafe_b64encode(b"k" * 32).decode(),
         "PSYNC_HTTP_MAX_ATTEMPTS": "2",  # the failure case fails in seconds
+        "PSYNC_RIGHTS_OUTBOX": str(folder / "rights-outbox"),
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
         **stack_env,

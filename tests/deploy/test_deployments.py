@@ -144,7 +144,7 @@ def test_every_deployment_runs_from_the_server_through_a_worker(as_worker, tmp_p
 
     # The deployments the UI lists carry their typed forms and schedules.
     names = {d["name"] for d in _api(stack, "POST", "/deployments/filter")}
-    assert len(names) == 12
+    assert len(names) == 13
     form = deployment(stack, "fan-out-erasure")["parameter_openapi_schema"]["properties"]
     assert {"email", "insurance_number", "subject_id", "received_at", "channel", "reference"} <= set(form)
     assert deployment(stack, "sync-newsletter-consents")["schedules"]
@@ -160,6 +160,14 @@ def test_every_deployment_runs_from_the_server_through_a_worker(as_worker, tmp_p
     state = sandbox_state(sandbox)
     receivers = state["cleverreach"]["groups"]["1001"]["receivers"]
     assert sorted(r["email"] for r in receivers.values()) == sorted(p[0] for p in PEOPLE)  # not the pending one
+
+    # The officer's proof of consent, from its form: written encrypted to the outbox.
+    proof = start(stack, "consent-proof", email=PEOPLE[2][0])
+    (run,) = wait(stack, proof)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert run["parameters"] == {"email": ""}  # the form's e-mail is not kept
+    (folder,) = Path(stack.environment()["PSYNC_RIGHTS_OUTBOX"]).iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["nachweis.html.enc", "nachweis.md.enc"]
     assert len(state["timify"]["appointments"]) == 3 and len(state["flexperto"]["customers"]) == 3
     assert len(state["isic"]["cardholders"]) == 3
 
@@ -231,7 +239,7 @@ def test_a_failed_run_names_the_processor_and_the_reason_but_no_one(as_worker):
                 "ip": "192.0.2.70",
                 "at": (now - timedelta(minutes=5)).isoformat(),
                 "source": "web",
-                "policy_version": "1",
+                "policy_version": "2026-01",
             },
             {
                 "type": "consent.confirm",

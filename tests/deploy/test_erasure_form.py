@@ -52,7 +52,7 @@ def _take_in(*people: tuple[str, str, str]) -> None:
                 "ip": "192.0.2.80",
                 "at": (now - timedelta(hours=1)).isoformat(),
                 "source": "web",
-                "policy_version": "1",
+                "policy_version": "2026-01",
             },
             {
                 "type": "consent.confirm",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from cryptography.fernet import Fernet
@@ -30,6 +30,7 @@ from intake.lines import LineResult
 from models.audit import AuditEntry
 from models.bookings import Booking, BookingStatus
 from models.consent import ConsentEvent, ConsentRecord, ConsentState, changed_since
+from models.consent_text import register
 from models.db import transaction
 from models.identity import pseudonym
 from models.isic import IsicOrder, OrderStatus
@@ -53,6 +54,15 @@ RANK = {"signup": 0, "confirm": 1, "withdraw": 2}
 # At the same instant only when the later kind ranks after the earlier one: then the listed
 # order is the event-time order too.
 GAPS = (timedelta(0), timedelta(seconds=1), timedelta(minutes=7), timedelta(days=1))
+
+
+@pytest.fixture(autouse=True)
+def policy_versions(settings):
+    """The versions the drawn sign-ups name (2026-00 …), registered as intake requires
+    (2026-01 is shipped with psync)."""
+    with transaction() as session:
+        for n in (0, *range(2, 10)):
+            register(session, f"2026-{n:02d}", f"Einwilligung {n}", f"Bestätigungsmail {n}", date(2026, 1, 1))
 
 
 def run(settings, events: list[dict], base_dir=None) -> list[LineResult]:

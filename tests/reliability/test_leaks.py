@@ -24,9 +24,10 @@ token the sandbox saw):
 - the output of every command run;
 - the sandbox's request log: every header but the one carrying the processor's credentials
   (``Authorization``; Nect: ``x-api-key``), and every URL;
+- the proofs of consent written to the rights outbox (encrypted), as raw bytes;
 - Prefect's database file and home directory as raw bytes (markers, tokens and the document
   key only: the sandbox's fixed credentials may lawfully sit in other tests' Secret blocks;
-  and not the identifiers typed into fan-out-erasure's form: they reach Prefect by design,
+  and not the identifiers typed into fan-out-erasure's and consent-proof's forms: they reach Prefect by design,
   and the row version they were replaced in may linger in the file until a checkpoint).
 
 One exception, and only there: CleverReach's API addresses a receiver by e-mail address in
@@ -456,6 +457,7 @@ class Scene:
 @pytest.fixture
 def scene(against_sandbox, monkeypatch, tmp_path, no_sleep):
     monkeypatch.setenv("PSYNC_DOCUMENT_KEY", DOC_KEY)
+    monkeypatch.setenv("PSYNC_RIGHTS_OUTBOX", str(tmp_path / "rights-outbox"))
     get_settings.cache_clear()
     for p in PEOPLE:
         for role, name in p.documents.items():
@@ -514,6 +516,9 @@ def play(scene: Scene) -> dict:
     scene.run("sync-student-id-order-status", False)
     scene.run("purge-student-id-documents", False, as_of=today + timedelta(days=31))
     scene.intake("cases.jsonl", nect_cases(ERNA, FRITZ, HEIKE))
+    # Proof of consent: from the form (the address typed in) and by command (to the outbox).
+    scene.run("consent-proof", False, email=ERNA.email)
+    scene.cli("consent", "proof", "--email", GERDA.email, "--out")
     held = sandbox_state(scene.url)
     scene.collect_requests()
 
@@ -543,6 +548,8 @@ def play(scene: Scene) -> dict:
         reference=FORM_REFERENCE,
     )
     scene.run("follow-up-erasures")
+    # An address the proof's form refuses: the run fails without repeating it.
+    scene.run("consent-proof", True, email=ERNA.email.replace("@", "@@"))
     scene.post("faults", {"fault_rate": 0.0})
     scene.collect_requests()
 
@@ -760,6 +767,10 @@ def test_no_marker_and_no_secret_anywhere_we_write_text(scene, capfd):
     hits = search(texts, {**markers, **secrets})
     hits += search({"sandbox credentials headers": credentials}, markers)
     files = prefect_files()
+    # The proofs of consent in the outbox: encrypted, so not one marker in their bytes.
+    outbox = sorted(p for p in Path(get_settings().rights_outbox).rglob("*") if p.is_file())
+    assert len(outbox) == 4, outbox  # two proofs, Markdown and HTML each
+    files += [(str(p), p.read_bytes()) for p in outbox]
     raw = {k: v for k, v in markers.items() if k not in TYPED_INTO_THE_FORM}
     raw |= {"document key": DOC_KEY, **{f"bearer token {i}": t for i, t in enumerate(tokens)}}
     hits += search_bytes(files, raw)
