@@ -167,6 +167,54 @@ def query_int(request: Request, name: str, default: int, bad_request: BadRequest
 
 
 # -- processors --------------------------------------------------------------
+class AsyncDeletions:
+    """A processor that accepts a deletion (202) and does it later, as Nect and the ISIC
+    issuer do: the record stays, marked pending, until the `reads`-th read after the request
+    (that read already answers 404) or until the control route completes every pending one.
+    `remove(key)` takes the record out of the processor's state then.
+
+    >>> gone = []
+    >>> deletions = AsyncDeletions(gone.append)
+    >>> deletions.request("c-1"); deletions.read("c-1"), deletions.read("c-1"), gone
+    (False, True, ['c-1'])
+    """
+
+    def __init__(self, remove: Callable[[str], None], reads: int = 2) -> None:
+        self.remove, self.reads = remove, reads
+        self.pending: dict[str, int] = {}  # key -> reads answered since the request
+        self.completed: list[str] = []
+
+    def request(self, key: str) -> None:
+        """Accept a deletion; asking again while it is pending changes nothing."""
+        self.pending.setdefault(key, 0)
+
+    def read(self, key: str) -> bool:
+        """Count a read of `key`; True when the deletion completes with it (answer 404)."""
+        if key not in self.pending:
+            return False
+        self.pending[key] += 1
+        if self.pending[key] < self.reads:
+            return False
+        self._complete(key)
+        return True
+
+    def complete_all(self) -> list[str]:
+        """Complete every pending deletion now; the keys."""
+        done = list(self.pending)
+        for key in done:
+            self._complete(key)
+        return done
+
+    def _complete(self, key: str) -> None:
+        del self.pending[key]
+        self.remove(key)
+        self.completed.append(key)
+
+    def snapshot(self) -> dict:
+        """``{"pending": [...], "completed": [...]}`` for ``GET /_sandbox/state``."""
+        return {"pending": list(self.pending), "completed": self.completed}
+
+
 class Processor:
     """Base of an imitated processor: state, API router and control router.
 

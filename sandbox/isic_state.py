@@ -20,7 +20,7 @@ import re
 import secrets
 from datetime import UTC, date, datetime
 
-from sandbox.common import TokenStore, bump, iso_z
+from sandbox.common import AsyncDeletions, TokenStore, bump, iso_z
 from sandbox.errors import ApiError
 
 CARDHOLDER_KEYS = (
@@ -119,8 +119,7 @@ class IsicState:
         self.creates: dict[str, dict[str, int]] = {"cardholders": {}, "cards": {}}
         self.calls: dict[str, int] = {}
         self.order: list[list[str | None]] = []
-        self.pending: dict[str, int] = {}  # cardholderId -> gets answered since the delete
-        self.completed: list[str] = []
+        self.deletions = AsyncDeletions(self._remove, GETS_UNTIL_DELETED)
         self.tokens = TokenStore()
 
     # -- request log ------------------------------------------------------
@@ -143,7 +142,7 @@ class IsicState:
         return {
             **fields,
             "hasPhoto": record["photo"] is not None,
-            "deletionPending": record["cardholderId"] in self.pending,
+            "deletionPending": record["cardholderId"] in self.deletions.pending,
             "createdAt": record["createdAt"],
             "updatedAt": record["updatedAt"],
         }
@@ -157,7 +156,7 @@ class IsicState:
     def _live_record(self, cardholder_id: str) -> dict:
         # A cardholder being erased takes no new data: it would outlive the erasure's intent.
         record = self._record(cardholder_id)
-        if cardholder_id in self.pending:
+        if cardholder_id in self.deletions.pending:
             raise ApiError(409, "cardholder deletion is pending")
         return record
 
@@ -192,33 +191,25 @@ class IsicState:
         """The cardholder; the second get after a delete completes it and answers 404."""
         cid = _object(body, ("cardholderId",))["cardholderId"]
         record = self._record(cid)
-        if cid in self.pending:
-            self.pending[cid] += 1
-            if self.pending[cid] >= GETS_UNTIL_DELETED:
-                self._complete(cid)
-                raise ApiError(404, "cardholder not found")
+        if self.deletions.read(cid):
+            raise ApiError(404, "cardholder not found")
         return self.view(record)
 
     def delete_cardholder(self, body: object) -> dict:
         """Accept an erasure (202 pending); asking again while pending changes nothing."""
         cid = _object(body, ("cardholderId",))["cardholderId"]
         self._record(cid)
-        self.pending.setdefault(cid, 0)
+        self.deletions.request(cid)
         return {"cardholderId": cid, "status": "pending"}
 
-    def _complete(self, cardholder_id: str) -> None:
-        del self.pending[cardholder_id]
+    def _remove(self, cardholder_id: str) -> None:
         del self.cardholders[cardholder_id]
         for number in [n for n, card in self.cards.items() if card["cardholderId"] == cardholder_id]:
             del self.cards[number]
-        self.completed.append(cardholder_id)
 
     def complete_deletions(self) -> list[str]:
         """Complete every pending deletion now; return the cardholder ids."""
-        done = list(self.pending)
-        for cid in done:
-            self._complete(cid)
-        return done
+        return self.deletions.complete_all()
 
     # -- cards ------------------------------------------------------------
     def _card_number(self) -> str:
@@ -292,6 +283,6 @@ class IsicState:
             "creates": self.creates,
             "calls": self.calls,
             "order": self.order,
-            "deletions": {"pending": list(self.pending), "completed": self.completed},
+            "deletions": self.deletions.snapshot(),
             "tokens": self.tokens.issued,
         }

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from sandbox.common import bump
+from sandbox.common import AsyncDeletions, bump
 from sandbox.errors import StringCodeError, string_code_error_response
 
 CASE_KEYS = frozenset({"reference"})
@@ -70,8 +70,7 @@ class NectState:
         self._by_reference: dict[str, str] = {}
         self.creates: dict[str, int] = {}  # reference -> successful creates
         self.calls: dict[str, int] = {}
-        self.pending: dict[str, int] = {}  # caseUuid -> gets answered since the delete
-        self.completed: list[str] = []
+        self.deletions = AsyncDeletions(self._remove, GETS_UNTIL_DELETED)
 
     # -- cases ------------------------------------------------------------
     def create_case(self, body: object) -> dict:
@@ -102,25 +101,20 @@ class NectState:
     def get_case(self, case_uuid: str) -> dict:
         """The case; the second get after a delete completes it and answers 404."""
         case = self._case(case_uuid)
-        if case_uuid in self.pending:
-            self.pending[case_uuid] += 1
-            if self.pending[case_uuid] >= GETS_UNTIL_DELETED:
-                self._complete_deletion(case_uuid)
-                raise NectError(404, "case not found")
+        if self.deletions.read(case_uuid):
+            raise NectError(404, "case not found")
         return case
 
     def delete_case(self, case_uuid: str) -> dict:
         """Accept an erasure (202 pending); asking again while pending changes nothing."""
         case = self._case(case_uuid)
-        self.pending.setdefault(case_uuid, 0)
+        self.deletions.request(case_uuid)
         case["status"] = DELETION_PENDING
         return {"caseUuid": case_uuid, "status": DELETION_PENDING}
 
-    def _complete_deletion(self, case_uuid: str) -> None:
-        del self.pending[case_uuid]
+    def _remove(self, case_uuid: str) -> None:
         case = self.cases.pop(case_uuid)
         del self._by_reference[case["reference"]]
-        self.completed.append(case_uuid)
 
     # -- control ----------------------------------------------------------
     def complete(self, body: object) -> dict:
@@ -128,17 +122,14 @@ class NectState:
         if not isinstance(body, dict) or not isinstance(body.get("caseUuid"), str):
             raise NectError(400, "caseUuid is required")
         case = self._case(body["caseUuid"])
-        if case["caseUuid"] in self.pending:
+        if case["caseUuid"] in self.deletions.pending:
             raise NectError(409, "case deletion is pending")
         case["status"] = COMPLETED
         return case
 
     def complete_deletions(self) -> list[str]:
         """Complete every pending deletion now; return the case uuids."""
-        done = list(self.pending)
-        for case_uuid in done:
-            self._complete_deletion(case_uuid)
-        return done
+        return self.deletions.complete_all()
 
     def snapshot(self) -> dict:
         """State for ``GET /_sandbox/state``; shares live objects (no copies)."""
@@ -146,5 +137,5 @@ class NectState:
             "cases": self.cases,
             "creates": self.creates,
             "calls": self.calls,
-            "deletions": {"pending": list(self.pending), "completed": self.completed},
+            "deletions": self.deletions.snapshot(),
         }
