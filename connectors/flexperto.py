@@ -222,3 +222,45 @@ class FlexpertoEraser:
 
 
 ERASER = FlexpertoEraser()
+
+
+# Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
+class FlexpertoAmender:
+    """A video consultation's customer (purpose ``video:{booking}``): e-mail and phone only,
+    corrected with ``PATCH /api/v2/customers/{id} {"email"?, "phone"?}`` (ASSUMED, like every
+    Flexperto path). No call stops processing without deleting: a restriction is a letter.
+    """
+
+    processor = PROCESSOR
+    can_deactivate = False
+    names: Mapping[str, str] = {"email": "email", "phone": "phone"}
+
+    def _customer(self, client: Flexperto, holder: Any) -> dict | None:
+        if holder.external_id:
+            return client.get_customer(holder.external_id)
+        return client.find_customer(holder.purpose_arg("video:"))
+
+    def read(self, client: Flexperto, holder: Any) -> dict[str, str] | None:
+        customer = self._customer(client, holder)
+        if customer is None:
+            return None
+        return {name: str(customer[name]) for name in self.names if customer.get(name)}
+
+    def update(self, client: Flexperto, holder: Any, changes: Mapping[str, str]) -> None:
+        customer = self._customer(client, holder)
+        if customer is None:
+            raise ValueError("the customer is not there to correct")
+        body = {self.names[name]: value for name, value in changes.items()}
+        check_allowed(body)
+        client.http.request(
+            "customers.update", "PATCH", path("api", "v2", "customers", str(customer["id"])), json=body, items=1
+        )
+
+    def deactivate(self, client: Flexperto, holder: Any) -> bool:
+        raise NotImplementedError("Flexperto has no call to restrict a customer")
+
+    def reactivate(self, client: Flexperto, holder: Any) -> bool:
+        raise NotImplementedError("Flexperto has no call to restrict a customer")
+
+
+AMENDER = FlexpertoAmender()

@@ -24,6 +24,11 @@ one record is and how it is sent (``Job``); ``run_batch`` owns the rest, once:
 A record of a subject whose erasure request is open is held: nothing is sent, the
 decision audited; what the processor may already hold is found by the erasure through the
 register rows written ahead by earlier runs.
+
+A record that would carry a restricted subject's data (Art. 18: ``models.restriction``) is
+held back the same way, and noted there: lifting the restriction hands it to the job's
+retry queue, so it goes then. A record that carries nothing (a cancellation, a removal)
+still goes: it only stops processing.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from models.db import transaction
 from models.erasure import being_erased
 from models.parked import ParkedItem, ParkState, drop, due_for_retry, get_item, park, resolve, retry_later
 from models.recipients import record_may_hold_many
+from models.restriction import hold_back, restricted
 from models.types import utcnow
 
 Row = TypeVar("Row")
@@ -329,9 +335,10 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
         with transaction() as session:
             ahead = _select(job, session, limit, ids, ahead=True)
             held = being_erased(session)
+            paused = restricted(session)
             reaches = job.reaches(session, ahead.rows)
-            if held:
-                reaches = [r for r in reaches if r.subject_id not in held]
+            if held or paused:
+                reaches = [r for r in reaches if r.subject_id not in held and r.subject_id not in paused]
             if written := _write_ahead(session, reaches, now):
                 write_audit(
                     session, [decision(f"{job.name}.register_ahead", "may_hold", records=len(ahead.rows), rows=written)]
@@ -384,16 +391,24 @@ def _deliver(
     events: list[AuditEvent] = []
     rows = chosen.rows
     held = held_ahead | being_erased(session)
+    paused = restricted(session)
     ctx = job.begin(session, rows)
     sending = rows
-    if held:  # (most batches: nobody; then no record is looked at here)
+    if held or paused:  # (most batches: nobody; then no record is looked at here)
         sending = []
+        waiting: list[tuple[str, uuid.UUID]] = []
         for row in rows:
-            if job.subject_id(row) in held:  # nothing to retry: the person is being erased
+            subject = job.subject_id(row)
+            if subject in held:  # nothing to retry: the person is being erased
                 counts["held_erasure_open"] += 1
                 events.append(job.held(ctx, row))
+            elif subject in paused and job.reaches(session, [row]):  # goes once the restriction is lifted
+                waiting.append((job.record_id(row), subject))
+                events.append(decision(f"{job.name}.restriction", "held", record=job.record_id(row)))
             else:
                 sending.append(row)
+        if waiting:
+            counts["held_restricted"] += hold_back(session, job.name, waiting, now)
     failures = job.deliver_many(ctx, sending)
     for record, exc in failures.items():
         if isinstance(exc, ProcessorError):

@@ -13,6 +13,7 @@ from models.isic import IsicDocument, IsicOrder
 from models.parked import ParkedItem
 from models.receipts import IntakeReceipt
 from models.recipients import Recipient
+from models.restriction import Restriction, RestrictionHold
 from models.subjects import DataSubject
 
 __all__ = [
@@ -31,5 +32,7 @@ __all__ = [
     "IsicOrder",
     "ParkedItem",
     "Recipient",
+    "Restriction",
+    "RestrictionHold",
     "SyncCursor",
 ]

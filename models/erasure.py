@@ -239,9 +239,14 @@ def find_subject(
     found: list[DataSubject | None] = []
     if email:
         address = normalise_email(email)
-        condition = DataSubject.email == address
+        condition = col(DataSubject.email) == address
         if key is not None:
-            condition = condition | (DataSubject.pseudonym == pseudonym(key, "email", address))
+            # Only a subject that kept nothing but the pseudonym (erased): one whose address
+            # was corrected (Art. 16) is not found under the address it was first seen with.
+            condition = or_(
+                condition,
+                and_(col(DataSubject.pseudonym) == pseudonym(key, "email", address), col(DataSubject.email).is_(None)),
+            )
         found.append(session.exec(select(DataSubject).where(condition)).first())
     if insurance_number:
         number = normalise_insurance_number(insurance_number)

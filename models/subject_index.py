@@ -85,7 +85,12 @@ class SubjectIndex:
             raise SubjectMismatch("insurance number is registered with another e-mail address")
         if kvnr and by_email and by_email.insurance_number not in (None, kvnr):
             raise SubjectMismatch("e-mail address is registered with another insurance number")
-        return by_email or by_kvnr or self.by_pseudonym.get(pseudonym(self.key, "email", email))
+        by_pseudonym = self.by_pseudonym.get(pseudonym(self.key, "email", email))
+        if by_pseudonym is not None and by_pseudonym.email not in (None, email):
+            # The pseudonym is of the address the subject was first seen with; one whose
+            # address was corrected since (Art. 16) is no longer found under the old one.
+            by_pseudonym = None
+        return by_email or by_kvnr or by_pseudonym
 
     def create(self, email: str, kvnr: str | None, identified: bool = True) -> DataSubject:
         """A new subject; with `identified` False it holds only the pseudonym of the address
