@@ -97,6 +97,11 @@ class SubjectIndex:
         (a withdrawal from someone we know nothing about needs no more)."""
         # new_row: SQLModel's __init__ was a third of a sign-up's cost.
         subject = new_row(DataSubject, pseudonym=pseudonym(self.key, "email", email))
+        taken = self.by_pseudonym.get(subject.pseudonym)
+        if taken is not None and taken.email not in (None, email):
+            # The subject first seen with this address has had it corrected (Art. 16) and
+            # keeps its pseudonym (the audit trail's name for it): this is someone new.
+            subject.pseudonym = pseudonym(self.key, "email-reused", f"{email}#{subject.id}")
         self.session.add(subject)
         if identified:
             self.identify(subject, email, kvnr)
