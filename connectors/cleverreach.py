@@ -328,6 +328,9 @@ class CleverReachAmender:
         return {key: value for key, value in held.items() if value}
 
     def update(self, client: CleverReach, holder: Any, changes: Mapping[str, str]) -> None:
+        unknown = sorted(set(changes) - set(self.names))
+        if unknown:  # refused before any call, like the allow-lists
+            raise ValueError(f"field {unknown[0]} cannot be corrected at CleverReach")
         receiver = self._find(client, holder)
         if receiver is None:
             raise ValueError("the receiver is not there to correct")

@@ -247,6 +247,9 @@ class FlexpertoAmender:
         return {name: str(customer[name]) for name in self.names if customer.get(name)}
 
     def update(self, client: Flexperto, holder: Any, changes: Mapping[str, str]) -> None:
+        unknown = sorted(set(changes) - set(self.names))
+        if unknown:  # refused before any call, like the allow-lists
+            raise ValueError(f"field {unknown[0]} cannot be corrected at Flexperto")
         customer = self._customer(client, holder)
         if customer is None:
             raise ValueError("the customer is not there to correct")

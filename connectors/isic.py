@@ -362,6 +362,9 @@ class IsicAmender:
         return {ours: str(found[theirs]) for ours, theirs in self.names.items() if found.get(theirs)}
 
     def update(self, client: Isic, holder: Any, changes: Mapping[str, str]) -> None:
+        unknown = sorted(set(changes) - set(self.names))
+        if unknown:  # refused before any call, like the allow-lists
+            raise ValueError(f"field {unknown[0]} cannot be corrected at the issuer")
         found = client.get_cardholder(self._cardholder(holder))
         if found is None:
             raise ValueError("the cardholder is not there to correct")

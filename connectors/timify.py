@@ -508,6 +508,9 @@ class TimifyAmender:
         return held
 
     def update(self, client: Timify, holder: Any, changes: Mapping[str, str]) -> None:
+        unknown = sorted(set(changes) - set(self.names))
+        if unknown:  # refused before any call, like the allow-lists
+            raise ValueError(f"field {unknown[0]} cannot be corrected at TIMIFY")
         customer = self._customer(client, holder)
         if customer is None:
             raise ValueError("the customer is not there to correct")
