@@ -228,7 +228,21 @@ HEIKE = Person(
     "203.0.113.187",
     "203.0.113.186",
 )
-PEOPLE = (ERNA, FRITZ, GERDA, HEIKE)
+# Ida comes last, for issue 18's rights (flows/amend.py): corrected, restricted, objecting.
+IDA = Person(
+    "ida",
+    "Zqxidavor",
+    "Zqxidanach",
+    "+49 157 47205938",
+    "Q27538160",
+    "2753816049",
+    date(2001, 4, 9),
+    "198.51.100.241",
+    "198.51.100.242",
+)
+PEOPLE = (ERNA, FRITZ, GERDA, HEIKE, IDA)
+# What Ida's data are corrected to (Art. 16): new personal data, searched as well.
+CORRECTED = {"email": "zqx.ida.korrigiert@example.de", "last name": "Zqxidaneu", "phone digits": "15259381746"}
 
 
 # the events ------------------------------------------------------------------------------
@@ -580,12 +594,48 @@ def play(scene: Scene) -> dict:
     for request_id in requests_opened:
         scene.cli("erasure", "report", request_id, "--format", "md")
         scene.cli("erasure", "report", request_id, "--format", "json")
+    amend_ida(scene)
     scene.cli("run", "sync-newsletter-consents")
     scene.cli("audit", "verify")
     scene.cli("audit", "export", "--format", "jsonl")
     scene.cli("audit", "export", "--format", "csv")
     scene.collect_requests()
     return held
+
+
+def amend_ida(scene: Scene) -> None:
+    """Issue 18 for Ida (at CleverReach, TIMIFY, Flexperto, the issuer and Nect; USU by the
+    register): her data corrected (twice: the second changes nothing), her processing
+    restricted (a new booking held back by push-bookings) and the restriction lifted, then
+    her objection withdrawing every consent. What they hand back without personal data (the
+    Art. 19 report, the summary) is searched as command output; the letters hold her data by
+    design (for the officer) and are not."""
+    from flows import amend
+
+    scene.intake(
+        "ida.jsonl",
+        [*signup(IDA, "newsletter"), booking(IDA, "LK-IDA-1", video=True, days=8), order(IDA, "LK-ISIC-IDA")],
+    )
+    for name in ("sync-newsletter-consents", "push-bookings", "forward-student-id-orders"):
+        scene.run(name, False)
+    scene.intake("ida-case.jsonl", nect_cases(IDA))
+    with transaction() as session:
+        ida = session.exec(select(DataSubject.id).where(DataSubject.email == IDA.email)).one()
+    fix = amend.correction(
+        email=CORRECTED["email"], last_name=CORRECTED["last name"], phone="+49 " + CORRECTED["phone digits"]
+    )
+    steps = [amend.rectify(ida, fix), amend.rectify(ida, fix)]
+    steps.append(amend.restrict(ida, reason_text="Richtigkeit bestritten"))
+    scene.intake("ida-later.jsonl", [booking(IDA, "LK-IDA-2", video=False, days=9) | {"email": CORRECTED["email"]}])
+    held = scene.run("push-bookings", False)
+    steps.append(amend.lift_restriction(ida, reason_text="Richtigkeit geprüft"))
+    pushed = scene.run("push-bookings", False)
+    steps.append(amend.object_to_all(ida, channel="letter", at=utcnow()))
+    assert all(step.complete for step in steps), [step.report() for step in steps]
+    assert steps[0].counts.get("updated") == 4 and not steps[1].counts.get("updated"), steps[0].report()
+    assert held and held.get("held_restricted") == 1 and pushed and pushed.get("pushed") == 1, (held, pushed)
+    assert steps[-1].counts.get("removed") == 1, steps[-1].report()
+    scene.outputs += [json.dumps(step.report()) + step.summary() for step in steps]
 
 
 # what Prefect stored --------------------------------------------------------------------------
@@ -678,7 +728,7 @@ def request_texts(entries: list[dict]) -> tuple[dict[str, list[str]], list[str],
     searched for markers only; a CleverReach receiver URL's e-mail segment is cut out once it
     is seen to be exactly one person's address.
     """
-    emails = {p.email for p in PEOPLE}
+    emails = {p.email for p in PEOPLE} | {CORRECTED["email"]}
     headers, credentials, urls, tokens, by_email = [], [], [], [], 0
     for entry in entries:
         processor = entry["path"].split("/")[1]
@@ -738,6 +788,7 @@ def test_no_marker_and_no_secret_anywhere_we_write_text(scene, capfd):
     requested, tokens, by_email, credentials = request_texts(scene.requests)
 
     markers = {f"{p.tag} {name}": value for p in PEOPLE for name, value in p.markers().items()}
+    markers |= {f"gerda corrected {name}": value for name, value in CORRECTED.items()}
     basic = base64.b64encode(f"{CREDENTIAL_ID}:{CREDENTIAL_SECRET}".encode()).decode()
     secrets = {
         "client secret": CREDENTIAL_SECRET,
