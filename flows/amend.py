@@ -54,7 +54,7 @@ from models.bookings import Booking
 from models.consent import ConsentList, ConsentRecord, ConsentState, apply_withdraw
 from models.cursors import next_seq
 from models.db import transaction
-from models.erasure import UnknownSubject, check_free_text
+from models.erasure import Channel, UnknownSubject, check_free_text
 from models.isic import IsicOrder
 from models.recipients import Recipient, live_recipient_ids_among
 from models.restriction import Restriction, active_restriction, release
@@ -679,9 +679,10 @@ def object_to_all(
         raise ValueError("at needs a timezone")
     if at > now:
         raise ValueError("at lies in the future")
-    channel = check_free_text(channel, "channel", limit=20)
-    if not channel:
-        raise ValueError("a channel is required")
+    try:
+        channel = Channel(channel).value  # how the request reached us, as for erasure
+    except ValueError:
+        raise ValueError(f"channel must be one of {', '.join(c.value for c in Channel)}") from None
     key = settings.hmac_key()
     events: list[AuditEvent] = []
     with transaction() as session:

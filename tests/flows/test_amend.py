@@ -398,6 +398,8 @@ def test_a_withdrawal_still_goes_while_restricted(env):
     take_in(base, *consent_lines("bert@example.de"))
     newsletter.sync_newsletter_consents()
     sid = subject_id("bert@example.de")
+    with pytest.raises(ValueError, match="personal data"):
+        amend.restrict(sid, reason_text="bestritten von bert@example.de")
     amend.restrict(sid, reason_text="Widerspruch wird geprüft")
     take_in(
         base,
@@ -427,6 +429,10 @@ def test_objection_withdraws_every_list_and_removes_at_cleverreach(env):
     assert receiver(url, "1001", "bert@example.de") and receiver(url, "1002", "bert@example.de")
     sid = subject_id("bert@example.de")
     at = utcnow() - timedelta(minutes=5)
+    with pytest.raises(ValueError, match="channel must be one of"):
+        amend.object_to_all(sid, channel="fax", at=at)
+    with pytest.raises(ValueError, match="future"):
+        amend.object_to_all(sid, channel="letter", at=utcnow() + timedelta(hours=1))
 
     outcome = amend.object_to_all(sid, channel="letter", at=at)
 
