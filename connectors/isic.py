@@ -333,3 +333,20 @@ class IsicEraser:
 
 
 ERASER = IsicEraser()
+
+
+class IsicReader:
+    """What the card issuer holds for a student-ID order (purpose ``student-id:{order}``):
+    the cardholder and their cards."""
+
+    processor = PROCESSOR
+
+    def read(self, client: Isic, target: Target) -> dict[str, Any] | None:
+        cardholder_id = ERASER._cardholder(target)
+        cardholder = client.get_cardholder(cardholder_id)
+        if cardholder is None:
+            return None
+        return {"cardholder": cardholder, "cards": client.cards(cardholder_id)}
+
+
+READER = IsicReader()

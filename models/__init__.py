@@ -13,6 +13,7 @@ from models.isic import IsicDocument, IsicOrder
 from models.parked import ParkedItem
 from models.receipts import IntakeReceipt
 from models.recipients import Recipient
+from models.rights import RightsRequest
 from models.subjects import DataSubject
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "IsicOrder",
     "ParkedItem",
     "Recipient",
+    "RightsRequest",
     "SyncCursor",
 ]
