@@ -272,6 +272,23 @@ class CleverReachEraser:
 ERASER = CleverReachEraser()
 
 
+class CleverReachReader:
+    """What CleverReach holds for a consent list (purpose ``consent:{list}``): the receiver
+    in the list's group, with its attributes and global attributes, as CleverReach answers."""
+
+    processor = PROCESSOR
+
+    def read(self, client: CleverReach, target: Target) -> dict[str, Any] | None:
+        group = ERASER._group(target)
+        receiver = client.get_receiver(group, ERASER._receiver(target))
+        if receiver is None:
+            return None
+        return {"group": {"id": group, "list": target.purpose_arg("consent:")}, "receiver": receiver}
+
+
+READER = CleverReachReader()
+
+
 # Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
 class CleverReachAmender:
     """A newsletter or service-offers receiver (purpose ``consent:{list}``).

@@ -224,6 +224,26 @@ class FlexpertoEraser:
 ERASER = FlexpertoEraser()
 
 
+class FlexpertoReader:
+    """What Flexperto holds for a video consultation (purpose ``video:{booking}``): the
+    customer and the list of its chat and recording archives."""
+
+    processor = PROCESSOR
+
+    def read(self, client: Flexperto, target: Target) -> dict[str, Any] | None:
+        customer_id = ERASER._customer_id(client, target)
+        if customer_id is None:
+            return None
+        customer = client.get_customer(customer_id)
+        archives = client.archives(customer_id)
+        if customer is None and not archives:
+            return None
+        return {"customer": customer, "archives": archives}
+
+
+READER = FlexpertoReader()
+
+
 # Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
 class FlexpertoAmender:
     """A video consultation's customer (purpose ``video:{booking}``): e-mail and phone only,

@@ -335,6 +335,23 @@ class IsicEraser:
 ERASER = IsicEraser()
 
 
+class IsicReader:
+    """What the card issuer holds for a student-ID order (purpose ``student-id:{order}``):
+    the cardholder and their cards."""
+
+    processor = PROCESSOR
+
+    def read(self, client: Isic, target: Target) -> dict[str, Any] | None:
+        cardholder_id = ERASER._cardholder(target)
+        cardholder = client.get_cardholder(cardholder_id)
+        if cardholder is None:
+            return None
+        return {"cardholder": cardholder, "cards": client.cards(cardholder_id)}
+
+
+READER = IsicReader()
+
+
 # Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
 class IsicAmender:
     """The issuer's cardholder (purpose ``student-id:{order}``): names, birth date and e-mail

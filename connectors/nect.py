@@ -233,6 +233,21 @@ class NectEraser:
 ERASER = NectEraser()
 
 
+class NectReader:
+    """What Nect holds for an identification (purpose ``ident:…``): the case and its state
+    (Nect only ever got our pseudonym)."""
+
+    processor = PROCESSOR
+
+    def read(self, client: Nect, target: Target) -> dict[str, Any] | None:
+        case = ERASER._case(client, target)
+        found = client.get_case(case) if case else None
+        return {"case": found} if found is not None else None
+
+
+READER = NectReader()
+
+
 # Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
 class NectAmender:
     """An identification case (purpose ``ident:…``): Nect holds only our pseudonym, so there

@@ -476,6 +476,27 @@ class TimifyEraser:
 ERASER = TimifyEraser()
 
 
+class TimifyReader:
+    """What TIMIFY holds (purpose ``booking``): the customer with its custom fields, and the
+    subject's appointments (``target.local``: our booking ref, TIMIFY's id or None)."""
+
+    processor = PROCESSOR
+
+    def read(self, client: Timify, target: Target) -> dict[str, Any] | None:
+        customer = ERASER._customer(client, target)
+        appointments = []
+        for ref, appointment in target.local:
+            found = client.get_appointment(appointment) if appointment else client.get_appointment(ref, external=True)
+            if found is not None:
+                appointments.append(found)
+        if customer is None and not appointments:
+            return None
+        return {"customer": customer, "appointments": appointments}
+
+
+READER = TimifyReader()
+
+
 # Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
 class TimifyAmender:
     """The TIMIFY customer (purpose ``booking``): its customfields are corrected with the

@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     # is flagged for a reminder, and again every as many days after.
     erasure_manual_reminder_days: int = Field(14, ge=1)
 
+    # Data-subject rights (Art. 15, 20; flows/rights.py): what is handed to the person (the
+    # access package, the portability export) is written here, Fernet-encrypted with the
+    # document key, and deleted this many days after it was written (follow-up-rights-requests).
+    # Empty: .psync/outbox.
+    rights_outbox: Path | None = None
+    rights_outbox_days: int = Field(30, ge=1, le=365)
+
     # The audit trail's anchor outside the database: after each flow run the head (rows, last
     # hash, time) is appended as a JSON line to this file, which belongs on other storage
     # than the database (another host's mount, WORM storage), and/or written as a Prefect
@@ -159,6 +166,10 @@ class Settings(BaseSettings):
 
             return str(Secret.load(block).get())  # type: ignore[union-attr]  # sync_compatible: a block here, no event loop runs
         return None
+
+    def outbox_dir(self) -> Path:
+        """The rights outbox (``rights_outbox``, default .psync/outbox)."""
+        return self.rights_outbox if self.rights_outbox is not None else DATA_DIR / "outbox"
 
     def hmac_key(self) -> bytes:
         """The pseudonym/audit key; created once under .psync/ when none is configured."""

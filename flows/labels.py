@@ -175,6 +175,17 @@ LABELS: dict[str, Label] = {
         "Formular-Lauf: Antrag abgelehnt, Eingaben entfernt",
         "Form run: request refused, identifiers blanked",
     ),
+    # data-subject rights (access, portability, …) ------------------------------------------
+    "still_open": Label("Noch offen, der nächste Lauf versucht es erneut", "Still open, the next run tries again"),
+    "access_packages": Label("Auskunftspakete geschrieben (verschlüsselt)", "Access packages written (encrypted)"),
+    "access_read_failed": Label(
+        "Auftragsverarbeiter nicht lesbar: Auskunft noch nicht geschrieben",
+        "Processor could not be read: access package not written yet",
+    ),
+    "portability_exports": Label(
+        "Datenübertragbarkeit: Exporte geschrieben (verschlüsselt)", "Portability exports written (encrypted)"
+    ),
+    "outbox_purged": Label("Ausgabeordner: abgelaufene Pakete gelöscht", "Outbox: expired packages deleted"),
 }
 
 
@@ -233,6 +244,26 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "completed",
     ),
     "watch-erasure-deadlines": ("on_time", "due_soon", "overdue", "held_lawfully"),
+    "handle-rights-request": (
+        "completed",
+        "still_open",
+        "claim_lost",
+        "access_packages",
+        "portability_exports",
+        "access_read_failed",
+    ),
+    "follow-up-rights-requests": (
+        "completed",
+        "still_open",
+        "claim_lost",
+        "access_packages",
+        "portability_exports",
+        "access_read_failed",
+        "outbox_purged",
+        "on_time",
+        "due_soon",
+        "overdue",
+    ),
     "enforce-retention": (
         "retention_due",
         "retention_deleted",

@@ -20,6 +20,8 @@ FLOWS: dict[str, str] = {
     "follow-up-erasures": "flows.erasure:follow_up_erasures",
     "watch-erasure-deadlines": "flows.erasure:watch_erasure_deadlines",
     "enforce-retention": "flows.retention:enforce_retention",
+    "handle-rights-request": "flows.rights:handle_rights_request",
+    "follow-up-rights-requests": "flows.rights:follow_up_rights_requests",
 }
 
 

@@ -14,6 +14,7 @@ from models.parked import ParkedItem
 from models.receipts import IntakeReceipt
 from models.recipients import Recipient
 from models.restriction import Restriction, RestrictionHold
+from models.rights import RightsRequest
 from models.subjects import DataSubject
 
 __all__ = [
@@ -34,5 +35,6 @@ __all__ = [
     "Recipient",
     "Restriction",
     "RestrictionHold",
+    "RightsRequest",
     "SyncCursor",
 ]

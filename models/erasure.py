@@ -36,7 +36,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from models.bookings import Booking
 from models.consent import ConsentRecord, ConsentState
 from models.db import skip_locked
-from models.deadlines import check_extension, due_date, received_day, urgency
+from models.deadlines import apply_extension, due_date, received_day, urgency
 from models.identity import normalise_email, normalise_insurance_number, pseudonym
 from models.isic import IsicOrder, OrderStatus, delete_documents
 from models.recipients import Recipient
@@ -433,12 +433,7 @@ def extend(
         raise ValueError("the request is completed; nothing to extend")
     subject = session.get(DataSubject, request.subject_id)
     reason = check_free_text(reason, "reason", subject)
-    total = check_extension(request.received_at, request.extension_months, months, reason, informed_on, today)
-    request.extension_months = total
-    request.extension_reason = reason
-    request.subject_informed_on = informed_on
-    request.due = due_date(request.received_at, total)
-    request.urgency = urgency(request.due, today)
+    apply_extension(request, months, reason, informed_on, today)
     return request
 
 

@@ -76,7 +76,7 @@ def test_the_scheduler_creates_the_scheduled_runs_and_the_worker_runs_them(stack
     expected = _with_active_schedule(stack)
     deployments = _api(stack, "POST", "/deployments/filter")
     names = {d["id"]: d["name"] for d in deployments}
-    assert len(names) == 12 and len(expected) == 11 and expected <= set(names.values())
+    assert len(names) == 14 and len(expected) == 12 and expected <= set(names.values())
     assert "fan-out-erasure" not in expected  # started by hand only
 
     # Every deployment with an active schedule gets its scheduled runs.

@@ -284,9 +284,10 @@ def test_json_schema_discriminates_every_event_type():
         "isic.order",
         "isic.cancel",
         "erasure.request",
+        "rights.request",
         "ident.case",
     }
-    assert len(schema["oneOf"]) == 10
+    assert len(schema["oneOf"]) == 11
     signup_schema = schema["$defs"]["ConsentSignup"]
     assert "list" in signup_schema["properties"]  # by alias, as the website sends it
     assert signup_schema["additionalProperties"] is False
