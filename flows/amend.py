@@ -27,6 +27,7 @@ hold the person's data and are for the officer only: never logged, never an arti
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections import Counter
@@ -48,6 +49,7 @@ from core.settings import get_settings
 from flows.common import call_events, decision, reason, write_audit
 from flows.delivery import run_batch
 from flows.erasure_processors import Clients
+from flows.rights import Ask, Outcome, register, write_outbox
 from intake.types import Email, Phone
 from models.audit import AuditEvent
 from models.bookings import Booking
@@ -58,6 +60,7 @@ from models.erasure import Channel, UnknownSubject, check_free_text
 from models.isic import IsicOrder
 from models.recipients import Recipient, live_recipient_ids_among
 from models.restriction import Restriction, active_restriction, release
+from models.rights import Right
 from models.subjects import DataSubject
 from models.types import BERLIN, event_key, utcnow
 
@@ -156,6 +159,7 @@ class AmendOutcome:
     letters: dict[str, str] = field(default_factory=dict)  # "processor purpose" → German letter
     local: dict[str, int] = field(default_factory=dict)  # our own rows changed, by table
     complete: bool = True
+    ref: str = ""  # the restriction's id (restriction, lift): names its outbox folder
 
     @property
     def counts(self) -> dict[str, int]:
@@ -460,12 +464,12 @@ def _rectify_at(clients: Clients, recipient: _Recipient, holder: Holder, changes
 def _rectify_here(session: Session, subject_id: uuid.UUID, changes: Mapping[str, str]) -> dict[str, int]:
     """Our own copy: the subject's given fields; in bookings and student-ID orders the
     fields they hold (a booking given with an insurance number gets no birth date)."""
-    counts: Counter[str] = Counter()
+    changed: Counter[str] = Counter()
     subject = _subject(session, subject_id)
     typed: dict[str, Any] = {k: (date.fromisoformat(v) if k == "birth_date" else v) for k, v in changes.items()}
 
     def put(row: Any, names: tuple[str, ...], table: str, only_held: bool) -> None:
-        changed = False
+        touched = False
         for name in names:
             if (
                 name in typed
@@ -473,9 +477,9 @@ def _rectify_here(session: Session, subject_id: uuid.UUID, changes: Mapping[str,
                 and getattr(row, name) != typed[name]
             ):
                 setattr(row, name, typed[name])
-                changed = True
-        if changed:
-            counts[table] += 1
+                touched = True
+        if touched:
+            changed[table] += 1
 
     put(subject, ("email", "salutation", "first_name", "last_name"), "data_subject", only_held=False)
     for booking in session.exec(select(Booking).where(Booking.subject_id == subject_id)):
@@ -483,7 +487,7 @@ def _rectify_here(session: Session, subject_id: uuid.UUID, changes: Mapping[str,
     orders = select(IsicOrder).where(IsicOrder.subject_id == subject_id, col(IsicOrder.fields_erased_at).is_(None))
     for order in session.exec(orders):
         put(order, ("first_name", "last_name", "birth_date"), "isic_order", only_held=True)
-    return dict(counts)
+    return dict(changed)
 
 
 # restriction ----------------------------------------------------------------------------
@@ -609,7 +613,7 @@ def lift_restriction(
         was_deactivated = set(restriction.deactivated_at())
         recipients = _recipients(session, sid)
         lapsed = _lapsed_lists(session, sid)
-    outcome = AmendOutcome("lift", pseudonym)
+    outcome = AmendOutcome("lift", pseudonym, ref=str(restriction.id))
     clients, events = Clients(settings), []
     reference = reference or str(restriction.request_id or sid)
     for recipient in recipients:
@@ -753,3 +757,66 @@ def _remove_at_cleverreach(settings: Any) -> Callable[[str, list[uuid.UUID]], di
         return run_batch(job, len(ids), [str(i) for i in ids])
 
     return remove
+
+
+# the rights requests' handlers (flows.rights) -------------------------------------------
+def _answered(ask: Ask, result: AmendOutcome) -> Outcome:
+    """The handler's Outcome: the Art. 19 report and the letters to the outbox (encrypted,
+    for the officer: ``psync request show``), counts with literal keys, a summary without
+    personal data. Not done while a processor failed: the follow-up asks again."""
+    files = {"art19-report.json": json.dumps(result.report(), indent=2, ensure_ascii=False).encode()}
+    for name, text in sorted(result.letters.items()):
+        processor, _, purpose = name.partition(" ")
+        files[f"letter-{processor}-{_file_part(purpose)}.txt"] = text.encode()
+    write_outbox(str(ask.request_id), files, ask.settings, ask.now)
+    told = Counter(t.outcome for t in result.told)
+    counts: dict[str, int] = {}
+    if told[UPDATED]:
+        counts["rectified"] = told[UPDATED]
+    if told[DEACTIVATED]:
+        counts["deactivated"] = told[DEACTIVATED]
+    if told[WITHDRAWN]:
+        counts["consents_withdrawn"] = told[WITHDRAWN]
+    if told[REMOVED]:
+        counts["removed"] = told[REMOVED]
+    if result.letters:
+        counts["amend_letters"] = len(result.letters)
+    if told[FAILED]:
+        counts["amend_failed"] = told[FAILED]
+    return Outcome(result.complete, result.summary(), counts)
+
+
+def _file_part(purpose: str) -> str:
+    """A register purpose as part of a file name ("video:B-1" → "video_B-1")."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in purpose)[:60]
+
+
+@register(Right.rectification)
+def answer_rectification(ask: Ask) -> Outcome:
+    """A rectification request (Art. 16, 19): ``rectify`` with the request's new values."""
+    if not ask.changes:
+        raise ValueError("a rectification request needs corrected values")
+    fix = correction(**{name: value for name, value in ask.changes.items() if value is not None})
+    return _answered(ask, rectify(ask.subject_id, fix, reference=str(ask.request_id), settings=ask.settings))
+
+
+@register(Right.restriction)
+def answer_restriction(ask: Ask) -> Outcome:
+    """A restriction request (Art. 18): ``restrict``, in force from the request's receipt
+    until the officer lifts it (``psync request lift``)."""
+    result = restrict(
+        ask.subject_id,
+        reason_text="Antrag auf Einschränkung der Verarbeitung (Art. 18 DSGVO)",
+        restricted_at=ask.received_at,
+        request_id=ask.request_id,
+        reference=str(ask.request_id),
+        settings=ask.settings,
+    )
+    return _answered(ask, result)
+
+
+@register(Right.objection)
+def answer_objection(ask: Ask) -> Outcome:
+    """An objection / withdrawal of every consent (Art. 21, 7(3)): ``object_to_all``, dated
+    when the request reached us, with its channel."""
+    return _answered(ask, object_to_all(ask.subject_id, channel=ask.channel, at=ask.received_at, settings=ask.settings))

@@ -186,6 +186,22 @@ LABELS: dict[str, Label] = {
         "Datenübertragbarkeit: Exporte geschrieben (verschlüsselt)", "Portability exports written (encrypted)"
     ),
     "outbox_purged": Label("Ausgabeordner: abgelaufene Pakete gelöscht", "Outbox: expired packages deleted"),
+    # rectification, restriction, objection (flows/amend.py) ----------------------------------
+    "rectified": Label("Bei Auftragsverarbeitern berichtigt (zurückgelesen)", "Corrected at processors (read back)"),
+    "deactivated": Label(
+        "Beim Auftragsverarbeiter gesperrt (Einschränkung)", "Made inactive at processors (restriction)"
+    ),
+    "consents_withdrawn": Label("Einwilligungen widerrufen (Widerspruch)", "Consents withdrawn (objection)"),
+    "amend_letters": Label(
+        "Schreiben an Auftragsverarbeiter erzeugt (ohne Schnittstelle)", "Letters for processors without an API call"
+    ),
+    "amend_failed": Label(
+        "Auftragsverarbeiter nicht erreicht: Antrag bleibt offen", "Processor failed: the request stays open"
+    ),
+    "held_restricted": Label(
+        "Zurückgehalten: Verarbeitung eingeschränkt (Art. 18), geht nach Aufhebung",
+        "Held back: processing restricted (Art. 18), goes once lifted",
+    ),
 }
 
 
@@ -198,6 +214,7 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "removed",
         "remove_failed",
         "held_erasure_open",
+        "held_restricted",
     ),
     "pull-newsletter-unsubscribes": ("inactive_at_processor", "withdrawn"),
     "expire-unconfirmed-optins": ("expired", "subjects_erased"),
@@ -210,6 +227,7 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "skipped_erased",
         "not_found",
         "held_erasure_open",
+        "held_restricted",
         "parked",
         "to_retry",
     ),
@@ -222,6 +240,7 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "deletion_verified",
         "erased_locally",
         "held_erasure_open",
+        "held_restricted",
         "parked",
         "to_retry",
     ),

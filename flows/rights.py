@@ -602,4 +602,4 @@ def follow_up_rights_requests(as_of: date | None = None) -> dict[str, int]:
 
 
 # The handlers register themselves on import (at the end: they import this module).
-from flows import access  # noqa: E402, F401  (registers access and portability)
+from flows import access, amend  # noqa: E402, F401  (access, portability; rectification, restriction, objection)

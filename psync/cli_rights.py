@@ -130,6 +130,85 @@ def request_command(right: str, help_text: str) -> Callable[..., None]:
 
 request_command("access", "Access (Art. 15): the package of everything held, read back at every processor.")
 request_command("portability", "Portability (Art. 20): the data the person provided, as JSON and CSV.")
+request_command(
+    "restriction",
+    "Restriction (Art. 18): no job sends anything new of the person; inactive where the API can, letters elsewhere.",
+)
+request_command(
+    "objection",
+    "Objection / withdrawal of everything (Art. 21, 7(3)): every consent withdrawn, removed at CleverReach.",
+)
+
+
+@app.command("rectification")
+def rectification(
+    email: EmailOption = None,
+    insurance_number: InsuranceOption = None,
+    subject_id: SubjectOption = None,
+    received_at: ReceivedOption = None,
+    channel: ChannelOption = RequestChannel.email,
+    reference: ReferenceOption = "",
+    answer: AnswerOption = True,
+    new_email: Annotated[str | None, typer.Option(help="the corrected e-mail address")] = None,
+    new_first_name: Annotated[str | None, typer.Option(help="the corrected first name")] = None,
+    new_last_name: Annotated[str | None, typer.Option(help="the corrected last name")] = None,
+    new_phone: Annotated[str | None, typer.Option(help="the corrected phone number")] = None,
+    new_birth_date: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="the corrected birth date (YYYY-MM-DD)")
+    ] = None,
+) -> None:
+    """Rectification (Art. 16, 19): corrected at every processor that holds it (read back), then here."""
+    changes = {
+        "email": new_email,
+        "first_name": new_first_name,
+        "last_name": new_last_name,
+        "phone": new_phone,
+        "birth_date": new_birth_date.date() if new_birth_date else None,
+    }
+    open_and_answer(
+        "rectification",
+        email=email,
+        insurance_number=insurance_number,
+        subject_id=subject_id,
+        received_at=received_at,
+        channel=channel.value,
+        reference=reference,
+        changes={name: value for name, value in changes.items() if value is not None},
+        answer=answer,
+    )
+
+
+@app.command("lift")
+def lift(
+    reason: Annotated[str, typer.Option(help="why the restriction ends (no personal data)")],
+    email: EmailOption = None,
+    insurance_number: InsuranceOption = None,
+    subject_id: SubjectOption = None,
+    lifted_at: Annotated[datetime | None, typer.Option(help="when it ends, Berlin time (default: now)")] = None,
+) -> None:
+    """Lift a restriction (Art. 18(3)): reactivated where it was deactivated, letters to the
+    others, the records held back meanwhile go to the jobs' retry queue. Prints the Art. 19
+    report; the letters are written (encrypted) to the outbox: ``psync request show lift-ID``."""
+    from core.settings import get_settings
+    from flows.amend import lift_restriction
+    from flows.rights import write_outbox
+    from models.erasure import find_subject
+    from models.types import BERLIN
+
+    key = get_settings().hmac_key()
+    found = in_session(
+        lambda s: find_subject(s, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key).id
+    )
+    if lifted_at is not None and lifted_at.tzinfo is None:
+        lifted_at = lifted_at.replace(tzinfo=BERLIN)
+    with clear_errors():
+        result = lift_restriction(found, reason_text=reason, lifted_at=lifted_at)
+        name = f"lift-{result.ref}"
+        files = {f"letter-{n.replace(' ', '-').replace(':', '_')}.txt": t.encode() for n, t in result.letters.items()}
+        files["art19-report.json"] = json.dumps(result.report(), indent=2, ensure_ascii=False).encode()
+        write_outbox(name, files)
+    typer.echo(json.dumps(result.report(), indent=2, ensure_ascii=False))
+    _print_outbox(name)
 
 
 @app.command("list")

@@ -1,7 +1,7 @@
 """restriction of processing (Art. 18)
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-06 07:00:00
 
 ``restriction``: who is restricted since when and why, and when and why it was lifted
@@ -17,7 +17,7 @@ from alembic import op
 import models.types
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
