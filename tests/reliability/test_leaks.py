@@ -605,12 +605,12 @@ def play(scene: Scene) -> dict:
 
 def amend_ida(scene: Scene) -> None:
     """Issue 18 for Ida (at CleverReach, TIMIFY, Flexperto, the issuer and Nect; USU by the
-    register): her data corrected (twice: the second changes nothing), her processing
-    restricted (a new booking held back by push-bookings) and the restriction lifted, then
-    her objection withdrawing every consent. What they hand back without personal data (the
-    Art. 19 report, the summary) is searched as command output; the letters hold her data by
-    design (for the officer) and are not."""
-    from flows import amend
+    register), through the rights plumbing (``handle-rights-request`` with the request id):
+    her data corrected (twice: the second changes nothing), her processing restricted (a new
+    booking held back by push-bookings) and lifted by the command line, then her objection
+    withdrawing every consent. The letters (her data, for the officer) go to the encrypted
+    outbox; the Art. 19 report the command prints is searched like every command's output."""
+    from flows.rights import open_request
 
     scene.intake(
         "ida.jsonl",
@@ -619,23 +619,33 @@ def amend_ida(scene: Scene) -> None:
     for name in ("sync-newsletter-consents", "push-bookings", "forward-student-id-orders"):
         scene.run(name, False)
     scene.intake("ida-case.jsonl", nect_cases(IDA))
-    with transaction() as session:
-        ida = session.exec(select(DataSubject.id).where(DataSubject.email == IDA.email)).one()
-    fix = amend.correction(
-        email=CORRECTED["email"], last_name=CORRECTED["last name"], phone="+49 " + CORRECTED["phone digits"]
-    )
-    steps = [amend.rectify(ida, fix), amend.rectify(ida, fix)]
-    steps.append(amend.restrict(ida, reason_text="Richtigkeit bestritten"))
+    fix = {
+        "email": CORRECTED["email"],
+        "last_name": CORRECTED["last name"],
+        "phone": "+49 " + CORRECTED["phone digits"],
+    }
+
+    def answer(right: str, email: str, **changes) -> dict:
+        with transaction() as session:
+            rid = open_request(session, right=right, email=email, channel="letter", reference="Brief", **changes).id
+        counts = scene.run("handle-rights-request", False, request_id=str(rid))
+        scene.cli("request", "show", str(rid))
+        assert counts is not None
+        return counts
+
+    first = answer("rectification", IDA.email, changes=fix)
+    again = answer("rectification", CORRECTED["email"], changes=fix)
+    restricted = answer("restriction", CORRECTED["email"])
     scene.intake("ida-later.jsonl", [booking(IDA, "LK-IDA-2", video=False, days=9) | {"email": CORRECTED["email"]}])
     held = scene.run("push-bookings", False)
-    steps.append(amend.lift_restriction(ida, reason_text="Richtigkeit geprüft"))
+    scene.cli("request", "lift", "--email", CORRECTED["email"], "--reason", "Richtigkeit geprüft")
     pushed = scene.run("push-bookings", False)
-    steps.append(amend.object_to_all(ida, channel="letter", at=utcnow()))
-    assert all(step.complete for step in steps), [step.report() for step in steps]
-    assert steps[0].counts.get("updated") == 4 and not steps[1].counts.get("updated"), steps[0].report()
+    objected = answer("objection", CORRECTED["email"])
+    scene.run("follow-up-rights-requests", None)
+    assert first.get("rectified") == 4 and "rectified" not in again, (first, again)
+    assert restricted.get("deactivated") == 1 and restricted.get("amend_letters"), restricted
     assert held and held.get("held_restricted") == 1 and pushed and pushed.get("pushed") == 1, (held, pushed)
-    assert steps[-1].counts.get("removed") == 1, steps[-1].report()
-    scene.outputs += [json.dumps(step.report()) + step.summary() for step in steps]
+    assert objected.get("consents_withdrawn") == 1 and objected.get("removed") == 1, objected
 
 
 # what Prefect stored --------------------------------------------------------------------------
