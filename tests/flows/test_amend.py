@@ -457,3 +457,80 @@ def test_objection_withdraws_every_list_and_removes_at_cleverreach(env):
     }
     # The next sync has nothing left to remove or push.
     assert newsletter.sync_newsletter_consents().get("removed", 0) == 0
+
+
+# through the rights plumbing: psync request … ------------------------------------------
+def test_every_request_through_the_command_line_and_the_rights_flow(env):
+    from typer.testing import CliRunner
+
+    from models.rights import RightsRequest
+    from psync.cli import app
+
+    url, base = env
+    take_in(base, *consent_lines("bert@example.de"))
+    newsletter.sync_newsletter_consents()
+    runner = CliRunner()
+
+    def psync(*args: str) -> str:
+        result = runner.invoke(app, ["request", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    said = psync(
+        "rectification", "--email", "bert@example.de", "--new-email", "bert.neu@example.de", "--channel", "letter"
+    )
+    assert '"rectified": 1' in said and "bert.neu" not in said
+    rid = said.split()[1]
+    shown = psync("show", rid)
+    assert "art19-report.json" in shown and "letter-usu-consent_newsletter.txt" in shown
+    assert "bert.neu@example.de" in psync("show", rid, "--file", "letter-usu-consent_newsletter.txt")
+    assert '"outcome": "updated"' in psync("show", rid, "--file", "art19-report.json")
+    assert receiver(url, "1001", "bert.neu@example.de") is not None
+
+    assert '"deactivated": 1' in psync("restriction", "--email", "bert.neu@example.de")
+    assert receiver(url, "1001", "bert.neu@example.de")["active"] is False
+    lifted = psync("lift", "--email", "bert.neu@example.de", "--reason", "Richtigkeit geprüft")
+    assert '"reactivated"' in lifted and "bert" not in lifted
+    assert receiver(url, "1001", "bert.neu@example.de")["active"] is True
+
+    objected = psync("objection", "--email", "bert.neu@example.de", "--channel", "portal")
+    assert '"consents_withdrawn": 1' in objected and '"removed": 1' in objected
+    assert receiver(url, "1001", "bert.neu@example.de") is None
+    with transaction() as session:
+        record = session.exec(select(ConsentRecord)).one()
+        assert (record.state, record.withdraw_channel) == ("withdrawn", "portal")
+        requests_ = session.exec(select(RightsRequest)).all()
+        assert {(r.right, r.status) for r in requests_} == {
+            ("rectification", "completed"),
+            ("restriction", "completed"),
+            ("objection", "completed"),
+        }
+        assert all(r.changes is None for r in requests_)  # the new values are blanked once answered
+
+
+def test_a_processor_failing_leaves_our_copy_and_the_request_open_and_a_rerun_completes(env, monkeypatch):
+    from connectors.timify import TimifyAmender
+    from connectors.transport import FatalError
+
+    url, base = env
+    everywhere(url, base)
+    sid = subject_id(OLD["email"])
+
+    def refused(self, client, holder, changes):
+        raise FatalError("timify", "customers.update", 422)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(TimifyAmender, "update", refused)
+        first = amend.rectify(sid, correction_to_new())
+    assert not first.complete and first.local == {}
+    assert by_processor(first)["timify booking"] == "failed"
+    assert by_processor(first)["cleverreach consent:newsletter"] == "updated"
+    with transaction() as session:
+        assert session.get(DataSubject, sid).email == OLD["email"]  # ours waits for every processor
+
+    second = amend.rectify(sid, correction_to_new())
+    assert second.complete
+    assert by_processor(second)["timify booking"] == "updated"
+    # Found under the new address though ours still had the old one: nothing sent twice.
+    assert by_processor(second)["cleverreach consent:newsletter"] == "unchanged"
+    assert second.local == {"data_subject": 1, "booking": 2, "isic_order": 1}
