@@ -343,6 +343,10 @@ def test_restriction_holds_the_next_push_of_every_job_and_lifting_lets_it_go(env
     assert "Einschränkung" in outcome.letters["timify booking"]
     assert "nicht sperren" in outcome.letters["timify booking"]  # says what the API cannot
     assert amend.restrict(sid, reason_text="noch einmal").complete  # idempotent
+    # Inactive at CleverReach for the restriction is no unsubscribe: the consent stands.
+    assert newsletter.pull_newsletter_unsubscribes().get("withdrawn") is None
+    with transaction() as session:
+        assert {r.state for r in session.exec(select(ConsentRecord))} == {"confirmed"}
     with transaction() as session:
         assert len(session.exec(select(Restriction)).all()) == 1
 
