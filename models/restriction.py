@@ -139,14 +139,3 @@ def release(session: Session, subject_id: uuid.UUID, now: datetime) -> int:
         item.processor, item.operation, item.reason = "", "restriction", "held while processing was restricted"
         row.released_at = now
     return len(rows)
-
-
-def held_records(session: Session, subject_id: uuid.UUID) -> list[RestrictionHold]:
-    """The subject's records held back and not yet released."""
-    return list(
-        session.exec(
-            select(RestrictionHold).where(
-                RestrictionHold.subject_id == subject_id, col(RestrictionHold.released_at).is_(None)
-            )
-        )
-    )
