@@ -335,3 +335,54 @@ def test_a_refused_form_fails_in_one_line_and_keeps_nothing_typed_in(env, form, 
         handle_rights_request(**form)
     with transaction() as session:
         assert not list(session.exec(select(RightsRequest)))
+
+
+def _stored_parameters(flow_run_id) -> dict:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        return {"parameters": run.parameters, "state": run.state.type.value, "message": run.state.message or ""}
+
+
+def test_the_form_keeps_only_the_request_id_and_the_follow_up_tidies_runs_it_never_reached(env):
+    """A run of the form blanks what was typed in (the new values too); runs scheduled for
+    later or crashed before their body are opened by the follow-up and keep only the id."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed, Scheduled
+
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2], *lines_of(BERT)[:2])
+    state = handle_rights_request(
+        right="access", email=ANNA.email, channel="letter", reference="Brief vom 3.", return_state=True
+    )
+    stored = _stored_parameters(state.state_details.flow_run_id)
+    assert stored["parameters"]["email"] == "" and stored["parameters"]["reference"] == ""
+    assert stored["parameters"]["request_id"] == str(the_request().id)
+    later = utcnow() + timedelta(days=2)
+    with get_client(sync_client=True) as client:
+        runs = {
+            name: client.create_flow_run(handle_rights_request, parameters=parameters, state=state).id
+            for name, parameters, state in (
+                (
+                    "later",
+                    {"right": "rectification", "email": BERT.email, "new_last_name": "Bleibneu"},
+                    Scheduled(scheduled_time=later),
+                ),
+                ("crashed", {"right": "portability", "email": BERT.email.upper()}, Crashed()),
+                ("unknown", {"right": "access", "email": "niemand@example.de"}, Scheduled(scheduled_time=later)),
+            )
+        }
+    rights.follow_up_rights_requests()
+    stored = {name: _stored_parameters(rid) for name, rid in runs.items()}
+    text = json.dumps(stored)
+    for marker in (*BERT.markers(), "Bleibneu", "niemand@"):
+        assert marker not in text, marker
+    with transaction() as session:
+        by_right = {r.right: r for r in session.exec(select(RightsRequest))}
+    assert set(by_right) == {"access", "rectification", "portability"}
+    assert stored["later"]["parameters"]["request_id"] == str(by_right["rectification"].id)
+    assert stored["later"]["state"] == "SCHEDULED"
+    assert stored["crashed"]["parameters"]["request_id"] == str(by_right["portability"].id)
+    assert by_right["portability"].status == "completed"  # the follow-up answered it too
+    assert stored["unknown"]["state"] == "CANCELLED" and "no data subject matches" in stored["unknown"]["message"]

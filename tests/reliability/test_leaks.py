@@ -68,6 +68,7 @@ from flows.registry import FLOWS, get_flow
 from models.db import transaction
 from models.erasure import ErasureRequest
 from models.identity import insurance_number_valid
+from models.rights import RightsRequest
 from models.subjects import DataSubject
 from models.types import utcnow
 from psync.cli import app
@@ -497,6 +498,11 @@ def nect_cases(*people: Person) -> list[dict]:
     ]
 
 
+def rights_requests() -> list[str]:
+    with transaction() as session:
+        return [str(rid) for rid in session.exec(select(RightsRequest.id))]
+
+
 def erasure_requests() -> list[str]:
     with transaction() as session:
         return [str(rid) for rid in session.exec(select(ErasureRequest.id))]
@@ -556,6 +562,17 @@ def play(scene: Scene) -> dict:
         reference=FORM_REFERENCE,
     )
     scene.run("follow-up-erasures")
+    # A data-subject request typed into its form (the same identifiers as the erasure's): the
+    # access package cannot be built while the processors fail; the follow-up finishes it.
+    scene.run(
+        "handle-rights-request",
+        True,
+        right="access",
+        email=ERNA.email.upper(),
+        insurance_number=ERNA.insurance,
+        channel="phone",
+        reference=FORM_REFERENCE,
+    )
     scene.post("faults", {"fault_rate": 0.0})
     scene.collect_requests()
 
@@ -569,9 +586,18 @@ def play(scene: Scene) -> dict:
                 "channel": "portal",
                 "reference": "Portal-Loeschantrag",
                 "at": _at(0.2),
-            }
+            },
+            {"type": "rights.request", "right": "access", "email": HEIKE.email, "at": _at(0.2)},
+            {"type": "rights.request", "right": "portability", "email": FRITZ.email, "at": _at(0.2)},
         ],
     )
+    # Access packages (read back at every processor) and a portability export, before the
+    # erasures complete: the packages hold the data, nothing around them may.
+    scene.run("follow-up-rights-requests", False)
+    scene.cli("request", "portability", "--email", GERDA.email, "--channel", "letter", "--reference", "AZ 19/26")
+    scene.cli("request", "list", "--status", "all")
+    for request_id in rights_requests():
+        scene.cli("request", "show", request_id)
     for name in (
         "sync-newsletter-consents",
         "pull-newsletter-unsubscribes",
@@ -853,7 +879,7 @@ def test_no_marker_and_no_secret_anywhere_we_write_text(scene, capfd):
     others = [
         f"{run.name} flow={run.flow_id} started={run.start_time} tags={run.tags}" for run in runs if run not in ours
     ]
-    assert len(ours) == scene.runs + 2 and artifacts, others  # two started by commands
+    assert len(ours) == scene.runs + 3 and artifacts, others  # three started by commands
     assert {log.level for log in api_logs} >= {logging.DEBUG, logging.INFO, logging.ERROR}
     assert {a.key for a in artifacts} >= {"sync-newsletter-consents", "push-bookings", "follow-up-erasures"}
     assert set(scene.failed_flows) >= {
@@ -873,3 +899,11 @@ def test_no_marker_and_no_secret_anywhere_we_write_text(scene, capfd):
         form.parameters
     )
     assert form.parameters["request_id"] in erasure_requests()
+    # And from handle-rights-request's: everything typed in, the new values too.
+    [rights_form] = [run for run in ours if run.parameters.get("channel") == "phone"]
+    typed = ("email", "insurance_number", "subject_id", "reference", "new_email", "new_last_name", "new_phone")
+    assert {rights_form.parameters[k] for k in typed} == {""}, rights_form.parameters
+    assert rights_form.parameters["request_id"] in rights_requests()
+    assert len(rights_requests()) == 8  # 4 access and portability, 4 of Ida's (amend_ida)
+    with transaction() as session:  # not vacuous: every package and export was written
+        assert {r.status for r in session.exec(select(RightsRequest))} == {"completed"}
