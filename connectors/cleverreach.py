@@ -252,3 +252,125 @@ class CleverReachEraser:
 
 
 ERASER = CleverReachEraser()
+
+
+class CleverReachReader:
+    """What CleverReach holds for a consent list (purpose ``consent:{list}``): the receiver
+    in the list's group, with its attributes and global attributes, as CleverReach answers."""
+
+    processor = PROCESSOR
+
+    def read(self, client: CleverReach, target: Target) -> dict[str, Any] | None:
+        group = ERASER._group(target)
+        receiver = client.get_receiver(group, ERASER._receiver(target))
+        if receiver is None:
+            return None
+        return {"group": {"id": group, "list": target.purpose_arg("consent:")}, "receiver": receiver}
+
+
+READER = CleverReachReader()
+
+
+# Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
+class CleverReachAmender:
+    """A newsletter or service-offers receiver (purpose ``consent:{list}``).
+
+    Corrected in place, by CleverReach's receiver id: ``PUT groups.json/{gid}/receivers/{id}``
+    with the new ``email`` and ``global_attributes``. The receiver keeps its id, its group,
+    its ``registered``/``activated`` times and its proof attributes (``signup_ip``,
+    ``confirm_ip``, ``policy_version``): a change of address keeps the consent and its proof
+    (deleting and adding it again would lose both). Restriction: ``PUT …/deactivate``;
+    lifted with ``PUT …/activate``. Should the activation stamp the receiver's ``activated``
+    anew (CleverReach does not document it), the confirmation time is written back with an
+    upsert, so the proof stays the double opt-in's.
+    """
+
+    processor = PROCESSOR
+    can_deactivate = True
+    names: Mapping[str, str] = {
+        "email": "email",
+        "salutation": "global_attributes.salutation",
+        "first_name": "global_attributes.firstname",
+        "last_name": "global_attributes.lastname",
+    }
+
+    def _list(self, holder: Any) -> str:
+        return holder.purpose_arg("consent:")
+
+    def _group(self, holder: Any) -> str:
+        group = holder.settings.cleverreach.group(self._list(holder))
+        if not group:
+            raise ValueError(f"no CleverReach group configured for list {self._list(holder)}")
+        return str(group)
+
+    def _find(self, client: CleverReach, holder: Any) -> dict | None:
+        """The receiver by its id when the register has it, else by the address before and
+        after the correction (a repeated run finds it under the new one)."""
+        group = self._group(holder)
+        for key in (holder.external_id, *holder.addresses):
+            if key:
+                found = client.get_receiver(group, key)
+                if found is not None:
+                    return found
+        return None
+
+    def read(self, client: CleverReach, holder: Any) -> dict[str, str] | None:
+        receiver = self._find(client, holder)
+        if receiver is None:
+            return None
+        held = {"email": str(receiver.get("email") or "")}
+        names = receiver.get("global_attributes") or {}
+        for ours, theirs in self.names.items():
+            _, dot, inner = theirs.partition(".")
+            if dot and names.get(inner):
+                held[ours] = str(names[inner])
+        return {key: value for key, value in held.items() if value}
+
+    def update(self, client: CleverReach, holder: Any, changes: Mapping[str, str]) -> None:
+        unknown = sorted(set(changes) - set(self.names))
+        if unknown:  # refused before any call, like the allow-lists
+            raise ValueError(f"field {unknown[0]} cannot be corrected at CleverReach")
+        receiver = self._find(client, holder)
+        if receiver is None:
+            raise ValueError("the receiver is not there to correct")
+        body: dict[str, Any] = {}
+        for ours, value in changes.items():
+            top, dot, inner = self.names[ours].partition(".")
+            if dot:
+                body.setdefault(top, {})[inner] = value
+            else:
+                body[top] = value
+        check_allowed(self._list(holder), body)
+        client.http.request(
+            "receivers.update",
+            "PUT",
+            path("groups.json", self._group(holder), "receivers", str(receiver["id"])),
+            json=body,
+            items=1,
+        )
+
+    def deactivate(self, client: CleverReach, holder: Any) -> bool:
+        receiver = self._find(client, holder)
+        if receiver is None:
+            return True  # nothing there to process
+        client.deactivate(self._group(holder), str(receiver["id"]))
+        after = self._find(client, holder)
+        return after is None or not after.get("active")
+
+    def reactivate(self, client: CleverReach, holder: Any) -> bool:
+        before = self._find(client, holder)
+        if before is None:
+            return False
+        group, rid = self._group(holder), str(before["id"])
+        client.http.request("receivers.activate", "PUT", path("groups.json", group, "receivers", rid, "activate"))
+        after = self._find(client, holder)
+        if after is None:
+            return False
+        confirmed = int(before.get("activated") or 0)
+        if confirmed and int(after.get("activated") or 0) != confirmed:
+            client.upsert(group, self._list(holder), [{"email": after["email"], "activated": confirmed}])
+            after = self._find(client, holder) or after
+        return bool(after.get("active"))
+
+
+AMENDER = CleverReachAmender()

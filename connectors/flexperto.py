@@ -210,3 +210,68 @@ class FlexpertoEraser:
 
 
 ERASER = FlexpertoEraser()
+
+
+class FlexpertoReader:
+    """What Flexperto holds for a video consultation (purpose ``video:{booking}``): the
+    customer and the list of its chat and recording archives."""
+
+    processor = PROCESSOR
+
+    def read(self, client: Flexperto, target: Target) -> dict[str, Any] | None:
+        customer_id = ERASER._customer_id(client, target)
+        if customer_id is None:
+            return None
+        customer = client.get_customer(customer_id)
+        archives = client.archives(customer_id)
+        if customer is None and not archives:
+            return None
+        return {"customer": customer, "archives": archives}
+
+
+READER = FlexpertoReader()
+
+
+# Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
+class FlexpertoAmender:
+    """A video consultation's customer (purpose ``video:{booking}``): e-mail and phone only,
+    corrected with ``PATCH /api/v2/customers/{id} {"email"?, "phone"?}`` (ASSUMED, like every
+    Flexperto path). No call stops processing without deleting: a restriction is a letter.
+    """
+
+    processor = PROCESSOR
+    can_deactivate = False
+    names: Mapping[str, str] = {"email": "email", "phone": "phone"}
+
+    def _customer(self, client: Flexperto, holder: Any) -> dict | None:
+        if holder.external_id:
+            return client.get_customer(holder.external_id)
+        return client.find_customer(holder.purpose_arg("video:"))
+
+    def read(self, client: Flexperto, holder: Any) -> dict[str, str] | None:
+        customer = self._customer(client, holder)
+        if customer is None:
+            return None
+        return {name: str(customer[name]) for name in self.names if customer.get(name)}
+
+    def update(self, client: Flexperto, holder: Any, changes: Mapping[str, str]) -> None:
+        unknown = sorted(set(changes) - set(self.names))
+        if unknown:  # refused before any call, like the allow-lists
+            raise ValueError(f"field {unknown[0]} cannot be corrected at Flexperto")
+        customer = self._customer(client, holder)
+        if customer is None:
+            raise ValueError("the customer is not there to correct")
+        body = {self.names[name]: value for name, value in changes.items()}
+        check_allowed(body)
+        client.http.request(
+            "customers.update", "PATCH", path("api", "v2", "customers", str(customer["id"])), json=body, items=1
+        )
+
+    def deactivate(self, client: Flexperto, holder: Any) -> bool:
+        raise NotImplementedError("Flexperto has no call to restrict a customer")
+
+    def reactivate(self, client: Flexperto, holder: Any) -> bool:
+        raise NotImplementedError("Flexperto has no call to restrict a customer")
+
+
+AMENDER = FlexpertoAmender()

@@ -321,3 +321,74 @@ class IsicEraser:
 
 
 ERASER = IsicEraser()
+
+
+class IsicReader:
+    """What the card issuer holds for a student-ID order (purpose ``student-id:{order}``):
+    the cardholder and their cards."""
+
+    processor = PROCESSOR
+
+    def read(self, client: Isic, target: Target) -> dict[str, Any] | None:
+        cardholder_id = ERASER._cardholder(target)
+        cardholder = client.get_cardholder(cardholder_id)
+        if cardholder is None:
+            return None
+        return {"cardholder": cardholder, "cards": client.cards(cardholder_id)}
+
+
+READER = IsicReader()
+
+
+# Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
+class IsicAmender:
+    """The issuer's cardholder (purpose ``student-id:{order}``): names, birth date and e-mail
+    corrected with ``cardholders.set`` (create or update by ``cardholderId``), which takes the
+    whole cardholder: the fields not corrected are sent as the issuer holds them. The API has
+    no call that pauses a cardholder (voiding a card is final): a restriction is a letter.
+    """
+
+    processor = PROCESSOR
+    can_deactivate = False
+    names: Mapping[str, str] = {
+        "first_name": "firstName",
+        "last_name": "lastName",
+        "birth_date": "dateOfBirth",
+        "email": "email",
+    }
+
+    def _cardholder(self, holder: Any) -> str:
+        return holder.external_id or holder.purpose_arg("student-id:")
+
+    def read(self, client: Isic, holder: Any) -> dict[str, str] | None:
+        found = client.get_cardholder(self._cardholder(holder))
+        if found is None:
+            return None
+        return {ours: str(found[theirs]) for ours, theirs in self.names.items() if found.get(theirs)}
+
+    def update(self, client: Isic, holder: Any, changes: Mapping[str, str]) -> None:
+        unknown = sorted(set(changes) - set(self.names))
+        if unknown:  # refused before any call, like the allow-lists
+            raise ValueError(f"field {unknown[0]} cannot be corrected at the issuer")
+        found = client.get_cardholder(self._cardholder(holder))
+        if found is None:
+            raise ValueError("the cardholder is not there to correct")
+        merged = {**found, **{self.names[name]: value for name, value in changes.items()}}
+        client.set_cardholder(
+            str(found["cardholderId"]),
+            first_name=merged["firstName"],
+            last_name=merged["lastName"],
+            date_of_birth=date.fromisoformat(str(merged["dateOfBirth"])),
+            email=merged["email"],
+            institution=merged["institutionName"],
+            student_status=merged["studentStatus"],
+        )
+
+    def deactivate(self, client: Isic, holder: Any) -> bool:
+        raise NotImplementedError("the issuer has no call to restrict a cardholder")
+
+    def reactivate(self, client: Isic, holder: Any) -> bool:
+        raise NotImplementedError("the issuer has no call to restrict a cardholder")
+
+
+AMENDER = IsicAmender()

@@ -31,6 +31,8 @@ ASSUMED (nothing public; change here when the real contract is known): every pat
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import requests
@@ -217,3 +219,46 @@ class NectEraser:
 
 
 ERASER = NectEraser()
+
+
+class NectReader:
+    """What Nect holds for an identification (purpose ``ident:…``): the case and its state
+    (Nect only ever got our pseudonym)."""
+
+    processor = PROCESSOR
+
+    def read(self, client: Nect, target: Target) -> dict[str, Any] | None:
+        case = ERASER._case(client, target)
+        found = client.get_case(case) if case else None
+        return {"case": found} if found is not None else None
+
+
+READER = NectReader()
+
+
+# Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
+class NectAmender:
+    """An identification case (purpose ``ident:…``): Nect holds only our pseudonym, so there
+    is nothing to correct (no field is sent) and no call to pause a case: a restriction is
+    a letter."""
+
+    processor = PROCESSOR
+    can_deactivate = False
+    names: Mapping[str, str] = MappingProxyType({})
+
+    def read(self, client: Nect, holder: Any) -> dict[str, str] | None:
+        case = holder.external_id or (client.find_case(holder.pseudonym) or {}).get("caseUuid")
+        return {} if case and client.get_case(str(case)) is not None else None
+
+    def update(self, client: Nect, holder: Any, changes: Any) -> None:
+        if changes:
+            raise ValueError("Nect holds no field to correct")
+
+    def deactivate(self, client: Nect, holder: Any) -> bool:
+        raise NotImplementedError("Nect has no call to restrict a case")
+
+    def reactivate(self, client: Nect, holder: Any) -> bool:
+        raise NotImplementedError("Nect has no call to restrict a case")
+
+
+AMENDER = NectAmender()

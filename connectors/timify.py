@@ -456,3 +456,74 @@ class TimifyEraser:
 
 
 ERASER = TimifyEraser()
+
+
+class TimifyReader:
+    """What TIMIFY holds (purpose ``booking``): the customer with its custom fields, and the
+    subject's appointments (``target.local``: our booking ref, TIMIFY's id or None)."""
+
+    processor = PROCESSOR
+
+    def read(self, client: Timify, target: Target) -> dict[str, Any] | None:
+        customer = ERASER._customer(client, target)
+        appointments = []
+        for ref, appointment in target.local:
+            found = client.get_appointment(appointment) if appointment else client.get_appointment(ref, external=True)
+            if found is not None:
+                appointments.append(found)
+        if customer is None and not appointments:
+            return None
+        return {"customer": customer, "appointments": appointments}
+
+
+READER = TimifyReader()
+
+
+# Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
+class TimifyAmender:
+    """The TIMIFY customer (purpose ``booking``): its customfields are corrected with the
+    ``PATCH /v1/customers/{id}`` the push uses, only the fields it holds (of insurance
+    number and birth date it holds one). TIMIFY's API has no call that stops processing a
+    customer without deleting it (none documented): a restriction goes there as a letter.
+    """
+
+    processor = PROCESSOR
+    can_deactivate = False
+    names: Mapping[str, str] = {
+        name: name for name in ("email", "salutation", "first_name", "last_name", "phone", "birth_date")
+    }
+
+    def _customer(self, client: Timify, holder: Any) -> dict | None:
+        if holder.external_id:
+            return client.get_customer(holder.external_id)
+        return client.get_customer(str(holder.subject_id), external=True)
+
+    def read(self, client: Timify, holder: Any) -> dict[str, str] | None:
+        customer = self._customer(client, holder)
+        if customer is None:
+            return None
+        by_id = {field_id: name for name, field_id in client.field_ids().items()}
+        held: dict[str, str] = {}
+        for item in customer.get("customfields") or []:
+            name = by_id.get(item.get("id"))
+            if name is not None and name in self.names and item.get("value"):
+                held[name] = str(item["value"])
+        return held
+
+    def update(self, client: Timify, holder: Any, changes: Mapping[str, str]) -> None:
+        unknown = sorted(set(changes) - set(self.names))
+        if unknown:  # refused before any call, like the allow-lists
+            raise ValueError(f"field {unknown[0]} cannot be corrected at TIMIFY")
+        customer = self._customer(client, holder)
+        if customer is None:
+            raise ValueError("the customer is not there to correct")
+        client.upsert_customer(str(holder.subject_id), dict(changes), customer_id=str(customer["id"]))
+
+    def deactivate(self, client: Timify, holder: Any) -> bool:
+        raise NotImplementedError("TIMIFY has no call to restrict a customer")
+
+    def reactivate(self, client: Timify, holder: Any) -> bool:
+        raise NotImplementedError("TIMIFY has no call to restrict a customer")
+
+
+AMENDER = TimifyAmender()

@@ -202,10 +202,12 @@ class Settings(BaseSettings):
     # is flagged for a reminder, and again every as many days after.
     erasure_manual_reminder_days: int = Field(14, ge=1)
 
-    # What is handed to the person (access package, portability export, proof of consent) is
-    # written here, encrypted with the document key, and deleted after `rights_outbox_days`.
-    rights_outbox: Path = DATA_DIR / "rights-outbox"
-    rights_outbox_days: int = Field(30, ge=1)
+    # Data-subject rights (Art. 15, 20; flows/rights.py): what is handed to the person (the
+    # access package, the portability export, the proof of consent) is written here, Fernet-encrypted with the
+    # document key, and deleted this many days after it was written (follow-up-rights-requests).
+    # Empty: .psync/outbox.
+    rights_outbox: Path | None = None
+    rights_outbox_days: int = Field(30, ge=1, le=365)
 
     # The audit trail's anchor outside the database: after each flow run the head (rows, last
     # hash, time) is appended as a JSON line to this file, which belongs on other storage
@@ -277,6 +279,10 @@ class Settings(BaseSettings):
         if not isinstance(group, ProcessorSettings):
             raise KeyError(f"no settings group for processor {key!r}")
         return group
+
+    def outbox_dir(self) -> Path:
+        """The rights outbox (``rights_outbox``, default .psync/outbox)."""
+        return self.rights_outbox if self.rights_outbox is not None else DATA_DIR / "outbox"
 
     def hmac_key(self) -> bytes:
         """The pseudonym/audit key; created once under .psync/ when none is configured."""

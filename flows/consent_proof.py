@@ -18,19 +18,18 @@ Two ways in, one builder (``issue_proof``, which writes the audit row):
   ``flows.erasure_form``), the proof goes encrypted to the rights outbox, and the artifact
   names the file and counts only.
 
-The outbox (setting ``rights_outbox``, files encrypted with the document key and deleted
-after ``rights_outbox_days``) is written here by ``_write_outbox``, a private stand-in for
-``flows.rights.write_outbox`` until that exists on this branch.
+The proof goes to the rights outbox through ``flows.rights.write_outbox`` (setting
+``rights_outbox``, files encrypted with the document key; ``follow-up-rights-requests``
+deletes them after ``rights_outbox_days``, as it does access packages).
 """
 
 from __future__ import annotations
 
 import html
-import shutil
 import time as clock
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -52,10 +51,10 @@ from core.settings import get_settings
 from flows import erasure_form as form
 from flows.common import decision, one_line_failure, write_audit
 from flows.erasure_form import Text
+from flows.rights import purge_outbox, read_outbox, write_outbox
 from models.consent import RANK, ConsentEvent, ConsentList, ConsentRecord, EventKind
 from models.consent_text import ConsentText, check_version, register, texts_of
 from models.db import transaction
-from models.documents import DocumentCipher
 from models.identity import normalise_email, pseudonym
 from models.subjects import DataSubject
 from models.types import BERLIN, utcnow
@@ -393,47 +392,16 @@ def register_text(session: Session, version: str, consent_text: str, mail_text: 
     return registered.created
 
 
-# the outbox (until flows.rights.write_outbox) --------------------------------------------
-def _write_outbox(name: str, files: dict[str, bytes]) -> Path:
-    """Write `files` encrypted (Fernet, the document key) into a new folder `name` of the
-    rights outbox; returns the folder. Private stand-in for ``flows.rights.write_outbox``."""
-    settings = get_settings()
-    cipher = DocumentCipher(settings.document_key_bytes())
-    folder = Path(settings.rights_outbox) / name
-    folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    folder.mkdir(mode=0o700)
-    for file_name, data in files.items():
-        path = folder / f"{file_name}.enc"
-        path.write_bytes(cipher.encrypt(data))
-        path.chmod(0o600)
-    return folder
-
-
-def _purge_outbox(now: datetime) -> int:
-    """Delete the proofs in the outbox older than ``rights_outbox_days``; how many."""
-    settings = get_settings()
-    outbox = Path(settings.rights_outbox)
-    if not outbox.is_dir():
-        return 0
-    cutoff = now.timestamp() - timedelta(days=settings.rights_outbox_days).total_seconds()
-    purged = 0
-    for folder in outbox.glob(f"{OUTBOX_PREFIX}*"):
-        if folder.is_dir() and folder.stat().st_mtime < cutoff:
-            shutil.rmtree(folder)
-            purged += 1
-    return purged
-
-
 def read_outbox_file(path: Path) -> bytes:
     """A file of the outbox, decrypted (ValueError when the document key does not open it)."""
-    return DocumentCipher(get_settings().document_key_bytes()).decrypt(path.read_bytes())
+    return read_outbox(path)
 
 
 def write_proof(proof: Proof) -> Path:
     """The proof's documents, encrypted, in a new folder of the rights outbox named by the
-    proof's number only (no name, no address); old proofs there are purged first."""
-    _purge_outbox(utcnow())
-    return _write_outbox(f"{OUTBOX_PREFIX}{proof.proof_id}", proof_files(proof))
+    proof's number only (no name, no address); old folders there are purged first."""
+    purge_outbox(utcnow())
+    return write_outbox(f"{OUTBOX_PREFIX}{proof.proof_id}", proof_files(proof))
 
 
 # the form's runs -------------------------------------------------------------------------

@@ -26,6 +26,11 @@ one record is and how it is sent (``Job``); ``run_batch`` owns the rest, once:
 A record of a subject whose erasure request is open is held: nothing is sent, the
 decision audited; what the processor may already hold is found by the erasure through the
 register rows written ahead by earlier runs.
+
+A record that would carry a restricted subject's data (Art. 18: ``models.restriction``) is
+held back the same way, and noted there: lifting the restriction hands it to the job's
+retry queue, so it goes then. A record that carries nothing (a cancellation, a removal)
+still goes: it only stops processing.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from models.db import transaction
 from models.erasure import being_erased
 from models.parked import ParkedItem, ParkState, drop, due_for_retry, get_item, park, resolve, retry_later
 from models.recipients import record_may_hold_many
+from models.restriction import hold_back, restricted
 from models.types import utcnow
 
 Row = TypeVar("Row")
@@ -327,13 +333,13 @@ def _write_next_ahead(
     stream's end) is left to the next batch's own step 1: more may have come by then. Registered before it leaves all the same: these rows commit with this
     batch, before the next batch sends anything; if this batch fails they roll back with
     it. A record that changes later gets a later place in the stream, past the mark, and
-    is written ahead by the batch that sends it. Whoever is being erased is left out, as
-    in step 1."""
+    is written ahead by the batch that sends it. Whoever is being erased or restricted is
+    left out, as in step 1."""
     rows = job.select_ahead(session, last_seq, limit)
     if len(rows) < limit:  # the stream's end: what follows may come before the next batch
         return
-    held = being_erased(session)
-    reaches = [r for r in job.reaches(session, rows) if r.subject_id not in held]
+    left_out = being_erased(session) | restricted(session)
+    reaches = [r for r in job.reaches(session, rows) if r.subject_id not in left_out]
     if written := _write_ahead(session, reaches, now):
         events.append(decision(f"{job.name}.register_ahead", "may_hold", records=len(rows), rows=written, batch="next"))
     cursor = get_cursor(session, job.cursor)
@@ -368,9 +374,10 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
         with transaction() as session:
             ahead = _select(job, session, limit, ids, ahead=True)
             held = being_erased(session)
+            paused = restricted(session)
             reaches = job.reaches(session, ahead.rows)
-            if held:
-                reaches = [r for r in reaches if r.subject_id not in held]
+            if held or paused:
+                reaches = [r for r in reaches if r.subject_id not in held and r.subject_id not in paused]
             if written := _write_ahead(session, reaches, now):
                 write_audit(
                     session, [decision(f"{job.name}.register_ahead", "may_hold", records=len(ahead.rows), rows=written)]
@@ -425,16 +432,24 @@ def _deliver(
     events: list[AuditEvent] = []
     rows = chosen.rows
     held = held_ahead | being_erased(session)
+    paused = restricted(session)
     ctx = job.begin(session, rows)
     sending = rows
-    if held:  # (most batches: nobody; then no record is looked at here)
+    if held or paused:  # (most batches: nobody; then no record is looked at here)
         sending = []
+        waiting: list[tuple[str, uuid.UUID]] = []
         for row in rows:
-            if job.subject_id(row) in held:  # nothing to retry: the person is being erased
+            subject = job.subject_id(row)
+            if subject in held:  # nothing to retry: the person is being erased
                 counts["held_erasure_open"] += 1
                 events.append(job.held(ctx, row))
+            elif subject in paused and job.reaches(session, [row]):  # goes once the restriction is lifted
+                waiting.append((job.record_id(row), subject))
+                events.append(decision(f"{job.name}.restriction", "held", record=job.record_id(row)))
             else:
                 sending.append(row)
+        if waiting:
+            counts["held_restricted"] += hold_back(session, job.name, waiting, now)
     meanwhile = None
     if chosen.last_seq is not None:
         meanwhile = functools.partial(_write_next_ahead, job, session, chosen.last_seq, limit, now, events)

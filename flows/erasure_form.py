@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime, time
 from typing import Annotated, Any
 
@@ -119,32 +119,35 @@ def parse_channel(text: str) -> Channel:
         raise ValueError(f"channel must be one of {', '.join(CHANNELS)}") from None
 
 
-def has_identifiers(parameters: Mapping[str, Any]) -> bool:
+def has_identifiers(parameters: Mapping[str, Any], personal: Sequence[str] = PERSONAL) -> bool:
     """Whether a stored run's parameters still hold anything typed into a personal field."""
-    return any(parameters.get(name) not in (None, "") for name in PERSONAL)
+    return any(parameters.get(name) not in (None, "") for name in personal)
 
 
-def blanked(parameters: Mapping[str, Any], request_id: uuid.UUID | None) -> dict[str, Any]:
+def blanked(
+    parameters: Mapping[str, Any], request_id: uuid.UUID | None, personal: Sequence[str] = PERSONAL
+) -> dict[str, Any]:
     """The parameters with every personal field empty and the request id (if any) in place,
     so a retry of the run resumes that request."""
     kept = dict(parameters)
-    kept.update(dict.fromkeys(PERSONAL, ""))
+    kept.update(dict.fromkeys(personal, ""))
     if request_id is not None:
         kept["request_id"] = str(request_id)
     return kept
 
 
 # the run's own parameters ------------------------------------------------------------------
-def forget(request_id: uuid.UUID | None) -> None:
+def forget(request_id: uuid.UUID | None, personal: Sequence[str] = PERSONAL) -> None:
     """Blank the personal fields in this run's stored parameters; keep the request id.
 
-    Called whether the request was opened, joined, resumed or refused.
+    Called whether the request was opened, joined, resumed or refused. Another form flow
+    (``flows.rights``) names its own `personal` fields.
     """
     if not flow_run.id:
         return
     with get_client(sync_client=True) as client:
         parameters = client.read_flow_run(flow_run.id).parameters
-        client.update_flow_run(flow_run.id, parameters=blanked(parameters, request_id))
+        client.update_flow_run(flow_run.id, parameters=blanked(parameters, request_id, personal))
 
 
 # runs the body never reached ---------------------------------------------------------------
@@ -153,9 +156,9 @@ ENDED_EARLY = (StateType.CANCELLED, StateType.CRASHED, StateType.FAILED)
 PAGE = 200
 
 
-def _runs(client: SyncPrefectClient) -> Iterator[FlowRun]:
-    """Every fan-out-erasure run that is not running and not completed, page by page."""
-    flows = FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
+def _runs(client: SyncPrefectClient, flow_name: str = FLOW_NAME) -> Iterator[FlowRun]:
+    """Every run of the form flow that is not running and not completed, page by page."""
+    flows = FlowFilter(name=FlowFilterName(any_=[flow_name]))
     states = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[*NOT_STARTED, *ENDED_EARLY])))
     offset = 0
     while True:
@@ -166,8 +169,13 @@ def _runs(client: SyncPrefectClient) -> Iterator[FlowRun]:
         offset += PAGE
 
 
-def tidy_stale_runs(open_from_form: Callable[[Mapping[str, Any]], uuid.UUID]) -> dict[str, int]:
-    """Blank the identifiers in every fan-out-erasure run that still holds them.
+def tidy_stale_runs(
+    open_from_form: Callable[[Mapping[str, Any]], uuid.UUID],
+    flow_name: str = FLOW_NAME,
+    personal: Sequence[str] = PERSONAL,
+) -> dict[str, int]:
+    """Blank the identifiers in every run of the form flow `flow_name` (fan-out-erasure, or
+    another form flow with its own `personal` fields) that still holds them.
 
     - A run not started yet (scheduled for later, late, pending), or one that crashed or
       failed before its body forgot them: the request it was filed for is opened (or the
@@ -182,7 +190,7 @@ def tidy_stale_runs(open_from_form: Callable[[Mapping[str, Any]], uuid.UUID]) ->
     """
     counts = {"opened": 0, "blanked": 0, "refused": 0}
     with get_client(sync_client=True) as client:
-        stale = [run for run in _runs(client) if has_identifiers(run.parameters)]
+        stale = [run for run in _runs(client, flow_name) if has_identifiers(run.parameters, personal)]
         for run in stale:
             kind = run.state.type if run.state else StateType.CANCELLED
             request_id = None
@@ -192,7 +200,7 @@ def tidy_stale_runs(open_from_form: Callable[[Mapping[str, Any]], uuid.UUID]) ->
                     request_id = open_from_form(run.parameters)
                 except (ValueError, LookupError) as exc:  # our checks: they name no value
                     why = reason(exc)
-            client.update_flow_run(run.id, parameters=blanked(run.parameters, request_id))
+            client.update_flow_run(run.id, parameters=blanked(run.parameters, request_id, personal))
             if request_id is not None:
                 counts["opened"] += 1
             elif why:

@@ -175,6 +175,33 @@ LABELS: dict[str, Label] = {
         "Formular-Lauf: Antrag abgelehnt, Eingaben entfernt",
         "Form run: request refused, identifiers blanked",
     ),
+    # data-subject rights (access, portability, …) ------------------------------------------
+    "still_open": Label("Noch offen, der nächste Lauf versucht es erneut", "Still open, the next run tries again"),
+    "access_packages": Label("Auskunftspakete geschrieben (verschlüsselt)", "Access packages written (encrypted)"),
+    "access_read_failed": Label(
+        "Auftragsverarbeiter nicht lesbar: Auskunft noch nicht geschrieben",
+        "Processor could not be read: access package not written yet",
+    ),
+    "portability_exports": Label(
+        "Datenübertragbarkeit: Exporte geschrieben (verschlüsselt)", "Portability exports written (encrypted)"
+    ),
+    "outbox_purged": Label("Ausgabeordner: abgelaufene Pakete gelöscht", "Outbox: expired packages deleted"),
+    # rectification, restriction, objection (flows/amend.py) ----------------------------------
+    "rectified": Label("Bei Auftragsverarbeitern berichtigt (zurückgelesen)", "Corrected at processors (read back)"),
+    "deactivated": Label(
+        "Beim Auftragsverarbeiter gesperrt (Einschränkung)", "Made inactive at processors (restriction)"
+    ),
+    "consents_withdrawn": Label("Einwilligungen widerrufen (Widerspruch)", "Consents withdrawn (objection)"),
+    "amend_letters": Label(
+        "Schreiben an Auftragsverarbeiter erzeugt (ohne Schnittstelle)", "Letters for processors without an API call"
+    ),
+    "amend_failed": Label(
+        "Auftragsverarbeiter nicht erreicht: Antrag bleibt offen", "Processor failed: the request stays open"
+    ),
+    "held_restricted": Label(
+        "Zurückgehalten: Verarbeitung eingeschränkt (Art. 18), geht nach Aufhebung",
+        "Held back: processing restricted (Art. 18), goes once lifted",
+    ),
 }
 
 
@@ -187,6 +214,7 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "removed",
         "remove_failed",
         "held_erasure_open",
+        "held_restricted",
     ),
     "pull-newsletter-unsubscribes": ("inactive_at_processor", "withdrawn"),
     "expire-unconfirmed-optins": ("expired", "subjects_erased"),
@@ -199,6 +227,7 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "skipped_erased",
         "not_found",
         "held_erasure_open",
+        "held_restricted",
         "parked",
         "to_retry",
     ),
@@ -211,6 +240,7 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "deletion_verified",
         "erased_locally",
         "held_erasure_open",
+        "held_restricted",
         "parked",
         "to_retry",
     ),
@@ -233,6 +263,26 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "completed",
     ),
     "watch-erasure-deadlines": ("on_time", "due_soon", "overdue", "held_lawfully"),
+    "handle-rights-request": (
+        "completed",
+        "still_open",
+        "claim_lost",
+        "access_packages",
+        "portability_exports",
+        "access_read_failed",
+    ),
+    "follow-up-rights-requests": (
+        "completed",
+        "still_open",
+        "claim_lost",
+        "access_packages",
+        "portability_exports",
+        "access_read_failed",
+        "outbox_purged",
+        "on_time",
+        "due_soon",
+        "overdue",
+    ),
     "enforce-retention": (
         "retention_due",
         "retention_deleted",

@@ -83,6 +83,7 @@ from models.recipients import (
     record_removed_many,
     record_sent_many,
 )
+from models.restriction import restricted
 from models.subjects import DataSubject
 from models.types import event_key, utcnow
 
@@ -606,6 +607,7 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
     with transaction() as session:
         events: list[AuditEvent] = []
         emails = list(inactive)
+        paused = restricted(session)
         for start in range(0, len(emails), 1000):
             chunk = emails[start : start + 1000]
             # Claimed: a second worker pulling at once skips these instead of withdrawing
@@ -622,6 +624,9 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
                     ConsentRecord,
                 )
             ).all()
+            # A receiver made inactive for a restriction (Art. 18; flows/amend.py) is not an
+            # unsubscribe: its consent stands.
+            rows = [row for row in rows if row[0].subject_id not in paused] if paused else rows
             if not rows:
                 continue
             seq = next_seq(session, "consent", len(rows))

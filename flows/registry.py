@@ -21,6 +21,8 @@ FLOWS: dict[str, str] = {
     "watch-erasure-deadlines": "flows.erasure:watch_erasure_deadlines",
     "enforce-retention": "flows.retention:enforce_retention",
     "consent-proof": "flows.consent_proof:consent_proof",
+    "handle-rights-request": "flows.rights:handle_rights_request",
+    "follow-up-rights-requests": "flows.rights:follow_up_rights_requests",
 }
 
 

@@ -45,6 +45,7 @@ from intake.consent import ConsentConfirm, ConsentSignup, ConsentStore, ConsentW
 from intake.erasure import ErasureRejected, ErasureRequestEvent, ErasureStore
 from intake.ident import CallNote, HeldStore, IdentCase
 from intake.isic import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
+from intake.rights import RightsRejected, RightsRequestEvent, RightsStore
 from intake.types import EMAIL_CACHE, FIELD_NAME, NotYetKnown
 from models.audit import AuditEvent
 from models.consent import TransitionError
@@ -56,7 +57,7 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 CHUNK = 1000
 # A chunk of a file imported chunk by chunk closes early once its documents reach this.
 CHUNK_DOCUMENT_BYTES = 256 * 1024 * 1024
-REJECTIONS = (TransitionError, SubjectMismatch, BookingRejected, OrderRejected, ErasureRejected)
+REJECTIONS = (TransitionError, SubjectMismatch, BookingRejected, OrderRejected, ErasureRejected, RightsRejected)
 # Order of the lines tried again at the same instant: the first step of each job first.
 _RANK = {
     "consent.signup": 0,
@@ -79,6 +80,7 @@ IntakeEvent = Annotated[
     | IsicOrderEvent
     | IsicCancel
     | ErasureRequestEvent
+    | RightsRequestEvent
     | IdentCase
     | CallNote,
     Field(discriminator="type"),
@@ -242,6 +244,7 @@ class Applier:
         self.orders = IsicStore(session, key, self.subjects, DocumentCipher(document_key) if document_key else None)
         self.erasures = ErasureStore(session, key)
         self.held = HeldStore(session, key, self.subjects)
+        self.rights = RightsStore(session, key, document_key)
         # A dispatch table by the event type's prefix; each store takes only its own events.
         self.stores: dict[str, Any] = {
             "consent": self.consents,
@@ -250,6 +253,7 @@ class Applier:
             "erasure": self.erasures,
             "ident": self.held,
             "call": self.held,
+            "rights": self.rights,
         }
 
     def apply(self, chunk: list[Parsed], defer: bool) -> ChunkApplied:
@@ -269,6 +273,7 @@ class Applier:
         self.orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
         self.erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))  # type: ignore[misc]  # the type's prefix picks the store's own events
         self.held.begin_chunk(e for _, e in chunk if e.type.startswith(("ident.", "call.")))  # type: ignore[misc]  # the type's prefix picks the store's own events
+        self.rights.begin_chunk(e for _, e in chunk if e.type.startswith("rights."))  # type: ignore[misc]  # the type's prefix picks the store's own events
         for number, event in chunk:
             store = self.stores[event.type.split(".")[0]]
             try:

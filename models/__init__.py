@@ -14,6 +14,8 @@ from models.isic import IsicDocument, IsicOrder
 from models.parked import ParkedItem
 from models.receipts import IntakeReceipt
 from models.recipients import Recipient
+from models.restriction import Restriction, RestrictionHold
+from models.rights import RightsRequest
 from models.subjects import DataSubject
 
 __all__ = [
@@ -33,5 +35,8 @@ __all__ = [
     "IsicOrder",
     "ParkedItem",
     "Recipient",
+    "Restriction",
+    "RestrictionHold",
+    "RightsRequest",
     "SyncCursor",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 from datetime import date, datetime
+from typing import Protocol
 
 from models.types import BERLIN
 
@@ -69,3 +70,26 @@ def urgency(due: date, today: date) -> str:
     if (due - today).days <= WARN_DAYS:
         return "due_soon"
     return "on_time"
+
+
+class Deadlined(Protocol):
+    """A request with an Art. 12(3) deadline (an erasure request, a rights request)."""
+
+    received_at: datetime
+    extension_months: int
+    extension_reason: str | None
+    subject_informed_on: date | None
+    due: date
+    urgency: str
+
+
+def apply_extension(request: Deadlined, months: int, reason: str, informed_on: date, today: date) -> None:
+    """Extend `request`'s deadline by `months` (``check_extension``'s rules; ValueError
+    naming the one broken): the new total, the reason, the day the subject was told, the
+    new due date and urgency. `reason` must already be checked to hold no personal data."""
+    total = check_extension(request.received_at, request.extension_months, months, reason, informed_on, today)
+    request.extension_months = total
+    request.extension_reason = reason
+    request.subject_informed_on = informed_on
+    request.due = due_date(request.received_at, total)
+    request.urgency = urgency(request.due, today)

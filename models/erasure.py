@@ -36,7 +36,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from models.bookings import Booking
 from models.consent import ConsentRecord, ConsentState
 from models.db import skip_locked
-from models.deadlines import check_extension, due_date, received_day, urgency
+from models.deadlines import apply_extension, due_date, received_day, urgency
 from models.identity import normalise_email, normalise_insurance_number, pseudonym
 from models.isic import IsicOrder, OrderStatus, delete_documents
 from models.recipients import Recipient
@@ -239,9 +239,14 @@ def find_subject(
     found: list[DataSubject | None] = []
     if email:
         address = normalise_email(email)
-        condition = DataSubject.email == address
+        condition = col(DataSubject.email) == address
         if key is not None:
-            condition = condition | (DataSubject.pseudonym == pseudonym(key, "email", address))
+            # Only a subject that kept nothing but the pseudonym (erased): one whose address
+            # was corrected (Art. 16) is not found under the address it was first seen with.
+            condition = or_(
+                condition,
+                and_(col(DataSubject.pseudonym) == pseudonym(key, "email", address), col(DataSubject.email).is_(None)),
+            )
         found.append(session.exec(select(DataSubject).where(condition)).first())
     if insurance_number:
         number = normalise_insurance_number(insurance_number)
@@ -428,12 +433,7 @@ def extend(
         raise ValueError("the request is completed; nothing to extend")
     subject = session.get(DataSubject, request.subject_id)
     reason = check_free_text(reason, "reason", subject)
-    total = check_extension(request.received_at, request.extension_months, months, reason, informed_on, today)
-    request.extension_months = total
-    request.extension_reason = reason
-    request.subject_informed_on = informed_on
-    request.due = due_date(request.received_at, total)
-    request.urgency = urgency(request.due, today)
+    apply_extension(request, months, reason, informed_on, today)
     return request
 
 

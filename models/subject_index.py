@@ -85,13 +85,23 @@ class SubjectIndex:
             raise SubjectMismatch("insurance number is registered with another e-mail address")
         if kvnr and by_email and by_email.insurance_number not in (None, kvnr):
             raise SubjectMismatch("e-mail address is registered with another insurance number")
-        return by_email or by_kvnr or self.by_pseudonym.get(pseudonym(self.key, "email", email))
+        by_pseudonym = self.by_pseudonym.get(pseudonym(self.key, "email", email))
+        if by_pseudonym is not None and by_pseudonym.email not in (None, email):
+            # The pseudonym is of the address the subject was first seen with; one whose
+            # address was corrected since (Art. 16) is no longer found under the old one.
+            by_pseudonym = None
+        return by_email or by_kvnr or by_pseudonym
 
     def create(self, email: str, kvnr: str | None, identified: bool = True) -> DataSubject:
         """A new subject; with `identified` False it holds only the pseudonym of the address
         (a withdrawal from someone we know nothing about needs no more)."""
         # new_row: SQLModel's __init__ was a third of a sign-up's cost.
         subject = new_row(DataSubject, pseudonym=pseudonym(self.key, "email", email))
+        taken = self.by_pseudonym.get(subject.pseudonym)
+        if taken is not None and taken.email not in (None, email):
+            # The subject first seen with this address has had it corrected (Art. 16) and
+            # keeps its pseudonym (the audit trail's name for it): this is someone new.
+            subject.pseudonym = pseudonym(self.key, "email-reused", f"{email}#{subject.id}")
         self.session.add(subject)
         if identified:
             self.identify(subject, email, kvnr)

@@ -17,6 +17,7 @@ from psync.cli_consent import app as consent_app
 from psync.cli_erasure import app as erasure_app
 from psync.cli_errors import PsyncGroup, flow_failures_said_once
 from psync.cli_parked import app as parked_app
+from psync.cli_rights import app as rights_app
 
 app = typer.Typer(
     cls=PsyncGroup,
@@ -32,6 +33,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(documents_app, name="documents")
 app.add_typer(erasure_app, name="erasure")
 app.add_typer(parked_app, name="parked")
+app.add_typer(rights_app, name="request")
 app.add_typer(docs_app, name="docs")
 app.add_typer(retention_app, name="retention")
 app.add_typer(consent_app, name="consent")

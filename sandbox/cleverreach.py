@@ -129,6 +129,11 @@ class CleverReach(Processor):
             s.set_active(request.path_params["gid"], request.path_params["email_or_id"], True)
             return True
 
+        async def update_receiver(request: Request) -> object:
+            """Update one receiver of a group in place (``PUT``; a new ``email`` keeps its id)."""
+            body = await _json_body(request)
+            return s.update_receiver(request.path_params["gid"], request.path_params["email_or_id"], body)
+
         async def delete_receiver(request: Request) -> object:
             """Remove a receiver from one group."""
             s.delete(request.path_params["gid"], request.path_params["email_or_id"])
@@ -166,6 +171,7 @@ class CleverReach(Processor):
         add("PUT", "/v3/groups/{gid}/receivers/{email_or_id:path}/deactivate", deactivate)
         add("PUT", "/v3/groups/{gid}/receivers/{email_or_id:path}/activate", activate)
         add("GET", "/v3/groups/{gid}/receivers/{email_or_id:path}", get_receiver)
+        add("PUT", "/v3/groups/{gid}/receivers/{email_or_id:path}", update_receiver)
         add("DELETE", "/v3/groups/{gid}/receivers/{email_or_id:path}", delete_receiver)
         # Registered before the {email_or_id} routes so "delete" is never
         # taken for an address.

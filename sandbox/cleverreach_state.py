@@ -342,6 +342,32 @@ class CleverReachState:
             receiver["active"] = False
         group.touched()
 
+    def update_receiver(self, gid: str, email_or_id: str, body: object) -> dict:
+        """Update one receiver in place: a new ``email`` keeps its id, times, attributes and
+        events (409 when another receiver of the group has that address); other fields merge
+        as an upsert merges them. 404 when absent."""
+        group = self.group(gid)
+        receiver = group.lookup(email_or_id)
+        if receiver is None:
+            raise ApiError(404, "Not Found: invalid receiver")
+        if not isinstance(body, dict):
+            raise ApiError(400, "Bad Request: expected an object")
+        clean = _clean_item({"email": receiver["email"], **body}, 0)
+        old, new = receiver["email"], clean["email"]
+        changed = False
+        if new != old:
+            if new in group.receivers:
+                raise ApiError(409, "Conflict: email already exists in this group")
+            # Re-keyed where it stands: the group's order is the receivers' id order.
+            group.receivers = {(new if key == old else key): value for key, value in group.receivers.items()}
+            group.ids[receiver["id"]] = new
+            receiver["email"] = new
+            changed = True
+        if _apply(receiver, clean) or changed:
+            receiver["events"].append(_event(now(), "REST update", gid))
+            group.touched()
+        return receiver
+
     def delete(self, gid: str, email_or_id: str) -> None:
         """Remove a receiver from one group or raise 404."""
         group = self.group(gid)

@@ -12,6 +12,7 @@ is public, so every shape below is **assumed**::
                                           409 if the external_id exists
     GET    /api/v2/customers?external_id=X   -> {"items": [customer]}  (empty list if none)
     GET    /api/v2/customers/{id}      -> customer, 404 once deleted
+    PATCH  /api/v2/customers/{id}      {"email"?, "phone"?}, no other key -> the customer
     DELETE /api/v2/customers/{id}      -> 204; the customer's archives stay
     GET    /api/v2/archives?customer_id=X    -> {"items": [{"id": "arc_<hex>", "customer_id",
                                                   "kind": "chat"|"recording"|"file", "created_at"}]}
@@ -88,6 +89,10 @@ class Flexperto(Processor):
             """One customer."""
             return s.customer(request.path_params["id"])
 
+        async def update_customer(request: Request) -> object:
+            """Correct a customer's contact data (``email``, ``phone``)."""
+            return s.update_customer(request.path_params["id"], await _json_body(request))
+
         async def delete_customer(request: Request) -> object:
             """Delete a customer (not its archives)."""
             s.delete_customer(request.path_params["id"])
@@ -110,6 +115,7 @@ class Flexperto(Processor):
         add("POST", "/api/v2/customers", create_customer, status=201)
         add("GET", "/api/v2/customers", find_customers)
         add("GET", "/api/v2/customers/{id:path}", get_customer)
+        add("PATCH", "/api/v2/customers/{id:path}", update_customer)
         add("DELETE", "/api/v2/customers/{id:path}", delete_customer, status=204)
         add("GET", "/api/v2/archives", find_archives)
         add("GET", "/api/v2/archives/{id:path}", get_archive)

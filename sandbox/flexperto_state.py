@@ -111,6 +111,15 @@ class FlexpertoState:
             raise FlexpertoError(404, "customer not found")
         return found
 
+    def update_customer(self, cid: str, body: object) -> dict:
+        """Correct a customer's contact data; only ``email`` and ``phone`` may change."""
+        customer = self.customer(cid)
+        if not isinstance(body, dict) or not body or set(body) - {"email", "phone"}:
+            raise FlexpertoError(400, "only email and phone may be changed")
+        clean = _clean_customer({"external_id": customer["external_id"], **body})
+        customer.update({key: clean[key] for key in body})
+        return customer
+
     def delete_customer(self, cid: str) -> None:
         """Delete a customer; its archives stay."""
         customer = self.customer(cid)

@@ -119,6 +119,8 @@ def settings(database_url, monkeypatch, tmp_path):
     monkeypatch.setenv("PSYNC_DATABASE_URL", database_url)
     # The test's own call journals (flows/journal.py), for the processes it starts too.
     monkeypatch.setenv("PSYNC_CALL_JOURNAL_DIR", str(tmp_path / "calls"))
+    # What rights requests hand to the person (flows/rights.py), never under the checkout.
+    monkeypatch.setenv("PSYNC_RIGHTS_OUTBOX", str(tmp_path / "outbox"))
     monkeypatch.setenv("PSYNC_PSEUDONYM_KEY", TEST_KEY)
     # The sandbox's ids and credentials, at a host that does not resolve: a test that
     # calls out without asking for the sandbox (or `responses`) fails instead of leaking.

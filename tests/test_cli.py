@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import inspect, text
@@ -238,3 +239,50 @@ def test_erasure_request_report_and_extend_from_the_command_line(settings, runne
     )
     assert bad.exit_code == 1 and "reason" in bad.output
     assert runner.invoke(app, ["erasure", "status", "00000000-0000-0000-0000-000000000000"]).exit_code == 1
+
+
+# psync request ------------------------------------------------------------------------------------
+def test_rights_request_from_the_command_line_list_extend_and_show(settings, runner, tmp_path, prefect_harness):
+    events = tmp_path / "events.jsonl"
+    events.write_text(signup("erika@example.de") + "\n")
+    assert runner.invoke(app, ["intake", str(events)]).exit_code == 0
+    opened = runner.invoke(
+        app, ["request", "portability", "--email", "Erika@Example.de", "--channel", "letter", "--reference", "AZ 9/26"]
+    )
+    assert opened.exit_code == 0, opened.output
+    request_id = opened.output.split()[1]
+    assert '"portability_exports": 1' in opened.output and "written (encrypted)" in opened.output
+    assert "erika" not in opened.output.lower()
+    listed = runner.invoke(app, ["request", "list", "--status", "all"])
+    assert listed.exit_code == 0 and request_id in listed.output and "completed" in listed.output
+    assert runner.invoke(app, ["request", "list"]).output.strip() == "no requests"  # none open
+    files = runner.invoke(app, ["request", "show", request_id])
+    assert files.exit_code == 0 and "portability.json" in files.output.split()
+    shown = runner.invoke(app, ["request", "show", request_id, "--file", "portability.json"])
+    assert json.loads(shown.stdout)["profile"][0]["email"] == "erika@example.de"
+    out = tmp_path / "export.json"
+    assert (
+        runner.invoke(app, ["request", "show", request_id, "--file", "portability.json", "--out", str(out)]).exit_code
+        == 0
+    )
+    assert json.loads(out.read_text())["schema"] == "psync.portability/1"
+    # Completed: nothing to extend; an open one can be.
+    done = runner.invoke(
+        app, ["request", "extend", request_id, "--months", "1", "--reason", "Rückfragen", "--informed-on", "2026-01-01"]
+    )
+    assert done.exit_code == 1 and "completed" in done.output
+    waiting = runner.invoke(app, ["request", "access", "--email", "erika@example.de", "--no-answer"])
+    access_id = waiting.output.split()[1]
+    today = datetime.now(UTC).date().isoformat()
+    extended = runner.invoke(
+        app, ["request", "extend", access_id, "--months", "2", "--reason", "viele Empfänger", "--informed-on", today]
+    )
+    assert extended.exit_code == 0 and "now due" in extended.output, extended.output
+
+
+def test_rights_request_for_an_unknown_subject_is_a_clear_error_and_changes_nothing(settings, runner):
+    result = runner.invoke(app, ["request", "access", "--email", "nobody@example.de", "--no-answer"])
+    assert result.exit_code == 1 and "error:" in result.output and "nobody@example.de" not in result.output
+    assert runner.invoke(app, ["request", "show", "00000000-0000-0000-0000-000000000000"]).exit_code == 1
+    with transaction() as session:
+        assert session.execute(text("SELECT count(*) FROM rights_request")).scalar_one() == 0

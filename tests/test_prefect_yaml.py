@@ -96,11 +96,11 @@ def test_no_sync_overlaps_itself_only_the_officers_form_runs_side_by_side():
         assert limit == {"limit": 1, "collision_strategy": "CANCEL_NEW"}, deployment["name"]
         options = ConcurrencyOptions(collision_strategy=limit["collision_strategy"])
         assert options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
-    # Manual, one request per run; runs claim their erasure tasks in the database. A proof
-    # of consent only reads and writes a file of its own.
-    assert unlimited == ["fan-out-erasure", "consent-proof"]
-    assert BY_NAME["consent-proof"]["schedules"] == [] and "manual" in BY_NAME["consent-proof"]["tags"]
-    assert BY_NAME["fan-out-erasure"]["schedules"] == [] and "manual" in BY_NAME["fan-out-erasure"]["tags"]
+    # Manual, one request per run; runs claim their erasure tasks (rights requests) in the
+    # database. A proof of consent only reads and writes a file of its own.
+    assert unlimited == ["fan-out-erasure", "consent-proof", "handle-rights-request"]
+    for name in unlimited:
+        assert BY_NAME[name]["schedules"] == [] and "manual" in BY_NAME[name]["tags"]
 
 
 # the UI's forms ---------------------------------------------------------------------------
@@ -147,6 +147,12 @@ BOUNDS = {
     ("follow-up-erasures", "as_of"): {"type": "string", "format": "date"},
     ("watch-erasure-deadlines", "as_of"): {"type": "string", "format": "date"},
     ("enforce-retention", "as_of"): {"type": "string", "format": "date"},
+    ("handle-rights-request", "email"): {"type": "string", "maxLength": 254},
+    ("handle-rights-request", "reference"): {"type": "string", "maxLength": 200},
+    ("handle-rights-request", "right"): {
+        "enum": ["access", "portability", "rectification", "restriction", "objection"]
+    },
+    ("follow-up-rights-requests", "as_of"): {"type": "string", "format": "date"},
 }
 
 
@@ -274,3 +280,15 @@ def test_every_schedule_says_its_zone_in_words():
     for deployment in DEPLOYMENTS:
         if deployment["schedules"]:
             assert "Europe/Berlin" in " ".join(deployment["description"].split()), deployment["name"]
+
+
+def test_handle_rights_request_is_the_officers_form_too():
+    props = SCHEMAS["handle-rights-request"]["properties"]
+    assert sorted(props, key=lambda p: props[p]["position"])[:2] == ["right", "email"]
+    for name, prop in props.items():
+        assert prop["type"] == "string" and "anyOf" not in prop and " / " in prop["title"], name
+        assert not re.search(r"\d{6}", json.dumps(prop.get("default"))), name
+    schema = SCHEMAS["handle-rights-request"]
+    assert validate({"right": "access", "email": "erika@example.de", "new_birth_date": "1980-05-17"}, schema) == []
+    for bad in ({"right": "teleport"}, {"new_birth_date": "17.05.1980"}, {"reference": "x" * 201}):
+        assert validate(bad, schema), bad

@@ -16,22 +16,28 @@ import doctest
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import requests
 import responses
 
+from connectors.amend import Holder
+from connectors.cleverreach import AMENDER as CR_AMENDER
 from connectors.cleverreach import CleverReach
+from connectors.flexperto import AMENDER as FX_AMENDER
 from connectors.flexperto import Flexperto
 from connectors.isic import Isic
 from connectors.nect import Nect
 from connectors.timify import Timify
 from connectors.transport import EncodedPath, HttpClient, RetryPolicy, path, redact
+from core.settings import CleverReachSettings
 from psync.sandbox_env import CREDENTIAL_ID, CREDENTIAL_SECRET, TIMIFY_COMPANY_ID
 from sandbox import common as sandbox_common
 
@@ -87,6 +93,12 @@ def nect(answers):
 def isic(answers):
     serve(answers, "/auth/token", {"accessToken": "T", "tokenType": "Bearer", "expiresIn": 300})
     return Isic.connect(ROOT, "id", "secret", policy=POLICY)
+
+
+def _held(processor: str, purpose: str) -> Holder:
+    """A record known by the processor's own id ODD, in group ODD (CleverReach)."""
+    settings = SimpleNamespace(cleverreach=CleverReachSettings(group_newsletter=ODD))
+    return Holder(processor, purpose, ODD, uuid.UUID(int=1), "ab" * 16, None, settings=settings)
 
 
 def ok(data: Any) -> tuple[int, Any]:
@@ -352,6 +364,42 @@ CASES = [
         (),
     ),
     Case("isic.cards", isic, [(200, {"cards": []})], lambda i: i.cards(ODD), [], [("POST", "/cards.list")], ()),
+    # The amenders (rectification, restriction): the receiver's or customer's id in the path.
+    Case(
+        "cleverreach amender update",
+        cleverreach,
+        [(200, {"id": ODD, "email": "a@example.de"}), (200, {"id": ODD})],
+        lambda c: CR_AMENDER.update(c, _held("cleverreach", "consent:newsletter"), {"first_name": "A"}),
+        None,
+        [("GET", f"/v3/groups.json/{W}/receivers/{W}"), ("PUT", f"/v3/groups.json/{W}/receivers/{W}")],
+        ("cleverreach.update",),
+    ),
+    Case(
+        "cleverreach amender reactivate",
+        cleverreach,
+        [
+            (200, {"id": ODD, "activated": 5, "active": False}),
+            (200, True),
+            (200, {"id": ODD, "activated": 5, "active": True}),
+        ],
+        lambda c: CR_AMENDER.reactivate(c, _held("cleverreach", "consent:newsletter")),
+        True,
+        [
+            ("GET", f"/v3/groups.json/{W}/receivers/{W}"),
+            ("PUT", f"/v3/groups.json/{W}/receivers/{W}/activate"),
+            ("GET", f"/v3/groups.json/{W}/receivers/{W}"),
+        ],
+        ("cleverreach.reactivate",),
+    ),
+    Case(
+        "flexperto amender update",
+        flexperto,
+        [(200, {"id": ODD, "email": "a@example.de"}), (200, {"id": ODD})],
+        lambda f: FX_AMENDER.update(f, _held("flexperto", "video:B-1"), {"email": "b@example.de"}),
+        None,
+        [("GET", f"/api/v2/customers/{W}"), ("PATCH", f"/api/v2/customers/{W}")],
+        ("flexperto.update",),
+    ),
 ]
 
 

@@ -144,7 +144,7 @@ def test_every_deployment_runs_from_the_server_through_a_worker(as_worker, tmp_p
 
     # The deployments the UI lists carry their typed forms and schedules.
     names = {d["name"] for d in _api(stack, "POST", "/deployments/filter")}
-    assert len(names) == 13
+    assert len(names) == 15
     form = deployment(stack, "fan-out-erasure")["parameter_openapi_schema"]["properties"]
     assert {"email", "insurance_number", "subject_id", "received_at", "channel", "reference"} <= set(form)
     assert deployment(stack, "sync-newsletter-consents")["schedules"]

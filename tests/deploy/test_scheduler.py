@@ -77,7 +77,7 @@ def test_the_scheduler_creates_the_scheduled_runs_and_the_worker_runs_them(stack
     expected = _with_active_schedule(stack)
     deployments = _api(stack, "POST", "/deployments/filter")
     names = {d["id"]: d["name"] for d in deployments}
-    assert len(names) == 13 and len(expected) == 8 and expected <= set(names.values())
+    assert len(names) == 15 and len(expected) == 9 and expected <= set(names.values())
     assert "fan-out-erasure" not in expected  # started by hand only
     assert not expected & set(PURGES)  # run by enforce-retention, as its subflows
 

@@ -285,6 +285,7 @@ def test_json_schema_discriminates_every_event_type():
         "isic.cancel",
         "erasure.request",
         "call.note",
+        "rights.request",
         "ident.case",
     }
     assert len(schema["oneOf"]) == 11

@@ -32,6 +32,7 @@ from intake.consent import ConsentConfirm, ConsentSignup, ConsentWithdraw
 from intake.erasure import ErasureRequestEvent
 from intake.ident import IdentCase
 from intake.isic import IsicCancel, IsicOrderEvent
+from intake.rights import RightsRequestEvent
 from models.identity import insurance_number_valid
 
 MARKER = "qxzmarker"  # lower-case letters no reason ever contains
@@ -180,6 +181,21 @@ KINDS = {
             erasure.NOW,
             lambda n: erasure.erase(email=erasure_email(n)),
             ("type", "at", "email"),
+            frozenset({"reference"}),
+        ),
+        # A rights request names the same pool of subjects; a second one for a subject joins.
+        Kind(
+            "rights.request",
+            RightsRequestEvent,
+            erasure.NOW,
+            lambda n: {
+                "type": "rights.request",
+                "right": "access",
+                "email": erasure_email(n),
+                "channel": "portal",
+                "at": erasure.NOW.isoformat(),
+            },
+            ("type", "right", "at", "email"),
             frozenset({"reference"}),
         ),
         Kind(

@@ -133,7 +133,7 @@ class World:
 
     def prepare(self, kind: Kind) -> None:
         """Subjects an erasure request can name (each stored request opens a new one)."""
-        if kind.type == "erasure.request" and not self.erasure_pool:
+        if kind.type in ("erasure.request", "rights.request") and not self.erasure_pool:
             signups = [erasure.signup(erasure_email(i)) for i in range(ERASURE_POOL)]
             assert {r.outcome for r in self.run(erasure.NOW, *signups)} == {"stored"}
             self.erasure_pool = True

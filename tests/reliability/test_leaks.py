@@ -70,6 +70,7 @@ from flows.retention import PURGES
 from models.db import transaction
 from models.erasure import ErasureRequest
 from models.identity import insurance_number_valid
+from models.rights import RightsRequest
 from models.subjects import DataSubject
 from models.types import utcnow
 from psync.cli import app
@@ -230,7 +231,21 @@ HEIKE = Person(
     "203.0.113.187",
     "203.0.113.186",
 )
-PEOPLE = (ERNA, FRITZ, GERDA, HEIKE)
+# Ida comes last, for issue 18's rights (flows/amend.py): corrected, restricted, objecting.
+IDA = Person(
+    "ida",
+    "Zqxidavor",
+    "Zqxidanach",
+    "+49 157 47205938",
+    "Q27538160",
+    "2753816049",
+    date(2001, 4, 9),
+    "198.51.100.241",
+    "198.51.100.242",
+)
+PEOPLE = (ERNA, FRITZ, GERDA, HEIKE, IDA)
+# What Ida's data are corrected to (Art. 16): new personal data, searched as well.
+CORRECTED = {"email": "zqx.ida.korrigiert@example.de", "last name": "Zqxidaneu", "phone digits": "15259381746"}
 
 
 # the events ------------------------------------------------------------------------------
@@ -486,6 +501,11 @@ def nect_cases(*people: Person) -> list[dict]:
     ]
 
 
+def rights_requests() -> list[str]:
+    with transaction() as session:
+        return [str(rid) for rid in session.exec(select(RightsRequest.id))]
+
+
 def erasure_requests() -> list[str]:
     with transaction() as session:
         return [str(rid) for rid in session.exec(select(ErasureRequest.id))]
@@ -550,6 +570,17 @@ def play(scene: Scene) -> dict:
     scene.run("follow-up-erasures")
     # An address the proof's form refuses: the run fails without repeating it.
     scene.run("consent-proof", True, email=ERNA.email.replace("@", "@@"))
+    # A data-subject request typed into its form (the same identifiers as the erasure's): the
+    # access package cannot be built while the processors fail; the follow-up finishes it.
+    scene.run(
+        "handle-rights-request",
+        True,
+        right="access",
+        email=ERNA.email.upper(),
+        insurance_number=ERNA.insurance,
+        channel="phone",
+        reference=FORM_REFERENCE,
+    )
     scene.post("faults", {"fault_rate": 0.0})
     scene.collect_requests()
 
@@ -563,9 +594,18 @@ def play(scene: Scene) -> dict:
                 "channel": "portal",
                 "reference": "Portal-Loeschantrag",
                 "at": _at(0.2),
-            }
+            },
+            {"type": "rights.request", "right": "access", "email": HEIKE.email, "at": _at(0.2)},
+            {"type": "rights.request", "right": "portability", "email": FRITZ.email, "at": _at(0.2)},
         ],
     )
+    # Access packages (read back at every processor) and a portability export, before the
+    # erasures complete: the packages hold the data, nothing around them may.
+    scene.run("follow-up-rights-requests", False)
+    scene.cli("request", "portability", "--email", GERDA.email, "--channel", "letter", "--reference", "AZ 19/26")
+    scene.cli("request", "list", "--status", "all")
+    for request_id in rights_requests():
+        scene.cli("request", "show", request_id)
     for name in (
         "sync-newsletter-consents",
         "pull-newsletter-unsubscribes",
@@ -588,12 +628,58 @@ def play(scene: Scene) -> dict:
     for request_id in requests_opened:
         scene.cli("erasure", "report", request_id, "--format", "md")
         scene.cli("erasure", "report", request_id, "--format", "json")
+    amend_ida(scene)
     scene.cli("run", "sync-newsletter-consents")
     scene.cli("audit", "verify")
     scene.cli("audit", "export", "--format", "jsonl")
     scene.cli("audit", "export", "--format", "csv")
     scene.collect_requests()
     return held
+
+
+def amend_ida(scene: Scene) -> None:
+    """Issue 18 for Ida (at CleverReach, TIMIFY, Flexperto, the issuer and Nect; USU by the
+    register), through the rights plumbing (``handle-rights-request`` with the request id):
+    her data corrected (twice: the second changes nothing), her processing restricted (a new
+    booking held back by push-bookings) and lifted by the command line, then her objection
+    withdrawing every consent. The letters (her data, for the officer) go to the encrypted
+    outbox; the Art. 19 report the command prints is searched like every command's output."""
+    from flows.rights import open_request
+
+    scene.intake(
+        "ida.jsonl",
+        [*signup(IDA, "newsletter"), booking(IDA, "LK-IDA-1", video=True, days=8), order(IDA, "LK-ISIC-IDA")],
+    )
+    for name in ("sync-newsletter-consents", "push-bookings", "forward-student-id-orders"):
+        scene.run(name, False)
+    scene.intake("ida-case.jsonl", nect_cases(IDA))
+    fix = {
+        "email": CORRECTED["email"],
+        "last_name": CORRECTED["last name"],
+        "phone": "+49 " + CORRECTED["phone digits"],
+    }
+
+    def answer(right: str, email: str, **changes) -> dict:
+        with transaction() as session:
+            rid = open_request(session, right=right, email=email, channel="letter", reference="Brief", **changes).id
+        counts = scene.run("handle-rights-request", False, request_id=str(rid))
+        scene.cli("request", "show", str(rid))
+        assert counts is not None
+        return counts
+
+    first = answer("rectification", IDA.email, changes=fix)
+    again = answer("rectification", CORRECTED["email"], changes=fix)
+    restricted = answer("restriction", CORRECTED["email"])
+    scene.intake("ida-later.jsonl", [booking(IDA, "LK-IDA-2", video=False, days=9) | {"email": CORRECTED["email"]}])
+    held = scene.run("push-bookings", False)
+    scene.cli("request", "lift", "--email", CORRECTED["email"], "--reason", "Richtigkeit geprüft")
+    pushed = scene.run("push-bookings", False)
+    objected = answer("objection", CORRECTED["email"])
+    scene.run("follow-up-rights-requests", None)
+    assert first.get("rectified") == 4 and "rectified" not in again, (first, again)
+    assert restricted.get("deactivated") == 1 and restricted.get("amend_letters"), restricted
+    assert held and held.get("held_restricted") == 1 and pushed and pushed.get("pushed") == 1, (held, pushed)
+    assert objected.get("consents_withdrawn") == 1 and objected.get("removed") == 1, objected
 
 
 # what Prefect stored --------------------------------------------------------------------------
@@ -686,7 +772,7 @@ def request_texts(entries: list[dict]) -> tuple[dict[str, list[str]], list[str],
     searched for markers only; a CleverReach receiver URL's e-mail segment is cut out once it
     is seen to be exactly one person's address.
     """
-    emails = {p.email for p in PEOPLE}
+    emails = {p.email for p in PEOPLE} | {CORRECTED["email"]}
     headers, credentials, urls, tokens, by_email = [], [], [], [], 0
     for entry in entries:
         processor = entry["path"].split("/")[1]
@@ -746,6 +832,7 @@ def test_no_marker_and_no_secret_anywhere_we_write_text(scene, capfd):
     requested, tokens, by_email, credentials = request_texts(scene.requests)
 
     markers = {f"{p.tag} {name}": value for p in PEOPLE for name, value in p.markers().items()}
+    markers |= {f"gerda corrected {name}": value for name, value in CORRECTED.items()}
     basic = base64.b64encode(f"{CREDENTIAL_ID}:{CREDENTIAL_SECRET}".encode()).decode()
     secrets = {
         "client secret": CREDENTIAL_SECRET,
@@ -805,7 +892,7 @@ def test_no_marker_and_no_secret_anywhere_we_write_text(scene, capfd):
         f"{run.name} flow={run.flow_id} started={run.start_time} tags={run.tags}" for run in runs if run not in ours
     ]
     top = [run for run in ours if run.parent_task_run_id is None]  # enforce-retention's purges are subflows
-    assert len(top) == scene.runs + 2 and artifacts, others  # two started by commands
+    assert len(top) == scene.runs + 3 and artifacts, others  # three started by commands
     assert len(ours) - len(top) == len(PURGES)
     assert {log.level for log in api_logs} >= {logging.DEBUG, logging.INFO, logging.ERROR}
     assert {a.key for a in artifacts} >= {"sync-newsletter-consents", "push-bookings", "follow-up-erasures"}
@@ -826,3 +913,11 @@ def test_no_marker_and_no_secret_anywhere_we_write_text(scene, capfd):
         form.parameters
     )
     assert form.parameters["request_id"] in erasure_requests()
+    # And from handle-rights-request's: everything typed in, the new values too.
+    [rights_form] = [run for run in ours if run.parameters.get("channel") == "phone"]
+    typed = ("email", "insurance_number", "subject_id", "reference", "new_email", "new_last_name", "new_phone")
+    assert {rights_form.parameters[k] for k in typed} == {""}, rights_form.parameters
+    assert rights_form.parameters["request_id"] in rights_requests()
+    assert len(rights_requests()) == 8  # 4 access and portability, 4 of Ida's (amend_ida)
+    with transaction() as session:  # not vacuous: every package and export was written
+        assert {r.status for r in session.exec(select(RightsRequest))} == {"completed"}

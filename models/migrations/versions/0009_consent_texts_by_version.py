@@ -1,7 +1,7 @@
 """consent texts by policy version (proof of consent)
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-06 06:10:00
 
 ``consent_text``: per policy version the consent text shown at sign-up and the
@@ -20,7 +20,7 @@ from alembic import op
 import models.types
 
 revision: str = "0009"
-down_revision: str | None = "0006"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,344 @@
+"""Data-subject rights requests other than erasure (Art. 15, 16, 18, 20, 21 GDPR).
+
+One ``RightsRequest`` per request a data subject made: which right, when and how it reached
+us, its Art. 12(3) deadline (``models.deadlines``, exactly as an erasure's) and what came of
+it. Nothing personal is stored in the clear: the subject is a foreign key, the reference and
+reasons are refused when they look personal (``models.erasure.check_free_text``), and a
+rectification's new values (``changes``) are kept only Fernet-encrypted with the document
+key, in a column classified personal that is blanked when the request completes (and
+cleared with everything else by an erasure).
+
+A request moves ``open`` ─(a run claims it, its handler answers)─> ``completed``; a handler
+that cannot finish yet (a processor down) leaves it open with ``detail`` saying why, and the
+next run tries again. Runs claim requests with one UPDATE (``claim``), so two runs never
+handle one request at once.
+
+Example::
+
+    with transaction() as session:
+        request = open_rights_request(session, right=Right.access, email="erika@example.de",
+                                      received_at=now, channel="letter", reference="Brief vom 3. März")
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Index, LargeBinary, and_, or_, text, update
+from sqlalchemy import select as sa_select
+from sqlmodel import Field, Session, SQLModel, select
+
+from models.db import skip_locked
+from models.deadlines import apply_extension, due_date, received_day, urgency
+from models.documents import DocumentCipher
+from models.erasure import (
+    MAX_TEXT,
+    Channel,
+    RequestStatus,
+    Urgency,
+    check_free_text,
+    find_subject,
+)
+from models.subjects import DataSubject
+from models.types import UTCDateTime, classify, new_id, utcnow
+
+__all__ = [
+    "CHANGE_FIELDS",
+    "Channel",
+    "RequestStatus",
+    "Right",
+    "RightsRequest",
+    "Urgency",
+    "changes_of",
+    "claim",
+    "extend",
+    "get_request",
+    "open_rights_request",
+    "release",
+]
+
+MAX_OUTCOME = 500
+# What a rectification may change (Art. 16): the values the controller and its processors hold.
+CHANGE_FIELDS = ("email", "first_name", "last_name", "phone", "birth_date")
+
+
+class Right(enum.StrEnum):
+    access = "access"  # Art. 15
+    portability = "portability"  # Art. 20
+    rectification = "rectification"  # Art. 16 (+ 19)
+    restriction = "restriction"  # Art. 18
+    objection = "objection"  # Art. 21, and withdrawal of every consent (Art. 7(3))
+
+
+class RightsRequest(SQLModel, table=True):
+    __tablename__ = "rights_request"
+    # One open request per subject and right: a second letter asking for the same joins it.
+    __table_args__ = (
+        Index(
+            "uq_rights_request_open_subject_right",
+            "subject_id",
+            "right",
+            unique=True,
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
+        ),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    subject_id: uuid.UUID = Field(foreign_key="data_subject.id", index=True)
+    right: str = Field(max_length=20)  # a Right
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    channel: str = Field(max_length=10)  # a models.erasure.Channel
+    # The officer's free text (file number, "letter of 3 March"); refused if it looks personal.
+    reference: str = Field(default="", max_length=MAX_TEXT)
+    status: str = Field(default=RequestStatus.open, max_length=10, index=True)
+    extension_months: int = 0
+    extension_reason: str | None = Field(default=None, max_length=MAX_TEXT)
+    subject_informed_on: date | None = None
+    due: date = Field(index=True)
+    urgency: str = Field(default=Urgency.on_time, max_length=10)
+    # A rectification's new values, Fernet-encrypted JSON (``seal_changes``); blanked when done.
+    changes: bytes | None = Field(default=None, sa_type=LargeBinary)
+    attempts: int = 0
+    # Why the last attempt did not finish (operation and status); never personal.
+    detail: str = Field(default="", max_length=MAX_TEXT)
+    # What came of it, for the officer: counts, file names, processors; never personal.
+    outcome: str = Field(default="", max_length=MAX_OUTCOME)
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+classify(
+    RightsRequest,
+    personal=["changes"],
+    pseudonymous=["id", "subject_id"],
+    not_personal=[
+        "right",
+        "received_at",
+        "channel",
+        "reference",
+        "status",
+        "extension_months",
+        "extension_reason",
+        "subject_informed_on",
+        "due",
+        "urgency",
+        "attempts",
+        "detail",
+        "outcome",
+        "claimed_by",
+        "claimed_until",
+        "created_at",
+        "updated_at",
+        "completed_at",
+    ],
+)
+
+
+# a rectification's new values -------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, date) else value
+
+
+def seal_changes(document_key: bytes, changes: Mapping[str, Any]) -> bytes:
+    """`changes` (a subset of ``CHANGE_FIELDS``) as Fernet-encrypted JSON; ValueError naming
+    an unknown field or an empty set."""
+    unknown = sorted(set(changes) - set(CHANGE_FIELDS))
+    if unknown:
+        raise ValueError(f"changes: unknown field(s) {', '.join(unknown)}; known: {', '.join(CHANGE_FIELDS)}")
+    kept = {k: _plain(v) for k, v in changes.items() if v not in (None, "")}
+    if not kept:
+        raise ValueError("changes: give at least one new value")
+    return DocumentCipher(document_key).encrypt(json.dumps(kept, sort_keys=True).encode())
+
+
+def changes_of(request: RightsRequest, document_key: bytes) -> dict[str, Any] | None:
+    """A rectification's new values (birth_date as ``date``), or None when none are stored."""
+    if request.changes is None:
+        return None
+    values = json.loads(DocumentCipher(document_key).decrypt(request.changes))
+    if values.get("birth_date"):
+        values["birth_date"] = date.fromisoformat(values["birth_date"])
+    return values
+
+
+# requests ---------------------------------------------------------------------------------
+def open_rights_request(
+    session: Session,
+    *,
+    right: Right | str,
+    email: str | None = None,
+    insurance_number: str | None = None,
+    subject_id: uuid.UUID | str | None = None,
+    received_at: datetime,
+    channel: str,
+    reference: str = "",
+    changes: Mapping[str, Any] | None = None,
+    document_key: bytes | None = None,
+    key: bytes | None = None,
+    now: datetime | None = None,
+) -> tuple[RightsRequest, bool]:
+    """Open the request, or join the subject's open one for the same right; (request, opened).
+
+    The subject is found as for an erasure (``models.erasure.find_subject``; with the
+    pseudonym `key`, also one erased earlier). A rectification needs `changes` (sealed with
+    `document_key`); joining an open rectification adds the newer values to its own. Raises
+    (and stores nothing) for an unknown subject, identifiers of different people, a bad
+    right or channel, a receipt time without a zone or in the future, a reference that looks
+    personal, changes for another right or none for a rectification. Does not commit.
+    """
+    now = now or utcnow()
+    try:
+        right = Right(right)
+    except ValueError:
+        raise ValueError(f"right must be one of {', '.join(r.value for r in Right)}") from None
+    channel = Channel(channel)
+    if received_at.tzinfo is None:
+        raise ValueError("received_at needs a timezone")
+    if received_at > now + timedelta(minutes=5):
+        raise ValueError("received_at lies in the future")
+    if right == Right.rectification and not changes:
+        raise ValueError("a rectification needs the new values (changes)")
+    if right != Right.rectification and changes:
+        raise ValueError("only a rectification carries changes")
+    if changes and document_key is None:
+        raise ValueError("no document key to store the new values encrypted")
+    subject = find_subject(session, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key)
+    reference = check_free_text(reference, "reference", subject)
+    request = open_request_of(session, subject.id, right)
+    if request is not None:
+        if changes:
+            assert document_key is not None
+            merged = {**(changes_of(request, document_key) or {}), **changes}
+            request.changes = seal_changes(document_key, merged)
+            request.updated_at = now
+        return request, False
+    request = RightsRequest(
+        subject_id=subject.id,
+        right=right,
+        received_at=received_at,
+        channel=channel,
+        reference=reference,
+        due=due_date(received_at),
+        changes=seal_changes(document_key, changes) if changes and document_key else None,
+        created_at=now,
+        updated_at=now,
+    )
+    request.urgency = urgency(request.due, received_day(now))
+    session.add(request)
+    session.flush()
+    return request, True
+
+
+def open_request_of(session: Session, subject_id: uuid.UUID, right: Right | str) -> RightsRequest | None:
+    """The subject's open request for `right`, or None."""
+    return session.exec(
+        select(RightsRequest).where(
+            RightsRequest.subject_id == subject_id,
+            RightsRequest.right == str(right),
+            RightsRequest.status == RequestStatus.open,
+        )
+    ).first()
+
+
+def get_request(session: Session, request_id: uuid.UUID | str) -> RightsRequest:
+    """The request, or LookupError (also for a malformed id)."""
+    try:
+        rid = request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(str(request_id))
+    except ValueError:
+        raise LookupError("no rights request with this id") from None
+    request = session.get(RightsRequest, rid)
+    if request is None:
+        raise LookupError("no rights request with this id")
+    return request
+
+
+def extend(
+    session: Session,
+    request_id: uuid.UUID | str,
+    months: int,
+    reason: str,
+    informed_on: date,
+    today: date,
+) -> RightsRequest:
+    """Extend the deadline by `months` (Art. 12(3)): a reason, the subject told in time.
+
+    The same rules as an erasure's (``models.deadlines.apply_extension``); ValueError naming
+    the one broken.
+    """
+    request = get_request(session, request_id)
+    if request.status != RequestStatus.open:
+        raise ValueError("the request is completed; nothing to extend")
+    subject = session.get(DataSubject, request.subject_id)
+    apply_extension(request, months, check_free_text(reason, "reason", subject), informed_on, today)
+    request.updated_at = utcnow()
+    return request
+
+
+def complete(request: RightsRequest, outcome: str, now: datetime) -> None:
+    """Mark the request answered: its outcome (checked: nothing personal), the time, the
+    deadline's last judgement; the new values of a rectification are blanked."""
+    request.outcome = check_free_text(outcome, "outcome", limit=MAX_OUTCOME)
+    request.status, request.completed_at, request.updated_at = RequestStatus.completed, now, now
+    request.urgency = urgency(request.due, received_day(now))
+    request.changes = None
+    request.detail = ""
+    release(request)
+
+
+# claiming ---------------------------------------------------------------------------------
+def claim(
+    session: Session,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    request_ids: Iterable[uuid.UUID] | None = None,
+    rights: Iterable[Right | str] | None = None,
+    limit: int | None = None,
+) -> list[uuid.UUID]:
+    """Claim open requests (these, else every open one; of these rights, else any) for
+    `owner` until ``now + lease``: those nobody holds or whose claim ran out (a crashed run).
+
+    One UPDATE sets the claim, so of two runs at once only one gets a request (PostgreSQL:
+    FOR UPDATE SKIP LOCKED; SQLite: the write transaction serialises them), as
+    ``models.erasure.claim`` does for erasure tasks. Returns the claimed ids, oldest first.
+    """
+    table = RightsRequest.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
+    condition = and_(
+        table.c.status == RequestStatus.open,
+        or_(table.c.claimed_until.is_(None), table.c.claimed_until < now),
+    )
+    if request_ids is not None:
+        condition = and_(condition, table.c.id.in_(list(request_ids)))
+    if rights is not None:
+        condition = and_(condition, table.c.right.in_([str(r) for r in rights]))
+    candidates = sa_select(table.c.id).where(condition).order_by(table.c.received_at, table.c.id)
+    if limit is not None:
+        candidates = candidates.limit(limit)
+    chosen = skip_locked(candidates, RightsRequest).cte("chosen")
+    statement = (
+        update(table)
+        .where(table.c.id.in_(sa_select(chosen.c.id)), condition)
+        .values(claimed_by=owner, claimed_until=now + lease)
+        .returning(table.c.id)
+    )
+    claimed = list(session.connection().execute(statement).scalars())
+    session.expire_all()
+    return claimed
+
+
+def release(request: RightsRequest) -> None:
+    request.claimed_by = request.claimed_until = None
+
+
+def held_by(request: RightsRequest, owner: str) -> bool:
+    """True while `owner`'s claim on the request stands (a lost claim must not write)."""
+    return request.claimed_by == owner

@@ -1,0 +1,388 @@
+"""Rights requests end to end: access and portability against the sandbox, the shared
+plumbing (opening, joining, claiming, deadlines and extensions, the outbox, the form flow)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import uuid
+from datetime import timedelta
+
+import pytest
+from scene import ANNA, BERT, DOC_KEY, everywhere, lines_of, subject_of, take_in
+from sqlmodel import select
+
+from connectors import cleverreach
+from core.clock import berlin_today
+from core.settings import get_settings
+from flows import rights
+from flows.common import JobFailed
+from flows.intake import intake_lines
+from flows.rights import (
+    Ask,
+    Outcome,
+    handle,
+    handle_rights_request,
+    outbox_files,
+    purge_outbox,
+    read_outbox,
+    write_outbox,
+)
+from models.audit import AuditEntry, verify
+from models.db import transaction
+from models.erasure import UnknownSubject
+from models.rights import Right, RightsRequest, claim
+from models.types import utcnow
+
+from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, sandbox_state
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def env(against_sandbox, monkeypatch, tmp_path):
+    monkeypatch.setenv("PSYNC_DOCUMENT_KEY", DOC_KEY)
+    monkeypatch.setenv("PSYNC_RIGHTS_OUTBOX", str(tmp_path / "outbox"))
+    get_settings.cache_clear()
+    (tmp_path / "nachweis.pdf").write_bytes(PDF_BYTES)
+    (tmp_path / "ausweis.png").write_bytes(PNG_BYTES)
+    (tmp_path / "foto.jpg").write_bytes(JPEG_BYTES)
+    return against_sandbox, tmp_path
+
+
+def the_request(right: str = "access") -> RightsRequest:
+    with transaction() as session:
+        request = session.exec(select(RightsRequest).where(RightsRequest.right == right)).one()
+        session.expunge(request)
+        return request
+
+
+def package_of(request_id) -> tuple[dict, str]:
+    files = {p.name: p for p in outbox_files(str(request_id))}
+    assert set(files) == {"access.json.enc", "access.html.enc"}
+    for path in files.values():  # encrypted at rest: no address in the file itself
+        assert ANNA.email.encode() not in path.read_bytes()
+        assert (os.stat(path).st_mode & 0o077) == 0
+    return json.loads(read_outbox(files["access.json.enc"])), read_outbox(files["access.html.enc"]).decode()
+
+
+# access ------------------------------------------------------------------------------------------
+def test_access_for_a_person_known_everywhere_reads_every_processor_back_and_holds_nobody_else(env):
+    url, base = env
+    everywhere(url, base, ANNA, BERT)
+    counts = handle_rights_request(right="access", email=ANNA.email.upper(), channel="letter", reference="AZ 7/26")
+    assert counts == {"completed": 1, "access_packages": 1}
+    request = the_request()
+    assert request.status == "completed" and request.outcome.startswith("tables=")
+    package, page = package_of(request.id)
+
+    # Everything we hold, table by table, driven by the classification.
+    held = package["controller_data"]
+    assert {"data_subject", "consent", "consent_event", "booking", "isic_order", "isic_document", "recipient"} <= set(
+        held
+    )
+    assert held["data_subject"][0]["email"] == ANNA.email
+    assert {b["booking_ref"] for b in held["booking"]} == {"B-anna-branch", "B-anna-video"}
+    assert "verschlüsselt" in held["isic_document"][0]["ciphertext"]  # described, not copied
+    # What each processor holds now, read back through its API.
+    now = {(e["processor"], e["read"]) for e in package["processors_now"]}
+    assert now == {
+        ("cleverreach", "api"),
+        ("usu", "manual"),
+        ("timify", "api"),
+        ("flexperto", "api"),
+        ("isic", "api"),
+        ("nect", "api"),
+    }
+    by_processor = {e["processor"]: e["holds_now"] for e in package["processors_now"]}
+    assert by_processor["cleverreach"]["receiver"]["email"] == ANNA.email
+    assert len(by_processor["timify"]["appointments"]) == 2
+    assert by_processor["flexperto"]["archives"]
+    assert by_processor["isic"]["cards"] and by_processor["isic"]["cardholder"]
+    assert by_processor["nect"]["case"]
+    # Recipients with purpose, legal basis, storage and dates; manual processors with how to ask.
+    recipients = {r["processor"]: r for r in package["recipients"]}
+    assert set(recipients) == {"cleverreach", "usu", "timify", "flexperto", "isic", "nect"}
+    assert recipients["timify"]["legal_basis"].startswith("Art. 6") and recipients["timify"]["first_sent_at"]
+    assert "30 Tage" in recipients["timify"]["storage_period"]
+    manual = {m["processor"]: m for m in package["manual_processors"]}
+    assert manual["usu"]["received_your_data"] and not manual["emilie"]["received_your_data"]
+    assert manual["emilie"]["contact"]
+    # Nothing of the other person, anywhere in the package.
+    text = json.dumps(package, ensure_ascii=False) + page
+    for marker in BERT.markers() + [BERT.order, BERT.video, str(subject_of(BERT).id)]:
+        assert marker not in text, marker
+    assert ANNA.iban in text and "Auskunft über Ihre personenbezogenen Daten" in page
+    assert "<script" not in page
+    # Audited per processor read, under the pseudonym; the chain holds.
+    with transaction() as session:
+        entries = list(session.exec(select(AuditEntry).where(AuditEntry.action.startswith("rights."))))
+        assert verify(session, get_settings().hmac_key()).ok
+    reads = {(e.processor, e.outcome) for e in entries if e.action == "rights.access.read"}
+    assert {p for p, _ in reads} == {"cleverreach", "timify", "flexperto", "isic", "nect"}
+    assert {(e.action, e.outcome) for e in entries} >= {("rights.open", "opened"), ("rights.access", "completed")}
+    assert all(e.subject_pseudonym == subject_of(ANNA).pseudonym for e in entries)
+
+
+def test_access_shows_what_the_processor_holds_now_not_what_we_sent(env):
+    url, base = env
+    everywhere(url, base, ANNA)
+    # Someone changed the receiver at CleverReach (the newsletter's editor, say).
+    settings = get_settings()
+    client = cleverreach.from_settings(settings)
+    client.upsert(
+        settings.cleverreach.group_newsletter,
+        "newsletter",
+        [{"email": ANNA.email, "global_attributes": {"firstname": "Annemarie"}}],
+    )
+    handle_rights_request(right="access", email=ANNA.email)
+    package, page = package_of(the_request().id)
+    receiver = next(e for e in package["processors_now"] if e["processor"] == "cleverreach")["holds_now"]["receiver"]
+    assert receiver["global_attributes"]["firstname"] == "Annemarie"
+    assert "Annemarie" in page
+    assert package["controller_data"]["data_subject"][0]["first_name"] == ANNA.first
+
+
+def test_access_for_a_newsletter_subscriber_only(env):
+    url, base = env
+    take_in(base, *lines_of(BERT)[:2])
+    from scene import push_newsletter
+
+    push_newsletter(BERT)
+    handle_rights_request(right="access", email=BERT.email)
+    package, _ = package_of(the_request().id)
+    assert {e["processor"] for e in package["processors_now"]} == {"cleverreach", "usu"}
+    assert set(package["controller_data"]) >= {"data_subject", "consent", "consent_event", "recipient"}
+    assert "booking" not in package["controller_data"]
+    calls = sandbox_state(url)
+    assert not calls["timify"]["customers"] and not calls["nect"]["cases"]
+
+
+def test_a_processor_down_leaves_the_access_request_open_and_writes_nothing(env, monkeypatch):
+    url, base = env
+    everywhere(url, base, ANNA)
+    from connectors.isic import IsicReader
+    from connectors.transport import RetriableError
+
+    def down(self, client, target):
+        raise RetriableError("isic", "cardholders.get", 503, 5)
+
+    up = IsicReader.read
+    monkeypatch.setattr(IsicReader, "read", down)
+    with pytest.raises(JobFailed, match=r"not answered yet: not written: could not read isic"):
+        handle_rights_request(right="access", email=ANNA.email)
+    request = the_request()
+    assert request.status == "open" and request.attempts == 1 and outbox_files(str(request.id)) == []
+    monkeypatch.setattr(IsicReader, "read", up)
+    counts = rights.follow_up_rights_requests()
+    assert counts["completed"] == 1 and counts["access_packages"] == 1
+    assert the_request().status == "completed"
+
+
+# portability -------------------------------------------------------------------------------------
+def test_portability_exports_what_the_person_provided_as_json_and_csv(env):
+    url, base = env
+    everywhere(url, base, ANNA, BERT)
+    counts = handle_rights_request(right="portability", email=ANNA.email)
+    assert counts == {"completed": 1, "portability_exports": 1}
+    request = the_request("portability")
+    files = {p.name.removesuffix(".enc"): read_outbox(p) for p in outbox_files(str(request.id))}
+    assert set(files) == {"portability.json", "profile.csv", "signups.csv", "bookings.csv", "student_id_orders.csv"}
+    data = json.loads(files["portability.json"])
+    assert data["schema"] == "psync.portability/1"
+    assert data["profile"] == [
+        {
+            "email": ANNA.email,
+            "salutation": "Frau",
+            "first_name": ANNA.first,
+            "last_name": ANNA.last,
+            "insurance_number": None,
+        }
+    ]
+    assert [s["list_name"] for s in data["signups"]] == ["newsletter"]
+    assert {b["booking_ref"] for b in data["bookings"]} == {"B-anna-branch", "B-anna-video"}
+    assert data["student_id_orders"][0]["iban"] == ANNA.iban
+    # Provided data only: no states, processors' ids or audit.
+    assert "state" not in data["signups"][0] and "timify_appointment_id" not in data["bookings"][0]
+    rows = list(csv.DictReader(io.StringIO(files["bookings.csv"].decode())))
+    assert {r["booking_ref"] for r in rows} == {"B-anna-branch", "B-anna-video"} and rows[0]["phone"]
+    text = b"".join(files.values()).decode()
+    assert BERT.email not in text and BERT.iban not in text and BERT.last not in text
+
+
+# the shared plumbing -----------------------------------------------------------------------------
+def test_intake_line_opens_a_request_and_the_follow_up_answers_it(env):
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    at = utcnow().isoformat()
+    line = json.dumps({"type": "rights.request", "right": "portability", "email": ANNA.email, "at": at})
+    take_in(base, line)
+    with transaction() as session:  # a repeat is a duplicate
+        [again] = intake_lines(session, get_settings().hmac_key(), [line], now=utcnow())
+    assert again.outcome == "duplicate"
+    with transaction() as session:
+        assert len(list(session.exec(select(RightsRequest)))) == 1
+    counts = rights.follow_up_rights_requests()
+    assert counts["completed"] == 1 and counts["portability_exports"] == 1
+
+
+def test_a_second_request_for_the_same_right_joins_the_open_one(env):
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    with transaction() as session:
+        first = rights.open_request(session, right="access", email=ANNA.email)
+        second = rights.open_request(session, right="access", email=ANNA.email)
+        other = rights.open_request(session, right="portability", email=ANNA.email)
+    assert first.id == second.id != other.id
+
+
+def test_an_unknown_subject_is_refused_and_nothing_is_stored(env):
+    with pytest.raises(UnknownSubject), transaction() as session:
+        rights.open_request(session, right="access", email="nobody@example.de")
+    with transaction() as session:
+        assert not list(session.exec(select(RightsRequest)))
+
+
+def test_deadlines_and_extensions_as_for_erasure(env):
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    received = utcnow() - timedelta(days=27)
+    with transaction() as session:
+        request = rights.open_request(
+            session, right="rectification", email=ANNA.email, received_at=received, changes={"first_name": "Anne"}
+        )
+        rid = request.id
+    today = berlin_today(utcnow())
+    with pytest.raises(ValueError, match="reason"), transaction() as session:
+        rights.extend_request(session, rid, 1, " ", today, today)
+    with pytest.raises(ValueError, match="personal data"), transaction() as session:
+        rights.extend_request(session, rid, 1, "Rückfrage an 030901820", today, today)
+    with transaction() as session:
+        extended = rights.extend_request(session, rid, 2, "viele Auftragsverarbeiter", today, today)
+        assert extended.extension_months == 2 and extended.due > today + timedelta(days=28)
+    with pytest.raises(ValueError, match="at most 2"), transaction() as session:
+        rights.extend_request(session, rid, 1, "noch mehr", today, today)
+    # Without a handler for rectification (another module registers it) the request stays open.
+    counts, flagged = rights.mark_deadlines(today + timedelta(days=200))
+    assert counts == {"overdue": 1} and flagged[0][0] == rid
+
+
+def test_the_changes_of_a_rectification_are_stored_encrypted_and_blanked_when_done(env, monkeypatch):
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    with transaction() as session:
+        rid = rights.open_request(session, right="rectification", email=ANNA.email, changes={"last_name": "Neumann"}).id
+    with transaction() as session:
+        stored = session.get(RightsRequest, rid).changes
+        assert stored and b"Neumann" not in stored
+    seen: list[Ask] = []
+
+    def fake(ask: Ask) -> Outcome:
+        seen.append(ask)
+        return Outcome(True, "fields=1")
+
+    monkeypatch.setitem(rights.HANDLERS, Right.rectification, fake)
+    assert handle([rid])["completed"] == 1
+    assert seen[0].changes == {"last_name": "Neumann"}
+    with transaction() as session:
+        request = session.get(RightsRequest, rid)
+        assert request.changes is None and request.status == "completed" and request.outcome == "fields=1"
+
+
+def test_two_runs_never_claim_one_request(env):
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    with transaction() as session:
+        rid = rights.open_request(session, right="access", email=ANNA.email).id
+    now = utcnow()
+    with transaction() as session:
+        assert claim(session, "a", now, timedelta(minutes=15)) == [rid]
+    with transaction() as session:
+        assert claim(session, "b", now, timedelta(minutes=15)) == []
+    with transaction() as session:  # a crashed run's claim runs out
+        assert claim(session, "b", now + timedelta(minutes=16), timedelta(minutes=15)) == [rid]
+
+
+def test_the_outbox_is_encrypted_and_purged_after_its_days(env, monkeypatch):
+    monkeypatch.setenv("PSYNC_RIGHTS_OUTBOX_DAYS", "30")
+    get_settings.cache_clear()
+    now = utcnow()
+    old = write_outbox(str(uuid.uuid4()), {"a.json": b'{"email": "x@example.de"}'}, now=now - timedelta(days=31))
+    new = write_outbox(str(uuid.uuid4()), {"a.json": b"{}"}, now=now)
+    assert b"example.de" not in (old / "a.json.enc").read_bytes()
+    assert read_outbox(old / "a.json.enc") == b'{"email": "x@example.de"}'
+    assert purge_outbox(now) == 1
+    assert not old.exists() and new.exists()
+    with pytest.raises(ValueError, match="plain id"):
+        write_outbox("../escape", {"a": b""})
+
+
+@pytest.mark.parametrize(
+    ("form", "why"),
+    [
+        ({"right": "access", "email": "nobody@example.de"}, "no data subject"),
+        ({"right": "teleport", "email": ANNA.email}, "right must be one of"),
+        ({"right": "rectification", "email": ANNA.email, "new_phone": "12"}, "new_phone"),
+        ({"right": "access", "email": ANNA.email, "reference": "Anruf 030901820"}, "personal data"),
+    ],
+)
+def test_a_refused_form_fails_in_one_line_and_keeps_nothing_typed_in(env, form, why):
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    with pytest.raises((ValueError, LookupError), match=why):
+        handle_rights_request(**form)
+    with transaction() as session:
+        assert not list(session.exec(select(RightsRequest)))
+
+
+def _stored_parameters(flow_run_id) -> dict:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        return {"parameters": run.parameters, "state": run.state.type.value, "message": run.state.message or ""}
+
+
+def test_the_form_keeps_only_the_request_id_and_the_follow_up_tidies_runs_it_never_reached(env):
+    """A run of the form blanks what was typed in (the new values too); runs scheduled for
+    later or crashed before their body are opened by the follow-up and keep only the id."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed, Scheduled
+
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2], *lines_of(BERT)[:2])
+    state = handle_rights_request(
+        right="access", email=ANNA.email, channel="letter", reference="Brief vom 3.", return_state=True
+    )
+    stored = _stored_parameters(state.state_details.flow_run_id)
+    assert stored["parameters"]["email"] == "" and stored["parameters"]["reference"] == ""
+    assert stored["parameters"]["request_id"] == str(the_request().id)
+    later = utcnow() + timedelta(days=2)
+    with get_client(sync_client=True) as client:
+        runs = {
+            name: client.create_flow_run(handle_rights_request, parameters=parameters, state=state).id
+            for name, parameters, state in (
+                (
+                    "later",
+                    {"right": "rectification", "email": BERT.email, "new_last_name": "Bleibneu"},
+                    Scheduled(scheduled_time=later),
+                ),
+                ("crashed", {"right": "portability", "email": BERT.email.upper()}, Crashed()),
+                ("unknown", {"right": "access", "email": "niemand@example.de"}, Scheduled(scheduled_time=later)),
+            )
+        }
+    rights.follow_up_rights_requests()
+    stored = {name: _stored_parameters(rid) for name, rid in runs.items()}
+    text = json.dumps(stored)
+    for marker in (*BERT.markers(), "Bleibneu", "niemand@"):
+        assert marker not in text, marker
+    with transaction() as session:
+        by_right = {r.right: r for r in session.exec(select(RightsRequest))}
+    assert set(by_right) == {"access", "rectification", "portability"}
+    assert stored["later"]["parameters"]["request_id"] == str(by_right["rectification"].id)
+    assert stored["later"]["state"] == "SCHEDULED"
+    assert stored["crashed"]["parameters"]["request_id"] == str(by_right["portability"].id)
+    assert by_right["portability"].status == "completed"  # the follow-up answered it too
+    assert stored["unknown"]["state"] == "CANCELLED" and "no data subject matches" in stored["unknown"]["message"]

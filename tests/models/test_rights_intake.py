@@ -1,0 +1,121 @@
+"""`rights.request` intake lines: a request per subject and right, idempotent; a rectification's
+new values validated at the edge and stored only encrypted; bad lines rejected, nothing kept."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+from sqlmodel import select
+
+from flows.intake import intake_lines
+from models.db import transaction
+from models.rights import RightsRequest, changes_of
+
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+DOC_KEY = Fernet.generate_key()
+
+
+def run(settings, *events, document_key: bytes | None = DOC_KEY) -> list:
+    with transaction() as session:
+        return intake_lines(
+            session, settings.hmac_key(), [json.dumps(e) for e in events], now=NOW, document_key=document_key
+        )
+
+
+def signup(email: str) -> dict:
+    return {
+        "type": "consent.signup",
+        "list": "newsletter",
+        "email": email,
+        "first_name": "Erika",
+        "last_name": "Muster",
+        "ip": "192.0.2.1",
+        "at": (NOW - timedelta(days=1)).isoformat(),
+        "source": "https://example.de/nl",
+        "policy_version": "1",
+    }
+
+
+def ask(right: str, **kw) -> dict:
+    return {"type": "rights.request", "right": right, "email": "erika@example.de", "at": NOW.isoformat(), **kw}
+
+
+def requests() -> list[RightsRequest]:
+    with transaction() as session:
+        rows = list(session.exec(select(RightsRequest).order_by(RightsRequest.right)))
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+def test_each_right_opens_one_request_with_its_deadline_and_a_repeat_is_a_duplicate(settings):
+    run(settings, signup("erika@example.de"))
+    lines = [ask(r) for r in ("access", "portability", "restriction", "objection")]
+    lines.append(ask("rectification", changes={"last_name": "Neumann"}))
+    assert [r.outcome for r in run(settings, *lines)] == ["stored"] * 5
+    assert [r.outcome for r in run(settings, *lines)] == ["duplicate"] * 5
+    found = requests()
+    assert [r.right for r in found] == ["access", "objection", "portability", "rectification", "restriction"]
+    assert {(r.status, r.due, r.channel) for r in found} == {("open", date(2026, 4, 2), "portal")}
+    # The same right asked again in another line (another day) joins the open request.
+    later = ask("access", at=(NOW - timedelta(hours=1)).isoformat(), reference="Portal 2")
+    assert [r.outcome for r in run(settings, later)] == ["stored"]
+    assert len(requests()) == 5
+
+
+def test_a_rectification_is_validated_at_the_edge_and_its_values_stored_encrypted(settings):
+    run(settings, signup("erika@example.de"))
+    changes = {
+        "email": " Erika.Neu@Example.DE ",
+        "first_name": "Erika",
+        "last_name": "Neumann",
+        "phone": "030 901820",
+        "birth_date": "1980-05-17",
+    }
+    assert [r.outcome for r in run(settings, ask("rectification", changes=changes))] == ["stored"]
+    [request] = requests()
+    assert b"Neumann" not in request.changes and b"901820" not in request.changes
+    assert changes_of(request, DOC_KEY) == {
+        "email": "erika.neu@example.de",
+        "first_name": "Erika",
+        "last_name": "Neumann",
+        "phone": "+4930901820",
+        "birth_date": date(1980, 5, 17),
+    }
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (ask("teleport"), "right"),
+        (ask("access", changes={"last_name": "X"}), "only for it"),
+        (ask("rectification"), "needed for a rectification"),
+        (ask("rectification", changes={}), "at least one new value"),
+        (ask("rectification", changes={"email": "not-an-address"}), "changes.email"),
+        (ask("rectification", changes={"phone": "12"}), "changes.phone"),
+        (ask("rectification", changes={"birth_date": "2099-01-01"}), "plausible birth date"),
+        (ask("rectification", changes={"iban": "DE02120300000000202051"}), "Extra inputs"),
+        (ask("rectification", changes={"last_name": "Neu\u202emann"}), "control characters"),
+        (ask("access", email="nobody@example.de"), "no data subject"),
+        (ask("access", reference="Anruf 030901820"), "personal data"),
+        (ask("access", email=None), "give email or insurance_number"),
+    ],
+)
+def test_bad_lines_are_rejected_with_a_reason_that_repeats_nothing_and_change_nothing(settings, line, why):
+    run(settings, signup("erika@example.de"))
+    [result] = run(settings, line)
+    assert result.outcome == "rejected" and why in result.reason, result.reason
+    for value in ("nobody", "901820", "Neumann", "DE02120300000000202051", "not-an-address"):
+        assert value not in result.reason
+    with transaction() as session:
+        assert session.execute(text("SELECT count(*) FROM rights_request")).scalar_one() == 0
+
+
+def test_a_rectification_without_a_document_key_is_rejected(settings):
+    run(settings, signup("erika@example.de"))
+    [result] = run(settings, ask("rectification", changes={"last_name": "Neumann"}), document_key=None)
+    assert result.outcome == "rejected" and "document key" in result.reason
