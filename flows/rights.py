@@ -332,7 +332,9 @@ def write_outbox(
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as out:
                 out.write(cipher.encrypt(content))
-        (staging / "written_at").write_text((now or utcnow()).isoformat())
+        stamp = os.open(staging / "written_at", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(stamp, "w") as out:  # owner only, like the files
+            out.write((now or utcnow()).isoformat())
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)

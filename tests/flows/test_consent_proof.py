@@ -346,7 +346,7 @@ def test_out_writes_the_proof_encrypted_to_the_outbox(subscribers, runner, tmp_p
     assert ERIKA not in result.output and "found, 2 list(s)" in result.output
     [folder] = (tmp_path / "outbox").iterdir()
     assert folder.name.startswith("consent-proof-") and "erika" not in folder.name
-    assert sorted(p.name for p in folder.iterdir()) == ["nachweis.html.enc", "nachweis.md.enc"]
+    assert sorted(p.name for p in folder.iterdir()) == ["nachweis.html.enc", "nachweis.md.enc", "written_at"]
     for path in folder.iterdir():
         raw = path.read_bytes()
         assert b"192.0.2.41" not in raw and b"Erika" not in raw

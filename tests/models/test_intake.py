@@ -288,7 +288,7 @@ def test_json_schema_discriminates_every_event_type():
         "rights.request",
         "ident.case",
     }
-    assert len(schema["oneOf"]) == 11
+    assert len(schema["oneOf"]) == 12
     signup_schema = schema["$defs"]["ConsentSignup"]
     assert "list" in signup_schema["properties"]  # by alias, as the website sends it
     assert signup_schema["additionalProperties"] is False

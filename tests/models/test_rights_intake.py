@@ -36,7 +36,7 @@ def signup(email: str) -> dict:
         "ip": "192.0.2.1",
         "at": (NOW - timedelta(days=1)).isoformat(),
         "source": "https://example.de/nl",
-        "policy_version": "1",
+        "policy_version": "2026-01",
     }
 
 

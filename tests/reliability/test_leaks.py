@@ -854,9 +854,11 @@ def test_no_marker_and_no_secret_anywhere_we_write_text(scene, capfd):
     hits = search(texts, {**markers, **secrets})
     hits += search({"sandbox credentials headers": credentials}, markers)
     files = prefect_files()
-    # The proofs of consent in the outbox: encrypted, so not one marker in their bytes.
-    outbox = sorted(p for p in Path(get_settings().rights_outbox).rglob("*") if p.is_file())
-    assert len(outbox) == 4, outbox  # two proofs, Markdown and HTML each
+    # What the outbox holds for the people (proofs of consent, access packages, Art. 19
+    # reports and letters): encrypted, so not one marker in their bytes.
+    outbox = sorted(p for p in get_settings().outbox_dir().rglob("*") if p.is_file())
+    proofs = [p for p in outbox if p.parent.name.startswith("consent-proof-") and p.suffix == ".enc"]
+    assert len(proofs) == 4, outbox  # two proofs, Markdown and HTML each
     files += [(str(p), p.read_bytes()) for p in outbox]
     raw = {k: v for k, v in markers.items() if k not in TYPED_INTO_THE_FORM}
     raw |= {"document key": DOC_KEY, **{f"bearer token {i}": t for i, t in enumerate(tokens)}}
