@@ -341,6 +341,15 @@ READER = IsicReader()
 
 
 # Rectification and restriction (Art. 16, 18, 19; connectors/amend.py) ---------------------
+def _birth_date(value: str) -> date:
+    """The issuer's ``dateOfBirth`` as a date ("1990-05-17", also with a time part); a
+    ValueError that never repeats the value (it is personal)."""
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        raise ValueError("the issuer's dateOfBirth is not a date") from None
+
+
 class IsicAmender:
     """The issuer's cardholder (purpose ``student-id:{order}``): names, birth date and e-mail
     corrected with ``cardholders.set`` (create or update by ``cardholderId``), which takes the
@@ -364,7 +373,10 @@ class IsicAmender:
         found = client.get_cardholder(self._cardholder(holder))
         if found is None:
             return None
-        return {ours: str(found[theirs]) for ours, theirs in self.names.items() if found.get(theirs)}
+        held = {ours: str(found[theirs]) for ours, theirs in self.names.items() if found.get(theirs)}
+        if "birth_date" in held:  # compared with ours as YYYY-MM-DD, whatever time part it carries
+            held["birth_date"] = _birth_date(held["birth_date"]).isoformat()
+        return held
 
     def update(self, client: Isic, holder: Any, changes: Mapping[str, str]) -> None:
         unknown = sorted(set(changes) - set(self.names))
@@ -378,7 +390,7 @@ class IsicAmender:
             str(found["cardholderId"]),
             first_name=merged["firstName"],
             last_name=merged["lastName"],
-            date_of_birth=date.fromisoformat(str(merged["dateOfBirth"])),
+            date_of_birth=_birth_date(str(merged["dateOfBirth"])),
             email=merged["email"],
             institution=merged["institutionName"],
             student_status=merged["studentStatus"],

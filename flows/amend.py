@@ -594,7 +594,8 @@ def lift_restriction(
     """Lift the subject's restriction (the officer decides, with a reason and a date):
     reactivated where it was deactivated (unless the consent behind it no longer stands),
     letters where one was sent, and the records held back meanwhile go to the jobs' retry
-    queue. ValueError when no restriction is in force."""
+    queue. When a reactivation fails, nothing is lifted (``complete`` is False, the attempt
+    audited): run it again. ValueError when no restriction is in force."""
     settings, now = settings or get_settings(), now or utcnow()
     lifted_at = lifted_at or now
     if lifted_at.tzinfo is None:
@@ -634,6 +635,16 @@ def lift_restriction(
         outcome.told.append(told)
         events.append(_told_event("restriction.lift", told, pseudonym))
     outcome.complete = not any(t.outcome == FAILED for t in outcome.told)
+    if not outcome.complete:
+        # Not lifted: a receiver left deactivated after the lift would read as an
+        # unsubscribe to pull-newsletter-unsubscribes, a withdrawal the person never made.
+        # The restriction stays in force, the attempt is audited, and a second lift tries again.
+        with transaction() as session:
+            failed = ",".join(sorted({t.processor for t in outcome.told if t.outcome == FAILED}))
+            events.append(decision("restriction.lift", "failed", None, pseudonym, failed=failed))
+            _audit(session, clients, {r.processor for r in recipients}, events)
+        log.warning("restriction of %s not lifted: %s", pseudonym, outcome.summary())
+        return outcome
     with transaction() as session:
         restriction = active_restriction(session, sid)
         assert restriction is not None

@@ -203,6 +203,12 @@ def lift(
         lifted_at = lifted_at.replace(tzinfo=BERLIN)
     with clear_errors():
         result = lift_restriction(found, reason_text=reason, lifted_at=lifted_at)
+        if not result.complete:
+            failed = sorted({t.processor for t in result.told if t.outcome == "failed"})
+            typer.echo(
+                f"error: restriction not lifted: reactivation failed at {', '.join(failed)}; run again", err=True
+            )
+            raise typer.Exit(1)
         name = f"lift-{result.ref}"
         files = {f"letter-{n.replace(' ', '-').replace(':', '_')}.txt": t.encode() for n, t in result.letters.items()}
         files["art19-report.json"] = json.dumps(result.report(), indent=2, ensure_ascii=False).encode()

@@ -257,6 +257,17 @@ def test_isic_sends_the_whole_cardholder_with_the_corrections(ic):
     assert put.call_count == 1
 
 
+@responses.activate
+def test_isic_birth_dates_with_a_time_part_compare_as_dates_and_a_bad_one_is_not_repeated(ic):
+    responses.post(f"{IS}/cardholders.get", json={**HOLDER, "dateOfBirth": "2004-02-29T00:00:00+00:00"})
+    target = holder("isic", "student-id:O-1")
+    assert isic.AMENDER.read(ic, target)["birth_date"] == "2004-02-29"
+    responses.replace(responses.POST, f"{IS}/cardholders.get", json={**HOLDER, "dateOfBirth": "29.02.2004"})
+    with pytest.raises(ValueError) as refused:
+        isic.AMENDER.read(ic, target)
+    assert "2004" not in str(refused.value) and "dateOfBirth" in str(refused.value)
+
+
 # Nect -----------------------------------------------------------------------------------
 def test_nect_holds_nothing_to_correct():
     assert nect.AMENDER.names == {} and nect.AMENDER.can_deactivate is False

@@ -11,6 +11,7 @@ import requests
 from cryptography.fernet import Fernet
 from sqlmodel import select
 
+from connectors.cleverreach import CleverReachAmender
 from core.settings import get_settings
 from flows import amend, bookings, newsletter, student_id
 from flows.intake import intake_lines
@@ -21,7 +22,7 @@ from models.db import transaction
 from models.erasure import UnknownSubject
 from models.isic import IsicOrder
 from models.parked import ParkedItem
-from models.restriction import Restriction, RestrictionHold
+from models.restriction import Restriction, RestrictionHold, active_restriction
 from models.subjects import DataSubject
 from models.types import utcnow
 from psync.sandbox_env import SERVICE_POINTS
@@ -538,3 +539,23 @@ def test_a_processor_failing_leaves_our_copy_and_the_request_open_and_a_rerun_co
     # Found under the new address though ours still had the old one: nothing sent twice.
     assert by_processor(second)["cleverreach consent:newsletter"] == "unchanged"
     assert second.local == {"data_subject": 1, "booking": 2, "isic_order": 1}
+
+
+def test_a_lift_whose_reactivation_fails_lifts_nothing_and_a_second_lift_completes(env, monkeypatch):
+    url, base = env
+    take_in(base, *consent_lines("carla@example.de"))
+    newsletter.sync_newsletter_consents()
+    sid = subject_id("carla@example.de")
+    amend.restrict(sid, reason_text="Richtigkeit bestritten")
+    assert receiver(url, "1001", "carla@example.de")["active"] is False
+    monkeypatch.setattr(CleverReachAmender, "reactivate", lambda self, client, holder: False)
+    failed = amend.lift_restriction(sid, reason_text="geprüft")
+    assert failed.complete is False
+    with transaction() as session:  # still in force: the receiver stays paused, and is no unsubscribe
+        assert active_restriction(session, sid) is not None
+    assert newsletter.pull_newsletter_unsubscribes()["inactive_at_processor"] == 1
+    with transaction() as session:
+        assert session.exec(select(ConsentRecord.state).where(ConsentRecord.subject_id == sid)).one() == "confirmed"
+    monkeypatch.undo()
+    lifted = amend.lift_restriction(sid, reason_text="geprüft")
+    assert lifted.complete and receiver(url, "1001", "carla@example.de")["active"] is True
