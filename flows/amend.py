@@ -33,7 +33,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,6 +50,7 @@ from flows.common import call_events, decision, reason, write_audit
 from flows.delivery import run_batch
 from flows.erasure_processors import Clients
 from flows.rights import Ask, Outcome, register, write_outbox
+from intake.booking import MAX_AGE_YEARS
 from intake.types import Email, Phone
 from models.audit import AuditEvent
 from models.bookings import Booking
@@ -96,7 +97,8 @@ class Correction(BaseModel):
     @classmethod
     def _plausible(cls, value: date | None) -> date | None:
         today = datetime.now(BERLIN).date()
-        if value is not None and not (today.replace(year=today.year - 130) < value < today):
+        # As intake's check: a calendar span, not replace(year=…), which fails on 29 February.
+        if value is not None and not (today - timedelta(days=365 * MAX_AGE_YEARS) < value < today):
             raise ValueError("is not a plausible birth date")
         return value
 
