@@ -28,23 +28,14 @@ from __future__ import annotations
 import html
 import time as clock
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowFilter,
-    FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
-from prefect.runtime import flow_run
-from prefect.states import Cancelled
 from sqlmodel import Session, col, select
 
 from core.settings import get_settings
@@ -405,33 +396,19 @@ def write_proof(proof: Proof) -> Path:
 
 
 # the form's runs -------------------------------------------------------------------------
-def _forget() -> None:
-    """Blank the address typed in from this run's stored parameters."""
-    if not flow_run.id:
-        return
-    with get_client(sync_client=True) as client:
-        parameters = client.read_flow_run(flow_run.id).parameters
-        client.update_flow_run(flow_run.id, parameters={**parameters, "email": ""})
+PERSONAL = ("email",)
 
 
-def _tidy_stale_runs() -> int:
+def _not_reopened(parameters: Mapping[str, Any]) -> uuid.UUID:
+    """A stale run of this form opens nothing (a proof is made when its run starts): blanked,
+    and one not started yet cancelled with this as its reason."""
+    raise ValueError("a proof of consent is made when its run starts; start a new one")
+
+
+def tidy_stale_runs() -> dict[str, int]:
     """Blank the address in every consent-proof run that still holds it and is not running
-    (scheduled for later, cancelled, crashed or failed before its body ran); one not started
-    yet is cancelled, as it would have nothing to look up. How many were blanked."""
-    flows = FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
-    states = FlowRunFilter(
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[*form.NOT_STARTED, *form.ENDED_EARLY]))
-    )
-    blanked = 0
-    with get_client(sync_client=True) as client:
-        for run in client.read_flow_runs(flow_filter=flows, flow_run_filter=states, limit=form.PAGE):
-            if run.id == flow_run.id or not run.parameters.get("email"):
-                continue
-            client.update_flow_run(run.id, parameters={**run.parameters, "email": ""})
-            if run.state is not None and run.state.type in form.NOT_STARTED:
-                client.set_flow_run_state(run.id, Cancelled(message="address blanked; start a new proof"), force=True)
-            blanked += 1
-    return blanked
+    (``erasure_form.tidy_stale_runs``, every page); one not started yet is cancelled."""
+    return form.tidy_stale_runs(_not_reopened, FLOW_NAME, PERSONAL)
 
 
 def _artifact(proof: Proof, folder: Path, seconds: float) -> None:
@@ -477,8 +454,8 @@ def consent_proof(
         with transaction() as session:
             proof = issue_proof(session, email)
     finally:  # found, unknown or refused: nothing typed in is kept with the run
-        _forget()
-        _tidy_stale_runs()
+        form.forget(None, PERSONAL)
+        tidy_stale_runs()
     folder = write_proof(proof)
     _artifact(proof, folder, clock.perf_counter() - started)
     logger.info("consent proof %s: %s, %d list(s)", proof.proof_id, proof.status, len(proof.lists))
