@@ -61,7 +61,8 @@ def the_request(right: str = "access") -> RightsRequest:
 
 def package_of(request_id) -> tuple[dict, str]:
     files = {p.name: p for p in outbox_files(str(request_id))}
-    assert set(files) == {"access.json.enc", "access.html.enc"}
+    assert {"access.json.enc", "access.html.enc"} <= set(files)
+    assert {n for n in files if not n.startswith("access.")} <= {n for n in files if n.startswith("document-")}
     for path in files.values():  # encrypted at rest: no address in the file itself
         assert ANNA.email.encode() not in path.read_bytes()
         assert (os.stat(path).st_mode & 0o077) == 0
@@ -85,7 +86,12 @@ def test_access_for_a_person_known_everywhere_reads_every_processor_back_and_hol
     )
     assert held["data_subject"][0]["email"] == ANNA.email
     assert {b["booking_ref"] for b in held["booking"]} == {"B-anna-branch", "B-anna-video"}
-    assert "verschlüsselt" in held["isic_document"][0]["ciphertext"]  # described, not copied
+    assert "verschlüsselt" in held["isic_document"][0]["ciphertext"]  # described here, copied beside
+    assert package["document_copies"] == [
+        "document-ISIC-anna-id_copy.png",
+        "document-ISIC-anna-photo.jpg",
+        "document-ISIC-anna-student_proof.pdf",
+    ]
     # What each processor holds now, read back through its API.
     now = {(e["processor"], e["read"]) for e in package["processors_now"]}
     assert now == {
@@ -189,7 +195,17 @@ def test_portability_exports_what_the_person_provided_as_json_and_csv(env):
     assert counts == {"completed": 1, "portability_exports": 1}
     request = the_request("portability")
     files = {p.name.removesuffix(".enc"): read_outbox(p) for p in outbox_files(str(request.id))}
-    assert set(files) == {"portability.json", "profile.csv", "signups.csv", "bookings.csv", "student_id_orders.csv"}
+    assert set(files) == {
+        "portability.json",
+        "profile.csv",
+        "signups.csv",
+        "bookings.csv",
+        "student_id_orders.csv",
+        "document-ISIC-anna-id_copy.png",
+        "document-ISIC-anna-photo.jpg",
+        "document-ISIC-anna-student_proof.pdf",
+    }
+    assert files["document-ISIC-anna-student_proof.pdf"] == PDF_BYTES
     data = json.loads(files["portability.json"])
     assert data["schema"] == "psync.portability/1"
     assert data["profile"] == [
@@ -208,7 +224,7 @@ def test_portability_exports_what_the_person_provided_as_json_and_csv(env):
     assert "state" not in data["signups"][0] and "timify_appointment_id" not in data["bookings"][0]
     rows = list(csv.DictReader(io.StringIO(files["bookings.csv"].decode())))
     assert {r["booking_ref"] for r in rows} == {"B-anna-branch", "B-anna-video"} and rows[0]["phone"]
-    text = b"".join(files.values()).decode()
+    text = b"".join(v for k, v in files.items() if not k.startswith("document-")).decode()
     assert BERT.email not in text and BERT.iban not in text and BERT.last not in text
 
 
