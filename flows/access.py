@@ -252,8 +252,10 @@ def controller_rules() -> list[dict[str, Any]]:
 def read_processors(ask: Ask, rows: list[tuple[Recipient, tuple]], clients: Clients) -> tuple[list[dict], list[str]]:
     """Each register row read back at its processor now: (entries, processors that failed).
 
-    A manual processor (no API) is listed as such; a processor that fails is named in the
-    second list (its ``ProcessorError`` said in the entry, never a value)."""
+    ``read`` says how: ``api`` (``holds_now`` is what it answered, None: nothing), ``erased``
+    (the register says it was erased there and it reads back absent, or can no longer be
+    addressed), ``manual`` (no API), ``failed`` (named in the second list; the
+    ``ProcessorError`` said in the entry, never a value)."""
     entries, failed = [], []
     for row, local in rows:
         entry: dict[str, Any] = {
@@ -274,11 +276,17 @@ def read_processors(ask: Ask, rows: list[tuple[Recipient, tuple]], clients: Clie
         except ProcessorError as exc:
             failed.append(row.processor)
             entry.update(read="failed", error=f"{exc.operation}: HTTP {exc.status}", holds_now=None)
-        except ValueError as exc:  # a list without a configured group: names the setting
-            failed.append(row.processor)
-            entry.update(read="failed", error=str(exc)[:150], holds_now=None)
+        except ValueError as exc:
+            if row.removed_at is not None:
+                # Erased there, verified by reading back then; what addressed the record (the
+                # e-mail address of a receiver kept without an id) went with our copy.
+                entry.update(read="erased", holds_now=None)
+            else:  # a list without a configured group: names the setting
+                failed.append(row.processor)
+                entry.update(read="failed", error=str(exc)[:150], holds_now=None)
         else:
-            entry.update(read="api", holds_now=held)
+            gone = held is None and row.removed_at is not None
+            entry.update(read="erased" if gone else "api", holds_now=held)
         entries.append(entry)
     return entries, failed
 
@@ -445,6 +453,8 @@ def render_html(package: Mapping[str, Any]) -> str:
         parts.append(f"<h3>{_e(entry['processor'])} – {_e(entry['purpose_name'])}</h3>")
         if entry["read"] == "manual":
             parts.append("<p>Keine Schnittstelle: siehe Abschnitt 5.</p>")
+        elif entry["read"] == "erased":
+            parts.append("<p>Dort gelöscht; heute sind dort keine Daten zu Ihnen gespeichert.</p>")
         elif entry["holds_now"] is None:
             parts.append("<p>Dort sind heute keine Daten zu Ihnen gespeichert.</p>")
         else:
@@ -523,7 +533,7 @@ def answer_access(ask: Ask) -> Outcome:
     }
     counts: dict[str, int] = {}
     for entry in package["processors_now"]:
-        if entry["read"] != "manual":
+        if entry["read"] not in ("manual", "erased"):
             outcome = "failed" if entry["read"] == "failed" else ("holds" if entry["holds_now"] else "holds_nothing")
             events.append(
                 decision(

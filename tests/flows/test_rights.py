@@ -402,3 +402,26 @@ def test_the_form_keeps_only_the_request_id_and_the_follow_up_tidies_runs_it_nev
     assert stored["crashed"]["parameters"]["request_id"] == str(by_right["portability"].id)
     assert by_right["portability"].status == "completed"  # the follow-up answered it too
     assert stored["unknown"]["state"] == "CANCELLED" and "no data subject matches" in stored["unknown"]["message"]
+
+
+def test_access_after_an_erasure_lists_the_recipients_as_erased_and_completes(env):
+    """The person's data is gone everywhere (CleverReach kept by address, no id of ours):
+    the package says whom it went to and that it was erased there, and holds nothing else."""
+    from flows import erasure, newsletter
+
+    from support import confirm_manual_tasks
+
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    newsletter.sync_newsletter_consents()
+    erasure.fan_out_erasure(email=ANNA.email)
+    assert confirm_manual_tasks() == 1  # USU: by hand; the request completes
+    counts = handle_rights_request(right="access", email=ANNA.email)
+    assert counts == {"completed": 1, "access_packages": 1}
+    package, page = package_of(the_request().id)
+    assert {(e["processor"], e["read"]) for e in package["processors_now"]} == {
+        ("cleverreach", "erased"),
+        ("usu", "manual"),
+    }
+    assert all(r["removed_at"] for r in package["recipients"])
+    assert ANNA.email not in json.dumps(package) and ANNA.last not in page
