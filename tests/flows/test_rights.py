@@ -436,3 +436,30 @@ def test_the_follow_up_fails_naming_request_ids_only_when_one_is_due_soon_or_ove
     with pytest.raises(JobFailed, match=rf"1 rights request\(s\) due within 5 days or overdue: {rid} \(overdue"):
         rights.follow_up_rights_requests(as_of=berlin_today(utcnow()) + timedelta(days=40))
     assert rights.follow_up_rights_requests()["on_time"] == 1
+
+
+def test_the_deployment_entrypoint_loads_in_a_fresh_process_and_answers_with_the_registered_handlers(env):
+    """What a worker does: load ``flows/rights.py`` as a script (Prefect puts ``flows/`` first
+    on the path, where ``flows/intake.py`` shadows the intake package), then run the flow;
+    the handlers registered by ``flows.access`` answer it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.utilities.importtools import import_object
+
+    root = Path(rights.__file__).resolve().parents[1]
+    script = (
+        "from prefect.utilities.importtools import import_object\n"
+        "flow = import_object('flows/rights.py:handle_rights_request')\n"
+        "print(flow.name)\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "handle-rights-request", loaded.stderr[-500:]
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    with transaction() as session:
+        rid = rights.open_request(session, right="portability", email=ANNA.email).id
+    flow = import_object(f"{root}/flows/rights.py:handle_rights_request")
+    assert flow.fn.__module__ != "flows.rights"  # a copy, as on a worker
+    assert flow(request_id=str(rid)) == {"completed": 1, "portability_exports": 1}
