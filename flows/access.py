@@ -30,6 +30,7 @@ import csv
 import html
 import io
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
@@ -51,8 +52,9 @@ from models.audit import AuditEntry
 from models.bookings import Booking
 from models.consent import ConsentRecord
 from models.db import transaction
+from models.documents import DocumentCipher
 from models.erasure import local_records, subject_rows
-from models.isic import IsicOrder
+from models.isic import IsicDocument, IsicOrder, open_document
 from models.recipients import Recipient
 from models.rights import Right, RightsRequest
 from models.subjects import DataSubject
@@ -75,6 +77,54 @@ TABLE_TITLES = {
     "erasure_task": "Löschaufträge an Empfänger / erasure tasks",
     "rights_request": "Ihre Anträge / your requests",
 }
+# The controller's columns as the German document names them (any other under its own name).
+COLUMN_TITLES = {
+    "email": "E-Mail-Adresse",
+    "insurance_number": "Krankenversichertennummer",
+    "salutation": "Anrede",
+    "first_name": "Vorname",
+    "last_name": "Nachname",
+    "phone": "Telefon",
+    "birth_date": "Geburtsdatum",
+    "concern": "Anliegen",
+    "postal_code": "Postleitzahl",
+    "iban": "IBAN",
+    "institution": "Hochschule/Schule",
+    "student_status": "Status",
+    "phone_password_enc": "Telefonpasswort",
+    "ciphertext": "Dokument",
+    "list_name": "Liste",
+    "state": "Stand",
+    "status": "Stand",
+    "signup_at": "angemeldet am",
+    "signup_ip": "IP-Adresse bei Anmeldung",
+    "confirm_at": "bestätigt am",
+    "confirm_ip": "IP-Adresse bei Bestätigung",
+    "withdrawn_at": "widerrufen am",
+    "source": "Quelle (Seite)",
+    "policy_version": "Fassung der Einwilligung",
+    "ip": "IP-Adresse",
+    "at": "Zeitpunkt",
+    "kind": "Art",
+    "channel": "Weg",
+    "start_at": "Termin",
+    "duration_min": "Dauer (Minuten)",
+    "service_point": "Servicestelle",
+    "booking_ref": "Buchungsnummer",
+    "order_ref": "Bestellnummer",
+    "processor": "Empfänger",
+    "purpose": "Zweck",
+    "first_sent_at": "erstmals übermittelt",
+    "last_sent_at": "zuletzt übermittelt",
+    "removed_at": "dort gelöscht",
+    "created_at": "angelegt am",
+    "updated_at": "geändert am",
+    "received_at": "eingegangen am",
+    "right": "Recht",
+    "action": "Vorgang",
+    "outcome": "Ergebnis",
+}
+
 # Where the data came from (Art. 15(1)(g)), by table: all of it from the person.
 SOURCES = {
     "data_subject": "Ihre Angaben bei Anmeldung, Buchung oder Bestellung auf unserer Website",
@@ -202,8 +252,10 @@ def controller_rules() -> list[dict[str, Any]]:
 def read_processors(ask: Ask, rows: list[tuple[Recipient, tuple]], clients: Clients) -> tuple[list[dict], list[str]]:
     """Each register row read back at its processor now: (entries, processors that failed).
 
-    A manual processor (no API) is listed as such; a processor that fails is named in the
-    second list (its ``ProcessorError`` said in the entry, never a value)."""
+    ``read`` says how: ``api`` (``holds_now`` is what it answered, None: nothing), ``erased``
+    (the register says it was erased there and it reads back absent, or can no longer be
+    addressed), ``manual`` (no API), ``failed`` (named in the second list; the
+    ``ProcessorError`` said in the entry, never a value)."""
     entries, failed = [], []
     for row, local in rows:
         entry: dict[str, Any] = {
@@ -224,11 +276,17 @@ def read_processors(ask: Ask, rows: list[tuple[Recipient, tuple]], clients: Clie
         except ProcessorError as exc:
             failed.append(row.processor)
             entry.update(read="failed", error=f"{exc.operation}: HTTP {exc.status}", holds_now=None)
-        except ValueError as exc:  # a list without a configured group: names the setting
-            failed.append(row.processor)
-            entry.update(read="failed", error=str(exc)[:150], holds_now=None)
+        except ValueError as exc:
+            if row.removed_at is not None:
+                # Erased there, verified by reading back then; what addressed the record (the
+                # e-mail address of a receiver kept without an id) went with our copy.
+                entry.update(read="erased", holds_now=None)
+            else:  # a list without a configured group: names the setting
+                failed.append(row.processor)
+                entry.update(read="failed", error=str(exc)[:150], holds_now=None)
         else:
-            entry.update(read="api", holds_now=held)
+            gone = held is None and row.removed_at is not None
+            entry.update(read="erased" if gone else "api", holds_now=held)
         entries.append(entry)
     return entries, failed
 
@@ -366,9 +424,12 @@ def render_html(package: Mapping[str, Any]) -> str:
     for name, rows in package["controller_data"].items():
         parts.append(f"<h3>{_e(TABLE_TITLES.get(name, name))}</h3>")
         parts.append(f"<p>Herkunft: {_e(package['sources'].get(name))}</p>")
-        parts.append(_table(rows))
+        parts.append(_table([{COLUMN_TITLES.get(k, k): v for k, v in row.items()} for row in rows]))
+    if package.get("document_copies"):
+        names = ", ".join(package["document_copies"])
+        parts.append(f"<p>Kopien Ihrer hochgeladenen Nachweise liegen als Dateien bei: {_e(names)}.</p>")
     parts.append(f"<h3>Protokoll der Verarbeitung ({len(package['audit_trail'])} Einträge)</h3>")
-    parts.append(_table(package["audit_trail"]))
+    parts.append(_table([{COLUMN_TITLES.get(k, k): v for k, v in row.items()} for row in package["audit_trail"]]))
     parts.append("<h2>3. Empfänger Ihrer Daten (Art. 15 Abs. 1 lit. c DSGVO)</h2>")
     parts.append(
         _table(
@@ -392,6 +453,8 @@ def render_html(package: Mapping[str, Any]) -> str:
         parts.append(f"<h3>{_e(entry['processor'])} – {_e(entry['purpose_name'])}</h3>")
         if entry["read"] == "manual":
             parts.append("<p>Keine Schnittstelle: siehe Abschnitt 5.</p>")
+        elif entry["read"] == "erased":
+            parts.append("<p>Dort gelöscht; heute sind dort keine Daten zu Ihnen gespeichert.</p>")
         elif entry["holds_now"] is None:
             parts.append("<p>Dort sind heute keine Daten zu Ihnen gespeichert.</p>")
         else:
@@ -428,6 +491,26 @@ def render_html(package: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+_EXTENSIONS = {"application/pdf": "pdf", "image/jpeg": "jpg", "image/png": "png"}
+
+
+def document_copies(session: Session, subject_id: uuid.UUID, settings: Any) -> dict[str, bytes]:
+    """A copy of each document the person uploaded that we still hold (Art. 15(3), Art. 20),
+    decrypted, by file name ``document-<order>-<kind>.<ext>`` (our ids, never a name)."""
+    cipher = DocumentCipher(settings.document_key_bytes())
+    rows = session.exec(
+        select(IsicDocument, IsicOrder.order_ref)
+        .join(IsicOrder, col(IsicOrder.id) == col(IsicDocument.order_id))
+        .where(IsicOrder.subject_id == subject_id)
+        .order_by(col(IsicOrder.order_ref), col(IsicDocument.kind))
+    ).all()
+    copies = {}
+    for document, order_ref in rows:
+        stem = re.sub(r"[^A-Za-z0-9_-]", "_", f"document-{order_ref}-{document.kind}")
+        copies[f"{stem}.{_EXTENSIONS.get(document.media_type, 'bin')}"] = open_document(session, document, cipher)
+    return copies
+
+
 def _dumps(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, indent=2, sort_keys=False).encode()
 
@@ -450,7 +533,7 @@ def answer_access(ask: Ask) -> Outcome:
     }
     counts: dict[str, int] = {}
     for entry in package["processors_now"]:
-        if entry["read"] != "manual":
+        if entry["read"] not in ("manual", "erased"):
             outcome = "failed" if entry["read"] == "failed" else ("holds" if entry["holds_now"] else "holds_nothing")
             events.append(
                 decision(
@@ -465,12 +548,12 @@ def answer_access(ask: Ask) -> Outcome:
         names = ", ".join(sorted(set(failed)))
         counts["access_read_failed"] = len(failed)
         return Outcome(False, f"not written: could not read {names}", counts, events)
-    write_outbox(
-        str(ask.request_id),
-        {"access.json": _dumps(package), "access.html": render_html(package).encode()},
-        ask.settings,
-        ask.now,
-    )
+    with transaction() as session:
+        copies = document_copies(session, ask.subject_id, ask.settings)
+    package["document_copies"] = sorted(copies)
+    files = {"access.json": _dumps(package), "access.html": render_html(package).encode(), **copies}
+    write_outbox(str(ask.request_id), files, ask.settings, ask.now)
+    sizes["documents"] = len(copies)
     summary = " ".join(f"{k}={v}" for k, v in sizes.items()) + " files=access.json,access.html"
     counts["access_packages"] = 1
     return Outcome(True, summary, counts, events)
@@ -547,6 +630,7 @@ def answer_portability(ask: Ask) -> Outcome:
     """Write the person's provided data as JSON and one CSV per kind to the outbox."""
     with transaction() as session:
         data = portable_data(session, ask.subject_id)
+        copies = document_copies(session, ask.subject_id, ask.settings)
     # The booking's e-mail is the profile's: the schema names it per booking for the CSV.
     profile_email = data["profile"][0].get("email") if data["profile"] else None
     for booking in data["bookings"]:
@@ -558,6 +642,7 @@ def answer_portability(ask: Ask) -> Outcome:
     }
     for kind, (_, names) in PORTABLE.items():
         files[f"{kind}.csv"] = _csv(names, data[kind])
+    files.update(copies)  # the uploads as they were given
     write_outbox(str(ask.request_id), files, ask.settings, ask.now)
     summary = " ".join(f"{kind}={len(rows)}" for kind, rows in data.items()) + f" files={len(files)}"
     counts: dict[str, int] = {}

@@ -33,10 +33,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -50,8 +50,6 @@ from flows.common import call_events, decision, reason, write_audit
 from flows.delivery import run_batch
 from flows.erasure_processors import Clients
 from flows.rights import Ask, Outcome, register, write_outbox
-from intake.booking import MAX_AGE_YEARS
-from intake.types import Email, Phone
 from models.audit import AuditEvent
 from models.bookings import Booking
 from models.consent import ConsentList, ConsentRecord, ConsentState, apply_withdraw
@@ -61,9 +59,9 @@ from models.erasure import Channel, UnknownSubject, check_free_text
 from models.isic import IsicOrder
 from models.recipients import Recipient, live_recipient_ids_among
 from models.restriction import Restriction, active_restriction, release
-from models.rights import Right
+from models.rights import Changes, Right
 from models.subjects import DataSubject
-from models.types import BERLIN, event_key, utcnow
+from models.types import event_key, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -74,55 +72,14 @@ REMOVED, WITHDRAWN = "removed", "withdrawn"
 
 
 # input ----------------------------------------------------------------------------------
-class Correction(BaseModel):
-    """The corrected values (Art. 16): at least one; each checked as intake checks it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    email: Email | None = None
-    salutation: str | None = Field(default=None, pattern="^(Frau|Herr|divers)$")
-    first_name: str | None = Field(default=None, min_length=1, max_length=200)
-    last_name: str | None = Field(default=None, min_length=1, max_length=200)
-    phone: Phone | None = None
-    birth_date: date | None = None
-
-    @field_validator("first_name", "last_name")
-    @classmethod
-    def _no_controls(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or any(ord(c) < 32 for c in value)):
-            raise ValueError("must be a plain name")
-        return value.strip() if value else value
-
-    @field_validator("birth_date")
-    @classmethod
-    def _plausible(cls, value: date | None) -> date | None:
-        today = datetime.now(BERLIN).date()
-        # As intake's check: a calendar span, not replace(year=…), which fails on 29 February.
-        if value is not None and not (today - timedelta(days=365 * MAX_AGE_YEARS) < value < today):
-            raise ValueError("is not a plausible birth date")
-        return value
-
-    def changes(self) -> dict[str, str]:
-        """The given fields as text (dates ISO), by our field names."""
-        found = {}
-        for name in amend.FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                found[name] = value.isoformat() if isinstance(value, date) else str(value)
-        return found
-
-
-def correction(**values: Any) -> Correction:
-    """A checked ``Correction``; ValueError naming the fields (never the values) otherwise."""
+def correction(**values: Any) -> Changes:
+    """The corrected values, checked as at every door (``models.rights.Changes``); ValueError
+    naming the fields (never the values) otherwise."""
     try:
-        checked = Correction(**values)
+        checked = Changes.model_validate(values, context={"now": utcnow()})
     except ValidationError as exc:
         names = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
-        raise ValueError(f"invalid correction: {', '.join(names) or 'unknown field'}") from None
-    if not checked.changes():
-        raise ValueError(
-            "give at least one corrected value (email, salutation, first_name, last_name, phone, birth_date)"
-        )
+        raise ValueError(f"invalid correction: {', '.join(names) or 'give at least one corrected value'}") from None
     return checked
 
 
@@ -342,7 +299,7 @@ def _identifier(email: str | None, recipient: _Recipient) -> str:
 # rectification --------------------------------------------------------------------------
 def rectify(
     subject_id: uuid.UUID | str,
-    fix: Correction,
+    fix: Changes,
     *,
     reference: str | None = None,
     settings: Any = None,

@@ -49,13 +49,13 @@ from core.settings import Settings, get_settings
 from flows import erasure_form as form
 from flows.common import JobFailed, counts_artifact, decision, one_line_failure, run_id, write_audit
 from flows.erasure_form import Text
-from intake.rights import Changes
 from models.audit import AuditEvent
 from models.db import scrub_journal, transaction
 from models.deadlines import urgency
 from models.documents import DocumentCipher
 from models.erasure import MAX_TEXT, Channel, Urgency
 from models.rights import (
+    Changes,
     RequestStatus,
     Right,
     RightsRequest,
@@ -229,9 +229,21 @@ def _asks(ids: Sequence[uuid.UUID], owner: str, now: datetime, settings: Setting
     return asks
 
 
+def registry() -> dict[Right, Handler]:
+    """``HANDLERS`` of the module ``flows.rights``, where the handlers register.
+
+    Prefect loads a deployment's entrypoint (``flows/rights.py``) as a script under a module
+    name of its own; that copy's ``HANDLERS`` would stay empty while ``flows.access`` (and
+    ``flows.amend``) register into the importable module's. Dispatch always reads that one.
+    """
+    from flows import rights  # this very module when imported by name; else the one registered into
+
+    return rights.HANDLERS
+
+
 def _answer(ask: Ask) -> Outcome:
     """The handler's outcome; a failure becomes an open outcome saying why (never personal)."""
-    handler = HANDLERS.get(ask.right)
+    handler = registry().get(ask.right)
     if handler is None:
         return Outcome(False, f"no handler for {ask.right} requests in this installation")
     try:

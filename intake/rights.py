@@ -12,71 +12,25 @@ birth date), validated here (email-validator, phonenumbers) and stored only encr
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AwareDatetime, Field, model_validator
 from sqlmodel import Session
 
-from intake.booking import MAX_AGE_YEARS
-from intake.types import _CONTROL, Applied, Email, EventBase, InsuranceNumber, Phone, context_now
+from intake.types import Applied, Email, EventBase, InsuranceNumber
 from models.audit import AuditEvent
 from models.receipts import IntakeReceipt, seen
-from models.rights import Right, open_rights_request
+from models.rights import Changes, Right, open_rights_request
 from models.subjects import DataSubject
-from models.types import BERLIN, event_key
+from models.types import event_key
+
+__all__ = ["Changes", "RightsRejected", "RightsRequestEvent", "RightsStore"]
 
 RIGHTS = tuple(r.value for r in Right)
 
 
 class RightsRejected(ValueError):
     """The request cannot be opened; the reason is safe to show."""
-
-
-class Changes(BaseModel):
-    """A rectification's new values (Art. 16): at least one; unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    email: Email | None = None
-    first_name: str | None = Field(default=None, min_length=1, max_length=200)
-    last_name: str | None = Field(default=None, min_length=1, max_length=200)
-    phone: Phone | None = None
-    birth_date: date | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _plain_text(cls, data: Any) -> Any:
-        # As EventBase does for a line's own fields: no control characters, no numbers as text.
-        if isinstance(data, dict):
-            for key, value in data.items():
-                if key not in cls.model_fields:
-                    continue  # refused as an unknown field
-                if isinstance(value, str) and _CONTROL.search(value):
-                    raise ValueError(f"{key}: must not contain control characters or bidi overrides")
-                if isinstance(value, int | float):
-                    raise ValueError(f"{key}: must not be a number or boolean")
-        return data
-
-    @field_validator("birth_date")
-    @classmethod
-    def _plausible_birth_date(cls, value: date | None, info: ValidationInfo) -> date | None:
-        if value is None:
-            return value
-        today = (context_now(info) or datetime.now(BERLIN)).astimezone(BERLIN).date()
-        if not today - timedelta(days=365 * MAX_AGE_YEARS) < value < today:
-            raise ValueError("is not a plausible birth date")
-        return value
-
-    @model_validator(mode="after")
-    def _some(self) -> Changes:
-        if not self.values():
-            raise ValueError("give at least one new value")
-        return self
-
-    def values(self) -> dict[str, Any]:
-        """The new values given (names as ``models.rights.CHANGE_FIELDS``)."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class RightsRequestEvent(EventBase):

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import Field as Bounds
 from sqlalchemy import Index, LargeBinary, and_, or_, text, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Field, Session, SQLModel, select
@@ -44,11 +47,13 @@ from models.erasure import (
     check_free_text,
     find_subject,
 )
+from models.identity import normalise_email, normalise_phone
 from models.subjects import DataSubject
-from models.types import UTCDateTime, classify, new_id, utcnow
+from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
 __all__ = [
     "CHANGE_FIELDS",
+    "Changes",
     "Channel",
     "RequestStatus",
     "Right",
@@ -64,7 +69,7 @@ __all__ = [
 
 MAX_OUTCOME = 500
 # What a rectification may change (Art. 16): the values the controller and its processors hold.
-CHANGE_FIELDS = ("email", "first_name", "last_name", "phone", "birth_date")
+CHANGE_FIELDS = ("email", "salutation", "first_name", "last_name", "phone", "birth_date")
 
 
 class Right(enum.StrEnum):
@@ -144,6 +149,71 @@ classify(
 
 
 # a rectification's new values -------------------------------------------------------------
+# As intake.types refuses them in a line's text (models cannot import intake): C0 and C1
+# controls, line and paragraph separators, bidi embeddings, overrides and isolates.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+MAX_AGE_YEARS = 130  # as intake.booking: no one is older
+
+
+class Changes(BaseModel):
+    """A rectification's new values (Art. 16): at least one; unknown fields are refused.
+
+    Validated at every door (the ``rights.request`` intake line, the officer's form, the
+    CLI): e-mail by email-validator, phone by phonenumbers (E.164), a plausible birth date
+    (before today, by the validation context's ``now`` when given). Here, not in intake: the
+    form's flow module must not import the intake package (Prefect loads an entrypoint with
+    ``flows/`` first on the path, where ``flows/intake.py`` would shadow it).
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    email: Annotated[str, Bounds(max_length=320), AfterValidator(normalise_email)] | None = None
+    salutation: str | None = Bounds(default=None, pattern="^(Frau|Herr|divers)$")
+    first_name: str | None = Bounds(default=None, min_length=1, max_length=200)
+    last_name: str | None = Bounds(default=None, min_length=1, max_length=200)
+    phone: Annotated[str, Bounds(max_length=40), AfterValidator(normalise_phone)] | None = None
+    birth_date: date | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_text(cls, data: Any) -> Any:
+        # As intake's EventBase does for a line's own fields: no control characters, no numbers as text.
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if key not in cls.model_fields:
+                    continue  # refused as an unknown field
+                if isinstance(value, str) and _CONTROL.search(value):
+                    raise ValueError(f"{key}: must not contain control characters or bidi overrides")
+                if isinstance(value, int | float):
+                    raise ValueError(f"{key}: must not be a number or boolean")
+        return data
+
+    @field_validator("birth_date")
+    @classmethod
+    def _plausible_birth_date(cls, value: date | None, info: ValidationInfo) -> date | None:
+        if value is None:
+            return value
+        now = (info.context or {}).get("now") or utcnow()
+        today = now.astimezone(BERLIN).date()
+        if not today - timedelta(days=365 * MAX_AGE_YEARS) < value < today:
+            raise ValueError("is not a plausible birth date")
+        return value
+
+    @model_validator(mode="after")
+    def _some(self) -> Changes:
+        if not self.values():
+            raise ValueError("give at least one new value")
+        return self
+
+    def values(self) -> dict[str, Any]:
+        """The new values given (names as ``CHANGE_FIELDS``)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+    def changes(self) -> dict[str, str]:
+        """The new values given as text (dates ISO), as the processors' amenders take them."""
+        return {k: _plain(v) if isinstance(v, date) else str(v) for k, v in self.values().items()}
+
+
 def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 

@@ -292,3 +292,30 @@ def test_handle_rights_request_is_the_officers_form_too():
     assert validate({"right": "access", "email": "erika@example.de", "new_birth_date": "1980-05-17"}, schema) == []
     for bad in ({"right": "teleport"}, {"new_birth_date": "17.05.1980"}, {"reference": "x" * 201}):
         assert validate(bad, schema), bad
+
+
+def test_every_entrypoint_loads_as_a_worker_loads_it():
+    """A worker loads ``flows/x.py:fn`` as a script with ``flows/`` put first on sys.path (and
+    left there), so a flow module that imports the ``intake`` package, directly or through
+    what it imports, finds ``flows/intake.py`` instead and fails to load. In a fresh process,
+    as on a worker: every entrypoint of the file, one after the other."""
+    import subprocess
+    import sys
+
+    entrypoints = [d["entrypoint"] for d in DEPLOYMENTS]
+    script = (
+        "import sys\n"
+        "from prefect.utilities.importtools import import_object\n"
+        "failed = []\n"
+        "for entrypoint in sys.argv[1:]:\n"
+        "    try:\n"
+        "        import_object(entrypoint)\n"
+        "    except Exception as exc:\n"
+        "        failed.append(f'{entrypoint}: {exc}')\n"
+        "print('\\n'.join(failed))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *entrypoints], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert done.stdout.strip() == "", done.stdout

@@ -474,3 +474,34 @@ def test_nothing_personal_reaches_the_logs_even_at_debug(settings, caplog):
     assert "POST /v1/events" in logged  # the access log was on
     for personal in ("erika", "mustermann", "lena", "studentin", "DE89", "192.0.2.10"):
         assert personal.lower() not in logged.lower(), personal
+
+
+def test_a_rights_request_comes_in_through_the_same_door(door):
+    """``rights.request`` needs nothing of its own at the door: the same intake path opens it,
+    a rectification's new values are validated there and stored only encrypted."""
+    from sqlmodel import select as sql_select
+
+    from models.rights import RightsRequest
+
+    url, clock = door()
+    assert post(url, signup(), clock).status_code == 200
+    at = NOW.isoformat()
+    events = [
+        {"type": "rights.request", "right": "access", "email": EMAIL, "at": at},
+        {
+            "type": "rights.request",
+            "right": "rectification",
+            "email": EMAIL,
+            "changes": {"last_name": "Neumann"},
+            "at": at,
+        },
+        {"type": "rights.request", "right": "rectification", "email": EMAIL, "changes": {"phone": "12"}, "at": at},
+    ]
+    answer = post(url, events, clock)
+    assert answer.status_code == 200, answer.text
+    assert [r["result"] for r in answer.json()["results"]] == ["stored", "stored", "rejected"]
+    assert "12" not in answer.json()["results"][2].get("reason", "").replace("changes", "")
+    with transaction() as session:
+        found = list(session.exec(sql_select(RightsRequest)))
+    assert sorted(r.right for r in found) == ["access", "rectification"]
+    assert all(b"Neumann" not in (r.changes or b"") for r in found)

@@ -23,6 +23,7 @@ from models.erasure import UnknownSubject
 from models.isic import IsicOrder
 from models.parked import ParkedItem
 from models.restriction import Restriction, RestrictionHold, active_restriction
+from models.rights import Changes
 from models.subjects import DataSubject
 from models.types import utcnow
 from psync.sandbox_env import SERVICE_POINTS
@@ -186,7 +187,7 @@ def by_processor(outcome: amend.AmendOutcome) -> dict[str, str]:
     return {f"{t.processor} {t.purpose}": t.outcome for t in outcome.told}
 
 
-def correction_to_new() -> amend.Correction:
+def correction_to_new() -> Changes:
     return amend.correction(
         email=NEW["email"],
         first_name=NEW["first_name"],

@@ -61,7 +61,8 @@ def the_request(right: str = "access") -> RightsRequest:
 
 def package_of(request_id) -> tuple[dict, str]:
     files = {p.name: p for p in outbox_files(str(request_id))}
-    assert set(files) == {"access.json.enc", "access.html.enc"}
+    assert {"access.json.enc", "access.html.enc"} <= set(files)
+    assert {n for n in files if not n.startswith("access.")} <= {n for n in files if n.startswith("document-")}
     for path in files.values():  # encrypted at rest: no address in the file itself
         assert ANNA.email.encode() not in path.read_bytes()
         assert (os.stat(path).st_mode & 0o077) == 0
@@ -85,7 +86,12 @@ def test_access_for_a_person_known_everywhere_reads_every_processor_back_and_hol
     )
     assert held["data_subject"][0]["email"] == ANNA.email
     assert {b["booking_ref"] for b in held["booking"]} == {"B-anna-branch", "B-anna-video"}
-    assert "verschlüsselt" in held["isic_document"][0]["ciphertext"]  # described, not copied
+    assert "verschlüsselt" in held["isic_document"][0]["ciphertext"]  # described here, copied beside
+    assert package["document_copies"] == [
+        "document-ISIC-anna-id_copy.png",
+        "document-ISIC-anna-photo.jpg",
+        "document-ISIC-anna-student_proof.pdf",
+    ]
     # What each processor holds now, read back through its API.
     now = {(e["processor"], e["read"]) for e in package["processors_now"]}
     assert now == {
@@ -189,7 +195,17 @@ def test_portability_exports_what_the_person_provided_as_json_and_csv(env):
     assert counts == {"completed": 1, "portability_exports": 1}
     request = the_request("portability")
     files = {p.name.removesuffix(".enc"): read_outbox(p) for p in outbox_files(str(request.id))}
-    assert set(files) == {"portability.json", "profile.csv", "signups.csv", "bookings.csv", "student_id_orders.csv"}
+    assert set(files) == {
+        "portability.json",
+        "profile.csv",
+        "signups.csv",
+        "bookings.csv",
+        "student_id_orders.csv",
+        "document-ISIC-anna-id_copy.png",
+        "document-ISIC-anna-photo.jpg",
+        "document-ISIC-anna-student_proof.pdf",
+    }
+    assert files["document-ISIC-anna-student_proof.pdf"] == PDF_BYTES
     data = json.loads(files["portability.json"])
     assert data["schema"] == "psync.portability/1"
     assert data["profile"] == [
@@ -208,7 +224,7 @@ def test_portability_exports_what_the_person_provided_as_json_and_csv(env):
     assert "state" not in data["signups"][0] and "timify_appointment_id" not in data["bookings"][0]
     rows = list(csv.DictReader(io.StringIO(files["bookings.csv"].decode())))
     assert {r["booking_ref"] for r in rows} == {"B-anna-branch", "B-anna-video"} and rows[0]["phone"]
-    text = b"".join(files.values()).decode()
+    text = b"".join(v for k, v in files.items() if not k.startswith("document-")).decode()
     assert BERT.email not in text and BERT.iban not in text and BERT.last not in text
 
 
@@ -386,3 +402,64 @@ def test_the_form_keeps_only_the_request_id_and_the_follow_up_tidies_runs_it_nev
     assert stored["crashed"]["parameters"]["request_id"] == str(by_right["portability"].id)
     assert by_right["portability"].status == "completed"  # the follow-up answered it too
     assert stored["unknown"]["state"] == "CANCELLED" and "no data subject matches" in stored["unknown"]["message"]
+
+
+def test_access_after_an_erasure_lists_the_recipients_as_erased_and_completes(env):
+    """The person's data is gone everywhere (CleverReach kept by address, no id of ours):
+    the package says whom it went to and that it was erased there, and holds nothing else."""
+    from flows import erasure, newsletter
+
+    from support import confirm_manual_tasks
+
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    newsletter.sync_newsletter_consents()
+    erasure.fan_out_erasure(email=ANNA.email)
+    assert confirm_manual_tasks() == 1  # USU: by hand; the request completes
+    counts = handle_rights_request(right="access", email=ANNA.email)
+    assert counts == {"completed": 1, "access_packages": 1}
+    package, page = package_of(the_request().id)
+    assert {(e["processor"], e["read"]) for e in package["processors_now"]} == {
+        ("cleverreach", "erased"),
+        ("usu", "manual"),
+    }
+    assert all(r["removed_at"] for r in package["recipients"])
+    assert ANNA.email not in json.dumps(package) and ANNA.last not in page
+
+
+def test_the_follow_up_fails_naming_request_ids_only_when_one_is_due_soon_or_overdue(env):
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    with transaction() as session:
+        rid = rights.open_request(session, right="rectification", email=ANNA.email, changes={"last_name": "Neumann"}).id
+    # No rectification handler on this branch: the request stays open, and a month on it is overdue.
+    with pytest.raises(JobFailed, match=rf"1 rights request\(s\) due within 5 days or overdue: {rid} \(overdue"):
+        rights.follow_up_rights_requests(as_of=berlin_today(utcnow()) + timedelta(days=40))
+    assert rights.follow_up_rights_requests()["on_time"] == 1
+
+
+def test_the_deployment_entrypoint_loads_in_a_fresh_process_and_answers_with_the_registered_handlers(env):
+    """What a worker does: load ``flows/rights.py`` as a script (Prefect puts ``flows/`` first
+    on the path, where ``flows/intake.py`` shadows the intake package), then run the flow;
+    the handlers registered by ``flows.access`` answer it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.utilities.importtools import import_object
+
+    root = Path(rights.__file__).resolve().parents[1]
+    script = (
+        "from prefect.utilities.importtools import import_object\n"
+        "flow = import_object('flows/rights.py:handle_rights_request')\n"
+        "print(flow.name)\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "handle-rights-request", loaded.stderr[-500:]
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    with transaction() as session:
+        rid = rights.open_request(session, right="portability", email=ANNA.email).id
+    flow = import_object(f"{root}/flows/rights.py:handle_rights_request")
+    assert flow.fn.__module__ != "flows.rights"  # a copy, as on a worker
+    assert flow(request_id=str(rid)) == {"completed": 1, "portability_exports": 1}
