@@ -427,12 +427,13 @@ def test_access_after_an_erasure_lists_the_recipients_as_erased_and_completes(en
     assert ANNA.email not in json.dumps(package) and ANNA.last not in page
 
 
-def test_the_follow_up_fails_naming_request_ids_only_when_one_is_due_soon_or_overdue(env):
+def test_the_follow_up_fails_naming_request_ids_only_when_one_is_due_soon_or_overdue(env, monkeypatch):
     url, base = env
     take_in(base, *lines_of(ANNA)[:2])
     with transaction() as session:
         rid = rights.open_request(session, right="rectification", email=ANNA.email, changes={"last_name": "Neumann"}).id
-    # No rectification handler on this branch: the request stays open, and a month on it is overdue.
+    # Without its handler the request stays open, and a month on it is overdue.
+    monkeypatch.delitem(rights.HANDLERS, Right.rectification)
     with pytest.raises(JobFailed, match=rf"1 rights request\(s\) due within 5 days or overdue: {rid} \(overdue"):
         rights.follow_up_rights_requests(as_of=berlin_today(utcnow()) + timedelta(days=40))
     assert rights.follow_up_rights_requests()["on_time"] == 1
