@@ -30,7 +30,15 @@ from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic import Field as Bounds
 from sqlalchemy import Index, LargeBinary, and_, or_, text, update
 from sqlalchemy import select as sa_select
@@ -218,15 +226,22 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 
 
-def seal_changes(document_key: bytes, changes: Mapping[str, Any]) -> bytes:
-    """`changes` (a subset of ``CHANGE_FIELDS``) as Fernet-encrypted JSON; ValueError naming
-    an unknown field or an empty set."""
+def seal_changes(document_key: bytes, changes: Mapping[str, Any], now: datetime | None = None) -> bytes:
+    """`changes` (a subset of ``CHANGE_FIELDS``) as Fernet-encrypted JSON, checked by
+    ``Changes`` whichever door they came through (a bad value must not open a request that
+    then fails every run); ValueError naming an unknown or invalid field (never its value)
+    or an empty set."""
     unknown = sorted(set(changes) - set(CHANGE_FIELDS))
     if unknown:
         raise ValueError(f"changes: unknown field(s) {', '.join(unknown)}; known: {', '.join(CHANGE_FIELDS)}")
-    kept = {k: _plain(v) for k, v in changes.items() if v not in (None, "")}
-    if not kept:
+    given = {k: v for k, v in changes.items() if v not in (None, "")}
+    if not given:
         raise ValueError("changes: give at least one new value")
+    try:
+        kept = Changes.model_validate(given, context={"now": now or utcnow()}).changes()
+    except ValidationError as exc:
+        names = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
+        raise ValueError(f"changes: invalid {', '.join(names) or 'values'}") from None
     return DocumentCipher(document_key).encrypt(json.dumps(kept, sort_keys=True).encode())
 
 
@@ -288,7 +303,7 @@ def open_rights_request(
         if changes:
             assert document_key is not None
             merged = {**(changes_of(request, document_key) or {}), **changes}
-            request.changes = seal_changes(document_key, merged)
+            request.changes = seal_changes(document_key, merged, now)
             request.updated_at = now
         return request, False
     request = RightsRequest(
@@ -298,7 +313,7 @@ def open_rights_request(
         channel=channel,
         reference=reference,
         due=due_date(received_at),
-        changes=seal_changes(document_key, changes) if changes and document_key else None,
+        changes=seal_changes(document_key, changes, now) if changes and document_key else None,
         created_at=now,
         updated_at=now,
     )

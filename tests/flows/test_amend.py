@@ -560,3 +560,20 @@ def test_a_lift_whose_reactivation_fails_lifts_nothing_and_a_second_lift_complet
     monkeypatch.undo()
     lifted = amend.lift_restriction(sid, reason_text="geprüft")
     assert lifted.complete and receiver(url, "1001", "carla@example.de")["active"] is True
+
+
+def test_a_bad_new_value_from_the_command_line_opens_no_request(env):
+    from typer.testing import CliRunner
+
+    from models.rights import RightsRequest
+    from psync.cli import app
+
+    url, base = env
+    take_in(base, *consent_lines("dora@example.de"))
+    runner = CliRunner()
+    for option, value in (("--new-phone", "12"), ("--new-email", "keine-adresse"), ("--new-birth-date", "2999-01-01")):
+        result = runner.invoke(app, ["request", "rectification", "--email", "dora@example.de", option, value])
+        assert result.exit_code != 0 and "changes: invalid" in result.output, result.output
+        assert value not in result.output
+    with transaction() as session:
+        assert session.exec(select(RightsRequest)).all() == []
