@@ -392,7 +392,9 @@ def write_proof(proof: Proof) -> Path:
     """The proof's documents, encrypted, in a new folder of the rights outbox named by the
     proof's number only (no name, no address); old folders there are purged first."""
     purge_outbox(utcnow())
-    return write_outbox(f"{OUTBOX_PREFIX}{proof.proof_id}", proof_files(proof))
+    # Named with the person's pseudonym too, so that their erasure finds it (forget_outbox).
+    owner = f"{proof.pseudonym}-" if proof.pseudonym else ""
+    return write_outbox(f"{OUTBOX_PREFIX}{owner}{proof.proof_id}", proof_files(proof))
 
 
 # the form's runs -------------------------------------------------------------------------

@@ -406,6 +406,11 @@ def finish_request(session: Session, request: ErasureRequest, now: datetime) -> 
         return False
     pseudonym = _pseudonyms(session, [locked.id])[locked.id]
     counts = erase_controller_copy(session, locked.subject_id, now)
+    # What was handed to the person (access packages, letters, proofs) goes from disk too.
+    from flows.rights import forget_outbox  # (flows.rights loads every right's module)
+
+    if outbox := forget_outbox(session, locked.subject_id, pseudonym):
+        counts["outbox_folders"] = outbox
     locked.controller_erased_at = now
     locked.status, locked.completed_at = RequestStatus.completed, now
     locked.urgency = urgency(locked.due, berlin_today(now))

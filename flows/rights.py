@@ -368,6 +368,26 @@ def outbox_files(name: str, settings: Settings | None = None) -> list[Path]:
     return sorted(folder.glob(f"*{ENCRYPTED_SUFFIX}")) if folder.is_dir() else []
 
 
+def forget_outbox(session: Session, subject_id: uuid.UUID, pseudonym: str, settings: Settings | None = None) -> int:
+    """Delete every outbox folder made for this person (erasure: nothing of theirs may stay
+    on disk): their rights requests' packages and reports, their restrictions' lift letters,
+    their proofs of consent (named with their pseudonym). How many folders went."""
+    from models.restriction import Restriction
+
+    root = (settings or get_settings()).outbox_dir()
+    if not root.is_dir():
+        return 0
+    names = {str(r) for r in session.exec(select(RightsRequest.id).where(RightsRequest.subject_id == subject_id))}
+    lifts = session.exec(select(Restriction.id).where(Restriction.subject_id == subject_id))
+    names |= {f"lift-{r}" for r in lifts}
+    gone = 0
+    for folder in root.iterdir():
+        if folder.is_dir() and (folder.name in names or folder.name.startswith(f"consent-proof-{pseudonym}-")):
+            shutil.rmtree(folder)
+            gone += 1
+    return gone
+
+
 def purge_outbox(now: datetime, settings: Settings | None = None) -> int:
     """Delete every outbox folder written more than ``rights_outbox_days`` before `now`
     (and staging folders a crash left behind); how many folders went."""

@@ -464,3 +464,28 @@ def test_the_deployment_entrypoint_loads_in_a_fresh_process_and_answers_with_the
     flow = import_object(f"{root}/flows/rights.py:handle_rights_request")
     assert flow.fn.__module__ != "flows.rights"  # a copy, as on a worker
     assert flow(request_id=str(rid)) == {"completed": 1, "portability_exports": 1}
+
+
+def test_an_erasure_takes_what_the_outbox_holds_for_the_person_and_leaves_the_others(env):
+    """Access packages, portability exports and proofs of consent are the person's data on
+    disk: the erasure that completes removes them; another person's stay."""
+    from flows import erasure, newsletter
+    from flows.consent_proof import consent_proof
+
+    from support import confirm_manual_tasks
+
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2], *lines_of(BERT)[:2])
+    newsletter.sync_newsletter_consents()
+    handle_rights_request(right="access", email=ANNA.email)
+    handle_rights_request(right="portability", email=ANNA.email)
+    handle_rights_request(right="access", email=BERT.email)
+    consent_proof(email=ANNA.email)
+    outbox = get_settings().outbox_dir()
+    before = sorted(p.name for p in outbox.iterdir())
+    assert len(before) == 4
+    erasure.fan_out_erasure(email=ANNA.email)
+    assert confirm_manual_tasks() == 1  # USU: by hand; the request completes
+    with transaction() as session:
+        bert = session.exec(select(RightsRequest.id).where(RightsRequest.subject_id == subject_of(BERT).id)).one()
+    assert sorted(p.name for p in outbox.iterdir()) == [str(bert)]
