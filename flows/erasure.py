@@ -409,12 +409,11 @@ def finish_request(session: Session, request: ErasureRequest, now: datetime) -> 
     # What was handed to the person (access packages, letters, proofs) goes from disk too.
     from flows.rights import forget_outbox  # (flows.rights loads every right's module)
 
-    if outbox := forget_outbox(session, locked.subject_id, pseudonym):
-        counts["outbox_folders"] = outbox
+    outbox = forget_outbox(session, locked.subject_id, pseudonym)
     locked.controller_erased_at = now
     locked.status, locked.completed_at = RequestStatus.completed, now
     locked.urgency = urgency(locked.due, berlin_today(now))
-    kinds = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    kinds = " ".join([*(f"{k}={v}" for k, v in sorted(counts.items())), f"outbox_folders={outbox}"])
     write_audit(
         session,
         [

@@ -167,7 +167,7 @@ def test_every_deployment_runs_from_the_server_through_a_worker(as_worker, tmp_p
     assert run["state"]["type"] == "COMPLETED", run["state"]
     assert run["parameters"] == {"email": ""}  # the form's e-mail is not kept
     (folder,) = Path(stack.environment()["PSYNC_RIGHTS_OUTBOX"]).iterdir()
-    assert sorted(p.name for p in folder.iterdir()) == ["nachweis.html.enc", "nachweis.md.enc"]
+    assert sorted(p.name for p in folder.iterdir()) == ["nachweis.html.enc", "nachweis.md.enc", "written_at"]
     assert len(state["timify"]["appointments"]) == 3 and len(state["flexperto"]["customers"]) == 3
     assert len(state["isic"]["cardholders"]) == 3
 
