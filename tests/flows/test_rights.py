@@ -242,6 +242,13 @@ def test_intake_line_opens_a_request_and_the_follow_up_answers_it(env):
         assert len(list(session.exec(select(RightsRequest)))) == 1
     counts = rights.follow_up_rights_requests()
     assert counts["completed"] == 1 and counts["portability_exports"] == 1
+    # Known to the newsletter only: the sign-up and the profile it gave, nothing invented.
+    request = the_request("portability")
+    files = {p.name.removesuffix(".enc"): read_outbox(p) for p in outbox_files(str(request.id))}
+    data = json.loads(files["portability.json"])
+    assert [s["list_name"] for s in data["signups"]] == ["newsletter"] and data["signups"][0]["signup_at"]
+    assert data["profile"][0]["email"] == ANNA.email
+    assert data["bookings"] == [] and data["student_id_orders"] == []
 
 
 def test_a_second_request_for_the_same_right_joins_the_open_one(env):
