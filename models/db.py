@@ -16,13 +16,15 @@ import atexit
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Select
 from sqlmodel import Session, SQLModel, create_engine
@@ -227,3 +229,38 @@ def skip_locked(query: Query, model: type[SQLModel]) -> Query:
         rows = session.exec(skip_locked(select(Booking).where(...).limit(500), Booking))
     """
     return query.with_for_update(skip_locked=True, of=model)
+
+
+def claim_rows(
+    session: Session,
+    model: type[SQLModel],
+    condition: Any,
+    order_by: Sequence[Any],
+    owner: str,
+    until: datetime,
+    limit: int | None = None,
+) -> list[Any]:
+    """Claim the rows of `model` matching `condition` for `owner` until `until`: their ids.
+
+    The model has ``id``, ``claimed_by`` and ``claimed_until``; `condition` says which rows a
+    run may take (and should exclude rows whose claim still stands). One UPDATE sets the
+    claim, so of two runs at once only one gets a row: on PostgreSQL the candidates are
+    locked with FOR UPDATE SKIP LOCKED, on SQLite the write transaction (BEGIN IMMEDIATE)
+    serialises the two. The ORM's copies are expired, so the rows read afterwards are fresh.
+    """
+    table = model.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
+    candidates = sa_select(table.c.id).where(condition).order_by(*order_by)
+    if limit is not None:
+        candidates = candidates.limit(limit)
+    # A CTE, not a plain subquery: PostgreSQL may run a subquery again per row, and with
+    # LIMIT and SKIP LOCKED each run can pick other rows; a locking CTE runs exactly once.
+    chosen = skip_locked(candidates, model).cte("chosen")
+    statement = (
+        update(table)
+        .where(table.c.id.in_(sa_select(chosen.c.id)), condition)
+        .values(claimed_by=owner, claimed_until=until)
+        .returning(table.c.id)
+    )
+    claimed = list(session.connection().execute(statement).scalars())
+    session.expire_all()
+    return claimed

@@ -35,7 +35,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.bookings import Booking
 from models.consent import ConsentRecord, ConsentState
-from models.db import skip_locked
+from models.db import claim_rows
 from models.deadlines import apply_extension, due_date, received_day, urgency
 from models.identity import normalise_email, normalise_insurance_number, pseudonym
 from models.isic import IsicOrder, OrderStatus, delete_documents
@@ -483,23 +483,7 @@ def claim(
         ),
         or_(table.c.claimed_until.is_(None), table.c.claimed_until < now),
     )
-    candidates = sa_select(table.c.id).where(condition).order_by(table.c.request_id, table.c.id)
-    if limit is not None:
-        candidates = candidates.limit(limit)
-    candidates = skip_locked(candidates, ErasureTask)
-    # A CTE, not a plain subquery: PostgreSQL may run a subquery again per row, and with
-    # LIMIT and SKIP LOCKED each run can pick other rows; a locking CTE runs exactly once.
-    chosen = candidates.cte("chosen")
-    statement = (
-        update(table)
-        .where(table.c.id.in_(sa_select(chosen.c.id)), condition)
-        .values(claimed_by=owner, claimed_until=now + lease)
-        .returning(table.c.id)
-    )
-    claimed = list(session.connection().execute(statement).scalars())
-    # The ORM may hold these rows from before the UPDATE: make it read them again.
-    session.expire_all()
-    return claimed
+    return claim_rows(session, ErasureTask, condition, (table.c.request_id, table.c.id), owner, now + lease, limit)
 
 
 def release(task: ErasureTask) -> None:

@@ -40,11 +40,10 @@ from pydantic import (
     model_validator,
 )
 from pydantic import Field as Bounds
-from sqlalchemy import Index, LargeBinary, and_, or_, text, update
-from sqlalchemy import select as sa_select
+from sqlalchemy import Index, LargeBinary, and_, or_, text
 from sqlmodel import Field, Session, SQLModel, select
 
-from models.db import skip_locked
+from models.db import claim_rows
 from models.deadlines import apply_extension, due_date, received_day, urgency
 from models.documents import DocumentCipher
 from models.erasure import (
@@ -405,19 +404,7 @@ def claim(
         condition = and_(condition, table.c.id.in_(list(request_ids)))
     if rights is not None:
         condition = and_(condition, table.c.right.in_([str(r) for r in rights]))
-    candidates = sa_select(table.c.id).where(condition).order_by(table.c.received_at, table.c.id)
-    if limit is not None:
-        candidates = candidates.limit(limit)
-    chosen = skip_locked(candidates, RightsRequest).cte("chosen")
-    statement = (
-        update(table)
-        .where(table.c.id.in_(sa_select(chosen.c.id)), condition)
-        .values(claimed_by=owner, claimed_until=now + lease)
-        .returning(table.c.id)
-    )
-    claimed = list(session.connection().execute(statement).scalars())
-    session.expire_all()
-    return claimed
+    return claim_rows(session, RightsRequest, condition, (table.c.received_at, table.c.id), owner, now + lease, limit)
 
 
 def release(request: RightsRequest) -> None:
