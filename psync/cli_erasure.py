@@ -8,13 +8,23 @@ their message (never the input) and exit 1.
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from psync.cli_errors import clear_errors, flow_failures_said_once, in_session
+from psync.cli_requests import (
+    ChannelOption,
+    EmailOption,
+    InsuranceOption,
+    ReceivedOption,
+    ReferenceOption,
+    RequestChannel,
+    SubjectOption,
+    add_extend,
+    berlin,
+)
 
 app = typer.Typer(help="Erasure requests: open, follow, confirm manual tasks, report, extend.")
 
@@ -24,29 +34,20 @@ class ReportFormat(StrEnum):
     json = "json"
 
 
-class RequestChannel(StrEnum):
-    letter = "letter"
-    email = "email"
-    portal = "portal"
-    phone = "phone"
-
-
 @app.command("request")
 def request(
-    email: Annotated[str | None, typer.Option(help="the subject's e-mail address")] = None,
-    insurance_number: Annotated[str | None, typer.Option(help="the subject's health-insurance number")] = None,
-    subject_id: Annotated[str | None, typer.Option(help="our subject id")] = None,
-    received_at: Annotated[datetime | None, typer.Option(help="when it reached us (default: now)")] = None,
-    channel: Annotated[RequestChannel, typer.Option()] = RequestChannel.email,
-    reference: Annotated[str, typer.Option(help="file number; no personal data")] = "",
+    email: EmailOption = None,
+    insurance_number: InsuranceOption = None,
+    subject_id: SubjectOption = None,
+    received_at: ReceivedOption = None,
+    channel: ChannelOption = RequestChannel.email,
+    reference: ReferenceOption = "",
     fan_out: Annotated[bool, typer.Option(help="start the fan-out right away")] = True,
 ) -> None:
     """Open an erasure request (or join the subject's open one) and fan it out."""
     from flows.erasure import fan_out_erasure, open_erasure_request
-    from models.types import BERLIN
 
-    if received_at is not None and received_at.tzinfo is None:
-        received_at = received_at.replace(tzinfo=BERLIN)  # a date typed in Germany
+    received_at = berlin(received_at)
     opened = in_session(
         lambda s: (
             open_erasure_request(
@@ -108,28 +109,10 @@ def report_cmd(
     typer.echo(render_markdown(data) if format is ReportFormat.md else json.dumps(data, indent=2))
 
 
-@app.command("extend")
-def extend(
-    request_id: str,
-    months: Annotated[int, typer.Option(min=1, max=2)],
-    reason: Annotated[str, typer.Option(help="why more time is necessary (no personal data)")],
-    informed_on: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="when the subject was told")],
-) -> None:
-    """Extend the deadline by up to two months (Art. 12(3)); only within the first month."""
-    from core.clock import berlin_today
+def _extend_request(*args: Any) -> Any:
     from flows.erasure import extend_request
-    from models.types import utcnow
 
-    due = in_session(
-        lambda s: (
-            extend_request(
-                s,
-                request_id,
-                months,
-                reason,
-                informed_on.date(),
-                berlin_today(utcnow()),
-            ).due
-        )
-    )
-    typer.echo(f"request {request_id} now due {due.isoformat() if isinstance(due, date) else due}")
+    return extend_request(*args)
+
+
+add_extend(app, _extend_request)

@@ -26,15 +26,19 @@ from typing import Annotated, Any
 import typer
 
 from psync.cli_errors import clear_errors, flow_failures_said_once, in_session
+from psync.cli_requests import (
+    ChannelOption,
+    EmailOption,
+    InsuranceOption,
+    ReceivedOption,
+    ReferenceOption,
+    RequestChannel,
+    SubjectOption,
+    add_extend,
+    berlin,
+)
 
 app = typer.Typer(help="Data-subject requests (access, portability, …): open and answer, list, extend, show.")
-
-
-class RequestChannel(StrEnum):
-    letter = "letter"
-    email = "email"
-    portal = "portal"
-    phone = "phone"
 
 
 class Status(StrEnum):
@@ -43,12 +47,6 @@ class Status(StrEnum):
     all = "all"
 
 
-EmailOption = Annotated[str | None, typer.Option(help="the subject's e-mail address")]
-InsuranceOption = Annotated[str | None, typer.Option(help="the subject's health-insurance number")]
-SubjectOption = Annotated[str | None, typer.Option(help="our subject id")]
-ReceivedOption = Annotated[datetime | None, typer.Option(help="when it reached us, Berlin time (default: now)")]
-ChannelOption = Annotated[RequestChannel, typer.Option(help="how it reached us")]
-ReferenceOption = Annotated[str, typer.Option(help="file number; no personal data")]
 AnswerOption = Annotated[bool, typer.Option(help="answer it right away (else the follow-up does)")]
 
 
@@ -66,10 +64,8 @@ def open_and_answer(
 ) -> None:
     """Open the request (or join the open one), print its id, and answer it with the flow."""
     from flows.rights import handle_rights_request, open_request
-    from models.types import BERLIN
 
-    if received_at is not None and received_at.tzinfo is None:
-        received_at = received_at.replace(tzinfo=BERLIN)  # a date typed in Germany
+    received_at = berlin(received_at)
     opened = in_session(
         lambda s: (
             open_request(
@@ -193,14 +189,12 @@ def lift(
     from flows.amend import lift_restriction
     from flows.rights import write_outbox
     from models.erasure import find_subject
-    from models.types import BERLIN
 
     key = get_settings().hmac_key()
     found = in_session(
         lambda s: find_subject(s, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key).id
     )
-    if lifted_at is not None and lifted_at.tzinfo is None:
-        lifted_at = lifted_at.replace(tzinfo=BERLIN)
+    lifted_at = berlin(lifted_at)
     with clear_errors():
         result = lift_restriction(found, reason_text=reason, lifted_at=lifted_at)
         if not result.complete:
@@ -255,22 +249,13 @@ def list_requests(
         typer.echo("\t".join(row))
 
 
-@app.command("extend")
-def extend(
-    request_id: str,
-    months: Annotated[int, typer.Option(min=1, max=2)],
-    reason: Annotated[str, typer.Option(help="why more time is necessary (no personal data)")],
-    informed_on: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="when the subject was told")],
-) -> None:
-    """Extend the deadline by up to two months (Art. 12(3)); only within the first month."""
-    from core.clock import berlin_today
+def _extend_request(*args: Any) -> Any:
     from flows.rights import extend_request
-    from models.types import utcnow
 
-    due = in_session(
-        lambda s: extend_request(s, request_id, months, reason, informed_on.date(), berlin_today(utcnow())).due
-    )
-    typer.echo(f"request {request_id} now due {due.isoformat()}")
+    return extend_request(*args)
+
+
+add_extend(app, _extend_request)
 
 
 @app.command("show")
