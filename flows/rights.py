@@ -47,6 +47,7 @@ from connectors.transport import ProcessorError, redact
 from core.clock import berlin_today
 from core.settings import Settings, get_settings
 from flows import erasure_form as form
+from flows import journal
 from flows.common import JobFailed, counts_artifact, decision, one_line_failure, run_id, write_audit
 from flows.erasure_form import Text
 from models.audit import AuditEvent
@@ -119,6 +120,9 @@ class Outcome:
     summary: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     events: list[AuditEvent] = field(default_factory=list)
+    # False when the handler raised: the calls it made are not in `events`; the call
+    # journal brings them to the trail instead (``handle``).
+    calls_audited: bool = True
 
 
 Handler = Callable[[Ask], Outcome]
@@ -250,22 +254,25 @@ def _answer(ask: Ask) -> Outcome:
         return handler(ask)
     except ProcessorError as exc:
         what = f"HTTP {exc.status}" if exc.status is not None else (exc.reason or "no answer")
-        return Outcome(False, f"{exc.processor} {exc.operation}: {what} after {exc.attempts} attempt(s)")
+        why = f"{exc.processor} {exc.operation}: {what} after {exc.attempts} attempt(s)"
+        return Outcome(False, why, calls_audited=False)
     except ValueError as exc:  # our own checks: they name settings and fields, not people
-        return Outcome(False, f"not possible: {redact(str(exc))[:150]}")
+        return Outcome(False, f"not possible: {redact(str(exc))[:150]}", calls_audited=False)
     except Exception as exc:  # noqa: BLE001 - one request's bug must not stop the others
         get_run_logger().error("rights request %s: unexpected %s", ask.request_id, type(exc).__name__)
-        return Outcome(False, f"unexpected {type(exc).__name__}")
+        return Outcome(False, f"unexpected {type(exc).__name__}", calls_audited=False)
 
 
-def _record(ask: Ask, owner: str, outcome: Outcome) -> str:
-    """Write the outcome and its audit rows; 'completed', 'open' or 'claim_lost'."""
+def _record(ask: Ask, owner: str, outcome: Outcome, committed: AuditEvent | None = None) -> str:
+    """Write the outcome and its audit rows (with the call journal's `committed` row, when
+    its calls are among them); 'completed', 'open' or 'claim_lost'."""
+    marker = [committed] if committed is not None else []
     now = utcnow()
     with transaction() as session:
         request = session.get(RightsRequest, ask.request_id)
         if request is None or not held_by(request, owner):
             lost = decision(f"rights.{ask.right}", "claim_lost", None, ask.pseudonym, f"request={ask.request_id}")
-            write_audit(session, [*outcome.events, lost])
+            write_audit(session, [*outcome.events, lost, *marker])
             return "claim_lost"
         request.attempts += 1
         summary = " ".join(outcome.summary.split())[:MAX_TEXT]
@@ -281,7 +288,7 @@ def _record(ask: Ask, owner: str, outcome: Outcome) -> str:
             release(request)
             word = "open"
         detail = f"request={request.id} {summary}".strip()
-        events = [*outcome.events, decision(f"rights.{ask.right}", word, None, ask.pseudonym, detail)]
+        events = [*outcome.events, decision(f"rights.{ask.right}", word, None, ask.pseudonym, detail), *marker]
         write_audit(session, events)
     return word
 
@@ -300,8 +307,16 @@ def handle(
         ids = claim(session, owner, now, LEASE, request_ids, rights)
     counts: Counter[str] = Counter()
     for ask in _asks(ids, owner, now, settings):
-        outcome = _answer(ask)
-        word = _record(ask, owner, outcome)
+        # Every call a handler makes is journaled as it is made: one that raised, or a
+        # process killed before the outcome's commit, still has its calls audited (once).
+        job = f"rights.{ask.right}"
+        with journal.journaled(job) as batch:
+            outcome = _answer(ask)
+            word = _record(ask, owner, outcome, journal.committed(job, batch) if outcome.calls_audited else None)
+        if outcome.calls_audited:
+            journal.discard(batch)
+        else:
+            journal.settle_now()
         if word == "completed":
             counts["completed"] += 1
         elif word == "open":

@@ -496,3 +496,22 @@ def test_an_erasure_takes_what_the_outbox_holds_for_the_person_and_leaves_the_ot
     with transaction() as session:
         bert = session.exec(select(RightsRequest.id).where(RightsRequest.subject_id == subject_of(BERT).id)).one()
     assert sorted(p.name for p in outbox.iterdir()) == [str(bert)]
+
+
+def test_the_calls_of_a_handler_that_fails_still_reach_the_audit_trail_once(env, monkeypatch):
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+
+    def failing(ask):
+        cleverreach.from_settings(get_settings()).groups()  # a token and a read, then a bug
+        raise RuntimeError("a bug after the calls")
+
+    monkeypatch.setitem(rights.HANDLERS, Right.access, failing)
+    before = sum(sandbox_state(url)["cleverreach"]["calls"].values())
+    with pytest.raises(JobFailed, match="unexpected RuntimeError"):
+        handle_rights_request(right="access", email=ANNA.email)
+    made = sum(sandbox_state(url)["cleverreach"]["calls"].values()) - before
+    with transaction() as session:
+        calls = session.exec(select(AuditEntry).where(AuditEntry.action.startswith("call."))).all()
+        assert made == 2 and len(calls) == made and all("recovered=" in c.detail for c in calls)
+        assert verify(session, get_settings().hmac_key()).ok
