@@ -8,7 +8,7 @@ import io
 import json
 import os
 import uuid
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from scene import ANNA, BERT, DOC_KEY, everywhere, lines_of, subject_of, take_in
@@ -32,6 +32,7 @@ from flows.rights import (
 )
 from models.audit import AuditEntry, verify
 from models.db import transaction
+from models.deadlines import due_date
 from models.erasure import UnknownSubject
 from models.rights import Right, RightsRequest, claim
 from models.types import utcnow
@@ -285,12 +286,21 @@ def test_deadlines_and_extensions_as_for_erasure(env):
         rights.extend_request(session, rid, 1, "Rückfrage an 030901820", today, today)
     with transaction() as session:
         extended = rights.extend_request(session, rid, 2, "viele Auftragsverarbeiter", today, today)
-        assert extended.extension_months == 2 and extended.due > today + timedelta(days=28)
+        # Three months from the Berlin day of receipt, counted as erasure's are (models.deadlines).
+        assert extended.extension_months == 2 and extended.due == due_date(received, 2)
     with pytest.raises(ValueError, match="at most 2"), transaction() as session:
         rights.extend_request(session, rid, 1, "noch mehr", today, today)
-    # Without a handler for rectification (another module registers it) the request stays open.
+    # A request received at 23:30 UTC on 31 January is a Berlin 1 February one: due 1 March.
+    late = datetime(2027, 1, 31, 23, 30, tzinfo=UTC)
+    with transaction() as session:
+        request = rights.open_request(session, right="access", email=ANNA.email, received_at=late, now=late)
+        assert request.due == date(2027, 3, 1)
+        # After the first month an extension comes too late (Art. 12(3)).
+        with pytest.raises(ValueError, match="too late"):
+            rights.extend_request(session, request.id, 1, "Rückfragen", date(2027, 3, 2), date(2027, 3, 2))
+    # Still open months on, both are overdue.
     counts, flagged = rights.mark_deadlines(today + timedelta(days=200))
-    assert counts == {"overdue": 1} and flagged[0][0] == rid
+    assert counts == {"overdue": 2} and rid in {f[0] for f in flagged}
 
 
 def test_the_changes_of_a_rectification_are_stored_encrypted_and_blanked_when_done(env, monkeypatch):
