@@ -329,12 +329,14 @@ def _write_next_ahead(
 ) -> None:
     """Write the batch after this one ahead, in this batch's transaction, while its calls
     are on the wire; mark it on the cursor (``SyncCursor.ahead_*``), so the next batch's
-    step 1, if it starts there with the same size, only locks its cursor. A short batch (the
-    stream's end) is left to the next batch's own step 1: more may have come by then. Registered before it leaves all the same: these rows commit with this
-    batch, before the next batch sends anything; if this batch fails they roll back with
-    it. A record that changes later gets a later place in the stream, past the mark, and
-    is written ahead by the batch that sends it. Whoever is being erased or restricted is
-    left out, as in step 1."""
+    step 1, if it starts there with the same size, only locks its cursor. A short batch
+    (the stream's end) is left to the next batch's own step 1: more may have come by then.
+
+    Registered before it leaves all the same: these rows commit with this batch, before
+    the next batch sends anything; if this batch fails they roll back with it. A record
+    that changes later gets a later place in the stream, past the mark, and is written
+    ahead by the batch that sends it. Whoever is being erased or restricted is left out,
+    as in step 1."""
     rows = job.select_ahead(session, last_seq, limit)
     if len(rows) < limit:  # the stream's end: what follows may come before the next batch
         return
