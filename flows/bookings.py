@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import date
 from typing import Annotated
@@ -63,7 +63,7 @@ from models.bookings import (
 from models.cursors import cursor_position
 from models.db import transaction
 from models.parked import due_for_retry
-from models.recipients import Recipient, record_removed_for, record_sent_many
+from models.recipients import Recipient, record_removed_for, record_sent_by_purpose, record_sent_many
 from models.subjects import DataSubject
 from models.types import utcnow
 
@@ -144,6 +144,9 @@ class _Batch:
         self.customer_ids = self._customer_ids()
         # Per person, so each written by that person's worker only.
         self.sent: dict[uuid.UUID, str] = {}
+        # Video bookings registered at Flexperto: purpose (one per booking) → subject → customer,
+        # written with the batch's register in one statement, not one per booking.
+        self.video_sent: defaultdict[str, dict[uuid.UUID, str | None]] = defaultdict(dict)
         self.lock = threading.RLock()
 
     def note(self, counted: str, action: str, outcome: str, processor: str, pseudonym: str, booking: Booking) -> None:
@@ -198,7 +201,7 @@ class _Batch:
             booking.chat_purge_due = chat_purge_due(
                 booking.start_at, booking.duration_min, self.settings.video_chat_retention_days
             )
-            record_sent_many(self.session, flexperto.PROCESSOR, booking.video_purpose, {subject.id: customer}, self.now)
+            self.video_sent[booking.video_purpose][subject.id] = customer
         self.note("video_registered", "video.register", "sent", flexperto.PROCESSOR, subject.pseudonym, booking)
 
     def cancel(self, booking: Booking) -> None:
@@ -235,6 +238,7 @@ class _Batch:
 
     def commit_register(self) -> None:
         record_sent_many(self.session, timify.PROCESSOR, PURPOSE, dict(self.sent), self.now)
+        record_sent_by_purpose(self.session, flexperto.PROCESSOR, self.video_sent, self.now)
 
 
 def purge_chat(batch: _Batch, booking: Booking, pseudonym: str) -> bool:

@@ -7,7 +7,7 @@ one record is and how it is sent (``Job``); ``run_batch`` owns the rest, once:
 1. **Claim and write ahead** (one transaction, committed): the records after the job's
    cursor, the ones its last runs left to retry first; for each record that may carry a
    person's data somewhere, a "may hold" register row per (subject, processor, purpose)
-   (``models.recipients.record_may_hold_many``). From here on an erasure finds that data,
+   (``models.recipients.record_may_hold_by_purpose``). From here on an erasure finds that data,
    whatever happens to the calls: a crash, a fault, a rollback. A job that sends in bulk
    (the newsletter) has the batch before write this one ahead while its own calls were on
    the wire, committed with it (``_write_next_ahead``); then this step only locks the cursor.
@@ -58,7 +58,7 @@ from models.cursors import advance_cursor, get_cursor
 from models.db import transaction
 from models.erasure import being_erased
 from models.parked import ParkedItem, ParkState, drop, due_for_retry, get_item, park, resolve, retry_later
-from models.recipients import record_may_hold_many
+from models.recipients import record_may_hold_by_purpose
 from models.restriction import hold_back, restricted
 from models.types import utcnow
 
@@ -316,12 +316,13 @@ def _select(
 
 
 def _write_ahead(session: Session, reaches: Iterable[Reach], now: datetime) -> int:
-    grouped: dict[tuple[str, str], dict[uuid.UUID, str | None]] = defaultdict(dict)
+    """The reaches' "may hold" rows, one statement per processor; how many."""
+    grouped: dict[str, dict[str, dict[uuid.UUID, str | None]]] = defaultdict(lambda: defaultdict(dict))
     for reach in reaches:
-        grouped[reach.processor, reach.purpose].setdefault(reach.subject_id, reach.external_id)
-    for (processor, purpose), subjects in sorted(grouped.items()):
-        record_may_hold_many(session, processor, purpose, subjects, now)
-    return sum(map(len, grouped.values()))
+        grouped[reach.processor][reach.purpose].setdefault(reach.subject_id, reach.external_id)
+    for processor, by_purpose in sorted(grouped.items()):
+        record_may_hold_by_purpose(session, processor, by_purpose, now)
+    return sum(len(subjects) for by_purpose in grouped.values() for subjects in by_purpose.values())
 
 
 def _write_next_ahead(

@@ -34,7 +34,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy import func
@@ -81,7 +81,8 @@ def journaled(job: str) -> Iterator[str]:
         hidden.rename(folder / f"{batch}{_SUFFIX}")
 
         def write(call: CallRecord) -> None:
-            line = json.dumps({"job": job, **asdict(call)}, separators=(",", ":")) + "\n"
+            # vars(), not asdict(): the record is flat, and asdict's deep copy costs twice the line
+            line = json.dumps({"job": job, **vars(call)}, separators=(",", ":")) + "\n"
             with lock:  # calls come from worker threads too
                 file.write(line)
                 file.flush()  # in the OS's hands: a killed process loses nothing written

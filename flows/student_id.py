@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import Counter
+import uuid
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from typing import Annotated
@@ -59,11 +60,10 @@ from models.isic import (
     delete_documents,
     deletions_pending,
     documents_due,
-    open_document,
-    photo,
+    sealed_photo,
 )
 from models.parked import due_for_retry
-from models.recipients import record_removed_for, record_sent_many
+from models.recipients import record_removed_for, record_sent_by_purpose
 from models.subjects import DataSubject
 from models.types import utcnow
 
@@ -88,6 +88,9 @@ class _Batch:
         ids = list({o.subject_id for o in orders})
         self.subjects = {s.id: s for s in session.exec(select(DataSubject).where(col(DataSubject.id).in_(ids)))}
         self.lock = threading.RLock()
+        # Purpose → subject id → order reference of the orders the issuer confirmed: "holds"
+        # in the register in one statement per purpose at the batch's end, not per order.
+        self.sent: defaultdict[str, dict[uuid.UUID, str | None]] = defaultdict(dict)
 
     def decide(self, action: str, outcome: str, order: IsicOrder, count: str | None = None) -> None:
         with self.lock:
@@ -152,12 +155,12 @@ def forward(batch: _Batch, order: IsicOrder, cipher: DocumentCipher) -> None:
     )
     with batch.lock:
         order.cardholder_set_at = batch.now
-        document = photo(batch.session, order)
-        if document is None:  # purged or never there: a card without a photo is useless
-            raise ValueError(f"order {order.order_ref} has no photo")
-        media_type, content = document.media_type, open_document(batch.session, document, cipher)
-    batch.client.set_photo(order.order_ref, content, media_type)
-    del content  # a photo may be megabytes: not kept while the card is requested
+        sealed = sealed_photo(batch.session, order.id)
+    if sealed is None:  # purged or never there: a card without a photo is useless
+        raise ValueError(f"order {order.order_ref} has no photo")
+    content = sealed.open(cipher)  # outside the lock: the other workers' calls go on meanwhile
+    batch.client.set_photo(order.order_ref, content, sealed.media_type)
+    del content, sealed  # a photo may be megabytes: not kept while the card is requested
     with batch.lock:
         order.photo_set_at = batch.now
     card = batch.client.request_card(order.order_ref)
@@ -165,7 +168,7 @@ def forward(batch: _Batch, order: IsicOrder, cipher: DocumentCipher) -> None:
         order.card_number, order.card_status = card["cardNumber"], card["status"]
         order.card_has_photo = bool(card.get("hasPhoto"))
         order.status = OrderStatus.forwarded
-        record_sent_many(batch.session, PROCESSOR, order.purpose, {order.subject_id: order.order_ref}, batch.now)
+        batch.sent[order.purpose][order.subject_id] = order.order_ref
     batch.decide("isic.forward", "sent", order, "forwarded")
 
 
@@ -250,6 +253,7 @@ class ForwardJob(StreamJob):
         return batch.events.pop()
 
     def finish(self, batch: _Batch) -> tuple[Counter[str], list[AuditEvent]]:
+        record_sent_by_purpose(batch.session, PROCESSOR, batch.sent, batch.now)
         return batch.counts, batch.events
 
 

@@ -108,9 +108,13 @@ class DocumentCipher:
     def open(self, ciphertext: bytes, key: DocumentKey | None) -> bytes:
         """The document's bytes: with its data key, or, for a document stored before data
         keys (`key` None), with the master key directly."""
-        if key is None:
+        return self.open_wrapped(ciphertext, None if key is None else key.wrapped)
+
+    def open_wrapped(self, ciphertext: bytes, wrapped: bytes | None) -> bytes:
+        """``open`` given the data key as stored (wrapped), or None for the master key."""
+        if wrapped is None:
             return self.decrypt(ciphertext)
-        data_key = self.decrypt(key.wrapped)
+        data_key = self.decrypt(wrapped)
         try:
             return Fernet(data_key).decrypt(ciphertext)
         except InvalidToken:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import date, datetime
+from typing import NamedTuple
 
-from sqlalchemy import LargeBinary, delete, func
+from sqlalchemy import LargeBinary, bindparam, delete, func
 from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.db import skip_locked
@@ -214,6 +215,45 @@ def documents_due(session: Session, today: date, limit: int) -> list[IsicOrder]:
 def photo(session: Session, order: IsicOrder) -> IsicDocument | None:
     query = select(IsicDocument).where(IsicDocument.order_id == order.id, IsicDocument.kind == DocumentKind.photo)
     return session.exec(query).first()
+
+
+class SealedPhoto(NamedTuple):
+    """An order's photo as stored: its media type, ciphertext and wrapped data key (None: a
+    document stored before data keys)."""
+
+    media_type: str
+    ciphertext: bytes
+    wrapped_key: bytes | None
+
+    def open(self, cipher: DocumentCipher) -> bytes:
+        """The photo's bytes (ValueError when the key does not fit)."""
+        return cipher.open_wrapped(self.ciphertext, self.wrapped_key)
+
+
+# Built once: a statement made per order cost more than the query itself.
+_PHOTO = (
+    select(IsicDocument.media_type, IsicDocument.ciphertext, IsicDocument.key_id, DocumentKey.wrapped)
+    .outerjoin(DocumentKey, col(DocumentKey.id) == IsicDocument.key_id)
+    .where(IsicDocument.order_id == bindparam("order_id"), IsicDocument.kind == DocumentKind.photo)
+    .limit(1)
+)
+
+
+def sealed_photo(session: Session, order_id: uuid.UUID) -> SealedPhoto | None:
+    """The order's photo, still encrypted; None when it is gone (purged, or never there).
+
+    One statement for the document and its data key, read through the session's connection:
+    the batch's pending changes to its orders are not flushed for it (they go at the
+    commit, one statement per kind of change), and no ORM object holds the ciphertext. The
+    caller decrypts (``SealedPhoto.open``) wherever it likes, e.g. outside a lock.
+    """
+    row = session.connection().execute(_PHOTO, {"order_id": order_id}).first()
+    if row is None:
+        return None
+    media_type, ciphertext, key_id, wrapped = row
+    if key_id is not None and wrapped is None:
+        raise ValueError("the document's data key was destroyed")
+    return SealedPhoto(media_type, ciphertext, wrapped)
 
 
 def open_document(session: Session, document: IsicDocument, cipher: DocumentCipher) -> bytes:

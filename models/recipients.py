@@ -19,7 +19,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import cache
 from operator import attrgetter
@@ -76,7 +76,16 @@ def record_sent_many(
     subject gets its row; a known one keeps its first-sent time and id, gets the new
     external id if the processor named one, and is live again.
     """
-    _insert_rows(session, _upsert, processor, purpose, sent, now, confirmed_at=now)
+    record_sent_by_purpose(session, processor, {purpose: sent}, now)
+
+
+def record_sent_by_purpose(
+    session: Session, processor: str, by_purpose: Mapping[str, Mapping[uuid.UUID, str | None]], now: datetime
+) -> None:
+    """``record_sent_many`` for several purposes at once (purpose → subject id → external
+    id), still one statement: a purpose per order or booking (``student-id:<order>``)
+    would otherwise cost a statement per record."""
+    _insert_rows(session, _upsert, processor, by_purpose, now, confirmed_at=now)
 
 
 def record_confirmed_many(
@@ -125,39 +134,62 @@ def record_may_hold_many(
     One INSERT … ON CONFLICT for the batch: a new subject gets a "may hold" row; a live row
     stays as it is (a "holds" stays "holds"); a removed one is live again as "may hold".
     """
-    _insert_rows(session, _write_ahead, processor, purpose, subjects, now, confirmed_at=None)
+    record_may_hold_by_purpose(session, processor, {purpose: subjects}, now)
+
+
+def record_may_hold_by_purpose(
+    session: Session, processor: str, by_purpose: Mapping[str, Mapping[uuid.UUID, str | None]], now: datetime
+) -> None:
+    """``record_may_hold_many`` for several purposes at once, in one statement."""
+    _insert_rows(session, _write_ahead, processor, by_purpose, now, confirmed_at=None)
 
 
 def _insert_rows(
     session: Session,
-    statement: Callable[[str], TextClause],
+    statement: Callable[[str, bool], TextClause],
     processor: str,
-    purpose: str,
-    subjects: dict[uuid.UUID, str | None],
+    by_purpose: Mapping[str, Mapping[uuid.UUID, str | None]],
     now: datetime,
     confirmed_at: datetime | None,
 ) -> None:
-    """One INSERT … SELECT … ON CONFLICT (`statement`, by dialect) for these subjects' rows.
+    """One INSERT … SELECT … ON CONFLICT (`statement`, by dialect) for these rows
+    (purpose → subject id → external id).
 
-    The rows go in as one JSON array of [subject id, external id], unpacked by the database
-    (``_json_rows``), their new ids made there too: bound row by row, Python's binding and
-    type processing cost more than the database's own work.
+    The rows go in as one JSON array of [subject id, external id] (and the purpose, when
+    there are several), unpacked by the database (``_json_rows``), their new ids made there
+    too: bound row by row, Python's binding and type processing cost more than the
+    database's own work.
 
     Whoever works on this processor's data for the purpose (``core.catalogue``: USU on the
     newsletter at CleverReach) gets a "may hold" row too, in the same transaction.
     """
-    if not subjects:
+    by_purpose = {purpose: subjects for purpose, subjects in by_purpose.items() if subjects}
+    if not by_purpose:
         return
-    for other in co_recipients(processor, purpose):
-        _insert_rows(session, _write_ahead, other, purpose, dict.fromkeys(subjects), now, confirmed_at=None)
+    others: dict[str, dict[str, dict[uuid.UUID, str | None]]] = {}
+    for purpose, subjects in by_purpose.items():
+        for other in co_recipients(processor, purpose):
+            others.setdefault(other, {})[purpose] = dict.fromkeys(subjects)
+    for other, theirs in others.items():
+        _insert_rows(session, _write_ahead, other, theirs, now, confirmed_at=None)
     # In subject order: both indexes the statement touches are keyed by subject, and sorted
     # inserts reuse the pages they just read instead of fetching one per row.
-    ordered = sorted(subjects, key=attrgetter("int"))
+    if len(by_purpose) == 1:
+        [(purpose, subjects)] = by_purpose.items()
+        rows: list[list[str | None]] = [
+            [subject.hex, subjects[subject]] for subject in sorted(subjects, key=attrgetter("int"))
+        ]
+    else:
+        purpose = ""  # one per row
+        keyed = sorted(
+            (subject.int, p, subject.hex, ext) for p, them in by_purpose.items() for subject, ext in them.items()
+        )
+        rows = [[hex_, ext, p] for _, p, hex_, ext in keyed]
     head, start = _ascending_ids()
     session.connection().execute(
-        statement(session.get_bind().dialect.name),
+        statement(session.get_bind().dialect.name, len(by_purpose) > 1),
         {
-            "rows": json.dumps([[subject.hex, subjects[subject]] for subject in ordered]),
+            "rows": json.dumps(rows),
             "head": head,
             "start": start,
             "processor": processor,
@@ -182,17 +214,20 @@ def _ascending_ids() -> tuple[str, int]:
 _COLUMNS = "id, subject_id, external_id, processor, purpose, first_sent_at, last_sent_at, confirmed_at"
 
 
-def _json_rows(dialect: str) -> str:
-    """The SELECT of ``_insert_rows``' rows from its JSON array (:rows), per dialect."""
+def _json_rows(dialect: str, purpose_per_row: bool) -> str:
+    """The SELECT of ``_insert_rows``' rows from its JSON array (:rows), per dialect; the
+    purpose is :purpose, or each row's third element."""
     if dialect == "sqlite":  # a UUID is its 32 hex digits; "WHERE true" parts SELECT from ON CONFLICT
+        purpose = "json_extract(j.value, '$[2]')" if purpose_per_row else ":purpose"
         return (
             "SELECT :head || printf('%015x', :start + j.key), json_extract(j.value, '$[0]'),"
-            " json_extract(j.value, '$[1]'), :processor, :purpose, :now, :now, :confirmed_at"
+            f" json_extract(j.value, '$[1]'), :processor, {purpose}, :now, :now, :confirmed_at"
             " FROM json_each(:rows) AS j WHERE true"
         )
+    purpose = "j.v ->> 2" if purpose_per_row else ":purpose"
     return (
         "SELECT CAST(:head || lpad(to_hex(:start + j.n), 15, '0') AS uuid), CAST(j.v ->> 0 AS uuid),"
-        " j.v ->> 1, :processor, :purpose, CAST(:now AS timestamptz), CAST(:now AS timestamptz),"
+        f" j.v ->> 1, :processor, {purpose}, CAST(:now AS timestamptz), CAST(:now AS timestamptz),"
         " CAST(:confirmed_at AS timestamptz) FROM json_array_elements(CAST(:rows AS json)) WITH ORDINALITY AS j(v, n)"
     )
 
@@ -202,10 +237,10 @@ def _typed(sql: str) -> TextClause:
 
 
 @cache
-def _upsert(dialect: str) -> TextClause:
+def _upsert(dialect: str, purpose_per_row: bool) -> TextClause:
     """INSERT … ON CONFLICT (subject, processor, purpose) DO UPDATE: the row holds now."""
     return _typed(
-        f"INSERT INTO recipient ({_COLUMNS}) {_json_rows(dialect)}"
+        f"INSERT INTO recipient ({_COLUMNS}) {_json_rows(dialect, purpose_per_row)}"
         " ON CONFLICT (subject_id, processor, purpose) DO UPDATE SET"
         " external_id = coalesce(excluded.external_id, recipient.external_id),"
         " last_sent_at = excluded.last_sent_at, confirmed_at = excluded.confirmed_at, removed_at = NULL"
@@ -213,10 +248,10 @@ def _upsert(dialect: str) -> TextClause:
 
 
 @cache
-def _write_ahead(dialect: str) -> TextClause:
+def _write_ahead(dialect: str, purpose_per_row: bool) -> TextClause:
     """INSERT … ON CONFLICT DO UPDATE that makes a row live without un-confirming it."""
     return _typed(
-        f"INSERT INTO recipient ({_COLUMNS}) {_json_rows(dialect)}"
+        f"INSERT INTO recipient ({_COLUMNS}) {_json_rows(dialect, purpose_per_row)}"
         " ON CONFLICT (subject_id, processor, purpose) DO UPDATE SET"
         " external_id = coalesce(recipient.external_id, excluded.external_id),"
         " confirmed_at = CASE WHEN recipient.removed_at IS NULL THEN recipient.confirmed_at END,"

@@ -140,7 +140,7 @@ def test_a_crash_after_the_card_request_does_not_request_a_second_card(isic_env,
     url, base = isic_env
     take_in(base, order("O-1"))
     monkeypatch.setattr(
-        "flows.student_id.record_sent_many", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed"))
+        "flows.student_id.record_sent_by_purpose", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed"))
     )
     with pytest.raises(RuntimeError):
         student_id.forward_student_id_orders()
