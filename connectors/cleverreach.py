@@ -75,6 +75,28 @@ def check_allowed(list_name: str, receiver: Mapping[str, Any]) -> None:
             raise ValueError(f"field {key} is not allowed for list {list_name}")
 
 
+def check_allowed_many(list_name: str, receivers: Sequence[Mapping[str, Any]]) -> None:
+    """``check_allowed`` for a batch: the union of the receivers' fields is checked once
+    (a set union runs in C; a check per receiver cost a tenth of the upsert's client time),
+    and only a batch that holds a field too many is walked to name it.
+
+    >>> check_allowed_many("newsletter", [{"email": "a@b.de"}, {"email": "c@d.de", "iban": "x"}])
+    Traceback (most recent call last):
+    ...
+    ValueError: field iban is not allowed for list newsletter
+    """
+    allowed = ALLOWED_FIELDS[list_name]
+    fields: set[str] = set().union(*receivers)
+    if _TOP_LEVEL[list_name].issuperset(fields) and all(
+        allowed[key].issuperset(set().union(*(r[key] for r in receivers if key in r)))
+        for key in _NESTED
+        if key in fields
+    ):
+        return
+    for receiver in receivers:
+        check_allowed(list_name, receiver)
+
+
 class CleverReach:
     """A CleverReach account. Plain methods; results are the API's JSON, errors the two kinds."""
 
@@ -120,8 +142,7 @@ class CleverReach:
         Idempotent (keyed by e-mail at CleverReach), so a batch may be sent again after a
         crash or a dropped connection. A 413 halves the batch for the rest of this call.
         """
-        for receiver in receivers:
-            check_allowed(list_name, receiver)
+        check_allowed_many(list_name, receivers)
         result: list[dict] = []
         size, start = self.batch_size, 0
         while start < len(receivers):
