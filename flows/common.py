@@ -328,6 +328,10 @@ class Pace:
     ...     pace.observe(0.1)  # calls answered after 100 ms
     >>> pace.limit
     7
+    >>> pace = Pace(least=1, most=8)
+    >>> pace.observe(0.1, calls=4)  # one order's four calls, 100 ms each
+    >>> pace.limit
+    7
     """
 
     def __init__(self, least: int, most: int, per_worker: float = 0.015):
@@ -338,11 +342,16 @@ class Pace:
         self._active = 0
         self._changed = threading.Condition()
 
-    def observe(self, seconds: float) -> None:
-        """A unit's calls took `seconds` each (wall): adjust how many may be in flight."""
+    def observe(self, seconds: float, calls: int = 1) -> None:
+        """A unit's `calls` took `seconds` each (wall): adjust how many may be in flight.
+
+        Each call counts as one observation: the first student-ID order's four calls
+        after 100 ms open the pool at once, where counting the order once kept every batch
+        at one call in flight for its first four orders (1.6 s at a tenth of the rate).
+        """
         with self._changed:
             self.last = seconds
-            self._recent.append(seconds)
+            self._recent.extend([seconds] * max(1, min(calls, self._recent.maxlen or 1)))
             typical = sorted(self._recent)[len(self._recent) // 2] if len(self._recent) >= 3 else 0.0
             limit = max(self.least, min(self.most, 1 + int(typical / self.per_worker)))
             if limit != self.limit:
@@ -360,7 +369,8 @@ class Pace:
         try:
             yield
         finally:
-            self.observe((time.perf_counter() - started) / max(1, calls_on_this_thread() - calls))
+            made = max(1, calls_on_this_thread() - calls)
+            self.observe((time.perf_counter() - started) / made, made)
             with self._changed:
                 self._active -= 1
                 self._changed.notify()
