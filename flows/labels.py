@@ -154,6 +154,9 @@ LABELS: dict[str, Label] = {
     "retention_awaiting": Label("Löschung angenommen, Prüfung folgt", "Deletion accepted, read back later"),
     "retention_failed": Label("Löschung fehlgeschlagen, nächster Lauf", "Deletion failed, the next run tries again"),
     "retention_overdue": Label("Über die Löschfrist hinaus gespeichert", "Kept past the deletion period"),
+    "retention_held_by_restriction": Label(
+        "Löschung ausgesetzt: Verarbeitung eingeschränkt (Art. 18)", "Held by restriction (Art. 18): not deleted"
+    ),
     # erasure requests: urgency (models.erasure.Urgency) -----------------------------------
     "on_time": Label("Offene Löschanträge, Frist gewahrt", "Open erasure requests, on time"),
     "due_soon": Label(
@@ -289,6 +292,7 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "retention_awaiting",
         "retention_failed",
         "retention_overdue",
+        "retention_held_by_restriction",
     ),
 }
 

@@ -11,6 +11,11 @@ While a subject is restricted the delivery path sends nothing new of theirs
 job and record id) instead of being sent, parked or passed over. Lifting the restriction
 hands those records to the jobs' retry queue (``models.parked``): their next runs send
 them first, as they are then.
+
+Nor do the retention purges delete it (``restricted_subject``: the opt-in expiry, the video
+chat and student-ID document purges, the TIMIFY retention rule): a restricted record is
+held, counted as "held by restriction", not overdue; the first run after the lift deletes
+what is due by then.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import ColumnElement, UniqueConstraint, exists
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.parked import ParkedItem, ParkState
@@ -86,6 +92,14 @@ def restricted(session: Session) -> set[uuid.UUID]:
     """Every subject restricted now (few: a restriction is a rare request)."""
     query = select(Restriction.subject_id).where(col(Restriction.lifted_at).is_(None))
     return set(session.exec(query))
+
+
+def restricted_subject(subject_column: Any) -> ColumnElement[bool]:
+    """SQL condition: the row's subject (`subject_column`) is restricted now. Negated
+    (``~restricted_subject(…)``) in the retention purges' selections: a restricted person's
+    data is kept, not erased, while the restriction lasts (Art. 18(1)(b), (c)); a row
+    without a subject is never restricted."""
+    return exists().where(Restriction.subject_id == subject_column, col(Restriction.lifted_at).is_(None))
 
 
 def active_restriction(session: Session, subject_id: uuid.UUID) -> Restriction | None:
