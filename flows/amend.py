@@ -11,10 +11,11 @@ consent (Art. 21, 7(3) GDPR), at the controller and at every recipient.
   Processors without an API get a generated letter (Art. 19).
 - **Restriction** (``restrict``, ``lift_restriction``): the subject is marked restricted
   (``models.restriction``), so the delivery path holds back whatever would carry their data
-  (``flows.delivery``); where the API can, the record is made inactive there (CleverReach:
-  the receiver is deactivated in its group), elsewhere a letter says what to do. Lifted by
-  the officer with a reason and a date: reactivated where it was deactivated, letters, and
-  the held-back records go to the jobs' retry queue.
+  (``flows.delivery``) and the retention purges keep it (``models.retention``); where the
+  API can, the record is made inactive there (CleverReach: the receiver is deactivated in
+  its group), elsewhere a letter says what to do. Lifted by the officer with a reason, a
+  date and the day the person was told beforehand (Art. 18(3)): reactivated where it was
+  deactivated, letters, and the held-back records go to the jobs' retry queue.
 - **Objection / withdrawal of everything** (``object_to_all``): every consent of the person
   on every list is withdrawn through the consent state machine (``models.consent``: event
   time and channel recorded), and the receivers are removed at CleverReach by the newsletter
@@ -45,6 +46,7 @@ from connectors.amend import Holder
 from connectors.erasure import NotVerified
 from connectors.transport import ProcessorError
 from core import catalogue
+from core.clock import berlin_today
 from core.settings import get_settings
 from flows.common import call_events, decision, reason, write_audit
 from flows.delivery import run_batch
@@ -58,7 +60,7 @@ from models.db import transaction
 from models.erasure import Channel, UnknownSubject, check_free_text
 from models.isic import IsicOrder
 from models.recipients import Recipient, live_recipient_ids_among
-from models.restriction import Restriction, active_restriction, release
+from models.restriction import Restriction, active_restriction, check_informed_on, release
 from models.rights import Changes, Right
 from models.subjects import DataSubject
 from models.types import event_key, utcnow
@@ -119,6 +121,7 @@ class AmendOutcome:
     local: dict[str, int] = field(default_factory=dict)  # our own rows changed, by table
     complete: bool = True
     ref: str = ""  # the restriction's id (restriction, lift): names its outbox folder
+    informed_on: date | None = None  # a lift: the day the person was told before it (Art. 18(3))
 
     @property
     def counts(self) -> dict[str, int]:
@@ -128,13 +131,16 @@ class AmendOutcome:
 
     def report(self) -> dict[str, Any]:
         """The Art. 19 report: every recipient, what was done and how; no personal data."""
-        return {
+        report: dict[str, Any] = {
             "right": self.right,
             "subject": self.pseudonym,
             "complete": self.complete,
             "recipients": [t.row() for t in self.told],
             "controller": self.local,
         }
+        if self.informed_on is not None:
+            report["informed_on"] = self.informed_on.isoformat()
+        return report
 
     def summary(self) -> str:
         """One line without personal data (counts only)."""
@@ -545,16 +551,20 @@ def lift_restriction(
     subject_id: uuid.UUID | str,
     *,
     reason_text: str,
+    informed_on: date | None,
     lifted_at: datetime | None = None,
     reference: str | None = None,
     settings: Any = None,
     now: datetime | None = None,
 ) -> AmendOutcome:
-    """Lift the subject's restriction (the officer decides, with a reason and a date):
-    reactivated where it was deactivated (unless the consent behind it no longer stands),
-    letters where one was sent, and the records held back meanwhile go to the jobs' retry
-    queue. When a reactivation fails, nothing is lifted (``complete`` is False, the attempt
-    audited): run it again. ValueError when no restriction is in force."""
+    """Lift the subject's restriction (the officer decides, with a reason and a date, having
+    told the person before, on `informed_on`: Art. 18(3)): reactivated where it was
+    deactivated (unless the consent behind it no longer stands), letters where one was
+    sent, and the records held back meanwhile go to the jobs' retry queue. When a
+    reactivation fails, nothing is lifted (``complete`` is False, the attempt audited): run
+    it again. ValueError when no restriction is in force; ``InformedOnError`` (a ValueError)
+    when `informed_on` is missing, in the future (Berlin), before the restriction began or
+    after the lift. Either way before any call: nothing changes."""
     settings, now = settings or get_settings(), now or utcnow()
     lifted_at = lifted_at or now
     if lifted_at.tzinfo is None:
@@ -569,11 +579,12 @@ def lift_restriction(
             raise ValueError("no restriction in force for this data subject")
         if lifted_at < restriction.restricted_at:
             raise ValueError("lifted_at lies before the restriction began")
+        told_on = check_informed_on(informed_on, restriction.restricted_at, lifted_at, berlin_today(now))
         sid, pseudonym, email = subject.id, subject.pseudonym, subject.email
         was_deactivated = set(restriction.deactivated_at())
         recipients = _recipients(session, sid)
         lapsed = _lapsed_lists(session, sid)
-    outcome = AmendOutcome("lift", pseudonym, ref=str(restriction.id))
+    outcome = AmendOutcome("lift", pseudonym, ref=str(restriction.id), informed_on=told_on)
     clients, events = Clients(settings), []
     reference = reference or str(restriction.request_id or sid)
     for recipient in recipients:
@@ -608,9 +619,14 @@ def lift_restriction(
         restriction = active_restriction(session, sid)
         assert restriction is not None
         restriction.lifted_at, restriction.lift_reason, restriction.lift_recorded_at = lifted_at, why, now
+        restriction.lift_informed_on = told_on
         released = release(session, sid, now)
         outcome.local = {"released": released} if released else {}
-        events.append(decision("restriction.lift", "recorded", None, pseudonym, released=released))
+        events.append(
+            decision(
+                "restriction.lift", "recorded", None, pseudonym, released=released, informed_on=told_on.isoformat()
+            )
+        )
         _audit(session, clients, {r.processor for r in recipients}, events)
     log.info("restriction of %s lifted: %s", pseudonym, outcome.summary())
     return outcome

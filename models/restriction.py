@@ -2,7 +2,8 @@
 the jobs held back meanwhile.
 
 A ``Restriction`` row marks the subject restricted from ``restricted_at`` until an officer
-lifts it (``lifted_at``, with its reason). Pseudonymous only: the subject's id, the rights
+lifts it (``lifted_at``, with its reason and the day the person was told beforehand,
+``lift_informed_on``: Art. 18(3)). Pseudonymous only: the subject's id, the rights
 request's id, the officer's reasons (checked free text, no personal data), dates, and which
 processor records were made inactive (``deactivated``: "processor purpose" lines).
 
@@ -22,14 +23,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, UniqueConstraint, exists
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.parked import ParkedItem, ParkState
-from models.types import UTCDateTime, classify, new_id
+from models.types import BERLIN, UTCDateTime, classify, new_id
 
 MAX_REASON = 300
 
@@ -49,6 +50,9 @@ class Restriction(SQLModel, table=True):
     lifted_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     lift_reason: str | None = Field(default=None, max_length=MAX_REASON)
     lift_recorded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The Berlin calendar day the person was told the restriction would be lifted (Art. 18(3):
+    # informed before the lift); required by every lift (``check_informed_on``).
+    lift_informed_on: date | None = None
 
     def deactivated_at(self) -> list[tuple[str, str]]:
         """(processor, purpose) of every record made inactive for this restriction."""
@@ -63,7 +67,15 @@ class Restriction(SQLModel, table=True):
 classify(
     Restriction,
     pseudonymous=["id", "subject_id", "request_id", "deactivated"],
-    not_personal=["reason", "restricted_at", "recorded_at", "lifted_at", "lift_reason", "lift_recorded_at"],
+    not_personal=[
+        "reason",
+        "restricted_at",
+        "recorded_at",
+        "lifted_at",
+        "lift_reason",
+        "lift_recorded_at",
+        "lift_informed_on",
+    ],
 )
 
 
@@ -100,6 +112,30 @@ def restricted_subject(subject_column: Any) -> ColumnElement[bool]:
     data is kept, not erased, while the restriction lasts (Art. 18(1)(b), (c)); a row
     without a subject is never restricted."""
     return exists().where(Restriction.subject_id == subject_column, col(Restriction.lifted_at).is_(None))
+
+
+class InformedOnError(ValueError):
+    """The day the person was told of the lift (Art. 18(3)) is missing or cannot be right."""
+
+
+def check_informed_on(informed_on: date | None, restricted_at: datetime, lifted_at: datetime, today: date) -> date:
+    """`informed_on`, the Berlin calendar day the person was told the restriction will be
+    lifted (Art. 18(3): before it is lifted), or InformedOnError saying what is wrong: none
+    given, not a plain date, in the future (after `today`, Berlin), before the restriction
+    began or after the lift."""
+    if informed_on is None:
+        raise InformedOnError(
+            "informed_on is required: the day the person was told the restriction will be lifted (Art. 18(3))"
+        )
+    if isinstance(informed_on, datetime) or not isinstance(informed_on, date):
+        raise InformedOnError("informed_on must be a calendar date (YYYY-MM-DD)")
+    if informed_on > today:
+        raise InformedOnError("informed_on lies in the future")
+    if informed_on < restricted_at.astimezone(BERLIN).date():
+        raise InformedOnError("informed_on lies before the restriction began")
+    if informed_on > lifted_at.astimezone(BERLIN).date():
+        raise InformedOnError("informed_on lies after the lift: the person is told before it (Art. 18(3))")
+    return informed_on
 
 
 def active_restriction(session: Session, subject_id: uuid.UUID) -> Restriction | None:

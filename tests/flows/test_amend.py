@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 from sqlmodel import select
 
 from connectors.cleverreach import CleverReachAmender
+from core.clock import berlin_today
 from core.settings import get_settings
 from flows import amend, bookings, newsletter, student_id
 from flows.intake import intake_lines
@@ -58,6 +59,11 @@ def env(against_sandbox, monkeypatch, tmp_path):
     (tmp_path / "ausweis.png").write_bytes(PNG_BYTES)
     (tmp_path / "foto.jpg").write_bytes(JPEG_BYTES)
     return against_sandbox, tmp_path
+
+
+def told_on():
+    """The day the person was told of a lift (Art. 18(3)): today, Berlin."""
+    return berlin_today(utcnow())
 
 
 def ago(hours: float) -> str:
@@ -375,8 +381,8 @@ def test_restriction_holds_the_next_push_of_every_job_and_lifting_lets_it_go(env
     assert bookings.push_bookings().get("held_restricted") is None
 
     with pytest.raises(ValueError, match="reason"):
-        amend.lift_restriction(sid, reason_text="")
-    lifted = amend.lift_restriction(sid, reason_text="Richtigkeit geprüft, Daten korrekt")
+        amend.lift_restriction(sid, reason_text="", informed_on=told_on())
+    lifted = amend.lift_restriction(sid, reason_text="Richtigkeit geprüft, Daten korrekt", informed_on=told_on())
     assert lifted.complete and lifted.local == {"released": 3}
     assert by_processor(lifted)["cleverreach consent:newsletter"] == "reactivated"
     back = receiver(url, "1001", OLD["email"])
@@ -396,7 +402,7 @@ def test_restriction_holds_the_next_push_of_every_job_and_lifting_lets_it_go(env
         assert all(h.released_at is not None for h in session.exec(select(RestrictionHold)))
         assert {i.state for i in session.exec(select(ParkedItem))} == {"resolved"}
     with pytest.raises(ValueError, match="no restriction in force"):
-        amend.lift_restriction(sid, reason_text="nochmal")
+        amend.lift_restriction(sid, reason_text="nochmal", informed_on=told_on())
 
 
 def test_a_withdrawal_still_goes_while_restricted(env):
@@ -419,7 +425,7 @@ def test_a_withdrawal_still_goes_while_restricted(env):
     )
     newsletter.sync_newsletter_consents()
     assert receiver(url, "1001", "bert@example.de") is None
-    lifted = amend.lift_restriction(sid, reason_text="erledigt")
+    lifted = amend.lift_restriction(sid, reason_text="erledigt", informed_on=told_on())
     assert "cleverreach consent:newsletter" not in by_processor(lifted)  # removed: nothing to reactivate
 
 
@@ -495,7 +501,9 @@ def test_every_request_through_the_command_line_and_the_rights_flow(env):
 
     assert '"deactivated": 1' in psync("restriction", "--email", "bert.neu@example.de")
     assert receiver(url, "1001", "bert.neu@example.de")["active"] is False
-    lifted = psync("lift", "--email", "bert.neu@example.de", "--reason", "Richtigkeit geprüft")
+    lifted = psync(
+        "lift", "--email", "bert.neu@example.de", "--reason", "Richtigkeit geprüft", "--informed-on", str(told_on())
+    )
     assert '"reactivated"' in lifted and "bert" not in lifted
     assert receiver(url, "1001", "bert.neu@example.de")["active"] is True
 
@@ -550,7 +558,7 @@ def test_a_lift_whose_reactivation_fails_lifts_nothing_and_a_second_lift_complet
     amend.restrict(sid, reason_text="Richtigkeit bestritten")
     assert receiver(url, "1001", "carla@example.de")["active"] is False
     monkeypatch.setattr(CleverReachAmender, "reactivate", lambda self, client, holder: False)
-    failed = amend.lift_restriction(sid, reason_text="geprüft")
+    failed = amend.lift_restriction(sid, reason_text="geprüft", informed_on=told_on())
     assert failed.complete is False
     with transaction() as session:  # still in force: the receiver stays paused, and is no unsubscribe
         assert active_restriction(session, sid) is not None
@@ -558,7 +566,7 @@ def test_a_lift_whose_reactivation_fails_lifts_nothing_and_a_second_lift_complet
     with transaction() as session:
         assert session.exec(select(ConsentRecord.state).where(ConsentRecord.subject_id == sid)).one() == "confirmed"
     monkeypatch.undo()
-    lifted = amend.lift_restriction(sid, reason_text="geprüft")
+    lifted = amend.lift_restriction(sid, reason_text="geprüft", informed_on=told_on())
     assert lifted.complete and receiver(url, "1001", "carla@example.de")["active"] is True
 
 
@@ -577,3 +585,54 @@ def test_a_bad_new_value_from_the_command_line_opens_no_request(env):
         assert value not in result.output
     with transaction() as session:
         assert session.exec(select(RightsRequest)).all() == []
+
+
+def test_a_lift_needs_the_day_the_person_was_told_and_a_bad_one_changes_nothing(env):
+    from typer.testing import CliRunner
+
+    from models.restriction import InformedOnError
+    from psync.cli import app
+
+    url, base = env
+    take_in(base, *consent_lines("erna@example.de"))
+    newsletter.sync_newsletter_consents()
+    sid = subject_id("erna@example.de")
+    amend.restrict(sid, reason_text="Richtigkeit bestritten")
+    runner = CliRunner()
+    lift = ["request", "lift", "--email", "erna@example.de", "--reason", "Richtigkeit geprüft"]
+    today = told_on()
+    with transaction() as session:
+        trail = len(session.exec(select(AuditEntry)).all())
+
+    for given in ([], ["gestern"], ["2026-13-01"], [str(today + timedelta(days=1))], [str(today - timedelta(days=1))]):
+        result = runner.invoke(app, [*lift, *(["--informed-on", *given] if given else [])])
+        assert result.exit_code == 2, (given, result.output)
+        assert "informed-on" in result.output and "erna" not in result.output
+    assert "future" in runner.invoke(app, [*lift, "--informed-on", str(today + timedelta(days=1))]).output
+    assert (
+        "before the restriction began"
+        in runner.invoke(app, [*lift, "--informed-on", str(today - timedelta(days=1))]).output
+    )
+    with pytest.raises(InformedOnError, match="required"):
+        amend.lift_restriction(sid, reason_text="geprüft", informed_on=None)
+    # Nothing changed: still restricted, still paused at CleverReach, nothing audited.
+    with transaction() as session:
+        assert active_restriction(session, sid) is not None
+        assert len(session.exec(select(AuditEntry)).all()) == trail
+    assert receiver(url, "1001", "erna@example.de")["active"] is False
+
+    lifted = runner.invoke(app, [*lift, "--informed-on", str(today)])
+    assert lifted.exit_code == 0, lifted.output
+    assert f'"informed_on": "{today}"' in lifted.output  # in the lift report
+    with transaction() as session:
+        restriction = session.exec(select(Restriction)).one()
+        assert restriction.lifted_at is not None and restriction.lift_informed_on == today
+        recorded = session.exec(select(AuditEntry).where(AuditEntry.action == "restriction.lift")).all()
+        assert any(e.outcome == "recorded" and f"informed_on={today}" in e.detail for e in recorded)
+
+    # The access package shows it with the rest of the restriction row.
+    said = runner.invoke(app, ["request", "access", "--email", "erna@example.de"])
+    assert said.exit_code == 0, said.output
+    rid = said.output.split()[1]
+    package = json.loads(runner.invoke(app, ["request", "show", rid, "--file", "access.json"]).stdout_bytes)
+    assert today.isoformat() in json.dumps(package) and "lift_informed_on" in json.dumps(package)
