@@ -33,7 +33,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -405,6 +405,7 @@ def _rectify_at(clients: Clients, recipient: _Recipient, holder: Holder, changes
         return Told(recipient.processor, recipient.purpose, "api", NOTHING_TO_SEND)
     try:
         client = clients.get(recipient.processor)
+        holder = _located(amender, client, holder)
         held = amender.read(client, holder)
         if held is None:
             return Told(recipient.processor, recipient.purpose, "api", NOT_HELD)
@@ -424,6 +425,31 @@ def _rectify_at(clients: Clients, recipient: _Recipient, holder: Holder, changes
     except (ProcessorError, ValueError, NotVerified) as exc:
         log.warning("rectification at %s failed: %s", recipient.processor, reason(exc))
         return Told(recipient.processor, recipient.purpose, "api", FAILED, tuple(sorted(fields)), reason(exc))
+
+
+def _located(amender: Any, client: Any, holder: Holder) -> Holder:
+    """The holder with the processor's id for the record, where its amender can say it
+    (``locate``) and the register lacks it (CleverReach: the push keeps no receiver id).
+    Kept in the register at once, committed before anything changes there: from then on an
+    objection's removal or an erasure addresses that record by its id, also while a change
+    of address is half done and ours and the processor's disagree. Only on this path: the
+    push stays set-based, without ids."""
+    locate = getattr(amender, "locate", None)
+    found = locate(client, holder) if locate is not None else None
+    if found is None or found == holder.external_id:
+        return holder
+    with transaction() as session:
+        row = session.exec(
+            select(Recipient).where(
+                Recipient.subject_id == holder.subject_id,
+                Recipient.processor == holder.processor,
+                Recipient.purpose == holder.purpose,
+                col(Recipient.removed_at).is_(None),
+            )
+        ).first()
+        if row is not None:
+            row.external_id = found
+    return replace(holder, external_id=found)
 
 
 def _rectify_here(session: Session, subject_id: uuid.UUID, changes: Mapping[str, str]) -> dict[str, int]:

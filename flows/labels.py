@@ -202,8 +202,8 @@ LABELS: dict[str, Label] = {
         "Auftragsverarbeiter nicht erreicht: Antrag bleibt offen", "Processor failed: the request stays open"
     ),
     "held_restricted": Label(
-        "Zurückgehalten: Verarbeitung eingeschränkt (Art. 18), geht nach Aufhebung",
-        "Held back: processing restricted (Art. 18), goes once lifted",
+        "Zurückgehalten: Verarbeitung eingeschränkt (Art. 18) oder Berichtigung offen (Art. 16), geht danach",
+        "Held back: processing restricted (Art. 18) or a rectification open (Art. 16), goes after it",
     ),
 }
 

@@ -55,6 +55,8 @@ from models.db import scrub_journal, transaction
 from models.deadlines import urgency
 from models.documents import DocumentCipher
 from models.erasure import MAX_TEXT, Channel, Urgency
+from models.restriction import active_restriction
+from models.restriction import release as release_held
 from models.rights import (
     Changes,
     RequestStatus,
@@ -283,6 +285,12 @@ def _record(ask: Ask, owner: str, outcome: Outcome, committed: AuditEvent | None
                 summary = "answered (summary withheld: it looked personal)"
                 complete(request, summary, now)
             word = "completed"
+            if ask.right == Right.rectification and active_restriction(session, ask.subject_id) is None:
+                # What the jobs held back while it was open (``models.rights.held_back``)
+                # goes on their next runs, with the corrected values; in this transaction,
+                # so no run sees the request completed and the records still held.
+                if released := release_held(session, ask.subject_id, now):
+                    summary += f" released={released}"
         else:
             request.detail, request.updated_at = summary, now
             release(request)

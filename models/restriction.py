@@ -80,7 +80,9 @@ classify(
 
 
 class RestrictionHold(SQLModel, table=True):
-    """A record a job did not send because its subject was restricted (one per job and record)."""
+    """A record a job did not send because its subject was restricted, or had a rectification
+    open (``models.rights.held_back``); one per job and record. Released by the lift, or by
+    the rectification's completion."""
 
     __tablename__ = "restriction_hold"
     __table_args__ = (UniqueConstraint("job", "record_id"),)

@@ -40,8 +40,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic import Field as Bounds
-from sqlalchemy import Index, LargeBinary, and_, or_, text
-from sqlmodel import Field, Session, SQLModel, select
+from sqlalchemy import Index, LargeBinary, and_, or_, text, union
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.db import claim_rows
 from models.deadlines import apply_extension, due_date, received_day, urgency
@@ -55,6 +55,7 @@ from models.erasure import (
     find_subject,
 )
 from models.identity import normalise_email, normalise_phone
+from models.restriction import Restriction
 from models.subjects import DataSubject
 from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
@@ -70,6 +71,7 @@ __all__ = [
     "claim",
     "extend",
     "get_request",
+    "held_back",
     "open_rights_request",
     "release",
 ]
@@ -331,6 +333,20 @@ def open_request_of(session: Session, subject_id: uuid.UUID, right: Right | str)
             RightsRequest.status == RequestStatus.open,
         )
     ).first()
+
+
+def held_back(session: Session) -> set[uuid.UUID]:
+    """Every subject whose new data the jobs hold back now (``flows.delivery``), in one
+    query: restricted (Art. 18, ``models.restriction.restricted``), or with a rectification
+    open (Art. 16: until every processor is verified our copy and the processors' may name
+    the person differently; a push by our copy's address would make a second record there).
+    What carries nothing new (a removal, a cancellation) still goes: an objection or erasure
+    arriving meanwhile ends at the processors."""
+    rectifying = select(RightsRequest.subject_id).where(
+        RightsRequest.right == Right.rectification, RightsRequest.status == RequestStatus.open
+    )
+    restricted_now = select(Restriction.subject_id).where(col(Restriction.lifted_at).is_(None))
+    return set(session.execute(union(restricted_now, rectifying)).scalars())
 
 
 def get_request(session: Session, request_id: uuid.UUID | str) -> RightsRequest:

@@ -636,3 +636,128 @@ def test_a_lift_needs_the_day_the_person_was_told_and_a_bad_one_changes_nothing(
     rid = said.output.split()[1]
     package = json.loads(runner.invoke(app, ["request", "show", rid, "--file", "access.json"]).stdout_bytes)
     assert today.isoformat() in json.dumps(package) and "lift_informed_on" in json.dumps(package)
+
+
+def test_a_half_done_rectification_holds_pushes_and_an_objection_meanwhile_ends_right_at_cleverreach(env, monkeypatch):
+    from connectors.transport import RetriableError
+    from flows import rights
+    from models.recipients import Recipient
+
+    url, base = env
+    take_in(base, *consent_lines("bert@example.de"))
+    newsletter.sync_newsletter_consents()
+    sid = subject_id("bert@example.de")
+    with transaction() as session:
+        rectification = rights.open_request(
+            session, right="rectification", subject_id=sid, channel="letter", changes={"email": "bert.neu@example.de"}
+        ).id
+
+    # CleverReach applies the new address, but its answer is lost: the rectification stays
+    # open, ours keeps the old address, CleverReach holds the new one.
+    update = CleverReachAmender.update
+
+    def applied_but_answer_lost(self, client, holder, changes):
+        update(self, client, holder, changes)
+        raise RetriableError("cleverreach", "receivers.update", None, reason="connection dropped")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CleverReachAmender, "update", applied_but_answer_lost)
+        assert rights.handle([rectification])["still_open"] == 1
+    there = receiver(url, "1001", "bert.neu@example.de")
+    assert there is not None and receiver(url, "1001", "bert@example.de") is None
+    with transaction() as session:
+        assert session.get(DataSubject, sid).email == "bert@example.de"
+        row = session.exec(select(Recipient).where(Recipient.processor == "cleverreach")).one()
+        assert row.external_id == str(there["id"])  # kept on the rectification path
+
+    # Meanwhile the sync holds the person: nothing is pushed under our (old) address.
+    take_in(base, *consent_lines("bert@example.de", "service_offers", insurance_number="A123456780"))
+    assert newsletter.sync_newsletter_consents().get("held_restricted") == 1
+    assert sandbox_state(url)["cleverreach"]["groups"]["1002"]["receivers"] == {}
+    with transaction() as session:
+        held = session.exec(select(RestrictionHold)).one()
+        assert held.subject_id == sid and held.released_at is None
+        assert ("sync-newsletter-consents:service_offers.restriction", "held") in {
+            (e.action, e.outcome) for e in session.exec(select(AuditEntry))
+        }
+
+    # The objection arrives: the receiver is removed by its id, not looked for under ours.
+    with transaction() as session:
+        objection = rights.open_request(session, right="objection", subject_id=sid, channel="portal").id
+    assert rights.handle([objection])["completed"] == 1
+    groups = sandbox_state(url)["cleverreach"]["groups"]
+    assert groups["1001"]["receivers"] == {} and groups["1002"]["receivers"] == {}
+
+    # The rectification's follow-up completes here; CleverReach stays empty, and what was
+    # held goes to the retry queue (a withdrawn consent now: nothing is pushed).
+    assert rights.handle([rectification])["completed"] == 1
+    with transaction() as session:
+        assert session.get(DataSubject, sid).email == "bert.neu@example.de"
+        assert session.exec(select(RestrictionHold)).one().released_at is not None
+    newsletter.sync_newsletter_consents()
+    groups = sandbox_state(url)["cleverreach"]["groups"]
+    assert groups["1001"]["receivers"] == {} and groups["1002"]["receivers"] == {}
+    with transaction() as session:
+        assert verify(session, KEY).ok
+
+
+def test_what_a_rectification_held_goes_once_it_completes(env, monkeypatch):
+    from connectors.transport import FatalError
+    from flows import rights
+
+    url, base = env
+    take_in(base, *consent_lines("carla@example.de"))
+    newsletter.sync_newsletter_consents()
+    sid = subject_id("carla@example.de")
+    with transaction() as session:
+        rectification = rights.open_request(
+            session, right="rectification", subject_id=sid, channel="letter", changes={"last_name": "Neumann"}
+        ).id
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            CleverReachAmender,
+            "update",
+            lambda self, client, holder, changes: (_ for _ in ()).throw(
+                FatalError("cleverreach", "receivers.update", 422)
+            ),
+        )
+        assert rights.handle([rectification])["still_open"] == 1
+    take_in(base, *consent_lines("carla@example.de", "service_offers", insurance_number="A123456780"))
+    assert newsletter.sync_newsletter_consents().get("held_restricted") == 1
+    assert sandbox_state(url)["cleverreach"]["groups"]["1002"]["receivers"] == {}
+
+    assert rights.handle([rectification])["completed"] == 1
+    assert newsletter.sync_newsletter_consents().get("pushed") == 1
+    pushed = receiver(url, "1002", "carla@example.de")
+    assert pushed is not None and pushed["global_attributes"]["lastname"] == "Neumann"
+
+
+def test_an_erasure_during_a_half_done_rectification_ends_right_at_cleverreach(env, monkeypatch):
+    from connectors.transport import RetriableError
+    from flows import erasure, rights
+
+    url, base = env
+    take_in(base, *consent_lines("bert@example.de"))
+    newsletter.sync_newsletter_consents()
+    sid = subject_id("bert@example.de")
+    with transaction() as session:
+        rectification = rights.open_request(
+            session, right="rectification", subject_id=sid, channel="letter", changes={"email": "bert.neu@example.de"}
+        ).id
+    update = CleverReachAmender.update
+
+    def applied_but_answer_lost(self, client, holder, changes):
+        update(self, client, holder, changes)
+        raise RetriableError("cleverreach", "receivers.update", 503)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CleverReachAmender, "update", applied_but_answer_lost)
+        assert rights.handle([rectification])["still_open"] == 1
+    assert receiver(url, "1001", "bert.neu@example.de") is not None
+
+    # Asked for by our (old) address; CleverReach is asked by the receiver's id.
+    counts = erasure.fan_out_erasure(email="bert@example.de", channel="letter")
+    assert counts.get("verified") == 1, counts
+    assert sandbox_state(url)["cleverreach"]["groups"]["1001"]["receivers"] == {}
+    rights.handle([rectification])  # its follow-up sends nothing there again
+    assert sandbox_state(url)["cleverreach"]["groups"]["1001"]["receivers"] == {}
