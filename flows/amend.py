@@ -122,6 +122,7 @@ class AmendOutcome:
     complete: bool = True
     ref: str = ""  # the restriction's id (restriction, lift): names its outbox folder
     informed_on: date | None = None  # a lift: the day the person was told before it (Art. 18(3))
+    corrected: tuple[str, ...] = ()  # a rectification: the fields changed in our copy (names)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -372,7 +373,7 @@ def rectify(
     outcome.complete = not any(t.outcome == FAILED for t in outcome.told)
     with transaction() as session:
         if outcome.complete:
-            outcome.local = _rectify_here(session, sid, changes)
+            outcome.local, outcome.corrected = _rectify_here(session, sid, changes)
             events.append(
                 decision(
                     "rectification.local",
@@ -452,10 +453,14 @@ def _located(amender: Any, client: Any, holder: Holder) -> Holder:
     return replace(holder, external_id=found)
 
 
-def _rectify_here(session: Session, subject_id: uuid.UUID, changes: Mapping[str, str]) -> dict[str, int]:
+def _rectify_here(
+    session: Session, subject_id: uuid.UUID, changes: Mapping[str, str]
+) -> tuple[dict[str, int], tuple[str, ...]]:
     """Our own copy: the subject's given fields; in bookings and student-ID orders the
-    fields they hold (a booking given with an insurance number gets no birth date)."""
+    fields they hold (a booking given with an insurance number gets no birth date). The
+    rows changed by table, and the names of the fields that changed anywhere."""
     changed: Counter[str] = Counter()
+    corrected: set[str] = set()
     subject = _subject(session, subject_id)
     typed: dict[str, Any] = {k: (date.fromisoformat(v) if k == "birth_date" else v) for k, v in changes.items()}
 
@@ -468,6 +473,7 @@ def _rectify_here(session: Session, subject_id: uuid.UUID, changes: Mapping[str,
                 and getattr(row, name) != typed[name]
             ):
                 setattr(row, name, typed[name])
+                corrected.add(name)
                 touched = True
         if touched:
             changed[table] += 1
@@ -478,7 +484,7 @@ def _rectify_here(session: Session, subject_id: uuid.UUID, changes: Mapping[str,
     orders = select(IsicOrder).where(IsicOrder.subject_id == subject_id, col(IsicOrder.fields_erased_at).is_(None))
     for order in session.exec(orders):
         put(order, ("first_name", "last_name", "birth_date"), "isic_order", only_held=True)
-    return dict(changed)
+    return dict(changed), tuple(name for name in amend.FIELDS if name in corrected)
 
 
 # restriction ----------------------------------------------------------------------------
@@ -795,7 +801,7 @@ def _answered(ask: Ask, result: AmendOutcome) -> Outcome:
         counts["amend_letters"] = len(result.letters)
     if told[FAILED]:
         counts["amend_failed"] = told[FAILED]
-    return Outcome(result.complete, result.summary(), counts)
+    return Outcome(result.complete, result.summary(), counts, corrected=result.corrected)
 
 
 def _file_part(purpose: str) -> str:

@@ -125,6 +125,9 @@ class Outcome:
     # False when the handler raised: the calls it made are not in `events`; the call
     # journal brings them to the trail instead (``handle``).
     calls_audited: bool = True
+    # A rectification: the names of the fields it corrected in our copy (never the values),
+    # kept on the request when it completes (``RightsRequest.corrected``).
+    corrected: tuple[str, ...] = ()
 
 
 Handler = Callable[[Ask], Outcome]
@@ -285,6 +288,7 @@ def _record(ask: Ask, owner: str, outcome: Outcome, committed: AuditEvent | None
                 summary = "answered (summary withheld: it looked personal)"
                 complete(request, summary, now)
             word = "completed"
+            request.corrected = ",".join(outcome.corrected)
             if ask.right == Right.rectification and active_restriction(session, ask.subject_id) is None:
                 # What the jobs held back while it was open (``models.rights.held_back``)
                 # goes on their next runs, with the corrected values; in this transaction,

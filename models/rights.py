@@ -123,6 +123,10 @@ class RightsRequest(SQLModel, table=True):
     detail: str = Field(default="", max_length=MAX_TEXT)
     # What came of it, for the officer: counts, file names, processors; never personal.
     outcome: str = Field(default="", max_length=MAX_OUTCOME)
+    # A rectification: the names (never the values) of the fields it corrected in our copy,
+    # comma-separated ("email,last_name"); kept when the values are blanked (the proof of
+    # consent says an address was corrected, and when, without the old one).
+    corrected: str = Field(default="", max_length=200)
     claimed_by: str | None = Field(default=None, max_length=64)
     claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -148,6 +152,7 @@ classify(
         "attempts",
         "detail",
         "outcome",
+        "corrected",
         "claimed_by",
         "claimed_until",
         "created_at",
