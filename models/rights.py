@@ -408,9 +408,11 @@ def claim(
     request_ids: Iterable[uuid.UUID] | None = None,
     rights: Iterable[Right | str] | None = None,
     limit: int | None = None,
+    skip: Iterable[uuid.UUID] = (),
 ) -> list[uuid.UUID]:
-    """Claim open requests (these, else every open one; of these rights, else any) for
-    `owner` until ``now + lease``: those nobody holds or whose claim ran out (a crashed run).
+    """Claim open requests (these, else every open one; of these rights, else any; not those
+    in `skip`) for `owner` until ``now + lease``: those nobody holds or whose claim ran out
+    (a crashed run); at most `limit`, oldest first.
 
     One UPDATE sets the claim, so of two runs at once only one gets a request (PostgreSQL:
     FOR UPDATE SKIP LOCKED; SQLite: the write transaction serialises them), as
@@ -425,6 +427,9 @@ def claim(
         condition = and_(condition, table.c.id.in_(list(request_ids)))
     if rights is not None:
         condition = and_(condition, table.c.right.in_([str(r) for r in rights]))
+    skip = list(skip)
+    if skip:
+        condition = and_(condition, table.c.id.not_in(skip))
     return claim_rows(session, RightsRequest, condition, (table.c.received_at, table.c.id), owner, now + lease, limit)
 
 
