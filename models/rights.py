@@ -44,7 +44,7 @@ from sqlalchemy import Index, LargeBinary, and_, or_, text, union
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.db import claim_rows
-from models.deadlines import apply_extension, due_date, received_day, urgency
+from models.deadlines import due_date, received_day, urgency
 from models.documents import DocumentCipher
 from models.erasure import (
     MAX_TEXT,
@@ -52,11 +52,12 @@ from models.erasure import (
     RequestStatus,
     Urgency,
     check_free_text,
+    extend_open,
     find_subject,
+    get_by_id,
 )
 from models.identity import normalise_email, normalise_phone
 from models.restriction import Restriction
-from models.subjects import DataSubject
 from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
 __all__ = [
@@ -356,14 +357,7 @@ def held_back(session: Session) -> set[uuid.UUID]:
 
 def get_request(session: Session, request_id: uuid.UUID | str) -> RightsRequest:
     """The request, or LookupError (also for a malformed id)."""
-    try:
-        rid = request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(str(request_id))
-    except ValueError:
-        raise LookupError("no rights request with this id") from None
-    request = session.get(RightsRequest, rid)
-    if request is None:
-        raise LookupError("no rights request with this id")
-    return request
+    return get_by_id(session, RightsRequest, request_id, "rights request")
 
 
 def extend(
@@ -380,10 +374,7 @@ def extend(
     the one broken.
     """
     request = get_request(session, request_id)
-    if request.status != RequestStatus.open:
-        raise ValueError("the request is completed; nothing to extend")
-    subject = session.get(DataSubject, request.subject_id)
-    apply_extension(request, months, check_free_text(reason, "reason", subject), informed_on, today)
+    extend_open(session, request, months, reason, informed_on, today)
     request.updated_at = utcnow()
     return request
 
