@@ -14,6 +14,9 @@ Each API processor's connector module declares ``AMENDER`` (at its end), an obje
 - ``can_deactivate`` and ``deactivate(client, holder)`` / ``reactivate(client, holder)``:
   stop (and resume) processing there without deleting; True when read back as done.
   Where the API has no such call ``can_deactivate`` is False and the flow writes a letter.
+- optionally ``locate(client, holder)``: the processor's id for the record, where the
+  register may lack it (CleverReach: the push keeps no receiver id); the rectification
+  keeps it in the register before it changes anything there (``flows.amend``).
 
 The rectification and restriction flows (``flows/amend.py``) find these through the
 catalogue (``amender``, ``connect``) like the erasure finds ``ERASER``: they name no

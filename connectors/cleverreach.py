@@ -335,6 +335,14 @@ class CleverReachAmender:
                     return found
         return None
 
+    def locate(self, client: CleverReach, holder: Any) -> str | None:
+        """CleverReach's id of the receiver (found as ``_find`` does), or None when it is not
+        there. The rectification keeps it in the register: the push keeps none (it addresses
+        receivers by address), and while a change of address is half done ours and
+        CleverReach's differ, so a removal or erasure must address the receiver by its id."""
+        found = self._find(client, holder)
+        return str(found["id"]) if found is not None and found.get("id") is not None else None
+
     def read(self, client: CleverReach, holder: Any) -> dict[str, str] | None:
         receiver = self._find(client, holder)
         if receiver is None:

@@ -11,10 +11,11 @@ consent (Art. 21, 7(3) GDPR), at the controller and at every recipient.
   Processors without an API get a generated letter (Art. 19).
 - **Restriction** (``restrict``, ``lift_restriction``): the subject is marked restricted
   (``models.restriction``), so the delivery path holds back whatever would carry their data
-  (``flows.delivery``); where the API can, the record is made inactive there (CleverReach:
-  the receiver is deactivated in its group), elsewhere a letter says what to do. Lifted by
-  the officer with a reason and a date: reactivated where it was deactivated, letters, and
-  the held-back records go to the jobs' retry queue.
+  (``flows.delivery``) and the retention purges keep it (``models.retention``); where the
+  API can, the record is made inactive there (CleverReach: the receiver is deactivated in
+  its group), elsewhere a letter says what to do. Lifted by the officer with a reason, a
+  date and the day the person was told beforehand (Art. 18(3)): reactivated where it was
+  deactivated, letters, and the held-back records go to the jobs' retry queue.
 - **Objection / withdrawal of everything** (``object_to_all``): every consent of the person
   on every list is withdrawn through the consent state machine (``models.consent``: event
   time and channel recorded), and the receivers are removed at CleverReach by the newsletter
@@ -32,7 +33,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -45,6 +46,7 @@ from connectors.amend import Holder
 from connectors.erasure import NotVerified
 from connectors.transport import ProcessorError
 from core import catalogue
+from core.clock import berlin_today
 from core.settings import get_settings
 from flows.common import call_events, decision, reason, write_audit
 from flows.delivery import run_batch
@@ -58,7 +60,7 @@ from models.db import transaction
 from models.erasure import Channel, UnknownSubject, check_free_text
 from models.isic import IsicOrder
 from models.recipients import Recipient, live_recipient_ids_among
-from models.restriction import Restriction, active_restriction, release
+from models.restriction import Restriction, active_restriction, check_informed_on, release
 from models.rights import Changes, Right
 from models.subjects import DataSubject
 from models.types import event_key, utcnow
@@ -119,6 +121,8 @@ class AmendOutcome:
     local: dict[str, int] = field(default_factory=dict)  # our own rows changed, by table
     complete: bool = True
     ref: str = ""  # the restriction's id (restriction, lift): names its outbox folder
+    informed_on: date | None = None  # a lift: the day the person was told before it (Art. 18(3))
+    corrected: tuple[str, ...] = ()  # a rectification: the fields changed in our copy (names)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -128,13 +132,16 @@ class AmendOutcome:
 
     def report(self) -> dict[str, Any]:
         """The Art. 19 report: every recipient, what was done and how; no personal data."""
-        return {
+        report: dict[str, Any] = {
             "right": self.right,
             "subject": self.pseudonym,
             "complete": self.complete,
             "recipients": [t.row() for t in self.told],
             "controller": self.local,
         }
+        if self.informed_on is not None:
+            report["informed_on"] = self.informed_on.isoformat()
+        return report
 
     def summary(self) -> str:
         """One line without personal data (counts only)."""
@@ -366,7 +373,7 @@ def rectify(
     outcome.complete = not any(t.outcome == FAILED for t in outcome.told)
     with transaction() as session:
         if outcome.complete:
-            outcome.local = _rectify_here(session, sid, changes)
+            outcome.local, outcome.corrected = _rectify_here(session, sid, changes)
             events.append(
                 decision(
                     "rectification.local",
@@ -399,6 +406,7 @@ def _rectify_at(clients: Clients, recipient: _Recipient, holder: Holder, changes
         return Told(recipient.processor, recipient.purpose, "api", NOTHING_TO_SEND)
     try:
         client = clients.get(recipient.processor)
+        holder = _located(amender, client, holder)
         held = amender.read(client, holder)
         if held is None:
             return Told(recipient.processor, recipient.purpose, "api", NOT_HELD)
@@ -420,10 +428,39 @@ def _rectify_at(clients: Clients, recipient: _Recipient, holder: Holder, changes
         return Told(recipient.processor, recipient.purpose, "api", FAILED, tuple(sorted(fields)), reason(exc))
 
 
-def _rectify_here(session: Session, subject_id: uuid.UUID, changes: Mapping[str, str]) -> dict[str, int]:
+def _located(amender: Any, client: Any, holder: Holder) -> Holder:
+    """The holder with the processor's id for the record, where its amender can say it
+    (``locate``) and the register lacks it (CleverReach: the push keeps no receiver id).
+    Kept in the register at once, committed before anything changes there: from then on an
+    objection's removal or an erasure addresses that record by its id, also while a change
+    of address is half done and ours and the processor's disagree. Only on this path: the
+    push stays set-based, without ids."""
+    locate = getattr(amender, "locate", None)
+    found = locate(client, holder) if locate is not None else None
+    if found is None or found == holder.external_id:
+        return holder
+    with transaction() as session:
+        row = session.exec(
+            select(Recipient).where(
+                Recipient.subject_id == holder.subject_id,
+                Recipient.processor == holder.processor,
+                Recipient.purpose == holder.purpose,
+                col(Recipient.removed_at).is_(None),
+            )
+        ).first()
+        if row is not None:
+            row.external_id = found
+    return replace(holder, external_id=found)
+
+
+def _rectify_here(
+    session: Session, subject_id: uuid.UUID, changes: Mapping[str, str]
+) -> tuple[dict[str, int], tuple[str, ...]]:
     """Our own copy: the subject's given fields; in bookings and student-ID orders the
-    fields they hold (a booking given with an insurance number gets no birth date)."""
+    fields they hold (a booking given with an insurance number gets no birth date). The
+    rows changed by table, and the names of the fields that changed anywhere."""
     changed: Counter[str] = Counter()
+    corrected: set[str] = set()
     subject = _subject(session, subject_id)
     typed: dict[str, Any] = {k: (date.fromisoformat(v) if k == "birth_date" else v) for k, v in changes.items()}
 
@@ -436,6 +473,7 @@ def _rectify_here(session: Session, subject_id: uuid.UUID, changes: Mapping[str,
                 and getattr(row, name) != typed[name]
             ):
                 setattr(row, name, typed[name])
+                corrected.add(name)
                 touched = True
         if touched:
             changed[table] += 1
@@ -446,7 +484,7 @@ def _rectify_here(session: Session, subject_id: uuid.UUID, changes: Mapping[str,
     orders = select(IsicOrder).where(IsicOrder.subject_id == subject_id, col(IsicOrder.fields_erased_at).is_(None))
     for order in session.exec(orders):
         put(order, ("first_name", "last_name", "birth_date"), "isic_order", only_held=True)
-    return dict(changed)
+    return dict(changed), tuple(name for name in amend.FIELDS if name in corrected)
 
 
 # restriction ----------------------------------------------------------------------------
@@ -545,16 +583,20 @@ def lift_restriction(
     subject_id: uuid.UUID | str,
     *,
     reason_text: str,
+    informed_on: date | None,
     lifted_at: datetime | None = None,
     reference: str | None = None,
     settings: Any = None,
     now: datetime | None = None,
 ) -> AmendOutcome:
-    """Lift the subject's restriction (the officer decides, with a reason and a date):
-    reactivated where it was deactivated (unless the consent behind it no longer stands),
-    letters where one was sent, and the records held back meanwhile go to the jobs' retry
-    queue. When a reactivation fails, nothing is lifted (``complete`` is False, the attempt
-    audited): run it again. ValueError when no restriction is in force."""
+    """Lift the subject's restriction (the officer decides, with a reason and a date, having
+    told the person before, on `informed_on`: Art. 18(3)): reactivated where it was
+    deactivated (unless the consent behind it no longer stands), letters where one was
+    sent, and the records held back meanwhile go to the jobs' retry queue. When a
+    reactivation fails, nothing is lifted (``complete`` is False, the attempt audited): run
+    it again. ValueError when no restriction is in force; ``InformedOnError`` (a ValueError)
+    when `informed_on` is missing, in the future (Berlin), before the restriction began or
+    after the lift. Either way before any call: nothing changes."""
     settings, now = settings or get_settings(), now or utcnow()
     lifted_at = lifted_at or now
     if lifted_at.tzinfo is None:
@@ -569,11 +611,12 @@ def lift_restriction(
             raise ValueError("no restriction in force for this data subject")
         if lifted_at < restriction.restricted_at:
             raise ValueError("lifted_at lies before the restriction began")
+        told_on = check_informed_on(informed_on, restriction.restricted_at, lifted_at, berlin_today(now))
         sid, pseudonym, email = subject.id, subject.pseudonym, subject.email
         was_deactivated = set(restriction.deactivated_at())
         recipients = _recipients(session, sid)
         lapsed = _lapsed_lists(session, sid)
-    outcome = AmendOutcome("lift", pseudonym, ref=str(restriction.id))
+    outcome = AmendOutcome("lift", pseudonym, ref=str(restriction.id), informed_on=told_on)
     clients, events = Clients(settings), []
     reference = reference or str(restriction.request_id or sid)
     for recipient in recipients:
@@ -608,9 +651,14 @@ def lift_restriction(
         restriction = active_restriction(session, sid)
         assert restriction is not None
         restriction.lifted_at, restriction.lift_reason, restriction.lift_recorded_at = lifted_at, why, now
+        restriction.lift_informed_on = told_on
         released = release(session, sid, now)
         outcome.local = {"released": released} if released else {}
-        events.append(decision("restriction.lift", "recorded", None, pseudonym, released=released))
+        events.append(
+            decision(
+                "restriction.lift", "recorded", None, pseudonym, released=released, informed_on=told_on.isoformat()
+            )
+        )
         _audit(session, clients, {r.processor for r in recipients}, events)
     log.info("restriction of %s lifted: %s", pseudonym, outcome.summary())
     return outcome
@@ -753,7 +801,7 @@ def _answered(ask: Ask, result: AmendOutcome) -> Outcome:
         counts["amend_letters"] = len(result.letters)
     if told[FAILED]:
         counts["amend_failed"] = told[FAILED]
-    return Outcome(result.complete, result.summary(), counts)
+    return Outcome(result.complete, result.summary(), counts, corrected=result.corrected)
 
 
 def _file_part(purpose: str) -> str:

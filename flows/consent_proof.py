@@ -5,7 +5,10 @@ For every list of the person (``models.consent.ConsentRecord``): the sign-up and
 confirmation with date and time (Europe/Berlin and UTC), both IP addresses, the page the
 sign-up came from, the policy version with its consent text and confirmation mail
 (``models.consent_text``, registered once and never changed), the withdrawal if any (when,
-by which channel), and the history of events behind it. Nothing of anyone else: the
+by which channel), and the history of events behind it. When the address was corrected
+since (Art. 16), the proof says so, with the date and the rectification request's id: the
+old address is the same person's, but it is kept nowhere new, and the proof names only the
+one the person has now. Nothing of anyone else: the
 document is built from this person's rows only. For a person whose data was erased it says
 so, and holds nothing else.
 
@@ -47,6 +50,7 @@ from models.consent import RANK, ConsentEvent, ConsentList, ConsentRecord, Event
 from models.consent_text import ConsentText, check_version, register, texts_of
 from models.db import transaction
 from models.identity import normalise_email, pseudonym
+from models.rights import RequestStatus, Right, RightsRequest
 from models.subjects import DataSubject
 from models.types import BERLIN, utcnow
 
@@ -122,6 +126,9 @@ class Proof:
     erased_at: datetime | None = None
     lists: list[ListProof] = field(default_factory=list)
     texts: dict[str, ConsentText] = field(default_factory=dict)
+    # When the address was corrected (Art. 16) and by which request: (completed at, request id).
+    # Never the old address: the proof names the one the person has now.
+    corrections: list[tuple[datetime, uuid.UUID]] = field(default_factory=list)
 
     @property
     def events(self) -> int:
@@ -154,6 +161,7 @@ def gather(session: Session, email: str, key: bytes, now: datetime, proof_id: uu
         return proof
     proof.status = "found"
     proof.name = " ".join(p for p in (subject.salutation, subject.first_name, subject.last_name) if p)
+    proof.corrections = address_corrections(session, subject.id)
     records = session.exec(
         select(ConsentRecord).where(ConsentRecord.subject_id == subject.id).order_by(col(ConsentRecord.list_name))
     ).all()
@@ -186,6 +194,20 @@ def gather(session: Session, email: str, key: bytes, now: datetime, proof_id: uu
     return proof
 
 
+def address_corrections(session: Session, subject_id: uuid.UUID) -> list[tuple[datetime, uuid.UUID]]:
+    """The subject's completed rectifications that corrected the e-mail address: (when it
+    completed, the request's id), oldest first (``RightsRequest.corrected`` names the fields)."""
+    rows = session.exec(
+        select(RightsRequest.completed_at, RightsRequest.id, RightsRequest.corrected).where(
+            RightsRequest.subject_id == subject_id,
+            RightsRequest.right == Right.rectification,
+            RightsRequest.status == RequestStatus.completed,
+        )
+    ).all()
+    found = [(at, rid) for at, rid, fields in rows if at is not None and "email" in fields.split(",")]
+    return sorted(found)
+
+
 def issue_proof(session: Session, email: str, now: datetime | None = None, proof_id: uuid.UUID | None = None) -> Proof:
     """``gather`` and its audit row (who was looked up, by pseudonym; how many lists).
 
@@ -197,7 +219,7 @@ def issue_proof(session: Session, email: str, now: datetime | None = None, proof
         "consent.proof",
         proof.status,
         subject=proof.pseudonym,
-        detail=f"lists={len(proof.lists)} events={proof.events}",
+        detail=f"lists={len(proof.lists)} events={proof.events} address_corrections={len(proof.corrections)}",
         proof=proof.proof_id,
     )
     write_audit(session, [event])
@@ -274,7 +296,11 @@ TITLE = "Nachweis der Einwilligung (Double-Opt-In)"
 def _intro(proof: Proof) -> list[tuple[str, str]]:
     rows = [("Erstellt am", when(proof.made_at)), ("Nachweis-Nr.", str(proof.proof_id))]
     if proof.status == "found":
-        rows[:0] = [("Betroffene Person", proof.name or "—"), ("E-Mail-Adresse", proof.email)]
+        corrected = [
+            ("E-Mail-Adresse berichtigt", f"am {when(at)} (Berichtigungsantrag {rid}, Art. 16 DSGVO)")
+            for at, rid in proof.corrections
+        ]
+        rows[:0] = [("Betroffene Person", proof.name or "—"), ("E-Mail-Adresse", proof.email), *corrected]
     return rows
 
 

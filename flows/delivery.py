@@ -27,10 +27,11 @@ A record of a subject whose erasure request is open is held: nothing is sent, th
 decision audited; what the processor may already hold is found by the erasure through the
 register rows written ahead by earlier runs.
 
-A record that would carry a restricted subject's data (Art. 18: ``models.restriction``) is
-held back the same way, and noted there: lifting the restriction hands it to the job's
-retry queue, so it goes then. A record that carries nothing (a cancellation, a removal)
-still goes: it only stops processing.
+A record that would carry a restricted subject's data (Art. 18: ``models.restriction``), or
+the data of a subject whose rectification is open (``models.rights.held_back``), is held
+back the same way, and noted there: lifting the restriction, or completing the
+rectification, hands it to the job's retry queue, so it goes then. A record that carries
+nothing (a cancellation, a removal) still goes: it only stops processing.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ from models.db import transaction
 from models.erasure import being_erased
 from models.parked import ParkedItem, ParkState, drop, due_for_retry, get_item, park, resolve, retry_later
 from models.recipients import record_may_hold_by_purpose
-from models.restriction import hold_back, restricted
+from models.restriction import hold_back
+from models.rights import held_back
 from models.types import utcnow
 
 Row = TypeVar("Row")
@@ -341,7 +343,7 @@ def _write_next_ahead(
     rows = job.select_ahead(session, last_seq, limit)
     if len(rows) < limit:  # the stream's end: what follows may come before the next batch
         return
-    left_out = being_erased(session) | restricted(session)
+    left_out = being_erased(session) | held_back(session)
     reaches = [r for r in job.reaches(session, rows) if r.subject_id not in left_out]
     if written := _write_ahead(session, reaches, now):
         events.append(decision(f"{job.name}.register_ahead", "may_hold", records=len(rows), rows=written, batch="next"))
@@ -377,7 +379,7 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
         with transaction() as session:
             ahead = _select(job, session, limit, ids, ahead=True)
             held = being_erased(session)
-            paused = restricted(session)
+            paused = held_back(session)
             reaches = job.reaches(session, ahead.rows)
             if held or paused:
                 reaches = [r for r in reaches if r.subject_id not in held and r.subject_id not in paused]
@@ -435,7 +437,7 @@ def _deliver(
     events: list[AuditEvent] = []
     rows = chosen.rows
     held = held_ahead | being_erased(session)
-    paused = restricted(session)
+    paused = held_back(session)
     ctx = job.begin(session, rows)
     sending = rows
     if held or paused:  # (most batches: nobody; then no record is looked at here)

@@ -154,6 +154,9 @@ LABELS: dict[str, Label] = {
     "retention_awaiting": Label("Löschung angenommen, Prüfung folgt", "Deletion accepted, read back later"),
     "retention_failed": Label("Löschung fehlgeschlagen, nächster Lauf", "Deletion failed, the next run tries again"),
     "retention_overdue": Label("Über die Löschfrist hinaus gespeichert", "Kept past the deletion period"),
+    "retention_held_by_restriction": Label(
+        "Löschung ausgesetzt: Verarbeitung eingeschränkt (Art. 18)", "Held by restriction (Art. 18): not deleted"
+    ),
     # erasure requests: urgency (models.erasure.Urgency) -----------------------------------
     "on_time": Label("Offene Löschanträge, Frist gewahrt", "Open erasure requests, on time"),
     "due_soon": Label(
@@ -199,8 +202,8 @@ LABELS: dict[str, Label] = {
         "Auftragsverarbeiter nicht erreicht: Antrag bleibt offen", "Processor failed: the request stays open"
     ),
     "held_restricted": Label(
-        "Zurückgehalten: Verarbeitung eingeschränkt (Art. 18), geht nach Aufhebung",
-        "Held back: processing restricted (Art. 18), goes once lifted",
+        "Zurückgehalten: Verarbeitung eingeschränkt (Art. 18) oder Berichtigung offen (Art. 16), geht danach",
+        "Held back: processing restricted (Art. 18) or a rectification open (Art. 16), goes after it",
     ),
 }
 
@@ -289,6 +292,7 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "retention_awaiting",
         "retention_failed",
         "retention_overdue",
+        "retention_held_by_restriction",
     ),
 }
 

@@ -236,11 +236,18 @@ def _remove(
     batch of addresses per call. Whom the account holds for nothing else (``_account_wide``)
     goes that way first. Everyone still there then is deactivated, in one call, so mailing
     stops even if a delete fails, and deleted from the group one DELETE each, a few at a
-    time. A failed delete leaves the register row live for the next run. The HTTP layer's
-    rate limiter paces every call. The caller holds every list's cursor (``_lock_cursors``).
+    time. A failed delete leaves the register row live for the next run. A row with a
+    receiver id (kept by a rectification) is deactivated and deleted by that id. The HTTP
+    layer's rate limiter paces every call. The caller holds every list's cursor
+    (``_lock_cursors``).
     """
     counts: Counter[str] = Counter()
     events: list[AuditEvent] = []
+    # A receiver id in the register was kept by a rectification (flows/amend.py): CleverReach
+    # may hold the receiver under another address than ours (a change of address half
+    # done), so it is deactivated and deleted by that id, never by our address.
+    by_id = [r for r in rows if r.external_id]
+    rows = [r for r in rows if not r.external_id] if by_id else rows
     everywhere = _account_wide(session, client, list_name, [r.subject_id for r in rows if r.email])
     bulk, size = [r for r in rows if r.subject_id in everywhere], client.batch_size
     batches = [bulk[i : i + size] for i in range(0, len(bulk), size)]
@@ -251,12 +258,14 @@ def _remove(
         if isinstance(outcome, ProcessorError):
             left += batch  # deactivated below; deleted by the next run
     answered = client.upsert(group, list_name, [{"email": r.email, "deactivated": _unix(now)} for r in left if r.email])
+    # Stop mailing first here too; a failure is the delete's to say.
+    concurrently(partial(client.deactivate, group), [r.external_id for r in by_id])
     # The upsert creates a receiver that is gone already (a delete of an earlier run was
     # applied but its answer lost), under a new id: delete the one it answered for.
     current = {a["email"].lower(): str(a["id"]) for a in answered}
     single = [
         (r, current.get(r.email or "") or r.external_id or r.email) for r in left if r.subject_id not in everywhere
-    ]
+    ] + [(r, r.external_id) for r in by_id]
     failures: dict[str, Exception] = {}
     for row, _ in (t for t in single if not t[1]):
         # Nothing to address it by: never send an empty path segment.

@@ -10,8 +10,11 @@ Every rule with a period is executed from here, once a day:
   the same day. Their deployments stay, unscheduled, for a run by hand.
 
 Then it counts what is past any rule's period (``models.retention.OVERDUE``) and fails,
-naming the rule ids, when something is overdue, as ``psync retention check`` does. After
-each run the deletion concept, with the periods in force, is published as an artifact.
+naming the rule ids, when something is overdue, as ``psync retention check`` does. A
+restricted person's records (Art. 18) are neither deleted nor overdue: every rule and purge
+leaves them out while the restriction lasts, and they are counted apart as "held by
+restriction" (``models.retention.HELD``). After each run the deletion concept, with the
+periods in force and those counts, is published as an artifact.
 
 Logs, artifacts and exceptions carry rule ids and counts only.
 """
@@ -39,7 +42,7 @@ from flows.common import JobFailed, call_events, counts_artifact, decision, one_
 from flows.registry import get_flow
 from models.db import transaction
 from models.recipients import record_removed_for
-from models.retention import EXECUTED, OVERDUE
+from models.retention import EXECUTED, HELD, OVERDUE
 from models.types import BERLIN, utcnow
 
 FLOW = "enforce-retention"
@@ -61,6 +64,24 @@ def overdue(today: date, settings: Any) -> dict[str, int]:
             if rule.id in OVERDUE
         }
     return {rule_id: count for rule_id, count in found.items() if count}
+
+
+def held_by_restriction(today: date, settings: Any) -> dict[str, int]:
+    """Rule id → how many records past the rule's period on `today` are kept because their
+    subject is restricted (Art. 18; only those > 0). Not overdue: kept lawfully until lifted."""
+    with transaction() as session:
+        found = {
+            rule.id: HELD[rule.id](session, today, rule.days(settings)) for rule in catalogue.RULES if rule.id in HELD
+        }
+    return {rule_id: count for rule_id, count in found.items() if count}
+
+
+def held_section(held: dict[str, int]) -> str:
+    """The deletion concept's note on what restrictions keep (rule ids and counts only)."""
+    lines = ["## Durch Einschränkung zurückgehalten / Held by restriction (Art. 18)", ""]
+    if not held:
+        return "\n".join([*lines, "Keine / none"])
+    return "\n".join([*lines, *(f"- {rule_id}: {count}" for rule_id, count in sorted(held.items()))])
 
 
 @task(name="execute-deletion-rule", task_run_name="execute-{rule_id}", cache_policy=NO_CACHE)
@@ -142,9 +163,12 @@ def enforce_retention(as_of: date | None = None) -> dict[str, int]:
             failed_purges.append(name)
     late = overdue(today, settings)
     counts["retention_overdue"] = sum(late.values())
+    held = held_by_restriction(today, settings)
+    counts["retention_held_by_restriction"] = sum(held.values())
     counts_artifact("enforce-retention", "Löschregeln / Deletion rules", counts)
+    concept = document("concept", settings, "de") + "\n" + document("concept", settings, "en")
     create_markdown_artifact(
-        markdown=document("concept", settings, "de") + "\n" + document("concept", settings, "en"),
+        markdown=concept + "\n\n" + held_section(held),
         key="deletion-concept",
         description="Löschkonzept mit den geltenden Fristen / deletion concept with the periods in force",
     )

@@ -55,6 +55,8 @@ from models.db import scrub_journal, transaction
 from models.deadlines import urgency
 from models.documents import DocumentCipher
 from models.erasure import MAX_TEXT, Channel, Urgency
+from models.restriction import active_restriction
+from models.restriction import release as release_held
 from models.rights import (
     Changes,
     RequestStatus,
@@ -123,6 +125,9 @@ class Outcome:
     # False when the handler raised: the calls it made are not in `events`; the call
     # journal brings them to the trail instead (``handle``).
     calls_audited: bool = True
+    # A rectification: the names of the fields it corrected in our copy (never the values),
+    # kept on the request when it completes (``RightsRequest.corrected``).
+    corrected: tuple[str, ...] = ()
 
 
 Handler = Callable[[Ask], Outcome]
@@ -283,6 +288,13 @@ def _record(ask: Ask, owner: str, outcome: Outcome, committed: AuditEvent | None
                 summary = "answered (summary withheld: it looked personal)"
                 complete(request, summary, now)
             word = "completed"
+            request.corrected = ",".join(outcome.corrected)
+            if ask.right == Right.rectification and active_restriction(session, ask.subject_id) is None:
+                # What the jobs held back while it was open (``models.rights.held_back``)
+                # goes on their next runs, with the corrected values; in this transaction,
+                # so no run sees the request completed and the records still held.
+                if released := release_held(session, ask.subject_id, now):
+                    summary += f" released={released}"
         else:
             request.detail, request.updated_at = summary, now
             release(request)
@@ -296,15 +308,46 @@ def _record(ask: Ask, owner: str, outcome: Outcome, committed: AuditEvent | None
 def handle(
     request_ids: Sequence[uuid.UUID] | None = None,
     rights: Sequence[Right] | None = None,
-    now: datetime | None = None,
+    clock: Callable[[], datetime] = utcnow,
 ) -> Counter[str]:
-    """Answer open requests (these, else every open one): claim, call each one's handler,
-    record. Counts by right and outcome (``access_completed``, ``rectification_open``, …)."""
+    """Answer open requests (these, else every open one), one at a time: claim the oldest
+    (``models.rights.claim`` with a limit of 1), call its handler, record, then claim the
+    next. Each claim is taken just before its answer and leased from then (`clock`: tests
+    set it), so however long the answers before it take, no claim lapses while it waits (a
+    lapsed one could be claimed and answered by another run, or by a form run resuming it,
+    and then answered here again); a request another run holds is left to it. Each request
+    is answered once per call (one left open is not tried again until the next). Counts by
+    outcome and the handlers' counts (``completed``, ``still_open``, ``access_packages``, …)."""
     settings = get_settings()
-    now = now or utcnow()
     owner = f"{run_id() or 'local'}/{uuid.uuid4().hex[:12]}"
+    counts: Counter[str] = Counter()
+    answered: list[uuid.UUID] = []
+    while True:
+        now = clock()
+        ids = _claim_next(owner, now, request_ids, rights, answered)
+        if not ids:
+            break
+        answered += ids
+        counts.update(_answer_claimed(ids, owner, now, settings))
+    if counts["completed"]:  # a rectification's new values were blanked: not in the WAL either
+        scrub_journal()
+    return counts
+
+
+def _claim_next(
+    owner: str,
+    now: datetime,
+    request_ids: Sequence[uuid.UUID] | None,
+    rights: Sequence[Right] | None,
+    answered: Sequence[uuid.UUID],
+) -> list[uuid.UUID]:
+    """The next open request claimed for `owner` (at most one), or none."""
     with transaction() as session:
-        ids = claim(session, owner, now, LEASE, request_ids, rights)
+        return claim(session, owner, now, LEASE, request_ids, rights, limit=1, skip=answered)
+
+
+def _answer_claimed(ids: Sequence[uuid.UUID], owner: str, now: datetime, settings: Settings) -> Counter[str]:
+    """Answer the claimed requests and record each outcome; the counts."""
     counts: Counter[str] = Counter()
     for ask in _asks(ids, owner, now, settings):
         # Every call a handler makes is journaled as it is made: one that raised, or a
@@ -324,8 +367,6 @@ def handle(
         else:
             counts["claim_lost"] += 1
         counts.update(outcome.counts)
-    if counts["completed"]:  # a rectification's new values were blanked: not in the WAL either
-        scrub_journal()
     return counts
 
 
@@ -637,7 +678,7 @@ def follow_up_rights_requests(as_of: date | None = None) -> dict[str, int]:
     tidied = form.tidy_stale_runs(_open_from_form, FORM_FLOW, PERSONAL)
     if any(tidied.values()):
         logger.info("rights form runs tidied: %s", tidied)
-    counts = handle(now=now)
+    counts = handle()
     counts["outbox_purged"] = purge_outbox(now)
     urgencies, flagged = mark_deadlines(today)
     counts.update(urgencies)

@@ -20,6 +20,7 @@ from sqlalchemy import func
 from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.db import skip_locked
+from models.restriction import restricted_subject
 from models.subjects import DataSubject
 from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
@@ -127,10 +128,12 @@ def by_refs(session: Session, refs: Sequence[str]) -> list[Booking]:
 
 
 def _chat_due(today: date):
+    # A restricted person's chat data is kept until the restriction is lifted (Art. 18).
     return (
         col(Booking.flexperto_customer_id).is_not(None),
         col(Booking.chat_purged_at).is_(None),
         col(Booking.chat_purge_due) <= today,
+        ~restricted_subject(col(Booking.subject_id)),
     )
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import String, UniqueConstraint, extract, func, tuple_, type_coe
 from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.db import skip_locked
+from models.restriction import restricted_subject
 from models.subjects import DataSubject
 from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
@@ -483,7 +484,8 @@ def expiry_candidates(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[ConsentRecord]:
-    """Pending records of a list signed up before a bound, in (signup_at, id) order.
+    """Pending records of a list signed up before a bound, in (signup_at, id) order; not a
+    restricted person's (kept while the restriction lasts, Art. 18).
 
     Claimed (``skip_locked``): of two workers expiring at once, each takes other records
     (the second to expire one would fail on the expiry event's dedupe key).
@@ -492,6 +494,7 @@ def expiry_candidates(
         ConsentRecord.list_name == list_name,
         ConsentRecord.state == ConsentState.pending,
         ConsentRecord.signup_at <= signed_up_before,
+        ~restricted_subject(col(ConsentRecord.subject_id)),
     )
     if after is not None:
         query = query.where(tuple_(col(ConsentRecord.signup_at), col(ConsentRecord.id)) > after)

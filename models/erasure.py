@@ -28,6 +28,7 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Index, Table, UniqueConstraint, and_, or_, text, update
 from sqlalchemy import select as sa_select
@@ -45,6 +46,7 @@ from models.subjects import DataSubject
 from models.types import UTCDateTime, classify, new_id, personal_columns, utcnow
 
 MAX_TEXT = 200
+R = TypeVar("R", bound=SQLModel)
 MAX_EVIDENCE = 500
 
 
@@ -407,13 +409,32 @@ def tasks_of(session: Session, request_id: uuid.UUID) -> list[ErasureTask]:
     return list(session.exec(query.order_by(ErasureTask.processor, ErasureTask.purpose)))
 
 
-def get_request(session: Session, request_id: uuid.UUID | str) -> ErasureRequest:
-    """The request, or LookupError."""
-    rid = request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(str(request_id))
-    request = session.get(ErasureRequest, rid)
+def get_by_id(session: Session, model: type[R], request_id: uuid.UUID | str, what: str) -> R:
+    """The request of `model` with this id, or LookupError naming `what` (also for a
+    malformed id): an erasure's and a rights request's alike."""
+    try:
+        rid = request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(str(request_id))
+    except ValueError:
+        raise LookupError(f"no {what} with this id") from None
+    request = session.get(model, rid)
     if request is None:
-        raise LookupError("no erasure request with this id")
+        raise LookupError(f"no {what} with this id")
     return request
+
+
+def extend_open(session: Session, request: Any, months: int, reason: str, informed_on: date, today: date) -> None:
+    """Extend an open request's deadline by `months` (Art. 12(3)): a reason (checked: nothing
+    personal), the subject told in time; an erasure's and a rights request's alike. Raises
+    ValueError naming the rule broken (see ``models.deadlines.check_extension``)."""
+    if request.status != RequestStatus.open:
+        raise ValueError("the request is completed; nothing to extend")
+    subject = session.get(DataSubject, request.subject_id)
+    apply_extension(request, months, check_free_text(reason, "reason", subject), informed_on, today)
+
+
+def get_request(session: Session, request_id: uuid.UUID | str) -> ErasureRequest:
+    """The request, or LookupError (also for a malformed id)."""
+    return get_by_id(session, ErasureRequest, request_id, "erasure request")
 
 
 def extend(
@@ -424,16 +445,9 @@ def extend(
     informed_on: date,
     today: date,
 ) -> ErasureRequest:
-    """Extend the deadline by `months` (Art. 12(3)): a reason, the subject told in time.
-
-    Raises ValueError naming the rule broken (see ``models.deadlines.check_extension``).
-    """
+    """Extend the deadline by `months` (Art. 12(3)): ``extend_open``."""
     request = get_request(session, request_id)
-    if request.status != RequestStatus.open:
-        raise ValueError("the request is completed; nothing to extend")
-    subject = session.get(DataSubject, request.subject_id)
-    reason = check_free_text(reason, "reason", subject)
-    apply_extension(request, months, reason, informed_on, today)
+    extend_open(session, request, months, reason, informed_on, today)
     return request
 
 

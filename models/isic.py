@@ -18,6 +18,7 @@ from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.db import skip_locked
 from models.documents import DocumentCipher, DocumentKey
+from models.restriction import restricted_subject
 from models.subjects import DataSubject
 from models.types import UTCDateTime, classify, new_id, personal_columns, utcnow
 
@@ -198,13 +199,15 @@ def count_deletions_pending(session: Session) -> int:
 
 
 def documents_due(session: Session, today: date, limit: int) -> list[IsicOrder]:
-    """Orders whose uploads are due for deletion by `today`, claimed (``skip_locked``): a
-    second worker purging at once takes others, and finds none once all are held."""
+    """Orders whose uploads are due for deletion by `today` (not a restricted person's),
+    claimed (``skip_locked``): a second worker purging at once takes others, and finds none
+    once all are held."""
     query = (
         select(IsicOrder)
         .where(
             col(IsicOrder.documents_purge_due) <= today,
             col(IsicOrder.documents_purged_at).is_(None),
+            ~restricted_subject(col(IsicOrder.subject_id)),  # kept while restricted (Art. 18)
         )
         .order_by(col(IsicOrder.seq))
         .limit(limit)

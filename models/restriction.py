@@ -2,7 +2,8 @@
 the jobs held back meanwhile.
 
 A ``Restriction`` row marks the subject restricted from ``restricted_at`` until an officer
-lifts it (``lifted_at``, with its reason). Pseudonymous only: the subject's id, the rights
+lifts it (``lifted_at``, with its reason and the day the person was told beforehand,
+``lift_informed_on``: Art. 18(3)). Pseudonymous only: the subject's id, the rights
 request's id, the officer's reasons (checked free text, no personal data), dates, and which
 processor records were made inactive (``deactivated``: "processor purpose" lines).
 
@@ -11,19 +12,25 @@ While a subject is restricted the delivery path sends nothing new of theirs
 job and record id) instead of being sent, parked or passed over. Lifting the restriction
 hands those records to the jobs' retry queue (``models.parked``): their next runs send
 them first, as they are then.
+
+Nor do the retention purges delete it (``restricted_subject``: the opt-in expiry, the video
+chat and student-ID document purges, the TIMIFY retention rule): a restricted record is
+held, counted as "held by restriction", not overdue; the first run after the lift deletes
+what is due by then.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import ColumnElement, UniqueConstraint, exists
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.parked import ParkedItem, ParkState
-from models.types import UTCDateTime, classify, new_id
+from models.types import BERLIN, UTCDateTime, classify, new_id
 
 MAX_REASON = 300
 
@@ -43,6 +50,9 @@ class Restriction(SQLModel, table=True):
     lifted_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     lift_reason: str | None = Field(default=None, max_length=MAX_REASON)
     lift_recorded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The Berlin calendar day the person was told the restriction would be lifted (Art. 18(3):
+    # informed before the lift); required by every lift (``check_informed_on``).
+    lift_informed_on: date | None = None
 
     def deactivated_at(self) -> list[tuple[str, str]]:
         """(processor, purpose) of every record made inactive for this restriction."""
@@ -57,12 +67,22 @@ class Restriction(SQLModel, table=True):
 classify(
     Restriction,
     pseudonymous=["id", "subject_id", "request_id", "deactivated"],
-    not_personal=["reason", "restricted_at", "recorded_at", "lifted_at", "lift_reason", "lift_recorded_at"],
+    not_personal=[
+        "reason",
+        "restricted_at",
+        "recorded_at",
+        "lifted_at",
+        "lift_reason",
+        "lift_recorded_at",
+        "lift_informed_on",
+    ],
 )
 
 
 class RestrictionHold(SQLModel, table=True):
-    """A record a job did not send because its subject was restricted (one per job and record)."""
+    """A record a job did not send because its subject was restricted, or had a rectification
+    open (``models.rights.held_back``); one per job and record. Released by the lift, or by
+    the rectification's completion."""
 
     __tablename__ = "restriction_hold"
     __table_args__ = (UniqueConstraint("job", "record_id"),)
@@ -86,6 +106,38 @@ def restricted(session: Session) -> set[uuid.UUID]:
     """Every subject restricted now (few: a restriction is a rare request)."""
     query = select(Restriction.subject_id).where(col(Restriction.lifted_at).is_(None))
     return set(session.exec(query))
+
+
+def restricted_subject(subject_column: Any) -> ColumnElement[bool]:
+    """SQL condition: the row's subject (`subject_column`) is restricted now. Negated
+    (``~restricted_subject(…)``) in the retention purges' selections: a restricted person's
+    data is kept, not erased, while the restriction lasts (Art. 18(1)(b), (c)); a row
+    without a subject is never restricted."""
+    return exists().where(Restriction.subject_id == subject_column, col(Restriction.lifted_at).is_(None))
+
+
+class InformedOnError(ValueError):
+    """The day the person was told of the lift (Art. 18(3)) is missing or cannot be right."""
+
+
+def check_informed_on(informed_on: date | None, restricted_at: datetime, lifted_at: datetime, today: date) -> date:
+    """`informed_on`, the Berlin calendar day the person was told the restriction will be
+    lifted (Art. 18(3): before it is lifted), or InformedOnError saying what is wrong: none
+    given, not a plain date, in the future (after `today`, Berlin), before the restriction
+    began or after the lift."""
+    if informed_on is None:
+        raise InformedOnError(
+            "informed_on is required: the day the person was told the restriction will be lifted (Art. 18(3))"
+        )
+    if isinstance(informed_on, datetime) or not isinstance(informed_on, date):
+        raise InformedOnError("informed_on must be a calendar date (YYYY-MM-DD)")
+    if informed_on > today:
+        raise InformedOnError("informed_on lies in the future")
+    if informed_on < restricted_at.astimezone(BERLIN).date():
+        raise InformedOnError("informed_on lies before the restriction began")
+    if informed_on > lifted_at.astimezone(BERLIN).date():
+        raise InformedOnError("informed_on lies after the lift: the person is told before it (Art. 18(3))")
+    return informed_on
 
 
 def active_restriction(session: Session, subject_id: uuid.UUID) -> Restriction | None:

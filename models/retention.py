@@ -9,6 +9,10 @@ clock: on the day before the due day a record is kept, on the due day it is dele
 A TIMIFY customer (rule R06) is due N days after the end of their last appointment: day 0
 is the Berlin day the last appointment ended. Subjects with an open erasure request are left
 to the erasure, which deletes and reports them itself.
+
+A restricted person's records (Art. 18(1)(b), (c): kept, not erased, while the restriction
+lasts; ``models.restriction``) are neither due nor overdue: ``HELD`` counts them per rule
+("held by restriction"). Once the restriction is lifted the next run deletes what is due.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import and_, func
 from sqlmodel import Session, col, select
 
 from models.bookings import PURPOSE as BOOKING_PURPOSE
@@ -27,6 +32,7 @@ from models.consent import ConsentRecord, ConsentState
 from models.erasure import being_erased
 from models.isic import IsicOrder
 from models.recipients import Recipient
+from models.restriction import restricted, restricted_subject
 from models.subjects import DataSubject
 from models.types import BERLIN
 
@@ -48,7 +54,13 @@ def _ended_day(start_at: datetime, duration_min: int) -> date:
 
 def timify_customers_due(session: Session, today: date, days: int) -> list[Due]:
     """Customers still at TIMIFY whose last appointment ended `days` or more days before
-    `today` (Berlin), with the appointments to delete there. Not those being erased."""
+    `today` (Berlin), with the appointments to delete there. Not those being erased, nor
+    those restricted (kept until the restriction is lifted)."""
+    return _timify_due(session, today, days, held=False)
+
+
+def _timify_due(session: Session, today: date, days: int, held: bool) -> list[Due]:
+    """``timify_customers_due``; with `held`, only the restricted ones it leaves out."""
     rows = session.exec(
         select(Recipient.subject_id, Recipient.external_id, DataSubject.pseudonym)
         .join(DataSubject, col(DataSubject.id) == col(Recipient.subject_id))
@@ -58,10 +70,10 @@ def timify_customers_due(session: Session, today: date, days: int) -> list[Due]:
             col(Recipient.removed_at).is_(None),
         )
     ).all()
-    erasing = being_erased(session)
+    erasing, paused = being_erased(session), restricted(session)
     due = []
     for subject_id, external_id, pseudonym in rows:
-        if subject_id in erasing:
+        if subject_id in erasing or (subject_id in paused) != held:
             continue
         bookings = list(session.exec(select(Booking).where(Booking.subject_id == subject_id)))
         if not bookings:
@@ -91,50 +103,71 @@ def _berlin_midnight(day: date) -> datetime:
     return datetime.combine(day, time(0), tzinfo=BERLIN)
 
 
-def _optins_overdue(list_name: str) -> Callable[[Session, date, int], int]:
+Count = Callable[[Session, date, int], int]
+
+
+def _held(condition: Any, subject_column: Any, held: bool) -> Any:
+    """`condition` and: the subject restricted (`held`) or not."""
+    restricted_now = restricted_subject(subject_column)
+    return and_(condition, restricted_now if held else ~restricted_now)
+
+
+def _optins_past(list_name: str, held: bool) -> Count:
     def count(session: Session, today: date, days: int) -> int:
-        # Overdue: the due day (sign-up + days, Berlin) lies before today.
+        # Past the period: the due day (sign-up + days, Berlin) lies before today.
         bound = _berlin_midnight(today - timedelta(days=days))
-        return session.exec(
-            select(func.count()).where(
-                ConsentRecord.list_name == list_name,
-                ConsentRecord.state == ConsentState.pending,
-                col(ConsentRecord.signup_at) < bound,
-            )
-        ).one()
+        past = and_(
+            col(ConsentRecord.list_name) == list_name,
+            col(ConsentRecord.state) == ConsentState.pending,
+            col(ConsentRecord.signup_at) < bound,
+        )
+        return session.exec(select(func.count()).where(_held(past, col(ConsentRecord.subject_id), held))).one()
 
     return count
 
 
-def _chats_overdue(session: Session, today: date, days: int) -> int:
-    return session.exec(
-        select(func.count()).where(
+def _chats_past(held: bool) -> Count:
+    def count(session: Session, today: date, days: int) -> int:
+        past = and_(
             col(Booking.flexperto_customer_id).is_not(None),
             col(Booking.chat_purged_at).is_(None),
             col(Booking.chat_purge_due) < today,
         )
-    ).one()
+        return session.exec(select(func.count()).where(_held(past, col(Booking.subject_id), held))).one()
+
+    return count
 
 
-def _documents_overdue(session: Session, today: date, days: int) -> int:
-    return session.exec(
-        select(func.count()).where(
-            col(IsicOrder.documents_purge_due) < today,
-            col(IsicOrder.documents_purged_at).is_(None),
-        )
-    ).one()
+def _documents_past(held: bool) -> Count:
+    def count(session: Session, today: date, days: int) -> int:
+        past = and_(col(IsicOrder.documents_purge_due) < today, col(IsicOrder.documents_purged_at).is_(None))
+        return session.exec(select(func.count()).where(_held(past, col(IsicOrder.subject_id), held))).one()
+
+    return count
 
 
-def _timify_overdue(session: Session, today: date, days: int) -> int:
-    return len(timify_customers_due(session, today - timedelta(days=1), days))
+def _timify_past(held: bool) -> Count:
+    def count(session: Session, today: date, days: int) -> int:
+        return len(_timify_due(session, today - timedelta(days=1), days, held))
+
+    return count
 
 
 # Every rule with a period: how many records are past it. Rules without one (on withdrawal,
 # on request) are watched by their own jobs (the consent sync, the erasure deadline watch).
-OVERDUE: dict[str, Callable[[Session, date, int], int]] = {
-    "R01": _optins_overdue("newsletter"),
-    "R02": _optins_overdue("service_offers"),
-    "R06": _timify_overdue,
-    "R07": _chats_overdue,
-    "R08": _documents_overdue,
+OVERDUE: dict[str, Count] = {
+    "R01": _optins_past("newsletter", held=False),
+    "R02": _optins_past("service_offers", held=False),
+    "R06": _timify_past(held=False),
+    "R07": _chats_past(held=False),
+    "R08": _documents_past(held=False),
+}
+# The same rules: how many records past the period are kept because their subject is
+# restricted (Art. 18): lawfully kept, not overdue; reported beside it, counts only.
+HELD: dict[str, Count] = {
+    "R01": _optins_past("newsletter", held=True),
+    "R02": _optins_past("service_offers", held=True),
+    "R06": _timify_past(held=True),
+    "R07": _chats_past(held=True),
+    "R08": _documents_past(held=True),
 }

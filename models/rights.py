@@ -40,11 +40,11 @@ from pydantic import (
     model_validator,
 )
 from pydantic import Field as Bounds
-from sqlalchemy import Index, LargeBinary, and_, or_, text
-from sqlmodel import Field, Session, SQLModel, select
+from sqlalchemy import Index, LargeBinary, and_, or_, text, union
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.db import claim_rows
-from models.deadlines import apply_extension, due_date, received_day, urgency
+from models.deadlines import due_date, received_day, urgency
 from models.documents import DocumentCipher
 from models.erasure import (
     MAX_TEXT,
@@ -52,10 +52,12 @@ from models.erasure import (
     RequestStatus,
     Urgency,
     check_free_text,
+    extend_open,
     find_subject,
+    get_by_id,
 )
 from models.identity import normalise_email, normalise_phone
-from models.subjects import DataSubject
+from models.restriction import Restriction
 from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
     "claim",
     "extend",
     "get_request",
+    "held_back",
     "open_rights_request",
     "release",
 ]
@@ -121,6 +124,10 @@ class RightsRequest(SQLModel, table=True):
     detail: str = Field(default="", max_length=MAX_TEXT)
     # What came of it, for the officer: counts, file names, processors; never personal.
     outcome: str = Field(default="", max_length=MAX_OUTCOME)
+    # A rectification: the names (never the values) of the fields it corrected in our copy,
+    # comma-separated ("email,last_name"); kept when the values are blanked (the proof of
+    # consent says an address was corrected, and when, without the old one).
+    corrected: str = Field(default="", max_length=200)
     claimed_by: str | None = Field(default=None, max_length=64)
     claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -146,6 +153,7 @@ classify(
         "attempts",
         "detail",
         "outcome",
+        "corrected",
         "claimed_by",
         "claimed_until",
         "created_at",
@@ -333,16 +341,23 @@ def open_request_of(session: Session, subject_id: uuid.UUID, right: Right | str)
     ).first()
 
 
+def held_back(session: Session) -> set[uuid.UUID]:
+    """Every subject whose new data the jobs hold back now (``flows.delivery``), in one
+    query: restricted (Art. 18, ``models.restriction.restricted``), or with a rectification
+    open (Art. 16: until every processor is verified our copy and the processors' may name
+    the person differently; a push by our copy's address would make a second record there).
+    What carries nothing new (a removal, a cancellation) still goes: an objection or erasure
+    arriving meanwhile ends at the processors."""
+    rectifying = select(RightsRequest.subject_id).where(
+        RightsRequest.right == Right.rectification, RightsRequest.status == RequestStatus.open
+    )
+    restricted_now = select(Restriction.subject_id).where(col(Restriction.lifted_at).is_(None))
+    return set(session.execute(union(restricted_now, rectifying)).scalars())
+
+
 def get_request(session: Session, request_id: uuid.UUID | str) -> RightsRequest:
     """The request, or LookupError (also for a malformed id)."""
-    try:
-        rid = request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(str(request_id))
-    except ValueError:
-        raise LookupError("no rights request with this id") from None
-    request = session.get(RightsRequest, rid)
-    if request is None:
-        raise LookupError("no rights request with this id")
-    return request
+    return get_by_id(session, RightsRequest, request_id, "rights request")
 
 
 def extend(
@@ -359,10 +374,7 @@ def extend(
     the one broken.
     """
     request = get_request(session, request_id)
-    if request.status != RequestStatus.open:
-        raise ValueError("the request is completed; nothing to extend")
-    subject = session.get(DataSubject, request.subject_id)
-    apply_extension(request, months, check_free_text(reason, "reason", subject), informed_on, today)
+    extend_open(session, request, months, reason, informed_on, today)
     request.updated_at = utcnow()
     return request
 
@@ -387,9 +399,11 @@ def claim(
     request_ids: Iterable[uuid.UUID] | None = None,
     rights: Iterable[Right | str] | None = None,
     limit: int | None = None,
+    skip: Iterable[uuid.UUID] = (),
 ) -> list[uuid.UUID]:
-    """Claim open requests (these, else every open one; of these rights, else any) for
-    `owner` until ``now + lease``: those nobody holds or whose claim ran out (a crashed run).
+    """Claim open requests (these, else every open one; of these rights, else any; not those
+    in `skip`) for `owner` until ``now + lease``: those nobody holds or whose claim ran out
+    (a crashed run); at most `limit`, oldest first.
 
     One UPDATE sets the claim, so of two runs at once only one gets a request (PostgreSQL:
     FOR UPDATE SKIP LOCKED; SQLite: the write transaction serialises them), as
@@ -404,6 +418,9 @@ def claim(
         condition = and_(condition, table.c.id.in_(list(request_ids)))
     if rights is not None:
         condition = and_(condition, table.c.right.in_([str(r) for r in rights]))
+    skip = list(skip)
+    if skip:
+        condition = and_(condition, table.c.id.not_in(skip))
     return claim_rows(session, RightsRequest, condition, (table.c.received_at, table.c.id), owner, now + lease, limit)
 
 

@@ -69,13 +69,14 @@ def check(
     ] = None,
 ) -> None:
     """List every deletion rule with records kept past its period; exit 1 when there are any
-    (as a monitor runs it). Rule ids and counts only."""
+    (as a monitor runs it). Records a restriction (Art. 18) keeps are listed as "held by
+    restriction", not overdue. Rule ids and counts only."""
     from datetime import date
 
     from core.catalogue import rule
     from core.clock import berlin_today
     from core.settings import get_settings
-    from flows.retention import overdue
+    from flows.retention import held_by_restriction, overdue
     from models.types import utcnow
 
     try:
@@ -84,6 +85,9 @@ def check(
         typer.echo("--as-of must be a date YYYY-MM-DD", err=True)
         raise typer.Exit(2) from None
     late = overdue(today, get_settings())
+    # Kept lawfully while their subject is restricted (Art. 18): said, not overdue.
+    for rule_id, count in sorted(held_by_restriction(today, get_settings()).items()):
+        typer.echo(f"{rule_id} {rule(rule_id).data_type.en}: {count} held by restriction")
     if not late:
         typer.echo(f"{today}: nothing kept past its deletion period")
         return

@@ -177,18 +177,28 @@ def rectification(
 @app.command("lift")
 def lift(
     reason: Annotated[str, typer.Option(help="why the restriction ends (no personal data)")],
+    informed_on: Annotated[
+        datetime,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="the day (Berlin, YYYY-MM-DD) the person was told the restriction will be lifted (Art. 18(3))",
+        ),
+    ],
     email: EmailOption = None,
     insurance_number: InsuranceOption = None,
     subject_id: SubjectOption = None,
     lifted_at: Annotated[datetime | None, typer.Option(help="when it ends, Berlin time (default: now)")] = None,
 ) -> None:
-    """Lift a restriction (Art. 18(3)): reactivated where it was deactivated, letters to the
-    others, the records held back meanwhile go to the jobs' retry queue. Prints the Art. 19
-    report; the letters are written (encrypted) to the outbox: ``psync request show lift-ID``."""
+    """Lift a restriction (Art. 18(3)), once the person was told (--informed-on: not in the
+    future, not before the restriction began): reactivated where it was deactivated, letters
+    to the others, the records held back meanwhile go to the jobs' retry queue. Prints the
+    Art. 19 report; the letters are written (encrypted) to the outbox: ``psync request show
+    lift-ID``. A missing or impossible --informed-on exits 2 and changes nothing."""
     from core.settings import get_settings
     from flows.amend import lift_restriction
     from flows.rights import write_outbox
     from models.erasure import find_subject
+    from models.restriction import InformedOnError
 
     key = get_settings().hmac_key()
     found = in_session(
@@ -196,7 +206,10 @@ def lift(
     )
     lifted_at = berlin(lifted_at)
     with clear_errors():
-        result = lift_restriction(found, reason_text=reason, lifted_at=lifted_at)
+        try:
+            result = lift_restriction(found, reason_text=reason, informed_on=informed_on.date(), lifted_at=lifted_at)
+        except InformedOnError as exc:  # checked before any call: nothing changed
+            raise typer.BadParameter(str(exc), param_hint="'--informed-on'") from None
         if not result.complete:
             failed = sorted({t.processor for t in result.told if t.outcome == "failed"})
             typer.echo(

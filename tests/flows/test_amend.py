@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 from sqlmodel import select
 
 from connectors.cleverreach import CleverReachAmender
+from core.clock import berlin_today
 from core.settings import get_settings
 from flows import amend, bookings, newsletter, student_id
 from flows.intake import intake_lines
@@ -58,6 +59,11 @@ def env(against_sandbox, monkeypatch, tmp_path):
     (tmp_path / "ausweis.png").write_bytes(PNG_BYTES)
     (tmp_path / "foto.jpg").write_bytes(JPEG_BYTES)
     return against_sandbox, tmp_path
+
+
+def told_on():
+    """The day the person was told of a lift (Art. 18(3)): today, Berlin."""
+    return berlin_today(utcnow())
 
 
 def ago(hours: float) -> str:
@@ -375,8 +381,8 @@ def test_restriction_holds_the_next_push_of_every_job_and_lifting_lets_it_go(env
     assert bookings.push_bookings().get("held_restricted") is None
 
     with pytest.raises(ValueError, match="reason"):
-        amend.lift_restriction(sid, reason_text="")
-    lifted = amend.lift_restriction(sid, reason_text="Richtigkeit geprüft, Daten korrekt")
+        amend.lift_restriction(sid, reason_text="", informed_on=told_on())
+    lifted = amend.lift_restriction(sid, reason_text="Richtigkeit geprüft, Daten korrekt", informed_on=told_on())
     assert lifted.complete and lifted.local == {"released": 3}
     assert by_processor(lifted)["cleverreach consent:newsletter"] == "reactivated"
     back = receiver(url, "1001", OLD["email"])
@@ -396,7 +402,7 @@ def test_restriction_holds_the_next_push_of_every_job_and_lifting_lets_it_go(env
         assert all(h.released_at is not None for h in session.exec(select(RestrictionHold)))
         assert {i.state for i in session.exec(select(ParkedItem))} == {"resolved"}
     with pytest.raises(ValueError, match="no restriction in force"):
-        amend.lift_restriction(sid, reason_text="nochmal")
+        amend.lift_restriction(sid, reason_text="nochmal", informed_on=told_on())
 
 
 def test_a_withdrawal_still_goes_while_restricted(env):
@@ -419,7 +425,7 @@ def test_a_withdrawal_still_goes_while_restricted(env):
     )
     newsletter.sync_newsletter_consents()
     assert receiver(url, "1001", "bert@example.de") is None
-    lifted = amend.lift_restriction(sid, reason_text="erledigt")
+    lifted = amend.lift_restriction(sid, reason_text="erledigt", informed_on=told_on())
     assert "cleverreach consent:newsletter" not in by_processor(lifted)  # removed: nothing to reactivate
 
 
@@ -495,7 +501,9 @@ def test_every_request_through_the_command_line_and_the_rights_flow(env):
 
     assert '"deactivated": 1' in psync("restriction", "--email", "bert.neu@example.de")
     assert receiver(url, "1001", "bert.neu@example.de")["active"] is False
-    lifted = psync("lift", "--email", "bert.neu@example.de", "--reason", "Richtigkeit geprüft")
+    lifted = psync(
+        "lift", "--email", "bert.neu@example.de", "--reason", "Richtigkeit geprüft", "--informed-on", str(told_on())
+    )
     assert '"reactivated"' in lifted and "bert" not in lifted
     assert receiver(url, "1001", "bert.neu@example.de")["active"] is True
 
@@ -550,7 +558,7 @@ def test_a_lift_whose_reactivation_fails_lifts_nothing_and_a_second_lift_complet
     amend.restrict(sid, reason_text="Richtigkeit bestritten")
     assert receiver(url, "1001", "carla@example.de")["active"] is False
     monkeypatch.setattr(CleverReachAmender, "reactivate", lambda self, client, holder: False)
-    failed = amend.lift_restriction(sid, reason_text="geprüft")
+    failed = amend.lift_restriction(sid, reason_text="geprüft", informed_on=told_on())
     assert failed.complete is False
     with transaction() as session:  # still in force: the receiver stays paused, and is no unsubscribe
         assert active_restriction(session, sid) is not None
@@ -558,7 +566,7 @@ def test_a_lift_whose_reactivation_fails_lifts_nothing_and_a_second_lift_complet
     with transaction() as session:
         assert session.exec(select(ConsentRecord.state).where(ConsentRecord.subject_id == sid)).one() == "confirmed"
     monkeypatch.undo()
-    lifted = amend.lift_restriction(sid, reason_text="geprüft")
+    lifted = amend.lift_restriction(sid, reason_text="geprüft", informed_on=told_on())
     assert lifted.complete and receiver(url, "1001", "carla@example.de")["active"] is True
 
 
@@ -577,3 +585,179 @@ def test_a_bad_new_value_from_the_command_line_opens_no_request(env):
         assert value not in result.output
     with transaction() as session:
         assert session.exec(select(RightsRequest)).all() == []
+
+
+def test_a_lift_needs_the_day_the_person_was_told_and_a_bad_one_changes_nothing(env):
+    from typer.testing import CliRunner
+
+    from models.restriction import InformedOnError
+    from psync.cli import app
+
+    url, base = env
+    take_in(base, *consent_lines("erna@example.de"))
+    newsletter.sync_newsletter_consents()
+    sid = subject_id("erna@example.de")
+    amend.restrict(sid, reason_text="Richtigkeit bestritten")
+    runner = CliRunner()
+    lift = ["request", "lift", "--email", "erna@example.de", "--reason", "Richtigkeit geprüft"]
+    today = told_on()
+    with transaction() as session:
+        trail = len(session.exec(select(AuditEntry)).all())
+
+    for given in ([], ["gestern"], ["2026-13-01"], [str(today + timedelta(days=1))], [str(today - timedelta(days=1))]):
+        result = runner.invoke(app, [*lift, *(["--informed-on", *given] if given else [])])
+        assert result.exit_code == 2, (given, result.output)
+        assert "informed-on" in result.output and "erna" not in result.output
+    assert "future" in runner.invoke(app, [*lift, "--informed-on", str(today + timedelta(days=1))]).output
+    assert (
+        "before the restriction began"
+        in runner.invoke(app, [*lift, "--informed-on", str(today - timedelta(days=1))]).output
+    )
+    with pytest.raises(InformedOnError, match="required"):
+        amend.lift_restriction(sid, reason_text="geprüft", informed_on=None)
+    # Nothing changed: still restricted, still paused at CleverReach, nothing audited.
+    with transaction() as session:
+        assert active_restriction(session, sid) is not None
+        assert len(session.exec(select(AuditEntry)).all()) == trail
+    assert receiver(url, "1001", "erna@example.de")["active"] is False
+
+    lifted = runner.invoke(app, [*lift, "--informed-on", str(today)])
+    assert lifted.exit_code == 0, lifted.output
+    assert f'"informed_on": "{today}"' in lifted.output  # in the lift report
+    with transaction() as session:
+        restriction = session.exec(select(Restriction)).one()
+        assert restriction.lifted_at is not None and restriction.lift_informed_on == today
+        recorded = session.exec(select(AuditEntry).where(AuditEntry.action == "restriction.lift")).all()
+        assert any(e.outcome == "recorded" and f"informed_on={today}" in e.detail for e in recorded)
+
+    # The access package shows it with the rest of the restriction row.
+    said = runner.invoke(app, ["request", "access", "--email", "erna@example.de"])
+    assert said.exit_code == 0, said.output
+    rid = said.output.split()[1]
+    package = json.loads(runner.invoke(app, ["request", "show", rid, "--file", "access.json"]).stdout_bytes)
+    assert today.isoformat() in json.dumps(package) and "lift_informed_on" in json.dumps(package)
+
+
+def test_a_half_done_rectification_holds_pushes_and_an_objection_meanwhile_ends_right_at_cleverreach(env, monkeypatch):
+    from connectors.transport import RetriableError
+    from flows import rights
+    from models.recipients import Recipient
+
+    url, base = env
+    take_in(base, *consent_lines("bert@example.de"))
+    newsletter.sync_newsletter_consents()
+    sid = subject_id("bert@example.de")
+    with transaction() as session:
+        rectification = rights.open_request(
+            session, right="rectification", subject_id=sid, channel="letter", changes={"email": "bert.neu@example.de"}
+        ).id
+
+    # CleverReach applies the new address, but its answer is lost: the rectification stays
+    # open, ours keeps the old address, CleverReach holds the new one.
+    update = CleverReachAmender.update
+
+    def applied_but_answer_lost(self, client, holder, changes):
+        update(self, client, holder, changes)
+        raise RetriableError("cleverreach", "receivers.update", None, reason="connection dropped")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CleverReachAmender, "update", applied_but_answer_lost)
+        assert rights.handle([rectification])["still_open"] == 1
+    there = receiver(url, "1001", "bert.neu@example.de")
+    assert there is not None and receiver(url, "1001", "bert@example.de") is None
+    with transaction() as session:
+        assert session.get(DataSubject, sid).email == "bert@example.de"
+        row = session.exec(select(Recipient).where(Recipient.processor == "cleverreach")).one()
+        assert row.external_id == str(there["id"])  # kept on the rectification path
+
+    # Meanwhile the sync holds the person: nothing is pushed under our (old) address.
+    take_in(base, *consent_lines("bert@example.de", "service_offers", insurance_number="A123456780"))
+    assert newsletter.sync_newsletter_consents().get("held_restricted") == 1
+    assert sandbox_state(url)["cleverreach"]["groups"]["1002"]["receivers"] == {}
+    with transaction() as session:
+        held = session.exec(select(RestrictionHold)).one()
+        assert held.subject_id == sid and held.released_at is None
+        assert ("sync-newsletter-consents:service_offers.restriction", "held") in {
+            (e.action, e.outcome) for e in session.exec(select(AuditEntry))
+        }
+
+    # The objection arrives: the receiver is removed by its id, not looked for under ours.
+    with transaction() as session:
+        objection = rights.open_request(session, right="objection", subject_id=sid, channel="portal").id
+    assert rights.handle([objection])["completed"] == 1
+    groups = sandbox_state(url)["cleverreach"]["groups"]
+    assert groups["1001"]["receivers"] == {} and groups["1002"]["receivers"] == {}
+
+    # The rectification's follow-up completes here; CleverReach stays empty, and what was
+    # held goes to the retry queue (a withdrawn consent now: nothing is pushed).
+    assert rights.handle([rectification])["completed"] == 1
+    with transaction() as session:
+        assert session.get(DataSubject, sid).email == "bert.neu@example.de"
+        assert session.exec(select(RestrictionHold)).one().released_at is not None
+    newsletter.sync_newsletter_consents()
+    groups = sandbox_state(url)["cleverreach"]["groups"]
+    assert groups["1001"]["receivers"] == {} and groups["1002"]["receivers"] == {}
+    with transaction() as session:
+        assert verify(session, KEY).ok
+
+
+def test_what_a_rectification_held_goes_once_it_completes(env, monkeypatch):
+    from connectors.transport import FatalError
+    from flows import rights
+
+    url, base = env
+    take_in(base, *consent_lines("carla@example.de"))
+    newsletter.sync_newsletter_consents()
+    sid = subject_id("carla@example.de")
+    with transaction() as session:
+        rectification = rights.open_request(
+            session, right="rectification", subject_id=sid, channel="letter", changes={"last_name": "Neumann"}
+        ).id
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            CleverReachAmender,
+            "update",
+            lambda self, client, holder, changes: (_ for _ in ()).throw(
+                FatalError("cleverreach", "receivers.update", 422)
+            ),
+        )
+        assert rights.handle([rectification])["still_open"] == 1
+    take_in(base, *consent_lines("carla@example.de", "service_offers", insurance_number="A123456780"))
+    assert newsletter.sync_newsletter_consents().get("held_restricted") == 1
+    assert sandbox_state(url)["cleverreach"]["groups"]["1002"]["receivers"] == {}
+
+    assert rights.handle([rectification])["completed"] == 1
+    assert newsletter.sync_newsletter_consents().get("pushed") == 1
+    pushed = receiver(url, "1002", "carla@example.de")
+    assert pushed is not None and pushed["global_attributes"]["lastname"] == "Neumann"
+
+
+def test_an_erasure_during_a_half_done_rectification_ends_right_at_cleverreach(env, monkeypatch):
+    from connectors.transport import RetriableError
+    from flows import erasure, rights
+
+    url, base = env
+    take_in(base, *consent_lines("bert@example.de"))
+    newsletter.sync_newsletter_consents()
+    sid = subject_id("bert@example.de")
+    with transaction() as session:
+        rectification = rights.open_request(
+            session, right="rectification", subject_id=sid, channel="letter", changes={"email": "bert.neu@example.de"}
+        ).id
+    update = CleverReachAmender.update
+
+    def applied_but_answer_lost(self, client, holder, changes):
+        update(self, client, holder, changes)
+        raise RetriableError("cleverreach", "receivers.update", 503)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CleverReachAmender, "update", applied_but_answer_lost)
+        assert rights.handle([rectification])["still_open"] == 1
+    assert receiver(url, "1001", "bert.neu@example.de") is not None
+
+    # Asked for by our (old) address; CleverReach is asked by the receiver's id.
+    counts = erasure.fan_out_erasure(email="bert@example.de", channel="letter")
+    assert counts.get("verified") == 1, counts
+    assert sandbox_state(url)["cleverreach"]["groups"]["1001"]["receivers"] == {}
+    rights.handle([rectification])  # its follow-up sends nothing there again
+    assert sandbox_state(url)["cleverreach"]["groups"]["1001"]["receivers"] == {}

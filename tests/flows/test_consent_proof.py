@@ -420,3 +420,49 @@ def test_an_address_opens_only_the_proof_of_whoever_holds_it(subscribers):
     with transaction() as session:
         assert gather(session, ERIKA, subscribers.hmac_key(), NOW).status == "unknown"
         assert gather(session, "erika.neu@example.de", subscribers.hmac_key(), NOW).status == "found"
+
+
+def test_the_proof_after_an_address_correction_says_when_and_by_which_request_not_the_old_address(
+    subscribers, runner, monkeypatch
+):
+    from sqlmodel import SQLModel
+
+    from flows import rights
+    from flows.consent_proof import when
+    from models.rights import RightsRequest
+
+    monkeypatch.setenv("PSYNC_DOCUMENT_KEY", Fernet.generate_key().decode())
+    get_settings.cache_clear()
+    new = "erika.neu@example.de"
+    with transaction() as session:
+        rid = rights.open_request(
+            session, right="rectification", email=ERIKA, channel="letter", changes={"email": new}
+        ).id
+    assert rights.handle([rid])["completed"] == 1
+    with transaction() as session:
+        done = session.get(RightsRequest, rid)
+        assert done.corrected == "email" and done.changes is None  # the names stay, the values go
+        completed_at = done.completed_at
+
+    result = runner.invoke(app, ["consent", "proof", "--email", new])
+    assert result.exit_code == 0, result.output
+    md = result.stdout
+    assert f"| E-Mail-Adresse | {new} |" in md
+    said = f"| E-Mail-Adresse berichtigt | am {when(completed_at)} (Berichtigungsantrag {rid}, Art. 16 DSGVO) |"
+    assert said in md
+    assert "192.0.2.41" in md and "198.51.100.42" in md  # the consent's evidence stands
+    assert ERIKA not in md and "erika.beweis" not in md.lower()
+    # The old address opens nothing, and is kept in clear nowhere.
+    old = runner.invoke(app, ["consent", "proof", "--email", ERIKA])
+    assert "Zu dieser E-Mail-Adresse liegen keine Daten vor." in old.stdout
+    with transaction() as session:
+        for table in SQLModel.metadata.sorted_tables:
+            for row in session.execute(table.select()):
+                assert "erika.beweis" not in repr(tuple(row)).lower(), table.name
+    # A correction of the name only says nothing about the address.
+    with transaction() as session:
+        other = rights.open_request(
+            session, right="rectification", email=new, channel="letter", changes={"last_name": "Neumann"}
+        ).id
+    assert rights.handle([other])["completed"] == 1
+    assert runner.invoke(app, ["consent", "proof", "--email", new]).stdout.count("E-Mail-Adresse berichtigt") == 1

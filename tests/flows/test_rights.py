@@ -526,3 +526,83 @@ def test_the_calls_of_a_handler_that_fails_still_reach_the_audit_trail_once(env,
         calls = session.exec(select(AuditEntry).where(AuditEntry.action.startswith("call."))).all()
         assert made == 2 and len(calls) == made and all("recovered=" in c.detail for c in calls)
         assert verify(session, get_settings().hmac_key()).ok
+
+
+class Clock:
+    """A settable clock: handlers move it on, as a long answer would."""
+
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_requests_are_claimed_one_at_a_time_so_no_later_claim_lapses(env, monkeypatch):
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2], *lines_of(BERT)[:2])
+    with transaction() as session:
+        first = rights.open_request(
+            session, right="access", email=ANNA.email, received_at=utcnow() - timedelta(hours=2)
+        )
+        second = rights.open_request(
+            session, right="access", email=BERT.email, received_at=utcnow() - timedelta(hours=1)
+        )
+        first_id, second_id = first.id, second.id
+    start = utcnow()
+    clock = Clock(start)
+    claims: list[tuple[datetime, int | None]] = []
+    real_claim = rights.claim
+
+    def counted(session, owner, now, lease, *args, **kwargs):
+        claims.append((now, kwargs.get("limit")))
+        return real_claim(session, owner, now, lease, *args, **kwargs)
+
+    seen: list[tuple[uuid.UUID, dict]] = []
+
+    def slow(ask: Ask) -> Outcome:
+        with transaction() as session:
+            held = {r.id: (r.claimed_by, r.claimed_until) for r in session.exec(select(RightsRequest))}
+        seen.append((ask.request_id, held))
+        clock.now += timedelta(minutes=20)  # longer than the lease: a long answer
+        return Outcome(True, "answered")
+
+    monkeypatch.setattr(rights, "claim", counted)
+    monkeypatch.setitem(rights.HANDLERS, Right.access, slow)
+    assert handle(clock=clock)["completed"] == 2
+
+    (answered_first, while_first), (answered_second, while_second) = seen
+    assert (answered_first, answered_second) == (first_id, second_id)  # oldest first
+    assert while_first[second_id] == (None, None)  # not claimed while the first was answered
+    owner, until = while_second[second_id]
+    assert owner is not None and until == start + timedelta(minutes=20) + rights.LEASE  # leased when taken
+    assert while_second[first_id] == (None, None)  # the first was done and released by then
+    # One claim per request, each of one, each at the clock's time then; a last one finds none.
+    assert claims == [(start, 1), (start + timedelta(minutes=20), 1), (start + timedelta(minutes=40), 1)]
+
+
+def test_a_request_another_run_took_meanwhile_is_not_answered_twice(env, monkeypatch):
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2], *lines_of(BERT)[:2])
+    with transaction() as session:
+        first = rights.open_request(
+            session, right="access", email=ANNA.email, received_at=utcnow() - timedelta(hours=2)
+        )
+        second = rights.open_request(
+            session, right="access", email=BERT.email, received_at=utcnow() - timedelta(hours=1)
+        )
+        first_id, second_id = first.id, second.id
+    answered: list[uuid.UUID] = []
+
+    def meanwhile(ask: Ask) -> Outcome:
+        answered.append(ask.request_id)
+        if ask.request_id == first_id:  # a form run resumes the second while this one works
+            with transaction() as session:
+                assert claim(session, "form-run", utcnow(), rights.LEASE, [second_id]) == [second_id]
+        return Outcome(True, "answered")
+
+    monkeypatch.setitem(rights.HANDLERS, Right.access, meanwhile)
+    assert handle()["completed"] == 1
+    assert answered == [first_id]  # the second is the form run's to answer
+    with transaction() as session:
+        assert session.get(RightsRequest, second_id).claimed_by == "form-run"

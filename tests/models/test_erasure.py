@@ -325,3 +325,15 @@ def test_the_controller_copy_is_erased_and_read_back(settings):
         assert personal_data_left(session, erika.id) == []
         assert (consent.state, consent.withdraw_channel) == ("withdrawn", "erasure")
         assert booking.chat_purged_at == NOW and erika.pseudonym and erika.erased_at == NOW
+
+
+def test_an_unknown_or_malformed_request_id_is_a_lookup_error_for_erasure_as_for_rights(settings):
+    from models import erasure, rights
+
+    with transaction() as session:
+        for get, what in ((erasure.get_request, "erasure request"), (rights.get_request, "rights request")):
+            for bad in ("not-a-uuid", str(uuid.uuid4())):
+                with pytest.raises(LookupError, match=f"no {what} with this id"):
+                    get(session, bad)
+            with pytest.raises(LookupError):
+                erasure.extend(session, "not-a-uuid", 1, "Rückfragen", date(2026, 1, 2), date(2026, 1, 2))

@@ -672,7 +672,16 @@ def amend_ida(scene: Scene) -> None:
     restricted = answer("restriction", CORRECTED["email"])
     scene.intake("ida-later.jsonl", [booking(IDA, "LK-IDA-2", video=False, days=9) | {"email": CORRECTED["email"]}])
     held = scene.run("push-bookings", False)
-    scene.cli("request", "lift", "--email", CORRECTED["email"], "--reason", "Richtigkeit geprüft")
+    scene.cli(
+        "request",
+        "lift",
+        "--email",
+        CORRECTED["email"],
+        "--reason",
+        "Richtigkeit geprüft",
+        "--informed-on",
+        berlin_today(utcnow()).isoformat(),
+    )
     pushed = scene.run("push-bookings", False)
     objected = answer("objection", CORRECTED["email"])
     scene.run("follow-up-rights-requests", None)
