@@ -38,7 +38,8 @@ class Recipient(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("subject_id", "processor", "purpose"),)
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
-    subject_id: uuid.UUID = Field(foreign_key="data_subject.id", index=True)
+    # No index of its own: the unique key below starts with it (migration 0013).
+    subject_id: uuid.UUID = Field(foreign_key="data_subject.id")
     processor: str = Field(max_length=40, index=True)
     purpose: str = Field(max_length=60)
     external_id: str | None = Field(default=None, max_length=200)
