@@ -56,7 +56,7 @@ def _payloads() -> list[tuple[dict, bytes, str]]:
     from core.settings import get_settings
     from models.db import transaction
     from models.documents import DocumentCipher
-    from models.isic import IsicOrder, open_document, photo
+    from models.isic import IsicOrder, sealed_photo
     from models.subjects import DataSubject
 
     cipher = DocumentCipher(get_settings().document_key_bytes())
@@ -77,8 +77,9 @@ def _payloads() -> list[tuple[dict, bytes, str]]:
                 "institutionName": order.institution,
                 "studentStatus": order.student_status,
             }
-            document = photo(session, order)
-            out.append((body, open_document(session, document, cipher), document.media_type))
+            sealed = sealed_photo(session, order.id)
+            assert sealed is not None
+            out.append((body, sealed.open(cipher), sealed.media_type))
     return out
 
 

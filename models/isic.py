@@ -215,11 +215,6 @@ def documents_due(session: Session, today: date, limit: int) -> list[IsicOrder]:
     return list(session.exec(skip_locked(query, IsicOrder)))
 
 
-def photo(session: Session, order: IsicOrder) -> IsicDocument | None:
-    query = select(IsicDocument).where(IsicDocument.order_id == order.id, IsicDocument.kind == DocumentKind.photo)
-    return session.exec(query).first()
-
-
 class SealedPhoto(NamedTuple):
     """An order's photo as stored: its media type, ciphertext and wrapped data key (None: a
     document stored before data keys)."""
