@@ -1,6 +1,7 @@
 """``make up`` / ``make down``: a local Prefect server, the sandbox, the work pool, every
-deployment of ``prefect.yaml``, one process worker and the website's HTTP intake
-(``psync serve``, when given a port), as background processes.
+deployment of ``prefect.yaml``, one process worker, the resident runner that ``psync run``
+hands its runs to (``psync runner``, psync/runner.py; its socket ``<state>/runner.sock``) and
+the website's HTTP intake (``psync serve``, when given a port), as background processes.
 
 The end-to-end deployment tests start the same stack on free ports (``Stack.up``), so what
 a user starts by hand and what CI proves are one piece of code. Everything it starts is
