@@ -47,7 +47,8 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -202,15 +203,28 @@ def serve(socket_path: Path, command: Any, say=print) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     say(f"runner: pid {os.getpid()}, {len(FLOWS)} flows, at {socket_path}", flush=True)
     try:
-        while True:
-            conn, _ = listener.accept()
-            with conn:
-                _answer(conn, own, say)
+        # Heartbeats off for good, as `psync run` has them off for its run (psync.cli's
+        # _without_heartbeats, which then changes nothing per run), unless set.
+        with _without_heartbeats():
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    _answer(conn, own, FLOWS, say)
     except (SystemExit, KeyboardInterrupt):
         say("runner: stopped", flush=True)
     finally:
         listener.close()
         socket_path.unlink(missing_ok=True)
+
+
+def _without_heartbeats() -> Any:
+    from contextlib import nullcontext
+
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ:
+        return nullcontext()
+    return temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
@@ -241,13 +255,16 @@ def _peer_uid(conn: socket.socket) -> int | None:
     return uid
 
 
-def _answer(conn: socket.socket, own: dict[str, str], say) -> None:
+def _answer(conn: socket.socket, own: dict[str, str], known: Collection[str], say) -> None:
     uid = _peer_uid(conn)
     if uid is not None and uid != os.getuid():
         say(f"runner: refused a connection of uid {uid}", flush=True)
         return
     request = _read_request(conn)
-    if request is None:
+    if request is None:  # nothing came
+        return
+    if request.get("v") != PROTOCOL:  # another version's client, or not one at all
+        _send(conn, {"declined": "another protocol"})
         return
     if request.get("ping"):
         _send(conn, {"pid": os.getpid()})
@@ -258,14 +275,16 @@ def _answer(conn: socket.socket, own: dict[str, str], say) -> None:
         _send(conn, {"declined": declined})
         return
     argv = [str(a) for a in request["argv"]]
-    say(f"runner: psync run {argv[0] if argv else '?'}", flush=True)  # the flow's name only
+    # The flow's name only, and only a known one (a mistyped name might be anything).
+    say(f"runner: psync run {argv[0] if argv and argv[0] in known else '(an unknown flow)'}", flush=True)
+    started = time.perf_counter()
     try:
         code, out, err = run_command(argv, prog=str(request.get("prog") or "psync"), debug=bool(request.get("debug")))
     except _Stopped as stopped:
         _send(conn, stopped.answer)
         raise
     _send(conn, {"code": code, "stdout": out, "stderr": err})
-    say(f"runner: exit {code}", flush=True)
+    say(f"runner: exit {code} after {time.perf_counter() - started:.2f} s", flush=True)
 
 
 def _read_request(conn: socket.socket) -> dict[str, Any] | None:
@@ -279,13 +298,13 @@ def _read_request(conn: socket.socket) -> dict[str, Any] | None:
             data += chunk
     except OSError:
         return None
+    if not data:
+        return None
     try:
         request = json.loads(data.split(b"\n", 1)[0])
     except ValueError:
-        return None
-    if not isinstance(request, dict) or request.get("v") != PROTOCOL:
-        return None
-    return request
+        return {}
+    return request if isinstance(request, dict) else {}
 
 
 def _declined(request: dict[str, Any], own: dict[str, str]) -> str:
