@@ -287,23 +287,38 @@ def test_psync_run_by_hand_runs_on_the_stacks_resident_runner(as_worker, tmp_pat
     assert "runner" in stack._pids()
     assert stat.S_IMODE(stack.runner_socket.stat().st_mode) == 0o600
     env = {**stack.environment(), "PSYNC_RUNNER_SOCKET": str(stack.runner_socket)}
-    done = subprocess.run(
-        [sys.executable, "-m", "psync.cli", "run", "push-bookings", "-p", "records_per_task=100"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def psync_run(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "psync.cli", "run", "push-bookings", "-p", "records_per_task=100"],
+            env={**env, **extra},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def latest() -> dict:
+        runs = _api(
+            stack,
+            "POST",
+            "/flow_runs/filter",
+            flows={"name": {"any_": ["push-bookings"]}},
+            sort="EXPECTED_START_TIME_DESC",
+        )
+        return runs[0]
+
+    done = psync_run()
     assert done.returncode == 0, done.stderr
     assert isinstance(json.loads(done.stdout), dict)
-    assert "runner: psync run push-bookings" in (stack.state / "runner.log").read_text()
-    (run, *_) = _api(
-        stack,
-        "POST",
-        "/flow_runs/filter",
-        flows={"name": {"any_": ["push-bookings"]}},
-        sort="EXPECTED_START_TIME_DESC",
-    )
+    assert (stack.state / "runner.log").read_text().count("runner: psync run push-bookings") == 1
+    run = latest()
     assert run["deployment_id"] is None and run["state"]["type"] == "COMPLETED", run["state"]
     assert run["parameters"]["records_per_task"] == 100
+
+    # Without the runner (PSYNC_RUNNER_SOCKET empty) the run happens in the calling process,
+    # on the same server, with the same output.
+    alone = psync_run(PSYNC_RUNNER_SOCKET="")
+    assert (alone.returncode, alone.stdout) == (0, done.stdout), alone.stderr
+    assert (stack.state / "runner.log").read_text().count("runner: psync run push-bookings") == 1
+    assert latest()["id"] != run["id"] and latest()["state"]["type"] == "COMPLETED"
