@@ -121,7 +121,7 @@ class Stack:
             self._step("deploy", [*_prefect(), "--no-prompt", "deploy", "--all"], env)
             self._start("worker", [*_prefect(), "worker", "start", "--pool", POOL, "--type", "process"], env)
             self._start("runner", [*_psync(), "runner", "--socket", str(self.runner_socket)], env)
-            _wait_for_runner(self.runner_socket, self.state / "runner.log")
+            _wait_for_runner(self.runner_socket, self.state / "runner.log", self._children["runner"])
             if self.intake_port is not None:
                 self._start("intake", [*_psync(), "serve", "--host", HOST, "--port", str(self.intake_port)], env)
                 _wait_for(f"{self.intake_url}/v1/health", "the HTTP intake", self.state / "intake.log")
@@ -212,14 +212,17 @@ def _wait_for(url: str, what: str, log: Path, timeout: float = 90.0) -> None:
     raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s; see {log}")
 
 
-def _wait_for_runner(path: Path, log: Path, timeout: float = 120.0) -> None:
-    """Until the resident runner answers (it listens once every flow is imported)."""
+def _wait_for_runner(path: Path, log: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until the resident runner answers (it listens once every flow is imported); fails at
+    once when it exited (an import error, another runner at that socket)."""
     from psync.runner import ping
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and ping(path) is not None:
             return
+        if process.poll() is not None:
+            raise RuntimeError(f"the resident runner exited ({process.returncode}); see {log}")
         time.sleep(0.3)
     raise RuntimeError(f"the resident runner did not answer at {path} within {timeout:.0f} s; see {log}")
 
