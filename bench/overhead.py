@@ -3,7 +3,10 @@
 ``psync run push-bookings`` with nothing to do (an empty database: no call, no task run),
 each in a process of its own as a user or cron starts it, ``--runs`` times:
 
-- against a running Prefect server (``PREFECT_API_URL`` set: the test harness's server);
+- against the resident runner (``psync runner``, which ``psync up`` starts: psync/runner.py)
+  on that server: the run in the runner's process, this process only asking for it;
+- against a running Prefect server (``PREFECT_API_URL`` set: the test harness's server),
+  the run in the ``psync run`` process (no runner);
 - on the temporary server Prefect starts when no API is set (its start included);
 - against the running server once more with Prefect's flow-run heartbeats on, as
   ``psync run`` had them before (what turning them off saves).
@@ -19,11 +22,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from bench.common import ROOT, job_environment, log, write_result
 
@@ -67,11 +75,25 @@ def run(runs: int, keep: bool) -> dict:
         upgrade()
         base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
         base.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
+        # No resident runner unless asked for (one `make up` left running here is not used).
+        base["PSYNC_RUNNER_SOCKET"] = ""
         psync = psync_command("run", FLOW)
         python = [sys.executable, "-c"]
         result: dict = {"flow": FLOW, "runs": runs}
         with prefect_api() as url:
             server = {**base, "PREFECT_API_URL": url}
+            with _resident_runner(server) as (resident, runner_log):
+                log(f"psync run {FLOW}, nothing to do, on the resident runner ({runs}×)")
+                _timed(psync, resident)  # the runner's first run: not counted, as below
+                result["resident_runner"] = _series(psync, resident, runs)
+                said = runner_log.read_text()
+                taken = said.count(f"runner: psync run {FLOW}")
+                if taken != runs + 1:  # else some run went its own way: not this row's figure
+                    raise RuntimeError(f"the runner took {taken} of {runs + 1} runs; see {runner_log}")
+                # The runner's own seconds per run (the flow run), as its log says them.
+                inside = [float(m) for m in re.findall(r"runner: exit 0 after ([0-9.]+) s", said)][1:]
+                result["resident_runner"]["runner_side_s"] = inside
+                result["resident_runner"]["runner_side_median_s"] = round(statistics.median(inside), 2)
             log(f"psync run {FLOW}, nothing to do, against a running server ({runs}×)")
             _timed(psync, server)  # the server's first flow and its first run: not counted
             result["running_server"] = _series(psync, server, runs)
@@ -92,6 +114,34 @@ def run(runs: int, keep: bool) -> dict:
         result["temporary_server"] = _series(psync, temporary, runs)
     result["target_s"] = TARGET_SECONDS
     return result
+
+
+@contextmanager
+def _resident_runner(env: dict[str, str]) -> Iterator[tuple[dict[str, str], Path]]:
+    """``psync runner`` as ``psync up`` starts it, against the same server and database;
+    yields the environment of a ``psync run`` that asks it, and the runner's log."""
+    from psync.runner import ping
+
+    with tempfile.TemporaryDirectory(prefix="psync-runner-") as folder:
+        sock = Path(folder) / "runner.sock"
+        with (Path(folder) / "runner.log").open("ab") as out:
+            runner = subprocess.Popen(
+                [sys.executable, "-m", "psync.cli", "runner", "--socket", str(sock)],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 120
+            while ping(sock) is None:
+                if runner.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"psync runner did not start: {(Path(folder) / 'runner.log').read_text()}")
+                time.sleep(0.2)
+            yield {**env, "PSYNC_RUNNER_SOCKET": str(sock)}, Path(folder) / "runner.log"
+        finally:
+            runner.terminate()
+            runner.wait(timeout=60)
 
 
 def _flow_in_process(runs: int) -> dict:
@@ -120,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args.runs, args.keep)
     path = write_result("overhead", report)
     for key in (
+        "resident_runner",
         "running_server",
         "running_server_heartbeats_on",
         "temporary_server",

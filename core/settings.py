@@ -248,6 +248,10 @@ class Settings(BaseSettings):
 
     # Every psync command prints a failure's traceback, not only its one line (as --debug does).
     debug: bool = False
+    # `psync run` hands its run to the resident runner listening here (`psync up` starts one;
+    # psync/runner.py), else runs it in its own process; relative to the current folder.
+    # Empty: always in its own process.
+    runner_socket: str = ".psync/stack/runner.sock"
 
     # Unconfirmed double-opt-in sign-ups are erased after this many calendar days (seed 000).
     optin_expiry_days_newsletter: int = 30

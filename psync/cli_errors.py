@@ -191,6 +191,11 @@ def _missing_settings(processor: str) -> list[str]:
         return []
 
 
+def debugging() -> bool:
+    """Whether the running command was given --debug (or PSYNC_DEBUG=1)."""
+    return _DEBUG.get()
+
+
 def _debug_setting() -> bool:
     """PSYNC_DEBUG, through the one settings object (false when the settings are broken)."""
     from core.settings import get_settings

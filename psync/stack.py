@@ -1,6 +1,7 @@
 """``make up`` / ``make down``: a local Prefect server, the sandbox, the work pool, every
-deployment of ``prefect.yaml``, one process worker and the website's HTTP intake
-(``psync serve``, when given a port), as background processes.
+deployment of ``prefect.yaml``, one process worker, the resident runner that ``psync run``
+hands its runs to (``psync runner``, psync/runner.py; its socket ``<state>/runner.sock``) and
+the website's HTTP intake (``psync serve``, when given a port), as background processes.
 
 The end-to-end deployment tests start the same stack on free ports (``Stack.up``), so what
 a user starts by hand and what CI proves are one piece of code. Everything it starts is
@@ -36,7 +37,8 @@ from psync.sandbox_env import sandbox_environment
 POOL = "psync-process"
 HOST = "127.0.0.1"
 # `down` stops the worker first, so no flow run starts against a server that is going.
-STOP_ORDER = ("worker", "intake", "sandbox", "server")
+# The resident runner before it: a run it has going is set Crashed while the server listens.
+STOP_ORDER = ("runner", "worker", "intake", "sandbox", "server")
 
 
 @dataclass
@@ -65,6 +67,11 @@ class Stack:
     @property
     def intake_url(self) -> str:
         return f"http://{HOST}:{self.intake_port}"
+
+    @property
+    def runner_socket(self) -> Path:
+        """Where the resident runner (``psync runner``, psync/runner.py) listens."""
+        return (self.state / "runner.sock").resolve()
 
     def environment(self) -> dict[str, str]:
         """The environment of every process the stack starts.
@@ -113,6 +120,8 @@ class Stack:
             self._step("work-pool", [*_prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
             self._step("deploy", [*_prefect(), "--no-prompt", "deploy", "--all"], env)
             self._start("worker", [*_prefect(), "worker", "start", "--pool", POOL, "--type", "process"], env)
+            self._start("runner", [*_psync(), "runner", "--socket", str(self.runner_socket)], env)
+            _wait_for_runner(self.runner_socket, self.state / "runner.log", self._children["runner"])
             if self.intake_port is not None:
                 self._start("intake", [*_psync(), "serve", "--host", HOST, "--port", str(self.intake_port)], env)
                 _wait_for(f"{self.intake_url}/v1/health", "the HTTP intake", self.state / "intake.log")
@@ -201,6 +210,21 @@ def _wait_for(url: str, what: str, log: Path, timeout: float = 90.0) -> None:
             pass
         time.sleep(0.3)
     raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s; see {log}")
+
+
+def _wait_for_runner(path: Path, log: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until the resident runner answers (it listens once every flow is imported); fails at
+    once when it exited (an import error, another runner at that socket)."""
+    from psync.runner import ping
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and ping(path) is not None:
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"the resident runner exited ({process.returncode}); see {log}")
+        time.sleep(0.3)
+    raise RuntimeError(f"the resident runner did not answer at {path} within {timeout:.0f} s; see {log}")
 
 
 def _stop_group(pid: int, grace: float, child: subprocess.Popen | None) -> bool:

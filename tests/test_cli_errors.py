@@ -155,6 +155,14 @@ def test_an_erasure_with_a_processor_down_says_so_in_one_or_two_lines_without_th
             ["run", "push-bookings", "--param", "records_per_task"],
             "error: Invalid value: --param 'records_per_task': expected key=value",
         ),
+        (  # checked before a flow run is made: nothing runs
+            ["run", "push-bookings", "--param", "records_per_task=many"],
+            "error: Invalid value: --param records_per_task: Input should be a valid integer",
+        ),
+        (
+            ["run", "push-bookings", "--param", "per_task=1"],
+            "error: Invalid value: --param: push-bookings: Function expects parameters ['booking_ids', ",
+        ),
         (
             ["erasure", "extend", "R-1", "--months", "5", "--reason", "r", "--informed-on", "2026-01-01"],
             "error: Invalid value for '--months': Input should be less than or equal to 2",

@@ -10,6 +10,9 @@ or in the PostgreSQL pass a schema of the test cluster, as in production.
 from __future__ import annotations
 
 import json
+import stat
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -275,3 +278,47 @@ def test_a_failed_run_names_the_processor_and_the_reason_but_no_one(as_worker):
     completed(stack, sync_newsletter_consents={"lists": ["newsletter"]})
     receivers = sandbox_state(sandbox)["cleverreach"]["groups"]["1001"]["receivers"]
     assert email in [r["email"] for r in receivers.values()]
+
+
+def test_psync_run_by_hand_runs_on_the_stacks_resident_runner(as_worker, tmp_path):
+    """`make up`, then `psync run`: the run happens in the runner `up` started (psync/runner.py),
+    as a flow run on the stack's server like any other, with `psync run`'s output."""
+    stack = as_worker
+    assert "runner" in stack._pids()
+    assert stat.S_IMODE(stack.runner_socket.stat().st_mode) == 0o600
+    env = {**stack.environment(), "PSYNC_RUNNER_SOCKET": str(stack.runner_socket)}
+
+    def psync_run(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "psync.cli", "run", "push-bookings", "-p", "records_per_task=100"],
+            env={**env, **extra},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def latest() -> dict:
+        runs = _api(
+            stack,
+            "POST",
+            "/flow_runs/filter",
+            flows={"name": {"any_": ["push-bookings"]}},
+            sort="EXPECTED_START_TIME_DESC",
+        )
+        return runs[0]
+
+    done = psync_run()
+    assert done.returncode == 0, done.stderr
+    assert isinstance(json.loads(done.stdout), dict)
+    assert (stack.state / "runner.log").read_text().count("runner: psync run push-bookings") == 1
+    run = latest()
+    assert run["deployment_id"] is None and run["state"]["type"] == "COMPLETED", run["state"]
+    assert run["parameters"]["records_per_task"] == 100
+
+    # Without the runner (PSYNC_RUNNER_SOCKET empty) the run happens in the calling process,
+    # on the same server, with the same output.
+    alone = psync_run(PSYNC_RUNNER_SOCKET="")
+    assert (alone.returncode, alone.stdout) == (0, done.stdout), alone.stderr
+    assert (stack.state / "runner.log").read_text().count("runner: psync run push-bookings") == 1
+    assert latest()["id"] != run["id"] and latest()["state"]["type"] == "COMPLETED"
