@@ -26,7 +26,6 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
 from pydantic import Field, model_validator
-from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from intake.receipts import erased_reason, ignored
@@ -36,23 +35,26 @@ from models.consent import (
     ENDED,
     ConsentEvent,
     ConsentList,
-    ConsentRecord,
     ConsentState,
     Decision,
     EventKind,
+    Record,
     Step,
     TransitionError,
     cut_of,
     describe_time,
+    insert_events,
+    load_records,
     replay,
     settle,
+    write_records,
 )
 from models.consent_text import known_versions
 from models.cursors import next_seq
 from models.receipts import IntakeReceipt, seen
 from models.subject_index import SubjectIndex, erased_before
 from models.subjects import DataSubject
-from models.types import event_key, new_row, utcnow
+from models.types import event_key, utcnow
 
 
 class NoSignup(TransitionError, NotYetKnown):
@@ -123,7 +125,8 @@ _KIND = {
 
 class ConsentStore:
     """Applies consent events of one chunk; records, their histories and dedupe keys are
-    fetched up front.
+    fetched up front. Records and events are plain rows written with Core at the chunk's
+    end (``models.consent.write_records``), not ORM objects.
 
     ``deferring`` (intake's first pass): a confirmation without a sign-up raises NoSignup
     to be tried again after the file's other lines; on the last pass it is decided.
@@ -131,9 +134,10 @@ class ConsentStore:
 
     def __init__(self, session: Session, key: bytes, subjects: SubjectIndex):
         self.session, self.key, self.subjects = session, key, subjects
-        self.consents: dict[tuple[uuid.UUID, str], ConsentRecord] = {}
+        self.consents: dict[tuple[uuid.UUID, str], Record] = {}
         self.history: dict[uuid.UUID, list[Step]] = {}
-        self.events: list[dict] = []  # consent_event rows of the chunk
+        self.events: list[tuple] = []  # consent_event rows of the chunk
+        self.changed: dict[uuid.UUID, Record] = {}  # records of the chunk to write
         self.seen: set[str] = set()
         self.keys: dict[int, str] = {}
         self.seq = 0
@@ -158,7 +162,7 @@ class ConsentStore:
                 self.session.exec(select(ConsentEvent.dedupe_key).where(col(ConsentEvent.dedupe_key).in_(keys)))
             )
         if found_ids:
-            loaded = list(self.session.exec(select(ConsentRecord).where(col(ConsentRecord.subject_id).in_(found_ids))))
+            loaded = load_records(self.session, found_ids)
             for record in loaded:
                 self.consents[(record.subject_id, record.list_name)] = record
             self._load_history([r.id for r in loaded if r.id not in self.history])
@@ -222,17 +226,10 @@ class ConsentStore:
             # A withdrawal from someone unknown is kept under the pseudonym of the address only.
             subject = self.subjects.create(event.email, kvnr, identified=isinstance(event, ConsentSignup))
         if record is None:
-            # new_row: SQLModel's __init__ was a third of a sign-up's cost.
-            record = new_row(
-                ConsentRecord,
-                subject_id=subject.id,
-                list_name=event.list_name,
-                state=ConsentState.pending,
-                signup_at=event.at,
-            )
-            self.session.add(record)
+            record = Record.new(subject.id, event.list_name, event.at)
             self.consents[(subject.id, event.list_name)] = record
             self.history[record.id] = []
+            self.changed[record.id] = record
         history = self.history[record.id]
         cut = cut_of(history, subject.erased_at)
         before = replay(history, cut)
@@ -256,6 +253,7 @@ class ConsentStore:
             # Withdrawals only, no sign-up known: kept for a sign-up dated earlier that may
             # still arrive; nothing went anywhere, so no change number.
             settle(record, after, None)
+            self.changed[record.id] = record
             if subject.erased_at is not None:
                 return ignored(
                     event.type,
@@ -266,6 +264,7 @@ class ConsentStore:
                 )
             return Applied("unchanged", reason="no sign-up for this list; the withdrawal is kept")
         settle(record, after, seq)
+        self.changed[record.id] = record
         audit = AuditEvent(
             f"consent.{step.kind}",
             "recorded",
@@ -342,11 +341,9 @@ class ConsentStore:
                 self.events.append(step.row(record.id, utcnow()))
 
     def end_chunk(self) -> None:
-        """Flush the chunk's records and insert its events."""
-        # Events go in with one INSERT after their records are flushed (no ORM relationship
-        # orders them, and one statement per chunk is much faster than one per event).
+        """Write the chunk's records and events, after its new subjects (the ORM's flush)."""
         self.session.flush()
-        if self.events:
-            # render_nulls: rows with different None fields would otherwise each get an INSERT.
-            self.session.execute(insert(ConsentEvent).execution_options(render_nulls=True), self.events)
-            self.events.clear()
+        write_records(self.session, self.changed.values())
+        self.changed.clear()
+        insert_events(self.session, self.events)
+        self.events.clear()
