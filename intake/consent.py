@@ -53,7 +53,7 @@ from models.consent_text import known_versions
 from models.cursors import next_seq
 from models.receipts import IntakeReceipt, seen
 from models.subject_index import SubjectIndex, erased_before
-from models.subjects import DataSubject
+from models.subjects import Subject
 from models.types import event_key, utcnow
 
 
@@ -244,8 +244,7 @@ class ConsentStore:
             # ends the same whatever order the sign-ups arrive in.
             self.subjects.identify(subject, event.email, kvnr)
             if self._newest_signup(subject, step):
-                subject.salutation = event.salutation
-                subject.first_name, subject.last_name = event.first_name, event.last_name
+                self.subjects.name(subject, event.salutation, event.first_name, event.last_name)
         after = replay(history, cut)
         if after == before:
             return self._unchanged(event, step, before, cut, subject)
@@ -273,7 +272,7 @@ class ConsentStore:
         )
         return Applied("stored", audit)
 
-    def _newest_signup(self, subject: DataSubject, step: Step) -> bool:
+    def _newest_signup(self, subject: Subject, step: Step) -> bool:
         """Whether no sign-up of the subject since its last erasure, on any list, is dated
         after `step` (at the same instant, the one that arrives last counts)."""
         for list_name in ConsentList:
@@ -302,7 +301,7 @@ class ConsentStore:
             return step.without_personal_data()
         return step
 
-    def _unchanged(self, event: ConsentIntakeEvent, step: Step, before: Decision, cut, subject: DataSubject) -> Applied:
+    def _unchanged(self, event: ConsentIntakeEvent, step: Step, before: Decision, cut, subject: Subject) -> Applied:
         detail = f"list={event.list_name}"
         if cut is not None and step.at <= cut:
             return ignored(event.type, "erased", erased_reason(cut), subject.pseudonym, detail)
@@ -318,14 +317,14 @@ class ConsentStore:
             return Applied("unchanged", reason=f"the sign-up is {state}{since}; a new sign-up is needed")
         return Applied("unchanged", reason=f"already {state}{since}")
 
-    def _receipt(self, event: ConsentIntakeEvent, key: str, subject: DataSubject, why: str, reason: str) -> Applied:
+    def _receipt(self, event: ConsentIntakeEvent, key: str, subject: Subject, why: str, reason: str) -> Applied:
         """A line of an erased person kept as a receipt only: recognised when it comes again,
         and holding nothing of theirs."""
         self.seen.add(key)
         self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
         return ignored(event.type, why, reason, subject.pseudonym, f"list={event.list_name}")
 
-    def _keep_cut(self, subject: DataSubject) -> None:
+    def _keep_cut(self, subject: Subject) -> None:
         """Before an erased subject comes back: the erasure goes into each of its records'
         histories, as the subject row will no longer say when it was."""
         erased_at = subject.erased_at
