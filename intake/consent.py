@@ -116,6 +116,9 @@ class ConsentWithdraw(_ConsentEvent):
 ConsentIntakeEvent = ConsentSignup | ConsentConfirm | ConsentWithdraw
 
 
+# Iterating the enum itself costs a generator and a lookup per member, on every sign-up.
+_LISTS = tuple(ConsentList)
+
 _KIND = {
     "consent.signup": EventKind.signup,
     "consent.confirm": EventKind.confirm,
@@ -275,7 +278,7 @@ class ConsentStore:
     def _newest_signup(self, subject: Subject, step: Step) -> bool:
         """Whether no sign-up of the subject since its last erasure, on any list, is dated
         after `step` (at the same instant, the one that arrives last counts)."""
-        for list_name in ConsentList:
+        for list_name in _LISTS:
             record = self.consents.get((subject.id, list_name))
             history = self.history.get(record.id, []) if record is not None else []
             cut = cut_of(history)
@@ -287,14 +290,18 @@ class ConsentStore:
     def _step(self, event: ConsentIntakeEvent, key: str, history: list[Step], cut) -> Step:
         """The line as a step of the history; without personal data where the proof it
         would belong to is gone (dated at or before an erasure or an expiry)."""
+        # The fields from the model's __dict__: getattr on a field the model lacks goes
+        # through pydantic's __getattr__ and an AttributeError: half of building the step.
+        fields = event.__dict__
+        ip = fields.get("ip")
         step = Step(
             _KIND[event.type],
             event.at,
             key,
-            ip=str(getattr(event, "ip", "")) or None,
-            channel=getattr(event, "channel", None),
-            source=getattr(event, "source", None),
-            policy_version=getattr(event, "policy_version", None),
+            ip=str(ip) if ip is not None else None,
+            channel=fields.get("channel"),
+            source=fields.get("source"),
+            policy_version=fields.get("policy_version"),
         )
         expired = max((s.at for s in history if s.kind == EventKind.expire), default=None)
         if (cut is not None and step.at <= cut) or (expired is not None and step.at <= expired):
@@ -329,7 +336,7 @@ class ConsentStore:
         histories, as the subject row will no longer say when it was."""
         erased_at = subject.erased_at
         assert erased_at is not None
-        for list_name in ConsentList:
+        for list_name in _LISTS:
             record = self.consents.get((subject.id, list_name))
             if record is None:
                 continue

@@ -6,7 +6,6 @@ name a subject without naming the person, and nobody without the key can reverse
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 
@@ -140,4 +139,5 @@ def pseudonym(key: bytes, kind: str, normalised: str) -> str:
     >>> pseudonym(b"k", "email", "a@example.de") == pseudonym(b"k", "email", "a@example.de")
     True
     """
-    return hmac.new(key, f"{kind}:{normalised}".encode(), hashlib.sha256).hexdigest()[:32]
+    # hmac.digest: the one-shot C path, the same value as hmac.new(...).hexdigest().
+    return hmac.digest(key, f"{kind}:{normalised}".encode(), "sha256").hex()[:32]

@@ -44,6 +44,7 @@ class SubjectIndex:
         self.by_kvnr: dict[str, Subject] = {}
         self.by_pseudonym: dict[str, Subject] = {}
         self.changed: dict[uuid.UUID, Subject] = {}  # to write: new, or with new values
+        self.pseudonyms: dict[str, str] = {}  # of the addresses looked up in this intake
         # Called with an erased subject just before it comes back (``identify``), while its
         # ``erased_at`` is still set: the consent store keeps that cut in the history then.
         self.on_revive: list[Callable[[Subject], None]] = []
@@ -72,7 +73,7 @@ class SubjectIndex:
         if emails:
             # By pseudonym as well: an erased subject keeps only that, and one who comes
             # back is the same subject (the pseudonym is unique).
-            pseudonyms = [pseudonym(self.key, "email", e) for e in emails]
+            pseudonyms = [self.pseudonym(e) for e in emails]
             loaded += load_subjects(
                 self.session, col(DataSubject.email).in_(emails) | col(DataSubject.pseudonym).in_(pseudonyms)
             )
@@ -84,6 +85,13 @@ class SubjectIndex:
             subject = self.by_id.setdefault(subject.id, subject)
             self._remember(subject)
             found.append(subject)
+        return found
+
+    def pseudonym(self, email: str) -> str:
+        """The pseudonym of an address (``models.identity.pseudonym``), computed once."""
+        found = self.pseudonyms.get(email)
+        if found is None:
+            found = self.pseudonyms[email] = pseudonym(self.key, "email", email)
         return found
 
     def _remember(self, subject: Subject) -> None:
@@ -106,7 +114,7 @@ class SubjectIndex:
             raise SubjectMismatch("insurance number is registered with another e-mail address")
         if kvnr and by_email and by_email.insurance_number not in (None, kvnr):
             raise SubjectMismatch("e-mail address is registered with another insurance number")
-        by_pseudonym = self.by_pseudonym.get(pseudonym(self.key, "email", email))
+        by_pseudonym = self.by_pseudonym.get(self.pseudonym(email))
         if by_pseudonym is not None and by_pseudonym.email not in (None, email):
             # The pseudonym is of the address the subject was first seen with; one whose
             # address was corrected since (Art. 16) is no longer found under the old one.
@@ -116,7 +124,7 @@ class SubjectIndex:
     def create(self, email: str, kvnr: str | None, identified: bool = True) -> Subject:
         """A new subject; with `identified` False it holds only the pseudonym of the address
         (a withdrawal from someone we know nothing about needs no more). Written by ``write``."""
-        subject = Subject.new(pseudonym(self.key, "email", email))
+        subject = Subject.new(self.pseudonym(email))
         taken = self.by_pseudonym.get(subject.pseudonym)
         if taken is not None and taken.email not in (None, email):
             # The subject first seen with this address has had it corrected (Art. 16) and
