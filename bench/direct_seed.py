@@ -10,7 +10,7 @@ intake benchmark does it, so the sync then reads what it would read after a real
 What stays the project's own code: the pseudonyms (``models.identity.pseudonym``), the
 events' dedupe keys (``event_key`` over the intake models' own JSON), the change numbers
 (``next_seq``), the audit chain (``models.audit.append``) and every column's type handling
-(``models.audit.insert_many``). ``compare_with_intake`` checks the claim on a sample: the
+(``models.db.insert_many``). ``compare_with_intake`` checks the claim on a sample: the
 same subjects seeded both ways give the same rows and the same pushed payloads.
 """
 
@@ -30,10 +30,10 @@ from core.settings import get_settings
 from flows.newsletter import receiver_for
 from intake.consent import ConsentConfirm, ConsentSignup
 from intake.lines import EVENT_ADAPTER
-from models.audit import AuditEvent, append, insert_many, verify
+from models.audit import AuditEvent, append, verify
 from models.consent import ConsentEvent, ConsentList, ConsentRecord, ConsentState, EventKind, changed_since
 from models.cursors import next_seq
-from models.db import get_engine, transaction
+from models.db import get_engine, insert_many, transaction
 from models.identity import pseudonym
 from models.migrate import upgrade
 from models.subjects import DataSubject

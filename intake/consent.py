@@ -26,7 +26,6 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
 from pydantic import Field, model_validator
-from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from intake.receipts import erased_reason, ignored
@@ -36,23 +35,26 @@ from models.consent import (
     ENDED,
     ConsentEvent,
     ConsentList,
-    ConsentRecord,
     ConsentState,
     Decision,
     EventKind,
+    Record,
     Step,
     TransitionError,
     cut_of,
     describe_time,
+    insert_events,
+    load_records,
     replay,
     settle,
+    write_records,
 )
 from models.consent_text import known_versions
 from models.cursors import next_seq
 from models.receipts import IntakeReceipt, seen
 from models.subject_index import SubjectIndex, erased_before
-from models.subjects import DataSubject
-from models.types import event_key, new_row, utcnow
+from models.subjects import Subject
+from models.types import event_key, utcnow
 
 
 class NoSignup(TransitionError, NotYetKnown):
@@ -114,6 +116,9 @@ class ConsentWithdraw(_ConsentEvent):
 ConsentIntakeEvent = ConsentSignup | ConsentConfirm | ConsentWithdraw
 
 
+# Iterating the enum itself costs a generator and a lookup per member, on every sign-up.
+_LISTS = tuple(ConsentList)
+
 _KIND = {
     "consent.signup": EventKind.signup,
     "consent.confirm": EventKind.confirm,
@@ -123,7 +128,8 @@ _KIND = {
 
 class ConsentStore:
     """Applies consent events of one chunk; records, their histories and dedupe keys are
-    fetched up front.
+    fetched up front. Records and events are plain rows written with Core at the chunk's
+    end (``models.consent.write_records``), not ORM objects.
 
     ``deferring`` (intake's first pass): a confirmation without a sign-up raises NoSignup
     to be tried again after the file's other lines; on the last pass it is decided.
@@ -131,9 +137,10 @@ class ConsentStore:
 
     def __init__(self, session: Session, key: bytes, subjects: SubjectIndex):
         self.session, self.key, self.subjects = session, key, subjects
-        self.consents: dict[tuple[uuid.UUID, str], ConsentRecord] = {}
+        self.consents: dict[tuple[uuid.UUID, str], Record] = {}
         self.history: dict[uuid.UUID, list[Step]] = {}
-        self.events: list[dict] = []  # consent_event rows of the chunk
+        self.events: list[tuple] = []  # consent_event rows of the chunk
+        self.changed: dict[uuid.UUID, Record] = {}  # records of the chunk to write
         self.seen: set[str] = set()
         self.keys: dict[int, str] = {}
         self.seq = 0
@@ -158,7 +165,7 @@ class ConsentStore:
                 self.session.exec(select(ConsentEvent.dedupe_key).where(col(ConsentEvent.dedupe_key).in_(keys)))
             )
         if found_ids:
-            loaded = list(self.session.exec(select(ConsentRecord).where(col(ConsentRecord.subject_id).in_(found_ids))))
+            loaded = load_records(self.session, found_ids)
             for record in loaded:
                 self.consents[(record.subject_id, record.list_name)] = record
             self._load_history([r.id for r in loaded if r.id not in self.history])
@@ -222,17 +229,10 @@ class ConsentStore:
             # A withdrawal from someone unknown is kept under the pseudonym of the address only.
             subject = self.subjects.create(event.email, kvnr, identified=isinstance(event, ConsentSignup))
         if record is None:
-            # new_row: SQLModel's __init__ was a third of a sign-up's cost.
-            record = new_row(
-                ConsentRecord,
-                subject_id=subject.id,
-                list_name=event.list_name,
-                state=ConsentState.pending,
-                signup_at=event.at,
-            )
-            self.session.add(record)
+            record = Record.new(subject.id, event.list_name, event.at)
             self.consents[(subject.id, event.list_name)] = record
             self.history[record.id] = []
+            self.changed[record.id] = record
         history = self.history[record.id]
         cut = cut_of(history, subject.erased_at)
         before = replay(history, cut)
@@ -247,8 +247,7 @@ class ConsentStore:
             # ends the same whatever order the sign-ups arrive in.
             self.subjects.identify(subject, event.email, kvnr)
             if self._newest_signup(subject, step):
-                subject.salutation = event.salutation
-                subject.first_name, subject.last_name = event.first_name, event.last_name
+                self.subjects.name(subject, event.salutation, event.first_name, event.last_name)
         after = replay(history, cut)
         if after == before:
             return self._unchanged(event, step, before, cut, subject)
@@ -256,6 +255,7 @@ class ConsentStore:
             # Withdrawals only, no sign-up known: kept for a sign-up dated earlier that may
             # still arrive; nothing went anywhere, so no change number.
             settle(record, after, None)
+            self.changed[record.id] = record
             if subject.erased_at is not None:
                 return ignored(
                     event.type,
@@ -266,6 +266,7 @@ class ConsentStore:
                 )
             return Applied("unchanged", reason="no sign-up for this list; the withdrawal is kept")
         settle(record, after, seq)
+        self.changed[record.id] = record
         audit = AuditEvent(
             f"consent.{step.kind}",
             "recorded",
@@ -274,10 +275,10 @@ class ConsentStore:
         )
         return Applied("stored", audit)
 
-    def _newest_signup(self, subject: DataSubject, step: Step) -> bool:
+    def _newest_signup(self, subject: Subject, step: Step) -> bool:
         """Whether no sign-up of the subject since its last erasure, on any list, is dated
         after `step` (at the same instant, the one that arrives last counts)."""
-        for list_name in ConsentList:
+        for list_name in _LISTS:
             record = self.consents.get((subject.id, list_name))
             history = self.history.get(record.id, []) if record is not None else []
             cut = cut_of(history)
@@ -289,21 +290,25 @@ class ConsentStore:
     def _step(self, event: ConsentIntakeEvent, key: str, history: list[Step], cut) -> Step:
         """The line as a step of the history; without personal data where the proof it
         would belong to is gone (dated at or before an erasure or an expiry)."""
+        # The fields from the model's __dict__: getattr on a field the model lacks goes
+        # through pydantic's __getattr__ and an AttributeError: half of building the step.
+        fields = event.__dict__
+        ip = fields.get("ip")
         step = Step(
             _KIND[event.type],
             event.at,
             key,
-            ip=str(getattr(event, "ip", "")) or None,
-            channel=getattr(event, "channel", None),
-            source=getattr(event, "source", None),
-            policy_version=getattr(event, "policy_version", None),
+            ip=str(ip) if ip is not None else None,
+            channel=fields.get("channel"),
+            source=fields.get("source"),
+            policy_version=fields.get("policy_version"),
         )
         expired = max((s.at for s in history if s.kind == EventKind.expire), default=None)
         if (cut is not None and step.at <= cut) or (expired is not None and step.at <= expired):
             return step.without_personal_data()
         return step
 
-    def _unchanged(self, event: ConsentIntakeEvent, step: Step, before: Decision, cut, subject: DataSubject) -> Applied:
+    def _unchanged(self, event: ConsentIntakeEvent, step: Step, before: Decision, cut, subject: Subject) -> Applied:
         detail = f"list={event.list_name}"
         if cut is not None and step.at <= cut:
             return ignored(event.type, "erased", erased_reason(cut), subject.pseudonym, detail)
@@ -319,19 +324,19 @@ class ConsentStore:
             return Applied("unchanged", reason=f"the sign-up is {state}{since}; a new sign-up is needed")
         return Applied("unchanged", reason=f"already {state}{since}")
 
-    def _receipt(self, event: ConsentIntakeEvent, key: str, subject: DataSubject, why: str, reason: str) -> Applied:
+    def _receipt(self, event: ConsentIntakeEvent, key: str, subject: Subject, why: str, reason: str) -> Applied:
         """A line of an erased person kept as a receipt only: recognised when it comes again,
         and holding nothing of theirs."""
         self.seen.add(key)
         self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
         return ignored(event.type, why, reason, subject.pseudonym, f"list={event.list_name}")
 
-    def _keep_cut(self, subject: DataSubject) -> None:
+    def _keep_cut(self, subject: Subject) -> None:
         """Before an erased subject comes back: the erasure goes into each of its records'
         histories, as the subject row will no longer say when it was."""
         erased_at = subject.erased_at
         assert erased_at is not None
-        for list_name in ConsentList:
+        for list_name in _LISTS:
             record = self.consents.get((subject.id, list_name))
             if record is None:
                 continue
@@ -342,11 +347,9 @@ class ConsentStore:
                 self.events.append(step.row(record.id, utcnow()))
 
     def end_chunk(self) -> None:
-        """Flush the chunk's records and insert its events."""
-        # Events go in with one INSERT after their records are flushed (no ORM relationship
-        # orders them, and one statement per chunk is much faster than one per event).
+        """Write the chunk's records and events, after its new subjects (the ORM's flush)."""
         self.session.flush()
-        if self.events:
-            # render_nulls: rows with different None fields would otherwise each get an INSERT.
-            self.session.execute(insert(ConsentEvent).execution_options(render_nulls=True), self.events)
-            self.events.clear()
+        write_records(self.session, self.changed.values())
+        self.changed.clear()
+        insert_events(self.session, self.events)
+        self.events.clear()

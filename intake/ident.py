@@ -117,7 +117,7 @@ class HeldStore:
             self.subjects.identify(subject, event.email, event.insurance_number)
         else:
             detail += " subject=erased"  # registered under the pseudonym; nothing restored
-        self.session.flush()  # a new subject needs its id before the register row
+        self.subjects.write()  # a new subject must be in the database before the register row
         processor, where, external_id = event.held()
         record_sent_many(self.session, processor, where, {subject.id: external_id}, event.at)
         self.seen.add(key)

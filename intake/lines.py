@@ -46,10 +46,11 @@ from intake.erasure import ErasureRejected, ErasureRequestEvent, ErasureStore
 from intake.ident import CallNote, HeldStore, IdentCase
 from intake.isic import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
 from intake.rights import RightsRejected, RightsRequestEvent, RightsStore
-from intake.types import EMAIL_CACHE, FIELD_NAME, NotYetKnown
+from intake.types import EMAIL_CACHE, EMAIL_DOMAINS, FIELD_NAME, NotYetKnown
 from models.audit import AuditEvent
 from models.consent import TransitionError
 from models.documents import DocumentCipher
+from models.identity import KnownDomains
 from models.subject_index import SubjectIndex, SubjectMismatch
 
 # A website clock a little ahead of ours is fine; a day ahead is a bug upstream.
@@ -160,6 +161,7 @@ def validation_context(
         "base_dir": base_dir,
         "max_document_bytes": max_document_bytes,
         EMAIL_CACHE: {},
+        EMAIL_DOMAINS: KnownDomains(),
     }
 
 
@@ -276,6 +278,10 @@ class Applier:
         self.rights.begin_chunk(e for _, e in chunk if e.type.startswith("rights."))  # type: ignore[misc]  # the type's prefix picks the store's own events
         for number, event in chunk:
             store = self.stores[event.type.split(".")[0]]
+            if store is not self.consents:
+                # The other stores read subjects through the ORM as well (an erasure request
+                # finds its subject by a query): the subjects written so far must be there.
+                self.subjects.write()
             try:
                 applied = store.apply(event)
             except REJECTIONS as exc:
@@ -288,6 +294,7 @@ class Applier:
             results.append(LineResult(number, applied.outcome, applied.reason))
             if applied.audit is not None:
                 audit.append(applied.audit)
+        self.subjects.write()
         for store in {id(s): s for s in self.stores.values()}.values():  # each store once
             store.end_chunk()
         return ChunkApplied(results, audit, later)

@@ -19,20 +19,15 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import repeat
 from json.encoder import encode_basestring_ascii
-from operator import itemgetter
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.dml import Insert
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from models.db import insert_missing
+from models.db import insert_many, insert_missing
 from models.types import UTCDateTime, classify, utcnow
 
 GENESIS = "0" * 64
@@ -107,64 +102,6 @@ _ENTRY_COLUMNS = (
     "prev_hash",
     "hash",
 )
-
-
-def insert_many(
-    session: Session,
-    statement: Insert,
-    columns: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    same: Mapping[str, Any] | None = None,
-) -> None:
-    """Execute an INSERT for many rows directly on the driver's ``executemany``.
-
-    For rows written by the thousand (audit rows, register rows): Core's executemany builds
-    and type-processes a parameter dict per row, which costs more than SQLite's own work.
-    Here the statement is compiled once per dialect and column set, values are processed
-    with the columns' own types a column at a time, and `same` (values every row shares)
-    only once. `rows` are tuples in `columns` order; the statement may take no other
-    parameters.
-    """
-    if not rows:
-        return
-    same = same or {}
-    connection = session.connection()
-    sql, processors, arrange = _compiled(statement, connection.dialect, (*columns, *same))
-    values: list[Iterable[Any]] = list(zip(*rows, strict=True))
-    for index, processor in processors.items():
-        if index < len(columns):
-            values[index] = map(processor, values[index])
-    values += [
-        repeat(processors[index](value) if index in processors else value)
-        for index, value in enumerate(same.values(), start=len(columns))
-    ]
-    # `same` columns are endless repeats: the rows end it.
-    connection.exec_driver_sql(sql, list(map(arrange, zip(*values, strict=False))))
-
-
-def _compiled(statement: Insert, dialect: Dialect, keys: tuple[str, ...]) -> tuple:
-    """(SQL text, bind processors by key index, parameter-set builder), once per key set."""
-    memo = (id(statement), dialect.name, keys)
-    found = _COMPILED.get(memo)
-    if found is not None and found[0] is statement:
-        return found[1:]
-    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
-    table = statement.table.c
-    processors = {
-        index: processor
-        for index, key in enumerate(keys)
-        if (processor := table[key].type.dialect_impl(dialect).bind_processor(dialect))
-    }
-    if compiled.positional:
-        order = [keys.index(name) for name in compiled.positiontup or ()]
-        arrange: Callable[[Any], Any] = itemgetter(*order) if len(order) > 1 else (lambda row: (row[order[0]],))
-    else:
-        arrange = lambda row: dict(zip(keys, row, strict=True))  # noqa: E731 - one expression, kept beside its alternative
-    _COMPILED[memo] = (statement, compiled.string, processors, arrange)
-    return compiled.string, processors, arrange
-
-
-_COMPILED: dict[tuple, tuple] = {}
 
 
 def _seal(key: bytes, last_id: int, last_hash: str) -> str:

@@ -6,7 +6,6 @@ name a subject without naming the person, and nobody without the key can reverse
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 
@@ -29,6 +28,52 @@ def normalise_email(value: str) -> str:
     except EmailNotValidError as exc:
         raise ValueError(f"not a valid e-mail address ({_reason(exc)})") from None
     return checked.normalized.lower()
+
+
+# RFC 5322's dot-atom: what email-validator accepts before the @-sign unchanged (unquoted,
+# ASCII, no normalisation), whatever its length there (only the whole address is limited).
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_EMAIL_MAX_LENGTH = 254  # email-validator's limit, in UTF-8 bytes, on every form of the address
+
+
+class KnownDomains:
+    """``normalise_email`` for many addresses at once (one intake run), with the same results.
+
+    Most of email-validator's cost is the domain's check (IDNA, the special-use names), and
+    the domain's result does not depend on the part before the @-sign. So the domains seen
+    are kept (as given: the normalised and the ASCII form), and an address whose part before
+    the @-sign is a plain dot-atom, at a domain seen before, is put together from them, with
+    the library's length checks; anything else goes through the library. Held for the run
+    only, bounded all the same.
+    """
+
+    def __init__(self, limit: int = 100_000):
+        self.limit = limit
+        self.domains: dict[str, tuple[str, str]] = {}
+
+    def normalise(self, value: str) -> str:
+        """``normalise_email(value)``: the same address, or the same ValueError."""
+        address = value.strip()
+        local, at, domain = address.rpartition("@")
+        plain = bool(at) and _DOT_ATOM.fullmatch(local) is not None
+        known = self.domains.get(domain) if plain else None
+        if known is not None:
+            normalised, ascii_domain = known
+            result = f"{local}@{normalised}"
+            if (
+                max(len(address.encode()), len(result.encode()), len(local) + 1 + len(ascii_domain))
+                <= _EMAIL_MAX_LENGTH
+            ):
+                return result.lower()
+        try:
+            checked = validate_email(address, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"not a valid e-mail address ({_reason(exc)})") from None
+        if plain and checked.ascii_domain:
+            if len(self.domains) >= self.limit:
+                self.domains.clear()
+            self.domains[domain] = (checked.domain, checked.ascii_domain)
+        return checked.normalized.lower()
 
 
 def _reason(exc: EmailNotValidError) -> str:
@@ -94,4 +139,5 @@ def pseudonym(key: bytes, kind: str, normalised: str) -> str:
     >>> pseudonym(b"k", "email", "a@example.de") == pseudonym(b"k", "email", "a@example.de")
     True
     """
-    return hmac.new(key, f"{kind}:{normalised}".encode(), hashlib.sha256).hexdigest()[:32]
+    # hmac.digest: the one-shot C path, the same value as hmac.new(...).hexdigest().
+    return hmac.digest(key, f"{kind}:{normalised}".encode(), "sha256").hex()[:32]

@@ -3,6 +3,11 @@
 The index is filled per chunk of events with two queries, then answers from memory, so an
 intake of many lines costs a few statements per thousand lines instead of a few per line.
 
+Subjects are plain rows (``models.subjects.Subject``), written with Core by ``write``: new
+ones inserted and changed ones updated, one statement each for all. They are written before
+any ORM flush of the session (the rows other stores add name them), and the intake writes
+them before each line of a store that reads them through the ORM (``intake.lines``).
+
 Finding a subject never writes to it. A store that applies a line's data calls ``identify``;
 that is what brings an erased subject back (only with new data the person gave: a new
 sign-up, booking or order dated after the erasure), and it never restores anything old.
@@ -10,21 +15,22 @@ sign-up, booking or order dated after the erasure), and it never restores anythi
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sqlmodel import Session, col, select
+from sqlalchemy import event
+from sqlmodel import Session, col
 
 from models.identity import pseudonym
-from models.subjects import DataSubject
-from models.types import new_row
+from models.subjects import DataSubject, Subject, load_subjects, write_subjects
 
 
 class SubjectMismatch(ValueError):
     """The identifiers given point at two different people; nothing is merged."""
 
 
-def erased_before(subject: DataSubject | None, at: datetime) -> bool:
+def erased_before(subject: Subject | None, at: datetime) -> bool:
     """Whether `subject` is erased and the event at `at` is dated at or before that erasure:
     such a line is old data the erasure covered, and restores nothing."""
     return subject is not None and subject.erased_at is not None and at <= subject.erased_at
@@ -33,14 +39,28 @@ def erased_before(subject: DataSubject | None, at: datetime) -> bool:
 class SubjectIndex:
     def __init__(self, session: Session, key: bytes):
         self.session, self.key = session, key
-        self.by_email: dict[str, DataSubject] = {}
-        self.by_kvnr: dict[str, DataSubject] = {}
-        self.by_pseudonym: dict[str, DataSubject] = {}
+        self.by_id: dict[uuid.UUID, Subject] = {}
+        self.by_email: dict[str, Subject] = {}
+        self.by_kvnr: dict[str, Subject] = {}
+        self.by_pseudonym: dict[str, Subject] = {}
+        self.changed: dict[uuid.UUID, Subject] = {}  # to write: new, or with new values
+        self.pseudonyms: dict[str, str] = {}  # of the addresses looked up in this intake
         # Called with an erased subject just before it comes back (``identify``), while its
         # ``erased_at`` is still set: the consent store keeps that cut in the history then.
-        self.on_revive: list[Callable[[DataSubject], None]] = []
+        self.on_revive: list[Callable[[Subject], None]] = []
+        # Rows the ORM flushes (a booking, a register row) may name a new subject.
+        event.listen(session, "before_flush", self._before_flush)
 
-    def prefetch(self, pairs: Iterable[tuple[str, str | None]]) -> list[DataSubject]:
+    def _before_flush(self, session: Session, context: object, instances: object) -> None:
+        self.write()
+
+    def write(self) -> None:
+        """Write the new and changed subjects (nothing when none is waiting)."""
+        if self.changed:
+            write_subjects(self.session, self.changed.values())
+            self.changed.clear()
+
+    def prefetch(self, pairs: Iterable[tuple[str, str | None]]) -> list[Subject]:
         """Load the subjects of these (e-mail, insurance number) pairs; returns the new ones."""
         emails, kvnrs = set(), set()
         for email, kvnr in pairs:
@@ -49,30 +69,39 @@ class SubjectIndex:
                 kvnrs.add(kvnr)
         emails -= self.by_email.keys()
         kvnrs -= self.by_kvnr.keys()
-        found: list[DataSubject] = []
+        loaded: list[Subject] = []
         if emails:
             # By pseudonym as well: an erased subject keeps only that, and one who comes
             # back is the same subject (the pseudonym is unique).
-            pseudonyms = [pseudonym(self.key, "email", e) for e in emails]
-            found += self.session.exec(
-                select(DataSubject).where(
-                    col(DataSubject.email).in_(emails) | col(DataSubject.pseudonym).in_(pseudonyms)
-                )
-            ).all()
+            pseudonyms = [self.pseudonym(e) for e in emails]
+            loaded += load_subjects(
+                self.session, col(DataSubject.email).in_(emails) | col(DataSubject.pseudonym).in_(pseudonyms)
+            )
         if kvnrs:
-            found += self.session.exec(select(DataSubject).where(col(DataSubject.insurance_number).in_(kvnrs))).all()
-        for subject in found:
+            loaded += load_subjects(self.session, col(DataSubject.insurance_number).in_(kvnrs))
+        found: list[Subject] = []
+        for subject in loaded:
+            # One object per subject: the one already known keeps what this intake changed.
+            subject = self.by_id.setdefault(subject.id, subject)
             self._remember(subject)
+            found.append(subject)
         return found
 
-    def _remember(self, subject: DataSubject) -> None:
+    def pseudonym(self, email: str) -> str:
+        """The pseudonym of an address (``models.identity.pseudonym``), computed once."""
+        found = self.pseudonyms.get(email)
+        if found is None:
+            found = self.pseudonyms[email] = pseudonym(self.key, "email", email)
+        return found
+
+    def _remember(self, subject: Subject) -> None:
         self.by_pseudonym[subject.pseudonym] = subject
         if subject.email:
             self.by_email[subject.email] = subject
         if subject.insurance_number:
             self.by_kvnr[subject.insurance_number] = subject
 
-    def find(self, email: str, kvnr: str | None) -> DataSubject | None:
+    def find(self, email: str, kvnr: str | None) -> Subject | None:
         """The subject with this e-mail (or insurance number, or the pseudonym of the e-mail,
         which is all an erased subject keeps), or None. Writes nothing.
 
@@ -85,30 +114,30 @@ class SubjectIndex:
             raise SubjectMismatch("insurance number is registered with another e-mail address")
         if kvnr and by_email and by_email.insurance_number not in (None, kvnr):
             raise SubjectMismatch("e-mail address is registered with another insurance number")
-        by_pseudonym = self.by_pseudonym.get(pseudonym(self.key, "email", email))
+        by_pseudonym = self.by_pseudonym.get(self.pseudonym(email))
         if by_pseudonym is not None and by_pseudonym.email not in (None, email):
             # The pseudonym is of the address the subject was first seen with; one whose
             # address was corrected since (Art. 16) is no longer found under the old one.
             by_pseudonym = None
         return by_email or by_kvnr or by_pseudonym
 
-    def create(self, email: str, kvnr: str | None, identified: bool = True) -> DataSubject:
+    def create(self, email: str, kvnr: str | None, identified: bool = True) -> Subject:
         """A new subject; with `identified` False it holds only the pseudonym of the address
-        (a withdrawal from someone we know nothing about needs no more)."""
-        # new_row: SQLModel's __init__ was a third of a sign-up's cost.
-        subject = new_row(DataSubject, pseudonym=pseudonym(self.key, "email", email))
+        (a withdrawal from someone we know nothing about needs no more). Written by ``write``."""
+        subject = Subject.new(self.pseudonym(email))
         taken = self.by_pseudonym.get(subject.pseudonym)
         if taken is not None and taken.email not in (None, email):
             # The subject first seen with this address has had it corrected (Art. 16) and
             # keeps its pseudonym (the audit trail's name for it): this is someone new.
             subject.pseudonym = pseudonym(self.key, "email-reused", f"{email}#{subject.id}")
-        self.session.add(subject)
+        self.by_id[subject.id] = subject
+        self.changed[subject.id] = subject
         if identified:
             self.identify(subject, email, kvnr)
         self._remember(subject)
         return subject
 
-    def identify(self, subject: DataSubject, email: str, kvnr: str | None) -> None:
+    def identify(self, subject: Subject, email: str, kvnr: str | None) -> None:
         """Give the subject the identifiers of a line whose data is being applied.
 
         Only fills what is missing. An erased subject comes back here, and only here: its
@@ -118,13 +147,22 @@ class SubjectIndex:
             for hook in self.on_revive:
                 hook(subject)
             subject.erased_at = None
+            self.changed[subject.id] = subject
         if subject.email is None:
             subject.email = email
+            self.changed[subject.id] = subject
         if kvnr and subject.insurance_number is None:
             subject.insurance_number = kvnr
+            self.changed[subject.id] = subject
         self._remember(subject)
 
-    def resolve(self, email: str, kvnr: str | None) -> DataSubject:
+    def name(self, subject: Subject, salutation: str | None, first_name: str, last_name: str) -> None:
+        """Give the subject the names of a line whose data is being applied."""
+        if (subject.salutation, subject.first_name, subject.last_name) != (salutation, first_name, last_name):
+            subject.salutation, subject.first_name, subject.last_name = salutation, first_name, last_name
+            self.changed[subject.id] = subject
+
+    def resolve(self, email: str, kvnr: str | None) -> Subject:
         """The subject of a line that brings new data (a booking, an order): found and
         identified, or created. The caller has checked ``erased_before`` first."""
         subject = self.find(email, kvnr)

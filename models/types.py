@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import uuid
 from collections.abc import Callable, Iterable
@@ -71,7 +70,8 @@ def event_key(key: bytes, *parts: object) -> str:
     True
     """
     payload = "|".join(map(str, parts)).encode()
-    return hmac.new(key, payload, hashlib.sha256).hexdigest()
+    # hmac.digest: the one-shot C path, the same value as hmac.new(...).hexdigest().
+    return hmac.digest(key, payload, "sha256").hex()
 
 
 def new_id() -> uuid.UUID:

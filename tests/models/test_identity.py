@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.identity import (
+    KnownDomains,
     insurance_number_valid,
     normalise_email,
     normalise_insurance_number,
@@ -124,6 +128,43 @@ def test_bad_email_message_does_not_spell_out_the_address():
         normalise_email('"x"mustermann@example.de')
     letters_only = re.sub(r"[^a-z]", "", str(info.value).lower())
     assert "mustermann" not in letters_only
+
+
+def _outcome(normalise, address):
+    try:
+        return normalise(address)
+    except ValueError as exc:
+        return ("refused", str(exc))
+
+
+DOMAINS = ["example.de", "Sub.Example.DE", "bücher.example", "xn--bcher-kva.example", "localhost", "a.b", "1.2"]
+# Everything before the @-sign that matters: plain characters, dots, quotes, @, spaces,
+# non-ASCII, and lengths around the limits (64 before the @-sign, 254 in all).
+LOCAL = st.one_of(
+    st.text(alphabet="aZ09.!#$%&'*+/=?^_`{|}~-\"@ ü<>()[]", max_size=12),
+    st.integers(min_value=60, max_value=260).map(lambda n: "x" * n),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(local=LOCAL, domain=st.sampled_from(DOMAINS), pad=st.sampled_from(["", " ", "\n"]))
+def test_known_domains_normalise_as_the_library_does(local, domain, pad):
+    """The run's shortcut (a domain checked before) gives what email-validator gives, for
+    the same address: the same normalised form or the same refusal."""
+    known = KnownDomains()
+    with contextlib.suppress(ValueError):  # a domain the library refuses is never kept
+        known.normalise(f"warm.up@{domain}")
+    address = f"{pad}{local}@{domain}{pad}"
+    assert _outcome(known.normalise, address) == _outcome(normalise_email, address)
+
+
+def test_known_domains_keeps_a_domain_once_checked():
+    known = KnownDomains()
+    assert known.normalise("Erika.Mustermann@Example.DE") == "erika.mustermann@example.de"
+    assert known.domains == {"Example.DE": ("example.de", "example.de")}
+    assert known.normalise("max+news@Example.DE ") == "max+news@example.de"
+    with pytest.raises(ValueError, match="not a valid e-mail address"):
+        known.normalise("max..news@Example.DE")
 
 
 # pseudonyms -----------------------------------------------------------------------------
