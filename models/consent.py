@@ -25,11 +25,11 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import String, UniqueConstraint, bindparam, extract, func, tuple_, type_coerce
+from sqlalchemy import String, UniqueConstraint, extract, func, tuple_, type_coerce
 from sqlalchemy import select as sa_select
 from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
-from models.db import insert_many, skip_locked
+from models.db import PlainRow, insert_many, skip_locked, write_plain_rows
 from models.restriction import restricted_subject
 from models.subjects import DataSubject
 from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
@@ -127,19 +127,17 @@ _RECORD_TABLE = ConsentRecord.__table__  # type: ignore[attr-defined]  # SQLMode
 _EVENT_TABLE = ConsentEvent.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 RECORD_COLUMNS: tuple[str, ...] = tuple(c.key for c in _RECORD_TABLE.columns)
 EVENT_COLUMNS = ("consent_id", "kind", "at", "ip", "channel", "source", "policy_version", "dedupe_key", "recorded_at")
-_INSERT_RECORD = _RECORD_TABLE.insert()
 _INSERT_EVENT = _EVENT_TABLE.insert()
-_UPDATE_RECORD = _RECORD_TABLE.update().where(_RECORD_TABLE.c.id == bindparam("record_id"))
 # What a later event can change in a record (its id, subject and list stay).
 _CHANGING = tuple(c for c in RECORD_COLUMNS if c not in ("id", "subject_id", "list_name"))
 
 
-class Record:
+class Record(PlainRow):
     """A consent record as intake reads and writes it: the ``consent`` columns as plain
     attributes (``settle`` takes it as it takes a ConsentRecord), and whether it is in the
     database yet (``stored``)."""
 
-    __slots__ = (*RECORD_COLUMNS, "stored")
+    __slots__ = RECORD_COLUMNS
     # The columns, for the type checker (a column added to the table is in the slots too).
     id: uuid.UUID
     subject_id: uuid.UUID
@@ -156,12 +154,6 @@ class Record:
     expired_at: datetime | None
     change_seq: int
     updated_at: datetime
-    stored: bool
-
-    def __init__(self, stored: bool, values: Iterable[tuple[str, Any]]):
-        self.stored = stored
-        for name, value in values:
-            setattr(self, name, value)
 
     @classmethod
     def new(cls, subject_id: uuid.UUID, list_name: str, signup_at: datetime) -> Record:
@@ -194,17 +186,7 @@ def load_records(session: Session, subject_ids: Collection[uuid.UUID]) -> list[R
 def write_records(session: Session, records: Iterable[Record]) -> None:
     """Insert the new ones of `records`, update the stored ones (every changing column); each
     with one statement for all. Their subjects must be in the database (flushed) first."""
-    new: list[Record] = []
-    stored: list[Record] = []
-    for record in records:
-        (stored if record.stored else new).append(record)
-    insert_many(session, _INSERT_RECORD, RECORD_COLUMNS, [[getattr(r, c) for c in RECORD_COLUMNS] for r in new])
-    if stored:
-        session.connection().execute(
-            _UPDATE_RECORD, [{"record_id": r.id, **{c: getattr(r, c) for c in _CHANGING}} for r in stored]
-        )
-    for record in new:
-        record.stored = True
+    write_plain_rows(session, records, _RECORD_TABLE, RECORD_COLUMNS, _CHANGING)
 
 
 def insert_events(session: Session, rows: Sequence[Sequence[Any]]) -> None:

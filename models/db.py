@@ -26,7 +26,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Engine, event, update
+from sqlalchemy import Engine, bindparam, event, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -334,6 +334,54 @@ def claim_rows(
     claimed = list(session.connection().execute(statement).scalars())
     session.expire_all()
     return claimed
+
+
+class PlainRow:
+    """A table row as plain attributes (a subclass's ``__slots__``: the table's columns), and
+    whether it is in the database yet (``stored``). For rows read and written by the
+    thousand (``write_plain_rows``), where an ORM object's attribute events, unit of work
+    and identity map would cost more than the rest of the work."""
+
+    __slots__ = ("stored",)
+
+    def __init__(self, stored: bool, values: Iterable[tuple[str, Any]]):
+        self.stored = stored
+        for name, value in values:
+            setattr(self, name, value)
+
+
+def write_plain_rows(
+    session: Session,
+    rows: Iterable[PlainRow],
+    table: Any,
+    columns: Sequence[str],
+    changing: Sequence[str],
+) -> None:
+    """Insert the new ones of `rows` (``insert_many``), update the stored ones (their
+    `changing` columns, by ``id``), each with one statement for all; the new ones are
+    stored then."""
+    new: list[PlainRow] = []
+    stored: list[PlainRow] = []
+    for row in rows:
+        (stored if row.stored else new).append(row)
+    insert_many(session, _insert_of(table), columns, [[getattr(r, c) for c in columns] for r in new])
+    if stored:
+        session.connection().execute(
+            _update_by_id(table),
+            [{"row_id": r.id, **{c: getattr(r, c) for c in changing}} for r in stored],  # type: ignore[attr-defined]  # every plain row's table has an id
+        )
+    for row in new:
+        row.stored = True
+
+
+@lru_cache(maxsize=16)
+def _insert_of(table: Any) -> Insert:
+    return table.insert()
+
+
+@lru_cache(maxsize=16)
+def _update_by_id(table: Any) -> Any:
+    return table.update().where(table.c.id == bindparam("row_id"))
 
 
 def insert_many(

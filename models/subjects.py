@@ -7,11 +7,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam
+from sqlalchemy import ColumnElement
 from sqlalchemy import select as sa_select
 from sqlmodel import Field, Session, SQLModel
 
-from models.db import insert_many
+from models.db import PlainRow, write_plain_rows
 from models.types import UTCDateTime, classify, new_id, personal_columns, utcnow
 
 
@@ -50,16 +50,14 @@ classify(
 # unit of work and identity map cost more than the rest of a sign-up.
 _TABLE = DataSubject.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 SUBJECT_COLUMNS: tuple[str, ...] = tuple(c.key for c in _TABLE.columns)
-_INSERT = _TABLE.insert()
-_UPDATE = _TABLE.update().where(_TABLE.c.id == bindparam("subject_id"))
 _CHANGING = tuple(c for c in SUBJECT_COLUMNS if c not in ("id", "pseudonym", "created_at"))
 
 
-class Subject:
+class Subject(PlainRow):
     """A data subject as intake reads and writes it: the ``data_subject`` columns as plain
     attributes, and whether it is in the database yet (``stored``)."""
 
-    __slots__ = (*SUBJECT_COLUMNS, "stored")
+    __slots__ = SUBJECT_COLUMNS
     # The columns, for the type checker (a column added to the table is in the slots too).
     id: uuid.UUID
     pseudonym: str
@@ -70,12 +68,6 @@ class Subject:
     last_name: str | None
     created_at: datetime
     erased_at: datetime | None
-    stored: bool
-
-    def __init__(self, stored: bool, values: Iterable[tuple[str, Any]]):
-        self.stored = stored
-        for name, value in values:
-            setattr(self, name, value)
 
     @classmethod
     def new(cls, pseudonym: str) -> Subject:
@@ -94,14 +86,4 @@ def load_subjects(session: Session, where: ColumnElement[bool]) -> list[Subject]
 def write_subjects(session: Session, subjects: Iterable[Subject]) -> None:
     """Insert the new ones of `subjects`, update the stored ones (every column that can
     change); each with one statement for all."""
-    new: list[Subject] = []
-    stored: list[Subject] = []
-    for subject in subjects:
-        (stored if subject.stored else new).append(subject)
-    insert_many(session, _INSERT, SUBJECT_COLUMNS, [[getattr(s, c) for c in SUBJECT_COLUMNS] for s in new])
-    if stored:
-        session.connection().execute(
-            _UPDATE, [{"subject_id": s.id, **{c: getattr(s, c) for c in _CHANGING}} for s in stored]
-        )
-    for subject in new:
-        subject.stored = True
+    write_plain_rows(session, subjects, _TABLE, SUBJECT_COLUMNS, _CHANGING)
