@@ -10,7 +10,7 @@ follow-up finds nothing left and completes it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 from sqlmodel import Session
@@ -44,47 +44,67 @@ class ErasureRequestEvent(EventBase):
         return self
 
 
-class ErasureStore:
-    """Opens the requests of one chunk; a receipt per line makes a repeat a duplicate."""
+class RequestStore:
+    """Opens the requests of one chunk; a receipt per line makes a repeat a duplicate.
+
+    A subclass names its audit `action`, the `rejected` error, and opens one request
+    (``open``: the request, the audit outcome, and what the audit detail adds).
+    """
+
+    action: str
+    rejected: type[ValueError]
 
     def __init__(self, session: Session, key: bytes):
         self.session, self.key = session, key
         self.keys: dict[int, str] = {}
         self.seen: set[str] = set()
 
-    def begin_chunk(self, events: Iterable[ErasureRequestEvent]) -> None:
+    def begin_chunk(self, events: Iterable[Any]) -> None:
         self.keys = {id(e): event_key(self.key, e.model_dump_json()) for e in events}
         self.seen = seen(self.session, self.keys.values())
 
-    def apply(self, event: ErasureRequestEvent) -> Applied:
-        """Open the request; the outcome and the audit event. Raises ErasureRejected."""
+    def open(self, event: Any) -> tuple[Any, str, str]:
+        raise NotImplementedError
+
+    def apply(self, event: Any) -> Applied:
+        """Open the request; the outcome and the audit event. Raises ``rejected``."""
         key = self.keys[id(event)]
         if key in self.seen:
             return Applied("duplicate")
         try:
-            request = open_request(
-                self.session,
-                email=event.email,
-                insurance_number=event.insurance_number,
-                received_at=event.received_at or event.at,
-                channel=event.channel,
-                reference=event.reference,
-                key=self.key,
-            )
+            request, outcome, detail = self.open(event)
         except (LookupError, ValueError) as exc:
-            raise ErasureRejected(str(exc)) from None
+            raise self.rejected(str(exc)) from None
         self.seen.add(key)
         self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
         pseudonym = self.session.get(DataSubject, request.subject_id).pseudonym  # type: ignore[union-attr]  # the request's subject exists (foreign key)
         return Applied(
             "stored",
             AuditEvent(
-                "erasure.open",
-                "opened",
+                self.action,
+                outcome,
                 subject=pseudonym,
-                detail=f"request={request.id} channel={event.channel} via=intake due={request.due}",
+                detail=f"request={request.id}{detail} channel={event.channel} via=intake due={request.due}",
             ),
         )
 
     def end_chunk(self) -> None:
         self.session.flush()
+
+
+class ErasureStore(RequestStore):
+    """Opens the erasure requests of one chunk."""
+
+    action, rejected = "erasure.open", ErasureRejected
+
+    def open(self, event: ErasureRequestEvent) -> tuple[Any, str, str]:
+        request = open_request(
+            self.session,
+            email=event.email,
+            insurance_number=event.insurance_number,
+            received_at=event.received_at or event.at,
+            channel=event.channel,
+            reference=event.reference,
+            key=self.key,
+        )
+        return request, "opened", ""

@@ -273,9 +273,9 @@ class Applier:
         self.consents.begin_chunk((e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found})  # type: ignore[misc]  # the type's prefix picks the store's own events
         self.bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
         self.orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
-        self.erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))  # type: ignore[misc]  # the type's prefix picks the store's own events
+        self.erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))
         self.held.begin_chunk(e for _, e in chunk if e.type.startswith(("ident.", "call.")))  # type: ignore[misc]  # the type's prefix picks the store's own events
-        self.rights.begin_chunk(e for _, e in chunk if e.type.startswith("rights."))  # type: ignore[misc]  # the type's prefix picks the store's own events
+        self.rights.begin_chunk(e for _, e in chunk if e.type.startswith("rights."))
         for number, event in chunk:
             store = self.stores[event.type.split(".")[0]]
             if store is not self.consents:

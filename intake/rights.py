@@ -11,18 +11,14 @@ birth date), validated here (email-validator, phonenumbers) and stored only encr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 from sqlmodel import Session
 
-from intake.types import Applied, Email, EventBase, InsuranceNumber
-from models.audit import AuditEvent
-from models.receipts import IntakeReceipt, seen
+from intake.erasure import RequestStore
+from intake.types import Email, EventBase, InsuranceNumber
 from models.rights import Changes, Right, open_rights_request
-from models.subjects import DataSubject
-from models.types import event_key
 
 __all__ = ["Changes", "RightsRejected", "RightsRequestEvent", "RightsStore"]
 
@@ -54,50 +50,26 @@ class RightsRequestEvent(EventBase):
         return self
 
 
-class RightsStore:
-    """Opens the requests of one chunk; a receipt per line makes a repeat a duplicate."""
+class RightsStore(RequestStore):
+    """Opens the rights requests of one chunk (or joins the subject's open one)."""
+
+    action, rejected = "rights.open", RightsRejected
 
     def __init__(self, session: Session, key: bytes, document_key: bytes | None):
-        self.session, self.key, self.document_key = session, key, document_key
-        self.keys: dict[int, str] = {}
-        self.seen: set[str] = set()
+        super().__init__(session, key)
+        self.document_key = document_key
 
-    def begin_chunk(self, events: Iterable[RightsRequestEvent]) -> None:
-        self.keys = {id(e): event_key(self.key, e.model_dump_json()) for e in events}
-        self.seen = seen(self.session, self.keys.values())
-
-    def apply(self, event: RightsRequestEvent) -> Applied:
-        """Open the request; the outcome and the audit event. Raises RightsRejected."""
-        key = self.keys[id(event)]
-        if key in self.seen:
-            return Applied("duplicate")
-        try:
-            request, opened = open_rights_request(
-                self.session,
-                right=event.right,
-                email=event.email,
-                insurance_number=event.insurance_number,
-                received_at=event.received_at or event.at,
-                channel=event.channel,
-                reference=event.reference,
-                changes=event.changes.values() if event.changes else None,
-                document_key=self.document_key,
-                key=self.key,
-            )
-        except (LookupError, ValueError) as exc:
-            raise RightsRejected(str(exc)) from None
-        self.seen.add(key)
-        self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
-        pseudonym = self.session.get(DataSubject, request.subject_id).pseudonym  # type: ignore[union-attr]  # the request's subject exists (foreign key)
-        return Applied(
-            "stored",
-            AuditEvent(
-                "rights.open",
-                "opened" if opened else "joined",
-                subject=pseudonym,
-                detail=f"request={request.id} right={request.right} channel={event.channel} via=intake due={request.due}",
-            ),
+    def open(self, event: RightsRequestEvent) -> tuple[Any, str, str]:
+        request, opened = open_rights_request(
+            self.session,
+            right=event.right,
+            email=event.email,
+            insurance_number=event.insurance_number,
+            received_at=event.received_at or event.at,
+            channel=event.channel,
+            reference=event.reference,
+            changes=event.changes.values() if event.changes else None,
+            document_key=self.document_key,
+            key=self.key,
         )
-
-    def end_chunk(self) -> None:
-        self.session.flush()
+        return request, "opened" if opened else "joined", f" right={request.right}"
