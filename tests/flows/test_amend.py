@@ -4,6 +4,7 @@ the jobs' delivery path, the audit trail (flows/amend.py)."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -638,12 +639,15 @@ def test_a_lift_needs_the_day_the_person_was_told_and_a_bad_one_changes_nothing(
     assert today.isoformat() in json.dumps(package) and "lift_informed_on" in json.dumps(package)
 
 
-def test_a_half_done_rectification_holds_pushes_and_an_objection_meanwhile_ends_right_at_cleverreach(env, monkeypatch):
+def _half_done_rectification(env, monkeypatch, status: int | None) -> tuple[uuid.UUID, uuid.UUID]:
+    """Bert subscribed and synced, then his address rectified to bert.neu@: CleverReach
+    applies the new address, but its answer is lost (`status`: the failure's), so the
+    rectification stays open, ours keeps the old address, CleverReach holds the new one.
+    Returns (subject id, rectification request id)."""
     from connectors.transport import RetriableError
     from flows import rights
-    from models.recipients import Recipient
 
-    url, base = env
+    _, base = env
     take_in(base, *consent_lines("bert@example.de"))
     newsletter.sync_newsletter_consents()
     sid = subject_id("bert@example.de")
@@ -651,18 +655,24 @@ def test_a_half_done_rectification_holds_pushes_and_an_objection_meanwhile_ends_
         rectification = rights.open_request(
             session, right="rectification", subject_id=sid, channel="letter", changes={"email": "bert.neu@example.de"}
         ).id
-
-    # CleverReach applies the new address, but its answer is lost: the rectification stays
-    # open, ours keeps the old address, CleverReach holds the new one.
     update = CleverReachAmender.update
 
     def applied_but_answer_lost(self, client, holder, changes):
         update(self, client, holder, changes)
-        raise RetriableError("cleverreach", "receivers.update", None, reason="connection dropped")
+        raise RetriableError("cleverreach", "receivers.update", status, reason="connection dropped")
 
     with monkeypatch.context() as patched:
         patched.setattr(CleverReachAmender, "update", applied_but_answer_lost)
         assert rights.handle([rectification])["still_open"] == 1
+    return sid, rectification
+
+
+def test_a_half_done_rectification_holds_pushes_and_an_objection_meanwhile_ends_right_at_cleverreach(env, monkeypatch):
+    from flows import rights
+    from models.recipients import Recipient
+
+    url, base = env
+    sid, rectification = _half_done_rectification(env, monkeypatch, None)
     there = receiver(url, "1001", "bert.neu@example.de")
     assert there is not None and receiver(url, "1001", "bert@example.de") is None
     with transaction() as session:
@@ -733,26 +743,10 @@ def test_what_a_rectification_held_goes_once_it_completes(env, monkeypatch):
 
 
 def test_an_erasure_during_a_half_done_rectification_ends_right_at_cleverreach(env, monkeypatch):
-    from connectors.transport import RetriableError
     from flows import erasure, rights
 
-    url, base = env
-    take_in(base, *consent_lines("bert@example.de"))
-    newsletter.sync_newsletter_consents()
-    sid = subject_id("bert@example.de")
-    with transaction() as session:
-        rectification = rights.open_request(
-            session, right="rectification", subject_id=sid, channel="letter", changes={"email": "bert.neu@example.de"}
-        ).id
-    update = CleverReachAmender.update
-
-    def applied_but_answer_lost(self, client, holder, changes):
-        update(self, client, holder, changes)
-        raise RetriableError("cleverreach", "receivers.update", 503)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(CleverReachAmender, "update", applied_but_answer_lost)
-        assert rights.handle([rectification])["still_open"] == 1
+    url, _ = env
+    _, rectification = _half_done_rectification(env, monkeypatch, 503)
     assert receiver(url, "1001", "bert.neu@example.de") is not None
 
     # Asked for by our (old) address; CleverReach is asked by the receiver's id.
