@@ -113,7 +113,13 @@ class Job(Protocol, Generic[Row]):
       a batch was refused for). A ``deliver_many`` whose calls run on worker threads calls
       `meanwhile` (if given) once, while they are on the wire: it writes the next batch
       ahead in this batch's transaction (``_write_next_ahead``), work that then costs no
-      wall time.
+      wall time. A job whose records' reach a query can say (the newsletter: every
+      confirmed consent among the changes) may write ahead in the database instead,
+      without reading them: ``stream_bounds`` (how many records follow a position, up to a
+      limit, and the last one's seq; ``None``, the default: read them) and
+      ``write_ahead_between`` (the register rows of the records after one seq up to
+      another). Used only when nobody is left out (erasure, restriction): otherwise the
+      records are read and looked at one by one.
     """
 
     name: str
@@ -131,6 +137,8 @@ class Job(Protocol, Generic[Row]):
     def finish(self, ctx: Any) -> tuple[Counter[str], list[AuditEvent]]: ...
     def lock(self, session: Session) -> int: ...
     def select_ahead(self, session: Session, after: int, limit: int) -> list[Any]: ...
+    def stream_bounds(self, session: Session, after: int, limit: int) -> tuple[int, int | None] | None: ...
+    def write_ahead_between(self, session: Session, after: int, through: int, now: datetime) -> int: ...
     def deliver_many(
         self, ctx: Any, rows: Sequence[Row], meanwhile: Callable[[], None] | None = None
     ) -> dict[str, Exception]: ...
@@ -160,6 +168,12 @@ class StreamJob:
 
     def select_ahead(self, session: Session, after: int, limit: int) -> list[Any]:
         return self.select(session, after, limit)  # type: ignore[attr-defined]  # the subclass's select (Job)
+
+    def stream_bounds(self, session: Session, after: int, limit: int) -> tuple[int, int | None] | None:
+        return None  # the records are read (select_ahead) and their reaches written ahead
+
+    def write_ahead_between(self, session: Session, after: int, through: int, now: datetime) -> int:
+        raise NotImplementedError("only a job whose stream_bounds answers writes ahead in the database")
 
     def deliver_many(
         self, ctx: Any, rows: Sequence[Any], meanwhile: Callable[[], None] | None = None
@@ -283,6 +297,9 @@ class _Selection(Generic[Row]):
     last_seq: int | None  # of the records after the cursor (None: none, or a named run)
     # Written ahead already, by the batch before (``_write_next_ahead``): `rows` not read.
     covered: bool = False
+    # The records after the cursor, counted but not read: the job writes them ahead in the
+    # database (``Job.stream_bounds``).
+    counted: int | None = None
 
 
 def _select(
@@ -305,6 +322,9 @@ def _select(
         cursor = get_cursor(session, job.cursor)
         if (cursor.ahead_after, cursor.ahead_count) == (after, limit) and cursor.ahead_through is not None:
             return _Selection([], after, cursor.ahead_through, covered=True)  # the batch before wrote it
+        if (bounds := job.stream_bounds(session, after, limit)) is not None:
+            count, last_seq = bounds
+            return _Selection([], after, last_seq, counted=count)
     rows = job.by_ids(session, retry) if retry else []
     fresh = job.select_ahead(session, after, limit) if ahead else job.select(session, after, limit)
     if upto is not None and fresh and job.seq(fresh[-1]) > upto:
@@ -340,15 +360,23 @@ def _write_next_ahead(
     that changes later gets a later place in the stream, past the mark, and is written
     ahead by the batch that sends it. Whoever is being erased or restricted is left out,
     as in step 1."""
-    rows = job.select_ahead(session, last_seq, limit)
-    if len(rows) < limit:  # the stream's end: what follows may come before the next batch
-        return
     left_out = being_erased(session) | held_back(session)
-    reaches = [r for r in job.reaches(session, rows) if r.subject_id not in left_out]
-    if written := _write_ahead(session, reaches, now):
-        events.append(decision(f"{job.name}.register_ahead", "may_hold", records=len(rows), rows=written, batch="next"))
+    bounds = None if left_out else job.stream_bounds(session, last_seq, limit)
+    if bounds is not None:
+        count, through = bounds
+        if count < limit or through is None:  # the stream's end: what follows may come before the next batch
+            return
+        written = job.write_ahead_between(session, last_seq, through, now)
+    else:
+        rows = job.select_ahead(session, last_seq, limit)
+        if len(rows) < limit:
+            return
+        through = job.seq(rows[-1])
+        written = _write_ahead(session, [r for r in job.reaches(session, rows) if r.subject_id not in left_out], now)
+    if written:
+        events.append(decision(f"{job.name}.register_ahead", "may_hold", records=limit, rows=written, batch="next"))
     cursor = get_cursor(session, job.cursor)
-    cursor.ahead_after, cursor.ahead_through, cursor.ahead_count = last_seq, job.seq(rows[-1]), limit
+    cursor.ahead_after, cursor.ahead_through, cursor.ahead_count = last_seq, through, limit
 
 
 def run_wide(exc: Exception) -> bool:
@@ -380,14 +408,27 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
             ahead = _select(job, session, limit, ids, ahead=True)
             held = being_erased(session)
             paused = held_back(session)
-            reaches = job.reaches(session, ahead.rows)
-            if held or paused:
-                reaches = [r for r in reaches if r.subject_id not in held and r.subject_id not in paused]
-            if written := _write_ahead(session, reaches, now):
+            after, through = ahead.after, ahead.last_seq
+            if (
+                ahead.counted is not None and after is not None and (held or paused)
+            ):  # someone to leave out: look at each
+                ahead = _Selection(job.select_ahead(session, after, limit), after, through)
+            if ahead.counted is not None:
+                records = ahead.counted
+                written = 0
+                if after is not None and through is not None:
+                    written = job.write_ahead_between(session, after, through, now)
+            else:
+                records = len(ahead.rows)
+                reaches = job.reaches(session, ahead.rows)
+                if held or paused:
+                    reaches = [r for r in reaches if r.subject_id not in held and r.subject_id not in paused]
+                written = _write_ahead(session, reaches, now)
+            if written:
                 write_audit(
-                    session, [decision(f"{job.name}.register_ahead", "may_hold", records=len(ahead.rows), rows=written)]
+                    session, [decision(f"{job.name}.register_ahead", "may_hold", records=records, rows=written)]
                 )
-        if not ahead.rows and not ahead.covered:
+        if not ahead.rows and not ahead.covered and not ahead.counted:
             return {}
         counts = _send(job, limit, ids, ahead, held, now)
         if counts is not None:

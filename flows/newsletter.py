@@ -63,12 +63,14 @@ from models.consent import (
     apply_withdraw,
     changed_since,
     changes_ahead,
+    confirmed_between,
     count_changed_since,
     expiry_candidates,
     expiry_due,
     lapsed_among,
     lapsed_subject_ids,
     push_rows_by_ids,
+    stream_bounds,
 )
 from models.cursors import SyncCursor, cursor_position, get_cursor, next_seq
 from models.db import scrub_journal, skip_locked, transaction
@@ -79,6 +81,7 @@ from models.recipients import (
     live_recipient_ids_among,
     live_recipients,
     record_confirmed_many,
+    record_may_hold_selected,
     record_removed_for,
     record_removed_many,
     record_sent_many,
@@ -351,6 +354,16 @@ class ConsentJob(_ListJob):
 
     def select_ahead(self, session, after: int, limit: int) -> list:
         return changes_ahead(session, self.list_name, after, limit)
+
+    def stream_bounds(self, session, after: int, limit: int) -> tuple[int, int | None]:
+        return stream_bounds(session, self.list_name, after, limit)
+
+    def write_ahead_between(self, session, after: int, through: int, now: datetime) -> int:
+        """``reaches`` of the changes after `after` up to `through`, written ahead by the
+        database: a full sync's batch is 20,000 subjects, which cost more to read than to write."""
+        params = {"list": self.list_name, "after": after, "through": through}
+        subjects = confirmed_between(session.get_bind().dialect.name)
+        return record_may_hold_selected(session, PROCESSOR, self.purpose, subjects, params, now)
 
     def by_ids(self, session, ids: Sequence[str]) -> list:
         return push_rows_by_ids(session, self.list_name, ids)

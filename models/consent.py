@@ -479,6 +479,34 @@ def changes_ahead(session: Session, list_name: str, after_seq: int, limit: int) 
     return list(session.connection().execute(query).all())
 
 
+def stream_bounds(session: Session, list_name: str, after_seq: int, limit: int) -> tuple[int, int | None]:
+    """How many of a list's changes follow `after_seq`, at most `limit`, and the last one's
+    seq: the bounds of the next batch, read from the change index alone."""
+    changes = (
+        sa_select(col(ConsentRecord.change_seq))
+        .where(col(ConsentRecord.list_name) == list_name, col(ConsentRecord.change_seq) > after_seq)
+        .order_by(col(ConsentRecord.change_seq))
+        .limit(limit)
+        .subquery()
+    )
+    count, last = session.connection().execute(sa_select(func.count(), func.max(changes.c.change_seq))).one()
+    return int(count), last
+
+
+def confirmed_between(dialect: str) -> str:
+    """SQL of the subjects of a list's consents confirmed among its changes after :after up
+    to :through (and :list): who a push of those changes may carry to CleverReach
+    (``changed_since`` reads the same records whole). For
+    ``models.recipients.record_may_hold_selected``."""
+    # "+state" keeps SQLite off the state index: without statistics it takes the state for
+    # the narrower term and reads every confirmed consent (0.1 s for a 1,000-change sync).
+    state = "+state" if dialect == "sqlite" else "state"
+    return (
+        "SELECT subject_id FROM consent WHERE list_name = :list AND change_seq > :after"
+        f" AND change_seq <= :through AND {state} = '{ConsentState.confirmed}'"
+    )
+
+
 def push_rows_by_ids(session: Session, list_name: str, consent_ids: Sequence[str]) -> list:
     """Rows (PUSH_COLUMNS) of these consent records of a list, in change order: what a run
     left to retry. An id that is not a consent record's is skipped."""

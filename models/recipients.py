@@ -201,6 +201,42 @@ def _insert_rows(
     )
 
 
+def record_may_hold_selected(
+    session: Session, processor: str, purpose: str, subjects: str, params: Mapping[str, object], now: datetime
+) -> int:
+    """``record_may_hold_many`` for the subjects a query selects (`subjects`: SQL of one
+    ``subject_id`` column, with its `params`), inside the database: no subject is read into
+    Python. The co-recipients get their rows too. Returns how many rows it wrote for
+    `processor` (new or made live; a live one counts, unchanged).
+
+    A bulk job's next batch is tens of thousands of subjects: reading their ids, building
+    the JSON of ``_insert_rows`` and sorting it cost several times the insert itself.
+    """
+    for other in co_recipients(processor, purpose):
+        record_may_hold_selected(session, other, purpose, subjects, params, now)
+    head, start = _ascending_ids()
+    result = session.connection().execute(
+        _write_ahead_selected(session.get_bind().dialect.name, subjects),
+        {**params, "head": head, "start": start, "processor": processor, "purpose": purpose, "now": now},
+    )
+    return int(result.rowcount)
+
+
+@cache
+def _write_ahead_selected(dialect: str, subjects: str) -> TextClause:
+    """``_write_ahead``'s statement with the rows from the query `subjects`, taken in subject
+    order (the unique key's: pages read once), the ids numbered by row."""
+    if dialect == "sqlite":
+        new_id = ":head || printf('%015x', :start + row_number() OVER (ORDER BY s.subject_id))"
+    else:
+        new_id = "CAST(:head || lpad(to_hex(:start + row_number() OVER (ORDER BY s.subject_id)), 15, '0') AS uuid)"
+    now = ":now" if dialect == "sqlite" else "CAST(:now AS timestamptz)"
+    return text(
+        f"INSERT INTO recipient ({_COLUMNS}) SELECT {new_id}, s.subject_id, NULL, :processor, :purpose,"
+        f" {now}, {now}, NULL FROM ({subjects}) AS s WHERE true ORDER BY s.subject_id{_LIVE_AGAIN}"
+    ).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
 def _ascending_ids() -> tuple[str, int]:
     """Fresh ascending ids in UUIDv7 layout (RFC 9562), as the insert makes them: Unix
     milliseconds, version and 12 random bits (`head`, 16 hex digits), then the variant and a
@@ -248,16 +284,20 @@ def _upsert(dialect: str, purpose_per_row: bool) -> TextClause:
     )
 
 
+# A write-ahead's conflict: a live row stays as it is (a "holds" stays "holds"), a removed
+# one is live again as "may hold".
+_LIVE_AGAIN = (
+    " ON CONFLICT (subject_id, processor, purpose) DO UPDATE SET"
+    " external_id = coalesce(recipient.external_id, excluded.external_id),"
+    " confirmed_at = CASE WHEN recipient.removed_at IS NULL THEN recipient.confirmed_at END,"
+    " removed_at = NULL"
+)
+
+
 @cache
 def _write_ahead(dialect: str, purpose_per_row: bool) -> TextClause:
     """INSERT … ON CONFLICT DO UPDATE that makes a row live without un-confirming it."""
-    return _typed(
-        f"INSERT INTO recipient ({_COLUMNS}) {_json_rows(dialect, purpose_per_row)}"
-        " ON CONFLICT (subject_id, processor, purpose) DO UPDATE SET"
-        " external_id = coalesce(recipient.external_id, excluded.external_id),"
-        " confirmed_at = CASE WHEN recipient.removed_at IS NULL THEN recipient.confirmed_at END,"
-        " removed_at = NULL"
-    )
+    return _typed(f"INSERT INTO recipient ({_COLUMNS}) {_json_rows(dialect, purpose_per_row)}{_LIVE_AGAIN}")
 
 
 def live_keys(session: Session, processor: str, purpose: str, subject_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:

@@ -301,6 +301,28 @@ def test_each_batch_writes_the_next_one_ahead_and_every_upsert_finds_its_receive
     assert sorted(receivers(against_sandbox, "1001")) == sorted(emails + more)
 
 
+def test_the_next_batch_is_written_ahead_in_the_database_for_the_confirmed_and_their_co_recipients(
+    against_sandbox, monkeypatch
+):
+    # Batches of 10: each writes the next one ahead by an INSERT … SELECT of the confirmed
+    # consents among its changes (no record read). Pending sign-ups are among them, and
+    # must get no row; USU (which works on the newsletter at CleverReach) gets one per row.
+    confirmed = [f"c{i}@example.de" for i in range(24)]
+    pending = [f"p{i}@example.de" for i in range(6)]
+    take_in(*[line for e in confirmed for line in (signup(e), confirm(e))], *[signup(e) for e in pending])
+    read = []
+    monkeypatch.setattr(newsletter.ConsentJob, "select_ahead", lambda *args: read.append(args) or [])
+    counts = newsletter.sync_newsletter_consents(lists=["newsletter"], batch_size=5, records_per_task=10)
+    assert counts["pushed"] == 24 and counts["not_pushed_pending"] == 6
+    assert read == []  # nobody was left out, so no batch read its records to write them ahead
+    with transaction() as session:
+        by_email = {s.id: s.email for s in session.exec(select(DataSubject))}
+        rows = session.exec(select(Recipient)).all()
+    at = {(by_email[r.subject_id], r.processor) for r in rows}
+    assert at == {(e, p) for e in confirmed for p in ("cleverreach", "usu")}
+    assert all((r.confirmed_at is not None) == (r.processor == "cleverreach") for r in rows)
+
+
 def test_a_crash_between_waves_rolls_the_whole_batch_back_and_a_rerun_ends_exact(against_sandbox, monkeypatch):
     # Five calls of 6 receivers, recorded in waves of two calls; the second wave's record
     # fails. The batch's transaction holds all waves, so nothing of it may stay behind.
