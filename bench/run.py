@@ -31,6 +31,7 @@ from models.migrate import upgrade
 RESULTS = Path(__file__).resolve().parent / "results"
 
 TARGET_THROUGHPUT_RATIO = 0.8  # ours / baseline receivers per second, at least (issue 14)
+BASELINE_RUNS = 3  # the baseline's median counts
 TARGET_INCREMENTAL_RATIO = 0.05  # incremental / full sync time, below
 TARGET_TASKS_PER_BATCH = 1.0  # Prefect task runs per batch of the full sync, at most
 # The incremental sync is timed this often, each time after another 1% change, and judged by
@@ -179,21 +180,28 @@ def run(args, work: Path, port: int) -> dict:
         build_seconds = time.perf_counter() - started
         if len(payloads) != n:
             raise RuntimeError(f"baseline loaded {len(payloads)} receivers, expected {n}")
-        cpu_before = meter.sample()
-        base = baseline.post_batches(sandbox.url, GROUP_NEWSLETTER, payloads, batch)
-        base["cpu_seconds"] = CpuMeter.delta(cpu_before, meter.sample())
+        # Several runs, the median counts: one run's time varied by a factor of 1.6 between
+        # benchmark runs on the same code (the sandbox's share of a busy machine).
+        runs = []
+        for _ in range(BASELINE_RUNS):
+            cpu_before = meter.sample()
+            base = baseline.post_batches(sandbox.url, GROUP_NEWSLETTER, payloads, batch)
+            base["cpu_seconds"] = CpuMeter.delta(cpu_before, meter.sample())
+            held = sandbox_group(sandbox, GROUP_NEWSLETTER)
+            if held["receivers"] != n:
+                raise RuntimeError(f"baseline: sandbox holds {held['receivers']} receivers, expected {n}")
+            sandbox.reset()
+            runs.append(base)
         del payloads
-        held = sandbox_group(sandbox, GROUP_NEWSLETTER)
+        base = sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2]
         base.update(
             receivers=n,
             receivers_per_second=n / base["seconds"],
             payload_build_seconds_untimed=build_seconds,
-            sandbox_receivers=held["receivers"],
+            sandbox_receivers=n,
+            runs_seconds=[round(run["seconds"], 3) for run in runs],
         )
         report["baseline"] = base
-        if held["receivers"] != n:
-            raise RuntimeError(f"baseline: sandbox holds {held['receivers']} receivers, expected {n}")
-        sandbox.reset()
 
         with prefect_test_harness(), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             retries = ApiRetries().install()
