@@ -525,7 +525,8 @@ def memory(r: dict, targets: Targets) -> list[str]:
             ["Prefect task runs per receiver", f"{s['task_runs_per_receiver']:.6f} ({s['task_runs'].get('total')})"],
             [
                 "arrived",
-                f"{sb['active_receivers']:,} active receivers at the sandbox, {r['register_live_rows']:,} live register rows",
+                f"{sb['active_receivers']:,} active receivers at the sandbox, {r['register_live_rows']:,} live register rows at CleverReach"
+                + (f" and {r['register_live_rows_usu']:,} at USU" if "register_live_rows_usu" in r else ""),
             ],
             ["sandbox (holds every receiver; not counted)", f"peak {sb['peak_rss_mb']:,.0f} MB"],
         ],
