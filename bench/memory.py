@@ -4,7 +4,7 @@ N confirmed subscriptions are written straight to the database (``bench.direct_s
 rows intake writes, checked against intake on 1,000 of them first), then ``psync run
 sync-newsletter-consents`` runs in a process of its own against a local Prefect API and the
 sandbox, each in its own process too. The figure is that one process's peak resident memory
-(``ru_maxrss``), target under 500 MB: the sync meets it only by streaming, a task reading
+(``ru_maxrss``), target under 250 MB: the sync meets it only by streaming, a task reading
 its ``records_per_task`` records and never the whole list. Also reported: the sandbox's
 peak (it holds every receiver), the sync's time, and that every receiver arrived.
 """
@@ -22,7 +22,7 @@ from sqlmodel import col
 
 from bench.common import job_environment, log, per_item, write_result
 
-TARGET_MB = 500
+TARGET_MB = 250  # issue 19 ("still under 250 MB"); issue 2 had asked for 500
 PAGE = 5000  # the sandbox's largest page of receivers
 
 
