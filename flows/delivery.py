@@ -391,8 +391,12 @@ def _retriable(exc: Exception) -> bool:
     return isinstance(exc, ProcessorError) and (exc.outcome_unknown or exc.status == 429)
 
 
-def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> dict[str, int]:
+def run_batch(
+    job: Job[Row], limit: int, ids: Sequence[str] | None = None, next_limit: int | None = None
+) -> dict[str, int]:
     """Deliver one batch of `job` (the next `limit` records, or exactly `ids`); its counts.
+    A job that writes the next batch ahead (``_write_next_ahead``) writes `next_limit`
+    records (default `limit`): the size the next batch will ask for.
 
     See the module's text for the three steps. Raises only what no record could get past
     (auth, configuration); a record's own failure is parked and counted. Every call goes to
@@ -430,7 +434,7 @@ def run_batch(job: Job[Row], limit: int, ids: Sequence[str] | None = None) -> di
                 )
         if not ahead.rows and not ahead.covered and not ahead.counted:
             return {}
-        counts = _send(job, limit, ids, ahead, held, now)
+        counts = _send(job, limit, ids, ahead, held, now, next_limit or limit)
         if counts is not None:
             return counts
         # Another worker delivered a batch in between: what is after the cursor now was not
@@ -446,6 +450,7 @@ def _send(
     ahead: _Selection[Row],
     held: set[uuid.UUID],
     now: datetime,
+    next_limit: int,
 ) -> dict[str, int] | None:
     """Step 2 and 3 in one transaction, its calls journaled; None if the cursor moved since
     the write-ahead. A failure rolls the data back, and the journal's calls go to the trail
@@ -454,7 +459,7 @@ def _send(
         with journal.journaled(job.name) as batch, transaction() as session:
             chosen = _select(job, session, limit, ids, upto=ahead.last_seq)
             moved = chosen.after != ahead.after
-            counts = None if moved else _deliver(job, session, chosen, held, now, batch, limit)
+            counts = None if moved else _deliver(job, session, chosen, held, now, batch, next_limit)
     except BaseException:
         job.clients.drain_calls()  # the journal holds them: audited once, from there
         journal.settle_now()
@@ -470,10 +475,11 @@ def _deliver(
     held_ahead: set[uuid.UUID],
     now: datetime,
     batch: str,
-    limit: int,
+    next_limit: int,
 ) -> dict[str, int]:
     """Step 2 and 3 of ``run_batch``, in its second transaction. Held: whoever was held when
-    the batch wrote ahead (nothing of theirs was) or has an open erasure request now."""
+    the batch wrote ahead (nothing of theirs was) or has an open erasure request now. The
+    next `next_limit` records are written ahead meanwhile, if the job's calls leave time."""
     counts: Counter[str] = Counter()
     events: list[AuditEvent] = []
     rows = chosen.rows
@@ -498,7 +504,7 @@ def _deliver(
             counts["held_restricted"] += hold_back(session, job.name, waiting, now)
     meanwhile = None
     if chosen.last_seq is not None:
-        meanwhile = functools.partial(_write_next_ahead, job, session, chosen.last_seq, limit, now, events)
+        meanwhile = functools.partial(_write_next_ahead, job, session, chosen.last_seq, next_limit, now, events)
     failures = job.deliver_many(ctx, sending, meanwhile)
     for record, exc in failures.items():
         if isinstance(exc, ProcessorError):

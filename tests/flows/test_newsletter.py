@@ -767,3 +767,12 @@ def test_isolate_finds_the_records_a_batch_was_refused_for_and_sends_the_rest():
     # Auth is nobody's record: raised.
     with pytest.raises(FatalError):
         isolate(lambda rows: (_ for _ in ()).throw(FatalError("cleverreach", "receivers.upsert", 401)), [1, 2])
+
+
+def test_a_sync_starts_with_a_small_task_so_the_calls_start_soon():
+    # The sizes' examples (doctest): a small first task, then records_per_task each.
+    import doctest
+
+    assert doctest.testmod(newsletter).attempted >= 2
+    assert doctest.testmod(newsletter).failed == 0
+    assert newsletter.task_sizes(20001, 20000) == [2000, 20000]
