@@ -80,7 +80,8 @@ class ConsentRecord(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("subject_id", "list_name"),)
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
-    subject_id: uuid.UUID = Field(foreign_key="data_subject.id", index=True)
+    # No index of its own: the unique key (subject_id, list_name) starts with it.
+    subject_id: uuid.UUID = Field(foreign_key="data_subject.id")
     list_name: str = Field(max_length=40)
     state: str = Field(max_length=20, index=True)
     signup_at: datetime = Field(sa_type=UTCDateTime, index=True)
