@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
 from pydantic import Field, model_validator
 from sqlmodel import Session, col, select
 
 from intake.receipts import erased_reason, ignored
-from intake.types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown
+from intake.types import Applied, Email, EventBase, InsuranceNumber, IpAddress, NotYetKnown
 from models.audit import AuditEvent
 from models.consent import (
     ENDED,
@@ -84,7 +83,7 @@ class ConsentSignup(_ConsentEvent):
     first_name: str = Field(min_length=1, max_length=200)
     last_name: str = Field(min_length=1, max_length=200)
     insurance_number: InsuranceNumber | None = None
-    ip: IPv4Address | IPv6Address
+    ip: IpAddress
     source: str = Field(min_length=1, max_length=500)
     policy_version: str = Field(min_length=1, max_length=100)
 
@@ -103,7 +102,7 @@ class ConsentConfirm(_ConsentEvent):
     """The confirmation link in the double-opt-in mail was clicked."""
 
     type: Literal["consent.confirm"]
-    ip: IPv4Address | IPv6Address
+    ip: IpAddress
 
 
 class ConsentWithdraw(_ConsentEvent):
@@ -265,7 +264,7 @@ class ConsentStore:
                     f"list={event.list_name}",
                 )
             return Applied("unchanged", reason="no sign-up for this list; the withdrawal is kept")
-        settle(record, after, seq)
+        settle(record, after, seq, self.now)
         self.changed[record.id] = record
         audit = AuditEvent(
             f"consent.{step.kind}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from functools import cache
+from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, ClassVar, NamedTuple, get_args
 
 from pydantic import (
@@ -13,10 +14,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from models.audit import AuditEvent
 from models.identity import normalise_email, normalise_insurance_number, normalise_phone
@@ -48,6 +51,35 @@ def _email(value: str, info: ValidationInfo) -> str:
 
 
 Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
+
+# An IPv4 address as ``IPv4Address`` prints it: four decimal octets up to 255, no leading zero.
+_IPV4 = re.compile(
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
+)
+
+
+def _ip(value: Any) -> str:
+    # What ``IPv4Address | IPv6Address`` accepted, kept as its text: pydantic's union tried
+    # both address types on every line (an IPv4 address through the IPv6 parser as well),
+    # and printing the address again for storing cost as much. The common case (an IPv4
+    # address written as it prints) is one regular expression; anything else goes through
+    # ``ipaddress``, whose text is the canonical one (the line's dedupe key is unchanged).
+    if isinstance(value, IPv4Address | IPv6Address):
+        return str(value)
+    if type(value) is str:
+        if _IPV4.fullmatch(value):
+            return value
+        for kind in (IPv4Address, IPv6Address):
+            try:
+                return str(kind(value))
+            except ValueError:
+                continue
+    raise PydanticCustomError("ip_address", "Input is not a valid IPv4 or IPv6 address")
+
+
+# The text of an IP address (as ``str(ipaddress.ip_address(...))`` gives it); a str, not an
+# address object. The schema says what it was: an IPv4 or an IPv6 address.
+IpAddress = Annotated[str, PlainValidator(_ip, json_schema_input_type=IPv4Address | IPv6Address)]
 InsuranceNumber = Annotated[str, Field(max_length=20), AfterValidator(normalise_insurance_number)]
 Phone = Annotated[str, Field(max_length=40), AfterValidator(normalise_phone)]
 
