@@ -143,6 +143,9 @@ class ConsentStore:
         self.seen: set[str] = set()
         self.keys: dict[int, str] = {}
         self.seq = 0
+        # The clock, read once per chunk (a chunk is one transaction): the time the chunk's
+        # events are recorded and its records updated at.
+        self.now = utcnow()
         self.deferring = True
         # Registered policy versions seen so far: a registered version stays registered.
         self.versions: set[str] = set()
@@ -152,6 +155,7 @@ class ConsentStore:
         """Dedupe keys of the chunk's events, which of them were seen, and the records (with
         their histories) of the subjects found for the chunk."""
         events = list(events)
+        self.now = utcnow()
         # One query per chunk at most, for the versions not met before.
         wanted = {e.policy_version for e in events if isinstance(e, ConsentSignup)} - self.versions
         if wanted:
@@ -228,7 +232,7 @@ class ConsentStore:
             # A withdrawal from someone unknown is kept under the pseudonym of the address only.
             subject = self.subjects.create(event.email, kvnr, identified=isinstance(event, ConsentSignup))
         if record is None:
-            record = Record.new(subject.id, event.list_name, event.at)
+            record = Record.new(subject.id, event.list_name, event.at, self.now)
             self.consents[(subject.id, event.list_name)] = record
             self.history[record.id] = []
             self.changed[record.id] = record
@@ -237,7 +241,7 @@ class ConsentStore:
         before = replay(history, cut)
         step = self._step(event, key, history, cut)
         history.append(step)
-        self.events.append(step.row(record.id, utcnow()))
+        self.events.append(step.row(record.id, self.now))
         self.seen.add(key)
         if isinstance(event, ConsentSignup) and (cut is None or step.at > cut):
             # New data the person gave: identifiers fill what is missing (and bring an erased
@@ -253,7 +257,7 @@ class ConsentStore:
         if after.signup_at is None:
             # Withdrawals only, no sign-up known: kept for a sign-up dated earlier that may
             # still arrive; nothing went anywhere, so no change number.
-            settle(record, after, None)
+            settle(record, after, None, self.now)
             self.changed[record.id] = record
             if subject.erased_at is not None:
                 return ignored(
@@ -292,12 +296,11 @@ class ConsentStore:
         # The fields from the model's __dict__: getattr on a field the model lacks goes
         # through pydantic's __getattr__ and an AttributeError: half of building the step.
         fields = event.__dict__
-        ip = fields.get("ip")
         step = Step(
             _KIND[event.type],
             event.at,
             key,
-            ip=str(ip) if ip is not None else None,
+            ip=fields.get("ip"),
             channel=fields.get("channel"),
             source=fields.get("source"),
             policy_version=fields.get("policy_version"),
@@ -343,7 +346,7 @@ class ConsentStore:
             step = Step(EventKind.erase, erased_at, event_key(self.key, "erase", record.id, erased_at.isoformat()))
             if all(s.key != step.key for s in history):
                 history.append(step)
-                self.events.append(step.row(record.id, utcnow()))
+                self.events.append(step.row(record.id, self.now))
 
     def end_chunk(self) -> None:
         """Write the chunk's records and events, after its new subjects (the ORM's flush)."""

@@ -157,8 +157,9 @@ class Record(PlainRow):
     updated_at: datetime
 
     @classmethod
-    def new(cls, subject_id: uuid.UUID, list_name: str, signup_at: datetime) -> Record:
-        """A record not in the database yet, pending, as a ConsentRecord would start."""
+    def new(cls, subject_id: uuid.UUID, list_name: str, signup_at: datetime, now: datetime | None = None) -> Record:
+        """A record not in the database yet, pending, as a ConsentRecord would start;
+        `now` (default: the clock) is its ``updated_at``."""
         values = dict.fromkeys(RECORD_COLUMNS)
         values.update(
             id=new_id(),
@@ -167,7 +168,7 @@ class Record(PlainRow):
             state=ConsentState.pending.value,
             signup_at=signup_at,
             change_seq=0,
-            updated_at=utcnow(),
+            updated_at=now or utcnow(),
         )
         return cls(False, values.items())
 
@@ -380,9 +381,9 @@ def replay(steps: Iterable[Step], cut: datetime | None = None) -> Decision:
     return d
 
 
-def settle(record: ConsentRecord | Record, d: Decision, seq: int | None) -> None:
+def settle(record: ConsentRecord | Record, d: Decision, seq: int | None, now: datetime | None = None) -> None:
     """Write a replayed decision to the record; `seq` None keeps its change number (nothing
-    a processor needs to hear about)."""
+    a processor needs to hear about). `now` (default: the clock) is its ``updated_at`` then."""
     assert d.state not in (None, ENDED)
     values = {name: getattr(d, name) for name in PROOF_FIELDS}
     if values["signup_at"] is None:  # a withdrawal with no sign-up known: the column needs a time
@@ -391,7 +392,7 @@ def settle(record: ConsentRecord | Record, d: Decision, seq: int | None) -> None
         if getattr(record, name) != value:  # setting an ORM attribute costs, even to the same value
             setattr(record, name, value)
     if seq is not None:
-        _touch(record, seq)
+        _touch(record, seq, now)
 
 
 def describe_time(at: datetime) -> str:
@@ -435,9 +436,9 @@ def apply_expire(record: ConsentRecord, at: datetime, dedupe_key: str) -> Consen
     return _event(record, EventKind.expire, at, dedupe_key)
 
 
-def _touch(record: ConsentRecord | Record, seq: int) -> None:
+def _touch(record: ConsentRecord | Record, seq: int, now: datetime | None = None) -> None:
     record.change_seq = seq
-    record.updated_at = utcnow()
+    record.updated_at = now or utcnow()
 
 
 # What a push needs, as plain rows: loading ORM objects cost more than the call itself. The

@@ -24,6 +24,7 @@ from sqlmodel import Session, col
 
 from models.identity import pseudonym
 from models.subjects import DataSubject, Subject, load_subjects, write_subjects
+from models.types import utcnow
 
 
 class SubjectMismatch(ValueError):
@@ -45,6 +46,8 @@ class SubjectIndex:
         self.by_pseudonym: dict[str, Subject] = {}
         self.changed: dict[uuid.UUID, Subject] = {}  # to write: new, or with new values
         self.pseudonyms: dict[str, str] = {}  # of the addresses looked up in this intake
+        # The clock read once per chunk (``prefetch``): the new subjects' ``created_at``.
+        self.now: datetime | None = None
         # Called with an erased subject just before it comes back (``identify``), while its
         # ``erased_at`` is still set: the consent store keeps that cut in the history then.
         self.on_revive: list[Callable[[Subject], None]] = []
@@ -61,7 +64,9 @@ class SubjectIndex:
             self.changed.clear()
 
     def prefetch(self, pairs: Iterable[tuple[str, str | None]]) -> list[Subject]:
-        """Load the subjects of these (e-mail, insurance number) pairs; returns the new ones."""
+        """Load the subjects of these (e-mail, insurance number) pairs; returns the new ones.
+        Called once per chunk: the clock is read here for the chunk's new subjects."""
+        self.now = utcnow()
         emails, kvnrs = set(), set()
         for email, kvnr in pairs:
             emails.add(email)
@@ -124,7 +129,7 @@ class SubjectIndex:
     def create(self, email: str, kvnr: str | None, identified: bool = True) -> Subject:
         """A new subject; with `identified` False it holds only the pseudonym of the address
         (a withdrawal from someone we know nothing about needs no more). Written by ``write``."""
-        subject = Subject.new(self.pseudonym(email))
+        subject = Subject.new(self.pseudonym(email), self.now)
         taken = self.by_pseudonym.get(subject.pseudonym)
         if taken is not None and taken.email not in (None, email):
             # The subject first seen with this address has had it corrected (Art. 16) and

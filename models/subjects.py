@@ -70,10 +70,11 @@ class Subject(PlainRow):
     erased_at: datetime | None
 
     @classmethod
-    def new(cls, pseudonym: str) -> Subject:
-        """A subject not in the database yet, holding only its pseudonym."""
+    def new(cls, pseudonym: str, now: datetime | None = None) -> Subject:
+        """A subject not in the database yet, holding only its pseudonym; created `now`
+        (default: the clock)."""
         values: dict[str, Any] = dict.fromkeys(SUBJECT_COLUMNS)
-        values.update(id=new_id(), pseudonym=pseudonym, created_at=utcnow())
+        values.update(id=new_id(), pseudonym=pseudonym, created_at=now or utcnow())
         return cls(False, values.items())
 
 
