@@ -118,6 +118,8 @@ ConsentIntakeEvent = ConsentSignup | ConsentConfirm | ConsentWithdraw
 # Iterating the enum itself costs a generator and a lookup per member, on every sign-up.
 _LISTS = tuple(ConsentList)
 
+_DUPLICATE = Applied("duplicate")
+
 _KIND = {
     "consent.signup": EventKind.signup,
     "consent.confirm": EventKind.confirm,
@@ -198,11 +200,14 @@ class ConsentStore:
         """The line's outcome, audit event and reason; raises TransitionError to reject."""
         key = self.keys[id(event)]
         seq, self.seq = self.seq, self.seq + 1
+        is_signup = isinstance(event, ConsentSignup)
         if isinstance(event, ConsentSignup) and event.policy_version not in self.versions:
             raise UnknownVersion(UNKNOWN_VERSION)
         if key in self.seen:
-            return Applied("duplicate")
-        kvnr = getattr(event, "insurance_number", None)
+            return _DUPLICATE
+        # From the model's __dict__: getattr on a field the model lacks (a confirmation's
+        # insurance number) goes through pydantic's __getattr__ and an AttributeError.
+        kvnr = event.__dict__.get("insurance_number")
         subject = self.subjects.find(event.email, kvnr)
         is_confirm = isinstance(event, ConsentConfirm)
         if erased_before(subject, event.at):
@@ -230,14 +235,14 @@ class ConsentStore:
             raise NoSignup("no sign-up to confirm for this list")
         if subject is None:
             # A withdrawal from someone unknown is kept under the pseudonym of the address only.
-            subject = self.subjects.create(event.email, kvnr, identified=isinstance(event, ConsentSignup))
+            subject = self.subjects.create(event.email, kvnr, identified=is_signup)
         if record is None:
             record = Record.new(subject.id, event.list_name, event.at, self.now)
             self.consents[(subject.id, event.list_name)] = record
             self.history[record.id] = []
             self.changed[record.id] = record
         history = self.history[record.id]
-        cut = cut_of(history, subject.erased_at)
+        cut = cut_of(history, subject.erased_at) if history or subject.erased_at is not None else None
         before = replay(history, cut)
         step = self._step(event, key, history, cut)
         history.append(step)
@@ -305,7 +310,7 @@ class ConsentStore:
             source=fields.get("source"),
             policy_version=fields.get("policy_version"),
         )
-        expired = max((s.at for s in history if s.kind == EventKind.expire), default=None)
+        expired = max((s.at for s in history if s.kind == EventKind.expire), default=None) if history else None
         if (cut is not None and step.at <= cut) or (expired is not None and step.at <= expired):
             return step.without_personal_data()
         return step
