@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import Field, model_validator
+from sqlalchemy import bindparam, union_all
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from intake.receipts import erased_reason, ignored
@@ -50,7 +52,7 @@ from models.consent import (
 )
 from models.consent_text import known_versions
 from models.cursors import next_seq
-from models.receipts import IntakeReceipt, seen
+from models.receipts import IntakeReceipt
 from models.subject_index import SubjectIndex, erased_before
 from models.subjects import Subject
 from models.types import event_key, utcnow
@@ -120,6 +122,14 @@ _LISTS = tuple(ConsentList)
 
 _DUPLICATE = Applied("duplicate")
 
+# The dedupe keys among ``keys`` of a stored consent event or an intake receipt.
+_SEEN = union_all(
+    sa_select(col(IntakeReceipt.dedupe_key)).where(
+        col(IntakeReceipt.dedupe_key).in_(bindparam("keys", expanding=True))
+    ),
+    sa_select(col(ConsentEvent.dedupe_key)).where(col(ConsentEvent.dedupe_key).in_(bindparam("keys", expanding=True))),
+)
+
 _KIND = {
     "consent.signup": EventKind.signup,
     "consent.confirm": EventKind.confirm,
@@ -164,11 +174,13 @@ class ConsentStore:
             self.versions |= known_versions(self.session, wanted)
         self.keys = {id(e): event_key(self.key, e.model_dump_json(by_alias=True)) for e in events}
         keys = list(self.keys.values())
-        self.seen = seen(self.session, keys)  # lines kept as a receipt only (erased subjects)
+        # Lines stored before, and lines kept as a receipt only (erased subjects), in one
+        # statement whose key list is bound at execution (a literal IN list is built anew,
+        # value by value, every chunk). The receipts this transaction added are flushed.
+        self.seen = set()
         if keys:
-            self.seen |= set(
-                self.session.exec(select(ConsentEvent.dedupe_key).where(col(ConsentEvent.dedupe_key).in_(keys)))
-            )
+            self.session.flush()
+            self.seen.update(self.session.connection().execute(_SEEN, {"keys": keys}).scalars())
         if found_ids:
             loaded = load_records(self.session, found_ids)
             for record in loaded:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sqlalchemy import event
+from sqlalchemy import bindparam, event
 from sqlmodel import Session, col
 
 from models.identity import pseudonym
@@ -35,6 +35,14 @@ def erased_before(subject: Subject | None, at: datetime) -> bool:
     """Whether `subject` is erased and the event at `at` is dated at or before that erasure:
     such a line is old data the erasure covered, and restores nothing."""
     return subject is not None and subject.erased_at is not None and at <= subject.erased_at
+
+
+# The lists are bound when the query runs: a literal IN list is built again, value by value,
+# for every chunk.
+_BY_EMAIL = col(DataSubject.email).in_(bindparam("emails", expanding=True)) | col(DataSubject.pseudonym).in_(
+    bindparam("pseudonyms", expanding=True)
+)
+_BY_KVNR = col(DataSubject.insurance_number).in_(bindparam("kvnrs", expanding=True))
 
 
 class SubjectIndex:
@@ -79,11 +87,9 @@ class SubjectIndex:
             # By pseudonym as well: an erased subject keeps only that, and one who comes
             # back is the same subject (the pseudonym is unique).
             pseudonyms = [self.pseudonym(e) for e in emails]
-            loaded += load_subjects(
-                self.session, col(DataSubject.email).in_(emails) | col(DataSubject.pseudonym).in_(pseudonyms)
-            )
+            loaded += load_subjects(self.session, _BY_EMAIL, {"emails": list(emails), "pseudonyms": pseudonyms})
         if kvnrs:
-            loaded += load_subjects(self.session, col(DataSubject.insurance_number).in_(kvnrs))
+            loaded += load_subjects(self.session, _BY_KVNR, {"kvnrs": list(kvnrs)})
         found: list[Subject] = []
         for subject in loaded:
             # One object per subject: the one already known keeps what this intake changed.

@@ -78,9 +78,10 @@ class Subject(PlainRow):
         return cls(False, values.items())
 
 
-def load_subjects(session: Session, where: ColumnElement[bool]) -> list[Subject]:
-    """The subjects `where` selects (a condition on ``DataSubject``'s columns)."""
-    rows = session.connection().execute(sa_select(*_TABLE.columns).where(where))
+def load_subjects(session: Session, where: ColumnElement[bool], params: dict[str, Any] | None = None) -> list[Subject]:
+    """The subjects `where` selects (a condition on ``DataSubject``'s columns, with the
+    values of its bound parameters in `params`)."""
+    rows = session.connection().execute(sa_select(*_TABLE.columns).where(where), params)
     return [Subject(True, zip(SUBJECT_COLUMNS, row, strict=True)) for row in rows]
 
 
