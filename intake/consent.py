@@ -55,7 +55,7 @@ from models.cursors import next_seq
 from models.receipts import IntakeReceipt
 from models.subject_index import SubjectIndex, erased_before
 from models.subjects import Subject
-from models.types import event_key, utcnow
+from models.types import content_key, event_key, utcnow
 
 
 class NoSignup(TransitionError, NotYetKnown):
@@ -172,7 +172,9 @@ class ConsentStore:
         wanted = {e.policy_version for e in events if isinstance(e, ConsentSignup)} - self.versions
         if wanted:
             self.versions |= known_versions(self.session, wanted)
-        self.keys = {id(e): event_key(self.key, e.model_dump_json(by_alias=True)) for e in events}
+        # The key of a line is that of its model's JSON (``model_dump_json(by_alias=True)``),
+        # here as the serialiser's bytes.
+        self.keys = {id(e): content_key(self.key, e.__pydantic_serializer__.to_json(e, by_alias=True)) for e in events}
         keys = list(self.keys.values())
         # Lines stored before, and lines kept as a receipt only (erased subjects), in one
         # statement whose key list is bound at execution (a literal IN list is built anew,

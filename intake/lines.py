@@ -174,7 +174,7 @@ def parse_lines(lines: Iterable[str | bytes], context: dict[str, Any]) -> Iterat
     Lines may be bytes (a file opened in binary mode): a line that is not UTF-8 is then
     rejected on its own instead of failing the whole file.
     """
-    now = context["now"]
+    latest = context["now"] + FUTURE_TOLERANCE
     for number, raw in enumerate(lines, start=1):
         try:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -188,7 +188,7 @@ def parse_lines(lines: Iterable[str | bytes], context: dict[str, Any]) -> Iterat
         except ValueError as exc:
             yield LineResult(number, "rejected", str(exc))
             continue
-        if event.at > now + FUTURE_TOLERANCE:
+        if event.at > latest:
             yield LineResult(number, "rejected", "at: lies in the future")
             continue
         yield number, event

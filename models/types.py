@@ -30,6 +30,7 @@ __all__ = [
     "berlin_today",
     "berlin_wall_clock",
     "classify",
+    "content_key",
     "event_key",
     "new_id",
     "personal_columns",
@@ -90,6 +91,16 @@ def event_key(key: bytes, *parts: object) -> str:
     payload = "|".join(map(str, parts)).encode()
     # hmac.digest: the one-shot C path, the same value as hmac.new(...).hexdigest().
     return hmac.digest(key, payload, "sha256").hex()
+
+
+def content_key(key: bytes, content: bytes) -> str:
+    """``event_key(key, text)`` of a text given as its UTF-8 bytes (a serialiser's output),
+    without decoding it only to encode it again.
+
+    >>> content_key(b"k", "ä|1".encode()) == event_key(b"k", "ä|1")
+    True
+    """
+    return hmac.digest(key, content, "sha256").hex()
 
 
 def new_id() -> uuid.UUID:
