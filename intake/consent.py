@@ -302,10 +302,14 @@ class ConsentStore:
         after `step` (at the same instant, the one that arrives last counts)."""
         for list_name in _LISTS:
             record = self.consents.get((subject.id, list_name))
-            history = self.history.get(record.id, []) if record is not None else []
-            cut = cut_of(history)
-            for s in history:
-                if s.kind == EventKind.signup and (cut is None or s.at > cut) and s.at > step.at:
+            history = self.history.get(record.id) if record is not None else None
+            if not history:
+                continue
+            # The erasure cut only matters for a later sign-up, which is rare: looked for first.
+            later = [s.at for s in history if s.at > step.at and s.kind == EventKind.signup]
+            if later:
+                cut = cut_of(history)
+                if cut is None or max(later) > cut:
                     return False
         return True
 

@@ -288,10 +288,10 @@ class Applier:
         audit: list[AuditEvent] = []
         later: list[Parsed] = []
         self.consents.deferring = defer
+        # From each model's __dict__: getattr on a field a model lacks (a confirmation's
+        # insurance number) goes through pydantic's __getattr__ and an AttributeError.
         found = self.subjects.prefetch(
-            (e.email, getattr(e, "insurance_number", None))  # type: ignore[union-attr,misc]  # only events with one
-            for _, e in chunk
-            if getattr(e, "email", None)
+            (e.__dict__["email"], e.__dict__.get("insurance_number")) for _, e in chunk if e.__dict__.get("email")
         )
         self.consents.begin_chunk((e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found})  # type: ignore[misc]  # the type's prefix picks the store's own events
         self.bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
