@@ -23,6 +23,7 @@ from intake.lines import (
     Parsed,
     apply_lines,
     chunked,
+    collector_paused,
     parse_lines,
     retry_order,
     validation_context,
@@ -83,19 +84,26 @@ def import_lines(
         raise ValueError("chunk_lines must be at least 1")
     context = validation_context(now, service_points, base_dir, max_document_bytes)
     later: list[Parsed] = []
-    for chunk in chunked(parse_lines(lines, context), chunk_lines, chunk_bytes):
-        rejected = [item for item in chunk if isinstance(item, LineResult)]
-        events = [item for item in chunk if not isinstance(item, LineResult)]
-        results: list[LineResult] = []
-        if events:
-            with transaction(url) as session:
-                applied = Applier(session, key, document_key).apply(events, defer=True)
-                write_audit(session, applied.audit)
-            results, later = applied.results, later + applied.later
+    chunks = chunked(parse_lines(lines, context), chunk_lines, chunk_bytes)
+    while True:
+        # Reading, validating and storing a chunk run with the cycle collector paused; the
+        # caller's code between chunks (the yield) runs with it as it was.
+        with collector_paused():
+            chunk = next(chunks, None)
+            if chunk is None:
+                break
+            rejected = [item for item in chunk if isinstance(item, LineResult)]
+            events = [item for item in chunk if not isinstance(item, LineResult)]
+            results: list[LineResult] = []
+            if events:
+                with transaction(url) as session:
+                    applied = Applier(session, key, document_key).apply(events, defer=True)
+                    write_audit(session, applied.audit)
+                results, later = applied.results, later + applied.later
         yield sorted(rejected + results, key=lambda r: r.line)
     ordered = retry_order(later)
     for start in range(0, len(ordered), chunk_lines):
-        with transaction(url) as session:
+        with collector_paused(), transaction(url) as session:
             applied = Applier(session, key, document_key).apply(ordered[start : start + chunk_lines], defer=False)
             write_audit(session, applied.audit)
         yield sorted(applied.results, key=lambda r: r.line)

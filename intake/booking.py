@@ -12,10 +12,10 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import ClassVar, Literal
 
-from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from intake.receipts import ReceiptStore, erased_reason, ignored
-from intake.types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown, Phone, context_now
+from intake.types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown, Phone, PlausibleTime, context_now
 from models.audit import AuditEvent
 from models.bookings import BERLIN, Booking, BookingStatus, Channel
 from models.consent import describe_time
@@ -57,7 +57,7 @@ class BookingRequest(EventBase):
     booking_id: str = BookingId
     channel: Channel
     service_point: str | None = Field(default=None, max_length=60, description="for branch bookings")
-    start: AwareDatetime = Field(
+    start: PlausibleTime = Field(
         description="ISO 8601 with Berlin's offset for that date, on the 5-minute grid; "
         "not in the hour that happens twice when the clocks go back"
     )
@@ -99,7 +99,7 @@ class BookingReschedule(EventBase):
 
     type: Literal["booking.reschedule"]
     booking_id: str = BookingId
-    start: AwareDatetime
+    start: PlausibleTime
     duration_minutes: int | None = Field(default=None, ge=5, le=480, multiple_of=GRID_MINUTES)
     service_point: str | None = Field(default=None, max_length=60)
 

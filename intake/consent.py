@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
 from pydantic import Field, model_validator
+from sqlalchemy import bindparam, union_all
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from intake.receipts import erased_reason, ignored
-from intake.types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown
+from intake.types import Applied, Email, EventBase, InsuranceNumber, IpAddress, NotYetKnown
 from models.audit import AuditEvent
 from models.consent import (
     ENDED,
@@ -51,10 +52,10 @@ from models.consent import (
 )
 from models.consent_text import known_versions
 from models.cursors import next_seq
-from models.receipts import IntakeReceipt, seen
+from models.receipts import IntakeReceipt
 from models.subject_index import SubjectIndex, erased_before
 from models.subjects import Subject
-from models.types import event_key, utcnow
+from models.types import content_key, event_key, utcnow
 
 
 class NoSignup(TransitionError, NotYetKnown):
@@ -84,7 +85,7 @@ class ConsentSignup(_ConsentEvent):
     first_name: str = Field(min_length=1, max_length=200)
     last_name: str = Field(min_length=1, max_length=200)
     insurance_number: InsuranceNumber | None = None
-    ip: IPv4Address | IPv6Address
+    ip: IpAddress
     source: str = Field(min_length=1, max_length=500)
     policy_version: str = Field(min_length=1, max_length=100)
 
@@ -103,7 +104,7 @@ class ConsentConfirm(_ConsentEvent):
     """The confirmation link in the double-opt-in mail was clicked."""
 
     type: Literal["consent.confirm"]
-    ip: IPv4Address | IPv6Address
+    ip: IpAddress
 
 
 class ConsentWithdraw(_ConsentEvent):
@@ -118,6 +119,16 @@ ConsentIntakeEvent = ConsentSignup | ConsentConfirm | ConsentWithdraw
 
 # Iterating the enum itself costs a generator and a lookup per member, on every sign-up.
 _LISTS = tuple(ConsentList)
+
+_DUPLICATE = Applied("duplicate")
+
+# The dedupe keys among ``keys`` of a stored consent event or an intake receipt.
+_SEEN = union_all(
+    sa_select(col(IntakeReceipt.dedupe_key)).where(
+        col(IntakeReceipt.dedupe_key).in_(bindparam("keys", expanding=True))
+    ),
+    sa_select(col(ConsentEvent.dedupe_key)).where(col(ConsentEvent.dedupe_key).in_(bindparam("keys", expanding=True))),
+)
 
 _KIND = {
     "consent.signup": EventKind.signup,
@@ -144,6 +155,9 @@ class ConsentStore:
         self.seen: set[str] = set()
         self.keys: dict[int, str] = {}
         self.seq = 0
+        # The clock, read once per chunk (a chunk is one transaction): the time the chunk's
+        # events are recorded and its records updated at.
+        self.now = utcnow()
         self.deferring = True
         # Registered policy versions seen so far: a registered version stays registered.
         self.versions: set[str] = set()
@@ -153,17 +167,22 @@ class ConsentStore:
         """Dedupe keys of the chunk's events, which of them were seen, and the records (with
         their histories) of the subjects found for the chunk."""
         events = list(events)
+        self.now = utcnow()
         # One query per chunk at most, for the versions not met before.
         wanted = {e.policy_version for e in events if isinstance(e, ConsentSignup)} - self.versions
         if wanted:
             self.versions |= known_versions(self.session, wanted)
-        self.keys = {id(e): event_key(self.key, e.model_dump_json(by_alias=True)) for e in events}
+        # The key of a line is that of its model's JSON (``model_dump_json(by_alias=True)``),
+        # here as the serialiser's bytes.
+        self.keys = {id(e): content_key(self.key, e.__pydantic_serializer__.to_json(e, by_alias=True)) for e in events}
         keys = list(self.keys.values())
-        self.seen = seen(self.session, keys)  # lines kept as a receipt only (erased subjects)
+        # Lines stored before, and lines kept as a receipt only (erased subjects), in one
+        # statement whose key list is bound at execution (a literal IN list is built anew,
+        # value by value, every chunk). The receipts this transaction added are flushed.
+        self.seen = set()
         if keys:
-            self.seen |= set(
-                self.session.exec(select(ConsentEvent.dedupe_key).where(col(ConsentEvent.dedupe_key).in_(keys)))
-            )
+            self.session.flush()
+            self.seen.update(self.session.connection().execute(_SEEN, {"keys": keys}).scalars())
         if found_ids:
             loaded = load_records(self.session, found_ids)
             for record in loaded:
@@ -195,11 +214,14 @@ class ConsentStore:
         """The line's outcome, audit event and reason; raises TransitionError to reject."""
         key = self.keys[id(event)]
         seq, self.seq = self.seq, self.seq + 1
+        is_signup = isinstance(event, ConsentSignup)
         if isinstance(event, ConsentSignup) and event.policy_version not in self.versions:
             raise UnknownVersion(UNKNOWN_VERSION)
         if key in self.seen:
-            return Applied("duplicate")
-        kvnr = getattr(event, "insurance_number", None)
+            return _DUPLICATE
+        # From the model's __dict__: getattr on a field the model lacks (a confirmation's
+        # insurance number) goes through pydantic's __getattr__ and an AttributeError.
+        kvnr = event.__dict__.get("insurance_number")
         subject = self.subjects.find(event.email, kvnr)
         is_confirm = isinstance(event, ConsentConfirm)
         if erased_before(subject, event.at):
@@ -227,18 +249,18 @@ class ConsentStore:
             raise NoSignup("no sign-up to confirm for this list")
         if subject is None:
             # A withdrawal from someone unknown is kept under the pseudonym of the address only.
-            subject = self.subjects.create(event.email, kvnr, identified=isinstance(event, ConsentSignup))
+            subject = self.subjects.create(event.email, kvnr, identified=is_signup)
         if record is None:
-            record = Record.new(subject.id, event.list_name, event.at)
+            record = Record.new(subject.id, event.list_name, event.at, self.now)
             self.consents[(subject.id, event.list_name)] = record
             self.history[record.id] = []
             self.changed[record.id] = record
         history = self.history[record.id]
-        cut = cut_of(history, subject.erased_at)
+        cut = cut_of(history, subject.erased_at) if history or subject.erased_at is not None else None
         before = replay(history, cut)
         step = self._step(event, key, history, cut)
         history.append(step)
-        self.events.append(step.row(record.id, utcnow()))
+        self.events.append(step.row(record.id, self.now))
         self.seen.add(key)
         if isinstance(event, ConsentSignup) and (cut is None or step.at > cut):
             # New data the person gave: identifiers fill what is missing (and bring an erased
@@ -254,7 +276,7 @@ class ConsentStore:
         if after.signup_at is None:
             # Withdrawals only, no sign-up known: kept for a sign-up dated earlier that may
             # still arrive; nothing went anywhere, so no change number.
-            settle(record, after, None)
+            settle(record, after, None, self.now)
             self.changed[record.id] = record
             if subject.erased_at is not None:
                 return ignored(
@@ -265,7 +287,7 @@ class ConsentStore:
                     f"list={event.list_name}",
                 )
             return Applied("unchanged", reason="no sign-up for this list; the withdrawal is kept")
-        settle(record, after, seq)
+        settle(record, after, seq, self.now)
         self.changed[record.id] = record
         audit = AuditEvent(
             f"consent.{step.kind}",
@@ -280,10 +302,14 @@ class ConsentStore:
         after `step` (at the same instant, the one that arrives last counts)."""
         for list_name in _LISTS:
             record = self.consents.get((subject.id, list_name))
-            history = self.history.get(record.id, []) if record is not None else []
-            cut = cut_of(history)
-            for s in history:
-                if s.kind == EventKind.signup and (cut is None or s.at > cut) and s.at > step.at:
+            history = self.history.get(record.id) if record is not None else None
+            if not history:
+                continue
+            # The erasure cut only matters for a later sign-up, which is rare: looked for first.
+            later = [s.at for s in history if s.at > step.at and s.kind == EventKind.signup]
+            if later:
+                cut = cut_of(history)
+                if cut is None or max(later) > cut:
                     return False
         return True
 
@@ -293,17 +319,16 @@ class ConsentStore:
         # The fields from the model's __dict__: getattr on a field the model lacks goes
         # through pydantic's __getattr__ and an AttributeError: half of building the step.
         fields = event.__dict__
-        ip = fields.get("ip")
         step = Step(
             _KIND[event.type],
             event.at,
             key,
-            ip=str(ip) if ip is not None else None,
+            ip=fields.get("ip"),
             channel=fields.get("channel"),
             source=fields.get("source"),
             policy_version=fields.get("policy_version"),
         )
-        expired = max((s.at for s in history if s.kind == EventKind.expire), default=None)
+        expired = max((s.at for s in history if s.kind == EventKind.expire), default=None) if history else None
         if (cut is not None and step.at <= cut) or (expired is not None and step.at <= expired):
             return step.without_personal_data()
         return step
@@ -344,7 +369,7 @@ class ConsentStore:
             step = Step(EventKind.erase, erased_at, event_key(self.key, "erase", record.id, erased_at.isoformat()))
             if all(s.key != step.key for s in history):
                 history.append(step)
-                self.events.append(step.row(record.id, utcnow()))
+                self.events.append(step.row(record.id, self.now))
 
     def end_chunk(self) -> None:
         """Write the chunk's records and events, after its new subjects (the ORM's flush)."""

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import Field, model_validator
 from sqlmodel import Session
 
-from intake.types import Applied, Email, EventBase, InsuranceNumber
+from intake.types import Applied, Email, EventBase, InsuranceNumber, PlausibleTime
 from models.audit import AuditEvent
 from models.erasure import open_request
 from models.receipts import IntakeReceipt, seen
@@ -33,7 +33,7 @@ class ErasureRequestEvent(EventBase):
     type: Literal["erasure.request"]
     email: Email | None = None
     insurance_number: InsuranceNumber | None = None
-    received_at: AwareDatetime | None = Field(default=None, description="default: at")
+    received_at: PlausibleTime | None = Field(default=None, description="default: at")
     channel: Literal["letter", "email", "portal", "phone"] = "portal"
     reference: str = Field(default="", max_length=200, description="no personal data")
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import Field, model_validator
 from sqlmodel import Session
 
 from intake.erasure import RequestStore
-from intake.types import Email, EventBase, InsuranceNumber
+from intake.types import Email, EventBase, InsuranceNumber, PlausibleTime
 from models.rights import Changes, Right, open_rights_request
 
 __all__ = ["Changes", "RightsRejected", "RightsRequestEvent", "RightsStore"]
@@ -36,7 +36,7 @@ class RightsRequestEvent(EventBase):
     right: Literal["access", "portability", "rectification", "restriction", "objection"]
     email: Email | None = None
     insurance_number: InsuranceNumber | None = None
-    received_at: AwareDatetime | None = Field(default=None, description="default: at")
+    received_at: PlausibleTime | None = Field(default=None, description="default: at")
     channel: Literal["letter", "email", "portal", "phone"] = "portal"
     reference: str = Field(default="", max_length=200, description="no personal data")
     changes: Changes | None = Field(default=None, description="rectification only: the new values")

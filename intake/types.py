@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from functools import cache
+from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, ClassVar, NamedTuple, get_args
 
 from pydantic import (
@@ -13,10 +14,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationInfo,
-    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from models.audit import AuditEvent
 from models.identity import normalise_email, normalise_insurance_number, normalise_phone
@@ -48,6 +50,35 @@ def _email(value: str, info: ValidationInfo) -> str:
 
 
 Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
+
+# An IPv4 address as ``IPv4Address`` prints it: four decimal octets up to 255, no leading zero.
+_IPV4 = re.compile(
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
+)
+
+
+def _ip(value: Any) -> str:
+    # What ``IPv4Address | IPv6Address`` accepted, kept as its text: pydantic's union tried
+    # both address types on every line (an IPv4 address through the IPv6 parser as well),
+    # and printing the address again for storing cost as much. The common case (an IPv4
+    # address written as it prints) is one regular expression; anything else goes through
+    # ``ipaddress``, whose text is the canonical one (the line's dedupe key is unchanged).
+    if isinstance(value, IPv4Address | IPv6Address):
+        return str(value)
+    if type(value) is str:
+        if _IPV4.fullmatch(value):
+            return value
+        for kind in (IPv4Address, IPv6Address):
+            try:
+                return str(kind(value))
+            except ValueError:
+                continue
+    raise PydanticCustomError("ip_address", "Input is not a valid IPv4 or IPv6 address")
+
+
+# The text of an IP address (as ``str(ipaddress.ip_address(...))`` gives it); a str, not an
+# address object. The schema says what it was: an IPv4 or an IPv6 address.
+IpAddress = Annotated[str, PlainValidator(_ip, json_schema_input_type=IPv4Address | IPv6Address)]
 InsuranceNumber = Annotated[str, Field(max_length=20), AfterValidator(normalise_insurance_number)]
 Phone = Annotated[str, Field(max_length=40), AfterValidator(normalise_phone)]
 
@@ -60,6 +91,17 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u206
 _CONTROL_MULTILINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 # No event is older or newer; far-off years also overflow on conversion to UTC or Berlin time.
 EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _plausible_time(value: datetime) -> datetime:
+    if not EARLIEST <= value < LATEST:
+        raise ValueError(f"must lie between {EARLIEST.year} and {LATEST.year}")
+    return value
+
+
+# Every time field of an event is one of these (a validator on every field of every line,
+# as it was, ran eight times a line to check the one or two that are times).
+PlausibleTime = Annotated[AwareDatetime, AfterValidator(_plausible_time)]
 
 
 @cache
@@ -86,7 +128,7 @@ class EventBase(BaseModel):
     # Free-text fields that may span lines (a textarea on the website).
     multiline: ClassVar[frozenset[str]] = frozenset()
 
-    at: AwareDatetime = Field(description="when the website recorded it, ISO 8601 with offset")
+    at: PlausibleTime = Field(description="when the website recorded it, ISO 8601 with offset")
 
     @model_validator(mode="before")
     @classmethod
@@ -94,6 +136,18 @@ class EventBase(BaseModel):
         # A model validator, as pydantic allows no before-validator on the discriminator.
         if isinstance(data, dict):
             keys = _keys(cls)
+            # One search over all texts (the stricter pattern, and a space between them, which
+            # neither pattern matches) finds nothing on nearly every line; only when it does,
+            # or a number stands where none may, is each field looked at below, in order.
+            texts = []
+            for key, value in data.items():
+                if isinstance(value, str):
+                    texts.append(value)
+                elif isinstance(value, int | float) and not keys.get(key, True):  # an unknown key is refused anyway
+                    break
+            else:
+                if not _CONTROL.search(" ".join(texts)):
+                    return data
             for key, value in data.items():
                 if key not in keys:
                     continue  # refused as an unknown field
@@ -104,13 +158,6 @@ class EventBase(BaseModel):
                 elif isinstance(value, int | float) and not keys[key]:
                     raise ValueError(f"{key}: must not be a number or boolean")
         return data
-
-    @field_validator("*")
-    @classmethod
-    def _plausible_time(cls, value: Any) -> Any:
-        if isinstance(value, datetime) and not EARLIEST <= value < LATEST:
-            raise ValueError(f"must lie between {EARLIEST.year} and {LATEST.year}")
-        return value
 
 
 def context_now(info) -> datetime | None:

@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import String, UniqueConstraint, extract, func, tuple_, type_coerce
@@ -80,7 +81,8 @@ class ConsentRecord(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("subject_id", "list_name"),)
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
-    subject_id: uuid.UUID = Field(foreign_key="data_subject.id", index=True)
+    # No index of its own: the unique key (subject_id, list_name) starts with it.
+    subject_id: uuid.UUID = Field(foreign_key="data_subject.id")
     list_name: str = Field(max_length=40)
     state: str = Field(max_length=20, index=True)
     signup_at: datetime = Field(sa_type=UTCDateTime, index=True)
@@ -156,8 +158,9 @@ class Record(PlainRow):
     updated_at: datetime
 
     @classmethod
-    def new(cls, subject_id: uuid.UUID, list_name: str, signup_at: datetime) -> Record:
-        """A record not in the database yet, pending, as a ConsentRecord would start."""
+    def new(cls, subject_id: uuid.UUID, list_name: str, signup_at: datetime, now: datetime | None = None) -> Record:
+        """A record not in the database yet, pending, as a ConsentRecord would start;
+        `now` (default: the clock) is its ``updated_at``."""
         values = dict.fromkeys(RECORD_COLUMNS)
         values.update(
             id=new_id(),
@@ -166,7 +169,7 @@ class Record(PlainRow):
             state=ConsentState.pending.value,
             signup_at=signup_at,
             change_seq=0,
-            updated_at=utcnow(),
+            updated_at=now or utcnow(),
         )
         return cls(False, values.items())
 
@@ -314,6 +317,7 @@ class Decision:
 
 
 PROOF_FIELDS = tuple(f.name for f in fields(Decision) if f.compare)
+_proof = attrgetter(*PROOF_FIELDS)
 
 
 def _step(d: Decision, s: Step) -> None:
@@ -346,6 +350,11 @@ def _step(d: Decision, s: Step) -> None:
     d.decided = s
 
 
+def _order(s: Step) -> tuple[datetime, int, str]:
+    # Step.order without the property's second call: replay sorts every line's history twice.
+    return (s.at, RANK[s.kind], s.key)
+
+
 def cut_of(steps: Iterable[Step], erased_at: datetime | None = None) -> datetime | None:
     """The latest erasure of the record's subject (an ``erase`` event, or the subject's
     ``erased_at`` while it is erased): nothing dated at or before it counts."""
@@ -369,7 +378,9 @@ def replay(steps: Iterable[Step], cut: datetime | None = None) -> Decision:
     >>> str(replay(history).state)
     'withdrawn'
     """
-    ordered = sorted(steps, key=lambda s: s.order)
+    ordered = sorted(steps, key=_order)
+    if not ordered:  # a record's first line: nothing known yet, whatever the cut
+        return Decision()
     if cut is not None:
         existed = any(s.at <= cut for s in ordered)
         ordered = [s for s in ordered if s.at > cut]
@@ -379,10 +390,19 @@ def replay(steps: Iterable[Step], cut: datetime | None = None) -> Decision:
     return d
 
 
-def settle(record: ConsentRecord | Record, d: Decision, seq: int | None) -> None:
+def settle(record: ConsentRecord | Record, d: Decision, seq: int | None, now: datetime | None = None) -> None:
     """Write a replayed decision to the record; `seq` None keeps its change number (nothing
-    a processor needs to hear about)."""
+    a processor needs to hear about). `now` (default: the clock) is its ``updated_at`` then."""
     assert d.state not in (None, ENDED)
+    if type(record) is Record:
+        # Plain attributes: set, without reading each one first.
+        for name, value in zip(PROOF_FIELDS, _proof(d), strict=True):
+            setattr(record, name, value)
+        if record.signup_at is None:  # a withdrawal with no sign-up known: the column needs a time
+            record.signup_at = d.withdrawn_at
+        if seq is not None:
+            _touch(record, seq, now)
+        return
     values = {name: getattr(d, name) for name in PROOF_FIELDS}
     if values["signup_at"] is None:  # a withdrawal with no sign-up known: the column needs a time
         values["signup_at"] = d.withdrawn_at
@@ -390,7 +410,7 @@ def settle(record: ConsentRecord | Record, d: Decision, seq: int | None) -> None
         if getattr(record, name) != value:  # setting an ORM attribute costs, even to the same value
             setattr(record, name, value)
     if seq is not None:
-        _touch(record, seq)
+        _touch(record, seq, now)
 
 
 def describe_time(at: datetime) -> str:
@@ -434,9 +454,9 @@ def apply_expire(record: ConsentRecord, at: datetime, dedupe_key: str) -> Consen
     return _event(record, EventKind.expire, at, dedupe_key)
 
 
-def _touch(record: ConsentRecord | Record, seq: int) -> None:
+def _touch(record: ConsentRecord | Record, seq: int, now: datetime | None = None) -> None:
     record.change_seq = seq
-    record.updated_at = utcnow()
+    record.updated_at = now or utcnow()
 
 
 # What a push needs, as plain rows: loading ORM objects cost more than the call itself. The

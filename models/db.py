@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
 from itertools import repeat
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Engine, bindparam, event, update
+from sqlalchemy import DateTime, Engine, bindparam, event, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -364,14 +364,21 @@ def write_plain_rows(
     stored: list[PlainRow] = []
     for row in rows:
         (stored if row.stored else new).append(row)
-    insert_many(session, _insert_of(table), columns, [[getattr(r, c) for c in columns] for r in new])
+    # attrgetter reads a row's columns into a tuple in C: a comprehension cost a Python
+    # step per column and row.
+    insert_many(session, _insert_of(table), columns, list(map(_getter(tuple(columns)), new)))
     if stored:
-        session.connection().execute(
-            _update_by_id(table),
-            [{"row_id": r.id, **{c: getattr(r, c) for c in changing}} for r in stored],  # type: ignore[attr-defined]  # every plain row's table has an id
-        )
+        changed, keys = _getter(("id", *changing)), ("row_id", *changing)
+        session.connection().execute(_update_by_id(table), [dict(zip(keys, changed(r), strict=True)) for r in stored])
     for row in new:
         row.stored = True
+
+
+@lru_cache(maxsize=32)
+def _getter(columns: tuple[str, ...]) -> Callable[[Any], tuple]:
+    """A row's values of `columns`, as a tuple (also for a single column)."""
+    getter = attrgetter(*columns)
+    return getter if len(columns) > 1 else lambda row: (getter(row),)
 
 
 @lru_cache(maxsize=16)
@@ -404,11 +411,11 @@ def insert_many(
         return
     same = same or {}
     connection = session.connection()
-    sql, processors, arrange = _compiled(statement, connection.dialect, (*columns, *same))
+    sql, processors, arrange, repeating = _compiled(statement, connection.dialect, (*columns, *same))
     values: list[Iterable[Any]] = list(zip(*rows, strict=True))
     for index, processor in processors.items():
         if index < len(columns):
-            values[index] = map(processor, values[index])
+            values[index] = _processed(processor, values[index], index in repeating)
     values += [
         repeat(processors[index](value) if index in processors else value)
         for index, value in enumerate(same.values(), start=len(columns))
@@ -417,8 +424,24 @@ def insert_many(
     connection.exec_driver_sql(sql, list(map(arrange, zip(*values, strict=False))))
 
 
+def _processed(processor: Callable[[Any], Any], column: Sequence[Any], repeating: bool) -> Iterable[Any]:
+    """A column's values through its bind processor; for a column whose values often repeat
+    (a time column a chunk fills with its one clock reading), once per distinct value."""
+    if repeating:
+        try:
+            distinct = dict.fromkeys(column)
+        except TypeError:  # an unhashable value: each on its own
+            return map(processor, column)
+        if len(distinct) * 2 <= len(column):
+            for value in distinct:
+                distinct[value] = processor(value)
+            return map(distinct.__getitem__, column)
+    return map(processor, column)
+
+
 def _compiled(statement: Insert, dialect: Dialect, keys: tuple[str, ...]) -> tuple:
-    """(SQL text, bind processors by key index, parameter-set builder), once per key set."""
+    """(SQL text, bind processors by key index, parameter-set builder, the indexes of time
+    columns), once per key set."""
     memo = (id(statement), dialect.name, keys)
     found = _COMPILED.get(memo)
     if found is not None and found[0] is statement:
@@ -435,8 +458,16 @@ def _compiled(statement: Insert, dialect: Dialect, keys: tuple[str, ...]) -> tup
         arrange: Callable[[Any], Any] = itemgetter(*order) if len(order) > 1 else (lambda row: (row[order[0]],))
     else:
         arrange = lambda row: dict(zip(keys, row, strict=True))  # noqa: E731 - one expression, kept beside its alternative
-    _COMPILED[memo] = (statement, compiled.string, processors, arrange)
-    return compiled.string, processors, arrange
+    # Time columns: equal values make equal stored values (a time is converted to UTC), so
+    # each distinct one is processed once. Not every type's: 1, 1.0 and True are equal keys.
+    repeating = frozenset(
+        index
+        for index in processors
+        if isinstance(table[keys[index]].type, DateTime)
+        or isinstance(getattr(table[keys[index]].type, "impl", None), DateTime)
+    )
+    _COMPILED[memo] = (statement, compiled.string, processors, arrange, repeating)
+    return compiled.string, processors, arrange, repeating
 
 
 _COMPILED: dict[tuple, tuple] = {}

@@ -19,11 +19,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sqlalchemy import event
+from sqlalchemy import bindparam, event
 from sqlmodel import Session, col
 
 from models.identity import pseudonym
 from models.subjects import DataSubject, Subject, load_subjects, write_subjects
+from models.types import utcnow
 
 
 class SubjectMismatch(ValueError):
@@ -36,6 +37,14 @@ def erased_before(subject: Subject | None, at: datetime) -> bool:
     return subject is not None and subject.erased_at is not None and at <= subject.erased_at
 
 
+# The lists are bound when the query runs: a literal IN list is built again, value by value,
+# for every chunk.
+_BY_EMAIL = col(DataSubject.email).in_(bindparam("emails", expanding=True)) | col(DataSubject.pseudonym).in_(
+    bindparam("pseudonyms", expanding=True)
+)
+_BY_KVNR = col(DataSubject.insurance_number).in_(bindparam("kvnrs", expanding=True))
+
+
 class SubjectIndex:
     def __init__(self, session: Session, key: bytes):
         self.session, self.key = session, key
@@ -45,6 +54,8 @@ class SubjectIndex:
         self.by_pseudonym: dict[str, Subject] = {}
         self.changed: dict[uuid.UUID, Subject] = {}  # to write: new, or with new values
         self.pseudonyms: dict[str, str] = {}  # of the addresses looked up in this intake
+        # The clock read once per chunk (``prefetch``): the new subjects' ``created_at``.
+        self.now: datetime | None = None
         # Called with an erased subject just before it comes back (``identify``), while its
         # ``erased_at`` is still set: the consent store keeps that cut in the history then.
         self.on_revive: list[Callable[[Subject], None]] = []
@@ -61,7 +72,9 @@ class SubjectIndex:
             self.changed.clear()
 
     def prefetch(self, pairs: Iterable[tuple[str, str | None]]) -> list[Subject]:
-        """Load the subjects of these (e-mail, insurance number) pairs; returns the new ones."""
+        """Load the subjects of these (e-mail, insurance number) pairs; returns the new ones.
+        Called once per chunk: the clock is read here for the chunk's new subjects."""
+        self.now = utcnow()
         emails, kvnrs = set(), set()
         for email, kvnr in pairs:
             emails.add(email)
@@ -74,11 +87,9 @@ class SubjectIndex:
             # By pseudonym as well: an erased subject keeps only that, and one who comes
             # back is the same subject (the pseudonym is unique).
             pseudonyms = [self.pseudonym(e) for e in emails]
-            loaded += load_subjects(
-                self.session, col(DataSubject.email).in_(emails) | col(DataSubject.pseudonym).in_(pseudonyms)
-            )
+            loaded += load_subjects(self.session, _BY_EMAIL, {"emails": list(emails), "pseudonyms": pseudonyms})
         if kvnrs:
-            loaded += load_subjects(self.session, col(DataSubject.insurance_number).in_(kvnrs))
+            loaded += load_subjects(self.session, _BY_KVNR, {"kvnrs": list(kvnrs)})
         found: list[Subject] = []
         for subject in loaded:
             # One object per subject: the one already known keeps what this intake changed.
@@ -124,7 +135,7 @@ class SubjectIndex:
     def create(self, email: str, kvnr: str | None, identified: bool = True) -> Subject:
         """A new subject; with `identified` False it holds only the pseudonym of the address
         (a withdrawal from someone we know nothing about needs no more). Written by ``write``."""
-        subject = Subject.new(self.pseudonym(email))
+        subject = Subject.new(self.pseudonym(email), self.now)
         taken = self.by_pseudonym.get(subject.pseudonym)
         if taken is not None and taken.email not in (None, email):
             # The subject first seen with this address has had it corrected (Art. 16) and

@@ -70,16 +70,18 @@ class Subject(PlainRow):
     erased_at: datetime | None
 
     @classmethod
-    def new(cls, pseudonym: str) -> Subject:
-        """A subject not in the database yet, holding only its pseudonym."""
+    def new(cls, pseudonym: str, now: datetime | None = None) -> Subject:
+        """A subject not in the database yet, holding only its pseudonym; created `now`
+        (default: the clock)."""
         values: dict[str, Any] = dict.fromkeys(SUBJECT_COLUMNS)
-        values.update(id=new_id(), pseudonym=pseudonym, created_at=utcnow())
+        values.update(id=new_id(), pseudonym=pseudonym, created_at=now or utcnow())
         return cls(False, values.items())
 
 
-def load_subjects(session: Session, where: ColumnElement[bool]) -> list[Subject]:
-    """The subjects `where` selects (a condition on ``DataSubject``'s columns)."""
-    rows = session.connection().execute(sa_select(*_TABLE.columns).where(where))
+def load_subjects(session: Session, where: ColumnElement[bool], params: dict[str, Any] | None = None) -> list[Subject]:
+    """The subjects `where` selects (a condition on ``DataSubject``'s columns, with the
+    values of its bound parameters in `params`)."""
+    rows = session.connection().execute(sa_select(*_TABLE.columns).where(where), params)
     return [Subject(True, zip(SUBJECT_COLUMNS, row, strict=True)) for row in rows]
 
 
