@@ -35,7 +35,7 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
 T = TypeVar("T")
 log = logging.getLogger("psync.http")
@@ -544,6 +544,7 @@ class HttpClient:
         self.session = session or make_session()
         self.limiter = limiter
         self.sleep = sleep
+        self._retry_loop: tuple[RetryPolicy, Retrying] | None = None
         self.calls: list[CallRecord] = []
         # Calls are made from several threads at once (a batch's workers): the log is
         # appended to and drained under this lock, so a drain never loses a call.
@@ -652,19 +653,11 @@ class HttpClient:
             retry_after = _retry_after_seconds(response) if status == 429 else None
             raise kind(self.processor, op, status, attempts, retry_after=retry_after)
 
-        retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, RetriableError)),
-            stop=stop_after_attempt(self.policy.max_attempts) | stop_after_delay(self.policy.max_seconds),
-            wait=self.policy.wait,
-            sleep=self.sleep or pause,
-            reraise=True,
-            before_sleep=self._log_retry,
-        )
         started = time.monotonic()
         if (journal := CALL_JOURNAL.get()) is not None:
             journal(CallRecord(self.processor, op, None, 0, IN_FLIGHT, items))  # before it can leave
         try:
-            response = retrying(once)
+            response = self._retrying()(once)
         except ProcessorError as exc:
             exc.attempts = attempts
             outcome = "retriable" if isinstance(exc, RetriableError) else "fatal"
@@ -674,22 +667,49 @@ class HttpClient:
         self._record(op, response.status_code, attempts, outcome, items, started)
         return response
 
+    def _retrying(self) -> Retrying:
+        """The one retry policy as a tenacity controller, built once per client and policy
+        rather than per call (its construction cost a call more than its loop).
+
+        One controller serves every thread: tenacity keeps its statistics and its loop state
+        per thread, and each call brings its own attempt function. Its sleep looks up
+        ``self.sleep`` and the module's ``pause`` at each wait, so a test that patches either
+        after the client was made still sees every wait.
+        """
+        built = self._retry_loop
+        if built is None or built[0] is not self.policy:
+            policy = self.policy
+            retrying = Retrying(
+                retry=retry_if_exception_type(RetriableError),
+                stop=stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.max_seconds),
+                wait=policy.wait,
+                sleep=self._wait,
+                reraise=True,
+                before_sleep=self._log_retry,
+            )
+            built = self._retry_loop = (policy, retrying)
+        return built[1]
+
+    def _wait(self, seconds: float) -> None:
+        (self.sleep or pause)(seconds)
+
     def _record(self, op, status, attempts, outcome, items, started) -> None:
         call = CallRecord(self.processor, op, status, attempts, outcome, items)
         with self.calls_lock:
             self.calls.append(call)
         if (journal := CALL_JOURNAL.get()) is not None:
             journal(call)
-        log.debug(
-            "%s %s -> %s (%s, %d attempt(s), %d item(s), %.0f ms)",
-            self.processor,
-            op,
-            status,
-            outcome,
-            attempts,
-            items,
-            (time.monotonic() - started) * 1000,
-        )
+        if log.isEnabledFor(logging.DEBUG):  # (the line's arguments cost more than the check)
+            log.debug(
+                "%s %s -> %s (%s, %d attempt(s), %d item(s), %.0f ms)",
+                self.processor,
+                op,
+                status,
+                outcome,
+                attempts,
+                items,
+                (time.monotonic() - started) * 1000,
+            )
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
