@@ -438,6 +438,27 @@ def test_a_batch_that_fails_after_its_calls_has_them_audited_once(against_sandbo
         assert verify(session, KEY).ok
 
 
+def test_a_journal_line_reads_back_as_the_call_written(settings):
+    """The journal writes its lines without json.dumps of each record: what it wrote must
+    still be the JSON of the record, whatever an operation's name holds."""
+    import json
+
+    from connectors.transport import CALL_JOURNAL, IN_FLIGHT, CallRecord
+    from flows import journal
+
+    calls = [
+        CallRecord("timify", 'customers "create" ä\\', None, 0, IN_FLIGHT, 0),
+        CallRecord("timify", 'customers "create" ä\\', 201, 2, "ok", 3),
+        CallRecord("nect", "cases.create", 409, 1, "fatal"),
+    ]
+    with journal.journaled("push-bookings") as batch:
+        for call in calls:
+            CALL_JOURNAL.get()(call)
+        lines = (journal.directory() / f"{batch}.calls.jsonl").read_text(encoding="utf-8").splitlines()
+    journal.discard(batch)
+    assert [json.loads(line) for line in lines[1:]] == [{"job": "push-bookings", **vars(call)} for call in calls]
+
+
 def test_a_journal_left_by_a_killed_batch_is_audited_by_the_next_and_a_committed_ones_dropped(settings):
     """What a killed process leaves: a journal no process holds. Its calls are audited once,
     a call that was on the wire as "unknown"; a journal whose batch committed is dropped;
