@@ -26,6 +26,7 @@ from bench.env import GROUP_NEWSLETTER, RATE_PER_SECOND
 from bench.prefect_runs import ApiRetries, settled_task_runs, warmup_flow
 from bench.procs import CpuMeter, Sandbox
 from flows.newsletter import sync_newsletter_consents
+from intake.lines import CHUNK
 from models.migrate import upgrade
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -168,7 +169,7 @@ def run(args, work: Path, port: int) -> dict:
             "seconds": seconds,
             "lines_per_second": lines / seconds,
             "outcomes": dict(outcomes),
-            "transaction_lines": 2 * args.intake_slice,
+            "transaction_lines": CHUNK,  # psync intake's chunk (intake.lines.CHUNK)
         }
         if outcomes.get("stored") != lines:
             raise RuntimeError(f"intake stored {outcomes.get('stored')} of {lines} lines")

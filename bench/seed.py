@@ -1,4 +1,4 @@
-"""Synthetic subscriptions, fed through the real intake (``flows.intake.intake_lines``)."""
+"""Synthetic subscriptions, fed through the real intake (``flows.intake.import_lines``, as ``psync intake`` does)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from core.settings import get_settings
-from flows.intake import intake_lines
-from models.db import transaction
+from flows.intake import import_lines
 from models.types import utcnow
 
 LIST = "newsletter"
@@ -72,10 +71,10 @@ def withdraw_lines(indices: list[int], at: datetime) -> Iterator[str]:
 
 
 def intake(lines: list[str], url: str | None = None) -> Counter[str]:
-    """One intake transaction, as ``psync intake FILE`` does it; returns outcome counts."""
+    """An intake of these lines as ``psync intake FILE`` does it (``import_lines``: a
+    transaction per chunk); returns outcome counts."""
     key = get_settings().hmac_key()
-    with transaction(url) as session:
-        results = intake_lines(session, key, lines, now=utcnow())
+    results = [r for chunk in import_lines(key, lines, now=utcnow(), url=url) for r in chunk]
     counts = Counter(r.outcome for r in results)
     if counts.get("rejected"):
         reasons = Counter(r.reason for r in results if r.outcome == "rejected")
@@ -89,7 +88,7 @@ def signup_base() -> datetime:
 
 
 def seed(n: int, slice_subjects: int, url: str | None = None, base: datetime | None = None) -> Counter[str]:
-    """N confirmed subscriptions in slices of `slice_subjects` (one transaction per slice)."""
+    """N confirmed subscriptions, an intake per slice of `slice_subjects`."""
     base = base or signup_base()
     total: Counter[str] = Counter()
     for start in range(0, n, slice_subjects):

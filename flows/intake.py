@@ -28,7 +28,7 @@ from intake.lines import (
     retry_order,
     validation_context,
 )
-from models.db import transaction
+from models.db import checkpoint, transaction
 
 
 def intake_lines(
@@ -107,3 +107,7 @@ def import_lines(
             applied = Applier(session, key, document_key).apply(ordered[start : start + chunk_lines], defer=False)
             write_audit(session, applied.audit)
         yield sorted(applied.results, key=lambda r: r.line)
+    # The file's pages into the database file before the caller goes on: a job right after
+    # the intake would otherwise share its first commits with that checkpoint (70 ms of a
+    # 0.3 s incremental newsletter sync).
+    checkpoint(url)

@@ -382,7 +382,6 @@ class ConsentJob(_ListJob):
         """Remove the lapsed, upsert the confirmed (`meanwhile` runs while the first
         upserts are on the wire); the records refused, by id."""
         client, session, now = self.client, ctx.session, ctx.now
-        counts, events, failures = _remove_lapsed(session, client, self.list_name, self.group, rows, now)
         confirmed = [r for r in rows if r.state == ConsentState.confirmed and r.email]
         size = client.batch_size
         units = [confirmed[i : i + size] for i in range(0, len(confirmed), size)]
@@ -391,6 +390,10 @@ class ConsentJob(_ListJob):
         calls: list[int] = []  # receivers per answered upsert of the wave
         upsert = partial(_upsert, client, self.group, self.list_name)
         with overlapped(partial(isolate, upsert, unit) for unit in units) as answers:
+            # The lapsed are removed while the first upserts are out: other people (a
+            # consent is confirmed or lapsed), and an incremental sync's deletes then cost
+            # no wall time of their own.
+            counts, events, failures = _remove_lapsed(session, client, self.list_name, self.group, rows, now)
             if meanwhile is not None:
                 meanwhile()
             for index, (sent, refused) in enumerate(answers, start=1):

@@ -111,6 +111,20 @@ def test_importing_the_same_file_again_changes_nothing(settings):
     }
 
 
+def test_a_file_ends_with_its_wal_checkpointed_after_its_last_chunk(settings, monkeypatch):
+    # The checkpoint runs once the last chunk has been reported: the job that follows an
+    # intake does not share its first commits with copying the intake's pages.
+    import flows.intake as intake_flow
+
+    seen: list[int] = []
+    monkeypatch.setattr(intake_flow, "checkpoint", lambda url=None: seen.append(len(reported)))
+    reported: list = []
+    for chunk in import_lines(KEY, file_lines(CHUNK + 10), now=NOW):
+        assert seen == []
+        reported += chunk
+    assert seen == [CHUNK + 10]
+
+
 def test_a_chunk_that_fails_rolls_back_alone_and_what_was_reported_stays(settings, monkeypatch):
     """A failure while storing the second chunk (a crash inside the process): the first
     chunk, reported, is stored; nothing of the second is; the file again stores the rest."""
