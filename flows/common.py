@@ -340,6 +340,7 @@ class Pace:
         self.last = 0.0  # seconds per call of the latest unit
         self._recent: deque[float] = deque(maxlen=5)
         self._active = 0
+        self._line: deque[object] = deque()  # who waits for a place, in order of asking
         self._changed = threading.Condition()
 
     def observe(self, seconds: float, calls: int = 1) -> None:
@@ -361,10 +362,19 @@ class Pace:
     @contextmanager
     def slot(self) -> Iterator[None]:
         """Hold one of the `limit` places for a unit; its wall time is observed."""
+        # First come, first served: a worker that has just finished a unit takes the next
+        # one from the pool and would otherwise get the freed place before a unit that has
+        # waited for it, again and again. The caller takes the answers in order, so one unit
+        # passed over held back the recording of all that came after it (a newsletter batch's
+        # register waves then waited for the batch's last call).
         with self._changed:
-            while self._active >= self.limit:
+            me = object()
+            self._line.append(me)
+            while self._line[0] is not me or self._active >= self.limit:
                 self._changed.wait()
+            self._line.popleft()
             self._active += 1
+            self._changed.notify_all()  # the next in line may have a place too
         started, calls = time.perf_counter(), calls_on_this_thread()
         try:
             yield
@@ -373,7 +383,7 @@ class Pace:
             self.observe((time.perf_counter() - started) / made, made)
             with self._changed:
                 self._active -= 1
-                self._changed.notify()
+                self._changed.notify_all()
 
     def wrap(self, call: Callable[[], T]) -> Callable[[], T]:
         def paced() -> T:

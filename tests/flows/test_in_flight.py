@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -103,3 +104,40 @@ def test_the_pace_judges_a_unit_by_the_time_per_call_it_sent(monkeypatch):
 
     assert units(Pace(least=1, most=8), calls=4) == 1
     assert units(Pace(least=1, most=8), calls=1) == 4
+
+
+def test_a_pace_gives_its_places_first_come_first_served():
+    # A pool's worker that finishes a unit asks for a place again at once, for the next
+    # unit: it must queue behind the units already waiting, or the caller, who takes the
+    # answers in order, waits for a unit passed over again and again.
+    pace = Pace(least=1, most=1)
+    order: list[str] = []
+    inside, leave = threading.Event(), threading.Event()
+
+    def first_then_again() -> None:
+        with pace.slot():
+            order.append("a")
+            inside.set()
+            leave.wait(timeout=30)
+        with pace.slot():  # straight back, as a worker does
+            order.append("a again")
+
+    def unit(name: str) -> None:
+        with pace.slot():
+            order.append(name)
+
+    threads = [threading.Thread(target=first_then_again)]
+    threads[0].start()
+    assert inside.wait(timeout=30)
+    for name in ("b", "c"):
+        threads.append(threading.Thread(target=unit, args=(name,)))
+        threads[-1].start()
+        for _ in range(100_000):  # until it waits in line (no clock involved)
+            if len(pace._line) == len(threads) - 1:
+                break
+            time.sleep(0)
+    assert len(pace._line) == 2
+    leave.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert order == ["a", "b", "c", "a again"]
