@@ -182,6 +182,16 @@ def top_functions(profile: Path, limit: int = 25) -> list[dict]:
     ]
 
 
+def profiled(report: dict, consents: Path, work: Path) -> None:
+    """The consent import once more under cProfile (``bench/results/intake.prof``), its top
+    functions into `report`."""
+    profile = RESULTS / "intake.prof"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log("consents: once more under cProfile")
+    report["profiled"] = run_child("chunked", consents, work / "profiled.db", profile)
+    report["profile_top"] = top_functions(profile)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.intake", description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=100_000, help="sign-ups, each with its confirmation")
@@ -220,22 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         report["reimport"] = run_child("chunked", consents, work / "chunked.db")
         if args.consents_only:
             if args.profile:
-                profile = RESULTS / "intake.prof"
-                RESULTS.mkdir(parents=True, exist_ok=True)
-                log("consents: once more under cProfile")
-                report["profiled"] = run_child("chunked", consents, work / "profiled.db", profile)
-                report["profile_top"] = top_functions(profile)
+                profiled(report, consents, work)
             print(json.dumps(report, indent=2))
             return 0
         log("consents: the baseline, the whole file in one transaction")
         report["baseline"] = run_child("one-transaction", consents, work / "baseline.db")
         report["ratio"] = round(report["consents"]["lines_per_second"] / report["baseline"]["lines_per_second"], 2)
         if args.profile:
-            profile = RESULTS / "intake.prof"
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            log("consents: once more under cProfile")
-            report["profiled"] = run_child("chunked", consents, work / "profiled.db", profile)
-            report["profile_top"] = top_functions(profile)
+            profiled(report, consents, work)
         consents.unlink()
         for name in ("chunked.db", "baseline.db", "profiled.db"):
             for suffix in ("", "-wal", "-shm"):

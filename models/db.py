@@ -144,11 +144,7 @@ class _Checkpointer:
             if engine is None or self.stopped:
                 return
             try:
-                connection = engine.raw_connection()
-                try:
-                    connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                finally:
-                    connection.close()
+                _wal_checkpoint(engine, "PASSIVE")
             except Exception:  # a removed database, a disposed engine: the backstop remains
                 logging.getLogger(__name__).debug("background WAL checkpoint skipped", exc_info=True)
             del engine
@@ -202,13 +198,24 @@ def checkpoint(url: str | None = None) -> None:
     PostgreSQL.
     """
     engine = get_engine(url)
-    if engine.dialect.name != "sqlite":
-        return
+    if engine.dialect.name == "sqlite":
+        _wal_checkpoint(engine, "PASSIVE")
+
+
+def _wal_checkpoint(engine: Engine, mode: str) -> int:
+    """``PRAGMA wal_checkpoint(<mode>)`` on a SQLite engine; its busy flag (0: complete).
+
+    On the driver's connection, in autocommit (isolation_level None, set on connect): a
+    checkpoint cannot copy pages that a transaction of its own connection still reads.
+    """
     connection = engine.raw_connection()
     try:
-        connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        cursor = connection.cursor()
+        busy, _log_frames, _copied = cursor.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        cursor.close()
     finally:
         connection.close()
+    return int(busy)
 
 
 def scrub_journal(bind: Session | Engine | None = None) -> bool:
@@ -230,15 +237,7 @@ def scrub_journal(bind: Session | Engine | None = None) -> bool:
         engine = bind
     if engine.dialect.name != "sqlite":
         return True
-    # The driver's connection, in autocommit (isolation_level None, set on connect): a
-    # checkpoint cannot copy pages that a transaction of its own connection still reads.
-    connection = engine.raw_connection()
-    try:
-        cursor = connection.cursor()
-        busy, _log_frames, _copied = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        cursor.close()
-    finally:
-        connection.close()
+    busy = _wal_checkpoint(engine, "TRUNCATE")
     if busy:  # rare: the busy timeout ran out on a long reader; the next scrub or exit retries
         logging.getLogger(__name__).warning("WAL checkpoint incomplete: a reader held an older snapshot")
     return busy == 0

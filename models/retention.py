@@ -153,21 +153,21 @@ def _timify_past(held: bool) -> Count:
     return count
 
 
+def _rules(held: bool) -> dict[str, Count]:
+    """Every rule with a period, by its id: how many records are past it (`held`: of those,
+    how many are kept because their subject is restricted)."""
+    return {
+        "R01": _optins_past("newsletter", held=held),
+        "R02": _optins_past("service_offers", held=held),
+        "R06": _timify_past(held=held),
+        "R07": _chats_past(held=held),
+        "R08": _documents_past(held=held),
+    }
+
+
 # Every rule with a period: how many records are past it. Rules without one (on withdrawal,
 # on request) are watched by their own jobs (the consent sync, the erasure deadline watch).
-OVERDUE: dict[str, Count] = {
-    "R01": _optins_past("newsletter", held=False),
-    "R02": _optins_past("service_offers", held=False),
-    "R06": _timify_past(held=False),
-    "R07": _chats_past(held=False),
-    "R08": _documents_past(held=False),
-}
+OVERDUE = _rules(held=False)
 # The same rules: how many records past the period are kept because their subject is
 # restricted (Art. 18): lawfully kept, not overdue; reported beside it, counts only.
-HELD: dict[str, Count] = {
-    "R01": _optins_past("newsletter", held=True),
-    "R02": _optins_past("service_offers", held=True),
-    "R06": _timify_past(held=True),
-    "R07": _chats_past(held=True),
-    "R08": _documents_past(held=True),
-}
+HELD = _rules(held=True)

@@ -538,8 +538,8 @@ class Clock:
         return self.now
 
 
-def test_requests_are_claimed_one_at_a_time_so_no_later_claim_lapses(env, monkeypatch):
-    url, base = env
+def _two_access_requests(base) -> tuple[uuid.UUID, uuid.UUID]:
+    """Anna's and Bert's access requests, Anna's the older: their ids, oldest first."""
     take_in(base, *lines_of(ANNA)[:2], *lines_of(BERT)[:2])
     with transaction() as session:
         first = rights.open_request(
@@ -548,7 +548,12 @@ def test_requests_are_claimed_one_at_a_time_so_no_later_claim_lapses(env, monkey
         second = rights.open_request(
             session, right="access", email=BERT.email, received_at=utcnow() - timedelta(hours=1)
         )
-        first_id, second_id = first.id, second.id
+        return first.id, second.id
+
+
+def test_requests_are_claimed_one_at_a_time_so_no_later_claim_lapses(env, monkeypatch):
+    url, base = env
+    first_id, second_id = _two_access_requests(base)
     start = utcnow()
     clock = Clock(start)
     claims: list[tuple[datetime, int | None]] = []
@@ -583,15 +588,7 @@ def test_requests_are_claimed_one_at_a_time_so_no_later_claim_lapses(env, monkey
 
 def test_a_request_another_run_took_meanwhile_is_not_answered_twice(env, monkeypatch):
     url, base = env
-    take_in(base, *lines_of(ANNA)[:2], *lines_of(BERT)[:2])
-    with transaction() as session:
-        first = rights.open_request(
-            session, right="access", email=ANNA.email, received_at=utcnow() - timedelta(hours=2)
-        )
-        second = rights.open_request(
-            session, right="access", email=BERT.email, received_at=utcnow() - timedelta(hours=1)
-        )
-        first_id, second_id = first.id, second.id
+    first_id, second_id = _two_access_requests(base)
     answered: list[uuid.UUID] = []
 
     def meanwhile(ask: Ask) -> Outcome:
