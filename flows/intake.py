@@ -30,6 +30,10 @@ from intake.lines import (
 )
 from models.db import checkpoint, transaction
 
+# SQLite's page cache for a chunk's transaction (``models.db.transaction``): the dirty index
+# pages of 5,000 consent lines, without spilling them to the WAL before the commit.
+CHUNK_CACHE_MB = 64
+
 
 def intake_lines(
     session: Session,
@@ -87,27 +91,46 @@ def import_lines(
     chunks = chunked(parse_lines(lines, context), chunk_lines, chunk_bytes)
     while True:
         # Reading, validating and storing a chunk run with the cycle collector paused; the
-        # caller's code between chunks (the yield) runs with it as it was.
+        # caller's code between chunks (the yield) runs with it as it was. The chunk's events
+        # and rows are gone (``_store``'s locals, by reference count) before it resumes: what
+        # is still alive then, the collector walks at its first allocation (15-20 ms a chunk
+        # for the 40,000 objects of a chunk of 5,000 consent lines, 10% of the intake).
         with collector_paused():
             chunk = next(chunks, None)
             if chunk is None:
                 break
-            rejected = [item for item in chunk if isinstance(item, LineResult)]
-            events = [item for item in chunk if not isinstance(item, LineResult)]
-            results: list[LineResult] = []
-            if events:
-                with transaction(url) as session:
-                    applied = Applier(session, key, document_key).apply(events, defer=True)
-                    write_audit(session, applied.audit)
-                results, later = applied.results, later + applied.later
-        yield sorted(rejected + results, key=lambda r: r.line)
+            results = _store(chunk, key, document_key, url, later, defer=True)
+            del chunk
+        yield results
     ordered = retry_order(later)
+    del later
     for start in range(0, len(ordered), chunk_lines):
-        with collector_paused(), transaction(url) as session:
-            applied = Applier(session, key, document_key).apply(ordered[start : start + chunk_lines], defer=False)
-            write_audit(session, applied.audit)
-        yield sorted(applied.results, key=lambda r: r.line)
+        with collector_paused():
+            results = _store(ordered[start : start + chunk_lines], key, document_key, url, [], defer=False)
+        yield results
     # The file's pages into the database file before the caller goes on: a job right after
     # the intake would otherwise share its first commits with that checkpoint (70 ms of a
     # 0.3 s incremental newsletter sync).
     checkpoint(url)
+
+
+def _store(
+    chunk: list[LineResult | Parsed],
+    key: bytes,
+    document_key: bytes | None,
+    url: str | None,
+    later: list[Parsed],
+    defer: bool,
+) -> list[LineResult]:
+    """Store the events of `chunk` with their audit rows in a transaction of their own; its
+    results (the rejections it brings included) by line number. Lines naming what is not
+    known yet go onto `later` (with `defer`)."""
+    results = [item for item in chunk if isinstance(item, LineResult)]
+    events = [item for item in chunk if not isinstance(item, LineResult)]
+    if events:
+        with transaction(url, cache_mb=CHUNK_CACHE_MB) as session:
+            applied = Applier(session, key, document_key).apply(events, defer=defer)
+            write_audit(session, applied.audit)
+        results += applied.results
+        later += applied.later
+    return sorted(results, key=lambda r: r.line)

@@ -49,7 +49,9 @@ def signup(i: int) -> dict:
 
 
 def confirm(i: int) -> dict:
-    at = NOW - timedelta(hours=1, seconds=-i)
+    # Apart by milliseconds: a confirmation a second apart each would lie in the future
+    # beyond a few thousand lines (the default chunk is larger).
+    at = NOW - timedelta(hours=1, milliseconds=-i)
     return {
         "type": "consent.confirm",
         "list": "newsletter",

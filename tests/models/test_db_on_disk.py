@@ -52,3 +52,19 @@ def test_a_process_that_ends_closes_its_connections_and_the_wal_goes(tmp_path):
     # The last connection to close checkpoints the WAL into the file and deletes it.
     assert database.exists() and not Path(f"{database}-wal").exists()
     assert b"geheim@example.de" in database.read_bytes()
+
+
+def test_a_transaction_with_a_wider_cache_gives_its_connection_back_with_the_default(settings):
+    engine = get_engine()
+    engine.dispose()  # one pooled connection from here on, so the next transaction gets it
+    with engine.connect() as connection:
+        default = connection.exec_driver_sql("PRAGMA cache_size").scalar()
+    with transaction(cache_mb=64) as session:
+        assert session.connection().exec_driver_sql("PRAGMA cache_size").scalar() == -64 * 1024
+        session.execute(text("CREATE TABLE t (v TEXT)"))
+    with pytest.raises(RuntimeError), transaction(cache_mb=64) as session:
+        session.execute(text("INSERT INTO t VALUES ('x')"))
+        raise RuntimeError("rolled back")
+    with transaction() as session:
+        assert session.connection().exec_driver_sql("PRAGMA cache_size").scalar() == default
+        assert session.execute(text("SELECT count(*) FROM t")).scalar() == 0
