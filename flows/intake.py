@@ -8,7 +8,7 @@ transaction as what they record.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -115,7 +115,7 @@ def import_lines(
 
 
 def _store(
-    chunk: list[LineResult | Parsed],
+    chunk: Sequence[LineResult | Parsed],
     key: bytes,
     document_key: bytes | None,
     url: str | None,
