@@ -100,7 +100,7 @@ def import_lines(
             if chunk is None:
                 break
             results = _store(chunk, key, document_key, url, later, defer=True)
-            del chunk
+            chunk.clear()  # so also the list chunked() holds until its next step
         yield results
     ordered = retry_order(later)
     del later
@@ -129,8 +129,10 @@ def _store(
     events = [item for item in chunk if not isinstance(item, LineResult)]
     if events:
         with transaction(url, cache_mb=CHUNK_CACHE_MB) as session:
-            applied = Applier(session, key, document_key).apply(events, defer=defer)
+            applier = Applier(session, key, document_key)
+            applied = applier.apply(events, defer=defer)
             write_audit(session, applied.audit)
+            applier.close()
         results += applied.results
         later += applied.later
     return sorted(results, key=lambda r: r.line)

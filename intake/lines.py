@@ -285,6 +285,11 @@ class Applier:
             "rights": self.rights,
         }
 
+    def close(self) -> None:
+        """Done with this transaction's stores: what they found and made goes by reference
+        count as soon as the Applier does (``SubjectIndex.close``)."""
+        self.subjects.close()
+
     def apply(self, chunk: list[Parsed], defer: bool) -> ChunkApplied:
         """Apply `chunk`; with `defer`, a line naming what is not known yet is handed back
         in ``later`` instead of being rejected (the first pass over a file)."""
@@ -366,5 +371,6 @@ def apply_lines(
         applied = applier.apply(later[start : start + CHUNK], defer=False)
         results += applied.results
         audit += applied.audit
+    applier.close()
     results.sort(key=lambda r: r.line)
     return Intake(results, audit)

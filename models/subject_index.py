@@ -65,6 +65,14 @@ class SubjectIndex:
     def _before_flush(self, session: Session, context: object, instances: object) -> None:
         self.write()
 
+    def close(self) -> None:
+        """Let go of the session's flush listener and the revive hooks. They and this index
+        refer to each other: without this, the subjects and records of a chunk of intake
+        stay alive until the cycle collector runs (``flows.intake.import_lines``)."""
+        if event.contains(self.session, "before_flush", self._before_flush):
+            event.remove(self.session, "before_flush", self._before_flush)
+        self.on_revive.clear()
+
     def write(self) -> None:
         """Write the new and changed subjects (nothing when none is waiting)."""
         if self.changed:
