@@ -555,7 +555,7 @@ def intake(r: dict, targets: Targets) -> list[str]:
         "",
         (
             f"{r['subjects']:,} sign-ups and their confirmations ({c['lines']:,} lines) imported from a file as "
-            "`psync intake` does (`flows.intake.import_lines`: 1,000 lines a transaction), each measurement in a "
+            "`psync intake` does (`flows.intake.import_lines`: 5,000 lines a transaction), each measurement in a "
             "process of its own on a fresh SQLite database; the baseline is the same file through the "
             "one-transaction path (`flows.intake.intake_lines`, what `psync intake` did before) in the same run. "
             f"Then student-ID orders with maximum-size uploads ({r['max_document_bytes'] / 1048576:.0f} MiB proof and "
@@ -604,16 +604,21 @@ def intake(r: dict, targets: Targets) -> list[str]:
             [[f"`{f['function']}`", f"{f['own_seconds']:.2f}", f"{f['share']:.0%}"] for f in top[:12]],
         )
     cause = (
-        "Where a consent line's time goes (cProfile, 200,000 lines): SQLite's own work is about 40 % of the "
-        "CPU (the bulk inserts of events, records, subjects, receipts and audit rows, each table's keys random, "
-        "and the commits), and it grows with the database; with no Python at all that would cap one process "
-        "at about 19,000 lines per CPU second. The rest is Python a line: validation (pydantic, the e-mail "
-        "and IP checks), the consent state machine by event time, dedupe keys (HMAC), the audit chain. This "
-        "session's intake work (values converted once per chunk, the clock read once per chunk, IPv4 checked "
-        "as text, the cycle collector paused within a chunk, one index fewer) took it from about 6,000 to "
-        "8,000-10,000 lines per CPU second. 20,000 lines/s needs fewer rows written per line (an audit row per "
-        "chunk rather than per line, which is the privacy officer's decision) or validation in a second "
-        "process (at most ~10 % of the main process's CPU on two shared cores): not done."
+        "Where a consent line's time goes (pyinstrument, 200,000 lines, 5,000 a chunk): SQLite's own work "
+        "about a third (the bulk inserts of events, records, subjects and audit rows, each table's keys "
+        "random, the commits, the dedupe and subject reads), validation (JSON, pydantic, the e-mail and IP "
+        "checks) about 15 %, the consent state machine by event time about 27 %, the rest dedupe keys "
+        "(HMAC), pseudonyms and the audit chain. This session: a chunk is 5,000 lines instead of 1,000 (the "
+        "random index pages a chunk dirties go to the WAL once per commit: 28 ms a commit of 1,000 lines, "
+        "30 % of the intake); a chunk's transaction has a 64 MB page cache (past SQLite's default 2 MB it "
+        "spilled dirty pages to the WAL before the commit and wrote them again: the INSERTs took twice as "
+        "long); and a chunk's objects are freed by reference count before the cycle collector resumes (the "
+        "session's flush listener and the subject index referred to each other and kept 30,000 objects a "
+        "chunk for the collector, 10-20 ms a chunk). Together about 1.5 times the lines per CPU second, for "
+        "about 50 MB more peak memory. 20,000 lines/s needs both cores: validation in a second process would "
+        "take about a fifth off the main process (its 18 µs of about 80 µs a line, less the pickling), still "
+        "short; the rest needs fewer rows written per line (an audit row per chunk rather than per line, "
+        "which is the privacy officer's decision). Not done."
     )
     targets.add(
         "Intake, consent lines/s (chunked)",
