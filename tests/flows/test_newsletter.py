@@ -149,6 +149,21 @@ def test_local_withdrawal_stops_mailing_and_removes_the_receiver(against_sandbox
         assert removal.detail == "newsletter, account-wide"
 
 
+def test_the_groups_asked_early_for_a_removal_are_asked_once_and_audited(against_sandbox):
+    # The push asks for the account's groups on a worker thread while it reads the register:
+    # the call is made once per batch with a lapsed consent, and audited like any other.
+    take_in(signup("g@example.de"), confirm("g@example.de"))
+    newsletter.sync_newsletter_consents()
+    with transaction() as session:
+        before = len(session.exec(select(AuditEntry).where(AuditEntry.action == "call.groups.list")).all())
+    assert before == 0  # nothing lapsed: no need to ask
+    take_in(withdraw("g@example.de"))
+    assert newsletter.sync_newsletter_consents()["removed"] == 1
+    with transaction() as session:
+        asked = session.exec(select(AuditEntry).where(AuditEntry.action == "call.groups.list")).all()
+    assert len(asked) == 1 and asked[0].outcome == "ok"
+
+
 def test_withdrawals_leave_the_account_in_batches(against_sandbox):
     emails = [f"b{i}@example.de" for i in range(7)]
     take_in(*[line for e in emails for line in (signup(e), confirm(e))])
@@ -628,6 +643,27 @@ def test_concurrently_returns_processor_errors_in_place():
     assert isinstance(outcomes[1], FatalError) and outcomes[1].status == 403
     with pytest.raises(ZeroDivisionError):
         concurrently(lambda t: 1 / 0, ["a", "b"], workers=2)
+
+
+def test_concurrently_keeps_a_handful_of_quick_calls_on_the_calling_thread(monkeypatch):
+    import threading
+
+    from flows.common import Pace, concurrently
+
+    def where(item):
+        return item, threading.current_thread()
+
+    # Quick answers: no worker thread is started for four items or fewer.
+    outcomes = concurrently(where, ["a", "b", "c"], workers=8)
+    assert [item for item, _ in outcomes] == ["a", "b", "c"]
+    assert {thread for _, thread in outcomes} == {threading.current_thread()}
+    # More than a handful: the pool, as before.
+    assert threading.current_thread() not in {t for _, t in concurrently(where, list("abcdefgh"), workers=8)}
+    # A slow first answer (every answer counts as slow here) hands the rest to the pool.
+    monkeypatch.setattr(Pace.__init__, "__defaults__", (1e-9,))
+    outcomes = concurrently(where, ["a", "b", "c"], workers=8)
+    assert outcomes[0][1] is threading.current_thread()
+    assert threading.current_thread() not in {thread for _, thread in outcomes[1:]}
 
 
 def test_the_collector_pause_restores_what_it_found():
