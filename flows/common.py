@@ -453,8 +453,7 @@ def concurrently(
 ) -> list[R | ProcessorError]:
     """``call(item)`` for every item, `least` to `workers` at a time (default
     ``PSYNC_HTTP_IN_FLIGHT``; as many as the answers' time needs: ``Pace``); results in the
-    items' order. Up to `least` items go on the calling thread while their answers come at
-    once (the pool takes the rest after the first slow one).
+    items' order.
 
     A processor error is returned in its item's place, so one failed call does not hide the
     outcome of the others; any other exception is raised. Rate limiting and retries stay in
@@ -469,18 +468,9 @@ def concurrently(
         except ProcessorError as exc:
             return exc
 
-    done: list[R | ProcessorError] = []
-    # A handful of items (`least` at most) go on this thread while the answers come at once:
-    # starting worker threads for them cost more than the calls (each start waits for the
-    # interpreter lock, which the batch's other workers hold; 10 ms for an incremental
-    # sync's two bulk deletes). The first slow answer hands the rest to the pool.
-    if len(items) <= pace.least:
-        while len(done) < len(items) and (not done or pace.last < pace.per_worker):
-            done.append(guarded(items[len(done)]))
-    rest = items[len(done) :]
-    if len(rest) <= 1 or pace.most <= 1:
-        return done + [guarded(item) for item in rest]
+    if len(items) <= 1 or pace.most <= 1:
+        return [guarded(item) for item in items]
     with ThreadPoolExecutor(max_workers=pace.most, thread_name_prefix="psync-http") as pool:
         # In the caller's context: a call journal set there (flows.journal) sees these calls.
-        futures = [pool.submit(copy_context().run, guarded, item) for item in rest]
-        return done + [future.result() for future in futures]
+        futures = [pool.submit(copy_context().run, guarded, item) for item in items]
+        return [future.result() for future in futures]

@@ -645,27 +645,6 @@ def test_concurrently_returns_processor_errors_in_place():
         concurrently(lambda t: 1 / 0, ["a", "b"], workers=2)
 
 
-def test_concurrently_keeps_a_handful_of_quick_calls_on_the_calling_thread(monkeypatch):
-    import threading
-
-    from flows.common import Pace, concurrently
-
-    def where(item):
-        return item, threading.current_thread()
-
-    # Quick answers: no worker thread is started for four items or fewer.
-    outcomes = concurrently(where, ["a", "b", "c"], workers=8)
-    assert [item for item, _ in outcomes] == ["a", "b", "c"]
-    assert {thread for _, thread in outcomes} == {threading.current_thread()}
-    # More than a handful: the pool, as before.
-    assert threading.current_thread() not in {t for _, t in concurrently(where, list("abcdefgh"), workers=8)}
-    # A slow first answer (every answer counts as slow here) hands the rest to the pool.
-    monkeypatch.setattr(Pace.__init__, "__defaults__", (1e-9,))
-    outcomes = concurrently(where, ["a", "b", "c"], workers=8)
-    assert outcomes[0][1] is threading.current_thread()
-    assert threading.current_thread() not in {thread for _, thread in outcomes[1:]}
-
-
 def test_the_collector_pause_restores_what_it_found():
     import gc
 
