@@ -23,10 +23,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from contextvars import copy_context
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -238,7 +235,6 @@ def _remove(
     group: str,
     rows: Sequence,
     now: datetime,
-    groups: Callable[[], list[dict]] | None = None,
     elsewhere: set[uuid.UUID] | None = None,
 ) -> tuple[Counter[str], list[AuditEvent], dict[str, Exception]]:
     """Remove these live register rows' receivers (rows with id, external_id, subject_id,
@@ -252,7 +248,7 @@ def _remove(
     time. A failed delete leaves the register row live for the next run. A row with a
     receiver id (kept by a rectification) is deactivated and deleted by that id. The HTTP
     layer's rate limiter paces every call. The caller holds every list's cursor
-    (``_lock_cursors``); `groups` and `elsewhere` as ``_account_wide``'s.
+    (``_lock_cursors``); `elsewhere` as ``_account_wide``'s.
     """
     counts: Counter[str] = Counter()
     events: list[AuditEvent] = []
@@ -261,7 +257,7 @@ def _remove(
     # done), so it is deactivated and deleted by that id, never by our address.
     by_id = [r for r in rows if r.external_id]
     rows = [r for r in rows if not r.external_id] if by_id else rows
-    everywhere = _account_wide(session, client, list_name, [r.subject_id for r in rows if r.email], groups, elsewhere)
+    everywhere = _account_wide(session, client, list_name, [r.subject_id for r in rows if r.email], elsewhere)
     bulk, size = [r for r in rows if r.subject_id in everywhere], client.batch_size
     batches = [bulk[i : i + size] for i in range(0, len(bulk), size)]
     outcomes = concurrently(client.bulk_delete, [[r.email for r in batch] for batch in batches])
@@ -319,7 +315,6 @@ def _account_wide(
     client: cleverreach.CleverReach,
     list_name: str,
     subject_ids: list[uuid.UUID],
-    groups: Callable[[], list[dict]] | None = None,
     elsewhere: set[uuid.UUID] | None = None,
 ) -> set[uuid.UUID]:
     """The subjects among these whose addresses may be deleted from the whole CleverReach
@@ -327,10 +322,9 @@ def _account_wide(
     there for another purpose.
 
     Asks CleverReach for its groups (a group someone added by hand may hold the address for
-    a purpose we do not know of), through `groups` if given: the push asks in this batch's
-    transaction, on a worker thread, while it reads the register (``_groups_early``).
-    `elsewhere`: the subjects (a superset of these) the register has live there for another
-    purpose, if the caller read them in this transaction already; otherwise read here.
+    a purpose we do not know of). `elsewhere`: the subjects (a superset of these) the
+    register has live there for another purpose, if the caller read them in this
+    transaction already; otherwise read here.
 
     The caller holds the other lists' cursors until the delete commits: a push to another
     list holds its cursor for its whole transaction and registers what it sent in it, so it
@@ -341,7 +335,7 @@ def _account_wide(
         return set()
     settings = get_settings()
     ours = {str(settings.cleverreach.group(name) or "") for name in ALL_LISTS}
-    if not {str(g["id"]) for g in (groups or client.groups)()} <= ours:
+    if not {str(g["id"]) for g in client.groups()} <= ours:
         return set()
     if elsewhere is None:
         elsewhere = live_for_other_purposes(session, PROCESSOR, _purpose(list_name), subject_ids)
@@ -411,15 +405,11 @@ class ConsentJob(_ListJob):
         wave: list[uuid.UUID] = []  # subjects CleverReach answered for, not yet recorded
         calls: list[int] = []  # receivers per answered upsert of the wave
         upsert = partial(_upsert, client, self.group, self.list_name)
-        # The groups first, so their thread starts while no other is busy.
-        with (
-            _groups_early(client, any(map(_unsure, rows))) as groups,
-            overlapped(partial(isolate, upsert, unit) for unit in units) as answers,
-        ):
+        with overlapped(partial(isolate, upsert, unit) for unit in units) as answers:
             # The lapsed are removed while the first upserts are out: other people (a
             # consent is confirmed or lapsed), and an incremental sync's deletes then cost
             # no wall time of their own.
-            counts, events, failures = _remove_lapsed(session, client, self.list_name, self.group, rows, now, groups)
+            counts, events, failures = _remove_lapsed(session, client, self.list_name, self.group, rows, now)
             if meanwhile is not None:
                 meanwhile()
             for index, (sent, refused) in enumerate(answers, start=1):
@@ -516,20 +506,6 @@ def _unsure(row) -> bool:
     return row.state != ConsentState.confirmed and bool(row.activated) and bool(row.email)
 
 
-@contextmanager
-def _groups_early(client: cleverreach.CleverReach, needed: bool) -> Iterator[Callable[[], list[dict]]]:
-    """The account's groups for ``_account_wide``, asked from here on, on a worker thread,
-    if `needed` (a lapsed consent among the batch's changes): the GET is on the wire while
-    this thread reads the register, not after (16 ms of an incremental sync). Asked in the
-    batch's transaction as before, in its call journal (the thread runs in this context),
-    and awaited on leaving the block, so the call log is complete before it is audited."""
-    if not needed:
-        yield client.groups
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="psync-http") as pool:
-        yield pool.submit(copy_context().run, client.groups).result
-
-
 def _remove_lapsed(
     session,
     client: cleverreach.CleverReach,
@@ -537,11 +513,10 @@ def _remove_lapsed(
     group: str,
     rows: Sequence,
     now: datetime,
-    groups: Callable[[], list[dict]] | None = None,
 ) -> tuple[Counter[str], list[AuditEvent], dict[str, Exception]]:
     """Remove at CleverReach the consents among `rows` that were confirmed and stand no more;
     returns counts, audit events (for the batch's one audit write, after its register rows)
-    and the records whose removal failed, by consent id. `groups`: as ``_remove``'s.
+    and the records whose removal failed, by consent id.
 
     - Live in the register: removed (``_remove``), in this pass over the changes, so a
       withdrawal costs no second pass; a failed delete is left to the removal pass.
@@ -576,7 +551,7 @@ def _remove_lapsed(
         if r.removed_at is None
     ]
     counts, events, left = (
-        _remove(session, client, list_name, group, live, now, groups, elsewhere) if live else (Counter(), [], {})
+        _remove(session, client, list_name, group, live, now, elsewhere=elsewhere) if live else (Counter(), [], {})
     )
     if left:  # left live in the register: the removal pass takes them
         counts["remove_failed"] += len(left)

@@ -149,9 +149,9 @@ def test_local_withdrawal_stops_mailing_and_removes_the_receiver(against_sandbox
         assert removal.detail == "newsletter, account-wide"
 
 
-def test_the_groups_asked_early_for_a_removal_are_asked_once_and_audited(against_sandbox):
-    # The push asks for the account's groups on a worker thread while it reads the register:
-    # the call is made once per batch with a lapsed consent, and audited like any other.
+def test_a_removal_asks_for_the_groups_once_and_audits_the_call(against_sandbox):
+    # The account-wide check asks CleverReach for its groups once per batch with a lapsed
+    # consent (none without one), and the call is audited like any other.
     take_in(signup("g@example.de"), confirm("g@example.de"))
     newsletter.sync_newsletter_consents()
     with transaction() as session:
