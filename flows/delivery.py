@@ -360,12 +360,13 @@ def _write_next_ahead(
     that changes later gets a later place in the stream, past the mark, and is written
     ahead by the batch that sends it. Whoever is being erased or restricted is left out,
     as in step 1."""
-    left_out = being_erased(session) | held_back(session)
-    bounds = None if left_out else job.stream_bounds(session, last_seq, limit)
+    bounds = job.stream_bounds(session, last_seq, limit)
     if bounds is not None:
         count, through = bounds
         if count < limit or through is None:  # the stream's end: what follows may come before the next batch
-            return
+            return  # (an incremental sync's only batch: nobody left out needs looking up)
+    left_out = being_erased(session) | held_back(session)
+    if bounds is not None and through is not None and not left_out:
         written = job.write_ahead_between(session, last_seq, through, now)
     else:
         rows = job.select_ahead(session, last_seq, limit)

@@ -229,7 +229,13 @@ def remove_batch(client: cleverreach.CleverReach, list_name: str, group: str, id
 
 
 def _remove(
-    session, client: cleverreach.CleverReach, list_name: str, group: str, rows: Sequence, now: datetime
+    session,
+    client: cleverreach.CleverReach,
+    list_name: str,
+    group: str,
+    rows: Sequence,
+    now: datetime,
+    elsewhere: set[uuid.UUID] | None = None,
 ) -> tuple[Counter[str], list[AuditEvent], dict[str, Exception]]:
     """Remove these live register rows' receivers (rows with id, external_id, subject_id,
     email, pseudonym); mark the register; returns counts, audit events and the rows whose
@@ -242,7 +248,7 @@ def _remove(
     time. A failed delete leaves the register row live for the next run. A row with a
     receiver id (kept by a rectification) is deactivated and deleted by that id. The HTTP
     layer's rate limiter paces every call. The caller holds every list's cursor
-    (``_lock_cursors``).
+    (``_lock_cursors``); `elsewhere` as ``_account_wide``'s.
     """
     counts: Counter[str] = Counter()
     events: list[AuditEvent] = []
@@ -251,7 +257,7 @@ def _remove(
     # done), so it is deactivated and deleted by that id, never by our address.
     by_id = [r for r in rows if r.external_id]
     rows = [r for r in rows if not r.external_id] if by_id else rows
-    everywhere = _account_wide(session, client, list_name, [r.subject_id for r in rows if r.email])
+    everywhere = _account_wide(session, client, list_name, [r.subject_id for r in rows if r.email], elsewhere)
     bulk, size = [r for r in rows if r.subject_id in everywhere], client.batch_size
     batches = [bulk[i : i + size] for i in range(0, len(bulk), size)]
     outcomes = concurrently(client.bulk_delete, [[r.email for r in batch] for batch in batches])
@@ -305,17 +311,25 @@ def _lock_cursors(session) -> dict[str, SyncCursor]:
 
 
 def _account_wide(
-    session, client: cleverreach.CleverReach, list_name: str, subject_ids: list[uuid.UUID]
+    session,
+    client: cleverreach.CleverReach,
+    list_name: str,
+    subject_ids: list[uuid.UUID],
+    elsewhere: set[uuid.UUID] | None = None,
 ) -> set[uuid.UUID]:
     """The subjects among these whose addresses may be deleted from the whole CleverReach
     account: the account has no group but this sync's, and the register has none of them
     there for another purpose.
 
     Asks CleverReach for its groups (a group someone added by hand may hold the address for
-    a purpose we do not know of). The caller holds the other lists' cursors until the delete
-    commits: a push to another list holds its cursor for its whole transaction and registers
-    what it sent in it, so it ended before this check (and the register shows it) or begins
-    after the delete (and sends its consents, confirmed or not yet pushed, from its cursor).
+    a purpose we do not know of). `elsewhere`: the subjects (a superset of these) the
+    register has live there for another purpose, if the caller read them in this
+    transaction already; otherwise read here.
+
+    The caller holds the other lists' cursors until the delete commits: a push to another
+    list holds its cursor for its whole transaction and registers what it sent in it, so it
+    ended before this check (and the register shows it) or begins after the delete (and
+    sends its consents, confirmed or not yet pushed, from its cursor).
     """
     if not subject_ids:
         return set()
@@ -323,7 +337,9 @@ def _account_wide(
     ours = {str(settings.cleverreach.group(name) or "") for name in ALL_LISTS}
     if not {str(g["id"]) for g in client.groups()} <= ours:
         return set()
-    return set(subject_ids) - live_for_other_purposes(session, PROCESSOR, _purpose(list_name), subject_ids)
+    if elsewhere is None:
+        elsewhere = live_for_other_purposes(session, PROCESSOR, _purpose(list_name), subject_ids)
+    return set(subject_ids) - elsewhere
 
 
 class ConsentJob(_ListJob):
@@ -484,8 +500,19 @@ def push_batch(
 _WAVE = 5000
 
 
+def _unsure(row) -> bool:
+    """Whether CleverReach may hold a changed consent's receiver that must go: it was
+    confirmed once (``activated``) and stands no more. Only a confirmation sets ``activated``."""
+    return row.state != ConsentState.confirmed and bool(row.activated) and bool(row.email)
+
+
 def _remove_lapsed(
-    session, client: cleverreach.CleverReach, list_name: str, group: str, rows: Sequence, now: datetime
+    session,
+    client: cleverreach.CleverReach,
+    list_name: str,
+    group: str,
+    rows: Sequence,
+    now: datetime,
 ) -> tuple[Counter[str], list[AuditEvent], dict[str, Exception]]:
     """Remove at CleverReach the consents among `rows` that were confirmed and stand no more;
     returns counts, audit events (for the batch's one audit write, after its register rows)
@@ -502,26 +529,30 @@ def _remove_lapsed(
     Unconfirmed sign-ups never get here: only a confirmation sets ``activated``.
     """
     purpose = _purpose(list_name)
-    unsure = {r.subject_id: r for r in rows if r.state != ConsentState.confirmed and r.activated and r.email}
+    unsure = {r.subject_id: r for r in rows if _unsure(r)}
     if not unsure:
         return Counter(), [], {}
-    register = (
+    # Every purpose's rows at once: this one's are the register of the removal, the others'
+    # what ``_account_wide`` asks (is the address held for anything else?), in one query.
+    rows_of = (
         session.connection()
         .execute(
-            select(Recipient.id, Recipient.external_id, Recipient.subject_id, Recipient.removed_at).where(
-                Recipient.processor == PROCESSOR,
-                Recipient.purpose == purpose,
-                col(Recipient.subject_id).in_(list(unsure)),
-            )
+            select(  # type: ignore[call-overload]  # sqlmodel's select is typed for at most 4 columns
+                Recipient.id, Recipient.external_id, Recipient.subject_id, Recipient.removed_at, Recipient.purpose
+            ).where(Recipient.processor == PROCESSOR, col(Recipient.subject_id).in_(list(unsure)))
         )
         .all()
     )
+    register = [r for r in rows_of if r.purpose == purpose]
+    elsewhere = {r.subject_id for r in rows_of if r.purpose != purpose and r.removed_at is None}
     live = [
         _Held(r.id, r.external_id, r.subject_id, unsure[r.subject_id].email, unsure[r.subject_id].pseudonym)
         for r in register
         if r.removed_at is None
     ]
-    counts, events, left = _remove(session, client, list_name, group, live, now) if live else (Counter(), [], {})
+    counts, events, left = (
+        _remove(session, client, list_name, group, live, now, elsewhere=elsewhere) if live else (Counter(), [], {})
+    )
     if left:  # left live in the register: the removal pass takes them
         counts["remove_failed"] += len(left)
     known = {r.subject_id for r in register}
@@ -581,7 +612,9 @@ def _upsert(client: cleverreach.CleverReach, group: str, list_name: str, rows: l
     return len(client.upsert(group, list_name, [receiver_for(list_name, r) for r in rows]))
 
 
-@flow(name="sync-newsletter-consents")
+# persist_result=False: the counts are returned and shown in an artifact, never read back;
+# left unset, every run asked the Prefect server whether it keeps results by default.
+@flow(name="sync-newsletter-consents", persist_result=False)
 @one_line_failure
 def sync_newsletter_consents(
     lists: list[ConsentList] | None = None,

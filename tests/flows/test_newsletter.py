@@ -149,6 +149,21 @@ def test_local_withdrawal_stops_mailing_and_removes_the_receiver(against_sandbox
         assert removal.detail == "newsletter, account-wide"
 
 
+def test_a_removal_asks_for_the_groups_once_and_audits_the_call(against_sandbox):
+    # The account-wide check asks CleverReach for its groups once per batch with a lapsed
+    # consent (none without one), and the call is audited like any other.
+    take_in(signup("g@example.de"), confirm("g@example.de"))
+    newsletter.sync_newsletter_consents()
+    with transaction() as session:
+        before = len(session.exec(select(AuditEntry).where(AuditEntry.action == "call.groups.list")).all())
+    assert before == 0  # nothing lapsed: no need to ask
+    take_in(withdraw("g@example.de"))
+    assert newsletter.sync_newsletter_consents()["removed"] == 1
+    with transaction() as session:
+        asked = session.exec(select(AuditEntry).where(AuditEntry.action == "call.groups.list")).all()
+    assert len(asked) == 1 and asked[0].outcome == "ok"
+
+
 def test_withdrawals_leave_the_account_in_batches(against_sandbox):
     emails = [f"b{i}@example.de" for i in range(7)]
     take_in(*[line for e in emails for line in (signup(e), confirm(e))])
