@@ -60,7 +60,7 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 # Lines a chunk of a file holds (each chunk one transaction). A chunk's rows land on random
 # pages of the consent, subject and audit indexes, each written to the WAL once per commit:
 # at 1,000 lines nearly every row dirtied a page of its own (28 ms a commit, 30% of an
-# intake); 5,000 lines share them five times better, for about 70 MB more at the peak.
+# intake); 5,000 lines share them five times better, for about 50 MB more at the peak.
 CHUNK = 5000
 # A chunk of a file imported chunk by chunk closes early once its documents reach this.
 CHUNK_DOCUMENT_BYTES = 256 * 1024 * 1024
