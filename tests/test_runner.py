@@ -215,3 +215,33 @@ def test_the_runner_declines_another_api_or_database():
     # A relative SQLite path is the same database as its absolute form; the URL never crosses.
     assert database_fingerprint(f"sqlite:///{os.getcwd()}/.psync/psync.db") == own["database"]
     assert TEST_KEY not in json.dumps(own)
+
+
+def test_the_runner_holds_one_prefect_client_for_all_its_runs(prefect_harness, monkeypatch):
+    from contextlib import ExitStack
+
+    from prefect import flow
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from psync.runner import _hold_prefect_client
+
+    made: list[object] = []
+    original = SyncPrefectClient.__init__
+
+    def counted(self, *args, **kwargs):
+        made.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncPrefectClient, "__init__", counted)
+
+    @flow(name="runner-client-check")
+    def nothing() -> int:
+        return 1
+
+    assert [nothing(), nothing()] == [1, 1]
+    assert len(made) == 2  # a client of its own for each run
+    with ExitStack() as held:
+        _hold_prefect_client(held)
+        _hold_prefect_client(held)  # the next request: the same client
+        assert [nothing(), nothing(), nothing()] == [1, 1, 1]
+    assert len(made) == 3  # one more, for the three runs
