@@ -616,9 +616,11 @@ def intake(r: dict, targets: Targets) -> list[str]:
         "session's flush listener and the subject index referred to each other and kept 30,000 objects a "
         "chunk for the collector, 10-20 ms a chunk). Together about 1.5 times the lines per CPU second, for "
         "about 50 MB more peak memory. 20,000 lines/s needs both cores: validation in a second process would "
-        "take about a fifth off the main process (its 18 µs of about 80 µs a line, less the pickling), still "
-        "short; the rest needs fewer rows written per line (an audit row per chunk rather than per line, "
-        "which is the privacy officer's decision). Not done."
+        "take about a fifth off the main process at best (its 18 µs of about 80 µs a line), but a prototype "
+        "(a spawned process validating, the events pickled back) left the main process's CPU as it was "
+        "(17.9 against 17.8 s: unpickling the models costs what validating them did) and took longer (22.9 "
+        "against 19.0 s). The rest needs fewer rows written per line (an audit row per chunk rather than "
+        "per line, which is the privacy officer's decision). Not done."
     )
     targets.add(
         "Intake, consent lines/s (chunked)",
