@@ -99,13 +99,14 @@ def import_lines(
             chunk = next(chunks, None)
             if chunk is None:
                 break
-            results = _store(chunk, key, document_key, url, later, defer=True)
+            results, deferred = _store(chunk, key, document_key, url, defer=True)
+            later += deferred
             chunk.clear()  # so also the list chunked() holds until its next step
         yield results
     ordered = retry_order(later)
     for start in range(0, len(ordered), chunk_lines):
         with collector_paused():
-            results = _store(ordered[start : start + chunk_lines], key, document_key, url, [], defer=False)
+            results, _ = _store(ordered[start : start + chunk_lines], key, document_key, url, defer=False)
         yield results
     # The file's pages into the database file before the caller goes on: a job right after
     # the intake would otherwise share its first commits with that checkpoint (70 ms of a
@@ -118,20 +119,18 @@ def _store(
     key: bytes,
     document_key: bytes | None,
     url: str | None,
-    later: list[Parsed],
     defer: bool,
-) -> list[LineResult]:
-    """Store the events of `chunk` with their audit rows in a transaction of their own; its
-    results (the rejections it brings included) by line number. Lines naming what is not
-    known yet go onto `later` (with `defer`)."""
+) -> tuple[list[LineResult], list[Parsed]]:
+    """Store the events of `chunk` with their audit rows in a transaction of their own: its
+    results (the rejections it brings included) by line number, and (with `defer`) the lines
+    naming what is not known yet, to be tried again after the file."""
     results = [item for item in chunk if isinstance(item, LineResult)]
     events = [item for item in chunk if not isinstance(item, LineResult)]
-    if events:
-        with transaction(url, cache_mb=CHUNK_CACHE_MB) as session:
-            applier = Applier(session, key, document_key)
-            applied = applier.apply(events, defer=defer)
-            write_audit(session, applied.audit)
-            applier.close()
-        results += applied.results
-        later += applied.later
-    return sorted(results, key=lambda r: r.line)
+    if not events:
+        return results, []
+    with transaction(url, cache_mb=CHUNK_CACHE_MB) as session:
+        applier = Applier(session, key, document_key)
+        applied = applier.apply(events, defer=defer)
+        write_audit(session, applied.audit)
+        applier.close()
+    return sorted(results + applied.results, key=lambda r: r.line), applied.later
