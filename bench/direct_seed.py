@@ -16,7 +16,6 @@ same subjects seeded both ways give the same rows and the same pushed payloads.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from models.db import get_engine, insert_many, transaction
 from models.identity import pseudonym
 from models.migrate import upgrade
 from models.subjects import DataSubject
-from models.types import event_key, utcnow
+from models.types import event_key, new_id, utcnow
 
 _SUBJECTS = DataSubject.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
 _CONSENTS = ConsentRecord.__table__.insert()  # type: ignore[attr-defined]  # SQLModel declares no __table__; SQLAlchemy sets it
@@ -85,7 +84,7 @@ def write_slice(session: Session, key: bytes, start: int, stop: int, base: datet
     for offset, (signup, confirm) in enumerate(seed.signup_confirm_events(start, stop, base)):
         address = signup["email"]  # already in normal form (checked by the spot checks)
         signup_key, confirm_key = _dedupe_keys(key, signup, confirm, (start + offset) % SPOT_CHECK_EVERY == 0)
-        subject_id, consent_id, name = uuid.uuid4(), uuid.uuid4(), pseudonym(key, "email", address)
+        subject_id, consent_id, name = new_id(), new_id(), pseudonym(key, "email", address)
         signup_at, confirm_at = datetime.fromisoformat(signup["at"]), datetime.fromisoformat(confirm["at"])
         subjects.append((subject_id, name, address, signup["salutation"], signup["first_name"], signup["last_name"]))
         consents.append(
