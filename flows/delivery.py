@@ -352,8 +352,9 @@ def _write_next_ahead(
 ) -> None:
     """Write the batch after this one ahead, in this batch's transaction, while its calls
     are on the wire; mark it on the cursor (``SyncCursor.ahead_*``), so the next batch's
-    step 1, if it starts there with the same size, only locks its cursor. A short batch
-    (the stream's end) is left to the next batch's own step 1: more may have come by then.
+    step 1, if it starts there with the same size, only locks its cursor. A short one (the
+    stream's last) is written ahead too: the next batch then sends what it covers, and what
+    comes after it is the batch after's (the next run's, in a sync that planned its batches).
 
     Registered before it leaves all the same: these rows commit with this batch, before
     the next batch sends anything; if this batch fails they roll back with it. A record
@@ -361,21 +362,20 @@ def _write_next_ahead(
     ahead by the batch that sends it. Whoever is being erased or restricted is left out,
     as in step 1."""
     bounds = job.stream_bounds(session, last_seq, limit)
-    if bounds is not None:
-        count, through = bounds
-        if count < limit or through is None:  # the stream's end: what follows may come before the next batch
-            return  # (an incremental sync's only batch: nobody left out needs looking up)
+    records, through = bounds if bounds is not None else (0, None)
+    if bounds is not None and through is None:  # nothing follows (an incremental sync's only batch)
+        return
     left_out = being_erased(session) | held_back(session)
-    if bounds is not None and through is not None and not left_out:
+    if through is not None and not left_out:
         written = job.write_ahead_between(session, last_seq, through, now)
     else:
         rows = job.select_ahead(session, last_seq, limit)
-        if len(rows) < limit:
+        if not rows:
             return
-        through = job.seq(rows[-1])
+        records, through = len(rows), job.seq(rows[-1])
         written = _write_ahead(session, [r for r in job.reaches(session, rows) if r.subject_id not in left_out], now)
     if written:
-        events.append(decision(f"{job.name}.register_ahead", "may_hold", records=limit, rows=written, batch="next"))
+        events.append(decision(f"{job.name}.register_ahead", "may_hold", records=records, rows=written, batch="next"))
     cursor = get_cursor(session, job.cursor)
     cursor.ahead_after, cursor.ahead_through, cursor.ahead_count = last_seq, through, limit
 

@@ -280,7 +280,7 @@ def test_a_crash_after_the_upsert_then_a_rerun_ends_exactly_right(against_sandbo
 def test_each_batch_writes_the_next_one_ahead_and_every_upsert_finds_its_receivers_registered(
     against_sandbox, monkeypatch
 ):
-    emails = [f"w{i}@example.de" for i in range(40)]
+    emails = [f"w{i}@example.de" for i in range(45)]
     take_in(*[line for e in emails for line in (signup(e), confirm(e))])
     original, unregistered, sent = newsletter._upsert, [], []
 
@@ -301,13 +301,15 @@ def test_each_batch_writes_the_next_one_ahead_and_every_upsert_finds_its_receive
 
     monkeypatch.setattr(newsletter, "_upsert", checked)
     counts = newsletter.sync_newsletter_consents(batch_size=5, records_per_task=10)
-    assert counts["pushed"] == 40 and len(sent) == 40
+    assert counts["pushed"] == 45 and len(sent) == 45
     assert unregistered == []
     with transaction() as session:
         ahead = session.exec(select(AuditEntry.detail).where(AuditEntry.action.endswith(".register_ahead"))).all()
-    # Four batches of 10: the first writes itself ahead, each of the next three was written
-    # by the batch before it (while its upserts were on the wire) and writes nothing again.
-    assert len(ahead) == 4 and sum("batch=next" in detail for detail in ahead) == 3
+    # Batches of 10, 10, 10, 10 and 5: the first writes itself ahead, each of the next four
+    # (the short last one too) was written by the batch before it (while its upserts were on
+    # the wire) and writes nothing again.
+    assert len(ahead) == 5 and sum("batch=next" in detail for detail in ahead) == 4
+    assert "records=5" in ahead[-1]
     # A different batch size does not trust the marks: 10 more go through their own step 1.
     more = [f"v{i}@example.de" for i in range(10)]
     take_in(*[line for e in more for line in (signup(e), confirm(e))])
