@@ -158,6 +158,32 @@ def test_a_chunk_that_fails_rolls_back_alone_and_what_was_reported_stays(setting
     assert sum(o == "stored" for o in outcomes.values()) == len(lines) - len(BAD) - stored_first
 
 
+def test_a_commit_that_fails_is_raised_and_its_chunk_never_reported(settings, monkeypatch):
+    """A chunk's commit runs while the next chunk is read: if it fails (a full disk at the
+    commit), the import stops with that error, the chunk is not reported and not stored,
+    and the chunk read meanwhile is not applied."""
+    from sqlmodel import Session
+
+    lines = file_lines(3 * CHUNK)
+    commits = {"n": 0}
+    real = Session.commit
+
+    def failing(self):
+        commits["n"] += 1
+        if commits["n"] == 2:
+            raise RuntimeError("disk full at commit")
+        return real(self)
+
+    monkeypatch.setattr(Session, "commit", failing)
+    reported = []
+    with pytest.raises(RuntimeError, match="disk full at commit"):
+        for results in import_lines(KEY, lines, now=NOW):
+            reported += results
+    assert commits["n"] == 2  # the third chunk was read, never applied
+    assert max(r.line for r in reported) == CHUNK  # the first chunk only
+    assert consent_events() == sum(r.outcome == "stored" for r in reported)
+
+
 def test_psync_intake_killed_mid_file_loses_nothing_it_reported(settings, database_url, tmp_path):
     """A real process (`psync intake`) reading from a pipe: once it has reported line
     CHUNK*2 rejected (so the second chunk has committed) it waits for more of the file and is
