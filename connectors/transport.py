@@ -196,10 +196,44 @@ def path(*segments: str | int) -> EncodedPath:
     return EncodedPath("/" + "/".join(encoded))
 
 
+class PoolKeepingAdapter(HTTPAdapter):
+    """requests' adapter, keeping the connection pool it found for an API's origin.
+
+    ``HTTPAdapter`` finds the pool for every request anew: it parses the URL again, builds
+    the pool key's TLS attributes and normalises the key through urllib3's pool manager, a
+    good part of a small call's client time (about 100 µs of 700 on the bookings benchmark's
+    machine). The pool for an origin (scheme, host, port) and TLS settings does not change,
+    so it is kept here for as long as the adapter lives (``close`` drops them). Calls
+    through a proxy are left to ``HTTPAdapter``. Everything else (timeouts, the errors
+    raised, the response built) is ``HTTPAdapter``'s own, and a test that patches
+    ``HTTPAdapter.send`` (``responses``) still answers.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._pools: dict[tuple[str, Any, Any], Any] = {}
+
+    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+        url = request.url
+        if proxies or not isinstance(url, str):
+            return super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+        # The origin: "scheme://authority", up to the path's first slash.
+        end = url.find("/", url.find("//") + 2)
+        key = (url if end < 0 else url[:end], verify, cert if cert is None or isinstance(cert, str) else tuple(cert))
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = super().get_connection_with_tls_context(request, verify, proxies=None, cert=cert)
+        return pool
+
+    def close(self) -> None:
+        self._pools.clear()
+        super().close()
+
+
 def make_session(pool_size: int = 4) -> requests.Session:
     """A pooled session. urllib3's own retries are off: tenacity here is the one retry loop."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+    adapter = PoolKeepingAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT

@@ -129,3 +129,21 @@ def test_a_refused_token_is_renewed_through_the_response_hook():
     client = HttpClient("proc", BASE, auth=auth, session=environment_resolved_session(BASE), policy=RetryPolicy())
     assert client.request("x.get", "GET", path("x")).json() == {"ok": True}
     assert [c.request.headers["Authorization"] for c in responses.calls] == ["Bearer old", "Bearer new"]
+
+
+def test_the_adapter_keeps_an_origins_pool_while_it_lives():
+    session = make_session()
+    adapter = session.get_adapter(BASE)
+
+    def pool(url, verify=True, proxies=None):
+        request = requests.Request("GET", url).prepare()
+        return adapter.get_connection_with_tls_context(request, verify, proxies=proxies)
+
+    first = pool(f"{BASE}/v1/customers/a%40b.de")
+    assert pool(f"{BASE}/v1/appointments?external=1") is first  # same origin, same pool
+    assert pool("https://other.test/v1") is not first
+    assert pool(f"{BASE}/x", verify=False) is not first  # other TLS settings, another pool
+    proxied = pool(f"{BASE}/x", proxies={"https": "http://proxy.test:3128"})
+    assert proxied is not first  # through a proxy: HTTPAdapter's own lookup
+    session.close()
+    assert pool(f"{BASE}/x") is not first
