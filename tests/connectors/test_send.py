@@ -147,3 +147,23 @@ def test_the_adapter_keeps_an_origins_pool_while_it_lives():
     assert proxied is not first  # through a proxy: HTTPAdapter's own lookup
     session.close()
     assert pool(f"{BASE}/x") is not first
+
+
+@pytest.mark.parametrize(
+    "base", [BASE, f"{BASE}/v3", "https://API.test/Timify", "https://bücher.test/api", "https://api.test:8443/x y"]
+)
+@pytest.mark.parametrize(
+    "segments",
+    [("customers",), ("groups.json", 7, "receivers", "a/b#c?d%e f@example.de"), ("v1", "ä ö", "~_.-", "%41")],
+)
+def test_a_client_sends_the_url_requests_would_prepare(base, segments):
+    session = environment_resolved_session(BASE)
+    adapter = Recording()
+    session.mount("https://", adapter)
+    client = HttpClient("proc", base, session=session, policy=RetryPolicy(max_attempts=1))
+    for params in (None, {"external": 1}):
+        client.request("x.get", "GET", path(*segments), params=params)
+        expected = requests.Request("GET", client.base_url + path(*segments), params=params).prepare().url
+        assert adapter.sent[-1][0].url == expected
+    # Only a base URL that preparation leaves as it is skips it.
+    assert client._base_prepared() is (base in (BASE, f"{BASE}/v3"))
