@@ -79,6 +79,9 @@ FIELD_KEYS: Mapping[str, tuple[str, str]] = {
 }
 
 _CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# The create paths, built once: a push creates two records a booking. (The path by our own
+# id is built only when a create needs the lookup.)
+_COLLECTIONS = {kind: path("v1", kind) for kind in ("customers", "appointments")}
 
 
 def check_allowed(fields: Mapping[str, Any]) -> None:
@@ -235,18 +238,22 @@ class Timify:
         if record_id is not None:
             response = self._call(f"{kind}.update", "PATCH", path("v1", kind, record_id), json=update)
             return self._id(response, f"{kind}.update")
-        by_external, collection = path("v1", kind, external_id), path("v1", kind)
 
         def create_once():
             return self._call(
-                f"{kind}.create", "POST", collection, json=create, idempotent=False, expect=(409,), items=1
+                f"{kind}.create", "POST", _COLLECTIONS[kind], json=create, idempotent=False, expect=(409,), items=1
             )
 
         def find():
             # One PATCH by our id finds and updates it. Should a lost create surface late
             # after a repeat, TIMIFY refuses the duplicate externalId: it never lands twice.
             found = self._call(
-                f"{kind}.lookup", "PATCH", by_external, params={"external": 1}, json=update, expect=(404,)
+                f"{kind}.lookup",
+                "PATCH",
+                path("v1", kind, external_id),
+                params={"external": 1},
+                json=update,
+                expect=(404,),
             )
             return None if found.status_code == 404 else self._id(found, f"{kind}.lookup")
 
