@@ -8,9 +8,7 @@ transaction as what they record.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -91,37 +89,24 @@ def import_lines(
     context = validation_context(now, service_points, base_dir, max_document_bytes)
     later: list[Parsed] = []
     chunks = chunked(parse_lines(lines, context), chunk_lines, chunk_bytes)
-    # A chunk's commit (SQLite writing its pages to the WAL: a fifth of an intake's time, with
-    # the interpreter lock released) runs on a thread of its own while this one reads and
-    # validates the next chunk, which needs no database. The chunk is applied only after the
-    # commit before it has ended, and a chunk's results are yielded only once it committed.
-    committing: Future[list[LineResult]] | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="psync-intake-commit") as committer:
-        while True:
-            # Reading, validating and storing a chunk run with the cycle collector paused;
-            # the caller's code between chunks (the yield) runs with it as it was. The chunk's
-            # events and rows are gone (``_apply``'s locals, by reference count) before it
-            # resumes: what is still alive then, the collector walks at its first allocation
-            # (10-20 ms a chunk for the 30,000 objects of a chunk of 5,000 consent lines;
-            # ``Applier.close``).
-            with collector_paused():
-                chunk = next(chunks, None)
-                stored = committing.result() if committing is not None else None
-            committing = None
-            if stored is not None:
-                yield stored
+    while True:
+        # Reading, validating and storing a chunk run with the cycle collector paused; the
+        # caller's code between chunks (the yield) runs with it as it was. The chunk's events
+        # and rows are gone (``_store``'s locals, by reference count) before it resumes: what
+        # is still alive then, the collector walks at its first allocation (10-20 ms a chunk
+        # for the 30,000 objects of a chunk of 5,000 consent lines; ``Applier.close``).
+        with collector_paused():
+            chunk = next(chunks, None)
             if chunk is None:
                 break
-            with collector_paused():
-                results, deferred, commit = _apply(chunk, key, document_key, url, defer=True)
-                later += deferred
-                chunk.clear()  # so also the list chunked() holds until its next step
-            committing = committer.submit(_committed, commit, results)
+            results, deferred = _store(chunk, key, document_key, url, defer=True)
+            later += deferred
+            chunk.clear()  # so also the list chunked() holds until its next step
+        yield results
     ordered = retry_order(later)
     for start in range(0, len(ordered), chunk_lines):
         with collector_paused():
-            results, _, commit = _apply(ordered[start : start + chunk_lines], key, document_key, url, defer=False)
-            commit()
+            results, _ = _store(ordered[start : start + chunk_lines], key, document_key, url, defer=False)
         yield results
     # The file's pages into the database file before the caller goes on: a job right after
     # the intake would otherwise share its first commits with that checkpoint (70 ms of a
@@ -129,37 +114,23 @@ def import_lines(
     checkpoint(url)
 
 
-def _committed(commit: Callable[[], object], results: list[LineResult]) -> list[LineResult]:
-    commit()
-    return results
-
-
-def _apply(
+def _store(
     chunk: Sequence[LineResult | Parsed],
     key: bytes,
     document_key: bytes | None,
     url: str | None,
     defer: bool,
-) -> tuple[list[LineResult], list[Parsed], Callable[[], object]]:
-    """Store the events of `chunk` with their audit rows in a transaction of their own, all
-    but its commit: its results (the rejections it brings included) by line number, (with
-    `defer`) the lines naming what is not known yet, to be tried again after the file, and
-    the commit (or nothing, for a chunk without events). Whoever calls the commit, the
-    transaction is this chunk's alone until then; on an error here it is rolled back."""
+) -> tuple[list[LineResult], list[Parsed]]:
+    """Store the events of `chunk` with their audit rows in a transaction of their own: its
+    results (the rejections it brings included) by line number, and (with `defer`) the lines
+    naming what is not known yet, to be tried again after the file."""
     results = [item for item in chunk if isinstance(item, LineResult)]
     events = [item for item in chunk if not isinstance(item, LineResult)]
     if not events:
-        return results, [], _nothing
-    with ExitStack() as stack:
-        session = stack.enter_context(transaction(url, cache_mb=CHUNK_CACHE_MB))
+        return results, []
+    with transaction(url, cache_mb=CHUNK_CACHE_MB) as session:
         applier = Applier(session, key, document_key)
         applied = applier.apply(events, defer=defer)
         write_audit(session, applied.audit)
         applier.close()
-        session.flush()  # so the commit has only the pages to write
-        commit = stack.pop_all().close  # leaves the block without committing
-    return sorted(results + applied.results, key=lambda r: r.line), applied.later, commit
-
-
-def _nothing() -> None:
-    return None
+    return sorted(results + applied.results, key=lambda r: r.line), applied.later

@@ -159,9 +159,8 @@ def test_a_chunk_that_fails_rolls_back_alone_and_what_was_reported_stays(setting
 
 
 def test_a_commit_that_fails_is_raised_and_its_chunk_never_reported(settings, monkeypatch):
-    """A chunk's commit runs while the next chunk is read: if it fails (a full disk at the
-    commit), the import stops with that error, the chunk is not reported and not stored,
-    and the chunk read meanwhile is not applied."""
+    """A chunk whose commit fails (a full disk at the commit): the import stops with that
+    error, the chunk is not reported and not stored, and no chunk after it is applied."""
     from sqlmodel import Session
 
     lines = file_lines(3 * CHUNK)
@@ -179,7 +178,7 @@ def test_a_commit_that_fails_is_raised_and_its_chunk_never_reported(settings, mo
     with pytest.raises(RuntimeError, match="disk full at commit"):
         for results in import_lines(KEY, lines, now=NOW):
             reported += results
-    assert commits["n"] == 2  # the third chunk was read, never applied
+    assert commits["n"] == 2  # the third chunk was never applied
     assert max(r.line for r in reported) == CHUNK  # the first chunk only
     assert consent_events() == sum(r.outcome == "stored" for r in reported)
 
