@@ -422,7 +422,7 @@ class ConsentJob(_ListJob):
             # no wall time of their own.
             counts, events, failures = _remove_lapsed(session, client, self.list_name, self.group, rows, now, groups)
             if groups is not None:  # taken off the answers if the removal did not need it
-                with contextlib.suppress(ProcessorError):  # (nor its failure)
+                with contextlib.suppress(Exception):  # (nor its failure: the upserts meet their own)
                     groups()
             if meanwhile is not None:
                 meanwhile()

@@ -123,7 +123,8 @@ def new_id() -> uuid.UUID:
     global _last_stamp
     ns = time.time_ns()
     # 48 bits of milliseconds, then 12 bits of the millisecond's fraction (RFC 9562 method
-    # 3), kept increasing within this process.
+    # 3), kept increasing from one call to the next (two threads at the same instant may
+    # share a stamp: the random bits keep their ids apart).
     stamp = ((ns // 1_000_000) << 12) | ((ns % 1_000_000) * 4096 // 1_000_000)
     if stamp <= _last_stamp:
         stamp = _last_stamp + 1
