@@ -20,7 +20,6 @@ crash between the call and the commit only means the (idempotent) batch is sent 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import uuid
@@ -29,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Annotated, NamedTuple
+from typing import Annotated, NamedTuple, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -92,6 +91,7 @@ from models.restriction import restricted
 from models.subjects import DataSubject
 from models.types import event_key, utcnow
 
+T = TypeVar("T")
 PROCESSOR = cleverreach.PROCESSOR
 ALL_LISTS = [ConsentList.newsletter, ConsentList.service_offers]
 
@@ -414,16 +414,18 @@ class ConsentJob(_ListJob):
         # Whether a removal may ask for the account's groups (``_account_wide``): asked
         # for first, beside the first upsert, so the answer is there when the removal
         # reads the register (an incremental sync's deletes waited for it).
+        # Its failure comes back as its answer: raised where the answers are taken, it would
+        # end them, and the upserts' answers after it would never be recorded.
         ask = any(map(_unsure, rows))
-        with overlapped([client.groups, *sends] if ask else sends) as answers:
-            groups = functools.cache(partial(next, answers)) if ask else None
+        with overlapped([partial(_answer_or_error, client.groups), *sends] if ask else sends) as answers:
+            taken = functools.cache(partial(next, answers)) if ask else None
             # The lapsed are removed while the first upserts are out: other people (a
             # consent is confirmed or lapsed), and an incremental sync's deletes then cost
             # no wall time of their own.
+            groups = partial(_raised, taken) if taken is not None else None
             counts, events, failures = _remove_lapsed(session, client, self.list_name, self.group, rows, now, groups)
-            if groups is not None:  # taken off the answers if the removal did not need it
-                with contextlib.suppress(Exception):  # (nor its failure: the upserts meet their own)
-                    groups()
+            if taken is not None:
+                taken()  # off the answers if the removal did not need it (a failure with it: no one asked)
             if meanwhile is not None:
                 meanwhile()
             for index, (sent, refused) in enumerate(answers, start=1):
@@ -448,6 +450,22 @@ class ConsentJob(_ListJob):
         ctx.counts.update(counts)
         ctx.events += events
         return failures
+
+
+def _answer_or_error(call: Callable[[], T]) -> T | Exception:
+    """``call()``'s answer, or the exception it raised, as its answer."""
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001  # not swallowed: handed on, raised where it is needed (_raised)
+        return exc
+
+
+def _raised(answer: Callable[[], T | Exception]) -> T:
+    """The answer of ``_answer_or_error``, its exception raised."""
+    value = answer()
+    if isinstance(value, Exception):
+        raise value
+    return value
 
 
 def _record_of(row) -> str:

@@ -164,6 +164,24 @@ def test_a_removal_asks_for_the_groups_once_and_audits_the_call(against_sandbox)
     assert len(asked) == 1 and asked[0].outcome == "ok"
 
 
+def test_a_groups_answer_no_removal_needed_is_dropped_with_its_failure(against_sandbox, monkeypatch):
+    # The groups call goes out beside the first upsert whenever a change may have to be
+    # removed. Here the withdrawn person never reached CleverReach (confirmed and withdrawn
+    # before any sync): no account-wide delete needs the answer, so its failure fails nothing.
+    take_in(signup("k@example.de"), confirm("k@example.de"), signup("n@example.de"), confirm("n@example.de"))
+    take_in(withdraw("n@example.de"))
+    asked = []
+
+    def unavailable(self):
+        asked.append(self)
+        raise RuntimeError("groups unavailable")
+
+    monkeypatch.setattr(newsletter.cleverreach.CleverReach, "groups", unavailable)
+    counts = newsletter.sync_newsletter_consents()
+    assert len(asked) == 1  # asked once, with the upserts
+    assert counts["pushed"] == 1 and list(receivers(against_sandbox, "1001")) == ["k@example.de"]
+
+
 def test_withdrawals_leave_the_account_in_batches(against_sandbox):
     emails = [f"b{i}@example.de" for i in range(7)]
     take_in(*[line for e in emails for line in (signup(e), confirm(e))])
