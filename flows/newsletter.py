@@ -20,7 +20,6 @@ crash between the call and the commit only means the (idempotent) batch is sent 
 
 from __future__ import annotations
 
-import functools
 import math
 import uuid
 from collections import Counter
@@ -28,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Annotated, NamedTuple, TypeVar
+from typing import Annotated, NamedTuple
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -91,7 +90,6 @@ from models.restriction import restricted
 from models.subjects import DataSubject
 from models.types import event_key, utcnow
 
-T = TypeVar("T")
 PROCESSOR = cleverreach.PROCESSOR
 ALL_LISTS = [ConsentList.newsletter, ConsentList.service_offers]
 
@@ -238,7 +236,6 @@ def _remove(
     rows: Sequence,
     now: datetime,
     elsewhere: set[uuid.UUID] | None = None,
-    groups: Callable[[], list[dict]] | None = None,
 ) -> tuple[Counter[str], list[AuditEvent], dict[str, Exception]]:
     """Remove these live register rows' receivers (rows with id, external_id, subject_id,
     email, pseudonym); mark the register; returns counts, audit events and the rows whose
@@ -251,7 +248,7 @@ def _remove(
     time. A failed delete leaves the register row live for the next run. A row with a
     receiver id (kept by a rectification) is deactivated and deleted by that id. The HTTP
     layer's rate limiter paces every call. The caller holds every list's cursor
-    (``_lock_cursors``); `elsewhere` and `groups` as ``_account_wide``'s.
+    (``_lock_cursors``); `elsewhere` as ``_account_wide``'s.
     """
     counts: Counter[str] = Counter()
     events: list[AuditEvent] = []
@@ -260,7 +257,7 @@ def _remove(
     # done), so it is deactivated and deleted by that id, never by our address.
     by_id = [r for r in rows if r.external_id]
     rows = [r for r in rows if not r.external_id] if by_id else rows
-    everywhere = _account_wide(session, client, list_name, [r.subject_id for r in rows if r.email], elsewhere, groups)
+    everywhere = _account_wide(session, client, list_name, [r.subject_id for r in rows if r.email], elsewhere)
     bulk, size = [r for r in rows if r.subject_id in everywhere], client.batch_size
     batches = [bulk[i : i + size] for i in range(0, len(bulk), size)]
     outcomes = concurrently(client.bulk_delete, [[r.email for r in batch] for batch in batches])
@@ -319,7 +316,6 @@ def _account_wide(
     list_name: str,
     subject_ids: list[uuid.UUID],
     elsewhere: set[uuid.UUID] | None = None,
-    groups: Callable[[], list[dict]] | None = None,
 ) -> set[uuid.UUID]:
     """The subjects among these whose addresses may be deleted from the whole CleverReach
     account: the account has no group but this sync's, and the register has none of them
@@ -328,8 +324,7 @@ def _account_wide(
     Asks CleverReach for its groups (a group someone added by hand may hold the address for
     a purpose we do not know of). `elsewhere`: the subjects (a superset of these) the
     register has live there for another purpose, if the caller read them in this
-    transaction already; otherwise read here. `groups`: the account's groups, if the caller
-    asked for them already (default: ``client.groups``).
+    transaction already; otherwise read here.
 
     The caller holds the other lists' cursors until the delete commits: a push to another
     list holds its cursor for its whole transaction and registers what it sent in it, so it
@@ -340,7 +335,7 @@ def _account_wide(
         return set()
     settings = get_settings()
     ours = {str(settings.cleverreach.group(name) or "") for name in ALL_LISTS}
-    if not {str(g["id"]) for g in (groups or client.groups)()} <= ours:
+    if not {str(g["id"]) for g in client.groups()} <= ours:
         return set()
     if elsewhere is None:
         elsewhere = live_for_other_purposes(session, PROCESSOR, _purpose(list_name), subject_ids)
@@ -410,22 +405,11 @@ class ConsentJob(_ListJob):
         wave: list[uuid.UUID] = []  # subjects CleverReach answered for, not yet recorded
         calls: list[int] = []  # receivers per answered upsert of the wave
         upsert = partial(_upsert, client, self.group, self.list_name)
-        sends: list[Callable] = [partial(isolate, upsert, unit) for unit in units]
-        # Whether a removal may ask for the account's groups (``_account_wide``): asked
-        # for first, beside the first upsert, so the answer is there when the removal
-        # reads the register (an incremental sync's deletes waited for it).
-        # Its failure comes back as its answer: raised where the answers are taken, it would
-        # end them, and the upserts' answers after it would never be recorded.
-        ask = any(map(_unsure, rows))
-        with overlapped([partial(_answer_or_error, client.groups), *sends] if ask else sends) as answers:
-            taken = functools.cache(partial(next, answers)) if ask else None
+        with overlapped(partial(isolate, upsert, unit) for unit in units) as answers:
             # The lapsed are removed while the first upserts are out: other people (a
             # consent is confirmed or lapsed), and an incremental sync's deletes then cost
             # no wall time of their own.
-            groups = partial(_raised, taken) if taken is not None else None
-            counts, events, failures = _remove_lapsed(session, client, self.list_name, self.group, rows, now, groups)
-            if taken is not None:
-                taken()  # off the answers if the removal did not need it (a failure with it: no one asked)
+            counts, events, failures = _remove_lapsed(session, client, self.list_name, self.group, rows, now)
             if meanwhile is not None:
                 meanwhile()
             for index, (sent, refused) in enumerate(answers, start=1):
@@ -450,22 +434,6 @@ class ConsentJob(_ListJob):
         ctx.counts.update(counts)
         ctx.events += events
         return failures
-
-
-def _answer_or_error(call: Callable[[], T]) -> T | Exception:
-    """``call()``'s answer, or the exception it raised, as its answer."""
-    try:
-        return call()
-    except Exception as exc:  # noqa: BLE001  # not swallowed: handed on, raised where it is needed (_raised)
-        return exc
-
-
-def _raised(answer: Callable[[], T | Exception]) -> T:
-    """The answer of ``_answer_or_error``, its exception raised."""
-    value = answer()
-    if isinstance(value, Exception):
-        raise value
-    return value
 
 
 def _record_of(row) -> str:
@@ -545,7 +513,6 @@ def _remove_lapsed(
     group: str,
     rows: Sequence,
     now: datetime,
-    groups: Callable[[], list[dict]] | None = None,
 ) -> tuple[Counter[str], list[AuditEvent], dict[str, Exception]]:
     """Remove at CleverReach the consents among `rows` that were confirmed and stand no more;
     returns counts, audit events (for the batch's one audit write, after its register rows)
@@ -584,7 +551,7 @@ def _remove_lapsed(
         if r.removed_at is None
     ]
     counts, events, left = (
-        _remove(session, client, list_name, group, live, now, elsewhere, groups) if live else (Counter(), [], {})
+        _remove(session, client, list_name, group, live, now, elsewhere=elsewhere) if live else (Counter(), [], {})
     )
     if left:  # left live in the register: the removal pass takes them
         counts["remove_failed"] += len(left)
