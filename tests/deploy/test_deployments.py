@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -62,14 +63,17 @@ def as_worker(stack, monkeypatch):
 # --- the Prefect REST API, as the UI calls it -------------------------------------------
 def _api(stack: Stack, method: str, path: str, **body) -> dict:
     # The server answers 503 when its SQLite database is busy; Prefect's clients (and the
-    # UI) try again, and so does this. A read that got no answer in time (the server's
-    # SQLite busy with the other test worker's stack on this 2-core machine: once in CI) is
-    # asked again too; it changes nothing.
+    # UI) try again, and so does this. A request that got no answer in time (the server's
+    # SQLite busy with the other test worker's stack on this 2-core machine: twice in CI,
+    # once on a flow run's creation) is sent again when that changes nothing: a read (GET,
+    # a filter), or a creation with an idempotency key, which the server answers with the
+    # run it made the first time.
+    again = method == "GET" or path.endswith("/filter") or "idempotency_key" in body
     for attempt in range(20):
         try:
             answer = requests.request(method, f"{stack.api_url}{path}", json=body or None, timeout=30)
         except requests.ReadTimeout:
-            if method != "GET" or attempt == 19:
+            if not again or attempt == 19:
                 raise
             continue
         if answer.status_code != 503:
@@ -85,7 +89,8 @@ def deployment(stack: Stack, name: str) -> dict:
 
 def start(stack: Stack, name: str, **parameters) -> str:
     """Create a flow run of deployment `name` with `parameters`, as the UI's form does."""
-    run = _api(stack, "POST", f"/deployments/{deployment(stack, name)['id']}/create_flow_run", parameters=parameters)
+    path = f"/deployments/{deployment(stack, name)['id']}/create_flow_run"
+    run = _api(stack, "POST", path, parameters=parameters, idempotency_key=uuid.uuid4().hex)
     STARTED.append(run["id"])
     return run["id"]
 

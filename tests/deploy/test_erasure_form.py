@@ -89,7 +89,8 @@ def _create_later(stack, **parameters) -> str:
     dep = _api(stack, "GET", "/deployments/name/fan-out-erasure/fan-out-erasure")
     later = (utcnow() + timedelta(days=1)).isoformat()
     state = {"type": "SCHEDULED", "state_details": {"scheduled_time": later}}
-    return _api(stack, "POST", f"/deployments/{dep['id']}/create_flow_run", parameters=parameters, state=state)["id"]
+    path = f"/deployments/{dep['id']}/create_flow_run"
+    return _api(stack, "POST", path, parameters=parameters, state=state, idempotency_key=uuid.uuid4().hex)["id"]
 
 
 def _set_state(stack, run_id: str, state: dict) -> None:
