@@ -4,7 +4,6 @@ failures that read as one line."""
 from __future__ import annotations
 
 import functools
-import gc
 import inspect
 import logging
 import threading
@@ -426,26 +425,6 @@ def overlapped(calls: Iterable[Callable[[], T]], in_flight: int | None = None, l
         finally:
             for future in pending:
                 future.cancel()
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for one bulk step, then resume it.
-
-    A batch allocates hundreds of thousands of short-lived rows, tuples and dicts. Each few
-    hundred allocations start a collection, and the older generations hold everything the
-    process has loaded (Prefect, SQLAlchemy), so the collector walked that whole heap again
-    and again: a quarter of the push's CPU time. Reference counting still frees the rows; what
-    cycles they form are collected once the step is over. Process-wide while it lasts.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def concurrently(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sqlmodel import Session
 
+from core.heap import collector_paused
 from flows.common import write_audit
 from intake.lines import (
     CHUNK,
@@ -23,7 +24,6 @@ from intake.lines import (
     Parsed,
     apply_lines,
     chunked,
-    collector_paused,
     parse_lines,
     retry_order,
     validation_context,

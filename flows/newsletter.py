@@ -38,11 +38,11 @@ from sqlmodel import Session, col, select
 
 from connectors import cleverreach
 from connectors.transport import ProcessorError
+from core.heap import collector_paused
 from core.settings import Settings, get_settings
 from flows.common import (
     audit_failure,
     call_events,
-    collector_paused,
     concurrently,
     counts_artifact,
     decision,

@@ -24,10 +24,8 @@ Example::
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Collection, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -220,27 +218,6 @@ def chunked(
             chunk, size = [], 0
     if chunk:
         yield chunk
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cycle collector paused for a chunk of intake, and resumed after it (if it
-    was running).
-
-    A chunk allocates some hundred thousand objects (parsed events, rows, history steps),
-    nearly all freed by their reference count; the collector, started every 700
-    allocations, walked them again and again and now and then the whole heap of the
-    process (Prefect, SQLAlchemy, pydantic: a few hundred thousand objects): 15% of an
-    intake's time. What a chunk leaves in cycles is bounded by the chunk and collected
-    once the collector runs again.
-    """
-    running = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if running:
-            gc.enable()
 
 
 def retry_order(later: list[Parsed]) -> list[Parsed]:

@@ -665,24 +665,6 @@ def test_concurrently_returns_processor_errors_in_place():
         concurrently(lambda t: 1 / 0, ["a", "b"], workers=2)
 
 
-def test_the_collector_pause_restores_what_it_found():
-    import gc
-
-    from flows.common import collector_paused
-
-    assert gc.isenabled()
-    with collector_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        with collector_paused():
-            pass
-        assert not gc.isenabled()  # it was off before; it stays off
-    finally:
-        gc.enable()
-
-
 def test_every_change_gets_exactly_one_decision_in_the_audit_trail(against_sandbox):
     """Removed, held and skipped changes get a decision each; the sent ones one per upsert
     call, with how many receivers it carried."""
