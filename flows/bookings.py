@@ -38,6 +38,7 @@ from connectors.transport import CallRecord
 from core.clock import berlin_today
 from core.settings import Settings, get_settings
 from flows.common import (
+    NO_RESULTS,
     JobFailed,
     audit_failure,
     call_events,
@@ -325,7 +326,7 @@ def push_batch(clients: Clients, limit: int, refs: list[str] | None = None) -> d
     return run_batch(BookingsJob(clients, refs), limit, refs)
 
 
-@flow(name="push-bookings")
+@flow(name="push-bookings", **NO_RESULTS)
 @one_line_failure
 def push_bookings(
     # A run by hand names a few bookings; the bound keeps the stored parameters small.
@@ -381,7 +382,7 @@ def purge_batch(clients: Clients, today: date, after: int, limit: int) -> tuple[
     return dict(batch.counts), rows[-1].seq
 
 
-@flow(name="purge-video-chat-data")
+@flow(name="purge-video-chat-data", **NO_RESULTS)
 @one_line_failure
 def purge_video_chat_data(
     as_of: date | None = None,

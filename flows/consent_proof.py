@@ -43,7 +43,7 @@ from sqlmodel import Session, col, select
 
 from core.settings import get_settings
 from flows import erasure_form as form
-from flows.common import decision, one_line_failure, write_audit
+from flows.common import NO_RESULTS, decision, one_line_failure, write_audit
 from flows.erasure_form import Text
 from flows.rights import purge_outbox, read_outbox, write_outbox
 from models.consent import RANK, ConsentEvent, ConsentList, ConsentRecord, EventKind
@@ -460,7 +460,7 @@ def _artifact(proof: Proof, folder: Path, seconds: float) -> None:
     )
 
 
-@flow(name=FLOW_NAME)
+@flow(name=FLOW_NAME, **NO_RESULTS)
 @one_line_failure
 def consent_proof(
     email: Annotated[Text, form.field("E-Mail-Adresse / e-mail address", maxLength=254)] = "",

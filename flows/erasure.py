@@ -47,6 +47,7 @@ from core.settings import get_settings
 from flows import erasure_form as form
 from flows import journal
 from flows.common import (
+    NO_RESULTS,
     JobFailed,
     call_events,
     counts_artifact,
@@ -465,7 +466,7 @@ def _run(request_ids: Sequence[uuid.UUID] | None, today: date) -> tuple[Counter[
 
 
 # the flows ------------------------------------------------------------------------------
-@flow(name="fan-out-erasure", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]  # Prefect's generics: ThreadPoolTaskRunner() is inferred as [Never]
+@flow(name="fan-out-erasure", **NO_RESULTS, task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]  # Prefect's generics: ThreadPoolTaskRunner() is inferred as [Never]
 @one_line_failure
 def fan_out_erasure(
     email: Annotated[Text, form.field("E-Mail-Adresse / e-mail address", maxLength=254)] = "",
@@ -574,7 +575,7 @@ def _open_from_form(parameters: Mapping[str, Any]) -> uuid.UUID:
         return open_erasure_request(session, **_request_fields(**text)).id
 
 
-@flow(name="follow-up-erasures", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]  # Prefect's generics: ThreadPoolTaskRunner() is inferred as [Never]
+@flow(name="follow-up-erasures", **NO_RESULTS, task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]  # Prefect's generics: ThreadPoolTaskRunner() is inferred as [Never]
 @one_line_failure
 def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
     """Carry every open erasure request forward: read back asynchronous deletions, ask again
@@ -613,7 +614,7 @@ def follow_up_erasures(as_of: date | None = None) -> dict[str, int]:
     return dict(counts)
 
 
-@flow(name="watch-erasure-deadlines")
+@flow(name="watch-erasure-deadlines", **NO_RESULTS)
 @one_line_failure
 def watch_erasure_deadlines(as_of: date | None = None) -> dict[str, int]:
     """Mark every open erasure request on time, due soon (within 5 days) or overdue

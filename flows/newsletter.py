@@ -41,6 +41,7 @@ from connectors.transport import ProcessorError
 from core.heap import collector_paused
 from core.settings import Settings, get_settings
 from flows.common import (
+    NO_RESULTS,
     audit_failure,
     call_events,
     concurrently,
@@ -612,9 +613,7 @@ def _upsert(client: cleverreach.CleverReach, group: str, list_name: str, rows: l
     return len(client.upsert(group, list_name, [receiver_for(list_name, r) for r in rows]))
 
 
-# persist_result=False: the counts are returned and shown in an artifact, never read back;
-# left unset, every run asked the Prefect server whether it keeps results by default.
-@flow(name="sync-newsletter-consents", persist_result=False)
+@flow(name="sync-newsletter-consents", **NO_RESULTS)
 @one_line_failure
 def sync_newsletter_consents(
     lists: list[ConsentList] | None = None,
@@ -727,7 +726,7 @@ def pull_list(client: cleverreach.CleverReach, list_name: str, group: str) -> di
     return dict(counts)
 
 
-@flow(name="pull-newsletter-unsubscribes")
+@flow(name="pull-newsletter-unsubscribes", **NO_RESULTS)
 @one_line_failure
 def pull_newsletter_unsubscribes(lists: list[ConsentList] | None = None) -> dict[str, int]:
     """Pull unsubscribes clicked in newsletters back as local withdrawals.
@@ -817,7 +816,7 @@ def _erase_unused_subjects(session, subjects, now: datetime) -> int:
     return erased
 
 
-@flow(name="expire-unconfirmed-optins")
+@flow(name="expire-unconfirmed-optins", **NO_RESULTS)
 @one_line_failure
 def expire_unconfirmed_optins(
     as_of: datetime | None = None,

@@ -38,7 +38,7 @@ from core import catalogue
 from core.clock import berlin_today
 from core.records import document
 from core.settings import get_settings
-from flows.common import JobFailed, call_events, counts_artifact, decision, one_line_failure, write_audit
+from flows.common import NO_RESULTS, JobFailed, call_events, counts_artifact, decision, one_line_failure, write_audit
 from flows.registry import get_flow
 from models.db import transaction
 from models.recipients import record_removed_for
@@ -132,7 +132,7 @@ def execute_rule(rule_id: str, today: date) -> dict[str, int]:
     return dict(counts)
 
 
-@flow(name=FLOW)
+@flow(name=FLOW, **NO_RESULTS)
 @one_line_failure
 def enforce_retention(as_of: date | None = None) -> dict[str, int]:
     """Execute every deletion rule due today and check every rule for overdue records.

@@ -48,7 +48,7 @@ from core.clock import berlin_today
 from core.settings import Settings, get_settings
 from flows import erasure_form as form
 from flows import journal
-from flows.common import JobFailed, counts_artifact, decision, one_line_failure, run_id, write_audit
+from flows.common import NO_RESULTS, JobFailed, counts_artifact, decision, one_line_failure, run_id, write_audit
 from flows.erasure_form import Text
 from models.audit import AuditEvent
 from models.db import scrub_journal, transaction
@@ -568,7 +568,7 @@ def _open_from_form(parameters: Mapping[str, Any]) -> uuid.UUID:
 RIGHTS = [r.value for r in Right]
 
 
-@flow(name=FORM_FLOW)
+@flow(name=FORM_FLOW, **NO_RESULTS)
 @one_line_failure
 def handle_rights_request(
     right: Annotated[Text, form.field("Recht / right", enum=RIGHTS)] = Right.access.value,
@@ -658,7 +658,7 @@ def handle_rights_request(
     return dict(counts)
 
 
-@flow(name="follow-up-rights-requests")
+@flow(name="follow-up-rights-requests", **NO_RESULTS)
 @one_line_failure
 def follow_up_rights_requests(as_of: date | None = None) -> dict[str, int]:
     """Answer every open data-subject request (from the website's intake, or not answered

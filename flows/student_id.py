@@ -35,6 +35,7 @@ from connectors import isic
 from core.clock import berlin_today
 from core.settings import get_settings
 from flows.common import (
+    NO_RESULTS,
     JobFailed,
     audit_failure,
     call_events,
@@ -264,7 +265,7 @@ def forward_batch(client: isic.Isic, limit: int) -> dict:
     return run_batch(ForwardJob(client), limit)
 
 
-@flow(name="forward-student-id-orders")
+@flow(name="forward-student-id-orders", **NO_RESULTS)
 @one_line_failure
 def forward_student_id_orders(
     records_per_task: Annotated[int, Field(ge=1, le=2000)] = 200,
@@ -327,7 +328,7 @@ def deletion_batch(client: isic.Isic, after: int, limit: int) -> tuple[dict, int
     return _run_batch(client, "isic.verify_deletion", lambda s: deletions_pending(s, after, limit), work)
 
 
-@flow(name="sync-student-id-order-status")
+@flow(name="sync-student-id-order-status", **NO_RESULTS)
 @one_line_failure
 def sync_student_id_order_status(
     batch_size: Annotated[int, Field(ge=1, le=2000)] = 200,
@@ -351,7 +352,7 @@ def sync_student_id_order_status(
 
 
 # purge --------------------------------------------------------------------------------
-@flow(name="purge-student-id-documents")
+@flow(name="purge-student-id-documents", **NO_RESULTS)
 @one_line_failure
 def purge_student_id_documents(
     as_of: date | None = None,
