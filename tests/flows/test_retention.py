@@ -151,6 +151,29 @@ def test_the_flow_runs_each_rules_own_purge_so_nothing_is_left_overdue(settings)
     assert retention.overdue(date(2026, 4, 30), settings) == {}
 
 
+def test_a_purges_counts_arrive_when_the_server_answers_its_final_state_with_its_own_copy(settings, monkeypatch):
+    """A retried state request is answered with the server's copy of the state, which holds
+    no result (none is persisted): the purge's counts still reach the retention flow."""
+    import prefect.flow_engine
+
+    real = prefect.flow_engine.propose_state_sync
+    answered = []
+
+    def servers_copy(*args, **kwargs):
+        state = real(*args, **kwargs)
+        if not state.is_completed():
+            return state
+        answered.append(state.name)
+        return state.model_copy(update={"data": None})
+
+    monkeypatch.setattr(prefect.flow_engine, "propose_state_sync", servers_copy)
+    signed = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    take_in(signup("nie.bestaetigt@example.de", signed), now=signed + timedelta(hours=1))
+    counts = retention.enforce_retention(as_of=date(2026, 3, 31))
+    assert counts["expired"] == 1 and counts["retention_overdue"] == 0
+    assert len(answered) == len(retention.PURGES) + 1  # every purge and the flow itself
+
+
 def test_the_flow_fails_naming_rule_ids_when_something_is_overdue(settings, monkeypatch):
     signed = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
     take_in(signup("nie.bestaetigt@example.de", signed), now=signed + timedelta(hours=1))
