@@ -92,7 +92,13 @@ def job_environment(keep: bool = False) -> Iterator[tuple[Path, int]]:
 @contextmanager
 def prefect_api() -> Iterator[str]:
     """A local Prefect API for the block (the test harness: a server subprocess on SQLite);
-    yields its URL, for flows run in other processes."""
+    yields its URL, for flows run in other processes.
+
+    Flows run in this process within the block run as on the resident runner
+    (``psync.runner``), the one place a process runs flow after flow: heartbeats off and one
+    Prefect client held for every run (``psync.runner.hold_prefect_client``)."""
+    from contextlib import ExitStack
+
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
@@ -100,7 +106,14 @@ def prefect_api() -> Iterator[str]:
     )
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    from psync.runner import hold_prefect_client
+
+    with (
+        prefect_test_harness(),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        ExitStack() as held,
+    ):
+        hold_prefect_client(held)
         yield str(PREFECT_API_URL.value())
 
 

@@ -209,7 +209,7 @@ def serve(socket_path: Path, command: Any, say=print) -> None:
             while True:
                 conn, _ = listener.accept()
                 with conn:
-                    _hold_prefect_client(held)
+                    hold_prefect_client(held)
                     _answer(conn, own, FLOWS, say)
     except (SystemExit, KeyboardInterrupt):
         say("runner: stopped", flush=True)
@@ -228,13 +228,15 @@ def _without_heartbeats() -> Any:
     return temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
-def _hold_prefect_client(stack: ExitStack) -> None:
+def hold_prefect_client(stack: ExitStack) -> None:
     """One Prefect API client for every run from now on, held open on `stack`: Prefect's
     engine takes the client of the context it runs in (``SyncClientContext.get_or_create``)
-    and made one of its own for each run otherwise, about 30 ms a run (its TLS context, a
-    CSRF-token request, the server's version check) of an incremental newsletter sync's
-    0.29 s. Every run here is against the runner's API (``_declined``). While the API does
-    not answer yet, each run makes its own as before, and the next request tries again."""
+    and makes one of its own for each run otherwise, 40-50 ms a run on this machine (its
+    TLS context, loaded from the CA bundle even for a plain-HTTP API, 35 ms of it; a
+    CSRF-token request; the server's version check) of an incremental newsletter sync's
+    0.26 s. Every run here is against the runner's API (``_declined``). While the API does
+    not answer yet, each run makes its own as before, and the next request tries again.
+    The benchmarks run their flows so too (``bench.common.prefect_api``)."""
     from prefect.context import SyncClientContext
 
     if SyncClientContext.get() is not None:

@@ -223,7 +223,7 @@ def test_the_runner_holds_one_prefect_client_for_all_its_runs(prefect_harness, m
     from prefect import flow
     from prefect.client.orchestration import SyncPrefectClient
 
-    from psync.runner import _hold_prefect_client
+    from psync.runner import hold_prefect_client
 
     made: list[object] = []
     original = SyncPrefectClient.__init__
@@ -241,7 +241,7 @@ def test_the_runner_holds_one_prefect_client_for_all_its_runs(prefect_harness, m
     assert [nothing(), nothing()] == [1, 1]
     assert len(made) == 2  # a client of its own for each run
     with ExitStack() as held:
-        _hold_prefect_client(held)
-        _hold_prefect_client(held)  # the next request: the same client
+        hold_prefect_client(held)
+        hold_prefect_client(held)  # the next request: the same client
         assert [nothing(), nothing(), nothing()] == [1, 1, 1]
     assert len(made) == 3  # one more, for the three runs
