@@ -90,13 +90,14 @@ def job_environment(keep: bool = False) -> Iterator[tuple[Path, int]]:
 
 
 @contextmanager
-def prefect_api() -> Iterator[str]:
+def prefect_api(held_client: bool = True) -> Iterator[str]:
     """A local Prefect API for the block (the test harness: a server subprocess on SQLite);
     yields its URL, for flows run in other processes.
 
     Flows run in this process within the block run as on the resident runner
-    (``psync.runner``), the one place a process runs flow after flow: heartbeats off and one
-    Prefect client held for every run (``psync.runner.hold_prefect_client``)."""
+    (``psync.runner``), the one place a process runs flow after flow: heartbeats off and,
+    unless `held_client` is false (a run as ``psync run`` makes it in a process of its own),
+    one Prefect client held for every run (``psync.runner.hold_prefect_client``)."""
     from contextlib import ExitStack
 
     from prefect.settings import (
@@ -113,7 +114,8 @@ def prefect_api() -> Iterator[str]:
         temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
         ExitStack() as held,
     ):
-        hold_prefect_client(held)
+        if held_client:
+            hold_prefect_client(held)
         yield str(PREFECT_API_URL.value())
 
 

@@ -80,7 +80,9 @@ def run(runs: int, keep: bool) -> dict:
         psync = psync_command("run", FLOW)
         python = [sys.executable, "-c"]
         result: dict = {"flow": FLOW, "runs": runs}
-        with prefect_api() as url:
+        # No client held in this process: its flow runs (``_flow_in_process``) stand for a
+        # `psync run` in a process of its own, which makes one.
+        with prefect_api(held_client=False) as url:
             server = {**base, "PREFECT_API_URL": url}
             with _resident_runner(server) as (resident, runner_log):
                 log(f"psync run {FLOW}, nothing to do, on the resident runner ({runs}×)")
