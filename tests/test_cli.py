@@ -12,6 +12,7 @@ from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 from typer.testing import CliRunner
 
+from core.clock import berlin_today
 from core.settings import get_settings
 from models.audit import FIELDS
 from models.db import get_engine, transaction
@@ -273,7 +274,9 @@ def test_rights_request_from_the_command_line_list_extend_and_show(settings, run
     assert done.exit_code == 1 and "completed" in done.output
     waiting = runner.invoke(app, ["request", "access", "--email", "erika@example.de", "--no-answer"])
     access_id = waiting.output.split()[1]
-    today = datetime.now(UTC).date().isoformat()
+    # The controller's calendar day: between 22:00 and 24:00 UTC it is already tomorrow in
+    # Berlin, the day the request counts as received on.
+    today = berlin_today(datetime.now(UTC)).isoformat()
     extended = runner.invoke(
         app, ["request", "extend", access_id, "--months", "2", "--reason", "viele Empfänger", "--informed-on", today]
     )

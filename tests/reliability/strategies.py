@@ -27,6 +27,7 @@ from types import ModuleType
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from core.clock import berlin_today
 from intake.booking import BookingCancel, BookingRequest, BookingReschedule
 from intake.consent import ConsentConfirm, ConsentSignup, ConsentWithdraw
 from intake.erasure import ErasureRequestEvent
@@ -435,7 +436,9 @@ def bad_datetimes(now: datetime, field: str) -> list:
 
 
 def bad_birth_dates(now: datetime) -> list:
-    today = now.date()
+    # Birth dates are checked against the day it is in Berlin: after 22:00/23:00 UTC that is
+    # the next day, and the UTC day is then a plausible birth date (yesterday).
+    today = berlin_today(now)
     return [
         "1990-02-30",
         "1990-13-01",
