@@ -34,8 +34,9 @@ TARGET_INCREMENTAL_RATIO = 0.05  # incremental / full sync time, below
 TARGET_TASKS_PER_BATCH = 1.0  # Prefect task runs per batch of the full sync, at most
 # The incremental sync is timed this often, each time after another 1% change, and judged by
 # the median: a quarter of a second is within reach of the Prefect API's and the machine's
-# hiccups (one round in five took 0.3 s instead of 0.2 s in a run of seven), which one full
-# sync of several seconds averages out. Five rounds: the median stands two such hiccups.
+# hiccups (in timelines of seven rounds, one or two took 0.25-0.3 s where the others took
+# 0.2 s), which one full sync of several seconds averages out. Five rounds: the median
+# stands two such hiccups.
 INCREMENTAL_ROUNDS = 5
 
 

@@ -274,8 +274,8 @@ def test_rights_request_from_the_command_line_list_extend_and_show(settings, run
     assert done.exit_code == 1 and "completed" in done.output
     waiting = runner.invoke(app, ["request", "access", "--email", "erika@example.de", "--no-answer"])
     access_id = waiting.output.split()[1]
-    # The controller's calendar day: between 22:00 and 24:00 UTC it is already tomorrow in
-    # Berlin, the day the request counts as received on.
+    # The controller's calendar day: from 23:00 UTC (22:00 in summer) it is already tomorrow
+    # in Berlin, the day the request counts as received on.
     today = berlin_today(datetime.now(UTC)).isoformat()
     extended = runner.invoke(
         app, ["request", "extend", access_id, "--months", "2", "--reason", "viele Empfänger", "--informed-on", today]
