@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,18 +49,79 @@ def high_water_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def child(mode: str, path: Path, profile: Path | None) -> dict:
-    """One measurement in this (fresh) process: intake of the file at `path`."""
+# A statement's kind in the breakdown: its verb and first table ("INSERT consent_event").
+_STATEMENT = re.compile(r"^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM|SELECT\b.*?\bFROM)\s+(\w+)", re.S | re.I)
+
+
+def time_database(engine) -> dict[str, float]:
+    """Seconds this process spends in SQL statements, by kind (``statement_kind``), and in
+    commits ("COMMIT"), from SQLAlchemy's events on `engine`; filled as the process runs.
+
+    The clock starts as the driver is called and stops when it returns: SQLite's own work
+    and the driver's binding of the parameters, not the Python that built them."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    seconds: dict[str, float] = {}
+    started: dict[str, float] = {}
+
+    def add(kind: str, since: float) -> None:
+        seconds[kind] = seconds.get(kind, 0.0) + time.perf_counter() - since
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn, cursor, statement, parameters, context, executemany):
+        conn.info["psync_bench_started"] = time.perf_counter()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(conn, cursor, statement, parameters, context, executemany):
+        add(statement_kind(statement), conn.info.pop("psync_bench_started"))
+
+    # The engine's commit event comes just before the driver's commit, the session's
+    # after_commit just after it (one session at a time in a measurement's process).
+    event.listen(engine, "commit", lambda conn: started.__setitem__("commit", time.perf_counter()))
+    event.listen(Session, "after_commit", lambda session: add("COMMIT", started.pop("commit", time.perf_counter())))
+    return seconds
+
+
+def statement_kind(statement: str) -> str:
+    """``"INSERT consent_event"`` for an INSERT INTO consent_event, and so on; other
+    statements (BEGIN, PRAGMA) by their first word.
+
+    >>> statement_kind("SELECT data_subject.id FROM data_subject WHERE ...")
+    'SELECT data_subject'
+    >>> statement_kind("UPDATE counter SET value=(counter.value + ?)")
+    'UPDATE counter'
+    """
+    found = _STATEMENT.match(statement)
+    return f"{found[1].split()[0].upper()} {found[2]}" if found else statement.split(None, 1)[0].upper()
+
+
+def validation_seconds(path: Path, now) -> float:
+    """Seconds one pass of validation takes over the file (JSON and the pydantic models, as
+    intake reads it), nothing stored: the validation's share, measured apart."""
+    from intake.lines import parse_lines, validation_context
+
+    started = time.perf_counter()
+    with path.open("rb") as lines:
+        for _ in parse_lines(lines, validation_context(now)):
+            pass
+    return time.perf_counter() - started
+
+
+def child(mode: str, path: Path, profile: Path | None, validation_pass: bool = False) -> dict:
+    """One measurement in this (fresh) process: intake of the file at `path`; with
+    `validation_pass`, one more pass over the file that only validates, timed apart."""
     from collections import Counter
 
     from core.settings import get_settings
     from flows.intake import import_lines, intake_lines
-    from models.db import transaction
+    from models.db import get_engine, transaction
     from models.migrate import upgrade
     from models.types import utcnow
 
     upgrade()
     settings = get_settings()
+    database = time_database(get_engine())
     counts: Counter[str] = Counter()
     profiler = None
     if profile is not None:
@@ -86,6 +148,10 @@ def child(mode: str, path: Path, profile: Path | None) -> dict:
         profiler.disable()
         profiler.dump_stats(profile)
     lines_done = sum(counts.values())
+    peak_mb = high_water_mb()  # the import's, before the validation pass
+    # The import's statements only (the migrations ran before the listeners were attached).
+    sql = {kind: round(value, 4) for kind, value in sorted(database.items(), key=lambda kv: -kv[1])}
+    extra = {"validation_seconds": round(validation_seconds(path, options["now"]), 3)} if validation_pass else {}
     return {
         "mode": mode,
         "lines": lines_done,
@@ -94,16 +160,23 @@ def child(mode: str, path: Path, profile: Path | None) -> dict:
         # The machine is shared: CPU seconds compare runs better than wall time does.
         "cpu_seconds": round(cpu_seconds, 3),
         "lines_per_cpu_second": round(lines_done / cpu_seconds),
-        "peak_rss_mb": high_water_mb(),
+        "peak_rss_mb": peak_mb,
         "outcomes": dict(counts),
+        "database_seconds": sql,
+        "cores": os.cpu_count(),
+        **extra,
     }
 
 
-def run_child(mode: str, path: Path, database: Path, profile: Path | None = None) -> dict:
+def run_child(
+    mode: str, path: Path, database: Path, profile: Path | None = None, validation_pass: bool = False
+) -> dict:
     env = {**os.environ, "PSYNC_DATABASE_URL": f"sqlite:///{database}"}
     command = [sys.executable, "-m", "bench.intake", "--child", mode, "--file", str(path)]
     if profile is not None:
         command += ["--profile-to", str(profile)]
+    if validation_pass:
+        command.append("--validation-pass")
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=6 * 3600)
     if done.returncode:
         raise RuntimeError(f"bench.intake child {mode} failed:\n{done.stderr[-3000:]}")
@@ -206,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", choices=["chunked", "one-transaction"], help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--validation-pass", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.file, args.profile_to)))
+        print(json.dumps(child(args.child, args.file, args.profile_to, args.validation_pass)))
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="psync-bench-intake-"))
@@ -225,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         consents = work / "consents.jsonl"
         lines = write_consents(consents, args.subjects)
         log(f"consents: {lines:,} lines, chunk by chunk")
-        report["consents"] = run_child("chunked", consents, work / "chunked.db")
+        report["consents"] = run_child("chunked", consents, work / "chunked.db", validation_pass=True)
         log(f"consents: {report['consents']['lines_per_second']:,} lines/s; the same file again")
         report["reimport"] = run_child("chunked", consents, work / "chunked.db")
         if args.consents_only:

@@ -543,6 +543,82 @@ def memory(r: dict, targets: Targets) -> list[str]:
     return out
 
 
+# What was tried for the consent import's rate, and what it gave (not measured again each run).
+INTAKE_TRIED = (
+    "Done so far: chunks of 5,000 lines, each transaction with a 64 MB page cache, a chunk's objects "
+    "freed by reference count before the cycle collector resumes (together about 1.5 times the lines per "
+    "CPU second), and row ids ordered by time (UUID version 7: 10,295 and 9,886 against 8,321 and 8,364 "
+    "lines/s with random ids, measured alternating). Tried and left out, each a whole import of these "
+    "200,000 lines on this machine: a chunk's commit on a thread of its own while the next chunk is "
+    "validated (10,192 and 10,150 against 10,387 and 10,461 lines/s: the two threads fight over the "
+    "interpreter lock at every step SQLite returns to Python); validation in a second process with the "
+    "events pickled back a chunk at a time (11,133 and 11,072 lines/s against 9,996 to 10,893 for the "
+    "same code in one process, 2026-12-07: the main process still spent 88-90 CPU us a line, the unpickling "
+    "and the shared cores taking back most of what validation cost it); the same store with validation "
+    "taken out altogether, the ceiling of any design that only moves validation elsewhere (13,452 lines/s, "
+    "74 us a line); chunks of 10,000 and 20,000 lines (10,705 and 9,882 against 10,893: the commits cost "
+    "less a line, the reads and inserts more); dedupe keys of 32 hex characters instead of 64 (10,890 and "
+    "10,268 against 10,732 and 9,762: within the noise). An audit row per chunk instead of per line, which "
+    "would be the privacy officer's decision, would save at most the audit rows' share above, not half. "
+    "20,000 lines/s needs both: the work per line cut by about a third (the four random-order indexes of "
+    "hashed or personal values, the dedupe keys, pseudonyms and e-mail addresses, are most of SQLite's "
+    "inserts and commits) and the rest spread over both cores, with the writes of one chunk overlapping "
+    "the next chunk's work, which needs its reads checked against other writers at commit. Not done."
+)
+
+
+def _intake_breakdown(c: dict) -> list[str]:
+    """Where a consent line's wall time goes, from the import's own measurements: SQL by
+    statement kind and the commits (timed at the driver), validation (a separate pass over
+    the file), and the rest, our Python."""
+    database = c.get("database_seconds")
+    if not database or not c.get("lines"):
+        return []
+    lines, total = c["lines"], c["seconds"]
+
+    def row(what: str, seconds: float) -> list[str]:
+        return [what, f"{1e6 * seconds / lines:.1f}", f"{seconds / total:.0%}"]
+
+    major = {kind: sec for kind, sec in database.items() if sec >= 0.01 * total}
+    rows = [row(f"SQLite: `{kind}`" if kind != "COMMIT" else "SQLite: the commits", sec) for kind, sec in major.items()]
+    others = sum(database.values()) - sum(major.values())
+    if others >= 0.0005 * total:
+        rows.append(row("SQLite: the other statements", others))
+    validation = c.get("validation_seconds")
+    if validation is not None:
+        rows.append(row("validation: JSON and the pydantic models (a separate pass over the file)", validation))
+    rest = total - sum(database.values()) - (validation or 0.0)
+    rows.append(row("the rest: our Python (consent state machine, dedupe keys, pseudonyms, audit chain, rows)", rest))
+    rows.append(["**the whole import**", f"**{1e6 * total / lines:.1f}**", "100%"])
+    return [
+        (
+            "Where a consent line's wall time goes, measured in the import above: SQL statements and commits "
+            "timed where the driver is called (SQLite's work and the binding of the values), validation in one "
+            "more pass over the file that stores nothing, the rest by difference:"
+        ),
+        "",
+        *_table(["", "us per line", "share"], rows),
+    ]
+
+
+def _intake_budget(c: dict) -> str:
+    """The consent import's rate against its target in time per line, from this run."""
+    lines = c["lines"]
+    per_line = 1e6 * c["seconds"] / lines
+    budget = 1e6 / INTAKE_LINES_TARGET
+    text = f"{INTAKE_LINES_TARGET:,} lines/s leaves {budget:.0f} us a line; this import took {per_line:.1f}"
+    database = c.get("database_seconds")
+    if database:
+        text += f", of which SQLite's statements and commits alone {1e6 * sum(database.values()) / lines:.1f}"
+    if c.get("cpu_seconds") and c.get("cores"):
+        cpu = 1e6 * c["cpu_seconds"] / lines
+        text += (
+            f". It spent {cpu:.1f} CPU us a line on one core; spread perfectly over this machine's "
+            f"{c['cores']} cores, that much work would allow at most {c['cores'] * 1e6 / cpu:,.0f} lines/s"
+        )
+    return text + "."
+
+
 def intake(r: dict, targets: Targets) -> list[str]:
     c, b, again = r["consents"], r["baseline"], r["reimport"]
     orders = r["orders_result"]
@@ -596,6 +672,7 @@ def intake(r: dict, targets: Targets) -> list[str]:
             ]
         )
     out += _table(["", "throughput", "peak memory"], rows)
+    out += _intake_breakdown(c)
     top = r.get("profile_top") or []
     if top:
         out += ["Where the consent import's time goes (cProfile, own time, top 12):", ""]
@@ -603,24 +680,7 @@ def intake(r: dict, targets: Targets) -> list[str]:
             ["function", "own s", "share"],
             [[f"`{f['function']}`", f"{f['own_seconds']:.2f}", f"{f['share']:.0%}"] for f in top[:12]],
         )
-    cause = (
-        "Where a consent line's time goes (pyinstrument, 200,000 lines, 5,000 a chunk): SQLite's own work "
-        "about a third (the bulk inserts of events, records, subjects and audit rows, the commits, the "
-        "dedupe and subject reads), validation (JSON, pydantic, the e-mail and IP checks) about 15 %, the "
-        "consent state machine by event time about 27 %, the rest dedupe keys (HMAC), pseudonyms and the "
-        "audit chain. Done so far: chunks of 5,000 lines, each transaction with a 64 MB page cache, a "
-        "chunk's objects freed by reference count before the cycle collector resumes (together about 1.5 "
-        "times the lines per CPU second), and row ids ordered by time (UUID version 7: the four tables' "
-        "inserts go to the right edge of their indexes instead of random pages; 10,295 and 9,886 against "
-        "8,321 and 8,364 lines/s with random ids, measured alternating). Tried and left out: a chunk's "
-        "commit on a thread of its own while the next chunk is validated (10,192 and 10,150 against 10,387 "
-        "and 10,461 lines/s: the two threads fight over the interpreter lock at every step SQLite returns "
-        "to Python), and validation in a second process (a prototype with the events pickled back left the "
-        "main process's CPU as it was, 17.9 against 17.8 s, and took longer). 20,000 lines/s needs half "
-        "of what is left per line: fewer rows written per line (an audit row per chunk rather than per "
-        "line, which is the privacy officer's decision) or the state machine and validation rewritten "
-        "for the common case. Not done."
-    )
+    cause = " ".join([_intake_budget(c), INTAKE_TRIED])
     targets.add(
         "Intake, consent lines/s (chunked)",
         f"{c['lines_per_second']:,} lines/s",
