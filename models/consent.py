@@ -26,14 +26,14 @@ from enum import StrEnum
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Index, String, UniqueConstraint, extract, func, tuple_, type_coerce
+from sqlalchemy import Index, String, UniqueConstraint, func, tuple_, type_coerce
 from sqlalchemy import select as sa_select
 from sqlmodel import Field, Relationship, Session, SQLModel, col, select
 
 from models.db import PlainRow, insert_many, skip_locked, write_plain_rows
 from models.restriction import restricted_subject
 from models.subjects import DataSubject
-from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
+from models.types import BERLIN, UTCDateTime, classify, new_id, unix_seconds, utcnow
 
 
 class ConsentList(StrEnum):
@@ -467,7 +467,8 @@ def _touch(record: ConsentRecord | Record, seq: int, now: datetime | None = None
 
 
 # What a push needs, as plain rows: loading ORM objects cost more than the call itself. The
-# two times are Unix seconds already (what CleverReach takes), computed by the database.
+# two times are whole Unix seconds already (what CleverReach takes), computed by the
+# database (``models.types.unix_seconds``: truncated, as int(timestamp()) does).
 # A consent record's id as the database holds it (32 hex digits on SQLite, a uuid on
 # PostgreSQL): the push names a record by it, and parsing 100,000 of them into UUIDs per
 # batch costs more than the rest of the row.
@@ -476,9 +477,9 @@ _RAW_ID = type_coerce(ConsentRecord.id, String).label("consent_id")
 PUSH_COLUMNS: tuple[Any, ...] = (
     ConsentRecord.state,
     ConsentRecord.change_seq,
-    extract("epoch", col(ConsentRecord.signup_at)).label("registered"),
+    unix_seconds(col(ConsentRecord.signup_at)).label("registered"),
     ConsentRecord.signup_ip,
-    extract("epoch", col(ConsentRecord.confirm_at)).label("activated"),
+    unix_seconds(col(ConsentRecord.confirm_at)).label("activated"),
     ConsentRecord.confirm_ip,
     ConsentRecord.source,
     ConsentRecord.policy_version,

@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Column, DateTime, Table
+from sqlalchemy import Column, DateTime, Integer, Table, extract
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
@@ -37,6 +39,7 @@ __all__ = [
     "new_id",
     "personal_columns",
     "pii_class",
+    "unix_seconds",
     "utcnow",
 ]
 
@@ -81,6 +84,34 @@ class UTCDateTime(TypeDecorator):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+class unix_seconds(FunctionElement):  # an SQL function, named like one (as SQLAlchemy names its own)
+    """The whole Unix seconds of a ``UTCDateTime`` column, truncated: what
+    ``int(value.timestamp())`` gives for the value in Python (as CleverReach's
+    ``registered`` and ``activated`` take a time).
+
+    SQLite's date functions round a time to the millisecond before anything else, so
+    ``strftime('%s', '... 23:03:32.9996')`` gives the next second; there the stored text loses
+    its fraction first. PostgreSQL's ``EXTRACT(epoch ...)`` keeps the fraction, which the
+    caller truncates with ``int()``.
+    """
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(unix_seconds)
+def _unix_seconds(element, compiler, **kw):
+    (column,) = element.clauses.clauses
+    return compiler.process(extract("epoch", column), **kw)
+
+
+@compiles(unix_seconds, "sqlite")
+def _unix_seconds_sqlite(element, compiler, **kw):
+    (column,) = element.clauses.clauses
+    # The storage format (``UTCDateTime.bind_processor``) up to the whole seconds.
+    return f"CAST(strftime('%s', substr({compiler.process(column, **kw)}, 1, 19)) AS INTEGER)"
 
 
 def event_key(key: bytes, *parts: object) -> str:

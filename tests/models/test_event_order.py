@@ -404,6 +404,17 @@ def pushed(settings) -> list:
         return [r for r in changed_since(session, "newsletter", 0, 100) if r.state == ConsentState.confirmed]
 
 
+@pytest.mark.parametrize("fraction", [0, 400_000, 999_499, 999_500, 999_999])
+def test_the_pushed_times_are_the_whole_seconds_of_the_event_times(settings, fraction):
+    # CleverReach takes Unix seconds: truncated, as int(timestamp()) is. SQLite rounds a
+    # time to the millisecond first, which made 12:00:00.9995 the next second.
+    signup_at = START.replace(microsecond=fraction)
+    confirm_at = T2.replace(microsecond=fraction)
+    run(settings, [erika("signup", signup_at), erika("confirm", confirm_at)])
+    (row,) = pushed(settings)
+    assert (int(row.registered), int(row.activated)) == (int(signup_at.timestamp()), int(confirm_at.timestamp()))
+
+
 @pytest.mark.parametrize(
     "order", [("withdraw", "signup", "confirm"), ("signup", "withdraw", "confirm"), ("confirm", "withdraw", "signup")]
 )
