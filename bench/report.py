@@ -148,9 +148,9 @@ def _cpu_total(cpu: dict | None) -> float | None:
     return sum(cpu.values()) if cpu else None
 
 
-def _runs(baseline: dict) -> str:
-    """The baseline's runs, when it ran several times (the median counts)."""
-    runs = baseline.get("runs_seconds") or []
+def _runs(side: dict) -> str:
+    """A side's runs, when it ran several times (the median counts)."""
+    runs = side.get("runs_seconds") or []
     return f" (median of {', '.join(f'{s:.2f}' for s in runs)})" if len(runs) > 1 else ""
 
 
@@ -201,7 +201,7 @@ def newsletter(r: dict, targets: Targets) -> list[str]:
     out += _table(
         ["", "baseline (plain requests)", "sync-newsletter-consents", "ours / baseline"],
         [
-            ["full push", f"{b['seconds']:.2f} s{_runs(b)}", f"{f['seconds']:.2f} s", ""],
+            ["full push", f"{b['seconds']:.2f} s{_runs(b)}", f"{f['seconds']:.2f} s{_runs(f)}", ""],
             [
                 "throughput",
                 f"{_n(b['receivers_per_second'])} receivers/s",
