@@ -154,6 +154,18 @@ def _runs(side: dict) -> str:
     return f" (median of {', '.join(f'{s:.2f}' for s in runs)})" if len(runs) > 1 else ""
 
 
+def _turns(baseline: dict, ours: dict) -> str:
+    """How the two sides of a comparison ran, when each ran several times in turns."""
+    runs = len(ours.get("runs_seconds") or [])
+    if runs < 2:
+        return ""
+    return (
+        f" The baseline and the full sync ran {runs} times each, in turns (each full sync from a copy of the "
+        "seeded database, into an emptied sandbox); the medians count, so a busy minute of the machine slows "
+        "one round of each side, not one side."
+    )
+
+
 def _ratio(baseline: float | None, ours: float | None) -> float | None:
     return baseline / ours if baseline and ours else None
 
@@ -195,6 +207,7 @@ def newsletter(r: dict, targets: Targets) -> list[str]:
         (
             f"{n:,} confirmed subscriptions seeded through intake ({r['intake']['lines_per_second']:,.0f} lines/s), "
             f"batches of {r['batch_size']}, flow parameters {', '.join(f'{k}={v}' for k, v in r['flow_parameters'].items())}; measured {_when(r)}."
+            + _turns(b, f)
         ),
         "",
     ]
