@@ -154,8 +154,8 @@ def _runs(side: dict) -> str:
     return f" (median of {', '.join(f'{s:.2f}' for s in runs)})" if len(runs) > 1 else ""
 
 
-def _turns(baseline: dict, ours: dict) -> str:
-    """How the two sides of a comparison ran, when each ran several times in turns."""
+def _turns(ours: dict) -> str:
+    """How the two sides of a comparison ran, when each ran several times in turns (`ours`: the flow's side)."""
     runs = len(ours.get("runs_seconds") or [])
     if runs < 2:
         return ""
@@ -207,7 +207,7 @@ def newsletter(r: dict, targets: Targets) -> list[str]:
         (
             f"{n:,} confirmed subscriptions seeded through intake ({r['intake']['lines_per_second']:,.0f} lines/s), "
             f"batches of {r['batch_size']}, flow parameters {', '.join(f'{k}={v}' for k, v in r['flow_parameters'].items())}; measured {_when(r)}."
-            + _turns(b, f)
+            + _turns(f)
         ),
         "",
     ]
