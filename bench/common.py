@@ -149,6 +149,16 @@ def cpu_ratio(baseline: dict[str, float], ours: dict[str, float]) -> float:
     return round(sum(baseline.values()) / sum(ours.values()), 3)
 
 
+def median_run(runs: list[dict], by: str = "seconds") -> dict:
+    """The run whose figure `by` is the median (the upper of the two middle ones of an even
+    count): a whole run, so the other figures reported with it were measured with it.
+
+    >>> median_run([{"seconds": 3}, {"seconds": 1}, {"seconds": 2}])
+    {'seconds': 2}
+    """
+    return sorted(runs, key=lambda run: run[by])[len(runs) // 2]
+
+
 def per_item(value: float, items: int, digits: int = 4) -> float:
     return round(value / items, digits) if items else 0.0
 

@@ -37,7 +37,7 @@ import traceback
 from datetime import timedelta
 from pathlib import Path
 
-from bench.common import DOCUMENT_KEY, RESULTS, log, write_result
+from bench.common import DOCUMENT_KEY, RESULTS, log, median_run, write_result
 
 TARGET_LINES_PER_SECOND = 20_000
 TARGET_PEAK_MB = 400
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds.append(run_child("chunked", consents, work / "chunked.db", validation_pass=True))
             log(f"consents: {rounds[-1]['lines_per_second']:,} lines/s")
         # The median round counts (the same code varies by about a tenth between runs here).
-        report["consents"] = sorted(rounds, key=lambda r: r["lines_per_second"])[len(rounds) // 2]
+        report["consents"] = median_run(rounds, by="lines_per_second")
         report["consent_rounds"] = [r["lines_per_second"] for r in rounds]
         log("consents: the same file again")
         report["reimport"] = run_child("chunked", consents, work / "chunked.db")

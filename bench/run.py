@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import baseline, profiling, seed
-from bench.common import environment, prefect_api
+from bench.common import environment, median_run, prefect_api
 from bench.common import log as _log
 from bench.env import GROUP_NEWSLETTER, RATE_PER_SECOND
 from bench.prefect_runs import ApiRetries, settled_task_runs, warmup_flow
@@ -217,11 +217,18 @@ def run(args, work: Path, port: int) -> dict:
                 if round_ < SYNC_ROUNDS - 1:
                     sandbox.reset()  # the last round's receivers stay for the incremental syncs
             seeded.unlink()
-            base = median_run(base_runs)
-            base.update(receivers=n, receivers_per_second=n / base["seconds"], sandbox_receivers=n)
+            base = dict(median_run(base_runs))
+            base.update(
+                receivers=n,
+                receivers_per_second=n / base["seconds"],
+                sandbox_receivers=n,
+                runs_seconds=[round(run["seconds"], 3) for run in base_runs],
+            )
             report["baseline"] = base
-            full = median_run(full_runs)
-            full.update(receivers_per_second=n / full["seconds"])
+            full = dict(median_run(full_runs))
+            full.update(
+                receivers_per_second=n / full["seconds"], runs_seconds=[round(run["seconds"], 3) for run in full_runs]
+            )
             full["task_runs"] = settled_task_runs(full["flow_run_id"])
             full["batches"] = math.ceil(n / batch)
             report["full_sync"] = full
@@ -300,13 +307,6 @@ def full_round(params: dict, meter: CpuMeter, retries: ApiRetries, sandbox: Sand
             f"full sync: sandbox holds {held['receivers']} receivers ({held['active']} active), expected {n}"
         )
     return full
-
-
-def median_run(runs: list[dict]) -> dict:
-    """The run of median time, with every run's time (``runs_seconds``)."""
-    median = dict(sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2])
-    median["runs_seconds"] = [round(run["seconds"], 3) for run in runs]
-    return median
 
 
 def copy_database(source: Path, target: Path) -> None:
