@@ -13,6 +13,11 @@ high-water mark across fork and exec), on a fresh SQLite database:
   (``flows.intake.intake_lines``, what ``psync intake`` did before), so the ratio is
   chunked / one transaction.
 - **re-import**: the same file again into the imported database: every line a duplicate.
+- **split ceiling**: the same file split by subject into one part per core, each part imported
+  at the same time by a process of its own into a database of its own: what any design that
+  spreads the import over this machine's cores could reach at most, as nothing is shared (no
+  write lock, no check at commit). The rate is all lines ÷ the slower part's import time (as
+  above, without the processes' start).
 - **orders**: M student-ID orders with maximum-size uploads (the document limit for the
   proof and the ID copy, the photo's own limit), imported the same way; peak MB, against a
   tenth of M to show it flat. The orders share three files on disk (the bytes read and
@@ -34,6 +39,8 @@ import sys
 import tempfile
 import time
 import traceback
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -207,6 +214,46 @@ def write_consents(path: Path, subjects: int) -> int:
     return n
 
 
+def split_by_subject(path: Path, parts: int) -> list[Path]:
+    """`path`'s lines in `parts` files next to it, each person's lines in one of them (by a
+    hash of the line's e-mail address), in their order."""
+    paths = [path.with_name(f"{path.stem}-part{n}{path.suffix}") for n in range(parts)]
+    outs = [p.open("w") for p in paths]
+    try:
+        with path.open() as lines:
+            for line in lines:
+                outs[zlib.crc32(json.loads(line)["email"].encode()) % parts].write(line)
+    finally:
+        for out in outs:
+            out.close()
+    return paths
+
+
+def split_ceiling(consents: Path, work: Path, parts: int) -> dict:
+    """The consent file imported in `parts` parts at once, each by a process of its own into
+    a fresh database of its own (``split_by_subject``): all lines ÷ the slowest part's import
+    time, the most any split of the import over `parts` cores could give here."""
+    files = split_by_subject(consents, parts)
+    databases = [work / f"split{n}.db" for n in range(parts)]
+    try:
+        with ThreadPoolExecutor(parts) as pool:
+            runs = list(pool.map(lambda pair: run_child("chunked", *pair), zip(files, databases, strict=True)))
+    finally:
+        for file, database in zip(files, databases, strict=True):
+            file.unlink(missing_ok=True)
+            remove_database(database)
+    lines = sum(run["lines"] for run in runs)
+    seconds = max(run["seconds"] for run in runs)
+    return {
+        "parts": parts,
+        "lines": lines,
+        "seconds": seconds,
+        "lines_per_second": round(lines / seconds),
+        "part_lines_per_second": [run["lines_per_second"] for run in runs],
+        "cpu_seconds": round(sum(run["cpu_seconds"] for run in runs), 3),
+    }
+
+
 def write_orders(folder: Path, orders: int, max_bytes: int) -> int:
     """`orders` order lines naming three documents at their size limits; returns the bytes
     of documents the file names in all."""
@@ -324,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
         report["consent_rounds"] = [r["lines_per_second"] for r in rounds]
         log("consents: the same file again")
         report["reimport"] = run_child("chunked", consents, work / "chunked.db")
+        cores = os.cpu_count() or 1
+        if cores > 1:
+            log(f"consents: split by subject over {cores} processes, each with a database of its own")
+            report["split_ceiling"] = split_ceiling(consents, work, cores)
+            log(f"consents: {report['split_ceiling']['lines_per_second']:,} lines/s at most, split")
         if args.consents_only:
             if args.profile:
                 profiled(report, consents, work)

@@ -588,6 +588,16 @@ INTAKE_TRIED = (
     "inserts and commits) and the rest spread over both cores, with the writes of one chunk overlapping "
     "the next chunk's work, which needs its reads checked against other writers at commit. Not done."
 )
+# Why a split over the cores that shares one database stays below the split ceiling (the
+# measurement is the run's own; the costs are those of the breakdown above, 2026-12-07).
+INTAKE_SPLIT = (
+    "A split that shares one database keeps the ceiling's work and adds to it: each chunk's writes and "
+    "commit (about 30 us a line here) take turns under SQLite's one write lock; a chunk applied outside "
+    "that lock has to read again under it what it read before (about 5 us a line), or it could overwrite "
+    "what another writer committed in between (an erasure among them); and the process that hands the "
+    "lines out and collects the results has its own share. By the breakdown above that is some 10 to 20% "
+    "less than the ceiling on an idle machine."
+)
 
 
 def _intake_breakdown(c: dict) -> list[str]:
@@ -640,6 +650,20 @@ def _intake_budget(c: dict) -> str:
             f"{c['cores']} cores, that much work would allow at most {c['cores'] * 1e6 / cpu:,.0f} lines/s"
         )
     return text + "."
+
+
+def _intake_split(split: dict | None) -> list[str]:
+    """The split ceiling measured in this run, against the target (none without one)."""
+    if not split:
+        return []
+    return [
+        (
+            f"Measured in this run, the most any split of the import over this machine's {split['parts']} cores "
+            f"could give: {split['lines_per_second']:,} lines/s ({split['lines_per_second'] / INTAKE_LINES_TARGET:.2f} "
+            f"of the target), the subjects in {split['parts']} parts imported at once into databases of their own."
+        ),
+        INTAKE_SPLIT,
+    ]
 
 
 def intake(r: dict, targets: Targets) -> list[str]:
@@ -696,6 +720,21 @@ def intake(r: dict, targets: Targets) -> list[str]:
                 f"**{o['peak_rss_mb']:,.0f} MB**" if n == largest else f"{o['peak_rss_mb']:,.0f} MB",
             ]
         )
+    split = r.get("split_ceiling")
+    if split:
+        rows.insert(
+            4,
+            [
+                (
+                    f"the ceiling of a split over {split['parts']} cores: the subjects in {split['parts']} parts, "
+                    "imported at once, each by a process into a database of its own (nothing shared)"
+                ),
+                f"{split['lines_per_second']:,} lines/s at most (the slower part {split['seconds']:.1f} s; parts "
+                + ", ".join(f"{v:,}" for v in split["part_lines_per_second"])
+                + " lines/s)",
+                "",
+            ],
+        )
     out += _table(["", "throughput", "peak memory"], rows)
     out += _intake_breakdown(c)
     top = r.get("profile_top") or []
@@ -705,7 +744,7 @@ def intake(r: dict, targets: Targets) -> list[str]:
             ["function", "own s", "share"],
             [[f"`{f['function']}`", f"{f['own_seconds']:.2f}", f"{f['share']:.0%}"] for f in top[:12]],
         )
-    cause = " ".join([_intake_budget(c), INTAKE_TRIED])
+    cause = " ".join([_intake_budget(c), *_intake_split(split), INTAKE_TRIED])
     targets.add(
         "Intake, consent lines/s (chunked)",
         f"{c['lines_per_second']:,} lines/s",
