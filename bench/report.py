@@ -716,19 +716,9 @@ def intake(r: dict, targets: Targets) -> list[str]:
             f"{again['peak_rss_mb']:,.0f} MB",
         ],
     ]
-    for n in sorted(orders, key=int):
-        o = orders[n]
-        rows.append(
-            [
-                f"{int(n):,} orders, {o['document_mb']:,} MiB of documents",
-                f"{o['seconds']:.1f} s ({o['document_mb_per_second']:,} MiB/s encrypted and stored)",
-                f"**{o['peak_rss_mb']:,.0f} MB**" if n == largest else f"{o['peak_rss_mb']:,.0f} MB",
-            ]
-        )
     split = r.get("split_ceiling")
     if split:
-        rows.insert(
-            4,
+        rows.append(
             [
                 (
                     f"the ceiling of a split over {split['parts']} cores: the subjects in {split['parts']} parts, "
@@ -738,7 +728,16 @@ def intake(r: dict, targets: Targets) -> list[str]:
                 + ", ".join(f"{v:,}" for v in split["part_lines_per_second"])
                 + " lines/s)",
                 "",
-            ],
+            ]
+        )
+    for n in sorted(orders, key=int):
+        o = orders[n]
+        rows.append(
+            [
+                f"{int(n):,} orders, {o['document_mb']:,} MiB of documents",
+                f"{o['seconds']:.1f} s ({o['document_mb_per_second']:,} MiB/s encrypted and stored)",
+                f"**{o['peak_rss_mb']:,.0f} MB**" if n == largest else f"{o['peak_rss_mb']:,.0f} MB",
+            ]
         )
     out += _table(["", "throughput", "peak memory"], rows)
     out += _intake_breakdown(c)
