@@ -250,7 +250,6 @@ def split_ceiling(consents: Path, work: Path, parts: int) -> dict:
         "seconds": seconds,
         "lines_per_second": round(lines / seconds),
         "part_lines_per_second": [run["lines_per_second"] for run in runs],
-        "cpu_seconds": round(sum(run["cpu_seconds"] for run in runs), 3),
     }
 
 

@@ -24,10 +24,9 @@ from bench.common import log as _log
 from bench.env import GROUP_NEWSLETTER, RATE_PER_SECOND
 from bench.prefect_runs import ApiRetries, settled_task_runs, warmup_flow
 from bench.procs import CpuMeter, Sandbox
-from core.settings import get_settings
 from flows.newsletter import sync_newsletter_consents
 from intake.lines import CHUNK
-from models.db import checkpoint
+from models.db import checkpoint, get_engine
 from models.migrate import upgrade
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -180,7 +179,7 @@ def run(args, work: Path, port: int) -> dict:
 
         # The seeded database, copied before any sync: each full sync but the first starts
         # again from it, against an emptied sandbox.
-        database = Path(get_settings().database_url.split("///", 1)[-1])
+        database = Path(get_engine().url.database)  # the configured SQLite file, as SQLAlchemy reads the URL
         seeded = work / "seeded.db"
         copy_database(database, seeded)
 
