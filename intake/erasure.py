@@ -1,7 +1,9 @@
 """Intake of erasure requests (``erasure.request``): the portal's "delete my data" button.
 
 The line opens the request (or joins the subject's open one); ``follow-up-erasures`` fans
-it out on its next run. An unknown subject is rejected with a clear reason, as from the CLI.
+it out on its next run. A subject not known yet is tried again after the file's other lines
+(its sign-up may be further down, ``NotYetKnown``); still unknown then, the line is rejected
+with a clear reason, as from the CLI.
 A request for a person already erased is opened all the same (found by the pseudonym of the
 address; the request and its answer are kept, and nothing of the person is restored): the
 follow-up finds nothing left and completes it.
@@ -15,9 +17,9 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from sqlmodel import Session
 
-from intake.types import Applied, Email, EventBase, InsuranceNumber, PlausibleTime
+from intake.types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown, PlausibleTime
 from models.audit import AuditEvent
-from models.erasure import open_request
+from models.erasure import UnknownSubject, open_request
 from models.receipts import IntakeReceipt, seen
 from models.subjects import DataSubject
 from models.types import event_key
@@ -25,6 +27,10 @@ from models.types import event_key
 
 class ErasureRejected(ValueError):
     """The request cannot be opened; the reason is safe to show."""
+
+
+class UnknownErasureSubject(ErasureRejected, NotYetKnown):
+    """Nobody matches the request's identifiers (yet)."""
 
 
 class ErasureRequestEvent(EventBase):
@@ -47,12 +53,14 @@ class ErasureRequestEvent(EventBase):
 class RequestStore:
     """Opens the requests of one chunk; a receipt per line makes a repeat a duplicate.
 
-    A subclass names its audit `action`, the `rejected` error, and opens one request
-    (``open``: the request, the audit outcome, and what the audit detail adds).
+    A subclass names its audit `action`, the `rejected` error and its `unknown` kind (nobody
+    matches: tried again after the file), and opens one request (``open``: the request, the
+    audit outcome, and what the audit detail adds).
     """
 
     action: str
     rejected: type[ValueError]
+    unknown: type[ValueError]
 
     def __init__(self, session: Session, key: bytes):
         self.session, self.key = session, key
@@ -73,6 +81,9 @@ class RequestStore:
             return Applied("duplicate")
         try:
             request, outcome, detail = self.open(event)
+        except UnknownSubject as exc:
+            # The person's sign-up, booking or order may come further down the file.
+            raise self.unknown(str(exc)) from None
         except (LookupError, ValueError) as exc:
             raise self.rejected(str(exc)) from None
         self.seen.add(key)
@@ -95,7 +106,7 @@ class RequestStore:
 class ErasureStore(RequestStore):
     """Opens the erasure requests of one chunk."""
 
-    action, rejected = "erasure.open", ErasureRejected
+    action, rejected, unknown = "erasure.open", ErasureRejected, UnknownErasureSubject
 
     def open(self, event: ErasureRequestEvent) -> tuple[Any, str, str]:
         request = open_request(

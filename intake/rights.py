@@ -3,7 +3,8 @@ about me", "give me my data", "correct my data", "stop processing", "I object" b
 
 The line opens the request (or joins the subject's open one for the same right), exactly
 like ``erasure.request``: the same identifiers, receipt time, channel and reference, the same
-receipts (a repeat is a duplicate), the same rejection of an unknown subject. A
+receipts (a repeat is a duplicate), the same handling of an unknown subject (tried again
+after the file, then rejected). A
 rectification carries its new values in ``changes`` (e-mail, first and last name, phone,
 birth date), validated here (email-validator, phonenumbers) and stored only encrypted; the
 ``follow-up-rights-requests`` flow answers the request on its next run.
@@ -17,7 +18,7 @@ from pydantic import Field, model_validator
 from sqlmodel import Session
 
 from intake.erasure import RequestStore
-from intake.types import Email, EventBase, InsuranceNumber, PlausibleTime
+from intake.types import Email, EventBase, InsuranceNumber, NotYetKnown, PlausibleTime
 from models.rights import Changes, Right, open_rights_request
 
 __all__ = ["Changes", "RightsRejected", "RightsRequestEvent", "RightsStore"]
@@ -27,6 +28,10 @@ RIGHTS = tuple(r.value for r in Right)
 
 class RightsRejected(ValueError):
     """The request cannot be opened; the reason is safe to show."""
+
+
+class UnknownRightsSubject(RightsRejected, NotYetKnown):
+    """Nobody matches the request's identifiers (yet)."""
 
 
 class RightsRequestEvent(EventBase):
@@ -53,7 +58,7 @@ class RightsRequestEvent(EventBase):
 class RightsStore(RequestStore):
     """Opens the rights requests of one chunk (or joins the subject's open one)."""
 
-    action, rejected = "rights.open", RightsRejected
+    action, rejected, unknown = "rights.open", RightsRejected, UnknownRightsSubject
 
     def __init__(self, session: Session, key: bytes, document_key: bytes | None):
         super().__init__(session, key)

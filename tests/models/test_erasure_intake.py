@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import text
 from sqlmodel import select
 
-from flows.intake import intake_lines
+from flows.intake import import_lines, intake_lines
+from intake.lines import CHUNK
 from models.db import transaction
 from models.erasure import ErasureRequest
 from models.recipients import record_sent_many
@@ -69,3 +71,30 @@ def test_unknown_subject_and_personal_reference_are_rejected_and_change_nothing(
     assert "give email or insurance_number" in results[2].reason
     with transaction() as session:
         assert session.execute(text("SELECT count(*) FROM erasure_request")).scalar_one() == 0
+
+
+@pytest.mark.parametrize("chunk_lines", [1, CHUNK], ids=["a chunk a line", "the default chunk"])
+def test_a_request_above_the_signup_it_names_opens_after_the_file_and_a_reimport_changes_nothing(
+    settings, chunk_lines
+):
+    # The person asks for erasure (at NOW) above their sign-up (a day earlier) in the file:
+    # by event time the request is the latest decision, so it must open, not be rejected
+    # (a rejection here was opened by the file's re-import instead, which then changed things).
+    lines = [json.dumps(erase(email="erika@example.de")), "", json.dumps(signup("erika@example.de"))]
+
+    def imported() -> dict[int, str]:
+        chunks = import_lines(settings.hmac_key(), lines, now=NOW, chunk_lines=chunk_lines)
+        return {r.line: r.outcome for chunk in chunks for r in chunk}
+
+    def state() -> tuple[int, int]:
+        with transaction() as session:
+            return (
+                session.execute(text("SELECT count(*) FROM erasure_request WHERE status = 'open'")).scalar_one(),
+                session.execute(text("SELECT count(*) FROM audit_entry")).scalar_one(),
+            )
+
+    assert imported() == {1: "stored", 3: "stored"}
+    after_first = state()
+    assert after_first[0] == 1
+    assert imported() == {1: "duplicate", 3: "duplicate"}
+    assert state() == after_first

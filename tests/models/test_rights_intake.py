@@ -119,3 +119,11 @@ def test_a_rectification_without_a_document_key_is_rejected(settings):
     run(settings, signup("erika@example.de"))
     [result] = run(settings, ask("rectification", changes={"last_name": "Neumann"}), document_key=None)
     assert result.outcome == "rejected" and "document key" in result.reason
+
+
+def test_a_request_above_the_signup_it_names_is_opened_after_the_file_and_once(settings):
+    # A portal export in arrival order: the access request (at NOW) above the sign-up it
+    # names (a day earlier). Tried again after the file's other lines, it opens.
+    assert [r.outcome for r in run(settings, ask("access"), signup("erika@example.de"))] == ["stored", "stored"]
+    assert [r.outcome for r in run(settings, ask("access"), signup("erika@example.de"))] == ["duplicate"] * 2
+    assert [r.right for r in requests()] == ["access"]
