@@ -174,7 +174,8 @@ def parse_lines(lines: Iterable[str | bytes], context: dict[str, Any]) -> Iterat
     line number and reason) or the parsed event.
 
     Lines may be bytes (a file opened in binary mode): a line that is not UTF-8 is then
-    rejected on its own instead of failing the whole file.
+    rejected on its own instead of failing the whole file. A byte-order mark opening the
+    file (Windows tools write one) is not part of its first line.
     """
     latest = context["now"] + FUTURE_TOLERANCE
     for number, raw in enumerate(lines, start=1):
@@ -183,6 +184,8 @@ def parse_lines(lines: Iterable[str | bytes], context: dict[str, Any]) -> Iterat
         except UnicodeDecodeError:
             yield LineResult(number, "rejected", "not valid UTF-8")
             continue
+        if number == 1:
+            text = text.removeprefix("\ufeff")
         if not text.strip():
             continue
         try:

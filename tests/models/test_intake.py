@@ -63,7 +63,7 @@ def withdraw(email="erika.mustermann@example.de", list_name="newsletter", **kw) 
 
 
 def run(settings, *events) -> list:
-    lines = [e if isinstance(e, str) else json.dumps(e) for e in events]
+    lines = [e if isinstance(e, str | bytes) else json.dumps(e) for e in events]
     with transaction() as session:
         return intake_lines(session, settings.hmac_key(), lines, now=NOW)
 
@@ -96,6 +96,17 @@ def test_good_lines_are_stored(settings):
 def test_blank_lines_are_skipped(settings):
     results = run(settings, "", json.dumps(signup()), "   \n")
     assert [(r.line, r.outcome) for r in results] == [(2, "stored")]
+
+
+def test_a_byte_order_mark_opening_the_file_is_not_part_of_its_first_line(settings):
+    # Windows tools (an Excel export, PowerShell's Out-File) open a UTF-8 file with one.
+    first, second = ("\ufeff" + json.dumps(signup())).encode(), json.dumps(confirm()).encode()
+    assert [r.outcome for r in run(settings, first, second)] == ["stored", "stored"]
+    # Anywhere else it is not whitespace, and the line is not JSON.
+    assert [r.reason for r in run(settings, json.dumps(confirm()), "\ufeff" + json.dumps(withdraw()))] == [
+        "",
+        "not valid JSON",
+    ]
 
 
 def test_reimport_changes_nothing(settings):
