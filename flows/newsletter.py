@@ -267,7 +267,10 @@ def _remove(
         done += [(row, outcome, f"{list_name}, account-wide") for row in batch]
         if isinstance(outcome, ProcessorError):
             left += batch  # deactivated below; deleted by the next run
-    answered = client.upsert(group, list_name, [{"email": r.email, "deactivated": _unix(now)} for r in left if r.email])
+    # CleverReach refuses a whole upsert for one receiver it will not take (``isolate``
+    # finds it): one refused address must not hold up the others' removal, nor the batch.
+    deactivated, _ = isolate(partial(_deactivate, client, group, list_name, now), [r for r in left if r.email])
+    answered = [receiver for _, answer in deactivated for receiver in answer]
     # Stop mailing first here too; a failure is the delete's to say.
     concurrently(partial(client.deactivate, group), [r.external_id for r in by_id])
     # The upsert creates a receiver that is gone already (a delete of an earlier run was
@@ -296,6 +299,11 @@ def _remove(
         events.append(decision("newsletter.remove", "removed", PROCESSOR, row.pseudonym, detail))
     counts["removed"] += record_removed_many(session, removed, now)
     return counts, events, failures
+
+
+def _deactivate(client: cleverreach.CleverReach, group: str, list_name: str, now: datetime, rows: list) -> list[dict]:
+    """Stop mailing these rows' receivers (one upsert); CleverReach's receiver objects."""
+    return client.upsert(group, list_name, [{"email": r.email, "deactivated": _unix(now)} for r in rows])
 
 
 def _lock_cursors(session) -> dict[str, SyncCursor]:

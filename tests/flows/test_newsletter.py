@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
-from sqlmodel import func, select
+from sqlmodel import col, func, select
 
 from flows import newsletter
 from flows.intake import intake_lines
@@ -756,6 +756,34 @@ def test_a_poison_consent_among_3000_is_parked_by_its_id_and_the_2999_others_go(
             is None
         )
     assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {}  # the stream moved on
+
+
+def test_a_removal_refused_for_one_receiver_holds_up_neither_the_others_nor_the_push(against_sandbox):
+    """The removal stops mailing with one upsert too: one address CleverReach refuses there
+    must not fail the batch (and every later run with it)."""
+    from flows.common import JobFailed
+
+    def readdress(old: str, new: str) -> None:  # an address CleverReach refuses (intake would too)
+        with transaction() as session:
+            session.exec(select(DataSubject).where(DataSubject.email == old)).one().email = new
+
+    take_in(*[line for e in ("q0@example.de", "q1@example.de") for line in (signup(e), confirm(e))])
+    add_foreign_group()  # no account-wide delete: a removal deactivates by upsert, then deletes
+    readdress("q1@example.de", "q1-ohne-domain")
+    with pytest.raises(JobFailed):  # q1 refused and parked (its "may hold" row stays live)
+        newsletter.sync_newsletter_consents(lists=["newsletter"])
+    readdress("q1-ohne-domain", "q1@example.de")
+    take_in(withdraw("q1@example.de"), withdraw("q0@example.de"), signup("q2@example.de"), confirm("q2@example.de"))
+    readdress("q1@example.de", "q1-ohne-domain")
+    newsletter.sync_newsletter_consents(lists=["newsletter"])
+    assert list(receivers(against_sandbox, "1001")) == ["q2@example.de"]
+    with transaction() as session:
+        live = session.exec(
+            select(DataSubject.email)
+            .join(Recipient, col(Recipient.subject_id) == col(DataSubject.id))
+            .where(Recipient.processor == "cleverreach", col(Recipient.removed_at).is_(None))
+        ).all()
+    assert live == ["q2@example.de"]
 
 
 def test_isolate_finds_the_records_a_batch_was_refused_for_and_sends_the_rest():
