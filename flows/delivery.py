@@ -60,7 +60,7 @@ from models.db import transaction
 from models.erasure import being_erased
 from models.parked import ParkedItem, ParkState, drop, due_for_retry, get_item, park, resolve, retry_later
 from models.recipients import record_may_hold_by_purpose
-from models.restriction import hold_back
+from models.restriction import RELEASED, hold_back, release
 from models.rights import held_back
 from models.types import utcnow
 
@@ -300,6 +300,9 @@ class _Selection(Generic[Row]):
     # The records after the cursor, counted but not read: the job writes them ahead in the
     # database (``Job.stream_bounds``).
     counted: int | None = None
+    # The records from the retry queue it took: all step 2 may take from there (one queued
+    # in between was not written ahead).
+    retry: frozenset[str] = frozenset()
 
 
 def _select(
@@ -309,15 +312,19 @@ def _select(
     ids: Sequence[str] | None,
     upto: int | None = None,
     ahead: bool = False,
+    retry_from: frozenset[str] | None = None,
 ) -> _Selection[Row]:
     """A named run's records, or the ones to retry first and then the stream after the
-    cursor (up to seq `upto`: what an earlier selection of this batch wrote ahead); as the
-    write-ahead needs them (`ahead`) or whole. The cursor is locked either way: a named run
-    and the stream's next batch do not send the same record at once."""
+    cursor (up to seq `upto`: what an earlier selection of this batch wrote ahead; of the
+    retry queue only what it took, `retry_from`); as the write-ahead needs them (`ahead`) or
+    whole. The cursor is locked either way: a named run and the stream's next batch do not
+    send the same record at once."""
     after = job.lock(session)  # locked until the transaction ends
     if ids is not None:
         return _Selection(job.by_ids(session, ids), None, None)
     retry = due_for_retry(session, job.name)[:limit]
+    if retry_from is not None:
+        retry = [r for r in retry if r in retry_from]
     if ahead and not retry:
         cursor = get_cursor(session, job.cursor)
         if (cursor.ahead_after, cursor.ahead_count) == (after, limit) and cursor.ahead_through is not None:
@@ -334,7 +341,7 @@ def _select(
     if rows:  # a record to retry that changed again since is taken once
         taken = {job.record_id(r) for r in rows}
         fresh = [r for r in fresh if job.record_id(r) not in taken]
-    return _Selection(rows + fresh, after, last)
+    return _Selection(rows + fresh, after, last, retry=frozenset(retry))
 
 
 def _write_ahead(session: Session, reaches: Iterable[Reach], now: datetime) -> int:
@@ -359,21 +366,26 @@ def _write_next_ahead(
     Registered before it leaves all the same: these rows commit with this batch, before
     the next batch sends anything; if this batch fails they roll back with it. A record
     that changes later gets a later place in the stream, past the mark, and is written
-    ahead by the batch that sends it. Whoever is being erased or restricted is left out,
-    as in step 1."""
+    ahead by the batch that sends it.
+
+    Nothing while anyone is being erased or restricted: step 1 would leave them out, and
+    the next batch's step 2 must know whom its write-ahead left out (a restriction lifted
+    in between would otherwise send them unregistered). So the next batch does its own
+    step 1 then, and carries that to its step 2."""
+    if being_erased(session) or held_back(session):
+        return
     bounds = job.stream_bounds(session, last_seq, limit)
     records, through = bounds if bounds is not None else (0, None)
     if bounds is not None and through is None:  # nothing follows (an incremental sync's only batch)
         return
-    left_out = being_erased(session) | held_back(session)
-    if through is not None and not left_out:
+    if through is not None:
         written = job.write_ahead_between(session, last_seq, through, now)
     else:
         rows = job.select_ahead(session, last_seq, limit)
         if not rows:
             return
         records, through = len(rows), job.seq(rows[-1])
-        written = _write_ahead(session, [r for r in job.reaches(session, rows) if r.subject_id not in left_out], now)
+        written = _write_ahead(session, job.reaches(session, rows), now)
     if written:
         events.append(decision(f"{job.name}.register_ahead", "may_hold", records=records, rows=written, batch="next"))
     cursor = get_cursor(session, job.cursor)
@@ -435,7 +447,7 @@ def run_batch(
                 )
         if not ahead.rows and not ahead.covered and not ahead.counted:
             return {}
-        counts = _send(job, limit, ids, ahead, held, now, next_limit or limit)
+        counts = _send(job, limit, ids, ahead, held, paused, now, next_limit or limit)
         if counts is not None:
             return counts
         # Another worker delivered a batch in between: what is after the cursor now was not
@@ -450,17 +462,19 @@ def _send(
     ids: Sequence[str] | None,
     ahead: _Selection[Row],
     held: set[uuid.UUID],
+    paused: set[uuid.UUID],
     now: datetime,
     next_limit: int,
 ) -> dict[str, int] | None:
     """Step 2 and 3 in one transaction, its calls journaled; None if the cursor moved since
     the write-ahead. A failure rolls the data back, and the journal's calls go to the trail
-    as a killed batch's would: once, with a row that says the batch ended before its commit."""
+    as a killed batch's would: once, with a row that says the batch ended before its commit.
+    `held`, `paused`: whom step 1 wrote nothing ahead for (being erased, held back)."""
     try:
         with journal.journaled(job.name) as batch, transaction() as session:
-            chosen = _select(job, session, limit, ids, upto=ahead.last_seq)
+            chosen = _select(job, session, limit, ids, upto=ahead.last_seq, retry_from=ahead.retry)
             moved = chosen.after != ahead.after
-            counts = None if moved else _deliver(job, session, chosen, held, now, batch, next_limit)
+            counts = None if moved else _deliver(job, session, chosen, held, paused, now, batch, next_limit)
     except BaseException:
         job.clients.drain_calls()  # the journal holds them: audited once, from there
         journal.settle_now()
@@ -474,23 +488,25 @@ def _deliver(
     session: Session,
     chosen: _Selection[Row],
     held_ahead: set[uuid.UUID],
+    paused_ahead: set[uuid.UUID],
     now: datetime,
     batch: str,
     next_limit: int,
 ) -> dict[str, int]:
-    """Step 2 and 3 of ``run_batch``, in its second transaction. Held: whoever was held when
-    the batch wrote ahead (nothing of theirs was) or has an open erasure request now. The
+    """Step 2 and 3 of ``run_batch``, in its second transaction. Held: whoever was being
+    erased or held back when the batch wrote ahead (nothing of theirs was), or is now. The
     next `next_limit` records are written ahead meanwhile, if the job's calls leave time."""
     counts: Counter[str] = Counter()
     events: list[AuditEvent] = []
     rows = chosen.rows
     held = held_ahead | being_erased(session)
-    paused = held_back(session)
+    paused_now = held_back(session)
+    paused = paused_now | paused_ahead
     ctx = job.begin(session, rows)
     sending = rows
+    waiting: list[tuple[str, uuid.UUID]] = []
     if held or paused:  # (most batches: nobody; then no record is looked at here)
         sending = []
-        waiting: list[tuple[str, uuid.UUID]] = []
         for row in rows:
             subject = job.subject_id(row)
             if subject in held:  # nothing to retry: the person is being erased
@@ -519,6 +535,11 @@ def _deliver(
     counts.update(finished)
     # Read only if the job has anything parked or to retry: the ids of a batch are many.
     resolve(session, job.name, (r for r in map(job.record_id, rows) if r not in failures), now)
+    # Held for a restriction lifted since step 1 left them out (the lifting released the
+    # holds it found then): to the retry queue now, after the resolving above, so the next
+    # batch writes them ahead and sends them.
+    for subject in {subject for _, subject in waiting} - paused_now:
+        release(session, subject, now)
     if chosen.last_seq is not None:
         advance_cursor(session, job.cursor, chosen.last_seq)
     write_audit(
@@ -540,7 +561,8 @@ def _park(
 
 def fail_if_parked(job_name: str, since: datetime) -> None:
     """End the run Failed when it parked anything or left anything to retry: how many,
-    which records and why (ids, processors, statuses only)."""
+    which records and why (ids, processors, statuses only). A record a lifted restriction
+    queued and nothing has tried yet is no failure."""
     with transaction() as session:
         items = list(
             session.exec(
@@ -549,6 +571,7 @@ def fail_if_parked(job_name: str, since: datetime) -> None:
                     ParkedItem.job == job_name,
                     ParkedItem.last_tried_at >= since,
                     col(ParkedItem.state).in_([ParkState.parked, ParkState.retry]),
+                    ParkedItem.operation != RELEASED,
                 )
                 .order_by(col(ParkedItem.last_tried_at))
             )

@@ -35,6 +35,10 @@ from models.types import BERLIN, UTCDateTime, classify, new_id
 MAX_REASON = 300
 
 
+# The operation of a retry item a lifted restriction queued: nothing was tried, nothing failed.
+RELEASED = "restriction"
+
+
 class Restriction(SQLModel, table=True):
     __tablename__ = "restriction"
 
@@ -188,6 +192,6 @@ def release(session: Session, subject_id: uuid.UUID, now: datetime) -> int:
             session.add(item)
         # Not a failure: nothing was tried. The reason says why it waited.
         item.state, item.closed_at, item.drop_reason = ParkState.retry, None, None
-        item.processor, item.operation, item.reason = "", "restriction", "held while processing was restricted"
+        item.processor, item.operation, item.reason = "", RELEASED, "held while processing was restricted"
         row.released_at = now
     return len(rows)

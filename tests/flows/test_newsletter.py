@@ -718,6 +718,110 @@ def test_a_confirmation_while_the_persons_erasure_is_open_is_held_not_sent(again
     assert erasure.fan_out_erasure(request_id=str(request_id)) == {"completed": 1}
 
 
+def _restrict(email: str) -> uuid.UUID:
+    from models.restriction import Restriction
+
+    with transaction() as session:
+        subject = session.exec(select(DataSubject).where(DataSubject.email == email)).one().id
+        session.add(Restriction(subject_id=subject, reason="Test", restricted_at=NOW, recorded_at=NOW))
+    return subject
+
+
+def _lift(subject: uuid.UUID) -> None:
+    from models.restriction import active_restriction
+
+    with transaction() as session:
+        found = active_restriction(session, subject)
+        if found is not None:
+            found.lifted_at, found.lift_reason, found.lift_recorded_at = utcnow(), "Test", utcnow()
+
+
+def _unregistered_at_cleverreach(url: str) -> set[str]:
+    """Addresses CleverReach holds that the register has no row for: data that left
+    without being registered first."""
+    held = set(receivers(url, "1001"))
+    with transaction() as session:
+        registered = set(
+            session.exec(
+                select(DataSubject.email)
+                .join(Recipient, col(Recipient.subject_id) == col(DataSubject.id))
+                .where(Recipient.processor == "cleverreach")
+            )
+        )
+    return held - registered
+
+
+def test_a_restriction_lifted_between_write_ahead_and_send_holds_the_record_for_the_next_run(
+    against_sandbox, monkeypatch
+):
+    from flows import delivery
+
+    emails = [f"s{i}@example.de" for i in range(5)]
+    take_in(*[line for e in emails for line in (signup(e), confirm(e))])
+    subject = _restrict("s2@example.de")
+    send = delivery._send
+
+    def lift_then_send(*args, **kwargs):  # step 1 committed, s2 left out of it; now the lift
+        _lift(subject)
+        return send(*args, **kwargs)
+
+    monkeypatch.setattr(delivery, "_send", lift_then_send)
+    # s2 waits in the retry queue for the next run: nothing was tried, so no failure.
+    assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {"pushed": 4, "held_restricted": 1}
+    assert not _unregistered_at_cleverreach(against_sandbox)
+    assert "s2@example.de" not in receivers(against_sandbox, "1001")
+    monkeypatch.setattr(delivery, "_send", send)
+    newsletter.sync_newsletter_consents(lists=["newsletter"])
+    assert sorted(receivers(against_sandbox, "1001")) == emails
+    assert not _unregistered_at_cleverreach(against_sandbox)
+
+
+def test_a_restriction_lifted_between_batches_is_sent_registered(against_sandbox, monkeypatch):
+    from flows import delivery
+
+    emails = [f"r{i:02}@example.de" for i in range(15)]
+    take_in(*[line for e in emails for line in (signup(e), confirm(e))])
+    subject = _restrict("r12@example.de")
+    settle, starts = delivery.journal.settle_now, []
+
+    def lift_at_the_second_batch():  # the first batch (which may write the second ahead) committed
+        starts.append(1)
+        if len(starts) == 2:
+            _lift(subject)
+        return settle()
+
+    monkeypatch.setattr(delivery.journal, "settle_now", lift_at_the_second_batch)
+    newsletter.sync_newsletter_consents(lists=["newsletter"], batch_size=5, records_per_task=10)
+    assert len(starts) >= 2
+    assert sorted(receivers(against_sandbox, "1001")) == emails
+    assert not _unregistered_at_cleverreach(against_sandbox)
+
+
+def test_a_record_queued_for_retry_between_write_ahead_and_send_waits_for_the_next_batch(against_sandbox, monkeypatch):
+    from flows import delivery
+    from models.restriction import release
+
+    take_in(signup("a@example.de"), confirm("a@example.de"), signup("b@example.de"), confirm("b@example.de"))
+    subject = _restrict("b@example.de")
+    assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {"pushed": 1, "held_restricted": 1}
+    send = delivery._send
+
+    def release_then_send(*args, **kwargs):  # step 1 took nothing from the retry queue
+        _lift(subject)
+        with transaction() as session:
+            release(session, subject, utcnow())
+        return send(*args, **kwargs)
+
+    take_in(signup("c@example.de"), confirm("c@example.de"))
+    monkeypatch.setattr(delivery, "_send", release_then_send)
+    newsletter.sync_newsletter_consents(lists=["newsletter"])
+    assert not _unregistered_at_cleverreach(against_sandbox)
+    monkeypatch.setattr(delivery, "_send", send)
+    newsletter.sync_newsletter_consents(lists=["newsletter"])
+    assert sorted(receivers(against_sandbox, "1001")) == ["a@example.de", "b@example.de", "c@example.de"]
+    assert not _unregistered_at_cleverreach(against_sandbox)
+
+
 # the delivery path (flows/delivery.py) at the default sizes ----------------------------------
 def test_a_poison_consent_among_3000_is_parked_by_its_id_and_the_2999_others_go(against_sandbox):
     """CleverReach refuses a whole upsert batch for one bad receiver (400, all or nothing):
