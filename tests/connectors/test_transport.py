@@ -250,6 +250,27 @@ def test_401_refreshes_the_token_once_and_resends():
     ]
 
 
+@responses.activate
+def test_token_calls_and_resends_after_a_401_take_their_token_from_the_processors_bucket():
+    # A token revoked while calls are in flight: each 401 costs a resend (and one of them a
+    # token call), which must be paced like any call, or eight calls in flight would burst.
+    responses.post(f"{BASE}/auth/token", json={"token": "t"})
+    responses.get(f"{BASE}/x", status=401)
+    responses.get(f"{BASE}/x", json={"ok": 1})
+    waits: list[float] = []
+    limiter = RateLimiter(1.0, burst=1, clock=FakeClock(), sleep=waits.append)
+
+    def fetch(plain):
+        return plain.request("auth.token", "POST", path("auth", "token")).json()["token"], 300.0
+
+    http = connectors.transport.token_client("proc", BASE, fetch, limiter=limiter)
+    assert http.request("x.get", "GET", path("x")).json() == {"ok": 1}
+    # token, GET (401), token again, GET resent: four requests, four tokens, three waits
+    assert len(responses.calls) == 4
+    assert limiter.granted == 4
+    assert waits == [1.0, 2.0, 3.0]
+
+
 def test_a_token_another_thread_already_replaced_is_not_fetched_again():
     # Two calls went out with tok1 and both got a 401: the first to come back fetches tok2,
     # the second resends with tok2 instead of fetching tok3 (which could revoke tok2 under
