@@ -233,11 +233,17 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 
 
-def seal_changes(document_key: bytes, changes: Mapping[str, Any], now: datetime | None = None) -> bytes:
+def seal_changes(
+    document_key: bytes,
+    changes: Mapping[str, Any],
+    now: datetime | None = None,
+    at: Mapping[str, datetime] | None = None,
+) -> bytes:
     """`changes` (a subset of ``CHANGE_FIELDS``) as Fernet-encrypted JSON, checked by
     ``Changes`` whichever door they came through (a bad value must not open a request that
     then fails every run); ValueError naming an unknown or invalid field (never its value)
-    or an empty set."""
+    or an empty set. `at`: when each value was asked for (what a later request for the same
+    field is compared with), sealed with them."""
     unknown = sorted(set(changes) - set(CHANGE_FIELDS))
     if unknown:
         raise ValueError(f"changes: unknown field(s) {', '.join(unknown)}; known: {', '.join(CHANGE_FIELDS)}")
@@ -249,7 +255,30 @@ def seal_changes(document_key: bytes, changes: Mapping[str, Any], now: datetime 
     except ValidationError as exc:
         names = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
         raise ValueError(f"changes: invalid {', '.join(names) or 'values'}") from None
-    return DocumentCipher(document_key).encrypt(json.dumps(kept, sort_keys=True).encode())
+    sealed: dict[str, Any] = dict(kept)
+    if at:
+        sealed[_ASKED_AT] = {name: at[name].isoformat() for name in kept if name in at}
+    return DocumentCipher(document_key).encrypt(json.dumps(sealed, sort_keys=True).encode())
+
+
+# In the sealed JSON beside the values: when each was asked for (no field is named so).
+_ASKED_AT = "_at"
+
+
+def _merged_changes(
+    request: RightsRequest, document_key: bytes, changes: Mapping[str, Any], asked_at: datetime
+) -> tuple[dict[str, Any], dict[str, datetime]]:
+    """The open rectification's values joined with `changes` asked for at `asked_at`: per
+    field, the value asked for last by its time wins, whichever request arrived last (at the
+    same instant, the later arrival); with when each was asked for."""
+    sealed = json.loads(DocumentCipher(document_key).decrypt(request.changes)) if request.changes else {}
+    times = {name: datetime.fromisoformat(when) for name, when in sealed.pop(_ASKED_AT, {}).items()}
+    values = dict(sealed)
+    for name, value in changes.items():
+        # A value sealed before the times were kept counts as asked for at the request's receipt.
+        if name not in values or asked_at >= times.get(name, request.received_at):
+            values[name], times[name] = value, asked_at
+    return values, times
 
 
 def changes_of(request: RightsRequest, document_key: bytes) -> dict[str, Any] | None:
@@ -257,6 +286,7 @@ def changes_of(request: RightsRequest, document_key: bytes) -> dict[str, Any] | 
     if request.changes is None:
         return None
     values = json.loads(DocumentCipher(document_key).decrypt(request.changes))
+    values.pop(_ASKED_AT, None)
     if values.get("birth_date"):
         values["birth_date"] = date.fromisoformat(values["birth_date"])
     return values
@@ -282,7 +312,8 @@ def open_rights_request(
 
     The subject is found as for an erasure (``models.erasure.find_subject``; with the
     pseudonym `key`, also one erased earlier). A rectification needs `changes` (sealed with
-    `document_key`); joining an open rectification adds the newer values to its own. Raises
+    `document_key`); joining an open rectification, a field's value asked for later (by
+    `received_at`, not by arrival) replaces the one it has. Raises
     (and stores nothing) for an unknown subject, identifiers of different people, a bad
     right or channel, a receipt time without a zone or in the future, a reference that looks
     personal, changes for another right or none for a rectification. Does not commit.
@@ -309,8 +340,8 @@ def open_rights_request(
     if request is not None:
         if changes:
             assert document_key is not None
-            merged = {**(changes_of(request, document_key) or {}), **changes}
-            request.changes = seal_changes(document_key, merged, now)
+            merged, times = _merged_changes(request, document_key, changes, received_at)
+            request.changes = seal_changes(document_key, merged, now, at=times)
             request.updated_at = now
         return request, False
     request = RightsRequest(
@@ -320,7 +351,9 @@ def open_rights_request(
         channel=channel,
         reference=reference,
         due=due_date(received_at),
-        changes=seal_changes(document_key, changes, now) if changes and document_key else None,
+        changes=seal_changes(document_key, changes, now, at=dict.fromkeys(changes, received_at))
+        if changes and document_key
+        else None,
         created_at=now,
         updated_at=now,
     )

@@ -127,3 +127,15 @@ def test_a_request_above_the_signup_it_names_is_opened_after_the_file_and_once(s
     assert [r.outcome for r in run(settings, ask("access"), signup("erika@example.de"))] == ["stored", "stored"]
     assert [r.outcome for r in run(settings, ask("access"), signup("erika@example.de"))] == ["duplicate"] * 2
     assert [r.right for r in requests()] == ["access"]
+
+
+def test_rectifications_joined_keep_per_field_the_value_asked_for_last_by_time_not_arrival(settings):
+    run(settings, signup("erika@example.de"))
+    hours = lambda n: (NOW - timedelta(hours=n)).isoformat()  # noqa: E731
+    newer = ask("rectification", at=hours(1), changes={"last_name": "Neumann", "phone": "030 901820"})
+    older = ask("rectification", at=hours(2), changes={"last_name": "Altmann", "first_name": "Erica"})
+    same_instant = ask("rectification", at=hours(1), changes={"phone": "030 901821"})
+    assert [r.outcome for r in run(settings, newer, older, same_instant)] == ["stored"] * 3
+    [request] = requests()
+    # The older request adds the field only it names; at the same instant the later arrival wins.
+    assert changes_of(request, DOC_KEY) == {"last_name": "Neumann", "first_name": "Erica", "phone": "+4930901821"}
