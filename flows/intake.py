@@ -22,6 +22,7 @@ from intake.lines import (
     Applier,
     LineResult,
     Parsed,
+    Refused,
     apply_lines,
     chunked,
     parse_lines,
@@ -115,7 +116,7 @@ def import_lines(
 
 
 def _store(
-    chunk: Sequence[LineResult | Parsed],
+    chunk: Sequence[LineResult | Parsed | Refused],
     key: bytes,
     document_key: bytes | None,
     url: str | None,
@@ -125,7 +126,7 @@ def _store(
     results (the rejections it brings included) by line number, and (with `defer`) the lines
     naming what is not known yet, to be tried again after the file."""
     results = [item for item in chunk if isinstance(item, LineResult)]
-    events = [item for item in chunk if not isinstance(item, LineResult)]
+    events = [item for item in chunk if not isinstance(item, LineResult)]  # Parsed and Refused
     if not events:
         return results, []
     with transaction(url, cache_mb=CHUNK_CACHE_MB) as session:

@@ -29,7 +29,7 @@ from sqlmodel import Session
 
 from intake.documents import Upload, check_document
 from intake.receipts import ReceiptStore, erased_reason, ignored
-from intake.types import FIELD_NAME, Applied, Email, EventBase, NotYetKnown, context_now
+from intake.types import FIELD_NAME, Applied, Email, EventBase, NotYetKnown, context_now, lenient
 from models.audit import AuditEvent
 from models.bookings import BERLIN
 from models.consent import describe_time
@@ -110,6 +110,8 @@ class IsicOrderEvent(EventBase):
     @classmethod
     def _plausible_birth_date(cls, value: date, info: ValidationInfo) -> date:
         # ISIC is for pupils and students: 10 to 100 years old is generous.
+        if lenient(info):
+            return value
         today = (context_now(info) or datetime.now(BERLIN)).astimezone(BERLIN).date()
         if not today - timedelta(days=365 * 100) <= value <= today - timedelta(days=365 * 10):
             raise ValueError("is not a plausible birth date for a pupil or student")
@@ -117,6 +119,8 @@ class IsicOrderEvent(EventBase):
 
     @model_validator(mode="after")
     def _read_documents(self, info: ValidationInfo) -> IsicOrderEvent:
+        if lenient(info):
+            return self
         context = info.context or {}
         base_dir: Path | None = context.get("base_dir")
         if base_dir is None:

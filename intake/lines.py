@@ -25,11 +25,11 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, cast
 
 from pydantic import Field, TypeAdapter, ValidationError
 from sqlmodel import Session
@@ -46,7 +46,7 @@ from intake.erasure import ErasureRejected, ErasureRequestEvent, ErasureStore
 from intake.ident import CallNote, HeldStore, IdentCase
 from intake.isic import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
 from intake.rights import RightsRejected, RightsRequestEvent, RightsStore
-from intake.types import EMAIL_CACHE, EMAIL_DOMAINS, FIELD_NAME, NotYetKnown
+from intake.types import EMAIL_CACHE, EMAIL_DOMAINS, FIELD_NAME, LENIENT, NotYetKnown
 from models.audit import AuditEvent
 from models.consent import TransitionError
 from models.documents import DocumentCipher
@@ -151,6 +151,17 @@ def parse_line(text: str, context: dict | None = None) -> IntakeEvent:
 Parsed = tuple[int, IntakeEvent]  # (line number, event)
 
 
+class Refused(NamedTuple):
+    """A line refused only by a check against the intake's clock or the disk (its start has
+    passed, a document was removed since): rejected with `reason`, unless it was stored
+    before, when it is a ``duplicate`` (so importing a file again, days later, reports what
+    it stored as stored). `event` is the line's model without those checks: its dedupe key."""
+
+    line: int
+    event: IntakeEvent
+    reason: str
+
+
 def validation_context(
     now: datetime,
     service_points: Collection[str] = (),
@@ -169,15 +180,17 @@ def validation_context(
     }
 
 
-def parse_lines(lines: Iterable[str | bytes], context: dict[str, Any]) -> Iterator[LineResult | Parsed]:
+def parse_lines(lines: Iterable[str | bytes], context: dict[str, Any]) -> Iterator[LineResult | Parsed | Refused]:
     """Each non-blank line validated, in file order, as it is read: a rejection (with its
-    line number and reason) or the parsed event.
+    line number and reason), the parsed event, or a line refused only by the clock or the
+    disk (``Refused``: the store tells a rejection from a duplicate).
 
     Lines may be bytes (a file opened in binary mode): a line that is not UTF-8 is then
     rejected on its own instead of failing the whole file. A byte-order mark opening the
     file (Windows tools write one) is not part of its first line.
     """
     latest = context["now"] + FUTURE_TOLERANCE
+    relaxed = {**context, LENIENT: True}
     for number, raw in enumerate(lines, start=1):
         try:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -191,7 +204,10 @@ def parse_lines(lines: Iterable[str | bytes], context: dict[str, Any]) -> Iterat
         try:
             event = parse_line(text, context)
         except ValueError as exc:
-            yield LineResult(number, "rejected", str(exc))
+            try:  # refused by the clock or the disk alone? Then it may have been stored before.
+                yield Refused(number, parse_line(text, relaxed), str(exc))
+            except ValueError:
+                yield LineResult(number, "rejected", str(exc))
             continue
         if event.at > latest:
             yield LineResult(number, "rejected", "at: lies in the future")
@@ -205,12 +221,12 @@ def document_bytes(event: IntakeEvent) -> int:
 
 
 def chunked(
-    items: Iterable[LineResult | Parsed], lines: int = CHUNK, max_bytes: int = CHUNK_DOCUMENT_BYTES
-) -> Iterator[list[LineResult | Parsed]]:
+    items: Iterable[LineResult | Parsed | Refused], lines: int = CHUNK, max_bytes: int = CHUNK_DOCUMENT_BYTES
+) -> Iterator[list[LineResult | Parsed | Refused]]:
     """`items` in chunks of at most `lines` lines, a chunk closed early once its documents
     reach `max_bytes` (so a chunk of large uploads is committed, and its pages written, in
     reasonable steps)."""
-    chunk: list[LineResult | Parsed] = []
+    chunk: list[LineResult | Parsed | Refused] = []
     size = 0
     for item in items:
         chunk.append(item)
@@ -270,24 +286,36 @@ class Applier:
         count as soon as the Applier does (``SubjectIndex.close``)."""
         self.subjects.close()
 
-    def apply(self, chunk: list[Parsed], defer: bool) -> ChunkApplied:
-        """Apply `chunk`; with `defer`, a line naming what is not known yet is handed back
-        in ``later`` instead of being rejected (the first pass over a file)."""
+    def apply(self, items: Sequence[Parsed | Refused], defer: bool) -> ChunkApplied:
+        """Apply `items`; with `defer`, a line naming what is not known yet is handed back
+        in ``later`` instead of being rejected (the first pass over a file). A ``Refused``
+        line is looked up only: a duplicate if stored before, else rejected."""
         results: list[LineResult] = []
         audit: list[AuditEvent] = []
         later: list[Parsed] = []
+        refused = [item for item in items if isinstance(item, Refused)]
+        chunk = [item for item in items if not isinstance(item, Refused)] if refused else cast(Sequence[Parsed], items)
+        # Every line's event, the refused ones' too: the stores find their dedupe keys.
+        named = [*chunk, *((item.line, item.event) for item in refused)] if refused else chunk
         self.consents.deferring = defer
         # From each model's __dict__: getattr on a field a model lacks (a confirmation's
         # insurance number) goes through pydantic's __getattr__ and an AttributeError.
         found = self.subjects.prefetch(
-            (e.__dict__["email"], e.__dict__.get("insurance_number")) for _, e in chunk if e.__dict__.get("email")
+            (e.__dict__["email"], e.__dict__.get("insurance_number")) for _, e in named if e.__dict__.get("email")
         )
-        self.consents.begin_chunk((e for _, e in chunk if e.type.startswith("consent.")), {s.id for s in found})  # type: ignore[misc]  # the type's prefix picks the store's own events
-        self.bookings.begin_chunk(e for _, e in chunk if e.type.startswith("booking."))
-        self.orders.begin_chunk(e for _, e in chunk if e.type.startswith("isic."))
-        self.erasures.begin_chunk(e for _, e in chunk if e.type.startswith("erasure."))
-        self.held.begin_chunk(e for _, e in chunk if e.type.startswith(("ident.", "call.")))  # type: ignore[misc]  # the type's prefix picks the store's own events
-        self.rights.begin_chunk(e for _, e in chunk if e.type.startswith("rights."))
+        self.consents.begin_chunk((e for _, e in named if e.type.startswith("consent.")), {s.id for s in found})  # type: ignore[misc]  # the type's prefix picks the store's own events
+        self.bookings.begin_chunk(e for _, e in named if e.type.startswith("booking."))
+        self.orders.begin_chunk(e for _, e in named if e.type.startswith("isic."))
+        self.erasures.begin_chunk(e for _, e in named if e.type.startswith("erasure."))
+        self.held.begin_chunk(e for _, e in named if e.type.startswith(("ident.", "call.")))  # type: ignore[misc]  # the type's prefix picks the store's own events
+        self.rights.begin_chunk(e for _, e in named if e.type.startswith("rights."))
+        for item in refused:
+            store = self.stores[item.event.type.split(".")[0]]
+            # Every store keeps its lines' dedupe keys (by event) and those stored before.
+            stored = store.keys[id(item.event)] in store.seen
+            results.append(
+                LineResult(item.line, "duplicate") if stored else LineResult(item.line, "rejected", item.reason)
+            )
         for number, event in chunk:
             store = self.stores[event.type.split(".")[0]]
             if store is not self.consents:
@@ -332,7 +360,7 @@ def apply_lines(
     """
     context = validation_context(now, service_points, base_dir, max_document_bytes)
     results: list[LineResult] = []
-    parsed: list[Parsed] = []
+    parsed: list[Parsed | Refused] = []
     for item in parse_lines(lines, context):
         if isinstance(item, LineResult):
             results.append(item)

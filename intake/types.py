@@ -165,6 +165,17 @@ def context_now(info) -> datetime | None:
     return (info.context or {}).get("now")
 
 
+# Validation context key: skip the checks against the intake's clock and the disk (a start
+# ahead, a plausible age, the documents there). What is left gives the line's model, and so
+# its dedupe key, as it was when the line was stored (``intake.lines.Refused``).
+LENIENT = "lenient"
+
+
+def lenient(info) -> bool:
+    """Whether this validation skips the checks against the clock and the disk."""
+    return bool((info.context or {}).get(LENIENT))
+
+
 class Applied(NamedTuple):
     """What a store made of one line: its outcome (``stored``, ``unchanged``, ``duplicate``),
     the audit event to write, if any, and for ``unchanged`` why (never personal data)."""

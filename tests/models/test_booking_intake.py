@@ -55,10 +55,10 @@ def cancel(booking_id="B-1") -> dict:
     return {"type": "booking.cancel", "booking_id": booking_id, "at": NOW.isoformat()}
 
 
-def run(settings, *events) -> list:
+def run(settings, *events, now: datetime = NOW) -> list:
     lines = [e if isinstance(e, str) else json.dumps(e) for e in events]
     with transaction() as session:
-        return intake_lines(session, settings.hmac_key(), lines, now=NOW, service_points=SERVICE_POINTS)
+        return intake_lines(session, settings.hmac_key(), lines, now=now, service_points=SERVICE_POINTS)
 
 
 def outcomes(results) -> list[str]:
@@ -303,3 +303,16 @@ def test_intake_takes_a_start_exactly_when_timify_can_be_sent_that_wall_clock(da
 def test_the_time_helper_examples_hold():
     assert doctest.testmod(core.clock).attempted > 0 and doctest.testmod(core.clock).failed == 0
     assert doctest.testmod(models.types).failed == 0
+
+
+def test_a_file_imported_again_after_the_appointment_reports_its_lines_duplicate(settings):
+    # Days later the start lies in the past; what was stored is still reported as stored
+    # (a rejection would make `psync intake` exit 1 and say the line changed nothing new).
+    lines = (request(), reschedule())
+    assert outcomes(run(settings, *lines)) == ["stored", "stored"]
+    later = NOW + timedelta(days=30)
+    assert outcomes(run(settings, *lines, now=later)) == ["duplicate", "duplicate"]
+    assert [b.start_at for b in bookings()] == [datetime(2026, 3, 31, 9, 15, tzinfo=UTC)]
+    # A line not stored before is rejected for its past start, as ever.
+    [result] = run(settings, request("B-2"), now=later)
+    assert (result.outcome, result.reason) == ("rejected", "start: lies in the past")

@@ -161,6 +161,20 @@ def test_the_same_line_twice_is_a_duplicate_and_cancel_is_recorded_once(settings
         assert session.exec(select(IsicOrder)).one().status == OrderStatus.cancelled
 
 
+def test_an_order_imported_again_after_its_uploads_were_removed_is_a_duplicate(settings, docs):
+    # The website's upload folder is tidied after the import; importing the file again
+    # (after a crash, say) must report the stored order as such and change nothing.
+    assert [r.outcome for r in run(settings, docs, order())] == ["stored"]
+    before = counts()
+    for name in ("nachweis.pdf", "ausweis.png", "foto.jpg"):
+        (docs / name).unlink()
+    assert [(r.outcome, r.reason) for r in run(settings, docs, order())] == [("duplicate", "")]
+    assert counts() == before
+    # A line never stored is still rejected for the missing file.
+    [result] = run(settings, docs, order("O-2"))
+    assert result.outcome == "rejected" and result.reason.startswith("documents.student_proof: ")
+
+
 def test_no_document_bytes_or_personal_data_in_logs(settings, docs, caplog):
     caplog.set_level(logging.DEBUG)
     run(settings, docs, order(), order("O-2", iban="DE00"))
