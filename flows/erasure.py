@@ -74,6 +74,7 @@ from flows.erasure_processors import (
     reminder_due,
 )
 from models.audit import AuditEvent
+from models.cursors import await_deliveries
 from models.db import scrub_journal, transaction
 from models.deadlines import urgency
 from models.erasure import (
@@ -444,6 +445,9 @@ def _run(request_ids: Sequence[uuid.UUID] | None, today: date) -> tuple[Counter[
     """Claim, ask every processor at once, finish; counts, requests looked at, completed."""
     settings = get_settings()
     policy = policy_from_settings(settings)
+    # A push that took its cursor before a request opened may still be landing the person's
+    # data: it ends before the register is read and anyone is asked (PostgreSQL).
+    await_deliveries()
     claimed = claim_work(request_ids, policy, today, utcnow())
     counts: Counter[str] = Counter(claimed.counts)
     clients = Clients(settings)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import update
-from sqlmodel import Field, Session, SQLModel, col
+from sqlmodel import Field, Session, SQLModel, col, select
 
-from models.db import insert_missing
+from models.db import get_engine, insert_missing, transaction
 from models.types import UTCDateTime, classify, utcnow
 
 
@@ -102,3 +102,27 @@ def advance_cursor(session: Session, name: str, position: int) -> None:
     if position > cursor.position:
         cursor.position = position
         cursor.updated_at = utcnow()
+
+
+def await_deliveries(url: str | None = None) -> int:
+    """Wait until every delivery that holds a sync cursor now has ended; how many cursors.
+
+    An erasure's barrier on PostgreSQL: a delivery (``flows.delivery``, step 2) looks once,
+    right after taking its cursor, at who is being erased, then keeps calls in flight until
+    its commit, so one that started before the request opened may still land a person's
+    data after the erasure's delete. Taking each cursor in turn waits for such a delivery;
+    one that takes its cursor later sees the request and holds the person back. One cursor
+    at a time, each in a transaction of its own: never one held while waiting for another,
+    so no deadlock with a delivery that holds several.
+
+    Nothing to wait for on SQLite: there the request's opening, a write, already waited for
+    the writer that was sending.
+    """
+    if get_engine(url).dialect.name == "sqlite":
+        return 0
+    with transaction(url) as session:
+        names = list(session.exec(select(SyncCursor.name).order_by(col(SyncCursor.name))))
+    for name in names:
+        with transaction(url) as session:
+            session.get(SyncCursor, name, with_for_update=True)
+    return len(names)

@@ -42,3 +42,48 @@ def test_intake_audit_and_utc_round_trip_on_postgres(pg):
     with transaction(pg) as session:
         result = verify(session, KEY)
         assert result.ok and result.checked == 2
+
+
+def test_an_erasure_waits_for_a_delivery_still_holding_its_cursor(pg):
+    """A delivery's step 2 checks who is being erased once, then keeps calls in flight until
+    its commit: the erasure's barrier (``await_deliveries``) must wait for it before anyone
+    is asked, or the delivery's upsert could land after the processor's delete."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from models.cursors import await_deliveries, get_cursor
+
+    with transaction(pg) as session:
+        get_cursor(session, "cleverreach:newsletter")
+    holding, sent, passed = threading.Event(), threading.Event(), threading.Event()
+
+    def delivery() -> None:
+        with transaction(pg) as session:
+            get_cursor(session, "cleverreach:newsletter")
+            holding.set()
+            sent.wait(10)  # its calls on the wire
+
+    def erasure() -> None:
+        assert await_deliveries(pg) == 1
+        passed.set()
+
+    threads = [threading.Thread(target=delivery), threading.Thread(target=erasure)]
+    threads[0].start()
+    assert holding.wait(10)
+    threads[1].start()
+    # The barrier's backend is seen waiting for the cursor's row lock: not merely slow.
+    deadline = time.monotonic() + 10
+    waiting = 0
+    while not waiting and time.monotonic() < deadline:
+        with get_engine(pg).connect() as conn:
+            waiting = conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            ).scalar_one()
+        passed.wait(0.01)
+    assert waiting == 1 and not passed.is_set()
+    sent.set()  # the delivery commits
+    assert passed.wait(10)
+    for thread in threads:
+        thread.join(10)
