@@ -13,7 +13,8 @@ one record is and how it is sent (``Job``); ``run_batch`` owns the rest, once:
    the wire, committed with it (``_write_next_ahead``); then this step only locks the cursor.
 2. **Deliver** (one transaction, the cursor locked again): the same records (had another
    worker moved the cursor in between, what follows it was not written ahead by this batch:
-   it starts over at step 1), each sent on its own: one person's records one after the
+   it starts over at step 1; whoever step 1 left out stays held, and of the retry queue
+   only what step 1 took goes), each sent on its own: one person's records one after the
    other on one worker, several people at once (``PSYNC_HTTP_IN_FLIGHT``), every call paced
    by the processor's one token bucket in the HTTP layer. A record whose call fails for good (a 4xx
    other than auth, our own validation) is parked with its reason; one that failed for a
@@ -322,9 +323,10 @@ def _select(
     after = job.lock(session)  # locked until the transaction ends
     if ids is not None:
         return _Selection(job.by_ids(session, ids), None, None)
-    retry = due_for_retry(session, job.name)[:limit]
-    if retry_from is not None:
+    retry = due_for_retry(session, job.name)
+    if retry_from is not None:  # before the limit: one queued meanwhile must not push one out
         retry = [r for r in retry if r in retry_from]
+    retry = retry[:limit]
     if ahead and not retry:
         cursor = get_cursor(session, job.cursor)
         if (cursor.ahead_after, cursor.ahead_count) == (after, limit) and cursor.ahead_through is not None:
