@@ -74,9 +74,7 @@ def test_unknown_subject_and_personal_reference_are_rejected_and_change_nothing(
 
 
 @pytest.mark.parametrize("chunk_lines", [1, CHUNK], ids=["a chunk a line", "the default chunk"])
-def test_a_request_above_the_signup_it_names_opens_after_the_file_and_a_reimport_changes_nothing(
-    settings, chunk_lines
-):
+def test_a_request_above_the_signup_it_names_opens_after_the_file_and_a_reimport_changes_nothing(settings, chunk_lines):
     # The person asks for erasure (at NOW) above their sign-up (a day earlier) in the file:
     # by event time the request is the latest decision, so it must open, not be rejected
     # (a rejection here was opened by the file's re-import instead, which then changed things).
