@@ -38,6 +38,7 @@ nothing (a cancellation, a removal) still goes: it only stops processing.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 import uuid
@@ -304,6 +305,10 @@ class _Selection(Generic[Row]):
     # The records from the retry queue it took: all step 2 may take from there (one queued
     # in between was not written ahead).
     retry: frozenset[str] = frozenset()
+    # Whom the batch before left out of writing this one ahead (``_write_next_ahead``):
+    # being erased, held back then.
+    erasing: frozenset[uuid.UUID] = frozenset()
+    paused: frozenset[uuid.UUID] = frozenset()
 
 
 def _select(
@@ -330,7 +335,10 @@ def _select(
     if ahead and not retry:
         cursor = get_cursor(session, job.cursor)
         if (cursor.ahead_after, cursor.ahead_count) == (after, limit) and cursor.ahead_through is not None:
-            return _Selection([], after, cursor.ahead_through, covered=True)  # the batch before wrote it
+            # The batch before wrote it, leaving out these.
+            left_out = json.loads(cursor.ahead_left_out) if cursor.ahead_left_out else {}
+            erasing, paused = (frozenset(map(uuid.UUID, left_out.get(k, ()))) for k in ("erasing", "paused"))
+            return _Selection([], after, cursor.ahead_through, covered=True, erasing=erasing, paused=paused)
         if (bounds := job.stream_bounds(session, after, limit)) is not None:
             count, last_seq = bounds
             return _Selection([], after, last_seq, counted=count)
@@ -370,28 +378,34 @@ def _write_next_ahead(
     that changes later gets a later place in the stream, past the mark, and is written
     ahead by the batch that sends it.
 
-    Nothing while anyone is being erased or restricted: step 1 would leave them out, and
-    the next batch's step 2 must know whom its write-ahead left out (a restriction lifted
-    in between would otherwise send them unregistered). So the next batch does its own
-    step 1 then, and carries that to its step 2."""
-    if being_erased(session) or held_back(session):
-        return
+    Whoever is being erased or held back is left out, as in step 1, and named on the mark
+    (``SyncCursor.ahead_left_out``): the next batch's step 2 holds them, even once the
+    restriction is lifted (nothing of theirs was written ahead)."""
     bounds = job.stream_bounds(session, last_seq, limit)
     records, through = bounds if bounds is not None else (0, None)
     if bounds is not None and through is None:  # nothing follows (an incremental sync's only batch)
         return
-    if through is not None:
+    erasing = being_erased(session)
+    paused = held_back(session) - erasing
+    left_out: dict[str, list[str]] = {}
+    if through is not None and not (erasing or paused):
         written = job.write_ahead_between(session, last_seq, through, now)
     else:
         rows = job.select_ahead(session, last_seq, limit)
         if not rows:
             return
         records, through = len(rows), job.seq(rows[-1])
-        written = _write_ahead(session, job.reaches(session, rows), now)
+        reaches = job.reaches(session, rows)
+        for why, whom in (("erasing", erasing), ("paused", paused)):
+            if found := {str(r.subject_id) for r in reaches if r.subject_id in whom}:
+                left_out[why] = sorted(found)
+        everyone = erasing | paused
+        written = _write_ahead(session, [r for r in reaches if r.subject_id not in everyone], now)
     if written:
         events.append(decision(f"{job.name}.register_ahead", "may_hold", records=records, rows=written, batch="next"))
     cursor = get_cursor(session, job.cursor)
     cursor.ahead_after, cursor.ahead_through, cursor.ahead_count = last_seq, through, limit
+    cursor.ahead_left_out = json.dumps(left_out) if left_out else None
 
 
 def run_wide(exc: Exception) -> bool:
@@ -425,8 +439,8 @@ def run_batch(
         journal.settle_now()  # what batches killed before their commit left
         with transaction() as session:
             ahead = _select(job, session, limit, ids, ahead=True)
-            held = being_erased(session)
-            paused = held_back(session)
+            held = being_erased(session) | ahead.erasing
+            paused = held_back(session) | ahead.paused
             after, through = ahead.after, ahead.last_seq
             if (
                 ahead.counted is not None and after is not None and (held or paused)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import Text, update
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.db import get_engine, insert_missing, transaction
@@ -32,10 +32,17 @@ class SyncCursor(SQLModel, table=True):
     ahead_after: int | None = None
     ahead_through: int | None = None
     ahead_count: int | None = None
+    # Whom that write-ahead left out, being erased or held back (JSON: {"erasing": [subject
+    # ids], "paused": [...]}, None for nobody): the batch that sends it holds them too.
+    ahead_left_out: str | None = Field(default=None, sa_type=Text)
 
 
 classify(Counter, not_personal=["name", "value"])
-classify(SyncCursor, not_personal=["name", "position", "updated_at", "ahead_after", "ahead_through", "ahead_count"])
+classify(
+    SyncCursor,
+    not_personal=["name", "position", "updated_at", "ahead_after", "ahead_through", "ahead_count"],
+    pseudonymous=["ahead_left_out"],
+)
 
 
 def next_seq(session: Session, name: str, count: int = 1) -> int:
