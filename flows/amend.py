@@ -55,12 +55,12 @@ from flows.rights import Ask, Outcome, register, write_outbox
 from models.audit import AuditEvent
 from models.bookings import Booking
 from models.consent import ConsentList, ConsentRecord, ConsentState, apply_withdraw
-from models.cursors import next_seq
+from models.cursors import await_deliveries, next_seq
 from models.db import transaction
 from models.erasure import Channel, UnknownSubject, check_free_text
 from models.isic import IsicOrder
 from models.recipients import Recipient, live_recipient_ids_among
-from models.restriction import Restriction, active_restriction, check_informed_on, release
+from models.restriction import Restriction, active_restriction, check_informed_on, release, release_after_deliveries
 from models.rights import Changes, Right
 from models.subjects import DataSubject
 from models.types import event_key, utcnow
@@ -321,6 +321,10 @@ def rectify(
     """
     settings, now = settings or get_settings(), now or utcnow()
     changes = fix.changes()
+    # The open request holds the person's new data back from every job; a delivery that
+    # started before it opened may still be landing the old values (PostgreSQL): it ends
+    # before the register is read and anyone is told.
+    await_deliveries()
     with transaction() as session:
         subject = _subject(session, subject_id)
         if "email" in changes and changes["email"] != subject.email:
@@ -522,6 +526,12 @@ def restrict(
             )
         sid, pseudonym, email = subject.id, subject.pseudonym, subject.email
         recipients = _recipients(session, sid)
+    # A delivery that read the person as free just before the restriction committed may be
+    # landing their data now (PostgreSQL): it ends before the register is read again and
+    # anyone is told, so its upsert cannot undo the deactivation.
+    if await_deliveries():
+        with transaction() as session:
+            recipients = _recipients(session, sid)
     reference = reference or str(request_id or sid)
     outcome = AmendOutcome("restriction", pseudonym)
     clients, deactivated, events = Clients(settings), [], []
@@ -660,6 +670,8 @@ def lift_restriction(
             )
         )
         _audit(session, clients, {r.processor for r in recipients}, events)
+    if late := release_after_deliveries(sid, now):
+        outcome.local["released"] = outcome.local.get("released", 0) + late
     log.info("restriction of %s lifted: %s", pseudonym, outcome.summary())
     return outcome
 

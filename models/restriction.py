@@ -29,6 +29,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, UniqueConstraint, exists
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from models.cursors import await_deliveries
+from models.db import transaction
 from models.parked import ParkedItem, ParkState
 from models.types import BERLIN, UTCDateTime, classify, new_id
 
@@ -195,3 +197,17 @@ def release(session: Session, subject_id: uuid.UUID, now: datetime) -> int:
         item.processor, item.operation, item.reason = "", RELEASED, "held while processing was restricted"
         row.released_at = now
     return len(rows)
+
+
+def release_after_deliveries(subject_id: uuid.UUID, now: datetime) -> int:
+    """``release`` once more, after the committed lift (or completed rectification), once
+    every delivery sending now has ended (``models.cursors.await_deliveries``); how many.
+
+    On PostgreSQL a delivery that read the subject as held back before the lift committed
+    writes its hold after the lift's own ``release`` looked, and nobody would release it.
+    Nothing to do on SQLite, where the lift waited for that delivery's commit.
+    """
+    if not await_deliveries():
+        return 0
+    with transaction() as session:
+        return release(session, subject_id, now)

@@ -44,14 +44,28 @@ def test_intake_audit_and_utc_round_trip_on_postgres(pg):
         assert result.ok and result.checked == 2
 
 
+def _a_backend_waits_for_a_lock(url: str, seconds: float = 10) -> bool:
+    """Whether a session of this database is seen waiting for a lock within `seconds`."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    deadline, pause = time.monotonic() + seconds, threading.Event()
+    while time.monotonic() < deadline:
+        with get_engine(url).connect() as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            if conn.execute(text(query)).scalar_one():
+                return True
+        pause.wait(0.01)
+    return False
+
+
 def test_an_erasure_waits_for_a_delivery_still_holding_its_cursor(pg):
     """A delivery's step 2 checks who is being erased once, then keeps calls in flight until
     its commit: the erasure's barrier (``await_deliveries``) must wait for it before anyone
     is asked, or the delivery's upsert could land after the processor's delete."""
     import threading
-    import time
-
-    from sqlalchemy import text
 
     from models.cursors import await_deliveries, get_cursor
 
@@ -74,16 +88,56 @@ def test_an_erasure_waits_for_a_delivery_still_holding_its_cursor(pg):
     assert holding.wait(10)
     threads[1].start()
     # The barrier's backend is seen waiting for the cursor's row lock: not merely slow.
-    deadline = time.monotonic() + 10
-    waiting = 0
-    while not waiting and time.monotonic() < deadline:
-        with get_engine(pg).connect() as conn:
-            waiting = conn.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-            ).scalar_one()
-        passed.wait(0.01)
-    assert waiting == 1 and not passed.is_set()
+    assert _a_backend_waits_for_a_lock(pg) and not passed.is_set()
     sent.set()  # the delivery commits
     assert passed.wait(10)
     for thread in threads:
         thread.join(10)
+
+
+def test_a_lift_releases_what_a_delivery_in_flight_held_back_meanwhile(pg):
+    """A delivery read the person as held back just before the lift committed and writes its
+    hold after the lift's release looked: the release after the deliveries hands it on."""
+    import threading
+
+    from models.cursors import get_cursor
+    from models.parked import due_for_retry
+    from models.restriction import Restriction, active_restriction, hold_back, release, release_after_deliveries
+    from models.subjects import DataSubject
+
+    line = (
+        '{"type":"consent.signup","list":"newsletter","email":"held@example.de","first_name":"H",'
+        '"last_name":"B","ip":"192.0.2.1","at":"2026-03-01T10:00:00+01:00","source":"web","policy_version":"2026-01"}'
+    )
+    now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    with transaction(pg) as session:
+        intake_lines(session, KEY, [line], now=now)
+        subject = session.exec(select(DataSubject.id)).one()
+        session.add(Restriction(subject_id=subject, reason="Test", restricted_at=now, recorded_at=now))
+        get_cursor(session, "cleverreach:newsletter")
+    holding, lifted, released = threading.Event(), threading.Event(), []
+
+    def delivery() -> None:  # step 2: the person held back, the hold written, calls on the wire
+        with transaction(pg) as session:
+            get_cursor(session, "cleverreach:newsletter")
+            hold_back(session, "job", [("record-1", subject)], now)
+            session.flush()
+            holding.set()
+            lifted.wait(10)
+
+    thread = threading.Thread(target=delivery)
+    thread.start()
+    assert holding.wait(10)
+    with transaction(pg) as session:  # the lift: its release cannot see the uncommitted hold
+        found = active_restriction(session, subject)
+        found.lifted_at, found.lift_reason, found.lift_recorded_at = now, "Test", now
+        assert release(session, subject, now) == 0
+    waiter = threading.Thread(target=lambda: released.append(release_after_deliveries(subject, now)))
+    waiter.start()
+    assert _a_backend_waits_for_a_lock(pg)  # for the delivery's cursor
+    lifted.set()  # the delivery commits its hold
+    thread.join(10)
+    waiter.join(10)
+    assert released == [1]
+    with transaction(pg) as session:
+        assert due_for_retry(session, "job") == ["record-1"]
