@@ -17,10 +17,12 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from sqlmodel import Session
 
+from intake.receipts import ignored
 from intake.types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown, PlausibleTime
 from models.audit import AuditEvent
 from models.erasure import UnknownSubject, open_request
 from models.receipts import IntakeReceipt, seen
+from models.rights import Superseded
 from models.subjects import DataSubject
 from models.types import event_key
 
@@ -81,6 +83,10 @@ class RequestStore:
             return Applied("duplicate")
         try:
             request, outcome, detail = self.open(event)
+        except Superseded as exc:  # recorded, so importing it again is a duplicate
+            self.seen.add(key)
+            self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
+            return ignored(event.type, "stale", str(exc), exc.pseudonym)
         except UnknownSubject as exc:
             # The person's sign-up, booking or order may come further down the file.
             raise self.unknown(str(exc)) from None

@@ -58,6 +58,7 @@ from models.erasure import (
 )
 from models.identity import normalise_email, normalise_phone
 from models.restriction import Restriction
+from models.subjects import DataSubject
 from models.types import BERLIN, UTCDateTime, classify, new_id, utcnow
 
 __all__ = [
@@ -281,6 +282,36 @@ def _merged_changes(
     return values, times
 
 
+class Superseded(ValueError):
+    """Every value a rectification asks for was corrected by one asked for later and
+    completed already; the reason is safe to show, `pseudonym` names the person."""
+
+    def __init__(self, reason: str, pseudonym: str):
+        super().__init__(reason)
+        self.pseudonym = pseudonym
+
+
+def _not_superseded(
+    session: Session, subject: DataSubject, changes: Mapping[str, Any], asked_at: datetime
+) -> dict[str, Any]:
+    """`changes` without the fields a completed rectification asked for after `asked_at`
+    corrected: by event time that one is the latest decision, whichever arrived first (an
+    open one is joined field by field instead, ``_merged_changes``). Superseded if none is left."""
+    later = session.exec(
+        select(RightsRequest.corrected).where(
+            RightsRequest.subject_id == subject.id,
+            RightsRequest.right == Right.rectification,
+            RightsRequest.status == RequestStatus.completed,
+            col(RightsRequest.received_at) > asked_at,
+        )
+    ).all()
+    done = {name for corrected in later for name in corrected.split(",") if name}
+    left = {name: value for name, value in changes.items() if name not in done}
+    if not left:
+        raise Superseded("every value it asks for was corrected by a later request", subject.pseudonym)
+    return left
+
+
 def changes_of(request: RightsRequest, document_key: bytes) -> dict[str, Any] | None:
     """A rectification's new values (birth_date as ``date``), or None when none are stored."""
     if request.changes is None:
@@ -336,6 +367,8 @@ def open_rights_request(
         raise ValueError("no document key to store the new values encrypted")
     subject = find_subject(session, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key)
     reference = check_free_text(reference, "reference", subject)
+    if changes:
+        changes = _not_superseded(session, subject, changes, received_at)
     request = open_request_of(session, subject.id, right)
     if request is not None:
         if changes:

@@ -139,3 +139,26 @@ def test_rectifications_joined_keep_per_field_the_value_asked_for_last_by_time_n
     [request] = requests()
     # The older request adds the field only it names; at the same instant the later arrival wins.
     assert changes_of(request, DOC_KEY) == {"last_name": "Neumann", "first_name": "Erica", "phone": "+4930901821"}
+
+
+def test_a_rectification_older_than_a_completed_one_keeps_only_what_that_did_not_correct(settings):
+    from models.rights import complete
+
+    run(settings, signup("erika@example.de"))
+    hours = lambda n: (NOW - timedelta(hours=n)).isoformat()  # noqa: E731
+    assert [r.outcome for r in run(settings, ask("rectification", at=hours(1), changes={"last_name": "Neumann"}))] == [
+        "stored"
+    ]
+    with transaction() as session:  # answered: our copy and the processors corrected
+        request = session.exec(select(RightsRequest)).one()
+        complete(request, "corrected", NOW)
+        request.corrected = "last_name"
+    # Dated before it, arriving after: its last name is the older decision.
+    older = ask("rectification", at=hours(2), changes={"last_name": "Altmann"})
+    [result] = run(settings, older)
+    assert (result.outcome, result.reason) == ("unchanged", "every value it asks for was corrected by a later request")
+    assert [r.outcome for r in run(settings, older)] == ["duplicate"]
+    mixed = ask("rectification", at=hours(3), changes={"last_name": "Altmann", "first_name": "Erica"})
+    assert [r.outcome for r in run(settings, mixed)] == ["stored"]
+    [still_open] = [r for r in requests() if r.status == "open"]
+    assert changes_of(still_open, DOC_KEY) == {"first_name": "Erica"}
