@@ -60,7 +60,7 @@ from models.db import transaction
 from models.erasure import Channel, UnknownSubject, check_free_text
 from models.isic import IsicOrder
 from models.recipients import Recipient, live_recipient_ids_among
-from models.restriction import Restriction, active_restriction, check_informed_on, release, release_after_deliveries
+from models.restriction import Restriction, active_restriction, check_informed_on, release
 from models.rights import Changes, Right
 from models.subjects import DataSubject
 from models.types import event_key, utcnow
@@ -670,8 +670,6 @@ def lift_restriction(
             )
         )
         _audit(session, clients, {r.processor for r in recipients}, events)
-    if late := release_after_deliveries(sid, now):
-        outcome.local["released"] = outcome.local.get("released", 0) + late
     log.info("restriction of %s lifted: %s", pseudonym, outcome.summary())
     return outcome
 

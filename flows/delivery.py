@@ -31,7 +31,8 @@ register rows written ahead by earlier runs.
 A record that would carry a restricted subject's data (Art. 18: ``models.restriction``), or
 the data of a subject whose rectification is open (``models.rights.held_back``), is held
 back the same way, and noted there: lifting the restriction, or completing the
-rectification, hands it to the job's retry queue, so it goes then. A record that carries
+rectification, hands it to the job's retry queue, so it goes then (a hold written after
+the lift looked, by a batch that was sending then, is released by the job's next batch). A record that carries
 nothing (a cancellation, a removal) still goes: it only stops processing.
 """
 
@@ -62,7 +63,7 @@ from models.db import transaction
 from models.erasure import being_erased
 from models.parked import ParkedItem, ParkState, drop, due_for_retry, get_item, park, resolve, retry_later
 from models.recipients import record_may_hold_by_purpose
-from models.restriction import RELEASED, hold_back, release
+from models.restriction import RELEASED, hold_back, release, release_lifted
 from models.rights import held_back
 from models.types import utcnow
 
@@ -438,9 +439,13 @@ def run_batch(
     for _ in range(_MOST_STARTS):
         journal.settle_now()  # what batches killed before their commit left
         with transaction() as session:
+            paused_now = held_back(session)
+            if ids is None:  # under the cursor's lock, then taken from the retry queue below
+                job.lock(session)
+                release_lifted(session, job.name, paused_now, now)
             ahead = _select(job, session, limit, ids, ahead=True)
             held = being_erased(session) | ahead.erasing
-            paused = held_back(session) | ahead.paused
+            paused = paused_now | ahead.paused
             after, through = ahead.after, ahead.last_seq
             if (
                 ahead.counted is not None and after is not None and (held or paused)

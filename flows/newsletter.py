@@ -87,7 +87,8 @@ from models.recipients import (
     record_removed_many,
     record_sent_many,
 )
-from models.restriction import restricted
+from models.restriction import lifted_holds, restricted
+from models.rights import held_back
 from models.subjects import DataSubject
 from models.types import event_key, utcnow
 
@@ -662,6 +663,9 @@ def sync_newsletter_consents(
             )
             changes = count_changed_since(session, list_name, position)
             changes += len(due_for_retry(session, job_name(list_name)))
+            # Holds a lift did not see (``models.restriction.lifted_holds``): the batch
+            # releases and sends them.
+            changes += len(lifted_holds(session, job_name(list_name), held_back(session)))
         for start in range(0, len(removals), records_per_task):
             # quote(): Prefect would otherwise walk the id list for futures to resolve, twice.
             ids = quote(removals[start : start + records_per_task])

@@ -55,7 +55,7 @@ from models.db import scrub_journal, transaction
 from models.deadlines import urgency
 from models.documents import DocumentCipher
 from models.erasure import MAX_TEXT, Channel, Urgency
-from models.restriction import active_restriction, release_after_deliveries
+from models.restriction import active_restriction
 from models.restriction import release as release_held
 from models.rights import (
     Changes,
@@ -273,7 +273,6 @@ def _record(ask: Ask, owner: str, outcome: Outcome, committed: AuditEvent | None
     its calls are among them); 'completed', 'open' or 'claim_lost'."""
     marker = [committed] if committed is not None else []
     now = utcnow()
-    late_release = False
     with transaction() as session:
         request = session.get(RightsRequest, ask.request_id)
         if request is None or not held_by(request, owner):
@@ -296,7 +295,6 @@ def _record(ask: Ask, owner: str, outcome: Outcome, committed: AuditEvent | None
                 # so no run sees the request completed and the records still held.
                 if released := release_held(session, ask.subject_id, now):
                     summary += f" released={released}"
-                late_release = True
         else:
             request.detail, request.updated_at = summary, now
             release(request)
@@ -304,8 +302,6 @@ def _record(ask: Ask, owner: str, outcome: Outcome, committed: AuditEvent | None
         detail = f"request={request.id} {summary}".strip()
         events = [*outcome.events, decision(f"rights.{ask.right}", word, None, ask.pseudonym, detail), *marker]
         write_audit(session, events)
-    if late_release:  # what a delivery in flight held meanwhile (PostgreSQL)
-        release_after_deliveries(ask.subject_id, now)
     return word
 
 

@@ -29,8 +29,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, UniqueConstraint, exists
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from models.cursors import await_deliveries
-from models.db import transaction
 from models.parked import ParkedItem, ParkState
 from models.types import BERLIN, UTCDateTime, classify, new_id
 
@@ -175,16 +173,13 @@ def hold_back(session: Session, job: str, held: Iterable[tuple[str, uuid.UUID]],
     return len(held)
 
 
-def release(session: Session, subject_id: uuid.UUID, now: datetime) -> int:
-    """Hand the subject's held records to their jobs' retry queue (``models.parked``): each
-    job's next run sends them first. Returns how many."""
-    rows = list(
-        session.exec(
-            select(RestrictionHold).where(
-                RestrictionHold.subject_id == subject_id, col(RestrictionHold.released_at).is_(None)
-            )
-        )
+def release(session: Session, subject_id: uuid.UUID, now: datetime, job: str | None = None) -> int:
+    """Hand the subject's held records (of every job, or of `job`) to their jobs' retry queue
+    (``models.parked``): each job's next run sends them first. Returns how many."""
+    query = select(RestrictionHold).where(
+        RestrictionHold.subject_id == subject_id, col(RestrictionHold.released_at).is_(None)
     )
+    rows = list(session.exec(query.where(RestrictionHold.job == job) if job is not None else query))
     for row in rows:
         item = session.exec(
             select(ParkedItem).where(ParkedItem.job == row.job, ParkedItem.record_id == row.record_id)
@@ -199,15 +194,21 @@ def release(session: Session, subject_id: uuid.UUID, now: datetime) -> int:
     return len(rows)
 
 
-def release_after_deliveries(subject_id: uuid.UUID, now: datetime) -> int:
-    """``release`` once more, after the committed lift (or completed rectification), once
-    every delivery sending now has ended (``models.cursors.await_deliveries``); how many.
+def lifted_holds(session: Session, job: str, still_held: set[uuid.UUID]) -> set[uuid.UUID]:
+    """The subjects whose records `job` holds unreleased though they are held back no more
+    (not in `still_held`, ``models.rights.held_back``).
 
-    On PostgreSQL a delivery that read the subject as held back before the lift committed
-    writes its hold after the lift's own ``release`` looked, and nobody would release it.
-    Nothing to do on SQLite, where the lift waited for that delivery's commit.
+    A lift, or a rectification's completion, releases the holds it finds; on PostgreSQL a
+    batch that read the person as held back just before it committed writes its hold after
+    that looked. The job's next batch releases those (``release_lifted``).
     """
-    if not await_deliveries():
-        return 0
-    with transaction() as session:
-        return release(session, subject_id, now)
+    query = select(RestrictionHold.subject_id).where(
+        RestrictionHold.job == job, col(RestrictionHold.released_at).is_(None)
+    )
+    return set(session.exec(query)) - still_held
+
+
+def release_lifted(session: Session, job: str, still_held: set[uuid.UUID], now: datetime) -> int:
+    """Release `job`'s holds of subjects held back no more (``lifted_holds``); how many.
+    The caller holds the job's cursor: two batches of one job do not release one hold twice."""
+    return sum(release(session, subject, now, job) for subject in lifted_holds(session, job, still_held))

@@ -802,6 +802,25 @@ def test_a_restriction_lifted_between_batches_is_sent_registered(against_sandbox
     assert not _unregistered_at_cleverreach(against_sandbox)
 
 
+def test_a_hold_the_lift_did_not_see_is_released_and_sent_by_the_next_sync(against_sandbox):
+    # On PostgreSQL a batch that read the person as restricted just before the lift committed
+    # writes its hold after the lift's release looked: here that hold, lifted without one.
+    from models.restriction import RestrictionHold
+
+    take_in(signup("a@example.de"), confirm("a@example.de"), signup("b@example.de"), confirm("b@example.de"))
+    subject = _restrict("b@example.de")
+    assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {"pushed": 1, "held_restricted": 1}
+    _lift(subject)  # the restriction ends; the hold stays unreleased
+    with transaction() as session:
+        assert session.exec(select(RestrictionHold.released_at)).all() == [None]
+    counts = newsletter.sync_newsletter_consents(lists=["newsletter"])
+    assert counts == {"pushed": 1}
+    assert sorted(receivers(against_sandbox, "1001")) == ["a@example.de", "b@example.de"]
+    assert not _unregistered_at_cleverreach(against_sandbox)
+    with transaction() as session:
+        assert None not in session.exec(select(RestrictionHold.released_at)).all()
+
+
 def test_a_record_queued_for_retry_between_write_ahead_and_send_waits_for_the_next_batch(against_sandbox, monkeypatch):
     from flows import delivery
     from models.restriction import release
