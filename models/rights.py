@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic import Field as Bounds
-from sqlalchemy import Index, LargeBinary, and_, or_, text, union
+from sqlalchemy import Index, LargeBinary, Text, and_, or_, text, union
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.db import claim_rows
@@ -129,6 +129,10 @@ class RightsRequest(SQLModel, table=True):
     # comma-separated ("email,last_name"); kept when the values are blanked (the proof of
     # consent says an address was corrected, and when, without the old one).
     corrected: str = Field(default="", max_length=200)
+    # A rectification: when each field's value was asked for (JSON, field name to time; the
+    # names and times only), kept when the values are blanked: a rectification dated before
+    # it that arrives later does not undo what it corrected.
+    asked_at: str | None = Field(default=None, sa_type=Text)
     claimed_by: str | None = Field(default=None, max_length=64)
     claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -155,6 +159,7 @@ classify(
         "detail",
         "outcome",
         "corrected",
+        "asked_at",
         "claimed_by",
         "claimed_until",
         "created_at",
@@ -234,17 +239,11 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 
 
-def seal_changes(
-    document_key: bytes,
-    changes: Mapping[str, Any],
-    now: datetime | None = None,
-    at: Mapping[str, datetime] | None = None,
-) -> bytes:
+def seal_changes(document_key: bytes, changes: Mapping[str, Any], now: datetime | None = None) -> bytes:
     """`changes` (a subset of ``CHANGE_FIELDS``) as Fernet-encrypted JSON, checked by
     ``Changes`` whichever door they came through (a bad value must not open a request that
     then fails every run); ValueError naming an unknown or invalid field (never its value)
-    or an empty set. `at`: when each value was asked for (what a later request for the same
-    field is compared with), sealed with them."""
+    or an empty set."""
     unknown = sorted(set(changes) - set(CHANGE_FIELDS))
     if unknown:
         raise ValueError(f"changes: unknown field(s) {', '.join(unknown)}; known: {', '.join(CHANGE_FIELDS)}")
@@ -256,14 +255,15 @@ def seal_changes(
     except ValidationError as exc:
         names = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
         raise ValueError(f"changes: invalid {', '.join(names) or 'values'}") from None
-    sealed: dict[str, Any] = dict(kept)
-    if at:
-        sealed[_ASKED_AT] = {name: at[name].isoformat() for name in kept if name in at}
-    return DocumentCipher(document_key).encrypt(json.dumps(sealed, sort_keys=True).encode())
+    return DocumentCipher(document_key).encrypt(json.dumps(kept, sort_keys=True).encode())
 
 
-# In the sealed JSON beside the values: when each was asked for (no field is named so).
-_ASKED_AT = "_at"
+def asked_times(request: RightsRequest) -> dict[str, datetime]:
+    """When each field of a rectification was asked for (``RightsRequest.asked_at``); a
+    field without its own time counts as asked for at the request's receipt."""
+    recorded = json.loads(request.asked_at) if request.asked_at else {}
+    names = set(recorded) | {name for name in request.corrected.split(",") if name}
+    return {name: datetime.fromisoformat(recorded[name]) if name in recorded else request.received_at for name in names}
 
 
 def _merged_changes(
@@ -272,14 +272,16 @@ def _merged_changes(
     """The open rectification's values joined with `changes` asked for at `asked_at`: per
     field, the value asked for last by its time wins, whichever request arrived last (at the
     same instant, the later arrival); with when each was asked for."""
-    sealed = json.loads(DocumentCipher(document_key).decrypt(request.changes)) if request.changes else {}
-    times = {name: datetime.fromisoformat(when) for name, when in sealed.pop(_ASKED_AT, {}).items()}
-    values = dict(sealed)
+    values = changes_of(request, document_key) or {}
+    times = asked_times(request)
     for name, value in changes.items():
-        # A value sealed before the times were kept counts as asked for at the request's receipt.
         if name not in values or asked_at >= times.get(name, request.received_at):
             values[name], times[name] = value, asked_at
     return values, times
+
+
+def _asked_json(times: Mapping[str, datetime]) -> str:
+    return json.dumps({name: when.isoformat() for name, when in sorted(times.items())})
 
 
 class Superseded(ValueError):
@@ -294,18 +296,24 @@ class Superseded(ValueError):
 def _not_superseded(
     session: Session, subject: DataSubject, changes: Mapping[str, Any], asked_at: datetime
 ) -> dict[str, Any]:
-    """`changes` without the fields a completed rectification asked for after `asked_at`
-    corrected: by event time that one is the latest decision, whichever arrived first (an
-    open one is joined field by field instead, ``_merged_changes``). Superseded if none is left."""
-    later = session.exec(
-        select(RightsRequest.corrected).where(
+    """`changes` without the fields a completed rectification corrected with a value asked
+    for after `asked_at` (each field by its own time, ``asked_times``): by event time that
+    value is the latest decision, whichever arrived first (an open rectification is joined
+    field by field instead, ``_merged_changes``). Superseded if none is left."""
+    completed = session.exec(
+        select(RightsRequest).where(
             RightsRequest.subject_id == subject.id,
             RightsRequest.right == Right.rectification,
             RightsRequest.status == RequestStatus.completed,
-            col(RightsRequest.received_at) > asked_at,
+            RightsRequest.corrected != "",
         )
     ).all()
-    done = {name for corrected in later for name in corrected.split(",") if name}
+    done = {
+        name
+        for request in completed
+        for name, when in asked_times(request).items()
+        if name in request.corrected.split(",") and when > asked_at
+    }
     left = {name: value for name, value in changes.items() if name not in done}
     if not left:
         raise Superseded("every value it asks for was corrected by a later request", subject.pseudonym)
@@ -317,7 +325,6 @@ def changes_of(request: RightsRequest, document_key: bytes) -> dict[str, Any] | 
     if request.changes is None:
         return None
     values = json.loads(DocumentCipher(document_key).decrypt(request.changes))
-    values.pop(_ASKED_AT, None)
     if values.get("birth_date"):
         values["birth_date"] = date.fromisoformat(values["birth_date"])
     return values
@@ -374,7 +381,8 @@ def open_rights_request(
         if changes:
             assert document_key is not None
             merged, times = _merged_changes(request, document_key, changes, received_at)
-            request.changes = seal_changes(document_key, merged, now, at=times)
+            request.changes = seal_changes(document_key, merged, now)
+            request.asked_at = _asked_json(times)
             request.updated_at = now
         return request, False
     request = RightsRequest(
@@ -384,9 +392,8 @@ def open_rights_request(
         channel=channel,
         reference=reference,
         due=due_date(received_at),
-        changes=seal_changes(document_key, changes, now, at=dict.fromkeys(changes, received_at))
-        if changes and document_key
-        else None,
+        changes=seal_changes(document_key, changes, now) if changes and document_key else None,
+        asked_at=_asked_json(dict.fromkeys(changes, received_at)) if changes else None,
         created_at=now,
         updated_at=now,
     )

@@ -162,3 +162,36 @@ def test_a_rectification_older_than_a_completed_one_keeps_only_what_that_did_not
     assert [r.outcome for r in run(settings, mixed)] == ["stored"]
     [still_open] = [r for r in requests() if r.status == "open"]
     assert changes_of(still_open, DOC_KEY) == {"first_name": "Erica"}
+
+
+@pytest.mark.parametrize(
+    ("first", "joined", "mid_outcome", "last_name"),
+    [
+        # opened at -1h (first name), an older -5h last name joined, completed: -3h is newer
+        ({"first_name": "Erica"}, ("Old", 5), "stored", "Mid"),
+        # opened at -5h (first name), a newer -1h last name joined, completed: -3h is older
+        ({"first_name": "Erica"}, ("New", 1), "unchanged", None),
+    ],
+    ids=["older field joined", "newer field joined"],
+)
+def test_a_completed_rectification_is_compared_field_by_field_by_when_each_was_asked(
+    settings, first, joined, mid_outcome, last_name
+):
+    from models.rights import complete
+
+    run(settings, signup("erika@example.de"))
+    hours = lambda n: (NOW - timedelta(hours=n)).isoformat()  # noqa: E731
+    opened_at = 1 if joined[1] == 5 else 5
+    lines = [
+        ask("rectification", at=hours(opened_at), changes=first),
+        ask("rectification", at=hours(joined[1]), changes={"last_name": joined[0]}),
+    ]
+    assert [r.outcome for r in run(settings, *lines)] == ["stored", "stored"]
+    with transaction() as session:
+        request = session.exec(select(RightsRequest)).one()
+        complete(request, "corrected", NOW)
+        request.corrected = "first_name,last_name"
+    [result] = run(settings, ask("rectification", at=hours(3), changes={"last_name": "Mid"}))
+    assert result.outcome == mid_outcome
+    opened = [r for r in requests() if r.status == "open"]
+    assert [changes_of(r, DOC_KEY) for r in opened] == ([{"last_name": last_name}] if last_name else [])
