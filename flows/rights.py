@@ -34,7 +34,7 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -281,6 +281,11 @@ def _record(ask: Ask, owner: str, outcome: Outcome, committed: AuditEvent | None
             return "claim_lost"
         request.attempts += 1
         summary = " ".join(outcome.summary.split())[:MAX_TEXT]
+        if outcome.done and ask.right == Right.rectification and _joined_since(request, ask):
+            # Another rectification joined while this one was answered: its values were not
+            # among those told, and completing would blank them. Answered again, all of them.
+            outcome = replace(outcome, done=False, summary=f"{summary}; new values joined meanwhile: answered again")
+            summary = outcome.summary[:MAX_TEXT]
         if outcome.done:
             try:
                 complete(request, summary, now)
@@ -303,6 +308,11 @@ def _record(ask: Ask, owner: str, outcome: Outcome, committed: AuditEvent | None
         events = [*outcome.events, decision(f"rights.{ask.right}", word, None, ask.pseudonym, detail), *marker]
         write_audit(session, events)
     return word
+
+
+def _joined_since(request: RightsRequest, ask: Ask) -> bool:
+    """Whether the rectification's values changed since `ask` read them (a request joined)."""
+    return (changes_of(request, ask.settings.document_key_bytes()) if request.changes else None) != ask.changes
 
 
 def handle(

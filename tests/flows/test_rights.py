@@ -8,6 +8,7 @@ import io
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -323,6 +324,26 @@ def test_the_changes_of_a_rectification_are_stored_encrypted_and_blanked_when_do
     with transaction() as session:
         request = session.get(RightsRequest, rid)
         assert request.changes is None and request.status == "completed" and request.outcome == "fields=1"
+
+
+def test_a_rectification_joined_while_it_is_answered_stays_open_and_is_answered_again_with_all_values(env, monkeypatch):
+    url, base = env
+    take_in(base, *lines_of(ANNA)[:2])
+    with transaction() as session:
+        rid = rights.open_request(session, right="rectification", email=ANNA.email, changes={"last_name": "Neumann"}).id
+    seen: list[Mapping] = []
+
+    def telling_the_processors(ask: Ask) -> Outcome:
+        seen.append(dict(ask.changes or {}))
+        if len(seen) == 1:  # meanwhile the person corrects their phone number too
+            with transaction() as session:
+                rights.open_request(session, right="rectification", email=ANNA.email, changes={"phone": "030 901820"})
+        return Outcome(True, "fields=1")
+
+    monkeypatch.setitem(rights.HANDLERS, Right.rectification, telling_the_processors)
+    assert handle([rid]) == {"still_open": 1}
+    assert handle([rid])["completed"] == 1
+    assert seen == [{"last_name": "Neumann"}, {"last_name": "Neumann", "phone": "+4930901820"}]
 
 
 def test_two_runs_never_claim_one_request(env):
