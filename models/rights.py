@@ -354,7 +354,9 @@ def open_rights_request(
     `received_at`, not by arrival) replaces the one it has. Raises
     (and stores nothing) for an unknown subject, identifiers of different people, a bad
     right or channel, a receipt time without a zone or in the future, a reference that looks
-    personal, changes for another right or none for a rectification. Does not commit.
+    personal, changes for another right or none for a rectification, and ``Superseded`` for a
+    rectification whose every field a completed one corrected with a value asked for later.
+    Does not commit.
     """
     now = now or utcnow()
     try:
