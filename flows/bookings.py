@@ -48,7 +48,7 @@ from flows.common import (
     tally,
     write_audit,
 )
-from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
+from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch, waiting
 from models.audit import AuditEvent
 from models.bookings import (
     Booking,
@@ -63,7 +63,6 @@ from models.bookings import (
 )
 from models.cursors import cursor_position
 from models.db import transaction
-from models.parked import due_for_retry
 from models.recipients import Recipient, record_removed_for, record_sent_by_purpose, record_sent_many
 from models.subjects import DataSubject
 from models.types import utcnow
@@ -352,7 +351,7 @@ def push_bookings(
         # Count first, so no task run is spent finding out that nothing is left.
         with transaction() as session:
             changes = count_changed_since(session, cursor_position(session, CURSOR))
-            changes += len(due_for_retry(session, BookingsJob.name))
+            changes += waiting(session, BookingsJob.name)
         for _ in range(math.ceil(changes / records_per_task)):
             results.append(push_batch(clients, records_per_task))
     counts = tally(results)

@@ -63,7 +63,7 @@ from models.db import transaction
 from models.erasure import being_erased
 from models.parked import ParkedItem, ParkState, drop, due_for_retry, get_item, park, resolve, retry_later
 from models.recipients import record_may_hold_by_purpose
-from models.restriction import RELEASED, hold_back, release, release_lifted
+from models.restriction import RELEASED, hold_back, lifted_holds, release, release_lifted
 from models.rights import held_back
 from models.types import utcnow
 
@@ -409,6 +409,13 @@ def _write_next_ahead(
     cursor.ahead_left_out = json.dumps(left_out) if left_out else None
 
 
+def waiting(session: Session, job_name: str) -> int:
+    """How many records of `job_name` its next batch takes besides the stream: those to try
+    again, and about as many as the holds of people held back no more (``release_lifted``).
+    For a job's plan: a run with neither and no change needs no batch."""
+    return len(due_for_retry(session, job_name)) + len(lifted_holds(session, job_name, held_back(session)))
+
+
 def run_wide(exc: Exception) -> bool:
     """Whether a failure is no record's own: auth refused, configuration missing."""
     if not isinstance(exc, ProcessorError):
@@ -439,9 +446,11 @@ def run_batch(
     for _ in range(_MOST_STARTS):
         journal.settle_now()  # what batches killed before their commit left
         with transaction() as session:
-            paused_now = held_back(session)
-            if ids is None:  # under the cursor's lock, then taken from the retry queue below
+            if ids is not None:
+                paused_now = held_back(session)
+            else:  # under the cursor's lock, then taken from the retry queue below
                 job.lock(session)
+                paused_now = held_back(session)
                 release_lifted(session, job.name, paused_now, now)
             ahead = _select(job, session, limit, ids, ahead=True)
             held = being_erased(session) | ahead.erasing

@@ -52,7 +52,7 @@ from flows.common import (
     tally,
     write_audit,
 )
-from flows.delivery import Reach, StreamJob, fail_if_parked, isolate, run_batch, run_wide
+from flows.delivery import Reach, StreamJob, fail_if_parked, isolate, run_batch, run_wide, waiting
 from models.audit import AuditEvent
 from models.consent import (
     ConsentEvent,
@@ -75,7 +75,6 @@ from models.consent import (
 )
 from models.cursors import SyncCursor, cursor_position, get_cursor, next_seq
 from models.db import scrub_journal, skip_locked, transaction
-from models.parked import due_for_retry
 from models.recipients import (
     Recipient,
     live_for_other_purposes,
@@ -87,8 +86,7 @@ from models.recipients import (
     record_removed_many,
     record_sent_many,
 )
-from models.restriction import lifted_holds, restricted
-from models.rights import held_back
+from models.restriction import restricted
 from models.subjects import DataSubject
 from models.types import event_key, utcnow
 
@@ -662,10 +660,7 @@ def sync_newsletter_consents(
                 session, PROCESSOR, _purpose(list_name), lapsed_subject_ids(list_name, position)
             )
             changes = count_changed_since(session, list_name, position)
-            changes += len(due_for_retry(session, job_name(list_name)))
-            # Holds a lift did not see (``models.restriction.lifted_holds``): the batch
-            # releases and sends them.
-            changes += len(lifted_holds(session, job_name(list_name), held_back(session)))
+            changes += waiting(session, job_name(list_name))
         for start in range(0, len(removals), records_per_task):
             # quote(): Prefect would otherwise walk the id list for futures to resolve, twice.
             ids = quote(removals[start : start + records_per_task])

@@ -274,7 +274,8 @@ def _record(ask: Ask, owner: str, outcome: Outcome, committed: AuditEvent | None
     marker = [committed] if committed is not None else []
     now = utcnow()
     with transaction() as session:
-        request = session.get(RightsRequest, ask.request_id)
+        # Locked: a rectification joining it now waits, and is then seen (``_joined_since``).
+        request = session.get(RightsRequest, ask.request_id, with_for_update=True)
         if request is None or not held_by(request, owner):
             lost = decision(f"rights.{ask.right}", "claim_lost", None, ask.pseudonym, f"request={ask.request_id}")
             write_audit(session, [*outcome.events, lost, *marker])

@@ -45,7 +45,7 @@ from flows.common import (
     tally,
     write_audit,
 )
-from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch
+from flows.delivery import Reach, StreamJob, fail_if_parked, run_batch, waiting
 from models.audit import AuditEvent
 from models.cursors import cursor_position
 from models.db import scrub_journal, transaction
@@ -63,7 +63,6 @@ from models.isic import (
     documents_due,
     sealed_photo,
 )
-from models.parked import due_for_retry
 from models.recipients import record_removed_for, record_sent_by_purpose
 from models.subjects import DataSubject
 from models.types import utcnow
@@ -279,7 +278,7 @@ def forward_student_id_orders(
     started = utcnow()
     with transaction() as session:
         changes = count_changed_since(session, cursor_position(session, CURSOR))
-        changes += len(due_for_retry(session, ForwardJob.name))
+        changes += waiting(session, ForwardJob.name)
     results = [forward_batch(client, records_per_task) for _ in range(math.ceil(changes / records_per_task))]
     counts = _report(
         "forward-student-id-orders",

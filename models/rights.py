@@ -325,6 +325,9 @@ def changes_of(request: RightsRequest, document_key: bytes) -> dict[str, Any] | 
     if request.changes is None:
         return None
     values = json.loads(DocumentCipher(document_key).decrypt(request.changes))
+    # Sealed with the values by the first version of per-field times (175131a, hours on
+    # main): no field of the request; the times are in ``asked_at`` now.
+    values.pop("_at", None)
     if values.get("birth_date"):
         values["birth_date"] = date.fromisoformat(values["birth_date"])
     return values
@@ -406,13 +409,16 @@ def open_rights_request(
 
 
 def open_request_of(session: Session, subject_id: uuid.UUID, right: Right | str) -> RightsRequest | None:
-    """The subject's open request for `right`, or None."""
+    """The subject's open request for `right`, or None; locked until the transaction ends
+    (PostgreSQL), so a join and the request's completion do not overwrite each other."""
     return session.exec(
-        select(RightsRequest).where(
+        select(RightsRequest)
+        .where(
             RightsRequest.subject_id == subject_id,
             RightsRequest.right == str(right),
             RightsRequest.status == RequestStatus.open,
         )
+        .with_for_update()
     ).first()
 
 

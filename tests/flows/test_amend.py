@@ -337,6 +337,36 @@ def test_rectification_refuses_another_subjects_address_and_changes_nothing(env)
 
 
 # restriction ----------------------------------------------------------------------------
+def test_holds_a_lift_did_not_see_are_released_and_sent_by_each_jobs_next_run(env, monkeypatch):
+    # On PostgreSQL a batch that read her as restricted just before the lift committed writes
+    # its hold after the lift's release looked; here the lift releases nothing at all.
+    url, base = env
+    everywhere(url, base)
+    sid = subject_id(OLD["email"])
+    assert amend.restrict(sid, reason_text="Richtigkeit bestritten (Art. 18 Abs. 1 lit. a)").complete
+    take_in(
+        base,
+        booking_line("B-anna-later", "video", "2027-03-03T14:05:00+01:00"),
+        {**order_line("ISIC-anna-2"), "at": ago(1)},
+        *consent_lines(OLD["email"], "service_offers", insurance_number="A123456780"),
+    )
+    assert bookings.push_bookings().get("held_restricted") == 1
+    assert student_id.forward_student_id_orders().get("held_restricted") == 1
+    assert newsletter.sync_newsletter_consents().get("held_restricted") == 1
+    monkeypatch.setattr(amend, "release", lambda *args, **kwargs: 0)
+    assert amend.lift_restriction(sid, reason_text="Daten korrekt", informed_on=told_on()).local == {}
+    # Nothing else changed: only the holds make each job's next run take a batch.
+    assert bookings.push_bookings().get("pushed") == 1
+    assert student_id.forward_student_id_orders().get("forwarded") == 1
+    assert newsletter.sync_newsletter_consents().get("pushed") == 1
+    state = sandbox_state(url)
+    assert len(state["timify"]["appointments"]) == 3
+    assert "ISIC-anna-2" in state["isic"]["cardholders"]
+    assert OLD["email"] in state["cleverreach"]["groups"]["1002"]["receivers"]
+    with transaction() as session:
+        assert [h.released_at is not None for h in session.exec(select(RestrictionHold))] == [True] * 3
+
+
 def test_restriction_holds_the_next_push_of_every_job_and_lifting_lets_it_go(env):
     url, base = env
     everywhere(url, base)
