@@ -16,6 +16,8 @@ from sqlmodel import Session
 
 from core.heap import collector_paused
 from flows.common import write_audit
+from intake.documents import resolve_document
+from intake.isic import IsicOrderEvent
 from intake.lines import (
     CHUNK,
     CHUNK_DOCUMENT_BYTES,
@@ -73,6 +75,7 @@ def import_lines(
     chunk_lines: int = CHUNK,
     chunk_bytes: int = CHUNK_DOCUMENT_BYTES,
     url: str | None = None,
+    uploads: Uploads | None = None,
 ) -> Iterator[list[LineResult]]:
     """Validate and store `lines` read as they come, a chunk at a time: each chunk (at most
     `chunk_lines` lines, fewer once its documents reach `chunk_bytes`) is stored with its
@@ -83,7 +86,8 @@ def import_lines(
 
     Results come chunk by chunk, each sorted by line number; a line naming what is not known
     yet (a confirmation above its sign-up) is tried again after the whole file and reported
-    then, in the last chunks.
+    then, in the last chunks. `uploads` learns which documents each order line names and
+    what became of the line (``Uploads``).
     """
     if chunk_lines < 1:
         raise ValueError("chunk_lines must be at least 1")
@@ -100,14 +104,20 @@ def import_lines(
             chunk = next(chunks, None)
             if chunk is None:
                 break
+            if uploads is not None:
+                uploads.note(chunk)
             results, deferred = _store(chunk, key, document_key, url, defer=True)
             later += deferred
             chunk.clear()  # so also the list chunked() holds until its next step
+        if uploads is not None:
+            uploads.settle(results)
         yield results
     ordered = retry_order(later)
     for start in range(0, len(ordered), chunk_lines):
         with collector_paused():
             results, _ = _store(ordered[start : start + chunk_lines], key, document_key, url, defer=False)
+        if uploads is not None:
+            uploads.settle(results)
         yield results
     # The file's pages into the database file before the caller goes on: a job right after
     # the intake would otherwise share its first commits with that checkpoint (70 ms of a
@@ -135,3 +145,71 @@ def _store(
         write_audit(session, applied.audit)
         applier.close()
     return sorted(results + applied.results, key=lambda r: r.line), applied.later
+
+
+class Uploads:
+    """The documents a file's ``isic.order`` lines name, and what became of those lines: the
+    plaintext uploads the website left next to the file (ID copies, photos) are personal data
+    that an erasure here cannot reach, so ``psync intake --remove-documents`` removes them
+    once the file is in.
+
+    A document goes once every line naming it is in: stored (now encrypted in the database),
+    a duplicate (stored before), or ignored because its person was erased after the order's
+    time. One named by a rejected line stays, for the line to be fixed and imported again.
+    Only paths inside the file's folder are ever touched (``resolve_document``).
+
+    Example::
+
+        uploads = Uploads(path.parent)
+        for results in import_lines(key, lines, now, base_dir=path.parent, uploads=uploads):
+            ...
+        removed, failed = uploads.remove()
+    """
+
+    def __init__(self, base_dir: Path):
+        self.base_dir = base_dir
+        self._named: dict[int, list[Path]] = {}  # line number -> its documents, until its result
+        self._kept: set[Path] = set()
+        self._done: set[Path] = set()
+
+    def note(self, items: Iterable[LineResult | Parsed | Refused]) -> None:
+        """Remember the documents of the order lines among `items`, before they are stored."""
+        for item in items:
+            if isinstance(item, LineResult):
+                continue  # rejected by validation: its documents stay
+            number, event = (item.line, item.event) if isinstance(item, Refused) else item
+            if isinstance(event, IsicOrderEvent):
+                paths = []
+                for relative in event.documents.model_dump().values():
+                    try:
+                        paths.append(resolve_document(self.base_dir, relative))
+                    except ValueError:
+                        continue  # outside the folder: never ours to remove
+                self._named[number] = paths
+
+    def settle(self, results: Iterable[LineResult]) -> None:
+        """What became of lines (committed): their documents to remove, or to keep."""
+        for result in results:
+            paths = self._named.pop(result.line, None)
+            if paths:
+                (self._kept if result.outcome == "rejected" else self._done).update(paths)
+
+    @property
+    def left(self) -> int:
+        """Documents of lines that are in, not removed (yet)."""
+        return len(self._done - self._kept)
+
+    def remove(self) -> tuple[int, int]:
+        """Remove the documents of lines that are in and named by no rejected line: (removed,
+        could not be removed). One gone already counts as neither."""
+        removed = failed = 0
+        for path in sorted(self._done - self._kept):
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError:  # a folder, or no permission; the caller says how many
+                failed += 1
+        self._done.clear()
+        return removed, failed

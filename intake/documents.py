@@ -53,10 +53,9 @@ class Upload:
                 raise ValueError(changed)
 
 
-def check_document(base_dir: Path, relative: str, allowed: frozenset[str], max_bytes: int) -> Upload:
-    """Check a document named relative to `base_dir` without reading it whole: inside the
-    folder, a regular file, not empty, at most `max_bytes`, of an `allowed` type by its first
-    bytes. ValueError (naming no path) if unfit."""
+def resolve_document(base_dir: Path, relative: str) -> Path:
+    """The document named `relative` to `base_dir`, symlinks resolved; ValueError (naming no
+    path) if it is not inside that folder."""
     path = Path(relative)
     outside = "must be a path relative to the JSON-lines file, inside its folder"
     if path.is_absolute() or ".." in path.parts:
@@ -68,6 +67,14 @@ def check_document(base_dir: Path, relative: str, allowed: frozenset[str], max_b
         raise ValueError("file not found") from None
     if not full.is_relative_to(os.path.realpath(base_dir)):
         raise ValueError(outside)
+    return full
+
+
+def check_document(base_dir: Path, relative: str, allowed: frozenset[str], max_bytes: int) -> Upload:
+    """Check a document named relative to `base_dir` without reading it whole: inside the
+    folder, a regular file, not empty, at most `max_bytes`, of an `allowed` type by its first
+    bytes. ValueError (naming no path) if unfit."""
+    full = resolve_document(base_dir, relative)
     try:
         size = full.stat().st_size
     except OSError:

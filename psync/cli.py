@@ -100,14 +100,24 @@ def intake(
         Path | None, typer.Argument(help="JSON-lines file of events", exists=True, dir_okay=False, readable=True)
     ] = None,
     schema: Annotated[bool, typer.Option("--schema", help="print the JSON Schema")] = False,
+    remove_documents: Annotated[
+        bool,
+        typer.Option(
+            "--remove-documents",
+            help="once the file is in, remove the uploads its orders name (kept where a line naming one was rejected)",
+        ),
+    ] = False,
 ) -> None:
-    """Validate and store the website's events; exits 1 when any line was rejected.
+    """Validate and store the website's events; exits 1 when any line was rejected (or a
+    document to remove could not be).
 
     A chunk of lines at a time, each in a transaction of its own: a rejected line is
     reported (with its number) once its chunk has committed, so after a crash what was
     reported stored is stored, and running the same file again stores only the rest.
+    Student-ID orders' uploads are stored encrypted; the plaintext files stay next to the
+    file unless `--remove-documents` (``flows.intake.Uploads``).
     """
-    from flows.intake import import_lines
+    from flows.intake import Uploads, import_lines
     from intake.lines import json_schema
 
     if schema:
@@ -120,6 +130,8 @@ def intake(
 
     settings = get_settings()
     counts: Counter[str] = Counter()
+    folder = file.resolve().parent
+    uploads = Uploads(folder)
     # Binary: a line in the wrong encoding is rejected alone instead of failing the file.
     with file.open("rb") as lines:
         chunks = import_lines(
@@ -127,17 +139,32 @@ def intake(
             lines,
             now=utcnow(),
             service_points=settings.timify.service_points,
-            base_dir=file.resolve().parent,
+            base_dir=folder,
             document_key=settings.document_key_bytes(),
             max_document_bytes=settings.isic.max_document_bytes,
+            uploads=uploads,
         )
         for results in chunks:
             counts.update(r.outcome for r in results)
             for r in results:
                 if r.outcome == "rejected":
                     typer.echo(f"{file.name}:{r.line}: rejected: {r.reason}", err=True)
-    typer.echo(" ".join(f"{k}={counts.get(k, 0)}" for k in ("stored", "unchanged", "duplicate", "rejected")))
-    raise typer.Exit(1 if counts.get("rejected") else 0)
+    summary = " ".join(f"{k}={counts.get(k, 0)}" for k in ("stored", "unchanged", "duplicate", "rejected"))
+    failed = 0
+    if remove_documents:
+        removed, failed = uploads.remove()
+        summary += f" documents_removed={removed}"
+        if failed:
+            typer.echo(f"{failed} document(s) could not be removed (a folder, or no permission)", err=True)
+    elif uploads.left:
+        # Plaintext ID copies next to the file outlive any erasure here: say so.
+        typer.echo(
+            f"note: {uploads.left} uploaded document(s) of orders now stored encrypted are still in "
+            "the file's folder, unencrypted; remove them, or import with --remove-documents",
+            err=True,
+        )
+    typer.echo(summary)
+    raise typer.Exit(1 if counts.get("rejected") or failed else 0)
 
 
 @app.command("run")

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 from typer.testing import CliRunner
@@ -17,6 +18,8 @@ from core.settings import get_settings
 from models.audit import FIELDS
 from models.db import get_engine, transaction
 from psync.cli import app
+
+from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES
 
 # Fixed past times: the CLI compares against the real clock (future lines are refused).
 AT = "2025-06-01T10:00:00+02:00"
@@ -100,6 +103,50 @@ def test_intake_bad_line_exits_1_and_keeps_the_good(settings, runner, tmp_path):
     assert "rejected:" not in result.stdout
     assert count("data_subject") == 1
     assert count("consent_event") == 2
+
+
+def order_line(order_id: str, proof: str, copy: str, photo: str) -> str:
+    return json.dumps(
+        {
+            "type": "isic.order",
+            "order_id": order_id,
+            "first_name": "Lena",
+            "last_name": "Studentin",
+            "birth_date": "2004-02-29",
+            "email": "lena@example.de",
+            "postal_code": "10115",
+            "iban": "DE89 3704 0044 0532 0130 00",
+            "institution": "TU Berlin",
+            "at": AT,
+            "documents": {"student_proof": proof, "id_copy": copy, "photo": photo},
+        }
+    )
+
+
+def test_intake_removes_the_uploads_of_stored_orders_only_when_asked(settings, runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("PSYNC_DOCUMENT_KEY", Fernet.generate_key().decode())
+    get_settings.cache_clear()
+    uploads = {"n1.pdf": PDF_BYTES, "a1.png": PNG_BYTES, "f1.jpg": JPEG_BYTES, "n2.pdf": PDF_BYTES, "a2.png": PNG_BYTES}
+    for name, content in uploads.items():
+        (tmp_path / name).write_bytes(content)
+    # The second line reuses the order id (rejected when stored) and shares the photo.
+    path = write(
+        tmp_path, order_line("O-1", "n1.pdf", "a1.png", "f1.jpg"), order_line("O-1", "n2.pdf", "a2.png", "f1.jpg")
+    )
+
+    kept = runner.invoke(app, ["intake", str(path)])
+    assert kept.exit_code == 1
+    assert "stored=1 unchanged=0 duplicate=0 rejected=1" in kept.stdout
+    assert "note: 2 uploaded document(s)" in kept.stderr and "--remove-documents" in kept.stderr
+    assert all((tmp_path / name).exists() for name in uploads)
+
+    removed = runner.invoke(app, ["intake", str(path), "--remove-documents"])
+    assert removed.exit_code == 1  # the rejected line again
+    assert "duplicate=1 rejected=1 documents_removed=2" in removed.stdout
+    assert "note:" not in removed.stderr
+    # The stored order's own files are gone; what the rejected line names stays to be fixed.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name in uploads) == ["a2.png", "f1.jpg", "n2.pdf"]
+    assert count("isic_document") == 3
 
 
 def test_intake_without_file_is_a_usage_error(settings, runner):
