@@ -241,7 +241,14 @@ def make_session(pool_size: int = 4) -> requests.Session:
 
 
 def pause(seconds: float) -> None:
-    """The one place this layer waits: looked up at call time, so tests can patch it."""
+    """The one place this layer waits between attempts: looked up at call time, so tests can
+    patch it (and count the retries' waits)."""
+    time.sleep(seconds)
+
+
+def throttle(seconds: float) -> None:
+    """Where a rate limiter waits for its token: apart from ``pause``, so a test counting the
+    retries' waits does not count the waits of a bucket other tests in its process drained."""
     time.sleep(seconds)
 
 
@@ -278,7 +285,7 @@ class RateLimiter:
             self.granted += 1
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
         if wait:
-            (self.sleep or pause)(wait)
+            (self.sleep or throttle)(wait)
         return wait
 
     def set_rate(self, rate: float) -> None:
