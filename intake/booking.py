@@ -135,11 +135,14 @@ class UnknownBooking(BookingRejected, NotYetKnown):
 class BookingStore(ReceiptStore):
     """Applies booking events of one chunk; the chunk's bookings are fetched up front.
 
-    By event time: a booking's ``updated_at`` is the time of the last event applied to it.
-    A reschedule older than that is recorded and ignored (one at the same instant applies:
-    after its request, or after another reschedule the website sent with the very same
-    time); a cancellation is final, whatever its time. A booking whose data was erased takes
-    no more changes; a request dated at or before its person's erasure restores nothing.
+    By event time: a booking's ``updated_at`` is the time of the request or reschedule that
+    set its start. A reschedule older than that is recorded and ignored (one at the same
+    instant applies: after its request, or after another reschedule the website sent with
+    the very same time). A cancellation is final, whatever its time: a reschedule that
+    arrives after it still sets where the booking was to be (as it would have, arriving
+    first) but the booking stays cancelled and nothing is sent. So a booking ends the same
+    in any arrival order. A booking whose data was erased takes no more changes; a request
+    dated at or before its person's erasure restores nothing.
     """
 
     table, ref_column, counter = Booking, "booking_ref", "booking"
@@ -163,16 +166,15 @@ class BookingStore(ReceiptStore):
             raise UnknownBooking("unknown booking_id")
         if booking.first_name is None:  # a request always carries a name: erased
             return self._ignored(event, booking, "erased", "this booking's data was erased; nothing to change")
-        if booking.status == BookingStatus.cancelled:
-            if isinstance(event, BookingCancel):
-                return Applied("unchanged", reason=f"already cancelled (at {describe_time(booking.updated_at)})")
-            if event.at < booking.updated_at:
-                reason = f"older than the cancellation (cancelled at {describe_time(booking.updated_at)})"
-                return self._ignored(event, booking, "stale", reason)
-            raise BookingRejected("booking is cancelled")
+        cancelled = booking.status == BookingStatus.cancelled
         if isinstance(event, BookingCancel):
-            booking.status = BookingStatus.cancelled
-            return self._changed(booking, seq, event.at, "booking.cancelled")
+            if cancelled:
+                when = booking.cancelled_at or booking.updated_at
+                if booking.cancelled_at is not None and event.at < booking.cancelled_at:
+                    booking.cancelled_at = event.at  # the earliest counts, whichever came first
+                return Applied("unchanged", reason=f"already cancelled (at {describe_time(when)})")
+            booking.status, booking.cancelled_at, booking.seq = BookingStatus.cancelled, event.at, seq
+            return Applied("stored", self._audit("booking.cancelled", booking))
         if event.service_point is not None and booking.channel != Channel.branch:
             raise BookingRejected("service_point only applies to branch bookings")
         current = (booking.start_at, booking.duration_min, booking.service_point)
@@ -184,13 +186,19 @@ class BookingStore(ReceiptStore):
         if event.at < booking.updated_at:
             reason = f"older than the current booking (changed at {describe_time(booking.updated_at)})"
             return self._ignored(event, booking, "stale", reason)
+        # Nothing moves, but the time counts: a reschedule dated between the two that arrives
+        # later is older than this decision.
+        booking.updated_at = event.at
         if new == current:
-            # Nothing moves, but the time counts: a reschedule dated between the two that
-            # arrives later is older than this decision.
-            booking.updated_at = event.at
             return Applied("unchanged", reason="the booking is at that time already")
         booking.start_at, booking.duration_min, booking.service_point = new
-        return self._changed(booking, seq, event.at, "booking.rescheduled")
+        if cancelled:
+            # Recorded, so the booking ends the same whether this line came before or after
+            # its cancellation; the appointment stays cancelled and nothing is sent.
+            reason = f"the booking stays cancelled (at {describe_time(booking.cancelled_at or booking.updated_at)})"
+            return Applied("stored", self._audit("booking.rescheduled", booking), reason)
+        booking.seq = seq
+        return Applied("stored", self._audit("booking.rescheduled", booking))
 
     def _create(self, event: BookingRequest, seq: int) -> Booking:
         # New data the person gave: it brings an erased subject back, with nothing old.
@@ -210,10 +218,6 @@ class BookingStore(ReceiptStore):
         self.session.add(booking)
         self.remember(booking, subject.pseudonym)
         return booking
-
-    def _changed(self, booking: Booking, seq: int, at: datetime, action: str) -> Applied:
-        booking.seq, booking.updated_at = seq, at
-        return Applied("stored", self._audit(action, booking))
 
     def _ignored(self, event: BookingIntakeEvent, booking: Booking, why: str, reason: str) -> Applied:
         pseudonym = self.pseudonyms[booking.subject_id]

@@ -102,7 +102,7 @@ def json_schema() -> dict:
 class LineResult:
     line: int
     outcome: str  # stored | duplicate | unchanged | rejected
-    reason: str = ""  # why, for rejected and unchanged lines; never personal data
+    reason: str = ""  # why, for rejected and unchanged lines (a stored one's caveat); never personal data
 
 
 class Intake(NamedTuple):

@@ -68,7 +68,11 @@ class Booking(SQLModel, table=True):
     chat_purged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # The event time of the request or reschedule that set the start (intake.booking).
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # The earliest cancellation's event time: kept apart from updated_at, so a reschedule
+    # dated before it is judged against the start it would replace, in any arrival order.
+    cancelled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     # Declared so the unit of work inserts a new subject before its booking.
     subject: DataSubject = Relationship()
@@ -95,6 +99,7 @@ classify(
         "chat_purged_at",
         "created_at",
         "updated_at",
+        "cancelled_at",
     ],
 )
 

@@ -164,7 +164,6 @@ def test_the_same_file_twice_changes_nothing_the_second_time(settings):
     [
         ([reschedule("B-404")], "unknown booking_id"),
         ([cancel("B-404")], "unknown booking_id"),
-        ([request(), cancel(), reschedule()], "booking is cancelled"),
         ([request(), request(first_name="Other")], "booking_id exists already"),
         (
             [request(channel="video", service_point=None), reschedule(service_point="sp-berlin")],

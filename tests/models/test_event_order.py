@@ -287,12 +287,16 @@ def booking_of(ref: str) -> Booking:
 
 
 def assert_booking_ends_as_its_history(history: list[dict]) -> None:
+    """Cancelled or not as its history says, and (cancelled too: the TIMIFY retention rule
+    counts from it) at the start of its latest request or reschedule by event time."""
     booking = booking_of(history[0]["booking_id"])
-    if history[-1]["type"] == "booking.cancel":
-        assert booking.status == BookingStatus.cancelled  # final; where it was to be matters no more
-        return
-    latest = history[-1]
-    assert booking.status == BookingStatus.active
+    cancels = [e for e in history if e["type"] == "booking.cancel"]
+    if cancels:
+        assert booking.status == BookingStatus.cancelled
+        assert booking.cancelled_at == datetime.fromisoformat(cancels[0]["at"])
+    else:
+        assert (booking.status, booking.cancelled_at) == (BookingStatus.active, None)
+    latest = [e for e in history if e["type"] != "booking.cancel"][-1]
     assert booking.start_at == datetime.fromisoformat(latest["start"])
     assert booking.duration_min == latest["duration_minutes"]
     assert booking.updated_at == datetime.fromisoformat(latest["at"])
@@ -520,16 +524,19 @@ def booking_lines(ref: str = "B-EO") -> dict:
     }
 
 
-def test_a_reschedule_older_than_the_cancellation_is_ignored(settings):
+def test_a_reschedule_arriving_after_its_cancellation_sets_the_start_as_if_it_came_first(settings):
     lines = booking_lines()
     run(settings, [lines["request"], lines["cancel"]])
-    [result] = run(settings, [lines["early"]])
-    assert (result.outcome, result.reason) == (
-        "unchanged",
-        "older than the cancellation (cancelled at 2026-11-10T13:05:00Z)",
-    )
+    seq = booking_of("B-EO").seq
+    [result] = run(settings, [lines["early"]])  # dated before the cancellation
+    assert (result.outcome, result.reason) == ("stored", "the booking stays cancelled (at 2026-11-10T13:05:00Z)")
     booking = booking_of("B-EO")
-    assert (booking.status, booking.start_at) == (BookingStatus.cancelled, SLOTS[0])
+    # As with the lines in their order: cancelled, where the reschedule had put it. Nothing
+    # new to send: the change number is the cancellation's.
+    assert (booking.status, booking.start_at, booking.seq) == (BookingStatus.cancelled, SLOTS[1], seq)
+    in_order = booking_lines("B-EO2")
+    run(settings, [in_order["request"], in_order["early"], in_order["cancel"]])
+    assert (booking_of("B-EO2").status, booking_of("B-EO2").start_at) == (BookingStatus.cancelled, SLOTS[1])
 
 
 def test_a_cancellation_is_final_whatever_arrives_after_it(settings):
@@ -537,9 +544,15 @@ def test_a_cancellation_is_final_whatever_arrives_after_it(settings):
     run(settings, [lines["request"], lines["early"], lines["late"]])
     # dated before the reschedule that came in already: still cancels
     assert [r.outcome for r in run(settings, [lines["cancel"]])] == ["stored"]
-    [result] = run(settings, [{**lines["late"], "at": (T3 + timedelta(hours=1)).isoformat()}])
-    assert (result.outcome, result.reason) == ("rejected", "booking is cancelled")
-    assert booking_of("B-EO").status == BookingStatus.cancelled
+    [result] = run(
+        settings, [{**lines["late"], "at": (T3 + timedelta(hours=1)).isoformat(), "start": berlin_text(SLOTS[0])}]
+    )
+    assert (result.outcome, result.reason) == ("stored", "the booking stays cancelled (at 2026-11-10T13:05:00Z)")
+    booking = booking_of("B-EO")
+    assert (booking.status, booking.start_at) == (BookingStatus.cancelled, SLOTS[0])
+    [earlier] = run(settings, [{**lines["cancel"], "at": T2.isoformat()}])
+    assert (earlier.outcome, earlier.reason) == ("unchanged", "already cancelled (at 2026-11-10T13:05:00Z)")
+    assert booking_of("B-EO").cancelled_at == T2  # the earliest cancellation counts
 
 
 def test_a_reschedule_older_than_the_last_one_is_ignored(settings):
