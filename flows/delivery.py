@@ -567,9 +567,12 @@ def _deliver(
     resolve(session, job.name, (r for r in map(job.record_id, rows) if r not in failures), now)
     # Held for a restriction lifted since step 1 left them out (the lifting released the
     # holds it found then): to the retry queue now, after the resolving above, so the next
-    # batch writes them ahead and sends them.
+    # batch writes them ahead and sends them. This job's holds only: another job's are its
+    # own batch's to release, under its cursor (two releases of one hold would insert its
+    # retry item twice; on PostgreSQL, locking another job's hold here while that job's
+    # batch waits for the audit head this batch holds would deadlock).
     for subject in {subject for _, subject in waiting} - paused_now:
-        release(session, subject, now)
+        release(session, subject, now, job.name)
     if chosen.last_seq is not None:
         advance_cursor(session, job.cursor, chosen.last_seq)
     write_audit(

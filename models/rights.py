@@ -379,9 +379,11 @@ def open_rights_request(
         raise ValueError("no document key to store the new values encrypted")
     subject = find_subject(session, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key)
     reference = check_free_text(reference, "reference", subject)
+    # The open request first, then what completed ones corrected: its lock waits for a
+    # completion in flight (PostgreSQL), whose corrections the check then sees.
+    request = open_request_of(session, subject.id, right, lock=bool(changes))
     if changes:
         changes = _not_superseded(session, subject, changes, received_at)
-    request = open_request_of(session, subject.id, right)
     if request is not None:
         if changes:
             assert document_key is not None
@@ -408,18 +410,19 @@ def open_rights_request(
     return request, True
 
 
-def open_request_of(session: Session, subject_id: uuid.UUID, right: Right | str) -> RightsRequest | None:
-    """The subject's open request for `right`, or None; locked until the transaction ends
-    (PostgreSQL), so a join and the request's completion do not overwrite each other."""
-    return session.exec(
-        select(RightsRequest)
-        .where(
-            RightsRequest.subject_id == subject_id,
-            RightsRequest.right == str(right),
-            RightsRequest.status == RequestStatus.open,
-        )
-        .with_for_update()
-    ).first()
+def open_request_of(
+    session: Session, subject_id: uuid.UUID, right: Right | str, lock: bool = True
+) -> RightsRequest | None:
+    """The subject's open request for `right`, or None; with `lock`, locked until the
+    transaction ends (PostgreSQL), so a join that changes it (a rectification's values) and
+    its completion do not overwrite each other. A join that changes nothing takes no lock:
+    two imports joining the same people's requests in another order would deadlock."""
+    query = select(RightsRequest).where(
+        RightsRequest.subject_id == subject_id,
+        RightsRequest.right == str(right),
+        RightsRequest.status == RequestStatus.open,
+    )
+    return session.exec(query.with_for_update() if lock else query).first()
 
 
 def held_back(session: Session) -> set[uuid.UUID]:

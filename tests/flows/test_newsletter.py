@@ -20,6 +20,7 @@ from models.audit import AuditEntry, verify
 from models.consent import ConsentRecord, ConsentState
 from models.db import get_engine, transaction
 from models.recipients import Recipient
+from models.restriction import RestrictionHold
 from models.subjects import DataSubject
 from models.types import utcnow
 
@@ -763,11 +764,17 @@ def test_a_restriction_lifted_between_write_ahead_and_send_holds_the_record_for_
 
     def lift_then_send(*args, **kwargs):  # step 1 committed, s2 left out of it; now the lift
         _lift(subject)
+        with transaction() as session:  # and another job's hold the lift did not see
+            session.add(RestrictionHold(subject_id=subject, job="push-bookings", record_id="B-S2", held_at=NOW))
         return send(*args, **kwargs)
 
     monkeypatch.setattr(delivery, "_send", lift_then_send)
     # s2 waits in the retry queue for the next run: nothing was tried, so no failure.
     assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {"pushed": 4, "held_restricted": 1}
+    with transaction() as session:
+        holds = {h.job: h.released_at for h in session.exec(select(RestrictionHold))}
+    # Its own hold released; the other job's is that job's to release, under its own cursor.
+    assert holds["sync-newsletter-consents:newsletter"] is not None and holds["push-bookings"] is None
     assert not _unregistered_at_cleverreach(against_sandbox)
     assert "s2@example.de" not in receivers(against_sandbox, "1001")
     monkeypatch.setattr(delivery, "_send", send)

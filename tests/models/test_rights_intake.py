@@ -195,3 +195,41 @@ def test_a_completed_rectification_is_compared_field_by_field_by_when_each_was_a
     assert result.outcome == mid_outcome
     opened = [r for r in requests() if r.status == "open"]
     assert [changes_of(r, DOC_KEY) for r in opened] == ([{"last_name": last_name}] if last_name else [])
+
+
+@pytest.mark.database
+def test_a_rectification_waiting_for_a_completion_in_flight_is_judged_against_it(pg):
+    # PostgreSQL: the joining line waits for the completing transaction's lock on the open
+    # request; what that completion corrected must count once the line goes on.
+    import threading
+    import time
+
+    from core.settings import get_settings
+    from models.rights import complete
+
+    from pg import waiting_on_locks
+
+    settings = get_settings()
+    run(settings, signup("erika@example.de"))
+    hours = lambda n: (NOW - timedelta(hours=n)).isoformat()  # noqa: E731
+    run(settings, ask("rectification", at=hours(1), changes={"last_name": "Neumann"}))
+    results: list = []
+    joining = threading.Thread(
+        target=lambda: results.extend(
+            run(settings, ask("rectification", at=hours(2), changes={"last_name": "Altmann"}))
+        )
+    )
+    with transaction() as session:  # answered: our copy and the processors corrected
+        request = session.exec(select(RightsRequest).with_for_update()).one()
+        complete(request, "corrected", NOW)
+        request.corrected = "last_name"
+        session.flush()
+        joining.start()
+        deadline = time.monotonic() + 10
+        while not waiting_on_locks(pg):
+            assert joining.is_alive() and time.monotonic() < deadline, "the joining line did not wait"
+            time.sleep(0.01)
+    joining.join(10)
+    [result] = results
+    assert (result.outcome, result.reason) == ("unchanged", "every value it asks for was corrected by a later request")
+    assert [r.status for r in requests()] == ["completed"]
