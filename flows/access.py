@@ -119,6 +119,7 @@ COLUMN_TITLES = {
     "removed_at": "dort gelöscht",
     "created_at": "angelegt am",
     "updated_at": "geändert am",
+    "cancelled_at": "storniert am",
     "received_at": "eingegangen am",
     "right": "Recht",
     "action": "Vorgang",
