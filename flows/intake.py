@@ -8,6 +8,7 @@ transaction as what they record.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,6 @@ from sqlmodel import Session
 from core.heap import collector_paused
 from flows.common import write_audit
 from intake.documents import resolve_document
-from intake.isic import IsicOrderEvent
 from intake.lines import (
     CHUNK,
     CHUNK_DOCUMENT_BYTES,
@@ -75,7 +75,6 @@ def import_lines(
     chunk_lines: int = CHUNK,
     chunk_bytes: int = CHUNK_DOCUMENT_BYTES,
     url: str | None = None,
-    uploads: Uploads | None = None,
 ) -> Iterator[list[LineResult]]:
     """Validate and store `lines` read as they come, a chunk at a time: each chunk (at most
     `chunk_lines` lines, fewer once its documents reach `chunk_bytes`) is stored with its
@@ -86,8 +85,7 @@ def import_lines(
 
     Results come chunk by chunk, each sorted by line number; a line naming what is not known
     yet (a confirmation above its sign-up) is tried again after the whole file and reported
-    then, in the last chunks. `uploads` learns which documents each order line names and
-    what became of the line (``Uploads``).
+    then, in the last chunks.
     """
     if chunk_lines < 1:
         raise ValueError("chunk_lines must be at least 1")
@@ -104,20 +102,14 @@ def import_lines(
             chunk = next(chunks, None)
             if chunk is None:
                 break
-            if uploads is not None:
-                uploads.note(chunk)
             results, deferred = _store(chunk, key, document_key, url, defer=True)
             later += deferred
             chunk.clear()  # so also the list chunked() holds until its next step
-        if uploads is not None:
-            uploads.settle(results)
         yield results
     ordered = retry_order(later)
     for start in range(0, len(ordered), chunk_lines):
         with collector_paused():
             results, _ = _store(ordered[start : start + chunk_lines], key, document_key, url, defer=False)
-        if uploads is not None:
-            uploads.settle(results)
         yield results
     # The file's pages into the database file before the caller goes on: a job right after
     # the intake would otherwise share its first commits with that checkpoint (70 ms of a
@@ -148,21 +140,23 @@ def _store(
 
 
 class Uploads:
-    """The documents a file's ``isic.order`` lines name, and what became of those lines: the
-    plaintext uploads the website left next to the file (ID copies, photos) are personal data
-    that an erasure here cannot reach, so ``psync intake --remove-documents`` removes them
-    once the file is in.
+    """The documents a file's order lines name, and what became of those lines: the plaintext
+    uploads the website left next to the file (ID copies, photos) are personal data that an
+    erasure here cannot reach, so ``psync intake --remove-documents`` removes them once the
+    file is in.
 
     A document goes once every line naming it is in: stored (now encrypted in the database),
     a duplicate (stored before), or ignored because its person was erased after the order's
-    time. One named by a rejected line stays, for the line to be fixed and imported again.
-    Only paths inside the file's folder are ever touched (``resolve_document``).
+    time. One named by a rejected line stays, for the line to be fixed and imported again,
+    also where the line failed validation: the names are read from each line's own JSON as
+    it passes (``watch``), before and whatever the validation. Only paths inside the file's
+    folder are ever touched (``resolve_document``).
 
     Example::
 
         uploads = Uploads(path.parent)
-        for results in import_lines(key, lines, now, base_dir=path.parent, uploads=uploads):
-            ...
+        for results in import_lines(key, uploads.watch(lines), now, base_dir=path.parent):
+            uploads.settle(results)
         removed, failed = uploads.remove()
     """
 
@@ -172,20 +166,28 @@ class Uploads:
         self._kept: set[Path] = set()
         self._done: set[Path] = set()
 
-    def note(self, items: Iterable[LineResult | Parsed | Refused]) -> None:
-        """Remember the documents of the order lines among `items`, before they are stored."""
-        for item in items:
-            if isinstance(item, LineResult):
-                continue  # rejected by validation: its documents stay
-            number, event = (item.line, item.event) if isinstance(item, Refused) else item
-            if isinstance(event, IsicOrderEvent):
-                paths = []
-                for relative in event.documents.model_dump().values():
-                    try:
-                        paths.append(resolve_document(self.base_dir, relative))
-                    except ValueError:
-                        continue  # outside the folder: never ours to remove
-                self._named[number] = paths
+    def watch(self, lines: Iterable[str | bytes]) -> Iterator[str | bytes]:
+        """`lines` unchanged, numbered as intake numbers them; the documents each names noted."""
+        for number, raw in enumerate(lines, start=1):
+            # Only a line that may name documents is read twice (an order; few in a file).
+            if (b'"documents"' if isinstance(raw, bytes) else '"documents"') in raw:
+                self._note(number, raw)
+            yield raw
+
+    def _note(self, number: int, raw: str | bytes) -> None:
+        try:
+            documents = json.loads(raw).get("documents")
+        except (ValueError, RecursionError, AttributeError):
+            return  # not an object: rejected, and naming nothing we could find
+        if not isinstance(documents, dict):
+            return
+        paths = []
+        for relative in documents.values():
+            try:
+                paths.append(resolve_document(self.base_dir, relative))
+            except (ValueError, TypeError):
+                continue  # not a path inside the folder: never ours to remove
+        self._named[number] = paths
 
     def settle(self, results: Iterable[LineResult]) -> None:
         """What became of lines (committed): their documents to remove, or to keep."""

@@ -136,15 +136,15 @@ def intake(
     with file.open("rb") as lines:
         chunks = import_lines(
             settings.hmac_key(),
-            lines,
+            uploads.watch(lines),
             now=utcnow(),
             service_points=settings.timify.service_points,
             base_dir=folder,
             document_key=settings.document_key_bytes(),
             max_document_bytes=settings.isic.max_document_bytes,
-            uploads=uploads,
         )
         for results in chunks:
+            uploads.settle(results)
             counts.update(r.outcome for r in results)
             for r in results:
                 if r.outcome == "rejected":

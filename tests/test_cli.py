@@ -126,26 +126,39 @@ def order_line(order_id: str, proof: str, copy: str, photo: str) -> str:
 def test_intake_removes_the_uploads_of_stored_orders_only_when_asked(settings, runner, tmp_path, monkeypatch):
     monkeypatch.setenv("PSYNC_DOCUMENT_KEY", Fernet.generate_key().decode())
     get_settings.cache_clear()
-    uploads = {"n1.pdf": PDF_BYTES, "a1.png": PNG_BYTES, "f1.jpg": JPEG_BYTES, "n2.pdf": PDF_BYTES, "a2.png": PNG_BYTES}
+    uploads = {
+        "n1.pdf": PDF_BYTES,
+        "a1.png": PNG_BYTES,
+        "f1.jpg": JPEG_BYTES,
+        "n2.pdf": PDF_BYTES,
+        "a2.png": PNG_BYTES,
+        "n3.pdf": PDF_BYTES,
+    }
     for name, content in uploads.items():
         (tmp_path / name).write_bytes(content)
-    # The second line reuses the order id (rejected when stored) and shares the photo.
+    # The second line reuses the order id (rejected when stored) and shares the photo; the
+    # third fails validation (a postal code of four digits) and shares the ID copy.
+    invalid = json.loads(order_line("O-3", "n3.pdf", "a1.png", "f1.jpg")) | {"postal_code": "1011"}
     path = write(
-        tmp_path, order_line("O-1", "n1.pdf", "a1.png", "f1.jpg"), order_line("O-1", "n2.pdf", "a2.png", "f1.jpg")
+        tmp_path,
+        order_line("O-1", "n1.pdf", "a1.png", "f1.jpg"),
+        order_line("O-1", "n2.pdf", "a2.png", "f1.jpg"),
+        json.dumps(invalid),
     )
 
     kept = runner.invoke(app, ["intake", str(path)])
     assert kept.exit_code == 1
-    assert "stored=1 unchanged=0 duplicate=0 rejected=1" in kept.stdout
-    assert "note: 2 uploaded document(s)" in kept.stderr and "--remove-documents" in kept.stderr
+    assert "stored=1 unchanged=0 duplicate=0 rejected=2" in kept.stdout
+    assert "note: 1 uploaded document(s)" in kept.stderr and "--remove-documents" in kept.stderr
     assert all((tmp_path / name).exists() for name in uploads)
 
     removed = runner.invoke(app, ["intake", str(path), "--remove-documents"])
-    assert removed.exit_code == 1  # the rejected line again
-    assert "duplicate=1 rejected=1 documents_removed=2" in removed.stdout
+    assert removed.exit_code == 1  # the rejected lines again
+    assert "duplicate=1 rejected=2 documents_removed=1" in removed.stdout
     assert "note:" not in removed.stderr
-    # The stored order's own files are gone; what the rejected line names stays to be fixed.
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name in uploads) == ["a2.png", "f1.jpg", "n2.pdf"]
+    # The stored order's own file is gone; what the rejected lines name stays to be fixed.
+    left = ["a1.png", "a2.png", "f1.jpg", "n2.pdf", "n3.pdf"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name in uploads) == left
     assert count("isic_document") == 3
 
 
