@@ -170,7 +170,7 @@ class Uploads:
         """`lines` unchanged, numbered as intake numbers them; the documents each names noted."""
         for number, raw in enumerate(lines, start=1):
             # Only a line that may name documents is read twice (an order; few in a file).
-            if (b'"documents"' if isinstance(raw, bytes) else '"documents"') in raw:
+            if b'"documents"' in raw if isinstance(raw, bytes) else '"documents"' in raw:
                 self._note(number, raw)
             yield raw
 
