@@ -130,6 +130,37 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice: which value was meant is a guess (Python keeps the
+    last, other parsers the first), so the input is refused instead."""
+
+    def __init__(self) -> None:
+        super().__init__("a field appears twice in one object")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise DuplicateKey()
+    return found
+
+
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads``, refusing an object that names a key twice (``DuplicateKey``, a
+    ValueError like any other JSON error).
+
+    >>> loads_strict('{"email": "a@example.de", "email": "b@example.de"}')
+    Traceback (most recent call last):
+    intake.lines.DuplicateKey: a field appears twice in one object
+    """
+    if isinstance(text, bytes):  # as json.loads reads bytes: UTF-8, -16 or -32, a BOM allowed
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    return _STRICT.decode(text)
+
+
 def parse_line(text: str, context: dict | None = None) -> IntakeEvent:
     """Validate one line; raises ValueError with a PII-free reason.
 
@@ -137,7 +168,9 @@ def parse_line(text: str, context: dict | None = None) -> IntakeEvent:
     ``base_dir`` that document paths are relative to and ``max_document_bytes``.
     """
     try:
-        raw = json.loads(text)
+        raw = loads_strict(text)
+    except DuplicateKey as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
     except (ValueError, RecursionError):  # also a number of 5,000 digits, or nesting too deep
         raise ValueError("not valid JSON") from None
     if not isinstance(raw, dict):

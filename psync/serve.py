@@ -368,8 +368,12 @@ def _check_signature(config: DoorConfig, seen: SeenSignatures, headers, body: by
 
 
 def _parse(body: bytes) -> list[Any]:
+    from intake.lines import DuplicateKey, loads_strict
+
     try:
-        data = json.loads(body)
+        data = loads_strict(body)
+    except DuplicateKey as exc:
+        raise _Refused(400, f"body is not valid JSON: {exc}") from None
     except (ValueError, RecursionError):  # also not UTF-8, or nested too deep
         raise _Refused(400, "body is not valid JSON") from None
     if isinstance(data, dict):

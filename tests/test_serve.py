@@ -216,6 +216,12 @@ def test_a_body_that_is_not_an_object_or_array_is_a_bad_request(door):
     }
     assert post(url, b"\xff\xfe", clock).status_code == 400
     assert post(url, b"[" * 100_000, clock).status_code == 400
+    # One key twice: which address was meant is a guess, so nothing is taken.
+    twice = b'[{"type": "consent.withdraw", "email": "' + EMAIL.encode() + b'", "email": "other@example.de"}]'
+    answer = post(url, twice, clock)
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "body is not valid JSON: a field appears twice in one object"}
+    assert consent_events() == 0
 
 
 def test_a_batch_with_good_and_bad_events_stores_the_good_and_names_the_bad(door):

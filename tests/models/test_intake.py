@@ -109,6 +109,14 @@ def test_a_byte_order_mark_opening_the_file_is_not_part_of_its_first_line(settin
     ]
 
 
+def test_a_line_naming_a_field_twice_is_rejected_and_changes_nothing(settings):
+    # Python's json keeps the last value, other parsers the first: a guess either way.
+    line = json.dumps(signup())[:-1] + ', "email": "max@example.de"}'
+    [result] = run(settings, line)
+    assert (result.outcome, result.reason) == ("rejected", "not valid JSON: a field appears twice in one object")
+    assert counts()["data_subject"] == 0
+
+
 def test_reimport_changes_nothing(settings):
     lines = [signup(), confirm(), signup(email="max@example.de"), withdraw(email="max@example.de")]
     first = run(settings, *lines)
