@@ -90,6 +90,7 @@ from models.erasure import (
     claim,
     erase_controller_copy,
     extend,
+    get_by_id,
     get_request,
     held_by,
     is_done,
@@ -887,10 +888,7 @@ def confirm_manual(session: Session, task_id: uuid.UUID | str, evidence: str, no
     person's name) and recorded with an audit row. When it was the last open recipient, the
     controller's copy is erased and the request completed right away.
     """
-    tid = task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(str(task_id))
-    item = session.get(ErasureTask, tid)
-    if item is None:
-        raise LookupError("no erasure task with this id")
+    item = get_by_id(session, ErasureTask, task_id, "erasure task")  # a malformed id too
     if item.state != TaskState.manual_pending:
         raise ValueError(f"the task is {item.state}, not waiting for a manual confirmation")
     request = session.get(ErasureRequest, item.request_id)

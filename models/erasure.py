@@ -410,8 +410,8 @@ def tasks_of(session: Session, request_id: uuid.UUID) -> list[ErasureTask]:
 
 
 def get_by_id(session: Session, model: type[R], request_id: uuid.UUID | str, what: str) -> R:
-    """The request of `model` with this id, or LookupError naming `what` (also for a
-    malformed id): an erasure's and a rights request's alike."""
+    """The row of `model` (a request, an erasure task) with this id, or LookupError naming
+    `what` (also for a malformed id): an erasure's and a rights request's alike."""
     try:
         rid = request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(str(request_id))
     except ValueError:

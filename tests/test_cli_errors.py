@@ -159,6 +159,10 @@ def test_an_erasure_with_a_processor_down_says_so_in_one_or_two_lines_without_th
             ["run", "push-bookings", "--param", "records_per_task=many"],
             "error: Invalid value: --param records_per_task: Input should be a valid integer",
         ),
+        (  # a moment without its zone: which day it was in Berlin would be a guess
+            ["run", "expire-unconfirmed-optins", "--param", "as_of=2026-12-01T03:30:00"],
+            "error: Invalid value: --param as_of: Input should have timezone info",
+        ),
         (
             ["run", "push-bookings", "--param", "per_task=1"],
             "error: Invalid value: --param: push-bookings: Function expects parameters ['booking_ids', ",

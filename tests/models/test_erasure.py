@@ -337,3 +337,9 @@ def test_an_unknown_or_malformed_request_id_is_a_lookup_error_for_erasure_as_for
                     get(session, bad)
             with pytest.raises(LookupError):
                 erasure.extend(session, "not-a-uuid", 1, "Rückfragen", date(2026, 1, 2), date(2026, 1, 2))
+        # A manual erasure's task, confirmed by its id (psync erasure confirm 999 --evidence …).
+        from flows.erasure import confirm_manual
+
+        for bad in ("999", str(uuid.uuid4())):
+            with pytest.raises(LookupError, match="no erasure task with this id"):
+                confirm_manual(session, bad, "Brief vom 3. Mai", NOW)
