@@ -299,14 +299,20 @@ class ConsentStore:
 
     def _newest_signup(self, subject: Subject, step: Step) -> bool:
         """Whether no sign-up of the subject since its last erasure, on any list, is dated
-        after `step` (at the same instant, the one that arrives last counts)."""
+        after `step`; at the same instant the one with the greater key counts, as in the
+        replay (``models.consent.replay``), so the names follow the sign-up whose proof the
+        record keeps, whichever arrived last."""
         for list_name in _LISTS:
             record = self.consents.get((subject.id, list_name))
             history = self.history.get(record.id) if record is not None else None
             if not history:
                 continue
             # The erasure cut only matters for a later sign-up, which is rare: looked for first.
-            later = [s.at for s in history if s.at > step.at and s.kind == EventKind.signup]
+            later = [
+                s.at
+                for s in history
+                if s.kind == EventKind.signup and (s.at > step.at or (s.at == step.at and s.key > step.key))
+            ]
             if later:
                 cut = cut_of(history)
                 if cut is None or max(later) > cut:
@@ -343,7 +349,11 @@ class ConsentStore:
         state = before.state or "not signed up"
         since = f" at {describe_time(before.since)}" if before.since else ""
         if before.decided is not None and step.order < before.decided.order:
-            reason = f"older than the current decision ({state}{since})"
+            if step.at == before.decided.at and step.kind == before.decided.kind:
+                # Two of a kind at one instant: the replay takes one by key, whatever the order.
+                reason = f"the same instant as the current decision ({state}{since}), which counts"
+            else:
+                reason = f"older than the current decision ({state}{since})"
             return ignored(event.type, "stale", reason, subject.pseudonym, detail)
         if step.kind == EventKind.confirm and state != ConsentState.confirmed:
             return Applied("unchanged", reason=f"the sign-up is {state}{since}; a new sign-up is needed")

@@ -402,6 +402,26 @@ def record_of(settings) -> ConsentRecord:
         return record
 
 
+def test_two_sign_ups_at_the_same_instant_end_the_same_in_either_order_names_with_their_proof(settings):
+    # Which one counts is a tie the replay breaks by the lines' keys, not by arrival: the
+    # names follow the sign-up whose proof the record keeps, and a line that changes
+    # neither is reported unchanged and changes nothing.
+    for i in range(8):
+        email = f"tie{i}@example.de"
+        pair = [consent_event("signup", email, START, n) for n in (0, 1)]
+        first, second = pair if i % 2 else pair[::-1]
+        run(settings, [first])
+        [result] = run(settings, [second])
+        with transaction() as session:
+            subject = session.exec(select(DataSubject).where(DataSubject.email == email)).one()
+            record = session.exec(select(ConsentRecord).where(ConsentRecord.subject_id == subject.id)).one()
+            [kept] = [e for e in pair if e["ip"] == record.signup_ip]
+            assert (subject.first_name, record.source) == (kept["first_name"], kept["source"]), i
+            assert result.outcome == ("stored" if kept is second else "unchanged"), i
+            if kept is first:
+                assert result.reason.startswith("the same instant as the current decision (pending at "), i
+
+
 def pushed(settings) -> list:
     """What the newsletter sync would push as active receivers."""
     with transaction() as session:
