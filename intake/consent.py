@@ -268,7 +268,7 @@ class ConsentStore:
             # whichever list and whether it changed the consent or not, so the subject row
             # ends the same whatever order the sign-ups arrive in.
             self.subjects.identify(subject, event.email, kvnr)
-            if self._newest_signup(subject, step):
+            if self._newest_signup(subject, step, event.list_name):
                 self.subjects.name(subject, event.salutation, event.first_name, event.last_name)
         after = replay(history, cut)
         if after == before:
@@ -297,21 +297,23 @@ class ConsentStore:
         )
         return Applied("stored", audit)
 
-    def _newest_signup(self, subject: Subject, step: Step) -> bool:
+    def _newest_signup(self, subject: Subject, step: Step, list_of_step: str) -> bool:
         """Whether no sign-up of the subject since its last erasure, on any list, is dated
-        after `step`; at the same instant the one with the greater key counts, as in the
-        replay (``models.consent.replay``), so the names follow the sign-up whose proof the
-        record keeps, whichever arrived last."""
+        after `step`. At the same instant on the step's own list the one with the greater key
+        counts, as in the replay (``models.consent.replay``): the names follow the sign-up
+        whose proof the record keeps, whichever arrived last. On another list at the same
+        instant, the one that arrives last counts."""
         for list_name in _LISTS:
             record = self.consents.get((subject.id, list_name))
             history = self.history.get(record.id) if record is not None else None
             if not history:
                 continue
+            same = list_name == list_of_step
             # The erasure cut only matters for a later sign-up, which is rare: looked for first.
             later = [
                 s.at
                 for s in history
-                if s.kind == EventKind.signup and (s.at > step.at or (s.at == step.at and s.key > step.key))
+                if s.kind == EventKind.signup and (s.at > step.at or (same and s.at == step.at and s.key > step.key))
             ]
             if later:
                 cut = cut_of(history)
