@@ -146,6 +146,7 @@ class BookingStore(ReceiptStore):
     """
 
     table, ref_column, counter = Booking, "booking_ref", "booking"
+    pending_kinds = frozenset({"booking.reschedule", "booking.cancel"})
 
     @staticmethod
     def ref_of(event: BookingIntakeEvent) -> str:

@@ -155,6 +155,7 @@ class IsicStore(ReceiptStore):
     """
 
     table, ref_column, counter = IsicOrder, "order_ref", "isic"
+    pending_kinds = frozenset({"isic.cancel"})
 
     def __init__(self, session: Session, key: bytes, subjects: SubjectIndex, cipher: DocumentCipher | None):
         super().__init__(session, key, subjects)

@@ -45,6 +45,7 @@ from intake.consent import ConsentConfirm, ConsentSignup, ConsentStore, ConsentW
 from intake.erasure import ErasureRejected, ErasureRequestEvent, ErasureStore
 from intake.ident import CallNote, HeldStore, IdentCase
 from intake.isic import IsicCancel, IsicOrderEvent, IsicStore, OrderRejected
+from intake.receipts import ReceiptStore
 from intake.rights import RightsRejected, RightsRequestEvent, RightsStore
 from intake.types import EMAIL_CACHE, EMAIL_DOMAINS, FIELD_NAME, LENIENT, NotYetKnown
 from models.audit import AuditEvent
@@ -101,7 +102,7 @@ def json_schema() -> dict:
 @dataclass(frozen=True, slots=True)
 class LineResult:
     line: int
-    outcome: str  # stored | duplicate | unchanged | rejected
+    outcome: str  # stored | duplicate | unchanged | pending | rejected
     reason: str = ""  # why, for rejected and unchanged lines (a stored one's caveat); never personal data
 
 
@@ -314,6 +315,22 @@ class Applier:
             "rights": self.rights,
         }
 
+    def _apply_pending(self, store: ReceiptStore) -> list[AuditEvent]:
+        """Apply the kept lines naming the records `store` made in this chunk, by event time;
+        their outcomes go to the audit trail (they are lines of an earlier input)."""
+        audit: list[AuditEvent] = []
+        for _, event in retry_order([(0, e) for e in store.take_pending(_parse_kept)]):
+            ref = store.ref_of(event)
+            try:
+                applied = store.apply(event)
+            except REJECTIONS as exc:
+                audit.append(AuditEvent("intake.rejected", "rejected", detail=f"kept {event.type} {ref}: {exc}"))
+                continue
+            audit.append(AuditEvent("intake.pending", "applied", detail=f"kept {event.type} {ref}: {applied.outcome}"))
+            if applied.audit is not None:
+                audit.append(applied.audit)
+        return audit
+
     def close(self) -> None:
         """Done with this transaction's stores: what they found and made goes by reference
         count as soon as the Applier does (``SubjectIndex.close``)."""
@@ -361,16 +378,29 @@ class Applier:
                 if defer and isinstance(exc, NotYetKnown):
                     later.append((number, event))
                     continue
+                if isinstance(exc, NotYetKnown) and isinstance(store, ReceiptStore) and store.keep(event):
+                    # Its booking or order comes in a later file or request: applied then.
+                    results.append(LineResult(number, "pending", f"{exc}: kept, and applied when it arrives"))
+                    detail = f"line {number}: {event.type} {store.ref_of(event)}"
+                    audit.append(AuditEvent("intake.pending", "kept", detail=detail))
+                    continue
                 results.append(LineResult(number, "rejected", str(exc)))
                 audit.append(AuditEvent("intake.rejected", "rejected", detail=f"line {number}: {exc}"))
                 continue
             results.append(LineResult(number, applied.outcome, applied.reason))
             if applied.audit is not None:
                 audit.append(applied.audit)
+        for kept in (self.bookings, self.orders):
+            audit += self._apply_pending(kept)
         self.subjects.write()
         for store in {id(s): s for s in self.stores.values()}.values():  # each store once
             store.end_chunk()
         return ChunkApplied(results, audit, later)
+
+
+def _parse_kept(line: str) -> IntakeEvent:
+    """A kept line as it was validated when it arrived (the clock's checks then, not now)."""
+    return EVENT_ADAPTER.validate_json(line, context={LENIENT: True})
 
 
 def apply_lines(

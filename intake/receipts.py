@@ -8,19 +8,20 @@ later one).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any
 
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, SQLModel, col, select
 
 from intake.types import Applied
 from models.audit import AuditEvent
 from models.consent import describe_time
 from models.cursors import next_seq
-from models.receipts import IntakeReceipt, seen
+from models.receipts import IntakeReceipt, PendingLine, seen
 from models.subject_index import SubjectIndex
 from models.subjects import DataSubject
-from models.types import event_key
+from models.types import event_key, utcnow
 
 
 class ReceiptStore:
@@ -28,12 +29,18 @@ class ReceiptStore:
     up front, the next numbers of its change counter reserved, and a receipt per applied line
     so the same line a second time is a duplicate.
 
+    A line of a `pending_kinds` type naming a record not known even after its whole file
+    (the record comes in a later file or request) is kept (``keep``, ``PendingLine``) and
+    applied once a chunk brings the record (``take_pending``): the order files arrive in
+    changes nothing.
+
     Subclasses name the table, its reference column and counter, and implement ``_apply``.
     """
 
     table: type[SQLModel]
     ref_column: str
     counter: str
+    pending_kinds: frozenset[str] = frozenset()
 
     def __init__(self, session: Session, key: bytes, subjects: SubjectIndex):
         self.session, self.key, self.subjects = session, key, subjects
@@ -42,6 +49,7 @@ class ReceiptStore:
         self.keys: dict[int, str] = {}
         self.seen: set[str] = set()
         self.seq = 0
+        self.created: set[str] = set()  # references of the records this chunk made
 
     @staticmethod
     def ref_of(event) -> str:
@@ -52,6 +60,7 @@ class ReceiptStore:
 
     def begin_chunk(self, events: Iterable) -> None:
         events = list(events)
+        self.created = set()
         self.keys = {id(e): self.key_of(e) for e in events}
         self.seen = seen(self.session, self.keys.values())
         refs = {self.ref_of(e) for e in events} - self.records.keys()
@@ -77,7 +86,11 @@ class ReceiptStore:
         key = self.keys[id(event)]
         if key in self.seen:
             return Applied("duplicate")
-        applied = self._apply(event, self.records.get(self.ref_of(event)), seq)
+        ref = self.ref_of(event)
+        record = self.records.get(ref)
+        applied = self._apply(event, record, seq)
+        if record is None and ref in self.records:
+            self.created.add(ref)
         # Only an applied line makes a later identical one a duplicate; one ignored as stale
         # or erased counts as applied (it is recorded), so importing it again is a duplicate.
         self.seen.add(key)
@@ -86,6 +99,50 @@ class ReceiptStore:
 
     def _apply(self, event, record, seq: int) -> Applied:
         raise NotImplementedError
+
+    def keep(self, event) -> bool:
+        """Keep a line naming a record not known yet, for when it arrives; False for a type
+        this store does not keep (the line is rejected). Kept once, however often it comes."""
+        if event.type not in self.pending_kinds:
+            return False
+        key = self.keys[id(event)]
+        if self.session.get(PendingLine, key) is None:
+            line = event.model_dump_json(by_alias=True)
+            self.session.add(
+                PendingLine(
+                    dedupe_key=key,
+                    kind=event.type,
+                    ref=self.ref_of(event),
+                    at=event.at,
+                    line=line,
+                    received_at=utcnow(),
+                )
+            )
+        return True
+
+    def take_pending(self, parse: Callable[[str], Any]) -> list:
+        """The kept lines naming the records this chunk made, parsed with `parse`, removed
+        from the keep and made ready to apply (the caller applies them, in event-time order)."""
+        if not self.pending_kinds or not self.created:
+            return []
+        rows = list(
+            self.session.exec(
+                select(PendingLine).where(
+                    col(PendingLine.ref).in_(sorted(self.created)),
+                    col(PendingLine.kind).in_(sorted(self.pending_kinds)),
+                )
+            )
+        )
+        if not rows:
+            return []
+        events = []
+        for row in rows:
+            events.append(parse(row.line))
+            self.session.delete(row)
+        self.keys.update({id(e): self.key_of(e) for e in events})
+        self.seen |= seen(self.session, (self.keys[id(e)] for e in events))
+        self.seq = next_seq(self.session, self.counter, len(events))
+        return events
 
     def end_chunk(self) -> None:
         self.session.flush()

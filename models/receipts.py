@@ -28,6 +28,25 @@ class IntakeReceipt(SQLModel, table=True):
 classify(IntakeReceipt, pseudonymous=["dedupe_key"], not_personal=["kind", "received_at"])
 
 
+class PendingLine(SQLModel, table=True):
+    """A reschedule or cancellation naming a booking or order not known yet, from an earlier
+    file or request than the record itself: kept, and applied when the record arrives
+    (``intake.receipts.ReceiptStore``), so the order files and requests arrive in changes
+    nothing. It holds no personal data: the reference, times and the appointment's slot."""
+
+    __tablename__ = "intake_pending"
+
+    dedupe_key: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=40)
+    ref: str = Field(max_length=60, index=True)  # the booking_id or order_id it names
+    at: datetime = Field(sa_type=UTCDateTime)
+    line: str  # the event as JSON, validated when it arrived
+    received_at: datetime = Field(sa_type=UTCDateTime)
+
+
+classify(PendingLine, pseudonymous=["dedupe_key", "ref", "line"], not_personal=["kind", "at", "received_at"])
+
+
 def seen(session: Session, keys: Iterable[str]) -> set[str]:
     """Those of `keys` that have a receipt."""
     keys = list(keys)

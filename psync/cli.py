@@ -149,7 +149,8 @@ def intake(
             for r in results:
                 if r.outcome == "rejected":
                     typer.echo(f"{file.name}:{r.line}: rejected: {r.reason}", err=True)
-    summary = " ".join(f"{k}={counts.get(k, 0)}" for k in ("stored", "unchanged", "duplicate", "rejected"))
+    outcomes = ("stored", "unchanged", "duplicate", "rejected", "pending")
+    summary = " ".join(f"{k}={counts.get(k, 0)}" for k in outcomes)
     failed = 0
     if remove_documents:
         removed, failed = uploads.remove()

@@ -25,7 +25,8 @@ file, is stored once. What this module adds is the door itself:
   answer goes out. A path is refused: the door never reads the server's files. The
   signature covers the raw body, multipart or JSON alike.
 
-Answers: 200 with one result per event (``stored``, ``unchanged``, ``duplicate``, or
+Answers: 200 with one result per event (``stored``, ``unchanged``, ``duplicate``,
+``pending`` for a reschedule or cancellation whose booking or order is not known yet, or
 ``rejected`` with the reason, which never repeats the input), 400 for a body that is not a
 JSON object or array (or not a well-formed form with one ``events`` part), 401 without a valid signature, 409 for a replayed signature, 413, 429.
 ``GET /v1/health`` is open; the OpenAPI schema is at ``/openapi.json``, its UI at ``/docs``.
@@ -255,7 +256,7 @@ def create_app(config: DoorConfig) -> FastAPI:
             }
         },
         responses={
-            200: {"description": "One result per event, in order: stored, unchanged, duplicate or rejected"},
+            200: {"description": "One result per event, in order: stored, unchanged, duplicate, pending or rejected"},
             400: {"description": "The body is not a JSON object or array, or not a form with one events part"},
             401: {"description": "Missing or invalid signature, or a timestamp outside the window"},
             409: {"description": "This signature was used before: sign again with a fresh timestamp"},
@@ -281,7 +282,8 @@ def create_app(config: DoorConfig) -> FastAPI:
             {
                 "results": results,
                 "counts": {
-                    k: sum(r["result"] == k for r in results) for k in ("stored", "unchanged", "duplicate", "rejected")
+                    k: sum(r["result"] == k for r in results)
+                    for k in ("stored", "unchanged", "duplicate", "rejected", "pending")
                 },
             }
         )

@@ -154,7 +154,7 @@ def test_intake_removes_the_uploads_of_stored_orders_only_when_asked(settings, r
 
     removed = runner.invoke(app, ["intake", str(path), "--remove-documents"])
     assert removed.exit_code == 1  # the rejected lines again
-    assert "duplicate=1 rejected=2 documents_removed=1" in removed.stdout
+    assert "duplicate=1 rejected=2 pending=0 documents_removed=1" in removed.stdout
     assert "note:" not in removed.stderr
     # The stored order's own file is gone; what the rejected lines name stays to be fixed.
     left = ["a1.png", "a2.png", "f1.jpg", "n2.pdf", "n3.pdf"]

@@ -131,7 +131,7 @@ def test_a_signed_event_is_stored_and_the_answer_does_not_echo_it(door):
     assert answer.status_code == 200, answer.text
     assert answer.json() == {
         "results": [{"index": 0, "result": "stored"}],
-        "counts": {"stored": 1, "unchanged": 0, "duplicate": 0, "rejected": 0},
+        "counts": {"stored": 1, "unchanged": 0, "duplicate": 0, "rejected": 0, "pending": 0},
     }
     assert consent_events() == 1
 
@@ -249,7 +249,7 @@ def test_a_batch_with_good_and_bad_events_stores_the_good_and_names_the_bad(door
     assert body["results"][1]["reason"].startswith("email:")
     assert body["results"][2]["reason"] == "not a JSON object"
     assert body["results"][5]["reason"] == "at: lies in the future"
-    assert body["counts"] == {"stored": 2, "unchanged": 0, "duplicate": 0, "rejected": 4}
+    assert body["counts"] == {"stored": 2, "unchanged": 0, "duplicate": 0, "rejected": 4, "pending": 0}
     for secret in ("not-an-address", "mystery", "just a string", "ines@", "max@", "Erika"):
         assert secret not in answer.text
     assert consent_events() == 2
@@ -260,7 +260,13 @@ def test_re_posting_the_same_events_is_idempotent(door):
     batch = [signup(), signup(email="max@example.de")]
     assert post(url, batch, clock).json()["counts"]["stored"] == 2
     clock.now += timedelta(seconds=1)  # a new signature, the same events
-    assert post(url, batch, clock).json()["counts"] == {"stored": 0, "unchanged": 0, "duplicate": 2, "rejected": 0}
+    assert post(url, batch, clock).json()["counts"] == {
+        "stored": 0,
+        "unchanged": 0,
+        "duplicate": 2,
+        "rejected": 0,
+        "pending": 0,
+    }
     assert consent_events() == 2
 
 

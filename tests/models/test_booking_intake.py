@@ -159,11 +159,32 @@ def test_the_same_file_twice_changes_nothing_the_second_time(settings):
     assert (after.start_at, after.seq) == (before.start_at, before.seq)
 
 
+def test_a_reschedule_and_cancellation_before_their_booking_in_an_earlier_request_are_kept_and_applied(settings):
+    # Each line a request of its own, the booking last: nothing is lost, and the booking
+    # ends as if they had come in order (by event time: moved, then cancelled).
+    moved = reschedule("B-9", at=(NOW - timedelta(minutes=2)).isoformat())
+    assert [(r.outcome, r.reason) for r in run(settings, moved)] == [
+        ("pending", "unknown booking_id: kept, and applied when it arrives")
+    ]
+    assert outcomes(run(settings, cancel("B-9"))) == ["pending"]
+    assert outcomes(run(settings, cancel("B-9"))) == ["pending"]  # sent again: kept once
+    with transaction() as session:
+        assert session.execute(text("SELECT count(*) FROM intake_pending")).scalar_one() == 2
+    assert outcomes(run(settings, request("B-9"))) == ["stored"]
+    [booking] = bookings()
+    assert booking.status == BookingStatus.cancelled
+    assert booking.start_at == datetime.fromisoformat(moved["start"])
+    with transaction() as session:
+        assert session.execute(text("SELECT count(*) FROM intake_pending")).scalar_one() == 0
+        applied = session.exec(select(AuditEntry).where(AuditEntry.action == "intake.pending")).all()
+        assert sorted(e.outcome for e in applied) == ["applied", "applied", "kept", "kept", "kept"]
+    # Applied now: sent again, they are duplicates.
+    assert outcomes(run(settings, moved, cancel("B-9"))) == ["duplicate", "duplicate"]
+
+
 @pytest.mark.parametrize(
     ("events", "reason"),
     [
-        ([reschedule("B-404")], "unknown booking_id"),
-        ([cancel("B-404")], "unknown booking_id"),
         ([request(), request(first_name="Other")], "booking_id exists already"),
         (
             [request(channel="video", service_point=None), reschedule(service_point="sp-berlin")],

@@ -161,6 +161,18 @@ def test_the_same_line_twice_is_a_duplicate_and_cancel_is_recorded_once(settings
         assert session.exec(select(IsicOrder)).one().status == OrderStatus.cancelled
 
 
+def test_a_cancellation_sent_before_its_order_is_kept_and_cancels_it_when_it_arrives(settings, docs):
+    cancel = {"type": "isic.cancel", "order_id": "O-1", "at": NOW.isoformat()}
+    assert [r.outcome for r in run(settings, docs, cancel)] == ["pending"]
+    assert [r.outcome for r in run(settings, docs, {**order(), "at": (NOW - timedelta(hours=1)).isoformat()})] == [
+        "stored"
+    ]
+    with transaction() as session:
+        # Never received, so never forwarded to the issuer: cancelled in the same transaction.
+        assert session.exec(select(IsicOrder)).one().status == OrderStatus.cancelled
+        assert session.execute(text("SELECT count(*) FROM intake_pending")).scalar_one() == 0
+
+
 def test_an_order_imported_again_after_its_uploads_were_removed_is_a_duplicate(settings, docs):
     # The website's upload folder is tidied after the import; importing the file again
     # (after a crash, say) must report the stored order as such and change nothing.
