@@ -15,6 +15,23 @@ from psync.demo_data import JPEG_BYTES, PDF_BYTES, PNG_BYTES  # noqa: F401  (re-
 TEST_KEY = "test-pseudonym-key"
 
 
+def isic_order(order_id: str, at: str, **fields) -> dict:
+    """A student-ID order line (Lena Studentin), `fields` (documents, ...) added or replaced."""
+    return {
+        "type": "isic.order",
+        "order_id": order_id,
+        "first_name": "Lena",
+        "last_name": "Studentin",
+        "birth_date": "2004-02-29",
+        "email": "lena@example.de",
+        "postal_code": "10115",
+        "iban": "DE89 3704 0044 0532 0130 00",
+        "institution": "Humboldt-Universität zu Berlin",
+        "at": at,
+        **fields,
+    }
+
+
 def sandbox_state(url: str) -> dict:
     """Everything the sandbox holds, as its control route reports it."""
     return requests.get(f"{url}/_sandbox/state", timeout=10).json()

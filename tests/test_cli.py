@@ -19,7 +19,7 @@ from models.audit import FIELDS
 from models.db import get_engine, transaction
 from psync.cli import app
 
-from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES
+from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, isic_order
 
 # Fixed past times: the CLI compares against the real clock (future lines are refused).
 AT = "2025-06-01T10:00:00+02:00"
@@ -106,21 +106,7 @@ def test_intake_bad_line_exits_1_and_keeps_the_good(settings, runner, tmp_path):
 
 
 def order_line(order_id: str, proof: str, copy: str, photo: str) -> str:
-    return json.dumps(
-        {
-            "type": "isic.order",
-            "order_id": order_id,
-            "first_name": "Lena",
-            "last_name": "Studentin",
-            "birth_date": "2004-02-29",
-            "email": "lena@example.de",
-            "postal_code": "10115",
-            "iban": "DE89 3704 0044 0532 0130 00",
-            "institution": "TU Berlin",
-            "at": AT,
-            "documents": {"student_proof": proof, "id_copy": copy, "photo": photo},
-        }
-    )
+    return json.dumps(isic_order(order_id, AT, documents={"student_proof": proof, "id_copy": copy, "photo": photo}))
 
 
 def test_intake_removes_the_uploads_of_stored_orders_only_when_asked(settings, runner, tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from models.isic import IsicDocument, IsicOrder
 from psync.serve import DoorConfig, TokenBuckets, sign
 
 from doorway import Clock, encode_form, post_form, serve_door
-from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY
+from support import JPEG_BYTES, PDF_BYTES, PNG_BYTES, TEST_KEY, isic_order
 
 SECRET = b"door-test-secret"
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
@@ -51,19 +51,8 @@ def signup(email: str = EMAIL, **kw) -> dict:
 
 def order(order_id: str = "O-1", **documents) -> dict:
     docs = {"student_proof": PDF_BYTES, "id_copy": PNG_BYTES, "photo": JPEG_BYTES}
-    return {
-        "type": "isic.order",
-        "order_id": order_id,
-        "first_name": "Lena",
-        "last_name": "Studentin",
-        "birth_date": "2004-02-29",
-        "email": "lena@example.de",
-        "postal_code": "10115",
-        "iban": "DE89 3704 0044 0532 0130 00",
-        "institution": "Humboldt-Universität zu Berlin",
-        "at": (NOW - timedelta(minutes=1)).isoformat(),
-        "documents": {k: {"base64": base64.b64encode(v).decode()} for k, v in docs.items()} | documents,
-    }
+    inline = {k: {"base64": base64.b64encode(v).decode()} for k, v in docs.items()} | documents
+    return isic_order(order_id, (NOW - timedelta(minutes=1)).isoformat(), documents=inline)
 
 
 @pytest.fixture

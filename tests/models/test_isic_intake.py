@@ -16,7 +16,7 @@ from models.db import transaction
 from models.documents import DocumentCipher
 from models.isic import IsicDocument, IsicOrder, OrderStatus, open_document
 
-from support import JPEG_BYTES, PDF_BYTES
+from support import JPEG_BYTES, PDF_BYTES, isic_order
 
 NOW = datetime(2026, 9, 1, 10, 0, tzinfo=UTC)
 DOC_KEY = Fernet.generate_key()
@@ -30,22 +30,8 @@ def docs(docs):
 
 
 def order(order_id="O-1", **kw) -> dict:
-    event = {
-        "type": "isic.order",
-        "order_id": order_id,
-        "first_name": "Lena",
-        "last_name": "Studentin",
-        "birth_date": "2004-02-29",
-        "email": "lena@example.de",
-        "postal_code": "10115",
-        "iban": IBAN,
-        "institution": "Humboldt-Universität zu Berlin",
-        "phone_password": "Sonnenblume7",
-        "at": NOW.isoformat(),
-        "documents": {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"},
-    }
-    event.update(kw)
-    return event
+    documents = {"student_proof": "nachweis.pdf", "id_copy": "ausweis.png", "photo": "foto.jpg"}
+    return isic_order(order_id, NOW.isoformat(), iban=IBAN, phone_password="Sonnenblume7", documents=documents) | kw
 
 
 def run(settings, base_dir, *events) -> list:
