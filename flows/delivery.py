@@ -446,11 +446,11 @@ def run_batch(
     for _ in range(_MOST_STARTS):
         journal.settle_now()  # what batches killed before their commit left
         with transaction() as session:
-            if ids is not None:
-                paused_now = held_back(session)
-            else:  # under the cursor's lock, then taken from the retry queue below
-                job.lock(session)
-                paused_now = held_back(session)
+            # Who is held back is read under the cursor's lock (``_select`` takes it again);
+            # the stream's batch then hands lifted holds to the retry queue it reads below.
+            job.lock(session)
+            paused_now = held_back(session)
+            if ids is None:
                 release_lifted(session, job.name, paused_now, now)
             ahead = _select(job, session, limit, ids, ahead=True)
             held = being_erased(session) | ahead.erasing
