@@ -2,8 +2,14 @@
 
 The line opens the request (or joins the subject's open one); ``follow-up-erasures`` fans
 it out on its next run. A subject not known yet is tried again after the file's other lines
-(its sign-up may be further down, ``NotYetKnown``); still unknown then, the line is rejected
-with a clear reason, as from the CLI.
+(its sign-up may be further down, ``NotYetKnown``). Still unknown then, an address is kept
+as its pseudonym only, as for a withdrawal from someone unknown, and the request is opened
+for it: the person's sign-up, booking or order may still be on its way in a later file or
+request, and by event time the erasure is the later decision. The follow-up finds nobody
+to ask and completes it; what arrives afterwards dated before the erasure is kept as a
+receipt only (``models.subject_index.erased_before``). A request naming only an insurance
+number nobody has is rejected with a clear reason, as from the CLI: a number is kept
+nowhere in a form a later line could be matched against without keeping the number itself.
 A request for a person already erased is opened all the same (found by the pseudonym of the
 address; the request and its answer are kept, and nothing of the person is restored): the
 follow-up finds nothing left and completes it.
@@ -12,6 +18,7 @@ follow-up finds nothing left and completes it.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -20,9 +27,10 @@ from sqlmodel import Session
 from intake.receipts import ignored
 from intake.types import Applied, Email, EventBase, InsuranceNumber, NotYetKnown, PlausibleTime
 from models.audit import AuditEvent
-from models.erasure import UnknownSubject, open_request
+from models.erasure import UnknownSubject, check_free_text, open_request
 from models.receipts import IntakeReceipt, seen
 from models.rights import Superseded
+from models.subject_index import SubjectIndex
 from models.subjects import DataSubject
 from models.types import event_key
 
@@ -103,25 +111,61 @@ class RequestStore:
                 subject=pseudonym,
                 detail=f"request={request.id}{detail} channel={event.channel} via=intake due={request.due}",
             ),
+            reason=self.reason_of(request),
         )
+
+    def reason_of(self, request: Any) -> str:
+        """What a stored line's sender is told besides ``stored`` (nothing by default)."""
+        return ""
 
     def end_chunk(self) -> None:
         self.session.flush()
 
 
 class ErasureStore(RequestStore):
-    """Opens the erasure requests of one chunk."""
+    """Opens the erasure requests of one chunk.
+
+    ``deferring`` (intake's first pass): a request naming nobody known raises
+    ``UnknownErasureSubject`` to be tried again after the file's other lines; on the last
+    pass one with an address is opened for the address's pseudonym (``unknown_opened``).
+    """
 
     action, rejected, unknown = "erasure.open", ErasureRejected, UnknownErasureSubject
 
+    def __init__(self, session: Session, key: bytes, subjects: SubjectIndex):
+        super().__init__(session, key)
+        self.subjects = subjects
+        self.deferring = True
+        self.unknown_opened: set[Any] = set()  # ids of the requests opened for nobody known
+
     def open(self, event: ErasureRequestEvent) -> tuple[Any, str, str]:
-        request = open_request(
+        opened = partial(
+            open_request,
             self.session,
-            email=event.email,
-            insurance_number=event.insurance_number,
             received_at=event.received_at or event.at,
             channel=event.channel,
             reference=event.reference,
-            key=self.key,
         )
+        try:
+            request = opened(email=event.email, insurance_number=event.insurance_number, key=self.key)
+        except UnknownSubject:
+            if self.deferring or not event.email:
+                raise  # not the last pass, or no address to keep
+            check_free_text(event.reference, "reference")  # refused before anything is made
+            subject = self.subjects.find(event.email, event.insurance_number)
+            if subject is None:
+                # The pseudonym of the address only (the insurance number is not kept):
+                # enough for a later line of this person to be found, and nothing to erase.
+                subject = self.subjects.create(event.email, None, identified=False)
+                self.subjects.write()
+            elif subject.email is not None or subject.insurance_number is not None:
+                raise  # an identifier is someone's, and another is not on file
+            request = opened(subject_id=subject.id)
+            self.unknown_opened.add(request.id)
+            return request, "opened", " known=no"
         return request, "opened", ""
+
+    def reason_of(self, request: Any) -> str:
+        if request.id in self.unknown_opened:
+            return "nobody is known by this address yet: the request is kept, and what arrives dated before it is erased with it"
+        return ""

@@ -719,6 +719,33 @@ def test_a_confirmation_while_the_persons_erasure_is_open_is_held_not_sent(again
     assert erasure.fan_out_erasure(request_id=str(request_id)) == {"completed": 1}
 
 
+def test_an_erasure_request_that_overtakes_the_signup_keeps_the_person_out_of_cleverreach(against_sandbox):
+    # The portal's "delete my data" reaches us before the sign-up and confirmation it
+    # follows (another file, another request): by event time the erasure is the latest
+    # decision. Früh's data arrives while the request is open, Spät's after it completed.
+    from flows import erasure
+
+    def erase(email: str) -> str:
+        at = (NOW - timedelta(minutes=30)).isoformat()
+        return json.dumps({"type": "erasure.request", "email": email, "channel": "portal", "at": at})
+
+    with transaction() as session:
+        results = intake_lines(session, KEY, [erase("frueh@example.de"), erase("spaet@example.de")], now=NOW)
+    assert [r.outcome for r in results] == ["stored", "stored"]
+    assert "nobody is known by this address yet" in results[0].reason
+    take_in(signup("frueh@example.de"), confirm("frueh@example.de"))
+    assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {"held_erasure_open": 1}
+    assert erasure.follow_up_erasures()["completed"] == 2
+    with transaction() as session:
+        late = intake_lines(session, KEY, [signup("spaet@example.de"), confirm("spaet@example.de")], now=NOW)
+    assert [r.outcome for r in late] == ["unchanged", "unchanged"]
+    assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {}
+    assert receivers(against_sandbox, "1001") == {}
+    with transaction() as session:
+        subjects = session.exec(select(DataSubject)).all()
+        assert len(subjects) == 2 and all(s.erased_at and s.email is None and s.first_name is None for s in subjects)
+
+
 def _restrict(email: str) -> uuid.UUID:
     from models.restriction import Restriction
 

@@ -58,19 +58,51 @@ def test_a_request_line_opens_one_request_with_a_task_per_recipient_and_is_idemp
         assert session.execute(text("SELECT count(*) FROM erasure_task")).scalar_one() == 2
 
 
-def test_unknown_subject_and_personal_reference_are_rejected_and_change_nothing(settings):
-    run(settings, signup("erika@example.de"))
+def test_an_unidentifiable_request_and_a_personal_reference_are_rejected_and_change_nothing(settings):
+    run(
+        settings,
+        signup("erika@example.de"),
+        {**signup("kai@example.de"), "list": "service_offers", "insurance_number": "A123456780"},
+    )
     results = run(
         settings,
-        erase(email="nobody@example.de"),
+        erase(insurance_number="Z987654321"),  # nobody has it, and there is no address to keep
+        erase(email="nobody@example.de", insurance_number="A123456780"),  # Kai's number
         erase(email="erika@example.de", reference="erika@example.de"),
         erase(),
+        erase(email="nobody@example.de", reference="Tel. 030901820"),
     )
-    assert [r.outcome for r in results] == ["rejected"] * 3
+    assert [r.outcome for r in results] == ["rejected"] * 5
+    assert "no data subject matches" in results[0].reason
+    assert "registered with another e-mail address" in results[1].reason
     assert "nobody" not in " ".join(r.reason for r in results)
-    assert "give email or insurance_number" in results[2].reason
+    assert "give email or insurance_number" in results[3].reason
     with transaction() as session:
         assert session.execute(text("SELECT count(*) FROM erasure_request")).scalar_one() == 0
+        assert session.execute(text("SELECT count(*) FROM data_subject")).scalar_one() == 2
+
+
+def test_a_request_for_an_address_nobody_has_opens_for_its_pseudonym_only(settings):
+    line = erase(email="Nobody@Example.de", insurance_number="Z987654321")
+    [result] = run(settings, line)
+    assert (result.outcome, result.reason) == (
+        "stored",
+        "nobody is known by this address yet: the request is kept, and what arrives dated before it is erased with it",
+    )
+    assert [r.outcome for r in run(settings, line)] == ["duplicate"]
+    # A second request for the address joins the open one, found by the pseudonym.
+    [again] = run(settings, {**line, "channel": "email"})
+    assert (again.outcome, again.reason) == ("stored", result.reason)
+    with transaction() as session:
+        from models.subjects import DataSubject
+
+        [subject] = session.exec(select(DataSubject)).all()
+        assert (subject.email, subject.insurance_number, subject.first_name) == (None, None, None)
+        [request] = session.exec(select(ErasureRequest)).all()
+        assert request.subject_id == subject.id and request.status == "open"
+        assert session.execute(text("SELECT count(*) FROM erasure_task")).scalar_one() == 0
+        details = session.execute(text("SELECT detail FROM audit_entry WHERE action = 'erasure.open'")).scalars().all()
+        assert len(details) == 2 and all("known=no" in d for d in details)
 
 
 @pytest.mark.parametrize("chunk_lines", [1, CHUNK], ids=["a chunk a line", "the default chunk"])
