@@ -67,6 +67,7 @@ STATE_TITLES = {
     "confirmed": "bestätigt, Einwilligung erteilt",
     "withdrawn": "widerrufen",
     "expired": "abgelaufen (nie bestätigt)",
+    "awaiting_signup": "bestätigt, die Anmeldung dazu ist noch nicht eingegangen",
 }
 KIND_TITLES = {
     EventKind.signup: "Anmeldung",

@@ -42,6 +42,10 @@ LABELS: dict[str, Label] = {
         "Nicht gesendet: Anmeldung abgelaufen (nie bestätigt)",
         "Not sent: sign-up expired (never confirmed)",
     ),
+    "not_pushed_awaiting_signup": Label(
+        "Nicht gesendet: Bestätigung, deren Anmeldung noch nicht eingegangen ist",
+        "Not sent: a confirmation whose sign-up has not arrived yet",
+    ),
     "removed": Label(
         "Beim Auftragsverarbeiter entfernt (Einwilligung erloschen)",
         "Removed at the processor (consent lapsed)",
@@ -214,6 +218,7 @@ FLOW_COUNTS: dict[str, tuple[str, ...]] = {
         "not_pushed_pending",
         "not_pushed_withdrawn",
         "not_pushed_expired",
+        "not_pushed_awaiting_signup",
         "removed",
         "remove_failed",
         "held_erasure_open",

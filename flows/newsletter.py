@@ -55,6 +55,7 @@ from flows.common import (
 from flows.delivery import Reach, StreamJob, fail_if_parked, isolate, run_batch, run_wide, waiting
 from models.audit import AuditEvent
 from models.consent import (
+    UNCONFIRMED,
     ConsentEvent,
     ConsentList,
     ConsentRecord,
@@ -803,7 +804,7 @@ def _erase_unused_subjects(session, subjects, now: datetime) -> int:
         session.exec(
             select(ConsentRecord.subject_id).where(
                 col(ConsentRecord.subject_id).in_(ids),
-                col(ConsentRecord.state).in_([ConsentState.pending, ConsentState.confirmed]),
+                col(ConsentRecord.state).in_([*UNCONFIRMED, ConsentState.confirmed]),
             )
         )
     )

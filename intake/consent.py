@@ -12,6 +12,12 @@ never brings old data back: what is dated before the erasure, and a confirmation
 as a receipt only; a withdrawal is kept without personal data; only a new sign-up dated
 after the erasure starts again, from nothing.
 
+A confirmation whose sign-up has not arrived after its whole file (it comes in a later file
+or request) is kept in its record's history, the record ``awaiting_signup`` (a subject not
+known yet is kept as the pseudonym of its address), and reported ``pending``: the sign-up,
+when it comes, is replayed before it. It expires like an unconfirmed sign-up
+(``expire-unconfirmed-optins``, counted from the confirmation), and an erasure takes it.
+
 A sign-up names the ``policy_version`` of the consent text it was given under; it is
 required, and a version whose texts are not registered (``models.consent_text``) is
 rejected, changing nothing: the proof of consent must be able to print what was agreed to.
@@ -59,7 +65,8 @@ from models.types import content_key, event_key, utcnow
 
 
 class NoSignup(TransitionError, NotYetKnown):
-    """A confirmation with no record of a sign-up for that person and list (yet)."""
+    """A confirmation with no record of a sign-up for that person and list (yet): on intake's
+    first pass it is tried again after the file's other lines."""
 
 
 class UnknownVersion(TransitionError):
@@ -143,7 +150,8 @@ class ConsentStore:
     end (``models.consent.write_records``), not ORM objects.
 
     ``deferring`` (intake's first pass): a confirmation without a sign-up raises NoSignup
-    to be tried again after the file's other lines; on the last pass it is decided.
+    to be tried again after the file's other lines; on the last pass it is kept, its record
+    ``awaiting_signup``, for a sign-up in a later file or request (reported ``pending``).
     """
 
     def __init__(self, session: Session, key: bytes, subjects: SubjectIndex):
@@ -245,7 +253,7 @@ class ConsentStore:
                 ("this person's data was erased; a confirmation needs a new sign-up first"),
             )
         record = self.consents.get((subject.id, event.list_name)) if subject else None
-        if record is None and is_confirm:
+        if record is None and is_confirm and self.deferring:  # its sign-up may be further down
             raise NoSignup("no sign-up to confirm for this list")
         if subject is None:
             # A withdrawal from someone unknown is kept under the pseudonym of the address only.
@@ -271,6 +279,20 @@ class ConsentStore:
             if self._newest_signup(subject, step, event.list_name):
                 self.subjects.name(subject, event.salutation, event.first_name, event.last_name)
         after = replay(history, cut)
+        if after.state is None:
+            # Confirmations only: the sign-up comes in a later file or request. Kept in the
+            # history, where the replay applies it once the sign-up arrives; it expires like
+            # an unconfirmed sign-up, counted from the first confirmation.
+            record.state = ConsentState.awaiting_signup
+            record.signup_at = min(s.at for s in history)
+            self.changed[record.id] = record
+            return Applied(
+                "pending",
+                AuditEvent(
+                    "intake.pending", "kept", subject=subject.pseudonym, detail=f"{event.type} list={event.list_name}"
+                ),
+                reason="no sign-up for this list yet: kept, and applied when it arrives",
+            )
         if after == before:
             return self._unchanged(event, step, before, cut, subject)
         if after.signup_at is None:

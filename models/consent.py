@@ -7,7 +7,11 @@ The double-opt-in life cycle::
        +--withdraw--> withdrawn     signup again ---+--> pending
        +--expire----> expired   --- signup again ------> pending
 
+    awaiting_signup --signup dated before the confirmation--> confirmed
+
 Only ``confirmed`` ever leaves the controller; ``pending`` expires after the list's period.
+``awaiting_signup`` is a confirmation whose sign-up has not arrived (another file or
+request): kept in the history for the sign-up, and expired like an unconfirmed sign-up.
 
 Events are applied by their time (``at``), not by when they arrive: a record is what its
 event history (``ConsentEvent``) gives when replayed in event-time order (``replay``), so
@@ -46,6 +50,12 @@ class ConsentState(StrEnum):
     confirmed = "confirmed"
     withdrawn = "withdrawn"
     expired = "expired"
+    # Confirmations only, their sign-up not here yet (``intake.consent``); never sent anywhere.
+    awaiting_signup = "awaiting_signup"
+
+
+# What expires after the list's opt-in period: the proof of a double opt-in never completed.
+UNCONFIRMED = (ConsentState.pending, ConsentState.awaiting_signup)
 
 
 class EventKind(StrEnum):
@@ -451,8 +461,8 @@ def apply_expire(record: ConsentRecord, at: datetime, dedupe_key: str) -> Consen
     The IP addresses of this cycle are dropped from the record (the events' are dropped by
     the caller); what remains says only that a sign-up existed and when it expired.
     """
-    if record.state != ConsentState.pending:
-        raise TransitionError(f"only pending sign-ups expire, not {record.state}")
+    if record.state not in UNCONFIRMED:
+        raise TransitionError(f"only unconfirmed sign-ups expire, not {record.state}")
     record.state = ConsentState.expired
     record.expired_at = at
     record.signup_ip = record.confirm_ip = None
@@ -618,15 +628,16 @@ def expiry_candidates(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[ConsentRecord]:
-    """Pending records of a list signed up before a bound, in (signup_at, id) order; not a
-    restricted person's (kept while the restriction lasts, Art. 18).
+    """Unconfirmed records of a list (pending, or a confirmation awaiting its sign-up) begun
+    before a bound, in (signup_at, id) order; not a restricted person's (kept while the
+    restriction lasts, Art. 18).
 
     Claimed (``skip_locked``): of two workers expiring at once, each takes other records
     (the second to expire one would fail on the expiry event's dedupe key).
     """
     query = select(ConsentRecord).where(
         ConsentRecord.list_name == list_name,
-        ConsentRecord.state == ConsentState.pending,
+        col(ConsentRecord.state).in_(UNCONFIRMED),
         ConsentRecord.signup_at <= signed_up_before,
         ~restricted_subject(col(ConsentRecord.subject_id)),
     )

@@ -35,7 +35,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.bookings import Booking
-from models.consent import ConsentRecord, ConsentState
+from models.consent import UNCONFIRMED, ConsentRecord, ConsentState
 from models.db import claim_rows
 from models.deadlines import apply_extension, due_date, received_day, urgency
 from models.identity import normalise_email, normalise_insurance_number, pseudonym
@@ -544,7 +544,7 @@ def erase_controller_copy(session: Session, subject_id: uuid.UUID, now: datetime
     counts["isic_orders"] = len(orders)
     consents = session.exec(select(ConsentRecord).where(ConsentRecord.subject_id == subject_id)).all()
     for record in consents:
-        if record.state in (ConsentState.pending, ConsentState.confirmed):
+        if record.state in (*UNCONFIRMED, ConsentState.confirmed):
             record.state, record.withdrawn_at, record.withdraw_channel = ConsentState.withdrawn, now, "erasure"
         record.updated_at = now
     counts["consents"] = len(consents)

@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select
 
 from models.bookings import PURPOSE as BOOKING_PURPOSE
 from models.bookings import Booking
-from models.consent import ConsentRecord, ConsentState
+from models.consent import UNCONFIRMED, ConsentRecord
 from models.erasure import being_erased
 from models.isic import IsicOrder
 from models.recipients import Recipient
@@ -118,7 +118,7 @@ def _optins_past(list_name: str, held: bool) -> Count:
         bound = _berlin_midnight(today - timedelta(days=days))
         past = and_(
             col(ConsentRecord.list_name) == list_name,
-            col(ConsentRecord.state) == ConsentState.pending,
+            col(ConsentRecord.state).in_(UNCONFIRMED),
             col(ConsentRecord.signup_at) < bound,
         )
         return session.exec(select(func.count()).where(_held(past, col(ConsentRecord.subject_id), held))).one()

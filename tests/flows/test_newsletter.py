@@ -17,7 +17,7 @@ from sqlmodel import col, func, select
 from flows import newsletter
 from flows.intake import intake_lines
 from models.audit import AuditEntry, verify
-from models.consent import ConsentRecord, ConsentState
+from models.consent import ConsentEvent, ConsentRecord, ConsentState
 from models.db import get_engine, transaction
 from models.recipients import Recipient
 from models.restriction import RestrictionHold
@@ -263,6 +263,28 @@ def test_unconfirmed_sign_ups_expire_after_their_period(settings, list_name, due
         assert record.state == ConsentState.expired and record.signup_ip is None
         audit = session.exec(select(AuditEntry).where(AuditEntry.action == "consent.expire")).one()
         assert audit.subject_pseudonym == subject.pseudonym
+
+
+def test_a_confirmation_still_awaiting_its_signup_expires_like_an_unconfirmed_signup(settings):
+    # Seed 000: what a double opt-in never completed is deleted after the list's period; a
+    # confirmation whose sign-up never came is kept no longer, counted from the click.
+    clicked = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
+    with transaction() as session:
+        kept = intake_lines(session, KEY, [confirm("w@example.de", at=clicked)], now=clicked)
+    assert [r.outcome for r in kept] == ["pending"]
+    due = datetime(2026, 10, 31, 10, 0, tzinfo=UTC)  # 30 Berlin calendar days, across DST
+    assert newsletter.expire_unconfirmed_optins(as_of=due - timedelta(seconds=1)) == {}
+    assert newsletter.expire_unconfirmed_optins(as_of=due) == {"expired": 1, "subjects_erased": 1}
+    with transaction() as session:
+        record = session.exec(select(ConsentRecord)).one()
+        assert record.state == ConsentState.expired
+        assert [e.ip for e in session.exec(select(ConsentEvent))] == [None, None]  # the click, the expiry
+        # The sign-up it belonged to, arriving now, is older than the erasure: a receipt only.
+        late = intake_lines(session, KEY, [signup("w@example.de", at=clicked - timedelta(hours=1))], now=due)
+    assert [r.outcome for r in late] == ["unchanged"]
+    with transaction() as session:
+        assert session.exec(select(DataSubject.email)).all() == [None]
+        assert session.exec(select(ConsentRecord.state)).all() == [ConsentState.expired]
 
 
 def test_a_crash_after_the_upsert_then_a_rerun_ends_exactly_right(against_sandbox, monkeypatch):
@@ -744,6 +766,27 @@ def test_an_erasure_request_that_overtakes_the_signup_keeps_the_person_out_of_cl
     with transaction() as session:
         subjects = session.exec(select(DataSubject)).all()
         assert len(subjects) == 2 and all(s.erased_at and s.email is None and s.first_name is None for s in subjects)
+
+
+def test_a_confirmation_awaiting_its_signup_is_found_by_access_and_erasure_requests(against_sandbox):
+    from flows import erasure
+
+    def ask(kind: str, **fields) -> str:
+        return json.dumps({"type": kind, "email": "w@example.de", "channel": "portal", "at": NOW.isoformat(), **fields})
+
+    with transaction() as session:
+        assert [r.outcome for r in intake_lines(session, KEY, [confirm("w@example.de")], now=NOW)] == ["pending"]
+    with transaction() as session:
+        asked = intake_lines(session, KEY, [ask("rights.request", right="access"), ask("erasure.request")], now=NOW)
+    assert [(r.outcome, r.reason) for r in asked] == [("stored", ""), ("stored", "")]  # someone known
+    assert erasure.follow_up_erasures()["completed"] == 1
+    with transaction() as session:
+        assert session.exec(select(ConsentEvent.ip)).all() == [None]
+        assert session.exec(select(ConsentRecord.state)).all() == [ConsentState.withdrawn]
+    with transaction() as session:
+        late = intake_lines(session, KEY, [signup("w@example.de"), confirm("w@example.de")], now=NOW)
+    assert [r.outcome for r in late] == ["unchanged", "duplicate"]
+    assert newsletter.sync_newsletter_consents(lists=["newsletter"]) == {}
 
 
 def _restrict(email: str) -> uuid.UUID:

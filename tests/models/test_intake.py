@@ -174,11 +174,6 @@ def _with(event: dict, **changes) -> dict:
 
 BAD_LINES = {
     "bad e-mail": (_with(signup(), email="erika.mustermann.example.de"), "email"),
-    "missing confirm": (confirm(email="erika.mustermann@example.de"), "no sign-up to confirm"),
-    "confirm for other list": (
-        confirm(email="known@example.de", list_name="service_offers"),
-        "no sign-up to confirm",
-    ),
     "unknown list": (_with(signup(), list="sms"), "list"),
     "naive timestamp": (_with(signup(), at="2026-05-04T09:00:00"), "timezone"),
     "service_offers without insurance number": (
@@ -332,11 +327,13 @@ def test_signup_again_after_erasure(settings):
     assert {"erika.mustermann@example.de", "max@example.de"} <= emails
 
 
-def test_line_rejected_earlier_is_not_a_duplicate_later(settings):
+def test_a_confirmation_kept_for_its_signup_is_a_duplicate_when_sent_again_with_it(settings):
     assert [(r.outcome, r.reason) for r in run(settings, confirm())] == [
-        ("rejected", "no sign-up to confirm for this list"),
+        ("pending", "no sign-up for this list yet: kept, and applied when it arrives"),
     ]
-    assert [r.outcome for r in run(settings, signup(), confirm())] == ["stored", "stored"]
+    assert [r.outcome for r in run(settings, signup(), confirm())] == ["stored", "duplicate"]
+    with transaction() as session:
+        assert session.exec(select(ConsentRecord.state)).one() == ConsentState.confirmed
 
 
 def test_a_confirmation_above_its_signup_in_the_file_applies(settings):
