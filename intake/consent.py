@@ -282,9 +282,21 @@ class ConsentStore:
         if after.state is None:
             # Confirmations only: the sign-up comes in a later file or request. Kept in the
             # history, where the replay applies it once the sign-up arrives; it expires like
-            # an unconfirmed sign-up, counted from the first confirmation.
+            # an unconfirmed sign-up, counted from the first confirmation since the last
+            # expiry (a record's expiry is keyed by that time).
+            expired = max((s.at for s in history if s.kind == EventKind.expire), default=None)
+            since = min(
+                (s.at for s in history if s.kind == EventKind.confirm and (expired is None or s.at > expired)),
+                default=None,
+            )
+            if since is None:
+                assert expired is not None
+                return Applied(
+                    "unchanged",
+                    reason=f"no sign-up for this list; the confirmations waiting for one expired at {describe_time(expired)}",
+                )
             record.state = ConsentState.awaiting_signup
-            record.signup_at = min(s.at for s in history)
+            record.signup_at = since
             self.changed[record.id] = record
             return Applied(
                 "pending",

@@ -287,6 +287,40 @@ def test_a_confirmation_still_awaiting_its_signup_expires_like_an_unconfirmed_si
         assert session.exec(select(ConsentRecord.state)).all() == [ConsentState.expired]
 
 
+def test_a_known_persons_confirmation_may_wait_again_after_one_expired(settings):
+    # Erika is subscribed to the newsletter; her clicks for the service offers (21 days) come
+    # without their sign-up. Each wait expires on its own (a record's expiry is keyed by
+    # when its wait began), and she stays known: her newsletter consent needs her.
+    first = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
+
+    def take(line: str, now: datetime) -> list[str]:
+        with transaction() as session:
+            return [(r.outcome, r.reason) for r in intake_lines(session, KEY, [line], now=now)]
+
+    take_in(
+        signup("e@example.de", at=first - timedelta(days=1)), confirm("e@example.de", at=first - timedelta(hours=1))
+    )
+    assert take(confirm("e@example.de", "service_offers", at=first), first)[0][0] == "pending"
+    expiry = datetime(2026, 10, 22, 9, 0, tzinfo=UTC)
+    assert newsletter.expire_unconfirmed_optins(as_of=expiry) == {"expired": 1, "subjects_erased": 0}
+    assert take(confirm("e@example.de", "service_offers", at=first + timedelta(days=1)), expiry) == [
+        ("unchanged", "no sign-up for this list; the confirmations waiting for one expired at 2026-10-22T09:00:00Z")
+    ]
+    again = expiry + timedelta(days=2)
+    assert take(confirm("e@example.de", "service_offers", at=again), again)[0][0] == "pending"
+    due = datetime(2026, 11, 14, 10, 0, tzinfo=UTC)  # 21 Berlin calendar days after 11:00 summer time
+    assert newsletter.expire_unconfirmed_optins(as_of=due - timedelta(seconds=1)) == {}
+    assert newsletter.expire_unconfirmed_optins(as_of=due) == {"expired": 1, "subjects_erased": 0}
+    with transaction() as session:
+        states = dict(session.exec(select(ConsentRecord.list_name, ConsentRecord.state)).all())
+        assert states == {"newsletter": ConsentState.confirmed, "service_offers": ConsentState.expired}
+        assert session.exec(select(DataSubject.email)).one() == "e@example.de"
+        ips = session.exec(
+            select(ConsentEvent.ip).join(ConsentRecord).where(ConsentRecord.list_name == "service_offers")
+        ).all()
+        assert len(ips) == 5 and set(ips) == {None}  # three clicks, two expiries
+
+
 def test_a_crash_after_the_upsert_then_a_rerun_ends_exactly_right(against_sandbox, monkeypatch):
     take_in(*[line for i in range(30) for line in (signup(f"k{i}@example.de"), confirm(f"k{i}@example.de"))])
     original = newsletter.record_confirmed_many
