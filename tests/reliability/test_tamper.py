@@ -144,16 +144,8 @@ def _intake_lines(now) -> list[str]:
                 )
             )
     lines.append(
-        json.dumps(
-            {
-                "type": "consent.confirm",
-                "list": "newsletter",
-                "email": "nobody@example.de",
-                "ip": "192.0.2.201",
-                "at": at,
-            }
-        )
-    )  # rejected: an audit row all the same
+        json.dumps({"type": "erasure.request", "insurance_number": "Z987654321", "channel": "portal", "at": at})
+    )  # rejected (nobody has the number): an audit row all the same
     return lines
 
 
