@@ -443,11 +443,13 @@ def apply_withdraw(record: ConsentRecord, at: datetime, channel: str, seq: int, 
     """Consent withdrawn (by e-mail, in the portal, or by the newsletter's link).
 
     None when nothing changes: no consent stands, or the withdrawal is dated before the
-    sign-up of the current cycle (it ended an earlier one, as ``replay`` reads it).
+    sign-up of the current cycle (it ended an earlier one, as ``replay`` reads it). A
+    confirmation awaiting its sign-up is withdrawn whatever its time: the sign-up, dated
+    before the withdrawal when it arrives, must not confirm (``replay`` reads the history so).
     """
-    if record.state not in (ConsentState.pending, ConsentState.confirmed):
-        return None
-    if at < record.signup_at:
+    if record.state == ConsentState.awaiting_signup:
+        record.signup_at = at  # as for a withdrawal with no sign-up known (``settle``)
+    elif record.state not in (ConsentState.pending, ConsentState.confirmed) or at < record.signup_at:
         return None
     record.state = ConsentState.withdrawn
     record.withdrawn_at, record.withdraw_channel = at, channel

@@ -502,6 +502,25 @@ def test_objection_withdraws_every_list_and_removes_at_cleverreach(env):
     assert newsletter.sync_newsletter_consents().get("removed", 0) == 0
 
 
+def test_an_objection_withdraws_a_confirmation_awaiting_its_signup(env):
+    # The click came first (its sign-up is in another file), then the objection: the sign-up,
+    # dated before the objection, arrives last and must not subscribe the person.
+    with transaction() as session:
+        kept = intake_lines(session, KEY, [json.dumps(consent_lines("cleo@example.de")[1])], now=utcnow())
+    assert [r.outcome for r in kept] == ["pending"]
+    with transaction() as session:
+        sid = session.exec(select(ConsentRecord.subject_id)).one()
+    outcome = amend.object_to_all(sid, channel="letter", at=utcnow() - timedelta(minutes=5))
+    assert by_processor(outcome) == {"controller consent:newsletter": "withdrawn"}
+    with transaction() as session:
+        late = intake_lines(session, KEY, [json.dumps(consent_lines("cleo@example.de")[0])], now=utcnow())
+    assert [r.outcome for r in late] == ["stored"]  # its proof is kept, the consent withdrawn
+    with transaction() as session:
+        record = session.exec(select(ConsentRecord)).one()
+        assert (record.state, record.withdraw_channel, record.confirm_ip) == ("withdrawn", "letter", "198.51.100.7")
+    assert newsletter.sync_newsletter_consents() == {"not_pushed_withdrawn": 1}
+
+
 # through the rights plumbing: psync request … ------------------------------------------
 def test_every_request_through_the_command_line_and_the_rights_flow(env):
     from typer.testing import CliRunner
