@@ -77,7 +77,8 @@ class Start(enum.StrEnum):
 
 START_TEXT: Mapping[Start, Text] = {
     Start.signup_unconfirmed: Text(
-        "Anmeldung ohne Bestätigung (Double-Opt-In)", "sign-up left unconfirmed (double opt-in)"
+        "Anmeldung ohne Bestätigung (Double-Opt-In), oder Bestätigung, deren Anmeldung nicht eingeht",
+        "sign-up left unconfirmed (double opt-in), or a confirmation whose sign-up never arrives",
     ),
     Start.consent_withdrawn: Text("Widerruf oder Wegfall der Einwilligung", "consent withdrawn or lapsed"),
     Start.last_appointment: Text("letzter Termin des Kunden", "the customer's last appointment"),
