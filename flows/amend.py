@@ -54,7 +54,7 @@ from flows.erasure_processors import Clients
 from flows.rights import Ask, Outcome, register, write_outbox
 from models.audit import AuditEvent
 from models.bookings import Booking
-from models.consent import ConsentList, ConsentRecord, ConsentState, apply_withdraw
+from models.consent import ConsentList, ConsentRecord, ConsentState, apply_withdraw, withdrawn_without_signup
 from models.cursors import await_deliveries, next_seq
 from models.db import transaction
 from models.erasure import Channel, UnknownSubject, check_free_text
@@ -704,8 +704,10 @@ def object_to_all(
 ) -> AmendOutcome:
     """Withdraw every consent of the subject on every list (Art. 21, 7(3)), dated `at`, with
     the request's `channel`, and remove the receivers at CleverReach through the newsletter
-    sync's removal path. Idempotent: a withdrawn consent stays withdrawn, a removed receiver
-    is not asked for again."""
+    sync's removal path. A list the subject has no consent on gets the withdrawal all the
+    same (audited, not told: nothing was there), so a sign-up dated before the objection that
+    arrives later does not subscribe them (``models.consent.replay``). Idempotent: a withdrawn
+    consent stays withdrawn, a removed receiver is not asked for again."""
     settings, now = settings or get_settings(), now or utcnow()
     if at.tzinfo is None:
         raise ValueError("at needs a timezone")
@@ -722,6 +724,13 @@ def object_to_all(
         sid, pseudonym = subject.id, subject.pseudonym
         records = list(session.exec(select(ConsentRecord).where(ConsentRecord.subject_id == sid)))
         outcome = AmendOutcome("objection", pseudonym)
+        for absent in sorted({str(n) for n in ConsentList} - {r.list_name for r in records}):
+            dedupe = event_key(key, "objection", sid, absent, at.isoformat())
+            kept, withdrawal = withdrawn_without_signup(sid, absent, at, channel, dedupe, now)
+            session.add(kept)
+            session.flush()  # the record before its event (a foreign key)
+            session.add(withdrawal)
+            events.append(decision("consent.withdraw", "recorded", None, pseudonym, channel, list=absent))
         seq = next_seq(session, "consent", len(records)) if records else 0
         for offset, record in enumerate(sorted(records, key=lambda r: r.list_name)):
             dedupe = event_key(key, "objection", record.id, at.isoformat())

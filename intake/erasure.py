@@ -17,8 +17,8 @@ follow-up finds nothing left and completes it.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
-from functools import partial
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -65,32 +65,72 @@ class RequestStore:
 
     A subclass names its audit `action`, the `rejected` error and its `unknown` kind (nobody
     matches: tried again after the file), and opens one request (``open``: the request, the
-    audit outcome, and what the audit detail adds).
+    audit outcome, and what the audit detail adds), for the subject its identifiers name or
+    for the one given.
+
+    ``deferring`` (intake's first pass): a request naming nobody known raises `unknown`, to
+    be tried again after the file's other lines. On the last pass a request that
+    ``keeps_unknown`` and names an address is opened for the address's pseudonym only (the
+    insurance number is not kept): a later line of the person finds it, and there is nothing
+    to erase. A request naming only an insurance number nobody has, or identifiers of which
+    one is someone's and another nobody's, is rejected.
     """
 
     action: str
     rejected: type[ValueError]
     unknown: type[ValueError]
+    nobody_known = ""  # the sender is told so, with ``stored``, where a request is kept for nobody
 
-    def __init__(self, session: Session, key: bytes):
-        self.session, self.key = session, key
+    def __init__(self, session: Session, key: bytes, subjects: SubjectIndex):
+        self.session, self.key, self.subjects = session, key, subjects
         self.keys: dict[int, str] = {}
         self.seen: set[str] = set()
+        self.deferring = True
 
     def begin_chunk(self, events: Iterable[Any]) -> None:
         self.keys = {id(e): event_key(self.key, e.model_dump_json()) for e in events}
         self.seen = seen(self.session, self.keys.values())
 
-    def open(self, event: Any) -> tuple[Any, str, str]:
+    def open(self, event: Any, subject_id: uuid.UUID | None = None) -> tuple[Any, str, str]:
         raise NotImplementedError
+
+    def identifiers(self, event: Any, subject_id: uuid.UUID | None) -> dict[str, Any]:
+        """How ``open`` names the subject: the one given, or by the line's identifiers."""
+        if subject_id is not None:
+            return {"subject_id": subject_id}
+        return {"email": event.email, "insurance_number": event.insurance_number, "key": self.key}
+
+    def keeps_unknown(self, event: Any) -> bool:
+        """Whether a request naming an address nobody has is kept: a decision that an older
+        line of the person, arriving later, must not undo (by event time it is the latest)."""
+        return False
+
+    def _nobody(self, event: Any, unknown: UnknownSubject) -> DataSubject | Any:
+        """The subject holding only the pseudonym of the request's address, made if need be;
+        raises `unknown` again where the request is not kept for nobody."""
+        if self.deferring or not event.email or not self.keeps_unknown(event):
+            raise unknown
+        check_free_text(event.reference, "reference")  # refused before anything is made
+        subject = self.subjects.find(event.email, event.insurance_number)
+        if subject is None:
+            subject = self.subjects.create(event.email, None, identified=False)
+            self.subjects.write()
+        elif subject.email is not None or subject.insurance_number is not None:
+            raise unknown  # an identifier is someone's, and another is not on file
+        return subject
 
     def apply(self, event: Any) -> Applied:
         """Open the request; the outcome and the audit event. Raises ``rejected``."""
         key = self.keys[id(event)]
         if key in self.seen:
             return Applied("duplicate")
+        reason = ""
         try:
-            request, outcome, detail = self.open(event)
+            try:
+                request, outcome, detail = self.open(event)
+            except UnknownSubject as exc:
+                request, outcome, detail = self.open(event, self._nobody(event, exc).id)
+                detail, reason = f"{detail} known=no", self.nobody_known
         except Superseded as exc:  # recorded, so importing it again is a duplicate
             self.seen.add(key)
             self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))
@@ -111,61 +151,30 @@ class RequestStore:
                 subject=pseudonym,
                 detail=f"request={request.id}{detail} channel={event.channel} via=intake due={request.due}",
             ),
-            reason=self.reason_of(request),
+            reason=reason,
         )
-
-    def reason_of(self, request: Any) -> str:
-        """What a stored line's sender is told besides ``stored`` (nothing by default)."""
-        return ""
 
     def end_chunk(self) -> None:
         self.session.flush()
 
 
 class ErasureStore(RequestStore):
-    """Opens the erasure requests of one chunk.
-
-    ``deferring`` (intake's first pass): a request naming nobody known raises
-    ``UnknownErasureSubject`` to be tried again after the file's other lines; on the last
-    pass one with an address is opened for the address's pseudonym (``unknown_opened``).
-    """
+    """Opens the erasure requests of one chunk; one for an address nobody has is kept."""
 
     action, rejected, unknown = "erasure.open", ErasureRejected, UnknownErasureSubject
+    nobody_known = (
+        "nobody is known by this address yet: the request is kept, and what arrives dated before it is erased with it"
+    )
 
-    def __init__(self, session: Session, key: bytes, subjects: SubjectIndex):
-        super().__init__(session, key)
-        self.subjects = subjects
-        self.deferring = True
-        self.unknown_opened: set[Any] = set()  # ids of the requests opened for nobody known
+    def keeps_unknown(self, event: ErasureRequestEvent) -> bool:
+        return True
 
-    def open(self, event: ErasureRequestEvent) -> tuple[Any, str, str]:
-        opened = partial(
-            open_request,
+    def open(self, event: ErasureRequestEvent, subject_id: uuid.UUID | None = None) -> tuple[Any, str, str]:
+        request = open_request(
             self.session,
             received_at=event.received_at or event.at,
             channel=event.channel,
             reference=event.reference,
+            **self.identifiers(event, subject_id),
         )
-        try:
-            request = opened(email=event.email, insurance_number=event.insurance_number, key=self.key)
-        except UnknownSubject:
-            if self.deferring or not event.email:
-                raise  # not the last pass, or no address to keep
-            check_free_text(event.reference, "reference")  # refused before anything is made
-            subject = self.subjects.find(event.email, event.insurance_number)
-            if subject is None:
-                # The pseudonym of the address only (the insurance number is not kept):
-                # enough for a later line of this person to be found, and nothing to erase.
-                subject = self.subjects.create(event.email, None, identified=False)
-                self.subjects.write()
-            elif subject.email is not None or subject.insurance_number is not None:
-                raise  # an identifier is someone's, and another is not on file
-            request = opened(subject_id=subject.id)
-            self.unknown_opened.add(request.id)
-            return request, "opened", " known=no"
         return request, "opened", ""
-
-    def reason_of(self, request: Any) -> str:
-        if request.id in self.unknown_opened:
-            return "nobody is known by this address yet: the request is kept, and what arrives dated before it is erased with it"
-        return ""

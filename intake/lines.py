@@ -303,7 +303,7 @@ class Applier:
         self.orders = IsicStore(session, key, self.subjects, DocumentCipher(document_key) if document_key else None)
         self.erasures = ErasureStore(session, key, self.subjects)
         self.held = HeldStore(session, key, self.subjects)
-        self.rights = RightsStore(session, key, document_key)
+        self.rights = RightsStore(session, key, self.subjects, document_key)
         # A dispatch table by the event type's prefix; each store takes only its own events.
         self.stores: dict[str, Any] = {
             "consent": self.consents,
@@ -347,7 +347,7 @@ class Applier:
         chunk = [item for item in items if not isinstance(item, Refused)] if refused else cast(Sequence[Parsed], items)
         # Every line's event, the refused ones' too: the stores find their dedupe keys.
         named = [*chunk, *((item.line, item.event) for item in refused)] if refused else chunk
-        self.consents.deferring = self.erasures.deferring = defer
+        self.consents.deferring = self.erasures.deferring = self.rights.deferring = defer
         # From each model's __dict__: getattr on a field a model lacks (a confirmation's
         # insurance number) goes through pydantic's __getattr__ and an AttributeError.
         found = self.subjects.prefetch(

@@ -12,6 +12,7 @@ birth date), validated here (email-validator, phonenumbers) and stored only encr
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -20,6 +21,7 @@ from sqlmodel import Session
 from intake.erasure import RequestStore
 from intake.types import Email, EventBase, InsuranceNumber, NotYetKnown, PlausibleTime
 from models.rights import Changes, Right, open_rights_request
+from models.subject_index import SubjectIndex
 
 __all__ = ["Changes", "RightsRejected", "RightsRequestEvent", "RightsStore"]
 
@@ -59,22 +61,29 @@ class RightsStore(RequestStore):
     """Opens the rights requests of one chunk (or joins the subject's open one)."""
 
     action, rejected, unknown = "rights.open", RightsRejected, UnknownRightsSubject
+    nobody_known = (
+        "nobody is known by this address yet: the objection is kept, and a consent dated before it "
+        "that arrives later stays withdrawn"
+    )
 
-    def __init__(self, session: Session, key: bytes, document_key: bytes | None):
-        super().__init__(session, key)
+    def __init__(self, session: Session, key: bytes, subjects: SubjectIndex, document_key: bytes | None):
+        super().__init__(session, key, subjects)
         self.document_key = document_key
 
-    def open(self, event: RightsRequestEvent) -> tuple[Any, str, str]:
+    def keeps_unknown(self, event: RightsRequestEvent) -> bool:
+        # An objection is a decision a sign-up dated before it must not undo when it arrives
+        # later; access to, or a correction or restriction of, nobody's data has no object.
+        return event.right == Right.objection
+
+    def open(self, event: RightsRequestEvent, subject_id: uuid.UUID | None = None) -> tuple[Any, str, str]:
         request, opened = open_rights_request(
             self.session,
             right=event.right,
-            email=event.email,
-            insurance_number=event.insurance_number,
             received_at=event.received_at or event.at,
             channel=event.channel,
             reference=event.reference,
             changes=event.changes.values() if event.changes else None,
             document_key=self.document_key,
-            key=self.key,
+            **self.identifiers(event, subject_id),
         )
         return request, "opened" if opened else "joined", f" right={request.right}"

@@ -457,6 +457,24 @@ def apply_withdraw(record: ConsentRecord, at: datetime, channel: str, seq: int, 
     return _event(record, EventKind.withdraw, at, dedupe_key, channel=channel)
 
 
+def withdrawn_without_signup(
+    subject_id: uuid.UUID, list_name: str, at: datetime, channel: str, dedupe_key: str, now: datetime
+) -> tuple[ConsentRecord, ConsentEvent]:
+    """A withdrawal on a list the subject has no consent on (an objection to everything):
+    the record, withdrawn, and its event. Kept so that a sign-up dated before it that arrives
+    later does not subscribe (``replay``); no change number, as nothing went anywhere."""
+    record = ConsentRecord(
+        subject_id=subject_id,
+        list_name=list_name,
+        state=ConsentState.withdrawn,
+        signup_at=at,  # as for a withdrawal with no sign-up known (``settle``)
+        withdrawn_at=at,
+        withdraw_channel=channel,
+        updated_at=now,
+    )
+    return record, _event(record, EventKind.withdraw, at, dedupe_key, channel=channel)
+
+
 def apply_expire(record: ConsentRecord, at: datetime, dedupe_key: str) -> ConsentEvent:
     """An unconfirmed sign-up ran out: the record stays, its personal data goes.
 

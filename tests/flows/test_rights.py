@@ -271,6 +271,38 @@ def test_an_unknown_subject_is_refused_and_nothing_is_stored(env):
         assert not list(session.exec(select(RightsRequest)))
 
 
+def test_an_objection_from_an_address_nobody_has_is_kept_and_a_signup_arriving_later_stays_withdrawn(env):
+    # The portal's "I object" overtook the person's sign-up (another file or request): by
+    # event time the objection is the later decision. Access to nobody's data is refused.
+    from flows import newsletter
+    from models.consent import ConsentRecord
+
+    url, base = env
+    at = utcnow().isoformat()
+
+    def ask(right: str) -> str:
+        return json.dumps({"type": "rights.request", "right": right, "email": ANNA.email, "at": at})
+
+    def take(line: str) -> tuple[str, str]:
+        with transaction() as session:
+            [result] = intake_lines(session, get_settings().hmac_key(), [line], now=utcnow())
+        return result.outcome, result.reason
+
+    assert take(ask("access")) == ("rejected", "no data subject matches the identifiers given")
+    outcome, reason = take(ask("objection"))
+    assert outcome == "stored" and reason.startswith("nobody is known by this address yet: the objection is kept")
+    assert rights.follow_up_rights_requests()["completed"] == 1
+    take_in(base, *lines_of(ANNA)[:2])  # the sign-up and its confirmation, dated hours before
+    with transaction() as session:
+        records = session.exec(select(ConsentRecord)).all()
+        assert {(r.list_name, r.state) for r in records} == {
+            ("newsletter", "withdrawn"),
+            ("service_offers", "withdrawn"),
+        }
+    newsletter.sync_newsletter_consents()
+    assert sandbox_state(url)["cleverreach"]["groups"]["1001"]["receivers"] == {}
+
+
 def test_deadlines_and_extensions_as_for_erasure(env):
     url, base = env
     take_in(base, *lines_of(ANNA)[:2])
