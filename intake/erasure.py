@@ -31,7 +31,7 @@ from models.erasure import UnknownSubject, check_free_text, open_request
 from models.receipts import IntakeReceipt, seen
 from models.rights import Superseded
 from models.subject_index import SubjectIndex
-from models.subjects import DataSubject
+from models.subjects import DataSubject, Subject
 from models.types import event_key
 
 
@@ -105,7 +105,7 @@ class RequestStore:
         line of the person, arriving later, must not undo (by event time it is the latest)."""
         return False
 
-    def _nobody(self, event: Any, unknown: UnknownSubject) -> DataSubject | Any:
+    def _nobody(self, event: Any, unknown: UnknownSubject) -> Subject:
         """The subject holding only the pseudonym of the request's address, made if need be;
         raises `unknown` again where the request is not kept for nobody."""
         if self.deferring or not event.email or not self.keeps_unknown(event):

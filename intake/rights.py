@@ -4,7 +4,8 @@ about me", "give me my data", "correct my data", "stop processing", "I object" b
 The line opens the request (or joins the subject's open one for the same right), exactly
 like ``erasure.request``: the same identifiers, receipt time, channel and reference, the same
 receipts (a repeat is a duplicate), the same handling of an unknown subject (tried again
-after the file, then rejected). A
+after the file, then rejected; an objection naming an address nobody has is kept for its
+pseudonym, as an erasure request is: ``intake.erasure.RequestStore``). A
 rectification carries its new values in ``changes`` (e-mail, first and last name, phone,
 birth date), validated here (email-validator, phonenumbers) and stored only encrypted; the
 ``follow-up-rights-requests`` flow answers the request on its next run.
