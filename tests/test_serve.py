@@ -19,7 +19,7 @@ import requests
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
-from models.consent import ConsentEvent
+from models.consent import ConsentEvent, ConsentRecord
 from models.db import transaction
 from models.isic import IsicDocument, IsicOrder
 from psync.serve import DoorConfig, TokenBuckets, sign
@@ -257,6 +257,21 @@ def test_re_posting_the_same_events_is_idempotent(door):
         "pending": 0,
     }
     assert consent_events() == 2
+
+
+def test_a_confirmation_posted_before_its_signup_is_pending_and_confirms_it_when_it_comes(door):
+    # The website's two requests raced: the click's arrived first.
+    url, clock = door()
+    click = {"type": "consent.confirm", "list": "newsletter", "email": EMAIL, "ip": "198.51.100.7"}
+    first = post(url, {**click, "at": (NOW - timedelta(hours=1)).isoformat()}, clock).json()
+    assert first["results"] == [
+        {"index": 0, "result": "pending", "reason": "no sign-up for this list yet: kept, and applied when it arrives"}
+    ]
+    assert first["counts"]["pending"] == 1
+    clock.now += timedelta(seconds=1)
+    assert post(url, signup(), clock).json()["counts"]["stored"] == 1
+    with transaction() as session:
+        assert session.execute(select(ConsentRecord.state)).scalar_one() == "confirmed"
 
 
 def test_concurrent_posts_of_the_same_event_store_it_exactly_once(door):
