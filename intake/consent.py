@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -142,6 +143,12 @@ _KIND = {
     "consent.confirm": EventKind.confirm,
     "consent.withdraw": EventKind.withdraw,
 }
+
+
+def _last_expiry(history: list[Step]) -> datetime | None:
+    """When the record last expired (an unconfirmed sign-up, or a confirmation that waited
+    for its sign-up), or None."""
+    return max((s.at for s in history if s.kind == EventKind.expire), default=None)
 
 
 class ConsentStore:
@@ -284,7 +291,7 @@ class ConsentStore:
             # history, where the replay applies it once the sign-up arrives; it expires like
             # an unconfirmed sign-up, counted from the first confirmation since the last
             # expiry (a record's expiry is keyed by that time).
-            expired = max((s.at for s in history if s.kind == EventKind.expire), default=None)
+            expired = _last_expiry(history)
             since = min(
                 (s.at for s in history if s.kind == EventKind.confirm and (expired is None or s.at > expired)),
                 default=None,
@@ -370,7 +377,7 @@ class ConsentStore:
             source=fields.get("source"),
             policy_version=fields.get("policy_version"),
         )
-        expired = max((s.at for s in history if s.kind == EventKind.expire), default=None) if history else None
+        expired = _last_expiry(history) if history else None
         if (cut is not None and step.at <= cut) or (expired is not None and step.at <= expired):
             return step.without_personal_data()
         return step

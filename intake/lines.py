@@ -99,6 +99,10 @@ def json_schema() -> dict:
     return EVENT_ADAPTER.json_schema(by_alias=True)
 
 
+# Every outcome a line can have, in the order summaries list them (the CLI, the HTTP door).
+OUTCOMES = ("stored", "unchanged", "duplicate", "rejected", "pending")
+
+
 @dataclass(frozen=True, slots=True)
 class LineResult:
     line: int

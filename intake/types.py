@@ -177,7 +177,8 @@ def lenient(info) -> bool:
 
 
 class Applied(NamedTuple):
-    """What a store made of one line: its outcome (``stored``, ``unchanged``, ``duplicate``),
+    """What a store made of one line: its outcome (``stored``, ``unchanged``, ``duplicate``,
+    ``pending``),
     the audit event to write, if any, and for ``unchanged`` why (never personal data); a
     ``stored`` line may say what it did not do (a reschedule of a cancelled booking)."""
 

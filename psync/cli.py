@@ -118,7 +118,7 @@ def intake(
     file unless `--remove-documents` (``flows.intake.Uploads``).
     """
     from flows.intake import Uploads, import_lines
-    from intake.lines import json_schema
+    from intake.lines import OUTCOMES, json_schema
 
     if schema:
         typer.echo(json.dumps(json_schema(), indent=2))
@@ -149,8 +149,7 @@ def intake(
             for r in results:
                 if r.outcome == "rejected":
                     typer.echo(f"{file.name}:{r.line}: rejected: {r.reason}", err=True)
-    outcomes = ("stored", "unchanged", "duplicate", "rejected", "pending")
-    summary = " ".join(f"{k}={counts.get(k, 0)}" for k in outcomes)
+    summary = " ".join(f"{k}={counts.get(k, 0)}" for k in OUTCOMES)
     failed = 0
     if remove_documents:
         removed, failed = uploads.remove()

@@ -26,7 +26,8 @@ file, is stored once. What this module adds is the door itself:
   signature covers the raw body, multipart or JSON alike.
 
 Answers: 200 with one result per event (``stored``, ``unchanged``, ``duplicate``,
-``pending`` for a reschedule or cancellation whose booking or order is not known yet, or
+``pending`` for a confirmation, reschedule or cancellation whose sign-up, booking or order
+is not known yet, or
 ``rejected`` with the reason, which never repeats the input), 400 for a body that is not a
 JSON object or array (or not a well-formed form with one ``events`` part), 401 without a valid signature, 409 for a replayed signature, 413, 429.
 ``GET /v1/health`` is open; the OpenAPI schema is at ``/openapi.json``, its UI at ``/docs``.
@@ -192,6 +193,8 @@ def _refuse(exc: _Refused) -> JSONResponse:
 
 def create_app(config: DoorConfig) -> FastAPI:
     """The door as an ASGI app (``psync serve`` runs it under uvicorn; tests too)."""
+    from intake.lines import OUTCOMES  # intake (pydantic models, SQLModel) loads with the app
+
     app = FastAPI(
         title="processor-sync intake",
         version="1",
@@ -281,10 +284,7 @@ def create_app(config: DoorConfig) -> FastAPI:
         return JSONResponse(
             {
                 "results": results,
-                "counts": {
-                    k: sum(r["result"] == k for r in results)
-                    for k in ("stored", "unchanged", "duplicate", "rejected", "pending")
-                },
+                "counts": {k: sum(r["result"] == k for r in results) for k in OUTCOMES},
             }
         )
 
