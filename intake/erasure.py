@@ -102,8 +102,13 @@ class RequestStore:
 
     def keeps_unknown(self, event: Any) -> bool:
         """Whether a request naming an address nobody has is kept: a decision that an older
-        line of the person, arriving later, must not undo (by event time it is the latest)."""
+        line of the person, arriving later, must not undo (by event time it is the latest),
+        or a question owed an answer even when it is "nothing"."""
         return False
+
+    def kept_reason(self, event: Any) -> str:
+        """What the sender is told, with ``stored``, of a request kept for nobody."""
+        return self.nobody_known
 
     def _nobody(self, event: Any, unknown: UnknownSubject) -> Subject:
         """The subject holding only the pseudonym of the request's address, made if need be;
@@ -130,7 +135,7 @@ class RequestStore:
                 request, outcome, detail = self.open(event)
             except UnknownSubject as exc:
                 request, outcome, detail = self.open(event, self._nobody(event, exc).id)
-                detail, reason = f"{detail} known=no", self.nobody_known
+                detail, reason = f"{detail} known=no", self.kept_reason(event)
         except Superseded as exc:  # recorded, so importing it again is a duplicate
             self.seen.add(key)
             self.session.add(IntakeReceipt(dedupe_key=key, kind=event.type, received_at=event.at))

@@ -4,8 +4,11 @@ about me", "give me my data", "correct my data", "stop processing", "I object" b
 The line opens the request (or joins the subject's open one for the same right), exactly
 like ``erasure.request``: the same identifiers, receipt time, channel and reference, the same
 receipts (a repeat is a duplicate), the same handling of an unknown subject (tried again
-after the file, then rejected; an objection naming an address nobody has is kept for its
-pseudonym, as an erasure request is: ``intake.erasure.RequestStore``). A
+after the file). Then an objection, access or portability request naming an address nobody
+has is kept for its pseudonym, as an erasure request is (``intake.erasure.RequestStore``):
+the objection so a sign-up dated before it stays withdrawn, access and portability so the
+person gets the answer "nothing held" in time; a rectification or restriction of nobody's
+data is rejected. A
 rectification carries its new values in ``changes`` (e-mail, first and last name, phone,
 birth date), validated here (email-validator, phonenumbers) and stored only encrypted; the
 ``follow-up-rights-requests`` flow answers the request on its next run.
@@ -66,6 +69,10 @@ class RightsStore(RequestStore):
         "nobody is known by this address yet: the objection is kept, and a consent dated before it "
         "that arrives later stays withdrawn"
     )
+    # Access and portability are owed an answer even when nothing is held (Art. 15(1): whether
+    # data are processed at all; Art. 12(4)), with its deadline: kept, and answered by the
+    # follow-up with what is held then, the request itself.
+    nobody_asked = "nobody is known by this address yet: the request is kept and answered with what is held"
 
     def __init__(self, session: Session, key: bytes, subjects: SubjectIndex, document_key: bytes | None):
         super().__init__(session, key, subjects)
@@ -73,8 +80,13 @@ class RightsStore(RequestStore):
 
     def keeps_unknown(self, event: RightsRequestEvent) -> bool:
         # An objection is a decision a sign-up dated before it must not undo when it arrives
-        # later; access to, or a correction or restriction of, nobody's data has no object.
-        return event.right == Right.objection
+        # later; access and portability are questions owed an answer. A correction or a
+        # restriction of nobody's data has no object (and a correction's new values would be
+        # kept for nobody): rejected, the sender tells the person.
+        return event.right in (Right.objection, Right.access, Right.portability)
+
+    def kept_reason(self, event: RightsRequestEvent) -> str:
+        return self.nobody_known if event.right == Right.objection else self.nobody_asked
 
     def open(self, event: RightsRequestEvent, subject_id: uuid.UUID | None = None) -> tuple[Any, str, str]:
         request, opened = open_rights_request(

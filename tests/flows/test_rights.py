@@ -273,7 +273,7 @@ def test_an_unknown_subject_is_refused_and_nothing_is_stored(env):
 
 def test_an_objection_from_an_address_nobody_has_is_kept_and_a_signup_arriving_later_stays_withdrawn(env):
     # The portal's "I object" overtook the person's sign-up (another file or request): by
-    # event time the objection is the later decision. Access to nobody's data is refused.
+    # event time the objection is the later decision. A restriction of nobody's data is refused.
     from flows import newsletter
     from models.consent import ConsentRecord
 
@@ -288,7 +288,7 @@ def test_an_objection_from_an_address_nobody_has_is_kept_and_a_signup_arriving_l
             [result] = intake_lines(session, get_settings().hmac_key(), [line], now=utcnow())
         return result.outcome, result.reason
 
-    assert take(ask("access")) == ("rejected", "no data subject matches the identifiers given")
+    assert take(ask("restriction")) == ("rejected", "no data subject matches the identifiers given")
     outcome, reason = take(ask("objection"))
     assert outcome == "stored" and reason.startswith("nobody is known by this address yet: the objection is kept")
     assert rights.follow_up_rights_requests()["completed"] == 1
@@ -301,6 +301,40 @@ def test_an_objection_from_an_address_nobody_has_is_kept_and_a_signup_arriving_l
         }
     newsletter.sync_newsletter_consents()
     assert sandbox_state(url)["cleverreach"]["groups"]["1001"]["receivers"] == {}
+
+
+def test_access_and_portability_for_an_address_nobody_has_are_kept_and_answered_with_nothing_held(env):
+    # Art. 15 owes the person the answer "nothing" too, in time: the request is kept for the
+    # address's pseudonym, with its deadline, and the follow-up answers it. The address
+    # itself is kept nowhere, and an insurance number nobody has is still refused.
+    url, base = env
+    at = utcnow().isoformat()
+
+    def take(line: dict) -> tuple[str, str]:
+        with transaction() as session:
+            [result] = intake_lines(session, get_settings().hmac_key(), [json.dumps(line)], now=utcnow())
+        return result.outcome, result.reason
+
+    asked = "nobody is known by this address yet: the request is kept and answered with what is held"
+    assert take({"type": "rights.request", "right": "portability", "email": ANNA.email, "at": at}) == ("stored", asked)
+    # The second finds the pseudonym the first kept.
+    assert take({"type": "rights.request", "right": "access", "email": ANNA.email, "at": at}) == ("stored", "")
+    unknown_number = {"type": "rights.request", "right": "access", "insurance_number": "Z987654321", "at": at}
+    assert take(unknown_number) == ("rejected", "no data subject matches the identifiers given")
+    with transaction() as session:
+        requests = {r.right: r for r in session.exec(select(RightsRequest))}
+        assert set(requests) == {"access", "portability"} and all(r.due for r in requests.values())
+        kept = session.exec(select(AuditEntry).where(AuditEntry.action == "rights.open")).all()
+        assert ["known=no" in e.detail for e in kept] == [True, False]
+    assert rights.follow_up_rights_requests()["completed"] == 2
+    package, document = package_of(the_request("access").id)
+    text = json.dumps(package) + document
+    assert ANNA.email not in text and ANNA.email.split("@")[0] not in text
+    assert {r["processor"] for r in package["processors_now"]} == set()
+    assert set(package["controller_data"]) <= {"data_subject", "rights_request"}
+    files = {p.name.removesuffix(".enc"): read_outbox(p) for p in outbox_files(str(the_request("portability").id))}
+    data = json.loads(files["portability.json"])
+    assert data["signups"] == data["bookings"] == data["student_id_orders"] == []
 
 
 def test_deadlines_and_extensions_as_for_erasure(env):
