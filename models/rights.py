@@ -50,6 +50,7 @@ from models.erasure import (
     MAX_TEXT,
     Channel,
     RequestStatus,
+    UnknownSubject,
     Urgency,
     check_free_text,
     extend_open,
@@ -378,6 +379,11 @@ def open_rights_request(
     if changes and document_key is None:
         raise ValueError("no document key to store the new values encrypted")
     subject = find_subject(session, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key)
+    if right in (Right.rectification, Right.restriction) and subject.email is None and subject.insurance_number is None:
+        # Nothing of the person is held (erased, or only the pseudonym of an address a kept
+        # request named): nothing to correct or restrict, a correction's new values would be
+        # kept for nobody, and a restriction would hold back their sign-up arriving later.
+        raise UnknownSubject("no data subject matches the identifiers given")
     reference = check_free_text(reference, "reference", subject)
     # The open request first, then what completed ones corrected: its lock waits for a
     # completion in flight (PostgreSQL), whose corrections the check then sees.

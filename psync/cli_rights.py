@@ -229,7 +229,9 @@ def list_requests(
     status: Annotated[Status, typer.Option(help="which requests")] = Status.open,
     right: Annotated[str | None, typer.Option(help="only this right")] = None,
 ) -> None:
-    """Requests with their right, status, deadline and outcome (no personal data)."""
+    """Requests with their right, status, deadline, outcome, channel and reference (no
+    personal data: a reference is checked when the request is opened). The reference is
+    how the officer finds the sender of a request kept for an address nobody has."""
     from sqlmodel import col, select
 
     from models.rights import RightsRequest
@@ -249,6 +251,8 @@ def list_requests(
                 r.due.isoformat(),
                 r.urgency,
                 r.outcome or r.detail,
+                r.channel,
+                r.reference,
             )
             for r in session.exec(query)
         ]
@@ -257,7 +261,7 @@ def list_requests(
     if not rows:
         typer.echo("no requests")
         return
-    typer.echo("id\tright\tstatus\treceived\tdue\turgency\toutcome")
+    typer.echo("id\tright\tstatus\treceived\tdue\turgency\toutcome\tchannel\treference")
     for row in rows:
         typer.echo("\t".join(row))
 

@@ -301,6 +301,8 @@ def test_rights_request_from_the_command_line_list_extend_and_show(settings, run
     assert "erika" not in opened.output.lower()
     listed = runner.invoke(app, ["request", "list", "--status", "all"])
     assert listed.exit_code == 0 and request_id in listed.output and "completed" in listed.output
+    [row] = [line.split("\t") for line in listed.output.splitlines() if line.startswith(request_id)]
+    assert row[-2:] == ["letter", "AZ 9/26"]  # how the officer finds the letter it answers
     assert runner.invoke(app, ["request", "list"]).output.strip() == "no requests"  # none open
     files = runner.invoke(app, ["request", "show", request_id])
     assert files.exit_code == 0 and "portability.json" in files.output.split()

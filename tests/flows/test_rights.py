@@ -321,6 +321,11 @@ def test_access_and_portability_for_an_address_nobody_has_are_kept_and_answered_
     assert take({"type": "rights.request", "right": "access", "email": ANNA.email, "at": at}) == ("stored", "")
     unknown_number = {"type": "rights.request", "right": "access", "insurance_number": "Z987654321", "at": at}
     assert take(unknown_number) == ("rejected", "no data subject matches the identifiers given")
+    # The kept pseudonym holds nothing to correct or restrict: refused, and nothing is written.
+    restrict = {"type": "rights.request", "right": "restriction", "email": ANNA.email, "at": at}
+    assert take(restrict) == ("rejected", "no data subject matches the identifiers given")
+    with pytest.raises(UnknownSubject), transaction() as session:
+        rights.open_request(session, right="rectification", email=ANNA.email, changes={"first_name": "Anne"})
     with transaction() as session:
         requests = {r.right: r for r in session.exec(select(RightsRequest))}
         assert set(requests) == {"access", "portability"} and all(r.due for r in requests.values())

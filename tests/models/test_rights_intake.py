@@ -100,7 +100,7 @@ def test_a_rectification_is_validated_at_the_edge_and_its_values_stored_encrypte
         (ask("rectification", changes={"birth_date": "2099-01-01"}), "plausible birth date"),
         (ask("rectification", changes={"iban": "DE02120300000000202051"}), "Extra inputs"),
         (ask("rectification", changes={"last_name": "Neu\u202emann"}), "control characters"),
-        (ask("access", email="nobody@example.de"), "no data subject"),
+        (ask("restriction", email="nobody@example.de"), "no data subject"),
         (ask("access", reference="Anruf 030901820"), "personal data"),
         (ask("access", email=None), "give email or insurance_number"),
     ],
