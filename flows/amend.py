@@ -58,11 +58,12 @@ from models.consent import ConsentList, ConsentRecord, ConsentState, apply_withd
 from models.cursors import await_deliveries, next_seq
 from models.db import transaction
 from models.erasure import Channel, UnknownSubject, check_free_text
+from models.identity import pseudonym as pseudonym_of
 from models.isic import IsicOrder
 from models.recipients import Recipient, live_recipient_ids_among
 from models.restriction import Restriction, active_restriction, check_informed_on, release
 from models.rights import Changes, Right
-from models.subjects import DataSubject
+from models.subjects import AddressAlias, DataSubject
 from models.types import event_key, utcnow
 
 log = logging.getLogger(__name__)
@@ -377,7 +378,7 @@ def rectify(
     outcome.complete = not any(t.outcome == FAILED for t in outcome.told)
     with transaction() as session:
         if outcome.complete:
-            outcome.local, outcome.corrected = _rectify_here(session, sid, changes)
+            outcome.local, outcome.corrected = _rectify_here(session, sid, changes, settings.hmac_key(), now)
             events.append(
                 decision(
                     "rectification.local",
@@ -458,11 +459,12 @@ def _located(amender: Any, client: Any, holder: Holder) -> Holder:
 
 
 def _rectify_here(
-    session: Session, subject_id: uuid.UUID, changes: Mapping[str, str]
+    session: Session, subject_id: uuid.UUID, changes: Mapping[str, str], key: bytes, now: datetime
 ) -> tuple[dict[str, int], tuple[str, ...]]:
     """Our own copy: the subject's given fields; in bookings and student-ID orders the
     fields they hold (a booking given with an insurance number gets no birth date). The
-    rows changed by table, and the names of the fields that changed anywhere."""
+    rows changed by table, and the names of the fields that changed anywhere. A corrected
+    address stays the person's for what is dated until `now` (``AddressAlias``)."""
     changed: Counter[str] = Counter()
     corrected: set[str] = set()
     subject = _subject(session, subject_id)
@@ -482,7 +484,10 @@ def _rectify_here(
         if touched:
             changed[table] += 1
 
+    former = subject.email
     put(subject, ("email", "salutation", "first_name", "last_name"), "data_subject", only_held=False)
+    if former is not None and subject.email != former:
+        session.merge(AddressAlias(pseudonym=pseudonym_of(key, "email", former), subject_id=subject_id, until=now))
     for booking in session.exec(select(Booking).where(Booking.subject_id == subject_id)):
         put(booking, ("salutation", "first_name", "last_name", "phone", "birth_date"), "booking", only_held=True)
     orders = select(IsicOrder).where(IsicOrder.subject_id == subject_id, col(IsicOrder.fields_erased_at).is_(None))

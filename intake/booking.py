@@ -156,7 +156,7 @@ class BookingStore(ReceiptStore):
         if isinstance(event, BookingRequest):
             if booking is not None:
                 raise BookingRejected("booking_id exists already; change it with booking.reschedule")
-            subject = self.subjects.find(event.email, event.insurance_number)
+            subject = self.subjects.find(event.email, event.insurance_number, event.at)
             if erased_before(subject, event.at):
                 assert subject is not None and subject.erased_at is not None
                 reason = erased_reason(subject.erased_at)
@@ -203,7 +203,7 @@ class BookingStore(ReceiptStore):
 
     def _create(self, event: BookingRequest, seq: int) -> Booking:
         # New data the person gave: it brings an erased subject back, with nothing old.
-        subject = self.subjects.resolve(event.email, event.insurance_number)
+        subject = self.subjects.resolve(event.email, event.insurance_number, event.at)
         booking = Booking(
             booking_ref=event.booking_id,
             subject_id=subject.id,

@@ -237,7 +237,7 @@ class ConsentStore:
         # From the model's __dict__: getattr on a field the model lacks (a confirmation's
         # insurance number) goes through pydantic's __getattr__ and an AttributeError.
         kvnr = event.__dict__.get("insurance_number")
-        subject = self.subjects.find(event.email, kvnr)
+        subject = self.subjects.find(event.email, kvnr, event.at)
         is_confirm = isinstance(event, ConsentConfirm)
         if erased_before(subject, event.at):
             assert subject is not None and subject.erased_at is not None

@@ -109,7 +109,7 @@ class HeldStore:
         key = self.keys[id(event)]
         if key in self.seen:
             return Applied("duplicate")
-        subject = self.subjects.find(event.email, event.insurance_number)
+        subject = self.subjects.find(event.email, event.insurance_number, event.at)
         detail = "via=intake"
         if subject is None:
             subject = self.subjects.create(event.email, event.insurance_number)

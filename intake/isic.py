@@ -175,7 +175,7 @@ class IsicStore(ReceiptStore):
                 raise OrderRejected("order_id exists already")
             if self.cipher is None:
                 raise OrderRejected("no document key configured (PSYNC_DOCUMENT_KEY)")
-            subject = self.subjects.find(event.email, None)
+            subject = self.subjects.find(event.email, None, event.at)
             if erased_before(subject, event.at):
                 assert subject is not None and subject.erased_at is not None
                 reason = erased_reason(subject.erased_at)
@@ -216,7 +216,7 @@ class IsicStore(ReceiptStore):
                 raise OrderRejected(f"documents.{kind}: {exc}") from None
             sealed.append((kind, upload.media_type, size, ciphertext, key))
         # New data the person gave: it brings an erased subject back, with nothing old.
-        subject = self.subjects.resolve(event.email, None)
+        subject = self.subjects.resolve(event.email, None, event.at)
         password = event.phone_password.get_secret_value().encode() if event.phone_password else None
         order = IsicOrder(
             order_ref=event.order_id,

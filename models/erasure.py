@@ -42,7 +42,7 @@ from models.identity import normalise_email, normalise_insurance_number, pseudon
 from models.isic import IsicOrder, OrderStatus, delete_documents
 from models.recipients import Recipient
 from models.subject_index import SubjectMismatch
-from models.subjects import DataSubject
+from models.subjects import DataSubject, alias_of
 from models.types import UTCDateTime, classify, new_id, personal_columns, utcnow
 
 MAX_TEXT = 200
@@ -228,11 +228,14 @@ def find_subject(
     insurance_number: str | None = None,
     subject_id: uuid.UUID | str | None = None,
     key: bytes | None = None,
+    at: datetime | None = None,
 ) -> DataSubject:
     """The one subject all given identifiers point at.
 
     By normalised e-mail (or, with the pseudonym `key`, a subject erased earlier who kept
-    only the pseudonym of that address), by insurance number, by our id. Raises ValueError
+    only the pseudonym of that address; with `key` and the request's time `at` also the
+    subject whose address it was then, corrected since: ``AddressAlias``), by insurance
+    number, by our id. Raises ValueError
     when none is given or one is malformed, SubjectMismatch when they point at different
     people, UnknownSubject when nobody matches. Messages never repeat an identifier.
     """
@@ -249,7 +252,12 @@ def find_subject(
                 condition,
                 and_(col(DataSubject.pseudonym) == pseudonym(key, "email", address), col(DataSubject.email).is_(None)),
             )
-        found.append(session.exec(select(DataSubject).where(condition)).first())
+        subject = session.exec(select(DataSubject).where(condition)).first()
+        if subject is None and key is not None and at is not None:
+            # A letter dated before a correction of the address, arriving after it.
+            former = alias_of(session, pseudonym(key, "email", address), at)
+            subject = session.get(DataSubject, former) if former is not None else None
+        found.append(subject)
     if insurance_number:
         number = normalise_insurance_number(insurance_number)
         found.append(session.exec(select(DataSubject).where(DataSubject.insurance_number == number)).first())
@@ -293,7 +301,9 @@ def open_request(
         raise ValueError("received_at needs a timezone")
     if received_at > now + timedelta(minutes=5):
         raise ValueError("received_at lies in the future")
-    subject = find_subject(session, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key)
+    subject = find_subject(
+        session, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key, at=received_at
+    )
     reference = check_free_text(reference, "reference", subject)
     request = open_request_of(session, subject.id)
     if request is None:

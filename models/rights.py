@@ -378,7 +378,9 @@ def open_rights_request(
         raise ValueError("only a rectification carries changes")
     if changes and document_key is None:
         raise ValueError("no document key to store the new values encrypted")
-    subject = find_subject(session, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key)
+    subject = find_subject(
+        session, email=email, insurance_number=insurance_number, subject_id=subject_id, key=key, at=received_at
+    )
     if right in (Right.rectification, Right.restriction) and subject.email is None and subject.insurance_number is None:
         # Nothing of the person is held (erased, or only the pseudonym of an address a kept
         # request named): nothing to correct or restrict, a correction's new values would be

@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from sqlalchemy import bindparam, event
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
 
 from models.identity import pseudonym
-from models.subjects import DataSubject, Subject, load_subjects, write_subjects
+from models.subjects import AddressAlias, DataSubject, Subject, load_subjects, write_subjects
 from models.types import utcnow
 
 
@@ -43,6 +44,10 @@ _BY_EMAIL = col(DataSubject.email).in_(bindparam("emails", expanding=True)) | co
     bindparam("pseudonyms", expanding=True)
 )
 _BY_KVNR = col(DataSubject.insurance_number).in_(bindparam("kvnrs", expanding=True))
+_BY_ID = col(DataSubject.id).in_(bindparam("ids", expanding=True))
+_ALIASES = sa_select(AddressAlias.pseudonym, AddressAlias.until, AddressAlias.subject_id).where(  # type: ignore[call-overload]  # sqlmodel's columns are typed as their values
+    col(AddressAlias.pseudonym).in_(bindparam("pseudonyms", expanding=True))
+)
 
 
 class SubjectIndex:
@@ -54,6 +59,8 @@ class SubjectIndex:
         self.by_pseudonym: dict[str, Subject] = {}
         self.changed: dict[uuid.UUID, Subject] = {}  # to write: new, or with new values
         self.pseudonyms: dict[str, str] = {}  # of the addresses looked up in this intake
+        # Addresses corrected since (by pseudonym): until when, and whose (``AddressAlias``).
+        self.aliases: dict[str, list[tuple[datetime, uuid.UUID]]] = {}
         # The clock read once per chunk (``prefetch``): the new subjects' ``created_at``.
         self.now: datetime | None = None
         # Called with an erased subject just before it comes back (``identify``), while its
@@ -96,6 +103,7 @@ class SubjectIndex:
             # back is the same subject (the pseudonym is unique).
             pseudonyms = [self.pseudonym(e) for e in emails]
             loaded += load_subjects(self.session, _BY_EMAIL, {"emails": list(emails), "pseudonyms": pseudonyms})
+            loaded += self._load_aliases(pseudonyms)
         if kvnrs:
             loaded += load_subjects(self.session, _BY_KVNR, {"kvnrs": list(kvnrs)})
         found: list[Subject] = []
@@ -105,6 +113,18 @@ class SubjectIndex:
             self._remember(subject)
             found.append(subject)
         return found
+
+    def _load_aliases(self, pseudonyms: list[str]) -> list[Subject]:
+        """Remember the corrected addresses among `pseudonyms`; their subjects not known yet."""
+        wanted: set[uuid.UUID] = set()
+        for address, until, subject_id in self.session.connection().execute(_ALIASES, {"pseudonyms": pseudonyms}):
+            known = self.aliases.setdefault(address, [])
+            if (until, subject_id) not in known:  # an address nobody has is looked up each chunk
+                known.append((until, subject_id))
+                known.sort()
+            if subject_id not in self.by_id:
+                wanted.add(subject_id)
+        return load_subjects(self.session, _BY_ID, {"ids": list(wanted)}) if wanted else []
 
     def pseudonym(self, email: str) -> str:
         """The pseudonym of an address (``models.identity.pseudonym``), computed once."""
@@ -120,9 +140,11 @@ class SubjectIndex:
         if subject.insurance_number:
             self.by_kvnr[subject.insurance_number] = subject
 
-    def find(self, email: str, kvnr: str | None) -> Subject | None:
+    def find(self, email: str, kvnr: str | None, at: datetime | None = None) -> Subject | None:
         """The subject with this e-mail (or insurance number, or the pseudonym of the e-mail,
-        which is all an erased subject keeps), or None. Writes nothing.
+        which is all an erased subject keeps), or None. Writes nothing. With the line's time
+        `at`, an address nobody has now finds the subject it belonged to then, corrected
+        since (``AddressAlias``): the person's line dated before the correction.
 
         Raises SubjectMismatch when the two identifiers belong to different people.
         """
@@ -138,7 +160,12 @@ class SubjectIndex:
             # The pseudonym is of the address the subject was first seen with; one whose
             # address was corrected since (Art. 16) is no longer found under the old one.
             by_pseudonym = None
-        return by_email or by_kvnr or by_pseudonym
+        found = by_email or by_kvnr or by_pseudonym
+        if found is None and at is not None and self.aliases:
+            for until, subject_id in self.aliases.get(self.pseudonym(email), ()):
+                if at <= until:
+                    return self.by_id.get(subject_id)
+        return found
 
     def create(self, email: str, kvnr: str | None, identified: bool = True) -> Subject:
         """A new subject; with `identified` False it holds only the pseudonym of the address
@@ -181,10 +208,10 @@ class SubjectIndex:
             subject.salutation, subject.first_name, subject.last_name = salutation, first_name, last_name
             self.changed[subject.id] = subject
 
-    def resolve(self, email: str, kvnr: str | None) -> Subject:
-        """The subject of a line that brings new data (a booking, an order): found and
-        identified, or created. The caller has checked ``erased_before`` first."""
-        subject = self.find(email, kvnr)
+    def resolve(self, email: str, kvnr: str | None, at: datetime | None = None) -> Subject:
+        """The subject of a line that brings new data (a booking, an order) dated `at`: found
+        and identified, or created. The caller has checked ``erased_before`` first."""
+        subject = self.find(email, kvnr, at)
         if subject is None:
             return self.create(email, kvnr)
         self.identify(subject, email, kvnr)

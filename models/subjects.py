@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement
 from sqlalchemy import select as sa_select
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.db import PlainRow, write_plain_rows
 from models.types import UTCDateTime, classify, new_id, personal_columns, utcnow
@@ -43,6 +43,38 @@ classify(
     pseudonymous=["id", "pseudonym"],
     not_personal=["created_at", "erased_at"],
 )
+
+
+class AddressAlias(SQLModel, table=True):
+    """An address a subject had until a rectification (Art. 16) corrected it: the pseudonym
+    of that address, and until when it was theirs.
+
+    A line dated by then under the old address, arriving after the correction (a withdrawal
+    the website sent late, an erasure request by letter), is the person's; by event time it
+    may be their latest decision. One dated later is someone else's: an address may be given
+    to another person. Only pseudonymous, so an erasure keeps it, as it keeps the subject's
+    pseudonym: the person's old lines arriving afterwards are recognised as erased."""
+
+    __tablename__ = "address_alias"
+
+    pseudonym: str = Field(primary_key=True, max_length=32)
+    subject_id: uuid.UUID = Field(foreign_key="data_subject.id", primary_key=True)
+    until: datetime = Field(sa_type=UTCDateTime)
+
+
+classify(AddressAlias, pseudonymous=["pseudonym", "subject_id"], not_personal=["until"])
+
+
+def alias_of(session: Session, address_pseudonym: str, at: datetime) -> uuid.UUID | None:
+    """The subject whose address (by its pseudonym) it was at `at`, corrected since; None
+    when it was nobody's corrected address then. Of several, the one it was first taken from
+    after `at`."""
+    query = (
+        select(AddressAlias.subject_id)
+        .where(AddressAlias.pseudonym == address_pseudonym, col(AddressAlias.until) >= at)
+        .order_by(col(AddressAlias.until))
+    )
+    return session.exec(query).first()
 
 
 # Intake reads and writes subjects by the thousand: as plain rows with Core (``Subject``,

@@ -311,13 +311,54 @@ def test_rectification_of_a_newsletter_only_subscriber_and_the_old_address_is_fr
     assert amend.rectify(sid, amend.correction(email="bert.neu@example.de")).local == {}
 
     # A sync after it sends nothing twice, and the old address now names nobody: a new
-    # sign-up with it is a new person, not Bert.
+    # sign-up with it, dated after the correction, is a new person, not Bert.
     newsletter.sync_newsletter_consents()
     assert len(sandbox_state(url)["cleverreach"]["groups"]["1001"]["receivers"]) == 1
-    take_in(base, *consent_lines("bert@example.de", confirm=False))
+    take_in(base, *consent_lines("bert@example.de", confirm=False, at=utcnow().isoformat()))
     with transaction() as session:
         assert len(session.exec(select(DataSubject)).all()) == 2
         assert len(session.exec(select(ConsentRecord).where(ConsentRecord.subject_id == sid)).all()) == 1
+
+
+def test_lines_dated_before_an_address_correction_arriving_after_it_are_the_persons(env):
+    # The website's withdrawal and the person's erasure letter, both under the old address
+    # and dated before the correction, arrive after it: by event time each is the person's
+    # latest decision. Before, the old address named nobody: the withdrawal was kept for a
+    # stranger (Bert stayed subscribed), the erasure completed with nothing erased.
+    url, base = env
+    take_in(base, *consent_lines("bert@example.de"), *consent_lines("bert@example.de", "service_offers", insurance_number="A123456780"))
+    newsletter.sync_newsletter_consents()
+    sid = subject_id("bert@example.de")
+    amend.rectify(sid, amend.correction(email="bert.neu@example.de"))
+    assert receiver(url, "1001", "bert.neu@example.de") is not None
+
+    withdraw = {"type": "consent.withdraw", "list": "newsletter", "email": "bert@example.de", "channel": "email", "at": ago(1)}
+    take_in(base, withdraw)
+    with transaction() as session:
+        assert len(session.exec(select(DataSubject)).all()) == 1  # no stranger made
+        states = {r.list_name: r.state for r in session.exec(select(ConsentRecord))}
+    assert states == {"newsletter": "withdrawn", "service_offers": "confirmed"}
+    newsletter.sync_newsletter_consents()
+    assert receiver(url, "1001", "bert.neu@example.de") is None
+
+    # The same withdrawal dated after the correction is someone else's: Bert stays as he is.
+    with transaction() as session:
+        later = json.dumps({**withdraw, "list": "service_offers", "at": utcnow().isoformat()})
+        [result] = intake_lines(session, KEY, [later], now=utcnow())
+    assert result.outcome == "unchanged"  # kept for the address's new owner, if any
+    with transaction() as session:
+        mine = session.exec(select(ConsentRecord).where(ConsentRecord.subject_id == sid)).all()
+        assert {r.list_name: r.state for r in mine}["service_offers"] == "confirmed"
+
+    from flows import erasure
+
+    letter = {"email": "bert@example.de", "channel": "letter", "received_at": utcnow() - timedelta(hours=1)}
+    with transaction() as session:
+        request = erasure.open_erasure_request(session, **letter)
+        assert request.subject_id == sid
+    late = {**letter, "received_at": utcnow()}
+    with pytest.raises(UnknownSubject), transaction() as session:
+        erasure.open_erasure_request(session, **late)  # after the correction the old address is nobody's
 
 
 def test_rectification_refuses_another_subjects_address_and_changes_nothing(env):
