@@ -326,13 +326,23 @@ def test_lines_dated_before_an_address_correction_arriving_after_it_are_the_pers
     # latest decision. Before, the old address named nobody: the withdrawal was kept for a
     # stranger (Bert stayed subscribed), the erasure completed with nothing erased.
     url, base = env
-    take_in(base, *consent_lines("bert@example.de"), *consent_lines("bert@example.de", "service_offers", insurance_number="A123456780"))
+    take_in(
+        base,
+        *consent_lines("bert@example.de"),
+        *consent_lines("bert@example.de", "service_offers", insurance_number="A123456780"),
+    )
     newsletter.sync_newsletter_consents()
     sid = subject_id("bert@example.de")
     amend.rectify(sid, amend.correction(email="bert.neu@example.de"))
     assert receiver(url, "1001", "bert.neu@example.de") is not None
 
-    withdraw = {"type": "consent.withdraw", "list": "newsletter", "email": "bert@example.de", "channel": "email", "at": ago(1)}
+    withdraw = {
+        "type": "consent.withdraw",
+        "list": "newsletter",
+        "email": "bert@example.de",
+        "channel": "email",
+        "at": ago(1),
+    }
     take_in(base, withdraw)
     with transaction() as session:
         assert len(session.exec(select(DataSubject)).all()) == 1  # no stranger made
