@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from psync.cli_errors import in_session
+from psync.cli_requests import checked_email
 
 app = typer.Typer(help="Proof of consent, and the consent texts by policy version.")
 texts_app = typer.Typer(help="The consent texts and confirmation mails, by policy version (immutable).")
@@ -94,7 +95,7 @@ def texts_show(version: str) -> None:
 
 @app.command("proof")
 def proof(
-    email: Annotated[str, typer.Option(help="the person's e-mail address")],
+    email: Annotated[str, typer.Option(help="the person's e-mail address", callback=checked_email)],
     html: Annotated[Path | None, typer.Option("--html", help="also write the proof as an HTML document here")] = None,
     out: Annotated[
         bool, typer.Option("--out", help="write it encrypted to the rights outbox instead of printing it")

@@ -21,7 +21,21 @@ class RequestChannel(StrEnum):
     phone = "phone"
 
 
-EmailOption = Annotated[str | None, typer.Option(help="the subject's e-mail address")]
+def checked_email(value: str | None) -> str | None:
+    """An e-mail option checked at the door: a malformed address is a bad parameter (exit 2,
+    the address not repeated), as a malformed date or channel is."""
+    if value is None:
+        return None
+    from models.identity import normalise_email
+
+    try:
+        normalise_email(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+EmailOption = Annotated[str | None, typer.Option(help="the subject's e-mail address", callback=checked_email)]
 InsuranceOption = Annotated[str | None, typer.Option(help="the subject's health-insurance number")]
 SubjectOption = Annotated[str | None, typer.Option(help="our subject id")]
 ReceivedOption = Annotated[datetime | None, typer.Option(help="when it reached us, Berlin time (default: now)")]

@@ -36,6 +36,7 @@ from psync.cli_requests import (
     SubjectOption,
     add_extend,
     berlin,
+    checked_email,
 )
 
 app = typer.Typer(help="Data-subject requests (access, portability, …): open and answer, list, extend, show.")
@@ -145,7 +146,7 @@ def rectification(
     channel: ChannelOption = RequestChannel.email,
     reference: ReferenceOption = "",
     answer: AnswerOption = True,
-    new_email: Annotated[str | None, typer.Option(help="the corrected e-mail address")] = None,
+    new_email: Annotated[str | None, typer.Option(help="the corrected e-mail address", callback=checked_email)] = None,
     new_first_name: Annotated[str | None, typer.Option(help="the corrected first name")] = None,
     new_last_name: Annotated[str | None, typer.Option(help="the corrected last name")] = None,
     new_phone: Annotated[str | None, typer.Option(help="the corrected phone number")] = None,

@@ -173,6 +173,14 @@ def test_an_erasure_with_a_processor_down_says_so_in_one_or_two_lines_without_th
         ),
         (["erasure", "request", "--received-at", EMAIL], "error: Invalid value for '--received-at': "),
         (["erasure", "status", "--email", EMAIL], "error: No such option: --email"),
+        # A malformed address, at every option that takes one (was exit 1, after the door).
+        (["erasure", "request", "--email", "erika@@example.de"], "error: Invalid value for '--email': not a valid"),
+        (["request", "access", "--email", "erika@@example.de"], "error: Invalid value for '--email': not a valid"),
+        (
+            ["request", "rectification", "--email", EMAIL, "--new-email", "erika@@example.de"],
+            "error: Invalid value for '--new-email': not a valid",
+        ),
+        (["consent", "proof", "--email", "erika@@example.de"], "error: Invalid value for '--email': not a valid"),
         (["no-such-command"], "error: No such command 'no-such-command'."),
         (["intake"], "error: Invalid value: give a FILE.jsonl (or --schema)"),
     ],
@@ -184,7 +192,7 @@ def test_a_bad_parameter_is_a_usage_error_in_two_lines(runner, settings, args, f
     assert len(lines) == 2, result.stderr
     assert lines[0].startswith(first)
     assert lines[1].startswith("usage: psync") and lines[1].endswith(" --help")
-    assert EMAIL not in result.output and "Traceback" not in result.output
+    assert EMAIL not in result.output and "erika@@" not in result.output and "Traceback" not in result.output
 
 
 def test_an_unexpected_failure_shows_only_its_type_and_the_traceback_with_debug(runner, settings, monkeypatch):
