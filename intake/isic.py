@@ -10,6 +10,7 @@ Validation context: ``{"now", "base_dir", "max_document_bytes"}``.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 from schwifty import IBAN
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from intake.documents import Upload, check_document
 from intake.receipts import ReceiptStore, erased_reason, ignored
@@ -34,7 +35,7 @@ from models.audit import AuditEvent
 from models.bookings import BERLIN
 from models.consent import describe_time
 from models.documents import JPEG, PDF, PNG, DocumentCipher
-from models.isic import DocumentKind, IsicDocument, IsicOrder, OrderStatus
+from models.isic import DocumentKind, IsicDocument, IsicOrder, OrderStatus, open_document
 from models.subject_index import SubjectIndex, erased_before
 from models.types import event_key
 
@@ -172,6 +173,8 @@ class IsicStore(ReceiptStore):
     def _apply(self, event: IsicIntakeEvent, order: IsicOrder | None, seq: int) -> Applied:
         if isinstance(event, IsicOrderEvent):
             if order is not None:
+                if self._resent(event, order):
+                    return Applied("duplicate")
                 raise OrderRejected("order_id exists already")
             if self.cipher is None:
                 raise OrderRejected("no document key configured (PSYNC_DOCUMENT_KEY)")
@@ -202,6 +205,37 @@ class IsicStore(ReceiptStore):
             event.at,
         )
         return Applied("stored", self._audit("isic.cancelled", order))
+
+    def _resent(self, event: IsicOrderEvent, order: IsicOrder) -> bool:
+        """Whether `event` is the stored order sent again under another key: through the
+        other door, or at another place in an HTTP batch (its documents then have other
+        names, ``psync.serve``). It is when it names the same person and fields and, while
+        the documents are held, documents of the same bytes; an order cancelled or erased
+        since keeps nothing to compare, and a resent one is rejected as before."""
+        if order.fields_erased_at is not None or self.cipher is None:
+            return False
+        subject = self.subjects.find(event.email, None, event.at)
+        if subject is None or subject.id != order.subject_id:
+            return False
+        if any(getattr(order, name) != getattr(event, name) for name in _FIELDS):
+            return False
+        if order.documents_purged_at is not None:
+            return True  # forwarded and purged: the fields are what is left to compare
+        stored = {d.kind: d for d in self.session.exec(select(IsicDocument).where(IsicDocument.order_id == order.id))}
+        for kind, upload in event._files.items():
+            document = stored.get(kind)
+            if document is None or (document.media_type, document.size) != (upload.media_type, upload.size):
+                return False
+            sent = hashlib.sha256()
+            try:
+                for piece in upload.pieces():
+                    sent.update(piece)
+                held = open_document(self.session, document, self.cipher)
+            except ValueError:
+                return False
+            if hashlib.sha256(held).digest() != sent.digest():
+                return False
+        return True
 
     def _create(self, event: IsicOrderEvent, seq: int) -> IsicOrder:
         assert self.cipher is not None

@@ -390,6 +390,23 @@ def test_an_order_with_documents_as_file_parts_is_stored_encrypted_and_nothing_s
     ]
 
 
+def test_an_order_sent_again_through_another_form_or_place_is_a_duplicate_and_another_one_is_not(door):
+    # Its documents get other names (a file part, or the place in the batch), so another
+    # dedupe key: the same person, fields and bytes make it the same order all the same.
+    url, clock = door()
+    assert [r["result"] for r in post(url, [order("D-1")], clock).json()["results"]] == ["stored"]
+    event, parts = as_parts(order("D-1"), "a")
+    clock.now = NOW + timedelta(seconds=1)
+    assert [r["result"] for r in post_form(url, [event], parts, SECRET, clock()).json()["results"]] == ["duplicate"]
+    clock.now = NOW + timedelta(seconds=2)
+    other_photo = order("D-1", photo={"base64": base64.b64encode(JPEG_BYTES[:-1] + b"y").decode()})  # same size
+    results = post(url, [signup(), order("D-1"), other_photo], clock).json()["results"]
+    assert [r["result"] for r in results] == ["stored", "duplicate", "rejected"]
+    assert results[2]["reason"] == "order_id exists already"
+    with transaction() as session:
+        assert session.execute(select(func.count()).select_from(IsicDocument)).scalar_one() == 3
+
+
 def test_a_form_is_signed_like_any_body_and_a_broken_form_stores_nothing(door):
     url, clock = door()
     event, parts = as_parts(order("F-9"), "a")
