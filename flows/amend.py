@@ -63,7 +63,7 @@ from models.isic import IsicOrder
 from models.recipients import Recipient, live_recipient_ids_among
 from models.restriction import Restriction, active_restriction, check_informed_on, release
 from models.rights import Changes, Right
-from models.subjects import AddressAlias, DataSubject
+from models.subjects import DataSubject, keep_alias
 from models.types import event_key, utcnow
 
 log = logging.getLogger(__name__)
@@ -487,7 +487,7 @@ def _rectify_here(
     former = subject.email
     put(subject, ("email", "salutation", "first_name", "last_name"), "data_subject", only_held=False)
     if former is not None and subject.email != former:
-        session.merge(AddressAlias(pseudonym=pseudonym_of(key, "email", former), subject_id=subject_id, until=now))
+        keep_alias(session, pseudonym_of(key, "email", former), subject_id, now)
     for booking in session.exec(select(Booking).where(Booking.subject_id == subject_id)):
         put(booking, ("salutation", "first_name", "last_name", "phone", "birth_date"), "booking", only_held=True)
     orders = select(IsicOrder).where(IsicOrder.subject_id == subject_id, col(IsicOrder.fields_erased_at).is_(None))

@@ -221,19 +221,26 @@ class IsicStore(ReceiptStore):
             return False
         if order.documents_purged_at is not None:
             return True  # forwarded and purged: the fields are what is left to compare
-        stored = {d.kind: d for d in self.session.exec(select(IsicDocument).where(IsicDocument.order_id == order.id))}
+        # What each document is first, its bytes (one at a time) only where that agrees.
+        columns = (IsicDocument.kind, IsicDocument.id, IsicDocument.media_type, IsicDocument.size)
+        stored = {
+            kind: rest for kind, *rest in self.session.exec(select(*columns).where(IsicDocument.order_id == order.id))
+        }
         for kind, upload in event._files.items():
-            document = stored.get(kind)
-            if document is None or (document.media_type, document.size) != (upload.media_type, upload.size):
+            document_id, media_type, size = stored.get(kind, (None, None, None))
+            if document_id is None or (media_type, size) != (upload.media_type, upload.size):
                 return False
             sent = hashlib.sha256()
             try:
                 for piece in upload.pieces():
                     sent.update(piece)
-                held = open_document(self.session, document, self.cipher)
+                document = self.session.get(IsicDocument, document_id)
+                assert document is not None
+                held = hashlib.sha256(open_document(self.session, document, self.cipher)).digest()
             except ValueError:
                 return False
-            if hashlib.sha256(held).digest() != sent.digest():
+            self.session.expunge(document)  # its ciphertext goes now, not with the session
+            if held != sent.digest():
                 return False
         return True
 

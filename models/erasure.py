@@ -34,6 +34,7 @@ from sqlalchemy import ColumnElement, Index, Table, UniqueConstraint, and_, or_,
 from sqlalchemy import select as sa_select
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from core.settings import get_settings
 from models.bookings import Booking
 from models.consent import UNCONFIRMED, ConsentRecord, ConsentState
 from models.db import claim_rows
@@ -42,7 +43,7 @@ from models.identity import normalise_email, normalise_insurance_number, pseudon
 from models.isic import IsicOrder, OrderStatus, delete_documents
 from models.recipients import Recipient
 from models.subject_index import SubjectMismatch
-from models.subjects import DataSubject, alias_of
+from models.subjects import DataSubject, alias_of, keep_alias
 from models.types import UTCDateTime, classify, new_id, personal_columns, utcnow
 
 MAX_TEXT = 200
@@ -233,9 +234,9 @@ def find_subject(
     """The one subject all given identifiers point at.
 
     By normalised e-mail (or, with the pseudonym `key`, a subject erased earlier who kept
-    only the pseudonym of that address; with `key` and the request's time `at` also the
-    subject whose address it was then, corrected since: ``AddressAlias``), by insurance
-    number, by our id. Raises ValueError
+    only the pseudonym of that address; with `key` and the request's receipt time `at`
+    first the subject whose address it was then, corrected or erased since:
+    ``AddressAlias``), by insurance number, by our id. Raises ValueError
     when none is given or one is malformed, SubjectMismatch when they point at different
     people, UnknownSubject when nobody matches. Messages never repeat an identifier.
     """
@@ -252,12 +253,13 @@ def find_subject(
                 condition,
                 and_(col(DataSubject.pseudonym) == pseudonym(key, "email", address), col(DataSubject.email).is_(None)),
             )
-        subject = session.exec(select(DataSubject).where(condition)).first()
-        if subject is None and key is not None and at is not None:
-            # A letter dated before a correction of the address, arriving after it.
-            former = alias_of(session, pseudonym(key, "email", address), at)
-            subject = session.get(DataSubject, former) if former is not None else None
-        found.append(subject)
+        # Whose the address was when the request was received, if a correction or an
+        # erasure took it from them since, whoever has it now; else by the address.
+        former = alias_of(session, pseudonym(key, "email", address), at) if key is not None and at else None
+        if former is not None:
+            found.append(session.get(DataSubject, former))
+        else:
+            found.append(session.exec(select(DataSubject).where(condition)).first())
     if insurance_number:
         number = normalise_insurance_number(insurance_number)
         found.append(session.exec(select(DataSubject).where(DataSubject.insurance_number == number)).first())
@@ -558,6 +560,13 @@ def erase_controller_copy(session: Session, subject_id: uuid.UUID, now: datetime
             record.state, record.withdrawn_at, record.withdraw_channel = ConsentState.withdrawn, now, "erasure"
         record.updated_at = now
     counts["consents"] = len(consents)
+    if subject.email is not None:
+        # The address it goes by now, if a correction gave it: its pseudonym is not the
+        # subject's, and the person's line dated before the erasure, arriving later under it,
+        # must find them (and restore nothing) instead of making someone new of old data.
+        address = pseudonym(get_settings().hmac_key(), "email", subject.email)
+        if address != subject.pseudonym:
+            keep_alias(session, address, subject.id, now)
     subject.erase_personal_data(now)
     session.flush()
     clear_personal_columns(session, subject_id)

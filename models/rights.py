@@ -243,8 +243,14 @@ def _plain(value: Any) -> Any:
 def seal_changes(document_key: bytes, changes: Mapping[str, Any], now: datetime | None = None) -> bytes:
     """`changes` (a subset of ``CHANGE_FIELDS``) as Fernet-encrypted JSON, checked by
     ``Changes`` whichever door they came through (a bad value must not open a request that
-    then fails every run); ValueError naming an unknown or invalid field (never its value)
-    or an empty set."""
+    then fails every run); ValueError as ``checked_changes``."""
+    kept = checked_changes(changes, now)
+    return DocumentCipher(document_key).encrypt(json.dumps(kept, sort_keys=True).encode())
+
+
+def checked_changes(changes: Mapping[str, Any], now: datetime | None = None) -> dict[str, str]:
+    """`changes` checked by ``Changes``, as text; ValueError naming an unknown or invalid
+    field (never its value) or an empty set."""
     unknown = sorted(set(changes) - set(CHANGE_FIELDS))
     if unknown:
         raise ValueError(f"changes: unknown field(s) {', '.join(unknown)}; known: {', '.join(CHANGE_FIELDS)}")
@@ -256,7 +262,7 @@ def seal_changes(document_key: bytes, changes: Mapping[str, Any], now: datetime 
     except ValidationError as exc:
         names = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
         raise ValueError(f"changes: invalid {', '.join(names) or 'values'}") from None
-    return DocumentCipher(document_key).encrypt(json.dumps(kept, sort_keys=True).encode())
+    return kept
 
 
 def asked_times(request: RightsRequest) -> dict[str, datetime]:

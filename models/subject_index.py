@@ -24,7 +24,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
 
 from models.identity import pseudonym
-from models.subjects import AddressAlias, DataSubject, Subject, load_subjects, write_subjects
+from models.subjects import AddressAlias, DataSubject, Spans, Subject, holder_at, load_subjects, write_subjects
 from models.types import utcnow
 
 
@@ -59,8 +59,9 @@ class SubjectIndex:
         self.by_pseudonym: dict[str, Subject] = {}
         self.changed: dict[uuid.UUID, Subject] = {}  # to write: new, or with new values
         self.pseudonyms: dict[str, str] = {}  # of the addresses looked up in this intake
-        # Addresses corrected since (by pseudonym): until when, and whose (``AddressAlias``).
-        self.aliases: dict[str, list[tuple[datetime, uuid.UUID]]] = {}
+        # Addresses corrected or erased since (by pseudonym): whose until when (``AddressAlias``),
+        # looked up once per address in this intake.
+        self.aliases: dict[str, Spans] = {}
         # The clock read once per chunk (``prefetch``): the new subjects' ``created_at``.
         self.now: datetime | None = None
         # Called with an erased subject just before it comes back (``identify``), while its
@@ -95,15 +96,17 @@ class SubjectIndex:
             emails.add(email)
             if kvnr:
                 kvnrs.add(kvnr)
+        loaded: list[Subject] = []
+        # Whose each address was before a correction or an erasure: that holder comes before
+        # whoever has the address now, for a line dated by then.
+        loaded += self._load_aliases([self.pseudonym(e) for e in emails if self.pseudonym(e) not in self.aliases])
         emails -= self.by_email.keys()
         kvnrs -= self.by_kvnr.keys()
-        loaded: list[Subject] = []
         if emails:
             # By pseudonym as well: an erased subject keeps only that, and one who comes
             # back is the same subject (the pseudonym is unique).
             pseudonyms = [self.pseudonym(e) for e in emails]
             loaded += load_subjects(self.session, _BY_EMAIL, {"emails": list(emails), "pseudonyms": pseudonyms})
-            loaded += self._load_aliases(pseudonyms)
         if kvnrs:
             loaded += load_subjects(self.session, _BY_KVNR, {"kvnrs": list(kvnrs)})
         found: list[Subject] = []
@@ -115,15 +118,19 @@ class SubjectIndex:
         return found
 
     def _load_aliases(self, pseudonyms: list[str]) -> list[Subject]:
-        """Remember the corrected addresses among `pseudonyms`; their subjects not known yet."""
+        """Remember the spans of these addresses (none for most); their subjects not known
+        yet, loaded."""
+        if not pseudonyms:
+            return []
+        for address in pseudonyms:
+            self.aliases[address] = []
         wanted: set[uuid.UUID] = set()
         for address, until, subject_id in self.session.connection().execute(_ALIASES, {"pseudonyms": pseudonyms}):
-            known = self.aliases.setdefault(address, [])
-            if (until, subject_id) not in known:  # an address nobody has is looked up each chunk
-                known.append((until, subject_id))
-                known.sort()
+            self.aliases[address].append((until, subject_id))
             if subject_id not in self.by_id:
                 wanted.add(subject_id)
+        for spans in self.aliases.values():
+            spans.sort()
         return load_subjects(self.session, _BY_ID, {"ids": list(wanted)}) if wanted else []
 
     def pseudonym(self, email: str) -> str:
@@ -143,14 +150,16 @@ class SubjectIndex:
     def find(self, email: str, kvnr: str | None, at: datetime | None = None) -> Subject | None:
         """The subject with this e-mail (or insurance number, or the pseudonym of the e-mail,
         which is all an erased subject keeps), or None. Writes nothing. With the line's time
-        `at`, an address nobody has now finds the subject it belonged to then, corrected
-        since (``AddressAlias``): the person's line dated before the correction.
+        `at`, an address corrected or erased since finds the subject it belonged to then
+        (``AddressAlias``), whoever has it now: the person's line dated before.
 
         Raises SubjectMismatch when the two identifiers belong to different people.
         """
-        by_email = self.by_email.get(email)
+        spans = self.aliases.get(self.pseudonym(email)) if at is not None else None
+        former = holder_at(spans, at) if spans else None  # type: ignore[arg-type]  # spans only with `at`
+        by_email = self.by_id.get(former) if former is not None else self.by_email.get(email)
         by_kvnr = self.by_kvnr.get(kvnr) if kvnr else None
-        if by_kvnr and by_kvnr.email and by_kvnr.email != email:
+        if by_kvnr and by_kvnr.email and by_kvnr.email != email and by_kvnr is not by_email:
             # Someone else's number typed in, or a changed address: either way not ours to merge.
             raise SubjectMismatch("insurance number is registered with another e-mail address")
         if kvnr and by_email and by_email.insurance_number not in (None, kvnr):
@@ -160,12 +169,7 @@ class SubjectIndex:
             # The pseudonym is of the address the subject was first seen with; one whose
             # address was corrected since (Art. 16) is no longer found under the old one.
             by_pseudonym = None
-        found = by_email or by_kvnr or by_pseudonym
-        if found is None and at is not None and self.aliases:
-            for until, subject_id in self.aliases.get(self.pseudonym(email), ()):
-                if at <= until:
-                    return self.by_id.get(subject_id)
-        return found
+        return by_email or by_kvnr or by_pseudonym
 
     def create(self, email: str, kvnr: str | None, identified: bool = True) -> Subject:
         """A new subject; with `identified` False it holds only the pseudonym of the address

@@ -46,35 +46,56 @@ classify(
 
 
 class AddressAlias(SQLModel, table=True):
-    """An address a subject had until a rectification (Art. 16) corrected it: the pseudonym
-    of that address, and until when it was theirs.
+    """An address a subject had until a rectification (Art. 16) corrected it, or until it was
+    erased: the pseudonym of that address, and until when it was theirs.
 
-    A line dated by then under the old address, arriving after the correction (a withdrawal
-    the website sent late, an erasure request by letter), is the person's; by event time it
-    may be their latest decision. One dated later is someone else's: an address may be given
-    to another person. Only pseudonymous, so an erasure keeps it, as it keeps the subject's
-    pseudonym: the person's old lines arriving afterwards are recognised as erased."""
+    A line dated by then under that address, arriving later (a withdrawal the website sent
+    late, an erasure request received before the correction), is the person's, whoever has
+    the address now: by event time it may be their latest decision, and after an erasure it
+    restores nothing. One dated later is someone else's. Only pseudonymous, so an erasure
+    keeps it, as it keeps the subject's pseudonym."""
 
     __tablename__ = "address_alias"
 
     pseudonym: str = Field(primary_key=True, max_length=32)
     subject_id: uuid.UUID = Field(foreign_key="data_subject.id", primary_key=True)
-    until: datetime = Field(sa_type=UTCDateTime)
+    # In the key: an address corrected away, back, and away again is two spans of one person.
+    until: datetime = Field(sa_type=UTCDateTime, primary_key=True)
 
 
 classify(AddressAlias, pseudonymous=["pseudonym", "subject_id"], not_personal=["until"])
 
+Spans = list[tuple[datetime, uuid.UUID]]  # (until, subject) of one address, earliest first
+
+
+def holder_at(spans: Spans, at: datetime) -> uuid.UUID | None:
+    """Whose the address was at `at`, of its `spans` (``AddressAlias`` rows, earliest first):
+    the first span that ends at or after `at`; None when it was no span's then.
+
+    >>> from datetime import UTC, timedelta
+    >>> t = datetime(2026, 12, 1, tzinfo=UTC)
+    >>> holder_at([(t, uuid.UUID(int=1))], t - timedelta(days=1))
+    UUID('00000000-0000-0000-0000-000000000001')
+    >>> holder_at([(t, uuid.UUID(int=1))], t + timedelta(days=1)) is None
+    True
+    """
+    return next((subject_id for until, subject_id in spans if at <= until), None)
+
 
 def alias_of(session: Session, address_pseudonym: str, at: datetime) -> uuid.UUID | None:
-    """The subject whose address (by its pseudonym) it was at `at`, corrected since; None
-    when it was nobody's corrected address then. Of several, the one it was first taken from
-    after `at`."""
+    """The subject whose address (by its pseudonym) it was at `at`, corrected or erased
+    since; None when it was nobody's such address then (``holder_at``)."""
     query = (
-        select(AddressAlias.subject_id)
-        .where(AddressAlias.pseudonym == address_pseudonym, col(AddressAlias.until) >= at)
+        select(AddressAlias.until, AddressAlias.subject_id)
+        .where(AddressAlias.pseudonym == address_pseudonym)
         .order_by(col(AddressAlias.until))
     )
-    return session.exec(query).first()
+    return holder_at(list(session.exec(query).all()), at)
+
+
+def keep_alias(session: Session, address_pseudonym: str, subject_id: uuid.UUID, until: datetime) -> None:
+    """Record that the address (by its pseudonym) was the subject's until `until`."""
+    session.merge(AddressAlias(pseudonym=address_pseudonym, subject_id=subject_id, until=until))
 
 
 # Intake reads and writes subjects by the thousand: as plain rows with Core (``Subject``,

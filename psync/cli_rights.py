@@ -36,7 +36,6 @@ from psync.cli_requests import (
     SubjectOption,
     add_extend,
     berlin,
-    checked_email,
 )
 
 app = typer.Typer(help="Data-subject requests (access, portability, …): open and answer, list, extend, show.")
@@ -146,7 +145,7 @@ def rectification(
     channel: ChannelOption = RequestChannel.email,
     reference: ReferenceOption = "",
     answer: AnswerOption = True,
-    new_email: Annotated[str | None, typer.Option(help="the corrected e-mail address", callback=checked_email)] = None,
+    new_email: Annotated[str | None, typer.Option(help="the corrected e-mail address")] = None,
     new_first_name: Annotated[str | None, typer.Option(help="the corrected first name")] = None,
     new_last_name: Annotated[str | None, typer.Option(help="the corrected last name")] = None,
     new_phone: Annotated[str | None, typer.Option(help="the corrected phone number")] = None,
@@ -162,6 +161,13 @@ def rectification(
         "phone": new_phone,
         "birth_date": new_birth_date.date() if new_birth_date else None,
     }
+    from models.rights import checked_changes
+
+    given = {name: value for name, value in changes.items() if value is not None}
+    try:  # a bad new value is a bad parameter (exit 2), found before anything is opened
+        checked_changes(given)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     open_and_answer(
         "rectification",
         email=email,
@@ -170,7 +176,7 @@ def rectification(
         received_at=received_at,
         channel=channel.value,
         reference=reference,
-        changes={name: value for name, value in changes.items() if value is not None},
+        changes=given,
         answer=answer,
     )
 

@@ -178,7 +178,7 @@ def test_an_erasure_with_a_processor_down_says_so_in_one_or_two_lines_without_th
         (["request", "access", "--email", "erika@@example.de"], "error: Invalid value for '--email': not a valid"),
         (
             ["request", "rectification", "--email", EMAIL, "--new-email", "erika@@example.de"],
-            "error: Invalid value for '--new-email': not a valid",
+            "error: Invalid value: changes: invalid email",
         ),
         (["consent", "proof", "--email", "erika@@example.de"], "error: Invalid value for '--email': not a valid"),
         (["no-such-command"], "error: No such command 'no-such-command'."),

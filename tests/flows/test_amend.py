@@ -371,6 +371,51 @@ def test_lines_dated_before_an_address_correction_arriving_after_it_are_the_pers
         erasure.open_erasure_request(session, **late)  # after the correction the old address is nobody's
 
 
+def test_the_old_address_is_the_persons_for_old_lines_even_once_someone_else_has_it_and_after_an_erasure(env):
+    from models.erasure import erase_controller_copy
+
+    url, base = env
+    take_in(base, *consent_lines("bert@example.de"))
+    newsletter.sync_newsletter_consents()
+    bert = subject_id("bert@example.de")
+    amend.rectify(bert, amend.correction(email="bert.neu@example.de"))
+    # Tina is given Bert's old address and signs up with it.
+    take_in(base, *consent_lines("bert@example.de", confirm=False, at=utcnow().isoformat()))
+    tina = subject_id("bert@example.de")
+    assert tina != bert
+
+    def take(line: dict) -> str:
+        with transaction() as session:
+            [result] = intake_lines(session, KEY, [json.dumps(line)], now=utcnow(), base_dir=base)
+        print(result.reason)
+        return result.outcome
+
+    # Bert's withdrawal, dated before his correction, arrives: it is his, not Tina's.
+    withdraw = {"type": "consent.withdraw", "list": "newsletter", "email": "bert@example.de", "channel": "email"}
+    assert take({**withdraw, "at": ago(1)}) == "stored"
+    with transaction() as session:
+        states = {r.subject_id: r.state for r in session.exec(select(ConsentRecord))}
+    assert states == {bert: "withdrawn", tina: "pending"}
+
+    # Bert is erased. His booking dated before that, under the address he had then, arrives
+    # late: it restores nothing, and nobody new is made of his old data.
+    with transaction() as session:
+        erase_controller_copy(session, bert, utcnow())
+    assert (
+        take(
+            booking_line("B-late", "video", "2027-02-03T14:05:00+01:00")
+            | {
+                "email": "bert.neu@example.de",
+                "at": ago(0.5),
+            }
+        )
+        == "unchanged"
+    )
+    with transaction() as session:
+        assert len(session.exec(select(DataSubject)).all()) == 2
+        assert not session.exec(select(Booking)).all()
+
+
 def test_rectification_refuses_another_subjects_address_and_changes_nothing(env):
     url, base = env
     take_in(base, *consent_lines("bert@example.de"), *consent_lines("carla@example.de"))

@@ -331,7 +331,7 @@ def test_an_erased_person_has_no_proof_and_an_unknown_one_none(subscribers, runn
     unknown = runner.invoke(app, ["consent", "proof", "--email", "niemand@example.de"])
     assert "Zu dieser E-Mail-Adresse liegen keine Daten vor." in unknown.stdout
     bad = runner.invoke(app, ["consent", "proof", "--email", "kein-at-zeichen"])
-    assert bad.exit_code == 1 and "not a valid e-mail address" in bad.output and "kein-at" not in bad.output
+    assert bad.exit_code == 2 and "not a valid e-mail address" in bad.output and "kein-at" not in bad.output
     with transaction() as session:
         outcomes = sorted(session.exec(select(AuditEntry.outcome).where(AuditEntry.action == "consent.proof")))
     assert outcomes == ["erased", "unknown"]

@@ -5,8 +5,8 @@ Revises: 0019
 Create Date: 2026-12-07 14:00:00
 
 ``address_alias``: the pseudonym of an address a subject had until a rectification corrected
-it, and until when. A withdrawal or an erasure request dated before the correction, arriving
-after it under the old address, is the person's (``models.subjects.AddressAlias``).
+it or an erasure cleared it, and until when. A withdrawal or an erasure request dated by then,
+arriving later under that address, is the person's (``models.subjects.AddressAlias``).
 """
 
 from collections.abc import Sequence
@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("subject_id", sa.Uuid(), nullable=False),
         sa.Column("until", models.types.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["subject_id"], ["data_subject.id"]),
-        sa.PrimaryKeyConstraint("pseudonym", "subject_id"),
+        sa.PrimaryKeyConstraint("pseudonym", "subject_id", "until"),
     )
 
 
