@@ -60,6 +60,8 @@ def check_extension(
         raise ValueError("too late: the subject must be informed within the first month")
     if informed_on < received_day(received_at):
         raise ValueError("informed before the request was received")
+    if informed_on > today:  # a day to come is a promise, not a record that they were told
+        raise ValueError("informed_on lies in the future")
     return total
 
 

@@ -241,6 +241,7 @@ def list_requests(
     how the officer finds the sender of a request kept for an address nobody has."""
     from sqlmodel import col, select
 
+    from models.deadlines import received_day
     from models.rights import RightsRequest
 
     def work(session):
@@ -254,7 +255,7 @@ def list_requests(
                 str(r.id),
                 r.right,
                 r.status,
-                r.received_at.date().isoformat(),
+                received_day(r.received_at).isoformat(),  # the Berlin day its deadline counts from
                 r.due.isoformat(),
                 r.urgency,
                 r.outcome or r.detail,

@@ -304,6 +304,13 @@ def test_rights_request_from_the_command_line_list_extend_and_show(settings, run
     [row] = [line.split("\t") for line in listed.output.splitlines() if line.startswith(request_id)]
     assert row[-2:] == ["letter", "AZ 9/26"]  # how the officer finds the letter it answers
     assert runner.invoke(app, ["request", "list"]).output.strip() == "no requests"  # none open
+    # Received at 23:30 UTC on 31 October is a Berlin 1 November: the day the month counts from.
+    late = runner.invoke(
+        app, ["request", "objection", "--email", "erika@example.de", "--received-at", "2026-11-01 00:30", "--no-answer"]
+    )
+    assert late.exit_code == 0, late.output
+    [row] = [line.split("\t") for line in runner.invoke(app, ["request", "list"]).output.splitlines()[1:]]
+    assert row[3:5] == ["2026-11-01", "2026-12-01"]
     files = runner.invoke(app, ["request", "show", request_id])
     assert files.exit_code == 0 and "portability.json" in files.output.split()
     shown = runner.invoke(app, ["request", "show", request_id, "--file", "portability.json"])

@@ -42,6 +42,8 @@ def test_extension_rules():
         check_extension(received, 0, 1, "x", date(2026, 3, 1), date(2026, 3, 1))
     with pytest.raises(ValueError, match="before the request"):
         check_extension(received, 0, 1, "x", date(2026, 1, 30), date(2026, 2, 1))
+    with pytest.raises(ValueError, match="in the future"):  # within the month, but not yet
+        check_extension(received, 0, 1, "x", date(2026, 2, 10), date(2026, 2, 5))
 
 
 def test_urgency_boundaries():
