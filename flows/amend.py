@@ -224,6 +224,7 @@ _WHY = {
     "rectification": ("Berichtigung personenbezogener Daten", "Art. 16 und Art. 19 DSGVO"),
     "restriction": ("Einschränkung der Verarbeitung", "Art. 18 und Art. 19 DSGVO"),
     "lift": ("Aufhebung der Einschränkung der Verarbeitung", "Art. 18 Abs. 3 und Art. 19 DSGVO"),
+    "objection": ("Widerruf der Einwilligung und Widerspruch", "Art. 7 Abs. 3, Art. 21 und Art. 19 DSGVO"),
 }
 
 
@@ -237,7 +238,8 @@ def letter_text(
     what_is_possible: str = "",
 ) -> str:
     """The letter to a processor without a suitable API call, in German (`kind`:
-    rectification, restriction, lift). Holds the person's data: shown to the officer only."""
+    rectification, restriction, lift, objection). Holds the person's data: shown to the
+    officer only."""
     title, articles = _WHY[kind]
     entry = catalogue.processor(processor) if catalogue.known(processor) else None
     addressee = f"{entry.legal_name}, {entry.address}" if entry else processor
@@ -261,6 +263,15 @@ def letter_text(
                 f"Bitte verarbeiten Sie die Daten, die Sie in unserem Auftrag verarbeiten (Zweck: {what}; unser "
                 f"Schlüssel {purpose}), bis zu unserer Mitteilung nur noch, indem Sie sie speichern: keine "
                 "Nutzung, kein Versand, keine Weitergabe, kein Löschen; markieren Sie sie als eingeschränkt."
+            ),
+        ]
+    elif kind == "objection":
+        body = [
+            (
+                "eine betroffene Person hat ihre Einwilligung widerrufen und der Verarbeitung ihrer Daten "
+                f"widersprochen. Bitte verarbeiten Sie die Daten, die Sie in unserem Auftrag verarbeiten (Zweck: "
+                f"{what}; unser Schlüssel {purpose}), für diesen Zweck nicht mehr: kein Versand, keine "
+                "Auswertung, keine Weitergabe."
             ),
         ]
     else:
@@ -706,10 +717,12 @@ def object_to_all(
     settings: Any = None,
     now: datetime | None = None,
     remove: Callable[[str, list[uuid.UUID]], dict[str, int]] | None = None,
+    reference: str = "",
 ) -> AmendOutcome:
     """Withdraw every consent of the subject on every list (Art. 21, 7(3)), dated `at`, with
     the request's `channel`, and remove the receivers at CleverReach through the newsletter
-    sync's removal path. A list the subject has no consent on gets the withdrawal all the
+    sync's removal path; every other recipient of a consent's data (USU, without an API) gets
+    a letter under our `reference` (Art. 19: each is told). A list the subject has no consent on gets the withdrawal all the
     same (audited, not told: nothing was there), so a sign-up dated before the objection that
     arrives later does not subscribe them (``models.consent.replay``). Idempotent: a withdrawn
     consent stays withdrawn, a removed receiver is not asked for again."""
@@ -755,6 +768,10 @@ def object_to_all(
                 )
             )
         write_audit(session, events)
+        email = subject.email
+        others = [
+            r for r in _recipients(session, sid) if r.purpose.startswith("consent:") and r.processor != "cleverreach"
+        ]
         lists = {r.list_name: r for r in records}
         to_remove = {
             name: live_recipient_ids_among(
@@ -779,6 +796,15 @@ def object_to_all(
                 detail=" ".join(f"{k}={v}" for k, v in sorted(counts.items())),
             )
         )
+    for recipient in others:
+        outcome.letters[f"{recipient.processor} {recipient.purpose}"] = letter_text(
+            "objection",
+            recipient.processor,
+            recipient.purpose,
+            _identifier(email, recipient),
+            reference or str(sid),
+        )
+        outcome.told.append(Told(recipient.processor, recipient.purpose, LETTER, LETTER))
     outcome.complete = not any(t.outcome == FAILED for t in outcome.told)
     log.info("objection of %s: %s", pseudonym, outcome.summary())
     return outcome
@@ -861,4 +887,7 @@ def answer_restriction(ask: Ask) -> Outcome:
 def answer_objection(ask: Ask) -> Outcome:
     """An objection / withdrawal of every consent (Art. 21, 7(3)): ``object_to_all``, dated
     when the request reached us, with its channel."""
-    return _answered(ask, object_to_all(ask.subject_id, channel=ask.channel, at=ask.received_at, settings=ask.settings))
+    outcome = object_to_all(
+        ask.subject_id, channel=ask.channel, at=ask.received_at, settings=ask.settings, reference=str(ask.request_id)
+    )
+    return _answered(ask, outcome)

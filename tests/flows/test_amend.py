@@ -581,7 +581,10 @@ def test_objection_withdraws_every_list_and_removes_at_cleverreach(env):
         "controller consent:service_offers": "withdrawn",
         "cleverreach consent:newsletter": "removed",
         "cleverreach consent:service_offers": "removed",
+        "usu consent:newsletter": "letter",  # the agency works on the newsletter's data: told too
     }
+    letter = outcome.letters["usu consent:newsletter"]
+    assert "USU" in letter and "Art. 7 Abs. 3, Art. 21" in letter and "bert@example.de" in letter
     assert receiver(url, "1001", "bert@example.de") is None
     assert receiver(url, "1002", "bert@example.de") is None
     with transaction() as session:
@@ -593,6 +596,7 @@ def test_objection_withdraws_every_list_and_removes_at_cleverreach(env):
     assert by_processor(again) == {
         "controller consent:newsletter": "unchanged",
         "controller consent:service_offers": "unchanged",
+        "usu consent:newsletter": "letter",  # the same letter again: nothing tells us it was done
     }
     # The next sync has nothing left to remove or push.
     assert newsletter.sync_newsletter_consents().get("removed", 0) == 0
