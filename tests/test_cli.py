@@ -115,7 +115,7 @@ def test_intake_removes_the_uploads_of_stored_orders_only_when_asked(settings, r
         "n1.pdf": PDF_BYTES,
         "a1.png": PNG_BYTES,
         "f1.jpg": JPEG_BYTES,
-        "n2.pdf": PDF_BYTES,
+        "n2.pdf": PDF_BYTES + b"\n% another proof",  # another order under O-1's id, not O-1 again
         "a2.png": PNG_BYTES,
         "n3.pdf": PDF_BYTES,
     }
