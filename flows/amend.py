@@ -722,10 +722,11 @@ def object_to_all(
     """Withdraw every consent of the subject on every list (Art. 21, 7(3)), dated `at`, with
     the request's `channel`, and remove the receivers at CleverReach through the newsletter
     sync's removal path; every other recipient of a consent's data (USU, without an API) gets
-    a letter under our `reference` (Art. 19: each is told). A list the subject has no consent on gets the withdrawal all the
-    same (audited, not told: nothing was there), so a sign-up dated before the objection that
-    arrives later does not subscribe them (``models.consent.replay``). Idempotent: a withdrawn
-    consent stays withdrawn, a removed receiver is not asked for again."""
+    a letter under our `reference` (Art. 19: each is told). A list the subject has no consent
+    on gets the withdrawal all the same (audited, not told: nothing was there), so a sign-up
+    dated before the objection that arrives later does not subscribe them
+    (``models.consent.replay``). Idempotent: a withdrawn consent stays withdrawn, a removed
+    receiver is not asked for again (a letter is written again: nothing says it was done)."""
     settings, now = settings or get_settings(), now or utcnow()
     if at.tzinfo is None:
         raise ValueError("at needs a timezone")

@@ -129,8 +129,8 @@ class SubjectIndex:
             self.aliases[address].append((until, subject_id))
             if subject_id not in self.by_id:
                 wanted.add(subject_id)
-        for spans in self.aliases.values():
-            spans.sort()
+        for address in pseudonyms:
+            self.aliases[address].sort()
         return load_subjects(self.session, _BY_ID, {"ids": list(wanted)}) if wanted else []
 
     def pseudonym(self, email: str) -> str:
