@@ -88,7 +88,7 @@ from models.recipients import (
     record_sent_many,
 )
 from models.restriction import restricted
-from models.subjects import DataSubject
+from models.subjects import DataSubject, erase_subject
 from models.types import event_key, utcnow
 
 PROCESSOR = cleverreach.PROCESSOR
@@ -816,10 +816,10 @@ def _erase_unused_subjects(session, subjects, now: datetime) -> int:
             )
         )
     )
-    erased = 0
+    erased, key = 0, get_settings().hmac_key()
     for subject in subjects:
         if subject.id not in in_use and subject.erased_at is None:
-            subject.erase_personal_data(now)
+            erase_subject(session, subject, key, now)
             erased += 1
     return erased
 

@@ -43,7 +43,7 @@ from models.identity import normalise_email, normalise_insurance_number, pseudon
 from models.isic import IsicOrder, OrderStatus, delete_documents
 from models.recipients import Recipient
 from models.subject_index import SubjectMismatch
-from models.subjects import DataSubject, alias_of, keep_alias
+from models.subjects import DataSubject, alias_of, erase_subject
 from models.types import UTCDateTime, classify, new_id, personal_columns, utcnow
 
 MAX_TEXT = 200
@@ -560,14 +560,7 @@ def erase_controller_copy(session: Session, subject_id: uuid.UUID, now: datetime
             record.state, record.withdrawn_at, record.withdraw_channel = ConsentState.withdrawn, now, "erasure"
         record.updated_at = now
     counts["consents"] = len(consents)
-    if subject.email is not None:
-        # The address it goes by now, if a correction gave it: its pseudonym is not the
-        # subject's, and the person's line dated before the erasure, arriving later under it,
-        # must find them (and restore nothing) instead of making someone new of old data.
-        address = pseudonym(get_settings().hmac_key(), "email", subject.email)
-        if address != subject.pseudonym:
-            keep_alias(session, address, subject.id, now)
-    subject.erase_personal_data(now)
+    erase_subject(session, subject, get_settings().hmac_key(), now)
     session.flush()
     clear_personal_columns(session, subject_id)
     left = personal_data_left(session, subject_id)

@@ -12,6 +12,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.db import PlainRow, write_plain_rows
+from models.identity import pseudonym
 from models.types import UTCDateTime, classify, new_id, personal_columns, utcnow
 
 
@@ -96,6 +97,18 @@ def alias_of(session: Session, address_pseudonym: str, at: datetime) -> uuid.UUI
 def keep_alias(session: Session, address_pseudonym: str, subject_id: uuid.UUID, until: datetime) -> None:
     """Record that the address (by its pseudonym) was the subject's until `until`."""
     session.merge(AddressAlias(pseudonym=address_pseudonym, subject_id=subject_id, until=until))
+
+
+def erase_subject(session: Session, subject: DataSubject, key: bytes, now: datetime) -> None:
+    """Drop what names the subject (``DataSubject.erase_personal_data``), keeping the span of
+    the address it goes by when a correction gave it: that address's pseudonym is not the
+    subject's, and the person's line dated before the erasure, arriving later under it, must
+    find them (and restore nothing) instead of making someone new of old data."""
+    if subject.email is not None:
+        address = pseudonym(key, "email", subject.email)
+        if address != subject.pseudonym:
+            keep_alias(session, address, subject.id, now)
+    subject.erase_personal_data(now)
 
 
 # Intake reads and writes subjects by the thousand: as plain rows with Core (``Subject``,

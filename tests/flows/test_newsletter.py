@@ -265,6 +265,25 @@ def test_unconfirmed_sign_ups_expire_after_their_period(settings, list_name, due
         assert audit.subject_pseudonym == subject.pseudonym
 
 
+def test_an_expiry_keeps_the_corrected_address_so_its_old_lines_restore_nothing(settings):
+    # Signed up as e@, corrected to e.neu@ (Art. 16), never confirmed: the expiry erases the
+    # subject. Their sign-up under e.neu@ dated before the expiry, arriving later, is a receipt
+    # only; before, it made a new subject of the erased data (e.neu@ is not the pseudonym's).
+    signed = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
+    with transaction() as session:
+        intake_lines(session, KEY, [signup("e@example.de", at=signed)], now=signed)
+        session.exec(select(DataSubject)).one().email = "e.neu@example.de"
+    due = datetime(2026, 10, 31, 10, 0, tzinfo=UTC)
+    assert newsletter.expire_unconfirmed_optins(as_of=due) == {"expired": 1, "subjects_erased": 1}
+    with transaction() as session:
+        late = intake_lines(
+            session, KEY, [signup("e.neu@example.de", "service_offers", at=signed, kvnr="A123456780")], now=due
+        )
+    assert [r.outcome for r in late] == ["unchanged"]
+    with transaction() as session:
+        assert session.exec(select(DataSubject.email)).all() == [None]
+
+
 def test_a_confirmation_still_awaiting_its_signup_expires_like_an_unconfirmed_signup(settings):
     # Seed 000: what a double opt-in never completed is deleted after the list's period; a
     # confirmation whose sign-up never came is kept no longer, counted from the click.
