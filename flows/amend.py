@@ -770,8 +770,11 @@ def object_to_all(
             )
         write_audit(session, events)
         email = subject.email
+        # Those a removal call cannot reach (no API: USU) are written to, as a restriction's are.
         others = [
-            r for r in _recipients(session, sid) if r.purpose.startswith("consent:") and r.processor != "cleverreach"
+            r
+            for r in _recipients(session, sid)
+            if r.purpose.startswith("consent:") and amend.amender(r.processor) is None
         ]
         lists = {r.list_name: r for r in records}
         to_remove = {

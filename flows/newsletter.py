@@ -791,13 +791,13 @@ def expire_batch(
             )
             session.flush()
             counts["expired"] = len(due)
-            counts["subjects_erased"] = _erase_unused_subjects(session, subjects.values(), as_of)
+            counts["subjects_erased"] = _erase_unused_subjects(session, subjects.values(), as_of, key)
         write_audit(session, events)
         last = candidates[-1]
     return dict(counts), (last.signup_at, last.id)
 
 
-def _erase_unused_subjects(session, subjects, now: datetime) -> int:
+def _erase_unused_subjects(session, subjects, now: datetime, key: bytes) -> int:
     """Erase subjects that nothing else (another consent, a processor) still needs."""
     ids = [s.id for s in subjects]
     in_use = set(
@@ -816,7 +816,7 @@ def _erase_unused_subjects(session, subjects, now: datetime) -> int:
             )
         )
     )
-    erased, key = 0, get_settings().hmac_key()
+    erased = 0
     for subject in subjects:
         if subject.id not in in_use and subject.erased_at is None:
             erase_subject(session, subject, key, now)

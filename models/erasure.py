@@ -255,7 +255,7 @@ def find_subject(
             )
         # Whose the address was when the request was received, if a correction or an
         # erasure took it from them since, whoever has it now; else by the address.
-        former = alias_of(session, pseudonym(key, "email", address), at) if key is not None and at else None
+        former = alias_of(session, pseudonym(key, "email", address), at) if key is not None and at is not None else None
         if former is not None:
             found.append(session.get(DataSubject, former))
         else:

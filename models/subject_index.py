@@ -99,7 +99,7 @@ class SubjectIndex:
         loaded: list[Subject] = []
         # Whose each address was before a correction or an erasure: that holder comes before
         # whoever has the address now, for a line dated by then.
-        loaded += self._load_aliases([self.pseudonym(e) for e in emails if self.pseudonym(e) not in self.aliases])
+        loaded += self._load_aliases([p for p in map(self.pseudonym, emails) if p not in self.aliases])
         emails -= self.by_email.keys()
         kvnrs -= self.by_kvnr.keys()
         if emails:
@@ -155,8 +155,9 @@ class SubjectIndex:
 
         Raises SubjectMismatch when the two identifiers belong to different people.
         """
-        spans = self.aliases.get(self.pseudonym(email)) if at is not None else None
-        former = holder_at(spans, at) if spans else None  # type: ignore[arg-type]  # spans only with `at`
+        former = None
+        if at is not None and (spans := self.aliases.get(self.pseudonym(email))):
+            former = holder_at(spans, at)
         by_email = self.by_id.get(former) if former is not None else self.by_email.get(email)
         by_kvnr = self.by_kvnr.get(kvnr) if kvnr else None
         if by_kvnr and by_kvnr.email and by_kvnr.email != email and by_kvnr is not by_email:
